@@ -1,0 +1,109 @@
+//! A small blocking client: one connection, one request at a time. Used by the
+//! CLI, the agent, the tests and the load client.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use rkyv::util::AlignedVec;
+
+use crate::frame::{self, Frame, FrameError, FrameKind, HEADER_BYTES};
+use crate::messages::{ErrorCode, ErrorReply, Hello, Reply, Request, Role};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("connection to the daemon failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("bad frame from the daemon: {0}")]
+    Frame(#[from] FrameError),
+    #[error("the daemon refused the request ({code:?}): {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("the daemon sent an unexpected {0}")]
+    Unexpected(&'static str),
+}
+
+impl ClientError {
+    /// True when the connection itself failed, so reconnecting may help.
+    pub fn is_connection_failure(&self) -> bool {
+        matches!(self, ClientError::Connect { .. } | ClientError::Io(_) | ClientError::Frame(_))
+    }
+}
+
+pub struct Client {
+    stream: TcpStream,
+    next_request_id: u64,
+    server_software: String,
+}
+
+impl Client {
+    /// Connects, sends the hello and waits for the welcome.
+    pub fn connect(addr: &str, role: Role, software: &str) -> Result<Client, ClientError> {
+        let connect_error = |source| ClientError::Connect { addr: addr.to_string(), source };
+        let mut last_error = io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing");
+        let mut connected = None;
+        for socket_addr in addr.to_socket_addrs().map_err(connect_error)? {
+            match TcpStream::connect(socket_addr) {
+                Ok(stream) => {
+                    connected = Some(stream);
+                    break;
+                }
+                Err(error) => last_error = error,
+            }
+        }
+        let stream = connected.ok_or_else(|| connect_error(last_error))?;
+        stream.set_nodelay(true)?;
+        let mut client = Client { stream, next_request_id: 1, server_software: String::new() };
+        let mut bytes = Vec::new();
+        frame::encode_hello(&Hello::new(role, software), &mut bytes)?;
+        client.stream.write_all(&bytes)?;
+        match client.read_reply(0)? {
+            Reply::Welcome { server_software } => client.server_software = server_software,
+            Reply::Error(ErrorReply { code, message }) => return Err(ClientError::Refused { code, message }),
+            _ => return Err(ClientError::Unexpected("reply to hello")),
+        }
+        Ok(client)
+    }
+
+    pub fn server_software(&self) -> &str {
+        &self.server_software
+    }
+
+    /// A read timeout for every later reply; `None` waits forever.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(timeout)
+    }
+
+    /// Sends one request and waits for its reply. An error reply becomes
+    /// `ClientError::Refused`.
+    pub fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let mut bytes = Vec::new();
+        frame::encode_request(request_id, request, &mut bytes)?;
+        self.stream.write_all(&bytes)?;
+        match self.read_reply(request_id)? {
+            Reply::Error(ErrorReply { code, message }) => Err(ClientError::Refused { code, message }),
+            reply => Ok(reply),
+        }
+    }
+
+    fn read_reply(&mut self, request_id: u64) -> Result<Reply, ClientError> {
+        let frame = self.read_frame()?;
+        if frame.kind != FrameKind::Reply || frame.request_id != request_id {
+            return Err(ClientError::Unexpected("frame out of order"));
+        }
+        Ok(frame.decode_reply()?)
+    }
+
+    fn read_frame(&mut self) -> Result<Frame, ClientError> {
+        let mut header_bytes = [0u8; HEADER_BYTES];
+        self.stream.read_exact(&mut header_bytes)?;
+        let header = frame::parse_header(&header_bytes)?;
+        let mut payload = AlignedVec::with_capacity(header.payload_len);
+        payload.resize(header.payload_len, 0);
+        self.stream.read_exact(&mut payload)?;
+        Ok(Frame { kind: header.kind, request_id: header.request_id, payload })
+    }
+}

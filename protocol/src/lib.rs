@@ -1,0 +1,18 @@
+//! The Apiary wire protocol: frames, messages, limits, task ids and a small
+//! blocking client.
+//!
+//! A connection starts with one `Hello` frame from the peer, answered by one
+//! `Reply` frame. After that every `Request` frame carries a request id that its
+//! `Reply` echoes; a connection may have many requests in flight and replies may
+//! come in any order (a bot's poll is held open until work arrives).
+
+pub mod client;
+pub mod frame;
+pub mod ids;
+pub mod limits;
+pub mod messages;
+
+pub use client::{Client, ClientError};
+pub use frame::{Frame, FrameError, FrameKind, FrameReader};
+pub use ids::{RequestId, RunId, TaskIdError};
+pub use messages::*;

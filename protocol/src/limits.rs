@@ -1,0 +1,47 @@
+//! Every bound of the protocol, in one place. The daemon refuses anything over
+//! these with an error that names the field and the limit.
+
+/// The largest frame payload either side accepts.
+pub const MAX_FRAME_PAYLOAD_BYTES: usize = 4 << 20;
+/// The largest output chunk a bot sends in one update, and a client reads in one reply.
+pub const MAX_OUTPUT_CHUNK_BYTES: usize = 1 << 20;
+/// Headroom in a frame for everything around an output chunk.
+const FRAME_OVERHEAD_BYTES: usize = 64 << 10;
+const _: () = assert!(MAX_OUTPUT_CHUNK_BYTES + FRAME_OVERHEAD_BYTES <= MAX_FRAME_PAYLOAD_BYTES);
+
+/// Slices in one task request (Swarming's limit).
+pub const MAX_TASK_SLICES: usize = 8;
+/// Arguments in a command, and bytes in one argument.
+pub const MAX_COMMAND_ARGS: usize = 128;
+pub const MAX_ARG_BYTES: usize = 4096;
+/// Dimensions a task may ask for, and a bot may report.
+pub const MAX_TASK_DIMENSIONS: usize = 32;
+pub const MAX_BOT_DIMENSIONS: usize = 128;
+/// Dimension key and value lengths (Swarming's limits).
+pub const MAX_DIMENSION_KEY_BYTES: usize = 64;
+pub const MAX_DIMENSION_VALUE_BYTES: usize = 256;
+/// Environment variables in one slice, and bytes in a key or value.
+pub const MAX_ENV_VARS: usize = 64;
+pub const MAX_ENV_KEY_BYTES: usize = 256;
+pub const MAX_ENV_VALUE_BYTES: usize = 4096;
+/// Tags on one task, and bytes in one tag.
+pub const MAX_TAGS: usize = 256;
+pub const MAX_TAG_BYTES: usize = 1024;
+/// Bytes in a task name, a user name and a bot id.
+pub const MAX_NAME_BYTES: usize = 1024;
+pub const MAX_USER_BYTES: usize = 256;
+pub const MAX_BOT_ID_BYTES: usize = 256;
+/// Task priorities: 0 is reserved for the daemon, lower runs first.
+pub const MIN_PRIORITY: u8 = 1;
+pub const MAX_PRIORITY: u8 = 255;
+pub const DEFAULT_PRIORITY: u8 = 200;
+/// Swarming's maximums for time limits; the minimum of each is one second.
+pub const MAX_EXPIRATION_SECS: u32 = 7 * 24 * 60 * 60;
+pub const MAX_EXECUTION_TIMEOUT_SECS: u32 = 7 * 24 * 60 * 60;
+pub const MAX_GRACE_PERIOD_SECS: u32 = 60 * 60;
+pub const DEFAULT_EXPIRATION_SECS: u32 = 60 * 60;
+pub const DEFAULT_EXECUTION_TIMEOUT_SECS: u32 = 60 * 60;
+pub const DEFAULT_GRACE_PERIOD_SECS: u32 = 30;
+pub const DEFAULT_BOT_PING_TOLERANCE_SECS: u32 = 1200;
+/// How long the daemon holds a poll or a wait open before answering "nothing yet".
+pub const MAX_LONG_POLL_MS: u64 = 60_000;

@@ -1,0 +1,361 @@
+//! The messages carried in frames. Request types mirror Swarming's
+//! `NewTaskRequest` JSON (same field names), so a request file written for
+//! Swarming decodes here unchanged; unknown fields are refused by name.
+
+use rkyv::{Archive, Deserialize as RkyvDeserialize, Serialize as RkyvSerialize};
+use serde::{Deserialize, Serialize};
+
+use crate::limits;
+
+/// First bytes of every hello, so a stray client is recognised at once.
+pub const MAGIC: [u8; 4] = *b"APRY";
+/// Bumped on every incompatible change of frames or messages.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Bot,
+}
+
+/// The first frame of every connection.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub magic: [u8; 4],
+    pub version: u16,
+    pub role: Role,
+    /// Free text naming the peer's program and version, for logs.
+    pub software: String,
+}
+
+impl Hello {
+    pub fn new(role: Role, software: &str) -> Hello {
+        Hello { magic: MAGIC, version: PROTOCOL_VERSION, role, software: software.to_string() }
+    }
+}
+
+/// A key and a value, as Swarming writes dimensions and environment variables.
+#[derive(
+    Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+#[serde(deny_unknown_fields)]
+pub struct StringPair {
+    pub key: String,
+    pub value: String,
+}
+
+impl StringPair {
+    pub fn new(key: &str, value: &str) -> StringPair {
+        StringPair { key: key.to_string(), value: value.to_string() }
+    }
+}
+
+/// A key and a list of values, as Swarming writes `env_prefixes`.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct StringListPair {
+    pub key: String,
+    pub value: Vec<String>,
+}
+
+/// What runs, and where it may run: everything that defines one slice's work.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaskProperties {
+    pub command: Vec<String>,
+    pub dimensions: Vec<StringPair>,
+    pub env: Vec<StringPair>,
+    pub env_prefixes: Vec<StringListPair>,
+    pub relative_cwd: String,
+    pub execution_timeout_secs: u32,
+    /// Seconds without output before the task is stopped; 0 means no limit.
+    pub io_timeout_secs: u32,
+    pub grace_period_secs: u32,
+    pub idempotent: bool,
+}
+
+impl Default for TaskProperties {
+    fn default() -> TaskProperties {
+        TaskProperties {
+            command: Vec::new(),
+            dimensions: Vec::new(),
+            env: Vec::new(),
+            env_prefixes: Vec::new(),
+            relative_cwd: String::new(),
+            execution_timeout_secs: limits::DEFAULT_EXECUTION_TIMEOUT_SECS,
+            io_timeout_secs: 0,
+            grace_period_secs: limits::DEFAULT_GRACE_PERIOD_SECS,
+            idempotent: false,
+        }
+    }
+}
+
+/// One way to run a task; a request tries its slices in order.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaskSlice {
+    pub properties: TaskProperties,
+    /// Seconds this slice may wait for a bot before the task moves on.
+    pub expiration_secs: u32,
+    pub wait_for_capacity: bool,
+}
+
+impl Default for TaskSlice {
+    fn default() -> TaskSlice {
+        TaskSlice {
+            properties: TaskProperties::default(),
+            expiration_secs: limits::DEFAULT_EXPIRATION_SECS,
+            wait_for_capacity: false,
+        }
+    }
+}
+
+/// A new task, in the shape of Swarming's `NewTaskRequest`.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NewTaskRequest {
+    pub name: String,
+    pub priority: u8,
+    pub tags: Vec<String>,
+    pub user: String,
+    pub task_slices: Vec<TaskSlice>,
+    pub bot_ping_tolerance_secs: u32,
+}
+
+impl Default for NewTaskRequest {
+    fn default() -> NewTaskRequest {
+        NewTaskRequest {
+            name: String::new(),
+            priority: limits::DEFAULT_PRIORITY,
+            tags: Vec::new(),
+            user: String::new(),
+            task_slices: Vec::new(),
+            bot_ping_tolerance_secs: limits::DEFAULT_BOT_PING_TOLERANCE_SECS,
+        }
+    }
+}
+
+/// The states of a task, with Swarming's names.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TaskState {
+    Pending,
+    Running,
+    Completed,
+    TimedOut,
+    BotDied,
+    Expired,
+    Killed,
+    Canceled,
+    NoResource,
+    ClientError,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 10] = [
+        TaskState::Pending,
+        TaskState::Running,
+        TaskState::Completed,
+        TaskState::TimedOut,
+        TaskState::BotDied,
+        TaskState::Expired,
+        TaskState::Killed,
+        TaskState::Canceled,
+        TaskState::NoResource,
+        TaskState::ClientError,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskState::Pending => "PENDING",
+            TaskState::Running => "RUNNING",
+            TaskState::Completed => "COMPLETED",
+            TaskState::TimedOut => "TIMED_OUT",
+            TaskState::BotDied => "BOT_DIED",
+            TaskState::Expired => "EXPIRED",
+            TaskState::Killed => "KILLED",
+            TaskState::Canceled => "CANCELED",
+            TaskState::NoResource => "NO_RESOURCE",
+            TaskState::ClientError => "CLIENT_ERROR",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<TaskState> {
+        TaskState::ALL.into_iter().find(|state| state.name().eq_ignore_ascii_case(name))
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, TaskState::Pending | TaskState::Running)
+    }
+}
+
+/// What the daemon knows of a task: its request and how far it got.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TaskResult {
+    /// The request id (ends in 0).
+    pub task_id: u64,
+    /// The current or last attempt's run id, once one started.
+    pub run_id: Option<u64>,
+    pub state: TaskState,
+    pub exit_code: Option<i64>,
+    pub bot_id: Option<String>,
+    pub try_number: u8,
+    pub current_task_slice: u32,
+    pub created_unix_ms: u64,
+    pub started_unix_ms: Option<u64>,
+    pub completed_unix_ms: Option<u64>,
+    /// When the task ended without a normal end of its command.
+    pub abandoned_unix_ms: Option<u64>,
+    /// How long the command ran, as the bot measured it.
+    pub duration_ms: Option<u64>,
+    /// The daemon or the bot failed around the task (not the task's own fault).
+    pub internal_failure: bool,
+    /// Why the task ended as it did, when it did not just exit.
+    pub failure_reason: String,
+    pub output_len: u64,
+    pub request: NewTaskRequest,
+}
+
+/// The ways an attempt can end on a bot.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The command exited (or was killed by a signal it did not cause by timeout).
+    Exited,
+    /// The hard timeout passed and the bot stopped the command.
+    HardTimeout,
+    /// No output for the I/O timeout and the bot stopped the command.
+    IoTimeout,
+    /// The daemon asked the bot to stop the command.
+    Killed,
+    /// The command could not be started; rerunning the same request would not help.
+    ClientError(String),
+    /// The bot failed around the task (work directory, disk, upload).
+    InternalError(String),
+}
+
+/// A bot's final word on an attempt.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// The exit code, or -1 when the process was killed without one.
+    pub exit_code: Option<i64>,
+    pub duration_ms: u64,
+    pub end: RunEnd,
+}
+
+/// What a bot tells the daemon each time it asks for work.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BotPoll {
+    pub bot_id: String,
+    /// Chosen at random when the agent starts: a new session means a restarted bot.
+    pub session_id: u64,
+    /// The bot's dimensions; a key given twice has two values.
+    pub dimensions: Vec<StringPair>,
+    pub software: String,
+}
+
+/// The daemon's answer to a poll that found work.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    pub run_id: u64,
+    pub task_name: String,
+    pub slice_index: u32,
+    pub properties: TaskProperties,
+}
+
+/// A bot's report on the attempt it runs: output at an offset, and at the end
+/// the outcome. Resending an update changes nothing.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TaskUpdate {
+    pub bot_id: String,
+    pub session_id: u64,
+    pub run_id: u64,
+    pub output_offset: u64,
+    pub output: Vec<u8>,
+    pub outcome: Option<RunOutcome>,
+}
+
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BotInfo {
+    pub bot_id: String,
+    pub dimensions: Vec<StringPair>,
+    /// The run the bot is busy with, if any.
+    pub current_run_id: Option<u64>,
+    pub first_seen_unix_ms: u64,
+    pub last_seen_unix_ms: u64,
+    /// Connected and polling or reporting now.
+    pub connected: bool,
+    pub software: String,
+}
+
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Create a task. Answered with `Reply::Task` once its creation is durable.
+    NewTask(NewTaskRequest),
+    /// A task's result now; `task_id` may be a request or a run id.
+    GetTask {
+        task_id: u64,
+    },
+    /// A task's result once it ended, or after `timeout_ms` (capped by the daemon).
+    WaitTask {
+        task_id: u64,
+        timeout_ms: u64,
+    },
+    /// Output bytes from `offset`, at most `max_bytes`.
+    GetOutput {
+        task_id: u64,
+        offset: u64,
+        max_bytes: u32,
+    },
+    ListBots,
+    /// A bot asks for work; held open until work arrives or the poll times out.
+    BotPoll(BotPoll),
+    TaskUpdate(TaskUpdate),
+}
+
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The request breaks a rule; the message names the field and the limit.
+    InvalidRequest,
+    NotFound,
+    /// The hello was not understood (magic, version or order).
+    BadHello,
+    /// A frame over the size limit.
+    FrameTooLarge,
+    /// The daemon is at its connection limit or shutting down.
+    Unavailable,
+    /// The bot's attempt is no longer current.
+    StaleRun,
+    Internal,
+}
+
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The answer to a hello.
+    Welcome {
+        server_software: String,
+    },
+    Error(ErrorReply),
+    Task(TaskResult),
+    Output {
+        offset: u64,
+        data: Vec<u8>,
+        output_len: u64,
+        task_ended: bool,
+    },
+    Bots(Vec<BotInfo>),
+    /// Work for a polling bot.
+    Assignment(Assignment),
+    /// Nothing to do yet; poll again.
+    NoWork,
+    /// `output_len` is how many output bytes the daemon holds; the bot resends
+    /// from there. `must_stop` tells the bot to stop the command and report.
+    UpdateAck {
+        output_len: u64,
+        must_stop: bool,
+    },
+}
