@@ -1,1 +1,98 @@
-fn main() {}
+//! `apiary-bot`: the agent on a worker host. Glue only: parse the arguments, start
+//! the session on its own thread, and turn SIGTERM/SIGINT into a graceful stop.
+//!
+//! The main thread watches the shutdown flag. If the bot is idle (polling), it
+//! exits at once; if a task runs, the session stops it, reports it and returns.
+
+/// One line on stderr per notable event.
+macro_rules! log_event {
+    ($($argument:tt)*) => {
+        eprintln!("apiary-bot: {}", format_args!($($argument)*))
+    };
+}
+
+mod cli;
+mod output;
+mod runner;
+mod session;
+mod signals;
+mod workdir;
+
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::cli::{Args, BotConfig, exit_codes};
+use crate::session::{BotIdentity, Lifecycle, Pacing, Session, TcpConnector};
+use crate::workdir::WorkRoot;
+
+/// How often the main thread looks at the shutdown flag.
+const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
+fn main() {
+    std::process::exit(run())
+}
+
+fn run() -> i32 {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() { exit_codes::USAGE } else { exit_codes::SUCCESS };
+        }
+    };
+    let config = match BotConfig::from_args(args) {
+        Ok(config) => config,
+        Err(error) => {
+            log_event!("{error}");
+            return exit_codes::USAGE;
+        }
+    };
+    if let Err(error) = signals::install_shutdown_handlers() {
+        log_event!("failed to install signal handlers: {error}");
+        return exit_codes::FAILURE;
+    }
+    let software = format!("apiary-bot/{}", env!("CARGO_PKG_VERSION"));
+    let identity = BotIdentity {
+        bot_id: config.bot_id,
+        session_id: session::random_session_id(),
+        dimensions: config.dimensions,
+        software: software.clone(),
+        server: config.server.clone(),
+    };
+    let lifecycle = Arc::new(Lifecycle::default());
+    let connector = TcpConnector::new(&config.server, &software);
+    let mut session =
+        Session::new(identity, Pacing::default(), WorkRoot::new(config.work_dir), connector, Arc::clone(&lifecycle));
+    let session_thread = match thread::Builder::new().name("session".to_string()).spawn(move || session.run()) {
+        Ok(handle) => handle,
+        Err(error) => {
+            log_event!("failed to start the session thread: {error}");
+            return exit_codes::FAILURE;
+        }
+    };
+    log_event!("started; daemon {}", config.server);
+    while !session_thread.is_finished() {
+        if signals::shutdown_requested() {
+            log_event!("shutting down");
+            if lifecycle.begin_shutdown() {
+                return exit_codes::SUCCESS;
+            }
+            break;
+        }
+        thread::sleep(SIGNAL_CHECK_INTERVAL);
+    }
+    match session_thread.join() {
+        Ok(Ok(())) => exit_codes::SUCCESS,
+        Ok(Err(error)) => {
+            log_event!("{error}");
+            exit_codes::FAILURE
+        }
+        Err(_) => {
+            log_event!("the session thread panicked");
+            exit_codes::FAILURE
+        }
+    }
+}

@@ -1,1 +1,46 @@
-fn main() {}
+//! `apiaryd`: parse the flags, run the daemon, turn errors into an exit code.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use apiary_daemon::core::CoreConfig;
+use apiary_daemon::server::{self, ServerConfig};
+use apiary_storage::WalOptions;
+use clap::Parser;
+
+/// The Apiary daemon: schedules tasks onto bots and keeps every fact in a write-ahead log.
+#[derive(Parser, Debug)]
+#[command(name = "apiaryd", version)]
+struct Args {
+    /// Address to listen on for clients and bots (port 0 picks a free port; the log says which).
+    #[arg(long, default_value = "127.0.0.1:7420")]
+    listen: SocketAddr,
+    /// Where the log, task output and the lock live (created on first start).
+    #[arg(long, default_value = "./apiary-data")]
+    data_dir: PathBuf,
+    /// Connections beyond this are refused with a logged reason.
+    #[arg(long, default_value_t = 20_000)]
+    max_connections: usize,
+    /// Seconds a bot's poll is held open before it is answered "no work".
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=60))]
+    long_poll_secs: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = ServerConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        max_connections: args.max_connections,
+        core: CoreConfig { long_poll_ms: args.long_poll_secs * 1000 },
+        wal: WalOptions::default(),
+    };
+    match server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("apiaryd: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,242 @@
+//! A harness for end-to-end tests: starts the real `apiaryd`, `apiary-bot` and
+//! `apiary` binaries on free ports and temporary directories.
+//!
+//! The binaries come from the same target directory as the test; `cargo test
+//! --workspace` builds them, since each binary crate has integration tests.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Generous: a loaded 2-core machine can be slow; nothing here measures time.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub fn binary(name: &str) -> PathBuf {
+    let test_exe = std::env::current_exe().expect("the test knows its path");
+    let profile_dir = test_exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` (cargo test --workspace does)",
+        path.display()
+    );
+    path
+}
+
+/// Collects a child's stderr lines so tests can wait for and search them.
+#[derive(Clone, Default)]
+pub struct LogLines(Arc<Mutex<Vec<String>>>);
+
+impl LogLines {
+    fn follow(&self, stderr: impl std::io::Read + Send + 'static, echo_prefix: &'static str) {
+        let lines = self.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{echo_prefix}] {line}");
+                lines.0.lock().unwrap().push(line);
+            }
+        });
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits until a line satisfies `find`, returning what it found.
+    pub fn wait_for<T>(&self, what: &str, mut find: impl FnMut(&str) -> Option<T>) -> T {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(found) = self.0.lock().unwrap().iter().find_map(|line| find(line)) {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "gave up waiting for {what}; log: {:#?}", self.all());
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log: LogLines,
+}
+
+impl Daemon {
+    /// Starts `apiaryd` on a free port with its data in `data_dir`.
+    pub fn start(data_dir: &Path) -> Daemon {
+        Daemon::start_with(data_dir, "127.0.0.1:0", &[])
+    }
+
+    pub fn start_with(data_dir: &Path, listen: &str, extra_args: &[&str]) -> Daemon {
+        let mut child = Command::new(binary("apiaryd"))
+            .args(["--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start apiaryd");
+        let log = LogLines::default();
+        log.follow(child.stderr.take().unwrap(), "apiaryd");
+        let addr = log.wait_for("apiaryd to listen", |line| {
+            let rest = line.strip_prefix("apiaryd: listening on ")?;
+            Some(rest.split_whitespace().next()?.to_string())
+        });
+        Daemon { child: Some(child), addr, data_dir: data_dir.to_path_buf(), log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// kill -9: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("kill apiaryd");
+        child.wait().expect("reap apiaryd");
+    }
+
+    /// SIGTERM and wait: returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        send_signal(child.id(), libc::SIGTERM);
+        child.wait().expect("reap apiaryd")
+    }
+
+    /// Starts a new daemon on the same data directory and address, so bots
+    /// find it where they left it.
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            self.kill9();
+        }
+        *self = Daemon::start_with(&self.data_dir, &self.addr.clone(), &[]);
+    }
+
+    pub fn cli(&self) -> Cli {
+        Cli { addr: self.addr.clone() }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn send_signal(pid: u32, signal: i32) {
+    // SAFETY: kill only sends a signal to the given process id.
+    let result = unsafe { libc::kill(pid as i32, signal) };
+    assert_eq!(result, 0, "kill({pid}, {signal})");
+}
+
+pub struct Bot {
+    child: Option<Child>,
+    pub log: LogLines,
+}
+
+impl Bot {
+    /// Starts `apiary-bot` against `addr` with dimensions like `pool=ci`.
+    pub fn start(addr: &str, bot_id: &str, dimensions: &[&str], work_dir: &Path) -> Bot {
+        Bot::start_with(addr, bot_id, dimensions, work_dir, &[])
+    }
+
+    pub fn start_with(addr: &str, bot_id: &str, dimensions: &[&str], work_dir: &Path, extra: &[&str]) -> Bot {
+        let mut command = Command::new(binary("apiary-bot"));
+        command.args(["--server", addr, "--id", bot_id, "--work-dir"]).arg(work_dir);
+        for dimension in dimensions {
+            command.args(["--dimension", dimension]);
+        }
+        let mut child = command
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start apiary-bot");
+        let log = LogLines::default();
+        log.follow(child.stderr.take().unwrap(), "apiary-bot");
+        Bot { child: Some(child), log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Bot {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs the `apiary` command line against one daemon.
+pub struct Cli {
+    pub addr: String,
+}
+
+impl Cli {
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(binary("apiary"))
+            .args(["--server", &self.addr])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run apiary")
+    }
+
+    /// Runs and insists on exit code 0; returns stdout as text.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(output.status.success(), "apiary {args:?} failed: {}", describe(&output));
+        String::from_utf8(output.stdout).expect("utf-8 stdout")
+    }
+
+    pub fn trigger(&self, args: &[&str]) -> String {
+        let mut full = vec!["trigger"];
+        full.extend_from_slice(args);
+        let id = self.ok(&full).trim().to_string();
+        assert_eq!(id.len(), 16, "a task id: {id:?}");
+        id
+    }
+
+    pub fn show(&self, task_id: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["tasks", "show", "--json", task_id])).expect("tasks show --json is JSON")
+    }
+
+    /// Polls `tasks show` until the task's state is `state` (no timing asserted).
+    pub fn wait_for_state(&self, task_id: &str, state: &str) -> serde_json::Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let shown = self.show(task_id);
+            if shown["state"] == state {
+                return shown;
+            }
+            assert!(Instant::now() < deadline, "task {task_id} never reached {state}: {shown}");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+pub fn describe(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

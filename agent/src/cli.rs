@@ -1,0 +1,144 @@
+//! The command line of `apiary-bot`, its checks, and the exit codes.
+
+use std::path::PathBuf;
+
+use apiary_protocol::{StringPair, limits};
+
+/// Exit codes of `apiary-bot`.
+pub(crate) mod exit_codes {
+    /// Shut down on SIGTERM or SIGINT.
+    pub(crate) const SUCCESS: i32 = 0;
+    /// The bot could not run (the daemon refused it, the work directory failed).
+    pub(crate) const FAILURE: i32 = 1;
+    /// The command line was wrong.
+    pub(crate) const USAGE: i32 = 2;
+}
+
+/// Polls an Apiary daemon for tasks and runs them on this host.
+#[derive(Debug, clap::Parser)]
+#[command(name = "apiary-bot", version)]
+pub(crate) struct Args {
+    /// The daemon's address.
+    #[arg(long, env = "APIARY_SERVER", value_name = "HOST:PORT", default_value = "127.0.0.1:7420")]
+    pub(crate) server: String,
+    /// This bot's id, unique among bots; also its `id` dimension.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) id: String,
+    /// A dimension of this bot; repeat it, and give a key twice for two values.
+    #[arg(long = "dimension", value_name = "KEY=VALUE", value_parser = parse_dimension)]
+    pub(crate) dimensions: Vec<StringPair>,
+    /// Where task directories are made [default: <temp dir>/apiary-bot-<id>].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) work_dir: Option<PathBuf>,
+}
+
+fn parse_dimension(text: &str) -> Result<StringPair, String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok(StringPair::new(key, value)),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+/// The checked configuration of the bot.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct BotConfig {
+    pub(crate) server: String,
+    pub(crate) bot_id: String,
+    /// Sorted, without duplicates, with `id=<bot id>` among them.
+    pub(crate) dimensions: Vec<StringPair>,
+    pub(crate) work_dir: PathBuf,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ConfigError {
+    #[error("the bot id must be 1 to {} bytes", limits::MAX_BOT_ID_BYTES)]
+    BotId,
+    #[error("dimension id={0:?} differs from the bot id; leave it out, --id sets it")]
+    ConflictingIdDimension(String),
+    #[error("{count} dimensions are more than the limit of {}", limits::MAX_BOT_DIMENSIONS)]
+    TooManyDimensions { count: usize },
+    #[error("dimension key {0:?} is longer than {limit} bytes", limit = limits::MAX_DIMENSION_KEY_BYTES)]
+    DimensionKey(String),
+    #[error("the value of dimension {0:?} is longer than {limit} bytes", limit = limits::MAX_DIMENSION_VALUE_BYTES)]
+    DimensionValue(String),
+}
+
+impl BotConfig {
+    pub(crate) fn from_args(args: Args) -> Result<BotConfig, ConfigError> {
+        if args.id.is_empty() || args.id.len() > limits::MAX_BOT_ID_BYTES {
+            return Err(ConfigError::BotId);
+        }
+        let mut dimensions = args.dimensions;
+        if let Some(other) = dimensions.iter().find(|pair| pair.key == "id" && pair.value != args.id) {
+            return Err(ConfigError::ConflictingIdDimension(other.value.clone()));
+        }
+        dimensions.push(StringPair::new("id", &args.id));
+        dimensions.sort();
+        dimensions.dedup();
+        if dimensions.len() > limits::MAX_BOT_DIMENSIONS {
+            return Err(ConfigError::TooManyDimensions { count: dimensions.len() });
+        }
+        for pair in &dimensions {
+            if pair.key.len() > limits::MAX_DIMENSION_KEY_BYTES {
+                return Err(ConfigError::DimensionKey(pair.key.clone()));
+            }
+            if pair.value.len() > limits::MAX_DIMENSION_VALUE_BYTES {
+                return Err(ConfigError::DimensionValue(pair.key.clone()));
+            }
+        }
+        let work_dir = args.work_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("apiary-bot-{}", args.id)));
+        Ok(BotConfig { server: args.server, bot_id: args.id, dimensions, work_dir })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(arguments: &[&str]) -> Result<BotConfig, ConfigError> {
+        let args = Args::try_parse_from([&["apiary-bot"], arguments].concat()).expect("arguments parse");
+        BotConfig::from_args(args)
+    }
+
+    #[test]
+    fn dimensions_repeat_and_include_the_id() {
+        let config = parse(&[
+            "--server",
+            "daemon:1",
+            "--id",
+            "bot1",
+            "--dimension",
+            "os=Linux",
+            "--dimension",
+            "os=Ubuntu",
+            "--dimension",
+            "pool=a=b",
+            "--work-dir",
+            "/var/bot",
+        ])
+        .unwrap();
+        let pairs: Vec<(&str, &str)> =
+            config.dimensions.iter().map(|pair| (pair.key.as_str(), pair.value.as_str())).collect();
+        assert_eq!(pairs, [("id", "bot1"), ("os", "Linux"), ("os", "Ubuntu"), ("pool", "a=b")]);
+        assert_eq!(config.server, "daemon:1");
+        assert_eq!(config.work_dir, PathBuf::from("/var/bot"));
+    }
+
+    #[test]
+    fn defaults_and_bad_input() {
+        let config = parse(&["--id", "b"]).unwrap();
+        assert!(config.work_dir.ends_with("apiary-bot-b"));
+        assert_eq!(parse(&["--id", ""]), Err(ConfigError::BotId));
+        assert_eq!(
+            parse(&["--id", "b", "--dimension", "id=c"]),
+            Err(ConfigError::ConflictingIdDimension("c".to_string()))
+        );
+        assert!(parse(&["--id", "b", "--dimension", "id=b"]).is_ok());
+        let long_key = format!("{}=v", "k".repeat(limits::MAX_DIMENSION_KEY_BYTES + 1));
+        assert!(matches!(parse(&["--id", "b", "--dimension", &long_key]), Err(ConfigError::DimensionKey(_))));
+        assert!(Args::try_parse_from(["apiary-bot", "--id", "b", "--dimension", "novalue"]).is_err());
+        assert!(Args::try_parse_from(["apiary-bot", "--id", "b", "--dimension", "=v"]).is_err());
+    }
+}

@@ -1,0 +1,561 @@
+//! The bot's conversation with the daemon: poll for work, run what comes, report
+//! its output and outcome, and survive any number of lost connections meanwhile.
+//!
+//! The session is generic over a `Connector` so tests can drive it with a fake
+//! daemon that drops connections and replies at will.
+//!
+//! Invariants:
+//! - one request is in flight at a time; a lost connection is replaced after a
+//!   backoff (100 ms doubling to 5 s, plus jitter), forever;
+//! - a task keeps running while the daemon is unreachable, and its output is
+//!   resent from the daemon's `output_len` after every reply, so no byte is lost
+//!   or stored twice (see `output.rs` for the bound on what is kept meanwhile);
+//! - the final report is retried until acknowledged (or refused as stale); only a
+//!   shutdown bounds that retrying, by `Pacing::shutdown_report_timeout`;
+//! - a `StaleRun` refusal stops the command and drops the task without a report.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use apiary_protocol::ids::format_task_id;
+use apiary_protocol::{
+    Assignment, BotPoll, Client, ClientError, ErrorCode, Reply, Request, Role, RunEnd, RunOutcome, StringPair,
+    TaskUpdate, limits,
+};
+
+use crate::output::Acknowledged;
+use crate::runner::{FinishedTask, RunningTask, TaskSpec};
+use crate::workdir::{WorkDirError, WorkRoot};
+
+/// One connection to the daemon: a blocking call with a read timeout.
+pub(crate) trait Connection {
+    fn call(&mut self, request: &Request, timeout: Duration) -> Result<Reply, ClientError>;
+}
+
+/// Makes connections to the daemon.
+pub(crate) trait Connector {
+    type Connection: Connection;
+    fn connect(&mut self) -> Result<Self::Connection, ClientError>;
+}
+
+/// The real daemon, over TCP.
+pub(crate) struct TcpConnector {
+    server: String,
+    software: String,
+}
+
+impl TcpConnector {
+    pub(crate) fn new(server: &str, software: &str) -> TcpConnector {
+        TcpConnector { server: server.to_string(), software: software.to_string() }
+    }
+}
+
+impl Connector for TcpConnector {
+    type Connection = Client;
+    fn connect(&mut self) -> Result<Client, ClientError> {
+        Client::connect(&self.server, Role::Bot, &self.software)
+    }
+}
+
+impl Connection for Client {
+    fn call(&mut self, request: &Request, timeout: Duration) -> Result<Reply, ClientError> {
+        self.set_read_timeout(Some(timeout))?;
+        Client::call(self, request)
+    }
+}
+
+/// Who the bot is, as the daemon sees it.
+#[derive(Clone, Debug)]
+pub(crate) struct BotIdentity {
+    pub(crate) bot_id: String,
+    /// Random per start of the agent: a new session means a restarted bot.
+    pub(crate) session_id: u64,
+    pub(crate) dimensions: Vec<StringPair>,
+    pub(crate) software: String,
+    /// The daemon's address, passed to tasks as `APIARY_SERVER`.
+    pub(crate) server: String,
+}
+
+/// Timings and sizes of the session; `Pacing::default()` is what the bot uses.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pacing {
+    /// Read timeout of a poll: comfortably above how long the daemon holds one.
+    pub(crate) poll_timeout: Duration,
+    /// Read timeout of a task update.
+    pub(crate) update_timeout: Duration,
+    /// Held output is sent at least this often.
+    pub(crate) flush_interval: Duration,
+    /// An update (maybe empty) is sent at least this often while a task runs.
+    pub(crate) liveness_interval: Duration,
+    /// Held output of this size is sent at once.
+    pub(crate) chunk_bytes: usize,
+    /// The most output in one update.
+    pub(crate) max_update_bytes: usize,
+    /// The most output held for the daemon; past it output is dropped with a marker.
+    pub(crate) output_capacity_bytes: usize,
+    pub(crate) backoff_initial: Duration,
+    pub(crate) backoff_max: Duration,
+    /// How long a shutting-down bot keeps trying to deliver its final report.
+    pub(crate) shutdown_report_timeout: Duration,
+}
+
+/// How often a waiting session looks at the shutdown flag.
+const SHUTDOWN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+const CHUNK_BYTES: usize = 64 << 10;
+const OUTPUT_CAPACITY_BYTES: usize = 16 << 20;
+const _: () = assert!(CHUNK_BYTES <= limits::MAX_OUTPUT_CHUNK_BYTES);
+const _: () = assert!(limits::MAX_OUTPUT_CHUNK_BYTES <= OUTPUT_CAPACITY_BYTES);
+
+impl Default for Pacing {
+    fn default() -> Pacing {
+        Pacing {
+            poll_timeout: Duration::from_millis(limits::MAX_LONG_POLL_MS) + Duration::from_secs(30),
+            update_timeout: Duration::from_secs(30),
+            flush_interval: Duration::from_secs(1),
+            liveness_interval: Duration::from_secs(10),
+            chunk_bytes: CHUNK_BYTES,
+            max_update_bytes: limits::MAX_OUTPUT_CHUNK_BYTES,
+            output_capacity_bytes: OUTPUT_CAPACITY_BYTES,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            shutdown_report_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl Pacing {
+    fn check(&self) {
+        assert!(self.chunk_bytes > 0 && self.chunk_bytes <= self.max_update_bytes);
+        assert!(self.max_update_bytes <= limits::MAX_OUTPUT_CHUNK_BYTES);
+        assert!(self.max_update_bytes <= self.output_capacity_bytes);
+        assert!(self.backoff_initial > Duration::ZERO && self.backoff_initial <= self.backoff_max);
+        assert!(self.flush_interval <= self.liveness_interval);
+    }
+}
+
+/// Whether the bot is busy with a task and whether it is shutting down, shared by
+/// the session thread and the main thread (which exits at once if the bot is idle).
+#[derive(Debug, Default)]
+pub(crate) struct Lifecycle {
+    phase: Mutex<Phase>,
+}
+
+#[derive(Debug, Default)]
+struct Phase {
+    busy: bool,
+    shutting_down: bool,
+}
+
+impl Lifecycle {
+    fn lock(&self) -> MutexGuard<'_, Phase> {
+        self.phase.lock().expect("lifecycle lock poisoned")
+    }
+
+    /// False when the bot is shutting down: then the task must not start.
+    fn try_begin_task(&self) -> bool {
+        let mut phase = self.lock();
+        if phase.shutting_down {
+            return false;
+        }
+        phase.busy = true;
+        true
+    }
+
+    fn end_task(&self) {
+        self.lock().busy = false;
+    }
+
+    /// Starts the shutdown; true when no task runs, so the process may exit now
+    /// (and no task will start any more).
+    pub(crate) fn begin_shutdown(&self) -> bool {
+        let mut phase = self.lock();
+        phase.shutting_down = true;
+        !phase.busy
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.lock().shutting_down
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    #[error("the daemon refused the bot ({code:?}): {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error(transparent)]
+    WorkDir(#[from] WorkDirError),
+}
+
+/// Why a call produced no reply.
+#[derive(Debug)]
+enum CallError {
+    /// No connection, and the backoff has not passed yet (or the call just failed);
+    /// the next attempt is at `Session::next_connect_at`.
+    NotConnected,
+    /// The daemon refused the request for good.
+    Refused { code: ErrorCode, message: String },
+}
+
+/// The daemon's answer to one task update.
+#[derive(Debug)]
+enum UpdateResult {
+    Acknowledged {
+        output_len: u64,
+        must_stop: bool,
+    },
+    NotDelivered,
+    /// The daemon does not want this attempt any more (the message says why).
+    Dropped(String),
+}
+
+pub(crate) struct Session<C: Connector> {
+    identity: BotIdentity,
+    pacing: Pacing,
+    work_root: WorkRoot,
+    connector: C,
+    connection: Option<C::Connection>,
+    lifecycle: Arc<Lifecycle>,
+    backoff: Backoff,
+    next_connect_at: Instant,
+}
+
+impl<C: Connector> Session<C> {
+    pub(crate) fn new(
+        identity: BotIdentity,
+        pacing: Pacing,
+        work_root: WorkRoot,
+        connector: C,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Session<C> {
+        pacing.check();
+        let backoff = Backoff::new(pacing.backoff_initial, pacing.backoff_max, identity.session_id);
+        Session {
+            identity,
+            pacing,
+            work_root,
+            connector,
+            connection: None,
+            lifecycle,
+            backoff,
+            next_connect_at: Instant::now(),
+        }
+    }
+
+    /// Polls and runs tasks until the bot shuts down.
+    pub(crate) fn run(&mut self) -> Result<(), SessionError> {
+        self.work_root.prepare()?;
+        while !self.lifecycle.is_shutting_down() {
+            let poll = Request::BotPoll(BotPoll {
+                bot_id: self.identity.bot_id.clone(),
+                session_id: self.identity.session_id,
+                dimensions: self.identity.dimensions.clone(),
+                software: self.identity.software.clone(),
+            });
+            match self.call(&poll, self.pacing.poll_timeout) {
+                Ok(Reply::NoWork) => {}
+                Ok(Reply::Assignment(assignment)) => self.run_assignment(assignment),
+                Ok(_) => self.drop_connection("an unexpected reply to a poll"),
+                Err(CallError::NotConnected) => self.sleep_until_reconnect(),
+                Err(CallError::Refused { code, message }) => return Err(SessionError::Refused { code, message }),
+            }
+        }
+        Ok(())
+    }
+
+    fn run_assignment(&mut self, assignment: Assignment) {
+        let run_id = assignment.run_id;
+        if !self.lifecycle.try_begin_task() {
+            log_event!("task {}: not started, the bot is shutting down", format_task_id(run_id));
+            return;
+        }
+        log_event!(
+            "task {} started: {:?} (slice {}) {:?}",
+            format_task_id(run_id),
+            assignment.task_name,
+            assignment.slice_index,
+            assignment.properties.command
+        );
+        if let Some(finished) = self.run_in_task_dir(&assignment) {
+            log_event!(
+                "task {} ended: {:?}, exit code {:?}, {} ms",
+                format_task_id(run_id),
+                finished.outcome.end,
+                finished.outcome.exit_code,
+                finished.outcome.duration_ms
+            );
+            self.report_final(run_id, finished);
+        }
+        self.lifecycle.end_task();
+    }
+
+    /// Runs the task in a fresh directory, then removes it. None when the daemon
+    /// dropped the attempt (nothing is to be reported).
+    fn run_in_task_dir(&mut self, assignment: &Assignment) -> Option<FinishedTask> {
+        let task_dir = match self.work_root.create_task_dir(assignment.run_id) {
+            Ok(task_dir) => task_dir,
+            Err(error) => return Some(FinishedTask::not_started(RunEnd::InternalError(error.to_string()))),
+        };
+        let spec = TaskSpec {
+            run_id: assignment.run_id,
+            properties: &assignment.properties,
+            work_dir: task_dir.path(),
+            bot_id: &self.identity.bot_id,
+            server: &self.identity.server,
+            output_capacity_bytes: self.pacing.output_capacity_bytes,
+        };
+        let mut finished = match RunningTask::start(&spec) {
+            Ok(task) => {
+                log_event!("task {}: running as pid {}", format_task_id(assignment.run_id), task.pid());
+                self.supervise(assignment.run_id, task)?
+            }
+            Err(error) => FinishedTask::not_started(error.run_end()),
+        };
+        if let Err(error) = task_dir.remove() {
+            let end = &finished.outcome.end;
+            finished.outcome.end = RunEnd::InternalError(format!("{error} (the command ended as {end:?})"));
+        }
+        Some(finished)
+    }
+
+    /// Streams the output of a running task until it ends. None when the daemon
+    /// dropped the attempt: the command is stopped and nothing more is reported.
+    fn supervise(&mut self, run_id: u64, task: RunningTask) -> Option<FinishedTask> {
+        let pacing = self.pacing;
+        let mut last_update_at = Instant::now();
+        // An update failed: retry as soon as the backoff allows, not at the next flush.
+        let mut undelivered = false;
+        let mut shutdown_seen = false;
+        loop {
+            if !shutdown_seen && self.lifecycle.is_shutting_down() {
+                shutdown_seen = true;
+                log_event!("task {}: stopping it, the bot is shutting down", format_task_id(run_id));
+                task.stop(RunEnd::InternalError("the bot was shut down while the task ran".to_string()));
+            }
+            if task.has_ended() {
+                return Some(task.finish());
+            }
+            let now = Instant::now();
+            let held_bytes = task.held_output_len();
+            let flush_at =
+                last_update_at + if held_bytes > 0 { pacing.flush_interval } else { pacing.liveness_interval };
+            let due = undelivered || held_bytes >= pacing.chunk_bytes || now >= flush_at;
+            if due && now >= self.next_connect_at {
+                last_update_at = now;
+                let (offset, output) = task.peek_output(pacing.max_update_bytes);
+                match self.send_update(run_id, offset, output, None) {
+                    UpdateResult::Acknowledged { output_len, must_stop } => {
+                        undelivered = false;
+                        self.note_acknowledged(run_id, task.acknowledge_output(output_len));
+                        if must_stop {
+                            log_event!("task {}: the daemon asked to stop it", format_task_id(run_id));
+                            task.stop(RunEnd::Killed);
+                        }
+                    }
+                    UpdateResult::NotDelivered => undelivered = true,
+                    UpdateResult::Dropped(reason) => {
+                        log_event!("task {}: dropped ({reason}); stopping it", format_task_id(run_id));
+                        task.stop(RunEnd::Killed);
+                        drop(task.finish());
+                        return None;
+                    }
+                }
+                continue;
+            }
+            // Wake for a full chunk only when it could be sent at once.
+            let connected_soon = now >= self.next_connect_at;
+            let wake_at = if undelivered { self.next_connect_at } else { flush_at.max(self.next_connect_at) };
+            let timeout = wake_at.saturating_duration_since(now).min(SHUTDOWN_CHECK_INTERVAL);
+            task.wait(timeout, if connected_soon { pacing.chunk_bytes } else { usize::MAX });
+        }
+    }
+
+    /// Delivers the rest of the output and the outcome, retrying until the daemon
+    /// acknowledges the outcome or drops the attempt.
+    fn report_final(&mut self, run_id: u64, mut finished: FinishedTask) {
+        let mut give_up_at = None;
+        loop {
+            let now = Instant::now();
+            if self.lifecycle.is_shutting_down() {
+                let give_up_at = *give_up_at.get_or_insert(now + self.pacing.shutdown_report_timeout);
+                if now >= give_up_at {
+                    log_event!(
+                        "task {}: giving up on the final report, the bot is shutting down",
+                        format_task_id(run_id)
+                    );
+                    return;
+                }
+            }
+            if now < self.next_connect_at {
+                thread::sleep(self.next_connect_at.saturating_duration_since(now).min(SHUTDOWN_CHECK_INTERVAL));
+                continue;
+            }
+            let is_last = finished.output.held_len() <= self.pacing.max_update_bytes;
+            let (offset, output) = finished.output.peek(self.pacing.max_update_bytes);
+            let sent_end = offset + output.len() as u64;
+            let outcome = is_last.then(|| finished.outcome.clone());
+            match self.send_update(run_id, offset, output, outcome) {
+                UpdateResult::Acknowledged { output_len, .. } => {
+                    self.note_acknowledged(run_id, finished.output.acknowledge(output_len));
+                    if is_last {
+                        if output_len < sent_end {
+                            let missing = sent_end - output_len;
+                            log_event!(
+                                "task {}: the daemon ended it without the last {missing} bytes",
+                                format_task_id(run_id)
+                            );
+                        }
+                        log_event!("task {}: reported", format_task_id(run_id));
+                        return;
+                    }
+                }
+                UpdateResult::NotDelivered => {}
+                UpdateResult::Dropped(reason) => {
+                    log_event!("task {}: final report dropped ({reason})", format_task_id(run_id));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn send_update(&mut self, run_id: u64, offset: u64, output: Vec<u8>, outcome: Option<RunOutcome>) -> UpdateResult {
+        let update = Request::TaskUpdate(TaskUpdate {
+            bot_id: self.identity.bot_id.clone(),
+            session_id: self.identity.session_id,
+            run_id,
+            output_offset: offset,
+            output,
+            outcome,
+        });
+        match self.call(&update, self.pacing.update_timeout) {
+            Ok(Reply::UpdateAck { output_len, must_stop }) => UpdateResult::Acknowledged { output_len, must_stop },
+            Ok(_) => {
+                self.drop_connection("an unexpected reply to a task update");
+                UpdateResult::NotDelivered
+            }
+            Err(CallError::NotConnected) => UpdateResult::NotDelivered,
+            Err(CallError::Refused { code: ErrorCode::StaleRun, message }) => {
+                UpdateResult::Dropped(format!("the attempt is no longer current: {message}"))
+            }
+            Err(CallError::Refused { code, message }) => {
+                UpdateResult::Dropped(format!("the daemon refused the update ({code:?}): {message}"))
+            }
+        }
+    }
+
+    fn note_acknowledged(&self, run_id: u64, acknowledged: Acknowledged) {
+        match acknowledged {
+            Acknowledged::InOrder => {}
+            Acknowledged::DaemonAhead { extra_bytes } => {
+                log_event!("task {}: the daemon holds {extra_bytes} bytes more than sent", format_task_id(run_id));
+            }
+            Acknowledged::DaemonBehind { lost_bytes } => {
+                log_event!("task {}: the daemon lost {lost_bytes} acknowledged bytes", format_task_id(run_id));
+            }
+        }
+    }
+
+    /// One call, connecting first if the backoff allows. A failed connection is
+    /// dropped and the next attempt scheduled; a refusal that may pass (the daemon
+    /// busy or failing) is treated the same way.
+    fn call(&mut self, request: &Request, timeout: Duration) -> Result<Reply, CallError> {
+        if self.connection.is_none() {
+            if Instant::now() < self.next_connect_at {
+                return Err(CallError::NotConnected);
+            }
+            match self.connector.connect() {
+                Ok(connection) => {
+                    log_event!("connected as {} (session {:016x})", self.identity.bot_id, self.identity.session_id);
+                    self.connection = Some(connection);
+                }
+                Err(error) => return Err(self.failed(error)),
+            }
+        }
+        let connection = self.connection.as_mut().expect("connected above");
+        match connection.call(request, timeout) {
+            Ok(reply) => {
+                self.backoff.reset();
+                Ok(reply)
+            }
+            Err(error) => Err(self.failed(error)),
+        }
+    }
+
+    fn failed(&mut self, error: ClientError) -> CallError {
+        match error {
+            ClientError::Refused { code, message } if !matches!(code, ErrorCode::Unavailable | ErrorCode::Internal) => {
+                CallError::Refused { code, message }
+            }
+            error => {
+                self.drop_connection(&error.to_string());
+                CallError::NotConnected
+            }
+        }
+    }
+
+    fn drop_connection(&mut self, reason: &str) {
+        self.connection = None;
+        let delay = self.backoff.next_delay();
+        self.next_connect_at = Instant::now() + delay;
+        log_event!("connection lost or refused ({reason}); reconnecting in {} ms", delay.as_millis());
+    }
+
+    fn sleep_until_reconnect(&self) {
+        thread::sleep(self.next_connect_at.saturating_duration_since(Instant::now()));
+    }
+}
+
+/// Exponential backoff with up to 50% random jitter added.
+#[derive(Debug)]
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+    random: XorShift,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration, seed: u64) -> Backoff {
+        Backoff { initial, max, next: initial, random: XorShift::new(seed) }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let jitter_range_us = u64::try_from(base.as_micros() / 2).unwrap_or(u64::MAX);
+        base + Duration::from_micros(self.random.next() % (jitter_range_us + 1))
+    }
+
+    fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+/// A tiny PRNG for jitter; not for anything that must be unpredictable.
+#[derive(Debug)]
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64) -> XorShift {
+        XorShift(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// A random session id: from /dev/urandom, or the time mixed with the pid.
+pub(crate) fn random_session_id() -> u64 {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    let from_urandom = std::fs::File::open("/dev/urandom").and_then(|mut file| file.read_exact(&mut bytes));
+    if from_urandom.is_ok() {
+        return u64::from_le_bytes(bytes);
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    (nanos as u64) ^ (u64::from(std::process::id()) << 32)
+}

@@ -1,0 +1,138 @@
+//! Where the daemon is, connecting to it, and typed calls: each call names what
+//! it was for, so an error reads "cannot wait for task ...: ...", and checks that
+//! the reply is of the kind the request asks for.
+
+use std::time::Duration;
+
+use apiary_protocol::limits::MAX_LONG_POLL_MS;
+use apiary_protocol::{BotInfo, Client, ClientError, Reply, Request, Role, TaskResult};
+
+use crate::error::CliError;
+
+/// The daemon's address when neither `--server` nor the environment names one.
+pub(crate) const DEFAULT_SERVER: &str = "127.0.0.1:7420";
+pub(crate) const SERVER_ENV: &str = "APIARY_SERVER";
+
+/// The longest a reply may take: the daemon's long-poll cap plus slack for a busy
+/// daemon. A daemon that hangs fails the command instead of hanging it.
+const REPLY_TIMEOUT: Duration = Duration::from_millis(MAX_LONG_POLL_MS + 30_000);
+
+/// What the commands need of a connection; the tests substitute a scripted daemon.
+pub(crate) trait Daemon {
+    fn call(&mut self, request: &Request) -> Result<Reply, ClientError>;
+}
+
+impl Daemon for Client {
+    fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {
+        Client::call(self, request)
+    }
+}
+
+pub(crate) fn connect(addr: &str) -> Result<Client, CliError> {
+    let software = concat!("apiary/", env!("CARGO_PKG_VERSION"));
+    let client = Client::connect(addr, Role::Client, software).map_err(CliError::Connect)?;
+    client.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(|error| CliError::Connect(ClientError::Io(error)))?;
+    Ok(client)
+}
+
+/// One chunk of a task's output, as `Reply::Output` carries it.
+pub(crate) struct OutputChunk {
+    pub(crate) offset: u64,
+    pub(crate) data: Vec<u8>,
+    pub(crate) output_len: u64,
+}
+
+/// Sends a request answered by `Reply::Task`: NewTask, GetTask, WaitTask.
+pub(crate) fn call_task(daemon: &mut impl Daemon, request: &Request, action: &str) -> Result<TaskResult, CliError> {
+    match call(daemon, request, action)? {
+        Reply::Task(result) => Ok(result),
+        other => Err(unexpected(action, &other)),
+    }
+}
+
+pub(crate) fn call_output(daemon: &mut impl Daemon, request: &Request, action: &str) -> Result<OutputChunk, CliError> {
+    match call(daemon, request, action)? {
+        Reply::Output { offset, data, output_len, task_ended: _ } => Ok(OutputChunk { offset, data, output_len }),
+        other => Err(unexpected(action, &other)),
+    }
+}
+
+pub(crate) fn call_bots(daemon: &mut impl Daemon, action: &str) -> Result<Vec<BotInfo>, CliError> {
+    match call(daemon, &Request::ListBots, action)? {
+        Reply::Bots(bots) => Ok(bots),
+        other => Err(unexpected(action, &other)),
+    }
+}
+
+fn call(daemon: &mut impl Daemon, request: &Request, action: &str) -> Result<Reply, CliError> {
+    daemon.call(request).map_err(|source| CliError::Call { action: action.to_string(), source })
+}
+
+fn unexpected(action: &str, reply: &Reply) -> CliError {
+    let reply = match reply {
+        Reply::Welcome { .. } => "a welcome",
+        Reply::Error(_) => "an error",
+        Reply::Task(_) => "a task result",
+        Reply::Output { .. } => "output",
+        Reply::Bots(_) => "a list of bots",
+        Reply::Assignment(_) => "a bot assignment",
+        Reply::NoWork => "no work",
+        Reply::UpdateAck { .. } => "an update acknowledgement",
+    };
+    CliError::UnexpectedReply { action: action.to_string(), reply }
+}
+
+/// A scripted daemon for the commands' tests: answers requests in order and
+/// records them.
+#[cfg(test)]
+pub(crate) mod fake {
+    use std::collections::VecDeque;
+
+    use apiary_protocol::{NewTaskRequest, TaskState};
+
+    use super::*;
+
+    #[derive(Default)]
+    pub(crate) struct FakeDaemon {
+        pub(crate) replies: VecDeque<Result<Reply, ClientError>>,
+        pub(crate) requests: Vec<Request>,
+    }
+
+    impl FakeDaemon {
+        pub(crate) fn answering(replies: Vec<Reply>) -> FakeDaemon {
+            FakeDaemon { replies: replies.into_iter().map(Ok).collect(), requests: Vec::new() }
+        }
+    }
+
+    impl Daemon for FakeDaemon {
+        fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {
+            self.requests.push(request.clone());
+            self.replies.pop_front().expect("the test scripted a reply for every request")
+        }
+    }
+
+    pub(crate) fn task_result(task_id: u64, state: TaskState, exit_code: Option<i64>) -> TaskResult {
+        TaskResult {
+            task_id,
+            run_id: None,
+            state,
+            exit_code,
+            bot_id: None,
+            try_number: 0,
+            current_task_slice: 0,
+            created_unix_ms: 1_700_000_000_000,
+            started_unix_ms: None,
+            completed_unix_ms: None,
+            abandoned_unix_ms: None,
+            duration_ms: None,
+            internal_failure: false,
+            failure_reason: String::new(),
+            output_len: 0,
+            request: NewTaskRequest::default(),
+        }
+    }
+
+    pub(crate) fn output(offset: u64, data: &[u8], output_len: u64) -> Reply {
+        Reply::Output { offset, data: data.to_vec(), output_len, task_ended: true }
+    }
+}

@@ -1,0 +1,115 @@
+//! Everything that can make a command fail, and the exit code of each: the one
+//! place where errors meet `exit_codes`.
+
+use std::io;
+use std::time::Duration;
+
+use apiary_protocol::ids::format_task_id;
+use apiary_protocol::{ClientError, TaskState};
+
+use crate::exit_codes;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    /// Connecting, or the hello, failed.
+    #[error("{0}")]
+    Connect(ClientError),
+    /// A request failed: the connection broke, or the daemon refused it.
+    #[error("cannot {action}: {source}")]
+    Call { action: String, source: ClientError },
+    /// The daemon answered with a reply that does not fit the request.
+    #[error("cannot {action}: the daemon answered with {reply}")]
+    UnexpectedReply { action: String, reply: &'static str },
+    /// The daemon sent output that does not continue where the last chunk ended.
+    #[error("cannot {action}: the daemon sent {len} bytes at offset {got} of {output_len}, expected offset {expected}")]
+    BadOutputChunk { action: String, expected: u64, got: u64, len: usize, output_len: u64 },
+    #[error("cannot write to stdout: {0}")]
+    Stdout(io::Error),
+    /// The task ended in a state other than COMPLETED.
+    #[error("task {} ended {}{}", format_task_id(*.task_id), .state.name(), reason_suffix(.failure_reason))]
+    TaskEnded { task_id: u64, state: TaskState, failure_reason: String },
+    /// `collect --timeout` elapsed before the task ended.
+    #[error(
+        "task {} did not end within {}: it is still {} (see `apiary tasks output {}`)",
+        format_task_id(*.task_id),
+        humantime::format_duration(*.timeout),
+        .state.name(),
+        format_task_id(*.task_id)
+    )]
+    CollectTimeout { task_id: u64, timeout: Duration, state: TaskState },
+}
+
+impl CliError {
+    pub(crate) fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Connect(_) => exit_codes::CONNECTION_FAILED,
+            CliError::Call { source, .. } => match source {
+                ClientError::Refused { code, .. } => exit_codes::for_refusal(*code),
+                ClientError::Connect { .. }
+                | ClientError::Io(_)
+                | ClientError::Frame(_)
+                | ClientError::Unexpected(_) => exit_codes::CONNECTION_FAILED,
+            },
+            CliError::UnexpectedReply { .. } | CliError::BadOutputChunk { .. } => exit_codes::CONNECTION_FAILED,
+            CliError::Stdout(_) => exit_codes::STDOUT_FAILED,
+            CliError::TaskEnded { state, .. } => exit_codes::for_task(*state, None),
+            CliError::CollectTimeout { .. } => exit_codes::COLLECT_TIMEOUT,
+        }
+    }
+}
+
+fn reason_suffix(failure_reason: &str) -> String {
+    if failure_reason.is_empty() { String::new() } else { format!(": {failure_reason}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use apiary_protocol::ErrorCode;
+
+    use super::*;
+
+    #[test]
+    fn refusals_and_connection_failures_have_their_codes() {
+        let refused = CliError::Call {
+            action: "get task 0000000000000010".to_string(),
+            source: ClientError::Refused { code: ErrorCode::NotFound, message: "no such task".to_string() },
+        };
+        assert_eq!(refused.exit_code(), exit_codes::REFUSED);
+        assert_eq!(
+            refused.to_string(),
+            "cannot get task 0000000000000010: the daemon refused the request (NotFound): no such task"
+        );
+        let broken = CliError::Call {
+            action: "list bots".to_string(),
+            source: ClientError::Io(io::Error::from(io::ErrorKind::ConnectionReset)),
+        };
+        assert_eq!(broken.exit_code(), exit_codes::CONNECTION_FAILED);
+        let unreachable = CliError::Connect(ClientError::Connect {
+            addr: "127.0.0.1:1".to_string(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        });
+        assert_eq!(unreachable.exit_code(), exit_codes::CONNECTION_FAILED);
+        assert!(unreachable.to_string().starts_with("cannot connect to 127.0.0.1:1: "));
+    }
+
+    #[test]
+    fn task_end_messages_name_the_state_and_reason() {
+        let expired = CliError::TaskEnded {
+            task_id: 0x10,
+            state: TaskState::Expired,
+            failure_reason: "no bot took the task in 3600s".to_string(),
+        };
+        assert_eq!(expired.to_string(), "task 0000000000000010 ended EXPIRED: no bot took the task in 3600s");
+        assert_eq!(expired.exit_code(), exit_codes::EXPIRED);
+        let killed = CliError::TaskEnded { task_id: 0x10, state: TaskState::Killed, failure_reason: String::new() };
+        assert_eq!(killed.to_string(), "task 0000000000000010 ended KILLED");
+        let timeout =
+            CliError::CollectTimeout { task_id: 0x10, timeout: Duration::from_secs(90), state: TaskState::Running };
+        assert_eq!(
+            timeout.to_string(),
+            "task 0000000000000010 did not end within 1m 30s: it is still RUNNING \
+             (see `apiary tasks output 0000000000000010`)"
+        );
+        assert_eq!(timeout.exit_code(), exit_codes::COLLECT_TIMEOUT);
+    }
+}

@@ -1,0 +1,288 @@
+//! Unit tests of the core, without sockets: each step checks the invariants,
+//! and every test ends by rebuilding the core from its events alone.
+
+use apiary_protocol::{NewTaskRequest, StringPair, TaskResult, TaskSlice};
+
+use super::*;
+
+struct Harness {
+    core: Core,
+    log: Vec<Event>,
+    now_ms: u64,
+    next_request_id: u64,
+}
+
+const CLIENT: ConnId = ConnId(1);
+
+impl Harness {
+    fn new() -> Harness {
+        Harness {
+            core: Core::new(CoreConfig::default()),
+            log: Vec::new(),
+            now_ms: 1_700_000_000_000,
+            next_request_id: 1,
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, request: Request) -> (u64, Output) {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let mut out = Output::default();
+        self.core.handle(self.now_ms, Input::Request { conn, request_id, request }, &mut out);
+        self.record(&out);
+        (request_id, out)
+    }
+
+    fn record(&mut self, out: &Output) {
+        self.log.extend(out.events.iter().cloned());
+        self.core.check_invariants();
+    }
+
+    fn advance(&mut self, ms: u64) -> Output {
+        self.now_ms += ms;
+        let mut out = Output::default();
+        self.core.tick(self.now_ms, &mut out);
+        self.record(&out);
+        out
+    }
+
+    fn submit(&mut self, request: NewTaskRequest) -> TaskResult {
+        let (_, out) = self.send(CLIENT, Request::NewTask(request));
+        match &out.replies.last().expect("a reply").reply {
+            Reply::Task(result) => result.clone(),
+            other => panic!("expected a task, got {other:?}"),
+        }
+    }
+
+    fn poll(&mut self, conn: ConnId, bot_id: &str, session_id: u64, dimensions: &[(&str, &str)]) -> Output {
+        let dimensions = dimensions.iter().map(|(key, value)| StringPair::new(key, value)).collect();
+        let poll = BotPoll { bot_id: bot_id.into(), session_id, dimensions, software: "test".into() };
+        self.send(conn, Request::BotPoll(poll)).1
+    }
+
+    fn report(
+        &mut self,
+        conn: ConnId,
+        bot_id: &str,
+        session_id: u64,
+        run_id: u64,
+        offset: u64,
+        output: &[u8],
+        exit_code: Option<i64>,
+    ) -> Reply {
+        let outcome = exit_code.map(|code| RunOutcome { exit_code: Some(code), duration_ms: 5, end: RunEnd::Exited });
+        let update = TaskUpdate {
+            bot_id: bot_id.into(),
+            session_id,
+            run_id,
+            output_offset: offset,
+            output: output.to_vec(),
+            outcome,
+        };
+        let (_, out) = self.send(conn, Request::TaskUpdate(update));
+        out.replies.into_iter().last().expect("a reply").reply
+    }
+
+    fn state(&self, task_id: u64) -> TaskState {
+        self.core.task(RequestId::from_u64(task_id).unwrap()).unwrap().state
+    }
+
+    /// Rebuilds a core from the events alone and compares every task.
+    fn check_replay(&self) {
+        let mut replayed = Core::new(CoreConfig::default());
+        for event in &self.log {
+            let decoded = Event::decode(&event.encode()).expect("events round-trip");
+            assert_eq!(&decoded, event);
+            replayed.apply(&decoded);
+        }
+        replayed.check_invariants();
+        assert_eq!(replayed.task_count(), self.core.task_count());
+        for task_id in self.core.tasks.keys() {
+            assert_eq!(replayed.task(*task_id), self.core.task(*task_id), "task {task_id} after replay");
+        }
+    }
+}
+
+fn request(priority: u8, dimensions: &[(&str, &str)]) -> NewTaskRequest {
+    let mut slice = TaskSlice::default();
+    slice.properties.command = vec!["echo".into(), "hi".into()];
+    slice.properties.dimensions = dimensions.iter().map(|(key, value)| StringPair::new(key, value)).collect();
+    NewTaskRequest { priority, task_slices: vec![slice], ..NewTaskRequest::default() }
+}
+
+fn assignment(out: &Output) -> Option<&Assignment> {
+    out.replies.iter().find_map(|outgoing| match &outgoing.reply {
+        Reply::Assignment(assignment) => Some(assignment),
+        _ => None,
+    })
+}
+
+const LINUX: &[(&str, &str)] = &[("pool", "ci"), ("os", "Linux")];
+
+#[test]
+fn a_task_runs_on_a_polling_bot_and_completes() {
+    let mut h = Harness::new();
+    let task = h.submit(request(100, &[("pool", "ci")]));
+    assert_eq!(task.state, TaskState::Pending);
+    assert!(format!("{:016x}", task.task_id).ends_with('0'));
+    let out = h.poll(ConnId(2), "bot-1", 7, LINUX);
+    let run_id = assignment(&out).expect("assigned").run_id;
+    assert_eq!(run_id, task.task_id | 1);
+    assert_eq!(h.state(task.task_id), TaskState::Running);
+    assert_eq!(
+        h.report(ConnId(2), "bot-1", 7, run_id, 0, b"hello ", None),
+        Reply::UpdateAck { output_len: 6, must_stop: false }
+    );
+    // A resent chunk that overlaps changes nothing but its new tail.
+    assert_eq!(
+        h.report(ConnId(2), "bot-1", 7, run_id, 3, b"lo world", Some(0)),
+        Reply::UpdateAck { output_len: 11, must_stop: false }
+    );
+    let result = h.core.task(RequestId::from_u64(task.task_id).unwrap()).unwrap();
+    assert_eq!((result.state, result.exit_code, result.output_len), (TaskState::Completed, Some(0), 11));
+    assert_eq!(result.bot_id.as_deref(), Some("bot-1"));
+    // The retried final report gets the same answer; any other report is stale.
+    assert_eq!(
+        h.report(ConnId(2), "bot-1", 7, run_id, 11, b"", Some(0)),
+        Reply::UpdateAck { output_len: 11, must_stop: false }
+    );
+    assert!(matches!(
+        h.report(ConnId(2), "bot-1", 7, run_id, 11, b"more", None),
+        Reply::Error(ErrorReply { code: ErrorCode::StaleRun, .. })
+    ));
+    h.check_replay();
+}
+
+#[test]
+fn a_new_task_goes_straight_to_a_parked_bot() {
+    let mut h = Harness::new();
+    assert!(h.poll(ConnId(2), "bot-1", 7, LINUX).replies.is_empty(), "no work: the poll is held");
+    let mac = h.submit(request(100, &[("pool", "ci"), ("os", "Mac")]));
+    assert_eq!(mac.state, TaskState::Pending, "a Mac task does not go to a Linux bot");
+    let (_, out) = h.send(CLIENT, Request::NewTask(request(100, &[("pool", "ci"), ("os", "Linux|Mac")])));
+    let handed = assignment(&out).expect("handed to the parked bot");
+    assert_eq!(out.replies[0].conn, ConnId(2));
+    assert_eq!(h.state(handed.run_id & !0xf), TaskState::Running);
+    h.check_replay();
+}
+
+#[test]
+fn priority_then_submission_order() {
+    let mut h = Harness::new();
+    let low = h.submit(request(200, &[("pool", "ci")]));
+    let first_high = h.submit(request(10, &[("pool", "ci")]));
+    let second_high = h.submit(request(10, &[("pool", "ci"), ("os", "Linux")]));
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let out = h.poll(ConnId(2), "bot-1", 7, LINUX);
+        let run_id = assignment(&out).expect("work").run_id;
+        order.push(run_id & !0xf);
+        h.report(ConnId(2), "bot-1", 7, run_id, 0, b"", Some(0));
+    }
+    assert_eq!(order, vec![first_high.task_id, second_high.task_id, low.task_id]);
+    h.check_replay();
+}
+
+#[test]
+fn a_lost_assignment_is_handed_over_again_and_a_restarted_bot_loses_its_run() {
+    let mut h = Harness::new();
+    let task = h.submit(request(100, &[("pool", "ci")]));
+    let run_id = assignment(&h.poll(ConnId(2), "bot-1", 7, LINUX)).unwrap().run_id;
+    // Same session polls again: it never got the assignment.
+    assert_eq!(assignment(&h.poll(ConnId(3), "bot-1", 7, LINUX)).unwrap().run_id, run_id);
+    // A new session: the bot restarted, the run is lost.
+    h.poll(ConnId(4), "bot-1", 8, LINUX);
+    let result = h.core.task(RequestId::from_u64(task.task_id).unwrap()).unwrap();
+    assert_eq!(result.state, TaskState::BotDied);
+    assert!(result.internal_failure);
+    h.check_replay();
+}
+
+#[test]
+fn slices_fall_back_then_expire() {
+    let mut h = Harness::new();
+    let mut two_slices = request(100, &[("pool", "ci"), ("gpu", "big")]);
+    two_slices.task_slices[0].expiration_secs = 10;
+    let mut fallback = two_slices.task_slices[0].clone();
+    fallback.properties.dimensions.pop();
+    fallback.expiration_secs = 20;
+    two_slices.task_slices.push(fallback);
+    let task = h.submit(two_slices);
+    h.poll(ConnId(2), "bot-1", 7, LINUX);
+    let out = h.advance(10_000);
+    let handed = assignment(&out).expect("the fallback slice goes to the parked bot");
+    assert_eq!(handed.slice_index, 1);
+    let again = h.submit({
+        let mut r = request(100, &[("pool", "other")]);
+        r.task_slices[0].expiration_secs = 5;
+        r
+    });
+    h.advance(5_000);
+    assert_eq!(h.state(again.task_id), TaskState::Expired);
+    assert_eq!(h.state(task.task_id), TaskState::Running);
+    h.check_replay();
+}
+
+#[test]
+fn waits_are_answered_when_the_task_ends_or_the_wait_times_out() {
+    let mut h = Harness::new();
+    let task = h.submit(request(100, &[("pool", "ci")]));
+    let (wait_id, out) = h.send(CLIENT, Request::WaitTask { task_id: task.task_id, timeout_ms: 1_000 });
+    assert!(out.replies.is_empty());
+    let out = h.advance(1_000);
+    assert_eq!(out.replies[0].request_id, wait_id);
+    let (wait_id, _) = h.send(CLIENT, Request::WaitTask { task_id: task.task_id, timeout_ms: 50_000 });
+    let run_id = assignment(&h.poll(ConnId(2), "bot-1", 7, LINUX)).unwrap().run_id;
+    let update = TaskUpdate {
+        bot_id: "bot-1".into(),
+        session_id: 7,
+        run_id,
+        output_offset: 0,
+        output: vec![],
+        outcome: Some(RunOutcome { exit_code: Some(3), duration_ms: 1, end: RunEnd::Exited }),
+    };
+    let (_, out) = h.send(ConnId(2), Request::TaskUpdate(update));
+    let answered = out.replies.iter().find(|o| o.request_id == wait_id).expect("the waiter is answered");
+    assert!(matches!(&answered.reply, Reply::Task(result) if result.exit_code == Some(3)));
+    assert!(h.advance(60_000).replies.is_empty(), "an answered wait does not time out later");
+    h.check_replay();
+}
+
+#[test]
+fn polls_time_out_with_no_work_and_disconnects_unpark() {
+    let mut h = Harness::new();
+    h.poll(ConnId(2), "bot-1", 7, LINUX);
+    let out = h.advance(CoreConfig::default().long_poll_ms);
+    assert!(matches!(out.replies[0].reply, Reply::NoWork));
+    h.poll(ConnId(2), "bot-1", 7, LINUX);
+    let mut out = Output::default();
+    h.core.handle(h.now_ms, Input::Disconnected { conn: ConnId(2) }, &mut out);
+    h.core.check_invariants();
+    let task = h.submit(request(100, &[("pool", "ci")]));
+    assert_eq!(task.state, TaskState::Pending, "a disconnected bot gets no work");
+}
+
+#[test]
+fn invalid_requests_are_refused_with_the_field() {
+    let mut h = Harness::new();
+    let (_, out) = h.send(CLIENT, Request::NewTask(request(0, &[("pool", "ci")])));
+    match &out.replies[0].reply {
+        Reply::Error(ErrorReply { code: ErrorCode::InvalidRequest, message }) => {
+            assert!(message.starts_with("priority:"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(out.events.is_empty());
+    let out = h.poll(ConnId(2), "bad id with spaces ", 1, LINUX);
+    assert!(matches!(&out.replies[0].reply, Reply::Error(ErrorReply { code: ErrorCode::InvalidRequest, .. })));
+}
+
+#[test]
+fn ids_stay_unique_and_ordered_when_the_clock_steps_back() {
+    let mut h = Harness::new();
+    let first = h.submit(request(100, &[("pool", "ci")]));
+    h.now_ms -= 60_000;
+    let second = h.submit(request(100, &[("pool", "ci")]));
+    assert!(second.task_id > first.task_id);
+    h.check_replay();
+}

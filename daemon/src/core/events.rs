@@ -1,0 +1,151 @@
+//! Events: the only way durable state changes. The core decides them from
+//! inputs and applies them with one function (`Core::apply`); recovery runs the
+//! same function over the log. Every event carries its own ids and times, so a
+//! replay rebuilds the same state bit for bit.
+
+use apiary_protocol::{NewTaskRequest, StringPair, TaskState};
+use rkyv::{Archive, Deserialize, Serialize, rancor};
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    TaskCreated(TaskCreated),
+    /// The task's current slice expired unclaimed; it moves to `slice_index`.
+    SliceAdvanced {
+        task_id: u64,
+        slice_index: u32,
+        at_ms: u64,
+    },
+    TaskAssigned(TaskAssigned),
+    /// The one terminal event of a task (see `Core::finish`).
+    TaskFinished(TaskFinished),
+    /// A bot came with a new session, new dimensions or new software.
+    BotConnected(BotConnected),
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TaskCreated {
+    pub task_id: u64,
+    pub created_ms: u64,
+    pub request: NewTaskRequest,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TaskAssigned {
+    pub run_id: u64,
+    pub slice_index: u32,
+    pub bot_id: String,
+    pub session_id: u64,
+    pub at_ms: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TaskFinished {
+    pub task_id: u64,
+    /// The attempt that ended, when one was running.
+    pub run_id: Option<u64>,
+    pub state: StoredState,
+    pub exit_code: Option<i64>,
+    pub duration_ms: Option<u64>,
+    pub internal_failure: bool,
+    pub reason: String,
+    pub output_len: u64,
+    pub at_ms: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BotConnected {
+    pub bot_id: String,
+    pub session_id: u64,
+    pub dimensions: Vec<StringPair>,
+    pub software: String,
+    pub at_ms: u64,
+}
+
+/// Task states as stored in the log: the terminal ones only, with fixed codes
+/// so a reordering of `TaskState` never changes the meaning of old records.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoredState {
+    Completed = 1,
+    TimedOut = 2,
+    BotDied = 3,
+    Expired = 4,
+    Killed = 5,
+    Canceled = 6,
+    NoResource = 7,
+    ClientError = 8,
+}
+
+impl StoredState {
+    pub fn from_state(state: TaskState) -> StoredState {
+        match state {
+            TaskState::Completed => StoredState::Completed,
+            TaskState::TimedOut => StoredState::TimedOut,
+            TaskState::BotDied => StoredState::BotDied,
+            TaskState::Expired => StoredState::Expired,
+            TaskState::Killed => StoredState::Killed,
+            TaskState::Canceled => StoredState::Canceled,
+            TaskState::NoResource => StoredState::NoResource,
+            TaskState::ClientError => StoredState::ClientError,
+            TaskState::Pending | TaskState::Running => panic!("{state:?} is not a terminal state"),
+        }
+    }
+
+    pub fn state(self) -> TaskState {
+        match self {
+            StoredState::Completed => TaskState::Completed,
+            StoredState::TimedOut => TaskState::TimedOut,
+            StoredState::BotDied => TaskState::BotDied,
+            StoredState::Expired => TaskState::Expired,
+            StoredState::Killed => TaskState::Killed,
+            StoredState::Canceled => TaskState::Canceled,
+            StoredState::NoResource => TaskState::NoResource,
+            StoredState::ClientError => TaskState::ClientError,
+        }
+    }
+}
+
+/// The record kind under which events are stored in the log.
+pub const EVENT_RECORD_KIND: u16 = 1;
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid event record: {0}")]
+pub struct EventDecodeError(String);
+
+impl Event {
+    pub fn encode(&self) -> rkyv::util::AlignedVec {
+        rkyv::to_bytes::<rancor::Error>(self).expect("events always serialize")
+    }
+
+    /// Decodes (and validates) an event from the log. The bytes must be 16-byte aligned.
+    pub fn decode(bytes: &[u8]) -> Result<Event, EventDecodeError> {
+        rkyv::from_bytes::<Event, rancor::Error>(bytes).map_err(|e| EventDecodeError(e.to_string()))
+    }
+
+    /// One line for the daemon's log.
+    pub fn describe(&self) -> String {
+        use apiary_protocol::ids::format_task_id as id;
+        match self {
+            Event::TaskCreated(created) => {
+                let name = &created.request.name;
+                format!("task {} created: {name:?} priority {}", id(created.task_id), created.request.priority)
+            }
+            Event::SliceAdvanced { task_id, slice_index, .. } => {
+                format!("task {} moved to slice {slice_index}", id(*task_id))
+            }
+            Event::TaskAssigned(assigned) => {
+                format!("run {} assigned to bot {}", id(assigned.run_id), assigned.bot_id)
+            }
+            Event::TaskFinished(finished) => {
+                let mut line = format!("task {} ended {}", id(finished.task_id), finished.state.state().name());
+                if let Some(code) = finished.exit_code {
+                    line.push_str(&format!(" exit code {code}"));
+                }
+                if !finished.reason.is_empty() {
+                    line.push_str(&format!(": {}", finished.reason));
+                }
+                line
+            }
+            Event::BotConnected(bot) => format!("bot {} connected (session {:016x})", bot.bot_id, bot.session_id),
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The sans-IO core: scheduling, task and bot state, events. It never touches
+//! sockets, files, clocks, threads or randomness (ARCHITECTURE.md, decision 1).
+
+mod engine;
+pub mod events;
+mod model;
+pub mod queues;
+pub mod validate;
+
+pub use engine::{Core, CoreConfig, Input, Outgoing, Output, OutputRead, OutputWrite};
+pub use events::Event;
+pub use model::Ending;
+
+/// The core's hash map: ahash, never iterated where order decides anything.
+pub type Map<K, V> = hashbrown::HashMap<K, V, ahash::RandomState>;
+
+/// A connection as the core knows it: an opaque handle the shell never reuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);

@@ -1,0 +1,247 @@
+//! Dimension-indexed queues (ARCHITECTURE.md, decision 5).
+//!
+//! Pending tasks sit in one queue per distinct canonical task dimension set,
+//! ordered by (priority, task id): lower priority first, then submission order,
+//! since ids are time-ordered. Each distinct bot dimension set is interned once
+//! as a *bot class* that caches the list of queues it can serve; a new queue or
+//! a new class updates those lists, never a poll. A poll looks only at its
+//! class's queues; a new task looks only at the classes that match its queue,
+//! for a parked bot. Neither path scans all tasks or all bots.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use apiary_protocol::{RequestId, StringPair};
+
+use super::Map;
+
+/// Canonical dimensions: keys sorted; the values of each key sorted and deduplicated.
+/// For a task the values of a key are alternatives (`os=Linux|Mac`); for a bot
+/// they are all the values it has.
+pub type CanonicalDimensions = Vec<(String, Vec<String>)>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueId(u32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClassId(u32);
+
+/// The task with this key is the next one its queue hands out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueKey {
+    pub priority: u8,
+    pub task_id: RequestId,
+}
+
+struct Queue {
+    dimensions: CanonicalDimensions,
+    pending: BTreeSet<QueueKey>,
+    /// The bot classes whose bots can run this queue's tasks.
+    classes: Vec<ClassId>,
+}
+
+struct BotClass {
+    dimensions: CanonicalDimensions,
+    /// The queues this class can serve.
+    queues: Vec<QueueId>,
+    /// Bots of this class waiting in a long poll, oldest first, by park number.
+    parked: BTreeMap<u64, String>,
+}
+
+#[derive(Default)]
+pub struct Queues {
+    queues: Vec<Queue>,
+    queue_ids: Map<CanonicalDimensions, QueueId>,
+    classes: Vec<BotClass>,
+    class_ids: Map<CanonicalDimensions, ClassId>,
+    next_park_number: u64,
+}
+
+/// Task dimensions in canonical form: `|` splits alternatives.
+pub fn canonical_task_dimensions(dimensions: &[StringPair]) -> CanonicalDimensions {
+    canonical(dimensions.iter().flat_map(|pair| pair.value.split('|').map(move |value| (&pair.key, value))))
+}
+
+/// Bot dimensions in canonical form: a key given twice has two values.
+pub fn canonical_bot_dimensions(dimensions: &[StringPair]) -> CanonicalDimensions {
+    canonical(dimensions.iter().map(|pair| (&pair.key, pair.value.as_str())))
+}
+
+fn canonical<'a>(pairs: impl Iterator<Item = (&'a String, &'a str)>) -> CanonicalDimensions {
+    let mut by_key: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (key, value) in pairs {
+        by_key.entry(key.as_str()).or_default().insert(value);
+    }
+    by_key
+        .into_iter()
+        .map(|(key, values)| (key.to_string(), values.into_iter().map(str::to_string).collect()))
+        .collect()
+}
+
+/// A bot matches when it has every key the task asks for, with one of the asked values.
+pub fn bot_matches(bot: &CanonicalDimensions, task: &CanonicalDimensions) -> bool {
+    task.iter().all(|(key, alternatives)| match bot.binary_search_by(|(bot_key, _)| bot_key.as_str().cmp(key)) {
+        Ok(index) => alternatives.iter().any(|value| bot[index].1.binary_search(value).is_ok()),
+        Err(_) => false,
+    })
+}
+
+impl Queues {
+    /// The queue for these canonical task dimensions, created on first use.
+    pub fn queue_for(&mut self, dimensions: CanonicalDimensions) -> QueueId {
+        if let Some(&id) = self.queue_ids.get(&dimensions) {
+            return id;
+        }
+        let id = QueueId(self.queues.len() as u32);
+        let mut classes = Vec::new();
+        for (index, class) in self.classes.iter_mut().enumerate() {
+            if bot_matches(&class.dimensions, &dimensions) {
+                class.queues.push(id);
+                classes.push(ClassId(index as u32));
+            }
+        }
+        self.queue_ids.insert(dimensions.clone(), id);
+        self.queues.push(Queue { dimensions, pending: BTreeSet::new(), classes });
+        id
+    }
+
+    /// The class for these canonical bot dimensions, created on first use.
+    pub fn class_for(&mut self, dimensions: CanonicalDimensions) -> ClassId {
+        if let Some(&id) = self.class_ids.get(&dimensions) {
+            return id;
+        }
+        let id = ClassId(self.classes.len() as u32);
+        let mut queues = Vec::new();
+        for (index, queue) in self.queues.iter_mut().enumerate() {
+            if bot_matches(&dimensions, &queue.dimensions) {
+                queue.classes.push(id);
+                queues.push(QueueId(index as u32));
+            }
+        }
+        self.class_ids.insert(dimensions.clone(), id);
+        self.classes.push(BotClass { dimensions, queues, parked: BTreeMap::new() });
+        id
+    }
+
+    pub fn push(&mut self, queue: QueueId, key: QueueKey) {
+        let inserted = self.queues[queue.0 as usize].pending.insert(key);
+        assert!(inserted, "task {} queued twice", key.task_id);
+    }
+
+    pub fn remove(&mut self, queue: QueueId, key: QueueKey) -> bool {
+        self.queues[queue.0 as usize].pending.remove(&key)
+    }
+
+    /// The best pending task a bot of this class can take, and its queue.
+    pub fn best_for_class(&self, class: ClassId) -> Option<(QueueId, QueueKey)> {
+        let class = &self.classes[class.0 as usize];
+        class
+            .queues
+            .iter()
+            .filter_map(|&queue| self.queues[queue.0 as usize].pending.first().map(|&key| (queue, key)))
+            .min_by_key(|&(_, key)| key)
+    }
+
+    /// Parks a polling bot; returns the number that unparks it.
+    pub fn park(&mut self, class: ClassId, bot_id: &str) -> u64 {
+        let number = self.next_park_number;
+        self.next_park_number += 1;
+        self.classes[class.0 as usize].parked.insert(number, bot_id.to_string());
+        number
+    }
+
+    pub fn unpark(&mut self, class: ClassId, park_number: u64) {
+        let removed = self.classes[class.0 as usize].parked.remove(&park_number);
+        assert!(removed.is_some(), "park number {park_number} was not parked");
+    }
+
+    /// The longest-parked bot that can serve this queue, if any (it stays parked:
+    /// the caller unparks it when it hands it work).
+    pub fn parked_bot_for_queue(&self, queue: QueueId) -> Option<&str> {
+        self.queues[queue.0 as usize]
+            .classes
+            .iter()
+            .filter_map(|&class| self.classes[class.0 as usize].parked.first_key_value())
+            .min_by_key(|&(&number, _)| number)
+            .map(|(_, bot_id)| bot_id.as_str())
+    }
+
+    pub fn pending_in(&self, queue: QueueId) -> usize {
+        self.queues[queue.0 as usize].pending.len()
+    }
+
+    pub fn contains(&self, queue: QueueId, key: QueueKey) -> bool {
+        self.queues[queue.0 as usize].pending.contains(&key)
+    }
+
+    pub fn total_pending(&self) -> usize {
+        self.queues.iter().map(|queue| queue.pending.len()).sum()
+    }
+
+    pub fn total_parked(&self) -> usize {
+        self.classes.iter().map(|class| class.parked.len()).sum()
+    }
+
+    /// Checks the cached lists against a recount (for tests and `check_invariants`).
+    pub fn check_invariants(&self) {
+        for (class_index, class) in self.classes.iter().enumerate() {
+            for (queue_index, queue) in self.queues.iter().enumerate() {
+                let matches = bot_matches(&class.dimensions, &queue.dimensions);
+                let listed_in_class = class.queues.contains(&QueueId(queue_index as u32));
+                let listed_in_queue = queue.classes.contains(&ClassId(class_index as u32));
+                assert_eq!(matches, listed_in_class, "class {class_index} / queue {queue_index} list");
+                assert_eq!(matches, listed_in_queue, "queue {queue_index} / class {class_index} list");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<StringPair> {
+        list.iter().map(|(key, value)| StringPair::new(key, value)).collect()
+    }
+
+    #[test]
+    fn alternatives_and_multi_valued_bots_match() {
+        let task = canonical_task_dimensions(&pairs(&[("pool", "ci"), ("os", "Linux|Mac")]));
+        let mac = canonical_bot_dimensions(&pairs(&[("pool", "ci"), ("os", "Mac"), ("os", "Mac-14")]));
+        let windows = canonical_bot_dimensions(&pairs(&[("pool", "ci"), ("os", "Windows")]));
+        let no_pool = canonical_bot_dimensions(&pairs(&[("os", "Linux")]));
+        assert!(bot_matches(&mac, &task));
+        assert!(!bot_matches(&windows, &task));
+        assert!(!bot_matches(&no_pool, &task));
+    }
+
+    #[test]
+    fn polls_take_the_best_head_of_matching_queues() {
+        let mut queues = Queues::default();
+        let class = queues.class_for(canonical_bot_dimensions(&pairs(&[("pool", "ci"), ("os", "Linux")])));
+        let linux = queues.queue_for(canonical_task_dimensions(&pairs(&[("pool", "ci"), ("os", "Linux")])));
+        let any = queues.queue_for(canonical_task_dimensions(&pairs(&[("pool", "ci")])));
+        let mac = queues.queue_for(canonical_task_dimensions(&pairs(&[("pool", "ci"), ("os", "Mac")])));
+        let id = |n: u64| RequestId::first_of_millisecond(n);
+        queues.push(linux, QueueKey { priority: 100, task_id: id(3) });
+        queues.push(any, QueueKey { priority: 100, task_id: id(2) });
+        queues.push(mac, QueueKey { priority: 1, task_id: id(1) });
+        assert_eq!(queues.best_for_class(class), Some((any, QueueKey { priority: 100, task_id: id(2) })));
+        queues.push(linux, QueueKey { priority: 50, task_id: id(4) });
+        assert_eq!(queues.best_for_class(class), Some((linux, QueueKey { priority: 50, task_id: id(4) })));
+        queues.check_invariants();
+    }
+
+    #[test]
+    fn parked_bots_are_found_through_their_class() {
+        let mut queues = Queues::default();
+        let linux = queues.queue_for(canonical_task_dimensions(&pairs(&[("pool", "ci"), ("os", "Linux")])));
+        let class = queues.class_for(canonical_bot_dimensions(&pairs(&[("pool", "ci"), ("os", "Linux")])));
+        assert_eq!(queues.parked_bot_for_queue(linux), None);
+        let number = queues.park(class, "bot-1");
+        queues.park(class, "bot-2");
+        assert_eq!(queues.parked_bot_for_queue(linux), Some("bot-1"));
+        queues.unpark(class, number);
+        assert_eq!(queues.parked_bot_for_queue(linux), Some("bot-2"));
+        queues.check_invariants();
+    }
+}

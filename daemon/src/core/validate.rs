@@ -1,0 +1,288 @@
+//! Validation of new task requests. Every refusal names the field and the
+//! limit it broke; nothing is silently changed or ignored.
+
+use apiary_protocol::limits::*;
+use apiary_protocol::{NewTaskRequest, StringPair, TaskProperties, TaskSlice};
+
+/// A refused request: `field` is a path into the request, like
+/// `task_slices[0].properties.dimensions[1].key`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    pub field: String,
+    pub message: String,
+}
+
+fn refuse(field: impl Into<String>, message: impl Into<String>) -> Result<(), ValidationError> {
+    Err(ValidationError { field: field.into(), message: message.into() })
+}
+
+/// At most this many combinations may come out of `|` alternatives in one slice.
+pub const MAX_DIMENSION_COMBINATIONS: usize = 8;
+
+pub fn validate_request(request: &NewTaskRequest) -> Result<(), ValidationError> {
+    check_len("name", &request.name, MAX_NAME_BYTES)?;
+    check_len("user", &request.user, MAX_USER_BYTES)?;
+    if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&request.priority) {
+        return refuse("priority", format!("{} is outside {MIN_PRIORITY}..={MAX_PRIORITY}", request.priority));
+    }
+    check_count("tags", request.tags.len(), MAX_TAGS)?;
+    for (index, tag) in request.tags.iter().enumerate() {
+        let field = format!("tags[{index}]");
+        check_len(&field, tag, MAX_TAG_BYTES)?;
+        if !tag.split_once(':').is_some_and(|(key, _)| !key.is_empty()) {
+            return refuse(field, format!("{tag:?} is not of the form key:value"));
+        }
+    }
+    if request.bot_ping_tolerance_secs < 1 {
+        return refuse("bot_ping_tolerance_secs", "must be at least 1");
+    }
+    if request.task_slices.is_empty() {
+        return refuse("task_slices", "a request needs at least one slice");
+    }
+    check_count("task_slices", request.task_slices.len(), MAX_TASK_SLICES)?;
+    for (index, slice) in request.task_slices.iter().enumerate() {
+        validate_slice(&format!("task_slices[{index}]"), slice)?;
+        if let Some(earlier) = request.task_slices[..index].iter().position(|other| other == slice) {
+            return refuse(format!("task_slices[{index}]"), format!("is identical to task_slices[{earlier}]"));
+        }
+    }
+    Ok(())
+}
+
+fn validate_slice(field: &str, slice: &TaskSlice) -> Result<(), ValidationError> {
+    check_seconds(&format!("{field}.expiration_secs"), slice.expiration_secs, 1, MAX_EXPIRATION_SECS)?;
+    validate_properties(&format!("{field}.properties"), &slice.properties)
+}
+
+fn validate_properties(field: &str, properties: &TaskProperties) -> Result<(), ValidationError> {
+    let command_field = format!("{field}.command");
+    if properties.command.is_empty() {
+        return refuse(command_field, "a command is required");
+    }
+    check_count(&command_field, properties.command.len(), MAX_COMMAND_ARGS)?;
+    for (index, arg) in properties.command.iter().enumerate() {
+        check_len(&format!("{command_field}[{index}]"), arg, MAX_ARG_BYTES)?;
+    }
+    validate_task_dimensions(&format!("{field}.dimensions"), &properties.dimensions)?;
+    let env_field = format!("{field}.env");
+    check_count(&env_field, properties.env.len(), MAX_ENV_VARS)?;
+    for (index, pair) in properties.env.iter().enumerate() {
+        validate_env_key(&format!("{env_field}[{index}].key"), &pair.key)?;
+        check_len(&format!("{env_field}[{index}].value"), &pair.value, MAX_ENV_VALUE_BYTES)?;
+    }
+    let prefixes_field = format!("{field}.env_prefixes");
+    check_count(&prefixes_field, properties.env_prefixes.len(), MAX_ENV_VARS)?;
+    for (index, prefix) in properties.env_prefixes.iter().enumerate() {
+        validate_env_key(&format!("{prefixes_field}[{index}].key"), &prefix.key)?;
+        for (value_index, path) in prefix.value.iter().enumerate() {
+            validate_relative_path(&format!("{prefixes_field}[{index}].value[{value_index}]"), path)?;
+        }
+    }
+    if !properties.relative_cwd.is_empty() {
+        validate_relative_path(&format!("{field}.relative_cwd"), &properties.relative_cwd)?;
+    }
+    check_seconds(
+        &format!("{field}.execution_timeout_secs"),
+        properties.execution_timeout_secs,
+        1,
+        MAX_EXECUTION_TIMEOUT_SECS,
+    )?;
+    if properties.io_timeout_secs != 0 {
+        let io_field = format!("{field}.io_timeout_secs");
+        check_seconds(&io_field, properties.io_timeout_secs, 1, MAX_EXECUTION_TIMEOUT_SECS)?;
+    }
+    check_seconds(&format!("{field}.grace_period_secs"), properties.grace_period_secs, 0, MAX_GRACE_PERIOD_SECS)
+}
+
+/// Swarming's rules: keys `^[a-zA-Z\-_.][0-9a-zA-Z\-_.]*$` up to 64 bytes, values up
+/// to 256 bytes without surrounding spaces, exactly one `pool` without
+/// alternatives, at most 8 combinations from alternatives.
+fn validate_task_dimensions(field: &str, dimensions: &[StringPair]) -> Result<(), ValidationError> {
+    check_count(field, dimensions.len(), MAX_TASK_DIMENSIONS)?;
+    let mut combinations = 1usize;
+    let mut pools = 0;
+    for (index, pair) in dimensions.iter().enumerate() {
+        let pair_field = format!("{field}[{index}]");
+        validate_dimension_key(&format!("{pair_field}.key"), &pair.key)?;
+        if dimensions[..index].iter().any(|earlier| earlier.key == pair.key) {
+            return refuse(
+                format!("{pair_field}.key"),
+                format!("{:?} is given twice; use a|b for alternatives", pair.key),
+            );
+        }
+        let alternatives: Vec<&str> = pair.value.split('|').collect();
+        for value in &alternatives {
+            validate_dimension_value(&format!("{pair_field}.value"), value)?;
+        }
+        if pair.key == "pool" {
+            pools += 1;
+            if alternatives.len() > 1 {
+                return refuse(format!("{pair_field}.value"), "pool cannot have alternatives");
+            }
+        }
+        combinations = combinations.saturating_mul(alternatives.len());
+    }
+    if pools == 0 {
+        return refuse(field, "a task must name exactly one pool (dimension pool=NAME)");
+    }
+    if combinations > MAX_DIMENSION_COMBINATIONS {
+        return refuse(
+            field,
+            format!("alternatives make {combinations} combinations, over the limit of {MAX_DIMENSION_COMBINATIONS}"),
+        );
+    }
+    Ok(())
+}
+
+/// A bot's dimensions follow the same key and value rules as a task's.
+pub fn validate_bot_dimensions(dimensions: &[StringPair]) -> Result<(), ValidationError> {
+    check_count("dimensions", dimensions.len(), MAX_BOT_DIMENSIONS)?;
+    for (index, pair) in dimensions.iter().enumerate() {
+        validate_dimension_key(&format!("dimensions[{index}].key"), &pair.key)?;
+        validate_dimension_value(&format!("dimensions[{index}].value"), &pair.value)?;
+    }
+    Ok(())
+}
+
+pub fn validate_bot_id(bot_id: &str) -> Result<(), ValidationError> {
+    if bot_id.is_empty() {
+        return refuse("bot_id", "must not be empty");
+    }
+    check_len("bot_id", bot_id, MAX_BOT_ID_BYTES)?;
+    validate_dimension_value("bot_id", bot_id)
+}
+
+fn validate_dimension_key(field: &str, key: &str) -> Result<(), ValidationError> {
+    check_len(field, key, MAX_DIMENSION_KEY_BYTES)?;
+    let mut bytes = key.bytes();
+    let valid_first = bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b"-_.".contains(&b));
+    let valid_rest = bytes.all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !valid_first || !valid_rest {
+        return refuse(field, format!("{key:?} does not match ^[a-zA-Z\\-_.][0-9a-zA-Z\\-_.]*$"));
+    }
+    Ok(())
+}
+
+fn validate_dimension_value(field: &str, value: &str) -> Result<(), ValidationError> {
+    if value.is_empty() {
+        return refuse(field, "must not be empty");
+    }
+    check_len(field, value, MAX_DIMENSION_VALUE_BYTES)?;
+    if value.trim() != value {
+        return refuse(field, format!("{value:?} has surrounding spaces"));
+    }
+    Ok(())
+}
+
+fn validate_env_key(field: &str, key: &str) -> Result<(), ValidationError> {
+    check_len(field, key, MAX_ENV_KEY_BYTES)?;
+    if key.is_empty() || key.contains('=') || key.contains('\0') {
+        return refuse(field, format!("{key:?} is not a valid environment variable name"));
+    }
+    Ok(())
+}
+
+fn validate_relative_path(field: &str, path: &str) -> Result<(), ValidationError> {
+    check_len(field, path, MAX_ARG_BYTES)?;
+    if path.is_empty() || path.starts_with('/') || path.contains('\0') || path.split('/').any(|part| part == "..") {
+        return refuse(field, format!("{path:?} must be a relative path inside the work directory, without .."));
+    }
+    Ok(())
+}
+
+fn check_len(field: &str, value: &str, limit: usize) -> Result<(), ValidationError> {
+    if value.len() > limit {
+        return refuse(field, format!("{} bytes is over the limit of {limit}", value.len()));
+    }
+    Ok(())
+}
+
+fn check_count(field: &str, count: usize, limit: usize) -> Result<(), ValidationError> {
+    if count > limit {
+        return refuse(field, format!("{count} entries is over the limit of {limit}"));
+    }
+    Ok(())
+}
+
+fn check_seconds(field: &str, value: u32, min: u32, max: u32) -> Result<(), ValidationError> {
+    if !(min..=max).contains(&value) {
+        return refuse(field, format!("{value} seconds is outside {min}..={max}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(dimensions: &[(&str, &str)]) -> NewTaskRequest {
+        let mut slice = TaskSlice::default();
+        slice.properties.command = vec!["true".into()];
+        slice.properties.dimensions = dimensions.iter().map(|(key, value)| StringPair::new(key, value)).collect();
+        NewTaskRequest { task_slices: vec![slice], ..NewTaskRequest::default() }
+    }
+
+    fn refused_field(request: &NewTaskRequest) -> String {
+        validate_request(request).expect_err("should be refused").field
+    }
+
+    #[test]
+    fn a_plain_request_is_valid() {
+        assert_eq!(validate_request(&request(&[("pool", "ci"), ("os", "Linux|Mac")])), Ok(()));
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        assert_eq!(refused_field(&request(&[("os", "Linux")])), "task_slices[0].properties.dimensions");
+        assert_eq!(refused_field(&request(&[("pool", "a|b")])), "task_slices[0].properties.dimensions[0].value");
+        assert_eq!(
+            refused_field(&request(&[("pool", "ci"), ("9x", "y")])),
+            "task_slices[0].properties.dimensions[1].key"
+        );
+        assert_eq!(refused_field(&request(&[("pool", " ci")])), "task_slices[0].properties.dimensions[0].value");
+        let long_key = "k".repeat(MAX_DIMENSION_KEY_BYTES + 1);
+        assert_eq!(
+            refused_field(&request(&[("pool", "ci"), (&long_key, "v")])),
+            "task_slices[0].properties.dimensions[1].key"
+        );
+        let many = request(&[("pool", "ci"), ("a", "1|2|3"), ("b", "1|2|3")]);
+        assert_eq!(refused_field(&many), "task_slices[0].properties.dimensions");
+
+        let mut bad = request(&[("pool", "ci")]);
+        bad.priority = 0;
+        assert_eq!(refused_field(&bad), "priority");
+        let mut bad = request(&[("pool", "ci")]);
+        bad.task_slices[0].properties.command.clear();
+        assert_eq!(refused_field(&bad), "task_slices[0].properties.command");
+        let mut bad = request(&[("pool", "ci")]);
+        bad.task_slices[0].expiration_secs = 0;
+        assert_eq!(refused_field(&bad), "task_slices[0].expiration_secs");
+        let mut bad = request(&[("pool", "ci")]);
+        bad.task_slices[0].properties.execution_timeout_secs = MAX_EXECUTION_TIMEOUT_SECS + 1;
+        assert_eq!(refused_field(&bad), "task_slices[0].properties.execution_timeout_secs");
+        let mut bad = request(&[("pool", "ci")]);
+        bad.task_slices[0].properties.relative_cwd = "a/../..".into();
+        assert_eq!(refused_field(&bad), "task_slices[0].properties.relative_cwd");
+        let mut bad = request(&[("pool", "ci")]);
+        bad.task_slices.push(bad.task_slices[0].clone());
+        assert_eq!(refused_field(&bad), "task_slices[1]");
+        let mut bad = request(&[("pool", "ci")]);
+        bad.tags.push("novalue".into());
+        assert_eq!(refused_field(&bad), "tags[0]");
+        let mut bad = request(&[("pool", "ci")]);
+        bad.task_slices = vec![bad.task_slices[0].clone(); MAX_TASK_SLICES + 1];
+        assert_eq!(refused_field(&bad), "task_slices");
+    }
+
+    #[test]
+    fn messages_name_the_limit() {
+        let mut bad = request(&[("pool", "ci")]);
+        bad.name = "n".repeat(MAX_NAME_BYTES + 1);
+        let error = validate_request(&bad).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("name: {} bytes is over the limit of {MAX_NAME_BYTES}", MAX_NAME_BYTES + 1)
+        );
+    }
+}

@@ -1,0 +1,34 @@
+//! The shell around the core: data directory, recovery, the event loop, the
+//! flusher thread.
+
+mod connection;
+mod durability;
+mod event_loop;
+mod os;
+mod startup;
+
+pub use event_loop::{SOFTWARE, now_unix_ms};
+pub use startup::{ServerConfig, run};
+
+use std::io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+    #[error("another apiaryd already uses the data directory {0} (it holds the lock on {0}/LOCK)")]
+    Locked(String),
+    #[error("the write-ahead log failed: {0}")]
+    Wal(#[from] apiary_storage::WalError),
+    #[error("the output store failed: {0}")]
+    Output(#[from] apiary_storage::OutputError),
+    #[error("{0}; stopping, since durability can no longer be promised")]
+    Sync(String),
+    #[error("cannot replay record {seq} of the log: {reason}")]
+    Replay { seq: u64, reason: String },
+}
+
+/// One line per notable event, on stderr.
+pub fn log(message: String) {
+    eprintln!("apiaryd: {message}");
+}

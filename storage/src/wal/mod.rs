@@ -1,0 +1,25 @@
+//! The write-ahead log: segment files of checksummed records, appended by one writer thread
+//! and made durable by sync jobs that another thread runs.
+//!
+//! - `record`: a record's byte layout, its encoder and its checked decoder.
+//! - `segment`: a segment file's header, its name, and its creation (preallocated, synced).
+//! - `recovery`: opening an existing log: verify, cut a torn tail, refuse corruption.
+//! - `writer`: [`Wal`], the appender, and the iterator over its records.
+//! - `sync`: [`SyncJob`], durability work handed to another thread.
+//! - `mmap`: the memory mapping of a segment; the only module with `unsafe`.
+//! - `error`: [`WalError`].
+
+mod error;
+#[expect(unsafe_code, reason = "the segment mapping needs raw pointer access; see the module's SAFETY notes")]
+mod mmap;
+mod record;
+mod recovery;
+mod segment;
+mod sync;
+mod writer;
+
+pub use error::WalError;
+pub use record::{RECORD_ALIGNMENT, RecordRef};
+pub use recovery::{Recovery, TornTail};
+pub use sync::SyncJob;
+pub use writer::{MAX_SEGMENT_BYTES, Records, Wal, WalOptions};
