@@ -80,6 +80,10 @@ impl StartError {
         match self {
             StartError::EmptyCommand | StartError::BadEnvKey(_) | StartError::Path(_) => RunEnd::ClientError(reason),
             StartError::Spawn { source, .. } if is_task_fault(source) => RunEnd::ClientError(reason),
+            // A fresh work directory only refuses a name the task chose badly.
+            StartError::CreateCwd { source, .. } if source.kind() == io::ErrorKind::InvalidFilename => {
+                RunEnd::ClientError(reason)
+            }
             StartError::Spawn { .. } | StartError::CreateCwd { .. } | StartError::Pipe(_) | StartError::Thread(_) => {
                 RunEnd::InternalError(reason)
             }

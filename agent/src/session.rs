@@ -209,6 +209,14 @@ enum UpdateResult {
     Dropped(String),
 }
 
+/// What became of one update of a running task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivery {
+    Delivered,
+    NotDelivered,
+    Dropped,
+}
+
 pub(crate) struct Session<C: Connector> {
     identity: BotIdentity,
     pacing: Pacing,
@@ -277,12 +285,13 @@ impl<C: Connector> Session<C> {
             assignment.properties.command
         );
         if let Some(finished) = self.run_in_task_dir(&assignment) {
+            let outcome = &finished.outcome;
+            let exit_code = outcome.exit_code.map_or_else(|| "none".to_string(), |code| code.to_string());
             log_event!(
-                "task {} ended: {:?}, exit code {:?}, {} ms",
+                "task {} ended: {:?}, exit code {exit_code}, {} ms",
                 format_task_id(run_id),
-                finished.outcome.end,
-                finished.outcome.exit_code,
-                finished.outcome.duration_ms
+                outcome.end,
+                outcome.duration_ms
             );
             self.report_final(run_id, finished);
         }
@@ -342,19 +351,10 @@ impl<C: Connector> Session<C> {
             let due = undelivered || held_bytes >= pacing.chunk_bytes || now >= flush_at;
             if due && now >= self.next_connect_at {
                 last_update_at = now;
-                let (offset, output) = task.peek_output(pacing.max_update_bytes);
-                match self.send_update(run_id, offset, output, None) {
-                    UpdateResult::Acknowledged { output_len, must_stop } => {
-                        undelivered = false;
-                        self.note_acknowledged(run_id, task.acknowledge_output(output_len));
-                        if must_stop {
-                            log_event!("task {}: the daemon asked to stop it", format_task_id(run_id));
-                            task.stop(RunEnd::Killed);
-                        }
-                    }
-                    UpdateResult::NotDelivered => undelivered = true,
-                    UpdateResult::Dropped(reason) => {
-                        log_event!("task {}: dropped ({reason}); stopping it", format_task_id(run_id));
+                match self.send_running_update(run_id, &task) {
+                    Delivery::Delivered => undelivered = false,
+                    Delivery::NotDelivered => undelivered = true,
+                    Delivery::Dropped => {
                         task.stop(RunEnd::Killed);
                         drop(task.finish());
                         return None;
@@ -367,6 +367,26 @@ impl<C: Connector> Session<C> {
             let wake_at = if undelivered { self.next_connect_at } else { flush_at.max(self.next_connect_at) };
             let timeout = wake_at.saturating_duration_since(now).min(SHUTDOWN_CHECK_INTERVAL);
             task.wait(timeout, if connected_soon { pacing.chunk_bytes } else { usize::MAX });
+        }
+    }
+
+    /// Sends the held output of a running task (or an empty update, for liveness).
+    fn send_running_update(&mut self, run_id: u64, task: &RunningTask) -> Delivery {
+        let (offset, output) = task.peek_output(self.pacing.max_update_bytes);
+        match self.send_update(run_id, offset, output, None) {
+            UpdateResult::Acknowledged { output_len, must_stop } => {
+                self.note_acknowledged(run_id, task.acknowledge_output(output_len));
+                if must_stop {
+                    log_event!("task {}: the daemon asked to stop it", format_task_id(run_id));
+                    task.stop(RunEnd::Killed);
+                }
+                Delivery::Delivered
+            }
+            UpdateResult::NotDelivered => Delivery::NotDelivered,
+            UpdateResult::Dropped(reason) => {
+                log_event!("task {}: dropped ({reason}); stopping it", format_task_id(run_id));
+                Delivery::Dropped
+            }
         }
     }
 
@@ -497,7 +517,7 @@ impl<C: Connector> Session<C> {
         self.connection = None;
         let delay = self.backoff.next_delay();
         self.next_connect_at = Instant::now() + delay;
-        log_event!("connection lost or refused ({reason}); reconnecting in {} ms", delay.as_millis());
+        log_event!("no connection to the daemon ({reason}); reconnecting in {} ms", delay.as_millis());
     }
 
     fn sleep_until_reconnect(&self) {
@@ -558,4 +578,306 @@ pub(crate) fn random_session_id() -> u64 {
     }
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     (nanos as u64) ^ (u64::from(std::process::id()) << 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::io;
+
+    use apiary_protocol::{TaskProperties, TaskUpdate};
+
+    use super::*;
+
+    const RUN_ID: u64 = 0x5551;
+
+    /// Which calls the fake daemon fails, and how.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Failure {
+        None,
+        /// The request never arrives.
+        BeforeApplying,
+        /// The request is applied but the reply is lost.
+        AfterApplying,
+    }
+
+    /// A daemon that stores output by offset, like the real one, and can fail.
+    #[derive(Default)]
+    struct FakeDaemon {
+        assignments: VecDeque<Assignment>,
+        output: Vec<u8>,
+        outcome: Option<RunOutcome>,
+        updates: usize,
+        calls: usize,
+        /// Fail every n-th call (alternately before and after applying it).
+        fail_every: Option<usize>,
+        failed_connects: usize,
+        /// Answer the n-th update with `must_stop`.
+        must_stop_at_update: Option<usize>,
+        /// Refuse updates as stale from the n-th on.
+        stale_from_update: Option<usize>,
+        /// Ask the bot to shut down at the n-th update.
+        shutdown_at_update: Option<usize>,
+        lifecycle: Arc<Lifecycle>,
+    }
+
+    impl FakeDaemon {
+        fn failure(&mut self) -> Failure {
+            self.calls += 1;
+            match self.fail_every {
+                Some(every) if self.calls.is_multiple_of(every) => {
+                    if (self.calls / every).is_multiple_of(2) {
+                        Failure::BeforeApplying
+                    } else {
+                        Failure::AfterApplying
+                    }
+                }
+                _ => Failure::None,
+            }
+        }
+
+        fn handle(&mut self, request: &Request) -> Result<Reply, ClientError> {
+            match request {
+                Request::BotPoll(poll) => {
+                    assert_eq!(poll.bot_id, "bot1");
+                    match self.assignments.pop_front() {
+                        Some(assignment) => Ok(Reply::Assignment(assignment)),
+                        None => {
+                            self.lifecycle.begin_shutdown();
+                            Ok(Reply::NoWork)
+                        }
+                    }
+                }
+                Request::TaskUpdate(update) => self.update(update),
+                _ => panic!("a bot sent {request:?}"),
+            }
+        }
+
+        fn update(&mut self, update: &TaskUpdate) -> Result<Reply, ClientError> {
+            assert_eq!((update.run_id, update.session_id), (RUN_ID, 7));
+            assert!(update.output.len() <= limits::MAX_OUTPUT_CHUNK_BYTES);
+            self.updates += 1;
+            if self.outcome.is_some() || self.stale_from_update.is_some_and(|n| self.updates >= n) {
+                let message = "the attempt ended".to_string();
+                return Err(ClientError::Refused { code: ErrorCode::StaleRun, message });
+            }
+            if self.shutdown_at_update == Some(self.updates) {
+                self.lifecycle.begin_shutdown();
+            }
+            let offset = usize::try_from(update.output_offset).unwrap();
+            if offset <= self.output.len() {
+                let overlap = (self.output.len() - offset).min(update.output.len());
+                assert_eq!(self.output[offset..offset + overlap], update.output[..overlap], "resent bytes differ");
+                self.output.extend_from_slice(&update.output[overlap..]);
+                if update.outcome.is_some() && offset + update.output.len() == self.output.len() {
+                    self.outcome = update.outcome.clone();
+                }
+            }
+            let must_stop = self.must_stop_at_update.is_some_and(|n| self.updates >= n);
+            Ok(Reply::UpdateAck { output_len: self.output.len() as u64, must_stop })
+        }
+    }
+
+    #[derive(Clone)]
+    struct FakeConnector(Arc<Mutex<FakeDaemon>>);
+    struct FakeConnection(Arc<Mutex<FakeDaemon>>);
+
+    fn broken() -> ClientError {
+        ClientError::Io(io::Error::new(io::ErrorKind::ConnectionReset, "fake connection reset"))
+    }
+
+    impl Connector for FakeConnector {
+        type Connection = FakeConnection;
+        fn connect(&mut self) -> Result<FakeConnection, ClientError> {
+            let mut daemon = self.0.lock().unwrap();
+            if daemon.failed_connects > 0 {
+                daemon.failed_connects -= 1;
+                return Err(broken());
+            }
+            Ok(FakeConnection(Arc::clone(&self.0)))
+        }
+    }
+
+    impl Connection for FakeConnection {
+        fn call(&mut self, request: &Request, _timeout: Duration) -> Result<Reply, ClientError> {
+            let mut daemon = self.0.lock().unwrap();
+            match daemon.failure() {
+                Failure::None => daemon.handle(request),
+                Failure::BeforeApplying => Err(broken()),
+                Failure::AfterApplying => daemon.handle(request).and(Err(broken())),
+            }
+        }
+    }
+
+    fn fast_pacing() -> Pacing {
+        Pacing {
+            poll_timeout: Duration::from_secs(1),
+            update_timeout: Duration::from_secs(1),
+            flush_interval: Duration::from_millis(5),
+            liveness_interval: Duration::from_millis(20),
+            chunk_bytes: 200,
+            max_update_bytes: 700,
+            output_capacity_bytes: 1 << 20,
+            backoff_initial: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(4),
+            shutdown_report_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn assignment(command: &[&str], grace_period_secs: u32) -> Assignment {
+        Assignment {
+            run_id: RUN_ID,
+            task_name: "test".to_string(),
+            slice_index: 0,
+            properties: TaskProperties {
+                command: command.iter().map(|part| part.to_string()).collect(),
+                execution_timeout_secs: 60,
+                grace_period_secs,
+                ..TaskProperties::default()
+            },
+        }
+    }
+
+    /// Runs a session against the fake daemon until the daemon has no more work.
+    fn run_session(daemon: FakeDaemon) -> (FakeDaemon, tempfile::TempDir) {
+        let work_dir = tempfile::tempdir().unwrap();
+        let lifecycle = Arc::clone(&daemon.lifecycle);
+        let daemon = Arc::new(Mutex::new(daemon));
+        let identity = BotIdentity {
+            bot_id: "bot1".to_string(),
+            session_id: 7,
+            dimensions: vec![StringPair::new("id", "bot1")],
+            software: "apiary-bot/test".to_string(),
+            server: "fake:1".to_string(),
+        };
+        let work_root = WorkRoot::new(work_dir.path().to_path_buf());
+        let mut session =
+            Session::new(identity, fast_pacing(), work_root, FakeConnector(Arc::clone(&daemon)), lifecycle);
+        session.run().expect("the session ends cleanly");
+        drop(session);
+        let daemon = Arc::try_unwrap(daemon).ok().expect("the session is gone").into_inner().unwrap();
+        (daemon, work_dir)
+    }
+
+    fn expected_lines(count: usize) -> String {
+        (1..=count).map(|line| format!("line {line}\n")).collect()
+    }
+
+    #[test]
+    fn output_is_exact_across_lost_connections() {
+        // Two bursts of output with a pause, so updates go out while the task runs
+        // and after it ended; every 3rd call fails, before or after being applied.
+        let script = "i=1; while [ $i -le 400 ]; do echo line $i; i=$((i+1)); done; sleep 0.1; \
+                      while [ $i -le 800 ]; do echo line $i; i=$((i+1)); done";
+        let daemon = FakeDaemon {
+            assignments: VecDeque::from([assignment(&["sh", "-c", script], 30)]),
+            fail_every: Some(3),
+            failed_connects: 3,
+            ..FakeDaemon::default()
+        };
+        let (daemon, work_dir) = run_session(daemon);
+        assert_eq!(String::from_utf8(daemon.output).unwrap(), expected_lines(800));
+        let outcome = daemon.outcome.expect("the outcome was reported");
+        assert_eq!((outcome.exit_code, outcome.end), (Some(0), RunEnd::Exited));
+        assert!(daemon.updates > 10, "only {} updates", daemon.updates);
+        assert_eq!(std::fs::read_dir(work_dir.path().join("w")).unwrap().count(), 0, "the task dir is removed");
+    }
+
+    #[test]
+    fn must_stop_kills_the_command() {
+        let daemon = FakeDaemon {
+            assignments: VecDeque::from([assignment(&["sh", "-c", "echo started; exec sleep 30"], 30)]),
+            must_stop_at_update: Some(1),
+            ..FakeDaemon::default()
+        };
+        let (daemon, _work_dir) = run_session(daemon);
+        let outcome = daemon.outcome.expect("the outcome was reported");
+        assert_eq!((outcome.exit_code, outcome.end), (Some(-1), RunEnd::Killed));
+    }
+
+    #[test]
+    fn a_stale_run_is_stopped_and_dropped() {
+        let daemon = FakeDaemon {
+            assignments: VecDeque::from([
+                assignment(&["sleep", "30"], 30),
+                assignment(&["sh", "-c", "echo second"], 30),
+            ]),
+            stale_from_update: Some(2),
+            ..FakeDaemon::default()
+        };
+        let (daemon, work_dir) = run_session(daemon);
+        // The first task was dropped without an outcome; the bot went on polling
+        // and ran the second, which the fake refuses as stale as well.
+        assert_eq!(daemon.outcome, None);
+        assert!(daemon.assignments.is_empty());
+        assert_eq!(std::fs::read_dir(work_dir.path().join("w")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_command_that_cannot_start_is_a_client_error() {
+        let daemon = FakeDaemon {
+            assignments: VecDeque::from([assignment(&["/nonexistent/apiary-test-command"], 30)]),
+            ..FakeDaemon::default()
+        };
+        let (daemon, _work_dir) = run_session(daemon);
+        let outcome = daemon.outcome.expect("the outcome was reported");
+        assert_eq!(outcome.exit_code, None);
+        assert!(matches!(outcome.end, RunEnd::ClientError(_)), "{:?}", outcome.end);
+    }
+
+    #[test]
+    fn shutdown_stops_the_task_and_reports_it() {
+        let daemon = FakeDaemon {
+            assignments: VecDeque::from([assignment(&["sh", "-c", "echo started; exec sleep 30"], 30)]),
+            shutdown_at_update: Some(1),
+            ..FakeDaemon::default()
+        };
+        let (daemon, _work_dir) = run_session(daemon);
+        let outcome = daemon.outcome.expect("the outcome was reported");
+        assert_eq!(outcome.exit_code, Some(-1));
+        assert!(matches!(outcome.end, RunEnd::InternalError(_)), "{:?}", outcome.end);
+        assert_eq!(daemon.output, b"started\n");
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_jitter() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), 42);
+        let delays: Vec<Duration> = (0..10).map(|_| backoff.next_delay()).collect();
+        let mut base = Duration::from_millis(100);
+        for delay in delays {
+            assert!(delay >= base && delay <= base + base / 2, "{delay:?} for {base:?}");
+            base = (base * 2).min(Duration::from_secs(5));
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() < Duration::from_millis(151));
+    }
+
+    #[test]
+    fn a_refused_poll_ends_the_session() {
+        struct Refusing;
+        impl Connection for Refusing {
+            fn call(&mut self, _request: &Request, _timeout: Duration) -> Result<Reply, ClientError> {
+                Err(ClientError::Refused { code: ErrorCode::InvalidRequest, message: "bad dimension".to_string() })
+            }
+        }
+        struct RefusingConnector;
+        impl Connector for RefusingConnector {
+            type Connection = Refusing;
+            fn connect(&mut self) -> Result<Refusing, ClientError> {
+                Ok(Refusing)
+            }
+        }
+        let work_dir = tempfile::tempdir().unwrap();
+        let identity = BotIdentity {
+            bot_id: "bot1".to_string(),
+            session_id: 7,
+            dimensions: Vec::new(),
+            software: "test".to_string(),
+            server: "fake:1".to_string(),
+        };
+        let lifecycle = Arc::new(Lifecycle::default());
+        let work_root = WorkRoot::new(work_dir.path().to_path_buf());
+        let mut session = Session::new(identity, fast_pacing(), work_root, RefusingConnector, lifecycle);
+        assert!(matches!(session.run(), Err(SessionError::Refused { code: ErrorCode::InvalidRequest, .. })));
+    }
 }

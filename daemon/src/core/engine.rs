@@ -103,6 +103,10 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
     Reply::Error(ErrorReply { code, message: message.into() })
 }
 
+fn not_found(raw_id: u64) -> Reply {
+    error(ErrorCode::NotFound, format!("no task {}", apiary_protocol::ids::format_task_id(raw_id)))
+}
+
 impl Core {
     pub fn new(config: CoreConfig) -> Core {
         Core {
@@ -137,7 +141,7 @@ impl Core {
         match request {
             Request::NewTask(new_task) => Some(self.new_task(new_task, out)),
             Request::GetTask { task_id } => {
-                Some(self.find_task(task_id).map_or_else(|e| e, |t| Reply::Task(t.result())))
+                Some(self.find_task(task_id).map_or_else(|| not_found(task_id), |task| Reply::Task(task.result())))
             }
             Request::WaitTask { task_id, timeout_ms } => self.wait_task(conn, request_id, task_id, timeout_ms),
             Request::GetOutput { task_id, offset, max_bytes } => {
@@ -149,16 +153,12 @@ impl Core {
         }
     }
 
-    fn find_task(&self, raw_id: u64) -> Result<&Task, Reply> {
-        let request_id = RequestId::from_u64(raw_id & !0xf).expect("masked id ends in 0");
-        let not_found =
-            || error(ErrorCode::NotFound, format!("no task {}", apiary_protocol::ids::format_task_id(raw_id)));
-        let task = self.tasks.get(&request_id).ok_or_else(not_found)?;
+    /// The task of a request id, or of a run id that exists.
+    fn find_task(&self, raw_id: u64) -> Option<&Task> {
+        let task = self.tasks.get(&RequestId::from_u64(raw_id & !0xf).expect("masked id ends in 0"))?;
         let try_number = (raw_id & 0xf) as u8;
-        if try_number != 0 && task.run.as_ref().is_none_or(|run| run.run_id.try_number() < try_number) {
-            return Err(not_found());
-        }
-        Ok(task)
+        let run_exists = try_number == 0 || task.run.as_ref().is_some_and(|run| run.run_id.try_number() >= try_number);
+        run_exists.then_some(task)
     }
 
     fn new_task(&mut self, request: NewTaskRequest, out: &mut Output) -> Reply {
@@ -181,10 +181,7 @@ impl Core {
     }
 
     fn wait_task(&mut self, conn: ConnId, request_id: u64, raw_id: u64, timeout_ms: u64) -> Option<Reply> {
-        let task = match self.find_task(raw_id) {
-            Ok(task) => task,
-            Err(reply) => return Some(reply),
-        };
+        let Some(task) = self.find_task(raw_id) else { return Some(not_found(raw_id)) };
         if task.state.is_terminal() || timeout_ms == 0 {
             return Some(Reply::Task(task.result()));
         }
@@ -204,10 +201,7 @@ impl Core {
         max_bytes: u32,
         out: &mut Output,
     ) -> Option<Reply> {
-        let task = match self.find_task(raw_id) {
-            Ok(task) => task,
-            Err(reply) => return Some(reply),
-        };
+        let Some(task) = self.find_task(raw_id) else { return Some(not_found(raw_id)) };
         out.output_reads.push(OutputRead {
             conn,
             request_id,

@@ -14,6 +14,15 @@ struct Harness {
 
 const CLIENT: ConnId = ConnId(1);
 
+#[derive(Clone, Copy)]
+struct TestBot {
+    conn: ConnId,
+    bot_id: &'static str,
+    session_id: u64,
+}
+
+const BOT_1: TestBot = TestBot { conn: ConnId(2), bot_id: "bot-1", session_id: 7 };
+
 impl Harness {
     fn new() -> Harness {
         Harness {
@@ -60,26 +69,12 @@ impl Harness {
         self.send(conn, Request::BotPoll(poll)).1
     }
 
-    fn report(
-        &mut self,
-        conn: ConnId,
-        bot_id: &str,
-        session_id: u64,
-        run_id: u64,
-        offset: u64,
-        output: &[u8],
-        exit_code: Option<i64>,
-    ) -> Reply {
+    fn report(&mut self, bot: TestBot, run_id: u64, offset: u64, output: &[u8], exit_code: Option<i64>) -> Reply {
         let outcome = exit_code.map(|code| RunOutcome { exit_code: Some(code), duration_ms: 5, end: RunEnd::Exited });
-        let update = TaskUpdate {
-            bot_id: bot_id.into(),
-            session_id,
-            run_id,
-            output_offset: offset,
-            output: output.to_vec(),
-            outcome,
-        };
-        let (_, out) = self.send(conn, Request::TaskUpdate(update));
+        let output = output.to_vec();
+        let (bot_id, session_id) = (bot.bot_id.to_string(), bot.session_id);
+        let update = TaskUpdate { bot_id, session_id, run_id, output_offset: offset, output, outcome };
+        let (_, out) = self.send(bot.conn, Request::TaskUpdate(update));
         out.replies.into_iter().last().expect("a reply").reply
     }
 
@@ -129,25 +124,16 @@ fn a_task_runs_on_a_polling_bot_and_completes() {
     let run_id = assignment(&out).expect("assigned").run_id;
     assert_eq!(run_id, task.task_id | 1);
     assert_eq!(h.state(task.task_id), TaskState::Running);
-    assert_eq!(
-        h.report(ConnId(2), "bot-1", 7, run_id, 0, b"hello ", None),
-        Reply::UpdateAck { output_len: 6, must_stop: false }
-    );
+    assert_eq!(h.report(BOT_1, run_id, 0, b"hello ", None), Reply::UpdateAck { output_len: 6, must_stop: false });
     // A resent chunk that overlaps changes nothing but its new tail.
-    assert_eq!(
-        h.report(ConnId(2), "bot-1", 7, run_id, 3, b"lo world", Some(0)),
-        Reply::UpdateAck { output_len: 11, must_stop: false }
-    );
+    assert_eq!(h.report(BOT_1, run_id, 3, b"lo world", Some(0)), Reply::UpdateAck { output_len: 11, must_stop: false });
     let result = h.core.task(RequestId::from_u64(task.task_id).unwrap()).unwrap();
     assert_eq!((result.state, result.exit_code, result.output_len), (TaskState::Completed, Some(0), 11));
     assert_eq!(result.bot_id.as_deref(), Some("bot-1"));
     // The retried final report gets the same answer; any other report is stale.
-    assert_eq!(
-        h.report(ConnId(2), "bot-1", 7, run_id, 11, b"", Some(0)),
-        Reply::UpdateAck { output_len: 11, must_stop: false }
-    );
+    assert_eq!(h.report(BOT_1, run_id, 11, b"", Some(0)), Reply::UpdateAck { output_len: 11, must_stop: false });
     assert!(matches!(
-        h.report(ConnId(2), "bot-1", 7, run_id, 11, b"more", None),
+        h.report(BOT_1, run_id, 11, b"more", None),
         Reply::Error(ErrorReply { code: ErrorCode::StaleRun, .. })
     ));
     h.check_replay();
@@ -177,7 +163,7 @@ fn priority_then_submission_order() {
         let out = h.poll(ConnId(2), "bot-1", 7, LINUX);
         let run_id = assignment(&out).expect("work").run_id;
         order.push(run_id & !0xf);
-        h.report(ConnId(2), "bot-1", 7, run_id, 0, b"", Some(0));
+        h.report(BOT_1, run_id, 0, b"", Some(0));
     }
     assert_eq!(order, vec![first_high.task_id, second_high.task_id, low.task_id]);
     h.check_replay();

@@ -30,7 +30,7 @@ pub fn validate_request(request: &NewTaskRequest) -> Result<(), ValidationError>
     for (index, tag) in request.tags.iter().enumerate() {
         let field = format!("tags[{index}]");
         check_len(&field, tag, MAX_TAG_BYTES)?;
-        if !tag.split_once(':').is_some_and(|(key, _)| !key.is_empty()) {
+        if tag.split_once(':').is_none_or(|(key, _)| key.is_empty()) {
             return refuse(field, format!("{tag:?} is not of the form key:value"));
         }
     }

@@ -14,6 +14,7 @@ use apiary_storage::{OutputSyncJob, SyncJob};
 use crate::core::{Outgoing, OutputRead};
 
 /// What waits for durability before it leaves the daemon.
+#[expect(clippy::large_enum_variant, reason = "replies are the common case; boxing them costs an allocation each")]
 pub enum Held {
     Reply(Outgoing),
     Read(OutputRead),

@@ -97,10 +97,10 @@ impl EventLoop {
         let mut events = Events::with_capacity(1024);
         while !self.shutting_down {
             let timeout = self.poll_timeout();
-            if let Err(error) = self.poll.poll(&mut events, timeout) {
-                if error.kind() != io::ErrorKind::Interrupted {
-                    return Err(ServerError::Io { context: "poll for events".into(), source: error });
-                }
+            if let Err(error) = self.poll.poll(&mut events, timeout)
+                && error.kind() != io::ErrorKind::Interrupted
+            {
+                return Err(ServerError::Io { context: "poll for events".into(), source: error });
             }
             let mut out = Output::default();
             let now_ms = now_unix_ms();

@@ -60,7 +60,7 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, ServerError> {
 /// Rebuilds the core by applying every event in the log, then restores the
 /// output length of running tasks from the output store.
 fn recover(config: &ServerConfig) -> Result<(Core, Wal, OutputStore), ServerError> {
-    let (wal, recovery) = Wal::open(&config.data_dir.join("wal"), config.wal.clone())?;
+    let (wal, recovery) = Wal::open(&config.data_dir.join("wal"), config.wal)?;
     if let Some(torn) = &recovery.torn_tail {
         log(format!("recovery cut a torn tail of the log: {torn}"));
     }

@@ -9,7 +9,7 @@
 /// payload can be accessed in place by `rkyv`.
 pub const RECORD_ALIGNMENT: usize = 16;
 pub(crate) const RECORD_HEADER_BYTES: usize = 32;
-const _: () = assert!(RECORD_HEADER_BYTES % RECORD_ALIGNMENT == 0);
+const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(RECORD_ALIGNMENT));
 
 /// A record as stored in the log; `payload` points into the mapped segment and is
 /// 16-byte aligned.
@@ -83,6 +83,7 @@ pub(crate) enum Decoded<'a> {
 /// usable end, a multiple of 16).
 pub(crate) fn decode(segment: &[u8], offset: usize) -> Decoded<'_> {
     debug_assert_eq!(offset % RECORD_ALIGNMENT, 0);
+    debug_assert_eq!(segment.len() % RECORD_ALIGNMENT, 0, "padding must fit wherever a payload fits");
     let Some(header) = segment.get(offset..offset + RECORD_HEADER_BYTES) else {
         return Decoded::End;
     };

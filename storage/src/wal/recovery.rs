@@ -15,9 +15,9 @@
 //!   the segment: then the bad spot sits in front of records that may have been acknowledged,
 //!   and it is corruption. Stale records with lower sequence numbers (an older generation)
 //!   are part of the tail.
-//! - A last segment whose header is unreadable but whose body is all zeros holds nothing: its
-//!   creation was interrupted. It is removed (and reported with the tail) if an earlier
-//!   segment, or its being segment 0, says where the log resumes.
+//! - Trailing segments whose header is unreadable but whose body is all zeros hold nothing:
+//!   their creation was interrupted. They are removed (and reported with the tail) if an
+//!   earlier segment, or being segment 0, says where the log resumes.
 //!
 //! The trade-off: if power fails while a sync is writing pages back, a later page can land
 //! while an earlier one does not. The earlier record then looks corrupt, with a valid later
@@ -73,7 +73,7 @@ pub(crate) struct SegmentScan {
 /// Verifies segment `index`, whose usable bytes (header included, length a multiple of 16)
 /// are `bytes` and whose first record should have sequence number `first_seq`.
 pub(crate) fn scan_segment(bytes: &[u8], index: u64, first_seq: u64, is_last: bool) -> Result<SegmentScan, WalError> {
-    assert!(bytes.len() >= SEGMENT_HEADER_BYTES && bytes.len() % RECORD_ALIGNMENT == 0);
+    assert!(bytes.len() >= SEGMENT_HEADER_BYTES && bytes.len().is_multiple_of(RECORD_ALIGNMENT));
     let mut offset = SEGMENT_HEADER_BYTES;
     let mut expected_seq = first_seq;
     let stop_reason = loop {
@@ -125,7 +125,7 @@ fn find_record_at_or_after(bytes: &[u8], from: usize, expected_seq: u64) -> Opti
 /// Verifies the log in `dir` and maps its segments. Returns no segments for an empty log.
 pub(crate) fn recover(dir: &Path) -> Result<(Vec<Segment>, Recovery), WalError> {
     let mut indices = list_segments(dir)?;
-    let dropped_bytes = drop_uncreated_last_segment(dir, &mut indices)?;
+    let dropped_bytes = drop_uncreated_last_segments(dir, &mut indices)?;
     check_contiguous(&indices)?;
     let mut segments: Vec<Segment> = Vec::with_capacity(indices.len());
     let mut torn_tail = None;
@@ -220,25 +220,30 @@ fn check_contiguous(indices: &[u64]) -> Result<(), WalError> {
     Ok(())
 }
 
-/// Removes the last segment if its header is unreadable and its body all zeros (its creation
-/// never finished, so it holds no record), provided the log still knows where to resume.
-/// Returns the non-zero bytes the removed file held.
-fn drop_uncreated_last_segment(dir: &Path, indices: &mut Vec<u64>) -> Result<Option<usize>, WalError> {
-    let Some(&index) = indices.last() else { return Ok(None) };
-    let path = segment::segment_path(dir, index);
-    let bytes = fs::read(&path).map_err(WalError::io(|| format!("read segment {index}")))?;
-    let header_error = match SegmentHeader::decode(&bytes) {
-        Ok(_) => return Ok(None),
-        Err(reason) => reason,
-    };
-    let body_is_zero = bytes.get(SEGMENT_HEADER_BYTES..).is_none_or(|body| body.iter().all(|&byte| byte == 0));
-    if !body_is_zero || (indices.len() == 1 && index != 0) {
-        return Err(WalError::corrupted(index, 0, header_error));
+/// Removes trailing segments whose header is unreadable and whose body is all zeros (their
+/// creation never finished, or a test zeroed them: either way they hold no record), as long
+/// as the log still knows where to resume: an earlier segment, or being segment 0.
+/// Returns the non-zero bytes the removed files held, if any file was removed.
+fn drop_uncreated_last_segments(dir: &Path, indices: &mut Vec<u64>) -> Result<Option<usize>, WalError> {
+    let mut dropped_bytes = None;
+    while let Some(&index) = indices.last() {
+        let path = segment::segment_path(dir, index);
+        let bytes = fs::read(&path).map_err(WalError::io(|| format!("read segment {index}")))?;
+        let header_error = match SegmentHeader::decode(&bytes) {
+            Ok(_) => break,
+            Err(reason) => reason,
+        };
+        let body_is_zero = bytes.get(SEGMENT_HEADER_BYTES..).is_none_or(|body| body.iter().all(|&byte| byte == 0));
+        if !body_is_zero || (indices.len() == 1 && index != 0) {
+            return Err(WalError::corrupted(index, 0, header_error));
+        }
+        fs::remove_file(&path).map_err(WalError::io(|| format!("remove unfinished segment {index}")))?;
+        segment::sync_dir(dir)?;
+        indices.pop();
+        let non_zero = bytes.iter().filter(|&&byte| byte != 0).count();
+        dropped_bytes = Some(dropped_bytes.unwrap_or(0) + non_zero);
     }
-    fs::remove_file(&path).map_err(WalError::io(|| format!("remove unfinished segment {index}")))?;
-    segment::sync_dir(dir)?;
-    indices.pop();
-    Ok(Some(bytes.iter().filter(|&&byte| byte != 0).count()))
+    Ok(dropped_bytes)
 }
 
 #[cfg(test)]

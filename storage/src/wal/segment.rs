@@ -15,7 +15,7 @@ use super::mmap::SegmentMap;
 use super::record::RECORD_ALIGNMENT;
 
 pub(crate) const SEGMENT_HEADER_BYTES: usize = 48;
-const _: () = assert!(SEGMENT_HEADER_BYTES % RECORD_ALIGNMENT == 0);
+const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(RECORD_ALIGNMENT));
 const SEGMENT_MAGIC: [u8; 8] = *b"APIARYWL";
 const SEGMENT_FORMAT_VERSION: u32 = 1;
 const SEGMENT_SUFFIX: &str = ".wal";
@@ -138,7 +138,7 @@ impl Segment {
 
     /// Creates segment `index` of `segment_bytes` zeros with its header, durably, and maps it.
     pub(crate) fn create(dir: &Path, index: u64, first_seq: u64, segment_bytes: usize) -> Result<Segment, WalError> {
-        assert!(segment_bytes >= SEGMENT_HEADER_BYTES && segment_bytes % RECORD_ALIGNMENT == 0);
+        assert!(segment_bytes >= SEGMENT_HEADER_BYTES && segment_bytes.is_multiple_of(RECORD_ALIGNMENT));
         let path = segment_path(dir, index);
         let temporary = path.with_extension("wal.tmp");
         let file = write_new_segment(&temporary, SegmentHeader { index, first_seq }, segment_bytes)

@@ -44,7 +44,7 @@ impl Default for WalOptions {
 impl WalOptions {
     fn validate(&self) -> Result<usize, WalError> {
         let bytes = self.segment_bytes;
-        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&bytes) || bytes % RECORD_ALIGNMENT as u64 != 0 {
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&bytes) || !bytes.is_multiple_of(RECORD_ALIGNMENT as u64) {
             let reason = format!(
                 "segment_bytes is {bytes}; it must be a multiple of {RECORD_ALIGNMENT} in \
                  {MIN_SEGMENT_BYTES}..={MAX_SEGMENT_BYTES}"
