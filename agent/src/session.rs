@@ -86,7 +86,8 @@ pub(crate) struct Pacing {
     pub(crate) update_timeout: Duration,
     /// Held output is sent at least this often.
     pub(crate) flush_interval: Duration,
-    /// An update (maybe empty) is sent at least this often while a task runs.
+    /// An update (maybe empty) is sent at least this often while a task runs:
+    /// it proves the bot alive and is how a kill request reaches it.
     pub(crate) liveness_interval: Duration,
     /// Held output of this size is sent at once.
     pub(crate) chunk_bytes: usize,
@@ -113,7 +114,8 @@ impl Default for Pacing {
             poll_timeout: Duration::from_millis(limits::MAX_LONG_POLL_MS) + Duration::from_secs(30),
             update_timeout: Duration::from_secs(30),
             flush_interval: Duration::from_secs(1),
-            liveness_interval: Duration::from_secs(10),
+            // A kill request reaches the bot within a second.
+            liveness_interval: Duration::from_secs(1),
             chunk_bytes: CHUNK_BYTES,
             max_update_bytes: limits::MAX_OUTPUT_CHUNK_BYTES,
             output_capacity_bytes: OUTPUT_CAPACITY_BYTES,

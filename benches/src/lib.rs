@@ -1,1 +1,50 @@
+//! Apiary's benchmarks and load client, kept in their own crate so the daemon's
+//! crates carry no benchmark code (redb keeps its comparison benches apart the same way).
+//!
+//! - `benches/core.rs`: criterion benches of the sans-IO core alone (submit, dispatch,
+//!   handoff at 1k..1M pending tasks). `APIARY_BENCH_QUICK=1`, or running them as tests
+//!   (`cargo test --benches`), keeps only the smallest size so CI runs them in seconds.
+//! - `src/bin/apiary-load.rs`: `apiary-load`, many simulated bots and submitters against
+//!   a running `apiaryd` over loopback; prints throughput and submit-to-dispatch latency.
+//!
+//! This library holds what both share: a small seeded PRNG, so runs repeat exactly.
 
+/// SplitMix64: tiny, seeded, good enough to pick priorities and classes.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..bound`; `bound` must not be 0.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        assert!(bound > 0, "below(0)");
+        ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rng;
+
+    #[test]
+    fn below_stays_in_range_and_repeats_with_the_seed() {
+        let mut first = Rng::new(7);
+        let mut second = Rng::new(7);
+        for bound in 1..1000 {
+            let value = first.below(bound);
+            assert!(value < bound);
+            assert_eq!(value, second.below(bound));
+        }
+    }
+}

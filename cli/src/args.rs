@@ -1,10 +1,11 @@
 //! The command line. Only syntax is checked here (`K=V`, `K:V`, task ids, numbers);
 //! the daemon checks every limit and names the field it refuses.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use apiary_protocol::StringPair;
 use apiary_protocol::limits;
+use apiary_protocol::{StringPair, TaskState};
 use clap::{Args, Parser, Subcommand};
 
 use crate::connect::{DEFAULT_SERVER, SERVER_ENV};
@@ -23,12 +24,14 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Create a task and print its id.
-    Trigger(TaskArgs),
+    Trigger(TriggerArgs),
     /// Wait for a task to end, write its output to stdout and exit with its exit code.
     Collect(CollectArgs),
     /// Trigger a task, then collect it (the task id goes to stderr).
     Run(RunArgs),
-    /// Look at one task.
+    /// Cancel a pending task; with --kill-running, also stop a running one.
+    Cancel(CancelArgs),
+    /// Look at tasks.
     #[command(subcommand)]
     Tasks(TasksCommand),
     /// Look at the bots.
@@ -36,9 +39,30 @@ pub(crate) enum Command {
     Bots(BotsCommand),
 }
 
-/// Everything that describes a new task.
+#[derive(Debug, Args)]
+pub(crate) struct TriggerArgs {
+    /// Send the request to the daemon to be checked, print it as the daemon would store it
+    /// (JSON), and create nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    #[command(flatten)]
+    pub(crate) task: TaskArgs,
+}
+
+/// Where a new task comes from: a request file, or the flags.
 #[derive(Debug, Args)]
 pub(crate) struct TaskArgs {
+    /// The whole request as JSON in the shape of Swarming's NewTaskRequest (`-`: stdin),
+    /// instead of the flags below and the command.
+    #[arg(long, value_name = "FILE", conflicts_with = "TaskFlags")]
+    pub(crate) request: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) flags: TaskFlags,
+}
+
+/// A one-slice task described by flags.
+#[derive(Debug, Args)]
+pub(crate) struct TaskFlags {
     /// A dimension a bot must have; repeat for more (a key given twice accepts either value).
     #[arg(long = "dimension", short = 'd', value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub(crate) dimensions: Vec<StringPair>,
@@ -69,9 +93,26 @@ pub(crate) struct TaskArgs {
     /// Seconds between SIGTERM and SIGKILL when the command is stopped.
     #[arg(long = "grace-period", value_name = "SECS", default_value_t = limits::DEFAULT_GRACE_PERIOD_SECS)]
     pub(crate) grace_period_secs: u32,
+    /// Keep the task pending while no live bot matches, instead of ending it NO_RESOURCE.
+    #[arg(long)]
+    pub(crate) wait_for_capacity: bool,
+    /// The result may be reused: an identical idempotent task that already succeeded may
+    /// answer this one instead of a new run.
+    #[arg(long)]
+    pub(crate) idempotent: bool,
     /// The command to run and its arguments, after `--`.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[arg(last = true, required_unless_present = "request", value_name = "CMD")]
     pub(crate) command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CancelArgs {
+    /// Also stop the task if it is running (it ends KILLED); without it a running task is left alone.
+    #[arg(long)]
+    pub(crate) kill_running: bool,
+    /// The task: its id (ending in 0) or a run id (ending in 1 or 2).
+    #[arg(value_name = "TASK_ID", value_parser = parse_task_id)]
+    pub(crate) task_id: u64,
 }
 
 #[derive(Debug, Args)]
@@ -121,15 +162,48 @@ pub(crate) enum TasksCommand {
         #[arg(value_name = "TASK_ID", value_parser = parse_task_id)]
         task_id: u64,
     },
+    /// List tasks, newest first, one page at a time.
+    List(ListTasksArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListTasksArgs {
+    /// Only tasks in this state (a Swarming state name, any case).
+    #[arg(long, value_name = "STATE", value_parser = parse_state)]
+    pub(crate) state: Option<TaskState>,
+    /// Only tasks with this tag; repeat for more (all must be present).
+    #[arg(long = "tag", value_name = "KEY:VALUE", value_parser = parse_tag)]
+    pub(crate) tags: Vec<String>,
+    /// At most this many tasks; default and cap are the daemon's (100 and 1000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) limit: Option<u32>,
+    /// Continue a listing where the previous page ended (as printed with it).
+    #[arg(long, value_name = "CURSOR", value_parser = parse_cursor)]
+    pub(crate) cursor: Option<u64>,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BotsCommand {
     /// List the bots the daemon knows, one per line.
     List {
+        /// Only bots with this dimension; repeat for more (all must match). VALUE may be
+        /// `a|b` to accept either.
+        #[arg(long = "dimension", short = 'd', value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        dimensions: Vec<StringPair>,
         /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Show one bot.
+    Show {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(value_name = "BOT_ID")]
+        bot_id: String,
     },
 }
 
@@ -150,6 +224,21 @@ fn parse_tag(text: &str) -> Result<String, String> {
 fn parse_task_id(text: &str) -> Result<u64, String> {
     apiary_protocol::ids::parse_task_id(text)
         .map_err(|_| "expected 16 hexadecimal digits: a task id (ending in 0) or a run id".to_string())
+}
+
+fn parse_state(text: &str) -> Result<TaskState, String> {
+    TaskState::from_name(text).ok_or_else(|| {
+        let names: Vec<&str> = TaskState::ALL.iter().map(|state| state.name()).collect();
+        format!("expected one of {}", names.join(", "))
+    })
+}
+
+/// A cursor is opaque to people: 16 hex digits, as `tasks list` prints it.
+fn parse_cursor(text: &str) -> Result<u64, String> {
+    let valid = text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit());
+    let cursor = valid.then(|| u64::from_str_radix(text, 16).ok()).flatten();
+    cursor
+        .ok_or_else(|| "expected 16 hexadecimal digits, as printed after `--cursor` by a previous listing".to_string())
 }
 
 #[cfg(test)]
@@ -188,7 +277,8 @@ mod tests {
             "hi",
         ])
         .unwrap();
-        let Command::Trigger(task) = cli.command else { panic!("not a trigger: {:?}", cli.command) };
+        let Command::Trigger(trigger) = cli.command else { panic!("not a trigger: {:?}", cli.command) };
+        let task = trigger.task.flags;
         assert_eq!(task.dimensions, [StringPair::new("os", "linux"), StringPair::new("pool", "a=b")]);
         assert_eq!(task.tags, ["k:v"]);
         assert_eq!(task.env, [StringPair::new("X", "")]);
@@ -208,9 +298,64 @@ mod tests {
     }
 
     #[test]
-    fn the_command_is_required() {
+    fn the_command_is_required_unless_there_is_a_request_file() {
         let error = parse(&["trigger", "-d", "os=linux"]).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::MissingRequiredArgument);
+        let error = parse(&["trigger"]).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn cancel_and_bots_show_take_one_id() {
+        assert_eq!(parse(&["cancel"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
+        assert_eq!(parse(&["cancel", "xyz"]).unwrap_err().kind(), ErrorKind::ValueValidation);
+        assert_eq!(parse(&["bots", "show"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
+        let cli = parse(&["bots", "show", "--json", "bot-1"]).unwrap();
+        let Command::Bots(BotsCommand::Show { json, bot_id }) = cli.command else { panic!("not a bots show") };
+        assert!(json);
+        assert_eq!(bot_id, "bot-1");
+    }
+
+    #[test]
+    fn a_request_file_replaces_every_task_flag_and_the_command() {
+        for flag in [
+            &["-d", "os=linux"][..],
+            &["--priority", "5"],
+            &["--name", "n"],
+            &["--user", "u"],
+            &["--tag", "k:v"],
+            &["--env", "K=V"],
+            &["--expiration", "5"],
+            &["--hard-timeout", "5"],
+            &["--io-timeout", "5"],
+            &["--grace-period", "5"],
+            &["--wait-for-capacity"],
+            &["--idempotent"],
+            &["--", "echo"],
+        ] {
+            for command in ["trigger", "run"] {
+                let args: Vec<&str> =
+                    [command, "--request", "task.json"].into_iter().chain(flag.iter().copied()).collect();
+                let error = parse(&args).unwrap_err();
+                assert_eq!(error.kind(), ErrorKind::ArgumentConflict, "{args:?}");
+                assert_eq!(error.exit_code(), crate::exit_codes::USAGE);
+            }
+        }
+        let cli = parse(&["trigger", "--dry-run", "--request", "-"]).unwrap();
+        let Command::Trigger(trigger) = cli.command else { panic!("not a trigger") };
+        assert!(trigger.dry_run);
+        assert_eq!(trigger.task.request, Some(PathBuf::from("-")));
+        let cli = parse(&["run", "--request", "task.json", "--timeout", "5"]).unwrap();
+        let Command::Run(args) = cli.command else { panic!("not a run") };
+        assert_eq!(args.task.request, Some(PathBuf::from("task.json")));
+    }
+
+    #[test]
+    fn dry_run_is_for_trigger_alone() {
+        let cli = parse(&["trigger", "--dry-run", "--wait-for-capacity", "--idempotent", "--", "true"]).unwrap();
+        let Command::Trigger(trigger) = cli.command else { panic!("not a trigger") };
+        assert!(trigger.dry_run && trigger.task.flags.wait_for_capacity && trigger.task.flags.idempotent);
+        assert_eq!(parse(&["run", "--dry-run", "--", "true"]).unwrap_err().kind(), ErrorKind::UnknownArgument);
     }
 
     #[test]
@@ -230,8 +375,8 @@ mod tests {
         assert_eq!(cli.server, "h:1");
         let Command::Run(args) = cli.command else { panic!("not a run") };
         assert_eq!(args.timeout.duration(), Some(Duration::from_secs(9)));
-        assert_eq!(args.task.name, "n");
-        assert_eq!(args.task.command, ["ls", "-l"]);
+        assert_eq!(args.task.flags.name, "n");
+        assert_eq!(args.task.flags.command, ["ls", "-l"]);
     }
 
     #[test]

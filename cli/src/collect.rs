@@ -5,15 +5,20 @@
 //! The daemon holds a wait open for at most its long-poll cap and may answer with
 //! the task still PENDING or RUNNING, so waiting is a loop that asks again with
 //! whatever is left of `--timeout`.
+//!
+//! A daemon restart breaks the connection but not the task: its id and output are
+//! durable. So while waiting, and while reading the output afterwards, a failed
+//! connection is reopened with backoff (200 ms doubling to 5 s) and the same
+//! question asked again, until `--timeout` elapses; both requests can be repeated
+//! without effect. Creating the task (`run`'s first step) is never repeated.
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use apiary_protocol::ids::format_task_id;
 use apiary_protocol::limits::{MAX_LONG_POLL_MS, MAX_OUTPUT_CHUNK_BYTES};
-use apiary_protocol::{Request, TaskResult, TaskState};
+use apiary_protocol::{NewTaskRequest, Request, TaskResult, TaskState};
 
-use crate::args::RunArgs;
 use crate::connect::{self, Daemon};
 use crate::error::CliError;
 use crate::exit_codes;
@@ -22,13 +27,25 @@ use crate::trigger;
 
 const _: () = assert!(MAX_OUTPUT_CHUNK_BYTES <= u32::MAX as usize, "GetOutput's max_bytes is a u32");
 
+/// The first wait before reconnecting; each failed attempt doubles it, up to the maximum.
+const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(200);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
+const _: () = assert!(RECONNECT_FIRST_DELAY.as_millis() > 0);
+const _: () = assert!(RECONNECT_FIRST_DELAY.as_millis() <= RECONNECT_MAX_DELAY.as_millis());
+
 /// `apiary run`: trigger, say which task on stderr (stdout carries only the
 /// task's output), then collect.
-pub(crate) fn run(daemon: &mut impl Daemon, args: &RunArgs, out: &mut Sink<impl Write>) -> Result<i32, CliError> {
-    let task_id = trigger::submit(daemon, &args.task)?.task_id;
-    // Stderr is for people; if it is gone the task still runs and is collected.
-    let _ = writeln!(io::stderr(), "apiary: triggered task {}", format_task_id(task_id));
-    collect(daemon, task_id, args.timeout.duration(), out)
+pub(crate) fn run(
+    daemon: &mut impl Daemon,
+    request: NewTaskRequest,
+    timeout: Option<Duration>,
+    out: &mut Sink<impl Write>,
+    notes: &mut dyn Write,
+) -> Result<i32, CliError> {
+    let task_id = trigger::submit(daemon, request, notes)?.task_id;
+    // Notes are for people; if stderr is gone the task still runs and is collected.
+    let _ = writeln!(notes, "apiary: triggered task {}", format_task_id(task_id));
+    collect(daemon, task_id, timeout, out, notes)
 }
 
 pub(crate) fn collect(
@@ -36,34 +53,105 @@ pub(crate) fn collect(
     task_id: u64,
     timeout: Option<Duration>,
     out: &mut Sink<impl Write>,
+    notes: &mut dyn Write,
 ) -> Result<i32, CliError> {
-    let result = wait_until_ended(daemon, task_id, timeout)?;
-    copy_output(daemon, task_id, out)?;
+    let mut patience = Patience::until(timeout, notes);
+    let result = wait_until_ended(daemon, task_id, &mut patience)?;
+    copy_output(daemon, task_id, out, &mut patience)?;
     match result.state {
         TaskState::Completed => Ok(exit_codes::for_task(result.state, result.exit_code)),
         state => Err(CliError::TaskEnded { task_id: result.task_id, state, failure_reason: result.failure_reason }),
     }
 }
 
+/// How long a command may wait, and what it does when the connection fails meanwhile.
+pub(crate) struct Patience<'n> {
+    /// `--timeout`, and the instant it elapses.
+    deadline: Option<(Duration, Instant)>,
+    /// Where reconnects are reported; `None`: a failed connection fails the command.
+    reconnect_notes: Option<&'n mut dyn Write>,
+}
+
+impl<'n> Patience<'n> {
+    /// No deadline and no reconnecting: for commands that answer at once.
+    pub(crate) fn none() -> Patience<'static> {
+        Patience { deadline: None, reconnect_notes: None }
+    }
+
+    /// Until `timeout` elapses (forever if `None`), reconnecting when the connection fails.
+    pub(crate) fn until(timeout: Option<Duration>, notes: &'n mut dyn Write) -> Patience<'n> {
+        let deadline = timeout.map(|timeout| (timeout, Instant::now() + timeout));
+        Patience { deadline, reconnect_notes: Some(notes) }
+    }
+
+    /// What is left of the timeout; `None` when there is none.
+    fn remaining(&self) -> Option<Duration> {
+        self.deadline.map(|(_, deadline)| deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Takes the error of a failed call. Returns `Ok` once the connection is open
+    /// again, so the caller asks again; gives back any error that reconnecting
+    /// cannot help with, or when reconnecting is not allowed.
+    fn recover(&mut self, daemon: &mut impl Daemon, error: CliError) -> Result<(), CliError> {
+        let CliError::Call { action, source } = error else { return Err(error) };
+        let Some(notes) = self.reconnect_notes.as_deref_mut() else { return Err(CliError::Call { action, source }) };
+        if !connect::is_reconnectable(&source) {
+            return Err(CliError::Call { action, source });
+        }
+        let _ = writeln!(notes, "apiary: cannot {action}: {source}; reconnecting");
+        let mut delay = RECONNECT_FIRST_DELAY;
+        let mut attempts = 0u32;
+        let mut last_error = source;
+        loop {
+            let wait = match self.deadline {
+                None => delay,
+                Some((timeout, deadline)) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
+                        return Err(CliError::ReconnectTimeout { action, timeout, attempts, source: last_error });
+                    }
+                    delay.min(remaining)
+                }
+            };
+            attempts += 1;
+            match daemon.reconnect(wait) {
+                Ok(()) => break,
+                Err(error) if connect::is_reconnectable(&error) => last_error = error,
+                Err(error) => return Err(CliError::Call { action, source: error }),
+            }
+            delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+        }
+        if let Some(notes) = self.reconnect_notes.as_deref_mut() {
+            let plural = if attempts == 1 { "" } else { "s" };
+            let _ = writeln!(notes, "apiary: reconnected to the daemon after {attempts} attempt{plural}");
+        }
+        Ok(())
+    }
+}
+
 /// Waits until the task ends and returns its result, or fails with
-/// `CollectTimeout` once `timeout` elapsed. Asks at least once, so a zero timeout
+/// `CollectTimeout` once the timeout elapsed. Asks at least once, so a zero timeout
 /// still collects a task that already ended.
-fn wait_until_ended(daemon: &mut impl Daemon, task_id: u64, timeout: Option<Duration>) -> Result<TaskResult, CliError> {
+fn wait_until_ended(daemon: &mut impl Daemon, task_id: u64, patience: &mut Patience) -> Result<TaskResult, CliError> {
     let action = format!("wait for task {}", format_task_id(task_id));
-    let deadline = timeout.map(|timeout| (timeout, Instant::now() + timeout));
     loop {
         // The daemon caps the wait itself; asking for no more than its cap keeps
         // the reply within the client's read timeout even if it did not.
-        let timeout_ms = deadline.map_or(MAX_LONG_POLL_MS, |(_, deadline)| {
-            let remaining = deadline.saturating_duration_since(Instant::now());
+        let timeout_ms = patience.remaining().map_or(MAX_LONG_POLL_MS, |remaining| {
             u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX).min(MAX_LONG_POLL_MS)
         });
-        let result = connect::call_task(daemon, &Request::WaitTask { task_id, timeout_ms }, &action)?;
+        let result = match connect::call_task(daemon, &Request::WaitTask { task_id, timeout_ms }, &action) {
+            Ok(result) => result,
+            Err(error) => {
+                patience.recover(daemon, error)?;
+                continue;
+            }
+        };
         if result.state.is_terminal() {
             return Ok(result);
         }
-        if let Some((timeout, deadline)) = deadline
-            && Instant::now() >= deadline
+        if let Some((timeout, _)) = patience.deadline
+            && patience.remaining() == Some(Duration::ZERO)
         {
             return Err(CliError::CollectTimeout { task_id, timeout, state: result.state });
         }
@@ -72,12 +160,23 @@ fn wait_until_ended(daemon: &mut impl Daemon, task_id: u64, timeout: Option<Dura
 
 /// Writes the task's output, as far as the daemon holds it, to `out` as raw
 /// bytes, chunk by chunk. Stops early if nobody reads stdout any more.
-pub(crate) fn copy_output(daemon: &mut impl Daemon, task_id: u64, out: &mut Sink<impl Write>) -> Result<(), CliError> {
+pub(crate) fn copy_output(
+    daemon: &mut impl Daemon,
+    task_id: u64,
+    out: &mut Sink<impl Write>,
+    patience: &mut Patience,
+) -> Result<(), CliError> {
     let action = format!("read the output of task {}", format_task_id(task_id));
     let max_bytes = MAX_OUTPUT_CHUNK_BYTES as u32;
     let mut offset = 0u64;
     while !out.is_closed() {
-        let chunk = connect::call_output(daemon, &Request::GetOutput { task_id, offset, max_bytes }, &action)?;
+        let chunk = match connect::call_output(daemon, &Request::GetOutput { task_id, offset, max_bytes }, &action) {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                patience.recover(daemon, error)?;
+                continue;
+            }
+        };
         let bad_chunk = chunk.offset != offset
             || chunk.data.len() > MAX_OUTPUT_CHUNK_BYTES
             || (chunk.data.is_empty() && offset < chunk.output_len);
@@ -96,10 +195,12 @@ pub(crate) fn copy_output(daemon: &mut impl Daemon, task_id: u64, out: &mut Sink
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+
     use apiary_protocol::{ClientError, ErrorCode, Reply};
 
     use super::*;
-    use crate::connect::fake::{FakeDaemon, output, task_result};
+    use crate::connect::fake::{FakeDaemon, connection_reset, output, task_result};
 
     const TASK: u64 = 0x018b_cfe5_6880_0010;
 
@@ -108,9 +209,15 @@ mod tests {
     }
 
     fn collect_with(daemon: &mut FakeDaemon, timeout: Option<Duration>) -> (Result<i32, CliError>, Vec<u8>) {
-        let mut out = Sink::new(Vec::new());
-        let result = collect(daemon, TASK, timeout, &mut out);
-        (result, out.into_inner())
+        let (result, written, _) = collect_noting(daemon, timeout);
+        (result, written)
+    }
+
+    /// Also returns what went to stderr.
+    fn collect_noting(daemon: &mut FakeDaemon, timeout: Option<Duration>) -> (Result<i32, CliError>, Vec<u8>, String) {
+        let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
+        let result = collect(daemon, TASK, timeout, &mut out, &mut notes);
+        (result, out.into_inner(), String::from_utf8(notes).unwrap())
     }
 
     #[test]
@@ -192,7 +299,7 @@ mod tests {
     fn output_that_does_not_continue_is_an_error_not_a_loop() {
         for bad in [output(5, b"x", 10), output(0, b"", 10)] {
             let mut daemon = FakeDaemon::answering(vec![bad]);
-            let error = copy_output(&mut daemon, TASK, &mut Sink::new(Vec::new())).unwrap_err();
+            let error = copy_output(&mut daemon, TASK, &mut Sink::new(Vec::new()), &mut Patience::none()).unwrap_err();
             assert!(matches!(error, CliError::BadOutputChunk { .. }), "{error}");
         }
     }
@@ -209,8 +316,126 @@ mod tests {
             }
         }
         let mut daemon = FakeDaemon::answering(vec![task(TaskState::Completed, Some(4)), output(0, b"ab", 4)]);
-        let result = collect(&mut daemon, TASK, None, &mut Sink::new(ClosedPipe));
+        let result = collect(&mut daemon, TASK, None, &mut Sink::new(ClosedPipe), &mut Vec::new());
         assert_eq!(result.unwrap(), 4);
         assert_eq!(daemon.requests.len(), 2);
+    }
+
+    #[test]
+    fn a_daemon_restart_while_waiting_is_survived_with_growing_delays() {
+        let mut daemon = FakeDaemon::default();
+        daemon.replies.extend([Ok(task(TaskState::Running, None)), Err(connection_reset())]);
+        let refused = || ClientError::Connect {
+            addr: "127.0.0.1:7420".to_string(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        };
+        let unavailable = ClientError::Refused { code: ErrorCode::Unavailable, message: "starting".to_string() };
+        daemon.reconnect_results.extend((0..6).map(|_| Err(refused())).chain([Err(unavailable), Ok(())]));
+        daemon.replies.extend([Ok(task(TaskState::Completed, Some(0))), Ok(output(0, b"done", 4))]);
+        let (result, written, notes) = collect_noting(&mut daemon, None);
+        assert_eq!(result.unwrap(), 0);
+        assert_eq!(written, b"done");
+        let millis: Vec<u128> = daemon.reconnect_delays.iter().map(Duration::as_millis).collect();
+        assert_eq!(millis, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert_eq!(
+            notes,
+            "apiary: cannot wait for task 018bcfe568800010: connection to the daemon failed: connection reset; \
+             reconnecting\napiary: reconnected to the daemon after 8 attempts\n"
+        );
+        assert_eq!(daemon.requests.len(), 4, "the wait is asked again, then the output read");
+    }
+
+    #[test]
+    fn reading_the_output_survives_a_restart_and_goes_on_where_it_was() {
+        let mut daemon = FakeDaemon::default();
+        daemon.replies.extend([
+            Ok(task(TaskState::Completed, Some(0))),
+            Ok(output(0, b"ab", 4)),
+            Err(ClientError::Refused { code: ErrorCode::Unavailable, message: "shutting down".to_string() }),
+            Ok(output(2, b"cd", 4)),
+        ]);
+        let (result, written, _) = collect_noting(&mut daemon, None);
+        assert_eq!(result.unwrap(), 0);
+        assert_eq!(written, b"abcd");
+        assert_eq!(daemon.reconnect_delays, [RECONNECT_FIRST_DELAY]);
+        let max_bytes = MAX_OUTPUT_CHUNK_BYTES as u32;
+        assert_eq!(daemon.requests[3], Request::GetOutput { task_id: TASK, offset: 2, max_bytes });
+    }
+
+    #[test]
+    fn reconnecting_gives_up_when_the_timeout_elapses() {
+        let mut daemon = FakeDaemon::default();
+        daemon.replies.push_back(Err(connection_reset()));
+        let (result, _, _) = collect_noting(&mut daemon, Some(Duration::ZERO));
+        let error = result.unwrap_err();
+        assert_eq!(error.exit_code(), exit_codes::CONNECTION_FAILED);
+        assert_eq!(
+            error.to_string(),
+            "cannot wait for task 018bcfe568800010: lost the connection to the daemon and could not reconnect \
+             within 0s (0 attempts; last: connection to the daemon failed: connection reset)"
+        );
+        assert!(daemon.reconnect_delays.is_empty());
+    }
+
+    #[test]
+    fn the_delay_before_reconnecting_never_passes_the_deadline() {
+        let mut daemon = FakeDaemon { sleeps: true, ..FakeDaemon::default() };
+        daemon.replies.push_back(Err(connection_reset()));
+        daemon.reconnect_results.extend([Err(connection_reset()), Err(connection_reset())]);
+        let timeout = Duration::from_millis(50);
+        let started = Instant::now();
+        let (result, _, _) = collect_noting(&mut daemon, Some(timeout));
+        assert!(matches!(result.unwrap_err(), CliError::ReconnectTimeout { attempts: 1, .. }));
+        assert!(started.elapsed() >= timeout);
+        let [delay] = daemon.reconnect_delays.as_slice() else { panic!("{:?}", daemon.reconnect_delays) };
+        assert!(*delay <= timeout && *delay > Duration::ZERO, "{delay:?}");
+    }
+
+    #[test]
+    fn refusals_and_bad_hellos_are_not_retried() {
+        let mut daemon = FakeDaemon::default();
+        daemon.replies.push_back(Err(ClientError::Refused { code: ErrorCode::NotFound, message: "gone".into() }));
+        let (result, _, notes) = collect_noting(&mut daemon, None);
+        assert_eq!(result.unwrap_err().exit_code(), exit_codes::REFUSED);
+        assert!(daemon.reconnect_delays.is_empty() && notes.is_empty());
+
+        let mut daemon = FakeDaemon::default();
+        daemon.replies.push_back(Err(connection_reset()));
+        daemon
+            .reconnect_results
+            .push_back(Err(ClientError::Refused { code: ErrorCode::BadHello, message: "v2".into() }));
+        let (result, _, _) = collect_noting(&mut daemon, None);
+        let error = result.unwrap_err();
+        assert_eq!(error.exit_code(), exit_codes::CONNECTION_FAILED);
+        assert!(error.to_string().contains("(BadHello): v2"), "{error}");
+    }
+
+    #[test]
+    fn tasks_output_does_not_reconnect() {
+        let mut daemon = FakeDaemon::default();
+        daemon.replies.push_back(Err(connection_reset()));
+        let error = copy_output(&mut daemon, TASK, &mut Sink::new(Vec::new()), &mut Patience::none()).unwrap_err();
+        assert_eq!(error.exit_code(), exit_codes::CONNECTION_FAILED);
+        assert!(daemon.reconnect_delays.is_empty());
+    }
+
+    #[test]
+    fn run_creates_the_task_once_and_says_which_on_stderr() {
+        let mut daemon = FakeDaemon::answering(vec![
+            task(TaskState::Pending, None),
+            task(TaskState::Completed, Some(7)),
+            output(0, b"", 0),
+        ]);
+        let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
+        let request = NewTaskRequest::default();
+        assert_eq!(run(&mut daemon, request.clone(), None, &mut out, &mut notes).unwrap(), 7);
+        assert_eq!(daemon.requests[0], Request::NewTask(request));
+        assert_eq!(String::from_utf8(notes).unwrap(), "apiary: triggered task 018bcfe568800010\n");
+
+        let mut daemon = FakeDaemon::default();
+        daemon.replies.push_back(Err(connection_reset()));
+        let error = run(&mut daemon, NewTaskRequest::default(), None, &mut out, &mut Vec::new()).unwrap_err();
+        assert_eq!(error.exit_code(), exit_codes::CONNECTION_FAILED);
+        assert!(daemon.reconnect_delays.is_empty(), "creating a task is never repeated");
     }
 }

@@ -1,11 +1,13 @@
-//! Where the daemon is, connecting to it, and typed calls: each call names what
-//! it was for, so an error reads "cannot wait for task ...: ...", and checks that
-//! the reply is of the kind the request asks for.
+//! Where the daemon is, connecting to it (again), and typed calls: each call names
+//! what it was for, so an error reads "cannot wait for task ...: ...", and checks
+//! that the reply is of the kind the request asks for.
 
 use std::time::Duration;
 
 use apiary_protocol::limits::MAX_LONG_POLL_MS;
-use apiary_protocol::{BotInfo, Client, ClientError, Reply, Request, Role, TaskResult};
+use apiary_protocol::{
+    BotInfo, CancelOutcome, Client, ClientError, ErrorCode, NewTaskRequest, Reply, Request, Role, TaskResult,
+};
 
 use crate::error::CliError;
 
@@ -20,19 +22,46 @@ const REPLY_TIMEOUT: Duration = Duration::from_millis(MAX_LONG_POLL_MS + 30_000)
 /// What the commands need of a connection; the tests substitute a scripted daemon.
 pub(crate) trait Daemon {
     fn call(&mut self, request: &Request) -> Result<Reply, ClientError>;
+    /// Waits `delay`, then drops the connection and opens a new one. Only for
+    /// callers whose requests can be repeated safely (see `collect`).
+    fn reconnect(&mut self, delay: Duration) -> Result<(), ClientError>;
 }
 
-impl Daemon for Client {
+/// A connection to the daemon that remembers where the daemon is, so it can be reopened.
+pub(crate) struct Connection {
+    addr: String,
+    client: Client,
+}
+
+impl Daemon for Connection {
     fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {
-        Client::call(self, request)
+        self.client.call(request)
+    }
+
+    fn reconnect(&mut self, delay: Duration) -> Result<(), ClientError> {
+        std::thread::sleep(delay);
+        self.client = open(&self.addr)?;
+        Ok(())
     }
 }
 
-pub(crate) fn connect(addr: &str) -> Result<Client, CliError> {
+pub(crate) fn connect(addr: &str) -> Result<Connection, CliError> {
+    let client = open(addr).map_err(CliError::Connect)?;
+    Ok(Connection { addr: addr.to_string(), client })
+}
+
+fn open(addr: &str) -> Result<Client, ClientError> {
     let software = concat!("apiary/", env!("CARGO_PKG_VERSION"));
-    let client = Client::connect(addr, Role::Client, software).map_err(CliError::Connect)?;
-    client.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(|error| CliError::Connect(ClientError::Io(error)))?;
+    let client = Client::connect(addr, Role::Client, software)?;
+    client.set_read_timeout(Some(REPLY_TIMEOUT))?;
     Ok(client)
+}
+
+/// True when a call failed for want of a working daemon rather than because of the
+/// request: the connection broke or could not be opened, or the daemon is
+/// restarting or full. Reconnecting and asking again may help.
+pub(crate) fn is_reconnectable(error: &ClientError) -> bool {
+    error.is_connection_failure() || matches!(error, ClientError::Refused { code: ErrorCode::Unavailable, .. })
 }
 
 /// One chunk of a task's output, as `Reply::Output` carries it.
@@ -57,9 +86,50 @@ pub(crate) fn call_output(daemon: &mut impl Daemon, request: &Request, action: &
     }
 }
 
-pub(crate) fn call_bots(daemon: &mut impl Daemon, action: &str) -> Result<Vec<BotInfo>, CliError> {
-    match call(daemon, &Request::ListBots, action)? {
+pub(crate) fn call_bots(daemon: &mut impl Daemon, request: &Request, action: &str) -> Result<Vec<BotInfo>, CliError> {
+    match call(daemon, request, action)? {
         Reply::Bots(bots) => Ok(bots),
+        other => Err(unexpected(action, &other)),
+    }
+}
+
+pub(crate) fn call_bot(daemon: &mut impl Daemon, request: &Request, action: &str) -> Result<BotInfo, CliError> {
+    match call(daemon, request, action)? {
+        Reply::Bot(bot) => Ok(bot),
+        other => Err(unexpected(action, &other)),
+    }
+}
+
+/// A page of tasks and the cursor of the next page, if more may follow.
+pub(crate) fn call_tasks(
+    daemon: &mut impl Daemon,
+    request: &Request,
+    action: &str,
+) -> Result<(Vec<TaskResult>, Option<u64>), CliError> {
+    match call(daemon, request, action)? {
+        Reply::Tasks { tasks, next_cursor } => Ok((tasks, next_cursor)),
+        other => Err(unexpected(action, &other)),
+    }
+}
+
+pub(crate) fn call_cancel(
+    daemon: &mut impl Daemon,
+    request: &Request,
+    action: &str,
+) -> Result<(CancelOutcome, TaskResult), CliError> {
+    match call(daemon, request, action)? {
+        Reply::Canceled { outcome, task } => Ok((outcome, task)),
+        other => Err(unexpected(action, &other)),
+    }
+}
+
+pub(crate) fn call_validate(
+    daemon: &mut impl Daemon,
+    request: &Request,
+    action: &str,
+) -> Result<NewTaskRequest, CliError> {
+    match call(daemon, request, action)? {
+        Reply::ValidRequest(request) => Ok(request),
         other => Err(unexpected(action, &other)),
     }
 }
@@ -75,6 +145,10 @@ fn unexpected(action: &str, reply: &Reply) -> CliError {
         Reply::Task(_) => "a task result",
         Reply::Output { .. } => "output",
         Reply::Bots(_) => "a list of bots",
+        Reply::Bot(_) => "a bot",
+        Reply::Tasks { .. } => "a list of tasks",
+        Reply::Canceled { .. } => "a cancel outcome",
+        Reply::ValidRequest(_) => "a checked request",
         Reply::Assignment(_) => "a bot assignment",
         Reply::NoWork => "no work",
         Reply::UpdateAck { .. } => "an update acknowledgement",
@@ -92,15 +166,21 @@ pub(crate) mod fake {
 
     use super::*;
 
+    /// Replies are given out in order; so are reconnect results, and a reconnect
+    /// nobody scripted succeeds. The delays asked for are recorded, and only slept
+    /// when `sleeps` (for tests of deadlines).
     #[derive(Default)]
     pub(crate) struct FakeDaemon {
         pub(crate) replies: VecDeque<Result<Reply, ClientError>>,
+        pub(crate) reconnect_results: VecDeque<Result<(), ClientError>>,
+        pub(crate) sleeps: bool,
         pub(crate) requests: Vec<Request>,
+        pub(crate) reconnect_delays: Vec<Duration>,
     }
 
     impl FakeDaemon {
         pub(crate) fn answering(replies: Vec<Reply>) -> FakeDaemon {
-            FakeDaemon { replies: replies.into_iter().map(Ok).collect(), requests: Vec::new() }
+            FakeDaemon { replies: replies.into_iter().map(Ok).collect(), ..FakeDaemon::default() }
         }
     }
 
@@ -109,6 +189,19 @@ pub(crate) mod fake {
             self.requests.push(request.clone());
             self.replies.pop_front().expect("the test scripted a reply for every request")
         }
+
+        fn reconnect(&mut self, delay: Duration) -> Result<(), ClientError> {
+            self.reconnect_delays.push(delay);
+            if self.sleeps {
+                std::thread::sleep(delay);
+            }
+            self.reconnect_results.pop_front().unwrap_or(Ok(()))
+        }
+    }
+
+    /// The error of a connection that broke, as a daemon restart causes.
+    pub(crate) fn connection_reset() -> ClientError {
+        ClientError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
     }
 
     pub(crate) fn task_result(task_id: u64, state: TaskState, exit_code: Option<i64>) -> TaskResult {
@@ -128,6 +221,8 @@ pub(crate) mod fake {
             internal_failure: false,
             failure_reason: String::new(),
             output_len: 0,
+            deduped_from: None,
+            pending: None,
             request: NewTaskRequest::default(),
         }
     }

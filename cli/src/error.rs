@@ -28,6 +28,30 @@ pub(crate) enum CliError {
     /// The task ended in a state other than COMPLETED.
     #[error("task {} ended {}{}", format_task_id(*.task_id), .state.name(), reason_suffix(.failure_reason))]
     TaskEnded { task_id: u64, state: TaskState, failure_reason: String },
+    /// `--request FILE` could not be read.
+    #[error("cannot read the request from {name}: {source}")]
+    RequestFileUnreadable { name: String, source: io::Error },
+    #[error("{name}: the request is larger than {max_bytes} bytes")]
+    RequestFileTooLarge { name: String, max_bytes: usize },
+    /// The request file has a field the protocol's request does not (Swarming's
+    /// `cipd_input`, for one); `within` is where, empty for the top level.
+    #[error(
+        "{name}: unknown field `{field}` in {} is not supported \
+         (Apiary refuses fields it does not implement rather than ignoring them)",
+        if .within.is_empty() { "the request" } else { .within.as_str() }
+    )]
+    RequestFieldUnsupported { name: String, within: String, field: String },
+    /// The request file is not JSON, or a field has the wrong type or value.
+    #[error("{name}: {source}")]
+    RequestFileInvalid { name: String, source: serde_json::Error },
+    /// The connection failed while waiting, and the daemon did not answer again
+    /// before `--timeout` elapsed.
+    #[error(
+        "cannot {action}: lost the connection to the daemon and could not reconnect within {} \
+         ({attempts} attempts; last: {source})",
+        humantime::format_duration(*.timeout)
+    )]
+    ReconnectTimeout { action: String, timeout: Duration, attempts: u32, source: ClientError },
     /// `collect --timeout` elapsed before the task ended.
     #[error(
         "task {} did not end within {}: it is still {} (see `apiary tasks output {}`)",
@@ -42,7 +66,11 @@ pub(crate) enum CliError {
 impl CliError {
     pub(crate) fn exit_code(&self) -> i32 {
         match self {
-            CliError::Connect(_) => exit_codes::CONNECTION_FAILED,
+            CliError::Connect(_) | CliError::ReconnectTimeout { .. } => exit_codes::CONNECTION_FAILED,
+            CliError::RequestFileUnreadable { .. }
+            | CliError::RequestFileTooLarge { .. }
+            | CliError::RequestFieldUnsupported { .. }
+            | CliError::RequestFileInvalid { .. } => exit_codes::USAGE,
             CliError::Call { source, .. } => match source {
                 ClientError::Refused { code, .. } => exit_codes::for_refusal(*code),
                 ClientError::Connect { .. }

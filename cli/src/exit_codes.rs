@@ -10,7 +10,9 @@
 //! | 0      | success; or the task COMPLETED with exit code 0                         |
 //! | 0..255 | the task COMPLETED with this exit code                                  |
 //! | 255    | the task COMPLETED with an exit code outside 0..=255 (e.g. -1, killed)  |
-//! | 2      | usage error: bad flag, bad `K=V`, bad task id (clap's code)             |
+//! | 2      | usage error: bad or conflicting flags, bad `K=V`, task id, state or     |
+//! |        | cursor (clap's code); a `--request` file unreadable, not JSON, or with  |
+//! |        | a field Apiary does not implement                                       |
 //! | 80     | the task EXPIRED: no bot took it in time                                |
 //! | 81     | the task TIMED_OUT: hard or I/O timeout                                 |
 //! | 82     | BOT_DIED: the bot went away while running the task                      |
@@ -19,8 +21,9 @@
 //! | 85     | NO_RESOURCE: no bot has the requested dimensions                        |
 //! | 86     | CLIENT_ERROR: the command could not be started                          |
 //! | 87     | `--timeout` elapsed before the task ended                               |
-//! | 88     | the daemon refused the request (invalid request, task not found)       |
+//! | 88     | the daemon refused the request (invalid request, task/bot not found)    |
 //! | 89     | cannot reach the daemon, it is unavailable, or the connection failed    |
+//! |        | (`collect`/`run`: and it did not come back within `--timeout`)          |
 //! | 90     | cannot write to stdout (a closed pipe is not an error)                  |
 //!
 //! A task's own exit code can be any of these numbers too; `collect` says on
@@ -30,7 +33,7 @@
 use apiary_protocol::{ErrorCode, TaskState};
 
 pub(crate) const SUCCESS: i32 = 0;
-/// Usage errors; clap exits with this code, named here for the table.
+/// Usage errors; clap exits with this code, and so does a bad `--request` file.
 pub(crate) const USAGE: i32 = 2;
 /// The task COMPLETED with an exit code that a process cannot exit with.
 pub(crate) const TASK_EXIT_CODE_OUT_OF_RANGE: i32 = 255;

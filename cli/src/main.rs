@@ -1,14 +1,17 @@
-//! `apiary`: the Apiary command line. Glue only: parse the arguments, connect,
-//! hand over to the subcommand's module, print an error once and exit with the
-//! code `exit_codes` documents.
+//! `apiary`: the Apiary command line. Glue only: parse the arguments, read a
+//! request file if there is one (so a bad one fails before any connection),
+//! connect, hand over to the subcommand's module, print an error once and exit
+//! with the code `exit_codes` documents.
 
 mod args;
 mod bots;
+mod cancel;
 mod collect;
 mod connect;
 mod error;
 mod exit_codes;
 mod render;
+mod request_file;
 mod sink;
 mod tasks;
 mod trigger;
@@ -36,7 +39,7 @@ fn run() -> i32 {
         }
     };
     let mut stdout = Sink::new(io::stdout().lock());
-    let result = dispatch(cli, &mut stdout);
+    let result = dispatch(cli, &mut stdout, &mut io::stderr());
     // Whatever was written goes out before any error message.
     let result = result.and_then(|code| stdout.flush().map(|()| code));
     match result {
@@ -49,14 +52,25 @@ fn run() -> i32 {
     }
 }
 
-fn dispatch(cli: Cli, stdout: &mut Sink<impl Write>) -> Result<i32, CliError> {
-    let mut daemon = connect::connect(&cli.server)?;
+fn dispatch(cli: Cli, stdout: &mut Sink<impl Write>, stderr: &mut dyn Write) -> Result<i32, CliError> {
+    let connect = || connect::connect(&cli.server);
     match cli.command {
-        Command::Trigger(task) => trigger::trigger(&mut daemon, &task, stdout),
-        Command::Collect(args) => collect::collect(&mut daemon, args.task_id, args.timeout.duration(), stdout),
-        Command::Run(args) => collect::run(&mut daemon, &args, stdout),
-        Command::Tasks(TasksCommand::Show { json, task_id }) => tasks::show(&mut daemon, task_id, json, stdout),
-        Command::Tasks(TasksCommand::Output { task_id }) => tasks::output(&mut daemon, task_id, stdout),
-        Command::Bots(BotsCommand::List { json }) => bots::list(&mut daemon, json, stdout),
+        Command::Trigger(args) => {
+            let request = trigger::build_request(&args.task)?;
+            trigger::trigger(&mut connect()?, request, args.dry_run, stdout, stderr)
+        }
+        Command::Collect(args) => {
+            collect::collect(&mut connect()?, args.task_id, args.timeout.duration(), stdout, stderr)
+        }
+        Command::Run(args) => {
+            let request = trigger::build_request(&args.task)?;
+            collect::run(&mut connect()?, request, args.timeout.duration(), stdout, stderr)
+        }
+        Command::Cancel(args) => cancel::cancel(&mut connect()?, args.task_id, args.kill_running, stdout),
+        Command::Tasks(TasksCommand::Show { json, task_id }) => tasks::show(&mut connect()?, task_id, json, stdout),
+        Command::Tasks(TasksCommand::Output { task_id }) => tasks::output(&mut connect()?, task_id, stdout),
+        Command::Tasks(TasksCommand::List(args)) => tasks::list(&mut connect()?, &args, stdout, stderr),
+        Command::Bots(BotsCommand::List { dimensions, json }) => bots::list(&mut connect()?, &dimensions, json, stdout),
+        Command::Bots(BotsCommand::Show { json, bot_id }) => bots::show(&mut connect()?, &bot_id, json, stdout),
     }
 }

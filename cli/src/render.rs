@@ -6,7 +6,9 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use apiary_protocol::ids::format_task_id;
-use apiary_protocol::{BotInfo, StringPair, TaskResult, TaskState};
+use apiary_protocol::{
+    BotInfo, CancelOutcome, NewTaskRequest, PendingInfo, StringPair, TaskQuery, TaskResult, TaskState,
+};
 use serde_json::{Map, Value, json};
 
 /// Times from year 10000 on cannot be written in RFC 3339.
@@ -35,8 +37,40 @@ pub(crate) fn task_json(result: &TaskResult) -> Value {
         "failure": is_failure(result),
         "failure_reason": result.failure_reason,
         "output_len": result.output_len,
-        "request": serde_json::to_value(&result.request).expect("a NewTaskRequest is plain data and always serializes"),
+        "deduped_from": result.deduped_from.map(format_task_id),
+        "pending": result.pending.map(|pending| json!({
+            "matching_bots": pending.matching_bots,
+            "busy_bots": pending.busy_bots,
+            "queue_position": pending.queue_position,
+        })),
+        "request": request_json(&result.request),
     })
+}
+
+/// A request as Swarming writes a `NewTaskRequest`; `--request` reads it back.
+pub(crate) fn request_json(request: &NewTaskRequest) -> Value {
+    serde_json::to_value(request).expect("a NewTaskRequest is plain data and always serializes")
+}
+
+/// A request as `trigger --dry-run` prints it: indented, fields in the request's
+/// own order (a JSON value would sort them), one trailing newline.
+pub(crate) fn request_text(request: &NewTaskRequest) -> String {
+    let mut text = serde_json::to_string_pretty(request).expect("a NewTaskRequest is plain data and always serializes");
+    text.push('\n');
+    text
+}
+
+/// `{"tasks": [...], "next_cursor": ...}`: each task as `task_json` writes it.
+pub(crate) fn tasks_page_json(tasks: &[TaskResult], next_cursor: Option<u64>) -> Value {
+    json!({
+        "tasks": tasks.iter().map(task_json).collect::<Vec<Value>>(),
+        "next_cursor": next_cursor.map(format_cursor),
+    })
+}
+
+/// A cursor as people see it: 16 hex digits, like a task id.
+pub(crate) fn format_cursor(cursor: u64) -> String {
+    format!("{cursor:016x}")
 }
 
 /// A JSON value as printed: indented, one trailing newline.
@@ -73,7 +107,150 @@ pub(crate) fn task_text(result: &TaskResult) -> String {
         ("abandoned", optional(result.abandoned_unix_ms.map(timestamp))),
         ("duration", optional(result.duration_ms.map(|ms| format!("{:.3}s", seconds(ms))))),
         ("output_len", result.output_len.to_string()),
+        ("deduped_from", optional(result.deduped_from.map(format_task_id))),
+        ("pending", optional(result.pending.map(pending_text))),
     ];
+    aligned_lines(&lines)
+}
+
+/// "3 matching bots (2 busy), 0 ahead in queue".
+fn pending_text(pending: PendingInfo) -> String {
+    let plural = if pending.matching_bots == 1 { "" } else { "s" };
+    format!(
+        "{} matching bot{plural} ({} busy), {} ahead in queue",
+        pending.matching_bots, pending.busy_bots, pending.queue_position
+    )
+}
+
+/// The line `trigger` and `run` write on stderr when an idempotent task reused a result.
+pub(crate) fn deduped_note(result: &TaskResult) -> Option<String> {
+    let run_id = result.deduped_from?;
+    Some(format!(
+        "task {} reuses the result of run {} (idempotent)",
+        format_task_id(result.task_id),
+        format_task_id(run_id)
+    ))
+}
+
+/// A table, newest task first, columns aligned.
+pub(crate) fn tasks_table(tasks: &[TaskResult]) -> String {
+    let or_dash = |text: &str| if text.is_empty() { "-".to_string() } else { text.to_string() };
+    let rows = tasks.iter().map(|task| {
+        [
+            format_task_id(task.task_id),
+            task.state.name().to_string(),
+            or_dash(&task.request.name),
+            or_dash(task.bot_id.as_deref().unwrap_or("")),
+            timestamp(task.created_unix_ms),
+        ]
+    });
+    table(["TASK_ID", "STATE", "NAME", "BOT", "CREATED"], rows)
+}
+
+/// The command that lists the next page: the same filters and limit, and the cursor.
+pub(crate) fn next_page_command(query: &TaskQuery, next_cursor: u64) -> String {
+    let mut words = vec!["apiary tasks list --cursor".to_string(), format_cursor(next_cursor)];
+    if let Some(state) = query.state {
+        words.extend(["--state".to_string(), state.name().to_string()]);
+    }
+    for tag in &query.tags {
+        words.extend(["--tag".to_string(), shell_word(tag)]);
+    }
+    if query.limit != 0 {
+        words.extend(["--limit".to_string(), query.limit.to_string()]);
+    }
+    words.join(" ")
+}
+
+/// `text` as one shell word: as it is when that is safe, else single-quoted.
+fn shell_word(text: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_.,:/=@+%".contains(c);
+    if !text.is_empty() && text.chars().all(safe) {
+        return text.to_string();
+    }
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// The one line `cancel` prints, by what the cancel did.
+pub(crate) fn cancel_text(outcome: CancelOutcome, task: &TaskResult) -> String {
+    let task_id = format_task_id(task.task_id);
+    match outcome {
+        CancelOutcome::Canceled => format!("canceled {task_id}\n"),
+        CancelOutcome::KillRequested => format!("kill requested: {task_id} ends KILLED once its bot stops it\n"),
+        CancelOutcome::LeftRunning => {
+            format!("{task_id} is RUNNING and was left alone; use --kill-running to stop it\n")
+        }
+        CancelOutcome::AlreadyEnded => format!("{task_id} already ended {}; nothing changed\n", task.state.name()),
+    }
+}
+
+pub(crate) fn bots_json(bots: &[BotInfo]) -> Value {
+    bots.iter().map(bot_json).collect()
+}
+
+pub(crate) fn bot_json(bot: &BotInfo) -> Value {
+    json!({
+        "bot_id": bot.bot_id,
+        "dimensions": dimensions_json(&bot.dimensions),
+        "status": bot_status(bot),
+        "current_task": bot.current_run_id.map(format_task_id),
+        "first_seen_ts": timestamp(bot.first_seen_unix_ms),
+        "last_seen_ts": timestamp(bot.last_seen_unix_ms),
+        "connected": bot.connected,
+        "software": bot.software,
+    })
+}
+
+/// `key: value` lines, values aligned, as `task_text` writes a task.
+pub(crate) fn bot_text(bot: &BotInfo) -> String {
+    let lines = [
+        ("bot_id", bot.bot_id.clone()),
+        ("status", bot_status(bot).to_string()),
+        ("current_task", bot.current_run_id.map_or_else(|| "-".to_string(), format_task_id)),
+        ("dimensions", pairs_text(&bot.dimensions)),
+        ("first_seen", timestamp(bot.first_seen_unix_ms)),
+        ("last_seen", timestamp(bot.last_seen_unix_ms)),
+        ("connected", bot.connected.to_string()),
+        ("software", bot.software.clone()),
+    ];
+    aligned_lines(&lines)
+}
+
+/// A table, one bot per line under a header, columns aligned.
+pub(crate) fn bots_table(bots: &[BotInfo]) -> String {
+    let rows = bots.iter().map(|bot| {
+        [
+            bot.bot_id.clone(),
+            bot_status(bot).to_string(),
+            bot.current_run_id.map_or_else(|| "-".to_string(), format_task_id),
+            timestamp(bot.last_seen_unix_ms),
+            pairs_text(&bot.dimensions),
+        ]
+    });
+    table(["BOT_ID", "STATUS", "TASK", "LAST_SEEN", "DIMENSIONS"], rows)
+}
+
+/// A header and rows, columns aligned two spaces apart, no trailing spaces.
+fn table<const COLUMNS: usize>(header: [&str; COLUMNS], rows: impl Iterator<Item = [String; COLUMNS]>) -> String {
+    let header = header.map(str::to_string);
+    let rows: Vec<[String; COLUMNS]> = std::iter::once(header).chain(rows).collect();
+    let mut widths = [0usize; COLUMNS];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut table = String::new();
+    for row in &rows {
+        let line: Vec<String> = row.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        table.push_str(line.join("  ").trim_end());
+        table.push('\n');
+    }
+    table
+}
+
+/// `key: value` lines with the values in one column.
+fn aligned_lines(lines: &[(&str, String)]) -> String {
     let width = lines.iter().map(|(key, _)| key.len()).max().unwrap_or(0) + 1;
     let mut text = String::new();
     for (key, value) in lines {
@@ -82,54 +259,6 @@ pub(crate) fn task_text(result: &TaskResult) -> String {
         text.push('\n');
     }
     text
-}
-
-pub(crate) fn bots_json(bots: &[BotInfo]) -> Value {
-    bots.iter()
-        .map(|bot| {
-            json!({
-                "bot_id": bot.bot_id,
-                "dimensions": dimensions_json(&bot.dimensions),
-                "status": bot_status(bot),
-                "current_task": bot.current_run_id.map(format_task_id),
-                "first_seen_ts": timestamp(bot.first_seen_unix_ms),
-                "last_seen_ts": timestamp(bot.last_seen_unix_ms),
-                "connected": bot.connected,
-                "software": bot.software,
-            })
-        })
-        .collect()
-}
-
-/// A table, one bot per line under a header, columns aligned.
-pub(crate) fn bots_table(bots: &[BotInfo]) -> String {
-    let header = ["BOT_ID", "STATUS", "TASK", "LAST_SEEN", "DIMENSIONS"].map(str::to_string);
-    let rows: Vec<[String; 5]> = bots
-        .iter()
-        .map(|bot| {
-            [
-                bot.bot_id.clone(),
-                bot_status(bot).to_string(),
-                bot.current_run_id.map_or_else(|| "-".to_string(), format_task_id),
-                timestamp(bot.last_seen_unix_ms),
-                pairs_text(&bot.dimensions),
-            ]
-        })
-        .collect();
-    let all_rows = || std::iter::once(&header).chain(&rows);
-    let mut widths = [0usize; 5];
-    for row in all_rows() {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut table = String::new();
-    for row in all_rows() {
-        let line: Vec<String> = row.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
-        table.push_str(line.join("  ").trim_end());
-        table.push('\n');
-    }
-    table
 }
 
 /// "busy" with a task, "idle" and polling, or "disconnected".
@@ -332,6 +461,113 @@ mod tests {
     fn an_empty_bot_list_is_a_header_or_an_empty_array() {
         assert_eq!(bots_table(&[]).lines().count(), 1);
         assert_eq!(bots_json(&[]), json!([]));
+    }
+
+    #[test]
+    fn deduplication_and_pending_show_in_json_and_text() {
+        let mut task = task_result(0x20, TaskState::Pending, None);
+        task.pending = Some(PendingInfo { matching_bots: 3, busy_bots: 2, queue_position: 0 });
+        let value = task_json(&task);
+        assert_eq!(value["pending"], json!({"matching_bots": 3, "busy_bots": 2, "queue_position": 0}));
+        assert_eq!(value["deduped_from"], Value::Null);
+        let text = task_text(&task);
+        assert!(text.contains("pending:            3 matching bots (2 busy), 0 ahead in queue\n"), "{text}");
+        assert!(text.contains("deduped_from:       -\n"), "{text}");
+        task.pending = Some(PendingInfo { matching_bots: 1, busy_bots: 0, queue_position: 7 });
+        assert!(task_text(&task).contains("pending:            1 matching bot (0 busy), 7 ahead in queue\n"));
+
+        let mut task = completed_task();
+        task.deduped_from = Some(0x018b_cfe5_0000_0011);
+        let value = task_json(&task);
+        assert_eq!(value["deduped_from"], "018bcfe500000011");
+        assert_eq!(value["pending"], Value::Null);
+        let text = task_text(&task);
+        assert!(text.contains("deduped_from:       018bcfe500000011\n"), "{text}");
+        assert!(text.contains("pending:            -\n"), "{text}");
+        assert_eq!(
+            deduped_note(&task).unwrap(),
+            "task 018bcfe568800010 reuses the result of run 018bcfe500000011 (idempotent)"
+        );
+        assert_eq!(deduped_note(&completed_task()), None);
+    }
+
+    #[test]
+    fn task_json_keeps_every_swarming_field() {
+        let value = task_json(&completed_task());
+        for key in [
+            "task_id",
+            "run_id",
+            "state",
+            "exit_code",
+            "failure",
+            "internal_failure",
+            "failure_reason",
+            "duration",
+            "created_ts",
+            "started_ts",
+            "completed_ts",
+            "abandoned_ts",
+            "current_task_slice",
+            "deduped_from",
+            "pending",
+            "request",
+        ] {
+            assert!(value.get(key).is_some(), "{key} missing");
+        }
+    }
+
+    #[test]
+    fn task_tables_show_dashes_for_what_is_unknown() {
+        let mut running = task_result(0x018b_cfe5_6880_0020, TaskState::Running, None);
+        running.bot_id = Some("bot-1".to_string());
+        running.request.name = "build".to_string();
+        let table = tasks_table(&[running, task_result(0x018b_cfe5_6880_0010, TaskState::Pending, None)]);
+        assert_eq!(
+            table,
+            "TASK_ID           STATE    NAME   BOT    CREATED\n\
+             018bcfe568800020  RUNNING  build  bot-1  2023-11-14T22:13:20.000Z\n\
+             018bcfe568800010  PENDING  -      -      2023-11-14T22:13:20.000Z\n"
+        );
+    }
+
+    #[test]
+    fn the_next_page_command_repeats_the_filters_quoted_for_a_shell() {
+        let query = TaskQuery::default();
+        assert_eq!(next_page_command(&query, 0x1f), "apiary tasks list --cursor 000000000000001f");
+        let query = TaskQuery {
+            state: Some(TaskState::TimedOut),
+            tags: vec!["k:v".to_string(), "it's:$x".to_string()],
+            limit: 5,
+            cursor: Some(1),
+        };
+        assert_eq!(
+            next_page_command(&query, 2),
+            r"apiary tasks list --cursor 0000000000000002 --state TIMED_OUT --tag k:v --tag 'it'\''s:$x' --limit 5"
+        );
+    }
+
+    #[test]
+    fn a_bot_shows_as_aligned_lines() {
+        let bot = BotInfo {
+            bot_id: "bot-1".to_string(),
+            dimensions: vec![StringPair::new("os", "linux"), StringPair::new("pool", "ci")],
+            current_run_id: Some(0x21),
+            first_seen_unix_ms: 1_700_000_000_000,
+            last_seen_unix_ms: 1_700_000_000_250,
+            connected: true,
+            software: "apiary-agent/0.1.0".to_string(),
+        };
+        assert_eq!(
+            bot_text(&bot),
+            "bot_id:       bot-1\n\
+             status:       busy\n\
+             current_task: 0000000000000021\n\
+             dimensions:   os=linux pool=ci\n\
+             first_seen:   2023-11-14T22:13:20.000Z\n\
+             last_seen:    2023-11-14T22:13:20.250Z\n\
+             connected:    true\n\
+             software:     apiary-agent/0.1.0\n"
+        );
     }
 
     #[test]

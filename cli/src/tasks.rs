@@ -1,11 +1,13 @@
-//! `apiary tasks show` and `apiary tasks output`: one task, as the daemon knows it now.
+//! `apiary tasks show`, `apiary tasks output` and `apiary tasks list`: tasks as
+//! the daemon knows them now.
 
 use std::io::Write;
 
-use apiary_protocol::Request;
 use apiary_protocol::ids::format_task_id;
+use apiary_protocol::{Request, TaskQuery};
 
-use crate::collect::copy_output;
+use crate::args::ListTasksArgs;
+use crate::collect::{Patience, copy_output};
 use crate::connect::{self, Daemon};
 use crate::error::CliError;
 use crate::exit_codes;
@@ -27,15 +29,44 @@ pub(crate) fn show(
 
 /// The output so far, whether or not the task ended.
 pub(crate) fn output(daemon: &mut impl Daemon, task_id: u64, out: &mut Sink<impl Write>) -> Result<i32, CliError> {
-    copy_output(daemon, task_id, out)?;
+    copy_output(daemon, task_id, out, &mut Patience::none())?;
+    Ok(exit_codes::SUCCESS)
+}
+
+/// One page of tasks, newest first. In text, the command for the next page goes
+/// to `notes` (stderr), so stdout stays one table; in JSON it is the `next_cursor` field.
+pub(crate) fn list(
+    daemon: &mut impl Daemon,
+    args: &ListTasksArgs,
+    out: &mut Sink<impl Write>,
+    notes: &mut dyn Write,
+) -> Result<i32, CliError> {
+    let query =
+        TaskQuery { state: args.state, tags: args.tags.clone(), limit: args.limit.unwrap_or(0), cursor: args.cursor };
+    let (mut tasks, next_cursor) = connect::call_tasks(daemon, &Request::ListTasks(query.clone()), "list tasks")?;
+    // Ids grow with creation time: the daemon's order, made sure of.
+    tasks.sort_by_key(|task| std::cmp::Reverse(task.task_id));
+    if args.json {
+        out.write_all(render::json_text(&render::tasks_page_json(&tasks, next_cursor)).as_bytes())?;
+        return Ok(exit_codes::SUCCESS);
+    }
+    out.write_all(render::tasks_table(&tasks).as_bytes())?;
+    if let Some(cursor) = next_cursor {
+        // For people; stdout already has the page.
+        let _ = writeln!(notes, "more: {}", render::next_page_command(&query, cursor));
+    }
     Ok(exit_codes::SUCCESS)
 }
 
 #[cfg(test)]
 mod tests {
     use apiary_protocol::{Reply, TaskState};
+    use clap::Parser;
+    use clap::error::ErrorKind;
+    use serde_json::json;
 
     use super::*;
+    use crate::args::{Cli, Command, TasksCommand};
     use crate::connect::fake::{FakeDaemon, output as output_reply, task_result};
 
     #[test]
@@ -47,6 +78,80 @@ mod tests {
         let printed: serde_json::Value = serde_json::from_slice(&out.into_inner()).unwrap();
         assert_eq!(printed["task_id"], "0000000000000020");
         assert_eq!(printed["state"], "RUNNING");
+    }
+
+    fn list_args(args: &[&str]) -> ListTasksArgs {
+        let cli = Cli::try_parse_from(["apiary", "tasks", "list"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::Tasks(TasksCommand::List(args)) => args,
+            other => panic!("not a tasks list: {other:?}"),
+        }
+    }
+
+    fn list_with(args: &[&str], reply: Reply) -> (FakeDaemon, String, String) {
+        let mut daemon = FakeDaemon::answering(vec![reply]);
+        let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
+        assert_eq!(list(&mut daemon, &list_args(args), &mut out, &mut notes).unwrap(), exit_codes::SUCCESS);
+        (daemon, String::from_utf8(out.into_inner()).unwrap(), String::from_utf8(notes).unwrap())
+    }
+
+    #[test]
+    fn list_sends_the_filters_and_points_to_the_next_page() {
+        let tasks = vec![task_result(0x10, TaskState::Running, None), task_result(0x20, TaskState::Running, None)];
+        let reply = Reply::Tasks { tasks, next_cursor: Some(0xabc) };
+        let args = ["--state", "running", "--tag", "k:v", "--tag", "who:a b", "--limit", "2"];
+        let (daemon, out, notes) = list_with(&args, reply);
+        let query = TaskQuery {
+            state: Some(TaskState::Running),
+            tags: vec!["k:v".to_string(), "who:a b".to_string()],
+            limit: 2,
+            cursor: None,
+        };
+        assert_eq!(daemon.requests, [Request::ListTasks(query)]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].starts_with("TASK_ID           STATE    NAME  BOT  CREATED"), "{out}");
+        assert!(lines[1].starts_with("0000000000000020  RUNNING  -     -    2023-11-14T22:13:20.000Z"), "{out}");
+        assert!(lines[2].starts_with("0000000000000010"), "{out}");
+        assert_eq!(
+            notes,
+            "more: apiary tasks list --cursor 0000000000000abc --state RUNNING --tag k:v --tag 'who:a b' --limit 2\n"
+        );
+    }
+
+    #[test]
+    fn the_last_page_has_no_pointer_and_a_cursor_is_sent_back() {
+        let (daemon, out, notes) =
+            list_with(&["--cursor", "0000000000000ABC"], Reply::Tasks { tasks: Vec::new(), next_cursor: None });
+        let query = TaskQuery { cursor: Some(0xabc), ..TaskQuery::default() };
+        assert_eq!(daemon.requests, [Request::ListTasks(query)]);
+        assert_eq!(out, "TASK_ID  STATE  NAME  BOT  CREATED\n");
+        assert!(notes.is_empty());
+    }
+
+    #[test]
+    fn list_json_is_one_object_with_the_cursor_and_nothing_on_stderr() {
+        let reply = Reply::Tasks { tasks: vec![task_result(0x10, TaskState::Pending, None)], next_cursor: Some(1) };
+        let (_, out, notes) = list_with(&["--json"], reply);
+        let printed: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(printed["next_cursor"], "0000000000000001");
+        assert_eq!(printed["tasks"][0], render::task_json(&task_result(0x10, TaskState::Pending, None)));
+        assert!(notes.is_empty());
+        let (_, out, _) = list_with(&["--json"], Reply::Tasks { tasks: Vec::new(), next_cursor: None });
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap(), json!({"tasks": [], "next_cursor": null}));
+    }
+
+    #[test]
+    fn bad_states_limits_and_cursors_are_usage_errors() {
+        let parse = |args: &[&str]| Cli::try_parse_from(["apiary", "tasks", "list"].iter().chain(args)).unwrap_err();
+        let error = parse(&["--state", "done"]);
+        assert_eq!(error.kind(), ErrorKind::ValueValidation);
+        assert_eq!(error.exit_code(), exit_codes::USAGE);
+        let message = error.to_string();
+        assert!(message.contains("done") && message.contains("PENDING, RUNNING, COMPLETED, TIMED_OUT"), "{message}");
+        for args in [&["--limit", "0"][..], &["--cursor", "abc"], &["--cursor", "+00000000000000a"], &["--tag", "x"]] {
+            assert_eq!(parse(args).kind(), ErrorKind::ValueValidation, "{args:?}");
+        }
     }
 
     #[test]

@@ -1,19 +1,157 @@
 //! The `apiary` command line itself (this also makes `cargo test` build the
-//! binary for the end-to-end tests in `tests/`).
+//! binary for the end-to-end tests in `tests/`), against no daemon or a scripted
+//! one that speaks the real protocol over TCP.
 
-use std::process::Command;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use apiary_protocol::frame::{self, FrameReader};
+use apiary_protocol::{NewTaskRequest, Reply, Request, TaskResult, TaskState};
+
+fn apiary(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args(args)
+        .env_remove("APIARY_SERVER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
 
 #[test]
 fn an_unreachable_daemon_has_its_own_exit_code() {
-    let output = Command::new(env!("CARGO_BIN_EXE_apiary"))
-        .args(["--server", "127.0.0.1:1", "tasks", "show", "0000000000000010"])
-        .output()
-        .unwrap();
+    let output = apiary(&["--server", "127.0.0.1:1", "tasks", "show", "0000000000000010"], b"");
     assert_eq!(output.status.code(), Some(89), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[test]
 fn a_malformed_task_id_is_a_usage_error() {
-    let output = Command::new(env!("CARGO_BIN_EXE_apiary")).args(["tasks", "show", "xyz"]).output().unwrap();
+    let output = apiary(&["tasks", "show", "xyz"], b"");
     assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn a_request_with_an_unsupported_field_is_refused_before_connecting() {
+    let request = br#"{"task_slices": [{"properties": {"command": ["true"], "cipd_input": {"packages": []}}}]}"#;
+    let output = apiary(&["--server", "127.0.0.1:1", "trigger", "--request", "-"], request);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        "apiary: stdin: unknown field `cipd_input` in task_slices[0].properties is not supported \
+         (Apiary refuses fields it does not implement rather than ignoring them)\n"
+    );
+}
+
+#[test]
+fn a_bad_state_names_the_valid_ones() {
+    let output = apiary(&["tasks", "list", "--state", "finished"], b"");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("PENDING, RUNNING, COMPLETED, TIMED_OUT, BOT_DIED"), "{stderr}");
+}
+
+/// One connection of the scripted daemon: answers the hello, then each request
+/// with the next reply; returns the requests it saw. With `then_die`, it also takes
+/// one more request and leaves it unanswered (a restart, as the client sees it).
+fn serve(stream: &mut TcpStream, replies: Vec<Reply>, then_die: bool) -> Vec<Request> {
+    let mut reader = FrameReader::new();
+    let hello = next_frame(stream, &mut reader);
+    hello.decode_hello().unwrap();
+    send(stream, 0, &Reply::Welcome { server_software: "scripted".to_string() });
+    let mut requests = Vec::new();
+    for reply in replies {
+        let frame = next_frame(stream, &mut reader);
+        requests.push(frame.decode_request().unwrap());
+        send(stream, frame.request_id, &reply);
+    }
+    if then_die {
+        let frame = next_frame(stream, &mut reader);
+        requests.push(frame.decode_request().unwrap());
+    }
+    requests
+}
+
+fn next_frame(stream: &mut TcpStream, reader: &mut FrameReader) -> apiary_protocol::Frame {
+    let mut buffer = [0u8; 4096];
+    loop {
+        if let Some(frame) = reader.next_frame().unwrap() {
+            return frame;
+        }
+        let read = stream.read(&mut buffer).unwrap();
+        assert!(read > 0, "the client closed the connection");
+        reader.extend(&buffer[..read]);
+    }
+}
+
+fn send(stream: &mut TcpStream, request_id: u64, reply: &Reply) {
+    let mut bytes = Vec::new();
+    frame::encode_reply(request_id, reply, &mut bytes).unwrap();
+    stream.write_all(&bytes).unwrap();
+}
+
+fn task(task_id: u64, state: TaskState, exit_code: Option<i64>) -> TaskResult {
+    TaskResult {
+        task_id,
+        run_id: None,
+        state,
+        exit_code,
+        bot_id: None,
+        try_number: 1,
+        current_task_slice: 0,
+        created_unix_ms: 1_700_000_000_000,
+        started_unix_ms: None,
+        completed_unix_ms: None,
+        abandoned_unix_ms: None,
+        duration_ms: None,
+        internal_failure: false,
+        failure_reason: String::new(),
+        output_len: 3,
+        deduped_from: None,
+        pending: None,
+        request: NewTaskRequest::default(),
+    }
+}
+
+#[test]
+fn collect_waits_through_a_daemon_restart() {
+    const TASK: u64 = 0x018b_cfe5_6880_0010;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let daemon = thread::spawn(move || {
+        // First life: the task is running; then the daemon goes away mid-wait.
+        let (mut stream, _) = listener.accept().unwrap();
+        let before = serve(&mut stream, vec![Reply::Task(task(TASK, TaskState::Running, None))], true);
+        drop((stream, listener));
+        // Down for a while: the client's first attempts are refused.
+        thread::sleep(Duration::from_millis(500));
+        let listener = TcpListener::bind(addr).unwrap();
+        let (mut stream, _) = listener.accept().unwrap();
+        let after = serve(
+            &mut stream,
+            vec![
+                Reply::Task(task(TASK, TaskState::Completed, Some(3))),
+                Reply::Output { offset: 0, data: b"hi\n".to_vec(), output_len: 3, task_ended: true },
+            ],
+            false,
+        );
+        (before, after)
+    });
+    let output = apiary(&["--server", &addr.to_string(), "collect", "--timeout", "60", "018bcfe568800010"], b"");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert_eq!(output.stdout, b"hi\n");
+    assert!(stderr.starts_with("apiary: cannot wait for task 018bcfe568800010: "), "{stderr}");
+    assert!(stderr.contains("; reconnecting\napiary: reconnected to the daemon after "), "{stderr}");
+    let (before, after) = daemon.join().unwrap();
+    assert_eq!(before.len(), 2);
+    assert!(before.iter().all(|request| matches!(request, Request::WaitTask { task_id: TASK, .. })));
+    assert!(matches!(after[0], Request::WaitTask { task_id: TASK, .. }));
+    assert!(matches!(after[1], Request::GetOutput { task_id: TASK, offset: 0, .. }));
 }

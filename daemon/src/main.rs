@@ -25,6 +25,9 @@ struct Args {
     /// Seconds a bot's poll is held open before it is answered "no work".
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=60))]
     long_poll_secs: u64,
+    /// How old a successful idempotent run may be and still stand in for a new identical task.
+    #[arg(long, default_value_t = 7 * 24 * 60 * 60)]
+    dedup_window_secs: u64,
 }
 
 fn main() -> ExitCode {
@@ -33,7 +36,7 @@ fn main() -> ExitCode {
         listen: args.listen,
         data_dir: args.data_dir,
         max_connections: args.max_connections,
-        core: CoreConfig { long_poll_ms: args.long_poll_secs * 1000 },
+        core: CoreConfig { long_poll_ms: args.long_poll_secs * 1000, dedup_window_ms: args.dedup_window_secs * 1000 },
         wal: WalOptions::default(),
     };
     match server::run(config) {

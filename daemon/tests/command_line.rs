@@ -8,7 +8,7 @@ fn help_lists_every_flag() {
     let output = Command::new(env!("CARGO_BIN_EXE_apiaryd")).arg("--help").output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
-    for flag in ["--listen", "--data-dir", "--max-connections", "--long-poll-secs"] {
+    for flag in ["--listen", "--data-dir", "--max-connections", "--long-poll-secs", "--dedup-window-secs"] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
 }

@@ -43,5 +43,8 @@ pub const DEFAULT_EXPIRATION_SECS: u32 = 60 * 60;
 pub const DEFAULT_EXECUTION_TIMEOUT_SECS: u32 = 60 * 60;
 pub const DEFAULT_GRACE_PERIOD_SECS: u32 = 30;
 pub const DEFAULT_BOT_PING_TOLERANCE_SECS: u32 = 1200;
+/// Tasks in one page of a task listing, and the default.
+pub const MAX_TASK_PAGE: u32 = 1000;
+pub const DEFAULT_TASK_PAGE: u32 = 100;
 /// How long the daemon holds a poll or a wait open before answering "nothing yet".
 pub const MAX_LONG_POLL_MS: u64 = 60_000;

@@ -212,7 +212,47 @@ pub struct TaskResult {
     /// Why the task ended as it did, when it did not just exit.
     pub failure_reason: String,
     pub output_len: u64,
+    /// Set when an idempotent task reused the result of this earlier run.
+    pub deduped_from: Option<u64>,
+    /// Why a PENDING task is still waiting (only in answers to queries).
+    pub pending: Option<PendingInfo>,
     pub request: NewTaskRequest,
+}
+
+/// Why a task is still pending: who could run its current slice, and its place in line.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingInfo {
+    /// Live bots whose dimensions match the current slice.
+    pub matching_bots: u32,
+    /// How many of those are busy with other tasks.
+    pub busy_bots: u32,
+    /// Tasks ahead of this one in its queue (0: it is next).
+    pub queue_position: u64,
+}
+
+/// A page of tasks, newest first.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct TaskQuery {
+    pub state: Option<TaskState>,
+    /// `key:value` tags that must all be present.
+    pub tags: Vec<String>,
+    /// At most this many tasks (capped by `limits::MAX_TASK_PAGE`); 0 means the default.
+    pub limit: u32,
+    /// From a previous page's `next_cursor`: continue after it.
+    pub cursor: Option<u64>,
+}
+
+/// What a cancel did.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The task was pending and is CANCELED now.
+    Canceled,
+    /// The task runs; its bot is told to stop it, and it ends KILLED.
+    KillRequested,
+    /// The task runs and was left alone (no `kill_running`).
+    LeftRunning,
+    /// The task had already ended; nothing changed.
+    AlreadyEnded,
 }
 
 /// The ways an attempt can end on a bot.
@@ -305,7 +345,21 @@ pub enum Request {
         offset: u64,
         max_bytes: u32,
     },
-    ListBots,
+    /// Bots that have all these dimensions (`key=a|b` accepts either value); all bots when empty.
+    ListBots {
+        dimensions: Vec<StringPair>,
+    },
+    GetBot {
+        bot_id: String,
+    },
+    ListTasks(TaskQuery),
+    /// Ends a pending task as CANCELED; with `kill_running`, also stops a running one (KILLED).
+    CancelTask {
+        task_id: u64,
+        kill_running: bool,
+    },
+    /// Checks a request as `NewTask` would, and returns it as the daemon would store it.
+    ValidateTask(NewTaskRequest),
     /// A bot asks for work; held open until work arrives or the poll times out.
     BotPoll(BotPoll),
     TaskUpdate(TaskUpdate),
@@ -348,6 +402,17 @@ pub enum Reply {
         task_ended: bool,
     },
     Bots(Vec<BotInfo>),
+    Bot(BotInfo),
+    /// A page of tasks, newest first; `next_cursor` continues it when more may follow.
+    Tasks {
+        tasks: Vec<TaskResult>,
+        next_cursor: Option<u64>,
+    },
+    Canceled {
+        outcome: CancelOutcome,
+        task: TaskResult,
+    },
+    ValidRequest(NewTaskRequest),
     /// Work for a polling bot.
     Assignment(Assignment),
     /// Nothing to do yet; poll again.

@@ -33,6 +33,7 @@ fn tasks_show_and_bots_list_describe_what_happened() {
     let daemon = Daemon::start(&dir.path().join("data"));
     let cli = daemon.cli();
     let task_id = cli.trigger(&[
+        "--wait-for-capacity",
         "-d",
         "pool=ci",
         "--name",
@@ -88,7 +89,8 @@ fn tasks_show_and_bots_list_describe_what_happened() {
 fn an_acknowledged_task_survives_kill_9_and_runs_after_restart() {
     let dir = temp();
     let mut daemon = Daemon::start(&dir.path().join("data"));
-    let task_id = daemon.cli().trigger(&["-d", "pool=ci", "-d", "os=Mac", "--", "echo", "survived"]);
+    let task_id =
+        daemon.cli().trigger(&["--wait-for-capacity", "-d", "pool=ci", "-d", "os=Mac", "--", "echo", "survived"]);
     daemon.kill9();
     daemon.restart();
     assert_eq!(daemon.cli().show(&task_id)["state"], "PENDING");
@@ -110,7 +112,7 @@ fn a_bot_finishes_reporting_its_task_across_a_daemon_restart() {
     let mut daemon = Daemon::start(&dir.path().join("data"));
     let marker = dir.path().join("started");
     let script = format!("echo before; touch {}; sleep 3; echo after", marker.display());
-    let task_id = daemon.cli().trigger(&["-d", "pool=ci", "--", "sh", "-c", &script]);
+    let task_id = daemon.cli().trigger(&["--wait-for-capacity", "-d", "pool=ci", "--", "sh", "-c", &script]);
     let _bot = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &dir.path().join("bot"));
     while !marker.exists() {
         std::thread::sleep(Duration::from_millis(20));
@@ -157,7 +159,7 @@ fn a_second_daemon_on_the_same_data_directory_refuses_to_start() {
 fn sigterm_makes_everything_durable_and_exits_zero() {
     let dir = temp();
     let mut daemon = Daemon::start(&dir.path().join("data"));
-    let task_id = daemon.cli().trigger(&["-d", "pool=ci", "--", "true"]);
+    let task_id = daemon.cli().trigger(&["--wait-for-capacity", "-d", "pool=ci", "--", "true"]);
     assert!(daemon.terminate().success());
     daemon.restart();
     assert_eq!(daemon.cli().show(&task_id)["state"], "PENDING");
@@ -182,7 +184,7 @@ fn garbage_and_oversized_frames_close_only_their_own_connection() {
     }
     daemon.log.wait_for("the reason in the log", |line| line.contains("over the limit").then_some(()));
     // Everyone else carries on.
-    let task_id = daemon.cli().trigger(&["-d", "pool=ci", "--", "true"]);
+    let task_id = daemon.cli().trigger(&["--wait-for-capacity", "-d", "pool=ci", "--", "true"]);
     assert_eq!(daemon.cli().show(&task_id)["state"], "PENDING");
 }
 

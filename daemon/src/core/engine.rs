@@ -6,11 +6,12 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::ops::Bound;
 
-use apiary_protocol::limits::{MAX_LONG_POLL_MS, MAX_OUTPUT_CHUNK_BYTES};
+use apiary_protocol::limits::{DEFAULT_TASK_PAGE, MAX_LONG_POLL_MS, MAX_OUTPUT_CHUNK_BYTES, MAX_TASK_PAGE};
 use apiary_protocol::{
-    Assignment, BotPoll, ErrorCode, ErrorReply, NewTaskRequest, Reply, Request, RequestId, RunEnd, RunId, RunOutcome,
-    TaskState, TaskUpdate,
+    Assignment, BotPoll, CancelOutcome, ErrorCode, ErrorReply, NewTaskRequest, PendingInfo, Reply, Request, RequestId,
+    RunEnd, RunId, RunOutcome, StringPair, TaskProperties, TaskQuery, TaskResult, TaskSlice, TaskState, TaskUpdate,
 };
 
 use super::events::{BotConnected, Event, StoredState, TaskAssigned, TaskCreated, TaskFinished};
@@ -23,11 +24,13 @@ use super::{ConnId, Map};
 pub struct CoreConfig {
     /// How long a bot's poll is held before it is answered with "no work".
     pub long_poll_ms: u64,
+    /// How old a successful idempotent run may be and still stand in for a new task.
+    pub dedup_window_ms: u64,
 }
 
 impl Default for CoreConfig {
     fn default() -> CoreConfig {
-        CoreConfig { long_poll_ms: 30_000 }
+        CoreConfig { long_poll_ms: 30_000, dedup_window_ms: 7 * 24 * 60 * 60 * 1000 }
     }
 }
 
@@ -97,6 +100,8 @@ pub struct Core {
     timers: BinaryHeap<Reverse<(u64, Timer)>>,
     last_task_id: Option<RequestId>,
     bot_by_connection: Map<ConnId, String>,
+    /// The latest successful run of each idempotent set of properties, and when it ended.
+    successes: Map<TaskProperties, (RunId, u64)>,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
@@ -118,6 +123,7 @@ impl Core {
             timers: BinaryHeap::new(),
             last_task_id: None,
             bot_by_connection: Map::default(),
+            successes: Map::default(),
         }
     }
 
@@ -140,14 +146,24 @@ impl Core {
     fn handle_request(&mut self, conn: ConnId, request_id: u64, request: Request, out: &mut Output) -> Option<Reply> {
         match request {
             Request::NewTask(new_task) => Some(self.new_task(new_task, out)),
-            Request::GetTask { task_id } => {
-                Some(self.find_task(task_id).map_or_else(|| not_found(task_id), |task| Reply::Task(task.result())))
-            }
+            Request::GetTask { task_id } => Some(
+                self.find_task(task_id).map_or_else(|| not_found(task_id), |task| Reply::Task(self.describe(task))),
+            ),
             Request::WaitTask { task_id, timeout_ms } => self.wait_task(conn, request_id, task_id, timeout_ms),
             Request::GetOutput { task_id, offset, max_bytes } => {
                 self.get_output(conn, request_id, task_id, offset, max_bytes, out)
             }
-            Request::ListBots => Some(Reply::Bots(self.bots.values().map(Bot::info).collect())),
+            Request::ListBots { dimensions } => Some(self.list_bots(&dimensions)),
+            Request::GetBot { bot_id } => Some(self.bots.get(&bot_id).map_or_else(
+                || error(ErrorCode::NotFound, format!("no bot {bot_id:?}")),
+                |bot| Reply::Bot(bot.info()),
+            )),
+            Request::ListTasks(query) => Some(self.list_tasks(query)),
+            Request::CancelTask { task_id, kill_running } => Some(self.cancel(task_id, kill_running, out)),
+            Request::ValidateTask(request) => Some(match validate::validate_request(&request) {
+                Ok(()) => Reply::ValidRequest(request),
+                Err(refusal) => error(ErrorCode::InvalidRequest, refusal.to_string()),
+            }),
             Request::BotPoll(poll) => self.bot_poll(conn, request_id, poll, out),
             Request::TaskUpdate(update) => Some(self.task_update(conn, update, out)),
         }
@@ -155,7 +171,7 @@ impl Core {
 
     /// The task of a request id, or of a run id that exists.
     fn find_task(&self, raw_id: u64) -> Option<&Task> {
-        let task = self.tasks.get(&RequestId::from_u64(raw_id & !0xf).expect("masked id ends in 0"))?;
+        let task = self.tasks.get(&request_id_of(raw_id))?;
         let try_number = (raw_id & 0xf) as u8;
         let run_exists = try_number == 0 || task.run.as_ref().is_some_and(|run| run.run_id.try_number() >= try_number);
         run_exists.then_some(task)
@@ -166,9 +182,111 @@ impl Core {
             return error(ErrorCode::InvalidRequest, refusal.to_string());
         }
         let task_id = self.next_task_id();
-        self.emit(Event::TaskCreated(TaskCreated { task_id: task_id.as_u64(), created_ms: self.now_ms, request }), out);
-        self.hand_to_parked_bot(task_id, out);
+        let first_slice = self.first_servable_slice(&request.task_slices, 0);
+        let created = TaskCreated {
+            task_id: task_id.as_u64(),
+            created_ms: self.now_ms,
+            slice_index: first_slice.unwrap_or(0),
+            request,
+        };
+        self.emit(Event::TaskCreated(created), out);
+        if first_slice.is_none() {
+            let reason = "no live bot has the dimensions of any slice, and no slice waits for capacity";
+            self.finish(task_id, None, Ending::new(TaskState::NoResource, reason), out);
+        } else if let Some(source) = self.dedup_source(task_id) {
+            let source_task = &self.tasks[&source.request()];
+            let mut ending = Ending::new(TaskState::Completed, "");
+            (ending.exit_code, ending.duration_ms) = (source_task.exit_code, source_task.duration_ms);
+            ending.deduped_from = Some(source);
+            self.finish(task_id, None, ending, out);
+        } else {
+            self.hand_to_parked_bot(task_id, out);
+        }
         Reply::Task(self.tasks[&task_id].result())
+    }
+
+    /// The first slice from `from` on that some live bot could serve, or that
+    /// waits for capacity.
+    fn first_servable_slice(&mut self, slices: &[TaskSlice], from: usize) -> Option<u32> {
+        let servable = |core: &mut Core, slice: &TaskSlice| {
+            let queue = core.queues.queue_for(queues::canonical_task_dimensions(&slice.properties.dimensions));
+            slice.wait_for_capacity || core.queues.capacity(queue).0 > 0
+        };
+        (from..slices.len()).find(|&index| servable(self, &slices[index])).map(|index| index as u32)
+    }
+
+    /// A successful earlier run with the same properties, recent enough to reuse.
+    fn dedup_source(&self, task_id: RequestId) -> Option<RunId> {
+        let properties = self.tasks[&task_id].properties();
+        if !properties.idempotent {
+            return None;
+        }
+        let &(run_id, ended_ms) = self.successes.get(properties)?;
+        (ended_ms.saturating_add(self.config.dedup_window_ms) >= self.now_ms).then_some(run_id)
+    }
+
+    /// A task's result with, while it is pending, why it still waits.
+    fn describe(&self, task: &Task) -> TaskResult {
+        let mut result = task.result();
+        if let Some((queue, key)) = task.queued {
+            let (matching_bots, busy_bots) = self.queues.capacity(queue);
+            let queue_position = self.queues.position(queue, key);
+            result.pending = Some(PendingInfo { matching_bots, busy_bots, queue_position });
+        }
+        result
+    }
+
+    fn list_tasks(&self, query: TaskQuery) -> Reply {
+        if query.limit > MAX_TASK_PAGE {
+            return error(
+                ErrorCode::InvalidRequest,
+                format!("limit: {} is over the limit of {MAX_TASK_PAGE}", query.limit),
+            );
+        }
+        let limit = if query.limit == 0 { DEFAULT_TASK_PAGE } else { query.limit } as usize;
+        let before = query.cursor.map_or(Bound::Unbounded, |cursor| Bound::Excluded(request_id_of(cursor)));
+        let wanted = |task: &&Task| {
+            query.state.is_none_or(|state| task.state == state)
+                && query.tags.iter().all(|tag| task.request.tags.contains(tag))
+        };
+        let mut matching = self.tasks.range((Bound::Unbounded, before)).rev().map(|(_, task)| task).filter(wanted);
+        let tasks: Vec<TaskResult> = matching.by_ref().take(limit).map(|task| self.describe(task)).collect();
+        let more = matching.next().is_some();
+        let next_cursor = tasks.last().filter(|_| more).map(|task| task.task_id);
+        Reply::Tasks { tasks, next_cursor }
+    }
+
+    fn list_bots(&self, filter: &[StringPair]) -> Reply {
+        for (index, pair) in filter.iter().enumerate() {
+            if let Err(refusal) = validate::validate_bot_dimensions(std::slice::from_ref(pair)) {
+                let message = refusal.to_string().replacen("dimensions[0]", &format!("dimensions[{index}]"), 1);
+                return error(ErrorCode::InvalidRequest, message);
+            }
+        }
+        let filter = queues::canonical_task_dimensions(filter);
+        let bots = self.bots.values().filter(|bot| self.queues.class_matches(bot.class, &filter)).map(Bot::info);
+        Reply::Bots(bots.collect())
+    }
+
+    fn cancel(&mut self, raw_id: u64, kill_running: bool, out: &mut Output) -> Reply {
+        let Some(task) = self.find_task(raw_id) else { return not_found(raw_id) };
+        let task_id = task.id;
+        let outcome = match task.current_run() {
+            _ if task.state.is_terminal() => CancelOutcome::AlreadyEnded,
+            None => {
+                self.finish(task_id, None, Ending::new(TaskState::Canceled, "canceled by a client"), out);
+                CancelOutcome::Canceled
+            }
+            Some(run) if kill_running => {
+                if !task.kill_requested {
+                    let event = Event::KillRequested { run_id: run.run_id.as_u64(), at_ms: self.now_ms };
+                    self.emit(event, out);
+                }
+                CancelOutcome::KillRequested
+            }
+            Some(_) => CancelOutcome::LeftRunning,
+        };
+        Reply::Canceled { outcome, task: self.tasks[&task_id].result() }
     }
 
     /// Time-ordered and unique, even when the clock stands still or steps back.
@@ -205,7 +323,7 @@ impl Core {
         out.output_reads.push(OutputRead {
             conn,
             request_id,
-            task_id: task.id,
+            task_id: task.deduped_from.map_or(task.id, RunId::request),
             offset,
             max_bytes: (max_bytes as usize).min(MAX_OUTPUT_CHUNK_BYTES),
             output_len: task.output_len,
@@ -351,16 +469,17 @@ impl Core {
             let state = task.state.name();
             return error(ErrorCode::StaleRun, format!("run {run_id} is no longer current (task is {state})"));
         }
+        let must_stop = task.kill_requested;
         self.note_connection(conn, &update.bot_id);
         let output_len = self.accept_output(run_id.request(), update.output_offset, update.output, out);
         if update.output_offset > output_len {
             // A gap: the bot resends from what we hold before anything ends.
-            return Reply::UpdateAck { output_len, must_stop: false };
+            return Reply::UpdateAck { output_len, must_stop };
         }
         if let Some(outcome) = update.outcome {
             self.finish(run_id.request(), Some(run_id), ending_of(outcome), out);
         }
-        Reply::UpdateAck { output_len, must_stop: false }
+        Reply::UpdateAck { output_len, must_stop }
     }
 
     /// Keeps the part of a chunk past what is already held; returns the new length.
@@ -421,13 +540,13 @@ impl Core {
         if task.state != TaskState::Pending || task.slice_index != slice_index {
             return;
         }
-        let next_slice = slice_index + 1;
-        if (next_slice as usize) < task.request.task_slices.len() {
+        let slices = task.request.task_slices.clone();
+        if let Some(next_slice) = self.first_servable_slice(&slices, slice_index as usize + 1) {
             let at_ms = self.now_ms;
             self.emit(Event::SliceAdvanced { task_id: task_id.as_u64(), slice_index: next_slice, at_ms }, out);
             self.hand_to_parked_bot(task_id, out);
         } else {
-            let reason = "no bot took the task before its last slice expired";
+            let reason = format!("slice {slice_index} expired and no later slice could be served");
             self.finish(task_id, None, Ending::new(TaskState::Expired, reason), out);
         }
     }
@@ -453,7 +572,8 @@ impl Core {
             duration_ms: ending.duration_ms,
             internal_failure: ending.internal_failure,
             reason: ending.reason,
-            output_len: task.output_len,
+            output_len: ending.deduped_from.map_or(task.output_len, |source| self.tasks[&source.request()].output_len),
+            deduped_from: ending.deduped_from.map(RunId::as_u64),
             at_ms: self.now_ms,
         };
         self.emit(Event::TaskFinished(event), out);
@@ -491,6 +611,12 @@ impl Core {
                 self.enqueue(task_id);
             }
             Event::TaskAssigned(assigned) => self.apply_task_assigned(assigned),
+            Event::KillRequested { run_id, .. } => {
+                let run_id = RunId::from_u64(*run_id).expect("a run id");
+                let task = self.tasks.get_mut(&run_id.request()).expect("kill of a known task");
+                assert_eq!(task.current_run().map(|run| run.run_id), Some(run_id), "only a running run is killed");
+                task.kill_requested = true;
+            }
             Event::TaskFinished(finished) => self.apply_task_finished(finished),
             Event::BotConnected(connected) => self.apply_bot_connected(connected),
         }
@@ -500,7 +626,9 @@ impl Core {
         let task_id = RequestId::from_u64(created.task_id).expect("a request id");
         assert!(self.last_task_id < Some(task_id), "task ids must grow");
         self.last_task_id = Some(task_id);
-        self.tasks.insert(task_id, Task::new(task_id, created.request.clone(), created.created_ms));
+        let mut task = Task::new(task_id, created.request.clone(), created.created_ms);
+        task.slice_index = created.slice_index;
+        self.tasks.insert(task_id, task);
         self.enqueue(task_id);
     }
 
@@ -510,12 +638,14 @@ impl Core {
         let task = self.tasks.get_mut(&run_id.request()).expect("assigned task is known");
         assert_eq!(task.state, TaskState::Pending, "only a pending task is assigned");
         task.state = TaskState::Running;
+        task.kill_requested = false;
         task.try_number = run_id.try_number();
         task.started_ms.get_or_insert(assigned.at_ms);
         task.run = Some(Run { run_id, bot_id: assigned.bot_id.clone(), session_id: assigned.session_id });
         let bot = self.bots.get_mut(&assigned.bot_id).expect("assigned bot is known");
         assert!(bot.current_run.is_none(), "bot {} already runs {:?}", bot.bot_id, bot.current_run);
         bot.current_run = Some(run_id);
+        self.queues.count_bot(bot.class, 0, 1);
     }
 
     fn apply_task_finished(&mut self, finished: &TaskFinished) {
@@ -531,6 +661,7 @@ impl Core {
         task.failure_reason = finished.reason.clone();
         task.output_len = finished.output_len;
         task.completed_ms = Some(finished.at_ms);
+        task.deduped_from = finished.deduped_from.and_then(RunId::from_u64);
         let command_ended_itself = matches!(state, TaskState::Completed | TaskState::TimedOut | TaskState::ClientError);
         if !command_ended_itself {
             task.abandoned_ms = Some(finished.at_ms);
@@ -541,11 +672,19 @@ impl Core {
             let bot = self.bots.get_mut(&run.bot_id).expect("a run's bot is known");
             assert_eq!(bot.current_run, Some(run_id), "the bot holds the run it finishes");
             bot.current_run = None;
+            self.queues.count_bot(bot.class, 0, -1);
+            let succeeded = state == TaskState::Completed && finished.exit_code == Some(0);
+            if succeeded && task.properties().idempotent {
+                self.successes.insert(task.properties().clone(), (run_id, finished.at_ms));
+            }
         }
     }
 
     fn apply_bot_connected(&mut self, connected: &BotConnected) {
         let class = self.queues.class_for(queues::canonical_bot_dimensions(&connected.dimensions));
+        if let Some(known) = self.bots.get(&connected.bot_id) {
+            self.queues.count_bot(known.class, -1, -i32::from(known.current_run.is_some()));
+        }
         let bot = self.bots.entry(connected.bot_id.clone()).or_insert_with(|| Bot {
             bot_id: connected.bot_id.clone(),
             session_id: connected.session_id,
@@ -564,6 +703,7 @@ impl Core {
         bot.class = class;
         bot.software = connected.software.clone();
         bot.last_seen_ms = connected.at_ms;
+        self.queues.count_bot(class, 1, i32::from(bot.current_run.is_some()));
     }
 
     fn enqueue(&mut self, task_id: RequestId) {
@@ -647,8 +787,22 @@ impl Core {
             }
         }
         assert_eq!(self.queues.total_parked(), parked, "parked entries equal parked bots");
+        let mut counts: Map<_, (u32, u32)> = Map::default();
+        for bot in self.bots.values() {
+            let count = counts.entry(bot.class).or_default();
+            *count = (count.0 + 1, count.1 + u32::from(bot.current_run.is_some()));
+        }
+        for class in self.queues.class_ids() {
+            let recount = counts.get(&class).copied().unwrap_or_default();
+            assert_eq!(self.queues.class_counts(class), recount, "capacity counts of {class:?} equal a recount");
+        }
         self.queues.check_invariants();
     }
+}
+
+/// The request id of a request or run id.
+fn request_id_of(raw_id: u64) -> RequestId {
+    RequestId::from_u64(raw_id & !0xf).expect("masked id ends in 0")
 }
 
 fn ending_of(outcome: RunOutcome) -> Ending {

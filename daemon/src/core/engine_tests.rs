@@ -1,7 +1,7 @@
 //! Unit tests of the core, without sockets: each step checks the invariants,
 //! and every test ends by rebuilding the core from its events alone.
 
-use apiary_protocol::{NewTaskRequest, StringPair, TaskResult, TaskSlice};
+use apiary_protocol::{CancelOutcome, NewTaskRequest, PendingInfo, StringPair, TaskQuery, TaskResult, TaskSlice};
 
 use super::*;
 
@@ -98,8 +98,9 @@ impl Harness {
     }
 }
 
+/// A request that waits for capacity, so it may come before its bots.
 fn request(priority: u8, dimensions: &[(&str, &str)]) -> NewTaskRequest {
-    let mut slice = TaskSlice::default();
+    let mut slice = TaskSlice { wait_for_capacity: true, ..TaskSlice::default() };
     slice.properties.command = vec!["echo".into(), "hi".into()];
     slice.properties.dimensions = dimensions.iter().map(|(key, value)| StringPair::new(key, value)).collect();
     NewTaskRequest { priority, task_slices: vec![slice], ..NewTaskRequest::default() }
@@ -191,6 +192,7 @@ fn slices_fall_back_then_expire() {
     two_slices.task_slices[0].expiration_secs = 10;
     let mut fallback = two_slices.task_slices[0].clone();
     fallback.properties.dimensions.pop();
+    fallback.wait_for_capacity = false;
     fallback.expiration_secs = 20;
     two_slices.task_slices.push(fallback);
     let task = h.submit(two_slices);
@@ -271,4 +273,170 @@ fn ids_stay_unique_and_ordered_when_the_clock_steps_back() {
     let second = h.submit(request(100, &[("pool", "ci")]));
     assert!(second.task_id > first.task_id);
     h.check_replay();
+}
+
+fn no_wait(mut request: NewTaskRequest) -> NewTaskRequest {
+    for slice in &mut request.task_slices {
+        slice.wait_for_capacity = false;
+    }
+    request
+}
+
+fn finish_run(h: &mut Harness, bot: TestBot, run_id: u64, output: &[u8], exit_code: i64) {
+    let reply = h.report(bot, run_id, 0, output, Some(exit_code));
+    assert!(matches!(reply, Reply::UpdateAck { .. }), "{reply:?}");
+}
+
+fn run_one(h: &mut Harness, bot: TestBot, dimensions: &[(&str, &str)]) -> u64 {
+    let out = h.poll(bot.conn, bot.bot_id, bot.session_id, dimensions);
+    assignment(&out).expect("work for the bot").run_id
+}
+
+#[test]
+fn no_resource_at_once_when_no_live_bot_could_serve_any_slice() {
+    let mut h = Harness::new();
+    assert_eq!(h.submit(no_wait(request(100, &[("pool", "ci")]))).state, TaskState::NoResource);
+    // A Mac bot is no capacity for a Linux task; a Linux one is, even when busy.
+    h.poll(ConnId(3), "mac-1", 1, &[("pool", "ci"), ("os", "Mac")]);
+    assert_eq!(h.submit(no_wait(request(100, &[("pool", "ci"), ("os", "Linux")]))).state, TaskState::NoResource);
+    h.poll(BOT_1.conn, BOT_1.bot_id, BOT_1.session_id, LINUX);
+    let first = h.submit(no_wait(request(100, &[("pool", "ci"), ("os", "Linux")])));
+    assert_eq!(first.state, TaskState::Running, "handed to the parked Linux bot");
+    let task = h.submit(no_wait(request(100, &[("pool", "ci"), ("os", "Linux")])));
+    assert_eq!(task.state, TaskState::Pending, "the busy Linux bot counts as capacity");
+    h.check_replay();
+}
+
+#[test]
+fn a_task_starts_on_its_first_servable_slice_and_reports_why_it_waits() {
+    let mut h = Harness::new();
+    h.poll(ConnId(3), "mac-1", 1, &[("pool", "ci"), ("os", "Mac")]);
+    h.poll(ConnId(4), "mac-2", 1, &[("pool", "ci"), ("os", "Mac")]);
+    let blocker = h.submit(no_wait(request(100, &[("pool", "ci"), ("os", "Mac")])));
+    assert_eq!(h.state(blocker.task_id), TaskState::Running);
+    let mut two = no_wait(request(100, &[("pool", "ci"), ("gpu", "big")]));
+    let mut fallback = two.task_slices[0].clone();
+    fallback.properties.dimensions = vec![StringPair::new("pool", "ci"), StringPair::new("os", "Mac")];
+    two.task_slices.push(fallback);
+    let first = h.submit(two.clone());
+    assert_eq!((first.state, first.current_task_slice), (TaskState::Running, 1), "straight to the idle mac-2");
+    two.name = "second".into();
+    let second = h.submit(two);
+    assert_eq!((second.state, second.current_task_slice), (TaskState::Pending, 1));
+    let (_, out) = h.send(CLIENT, Request::GetTask { task_id: second.task_id });
+    let Reply::Task(shown) = &out.replies[0].reply else { panic!() };
+    assert_eq!(shown.pending, Some(PendingInfo { matching_bots: 2, busy_bots: 2, queue_position: 0 }));
+    h.check_replay();
+}
+
+#[test]
+fn an_idempotent_task_reuses_a_recent_success_only() {
+    let mut h = Harness::new();
+    let mut idempotent = request(100, &[("pool", "ci")]);
+    idempotent.task_slices[0].properties.idempotent = true;
+    let first = h.submit(idempotent.clone());
+    let run_id = run_one(&mut h, BOT_1, LINUX);
+    finish_run(&mut h, BOT_1, run_id, b"cached", 0);
+    let second = h.submit(idempotent.clone());
+    assert_eq!((second.state, second.try_number, second.exit_code), (TaskState::Completed, 0, Some(0)));
+    assert_eq!((second.deduped_from, second.output_len), (Some(run_id), 6));
+    assert_ne!(second.task_id, first.task_id);
+    let (_, out) = h.send(CLIENT, Request::GetOutput { task_id: second.task_id, offset: 0, max_bytes: 100 });
+    assert_eq!(out.output_reads[0].task_id.as_u64(), first.task_id, "the output is the first run's");
+
+    // A failure is never a source; a running task neither.
+    let mut failing = idempotent.clone();
+    failing.task_slices[0].properties.command.push("fail".into());
+    h.submit(failing.clone());
+    let failed_run = run_one(&mut h, BOT_1, LINUX);
+    finish_run(&mut h, BOT_1, failed_run, b"", 1);
+    let again = h.submit(failing);
+    assert_eq!((again.state, again.deduped_from), (TaskState::Pending, None), "a failure is no source");
+    // Past the window, the success is too old.
+    h.now_ms += CoreConfig::default().dedup_window_ms + 1;
+    assert_eq!(h.submit(idempotent).deduped_from, None);
+    h.check_replay();
+}
+
+#[test]
+fn cancel_ends_pending_tasks_and_kill_stops_running_ones_through_their_bot() {
+    let mut h = Harness::new();
+    let pending = h.submit(request(100, &[("pool", "ci")]));
+    let (_, out) = h.send(CLIENT, Request::CancelTask { task_id: pending.task_id, kill_running: false });
+    assert!(
+        matches!(&out.replies[0].reply, Reply::Canceled { outcome: CancelOutcome::Canceled, task } if task.state == TaskState::Canceled)
+    );
+    let (_, out) = h.send(CLIENT, Request::CancelTask { task_id: pending.task_id, kill_running: true });
+    assert!(matches!(&out.replies[0].reply, Reply::Canceled { outcome: CancelOutcome::AlreadyEnded, .. }));
+
+    let running = h.submit(request(100, &[("pool", "ci")]));
+    let run_id = run_one(&mut h, BOT_1, LINUX);
+    let (_, out) = h.send(CLIENT, Request::CancelTask { task_id: running.task_id, kill_running: false });
+    assert!(matches!(&out.replies[0].reply, Reply::Canceled { outcome: CancelOutcome::LeftRunning, .. }));
+    assert_eq!(h.report(BOT_1, run_id, 0, b"", None), Reply::UpdateAck { output_len: 0, must_stop: false });
+    let (_, out) = h.send(CLIENT, Request::CancelTask { task_id: running.task_id, kill_running: true });
+    assert!(matches!(&out.replies[0].reply, Reply::Canceled { outcome: CancelOutcome::KillRequested, .. }));
+    assert_eq!(h.report(BOT_1, run_id, 0, b"bye", None), Reply::UpdateAck { output_len: 3, must_stop: true });
+    let outcome = RunOutcome { exit_code: Some(-1), duration_ms: 9, end: RunEnd::Killed };
+    let update = TaskUpdate {
+        bot_id: "bot-1".into(),
+        session_id: 7,
+        run_id,
+        output_offset: 3,
+        output: vec![],
+        outcome: Some(outcome),
+    };
+    h.send(BOT_1.conn, Request::TaskUpdate(update));
+    assert_eq!(h.state(running.task_id), TaskState::Killed);
+    h.check_replay();
+}
+
+#[test]
+fn tasks_list_newest_first_filtered_and_paged() {
+    let mut h = Harness::new();
+    let mut ids = Vec::new();
+    for index in 0..7 {
+        let mut r = request(100, &[("pool", "ci")]);
+        r.tags = vec![format!("parity:{}", index % 2), "suite:all".into()];
+        ids.push(h.submit(r).task_id);
+    }
+    let (_, out) = h.send(CLIENT, Request::CancelTask { task_id: ids[6], kill_running: false });
+    assert_eq!(out.events.len(), 1);
+    let page = |h: &mut Harness, query: TaskQuery| {
+        let (_, out) = h.send(CLIENT, Request::ListTasks(query));
+        match out.replies.into_iter().next().unwrap().reply {
+            Reply::Tasks { tasks, next_cursor } => (tasks.iter().map(|t| t.task_id).collect::<Vec<_>>(), next_cursor),
+            other => panic!("{other:?}"),
+        }
+    };
+    let even = TaskQuery { tags: vec!["parity:0".into(), "suite:all".into()], limit: 2, ..TaskQuery::default() };
+    let (first, cursor) = page(&mut h, even.clone());
+    assert_eq!((first, cursor), (vec![ids[6], ids[4]], Some(ids[4])));
+    let (second, cursor) = page(&mut h, TaskQuery { cursor, ..even.clone() });
+    assert_eq!((second, cursor), (vec![ids[2], ids[0]], None));
+    let canceled = TaskQuery { state: Some(TaskState::Canceled), ..TaskQuery::default() };
+    assert_eq!(page(&mut h, canceled).0, vec![ids[6]]);
+    let (_, out) = h.send(CLIENT, Request::ListTasks(TaskQuery { limit: 5000, ..TaskQuery::default() }));
+    assert!(matches!(&out.replies[0].reply, Reply::Error(e) if e.message.starts_with("limit:")));
+}
+
+#[test]
+fn bots_list_filters_by_dimensions_with_alternatives() {
+    let mut h = Harness::new();
+    h.poll(ConnId(2), "linux-1", 1, LINUX);
+    h.poll(ConnId(3), "mac-1", 1, &[("pool", "ci"), ("os", "Mac")]);
+    h.poll(ConnId(4), "win-1", 1, &[("pool", "ci"), ("os", "Windows")]);
+    let list = |h: &mut Harness, filter: &[(&str, &str)]| {
+        let dimensions = filter.iter().map(|(k, v)| StringPair::new(k, v)).collect();
+        let (_, out) = h.send(CLIENT, Request::ListBots { dimensions });
+        match out.replies.into_iter().next().unwrap().reply {
+            Reply::Bots(bots) => bots.into_iter().map(|b| b.bot_id).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(list(&mut h, &[]), vec!["linux-1", "mac-1", "win-1"]);
+    assert_eq!(list(&mut h, &[("os", "Linux|Mac")]), vec!["linux-1", "mac-1"]);
+    assert_eq!(list(&mut h, &[("os", "Windows"), ("pool", "ci")]), vec!["win-1"]);
+    let (_, out) = h.send(CLIENT, Request::GetBot { bot_id: "nobody".into() });
+    assert!(matches!(&out.replies[0].reply, Reply::Error(ErrorReply { code: ErrorCode::NotFound, .. })));
 }

@@ -16,6 +16,11 @@ pub enum Event {
         at_ms: u64,
     },
     TaskAssigned(TaskAssigned),
+    /// A client asked to stop a running run: its bot is told on its next update.
+    KillRequested {
+        run_id: u64,
+        at_ms: u64,
+    },
     /// The one terminal event of a task (see `Core::finish`).
     TaskFinished(TaskFinished),
     /// A bot came with a new session, new dimensions or new software.
@@ -26,6 +31,8 @@ pub enum Event {
 pub struct TaskCreated {
     pub task_id: u64,
     pub created_ms: u64,
+    /// The first slice some bot could serve (or that waits for capacity).
+    pub slice_index: u32,
     pub request: NewTaskRequest,
 }
 
@@ -49,6 +56,8 @@ pub struct TaskFinished {
     pub internal_failure: bool,
     pub reason: String,
     pub output_len: u64,
+    /// The earlier run whose result an idempotent task reused.
+    pub deduped_from: Option<u64>,
     pub at_ms: u64,
 }
 
@@ -135,10 +144,14 @@ impl Event {
             Event::TaskAssigned(assigned) => {
                 format!("run {} assigned to bot {}", id(assigned.run_id), assigned.bot_id)
             }
+            Event::KillRequested { run_id, .. } => format!("run {} is to be killed", id(*run_id)),
             Event::TaskFinished(finished) => {
                 let mut line = format!("task {} ended {}", id(finished.task_id), finished.state.state().name());
                 if let Some(code) = finished.exit_code {
                     line.push_str(&format!(" exit code {code}"));
+                }
+                if let Some(source) = finished.deduped_from {
+                    line.push_str(&format!(" deduplicated from run {}", id(source)));
                 }
                 if !finished.reason.is_empty() {
                     line.push_str(&format!(": {}", finished.reason));

@@ -29,6 +29,10 @@ pub struct Task {
     pub failure_reason: String,
     /// Output bytes the daemon holds for the task.
     pub output_len: u64,
+    /// A client asked to kill the running run; its bot is told to stop.
+    pub kill_requested: bool,
+    /// The earlier run whose result this idempotent task reused.
+    pub deduped_from: Option<RunId>,
     /// Clients waiting for the task to end (not durable: they reconnect).
     pub watchers: Vec<Watcher>,
 }
@@ -53,6 +57,8 @@ impl Task {
             internal_failure: false,
             failure_reason: String::new(),
             output_len: 0,
+            kill_requested: false,
+            deduped_from: None,
             watchers: Vec::new(),
         }
     }
@@ -87,6 +93,8 @@ impl Task {
             internal_failure: self.internal_failure,
             failure_reason: self.failure_reason.clone(),
             output_len: self.output_len,
+            deduped_from: self.deduped_from.map(RunId::as_u64),
+            pending: None,
             request: self.request.clone(),
         }
     }
@@ -151,10 +159,13 @@ pub struct Ending {
     pub duration_ms: Option<u64>,
     pub internal_failure: bool,
     pub reason: String,
+    /// An idempotent task that reused this earlier run's result.
+    pub deduped_from: Option<RunId>,
 }
 
 impl Ending {
     pub fn new(state: TaskState, reason: impl Into<String>) -> Ending {
-        Ending { state, exit_code: None, duration_ms: None, internal_failure: false, reason: reason.into() }
+        let reason = reason.into();
+        Ending { state, exit_code: None, duration_ms: None, internal_failure: false, reason, deduped_from: None }
     }
 }

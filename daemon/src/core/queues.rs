@@ -43,6 +43,9 @@ struct BotClass {
     dimensions: CanonicalDimensions,
     /// The queues this class can serve.
     queues: Vec<QueueId>,
+    /// Bots of this class that count as capacity, and how many of them are busy.
+    live_bots: u32,
+    busy_bots: u32,
     /// Bots of this class waiting in a long poll, oldest first, by park number.
     parked: BTreeMap<u64, String>,
 }
@@ -118,7 +121,7 @@ impl Queues {
             }
         }
         self.class_ids.insert(dimensions.clone(), id);
-        self.classes.push(BotClass { dimensions, queues, parked: BTreeMap::new() });
+        self.classes.push(BotClass { dimensions, queues, live_bots: 0, busy_bots: 0, parked: BTreeMap::new() });
         id
     }
 
@@ -165,8 +168,39 @@ impl Queues {
             .map(|(_, bot_id)| bot_id.as_str())
     }
 
-    pub fn pending_in(&self, queue: QueueId) -> usize {
-        self.queues[queue.0 as usize].pending.len()
+    /// Counts a bot in (+1) or out (-1) of its class's capacity, idle or busy.
+    pub fn count_bot(&mut self, class: ClassId, live: i32, busy: i32) {
+        let class = &mut self.classes[class.0 as usize];
+        class.live_bots = class.live_bots.checked_add_signed(live).expect("live bot count stays positive");
+        class.busy_bots = class.busy_bots.checked_add_signed(busy).expect("busy bot count stays positive");
+        assert!(class.busy_bots <= class.live_bots, "busy bots are live bots");
+    }
+
+    /// Live bots that can run this queue's tasks, and how many of them are busy.
+    pub fn capacity(&self, queue: QueueId) -> (u32, u32) {
+        self.queues[queue.0 as usize].classes.iter().fold((0, 0), |(live, busy), &class| {
+            let class = &self.classes[class.0 as usize];
+            (live + class.live_bots, busy + class.busy_bots)
+        })
+    }
+
+    /// How many tasks are ahead of `key` in its queue (a query, not a hot path).
+    pub fn position(&self, queue: QueueId, key: QueueKey) -> u64 {
+        self.queues[queue.0 as usize].pending.range(..key).count() as u64
+    }
+
+    pub fn class_counts(&self, class: ClassId) -> (u32, u32) {
+        let class = &self.classes[class.0 as usize];
+        (class.live_bots, class.busy_bots)
+    }
+
+    pub fn class_ids(&self) -> impl Iterator<Item = ClassId> + use<> {
+        (0..self.classes.len() as u32).map(ClassId)
+    }
+
+    /// Whether bots of this class have these (task-style) dimensions.
+    pub fn class_matches(&self, class: ClassId, dimensions: &CanonicalDimensions) -> bool {
+        bot_matches(&self.classes[class.0 as usize].dimensions, dimensions)
     }
 
     pub fn contains(&self, queue: QueueId, key: QueueKey) -> bool {
