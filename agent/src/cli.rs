@@ -1,12 +1,15 @@
 //! The command line of `apiary-bot`, its checks, and the exit codes.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use apiary_protocol::{StringPair, limits};
 
+use crate::health::HealthCheck;
+
 /// Exit codes of `apiary-bot`.
 pub(crate) mod exit_codes {
-    /// Shut down on SIGTERM or SIGINT.
+    /// Shut down on SIGTERM or SIGINT, or on the daemon's request.
     pub(crate) const SUCCESS: i32 = 0;
     /// The bot could not run (the daemon refused it, the work directory failed).
     pub(crate) const FAILURE: i32 = 1;
@@ -30,7 +33,26 @@ pub(crate) struct Args {
     /// Where task directories are made [default: <temp dir>/apiary-bot-<id>].
     #[arg(long, value_name = "DIR")]
     pub(crate) work_dir: Option<PathBuf>,
+    /// A shell command run (`sh -c`, in the work directory) before each poll; while it
+    /// fails, the bot is quarantined: the daemon gives it no work.
+    #[arg(long, value_name = "CMD")]
+    pub(crate) health_check: Option<String>,
+    /// Seconds the health check may run before it is killed and counts as failed.
+    #[arg(
+        long = "health-check-timeout",
+        value_name = "SECS",
+        default_value_t = DEFAULT_HEALTH_CHECK_TIMEOUT_SECS,
+        value_parser = clap::value_parser!(u64).range(1..=MAX_HEALTH_CHECK_TIMEOUT_SECS),
+        requires = "health_check"
+    )]
+    pub(crate) health_check_timeout_secs: u64,
 }
+
+const DEFAULT_HEALTH_CHECK_TIMEOUT_SECS: u64 = 60;
+/// A bot does not poll while its check runs, and a bot that does not poll for long
+/// looks dead to the daemon: checks are for seconds, not hours.
+const MAX_HEALTH_CHECK_TIMEOUT_SECS: u64 = 600;
+const _: () = assert!(DEFAULT_HEALTH_CHECK_TIMEOUT_SECS <= MAX_HEALTH_CHECK_TIMEOUT_SECS);
 
 fn parse_dimension(text: &str) -> Result<StringPair, String> {
     match text.split_once('=') {
@@ -47,6 +69,7 @@ pub(crate) struct BotConfig {
     /// Sorted, without duplicates, with `id=<bot id>` among them.
     pub(crate) dimensions: Vec<StringPair>,
     pub(crate) work_dir: PathBuf,
+    pub(crate) health_check: Option<HealthCheck>,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -87,7 +110,9 @@ impl BotConfig {
             }
         }
         let work_dir = args.work_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("apiary-bot-{}", args.id)));
-        Ok(BotConfig { server: args.server, bot_id: args.id, dimensions, work_dir })
+        let timeout = Duration::from_secs(args.health_check_timeout_secs);
+        let health_check = args.health_check.map(|command| HealthCheck { command, timeout });
+        Ok(BotConfig { server: args.server, bot_id: args.id, dimensions, work_dir, health_check })
     }
 }
 
@@ -140,5 +165,19 @@ mod tests {
         assert!(matches!(parse(&["--id", "b", "--dimension", &long_key]), Err(ConfigError::DimensionKey(_))));
         assert!(Args::try_parse_from(["apiary-bot", "--id", "b", "--dimension", "novalue"]).is_err());
         assert!(Args::try_parse_from(["apiary-bot", "--id", "b", "--dimension", "=v"]).is_err());
+    }
+
+    #[test]
+    fn a_health_check_has_a_timeout_of_60_seconds_unless_given() {
+        assert_eq!(parse(&["--id", "b"]).unwrap().health_check, None);
+        let config = parse(&["--id", "b", "--health-check", "df / | grep -q ok"]).unwrap();
+        let expected = HealthCheck { command: "df / | grep -q ok".to_string(), timeout: Duration::from_secs(60) };
+        assert_eq!(config.health_check, Some(expected));
+        let config = parse(&["--id", "b", "--health-check", "true", "--health-check-timeout", "5"]).unwrap();
+        assert_eq!(config.health_check.unwrap().timeout, Duration::from_secs(5));
+        for bad in [&["--health-check-timeout", "5"][..], &["--health-check", "true", "--health-check-timeout", "0"]] {
+            let arguments = [&["apiary-bot", "--id", "b"][..], bad].concat();
+            assert!(Args::try_parse_from(arguments).is_err(), "{bad:?}");
+        }
     }
 }

@@ -2,7 +2,9 @@
 //! the session on its own thread, and turn SIGTERM/SIGINT into a graceful stop.
 //!
 //! The main thread watches the shutdown flag. If the bot is idle (polling), it
-//! exits at once; if a task runs, the session stops it, reports it and returns.
+//! exits at once; if a task or the health check runs, the session stops it (and
+//! reports the task) and returns. The session also returns, and the bot exits 0,
+//! when the daemon tells the idle bot to terminate.
 
 /// One line on stderr per notable event.
 macro_rules! log_event {
@@ -12,6 +14,7 @@ macro_rules! log_event {
 }
 
 mod cli;
+mod health;
 mod output;
 mod runner;
 mod session;
@@ -66,6 +69,10 @@ fn run() -> i32 {
     let connector = TcpConnector::new(&config.server, &software);
     let mut session =
         Session::new(identity, Pacing::default(), WorkRoot::new(config.work_dir), connector, Arc::clone(&lifecycle));
+    if let Some(check) = config.health_check {
+        log_event!("health check before each poll: {:?} (timeout {} s)", check.command, check.timeout.as_secs());
+        session = session.with_health_check(check);
+    }
     let session_thread = match thread::Builder::new().name("session".to_string()).spawn(move || session.run()) {
         Ok(handle) => handle,
         Err(error) => {

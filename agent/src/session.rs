@@ -12,7 +12,10 @@
 //!   or stored twice (see `output.rs` for the bound on what is kept meanwhile);
 //! - the final report is retried until acknowledged (or refused as stale); only a
 //!   shutdown bounds that retrying, by `Pacing::shutdown_report_timeout`;
-//! - a `StaleRun` refusal stops the command and drops the task without a report.
+//! - a `StaleRun` refusal stops the command and drops the task without a report;
+//! - with a health check, it runs before every poll (see `health.rs`) and the poll
+//!   carries its verdict: a quarantined bot says why, a healthy one sends "";
+//! - `Reply::Terminate` (sent only to an idle bot) ends the session cleanly.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
@@ -24,6 +27,7 @@ use apiary_protocol::{
     TaskUpdate, limits,
 };
 
+use crate::health::{Health, HealthCheck};
 use crate::output::Acknowledged;
 use crate::runner::{FinishedTask, RunningTask, TaskSpec};
 use crate::workdir::{WorkDirError, WorkRoot};
@@ -136,8 +140,9 @@ impl Pacing {
     }
 }
 
-/// Whether the bot is busy with a task and whether it is shutting down, shared by
-/// the session thread and the main thread (which exits at once if the bot is idle).
+/// Whether the bot is busy (with a task or a health check) and whether it is shutting
+/// down, shared by the session thread and the main thread (which exits at once if the
+/// bot is idle, and otherwise waits for the session to stop what runs).
 #[derive(Debug, Default)]
 pub(crate) struct Lifecycle {
     phase: Mutex<Phase>,
@@ -154,7 +159,7 @@ impl Lifecycle {
         self.phase.lock().expect("lifecycle lock poisoned")
     }
 
-    /// False when the bot is shutting down: then the task must not start.
+    /// False when the bot is shutting down: then the task (or check) must not start.
     fn try_begin_task(&self) -> bool {
         let mut phase = self.lock();
         if phase.shutting_down {
@@ -228,6 +233,9 @@ pub(crate) struct Session<C: Connector> {
     lifecycle: Arc<Lifecycle>,
     backoff: Backoff,
     next_connect_at: Instant,
+    health_check: Option<HealthCheck>,
+    /// The last check's verdict, as sent in polls: empty when healthy.
+    quarantine_reason: String,
 }
 
 impl<C: Connector> Session<C> {
@@ -249,28 +257,75 @@ impl<C: Connector> Session<C> {
             lifecycle,
             backoff,
             next_connect_at: Instant::now(),
+            health_check: None,
+            quarantine_reason: String::new(),
         }
     }
 
-    /// Polls and runs tasks until the bot shuts down.
+    /// Runs `check` before every poll.
+    pub(crate) fn with_health_check(mut self, check: HealthCheck) -> Session<C> {
+        self.health_check = Some(check);
+        self
+    }
+
+    /// Polls and runs tasks until the bot shuts down or the daemon tells it to exit.
     pub(crate) fn run(&mut self) -> Result<(), SessionError> {
         self.work_root.prepare()?;
         while !self.lifecycle.is_shutting_down() {
+            if self.connection.is_none() && Instant::now() < self.next_connect_at {
+                // No poll can go out yet: no check either.
+                self.sleep_until_reconnect();
+                continue;
+            }
+            self.check_health();
             let poll = Request::BotPoll(BotPoll {
                 bot_id: self.identity.bot_id.clone(),
                 session_id: self.identity.session_id,
                 dimensions: self.identity.dimensions.clone(),
                 software: self.identity.software.clone(),
+                quarantine_reason: self.quarantine_reason.clone(),
             });
             match self.call(&poll, self.pacing.poll_timeout) {
                 Ok(Reply::NoWork) => {}
                 Ok(Reply::Assignment(assignment)) => self.run_assignment(assignment),
+                Ok(Reply::Terminate) => {
+                    log_event!("the daemon asked the bot to exit; exiting");
+                    return Ok(());
+                }
                 Ok(_) => self.drop_connection("an unexpected reply to a poll"),
                 Err(CallError::NotConnected) => self.sleep_until_reconnect(),
                 Err(CallError::Refused { code, message }) => return Err(SessionError::Refused { code, message }),
             }
         }
         Ok(())
+    }
+
+    /// Runs the health check, if there is one, and keeps its verdict for the poll.
+    /// Logs only when the bot becomes quarantined or healthy again.
+    fn check_health(&mut self) {
+        let Some(check) = &self.health_check else { return };
+        // Busy while the check runs, so a shutdown waits for it to be stopped.
+        if !self.lifecycle.try_begin_task() {
+            return;
+        }
+        let lifecycle = &self.lifecycle;
+        let health = check.run(self.work_root.path(), &|| lifecycle.is_shutting_down());
+        self.lifecycle.end_task();
+        match health {
+            Health::Healthy => {
+                if !self.quarantine_reason.is_empty() {
+                    log_event!("health check passed; healthy again");
+                }
+                self.quarantine_reason.clear();
+            }
+            Health::Quarantined(reason) => {
+                if self.quarantine_reason.is_empty() {
+                    log_event!("quarantined: {reason}");
+                }
+                self.quarantine_reason = reason;
+            }
+            Health::Interrupted => {}
+        }
     }
 
     fn run_assignment(&mut self, assignment: Assignment) {
@@ -620,6 +675,14 @@ mod tests {
         stale_from_update: Option<usize>,
         /// Ask the bot to shut down at the n-th update.
         shutdown_at_update: Option<usize>,
+        /// Every poll received.
+        polls: Vec<BotPoll>,
+        /// Answer this many polls with NoWork before asking the bot to shut down.
+        idle_polls: usize,
+        /// Answer the n-th poll with Terminate.
+        terminate_at_poll: Option<usize>,
+        /// Create this file when the n-th poll arrives (to make a health check pass).
+        create_at_poll: Option<(usize, std::path::PathBuf)>,
         lifecycle: Arc<Lifecycle>,
     }
 
@@ -642,13 +705,23 @@ mod tests {
             match request {
                 Request::BotPoll(poll) => {
                     assert_eq!(poll.bot_id, "bot1");
-                    match self.assignments.pop_front() {
-                        Some(assignment) => Ok(Reply::Assignment(assignment)),
-                        None => {
-                            self.lifecycle.begin_shutdown();
-                            Ok(Reply::NoWork)
-                        }
+                    self.polls.push(poll.clone());
+                    let number = self.polls.len();
+                    if let Some((_, path)) = self.create_at_poll.as_ref().filter(|(at, _)| *at == number) {
+                        std::fs::write(path, "").unwrap();
                     }
+                    if self.terminate_at_poll == Some(number) {
+                        return Ok(Reply::Terminate);
+                    }
+                    if let Some(assignment) = self.assignments.pop_front() {
+                        return Ok(Reply::Assignment(assignment));
+                    }
+                    if self.idle_polls > 0 {
+                        self.idle_polls -= 1;
+                    } else {
+                        self.lifecycle.begin_shutdown();
+                    }
+                    Ok(Reply::NoWork)
                 }
                 Request::TaskUpdate(update) => self.update(update),
                 _ => panic!("a bot sent {request:?}"),
@@ -742,6 +815,11 @@ mod tests {
 
     /// Runs a session against the fake daemon until the daemon has no more work.
     fn run_session(daemon: FakeDaemon) -> (FakeDaemon, tempfile::TempDir) {
+        run_session_checked(daemon, None)
+    }
+
+    /// `run_session` with a health check before each poll.
+    fn run_session_checked(daemon: FakeDaemon, health_check: Option<HealthCheck>) -> (FakeDaemon, tempfile::TempDir) {
         let work_dir = tempfile::tempdir().unwrap();
         let lifecycle = Arc::clone(&daemon.lifecycle);
         let daemon = Arc::new(Mutex::new(daemon));
@@ -755,6 +833,9 @@ mod tests {
         let work_root = WorkRoot::new(work_dir.path().to_path_buf());
         let mut session =
             Session::new(identity, fast_pacing(), work_root, FakeConnector(Arc::clone(&daemon)), lifecycle);
+        if let Some(check) = health_check {
+            session = session.with_health_check(check);
+        }
         session.run().expect("the session ends cleanly");
         drop(session);
         let daemon = Arc::try_unwrap(daemon).ok().expect("the session is gone").into_inner().unwrap();
@@ -839,6 +920,52 @@ mod tests {
         assert_eq!(outcome.exit_code, Some(-1));
         assert!(matches!(outcome.end, RunEnd::InternalError(_)), "{:?}", outcome.end);
         assert_eq!(daemon.output, b"started\n");
+    }
+
+    #[test]
+    fn a_failing_health_check_quarantines_until_it_passes() {
+        let flags = tempfile::tempdir().unwrap();
+        let healthy = flags.path().join("healthy");
+        let command = format!("test -e '{}' || {{ echo ' disk full'; exit 3; }}", healthy.display());
+        let check = HealthCheck { command, timeout: Duration::from_secs(10) };
+        let daemon = FakeDaemon {
+            idle_polls: 2,
+            create_at_poll: Some((2, healthy)),
+            // Every other call fails: the check runs again before each resent poll.
+            fail_every: Some(2),
+            ..FakeDaemon::default()
+        };
+        let (daemon, _work_dir) = run_session_checked(daemon, Some(check));
+        let reasons: Vec<&str> = daemon.polls.iter().map(|poll| poll.quarantine_reason.as_str()).collect();
+        let sick = "health check failed (exit 3): disk full";
+        assert_eq!(reasons.first(), Some(&sick), "{reasons:?}");
+        let first_healthy = reasons.iter().position(|reason| reason.is_empty()).expect("a poll after the fix");
+        assert!(first_healthy >= 2, "{reasons:?}");
+        assert!(reasons[..first_healthy].iter().all(|reason| *reason == sick), "{reasons:?}");
+        assert!(reasons[first_healthy..].iter().all(|reason| reason.is_empty()), "{reasons:?}");
+    }
+
+    #[test]
+    fn without_a_health_check_the_reason_is_empty() {
+        let daemon = FakeDaemon { idle_polls: 2, ..FakeDaemon::default() };
+        let (daemon, _work_dir) = run_session(daemon);
+        assert_eq!(daemon.polls.len(), 3);
+        assert!(daemon.polls.iter().all(|poll| poll.quarantine_reason.is_empty()));
+    }
+
+    #[test]
+    fn terminate_ends_the_session_with_success() {
+        let daemon = FakeDaemon {
+            assignments: VecDeque::from([assignment(&["sh", "-c", "echo first"], 30)]),
+            terminate_at_poll: Some(2),
+            idle_polls: 5,
+            ..FakeDaemon::default()
+        };
+        let lifecycle = Arc::clone(&daemon.lifecycle);
+        let (daemon, _work_dir) = run_session(daemon);
+        assert_eq!(daemon.polls.len(), 2, "no poll after Terminate");
+        assert_eq!(daemon.outcome.expect("the task before it was reported").exit_code, Some(0));
+        assert!(!lifecycle.is_shutting_down(), "the session ended on its own");
     }
 
     #[test]

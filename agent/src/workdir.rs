@@ -41,6 +41,11 @@ impl WorkRoot {
         WorkRoot { root }
     }
 
+    /// The work directory itself, where the health check runs.
+    pub(crate) fn path(&self) -> &Path {
+        &self.root
+    }
+
     fn tasks_dir(&self) -> PathBuf {
         self.root.join("w")
     }

@@ -46,7 +46,8 @@ const BOTS_PER_CLASS: usize = BOTS / BOT_CLASSES;
 const BATCH: usize = 64;
 const HANDOFF_BOTS: usize = BATCH;
 /// Consecutive bots have distinct classes, so a batch of polls never drains a class.
-const _: () = assert!(BATCH < BOT_CLASSES && BOT_CLASSES % OS_COUNT == 0 && KIND_COUNT % KIND_GROUPS == 0);
+const _: () =
+    assert!(BATCH < BOT_CLASSES && BOT_CLASSES.is_multiple_of(OS_COUNT) && KIND_COUNT.is_multiple_of(KIND_GROUPS));
 const SUBMITTER: ConnId = ConnId(u64::MAX);
 
 /// A simulated bot: its poll is built once and cloned for each request.

@@ -28,6 +28,15 @@ struct Args {
     /// How old a successful idempotent run may be and still stand in for a new identical task.
     #[arg(long, default_value_t = 7 * 24 * 60 * 60)]
     dedup_window_secs: u64,
+    /// A bot not heard from for this long is dead (gets no work) until it returns.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    bot_death_timeout_secs: u64,
+    /// Events kept per bot (`apiary bots events`); older ones are dropped.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    bot_events_per_bot: u64,
+    /// How long bot events are kept.
+    #[arg(long, default_value_t = 28 * 24 * 60 * 60)]
+    bot_event_max_age_secs: u64,
 }
 
 fn main() -> ExitCode {
@@ -36,7 +45,13 @@ fn main() -> ExitCode {
         listen: args.listen,
         data_dir: args.data_dir,
         max_connections: args.max_connections,
-        core: CoreConfig { long_poll_ms: args.long_poll_secs * 1000, dedup_window_ms: args.dedup_window_secs * 1000 },
+        core: CoreConfig {
+            long_poll_ms: args.long_poll_secs * 1000,
+            dedup_window_ms: args.dedup_window_secs * 1000,
+            bot_death_timeout_ms: args.bot_death_timeout_secs * 1000,
+            bot_events_per_bot: args.bot_events_per_bot as usize,
+            bot_event_max_age_ms: args.bot_event_max_age_secs * 1000,
+        },
         wal: WalOptions::default(),
     };
     match server::run(config) {

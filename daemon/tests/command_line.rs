@@ -8,7 +8,16 @@ fn help_lists_every_flag() {
     let output = Command::new(env!("CARGO_BIN_EXE_apiaryd")).arg("--help").output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
-    for flag in ["--listen", "--data-dir", "--max-connections", "--long-poll-secs", "--dedup-window-secs"] {
+    for flag in [
+        "--listen",
+        "--data-dir",
+        "--max-connections",
+        "--long-poll-secs",
+        "--dedup-window-secs",
+        "--bot-death-timeout-secs",
+        "--bot-events-per-bot",
+        "--bot-event-max-age-secs",
+    ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
 }

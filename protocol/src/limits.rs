@@ -43,6 +43,8 @@ pub const DEFAULT_EXPIRATION_SECS: u32 = 60 * 60;
 pub const DEFAULT_EXECUTION_TIMEOUT_SECS: u32 = 60 * 60;
 pub const DEFAULT_GRACE_PERIOD_SECS: u32 = 30;
 pub const DEFAULT_BOT_PING_TOLERANCE_SECS: u32 = 1200;
+/// Bytes in a quarantine reason.
+pub const MAX_REASON_BYTES: usize = 4096;
 /// Tasks in one page of a task listing, and the default.
 pub const MAX_TASK_PAGE: u32 = 1000;
 pub const DEFAULT_TASK_PAGE: u32 = 100;

@@ -290,6 +290,8 @@ pub struct BotPoll {
     /// The bot's dimensions; a key given twice has two values.
     pub dimensions: Vec<StringPair>,
     pub software: String,
+    /// Why the bot's own health check failed; empty when it passed (or there is none).
+    pub quarantine_reason: String,
 }
 
 /// The daemon's answer to a poll that found work.
@@ -324,6 +326,72 @@ pub struct BotInfo {
     /// Connected and polling or reporting now.
     pub connected: bool,
     pub software: String,
+    /// Not heard from for the daemon's bot death timeout: no work until it returns.
+    pub dead: bool,
+    /// Why the bot gets no work, when it is quarantined (by its health check or by a person).
+    pub quarantine_reason: Option<String>,
+    /// The bot is to exit once its current task ends.
+    pub terminate_requested: bool,
+    /// The bot exited on a terminate request and has not come back.
+    pub shut_down: bool,
+}
+
+/// Something that happened to a bot, with its dimensions at the time.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BotEvent {
+    /// Grows by one with each event of the bot; the cursor of a listing.
+    pub number: u64,
+    pub at_unix_ms: u64,
+    pub kind: BotEventKind,
+    pub dimensions: Vec<StringPair>,
+    /// The run the event is about, if any.
+    pub run_id: Option<u64>,
+    pub message: String,
+}
+
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BotEventKind {
+    Connected,
+    DimensionsChanged,
+    TaskAssigned,
+    TaskCompleted,
+    TaskError,
+    TaskKilled,
+    Quarantined,
+    Unquarantined,
+    Missing,
+    TerminateRequested,
+    ShutDown,
+}
+
+impl BotEventKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BotEventKind::Connected => "bot_connected",
+            BotEventKind::DimensionsChanged => "bot_dimensions_changed",
+            BotEventKind::TaskAssigned => "task_assigned",
+            BotEventKind::TaskCompleted => "task_completed",
+            BotEventKind::TaskError => "task_error",
+            BotEventKind::TaskKilled => "task_killed",
+            BotEventKind::Quarantined => "bot_quarantined",
+            BotEventKind::Unquarantined => "bot_unquarantined",
+            BotEventKind::Missing => "bot_missing",
+            BotEventKind::TerminateRequested => "bot_terminate_requested",
+            BotEventKind::ShutDown => "bot_shutdown",
+        }
+    }
+}
+
+/// A page of one bot's events, newest first.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct BotEventQuery {
+    pub bot_id: String,
+    /// At most this many (capped by `limits::MAX_TASK_PAGE`); 0 means the default.
+    pub limit: u32,
+    /// From a previous page's `next_cursor`: continue after it.
+    pub cursor: Option<u64>,
+    pub since_unix_ms: Option<u64>,
+    pub until_unix_ms: Option<u64>,
 }
 
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
@@ -360,6 +428,19 @@ pub enum Request {
     },
     /// Checks a request as `NewTask` would, and returns it as the daemon would store it.
     ValidateTask(NewTaskRequest),
+    /// Gives the bot no work until `UnquarantineBot`.
+    QuarantineBot {
+        bot_id: String,
+        reason: String,
+    },
+    UnquarantineBot {
+        bot_id: String,
+    },
+    /// The bot finishes its current task, then exits.
+    TerminateBot {
+        bot_id: String,
+    },
+    ListBotEvents(BotEventQuery),
     /// A bot asks for work; held open until work arrives or the poll times out.
     BotPoll(BotPoll),
     TaskUpdate(TaskUpdate),
@@ -413,6 +494,12 @@ pub enum Reply {
         task: TaskResult,
     },
     ValidRequest(NewTaskRequest),
+    BotEvents {
+        events: Vec<BotEvent>,
+        next_cursor: Option<u64>,
+    },
+    /// To a polling bot: exit cleanly now.
+    Terminate,
     /// Work for a polling bot.
     Assignment(Assignment),
     /// Nothing to do yet; poll again.

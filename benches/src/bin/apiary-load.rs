@@ -219,7 +219,7 @@ fn run(args: &Args) -> Result<(), String> {
             let (args, shared) = (args.clone(), Arc::clone(&shared));
             thread::Builder::new()
                 .name(format!("submitter-{index}"))
-                .spawn(move || run_submitter(&args, index, &shared))
+                .spawn(move || run_submitter(&args, index, &shared, submit_started_ns))
                 .expect("spawn a submitter thread")
         })
         .collect();
@@ -266,7 +266,8 @@ struct Sent {
     replied_ns: u64,
 }
 
-fn run_submitter(args: &Args, index: usize, shared: &Shared) -> Vec<Sent> {
+/// Submits until the task count or the duration (counted from `started_ns`) is reached.
+fn run_submitter(args: &Args, index: usize, shared: &Shared, started_ns: u64) -> Vec<Sent> {
     let mut client = match Client::connect(&args.server, Role::Client, SOFTWARE) {
         Ok(client) => client,
         Err(error) => {
@@ -275,7 +276,7 @@ fn run_submitter(args: &Args, index: usize, shared: &Shared) -> Vec<Sent> {
         }
     };
     let mut rng = Rng::new(args.seed.wrapping_mul(1_000_003).wrapping_add(index as u64));
-    let deadline_ns = (args.duration_secs() * 1e9).min(u64::MAX as f64) as u64;
+    let deadline_ns = started_ns.saturating_add((args.duration_secs() * 1e9).min(u64::MAX as f64) as u64);
     let mut sent = Vec::new();
     let mut sequence = 0;
     loop {

@@ -65,7 +65,13 @@ impl Harness {
 
     fn poll(&mut self, conn: ConnId, bot_id: &str, session_id: u64, dimensions: &[(&str, &str)]) -> Output {
         let dimensions = dimensions.iter().map(|(key, value)| StringPair::new(key, value)).collect();
-        let poll = BotPoll { bot_id: bot_id.into(), session_id, dimensions, software: "test".into() };
+        let poll = BotPoll {
+            bot_id: bot_id.into(),
+            session_id,
+            dimensions,
+            software: "test".into(),
+            quarantine_reason: String::new(),
+        };
         self.send(conn, Request::BotPoll(poll)).1
     }
 

@@ -23,8 +23,35 @@ pub enum Event {
     },
     /// The one terminal event of a task (see `Core::finish`).
     TaskFinished(TaskFinished),
-    /// A bot came with a new session, new dimensions or new software.
+    /// A run of an idempotent task ended BOT_DIED; the task is pending again.
+    TaskRetried {
+        run_id: u64,
+        reason: String,
+        at_ms: u64,
+    },
+    /// A bot came with a new session, new dimensions or new software, or came back.
     BotConnected(BotConnected),
+    BotChanged {
+        bot_id: String,
+        change: BotChange,
+        at_ms: u64,
+    },
+}
+
+/// Changes of a bot's standing that decide whether it gets work.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum BotChange {
+    /// Not heard from for the bot death timeout.
+    Missing,
+    /// By its own health check (`by_server` false) or by a person.
+    Quarantined {
+        reason: String,
+        by_server: bool,
+    },
+    Unquarantined,
+    TerminateRequested,
+    /// The bot exited on a terminate request.
+    ShutDown,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -158,7 +185,17 @@ impl Event {
                 }
                 line
             }
+            Event::TaskRetried { run_id, reason, .. } => {
+                format!("run {} died ({reason}); the task is retried", id(*run_id))
+            }
             Event::BotConnected(bot) => format!("bot {} connected (session {:016x})", bot.bot_id, bot.session_id),
+            Event::BotChanged { bot_id, change, .. } => match change {
+                BotChange::Missing => format!("bot {bot_id} is missing"),
+                BotChange::Quarantined { reason, .. } => format!("bot {bot_id} quarantined: {reason}"),
+                BotChange::Unquarantined => format!("bot {bot_id} unquarantined"),
+                BotChange::TerminateRequested => format!("bot {bot_id} is to terminate"),
+                BotChange::ShutDown => format!("bot {bot_id} shut down"),
+            },
         }
     }
 }

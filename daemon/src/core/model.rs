@@ -1,7 +1,13 @@
 //! The core's records of tasks, their runs, and bots, and how a task is shown
 //! to clients.
 
-use apiary_protocol::{BotInfo, NewTaskRequest, RequestId, RunId, StringPair, TaskProperties, TaskResult, TaskState};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use apiary_protocol::{
+    BotEvent, BotEventKind, BotInfo, NewTaskRequest, RequestId, RunId, StringPair, TaskProperties, TaskResult,
+    TaskState,
+};
 
 use super::ConnId;
 use super::queues::{ClassId, QueueId, QueueKey};
@@ -106,6 +112,9 @@ pub struct Run {
     pub bot_id: String,
     /// The bot's session when it took the run: a bot with another session lost it.
     pub session_id: u64,
+    /// When the daemon last heard from the bot about this run (not durable: a
+    /// restarted daemon gives every run a fresh tolerance).
+    pub last_heard_ms: u64,
 }
 
 /// A client waiting for a task to end.
@@ -121,12 +130,46 @@ pub struct ParkedPoll {
     pub conn: ConnId,
     pub request_id: u64,
     pub park_number: u64,
+    /// Whether the poll waits for work, or (quarantined) only for its timeout.
+    pub eligible: bool,
+}
+
+/// One bot event as kept in memory: the dimensions are shared with the bot
+/// and with its other events until they change.
+pub struct BotEventRecord {
+    pub number: u64,
+    pub at_ms: u64,
+    pub kind: BotEventKind,
+    pub dimensions: Arc<Vec<StringPair>>,
+    pub run_id: Option<RunId>,
+    pub message: String,
+}
+
+impl BotEventRecord {
+    pub fn to_event(&self) -> BotEvent {
+        BotEvent {
+            number: self.number,
+            at_unix_ms: self.at_ms,
+            kind: self.kind,
+            dimensions: self.dimensions.to_vec(),
+            run_id: self.run_id.map(RunId::as_u64),
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// Why a bot gets no work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quarantine {
+    pub reason: String,
+    /// Set by a person: only a person lifts it. Otherwise the bot's health check does.
+    pub by_server: bool,
 }
 
 pub struct Bot {
     pub bot_id: String,
     pub session_id: u64,
-    pub dimensions: Vec<StringPair>,
+    pub dimensions: Arc<Vec<StringPair>>,
     pub class: ClassId,
     pub software: String,
     pub first_seen_ms: u64,
@@ -135,18 +178,79 @@ pub struct Bot {
     /// The connection the bot last spoke on, while it is open.
     pub connection: Option<ConnId>,
     pub parked: Option<ParkedPoll>,
+    pub dead: bool,
+    pub quarantine: Option<Quarantine>,
+    pub terminate_requested: bool,
+    pub shut_down: bool,
+    /// The newest last, bounded by count and age.
+    pub events: VecDeque<BotEventRecord>,
+    pub next_event_number: u64,
+    /// Whether a death timer is pending for the bot (not durable).
+    pub death_timer_armed: bool,
 }
 
 impl Bot {
+    pub fn new(bot_id: &str, class: ClassId, at_ms: u64) -> Bot {
+        Bot {
+            bot_id: bot_id.to_string(),
+            session_id: 0,
+            dimensions: Arc::default(),
+            class,
+            software: String::new(),
+            first_seen_ms: at_ms,
+            last_seen_ms: at_ms,
+            current_run: None,
+            connection: None,
+            parked: None,
+            dead: false,
+            quarantine: None,
+            terminate_requested: false,
+            shut_down: false,
+            events: VecDeque::new(),
+            next_event_number: 1,
+            death_timer_armed: false,
+        }
+    }
+
+    /// Whether the bot may get work, and so counts as capacity.
+    pub fn eligible(&self) -> bool {
+        !self.dead && self.quarantine.is_none() && !self.shut_down
+    }
+
+    /// The bot's share of its class's (live, busy) capacity counts.
+    pub fn capacity_share(&self) -> (i32, i32) {
+        if self.eligible() { (1, i32::from(self.current_run.is_some())) } else { (0, 0) }
+    }
+
+    pub fn record_event(&mut self, at_ms: u64, kind: BotEventKind, run_id: Option<RunId>, message: String) {
+        let number = self.next_event_number;
+        self.next_event_number += 1;
+        let dimensions = Arc::clone(&self.dimensions);
+        self.events.push_back(BotEventRecord { number, at_ms, kind, dimensions, run_id, message });
+    }
+
+    /// Drops events beyond the count limit or older than `max_age_ms` before `now_ms`.
+    pub fn trim_events(&mut self, max_count: usize, max_age_ms: u64, now_ms: u64) {
+        while self.events.len() > max_count
+            || self.events.front().is_some_and(|event| event.at_ms.saturating_add(max_age_ms) < now_ms)
+        {
+            self.events.pop_front();
+        }
+    }
+
     pub fn info(&self) -> BotInfo {
         BotInfo {
             bot_id: self.bot_id.clone(),
-            dimensions: self.dimensions.clone(),
+            dimensions: self.dimensions.to_vec(),
             current_run_id: self.current_run.map(RunId::as_u64),
             first_seen_unix_ms: self.first_seen_ms,
             last_seen_unix_ms: self.last_seen_ms,
             connected: self.connection.is_some(),
             software: self.software.clone(),
+            dead: self.dead,
+            quarantine_reason: self.quarantine.as_ref().map(|quarantine| quarantine.reason.clone()),
+            terminate_requested: self.terminate_requested,
+            shut_down: self.shut_down,
         }
     }
 }

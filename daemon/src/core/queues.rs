@@ -194,6 +194,14 @@ impl Queues {
         (class.live_bots, class.busy_bots)
     }
 
+    pub fn queues_of_class(&self, class: ClassId) -> Vec<QueueId> {
+        self.classes[class.0 as usize].queues.clone()
+    }
+
+    pub fn pending_tasks(&self, queue: QueueId) -> Vec<RequestId> {
+        self.queues[queue.0 as usize].pending.iter().map(|key| key.task_id).collect()
+    }
+
     pub fn class_ids(&self) -> impl Iterator<Item = ClassId> + use<> {
         (0..self.classes.len() as u32).map(ClassId)
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use apiary_storage::{OutputStore, Wal, WalOptions};
 use mio::net::TcpListener;
 
-use super::event_loop::EventLoop;
+use super::event_loop::{EventLoop, now_unix_ms};
 use super::{ServerError, log, os};
 use crate::core::events::EVENT_RECORD_KIND;
 use crate::core::{Core, CoreConfig, Event};
@@ -80,6 +80,7 @@ fn recover(config: &ServerConfig) -> Result<(Core, Wal, OutputStore), ServerErro
     for task_id in core.running_tasks() {
         core.set_output_len(task_id, outputs.len(task_id.as_u64())?);
     }
+    core.recovered(now_unix_ms());
     core.check_invariants();
     log(format!("recovered {} records, {} tasks", recovery.records, core.task_count()));
     Ok((core, wal, outputs))

@@ -1,0 +1,218 @@
+//! `apply`: the only change to durable state, live and in recovery. Bot
+//! events and capacity counts follow from the events, so a replay rebuilds them.
+
+use super::*;
+
+impl Core {
+    /// Applies one event: the only change to durable state, both live and in
+    /// recovery. Events come from `emit` or from the log, so they are consistent
+    /// with the state; an inconsistent one is a bug and stops the daemon.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::TaskCreated(created) => self.apply_task_created(created),
+            Event::SliceAdvanced { task_id, slice_index, at_ms } => {
+                let task_id = RequestId::from_u64(*task_id).expect("a request id");
+                self.dequeue(task_id);
+                let task = self.tasks.get_mut(&task_id).expect("slice of a known task");
+                task.slice_index = *slice_index;
+                task.slice_started_ms = *at_ms;
+                self.enqueue(task_id);
+            }
+            Event::TaskAssigned(assigned) => self.apply_task_assigned(assigned),
+            Event::KillRequested { run_id, .. } => {
+                let run_id = RunId::from_u64(*run_id).expect("a run id");
+                let task = self.tasks.get_mut(&run_id.request()).expect("kill of a known task");
+                assert_eq!(task.current_run().map(|run| run.run_id), Some(run_id), "only a running run is killed");
+                task.kill_requested = true;
+            }
+            Event::TaskFinished(finished) => self.apply_task_finished(finished),
+            Event::TaskRetried { run_id, reason, at_ms } => self.apply_task_retried(*run_id, reason, *at_ms),
+            Event::BotConnected(connected) => self.apply_bot_connected(connected),
+            Event::BotChanged { bot_id, change, at_ms } => self.apply_bot_changed(bot_id, change, *at_ms),
+        }
+    }
+
+    fn apply_task_created(&mut self, created: &TaskCreated) {
+        let task_id = RequestId::from_u64(created.task_id).expect("a request id");
+        assert!(self.last_task_id < Some(task_id), "task ids must grow");
+        self.last_task_id = Some(task_id);
+        let mut task = Task::new(task_id, created.request.clone(), created.created_ms);
+        task.slice_index = created.slice_index;
+        self.tasks.insert(task_id, task);
+        self.enqueue(task_id);
+    }
+
+    fn apply_task_assigned(&mut self, assigned: &TaskAssigned) {
+        let run_id = RunId::from_u64(assigned.run_id).expect("a run id");
+        self.dequeue(run_id.request());
+        let task = self.tasks.get_mut(&run_id.request()).expect("assigned task is known");
+        assert_eq!(task.state, TaskState::Pending, "only a pending task is assigned");
+        task.state = TaskState::Running;
+        task.kill_requested = false;
+        task.try_number = run_id.try_number();
+        task.started_ms.get_or_insert(assigned.at_ms);
+        let (bot_id, session_id, last_heard_ms) = (assigned.bot_id.clone(), assigned.session_id, assigned.at_ms);
+        task.run = Some(Run { run_id, bot_id, session_id, last_heard_ms });
+        let tolerance_ms = u64::from(task.request.bot_ping_tolerance_secs) * 1000;
+        self.timers.push(Reverse((assigned.at_ms + tolerance_ms, Timer::RunPing { run_id })));
+        self.change_bot(&assigned.bot_id, |bot| {
+            assert!(bot.current_run.is_none(), "bot {} already runs {:?}", bot.bot_id, bot.current_run);
+            bot.current_run = Some(run_id);
+        });
+        let message = format!("slice {}", assigned.slice_index);
+        self.record_bot_event(&assigned.bot_id, assigned.at_ms, BotEventKind::TaskAssigned, Some(run_id), message);
+    }
+
+    fn apply_task_finished(&mut self, finished: &TaskFinished) {
+        let task_id = RequestId::from_u64(finished.task_id).expect("a request id");
+        self.dequeue(task_id);
+        let task = self.tasks.get_mut(&task_id).expect("finished task is known");
+        assert!(!task.state.is_terminal(), "task {task_id} finished twice");
+        let state = finished.state.state();
+        task.state = state;
+        task.exit_code = finished.exit_code;
+        task.duration_ms = finished.duration_ms;
+        task.internal_failure = finished.internal_failure;
+        task.failure_reason = finished.reason.clone();
+        task.output_len = finished.output_len;
+        task.completed_ms = Some(finished.at_ms);
+        task.deduped_from = finished.deduped_from.and_then(RunId::from_u64);
+        let command_ended_itself = matches!(state, TaskState::Completed | TaskState::TimedOut | TaskState::ClientError);
+        if !command_ended_itself {
+            task.abandoned_ms = Some(finished.at_ms);
+        }
+        let Some(run_id) = finished.run_id.and_then(RunId::from_u64) else { return };
+        let run = task.run.as_ref().expect("a finished run exists");
+        assert_eq!(run.run_id, run_id, "only the current run finishes");
+        let bot_id = run.bot_id.clone();
+        if state == TaskState::Completed && finished.exit_code == Some(0) && task.properties().idempotent {
+            self.successes.insert(task.properties().clone(), (run_id, finished.at_ms));
+        }
+        self.release_bot(&bot_id, run_id);
+        let kind = match state {
+            TaskState::Completed | TaskState::TimedOut => BotEventKind::TaskCompleted,
+            TaskState::Killed => BotEventKind::TaskKilled,
+            _ => BotEventKind::TaskError,
+        };
+        let message = format!("{} {}", state.name(), finished.reason).trim_end().to_string();
+        self.record_bot_event(&bot_id, finished.at_ms, kind, Some(run_id), message);
+    }
+
+    /// The run died but the task goes on: back to its queue, for another bot.
+    fn apply_task_retried(&mut self, run_id: u64, reason: &str, at_ms: u64) {
+        let run_id = RunId::from_u64(run_id).expect("a run id");
+        let task = self.tasks.get_mut(&run_id.request()).expect("retried task is known");
+        let run = task.current_run().expect("only a running run is retried");
+        assert_eq!(run.run_id, run_id, "only the current run is retried");
+        let bot_id = run.bot_id.clone();
+        task.state = TaskState::Pending;
+        self.enqueue(run_id.request());
+        self.release_bot(&bot_id, run_id);
+        let message = format!("BOT_DIED {reason}; the task is retried");
+        self.record_bot_event(&bot_id, at_ms, BotEventKind::TaskError, Some(run_id), message);
+    }
+
+    fn release_bot(&mut self, bot_id: &str, run_id: RunId) {
+        self.change_bot(bot_id, |bot| {
+            assert_eq!(bot.current_run, Some(run_id), "the bot holds the run it ends");
+            bot.current_run = None;
+        });
+    }
+
+    fn apply_bot_connected(&mut self, connected: &BotConnected) {
+        let class = self.queues.class_for(queues::canonical_bot_dimensions(&connected.dimensions));
+        let kind = match self.bots.get(&connected.bot_id) {
+            None => {
+                let bot = Bot::new(&connected.bot_id, class, connected.at_ms);
+                let (live, busy) = bot.capacity_share();
+                self.queues.count_bot(class, live, busy);
+                self.bots.insert(connected.bot_id.clone(), bot);
+                BotEventKind::Connected
+            }
+            Some(bot) if bot.session_id != connected.session_id || bot.dead || bot.shut_down => BotEventKind::Connected,
+            Some(_) => BotEventKind::DimensionsChanged,
+        };
+        self.change_bot(&connected.bot_id, |bot| {
+            assert!(bot.parked.is_none(), "a bot is unparked before it changes");
+            if bot.session_id != connected.session_id {
+                bot.terminate_requested = false;
+            }
+            bot.session_id = connected.session_id;
+            if *bot.dimensions != connected.dimensions {
+                bot.dimensions = Arc::new(connected.dimensions.clone());
+            }
+            bot.class = class;
+            bot.software = connected.software.clone();
+            bot.last_seen_ms = connected.at_ms;
+            bot.dead = false;
+            bot.shut_down = false;
+        });
+        let message = format!("session {:016x}, {}", connected.session_id, connected.software);
+        self.record_bot_event(&connected.bot_id, connected.at_ms, kind, None, message);
+    }
+
+    fn apply_bot_changed(&mut self, bot_id: &str, change: &BotChange, at_ms: u64) {
+        let (kind, message) = match change {
+            BotChange::Missing => (BotEventKind::Missing, String::new()),
+            BotChange::Quarantined { reason, by_server } => {
+                let by = if *by_server { "by request" } else { "by its health check" };
+                (BotEventKind::Quarantined, format!("{by}: {reason}"))
+            }
+            BotChange::Unquarantined => (BotEventKind::Unquarantined, String::new()),
+            BotChange::TerminateRequested => (BotEventKind::TerminateRequested, String::new()),
+            BotChange::ShutDown => (BotEventKind::ShutDown, String::new()),
+        };
+        self.change_bot(bot_id, |bot| match change {
+            BotChange::Missing => bot.dead = true,
+            BotChange::Quarantined { reason, by_server } => {
+                bot.quarantine = Some(Quarantine { reason: reason.clone(), by_server: *by_server });
+            }
+            BotChange::Unquarantined => bot.quarantine = None,
+            BotChange::TerminateRequested => bot.terminate_requested = true,
+            BotChange::ShutDown => (bot.shut_down, bot.terminate_requested) = (true, false),
+        });
+        self.record_bot_event(bot_id, at_ms, kind, None, message);
+    }
+
+    /// Changes a bot and keeps its class's capacity counts true.
+    fn change_bot(&mut self, bot_id: &str, change: impl FnOnce(&mut Bot)) {
+        let bot = self.bots.get_mut(bot_id).expect("a known bot");
+        let (live, busy) = bot.capacity_share();
+        self.queues.count_bot(bot.class, -live, -busy);
+        change(bot);
+        let (live, busy) = bot.capacity_share();
+        self.queues.count_bot(bot.class, live, busy);
+    }
+
+    fn record_bot_event(
+        &mut self,
+        bot_id: &str,
+        at_ms: u64,
+        kind: BotEventKind,
+        run_id: Option<RunId>,
+        message: String,
+    ) {
+        let bot = self.bots.get_mut(bot_id).expect("a known bot");
+        bot.record_event(at_ms, kind, run_id, message);
+        bot.trim_events(self.config.bot_events_per_bot, self.config.bot_event_max_age_ms, at_ms);
+    }
+
+    pub(super) fn enqueue(&mut self, task_id: RequestId) {
+        let task = self.tasks.get_mut(&task_id).expect("known task");
+        let queue = self.queues.queue_for(queues::canonical_task_dimensions(task.dimensions()));
+        let key = QueueKey { priority: task.request.priority, task_id };
+        self.queues.push(queue, key);
+        task.queued = Some((queue, key));
+        let expiration_ms = u64::from(task.request.task_slices[task.slice_index as usize].expiration_secs) * 1000;
+        let slice_index = task.slice_index;
+        self.timers.push(Reverse((task.slice_started_ms + expiration_ms, Timer::SliceExpiry { task_id, slice_index })));
+    }
+
+    pub(super) fn dequeue(&mut self, task_id: RequestId) {
+        let task = self.tasks.get_mut(&task_id).expect("known task");
+        if let Some((queue, key)) = task.queued.take() {
+            let removed = self.queues.remove(queue, key);
+            assert!(removed, "a queued task is in its queue");
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Bots: polls and parking, assignment, liveness, quarantine, terminate,
+//! connections, queries.
+
+use super::*;
+
+/// Bot events a page may hold by default, and at most.
+const DEFAULT_EVENT_PAGE: u32 = 100;
+
+impl Core {
+    pub(super) fn bot_poll(&mut self, conn: ConnId, request_id: u64, poll: BotPoll, out: &mut Output) -> Option<Reply> {
+        if let Err(refusal) = validate::validate_bot_id(&poll.bot_id) {
+            return Some(error(ErrorCode::InvalidRequest, refusal.to_string()));
+        }
+        if let Err(refusal) = validate::validate_bot_dimensions(&poll.dimensions) {
+            return Some(error(ErrorCode::InvalidRequest, refusal.to_string()));
+        }
+        if poll.quarantine_reason.len() > MAX_REASON_BYTES {
+            let message = format!("quarantine_reason: over the limit of {MAX_REASON_BYTES} bytes");
+            return Some(error(ErrorCode::InvalidRequest, message));
+        }
+        self.unpark(&poll.bot_id, out);
+        self.bot_seen(conn, &poll, out);
+        let bot = &self.bots[&poll.bot_id];
+        if let Some(run_id) = bot.current_run {
+            // A bot polls only when idle: the assignment was durable but never
+            // reached it (lost with a connection or a daemon restart). Hand it over again.
+            return Some(Reply::Assignment(self.assignment(run_id)));
+        }
+        if bot.terminate_requested {
+            self.change_bot_standing(&poll.bot_id, BotChange::ShutDown, out);
+            return Some(Reply::Terminate);
+        }
+        let eligible = bot.eligible();
+        if eligible && let Some((_, key)) = self.queues.best_for_class(bot.class) {
+            return Some(self.assign(key.task_id, &poll.bot_id, out));
+        }
+        self.park(conn, request_id, &poll.bot_id, eligible);
+        None
+    }
+
+    /// Holds a poll: an eligible bot waits for work, a quarantined one only for
+    /// the poll's timeout.
+    fn park(&mut self, conn: ConnId, request_id: u64, bot_id: &str, eligible: bool) {
+        let class = self.bots[bot_id].class;
+        let park_number = if eligible { self.queues.park(class, bot_id) } else { self.next_hold_number() };
+        self.bots.get_mut(bot_id).expect("known bot").parked =
+            Some(ParkedPoll { conn, request_id, park_number, eligible });
+        let deadline = self.now_ms + self.config.long_poll_ms;
+        self.timers.push(Reverse((deadline, Timer::PollTimeout { bot_id: bot_id.to_string(), park_number })));
+    }
+
+    /// Numbers for held polls that are not in a class: counting down from the
+    /// top, they never meet the class park numbers counting up.
+    fn next_hold_number(&mut self) -> u64 {
+        self.hold_numbers_used += 1;
+        u64::MAX - self.hold_numbers_used
+    }
+
+    /// Records a bot's poll. A new session, new dimensions or software, or a
+    /// return from death or shutdown is an event; a new session means the bot
+    /// restarted and lost whatever it ran. The health check's verdict rides on
+    /// every poll and quarantines or releases the bot.
+    fn bot_seen(&mut self, conn: ConnId, poll: &BotPoll, out: &mut Output) {
+        let known = self.bots.get(&poll.bot_id);
+        let changed = known.is_none_or(|bot| {
+            bot.session_id != poll.session_id
+                || *bot.dimensions != poll.dimensions
+                || bot.software != poll.software
+                || bot.dead
+                || bot.shut_down
+        });
+        let lost_run = known.and_then(|bot| bot.current_run.filter(|_| bot.session_id != poll.session_id));
+        if let Some(run_id) = lost_run {
+            let mut ending = Ending::new(TaskState::BotDied, "the bot restarted while running the task");
+            ending.internal_failure = true;
+            self.finish(run_id.request(), Some(run_id), ending, out);
+        }
+        if changed {
+            let event = BotConnected {
+                bot_id: poll.bot_id.clone(),
+                session_id: poll.session_id,
+                dimensions: poll.dimensions.clone(),
+                software: poll.software.clone(),
+                at_ms: self.now_ms,
+            };
+            self.emit(Event::BotConnected(event), out);
+        }
+        let quarantine = &self.bots[&poll.bot_id].quarantine;
+        let by_health_check = quarantine.as_ref().is_some_and(|quarantine| !quarantine.by_server);
+        if quarantine.is_none() && !poll.quarantine_reason.is_empty() {
+            let change = BotChange::Quarantined { reason: poll.quarantine_reason.clone(), by_server: false };
+            self.change_bot_standing(&poll.bot_id, change, out);
+        } else if by_health_check && poll.quarantine_reason.is_empty() {
+            self.change_bot_standing(&poll.bot_id, BotChange::Unquarantined, out);
+        }
+        self.note_connection(conn, &poll.bot_id);
+    }
+
+    /// A bot spoke: it is alive and this is its connection now.
+    pub(super) fn note_connection(&mut self, conn: ConnId, bot_id: &str) {
+        let bot = self.bots.get_mut(bot_id).expect("bot is known");
+        bot.last_seen_ms = self.now_ms;
+        if !bot.death_timer_armed && !bot.dead {
+            bot.death_timer_armed = true;
+            let deadline = self.now_ms + self.config.bot_death_timeout_ms;
+            self.timers.push(Reverse((deadline, Timer::BotDeath { bot_id: bot_id.to_string() })));
+        }
+        if bot.connection != Some(conn) {
+            if let Some(old) = bot.connection.replace(conn) {
+                self.bot_by_connection.remove(&old);
+            }
+            self.bot_by_connection.insert(conn, bot_id.to_string());
+        }
+    }
+
+    /// A bot reporting on its run while marked dead was only out of reach: it
+    /// comes back as it was.
+    pub(super) fn revive_if_dead(&mut self, bot_id: &str, out: &mut Output) {
+        let bot = &self.bots[bot_id];
+        if bot.dead {
+            let event = BotConnected {
+                bot_id: bot_id.to_string(),
+                session_id: bot.session_id,
+                dimensions: bot.dimensions.to_vec(),
+                software: bot.software.clone(),
+                at_ms: self.now_ms,
+            };
+            self.emit(Event::BotConnected(event), out);
+        }
+    }
+
+    /// Answers a bot's held poll with "no work", if it has one.
+    pub(super) fn unpark(&mut self, bot_id: &str, out: &mut Output) {
+        let Some(bot) = self.bots.get_mut(bot_id) else { return };
+        if let Some(parked) = bot.parked.take() {
+            if parked.eligible {
+                self.queues.unpark(bot.class, parked.park_number);
+            }
+            out.replies.push(Outgoing { conn: parked.conn, request_id: parked.request_id, reply: Reply::NoWork });
+        }
+    }
+
+    pub(super) fn disconnected(&mut self, conn: ConnId) {
+        let Some(bot_id) = self.bot_by_connection.remove(&conn) else { return };
+        let bot = self.bots.get_mut(&bot_id).expect("connection map names known bots");
+        bot.connection = None;
+        if let Some(parked) = bot.parked.take()
+            && parked.eligible
+        {
+            self.queues.unpark(bot.class, parked.park_number);
+        }
+    }
+
+    /// Emits a change of a bot's standing; a held poll is answered so the bot
+    /// polls again under its new standing.
+    pub(super) fn change_bot_standing(&mut self, bot_id: &str, change: BotChange, out: &mut Output) {
+        self.unpark(bot_id, out);
+        self.emit(Event::BotChanged { bot_id: bot_id.to_string(), change, at_ms: self.now_ms }, out);
+    }
+
+    /// The bot death timer: a bot not heard from for the timeout is missing.
+    pub(super) fn bot_death_due(&mut self, bot_id: &str, out: &mut Output) {
+        let Some(bot) = self.bots.get_mut(bot_id) else { return };
+        bot.death_timer_armed = false;
+        if bot.dead {
+            return;
+        }
+        let deadline = bot.last_seen_ms + self.config.bot_death_timeout_ms;
+        if deadline > self.now_ms {
+            bot.death_timer_armed = true;
+            self.timers.push(Reverse((deadline, Timer::BotDeath { bot_id: bot_id.to_string() })));
+            return;
+        }
+        let class = bot.class;
+        self.change_bot_standing(bot_id, BotChange::Missing, out);
+        self.move_on_from_lost_capacity(class, out);
+    }
+
+    /// Pending tasks that no live bot can serve any more (and that do not wait
+    /// for capacity) move to their next servable slice, or end NO_RESOURCE.
+    fn move_on_from_lost_capacity(&mut self, class: ClassId, out: &mut Output) {
+        let stranded: Vec<RequestId> = self
+            .queues
+            .queues_of_class(class)
+            .into_iter()
+            .filter(|&queue| self.queues.capacity(queue).0 == 0)
+            .flat_map(|queue| self.queues.pending_tasks(queue))
+            .filter(|task_id| {
+                let task = &self.tasks[task_id];
+                !task.request.task_slices[task.slice_index as usize].wait_for_capacity
+            })
+            .collect();
+        for task_id in stranded {
+            let task = &self.tasks[&task_id];
+            let (slices, from) = (task.request.task_slices.clone(), task.slice_index as usize + 1);
+            if let Some(next_slice) = self.first_servable_slice(&slices, from) {
+                let at_ms = self.now_ms;
+                self.emit(Event::SliceAdvanced { task_id: task_id.as_u64(), slice_index: next_slice, at_ms }, out);
+                self.hand_to_parked_bot(task_id, out);
+            } else {
+                let reason = "every bot that could run the task is gone";
+                self.finish(task_id, None, Ending::new(TaskState::NoResource, reason), out);
+            }
+        }
+    }
+
+    /// A new task goes straight to the longest-parked bot that can run it.
+    pub(super) fn hand_to_parked_bot(&mut self, task_id: RequestId, out: &mut Output) {
+        let Some((queue, _)) = self.tasks[&task_id].queued else { return };
+        let Some(bot_id) = self.queues.parked_bot_for_queue(queue).map(str::to_string) else { return };
+        let bot = self.bots.get_mut(&bot_id).expect("parked bots are known");
+        let parked = bot.parked.take().expect("a parked bot has its poll");
+        self.queues.unpark(bot.class, parked.park_number);
+        let reply = self.assign(task_id, &bot_id, out);
+        out.replies.push(Outgoing { conn: parked.conn, request_id: parked.request_id, reply });
+    }
+
+    fn assign(&mut self, task_id: RequestId, bot_id: &str, out: &mut Output) -> Reply {
+        let task = &self.tasks[&task_id];
+        let run_id = task_id.run(task.try_number + 1);
+        let event = TaskAssigned {
+            run_id: run_id.as_u64(),
+            slice_index: task.slice_index,
+            bot_id: bot_id.to_string(),
+            session_id: self.bots[bot_id].session_id,
+            at_ms: self.now_ms,
+        };
+        self.emit(Event::TaskAssigned(event), out);
+        Reply::Assignment(self.assignment(run_id))
+    }
+
+    fn assignment(&self, run_id: RunId) -> Assignment {
+        let task = &self.tasks[&run_id.request()];
+        Assignment {
+            run_id: run_id.as_u64(),
+            task_name: task.request.name.clone(),
+            slice_index: task.slice_index,
+            properties: task.properties().clone(),
+        }
+    }
+
+    // ------------------------------------------------------------- requests
+
+    pub(super) fn list_bots(&self, filter: &[StringPair]) -> Reply {
+        for (index, pair) in filter.iter().enumerate() {
+            if let Err(refusal) = validate::validate_bot_dimensions(std::slice::from_ref(pair)) {
+                let message = refusal.to_string().replacen("dimensions[0]", &format!("dimensions[{index}]"), 1);
+                return error(ErrorCode::InvalidRequest, message);
+            }
+        }
+        let filter = queues::canonical_task_dimensions(filter);
+        let bots = self.bots.values().filter(|bot| self.queues.class_matches(bot.class, &filter)).map(Bot::info);
+        Reply::Bots(bots.collect())
+    }
+
+    /// Quarantine, unquarantine and terminate requests from people.
+    pub(super) fn bot_request(&mut self, bot_id: &str, change: BotChange, out: &mut Output) -> Reply {
+        let Some(bot) = self.bots.get(bot_id) else { return error(ErrorCode::NotFound, format!("no bot {bot_id:?}")) };
+        let needed = match &change {
+            BotChange::Quarantined { reason, .. } => {
+                if reason.is_empty() || reason.len() > MAX_REASON_BYTES {
+                    let message = format!("reason: must be 1 to {MAX_REASON_BYTES} bytes");
+                    return error(ErrorCode::InvalidRequest, message);
+                }
+                bot.quarantine.as_ref().is_none_or(|quarantine| !quarantine.by_server || quarantine.reason != *reason)
+            }
+            BotChange::Unquarantined => bot.quarantine.is_some(),
+            BotChange::TerminateRequested => !bot.terminate_requested && !bot.shut_down,
+            BotChange::Missing | BotChange::ShutDown => unreachable!("not a request"),
+        };
+        if needed {
+            self.change_bot_standing(bot_id, change, out);
+        }
+        Reply::Bot(self.bots[bot_id].info())
+    }
+
+    pub(super) fn list_bot_events(&self, query: BotEventQuery) -> Reply {
+        let Some(bot) = self.bots.get(&query.bot_id) else {
+            return error(ErrorCode::NotFound, format!("no bot {:?}", query.bot_id));
+        };
+        if query.limit > MAX_TASK_PAGE {
+            return error(
+                ErrorCode::InvalidRequest,
+                format!("limit: {} is over the limit of {MAX_TASK_PAGE}", query.limit),
+            );
+        }
+        let limit = if query.limit == 0 { DEFAULT_EVENT_PAGE } else { query.limit } as usize;
+        let wanted = |event: &&BotEventRecord| {
+            query.cursor.is_none_or(|cursor| event.number < cursor)
+                && query.since_unix_ms.is_none_or(|since| event.at_ms >= since)
+                && query.until_unix_ms.is_none_or(|until| event.at_ms <= until)
+        };
+        let mut matching = bot.events.iter().rev().filter(wanted);
+        let events: Vec<BotEvent> = matching.by_ref().take(limit).map(BotEventRecord::to_event).collect();
+        let more = matching.next().is_some();
+        let next_cursor = events.last().filter(|_| more).map(|event| event.number);
+        Reply::BotEvents { events, next_cursor }
+    }
+}
