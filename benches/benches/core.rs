@@ -61,7 +61,13 @@ struct SimBot {
 impl SimBot {
     fn new(bot_id: String, conn: ConnId, dimensions: Vec<StringPair>) -> SimBot {
         let session_id = conn.0 + 1;
-        let poll = BotPoll { bot_id: bot_id.clone(), session_id, dimensions, software: "bench".into() };
+        let poll = BotPoll {
+            bot_id: bot_id.clone(),
+            session_id,
+            dimensions,
+            software: "bench".into(),
+            quarantine_reason: String::new(),
+        };
         SimBot { bot_id, session_id, conn, poll }
     }
 }

@@ -100,6 +100,14 @@ pub(crate) struct TaskFlags {
     /// answer this one instead of a new run.
     #[arg(long)]
     pub(crate) idempotent: bool,
+    /// Seconds the task's bot may go unheard from while it runs the task before the task
+    /// ends BOT_DIED.
+    #[arg(
+        long = "bot-ping-tolerance",
+        value_name = "SECS",
+        default_value_t = limits::DEFAULT_BOT_PING_TOLERANCE_SECS
+    )]
+    pub(crate) bot_ping_tolerance_secs: u32,
     /// The command to run and its arguments, after `--`.
     #[arg(last = true, required_unless_present = "request", value_name = "CMD")]
     pub(crate) command: Vec<String>,
@@ -205,6 +213,48 @@ pub(crate) enum BotsCommand {
         #[arg(value_name = "BOT_ID")]
         bot_id: String,
     },
+    /// Give a bot no more work until it is unquarantined (a task it runs goes on).
+    Quarantine {
+        /// Why, for people; shown with the bot and in its events.
+        #[arg(long, value_name = "TEXT", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        reason: String,
+        #[arg(value_name = "BOT_ID")]
+        bot_id: String,
+    },
+    /// Give a quarantined bot work again (unless its own health check still fails).
+    Unquarantine {
+        #[arg(value_name = "BOT_ID")]
+        bot_id: String,
+    },
+    /// Have a bot exit once its current task (if any) has ended.
+    Terminate {
+        #[arg(value_name = "BOT_ID")]
+        bot_id: String,
+    },
+    /// List what happened to a bot, newest first, one page at a time.
+    Events(BotEventsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BotEventsArgs {
+    /// At most this many events; default and cap are the daemon's (100 and 1000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) limit: Option<u32>,
+    /// Continue a listing where the previous page ended (as printed with it).
+    #[arg(long, value_name = "CURSOR", value_parser = parse_cursor)]
+    pub(crate) cursor: Option<u64>,
+    /// Only events at or after this time: RFC 3339 in UTC (`2024-05-01T12:00:00Z`) or Unix
+    /// seconds.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub(crate) since: Option<u64>,
+    /// Only events before this time, written as for --since.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub(crate) until: Option<u64>,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[arg(value_name = "BOT_ID")]
+    pub(crate) bot_id: String,
 }
 
 fn parse_key_value(text: &str) -> Result<StringPair, String> {
@@ -239,6 +289,19 @@ fn parse_cursor(text: &str) -> Result<u64, String> {
     let cursor = valid.then(|| u64::from_str_radix(text, 16).ok()).flatten();
     cursor
         .ok_or_else(|| "expected 16 hexadecimal digits, as printed after `--cursor` by a previous listing".to_string())
+}
+
+/// A point in time as milliseconds since the Unix epoch: RFC 3339 as
+/// `humantime::parse_rfc3339_weak` reads it, or whole Unix seconds.
+fn parse_time(text: &str) -> Result<u64, String> {
+    const EXPECTED: &str = "expected an RFC 3339 time such as 2024-05-01T12:00:00Z, or Unix seconds";
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        let seconds: u64 = text.parse().map_err(|_| format!("{EXPECTED}: too large"))?;
+        return seconds.checked_mul(1000).ok_or_else(|| format!("{EXPECTED}: too large"));
+    }
+    let time = humantime::parse_rfc3339_weak(text).map_err(|error| format!("{EXPECTED} ({error})"))?;
+    let since_epoch = time.duration_since(std::time::UNIX_EPOCH).map_err(|_| format!("{EXPECTED}: before 1970"))?;
+    u64::try_from(since_epoch.as_millis()).map_err(|_| format!("{EXPECTED}: too large"))
 }
 
 #[cfg(test)]
@@ -331,6 +394,7 @@ mod tests {
             &["--grace-period", "5"],
             &["--wait-for-capacity"],
             &["--idempotent"],
+            &["--bot-ping-tolerance", "60"],
             &["--", "echo"],
         ] {
             for command in ["trigger", "run"] {
@@ -377,6 +441,70 @@ mod tests {
         assert_eq!(args.timeout.duration(), Some(Duration::from_secs(9)));
         assert_eq!(args.task.flags.name, "n");
         assert_eq!(args.task.flags.command, ["ls", "-l"]);
+    }
+
+    #[test]
+    fn bot_ping_tolerance_defaults_to_the_protocol_default() {
+        let cli = parse(&["run", "--bot-ping-tolerance", "60", "--", "true"]).unwrap();
+        let Command::Run(args) = cli.command else { panic!("not a run") };
+        assert_eq!(args.task.flags.bot_ping_tolerance_secs, 60);
+        let cli = parse(&["trigger", "--", "true"]).unwrap();
+        let Command::Trigger(trigger) = cli.command else { panic!("not a trigger") };
+        assert_eq!(trigger.task.flags.bot_ping_tolerance_secs, limits::DEFAULT_BOT_PING_TOLERANCE_SECS);
+        let error = parse(&["trigger", "--bot-ping-tolerance", "-1", "--", "true"]).unwrap_err();
+        assert_eq!(error.exit_code(), crate::exit_codes::USAGE);
+    }
+
+    #[test]
+    fn bot_management_commands_take_one_bot_and_quarantine_a_reason() {
+        let cli = parse(&["bots", "quarantine", "--reason", "disk full", "bot-1"]).unwrap();
+        let Command::Bots(BotsCommand::Quarantine { reason, bot_id }) = cli.command else { panic!("not quarantine") };
+        assert_eq!((reason.as_str(), bot_id.as_str()), ("disk full", "bot-1"));
+        for args in [&["bots", "quarantine", "bot-1"][..], &["bots", "unquarantine"], &["bots", "terminate"]] {
+            assert_eq!(parse(args).unwrap_err().kind(), ErrorKind::MissingRequiredArgument, "{args:?}");
+        }
+        let error = parse(&["bots", "quarantine", "--reason", "", "bot-1"]).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidValue);
+        let cli = parse(&["bots", "unquarantine", "bot-1"]).unwrap();
+        assert!(matches!(cli.command, Command::Bots(BotsCommand::Unquarantine { bot_id }) if bot_id == "bot-1"));
+        let cli = parse(&["bots", "terminate", "bot-1"]).unwrap();
+        assert!(matches!(cli.command, Command::Bots(BotsCommand::Terminate { bot_id }) if bot_id == "bot-1"));
+    }
+
+    #[test]
+    fn event_times_are_rfc_3339_or_unix_seconds() {
+        assert_eq!(parse_time("1700000000"), Ok(1_700_000_000_000));
+        assert_eq!(parse_time("0"), Ok(0));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
+        assert_eq!(parse_time("2023-11-14T22:13:20.250Z"), Ok(1_700_000_000_250));
+        assert_eq!(parse_time("2023-11-14 22:13:20"), Ok(1_700_000_000_000));
+        for bad in ["", "yesterday", "-5", "1.5", "2023-13-01T00:00:00Z", "99999999999999999999"] {
+            assert!(parse_time(bad).is_err(), "{bad:?}");
+        }
+        let cli = parse(&[
+            "bots",
+            "events",
+            "--limit",
+            "5",
+            "--cursor",
+            "00000000000000ff",
+            "--since",
+            "1700000000",
+            "--until",
+            "2023-11-14T22:13:21Z",
+            "--json",
+            "bot-1",
+        ])
+        .unwrap();
+        let Command::Bots(BotsCommand::Events(args)) = cli.command else { panic!("not bots events") };
+        assert_eq!((args.limit, args.cursor), (Some(5), Some(0xff)));
+        assert_eq!((args.since, args.until), (Some(1_700_000_000_000), Some(1_700_000_001_000)));
+        assert!(args.json);
+        assert_eq!(args.bot_id, "bot-1");
+        let error = parse(&["bots", "events", "--since", "soon", "bot-1"]).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::ValueValidation);
+        assert!(error.to_string().contains("soon"), "{error}");
+        assert_eq!(parse(&["bots", "events"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
     }
 
     #[test]

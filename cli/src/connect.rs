@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use apiary_protocol::limits::MAX_LONG_POLL_MS;
 use apiary_protocol::{
-    BotInfo, CancelOutcome, Client, ClientError, ErrorCode, NewTaskRequest, Reply, Request, Role, TaskResult,
+    BotEvent, BotInfo, CancelOutcome, Client, ClientError, ErrorCode, NewTaskRequest, Reply, Request, Role, TaskResult,
 };
 
 use crate::error::CliError;
@@ -93,9 +93,22 @@ pub(crate) fn call_bots(daemon: &mut impl Daemon, request: &Request, action: &st
     }
 }
 
+/// Sends a request answered by `Reply::Bot`: GetBot, QuarantineBot, UnquarantineBot, TerminateBot.
 pub(crate) fn call_bot(daemon: &mut impl Daemon, request: &Request, action: &str) -> Result<BotInfo, CliError> {
     match call(daemon, request, action)? {
         Reply::Bot(bot) => Ok(bot),
+        other => Err(unexpected(action, &other)),
+    }
+}
+
+/// A page of a bot's events and the cursor of the next page, if more may follow.
+pub(crate) fn call_bot_events(
+    daemon: &mut impl Daemon,
+    request: &Request,
+    action: &str,
+) -> Result<(Vec<BotEvent>, Option<u64>), CliError> {
+    match call(daemon, request, action)? {
+        Reply::BotEvents { events, next_cursor } => Ok((events, next_cursor)),
         other => Err(unexpected(action, &other)),
     }
 }
@@ -149,6 +162,8 @@ fn unexpected(action: &str, reply: &Reply) -> CliError {
         Reply::Tasks { .. } => "a list of tasks",
         Reply::Canceled { .. } => "a cancel outcome",
         Reply::ValidRequest(_) => "a checked request",
+        Reply::BotEvents { .. } => "a list of bot events",
+        Reply::Terminate => "a request to terminate",
         Reply::Assignment(_) => "a bot assignment",
         Reply::NoWork => "no work",
         Reply::UpdateAck { .. } => "an update acknowledgement",

@@ -72,5 +72,13 @@ fn dispatch(cli: Cli, stdout: &mut Sink<impl Write>, stderr: &mut dyn Write) -> 
         Command::Tasks(TasksCommand::List(args)) => tasks::list(&mut connect()?, &args, stdout, stderr),
         Command::Bots(BotsCommand::List { dimensions, json }) => bots::list(&mut connect()?, &dimensions, json, stdout),
         Command::Bots(BotsCommand::Show { json, bot_id }) => bots::show(&mut connect()?, &bot_id, json, stdout),
+        Command::Bots(BotsCommand::Quarantine { reason, bot_id }) => {
+            bots::quarantine(&mut connect()?, &bot_id, &reason, stdout)
+        }
+        Command::Bots(BotsCommand::Unquarantine { bot_id }) => {
+            bots::unquarantine(&mut connect()?, &bot_id, stdout, stderr)
+        }
+        Command::Bots(BotsCommand::Terminate { bot_id }) => bots::terminate(&mut connect()?, &bot_id, stdout),
+        Command::Bots(BotsCommand::Events(args)) => bots::events(&mut connect()?, &args, stdout, stderr),
     }
 }

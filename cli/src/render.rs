@@ -7,7 +7,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use apiary_protocol::ids::format_task_id;
 use apiary_protocol::{
-    BotInfo, CancelOutcome, NewTaskRequest, PendingInfo, StringPair, TaskQuery, TaskResult, TaskState,
+    BotEvent, BotEventQuery, BotInfo, CancelOutcome, NewTaskRequest, PendingInfo, StringPair, TaskQuery, TaskResult,
+    TaskState,
 };
 use serde_json::{Map, Value, json};
 
@@ -198,6 +199,10 @@ pub(crate) fn bot_json(bot: &BotInfo) -> Value {
         "last_seen_ts": timestamp(bot.last_seen_unix_ms),
         "connected": bot.connected,
         "software": bot.software,
+        "dead": bot.dead,
+        "quarantine_reason": bot.quarantine_reason,
+        "terminate_requested": bot.terminate_requested,
+        "shut_down": bot.shut_down,
     })
 }
 
@@ -206,11 +211,15 @@ pub(crate) fn bot_text(bot: &BotInfo) -> String {
     let lines = [
         ("bot_id", bot.bot_id.clone()),
         ("status", bot_status(bot).to_string()),
+        ("quarantine_reason", bot.quarantine_reason.as_deref().map_or_else(|| "-".to_string(), one_line)),
         ("current_task", bot.current_run_id.map_or_else(|| "-".to_string(), format_task_id)),
         ("dimensions", pairs_text(&bot.dimensions)),
         ("first_seen", timestamp(bot.first_seen_unix_ms)),
         ("last_seen", timestamp(bot.last_seen_unix_ms)),
         ("connected", bot.connected.to_string()),
+        ("dead", bot.dead.to_string()),
+        ("terminate_requested", bot.terminate_requested.to_string()),
+        ("shut_down", bot.shut_down.to_string()),
         ("software", bot.software.clone()),
     ];
     aligned_lines(&lines)
@@ -228,6 +237,80 @@ pub(crate) fn bots_table(bots: &[BotInfo]) -> String {
         ]
     });
     table(["BOT_ID", "STATUS", "TASK", "LAST_SEEN", "DIMENSIONS"], rows)
+}
+
+/// `{"events": [...], "next_cursor": ...}`, events in the order given (newest first).
+pub(crate) fn bot_events_json(events: &[BotEvent], next_cursor: Option<u64>) -> Value {
+    let events: Vec<Value> = events
+        .iter()
+        .map(|event| {
+            json!({
+                "number": event.number,
+                "ts": timestamp(event.at_unix_ms),
+                "event": event.kind.name(),
+                "dimensions": dimensions_json(&event.dimensions),
+                "task_id": event.run_id.map(format_task_id),
+                "message": event.message,
+            })
+        })
+        .collect();
+    json!({"events": events, "next_cursor": next_cursor.map(format_cursor)})
+}
+
+/// A table, one event per line in the order given; the message last, on one line.
+pub(crate) fn bot_events_table(events: &[BotEvent]) -> String {
+    let rows = events.iter().map(|event| {
+        let message = if event.message.is_empty() { "-".to_string() } else { one_line(&event.message) };
+        [
+            timestamp(event.at_unix_ms),
+            event.kind.name().to_string(),
+            event.run_id.map_or_else(|| "-".to_string(), format_task_id),
+            message,
+        ]
+    });
+    table(["TS", "EVENT", "TASK", "MESSAGE"], rows)
+}
+
+/// The command that lists the next page of a bot's events: the same filters and
+/// limit, and the cursor.
+pub(crate) fn next_bot_events_command(query: &BotEventQuery, next_cursor: u64) -> String {
+    let mut words = vec!["apiary bots events --cursor".to_string(), format_cursor(next_cursor)];
+    if query.limit != 0 {
+        words.extend(["--limit".to_string(), query.limit.to_string()]);
+    }
+    if let Some(since) = query.since_unix_ms {
+        words.extend(["--since".to_string(), timestamp(since)]);
+    }
+    if let Some(until) = query.until_unix_ms {
+        words.extend(["--until".to_string(), timestamp(until)]);
+    }
+    words.push(shell_word(&query.bot_id));
+    words.join(" ")
+}
+
+/// The line `bots quarantine`, `unquarantine` or `terminate` prints.
+pub(crate) fn bot_action_text(action: BotAction<'_>, bot: &BotInfo) -> String {
+    match action {
+        BotAction::Quarantined { reason } => format!("quarantined {}: {}\n", bot.bot_id, one_line(reason)),
+        BotAction::Unquarantined => format!("unquarantined {}\n", bot.bot_id),
+        BotAction::TerminateRequested => {
+            format!("terminate requested: {} exits after its current task\n", bot.bot_id)
+        }
+    }
+}
+
+/// What a bot management command asked for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum BotAction<'a> {
+    Quarantined { reason: &'a str },
+    Unquarantined,
+    TerminateRequested,
+}
+
+/// Text on one line: each control character (a newline of a health check's
+/// output, say) becomes a space.
+fn one_line(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 /// A header and rows, columns aligned two spaces apart, no trailing spaces.
@@ -261,12 +344,22 @@ fn aligned_lines(lines: &[(&str, String)]) -> String {
     text
 }
 
-/// "busy" with a task, "idle" and polling, or "disconnected".
+/// The first that applies: "dead" (not heard from for the daemon's bot death
+/// timeout), "shut_down" (exited when told to terminate), "quarantined", "busy"
+/// with a task, "idle" and polling, or "disconnected".
 fn bot_status(bot: &BotInfo) -> &'static str {
-    match (bot.connected, bot.current_run_id) {
-        (false, _) => "disconnected",
-        (true, Some(_)) => "busy",
-        (true, None) => "idle",
+    if bot.dead {
+        "dead"
+    } else if bot.shut_down {
+        "shut_down"
+    } else if bot.quarantine_reason.is_some() {
+        "quarantined"
+    } else if bot.current_run_id.is_some() {
+        "busy"
+    } else if bot.connected {
+        "idle"
+    } else {
+        "disconnected"
     }
 }
 
@@ -436,6 +529,10 @@ mod tests {
             last_seen_unix_ms: 1_700_000_000_250,
             connected,
             software: "apiary-agent/0.1.0".to_string(),
+            dead: false,
+            quarantine_reason: None,
+            terminate_requested: false,
+            shut_down: false,
         };
         let bots = [bot("busy-one", true, Some(0x21)), bot("b", true, None), bot("gone", false, None)];
         let value = bots_json(&bots);
@@ -448,6 +545,10 @@ mod tests {
         assert_eq!(value[2]["status"], "disconnected");
         assert_eq!(value[2]["connected"], false);
         assert_eq!(value[2]["software"], "apiary-agent/0.1.0");
+        for key in ["dead", "terminate_requested", "shut_down"] {
+            assert_eq!(value[0][key], false, "{key}");
+        }
+        assert_eq!(value[0]["quarantine_reason"], Value::Null);
 
         let table = bots_table(&bots);
         let lines: Vec<&str> = table.lines().collect();
@@ -556,18 +657,109 @@ mod tests {
             last_seen_unix_ms: 1_700_000_000_250,
             connected: true,
             software: "apiary-agent/0.1.0".to_string(),
+            dead: false,
+            quarantine_reason: None,
+            terminate_requested: true,
+            shut_down: false,
         };
         assert_eq!(
             bot_text(&bot),
-            "bot_id:       bot-1\n\
-             status:       busy\n\
-             current_task: 0000000000000021\n\
-             dimensions:   os=linux pool=ci\n\
-             first_seen:   2023-11-14T22:13:20.000Z\n\
-             last_seen:    2023-11-14T22:13:20.250Z\n\
-             connected:    true\n\
-             software:     apiary-agent/0.1.0\n"
+            "bot_id:              bot-1\n\
+             status:              busy\n\
+             quarantine_reason:   -\n\
+             current_task:        0000000000000021\n\
+             dimensions:          os=linux pool=ci\n\
+             first_seen:          2023-11-14T22:13:20.000Z\n\
+             last_seen:           2023-11-14T22:13:20.250Z\n\
+             connected:           true\n\
+             dead:                false\n\
+             terminate_requested: true\n\
+             shut_down:           false\n\
+             software:            apiary-agent/0.1.0\n"
         );
+        let quarantined = BotInfo { quarantine_reason: Some("disk\nfull".to_string()), ..bot };
+        assert!(bot_text(&quarantined).contains("\nstatus:              quarantined\n"));
+        assert!(bot_text(&quarantined).contains("\nquarantine_reason:   disk full\n"));
+    }
+
+    #[test]
+    fn bot_status_follows_its_precedence() {
+        let idle = BotInfo {
+            bot_id: "b".to_string(),
+            dimensions: Vec::new(),
+            current_run_id: None,
+            first_seen_unix_ms: 0,
+            last_seen_unix_ms: 0,
+            connected: true,
+            software: String::new(),
+            dead: false,
+            quarantine_reason: None,
+            terminate_requested: false,
+            shut_down: false,
+        };
+        let busy = BotInfo { current_run_id: Some(0x21), ..idle.clone() };
+        let quarantined = BotInfo { quarantine_reason: Some("r".to_string()), ..busy.clone() };
+        let shut_down = BotInfo { shut_down: true, connected: false, ..quarantined.clone() };
+        let dead = BotInfo { dead: true, ..shut_down.clone() };
+        let cases = [
+            (dead, "dead"),
+            (shut_down, "shut_down"),
+            (quarantined, "quarantined"),
+            (busy.clone(), "busy"),
+            (BotInfo { connected: false, ..busy }, "busy"),
+            (idle.clone(), "idle"),
+            (BotInfo { connected: false, ..idle.clone() }, "disconnected"),
+            (BotInfo { terminate_requested: true, ..idle }, "idle"),
+        ];
+        for (bot, status) in cases {
+            assert_eq!(bot_status(&bot), status, "{bot:?}");
+            assert_eq!(bot_json(&bot)["status"], status);
+        }
+    }
+
+    #[test]
+    fn bot_actions_are_one_line_each() {
+        let bot = BotInfo {
+            bot_id: "bot-1".to_string(),
+            dimensions: Vec::new(),
+            current_run_id: None,
+            first_seen_unix_ms: 0,
+            last_seen_unix_ms: 0,
+            connected: true,
+            software: String::new(),
+            dead: false,
+            quarantine_reason: None,
+            terminate_requested: false,
+            shut_down: false,
+        };
+        let quarantined = bot_action_text(BotAction::Quarantined { reason: "disk\nfull" }, &bot);
+        assert_eq!(quarantined, "quarantined bot-1: disk full\n");
+        assert_eq!(bot_action_text(BotAction::Unquarantined, &bot), "unquarantined bot-1\n");
+        assert_eq!(
+            bot_action_text(BotAction::TerminateRequested, &bot),
+            "terminate requested: bot-1 exits after its current task\n"
+        );
+    }
+
+    #[test]
+    fn event_messages_stay_on_their_line_and_times_round_trip() {
+        let event = BotEvent {
+            number: 1,
+            at_unix_ms: 1_700_000_000_000,
+            kind: apiary_protocol::BotEventKind::TaskError,
+            dimensions: Vec::new(),
+            run_id: Some(0x21),
+            message: "line one\r\nline\ttwo".to_string(),
+        };
+        let table = bot_events_table(&[event]);
+        assert_eq!(
+            table.lines().nth(1),
+            Some("2023-11-14T22:13:20.000Z  task_error  0000000000000021  line one  line two")
+        );
+        // `more:` writes times this way; --since must read them back.
+        let written = timestamp(1_700_000_000_250);
+        let read = humantime::parse_rfc3339_weak(&written).unwrap();
+        assert_eq!(read, UNIX_EPOCH + Duration::from_millis(1_700_000_000_250));
     }
 
     #[test]

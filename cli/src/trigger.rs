@@ -76,7 +76,7 @@ fn request_from_flags(flags: &TaskFlags) -> NewTaskRequest {
         tags: flags.tags.clone(),
         user: flags.user.clone(),
         task_slices: vec![slice],
-        ..NewTaskRequest::default()
+        bot_ping_tolerance_secs: flags.bot_ping_tolerance_secs,
     }
 }
 
@@ -144,10 +144,13 @@ mod tests {
             "40",
             "--wait-for-capacity",
             "--idempotent",
+            "--bot-ping-tolerance",
+            "50",
             "--",
             "make",
             "-j8",
         ]);
+        assert_eq!(request.bot_ping_tolerance_secs, 50);
         assert_eq!(request.name, "build");
         assert_eq!(request.user, "ana");
         assert_eq!(request.priority, 9);

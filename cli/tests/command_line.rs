@@ -155,3 +155,22 @@ fn collect_waits_through_a_daemon_restart() {
     assert!(matches!(after[0], Request::WaitTask { task_id: TASK, .. }));
     assert!(matches!(after[1], Request::GetOutput { task_id: TASK, offset: 0, .. }));
 }
+
+#[test]
+fn managing_an_unknown_bot_exits_88_with_the_daemons_message() {
+    use apiary_protocol::{ErrorCode, ErrorReply};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let daemon = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let refusal = ErrorReply { code: ErrorCode::NotFound, message: "no bot \"gone\"".to_string() };
+        serve(&mut stream, vec![Reply::Error(refusal)], false)
+    });
+    let output = apiary(&["--server", &addr.to_string(), "bots", "quarantine", "--reason", "disk", "gone"], b"");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(88), "{stderr}");
+    assert!(stderr.starts_with("apiary: cannot quarantine bot \"gone\": "), "{stderr}");
+    let requests = daemon.join().unwrap();
+    let expected = Request::QuarantineBot { bot_id: "gone".to_string(), reason: "disk".to_string() };
+    assert_eq!(requests, [expected]);
+}

@@ -163,7 +163,15 @@ impl Bot {
             .expect("start apiary-bot");
         let log = LogLines::default();
         log.follow(child.stderr.take().unwrap(), "apiary-bot");
-        Bot { child: Some(child), log }
+        let bot = Bot { child: Some(child), log };
+        // Tasks triggered from here on can count on the bot as capacity.
+        let cli = Cli { addr: addr.to_string() };
+        let deadline = Instant::now() + PATIENCE;
+        while !cli.run(&["bots", "show", bot_id]).status.success() {
+            assert!(Instant::now() < deadline, "bot {bot_id} never reached the daemon; log: {:#?}", bot.log.all());
+            thread::sleep(Duration::from_millis(20));
+        }
+        bot
     }
 
     pub fn pid(&self) -> u32 {
@@ -174,6 +182,20 @@ impl Bot {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Waits for the bot to exit by itself.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("query apiary-bot") {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "apiary-bot did not exit");
+            thread::sleep(Duration::from_millis(50));
         }
     }
 }

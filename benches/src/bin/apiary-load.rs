@@ -434,6 +434,7 @@ fn connect_bot(args: &Args, addr: SocketAddr, bot_index: usize, session_id: u64)
             StringPair::new("class", &(bot_index as u64 % args.bot_classes).to_string()),
         ],
         software: SOFTWARE.into(),
+        quarantine_reason: String::new(),
     });
     let mut encoded = Vec::new();
     frame::encode_request(0, &poll_request, &mut encoded).map_err(|e| format!("{bot_id}: {e}"))?;

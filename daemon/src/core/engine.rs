@@ -5,8 +5,7 @@
 //! and recovery runs it over the log.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
-use std::ops::Bound;
+use std::collections::BinaryHeap;
 
 use std::sync::Arc;
 
@@ -14,9 +13,9 @@ use apiary_protocol::limits::{
     DEFAULT_TASK_PAGE, MAX_LONG_POLL_MS, MAX_OUTPUT_CHUNK_BYTES, MAX_REASON_BYTES, MAX_TASK_PAGE,
 };
 use apiary_protocol::{
-    Assignment, BotEvent, BotEventKind, BotEventQuery, BotPoll, CancelOutcome, ErrorCode, ErrorReply, NewTaskRequest,
-    PendingInfo, Reply, Request, RequestId, RunEnd, RunId, RunOutcome, StringPair, TaskProperties, TaskQuery,
-    TaskResult, TaskSlice, TaskState, TaskUpdate,
+    Assignment, BotEvent, BotEventKind, BotEventQuery, BotInfo, BotPoll, CancelOutcome, ErrorCode, ErrorReply,
+    NewTaskRequest, PendingInfo, Reply, Request, RequestId, RunEnd, RunId, RunOutcome, StringPair, TaskProperties,
+    TaskQuery, TaskResult, TaskSlice, TaskState, TaskUpdate,
 };
 
 use super::events::{BotChange, BotConnected, Event, StoredState, TaskAssigned, TaskCreated, TaskFinished};
@@ -133,8 +132,10 @@ pub struct Core {
     config: CoreConfig,
     /// The latest `now` seen: time never runs backwards inside the core.
     now_ms: u64,
-    tasks: BTreeMap<RequestId, Task>,
-    bots: BTreeMap<String, Bot>,
+    tasks: Map<RequestId, Task>,
+    /// Every task id, oldest first (ids only grow): the order of task listings.
+    task_order: Vec<RequestId>,
+    bots: Map<String, Bot>,
     queues: Queues,
     timers: BinaryHeap<Reverse<(u64, Timer)>>,
     last_task_id: Option<RequestId>,
@@ -158,8 +159,9 @@ impl Core {
         Core {
             config,
             now_ms: 0,
-            tasks: BTreeMap::new(),
-            bots: BTreeMap::new(),
+            tasks: Map::default(),
+            task_order: Vec::new(),
+            bots: Map::default(),
             queues: Queues::default(),
             timers: BinaryHeap::new(),
             last_task_id: None,
@@ -385,7 +387,7 @@ impl Core {
     }
 
     pub fn task_ids(&self) -> Vec<RequestId> {
-        self.tasks.keys().copied().collect()
+        self.task_order.clone()
     }
 
     pub fn bot(&self, bot_id: &str) -> Option<apiary_protocol::BotInfo> {

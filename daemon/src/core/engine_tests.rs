@@ -1,7 +1,10 @@
 //! Unit tests of the core, without sockets: each step checks the invariants,
 //! and every test ends by rebuilding the core from its events alone.
 
-use apiary_protocol::{CancelOutcome, NewTaskRequest, PendingInfo, StringPair, TaskQuery, TaskResult, TaskSlice};
+use apiary_protocol::{
+    BotEvent, BotEventKind, BotEventQuery, CancelOutcome, NewTaskRequest, PendingInfo, StringPair, TaskQuery,
+    TaskResult, TaskSlice,
+};
 
 use super::*;
 
@@ -445,4 +448,220 @@ fn bots_list_filters_by_dimensions_with_alternatives() {
     assert_eq!(list(&mut h, &[("os", "Windows"), ("pool", "ci")]), vec!["win-1"]);
     let (_, out) = h.send(CLIENT, Request::GetBot { bot_id: "nobody".into() });
     assert!(matches!(&out.replies[0].reply, Reply::Error(ErrorReply { code: ErrorCode::NotFound, .. })));
+}
+
+const BOT_2: TestBot = TestBot { conn: ConnId(5), bot_id: "bot-2", session_id: 9 };
+
+fn quarantined_poll(h: &mut Harness, bot: TestBot, reason: &str) -> Output {
+    let dimensions = LINUX.iter().map(|(key, value)| StringPair::new(key, value)).collect();
+    let poll = BotPoll {
+        bot_id: bot.bot_id.into(),
+        session_id: bot.session_id,
+        dimensions,
+        software: "test".into(),
+        quarantine_reason: reason.into(),
+    };
+    h.send(bot.conn, Request::BotPoll(poll)).1
+}
+
+fn bot_events(h: &mut Harness, query: BotEventQuery) -> (Vec<BotEvent>, Option<u64>) {
+    match h.send(CLIENT, Request::ListBotEvents(query)).1.replies.into_iter().next().unwrap().reply {
+        Reply::BotEvents { events, next_cursor } => (events, next_cursor),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn count_endings(log: &[Event], run_id: u64) -> usize {
+    log.iter()
+        .filter(|event| match event {
+            Event::TaskFinished(finished) => finished.run_id == Some(run_id),
+            Event::TaskRetried { run_id: retried, .. } => *retried == run_id,
+            _ => false,
+        })
+        .count()
+}
+
+#[test]
+fn a_silent_run_ends_bot_died_after_its_ping_tolerance_and_frees_the_bot() {
+    let mut h = Harness::new();
+    let mut r = request(100, &[("pool", "ci")]);
+    r.bot_ping_tolerance_secs = 30;
+    let task = h.submit(r);
+    let run_id = run_one(&mut h, BOT_1, LINUX);
+    h.advance(20_000);
+    h.report(BOT_1, run_id, 0, b"", None);
+    h.advance(29_000);
+    assert_eq!(h.state(task.task_id), TaskState::Running, "an update restarts the tolerance");
+    h.advance(1_000);
+    let result = h.core.task(RequestId::from_u64(task.task_id).unwrap()).unwrap();
+    assert_eq!((result.state, result.internal_failure), (TaskState::BotDied, true));
+    assert_eq!(h.core.bot("bot-1").unwrap().current_run_id, None, "the slot is free");
+    h.check_replay();
+}
+
+#[test]
+fn an_idempotent_task_is_retried_once_on_another_attempt_after_bot_died() {
+    let mut h = Harness::new();
+    let mut r = request(100, &[("pool", "ci")]);
+    r.task_slices[0].properties.idempotent = true;
+    r.bot_ping_tolerance_secs = 10;
+    let task = h.submit(r);
+    let first_run = run_one(&mut h, BOT_1, LINUX);
+    h.advance(10_000);
+    assert_eq!(h.state(task.task_id), TaskState::Pending, "retried, not ended");
+    let second_run = run_one(&mut h, BOT_2, LINUX);
+    assert_eq!(second_run, task.task_id | 2, "the retry's run id ends in 2");
+    // The first bot's late report is refused and changes nothing.
+    let late = h.report(BOT_1, first_run, 0, b"late", Some(0));
+    assert!(matches!(late, Reply::Error(ErrorReply { code: ErrorCode::StaleRun, .. })), "{late:?}");
+    finish_run(&mut h, BOT_2, second_run, b"ok", 0);
+    let result = h.core.task(RequestId::from_u64(task.task_id).unwrap()).unwrap();
+    assert_eq!((result.state, result.try_number, result.bot_id.as_deref()), (TaskState::Completed, 2, Some("bot-2")));
+    assert_eq!(count_endings(&h.log, first_run), 1);
+    // A second death is final.
+    let mut r = request(100, &[("pool", "ci")]);
+    r.task_slices[0].properties.idempotent = true;
+    r.task_slices[0].properties.command.push("again".into());
+    r.bot_ping_tolerance_secs = 10;
+    let twice = h.submit(r);
+    run_one(&mut h, BOT_1, LINUX);
+    h.advance(10_000);
+    run_one(&mut h, BOT_2, LINUX);
+    h.advance(10_000);
+    assert_eq!(h.state(twice.task_id), TaskState::BotDied);
+    h.check_replay();
+}
+
+#[test]
+fn a_bot_not_heard_from_is_missing_gets_no_work_and_strands_no_task() {
+    let mut h = Harness::new();
+    h.poll(ConnId(3), "mac-1", 1, &[("pool", "ci"), ("os", "Mac")]);
+    h.advance(CoreConfig::default().long_poll_ms);
+    let waiting = h.submit(no_wait(request(100, &[("pool", "ci"), ("os", "Mac"), ("gpu", "none")])));
+    assert_eq!(waiting.state, TaskState::NoResource, "no Mac bot has a gpu=none dimension");
+    let mut stranded = no_wait(request(100, &[("pool", "ci"), ("os", "Mac")]));
+    stranded.task_slices[0].properties.command.push("stranded".into());
+    let stranded = h.submit(stranded);
+    assert_eq!(stranded.state, TaskState::Pending, "mac-1 is live but not polling");
+    h.advance(CoreConfig::default().bot_death_timeout_ms);
+    let bot = h.core.bot("mac-1").unwrap();
+    assert!(bot.dead);
+    assert_eq!(h.state(stranded.task_id), TaskState::NoResource, "its only bot is gone");
+    let (events, _) = bot_events(&mut h, BotEventQuery { bot_id: "mac-1".into(), ..BotEventQuery::default() });
+    assert!(events.iter().any(|event| event.kind == BotEventKind::Missing));
+    h.check_replay();
+}
+
+#[test]
+fn quarantine_by_health_check_or_by_request_withholds_work_and_capacity() {
+    let mut h = Harness::new();
+    let out = quarantined_poll(&mut h, BOT_1, "disk full");
+    assert!(out.replies.is_empty(), "the poll is held");
+    let info = h.core.bot("bot-1").unwrap();
+    assert_eq!(info.quarantine_reason.as_deref(), Some("disk full"));
+    assert_eq!(h.submit(no_wait(request(100, &[("pool", "ci")]))).state, TaskState::NoResource);
+    let pending = h.submit(request(100, &[("pool", "ci")]));
+    assert_eq!(pending.state, TaskState::Pending, "a quarantined bot gets no work");
+    let out = quarantined_poll(&mut h, BOT_1, "");
+    assert!(assignment(&out).is_some(), "a passing check releases the bot");
+    assert_eq!(h.core.bot("bot-1").unwrap().quarantine_reason, None);
+
+    let (_, out) = h.send(CLIENT, Request::QuarantineBot { bot_id: "bot-2".into(), reason: "flaky".into() });
+    assert!(matches!(&out.replies[0].reply, Reply::Error(ErrorReply { code: ErrorCode::NotFound, .. })));
+    h.poll(BOT_2.conn, BOT_2.bot_id, BOT_2.session_id, LINUX);
+    let (_, out) = h.send(CLIENT, Request::QuarantineBot { bot_id: "bot-2".into(), reason: "flaky".into() });
+    assert!(matches!(out.replies[0].reply, Reply::NoWork), "the held poll is answered so the bot re-polls");
+    assert!(quarantined_poll(&mut h, BOT_2, "").replies.is_empty(), "a passing health check does not lift it");
+    h.submit(request(100, &[("pool", "ci")]));
+    let (_, out) = h.send(CLIENT, Request::UnquarantineBot { bot_id: "bot-2".into() });
+    assert!(out.replies.iter().any(|outgoing| matches!(outgoing.reply, Reply::NoWork)));
+    assert!(assignment(&h.poll(BOT_2.conn, BOT_2.bot_id, BOT_2.session_id, LINUX)).is_some());
+    h.check_replay();
+}
+
+#[test]
+fn terminate_lets_the_current_task_finish_then_shuts_the_bot_down() {
+    let mut h = Harness::new();
+    h.submit(request(100, &[("pool", "ci")]));
+    let run_id = run_one(&mut h, BOT_1, LINUX);
+    h.send(CLIENT, Request::TerminateBot { bot_id: "bot-1".into() });
+    assert_eq!(h.report(BOT_1, run_id, 0, b"", None), Reply::UpdateAck { output_len: 0, must_stop: false });
+    finish_run(&mut h, BOT_1, run_id, b"", 0);
+    h.submit(request(100, &[("pool", "ci")]));
+    let out = h.poll(BOT_1.conn, BOT_1.bot_id, BOT_1.session_id, LINUX);
+    assert!(matches!(out.replies[0].reply, Reply::Terminate));
+    let info = h.core.bot("bot-1").unwrap();
+    assert!(info.shut_down && !info.terminate_requested);
+    // A restarted bot is back in service.
+    assert!(assignment(&h.poll(BOT_1.conn, BOT_1.bot_id, 99, LINUX)).is_some());
+    h.check_replay();
+}
+
+#[test]
+fn bot_events_are_listed_newest_first_paged_and_bounded() {
+    let mut h = Harness::new();
+    h.core = Core::new(CoreConfig { bot_events_per_bot: 5, ..CoreConfig::default() });
+    for _ in 0..3 {
+        h.submit(request(100, &[("pool", "ci")]));
+        let run_id = run_one(&mut h, BOT_1, LINUX);
+        h.advance(1_000);
+        finish_run(&mut h, BOT_1, run_id, b"", 0);
+    }
+    let query = BotEventQuery { bot_id: "bot-1".into(), limit: 3, ..BotEventQuery::default() };
+    let (first, cursor) = bot_events(&mut h, query.clone());
+    let kinds: Vec<_> = first.iter().map(|event| event.kind).collect();
+    assert_eq!(kinds, vec![BotEventKind::TaskCompleted, BotEventKind::TaskAssigned, BotEventKind::TaskCompleted]);
+    assert_eq!(first[0].dimensions, h.core.bot("bot-1").unwrap().dimensions, "with the dimensions of the time");
+    let (rest, cursor) = bot_events(&mut h, BotEventQuery { cursor, ..query.clone() });
+    assert_eq!((rest.len(), cursor), (2, None), "only the newest 5 are kept");
+    let since = first[0].at_unix_ms;
+    let (recent, _) = bot_events(&mut h, BotEventQuery { since_unix_ms: Some(since), ..query });
+    assert!(recent.iter().all(|event| event.at_unix_ms >= since));
+}
+
+/// Swarming once showed a task COMPLETED for a moment before it became
+/// BOT_DIED. Here a task's first terminal state is its last.
+#[test]
+fn regression_a_completed_task_never_becomes_bot_died() {
+    let mut h = Harness::new();
+    let mut r = request(100, &[("pool", "ci")]);
+    r.bot_ping_tolerance_secs = 5;
+    let task = h.submit(r);
+    let run_id = run_one(&mut h, BOT_1, LINUX);
+    finish_run(&mut h, BOT_1, run_id, b"done", 0);
+    h.advance(60_000);
+    h.poll(BOT_1.conn, BOT_1.bot_id, 1234, LINUX);
+    h.advance(CoreConfig::default().bot_death_timeout_ms);
+    assert_eq!(h.state(task.task_id), TaskState::Completed);
+    assert_eq!(count_endings(&h.log, run_id), 1);
+    h.check_replay();
+}
+
+/// A runner's final report and the dead-runner reconciler raced, and the task
+/// looked finished while its slot stayed held. Here whichever comes first wins,
+/// the other changes nothing, and the slot is free either way.
+#[test]
+fn regression_a_late_final_report_and_the_ping_timeout_release_the_slot_once() {
+    for report_first in [true, false] {
+        let mut h = Harness::new();
+        let mut r = request(100, &[("pool", "ci")]);
+        r.bot_ping_tolerance_secs = 5;
+        let task = h.submit(r);
+        let run_id = run_one(&mut h, BOT_1, LINUX);
+        h.now_ms += 5_000;
+        let expected = if report_first {
+            finish_run(&mut h, BOT_1, run_id, b"", 0);
+            h.advance(0);
+            TaskState::Completed
+        } else {
+            h.advance(0);
+            let late = h.report(BOT_1, run_id, 0, b"", Some(0));
+            assert!(matches!(late, Reply::Error(ErrorReply { code: ErrorCode::StaleRun, .. })));
+            TaskState::BotDied
+        };
+        assert_eq!(h.state(task.task_id), expected);
+        assert_eq!(count_endings(&h.log, run_id), 1);
+        assert_eq!(h.core.bot("bot-1").unwrap().current_run_id, None);
+        h.check_replay();
+    }
 }

@@ -60,7 +60,7 @@ fn record_crc(header: &[u8; RECORD_HEADER_BYTES], payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-#[cfg(debug_assertions)]
+/// The record as it lies in the file (for the read-back check in debug builds).
 fn concat(header: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut bytes = header.to_vec();
     bytes.extend_from_slice(payload);

@@ -36,6 +36,7 @@ impl Core {
         let task_id = RequestId::from_u64(created.task_id).expect("a request id");
         assert!(self.last_task_id < Some(task_id), "task ids must grow");
         self.last_task_id = Some(task_id);
+        self.task_order.push(task_id);
         let mut task = Task::new(task_id, created.request.clone(), created.created_ms);
         task.slice_index = created.slice_index;
         self.tasks.insert(task_id, task);

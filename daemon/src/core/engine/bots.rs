@@ -8,11 +8,14 @@ const DEFAULT_EVENT_PAGE: u32 = 100;
 
 impl Core {
     pub(super) fn bot_poll(&mut self, conn: ConnId, request_id: u64, poll: BotPoll, out: &mut Output) -> Option<Reply> {
-        if let Err(refusal) = validate::validate_bot_id(&poll.bot_id) {
-            return Some(error(ErrorCode::InvalidRequest, refusal.to_string()));
-        }
-        if let Err(refusal) = validate::validate_bot_dimensions(&poll.dimensions) {
-            return Some(error(ErrorCode::InvalidRequest, refusal.to_string()));
+        // Checked once per new bot or new dimensions, not on every poll.
+        let known_dimensions = self.bots.get(&poll.bot_id).map(|bot| &bot.dimensions);
+        if known_dimensions.is_none_or(|known| **known != poll.dimensions) {
+            let valid = validate::validate_bot_id(&poll.bot_id)
+                .and_then(|()| validate::validate_bot_dimensions(&poll.dimensions));
+            if let Err(refusal) = valid {
+                return Some(error(ErrorCode::InvalidRequest, refusal.to_string()));
+            }
         }
         if poll.quarantine_reason.len() > MAX_REASON_BYTES {
             let message = format!("quarantine_reason: over the limit of {MAX_REASON_BYTES} bytes");
@@ -249,8 +252,10 @@ impl Core {
             }
         }
         let filter = queues::canonical_task_dimensions(filter);
-        let bots = self.bots.values().filter(|bot| self.queues.class_matches(bot.class, &filter)).map(Bot::info);
-        Reply::Bots(bots.collect())
+        let mut bots: Vec<BotInfo> =
+            self.bots.values().filter(|bot| self.queues.class_matches(bot.class, &filter)).map(Bot::info).collect();
+        bots.sort_unstable_by(|a, b| a.bot_id.cmp(&b.bot_id));
+        Reply::Bots(bots)
     }
 
     /// Quarantine, unquarantine and terminate requests from people.
@@ -288,7 +293,7 @@ impl Core {
         let wanted = |event: &&BotEventRecord| {
             query.cursor.is_none_or(|cursor| event.number < cursor)
                 && query.since_unix_ms.is_none_or(|since| event.at_ms >= since)
-                && query.until_unix_ms.is_none_or(|until| event.at_ms <= until)
+                && query.until_unix_ms.is_none_or(|until| event.at_ms < until)
         };
         let mut matching = bot.events.iter().rev().filter(wanted);
         let events: Vec<BotEvent> = matching.by_ref().take(limit).map(BotEventRecord::to_event).collect();

@@ -78,12 +78,14 @@ impl Core {
             );
         }
         let limit = if query.limit == 0 { DEFAULT_TASK_PAGE } else { query.limit } as usize;
-        let before = query.cursor.map_or(Bound::Unbounded, |cursor| Bound::Excluded(request_id_of(cursor)));
+        let end = query.cursor.map_or(self.task_order.len(), |cursor| {
+            self.task_order.partition_point(|&task_id| task_id < request_id_of(cursor))
+        });
         let wanted = |task: &&Task| {
             query.state.is_none_or(|state| task.state == state)
                 && query.tags.iter().all(|tag| task.request.tags.contains(tag))
         };
-        let mut matching = self.tasks.range((Bound::Unbounded, before)).rev().map(|(_, task)| task).filter(wanted);
+        let mut matching = self.task_order[..end].iter().rev().map(|task_id| &self.tasks[task_id]).filter(wanted);
         let tasks: Vec<TaskResult> = matching.by_ref().take(limit).map(|task| self.describe(task)).collect();
         let more = matching.next().is_some();
         let next_cursor = tasks.last().filter(|_| more).map(|task| task.task_id);
@@ -164,9 +166,13 @@ impl Core {
         let is_this_run =
             |run: &Run| run.run_id == run_id && run.bot_id == update.bot_id && run.session_id == update.session_id;
         if !task.current_run().is_some_and(is_this_run) {
-            // A retried final report of the run that ended gets the same answer again.
-            let retried_final = update.outcome.is_some() && task.run.as_ref().is_some_and(is_this_run);
-            if retried_final && task.state.is_terminal() {
+            // The bot's retried final report, the one that ended the run, gets
+            // the same answer again; any other report on an ended run is stale.
+            let ended_by_this_report = update.outcome.as_ref().is_some_and(|outcome| {
+                let ending = ending_of(outcome.clone());
+                (ending.state, ending.exit_code) == (task.state, task.exit_code)
+            });
+            if ended_by_this_report && task.run.as_ref().is_some_and(is_this_run) {
                 return Reply::UpdateAck { output_len: task.output_len, must_stop: false };
             }
             let state = task.state.name();

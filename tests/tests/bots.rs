@@ -1,0 +1,174 @@
+//! End-to-end: bots that die, restart, fall silent, fail their health check,
+//! or are told to terminate; and the events that record it.
+
+use std::time::{Duration, Instant};
+
+use apiary_tests::{Bot, Daemon, PATIENCE, describe, send_signal};
+
+fn temp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a temporary directory")
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn bot_json(daemon: &Daemon, bot_id: &str) -> serde_json::Value {
+    serde_json::from_str(&daemon.cli().ok(&["bots", "show", "--json", bot_id])).unwrap()
+}
+
+/// The bot as the daemon shows it, once the daemon knows it.
+fn known_bot_json(daemon: &Daemon, bot_id: &str) -> Option<serde_json::Value> {
+    let shown = daemon.cli().run(&["bots", "show", "--json", bot_id]);
+    shown.status.success().then(|| serde_json::from_slice(&shown.stdout).unwrap())
+}
+
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+#[test]
+fn a_killed_bot_ends_its_task_bot_died_and_frees_its_slot() {
+    let dir = temp();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let mut bot = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &dir.path().join("bot"));
+    let cli = daemon.cli();
+    let task_id = cli.trigger(&["-d", "pool=ci", "--bot-ping-tolerance", "2", "--", "sleep", "60"]);
+    cli.wait_for_state(&task_id, "RUNNING");
+    bot.kill9();
+    let died = cli.wait_for_state(&task_id, "BOT_DIED");
+    assert_eq!(died["internal_failure"], true);
+    assert!(bot_json(&daemon, "bot-1")["current_task"].is_null(), "the slot is free");
+    assert_eq!(cli.run(&["collect", &task_id]).status.code(), Some(82));
+}
+
+#[test]
+fn a_restarted_bot_loses_its_task_at_once() {
+    let dir = temp();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let mut bot = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &dir.path().join("bot"));
+    let cli = daemon.cli();
+    // The default tolerance is 20 minutes: only the new session can end it soon.
+    let task_id = cli.trigger(&["-d", "pool=ci", "--", "sleep", "60"]);
+    cli.wait_for_state(&task_id, "RUNNING");
+    bot.kill9();
+    let _restarted = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &dir.path().join("bot"));
+    let died = cli.wait_for_state(&task_id, "BOT_DIED");
+    assert!(died["failure_reason"].as_str().unwrap().contains("restarted"), "{died}");
+}
+
+#[test]
+fn an_idempotent_task_whose_bot_died_completes_on_a_second_bot() {
+    let dir = temp();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let mut first = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &dir.path().join("b1"));
+    let cli = daemon.cli();
+    let script = r#"if [ "$APIARY_BOT_ID" = bot-1 ]; then sleep 60; fi; echo done on $APIARY_BOT_ID"#;
+    let task_id =
+        cli.trigger(&["--idempotent", "-d", "pool=ci", "--bot-ping-tolerance", "2", "--", "sh", "-c", script]);
+    cli.wait_for_state(&task_id, "RUNNING");
+    first.kill9();
+    let _second = Bot::start(&daemon.addr, "bot-2", &["pool=ci"], &dir.path().join("b2"));
+    let collected = cli.run(&["collect", &task_id]);
+    assert_eq!(collected.status.code(), Some(0), "{}", describe(&collected));
+    assert_eq!(String::from_utf8_lossy(&collected.stdout), "done on bot-2\n");
+    let shown = cli.show(&task_id);
+    assert_eq!((shown["try_number"].as_i64(), shown["bot_id"].as_str()), (Some(2), Some("bot-2")));
+    assert!(shown["run_id"].as_str().unwrap().ends_with('2'));
+}
+
+#[test]
+fn a_report_after_bot_died_is_refused_and_the_bot_stops_its_process() {
+    let dir = temp();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let bot = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &dir.path().join("bot"));
+    let cli = daemon.cli();
+    let pid_file = dir.path().join("pid");
+    let script = format!("echo $$ > {}; while true; do sleep 0.2; done", pid_file.display());
+    let task_id = cli.trigger(&["-d", "pool=ci", "--bot-ping-tolerance", "1", "--", "sh", "-c", &script]);
+    wait_until("the task writes its pid", || std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n')));
+    let task_pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    // Freeze the bot (not its task, which has its own process group) past the tolerance.
+    send_signal(bot.pid(), libc::SIGSTOP);
+    cli.wait_for_state(&task_id, "BOT_DIED");
+    send_signal(bot.pid(), libc::SIGCONT);
+    wait_until("the bot stops the orphaned task", || !process_alive(task_pid));
+    assert_eq!(cli.show(&task_id)["state"], "BOT_DIED", "the late report changed nothing");
+}
+
+#[test]
+fn a_failing_health_check_quarantines_the_bot_until_it_passes() {
+    let dir = temp();
+    let daemon = Daemon::start_with(&dir.path().join("data"), "127.0.0.1:0", &["--long-poll-secs", "1"]);
+    let healthy = dir.path().join("healthy");
+    let check = format!("test -f {} || {{ echo disk is sad; exit 3; }}", healthy.display());
+    let _bot =
+        Bot::start_with(&daemon.addr, "bot-1", &["pool=ci"], &dir.path().join("bot"), &["--health-check", &check]);
+    let cli = daemon.cli();
+    wait_until("the bot is quarantined", || {
+        known_bot_json(&daemon, "bot-1").is_some_and(|bot| bot["quarantine_reason"].is_string())
+    });
+    assert!(bot_json(&daemon, "bot-1")["quarantine_reason"].as_str().unwrap().contains("disk is sad"));
+    let refused = cli.trigger(&["-d", "pool=ci", "--", "true"]);
+    assert_eq!(cli.show(&refused)["state"], "NO_RESOURCE", "a quarantined bot is no capacity");
+    let task_id = cli.trigger(&["--wait-for-capacity", "-d", "pool=ci", "--", "echo", "healthy again"]);
+    assert_eq!(cli.show(&task_id)["state"], "PENDING");
+    std::fs::write(&healthy, b"").unwrap();
+    let collected = cli.run(&["collect", &task_id]);
+    assert_eq!(String::from_utf8_lossy(&collected.stdout), "healthy again\n", "{}", describe(&collected));
+    assert!(bot_json(&daemon, "bot-1")["quarantine_reason"].is_null());
+}
+
+#[test]
+fn server_side_quarantine_and_terminate() {
+    let dir = temp();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let mut bot = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &dir.path().join("bot"));
+    let cli = daemon.cli();
+    wait_until("the bot is known", || known_bot_json(&daemon, "bot-1").is_some());
+    cli.ok(&["bots", "quarantine", "--reason", "maintenance", "bot-1"]);
+    let task_id = cli.trigger(&["--wait-for-capacity", "-d", "pool=ci", "--", "echo", "after maintenance"]);
+    assert_eq!(cli.show(&task_id)["state"], "PENDING");
+    cli.ok(&["bots", "unquarantine", "bot-1"]);
+    assert_eq!(cli.run(&["collect", &task_id]).status.code(), Some(0));
+    cli.ok(&["bots", "terminate", "bot-1"]);
+    let child = bot.wait_exit();
+    assert_eq!(child.code(), Some(0), "the bot exits cleanly");
+    assert_eq!(bot_json(&daemon, "bot-1")["shut_down"], true);
+    let unknown = cli.run(&["bots", "terminate", "nobody"]);
+    assert_eq!(unknown.status.code(), Some(88));
+}
+
+#[test]
+fn bot_events_list_newest_first_with_paging() {
+    let dir = temp();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let _bot = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &dir.path().join("bot"));
+    let cli = daemon.cli();
+    for _ in 0..2 {
+        assert_eq!(cli.run(&["run", "-d", "pool=ci", "--", "true"]).status.code(), Some(0));
+    }
+    let page = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["bots", "events", "--json", "--limit", "2"];
+        args.extend_from_slice(extra);
+        args.push("bot-1");
+        serde_json::from_str(&cli.ok(&args)).unwrap()
+    };
+    let first = page(&[]);
+    let names = |page: &serde_json::Value| -> Vec<String> {
+        page["events"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(names(&first), vec!["task_completed", "task_assigned"]);
+    let cursor = first["next_cursor"].as_str().unwrap().to_string();
+    let second = page(&["--cursor", &cursor]);
+    assert_eq!(names(&second), vec!["task_completed", "task_assigned"]);
+    let last = page(&["--cursor", second["next_cursor"].as_str().unwrap()]);
+    assert_eq!(names(&last), vec!["bot_connected"]);
+    assert!(last["next_cursor"].is_null());
+    assert_eq!(first["events"][0]["dimensions"]["pool"], serde_json::json!(["ci"]));
+}
