@@ -46,6 +46,10 @@ pub(crate) struct Args {
         requires = "health_check"
     )]
     pub(crate) health_check_timeout_secs: u64,
+    /// Named caches kept on this bot may take this many bytes in all; after each task
+    /// the least recently used are evicted until they fit [default: no limit].
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) cache_max_bytes: Option<u64>,
 }
 
 const DEFAULT_HEALTH_CHECK_TIMEOUT_SECS: u64 = 60;
@@ -70,6 +74,8 @@ pub(crate) struct BotConfig {
     pub(crate) dimensions: Vec<StringPair>,
     pub(crate) work_dir: PathBuf,
     pub(crate) health_check: Option<HealthCheck>,
+    /// None: no limit.
+    pub(crate) cache_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -112,7 +118,14 @@ impl BotConfig {
         let work_dir = args.work_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("apiary-bot-{}", args.id)));
         let timeout = Duration::from_secs(args.health_check_timeout_secs);
         let health_check = args.health_check.map(|command| HealthCheck { command, timeout });
-        Ok(BotConfig { server: args.server, bot_id: args.id, dimensions, work_dir, health_check })
+        Ok(BotConfig {
+            server: args.server,
+            bot_id: args.id,
+            dimensions,
+            work_dir,
+            health_check,
+            cache_max_bytes: args.cache_max_bytes,
+        })
     }
 }
 
@@ -149,6 +162,9 @@ mod tests {
         assert_eq!(pairs, [("id", "bot1"), ("os", "Linux"), ("os", "Ubuntu"), ("pool", "a=b")]);
         assert_eq!(config.server, "daemon:1");
         assert_eq!(config.work_dir, PathBuf::from("/var/bot"));
+        assert_eq!(config.cache_max_bytes, None);
+        assert_eq!(parse(&["--id", "b", "--cache-max-bytes", "1000"]).unwrap().cache_max_bytes, Some(1000));
+        assert!(Args::try_parse_from(["apiary-bot", "--id", "b", "--cache-max-bytes", "1k"]).is_err());
     }
 
     #[test]

@@ -13,12 +13,14 @@ macro_rules! log_event {
     };
 }
 
+mod cache;
 mod cli;
 mod health;
 mod output;
 mod runner;
 mod session;
 mod signals;
+mod task_setup;
 mod workdir;
 
 use std::sync::Arc;
@@ -69,6 +71,10 @@ fn run() -> i32 {
     let connector = TcpConnector::new(&config.server, &software);
     let mut session =
         Session::new(identity, Pacing::default(), WorkRoot::new(config.work_dir), connector, Arc::clone(&lifecycle));
+    if let Some(max_bytes) = config.cache_max_bytes {
+        log_event!("named caches are evicted beyond {max_bytes} bytes");
+        session = session.with_cache_max_bytes(max_bytes);
+    }
     if let Some(check) = config.health_check {
         log_event!("health check before each poll: {:?} (timeout {} s)", check.command, check.timeout.as_secs());
         session = session.with_health_check(check);

@@ -49,6 +49,10 @@ pub(crate) struct TaskSpec<'a> {
     pub(crate) properties: &'a TaskProperties,
     /// The task's fresh work directory; `relative_cwd` and `env_prefixes` are inside it.
     pub(crate) work_dir: &'a Path,
+    /// `APIARY_OUTDIR`: a fresh empty directory for the task's outputs.
+    pub(crate) out_dir: &'a Path,
+    /// `APIARY_SECRET_BYTES_PATH`, when the task has secret bytes.
+    pub(crate) secret_path: Option<&'a Path>,
     pub(crate) bot_id: &'a str,
     pub(crate) server: &'a str,
     /// The most output held for the daemon before the rest is dropped.
@@ -111,7 +115,8 @@ impl FinishedTask {
     pub(crate) fn not_started(end: RunEnd) -> FinishedTask {
         let mut output = OutputBuffer::new(2);
         output.close();
-        FinishedTask { outcome: RunOutcome { exit_code: None, duration_ms: 0, end }, output }
+        let outcome = RunOutcome { exit_code: None, duration_ms: 0, setup_ms: 0, teardown_ms: 0, end };
+        FinishedTask { outcome, output }
     }
 }
 
@@ -159,8 +164,9 @@ impl RunningTask {
         let (pipe_reader, pipe_writer) = io::pipe().map_err(StartError::Pipe)?;
         let stderr_writer = pipe_writer.try_clone().map_err(StartError::Pipe)?;
 
-        let mut command = Command::new(program);
-        command.args(arguments).current_dir(&cwd).stdin(Stdio::null()).stdout(pipe_writer).stderr(stderr_writer);
+        let mut command = Command::new(substitute_out_dir(program, spec.out_dir));
+        command.args(arguments.iter().map(|argument| substitute_out_dir(argument, spec.out_dir)));
+        command.current_dir(&cwd).stdin(Stdio::null()).stdout(pipe_writer).stderr(stderr_writer);
         command.process_group(0);
         for (key, value) in &environment {
             match value {
@@ -323,7 +329,25 @@ pub(crate) fn task_environment(spec: &TaskSpec<'_>) -> Result<BTreeMap<String, O
     environment.insert("APIARY_TASK_ID".to_string(), Some(format_task_id(spec.run_id).into()));
     environment.insert("APIARY_BOT_ID".to_string(), Some(spec.bot_id.into()));
     environment.insert("APIARY_SERVER".to_string(), Some(spec.server.into()));
+    environment.insert("APIARY_OUTDIR".to_string(), Some(spec.out_dir.into()));
+    // Removed when there is no secret, so a bot run inside a task does not pass its own on.
+    environment.insert("APIARY_SECRET_BYTES_PATH".to_string(), spec.secret_path.map(OsString::from));
     Ok(environment)
+}
+
+/// What the task sees in place of `${APIARY_OUTDIR}` in its command.
+pub(crate) const OUT_DIR_PARAMETER: &str = "${APIARY_OUTDIR}";
+
+/// Replaces every `${APIARY_OUTDIR}` in a command's element by the output directory.
+fn substitute_out_dir(element: &str, out_dir: &Path) -> OsString {
+    let mut substituted = OsString::new();
+    for (index, part) in element.split(OUT_DIR_PARAMETER).enumerate() {
+        if index > 0 {
+            substituted.push(out_dir);
+        }
+        substituted.push(part);
+    }
+    substituted
 }
 
 fn check_env_key(key: &str) -> Result<(), StartError> {
@@ -510,10 +534,19 @@ impl Supervisor {
 
 fn outcome(status: io::Result<ExitStatus>, duration_ms: u64, end: RunEnd) -> RunOutcome {
     match status {
-        Ok(status) => RunOutcome { exit_code: Some(status.code().map_or(-1, i64::from)), duration_ms, end },
+        Ok(status) => RunOutcome {
+            exit_code: Some(status.code().map_or(-1, i64::from)),
+            duration_ms,
+            // The session measures these around the command.
+            setup_ms: 0,
+            teardown_ms: 0,
+            end,
+        },
         Err(error) => RunOutcome {
             exit_code: None,
             duration_ms,
+            setup_ms: 0,
+            teardown_ms: 0,
             end: RunEnd::InternalError(format!("failed to wait for the command: {error}")),
         },
     }
@@ -543,6 +576,8 @@ mod tests {
             run_id: RUN_ID,
             properties,
             work_dir,
+            out_dir: Path::new("/nonexistent/apiary-out"),
+            secret_path: None,
             bot_id: "bot1",
             server: "daemon:1",
             output_capacity_bytes: 4 << 20,
@@ -660,6 +695,41 @@ mod tests {
         assert!(lines.contains(&"APIARY_TASK_ID=0000000000001231"));
         assert!(lines.contains(&"APIARY_BOT_ID=bot1"));
         assert!(lines.contains(&"APIARY_SERVER=daemon:1"));
+        assert!(lines.contains(&"APIARY_OUTDIR=/nonexistent/apiary-out"));
+        assert!(!lines.iter().any(|line| line.starts_with("APIARY_SECRET_BYTES_PATH=")));
+    }
+
+    #[test]
+    fn the_out_dir_replaces_its_parameter_in_arguments() {
+        let work_dir = tempfile::tempdir().unwrap();
+        let out_dir = work_dir.path().join("out");
+        fs::create_dir(&out_dir).unwrap();
+        let properties = properties(&[
+            "sh",
+            "-c",
+            "echo \"$1\"; echo \"$APIARY_OUTDIR\"",
+            "sh",
+            "${APIARY_OUTDIR}/a:${APIARY_OUTDIR}",
+        ]);
+        let spec = TaskSpec { out_dir: &out_dir, ..spec(&properties, work_dir.path()) };
+        let (outcome, output) = finish(RunningTask::start(&spec).unwrap());
+        assert_eq!(outcome.exit_code, Some(0), "{output}");
+        let out = out_dir.display();
+        assert_eq!(output, format!("{out}/a:{out}\n{out}\n"));
+    }
+
+    #[test]
+    fn a_flood_of_output_is_bounded() {
+        // Nobody acknowledges: the buffer keeps its capacity's worth and counts the rest.
+        let work_dir = tempfile::tempdir().unwrap();
+        let properties = properties(&["head", "-c", "20000000", "/dev/zero"]);
+        let spec = TaskSpec { output_capacity_bytes: 64 << 10, ..spec(&properties, work_dir.path()) };
+        let finished = RunningTask::start(&spec).unwrap().finish();
+        assert_eq!((finished.outcome.exit_code, finished.outcome.end), (Some(0), RunEnd::Exited));
+        let (_, held) = finished.output.peek(usize::MAX);
+        let marker = crate::output::lost_output_marker(20_000_000 - (64 << 10));
+        assert_eq!(held.len(), (64 << 10) + marker.len());
+        assert!(held.ends_with(marker.as_bytes()));
     }
 
     #[test]
@@ -726,9 +796,11 @@ mod tests {
         let work_dir = tempfile::tempdir().unwrap();
         let task = start(&properties, work_dir.path());
         wait_for_output(&task, "ready");
+        let stopped_at = Instant::now();
         task.stop(RunEnd::Killed);
         let (outcome, _) = finish(task);
         assert_eq!((outcome.exit_code, outcome.end), (Some(-1), RunEnd::Killed));
+        assert!(stopped_at.elapsed() >= Duration::from_secs(1), "SIGKILL before the grace period ended");
     }
 
     #[test]

@@ -15,7 +15,11 @@
 //! - a `StaleRun` refusal stops the command and drops the task without a report;
 //! - with a health check, it runs before every poll (see `health.rs`) and the poll
 //!   carries its verdict: a quarantined bot says why, a healthy one sends "";
-//! - `Reply::Terminate` (sent only to an idle bot) ends the session cleanly.
+//! - `Reply::Terminate` (sent only to an idle bot) ends the session cleanly;
+//! - every poll lists the named caches at rest and their sizes; caches beyond
+//!   `--cache-max-bytes` are evicted after each task, least recently used first;
+//! - the secret bytes of an assignment go only to the task's file: they are never
+//!   logged, and the assignment is never printed whole.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
@@ -24,13 +28,15 @@ use std::time::{Duration, Instant};
 use apiary_protocol::ids::format_task_id;
 use apiary_protocol::{
     Assignment, BotPoll, Client, ClientError, ErrorCode, Reply, Request, Role, RunEnd, RunOutcome, StringPair,
-    TaskUpdate, limits,
+    TaskProperties, TaskUpdate, limits,
 };
 
+use crate::cache::{CacheError, CacheStore};
 use crate::health::{Health, HealthCheck};
 use crate::output::Acknowledged;
 use crate::runner::{FinishedTask, RunningTask, TaskSpec};
-use crate::workdir::{WorkDirError, WorkRoot};
+use crate::task_setup::TaskSetup;
+use crate::workdir::{SecretBytes, WorkDirError, WorkRoot};
 
 /// One connection to the daemon: a blocking call with a read timeout.
 pub(crate) trait Connection {
@@ -192,6 +198,8 @@ pub(crate) enum SessionError {
     Refused { code: ErrorCode, message: String },
     #[error(transparent)]
     WorkDir(#[from] WorkDirError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
 }
 
 /// Why a call produced no reply.
@@ -236,6 +244,7 @@ pub(crate) struct Session<C: Connector> {
     health_check: Option<HealthCheck>,
     /// The last check's verdict, as sent in polls: empty when healthy.
     quarantine_reason: String,
+    caches: CacheStore,
 }
 
 impl<C: Connector> Session<C> {
@@ -248,6 +257,7 @@ impl<C: Connector> Session<C> {
     ) -> Session<C> {
         pacing.check();
         let backoff = Backoff::new(pacing.backoff_initial, pacing.backoff_max, identity.session_id);
+        let caches = CacheStore::new(work_root.caches_dir(), None);
         Session {
             identity,
             pacing,
@@ -259,7 +269,14 @@ impl<C: Connector> Session<C> {
             next_connect_at: Instant::now(),
             health_check: None,
             quarantine_reason: String::new(),
+            caches,
         }
+    }
+
+    /// Evicts named caches beyond `max_bytes` in all after each task.
+    pub(crate) fn with_cache_max_bytes(mut self, max_bytes: u64) -> Session<C> {
+        self.caches = CacheStore::new(self.work_root.caches_dir(), Some(max_bytes));
+        self
     }
 
     /// Runs `check` before every poll.
@@ -271,6 +288,8 @@ impl<C: Connector> Session<C> {
     /// Polls and runs tasks until the bot shuts down or the daemon tells it to exit.
     pub(crate) fn run(&mut self) -> Result<(), SessionError> {
         self.work_root.prepare()?;
+        self.caches.load()?;
+        self.trim_caches();
         while !self.lifecycle.is_shutting_down() {
             if self.connection.is_none() && Instant::now() < self.next_connect_at {
                 // No poll can go out yet: no check either.
@@ -284,6 +303,7 @@ impl<C: Connector> Session<C> {
                 dimensions: self.identity.dimensions.clone(),
                 software: self.identity.software.clone(),
                 quarantine_reason: self.quarantine_reason.clone(),
+                caches: self.caches.infos(),
             });
             match self.call(&poll, self.pacing.poll_timeout) {
                 Ok(Reply::NoWork) => {}
@@ -329,59 +349,105 @@ impl<C: Connector> Session<C> {
     }
 
     fn run_assignment(&mut self, assignment: Assignment) {
-        let run_id = assignment.run_id;
+        // Taken apart at once: the secret never sits in anything that may be printed.
+        let Assignment { run_id, task_name, slice_index, properties, secret_bytes } = assignment;
+        let secret = secret_bytes.map(|secret| SecretBytes::new(secret.0));
         if !self.lifecycle.try_begin_task() {
             log_event!("task {}: not started, the bot is shutting down", format_task_id(run_id));
             return;
         }
         log_event!(
-            "task {} started: {:?} (slice {}) {:?}",
+            "task {} started: {task_name:?} (slice {slice_index}) {:?}, {} named caches{}",
             format_task_id(run_id),
-            assignment.task_name,
-            assignment.slice_index,
-            assignment.properties.command
+            properties.command,
+            properties.caches.len(),
+            if secret.is_some() { ", with secret bytes" } else { "" }
         );
-        if let Some(finished) = self.run_in_task_dir(&assignment) {
+        if let Some(finished) = self.run_in_task_dir(run_id, &properties, secret) {
             let outcome = &finished.outcome;
             let exit_code = outcome.exit_code.map_or_else(|| "none".to_string(), |code| code.to_string());
             log_event!(
-                "task {} ended: {:?}, exit code {exit_code}, {} ms",
+                "task {} ended: {:?}, exit code {exit_code}, setup {} ms, command {} ms, teardown {} ms",
                 format_task_id(run_id),
                 outcome.end,
-                outcome.duration_ms
+                outcome.setup_ms,
+                outcome.duration_ms,
+                outcome.teardown_ms
             );
             self.report_final(run_id, finished);
         }
+        self.trim_caches();
         self.lifecycle.end_task();
     }
 
-    /// Runs the task in a fresh directory, then removes it. None when the daemon
-    /// dropped the attempt (nothing is to be reported).
-    fn run_in_task_dir(&mut self, assignment: &Assignment) -> Option<FinishedTask> {
-        let task_dir = match self.work_root.create_task_dir(assignment.run_id) {
-            Ok(task_dir) => task_dir,
-            Err(error) => return Some(FinishedTask::not_started(RunEnd::InternalError(error.to_string()))),
+    /// Sets up the task's run directory, runs the command, and tears the directory
+    /// down, timing each part. None when the daemon dropped the attempt (nothing is
+    /// to be reported; the directory is torn down all the same).
+    fn run_in_task_dir(
+        &mut self,
+        run_id: u64,
+        properties: &TaskProperties,
+        secret: Option<SecretBytes>,
+    ) -> Option<FinishedTask> {
+        let setup_started = Instant::now();
+        let setup = TaskSetup::set_up(&self.work_root, &mut self.caches, run_id, properties, secret.as_ref());
+        // Written (or not): the bot keeps no copy.
+        drop(secret);
+        let setup = match setup {
+            Ok(setup) => setup,
+            Err(end) => {
+                let mut finished = FinishedTask::not_started(end);
+                finished.outcome.setup_ms = elapsed_ms(setup_started);
+                return Some(finished);
+            }
         };
         let spec = TaskSpec {
-            run_id: assignment.run_id,
-            properties: &assignment.properties,
-            work_dir: task_dir.path(),
+            run_id,
+            properties,
+            work_dir: setup.work_dir(),
+            out_dir: setup.out_dir(),
+            secret_path: setup.secret_path(),
             bot_id: &self.identity.bot_id,
             server: &self.identity.server,
             output_capacity_bytes: self.pacing.output_capacity_bytes,
         };
-        let mut finished = match RunningTask::start(&spec) {
+        let started = RunningTask::start(&spec);
+        let setup_ms = elapsed_ms(setup_started);
+        let finished = match started {
             Ok(task) => {
-                log_event!("task {}: running as pid {}", format_task_id(assignment.run_id), task.pid());
-                self.supervise(assignment.run_id, task)?
+                log_event!("task {}: running as pid {}", format_task_id(run_id), task.pid());
+                self.supervise(run_id, task)
             }
-            Err(error) => FinishedTask::not_started(error.run_end()),
+            Err(error) => Some(FinishedTask::not_started(error.run_end())),
         };
-        if let Err(error) = task_dir.remove() {
-            let end = &finished.outcome.end;
-            finished.outcome.end = RunEnd::InternalError(format!("{error} (the command ended as {end:?})"));
+        let teardown_started = Instant::now();
+        let torn_down = setup.tear_down(&mut self.caches);
+        if let Err(error) = self.caches.save() {
+            log_event!("failed to save the named caches' order: {error}");
         }
+        let teardown_ms = elapsed_ms(teardown_started);
+        let mut finished = finished?;
+        if let Err(reason) = torn_down {
+            let end = &finished.outcome.end;
+            finished.outcome.end = RunEnd::InternalError(format!("{reason} (the command ended as {end:?})"));
+        }
+        finished.outcome.setup_ms = setup_ms;
+        finished.outcome.teardown_ms = teardown_ms;
         Some(finished)
+    }
+
+    /// Evicts caches beyond the limit (none is lent now) and saves the order.
+    fn trim_caches(&mut self) {
+        let (evicted, errors) = self.caches.evict();
+        for error in &errors {
+            log_event!("{error}");
+        }
+        for cache in &evicted {
+            log_event!("evicted named cache {:?} ({} bytes)", cache.name, cache.size_bytes);
+        }
+        if let Err(error) = self.caches.save() {
+            log_event!("failed to save the named caches' order: {error}");
+        }
     }
 
     /// Streams the output of a running task until it ends. None when the daemon
@@ -582,6 +648,10 @@ impl<C: Connector> Session<C> {
     }
 }
 
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Exponential backoff with up to 50% random jitter added.
 #[derive(Debug)]
 struct Backoff {
@@ -642,7 +712,7 @@ mod tests {
     use std::collections::VecDeque;
     use std::io;
 
-    use apiary_protocol::{TaskProperties, TaskUpdate};
+    use apiary_protocol::{NamedCache, TaskUpdate};
 
     use super::*;
 
@@ -662,8 +732,12 @@ mod tests {
     #[derive(Default)]
     struct FakeDaemon {
         assignments: VecDeque<Assignment>,
+        /// The output and outcome of the run updated last (`run_id`).
+        run_id: u64,
         output: Vec<u8>,
         outcome: Option<RunOutcome>,
+        /// Earlier runs, with their whole output and outcome, in the order they ended.
+        finished: Vec<(u64, Vec<u8>, Option<RunOutcome>)>,
         updates: usize,
         calls: usize,
         /// Fail every n-th call (alternately before and after applying it).
@@ -729,7 +803,17 @@ mod tests {
         }
 
         fn update(&mut self, update: &TaskUpdate) -> Result<Reply, ClientError> {
-            assert_eq!((update.run_id, update.session_id), (RUN_ID, 7));
+            assert_eq!(update.session_id, 7);
+            assert!(update.run_id >= RUN_ID && update.run_id < RUN_ID + 16, "run {:x}", update.run_id);
+            if update.run_id != self.run_id {
+                // The bot moved on to another run: keep the one before.
+                let output = std::mem::take(&mut self.output);
+                if self.run_id != 0 {
+                    self.finished.push((self.run_id, output, self.outcome.take()));
+                }
+                self.run_id = update.run_id;
+                self.updates = 0;
+            }
             assert!(update.output.len() <= limits::MAX_OUTPUT_CHUNK_BYTES);
             self.updates += 1;
             if self.outcome.is_some() || self.stale_from_update.is_some_and(|n| self.updates >= n) {
@@ -801,6 +885,7 @@ mod tests {
 
     fn assignment(command: &[&str], grace_period_secs: u32) -> Assignment {
         Assignment {
+            secret_bytes: None,
             run_id: RUN_ID,
             task_name: "test".to_string(),
             slice_index: 0,
@@ -821,6 +906,20 @@ mod tests {
     /// `run_session` with a health check before each poll.
     fn run_session_checked(daemon: FakeDaemon, health_check: Option<HealthCheck>) -> (FakeDaemon, tempfile::TempDir) {
         let work_dir = tempfile::tempdir().unwrap();
+        let daemon = run_session_in(daemon, work_dir.path(), |session| match health_check {
+            Some(check) => session.with_health_check(check),
+            None => session,
+        });
+        (daemon, work_dir)
+    }
+
+    /// Runs a session in `work_dir` (which may hold what an earlier session left),
+    /// configured by `configure`.
+    fn run_session_in(
+        daemon: FakeDaemon,
+        work_dir: &std::path::Path,
+        configure: impl FnOnce(Session<FakeConnector>) -> Session<FakeConnector>,
+    ) -> FakeDaemon {
         let lifecycle = Arc::clone(&daemon.lifecycle);
         let daemon = Arc::new(Mutex::new(daemon));
         let identity = BotIdentity {
@@ -830,16 +929,57 @@ mod tests {
             software: "apiary-bot/test".to_string(),
             server: "fake:1".to_string(),
         };
-        let work_root = WorkRoot::new(work_dir.path().to_path_buf());
-        let mut session =
-            Session::new(identity, fast_pacing(), work_root, FakeConnector(Arc::clone(&daemon)), lifecycle);
-        if let Some(check) = health_check {
-            session = session.with_health_check(check);
-        }
+        let work_root = WorkRoot::new(work_dir.to_path_buf());
+        let session = Session::new(identity, fast_pacing(), work_root, FakeConnector(Arc::clone(&daemon)), lifecycle);
+        let mut session = configure(session);
         session.run().expect("the session ends cleanly");
         drop(session);
-        let daemon = Arc::try_unwrap(daemon).ok().expect("the session is gone").into_inner().unwrap();
-        (daemon, work_dir)
+        Arc::try_unwrap(daemon).ok().expect("the session is gone").into_inner().unwrap()
+    }
+
+    /// Every run's output and outcome, in the order they ended.
+    fn runs(daemon: &FakeDaemon) -> Vec<(u64, String, RunOutcome)> {
+        let last = (daemon.run_id, daemon.output.clone(), daemon.outcome.clone());
+        daemon
+            .finished
+            .iter()
+            .cloned()
+            .chain(std::iter::once(last))
+            .map(|(run_id, output, outcome)| {
+                (run_id, String::from_utf8(output).unwrap(), outcome.expect("every run was reported"))
+            })
+            .collect()
+    }
+
+    /// A shell script run as task `RUN_ID + number`, with these named caches.
+    fn task(number: u64, script: &str, caches: &[(&str, &str)]) -> Assignment {
+        let mut assignment = assignment(&["sh", "-c", script], 30);
+        assignment.run_id = RUN_ID + number;
+        assignment.properties.caches =
+            caches.iter().map(|(name, path)| NamedCache { name: name.to_string(), path: path.to_string() }).collect();
+        assignment
+    }
+
+    fn cache_infos(poll: &BotPoll) -> Vec<(&str, u64)> {
+        poll.caches.iter().map(|info| (info.name.as_str(), info.size_bytes)).collect()
+    }
+
+    /// Every file under `dir` (not following links) whose bytes contain `needle`.
+    fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let metadata = std::fs::symlink_metadata(&path).unwrap();
+            if metadata.is_dir() {
+                found.extend(files_containing(&path, needle));
+            } else if metadata.is_file() {
+                let bytes = std::fs::read(&path).unwrap();
+                if bytes.windows(needle.len()).any(|window| window == needle) {
+                    found.push(path);
+                }
+            }
+        }
+        found
     }
 
     fn expected_lines(count: usize) -> String {
@@ -1008,5 +1148,169 @@ mod tests {
         let work_root = WorkRoot::new(work_dir.path().to_path_buf());
         let mut session = Session::new(identity, fast_pacing(), work_root, RefusingConnector, lifecycle);
         assert!(matches!(session.run(), Err(SessionError::Refused { code: ErrorCode::InvalidRequest, .. })));
+    }
+
+    #[test]
+    fn the_task_gets_an_empty_out_dir_also_in_its_arguments() {
+        let script = r#"test -d "$APIARY_OUTDIR" && test -z "$(ls -A "$APIARY_OUTDIR")" && touch "$1/made" \
+                        && ls "$APIARY_OUTDIR" && echo "$1""#;
+        let mut assignment = assignment(&["sh", "-c", script, "sh", "${APIARY_OUTDIR}"], 30);
+        assignment.run_id = RUN_ID + 1;
+        let daemon = FakeDaemon { assignments: VecDeque::from([assignment]), ..FakeDaemon::default() };
+        let (daemon, work_dir) = run_session(daemon);
+        let runs = runs(&daemon);
+        let (_, output, outcome) = &runs[0];
+        assert_eq!(outcome.exit_code, Some(0), "{output}");
+        let out_dir = work_dir.path().join("w").join(format_task_id(RUN_ID + 1)).join("out");
+        assert_eq!(*output, format!("made\n{}\n", out_dir.display()));
+        assert!(!out_dir.exists(), "the out dir is removed with the run directory");
+    }
+
+    #[test]
+    fn secret_bytes_reach_only_the_task_and_leave_no_trace() {
+        const SECRET: &[u8] = b"apiary-test-secret\x00\xff\x01-42";
+        let script = r#"stat -c %a "$APIARY_SECRET_BYTES_PATH"; od -An -tx1 "$APIARY_SECRET_BYTES_PATH" | tr -d ' \n'; \
+                        echo; echo "$APIARY_SECRET_BYTES_PATH" > ../../../path; cp "$APIARY_SECRET_BYTES_PATH" copy"#;
+        let mut with_secret = task(1, script, &[]);
+        with_secret.secret_bytes = Some(apiary_protocol::SecretBytes(SECRET.to_vec()));
+        let without = task(2, r#"echo "[${APIARY_SECRET_BYTES_PATH-unset}]""#, &[]);
+        let daemon = FakeDaemon { assignments: VecDeque::from([with_secret, without]), ..FakeDaemon::default() };
+        let (daemon, work_dir) = run_session(daemon);
+        let runs = runs(&daemon);
+        let hex: String = SECRET.iter().map(|byte| format!("{byte:02x}")).collect();
+        assert_eq!(runs[0].1, format!("600\n{hex}\n"));
+        assert_eq!(runs[0].2.exit_code, Some(0));
+        assert_eq!(runs[1].1, "[unset]\n");
+        let secret_path = std::fs::read_to_string(work_dir.path().join("path")).unwrap();
+        assert!(secret_path.trim_end().starts_with(work_dir.path().join("w").to_str().unwrap()), "{secret_path}");
+        assert!(!std::path::Path::new(secret_path.trim_end()).exists());
+        assert_eq!(files_containing(work_dir.path(), SECRET), Vec::<std::path::PathBuf>::new());
+    }
+
+    #[test]
+    fn a_named_cache_keeps_files_between_tasks_and_is_reported() {
+        let first = task(1, "test -z \"$(ls -A cache/git)\" && printf 12345 > cache/git/file", &[("git", "cache/git")]);
+        let second = task(2, "cat there/file; printf 678 >> there/file", &[("git", "there")]);
+        let daemon = FakeDaemon { assignments: VecDeque::from([first, second]), ..FakeDaemon::default() };
+        let (daemon, work_dir) = run_session(daemon);
+        let runs = runs(&daemon);
+        assert_eq!(runs[0].2.exit_code, Some(0), "the cache starts empty: {}", runs[0].1);
+        assert_eq!((runs[1].1.as_str(), runs[1].2.exit_code), ("12345", Some(0)));
+        let polls: Vec<Vec<(&str, u64)>> = daemon.polls.iter().map(cache_infos).collect();
+        assert_eq!(polls, [vec![], vec![("git", 5)], vec![("git", 8)]]);
+        assert_eq!(std::fs::read(work_dir.path().join("c/git/file")).unwrap(), b"12345678");
+        // A restarted bot finds it, with its size.
+        let daemon = run_session_in(FakeDaemon::default(), work_dir.path(), |session| session);
+        assert_eq!(cache_infos(&daemon.polls[0]), [("git", 8)]);
+    }
+
+    #[test]
+    fn caches_beyond_the_limit_are_evicted_least_recently_used_first() {
+        let daemon = FakeDaemon {
+            assignments: VecDeque::from([
+                task(1, "printf 0123456789 > a/f", &[("a", "a")]),
+                task(2, "printf 0123456789 > b/f", &[("b", "b")]),
+                task(3, "cat a/f", &[("a", "a")]),
+                task(4, "printf 0123456789 > c/f", &[("c", "c")]),
+            ]),
+            ..FakeDaemon::default()
+        };
+        let work_dir = tempfile::tempdir().unwrap();
+        let daemon = run_session_in(daemon, work_dir.path(), |session| session.with_cache_max_bytes(25));
+        let polls: Vec<Vec<(&str, u64)>> = daemon.polls.iter().map(cache_infos).collect();
+        assert_eq!(
+            polls,
+            [
+                vec![],
+                vec![("a", 10)],
+                vec![("a", 10), ("b", 10)],
+                // `a` was used last: `b` goes.
+                vec![("a", 10), ("b", 10)],
+                vec![("a", 10), ("c", 10)],
+            ]
+        );
+        assert_eq!(runs(&daemon)[2].1, "0123456789");
+        assert!(!work_dir.path().join("c/b").exists());
+        // A restarted bot with a smaller limit keeps the order: `a` is the older one now.
+        let daemon = run_session_in(FakeDaemon::default(), work_dir.path(), |session| session.with_cache_max_bytes(10));
+        assert_eq!(cache_infos(&daemon.polls[0]), [("c", 10)]);
+    }
+
+    #[test]
+    fn setup_command_and_teardown_times_are_reported() {
+        // The task leaves 3000 files behind: removing them takes well over a millisecond.
+        let script = "mkdir many && cd many && seq 3000 | xargs touch && sleep 0.2";
+        let daemon =
+            FakeDaemon { assignments: VecDeque::from([task(1, script, &[("tool", "tool")])]), ..FakeDaemon::default() };
+        let started = Instant::now();
+        let (daemon, _work_dir) = run_session(daemon);
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap();
+        let outcome = &runs(&daemon)[0].2;
+        assert_eq!(outcome.exit_code, Some(0));
+        assert!(outcome.duration_ms >= 200, "{outcome:?}");
+        assert!(outcome.teardown_ms >= 1, "{outcome:?}");
+        assert!(outcome.setup_ms + outcome.duration_ms + outcome.teardown_ms <= elapsed_ms, "{outcome:?}");
+    }
+
+    #[test]
+    fn a_task_that_removes_its_own_directory_is_contained() {
+        let daemon = FakeDaemon {
+            assignments: VecDeque::from([
+                task(
+                    1,
+                    "echo x > cache/f; rm -rf \"$(dirname \"$PWD\")\"; test -e ../out || echo gone",
+                    &[("kept", "cache")],
+                ),
+                task(2, "ls -A cache; pwd >/dev/null && echo second", &[("kept", "cache")]),
+            ]),
+            ..FakeDaemon::default()
+        };
+        let (daemon, work_dir) = run_session(daemon);
+        let runs = runs(&daemon);
+        assert_eq!((runs[0].1.as_str(), runs[0].2.exit_code, &runs[0].2.end), ("gone\n", Some(0), &RunEnd::Exited));
+        // The cache went with the directory: it starts empty again.
+        assert_eq!((runs[1].1.as_str(), runs[1].2.exit_code), ("second\n", Some(0)));
+        assert_eq!(std::fs::read_dir(work_dir.path().join("w")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn read_only_leftovers_and_caches_are_cleaned_up_and_kept() {
+        let script = "echo x > cache/f; mkdir -p locked/inner; chmod -R a-w cache locked .";
+        let daemon =
+            FakeDaemon { assignments: VecDeque::from([task(1, script, &[("ro", "cache")])]), ..FakeDaemon::default() };
+        let (daemon, work_dir) = run_session(daemon);
+        assert_eq!(runs(&daemon)[0].2.end, RunEnd::Exited);
+        assert_eq!(cache_infos(daemon.polls.last().unwrap()), [("ro", 2)]);
+        assert_eq!(std::fs::read_dir(work_dir.path().join("w")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_task_ignoring_sigterm_is_killed_after_the_grace_period() {
+        let mut ignoring = assignment(&["sh", "-c", "trap '' TERM; echo started; sleep 30"], 1);
+        ignoring.properties.caches = vec![NamedCache { name: "c".to_string(), path: "c".to_string() }];
+        let daemon = FakeDaemon {
+            assignments: VecDeque::from([ignoring]),
+            must_stop_at_update: Some(1),
+            ..FakeDaemon::default()
+        };
+        let (daemon, work_dir) = run_session(daemon);
+        let outcome = daemon.outcome.expect("the outcome was reported");
+        assert_eq!((outcome.exit_code, &outcome.end), (Some(-1), &RunEnd::Killed));
+        assert!(outcome.duration_ms >= 1000, "SIGKILL came before the grace period ended: {outcome:?}");
+        assert_eq!(cache_infos(daemon.polls.last().unwrap()), [("c", 0)]);
+        assert_eq!(std::fs::read_dir(work_dir.path().join("w")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn bad_named_caches_are_a_client_error() {
+        let daemon = FakeDaemon {
+            assignments: VecDeque::from([task(1, "true", &[("Bad-Name", "x")]), task(2, "true", &[("a", "../x")])]),
+            ..FakeDaemon::default()
+        };
+        let (daemon, work_dir) = run_session(daemon);
+        for (_, _, outcome) in runs(&daemon) {
+            assert!(matches!(outcome.end, RunEnd::ClientError(_)), "{outcome:?}");
+        }
+        assert_eq!(std::fs::read_dir(work_dir.path().join("w")).unwrap().count(), 0);
     }
 }

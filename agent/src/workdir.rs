@@ -1,17 +1,33 @@
-//! Work directories: one fresh directory per task under the bot's work root,
-//! `<work-dir>/w/<run id>`, removed after the task, and the checks on the relative
-//! paths a task names inside it (`relative_cwd`, `env_prefixes`).
+//! Work directories: one fresh run directory per task under the bot's work root,
+//! removed after the task, and the checks on the relative paths a task names inside
+//! it (`relative_cwd`, `env_prefixes`, the paths of named caches).
 //!
-//! Invariants: a task directory is empty when the task starts; a path a task names
-//! never leaves its directory (no absolute paths, no `..`); removal succeeds even
-//! when the task left read-only files or directories behind.
+//! Layout of the bot's work root:
+//!
+//! ```text
+//! <work-dir>/w/<run id>/                 a task's run directory, mode 0700
+//! <work-dir>/w/<run id>/work/            the task's work directory (relative paths start here)
+//! <work-dir>/w/<run id>/out/             APIARY_OUTDIR, empty at the start
+//! <work-dir>/w/<run id>/secret_bytes     APIARY_SECRET_BYTES_PATH, mode 0600, only with secret bytes
+//! <work-dir>/c/                          named caches (see `cache.rs`)
+//! ```
+//!
+//! Invariants: a run directory is fresh and its work and output directories empty
+//! when the task starts; a path a task names never leaves its work directory (no
+//! absolute paths, no `..`); removal succeeds even when the task left read-only
+//! files or directories behind, or removed the directory itself; the secret file is
+//! removed first, on its own, so it is gone even if the rest of the tree is not.
 
-use std::fs;
-use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use apiary_protocol::ids::format_task_id;
+
+const WORK_DIR: &str = "work";
+const OUT_DIR: &str = "out";
+const SECRET_FILE: &str = "secret_bytes";
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum WorkDirError {
@@ -19,6 +35,10 @@ pub(crate) enum WorkDirError {
     Create { path: PathBuf, source: io::Error },
     #[error("failed to remove the work directory {path}: {source}")]
     Remove { path: PathBuf, source: io::Error },
+    #[error("failed to write the secret bytes to {path}: {source}")]
+    WriteSecret { path: PathBuf, source: io::Error },
+    #[error("failed to remove the secret bytes at {path}: {source}")]
+    RemoveSecret { path: PathBuf, source: io::Error },
 }
 
 /// A path a task gave that would leave its work directory.
@@ -30,7 +50,29 @@ pub(crate) enum RelativePathError {
     ParentComponent { field: &'static str, path: String },
 }
 
-/// The directories of a bot: task directories live under `<root>/w`.
+/// A task's secret bytes while the bot holds them: never printed, zeroed when dropped.
+pub(crate) struct SecretBytes(Vec<u8>);
+
+impl SecretBytes {
+    pub(crate) fn new(bytes: Vec<u8>) -> SecretBytes {
+        SecretBytes(bytes)
+    }
+}
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "SecretBytes({} bytes)", self.0.len())
+    }
+}
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        self.0.fill(0);
+        std::hint::black_box(&self.0);
+    }
+}
+
+/// The directories of a bot: run directories live under `<root>/w`, caches under `<root>/c`.
 #[derive(Clone, Debug)]
 pub(crate) struct WorkRoot {
     root: PathBuf,
@@ -50,7 +92,12 @@ impl WorkRoot {
         self.root.join("w")
     }
 
-    /// Creates the root and removes task directories a previous run left behind.
+    pub(crate) fn caches_dir(&self) -> PathBuf {
+        self.root.join("c")
+    }
+
+    /// Creates the root and removes run directories a previous run left behind
+    /// (with any secret bytes and any caches that were lent when the bot stopped).
     pub(crate) fn prepare(&self) -> Result<(), WorkDirError> {
         let tasks_dir = self.tasks_dir();
         if tasks_dir.exists() {
@@ -59,18 +106,30 @@ impl WorkRoot {
         fs::create_dir_all(&tasks_dir).map_err(|source| WorkDirError::Create { path: tasks_dir, source })
     }
 
-    /// Creates the empty directory of one task run.
+    /// Creates the fresh run directory of one task, with its empty work and output directories.
     pub(crate) fn create_task_dir(&self, run_id: u64) -> Result<TaskDir, WorkDirError> {
-        let path = self.tasks_dir().join(format_task_id(run_id));
+        let tasks_dir = self.tasks_dir();
+        let path = tasks_dir.join(format_task_id(run_id));
         if path.exists() {
             remove_tree(&path).map_err(|source| WorkDirError::Remove { path: path.clone(), source })?;
         }
-        fs::create_dir_all(&path).map_err(|source| WorkDirError::Create { path: path.clone(), source })?;
-        Ok(TaskDir { path, removed: false })
+        // A task may have removed `w` itself.
+        fs::create_dir_all(&tasks_dir).map_err(|source| WorkDirError::Create { path: tasks_dir, source })?;
+        let create = |path: &Path, mode: u32| {
+            DirBuilder::new()
+                .mode(mode)
+                .create(path)
+                .map_err(|source| WorkDirError::Create { path: path.to_path_buf(), source })
+        };
+        create(&path, 0o700)?;
+        let task_dir = TaskDir { path, removed: false };
+        create(&task_dir.work_dir(), 0o755)?;
+        create(&task_dir.out_dir(), 0o755)?;
+        Ok(task_dir)
     }
 }
 
-/// One task's directory; removed by `remove`, or on drop as a last resort.
+/// One task's run directory; removed by `remove`, or on drop as a last resort.
 #[derive(Debug)]
 pub(crate) struct TaskDir {
     path: PathBuf,
@@ -78,19 +137,63 @@ pub(crate) struct TaskDir {
 }
 
 impl TaskDir {
+    #[cfg(test)]
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Where the task runs; its relative paths start here.
+    pub(crate) fn work_dir(&self) -> PathBuf {
+        self.path.join(WORK_DIR)
+    }
+
+    /// `APIARY_OUTDIR`.
+    pub(crate) fn out_dir(&self) -> PathBuf {
+        self.path.join(OUT_DIR)
+    }
+
+    fn secret_path(&self) -> PathBuf {
+        self.path.join(SECRET_FILE)
+    }
+
+    /// Writes the secret bytes to a new file that only the bot's user can read;
+    /// returns its path (`APIARY_SECRET_BYTES_PATH`).
+    pub(crate) fn write_secret(&self, secret: &SecretBytes) -> Result<PathBuf, WorkDirError> {
+        let path = self.secret_path();
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| file.write_all(&secret.0));
+        written.map_err(|source| WorkDirError::WriteSecret { path: path.clone(), source })?;
+        Ok(path)
+    }
+
+    /// Removes the secret file, if there is one; `remove` checks that it is gone.
+    pub(crate) fn remove_secret(&self) {
+        let _ = fs::remove_file(self.secret_path());
+    }
+
+    /// Removes the secret file (if any), then the whole run directory.
     pub(crate) fn remove(mut self) -> Result<(), WorkDirError> {
         self.removed = true;
-        remove_tree(&self.path).map_err(|source| WorkDirError::Remove { path: self.path.clone(), source })
+        let secret_path = self.secret_path();
+        let secret_removed = fs::remove_file(&secret_path);
+        let tree_removed = remove_tree(&self.path);
+        if let Err(source) = secret_removed
+            && fs::symlink_metadata(&secret_path).is_ok()
+        {
+            return Err(WorkDirError::RemoveSecret { path: secret_path, source });
+        }
+        tree_removed.map_err(|source| WorkDirError::Remove { path: self.path.clone(), source })
     }
 }
 
 impl Drop for TaskDir {
     fn drop(&mut self) {
         if !self.removed {
+            let _ = fs::remove_file(self.secret_path());
             let _ = remove_tree(&self.path);
         }
     }
@@ -171,7 +274,7 @@ mod tests {
         let root = WorkRoot::new(temp.path().join("bot"));
         root.prepare().unwrap();
         let task_dir = root.create_task_dir(0x11).unwrap();
-        let locked = task_dir.path().join("locked");
+        let locked = task_dir.work_dir().join("locked");
         fs::create_dir_all(locked.join("inner")).unwrap();
         fs::write(locked.join("inner/file"), b"x").unwrap();
         fs::set_permissions(locked.join("inner/file"), fs::Permissions::from_mode(0o400)).unwrap();
@@ -189,12 +292,31 @@ mod tests {
         let root = WorkRoot::new(temp.path().to_path_buf());
         root.prepare().unwrap();
         let first = root.create_task_dir(0x21).unwrap();
-        fs::write(first.path().join("stale"), b"x").unwrap();
+        fs::write(first.work_dir().join("stale"), b"x").unwrap();
+        fs::write(first.out_dir().join("stale"), b"x").unwrap();
         std::mem::forget(first);
         let second = root.create_task_dir(0x21).unwrap();
-        assert_eq!(fs::read_dir(second.path()).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(second.work_dir()).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(second.out_dir()).unwrap().count(), 0);
+        assert_eq!(fs::metadata(second.path()).unwrap().permissions().mode() & 0o777, 0o700);
         drop(second);
         root.prepare().unwrap();
         assert_eq!(fs::read_dir(temp.path().join("w")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_secret_file_is_private_and_removed_first() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = WorkRoot::new(temp.path().to_path_buf());
+        root.prepare().unwrap();
+        let task_dir = root.create_task_dir(0x31).unwrap();
+        let path = task_dir.write_secret(&SecretBytes::new(b"s3cret".to_vec())).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"s3cret");
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(!format!("{:?}", SecretBytes::new(b"s3cret".to_vec())).contains("s3cret"));
+        // Even a task that removed its whole run directory leaves a clean removal.
+        fs::remove_dir_all(task_dir.path()).unwrap();
+        task_dir.remove().unwrap();
+        assert!(!path.exists());
     }
 }

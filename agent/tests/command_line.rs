@@ -8,7 +8,15 @@ fn help_lists_the_flags() {
     let output = Command::new(env!("CARGO_BIN_EXE_apiary-bot")).arg("--help").output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
-    for flag in ["--server", "--id", "--dimension", "--work-dir", "--health-check", "--health-check-timeout"] {
+    for flag in [
+        "--server",
+        "--id",
+        "--dimension",
+        "--work-dir",
+        "--health-check",
+        "--health-check-timeout",
+        "--cache-max-bytes",
+    ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
 }

@@ -71,8 +71,13 @@ impl FakeDaemon {
                     command: vec!["sh".to_string(), "-c".to_string(), script.to_string()],
                     ..TaskProperties::default()
                 };
-                let assignment =
-                    Assignment { run_id: RUN_ID, task_name: "e2e".to_string(), slice_index: 0, properties };
+                let assignment = Assignment {
+                    run_id: RUN_ID,
+                    task_name: "e2e".to_string(),
+                    slice_index: 0,
+                    properties,
+                    secret_bytes: None,
+                };
                 Some(Reply::Assignment(assignment))
             }
             Request::TaskUpdate(update) => {

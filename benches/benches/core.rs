@@ -67,6 +67,7 @@ impl SimBot {
             dimensions,
             software: "bench".into(),
             quarantine_reason: String::new(),
+            caches: Vec::new(),
         };
         SimBot { bot_id, session_id, conn, poll }
     }
@@ -308,7 +309,7 @@ impl World {
 }
 
 fn final_update(bot: &SimBot, run_id: u64) -> (ConnId, TaskUpdate) {
-    let outcome = RunOutcome { exit_code: Some(0), duration_ms: 1, end: RunEnd::Exited };
+    let outcome = RunOutcome { exit_code: Some(0), duration_ms: 1, setup_ms: 0, teardown_ms: 0, end: RunEnd::Exited };
     let update = TaskUpdate {
         bot_id: bot.bot_id.clone(),
         session_id: bot.session_id,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use apiary_protocol::limits;
-use apiary_protocol::{StringPair, TaskState};
+use apiary_protocol::{NamedCache, StringPair, TaskState};
 use clap::{Args, Parser, Subcommand};
 
 use crate::connect::{DEFAULT_SERVER, SERVER_ENV};
@@ -49,13 +49,19 @@ pub(crate) struct TriggerArgs {
     pub(crate) task: TaskArgs,
 }
 
-/// Where a new task comes from: a request file, or the flags.
+/// Where a new task comes from: a request file, or the flags; and its secret bytes,
+/// which never travel in JSON.
 #[derive(Debug, Args)]
 pub(crate) struct TaskArgs {
     /// The whole request as JSON in the shape of Swarming's NewTaskRequest (`-`: stdin),
     /// instead of the flags below and the command.
     #[arg(long, value_name = "FILE", conflicts_with = "TaskFlags")]
     pub(crate) request: Option<PathBuf>,
+    /// Bytes only the bot that runs the task gets, in a file named by
+    /// $APIARY_SECRET_BYTES_PATH; at most 20480 bytes. Never printed, not even by --dry-run
+    /// or `tasks show`. Works with --request too.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) secret_bytes_file: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) flags: TaskFlags,
 }
@@ -78,19 +84,35 @@ pub(crate) struct TaskFlags {
     /// A tag, for people and searches; repeat for more.
     #[arg(long = "tag", value_name = "KEY:VALUE", value_parser = parse_tag)]
     pub(crate) tags: Vec<String>,
-    /// An environment variable for the command; repeat for more.
+    /// An environment variable for the command; repeat for more. `KEY=` (an empty value)
+    /// removes KEY from the command's environment.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub(crate) env: Vec<StringPair>,
+    /// Prepend RELPATH, a path inside the task's work directory, to the PATH-like variable
+    /// KEY; repeat for more (several for one KEY are prepended in the order given).
+    #[arg(long = "env-prefix", value_name = "KEY=RELPATH", value_parser = parse_key_path)]
+    pub(crate) env_prefixes: Vec<StringPair>,
+    /// The directory the command runs in, relative to the task's work directory; default:
+    /// the work directory itself.
+    #[arg(long = "cwd", value_name = "RELPATH", default_value = "", hide_default_value = true)]
+    pub(crate) relative_cwd: String,
+    /// A named cache: a directory the bot keeps across tasks, seen by this task at RELPATH in
+    /// its work directory; repeat for more (up to 32).
+    #[arg(long = "named-cache", value_name = "NAME=RELPATH", value_parser = parse_named_cache)]
+    pub(crate) named_caches: Vec<NamedCache>,
     /// Seconds the task may wait for a bot before it EXPIRES.
     #[arg(long = "expiration", value_name = "SECS", default_value_t = limits::DEFAULT_EXPIRATION_SECS)]
     pub(crate) expiration_secs: u32,
-    /// Seconds the command may run before it is stopped (TIMED_OUT).
+    /// Seconds the command may run; then it is stopped (see --grace-period) and the task
+    /// ends TIMED_OUT with timeout "hard".
     #[arg(long = "hard-timeout", value_name = "SECS", default_value_t = limits::DEFAULT_EXECUTION_TIMEOUT_SECS)]
     pub(crate) hard_timeout_secs: u32,
-    /// Seconds without output before the command is stopped; 0 means no limit.
+    /// Seconds the command may go without writing output; then it is stopped and the task
+    /// ends TIMED_OUT with timeout "io". 0: no limit.
     #[arg(long = "io-timeout", value_name = "SECS", default_value_t = 0)]
     pub(crate) io_timeout_secs: u32,
-    /// Seconds between SIGTERM and SIGKILL when the command is stopped.
+    /// When the command is stopped (a timeout, or a kill): seconds between SIGTERM to its
+    /// process group and SIGKILL, for it to clean up.
     #[arg(long = "grace-period", value_name = "SECS", default_value_t = limits::DEFAULT_GRACE_PERIOD_SECS)]
     pub(crate) grace_period_secs: u32,
     /// Keep the task pending while no live bot matches, instead of ending it NO_RESOURCE.
@@ -127,6 +149,9 @@ pub(crate) struct CancelArgs {
 pub(crate) struct CollectArgs {
     #[command(flatten)]
     pub(crate) timeout: Timeout,
+    /// Write the output as it arrives, not once the task ended.
+    #[arg(long)]
+    pub(crate) follow: bool,
     /// The task: its id (ending in 0) or a run id (ending in 1 or 2).
     #[arg(value_name = "TASK_ID", value_parser = parse_task_id)]
     pub(crate) task_id: u64,
@@ -136,6 +161,9 @@ pub(crate) struct CollectArgs {
 pub(crate) struct RunArgs {
     #[command(flatten)]
     pub(crate) timeout: Timeout,
+    /// Write the output as it arrives, not once the task ended.
+    #[arg(long)]
+    pub(crate) follow: bool,
     #[command(flatten)]
     pub(crate) task: TaskArgs,
 }
@@ -166,6 +194,9 @@ pub(crate) enum TasksCommand {
     },
     /// Write a task's output so far to stdout, as raw bytes.
     Output {
+        /// Go on writing the output as it arrives, until the task ends.
+        #[arg(long)]
+        follow: bool,
         /// The task: its id (ending in 0) or a run id (ending in 1 or 2).
         #[arg(value_name = "TASK_ID", value_parser = parse_task_id)]
         task_id: u64,
@@ -261,6 +292,22 @@ fn parse_key_value(text: &str) -> Result<StringPair, String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok(StringPair::new(key, value)),
         _ => Err("expected KEY=VALUE with a non-empty KEY".to_string()),
+    }
+}
+
+fn parse_key_path(text: &str) -> Result<StringPair, String> {
+    match text.split_once('=') {
+        Some((key, path)) if !key.is_empty() && !path.is_empty() => Ok(StringPair::new(key, path)),
+        _ => Err("expected KEY=RELPATH with a non-empty KEY and RELPATH".to_string()),
+    }
+}
+
+fn parse_named_cache(text: &str) -> Result<NamedCache, String> {
+    match text.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok(NamedCache { name: name.to_string(), path: path.to_string() })
+        }
+        _ => Err("expected NAME=RELPATH with a non-empty NAME and RELPATH".to_string()),
     }
 }
 
@@ -388,6 +435,9 @@ mod tests {
             &["--user", "u"],
             &["--tag", "k:v"],
             &["--env", "K=V"],
+            &["--env-prefix", "PATH=bin"],
+            &["--cwd", "src"],
+            &["--named-cache", "git=cache/git"],
             &["--expiration", "5"],
             &["--hard-timeout", "5"],
             &["--io-timeout", "5"],
@@ -412,6 +462,59 @@ mod tests {
         let cli = parse(&["run", "--request", "task.json", "--timeout", "5"]).unwrap();
         let Command::Run(args) = cli.command else { panic!("not a run") };
         assert_eq!(args.task.request, Some(PathBuf::from("task.json")));
+    }
+
+    #[test]
+    fn paths_caches_and_emptied_variables_parse_and_bad_ones_are_usage_errors() {
+        let cli = parse(&["trigger", "--env", "K=", "--env-prefix", "PATH=a=b", "--", "true"]).unwrap();
+        let Command::Trigger(trigger) = cli.command else { panic!("not a trigger") };
+        assert_eq!(trigger.task.flags.env, [StringPair::new("K", "")]);
+        assert_eq!(trigger.task.flags.env_prefixes, [StringPair::new("PATH", "a=b")]);
+        for bad in [
+            &["--env-prefix", "PATH"][..],
+            &["--env-prefix", "=bin"],
+            &["--env-prefix", "PATH="],
+            &["--named-cache", "git"],
+            &["--named-cache", "=cache"],
+            &["--named-cache", "git="],
+            &["--env", "=x"],
+        ] {
+            let args: Vec<&str> = ["trigger"].into_iter().chain(bad.iter().copied()).chain(["--", "true"]).collect();
+            let error = parse(&args).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ValueValidation, "{args:?}");
+            assert_eq!(error.exit_code(), crate::exit_codes::USAGE);
+        }
+    }
+
+    #[test]
+    fn follow_is_a_flag_of_collect_run_and_tasks_output() {
+        let cli = parse(&["collect", "--follow", "018bcfe568800010"]).unwrap();
+        assert!(matches!(cli.command, Command::Collect(CollectArgs { follow: true, .. })));
+        let cli = parse(&["collect", "018bcfe568800010"]).unwrap();
+        assert!(matches!(cli.command, Command::Collect(CollectArgs { follow: false, .. })));
+        let cli = parse(&["run", "--follow", "--", "true"]).unwrap();
+        assert!(matches!(cli.command, Command::Run(RunArgs { follow: true, .. })));
+        let cli = parse(&["tasks", "output", "--follow", "018bcfe568800010"]).unwrap();
+        assert!(matches!(cli.command, Command::Tasks(TasksCommand::Output { follow: true, .. })));
+        assert_eq!(parse(&["trigger", "--follow", "--", "true"]).unwrap_err().kind(), ErrorKind::UnknownArgument);
+    }
+
+    #[test]
+    fn time_limit_help_says_how_a_command_is_stopped_and_how_the_task_ends() {
+        let mut command = Cli::command();
+        let trigger = command.find_subcommand_mut("trigger").unwrap();
+        let help = |name: &str| {
+            let arg = trigger.get_arguments().find(|arg| arg.get_id() == name).unwrap();
+            arg.get_help().unwrap().to_string()
+        };
+        let hard = help("hard_timeout_secs");
+        assert!(hard.contains("TIMED_OUT") && hard.contains("\"hard\""), "{hard}");
+        let io = help("io_timeout_secs");
+        assert!(io.contains("without writing output") && io.contains("\"io\"") && io.contains("0: no limit"), "{io}");
+        let grace = help("grace_period_secs");
+        assert!(grace.contains("SIGTERM") && grace.contains("SIGKILL"), "{grace}");
+        let secret = help("secret_bytes_file");
+        assert!(secret.contains(&format!("at most {} bytes", limits::MAX_SECRET_BYTES)), "{secret}");
     }
 
     #[test]

@@ -135,6 +135,7 @@ mod tests {
             quarantine_reason: None,
             terminate_requested: false,
             shut_down: false,
+            caches: Vec::new(),
         }
     }
 

@@ -11,6 +11,11 @@
 //! connection is reopened with backoff (200 ms doubling to 5 s) and the same
 //! question asked again, until `--timeout` elapses; both requests can be repeated
 //! without effect. Creating the task (`run`'s first step) is never repeated.
+//!
+//! With `--follow` the output is written as it arrives instead (see `follow`),
+//! then the final result fetched. If following stopped before the task ended
+//! (stdout closed, or `--timeout` elapsed), the task is waited for as without
+//! `--follow`, and any output since read.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -22,6 +27,7 @@ use apiary_protocol::{NewTaskRequest, Request, TaskResult, TaskState};
 use crate::connect::{self, Daemon};
 use crate::error::CliError;
 use crate::exit_codes;
+use crate::follow;
 use crate::sink::Sink;
 use crate::trigger;
 
@@ -39,25 +45,32 @@ pub(crate) fn run(
     daemon: &mut impl Daemon,
     request: NewTaskRequest,
     timeout: Option<Duration>,
+    follow: bool,
     out: &mut Sink<impl Write>,
     notes: &mut dyn Write,
 ) -> Result<i32, CliError> {
     let task_id = trigger::submit(daemon, request, notes)?.task_id;
     // Notes are for people; if stderr is gone the task still runs and is collected.
     let _ = writeln!(notes, "apiary: triggered task {}", format_task_id(task_id));
-    collect(daemon, task_id, timeout, out, notes)
+    collect(daemon, task_id, timeout, follow, out, notes)
 }
 
 pub(crate) fn collect(
     daemon: &mut impl Daemon,
     task_id: u64,
     timeout: Option<Duration>,
+    follow: bool,
     out: &mut Sink<impl Write>,
     notes: &mut dyn Write,
 ) -> Result<i32, CliError> {
     let mut patience = Patience::until(timeout, notes);
-    let result = wait_until_ended(daemon, task_id, &mut patience)?;
-    copy_output(daemon, task_id, out, &mut patience)?;
+    let result = if follow {
+        follow_until_ended(daemon, task_id, out, &mut patience)?
+    } else {
+        let result = wait_until_ended(daemon, task_id, &mut patience)?;
+        copy_output(daemon, task_id, 0, out, &mut patience)?;
+        result
+    };
     match result.state {
         TaskState::Completed => Ok(exit_codes::for_task(result.state, result.exit_code)),
         state => Err(CliError::TaskEnded { task_id: result.task_id, state, failure_reason: result.failure_reason }),
@@ -85,14 +98,28 @@ impl<'n> Patience<'n> {
     }
 
     /// What is left of the timeout; `None` when there is none.
-    fn remaining(&self) -> Option<Duration> {
+    pub(crate) fn remaining(&self) -> Option<Duration> {
         self.deadline.map(|(_, deadline)| deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// The timeout elapsed.
+    pub(crate) fn is_over(&self) -> bool {
+        self.remaining() == Some(Duration::ZERO)
+    }
+
+    /// Opens a new connection at once, as after a stream that stopped early (the
+    /// daemon may still be sending on the old one); retried as `recover` retries.
+    fn reopen(&mut self, daemon: &mut impl Daemon, action: &str) -> Result<(), CliError> {
+        match daemon.reconnect(Duration::ZERO) {
+            Ok(()) => Ok(()),
+            Err(source) => self.recover(daemon, CliError::Call { action: action.to_string(), source }),
+        }
     }
 
     /// Takes the error of a failed call. Returns `Ok` once the connection is open
     /// again, so the caller asks again; gives back any error that reconnecting
     /// cannot help with, or when reconnecting is not allowed.
-    fn recover(&mut self, daemon: &mut impl Daemon, error: CliError) -> Result<(), CliError> {
+    pub(crate) fn recover(&mut self, daemon: &mut impl Daemon, error: CliError) -> Result<(), CliError> {
         let CliError::Call { action, source } = error else { return Err(error) };
         let Some(notes) = self.reconnect_notes.as_deref_mut() else { return Err(CliError::Call { action, source }) };
         if !connect::is_reconnectable(&source) {
@@ -129,6 +156,39 @@ impl<'n> Patience<'n> {
     }
 }
 
+/// `--follow`: writes the output as it arrives, then returns the task's final
+/// result. If following stopped early, reopens the connection, waits as
+/// `collect` does, and writes whatever output came since.
+fn follow_until_ended(
+    daemon: &mut impl Daemon,
+    task_id: u64,
+    out: &mut Sink<impl Write>,
+    patience: &mut Patience,
+) -> Result<TaskResult, CliError> {
+    let followed = follow::follow_output(daemon, task_id, out, patience)?;
+    if followed.task_ended {
+        let result = get_task(daemon, task_id, patience)?;
+        // The output ended with the task, so only a daemon that has not yet
+        // recorded the end would answer otherwise; wait for it.
+        return if result.state.is_terminal() { Ok(result) } else { wait_until_ended(daemon, task_id, patience) };
+    }
+    patience.reopen(daemon, &format!("follow the output of task {}", format_task_id(task_id)))?;
+    let result = wait_until_ended(daemon, task_id, patience)?;
+    copy_output(daemon, task_id, followed.offset, out, patience)?;
+    Ok(result)
+}
+
+/// The task's result now, reconnecting as `patience` allows.
+fn get_task(daemon: &mut impl Daemon, task_id: u64, patience: &mut Patience) -> Result<TaskResult, CliError> {
+    let action = format!("get task {}", format_task_id(task_id));
+    loop {
+        match connect::call_task(daemon, &Request::GetTask { task_id }, &action) {
+            Ok(result) => return Ok(result),
+            Err(error) => patience.recover(daemon, error)?,
+        }
+    }
+}
+
 /// Waits until the task ends and returns its result, or fails with
 /// `CollectTimeout` once the timeout elapsed. Asks at least once, so a zero timeout
 /// still collects a task that already ended.
@@ -151,24 +211,24 @@ fn wait_until_ended(daemon: &mut impl Daemon, task_id: u64, patience: &mut Patie
             return Ok(result);
         }
         if let Some((timeout, _)) = patience.deadline
-            && patience.remaining() == Some(Duration::ZERO)
+            && patience.is_over()
         {
             return Err(CliError::CollectTimeout { task_id, timeout, state: result.state });
         }
     }
 }
 
-/// Writes the task's output, as far as the daemon holds it, to `out` as raw
-/// bytes, chunk by chunk. Stops early if nobody reads stdout any more.
+/// Writes the task's output from `offset`, as far as the daemon holds it, to
+/// `out` as raw bytes, chunk by chunk. Stops early if nobody reads stdout any more.
 pub(crate) fn copy_output(
     daemon: &mut impl Daemon,
     task_id: u64,
+    mut offset: u64,
     out: &mut Sink<impl Write>,
     patience: &mut Patience,
 ) -> Result<(), CliError> {
     let action = format!("read the output of task {}", format_task_id(task_id));
     let max_bytes = MAX_OUTPUT_CHUNK_BYTES as u32;
-    let mut offset = 0u64;
     while !out.is_closed() {
         let chunk = match connect::call_output(daemon, &Request::GetOutput { task_id, offset, max_bytes }, &action) {
             Ok(chunk) => chunk,
@@ -200,7 +260,7 @@ mod tests {
     use apiary_protocol::{ClientError, ErrorCode, Reply};
 
     use super::*;
-    use crate::connect::fake::{FakeDaemon, connection_reset, output, task_result};
+    use crate::connect::fake::{FakeDaemon, connection_reset, followed, output, task_result};
 
     const TASK: u64 = 0x018b_cfe5_6880_0010;
 
@@ -216,7 +276,7 @@ mod tests {
     /// Also returns what went to stderr.
     fn collect_noting(daemon: &mut FakeDaemon, timeout: Option<Duration>) -> (Result<i32, CliError>, Vec<u8>, String) {
         let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
-        let result = collect(daemon, TASK, timeout, &mut out, &mut notes);
+        let result = collect(daemon, TASK, timeout, false, &mut out, &mut notes);
         (result, out.into_inner(), String::from_utf8(notes).unwrap())
     }
 
@@ -299,7 +359,8 @@ mod tests {
     fn output_that_does_not_continue_is_an_error_not_a_loop() {
         for bad in [output(5, b"x", 10), output(0, b"", 10)] {
             let mut daemon = FakeDaemon::answering(vec![bad]);
-            let error = copy_output(&mut daemon, TASK, &mut Sink::new(Vec::new()), &mut Patience::none()).unwrap_err();
+            let error =
+                copy_output(&mut daemon, TASK, 0, &mut Sink::new(Vec::new()), &mut Patience::none()).unwrap_err();
             assert!(matches!(error, CliError::BadOutputChunk { .. }), "{error}");
         }
     }
@@ -316,7 +377,7 @@ mod tests {
             }
         }
         let mut daemon = FakeDaemon::answering(vec![task(TaskState::Completed, Some(4)), output(0, b"ab", 4)]);
-        let result = collect(&mut daemon, TASK, None, &mut Sink::new(ClosedPipe), &mut Vec::new());
+        let result = collect(&mut daemon, TASK, None, false, &mut Sink::new(ClosedPipe), &mut Vec::new());
         assert_eq!(result.unwrap(), 4);
         assert_eq!(daemon.requests.len(), 2);
     }
@@ -414,9 +475,104 @@ mod tests {
     fn tasks_output_does_not_reconnect() {
         let mut daemon = FakeDaemon::default();
         daemon.replies.push_back(Err(connection_reset()));
-        let error = copy_output(&mut daemon, TASK, &mut Sink::new(Vec::new()), &mut Patience::none()).unwrap_err();
+        let error = copy_output(&mut daemon, TASK, 0, &mut Sink::new(Vec::new()), &mut Patience::none()).unwrap_err();
         assert_eq!(error.exit_code(), exit_codes::CONNECTION_FAILED);
         assert!(daemon.reconnect_delays.is_empty());
+    }
+
+    fn collect_following(daemon: &mut FakeDaemon, timeout: Option<Duration>) -> (Result<i32, CliError>, Vec<u8>) {
+        let mut out = Sink::new(Vec::new());
+        let result = collect(daemon, TASK, timeout, true, &mut out, &mut Vec::new());
+        (result, out.into_inner())
+    }
+
+    #[test]
+    fn follow_writes_output_as_it_arrives_then_exits_with_the_final_result() {
+        let mut daemon = FakeDaemon::answering(vec![
+            followed(0, b"compiling\n", false),
+            followed(10, &[0x80, 0xff, b'\n'], false),
+            followed(13, b"done\n", true),
+            task(TaskState::Completed, Some(5)),
+        ]);
+        let (result, written) = collect_following(&mut daemon, None);
+        assert_eq!(result.unwrap(), 5);
+        assert_eq!(written, b"compiling\n\x80\xff\ndone\n");
+        assert_eq!(
+            daemon.requests,
+            [Request::FollowOutput { task_id: TASK, offset: 0 }, Request::GetTask { task_id: TASK }]
+        );
+        assert!(daemon.reconnect_delays.is_empty());
+    }
+
+    #[test]
+    fn follow_exits_like_collect_when_the_task_did_not_complete() {
+        let mut timed_out = task_result(TASK, TaskState::TimedOut, Some(-1));
+        timed_out.failure_reason = "no output for 30s".to_string();
+        let mut daemon = FakeDaemon::answering(vec![followed(0, b"stuck", true), Reply::Task(timed_out)]);
+        let (result, written) = collect_following(&mut daemon, None);
+        assert_eq!(result.unwrap_err().exit_code(), exit_codes::TIMED_OUT);
+        assert_eq!(written, b"stuck");
+    }
+
+    #[test]
+    fn follow_resumes_after_a_restart_and_the_result_is_asked_again() {
+        let mut daemon = FakeDaemon::default();
+        daemon.replies.extend([
+            Ok(followed(0, b"ab", false)),
+            Err(connection_reset()),
+            Ok(followed(2, b"cd", true)),
+            Err(ClientError::Refused { code: ErrorCode::Unavailable, message: "shutting down".to_string() }),
+            Ok(task(TaskState::Completed, Some(0))),
+        ]);
+        let (result, written) = collect_following(&mut daemon, None);
+        assert_eq!(result.unwrap(), 0);
+        assert_eq!(written, b"abcd");
+        assert_eq!(daemon.requests[1], Request::FollowOutput { task_id: TASK, offset: 2 });
+        assert_eq!(daemon.requests[3], Request::GetTask { task_id: TASK });
+        assert_eq!(daemon.reconnect_delays, [RECONNECT_FIRST_DELAY, RECONNECT_FIRST_DELAY]);
+    }
+
+    #[test]
+    fn follow_stopped_by_the_timeout_reopens_the_connection_and_reports_the_state() {
+        let mut daemon = FakeDaemon::default();
+        // The wait for the next chunk ran out: the client's read timed out.
+        let read_timeout = ClientError::Io(io::Error::from(io::ErrorKind::WouldBlock));
+        daemon.replies.extend([Err(read_timeout), Ok(task(TaskState::Running, None))]);
+        let (result, written) = collect_following(&mut daemon, Some(Duration::ZERO));
+        let error = result.unwrap_err();
+        assert!(matches!(error, CliError::CollectTimeout { state: TaskState::Running, .. }), "{error}");
+        assert!(written.is_empty());
+        assert_eq!(daemon.reconnect_delays, [Duration::ZERO], "the stream's connection is not reused");
+        assert_eq!(daemon.requests[1], Request::WaitTask { task_id: TASK, timeout_ms: 0 });
+    }
+
+    #[test]
+    fn follow_stopped_by_the_timeout_as_the_task_ends_still_writes_the_rest() {
+        // The timeout is over once the first chunk is written: following stops there.
+        let mut daemon = FakeDaemon::answering(vec![
+            followed(0, b"ab", false),
+            task(TaskState::Completed, Some(0)),
+            output(2, b"cd", 4),
+        ]);
+        let (result, written) = collect_following(&mut daemon, Some(Duration::ZERO));
+        assert_eq!(result.unwrap(), 0);
+        assert_eq!(written, b"abcd");
+        assert_eq!(daemon.reconnect_delays, [Duration::ZERO]);
+        let max_bytes = MAX_OUTPUT_CHUNK_BYTES as u32;
+        assert_eq!(daemon.requests[2], Request::GetOutput { task_id: TASK, offset: 2, max_bytes });
+    }
+
+    #[test]
+    fn run_follow_triggers_then_follows() {
+        let mut daemon = FakeDaemon::answering(vec![
+            task(TaskState::Pending, None),
+            followed(0, b"hi", true),
+            task(TaskState::Completed, Some(0)),
+        ]);
+        let mut out = Sink::new(Vec::new());
+        assert_eq!(run(&mut daemon, NewTaskRequest::default(), None, true, &mut out, &mut Vec::new()).unwrap(), 0);
+        assert_eq!(out.into_inner(), b"hi");
+        assert_eq!(daemon.requests[1], Request::FollowOutput { task_id: TASK, offset: 0 });
     }
 
     #[test]
@@ -428,13 +584,13 @@ mod tests {
         ]);
         let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
         let request = NewTaskRequest::default();
-        assert_eq!(run(&mut daemon, request.clone(), None, &mut out, &mut notes).unwrap(), 7);
+        assert_eq!(run(&mut daemon, request.clone(), None, false, &mut out, &mut notes).unwrap(), 7);
         assert_eq!(daemon.requests[0], Request::NewTask(request));
         assert_eq!(String::from_utf8(notes).unwrap(), "apiary: triggered task 018bcfe568800010\n");
 
         let mut daemon = FakeDaemon::default();
         daemon.replies.push_back(Err(connection_reset()));
-        let error = run(&mut daemon, NewTaskRequest::default(), None, &mut out, &mut Vec::new()).unwrap_err();
+        let error = run(&mut daemon, NewTaskRequest::default(), None, false, &mut out, &mut Vec::new()).unwrap_err();
         assert_eq!(error.exit_code(), exit_codes::CONNECTION_FAILED);
         assert!(daemon.reconnect_delays.is_empty(), "creating a task is never repeated");
     }

@@ -19,9 +19,23 @@ pub(crate) const SERVER_ENV: &str = "APIARY_SERVER";
 /// daemon. A daemon that hangs fails the command instead of hanging it.
 const REPLY_TIMEOUT: Duration = Duration::from_millis(MAX_LONG_POLL_MS + 30_000);
 
+/// Hands each reply of a stream to the caller; `Ok(false)` ends the stream.
+pub(crate) type EachReply<'a> = &'a mut dyn FnMut(Reply) -> Result<bool, ClientError>;
+
 /// What the commands need of a connection; the tests substitute a scripted daemon.
 pub(crate) trait Daemon {
     fn call(&mut self, request: &Request) -> Result<Reply, ClientError>;
+    /// Sends a request answered by a stream of replies (`FollowOutput`) and hands
+    /// each to `each` until it returns `Ok(false)`. A reply may take up to
+    /// `reply_timeout` (capped by `REPLY_TIMEOUT`; `None`: that cap). A stream
+    /// ended early leaves the daemon sending on this connection: reconnect before
+    /// the next request.
+    fn call_stream(
+        &mut self,
+        request: &Request,
+        reply_timeout: Option<Duration>,
+        each: EachReply<'_>,
+    ) -> Result<(), ClientError>;
     /// Waits `delay`, then drops the connection and opens a new one. Only for
     /// callers whose requests can be repeated safely (see `collect`).
     fn reconnect(&mut self, delay: Duration) -> Result<(), ClientError>;
@@ -36,6 +50,21 @@ pub(crate) struct Connection {
 impl Daemon for Connection {
     fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {
         self.client.call(request)
+    }
+
+    fn call_stream(
+        &mut self,
+        request: &Request,
+        reply_timeout: Option<Duration>,
+        each: EachReply<'_>,
+    ) -> Result<(), ClientError> {
+        // A zero read timeout means "none" to the OS: wait at least a millisecond.
+        let read_timeout =
+            reply_timeout.map_or(REPLY_TIMEOUT, |timeout| timeout.clamp(Duration::from_millis(1), REPLY_TIMEOUT));
+        self.client.set_read_timeout(Some(read_timeout))?;
+        let result = self.client.call_stream(request, each);
+        self.client.set_read_timeout(Some(REPLY_TIMEOUT))?;
+        result
     }
 
     fn reconnect(&mut self, delay: Duration) -> Result<(), ClientError> {
@@ -151,7 +180,8 @@ fn call(daemon: &mut impl Daemon, request: &Request, action: &str) -> Result<Rep
     daemon.call(request).map_err(|source| CliError::Call { action: action.to_string(), source })
 }
 
-fn unexpected(action: &str, reply: &Reply) -> CliError {
+/// The error for a reply of the wrong kind, named for people.
+pub(crate) fn unexpected(action: &str, reply: &Reply) -> CliError {
     let reply = match reply {
         Reply::Welcome { .. } => "a welcome",
         Reply::Error(_) => "an error",
@@ -181,9 +211,10 @@ pub(crate) mod fake {
 
     use super::*;
 
-    /// Replies are given out in order; so are reconnect results, and a reconnect
-    /// nobody scripted succeeds. The delays asked for are recorded, and only slept
-    /// when `sleeps` (for tests of deadlines).
+    /// Replies are given out in order (a stream takes replies until its caller
+    /// stops or an error comes); so are reconnect results, and a reconnect nobody
+    /// scripted succeeds. The delays asked for are recorded, and only slept when
+    /// `sleeps` (for tests of deadlines).
     #[derive(Default)]
     pub(crate) struct FakeDaemon {
         pub(crate) replies: VecDeque<Result<Reply, ClientError>>,
@@ -203,6 +234,21 @@ pub(crate) mod fake {
         fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {
             self.requests.push(request.clone());
             self.replies.pop_front().expect("the test scripted a reply for every request")
+        }
+
+        fn call_stream(
+            &mut self,
+            request: &Request,
+            _reply_timeout: Option<Duration>,
+            each: EachReply<'_>,
+        ) -> Result<(), ClientError> {
+            self.requests.push(request.clone());
+            loop {
+                let reply = self.replies.pop_front().expect("the test scripted every reply of the stream")?;
+                if !each(reply)? {
+                    return Ok(());
+                }
+            }
         }
 
         fn reconnect(&mut self, delay: Duration) -> Result<(), ClientError> {
@@ -237,6 +283,11 @@ pub(crate) mod fake {
             failure_reason: String::new(),
             output_len: 0,
             deduped_from: None,
+            timeout: None,
+            setup_ms: None,
+            teardown_ms: None,
+            has_secret_bytes: false,
+            output_truncated: false,
             pending: None,
             request: NewTaskRequest::default(),
         }
@@ -244,5 +295,11 @@ pub(crate) mod fake {
 
     pub(crate) fn output(offset: u64, data: &[u8], output_len: u64) -> Reply {
         Reply::Output { offset, data: data.to_vec(), output_len, task_ended: true }
+    }
+
+    /// One frame of a followed output stream: `data` at `offset`, output_len just past it.
+    pub(crate) fn followed(offset: u64, data: &[u8], task_ended: bool) -> Reply {
+        let output_len = offset + data.len() as u64;
+        Reply::Output { offset, data: data.to_vec(), output_len, task_ended }
     }
 }

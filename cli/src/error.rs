@@ -41,6 +41,19 @@ pub(crate) enum CliError {
         if .within.is_empty() { "the request" } else { .within.as_str() }
     )]
     RequestFieldUnsupported { name: String, within: String, field: String },
+    /// The request file has `secret_bytes`: secrets never travel in JSON.
+    #[error(
+        "{name}: `secret_bytes` cannot be given in a request file (secrets never travel in JSON); \
+         use --secret-bytes-file FILE"
+    )]
+    RequestSecretBytes { name: String },
+    /// `--secret-bytes-file FILE` could not be read.
+    #[error("cannot read --secret-bytes-file {name}: {source}")]
+    SecretBytesUnreadable { name: String, source: io::Error },
+    #[error(
+        "--secret-bytes-file {name}: the file is larger than {max_bytes} bytes, the limit on a task's secret bytes"
+    )]
+    SecretBytesTooLarge { name: String, max_bytes: usize },
     /// The request file is not JSON, or a field has the wrong type or value.
     #[error("{name}: {source}")]
     RequestFileInvalid { name: String, source: serde_json::Error },
@@ -70,6 +83,9 @@ impl CliError {
             CliError::RequestFileUnreadable { .. }
             | CliError::RequestFileTooLarge { .. }
             | CliError::RequestFieldUnsupported { .. }
+            | CliError::RequestSecretBytes { .. }
+            | CliError::SecretBytesUnreadable { .. }
+            | CliError::SecretBytesTooLarge { .. }
             | CliError::RequestFileInvalid { .. } => exit_codes::USAGE,
             CliError::Call { source, .. } => match source {
                 ClientError::Refused { code, .. } => exit_codes::for_refusal(*code),

@@ -12,7 +12,8 @@
 //! | 255    | the task COMPLETED with an exit code outside 0..=255 (e.g. -1, killed)  |
 //! | 2      | usage error: bad or conflicting flags, bad `K=V`, task id, state or     |
 //! |        | cursor (clap's code); a `--request` file unreadable, not JSON, or with  |
-//! |        | a field Apiary does not implement                                       |
+//! |        | a field Apiary does not implement; a `--secret-bytes-file` unreadable   |
+//! |        | or over `MAX_SECRET_BYTES`                                              |
 //! | 80     | the task EXPIRED: no bot took it in time                                |
 //! | 81     | the task TIMED_OUT: hard or I/O timeout                                 |
 //! | 82     | BOT_DIED: the bot went away while running the task                      |
@@ -33,7 +34,8 @@
 use apiary_protocol::{ErrorCode, TaskState};
 
 pub(crate) const SUCCESS: i32 = 0;
-/// Usage errors; clap exits with this code, and so does a bad `--request` file.
+/// Usage errors; clap exits with this code, and so does a bad `--request` or
+/// `--secret-bytes-file` file.
 pub(crate) const USAGE: i32 = 2;
 /// The task COMPLETED with an exit code that a process cannot exit with.
 pub(crate) const TASK_EXIT_CODE_OUT_OF_RANGE: i32 = 255;

@@ -10,6 +10,7 @@ mod collect;
 mod connect;
 mod error;
 mod exit_codes;
+mod follow;
 mod render;
 mod request_file;
 mod sink;
@@ -60,15 +61,17 @@ fn dispatch(cli: Cli, stdout: &mut Sink<impl Write>, stderr: &mut dyn Write) -> 
             trigger::trigger(&mut connect()?, request, args.dry_run, stdout, stderr)
         }
         Command::Collect(args) => {
-            collect::collect(&mut connect()?, args.task_id, args.timeout.duration(), stdout, stderr)
+            collect::collect(&mut connect()?, args.task_id, args.timeout.duration(), args.follow, stdout, stderr)
         }
         Command::Run(args) => {
             let request = trigger::build_request(&args.task)?;
-            collect::run(&mut connect()?, request, args.timeout.duration(), stdout, stderr)
+            collect::run(&mut connect()?, request, args.timeout.duration(), args.follow, stdout, stderr)
         }
         Command::Cancel(args) => cancel::cancel(&mut connect()?, args.task_id, args.kill_running, stdout),
         Command::Tasks(TasksCommand::Show { json, task_id }) => tasks::show(&mut connect()?, task_id, json, stdout),
-        Command::Tasks(TasksCommand::Output { task_id }) => tasks::output(&mut connect()?, task_id, stdout),
+        Command::Tasks(TasksCommand::Output { follow, task_id }) => {
+            tasks::output(&mut connect()?, task_id, follow, stdout, stderr)
+        }
         Command::Tasks(TasksCommand::List(args)) => tasks::list(&mut connect()?, &args, stdout, stderr),
         Command::Bots(BotsCommand::List { dimensions, json }) => bots::list(&mut connect()?, &dimensions, json, stdout),
         Command::Bots(BotsCommand::Show { json, bot_id }) => bots::show(&mut connect()?, &bot_id, json, stdout),

@@ -7,8 +7,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use apiary_protocol::ids::format_task_id;
 use apiary_protocol::{
-    BotEvent, BotEventQuery, BotInfo, CancelOutcome, NewTaskRequest, PendingInfo, StringPair, TaskQuery, TaskResult,
-    TaskState,
+    BotEvent, BotEventQuery, BotInfo, CacheInfo, CancelOutcome, NewTaskRequest, PendingInfo, StringPair, TaskQuery,
+    TaskResult, TaskState, TimeoutKind,
 };
 use serde_json::{Map, Value, json};
 
@@ -33,11 +33,16 @@ pub(crate) fn task_json(result: &TaskResult) -> Value {
         "completed_ts": result.completed_unix_ms.map(timestamp),
         "abandoned_ts": result.abandoned_unix_ms.map(timestamp),
         "duration": result.duration_ms.map(seconds),
+        "setup_duration": result.setup_ms.map(seconds),
+        "teardown_duration": result.teardown_ms.map(seconds),
+        "timeout": result.timeout.map(TimeoutKind::name),
         "current_task_slice": result.current_task_slice,
         "internal_failure": result.internal_failure,
         "failure": is_failure(result),
         "failure_reason": result.failure_reason,
         "output_len": result.output_len,
+        "output_truncated": result.output_truncated,
+        "has_secret_bytes": result.has_secret_bytes,
         "deduped_from": result.deduped_from.map(format_task_id),
         "pending": result.pending.map(|pending| json!({
             "matching_bots": pending.matching_bots,
@@ -49,6 +54,7 @@ pub(crate) fn task_json(result: &TaskResult) -> Value {
 }
 
 /// A request as Swarming writes a `NewTaskRequest`; `--request` reads it back.
+/// Never with its secret bytes: serde skips them.
 pub(crate) fn request_json(request: &NewTaskRequest) -> Value {
     serde_json::to_value(request).expect("a NewTaskRequest is plain data and always serializes")
 }
@@ -106,8 +112,13 @@ pub(crate) fn task_text(result: &TaskResult) -> String {
         ("started", optional(result.started_unix_ms.map(timestamp))),
         ("completed", optional(result.completed_unix_ms.map(timestamp))),
         ("abandoned", optional(result.abandoned_unix_ms.map(timestamp))),
-        ("duration", optional(result.duration_ms.map(|ms| format!("{:.3}s", seconds(ms))))),
+        ("duration", optional(result.duration_ms.map(seconds_text))),
+        ("setup_duration", optional(result.setup_ms.map(seconds_text))),
+        ("teardown_duration", optional(result.teardown_ms.map(seconds_text))),
+        ("timeout", optional(result.timeout.map(|timeout| timeout.name().to_string()))),
         ("output_len", result.output_len.to_string()),
+        ("output_truncated", result.output_truncated.to_string()),
+        ("has_secret_bytes", result.has_secret_bytes.to_string()),
         ("deduped_from", optional(result.deduped_from.map(format_task_id))),
         ("pending", optional(result.pending.map(pending_text))),
     ];
@@ -203,6 +214,10 @@ pub(crate) fn bot_json(bot: &BotInfo) -> Value {
         "quarantine_reason": bot.quarantine_reason,
         "terminate_requested": bot.terminate_requested,
         "shut_down": bot.shut_down,
+        "caches": bot.caches.iter().map(|cache| json!({
+            "name": cache.name,
+            "size_bytes": cache.size_bytes,
+        })).collect::<Vec<Value>>(),
     })
 }
 
@@ -220,6 +235,7 @@ pub(crate) fn bot_text(bot: &BotInfo) -> String {
         ("dead", bot.dead.to_string()),
         ("terminate_requested", bot.terminate_requested.to_string()),
         ("shut_down", bot.shut_down.to_string()),
+        ("caches", caches_text(&bot.caches)),
         ("software", bot.software.clone()),
     ];
     aligned_lines(&lines)
@@ -344,6 +360,32 @@ fn aligned_lines(lines: &[(&str, String)]) -> String {
     text
 }
 
+/// "git (1.5 GiB), pip (12 KiB)"; "-" for none.
+fn caches_text(caches: &[CacheInfo]) -> String {
+    if caches.is_empty() {
+        return "-".to_string();
+    }
+    let caches: Vec<String> =
+        caches.iter().map(|cache| format!("{} ({})", cache.name, size_text(cache.size_bytes))).collect();
+    caches.join(", ")
+}
+
+/// Bytes for people: exact below 1 KiB, else in the largest binary unit that
+/// keeps at least 1, with one decimal when under 10.
+fn size_text(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut size = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while size >= 1024.0 && unit + 1 < UNITS.len() {
+        size /= 1024.0;
+        unit += 1;
+    }
+    if size < 10.0 { format!("{size:.1} {}", UNITS[unit]) } else { format!("{size:.0} {}", UNITS[unit]) }
+}
+
 /// The first that applies: "dead" (not heard from for the daemon's bot death
 /// timeout), "shut_down" (exited when told to terminate), "quarantined", "busy"
 /// with a task, "idle" and polling, or "disconnected".
@@ -410,6 +452,11 @@ fn pairs_text(pairs: &[StringPair]) -> String {
 
 fn seconds(ms: u64) -> f64 {
     ms as f64 / 1000.0
+}
+
+/// "2.345s".
+fn seconds_text(ms: u64) -> String {
+    format!("{:.3}s", seconds(ms))
 }
 
 fn timestamp(unix_ms: u64) -> String {
@@ -495,6 +542,71 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_phases_secrets_and_truncation_show_in_json_and_text() {
+        let mut secret_request = completed_task().request;
+        secret_request.secret_bytes = Some(apiary_protocol::SecretBytes(b"hunter2".to_vec()));
+        let timed_out = TaskResult {
+            timeout: Some(TimeoutKind::Io),
+            setup_ms: Some(1_250),
+            teardown_ms: Some(40),
+            has_secret_bytes: true,
+            output_truncated: true,
+            exit_code: Some(-1),
+            request: secret_request,
+            ..task_result(0x10, TaskState::TimedOut, Some(-1))
+        };
+        let value = task_json(&timed_out);
+        assert_eq!(value["timeout"], "io");
+        assert_eq!(value["setup_duration"], 1.25);
+        assert_eq!(value["teardown_duration"], 0.04);
+        assert_eq!(value["has_secret_bytes"], true);
+        assert_eq!(value["output_truncated"], true);
+        assert_eq!(value["failure"], true);
+        let printed = json_text(&value);
+        assert!(value["request"].get("secret_bytes").is_none(), "{printed}");
+        assert!(!printed.contains("\"secret_bytes\"") && !printed.contains("hunter2"), "{printed}");
+        assert!(!request_text(&timed_out.request).contains("hunter2"));
+        let text = task_text(&timed_out);
+        for line in [
+            "failure:            true\n",
+            "setup_duration:     1.250s\n",
+            "teardown_duration:  0.040s\n",
+            "timeout:            io\n",
+            "output_truncated:   true\n",
+            "has_secret_bytes:   true\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in {text}");
+        }
+        let hard = TaskResult { timeout: Some(TimeoutKind::Hard), ..timed_out };
+        assert_eq!(task_json(&hard)["timeout"], "hard");
+
+        let pending = task_result(0x10, TaskState::Pending, None);
+        let value = task_json(&pending);
+        for key in ["timeout", "setup_duration", "teardown_duration"] {
+            assert_eq!(value[key], Value::Null, "{key}");
+        }
+        assert_eq!((&value["has_secret_bytes"], &value["output_truncated"]), (&json!(false), &json!(false)));
+        let text = task_text(&pending);
+        assert!(text.contains("timeout:            -\n") && text.contains("setup_duration:     -\n"), "{text}");
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        let cases = [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (10 * 1024, "10 KiB"),
+            (5 << 20, "5.0 MiB"),
+            (1 << 40, "1.0 TiB"),
+            (u64::MAX, "16 EiB"),
+        ];
+        for (bytes, text) in cases {
+            assert_eq!(size_text(bytes), text, "{bytes}");
+        }
+    }
+
+    #[test]
     fn failure_means_a_non_zero_exit_or_a_timeout() {
         let failure = |state, exit_code| is_failure(&task_result(0x10, state, exit_code));
         assert!(!failure(TaskState::Completed, Some(0)));
@@ -533,6 +645,7 @@ mod tests {
             quarantine_reason: None,
             terminate_requested: false,
             shut_down: false,
+            caches: Vec::new(),
         };
         let bots = [bot("busy-one", true, Some(0x21)), bot("b", true, None), bot("gone", false, None)];
         let value = bots_json(&bots);
@@ -612,6 +725,11 @@ mod tests {
             "deduped_from",
             "pending",
             "request",
+            "timeout",
+            "setup_duration",
+            "teardown_duration",
+            "has_secret_bytes",
+            "output_truncated",
         ] {
             assert!(value.get(key).is_some(), "{key} missing");
         }
@@ -661,6 +779,11 @@ mod tests {
             quarantine_reason: None,
             terminate_requested: true,
             shut_down: false,
+            caches: vec![
+                CacheInfo { name: "git".to_string(), size_bytes: 1_610_612_736 },
+                CacheInfo { name: "pip".to_string(), size_bytes: 12_800 },
+                CacheInfo { name: "empty".to_string(), size_bytes: 0 },
+            ],
         };
         assert_eq!(
             bot_text(&bot),
@@ -675,9 +798,20 @@ mod tests {
              dead:                false\n\
              terminate_requested: true\n\
              shut_down:           false\n\
+             caches:              git (1.5 GiB), pip (12 KiB), empty (0 B)\n\
              software:            apiary-agent/0.1.0\n"
         );
-        let quarantined = BotInfo { quarantine_reason: Some("disk\nfull".to_string()), ..bot };
+        assert_eq!(
+            bot_json(&bot)["caches"],
+            json!([
+                {"name": "git", "size_bytes": 1_610_612_736u64},
+                {"name": "pip", "size_bytes": 12_800},
+                {"name": "empty", "size_bytes": 0},
+            ])
+        );
+        let quarantined = BotInfo { quarantine_reason: Some("disk\nfull".to_string()), caches: Vec::new(), ..bot };
+        assert!(bot_text(&quarantined).contains("\ncaches:              -\n"));
+        assert_eq!(bot_json(&quarantined)["caches"], json!([]));
         assert!(bot_text(&quarantined).contains("\nstatus:              quarantined\n"));
         assert!(bot_text(&quarantined).contains("\nquarantine_reason:   disk full\n"));
     }
@@ -696,6 +830,7 @@ mod tests {
             quarantine_reason: None,
             terminate_requested: false,
             shut_down: false,
+            caches: Vec::new(),
         };
         let busy = BotInfo { current_run_id: Some(0x21), ..idle.clone() };
         let quarantined = BotInfo { quarantine_reason: Some("r".to_string()), ..busy.clone() };
@@ -731,6 +866,7 @@ mod tests {
             quarantine_reason: None,
             terminate_requested: false,
             shut_down: false,
+            caches: Vec::new(),
         };
         let quarantined = bot_action_text(BotAction::Quarantined { reason: "disk\nfull" }, &bot);
         assert_eq!(quarantined, "quarantined bot-1: disk full\n");

@@ -2,8 +2,10 @@
 //! `NewTaskRequest`, decoded into the protocol's type.
 //!
 //! The protocol's types refuse unknown fields. Swarming has fields Apiary does not
-//! implement (`cipd_input`, `caches`, `secret_bytes`, ...); a file that uses one is
-//! refused with the field's name and where it is, never run without it. serde
+//! implement (`cipd_input`, `outputs`, `pubsub_topic`, ...); a file that uses one is
+//! refused with the field's name and where it is, never run without it. Swarming's
+//! `secret_bytes` is refused too, with a pointer to `--secret-bytes-file`: secrets
+//! never travel in JSON, so the file cannot carry them. serde
 //! says which field but not where, so on a refusal the file is walked against the
 //! fields a request can have, taken from the protocol's own serializer.
 
@@ -12,7 +14,7 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use apiary_protocol::limits::MAX_FRAME_PAYLOAD_BYTES;
-use apiary_protocol::{NewTaskRequest, StringListPair, StringPair, TaskProperties, TaskSlice};
+use apiary_protocol::{NamedCache, NewTaskRequest, StringListPair, StringPair, TaskProperties, TaskSlice};
 use serde_json::Value;
 
 use crate::error::CliError;
@@ -35,6 +37,9 @@ pub(crate) fn parse(name: &str, bytes: &[u8]) -> Result<NewTaskRequest, CliError
     serde_json::from_slice(bytes).map_err(|error| {
         let unknown = serde_json::from_slice::<Value>(bytes).ok().and_then(|value| find_unknown_field(&value));
         match unknown {
+            Some((within, field)) if within.is_empty() && field == "secret_bytes" => {
+                CliError::RequestSecretBytes { name: name.to_string() }
+            }
             Some((within, field)) => CliError::RequestFieldUnsupported { name: name.to_string(), within, field },
             None => CliError::RequestFileInvalid { name: name.to_string(), source: error },
         }
@@ -93,6 +98,7 @@ fn known_fields() -> Value {
         dimensions: vec![StringPair::new("", "")],
         env: vec![StringPair::new("", "")],
         env_prefixes: vec![StringListPair { key: String::new(), value: Vec::new() }],
+        caches: vec![NamedCache { name: String::new(), path: String::new() }],
         ..TaskProperties::default()
     };
     let template = NewTaskRequest {
@@ -111,7 +117,8 @@ mod tests {
         "task_slices": [{"properties": {"command": ["echo"], "dimensions": [{"key": "pool", "value": "ci"}],
         "env": [{"key": "K", "value": "V"}], "env_prefixes": [{"key": "PATH", "value": ["bin"]}],
         "relative_cwd": "sub", "execution_timeout_secs": 3600, "io_timeout_secs": 0, "grace_period_secs": 30,
-        "idempotent": false}, "expiration_secs": 3600, "wait_for_capacity": false}]}"#;
+        "idempotent": false, "caches": [{"name": "git", "path": "cache/git"}]},
+        "expiration_secs": 3600, "wait_for_capacity": false}]}"#;
 
     #[test]
     fn a_swarming_request_decodes_field_by_field() {
@@ -126,6 +133,7 @@ mod tests {
             io_timeout_secs: 0,
             grace_period_secs: 30,
             idempotent: false,
+            caches: vec![NamedCache { name: "git".to_string(), path: "cache/git".to_string() }],
         };
         let expected = NewTaskRequest {
             name: "n".to_string(),
@@ -179,6 +187,20 @@ mod tests {
             assert!(message.contains(&format!("unknown field `{field}`")), "{message}");
             assert!(message.contains(within), "{message}");
         }
+    }
+
+    #[test]
+    fn secret_bytes_in_a_request_file_point_to_the_flag() {
+        let error = parse("task.json", br#"{"secret_bytes": "c2VjcmV0"}"#).unwrap_err();
+        assert_eq!(error.exit_code(), exit_codes::USAGE);
+        assert_eq!(
+            error.to_string(),
+            "task.json: `secret_bytes` cannot be given in a request file (secrets never travel in JSON); \
+             use --secret-bytes-file FILE"
+        );
+        let nested = br#"{"task_slices": [{"properties": {"caches": [{"name": "a", "path": "b", "size": 1}]}}]}"#;
+        let message = parse("r", nested).unwrap_err().to_string();
+        assert!(message.contains("unknown field `size` in task_slices[0].properties.caches[0]"), "{message}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::collect::{Patience, copy_output};
 use crate::connect::{self, Daemon};
 use crate::error::CliError;
 use crate::exit_codes;
+use crate::follow;
 use crate::render;
 use crate::sink::Sink;
 
@@ -27,9 +28,21 @@ pub(crate) fn show(
     Ok(exit_codes::SUCCESS)
 }
 
-/// The output so far, whether or not the task ended.
-pub(crate) fn output(daemon: &mut impl Daemon, task_id: u64, out: &mut Sink<impl Write>) -> Result<i32, CliError> {
-    copy_output(daemon, task_id, out, &mut Patience::none())?;
+/// The output so far, whether or not the task ended. With `follow`, also the
+/// output that arrives later, until the task ends; a failed connection is then
+/// reopened as `collect` does, saying so on `notes` (stderr).
+pub(crate) fn output(
+    daemon: &mut impl Daemon,
+    task_id: u64,
+    follow: bool,
+    out: &mut Sink<impl Write>,
+    notes: &mut dyn Write,
+) -> Result<i32, CliError> {
+    if follow {
+        follow::follow_output(daemon, task_id, out, &mut Patience::until(None, notes))?;
+    } else {
+        copy_output(daemon, task_id, 0, out, &mut Patience::none())?;
+    }
     Ok(exit_codes::SUCCESS)
 }
 
@@ -67,7 +80,7 @@ mod tests {
 
     use super::*;
     use crate::args::{Cli, Command, TasksCommand};
-    use crate::connect::fake::{FakeDaemon, output as output_reply, task_result};
+    use crate::connect::fake::{FakeDaemon, followed, output as output_reply, task_result};
 
     #[test]
     fn show_json_prints_one_object() {
@@ -163,9 +176,22 @@ mod tests {
             task_ended: false,
         }]);
         let mut out = Sink::new(Vec::new());
-        output(&mut daemon, 0x20, &mut out).unwrap();
+        output(&mut daemon, 0x20, false, &mut out, &mut Vec::new()).unwrap();
         assert_eq!(out.into_inner(), b"so ");
         let mut daemon = FakeDaemon::answering(vec![output_reply(0, b"", 0)]);
-        output(&mut daemon, 0x20, &mut Sink::new(Vec::new())).unwrap();
+        output(&mut daemon, 0x20, false, &mut Sink::new(Vec::new()), &mut Vec::new()).unwrap();
+    }
+
+    #[test]
+    fn output_follow_writes_every_chunk_until_the_task_ends_and_asks_nothing_more() {
+        let mut daemon = FakeDaemon::answering(vec![
+            followed(0, b"so ", false),
+            followed(3, b"\xfefar", false),
+            followed(7, b"", true),
+        ]);
+        let mut out = Sink::new(Vec::new());
+        assert_eq!(output(&mut daemon, 0x20, true, &mut out, &mut Vec::new()).unwrap(), exit_codes::SUCCESS);
+        assert_eq!(out.into_inner(), b"so \xfefar");
+        assert_eq!(daemon.requests, [Request::FollowOutput { task_id: 0x20, offset: 0 }]);
     }
 }

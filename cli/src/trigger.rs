@@ -1,11 +1,20 @@
 //! `apiary trigger`: build a `NewTaskRequest` from a request file or from the flags
 //! (one slice), then create the task and print its id alone on stdout, or with
 //! `--dry-run` have the daemon check it and print it as the daemon would store it.
+//!
+//! Secret bytes come from `--secret-bytes-file` whichever way the rest came, and
+//! are never printed: the request's JSON cannot hold them (serde skips the field),
+//! and `--dry-run` only says on stderr that there are some.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
 
 use apiary_protocol::ids::format_task_id;
-use apiary_protocol::{NewTaskRequest, Request, TaskProperties, TaskResult, TaskSlice};
+use apiary_protocol::limits::MAX_SECRET_BYTES;
+use apiary_protocol::{
+    NewTaskRequest, Request, SecretBytes, StringListPair, StringPair, TaskProperties, TaskResult, TaskSlice,
+};
 
 use crate::args::{TaskArgs, TaskFlags};
 use crate::connect::{self, Daemon};
@@ -23,6 +32,14 @@ pub(crate) fn trigger(
     notes: &mut dyn Write,
 ) -> Result<i32, CliError> {
     let text = if dry_run {
+        if let Some(secret_bytes) = &request.secret_bytes {
+            // For people; the bytes themselves are never printed.
+            let _ = writeln!(
+                notes,
+                "apiary: has_secret_bytes: {} bytes, sent to be checked, not shown",
+                secret_bytes.0.len()
+            );
+        }
         let checked = connect::call_validate(daemon, &Request::ValidateTask(request), "check the request")?;
         render::request_text(&checked)
     } else {
@@ -47,26 +64,47 @@ pub(crate) fn submit(
     Ok(result)
 }
 
-/// The request the arguments describe: the request file as it is, or the flags.
+/// The request the arguments describe: the request file as it is, or the flags;
+/// with the secret bytes of `--secret-bytes-file`, if given.
 pub(crate) fn build_request(task: &TaskArgs) -> Result<NewTaskRequest, CliError> {
-    match &task.request {
-        Some(path) => request_file::read(path),
-        None => Ok(request_from_flags(&task.flags)),
+    let mut request = match &task.request {
+        Some(path) => request_file::read(path)?,
+        None => request_from_flags(&task.flags),
+    };
+    if let Some(path) = &task.secret_bytes_file {
+        request.secret_bytes = Some(SecretBytes(read_secret_bytes(path)?));
     }
+    Ok(request)
 }
 
-/// One slice, dimensions and environment in the order given, and the protocol's
-/// defaults for everything without a flag.
+/// The whole file, refused when larger than a task's secret bytes may be.
+fn read_secret_bytes(path: &Path) -> Result<Vec<u8>, CliError> {
+    let name = path.display().to_string();
+    let mut bytes = Vec::new();
+    // One byte more than the limit, so an oversized file is noticed without reading it all.
+    let limit = MAX_SECRET_BYTES as u64 + 1;
+    let read = File::open(path).and_then(|file| file.take(limit).read_to_end(&mut bytes));
+    read.map_err(|source: io::Error| CliError::SecretBytesUnreadable { name: name.clone(), source })?;
+    if bytes.len() > MAX_SECRET_BYTES {
+        return Err(CliError::SecretBytesTooLarge { name, max_bytes: MAX_SECRET_BYTES });
+    }
+    Ok(bytes)
+}
+
+/// One slice, dimensions, environment and caches in the order given; a flag not
+/// given takes the protocol's default (see `args`).
 fn request_from_flags(flags: &TaskFlags) -> NewTaskRequest {
     let properties = TaskProperties {
         command: flags.command.clone(),
         dimensions: flags.dimensions.clone(),
         env: flags.env.clone(),
+        env_prefixes: group_env_prefixes(&flags.env_prefixes),
+        relative_cwd: flags.relative_cwd.clone(),
+        caches: flags.named_caches.clone(),
         execution_timeout_secs: flags.hard_timeout_secs,
         io_timeout_secs: flags.io_timeout_secs,
         grace_period_secs: flags.grace_period_secs,
         idempotent: flags.idempotent,
-        ..TaskProperties::default()
     };
     let slice =
         TaskSlice { properties, expiration_secs: flags.expiration_secs, wait_for_capacity: flags.wait_for_capacity };
@@ -77,14 +115,28 @@ fn request_from_flags(flags: &TaskFlags) -> NewTaskRequest {
         user: flags.user.clone(),
         task_slices: vec![slice],
         bot_ping_tolerance_secs: flags.bot_ping_tolerance_secs,
+        secret_bytes: None,
     }
+}
+
+/// `--env-prefix` pairs as Swarming writes them: one entry per variable, in the
+/// order each was first given, with its paths in the order given.
+fn group_env_prefixes(pairs: &[StringPair]) -> Vec<StringListPair> {
+    let mut grouped: Vec<StringListPair> = Vec::new();
+    for pair in pairs {
+        match grouped.iter_mut().find(|group| group.key == pair.key) {
+            Some(group) => group.value.push(pair.value.clone()),
+            None => grouped.push(StringListPair { key: pair.key.clone(), value: vec![pair.value.clone()] }),
+        }
+    }
+    grouped
 }
 
 #[cfg(test)]
 mod tests {
     use std::io::Write as _;
 
-    use apiary_protocol::{Reply, StringPair, TaskState};
+    use apiary_protocol::{NamedCache, Reply, TaskState};
     use clap::Parser;
 
     use super::*;
@@ -169,6 +221,115 @@ mod tests {
         assert_eq!(properties.io_timeout_secs, 30);
         assert_eq!(properties.grace_period_secs, 40);
         assert!(properties.idempotent);
+    }
+
+    #[test]
+    fn env_prefixes_are_grouped_by_variable_in_first_seen_order() {
+        let request = request_for(&[
+            "--env-prefix",
+            "PATH=bin",
+            "--env-prefix",
+            "PYTHONPATH=lib/py",
+            "--env-prefix",
+            "PATH=tools/bin",
+            "--env-prefix",
+            "PATH=bin",
+            "--",
+            "true",
+        ]);
+        let expected = [
+            StringListPair { key: "PATH".to_string(), value: vec!["bin".into(), "tools/bin".into(), "bin".into()] },
+            StringListPair { key: "PYTHONPATH".to_string(), value: vec!["lib/py".into()] },
+        ];
+        assert_eq!(request.task_slices[0].properties.env_prefixes, expected);
+        assert!(request_for(&["--", "true"]).task_slices[0].properties.env_prefixes.is_empty());
+    }
+
+    #[test]
+    fn cwd_named_caches_and_an_emptied_variable_land_in_their_fields() {
+        let request = request_for(&[
+            "--cwd",
+            "src/app",
+            "--named-cache",
+            "git=cache/git",
+            "--named-cache",
+            "pip=.pip",
+            "--env",
+            "HOME=",
+            "--",
+            "make",
+        ]);
+        let properties = &request.task_slices[0].properties;
+        assert_eq!(properties.relative_cwd, "src/app");
+        let cache = |name: &str, path: &str| NamedCache { name: name.to_string(), path: path.to_string() };
+        assert_eq!(properties.caches, [cache("git", "cache/git"), cache("pip", ".pip")]);
+        assert_eq!(properties.env, [StringPair::new("HOME", "")]);
+        let defaults = request_for(&["--", "true"]);
+        assert_eq!(defaults.task_slices[0].properties.relative_cwd, "");
+        assert!(defaults.task_slices[0].properties.caches.is_empty());
+        assert_eq!(defaults.secret_bytes, None);
+    }
+
+    #[test]
+    fn secret_bytes_come_from_their_file_unchanged_with_flags_or_a_request_file() {
+        let secret: Vec<u8> = (0..=255).chain([0, 0xff]).collect();
+        let (path, mut file) = temp_file("secret.bin");
+        file.write_all(&secret).unwrap();
+        let secret_path = path.to_str().unwrap();
+        let request = request_for(&["--secret-bytes-file", secret_path, "--name", "n", "--", "true"]);
+        assert_eq!(request.secret_bytes.as_ref().map(|secret| secret.0.as_slice()), Some(secret.as_slice()));
+        assert_eq!(request.name, "n");
+
+        let (request_path, mut request_file) = temp_file("with-secret.json");
+        request_file.write_all(br#"{"task_slices": [{"properties": {"command": ["true"]}}]}"#).unwrap();
+        let request = request_for(&["--request", request_path.to_str().unwrap(), "--secret-bytes-file", secret_path]);
+        assert_eq!(request.secret_bytes.as_ref().map(|secret| secret.0.as_slice()), Some(secret.as_slice()));
+        assert_eq!(request.task_slices[0].properties.command, ["true"]);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(&request_path).unwrap();
+    }
+
+    #[test]
+    fn a_secret_file_over_the_limit_is_refused_naming_the_flag_and_the_limit() {
+        let (path, mut file) = temp_file("big-secret.bin");
+        file.write_all(&vec![7u8; MAX_SECRET_BYTES]).unwrap();
+        let at_limit = request_for(&["--secret-bytes-file", path.to_str().unwrap(), "--", "true"]);
+        assert_eq!(at_limit.secret_bytes.map(|bytes| bytes.0.len()), Some(MAX_SECRET_BYTES));
+        file.write_all(b"!").unwrap();
+        let args = trigger_args(&["--secret-bytes-file", path.to_str().unwrap(), "--", "true"]);
+        let error = build_request(&args.task).unwrap_err();
+        assert_eq!(error.exit_code(), exit_codes::USAGE);
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "--secret-bytes-file {}: the file is larger than 20480 bytes, the limit on a task's secret bytes",
+                path.display()
+            )
+        );
+        std::fs::remove_file(&path).unwrap();
+        let error = build_request(&args.task).unwrap_err();
+        assert_eq!(error.exit_code(), exit_codes::USAGE);
+        assert!(error.to_string().starts_with("cannot read --secret-bytes-file "), "{error}");
+    }
+
+    #[test]
+    fn dry_run_never_prints_secret_bytes_and_says_there_are_some() {
+        let (path, mut file) = temp_file("dry-secret.bin");
+        file.write_all(b"hunter2").unwrap();
+        let args = trigger_args(&["--dry-run", "--secret-bytes-file", path.to_str().unwrap(), "--", "true"]);
+        let request = build_request(&args.task).unwrap();
+        // Even a daemon that echoed the secret back would not get it printed.
+        let mut daemon = FakeDaemon::answering(vec![Reply::ValidRequest(request.clone())]);
+        let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
+        trigger(&mut daemon, request.clone(), true, &mut out, &mut notes).unwrap();
+        assert_eq!(daemon.requests, [Request::ValidateTask(request)]);
+        let printed = String::from_utf8(out.into_inner()).unwrap();
+        assert!(!printed.contains("secret") && !printed.contains("hunter2"), "{printed}");
+        assert_eq!(
+            String::from_utf8(notes).unwrap(),
+            "apiary: has_secret_bytes: 7 bytes, sent to be checked, not shown\n"
+        );
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -65,12 +65,7 @@ fn serve(stream: &mut TcpStream, replies: Vec<Reply>, then_die: bool) -> Vec<Req
     let hello = next_frame(stream, &mut reader);
     hello.decode_hello().unwrap();
     send(stream, 0, &Reply::Welcome { server_software: "scripted".to_string() });
-    let mut requests = Vec::new();
-    for reply in replies {
-        let frame = next_frame(stream, &mut reader);
-        requests.push(frame.decode_request().unwrap());
-        send(stream, frame.request_id, &reply);
-    }
+    let mut requests = serve_more(stream, &mut reader, replies);
     if then_die {
         let frame = next_frame(stream, &mut reader);
         requests.push(frame.decode_request().unwrap());
@@ -114,6 +109,11 @@ fn task(task_id: u64, state: TaskState, exit_code: Option<i64>) -> TaskResult {
         failure_reason: String::new(),
         output_len: 3,
         deduped_from: None,
+        timeout: None,
+        setup_ms: None,
+        teardown_ms: None,
+        has_secret_bytes: false,
+        output_truncated: false,
         pending: None,
         request: NewTaskRequest::default(),
     }
@@ -173,4 +173,63 @@ fn managing_an_unknown_bot_exits_88_with_the_daemons_message() {
     let requests = daemon.join().unwrap();
     let expected = Request::QuarantineBot { bot_id: "gone".to_string(), reason: "disk".to_string() };
     assert_eq!(requests, [expected]);
+}
+
+#[test]
+fn collect_follow_writes_each_chunk_as_it_arrives() {
+    use std::sync::mpsc;
+    const TASK: u64 = 0x018b_cfe5_6880_0010;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (first_seen, first_seen_by_daemon) = mpsc::channel::<()>();
+    let daemon = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut reader = FrameReader::new();
+        next_frame(&mut stream, &mut reader).decode_hello().unwrap();
+        send(&mut stream, 0, &Reply::Welcome { server_software: "scripted".to_string() });
+        let follow = next_frame(&mut stream, &mut reader);
+        let mut requests = vec![follow.decode_request().unwrap()];
+        // No newline and not UTF-8: only a flush gets it out before the task ends.
+        let first = Reply::Output { offset: 0, data: b"\xffpart".to_vec(), output_len: 5, task_ended: false };
+        send(&mut stream, follow.request_id, &first);
+        first_seen_by_daemon.recv_timeout(Duration::from_secs(10)).expect("the first chunk reached stdout");
+        let last = Reply::Output { offset: 5, data: b" end\n".to_vec(), output_len: 10, task_ended: true };
+        send(&mut stream, follow.request_id, &last);
+        requests.extend(serve_more(
+            &mut stream,
+            &mut reader,
+            vec![Reply::Task(task(TASK, TaskState::Completed, Some(3)))],
+        ));
+        requests
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args(["--server", &addr.to_string(), "collect", "--follow", "018bcfe568800010"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 5];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"\xffpart");
+    first_seen.send(()).unwrap();
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b" end\n");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
+    let requests = daemon.join().unwrap();
+    assert_eq!(requests, [Request::FollowOutput { task_id: TASK, offset: 0 }, Request::GetTask { task_id: TASK }]);
+}
+
+/// Answers each further request on a connection already past its hello with the next reply.
+fn serve_more(stream: &mut TcpStream, reader: &mut FrameReader, replies: Vec<Reply>) -> Vec<Request> {
+    let mut requests = Vec::new();
+    for reply in replies {
+        let frame = next_frame(stream, reader);
+        requests.push(frame.decode_request().unwrap());
+        send(stream, frame.request_id, &reply);
+    }
+    requests
 }

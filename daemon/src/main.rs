@@ -37,6 +37,9 @@ struct Args {
     /// How long bot events are kept.
     #[arg(long, default_value_t = 28 * 24 * 60 * 60)]
     bot_event_max_age_secs: u64,
+    /// Output kept per task; past it a marker says the rest was dropped (the task keeps running).
+    #[arg(long, default_value_t = apiary_protocol::limits::DEFAULT_MAX_OUTPUT_BYTES)]
+    max_output_bytes: u64,
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
             bot_death_timeout_ms: args.bot_death_timeout_secs * 1000,
             bot_events_per_bot: args.bot_events_per_bot as usize,
             bot_event_max_age_ms: args.bot_event_max_age_secs * 1000,
+            max_output_bytes: args.max_output_bytes,
         },
         wal: WalOptions::default(),
     };

@@ -17,6 +17,7 @@ fn help_lists_every_flag() {
         "--bot-death-timeout-secs",
         "--bot-events-per-bot",
         "--bot-event-max-age-secs",
+        "--max-output-bytes",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use apiary_daemon::core::{ConnId, Core, CoreConfig, Event, Input, Output};
 use apiary_protocol::{
-    BotInfo, BotPoll, CancelOutcome, ErrorCode, ErrorReply, NewTaskRequest, Reply, Request, RequestId, RunEnd,
+    BotInfo, BotPoll, CancelOutcome, ErrorCode, ErrorReply, NewTaskRequest, Reply, Request, RequestId, RunEnd, RunId,
     RunOutcome, StringPair, TaskResult, TaskSlice, TaskState, TaskUpdate,
 };
 
@@ -67,7 +67,24 @@ fn config() -> CoreConfig {
         bot_death_timeout_ms: 20_000,
         bot_events_per_bot: 50,
         bot_event_max_age_ms: 600_000,
+        ..CoreConfig::default()
     }
+}
+
+/// The messages a bot sends, built in one place.
+fn bot_poll(bot_id: &str, session_id: u64, dimensions: Vec<StringPair>, quarantine_reason: String) -> BotPoll {
+    BotPoll {
+        bot_id: bot_id.into(),
+        session_id,
+        dimensions,
+        software: "sim-agent".into(),
+        quarantine_reason,
+        caches: Vec::new(),
+    }
+}
+
+fn run_outcome(exit_code: Option<i64>, duration_ms: u64, end: RunEnd) -> RunOutcome {
+    RunOutcome { exit_code, duration_ms, setup_ms: 0, teardown_ms: 0, end }
 }
 
 /// What the real daemon's shell keeps around the core: the durable event log and
@@ -77,8 +94,8 @@ struct Daemon {
     core: Core,
     /// Every durable event, as it reads back from its bytes.
     log: Vec<Event>,
-    /// The output store: the bytes held for each task, appended at known offsets.
-    store: BTreeMap<RequestId, Vec<u8>>,
+    /// The output store: the bytes held for each run, appended at known offsets.
+    store: BTreeMap<RunId, Vec<u8>>,
 }
 
 impl Daemon {
@@ -92,8 +109,8 @@ impl Daemon {
 
     fn write_output(&mut self, out: &Output) {
         for write in &out.output_writes {
-            let held = self.store.entry(write.task_id).or_default();
-            assert_eq!(write.offset, held.len() as u64, "output of task {} is written at its end", write.task_id);
+            let held = self.store.entry(write.run_id).or_default();
+            assert_eq!(write.offset, held.len() as u64, "output of run {} is written at its end", write.run_id);
             assert!(!write.data.is_empty(), "an output write carries bytes");
             held.extend_from_slice(&write.data);
         }
@@ -107,21 +124,21 @@ impl Daemon {
         }
     }
 
-    fn store_len(&self, task_id: RequestId) -> u64 {
-        self.store.get(&task_id).map_or(0, |bytes| bytes.len() as u64)
+    fn store_len(&self, run_id: RunId) -> u64 {
+        self.store.get(&run_id).map_or(0, |bytes| bytes.len() as u64)
     }
 
     /// A restart: a new core from the durable events alone, as the real daemon
-    /// builds it (replay, `recovered`, output lengths of running tasks from the store).
+    /// builds it (replay, output lengths of running tasks from the store, `recovered`).
     fn restart(&mut self, now_ms: u64) {
         let mut core = Core::new(config());
         for event in &self.log {
             core.apply(event);
         }
-        core.recovered(now_ms);
-        for task_id in core.running_tasks() {
-            core.set_output_len(task_id, self.store_len(task_id));
+        for run_id in core.running_runs() {
+            core.set_output_len(run_id, self.store_len(run_id));
         }
+        core.recovered(now_ms);
         core.check_invariants();
         self.core = core;
     }
@@ -264,11 +281,14 @@ struct Sim {
     ended_runs: BTreeSet<u64>,
     assigned_runs: BTreeSet<u64>,
     finished_tasks: BTreeSet<u64>,
+    /// Tasks that went back to pending after a run died.
+    retried_tasks: BTreeSet<RequestId>,
     // Diagnostics.
     step: u64,
     trace: VecDeque<String>,
     print_trace: bool,
-    restarts: u64,
+    /// How often each kind of event and ending happened, to see what a run covers.
+    stats: BTreeMap<&'static str, u64>,
 }
 
 impl Sim {
@@ -308,10 +328,11 @@ impl Sim {
             ended_runs: BTreeSet::new(),
             assigned_runs: BTreeSet::new(),
             finished_tasks: BTreeSet::new(),
+            retried_tasks: BTreeSet::new(),
             step: 0,
             trace: VecDeque::new(),
             print_trace: std::env::var_os("SIM_TRACE").is_some(),
-            restarts: 0,
+            stats: BTreeMap::new(),
         }
     }
 
@@ -339,8 +360,8 @@ impl Sim {
         let mut out = Output::default();
         let roll = self.rng.below(1000);
         match roll {
-            0..120 => self.submit(&mut out),
-            120..400 => {
+            0..80 => self.submit(&mut out),
+            80..400 => {
                 let bot = self.rng.index(self.bots.len());
                 self.bot_acts(bot, &mut out);
             }
@@ -358,11 +379,11 @@ impl Sim {
                 let ms = self.rng.between(0, 3_000);
                 self.advance(ms, 85, &mut out);
             }
-            880..910 => {
-                let ms = self.rng.between(15_000, 150_000);
+            880..895 => {
+                let ms = self.rng.between(15_000, 90_000);
                 self.advance(ms, 100, &mut out);
             }
-            910..925 => {
+            895..925 => {
                 let back = self.rng.between(1, 30_000);
                 self.now_ms -= back;
                 self.note(|| format!("the clock steps back {back} ms"));
@@ -370,11 +391,11 @@ impl Sim {
                     self.daemon.core.tick(self.now_ms, &mut out);
                 }
             }
-            925..985 => {
+            925..995 => {
                 self.note(|| "tick".into());
                 self.daemon.core.tick(self.now_ms, &mut out);
             }
-            985..993 => {
+            995..998 => {
                 self.commit(out);
                 self.restart("restart", None);
                 return;
@@ -579,13 +600,7 @@ impl Sim {
     fn poll(&mut self, bot: usize, out: &mut Output) {
         let conn = self.bot_conn(bot);
         let sim_bot = &self.bots[bot];
-        let poll = BotPoll {
-            bot_id: sim_bot.bot_id.clone(),
-            session_id: sim_bot.session_id,
-            dimensions: sim_bot.dimensions.clone(),
-            software: "sim-agent".into(),
-            quarantine_reason: sim_bot.health.clone(),
-        };
+        let poll = bot_poll(&sim_bot.bot_id, sim_bot.session_id, sim_bot.dimensions.clone(), sim_bot.health.clone());
         let session_id = sim_bot.session_id;
         self.note(|| format!("{} polls on {conn:?} (session {session_id:x})", poll.bot_id));
         let request_id = self.send(conn, Request::BotPoll(poll), Asked::Poll { bot, session_id }, out);
@@ -605,11 +620,11 @@ impl Sim {
             }
         };
         let exit_code = match end {
-            RunEnd::Exited => Some(self.rng.between(0, 2) as i64),
+            RunEnd::Exited => Some(if self.rng.chance(70) { 0 } else { self.rng.between(1, 2) as i64 }),
             RunEnd::ClientError(_) | RunEnd::InternalError(_) => None,
             _ => Some(-1),
         };
-        RunOutcome { exit_code, duration_ms: self.rng.between(1, 100_000), end }
+        run_outcome(exit_code, self.rng.between(1, 100_000), end)
     }
 
     /// The bot reports on its run: new output from what the daemon holds, and
@@ -678,7 +693,8 @@ impl Sim {
     /// The bot's process dies: it loses its run and comes back with a new session.
     fn bot_crashes(&mut self, out: &mut Output) {
         let bot = self.rng.index(self.bots.len());
-        self.note(|| format!("{} crashes", self.bots[bot].bot_id));
+        let bot_id = self.bots[bot].bot_id.clone();
+        self.note(|| format!("{bot_id} crashes"));
         if let Some(conn) = self.bots[bot].conn {
             self.close(conn, out);
         }
@@ -700,7 +716,8 @@ impl Sim {
     fn bot_health_changes(&mut self) {
         let bot = self.rng.index(self.bots.len());
         let sim_bot = &mut self.bots[bot];
-        sim_bot.health = if sim_bot.health.is_empty() { "disk full".into() } else { String::new() };
+        let fails = sim_bot.health.is_empty() && self.rng.chance(40);
+        sim_bot.health = if fails { "disk full".into() } else { String::new() };
         let (bot_id, health) = (sim_bot.bot_id.clone(), sim_bot.health.clone());
         self.note(|| format!("{bot_id} health check says {health:?}"));
     }
@@ -710,7 +727,8 @@ impl Sim {
         let bot = self.rng.index(self.bots.len());
         let ms = self.rng.between(5_000, 90_000);
         self.bots[bot].asleep_until_ms = self.now_ms + ms;
-        self.note(|| format!("{} hangs for {ms} ms", self.bots[bot].bot_id));
+        let bot_id = self.bots[bot].bot_id.clone();
+        self.note(|| format!("{bot_id} hangs for {ms} ms"));
     }
 
     // ------------------------------------------------------------------- clock
@@ -730,7 +748,7 @@ impl Sim {
     /// then the model checks the core.
     fn commit(&mut self, out: Output) {
         self.daemon.write_output(&out);
-        let mut touched = BTreeSet::new();
+        let mut touched: BTreeSet<RequestId> = out.output_writes.iter().map(|write| write.run_id.request()).collect();
         for event in &out.events {
             self.check_event(event, &mut touched);
         }
@@ -742,14 +760,20 @@ impl Sim {
             assert!(answered.insert(key), "two replies to request {key:?} in one step");
             let asked =
                 self.asked.remove(&key).unwrap_or_else(|| panic!("a reply to {key:?}, never asked or answered"));
-            self.on_reply(asked, outgoing.request_id, outgoing.conn, outgoing.reply);
+            self.on_reply(asked, key, outgoing.reply);
         }
         for read in out.output_reads {
             let key = (read.conn, read.request_id);
             assert!(matches!(self.asked.remove(&key), Some(Asked::Output)), "an output read answers a GetOutput");
-            let result = self.daemon.core.task(read.task_id).expect("output of a known task");
-            assert_eq!(read.output_len, self.daemon.store_len(read.task_id), "output length of a read");
-            assert_eq!(read.task_ended, result.state.is_terminal(), "an output read knows whether the task ended");
+            if let Some(run_id) = read.run_id {
+                assert_eq!(read.output_len, self.daemon.store_len(run_id), "output length of a read");
+                let result = self.daemon.core.task(run_id.request()).expect("output of a known task");
+                if read.task_ended {
+                    assert!(result.state.is_terminal(), "an output read says ended only of an ended task");
+                }
+            } else {
+                assert_eq!(read.output_len, 0, "a task that never ran has no output");
+            }
         }
         // Anything but a poll or a wait is answered at once.
         for (key, asked) in &self.asked {
@@ -763,12 +787,25 @@ impl Sim {
         for expect in std::mem::take(&mut self.expects) {
             self.check_expect(expect);
         }
-        if self.step.is_multiple_of(128) {
+        if self.step.is_multiple_of(256) {
             self.check_everything();
         }
     }
 
     fn check_event(&mut self, event: &Event, touched: &mut BTreeSet<RequestId>) {
+        let kind = match event {
+            Event::TaskCreated(_) => "TaskCreated",
+            Event::SliceAdvanced { .. } => "SliceAdvanced",
+            Event::TaskAssigned(assigned) if assigned.run_id & 0xf == 2 => "TaskAssigned (retry)",
+            Event::TaskAssigned(_) => "TaskAssigned",
+            Event::KillRequested { .. } => "KillRequested",
+            Event::TaskFinished(finished) if finished.deduped_from.is_some() => "TaskFinished deduplicated",
+            Event::TaskFinished(finished) => finished.state.state().name(),
+            Event::TaskRetried { .. } => "TaskRetried",
+            Event::BotConnected(_) => "BotConnected",
+            Event::BotChanged { .. } => "BotChanged",
+        };
+        *self.stats.entry(kind).or_default() += 1;
         let mut touch = |raw: u64, finished_tasks: &BTreeSet<u64>, what: &str| {
             let task_id = request_id(raw);
             touched.insert(task_id);
@@ -788,6 +825,7 @@ impl Sim {
             Event::KillRequested { run_id, .. } => touch(*run_id, &self.finished_tasks, "a kill request"),
             Event::TaskRetried { run_id, .. } => {
                 touch(*run_id, &self.finished_tasks, "a retry");
+                self.retried_tasks.insert(request_id(*run_id));
                 assert!(self.ended_runs.insert(*run_id), "run {run_id:x} ended twice (the second time retried)");
             }
             Event::TaskFinished(finished) => {
@@ -802,9 +840,9 @@ impl Sim {
         }
     }
 
-    fn on_reply(&mut self, asked: Asked, request_id: u64, conn: ConnId, reply: Reply) {
+    fn on_reply(&mut self, asked: Asked, key: (ConnId, u64), reply: Reply) {
         match asked {
-            Asked::Poll { bot, session_id } => self.on_poll_reply(bot, session_id, (conn, request_id), reply),
+            Asked::Poll { bot, session_id } => self.on_poll_reply(bot, session_id, key, reply),
             Asked::Update { bot, update } => self.on_update_reply(bot, update, reply),
             Asked::NewTask => match reply {
                 Reply::Task(result) => {
@@ -948,9 +986,11 @@ impl Sim {
                         assert_eq!(result.run_id, Some(run_id));
                     }
                     None => {
-                        let retried = result.state == TaskState::Pending;
-                        assert!(retried || result.state == TaskState::BotDied, "internal error: {result:?}");
-                        assert!(result.run_id == Some(run_id), "no new run within the step");
+                        // BOT_DIED, or retried: pending again, or already handed to a parked bot.
+                        let ended = result.run_id == Some(run_id)
+                            && matches!(result.state, TaskState::BotDied | TaskState::Pending);
+                        let handed_on = result.run_id == Some(run_id + 1) && result.state == TaskState::Running;
+                        assert!(ended || handed_on, "run {run_id:x} ended with an internal error: {result:?}");
                     }
                 }
             }
@@ -959,11 +999,12 @@ impl Sim {
 
     // ------------------------------------------------------------------- model
 
-    /// Looks at the tasks that may have changed, and at every bot.
+    /// Looks at the tasks that may have changed (named by an event or an output
+    /// write: nothing else changes a task), and at every bot. `check_everything`
+    /// looks at all tasks now and then, and a restart at all of them.
     fn observe(&mut self, touched: &BTreeSet<RequestId>) {
-        let ids: Vec<RequestId> = self.active.union(touched).copied().collect();
         let mut running_on: BTreeMap<String, u64> = BTreeMap::new();
-        for task_id in ids {
+        for &task_id in touched {
             let result = self.daemon.core.task(task_id).unwrap_or_else(|| panic!("task {task_id} was lost"));
             self.check_task(task_id, &result);
             if result.state == TaskState::Running {
@@ -987,7 +1028,9 @@ impl Sim {
                 let result = self.running(run_id).unwrap_or_else(|| panic!("{bot_id} holds {run_id:x}, not running"));
                 assert_eq!(result.bot_id.as_deref(), Some(bot_id.as_str()), "{bot_id} holds {run_id:x} of another");
             }
-            assert_eq!(running_on.get(bot_id).copied(), info.current_run_id, "{bot_id} holds what runs on it");
+            if let Some(&run_id) = running_on.get(bot_id) {
+                assert_eq!(Some(run_id), info.current_run_id, "{bot_id} holds what runs on it");
+            }
             self.seen_bots.insert(bot_id.clone(), info);
         }
     }
@@ -1006,9 +1049,14 @@ impl Sim {
             let bot = self.daemon.core.bot(bot_id).expect("a running task's bot is known");
             assert_eq!(bot.current_run_id, result.run_id, "task {task_id} runs on {bot_id}, which holds it");
         }
-        if result.deduped_from.is_none() {
-            let stored = self.daemon.store.get(&task_id).map_or(&[][..], Vec::as_slice);
+        let output_run = result.deduped_from.or(result.run_id).and_then(RunId::from_u64);
+        if let Some(output_run) = output_run {
+            let stored = self.daemon.store.get(&output_run).map_or(&[][..], Vec::as_slice);
             assert_eq!(result.output_len, stored.len() as u64, "task {task_id}: output length is what is stored");
+            if let (TaskState::Running, Some(run_id)) = (result.state, result.run_id) {
+                let own = run_output(run_id, 0, result.output_len);
+                assert!(stored == own, "task {task_id}: the output of run {run_id:x} is its own bytes");
+            }
         }
     }
 
@@ -1028,7 +1076,7 @@ impl Sim {
     /// A restart: the new core comes from the durable log alone. With `lost`, the
     /// last step ran but never became durable.
     fn restart(&mut self, why: &'static str, lost: Option<Output>) {
-        self.restarts += 1;
+        *self.stats.entry(if lost.is_some() { "restart losing a step" } else { "restart" }).or_default() += 1;
         self.note(|| why.into());
         if let Some(lost) = &lost
             && self.rng.chance(50)
@@ -1058,7 +1106,8 @@ impl Sim {
             if result.state == TaskState::Running && lost.is_some() {
                 // Output of the lost step may have been kept.
                 assert!(result.output_len >= before.output_len, "task {task_id} lost durable output");
-                assert_eq!(result.output_len, self.daemon.store_len(task_id));
+                let run_id = result.run_id.and_then(RunId::from_u64).expect("a running task has a run");
+                assert_eq!(result.output_len, self.daemon.store_len(run_id));
                 result.output_len = before.output_len;
             }
             assert_eq!(&result, before, "task {task_id} is the same after a restart");
@@ -1100,7 +1149,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Runs one seed; a failure names the seed, the step, the last steps, and how to replay it.
-fn check_seed(seed: u64, steps: u64) -> u64 {
+fn check_seed(seed: u64, steps: u64) -> BTreeMap<&'static str, u64> {
     let mut sim = Sim::new(seed);
     let result = panic::catch_unwind(AssertUnwindSafe(|| sim.run(steps)));
     if let Err(payload) = result {
@@ -1112,7 +1161,7 @@ fn check_seed(seed: u64, steps: u64) -> u64 {
             trace.join("\n  ")
         );
     }
-    sim.restarts
+    sim.stats
 }
 
 #[test]
@@ -1124,8 +1173,13 @@ fn simulation_of_many_seeds() {
     }
     let seeds = env_u64("SIM_SEEDS").unwrap_or(256);
     let started = Instant::now();
-    let restarts: u64 = (0..seeds).map(|seed| check_seed(seed, steps)).sum();
-    eprintln!("{seeds} seeds x {steps} steps, {restarts} restarts, in {:.1?}", started.elapsed());
+    let mut stats: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for seed in 0..seeds {
+        for (kind, count) in check_seed(seed, steps) {
+            *stats.entry(kind).or_default() += count;
+        }
+    }
+    eprintln!("{seeds} seeds x {steps} steps in {:.1?}: {stats:?}", started.elapsed());
 }
 
 // ---------------------------------------------------------------- regressions
@@ -1183,13 +1237,7 @@ impl Bench {
     }
 
     fn poll(&mut self, session_id: u64) -> Output {
-        let poll = BotPoll {
-            bot_id: BOT.into(),
-            session_id,
-            dimensions: pairs(&[("pool", "ci"), ("os", "Linux")]),
-            software: "sim-agent".into(),
-            quarantine_reason: String::new(),
-        };
+        let poll = bot_poll(BOT, session_id, pairs(&[("pool", "ci"), ("os", "Linux")]), String::new());
         self.send(BOT_CONN, Request::BotPoll(poll))
     }
 
@@ -1206,7 +1254,7 @@ impl Bench {
     fn report(&mut self, run_id: u64, offset: u64, output: &[u8], end: Option<RunEnd>) -> (Reply, Vec<Event>) {
         let outcome = end.map(|end| {
             let exit_code = matches!(end, RunEnd::Exited).then_some(0);
-            RunOutcome { exit_code, duration_ms: 1_000, end }
+            run_outcome(exit_code, 1_000, end)
         });
         let update = TaskUpdate {
             bot_id: BOT.into(),
@@ -1243,6 +1291,10 @@ impl Bench {
     }
 }
 
+fn is_stale(reply: &Reply) -> bool {
+    matches!(reply, Reply::Error(ErrorReply { code: ErrorCode::StaleRun, .. }))
+}
+
 /// Swarming once showed a task COMPLETED for a moment, then BOT_DIED, when its
 /// bot failed around the task after the command ended. Here a terminal state is
 /// final: nothing the bot or the clock does afterwards changes it.
@@ -1258,7 +1310,7 @@ fn regression_a_finished_task_never_shows_a_later_bot_died() {
 
     // The bot's failure around the task comes after its final report...
     let (reply, events) = bench.report(run_id, 5, b"", Some(RunEnd::InternalError("cleanup failed".into())));
-    assert!(matches!(reply, Reply::UpdateAck { must_stop: false, .. }), "{reply:?}");
+    assert!(is_stale(&reply), "{reply:?}");
     assert!(events.is_empty(), "a late internal error writes nothing: {events:?}");
     assert_eq!(bench.task(task_id), completed);
     // ...the ping tolerance and the bot death timeout pass...
@@ -1283,7 +1335,7 @@ fn regression_a_finished_task_never_shows_a_later_bot_died() {
     let died = bench.task(task_id);
     assert_eq!((died.state, died.internal_failure), (TaskState::BotDied, true));
     let (reply, events) = bench.report(run_id, 0, b"late", Some(RunEnd::Exited));
-    assert!(matches!(reply, Reply::UpdateAck { .. }), "{reply:?}");
+    assert!(is_stale(&reply), "{reply:?}");
     assert!(events.is_empty(), "a late success writes nothing: {events:?}");
     assert_eq!(bench.task(task_id), died);
     assert_eq!(bench.endings_of(run_id), 1);
@@ -1326,12 +1378,11 @@ fn regression_late_final_report_and_ping_timeout_release_the_slot_once() {
                     assert_eq!((result.state, result.exit_code), (TaskState::Completed, Some(0)), "{case}");
                 }
                 (true, false) => {
-                    assert!(matches!(reply, Reply::UpdateAck { must_stop: false, .. }), "{case}: {reply:?}");
+                    assert!(is_stale(&reply), "{case}: the bot is told its run ended: {reply:?}");
                     assert_eq!(result.state, TaskState::BotDied, "{case}");
                 }
                 (true, true) => {
-                    let stale = matches!(&reply, Reply::Error(ErrorReply { code: ErrorCode::StaleRun, .. }));
-                    assert!(stale, "{case}: the retried run's report is stale: {reply:?}");
+                    assert!(is_stale(&reply), "{case}: the retried run's report is stale: {reply:?}");
                     assert_eq!((result.state, result.try_number), (TaskState::Pending, 1), "{case}");
                     // The released bot takes the retry.
                     assert_eq!(bench.take_work(), run_id + 1, "{case}");
@@ -1345,4 +1396,43 @@ fn regression_late_final_report_and_ping_timeout_release_the_slot_once() {
             bench.restart_keeps_every_task();
         }
     }
+}
+
+/// Found by the simulation. A retried attempt starts a new output: the daemon
+/// must not take the dead attempt's output length for the new attempt's, which
+/// drops the new attempt's first bytes (its agent hears "the daemon is ahead" and
+/// discards them) and splices the two attempts' output together.
+#[test]
+fn regression_a_retried_attempt_keeps_its_own_output() {
+    let mut bench = Bench::new();
+    let task_id = bench.submit(true, 10);
+    let first = bench.take_work();
+    bench.report(first, 0, b"first attempt\n", None);
+    bench.now_ms += 10_000;
+    bench.tick();
+    assert_eq!(bench.task(task_id).state, TaskState::Pending, "the idempotent task is retried");
+    let second = bench.take_work();
+    assert_eq!(second, first + 1);
+    let (reply, _) = bench.report(second, 0, b"second\n", None);
+    let Reply::UpdateAck { output_len, .. } = reply else { panic!("{reply:?}") };
+    let stored = bench.daemon.store.get(&RunId::from_u64(second).unwrap()).cloned().unwrap_or_default();
+    let shown = String::from_utf8_lossy(&stored);
+    assert_eq!(stored, b"second\n", "the second attempt's output is its own: the store holds {shown:?}");
+    assert_eq!(output_len, stored.len() as u64);
+    assert_eq!(bench.task(task_id).output_len, stored.len() as u64);
+}
+
+/// Found by the simulation. A task retried after its first attempt wrote output
+/// reads the same after a restart: the live core keeps the dead attempt's output
+/// length, a replay of the same events starts from 0.
+#[test]
+fn regression_a_restart_does_not_change_a_retried_task() {
+    let mut bench = Bench::new();
+    let task_id = bench.submit(true, 10);
+    let first = bench.take_work();
+    bench.report(first, 0, b"first attempt\n", None);
+    bench.now_ms += 10_000;
+    bench.tick();
+    assert_eq!(bench.task(task_id).state, TaskState::Pending, "the idempotent task is retried");
+    bench.restart_keeps_every_task();
 }

@@ -89,6 +89,29 @@ impl Client {
         }
     }
 
+    /// Sends a request whose answer is a stream of replies (`FollowOutput`), and
+    /// hands each to `each` until it returns `Ok(false)`.
+    pub fn call_stream(
+        &mut self,
+        request: &Request,
+        mut each: impl FnMut(Reply) -> Result<bool, ClientError>,
+    ) -> Result<(), ClientError> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let mut bytes = Vec::new();
+        frame::encode_request(request_id, request, &mut bytes)?;
+        self.stream.write_all(&bytes)?;
+        loop {
+            let reply = match self.read_reply(request_id)? {
+                Reply::Error(ErrorReply { code, message }) => return Err(ClientError::Refused { code, message }),
+                reply => reply,
+            };
+            if !each(reply)? {
+                return Ok(());
+            }
+        }
+    }
+
     fn read_reply(&mut self, request_id: u64) -> Result<Reply, ClientError> {
         let frame = self.read_frame()?;
         if frame.kind != FrameKind::Reply || frame.request_id != request_id {

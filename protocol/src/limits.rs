@@ -43,6 +43,13 @@ pub const DEFAULT_EXPIRATION_SECS: u32 = 60 * 60;
 pub const DEFAULT_EXECUTION_TIMEOUT_SECS: u32 = 60 * 60;
 pub const DEFAULT_GRACE_PERIOD_SECS: u32 = 30;
 pub const DEFAULT_BOT_PING_TOLERANCE_SECS: u32 = 1200;
+/// Secret bytes of one task.
+pub const MAX_SECRET_BYTES: usize = 20 << 10;
+/// Named caches of one slice, and bytes in a cache name.
+pub const MAX_NAMED_CACHES: usize = 32;
+pub const MAX_CACHE_NAME_BYTES: usize = 128;
+/// The daemon's default cap on one task's output.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 100 << 20;
 /// Bytes in a quarantine reason.
 pub const MAX_REASON_BYTES: usize = 4096;
 /// Tasks in one page of a task listing, and the default.

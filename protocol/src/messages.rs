@@ -72,6 +72,17 @@ pub struct TaskProperties {
     pub io_timeout_secs: u32,
     pub grace_period_secs: u32,
     pub idempotent: bool,
+    /// Named caches: directories that live on the bot across tasks, mapped into
+    /// the work directory at `path` while the task runs.
+    pub caches: Vec<NamedCache>,
+}
+
+/// A named cache and where the task sees it, relative to its work directory.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct NamedCache {
+    pub name: String,
+    pub path: String,
 }
 
 impl Default for TaskProperties {
@@ -86,6 +97,7 @@ impl Default for TaskProperties {
             io_timeout_secs: 0,
             grace_period_secs: limits::DEFAULT_GRACE_PERIOD_SECS,
             idempotent: false,
+            caches: Vec::new(),
         }
     }
 }
@@ -120,6 +132,20 @@ pub struct NewTaskRequest {
     pub user: String,
     pub task_slices: Vec<TaskSlice>,
     pub bot_ping_tolerance_secs: u32,
+    /// Bytes only the bot running the task gets, in a file named by
+    /// `APIARY_SECRET_BYTES_PATH`. Never shown: not in JSON, not in results.
+    #[serde(skip)]
+    pub secret_bytes: Option<SecretBytes>,
+}
+
+/// Bytes that must never be shown: `Debug` prints only how many there are.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, PartialEq, Eq)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretBytes({} bytes)", self.0.len())
+    }
 }
 
 impl Default for NewTaskRequest {
@@ -131,6 +157,7 @@ impl Default for NewTaskRequest {
             user: String::new(),
             task_slices: Vec::new(),
             bot_ping_tolerance_secs: limits::DEFAULT_BOT_PING_TOLERANCE_SECS,
+            secret_bytes: None,
         }
     }
 }
@@ -214,6 +241,14 @@ pub struct TaskResult {
     pub output_len: u64,
     /// Set when an idempotent task reused the result of this earlier run.
     pub deduped_from: Option<u64>,
+    /// Which timeout stopped the task, when it TIMED_OUT.
+    pub timeout: Option<TimeoutKind>,
+    /// Where the bot's time went: preparing (work directory, caches, secrets) and cleaning up.
+    pub setup_ms: Option<u64>,
+    pub teardown_ms: Option<u64>,
+    pub has_secret_bytes: bool,
+    /// The output reached the daemon's per-task cap; the rest was dropped.
+    pub output_truncated: bool,
     /// Why a PENDING task is still waiting (only in answers to queries).
     pub pending: Option<PendingInfo>,
     pub request: NewTaskRequest,
@@ -272,13 +307,39 @@ pub enum RunEnd {
     InternalError(String),
 }
 
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutKind {
+    Hard,
+    Io,
+}
+
+impl TimeoutKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeoutKind::Hard => "hard",
+            TimeoutKind::Io => "io",
+        }
+    }
+}
+
 /// A bot's final word on an attempt.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
 pub struct RunOutcome {
     /// The exit code, or -1 when the process was killed without one.
     pub exit_code: Option<i64>,
+    /// How long the command itself ran.
     pub duration_ms: u64,
+    /// Work directory, caches and secrets before the command; clean-up after it.
+    pub setup_ms: u64,
+    pub teardown_ms: u64,
     pub end: RunEnd,
+}
+
+/// A named cache a bot holds, and its size on disk.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CacheInfo {
+    pub name: String,
+    pub size_bytes: u64,
 }
 
 /// What a bot tells the daemon each time it asks for work.
@@ -292,6 +353,8 @@ pub struct BotPoll {
     pub software: String,
     /// Why the bot's own health check failed; empty when it passed (or there is none).
     pub quarantine_reason: String,
+    /// The named caches the bot holds now.
+    pub caches: Vec<CacheInfo>,
 }
 
 /// The daemon's answer to a poll that found work.
@@ -301,6 +364,8 @@ pub struct Assignment {
     pub task_name: String,
     pub slice_index: u32,
     pub properties: TaskProperties,
+    /// The task's secret bytes, for this bot only.
+    pub secret_bytes: Option<SecretBytes>,
 }
 
 /// A bot's report on the attempt it runs: output at an offset, and at the end
@@ -334,6 +399,7 @@ pub struct BotInfo {
     pub terminate_requested: bool,
     /// The bot exited on a terminate request and has not come back.
     pub shut_down: bool,
+    pub caches: Vec<CacheInfo>,
 }
 
 /// Something that happened to a bot, with its dimensions at the time.
@@ -412,6 +478,12 @@ pub enum Request {
         task_id: u64,
         offset: u64,
         max_bytes: u32,
+    },
+    /// Output from `offset` as it arrives: the daemon pushes `Reply::Output`
+    /// frames with this request id, the last one with `task_ended`.
+    FollowOutput {
+        task_id: u64,
+        offset: u64,
     },
     /// Bots that have all these dimensions (`key=a|b` accepts either value); all bots when empty.
     ListBots {

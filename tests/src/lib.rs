@@ -131,6 +131,14 @@ impl Drop for Daemon {
     }
 }
 
+/// Whether the process runs: a zombie (dead, not yet reaped by whoever
+/// inherited it) does not count.
+pub fn process_alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The state letter follows the command name, which is in parentheses.
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z")
+}
+
 pub fn send_signal(pid: u32, signal: i32) {
     // SAFETY: kill only sends a signal to the given process id.
     let result = unsafe { libc::kill(pid as i32, signal) };

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use apiary_tests::{Bot, Daemon, PATIENCE, describe, send_signal};
+use apiary_tests::{Bot, Daemon, PATIENCE, describe, process_alive, send_signal};
 
 fn temp() -> tempfile::TempDir {
     tempfile::tempdir().expect("a temporary directory")
@@ -25,11 +25,6 @@ fn bot_json(daemon: &Daemon, bot_id: &str) -> serde_json::Value {
 fn known_bot_json(daemon: &Daemon, bot_id: &str) -> Option<serde_json::Value> {
     let shown = daemon.cli().run(&["bots", "show", "--json", bot_id]);
     shown.status.success().then(|| serde_json::from_slice(&shown.stdout).unwrap())
-}
-
-fn process_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
 }
 
 #[test]

@@ -435,6 +435,7 @@ fn connect_bot(args: &Args, addr: SocketAddr, bot_index: usize, session_id: u64)
         ],
         software: SOFTWARE.into(),
         quarantine_reason: String::new(),
+        caches: Vec::new(),
     });
     let mut encoded = Vec::new();
     frame::encode_request(0, &poll_request, &mut encoded).map_err(|e| format!("{bot_id}: {e}"))?;
@@ -517,7 +518,13 @@ impl SimBot {
             run_id: self.run_id,
             output_offset: 0,
             output: Vec::new(),
-            outcome: Some(RunOutcome { exit_code: Some(0), duration_ms: 0, end: RunEnd::Exited }),
+            outcome: Some(RunOutcome {
+                exit_code: Some(0),
+                duration_ms: 0,
+                setup_ms: 0,
+                teardown_ms: 0,
+                end: RunEnd::Exited,
+            }),
         };
         let request_id = self.take_request_id();
         let mut bytes = Vec::new();

@@ -15,11 +15,11 @@ use apiary_protocol::limits::{
 use apiary_protocol::{
     Assignment, BotEvent, BotEventKind, BotEventQuery, BotInfo, BotPoll, CancelOutcome, ErrorCode, ErrorReply,
     NewTaskRequest, PendingInfo, Reply, Request, RequestId, RunEnd, RunId, RunOutcome, StringPair, TaskProperties,
-    TaskQuery, TaskResult, TaskSlice, TaskState, TaskUpdate,
+    TaskQuery, TaskResult, TaskSlice, TaskState, TaskUpdate, TimeoutKind,
 };
 
 use super::events::{BotChange, BotConnected, Event, StoredState, TaskAssigned, TaskCreated, TaskFinished};
-use super::model::{Bot, BotEventRecord, Ending, ParkedPoll, Quarantine, Run, Task, Watcher};
+use super::model::{Bot, BotEventRecord, Ending, Follower, ParkedPoll, Quarantine, Run, Task, Watcher};
 use super::queues::{self, ClassId, QueueKey, Queues};
 use super::validate;
 use super::{ConnId, Map};
@@ -39,6 +39,8 @@ pub struct CoreConfig {
     /// Bot events kept per bot, and for how long.
     pub bot_events_per_bot: usize,
     pub bot_event_max_age_ms: u64,
+    /// Output kept per task: the first bytes, then a visible truncation marker.
+    pub max_output_bytes: u64,
 }
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
@@ -51,6 +53,7 @@ impl Default for CoreConfig {
             bot_death_timeout_ms: 600_000,
             bot_events_per_bot: 1000,
             bot_event_max_age_ms: 28 * DAY_MS,
+            max_output_bytes: apiary_protocol::limits::DEFAULT_MAX_OUTPUT_BYTES,
         }
     }
 }
@@ -61,7 +64,8 @@ pub enum Input {
         request_id: u64,
         request: Request,
     },
-    /// The connection closed: its parked poll and its waits are dropped.
+    /// The connection closed: a bot's held poll is dropped at once; a client's
+    /// waits and follows are dropped when they time out or their task ends.
     Disconnected {
         conn: ConnId,
     },
@@ -75,9 +79,10 @@ pub struct Outgoing {
 }
 
 /// Output bytes for the output store, at the offset the store has reached.
+/// Output belongs to a run: a retry starts its own.
 #[derive(Debug)]
 pub struct OutputWrite {
-    pub task_id: RequestId,
+    pub run_id: RunId,
     pub offset: u64,
     pub data: Vec<u8>,
 }
@@ -87,7 +92,8 @@ pub struct OutputWrite {
 pub struct OutputRead {
     pub conn: ConnId,
     pub request_id: u64,
-    pub task_id: RequestId,
+    /// The run whose output is read; `None` before any run started (nothing to read).
+    pub run_id: Option<RunId>,
     pub offset: u64,
     pub max_bytes: usize,
     pub output_len: u64,
@@ -126,7 +132,16 @@ enum Timer {
     BotDeath {
         bot_id: String,
     },
+    /// A follower has heard nothing for a while: an empty chunk tells it the
+    /// stream is alive.
+    FollowHeartbeat {
+        task_id: RequestId,
+        follower: (ConnId, u64),
+    },
 }
+
+/// How often a follower of a quiet task gets an empty chunk.
+const FOLLOW_HEARTBEAT_MS: u64 = 30_000;
 
 pub struct Core {
     config: CoreConfig,
@@ -197,6 +212,7 @@ impl Core {
             Request::GetOutput { task_id, offset, max_bytes } => {
                 self.get_output(conn, request_id, task_id, offset, max_bytes, out)
             }
+            Request::FollowOutput { task_id, offset } => self.follow_output(conn, request_id, task_id, offset, out),
             Request::ListBots { dimensions } => Some(self.list_bots(&dimensions)),
             Request::GetBot { bot_id } => Some(self.bots.get(&bot_id).map_or_else(
                 || error(ErrorCode::NotFound, format!("no bot {bot_id:?}")),
@@ -205,7 +221,7 @@ impl Core {
             Request::ListTasks(query) => Some(self.list_tasks(query)),
             Request::CancelTask { task_id, kill_running } => Some(self.cancel(task_id, kill_running, out)),
             Request::ValidateTask(request) => Some(match validate::validate_request(&request) {
-                Ok(()) => Reply::ValidRequest(request),
+                Ok(()) => Reply::ValidRequest(NewTaskRequest { secret_bytes: None, ..request }),
                 Err(refusal) => error(ErrorCode::InvalidRequest, refusal.to_string()),
             }),
             Request::QuarantineBot { bot_id, reason } => {
@@ -251,6 +267,7 @@ impl Core {
             }
             Timer::RunPing { run_id } => self.run_ping_due(run_id, out),
             Timer::BotDeath { bot_id } => self.bot_death_due(&bot_id, out),
+            Timer::FollowHeartbeat { task_id, follower } => self.follow_heartbeat_due(task_id, follower, out),
             Timer::WaitTimeout { task_id, watcher: (conn, request_id) } => {
                 let Some(task) = self.tasks.get_mut(&task_id) else { return };
                 let before = task.watchers.len();
@@ -278,7 +295,12 @@ impl Core {
         if let Some(run_id) = run
             && self.retries_after(task, &ending)
         {
-            self.emit(Event::TaskRetried { run_id: run_id.as_u64(), reason: ending.reason, at_ms: self.now_ms }, out);
+            let (output_len, at_ms) = (task.output_len, self.now_ms);
+            self.emit(Event::TaskRetried { run_id: run_id.as_u64(), reason: ending.reason, output_len, at_ms }, out);
+            // Followers go on with the next run's output, from its start.
+            for follower in &mut self.tasks.get_mut(&task_id).expect("still there").followers {
+                follower.offset = 0;
+            }
             self.hand_to_parked_bot(task_id, out);
             return true;
         }
@@ -288,13 +310,20 @@ impl Core {
             state: StoredState::from_state(ending.state),
             exit_code: ending.exit_code,
             duration_ms: ending.duration_ms,
+            setup_ms: ending.setup_ms,
+            teardown_ms: ending.teardown_ms,
+            timeout: ending.timeout,
             internal_failure: ending.internal_failure,
             reason: ending.reason,
             output_len: ending.deduped_from.map_or(task.output_len, |source| self.tasks[&source.request()].output_len),
+            output_truncated: ending
+                .deduped_from
+                .map_or(task.output_truncated, |source| self.tasks[&source.request()].output_truncated),
             deduped_from: ending.deduped_from.map(RunId::as_u64),
             at_ms: self.now_ms,
         };
         self.emit(Event::TaskFinished(event), out);
+        self.feed_followers(task_id, out);
         let task = self.tasks.get_mut(&task_id).expect("still there");
         let result = task.result();
         for watcher in task.watchers.drain(..) {
@@ -361,19 +390,23 @@ impl Core {
         }
         for task in self.tasks.values_mut().filter(|task| task.state == TaskState::Running) {
             task.run.as_mut().expect("a running task has a run").last_heard_ms = self.now_ms;
+            task.output_truncated = task.output_len > self.config.max_output_bytes;
         }
     }
 
-    /// The tasks running now, whose output length the shell reads back from the
+    /// The runs going on now, whose output length the shell reads back from the
     /// output store after a restart (`set_output_len`).
-    pub fn running_tasks(&self) -> Vec<RequestId> {
-        self.tasks.values().filter(|task| task.state == TaskState::Running).map(|task| task.id).collect()
+    pub fn running_runs(&self) -> Vec<RunId> {
+        self.tasks.values().filter_map(|task| task.current_run()).map(|run| run.run_id).collect()
     }
 
-    pub fn set_output_len(&mut self, task_id: RequestId, output_len: u64) {
-        let task = self.tasks.get_mut(&task_id).expect("known task");
-        assert!(!task.state.is_terminal(), "the output of an ended task is fixed");
+    /// After a restart: what the output store holds of a running run. Call it
+    /// before `recovered`, which judges the cap by it.
+    pub fn set_output_len(&mut self, run_id: RunId, output_len: u64) {
+        let task = self.tasks.get_mut(&run_id.request()).expect("known task");
+        assert_eq!(task.current_run().map(|run| run.run_id), Some(run_id), "only a running run's output grows");
         task.output_len = output_len;
+        task.output_received = output_len;
     }
 
     // ------------------------------------------------------------------ checks
@@ -410,7 +443,11 @@ impl Core {
                     let run = task.run.as_ref().expect("a running task has a run");
                     assert_eq!(self.bots[&run.bot_id].current_run, Some(run.run_id), "bot holds {}", run.run_id);
                 }
-                _ => assert!(task.queued.is_none() && task.watchers.is_empty(), "ended task {} holds nothing", task.id),
+                _ => {
+                    let holds_nothing = task.queued.is_none() && task.watchers.is_empty() && task.followers.is_empty();
+                    assert!(holds_nothing, "ended task {} holds nothing", task.id);
+                    assert!(task.request.secret_bytes.is_none(), "ended task {} forgot its secret", task.id);
+                }
             }
         }
         assert_eq!(self.queues.total_pending(), pending, "queued entries equal pending tasks");

@@ -2,8 +2,8 @@
 //! and every test ends by rebuilding the core from its events alone.
 
 use apiary_protocol::{
-    BotEvent, BotEventKind, BotEventQuery, CancelOutcome, NewTaskRequest, PendingInfo, StringPair, TaskQuery,
-    TaskResult, TaskSlice,
+    BotEvent, BotEventKind, BotEventQuery, CacheInfo, CancelOutcome, NamedCache, NewTaskRequest, PendingInfo,
+    StringPair, TaskQuery, TaskResult, TaskSlice, TimeoutKind,
 };
 
 use super::*;
@@ -74,12 +74,19 @@ impl Harness {
             dimensions,
             software: "test".into(),
             quarantine_reason: String::new(),
+            caches: Vec::new(),
         };
         self.send(conn, Request::BotPoll(poll)).1
     }
 
     fn report(&mut self, bot: TestBot, run_id: u64, offset: u64, output: &[u8], exit_code: Option<i64>) -> Reply {
-        let outcome = exit_code.map(|code| RunOutcome { exit_code: Some(code), duration_ms: 5, end: RunEnd::Exited });
+        let outcome = exit_code.map(|code| RunOutcome {
+            exit_code: Some(code),
+            duration_ms: 5,
+            setup_ms: 1,
+            teardown_ms: 1,
+            end: RunEnd::Exited,
+        });
         let output = output.to_vec();
         let (bot_id, session_id) = (bot.bot_id.to_string(), bot.session_id);
         let update = TaskUpdate { bot_id, session_id, run_id, output_offset: offset, output, outcome };
@@ -236,7 +243,13 @@ fn waits_are_answered_when_the_task_ends_or_the_wait_times_out() {
         run_id,
         output_offset: 0,
         output: vec![],
-        outcome: Some(RunOutcome { exit_code: Some(3), duration_ms: 1, end: RunEnd::Exited }),
+        outcome: Some(RunOutcome {
+            exit_code: Some(3),
+            duration_ms: 1,
+            setup_ms: 1,
+            teardown_ms: 1,
+            end: RunEnd::Exited,
+        }),
     };
     let (_, out) = h.send(ConnId(2), Request::TaskUpdate(update));
     let answered = out.replies.iter().find(|o| o.request_id == wait_id).expect("the waiter is answered");
@@ -351,7 +364,7 @@ fn an_idempotent_task_reuses_a_recent_success_only() {
     assert_eq!((second.deduped_from, second.output_len), (Some(run_id), 6));
     assert_ne!(second.task_id, first.task_id);
     let (_, out) = h.send(CLIENT, Request::GetOutput { task_id: second.task_id, offset: 0, max_bytes: 100 });
-    assert_eq!(out.output_reads[0].task_id.as_u64(), first.task_id, "the output is the first run's");
+    assert_eq!(out.output_reads[0].run_id, Some(RunId::from_u64(run_id).unwrap()), "the output is the first run's");
 
     // A failure is never a source; a running task neither.
     let mut failing = idempotent.clone();
@@ -386,7 +399,7 @@ fn cancel_ends_pending_tasks_and_kill_stops_running_ones_through_their_bot() {
     let (_, out) = h.send(CLIENT, Request::CancelTask { task_id: running.task_id, kill_running: true });
     assert!(matches!(&out.replies[0].reply, Reply::Canceled { outcome: CancelOutcome::KillRequested, .. }));
     assert_eq!(h.report(BOT_1, run_id, 0, b"bye", None), Reply::UpdateAck { output_len: 3, must_stop: true });
-    let outcome = RunOutcome { exit_code: Some(-1), duration_ms: 9, end: RunEnd::Killed };
+    let outcome = RunOutcome { exit_code: Some(-1), duration_ms: 9, setup_ms: 1, teardown_ms: 1, end: RunEnd::Killed };
     let update = TaskUpdate {
         bot_id: "bot-1".into(),
         session_id: 7,
@@ -460,6 +473,7 @@ fn quarantined_poll(h: &mut Harness, bot: TestBot, reason: &str) -> Output {
         dimensions,
         software: "test".into(),
         quarantine_reason: reason.into(),
+        caches: Vec::new(),
     };
     h.send(bot.conn, Request::BotPoll(poll)).1
 }
@@ -664,4 +678,142 @@ fn regression_a_late_final_report_and_the_ping_timeout_release_the_slot_once() {
         assert_eq!(h.core.bot("bot-1").unwrap().current_run_id, None);
         h.check_replay();
     }
+}
+
+fn poll_with_caches(h: &mut Harness, bot: TestBot, caches: &[&str]) -> Output {
+    let dimensions = LINUX.iter().map(|(key, value)| StringPair::new(key, value)).collect();
+    let caches = caches.iter().map(|name| CacheInfo { name: name.to_string(), size_bytes: 10 }).collect();
+    let poll = BotPoll {
+        bot_id: bot.bot_id.into(),
+        session_id: bot.session_id,
+        dimensions,
+        software: "test".into(),
+        quarantine_reason: String::new(),
+        caches,
+    };
+    h.send(bot.conn, Request::BotPoll(poll)).1
+}
+
+#[test]
+fn output_past_the_cap_is_dropped_behind_a_visible_marker_and_the_task_runs_on() {
+    let mut h = Harness::new();
+    h.core = Core::new(CoreConfig { max_output_bytes: 10, ..CoreConfig::default() });
+    let task = h.submit(request(100, &[("pool", "ci")]));
+    let run_id = run_one(&mut h, BOT_1, LINUX);
+    let (_, out) = h.send(
+        BOT_1.conn,
+        Request::TaskUpdate(TaskUpdate {
+            bot_id: "bot-1".into(),
+            session_id: 7,
+            run_id,
+            output_offset: 0,
+            output: b"0123456789abcdef".to_vec(),
+            outcome: None,
+        }),
+    );
+    assert_eq!(out.replies[0].reply, Reply::UpdateAck { output_len: 16, must_stop: false }, "all 16 taken");
+    let written: Vec<u8> = out.output_writes.iter().flat_map(|write| write.data.clone()).collect();
+    assert!(written.starts_with(b"0123456789\n[apiary: output truncated at 10 bytes"), "{written:?}");
+    assert_eq!(h.report(BOT_1, run_id, 16, b"more", None), Reply::UpdateAck { output_len: 20, must_stop: false });
+    finish_run(&mut h, BOT_1, run_id, b"", 0);
+    let result = h.core.task(RequestId::from_u64(task.task_id).unwrap()).unwrap();
+    assert!(result.output_truncated);
+    assert_eq!(result.output_len, written.len() as u64);
+    h.check_replay();
+}
+
+#[test]
+fn followers_get_output_as_it_arrives_and_a_last_chunk_when_the_task_ends() {
+    let mut h = Harness::new();
+    let task = h.submit(request(100, &[("pool", "ci")]));
+    let run_id = run_one(&mut h, BOT_1, LINUX);
+    h.report(BOT_1, run_id, 0, b"early ", None);
+    let (follow_id, out) = h.send(CLIENT, Request::FollowOutput { task_id: task.task_id, offset: 0 });
+    assert_eq!(out.output_reads.len(), 1);
+    assert_eq!(
+        (out.output_reads[0].offset, out.output_reads[0].max_bytes, out.output_reads[0].task_ended),
+        (0, 6, false)
+    );
+    let update = TaskUpdate {
+        bot_id: "bot-1".into(),
+        session_id: 7,
+        run_id,
+        output_offset: 6,
+        output: b"late".to_vec(),
+        outcome: None,
+    };
+    let (_, out) = h.send(BOT_1.conn, Request::TaskUpdate(update));
+    let pushed: Vec<_> = out.output_reads.iter().filter(|read| read.request_id == follow_id).collect();
+    assert_eq!(pushed.len(), 1, "the new bytes are pushed");
+    assert_eq!((pushed[0].offset, pushed[0].max_bytes, pushed[0].task_ended), (6, 4, false));
+    let outcome = RunOutcome { exit_code: Some(0), duration_ms: 1, setup_ms: 1, teardown_ms: 1, end: RunEnd::Exited };
+    let update = TaskUpdate {
+        bot_id: "bot-1".into(),
+        session_id: 7,
+        run_id,
+        output_offset: 10,
+        output: vec![],
+        outcome: Some(outcome),
+    };
+    let (_, out) = h.send(BOT_1.conn, Request::TaskUpdate(update));
+    let last = out.output_reads.iter().find(|read| read.request_id == follow_id).expect("a last chunk");
+    assert!(last.task_ended && last.max_bytes == 0);
+    h.check_replay();
+}
+
+#[test]
+fn secret_bytes_reach_only_the_bot_and_are_forgotten_when_the_task_ends() {
+    let mut h = Harness::new();
+    let mut r = request(100, &[("pool", "ci")]);
+    r.secret_bytes = Some(apiary_protocol::SecretBytes(b"hunter2".to_vec()));
+    r.task_slices[0].properties.idempotent = true;
+    let task = h.submit(r.clone());
+    assert!(task.has_secret_bytes && task.request.secret_bytes.is_none(), "results never carry them");
+    let out = h.poll(BOT_1.conn, BOT_1.bot_id, BOT_1.session_id, LINUX);
+    let handed = assignment(&out).unwrap();
+    assert_eq!(handed.secret_bytes.as_ref().map(|secret| secret.0.as_slice()), Some(&b"hunter2"[..]));
+    assert_eq!(format!("{:?}", handed.secret_bytes), "Some(SecretBytes(7 bytes))", "Debug never shows them");
+    let run_id = handed.run_id;
+    finish_run(&mut h, BOT_1, run_id, b"", 0);
+    assert!(h.core.tasks[&RequestId::from_u64(task.task_id).unwrap()].request.secret_bytes.is_none());
+    assert_eq!(h.submit(r).deduped_from, None, "tasks with secrets are never deduplicated");
+    h.check_replay();
+}
+
+#[test]
+fn a_task_goes_to_the_waiting_bot_that_holds_its_named_caches() {
+    let mut h = Harness::new();
+    poll_with_caches(&mut h, BOT_1, &[]);
+    poll_with_caches(&mut h, BOT_2, &["git", "pip"]);
+    let mut r = request(100, &[("pool", "ci")]);
+    r.task_slices[0].properties.caches = vec![NamedCache { name: "git".into(), path: "cache/git".into() }];
+    let (_, out) = h.send(CLIENT, Request::NewTask(r));
+    let handed = out.replies.iter().find(|outgoing| matches!(outgoing.reply, Reply::Assignment(_))).unwrap();
+    assert_eq!(handed.conn, BOT_2.conn, "bot-2 holds the git cache, though bot-1 waited longer");
+    assert_eq!(h.core.bot("bot-2").unwrap().caches.len(), 2);
+    h.check_replay();
+}
+
+#[test]
+fn a_timed_out_run_says_which_timeout() {
+    let mut h = Harness::new();
+    let task = h.submit(request(100, &[("pool", "ci")]));
+    let run_id = run_one(&mut h, BOT_1, LINUX);
+    let outcome =
+        RunOutcome { exit_code: Some(-1), duration_ms: 9, setup_ms: 2, teardown_ms: 3, end: RunEnd::IoTimeout };
+    let update = TaskUpdate {
+        bot_id: "bot-1".into(),
+        session_id: 7,
+        run_id,
+        output_offset: 0,
+        output: vec![],
+        outcome: Some(outcome),
+    };
+    h.send(BOT_1.conn, Request::TaskUpdate(update));
+    let result = h.core.task(RequestId::from_u64(task.task_id).unwrap()).unwrap();
+    assert_eq!(
+        (result.state, result.timeout, result.setup_ms, result.teardown_ms),
+        (TaskState::TimedOut, Some(TimeoutKind::Io), Some(2), Some(3))
+    );
+    h.check_replay();
 }

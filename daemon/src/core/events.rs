@@ -3,7 +3,7 @@
 //! same function over the log. Every event carries its own ids and times, so a
 //! replay rebuilds the same state bit for bit.
 
-use apiary_protocol::{NewTaskRequest, StringPair, TaskState};
+use apiary_protocol::{NewTaskRequest, StringPair, TaskState, TimeoutKind};
 use rkyv::{Archive, Deserialize, Serialize, rancor};
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -24,9 +24,11 @@ pub enum Event {
     /// The one terminal event of a task (see `Core::finish`).
     TaskFinished(TaskFinished),
     /// A run of an idempotent task ended BOT_DIED; the task is pending again.
+    /// `output_len` is what the dead run left: the task shows it until the next run.
     TaskRetried {
         run_id: u64,
         reason: String,
+        output_len: u64,
         at_ms: u64,
     },
     /// A bot came with a new session, new dimensions or new software, or came back.
@@ -80,9 +82,13 @@ pub struct TaskFinished {
     pub state: StoredState,
     pub exit_code: Option<i64>,
     pub duration_ms: Option<u64>,
+    pub setup_ms: Option<u64>,
+    pub teardown_ms: Option<u64>,
+    pub timeout: Option<TimeoutKind>,
     pub internal_failure: bool,
     pub reason: String,
     pub output_len: u64,
+    pub output_truncated: bool,
     /// The earlier run whose result an idempotent task reused.
     pub deduped_from: Option<u64>,
     pub at_ms: u64,

@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use apiary_protocol::{
-    BotEvent, BotEventKind, BotInfo, NewTaskRequest, RequestId, RunId, StringPair, TaskProperties, TaskResult,
-    TaskState,
+    BotEvent, BotEventKind, BotInfo, CacheInfo, NewTaskRequest, RequestId, RunId, StringPair, TaskProperties,
+    TaskResult, TaskState, TimeoutKind,
 };
 
 use super::ConnId;
@@ -31,10 +31,22 @@ pub struct Task {
     pub abandoned_ms: Option<u64>,
     pub exit_code: Option<i64>,
     pub duration_ms: Option<u64>,
+    pub setup_ms: Option<u64>,
+    pub teardown_ms: Option<u64>,
+    pub timeout: Option<TimeoutKind>,
     pub internal_failure: bool,
     pub failure_reason: String,
     /// Output bytes the daemon holds for the task.
     pub output_len: u64,
+    /// How far into its output the bot has reported; past the output cap this
+    /// runs ahead of `output_len`, as the rest is dropped.
+    pub output_received: u64,
+    /// The output reached the cap and the truncation marker was written.
+    pub output_truncated: bool,
+    /// Set at creation; the bytes themselves are dropped once the task ends.
+    pub has_secret_bytes: bool,
+    /// Clients following the output as it arrives.
+    pub followers: Vec<Follower>,
     /// A client asked to kill the running run; its bot is told to stop.
     pub kill_requested: bool,
     /// The earlier run whose result this idempotent task reused.
@@ -45,6 +57,7 @@ pub struct Task {
 
 impl Task {
     pub fn new(id: RequestId, request: NewTaskRequest, created_ms: u64) -> Task {
+        let has_secret_bytes = request.secret_bytes.is_some();
         Task {
             id,
             request,
@@ -60,9 +73,16 @@ impl Task {
             abandoned_ms: None,
             exit_code: None,
             duration_ms: None,
+            setup_ms: None,
+            teardown_ms: None,
+            timeout: None,
             internal_failure: false,
             failure_reason: String::new(),
             output_len: 0,
+            output_received: 0,
+            output_truncated: false,
+            has_secret_bytes,
+            followers: Vec::new(),
             kill_requested: false,
             deduped_from: None,
             watchers: Vec::new(),
@@ -77,12 +97,20 @@ impl Task {
         &self.properties().dimensions
     }
 
+    /// The run whose output is the task's: the last run, or for a deduplicated
+    /// task the run it reused.
+    pub fn output_run(&self) -> Option<RunId> {
+        self.deduped_from.or(self.run.as_ref().map(|run| run.run_id))
+    }
+
     /// The run that is RUNNING now, if any.
     pub fn current_run(&self) -> Option<&Run> {
         (self.state == TaskState::Running).then_some(self.run.as_ref()).flatten()
     }
 
     pub fn result(&self) -> TaskResult {
+        let mut request = self.request.clone();
+        request.secret_bytes = None;
         TaskResult {
             task_id: self.id.as_u64(),
             run_id: self.run.as_ref().map(|run| run.run_id.as_u64()),
@@ -100,8 +128,13 @@ impl Task {
             failure_reason: self.failure_reason.clone(),
             output_len: self.output_len,
             deduped_from: self.deduped_from.map(RunId::as_u64),
+            timeout: self.timeout,
+            setup_ms: self.setup_ms,
+            teardown_ms: self.teardown_ms,
+            has_secret_bytes: self.has_secret_bytes,
+            output_truncated: self.output_truncated,
             pending: None,
-            request: self.request.clone(),
+            request,
         }
     }
 }
@@ -115,6 +148,14 @@ pub struct Run {
     /// When the daemon last heard from the bot about this run (not durable: a
     /// restarted daemon gives every run a fresh tolerance).
     pub last_heard_ms: u64,
+}
+
+/// A client following a task's output: it has been sent everything before `offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Follower {
+    pub conn: ConnId,
+    pub request_id: u64,
+    pub offset: u64,
 }
 
 /// A client waiting for a task to end.
@@ -187,6 +228,8 @@ pub struct Bot {
     pub next_event_number: u64,
     /// Whether a death timer is pending for the bot (not durable).
     pub death_timer_armed: bool,
+    /// The named caches the bot said it holds in its last poll (not durable).
+    pub caches: Vec<CacheInfo>,
 }
 
 impl Bot {
@@ -209,6 +252,7 @@ impl Bot {
             events: VecDeque::new(),
             next_event_number: 1,
             death_timer_armed: false,
+            caches: Vec::new(),
         }
     }
 
@@ -251,6 +295,7 @@ impl Bot {
             quarantine_reason: self.quarantine.as_ref().map(|quarantine| quarantine.reason.clone()),
             terminate_requested: self.terminate_requested,
             shut_down: self.shut_down,
+            caches: self.caches.clone(),
         }
     }
 }
@@ -265,11 +310,23 @@ pub struct Ending {
     pub reason: String,
     /// An idempotent task that reused this earlier run's result.
     pub deduped_from: Option<RunId>,
+    pub setup_ms: Option<u64>,
+    pub teardown_ms: Option<u64>,
+    pub timeout: Option<TimeoutKind>,
 }
 
 impl Ending {
     pub fn new(state: TaskState, reason: impl Into<String>) -> Ending {
-        let reason = reason.into();
-        Ending { state, exit_code: None, duration_ms: None, internal_failure: false, reason, deduped_from: None }
+        Ending {
+            state,
+            exit_code: None,
+            duration_ms: None,
+            internal_failure: false,
+            reason: reason.into(),
+            deduped_from: None,
+            setup_ms: None,
+            teardown_ms: None,
+            timeout: None,
+        }
     }
 }

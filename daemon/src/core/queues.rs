@@ -168,6 +168,14 @@ impl Queues {
             .map(|(_, bot_id)| bot_id.as_str())
     }
 
+    /// Every bot waiting for work that can serve this queue (for affinity).
+    pub fn parked_bots_for_queue(&self, queue: QueueId) -> impl Iterator<Item = &str> {
+        self.queues[queue.0 as usize]
+            .classes
+            .iter()
+            .flat_map(|&class| self.classes[class.0 as usize].parked.values().map(String::as_str))
+    }
+
     /// Counts a bot in (+1) or out (-1) of its class's capacity, idle or busy.
     pub fn count_bot(&mut self, class: ClassId, live: i32, busy: i32) {
         let class = &mut self.classes[class.0 as usize];

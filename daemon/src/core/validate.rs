@@ -2,7 +2,7 @@
 //! limit it broke; nothing is silently changed or ignored.
 
 use apiary_protocol::limits::*;
-use apiary_protocol::{NewTaskRequest, StringPair, TaskProperties, TaskSlice};
+use apiary_protocol::{NamedCache, NewTaskRequest, StringPair, TaskProperties, TaskSlice};
 
 /// A refused request: `field` is a path into the request, like
 /// `task_slices[0].properties.dimensions[1].key`.
@@ -33,6 +33,11 @@ pub fn validate_request(request: &NewTaskRequest) -> Result<(), ValidationError>
         if tag.split_once(':').is_none_or(|(key, _)| key.is_empty()) {
             return refuse(field, format!("{tag:?} is not of the form key:value"));
         }
+    }
+    if let Some(secret) = &request.secret_bytes
+        && secret.0.len() > MAX_SECRET_BYTES
+    {
+        return refuse("secret_bytes", format!("{} bytes is over the limit of {MAX_SECRET_BYTES}", secret.0.len()));
     }
     if request.bot_ping_tolerance_secs < 1 {
         return refuse("bot_ping_tolerance_secs", "must be at least 1");
@@ -92,7 +97,30 @@ fn validate_properties(field: &str, properties: &TaskProperties) -> Result<(), V
         let io_field = format!("{field}.io_timeout_secs");
         check_seconds(&io_field, properties.io_timeout_secs, 1, MAX_EXECUTION_TIMEOUT_SECS)?;
     }
-    check_seconds(&format!("{field}.grace_period_secs"), properties.grace_period_secs, 0, MAX_GRACE_PERIOD_SECS)
+    check_seconds(&format!("{field}.grace_period_secs"), properties.grace_period_secs, 0, MAX_GRACE_PERIOD_SECS)?;
+    validate_caches(&format!("{field}.caches"), &properties.caches)
+}
+
+/// Swarming's rules for named caches: names of `[a-z0-9_]`, each name and
+/// each path at most once, paths inside the work directory.
+fn validate_caches(field: &str, caches: &[NamedCache]) -> Result<(), ValidationError> {
+    check_count(field, caches.len(), MAX_NAMED_CACHES)?;
+    for (index, cache) in caches.iter().enumerate() {
+        let name_field = format!("{field}[{index}].name");
+        check_len(&name_field, &cache.name, MAX_CACHE_NAME_BYTES)?;
+        let valid_name = !cache.name.is_empty()
+            && cache.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid_name {
+            return refuse(name_field, format!("{:?} does not match ^[a-z0-9_]+$", cache.name));
+        }
+        validate_relative_path(&format!("{field}[{index}].path"), &cache.path)?;
+        if let Some(earlier) =
+            caches[..index].iter().position(|other| other.name == cache.name || other.path == cache.path)
+        {
+            return refuse(format!("{field}[{index}]"), format!("repeats the name or path of {field}[{earlier}]"));
+        }
+    }
+    Ok(())
 }
 
 /// Swarming's rules: keys `^[a-zA-Z\-_.][0-9a-zA-Z\-_.]*$` up to 64 bytes, values up
@@ -267,6 +295,16 @@ mod tests {
         let mut bad = request(&[("pool", "ci")]);
         bad.task_slices.push(bad.task_slices[0].clone());
         assert_eq!(refused_field(&bad), "task_slices[1]");
+        let mut bad = request(&[("pool", "ci")]);
+        bad.task_slices[0].properties.caches = vec![NamedCache { name: "Git".into(), path: "git".into() }];
+        assert_eq!(refused_field(&bad), "task_slices[0].properties.caches[0].name");
+        let mut bad = request(&[("pool", "ci")]);
+        let cache = NamedCache { name: "git".into(), path: "git".into() };
+        bad.task_slices[0].properties.caches = vec![cache.clone(), cache];
+        assert_eq!(refused_field(&bad), "task_slices[0].properties.caches[1]");
+        let mut bad = request(&[("pool", "ci")]);
+        bad.secret_bytes = Some(apiary_protocol::SecretBytes(vec![0; MAX_SECRET_BYTES + 1]));
+        assert_eq!(refused_field(&bad), "secret_bytes");
         let mut bad = request(&[("pool", "ci")]);
         bad.tags.push("novalue".into());
         assert_eq!(refused_field(&bad), "tags[0]");

@@ -19,7 +19,7 @@ use super::ServerError;
 use super::connection::{Connection, ReadStatus};
 use super::durability::{Durability, Held};
 use super::log;
-use crate::core::events::{EVENT_RECORD_KIND, Event};
+use crate::core::events::{EVENT_RECORD_KIND, Event, TaskFinished};
 use crate::core::{ConnId, Core, Input, Output, OutputRead};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -278,7 +278,7 @@ impl EventLoop {
     fn commit(&mut self, out: Output) -> Result<(), ServerError> {
         let wrote = !out.output_writes.is_empty() || !out.events.is_empty();
         for write in out.output_writes {
-            self.outputs.write_at(write.task_id.as_u64(), write.offset, &write.data).map_err(ServerError::Output)?;
+            self.outputs.write_at(write.run_id.as_u64(), write.offset, &write.data).map_err(ServerError::Output)?;
         }
         let mut log_lines = String::new();
         for event in &out.events {
@@ -286,8 +286,8 @@ impl EventLoop {
             log_lines.push_str(&event.describe());
             log_lines.push('\n');
             self.wal.append(EVENT_RECORD_KIND, &event.encode()).map_err(ServerError::Wal)?;
-            if let Event::TaskFinished(finished) = event {
-                self.outputs.close(finished.task_id);
+            if let Event::TaskFinished(TaskFinished { run_id: Some(run_id), .. }) = event {
+                self.outputs.close(*run_id);
             }
         }
         // One write for the turn's log lines: at thousands of tasks a second,
@@ -329,17 +329,16 @@ impl EventLoop {
     fn read_output(&mut self, read: &OutputRead) -> Reply {
         let available = read.output_len.saturating_sub(read.offset);
         let max_bytes = (available as usize).min(read.max_bytes);
-        let data = if max_bytes == 0 {
-            Vec::new()
-        } else {
-            match self.outputs.read(read.task_id.as_u64(), read.offset, max_bytes) {
+        let data = match read.run_id.filter(|_| max_bytes > 0) {
+            None => Vec::new(),
+            Some(run_id) => match self.outputs.read(run_id.as_u64(), read.offset, max_bytes) {
                 Ok(data) => data,
                 Err(error) => {
-                    log(format!("cannot read the output of task {}: {error}", read.task_id));
+                    log(format!("cannot read the output of run {run_id}: {error}"));
                     let message = format!("cannot read the output: {error}");
                     return Reply::Error(ErrorReply { code: ErrorCode::Internal, message });
                 }
-            }
+            },
         };
         Reply::Output { offset: read.offset, data, output_len: read.output_len, task_ended: read.task_ended }
     }

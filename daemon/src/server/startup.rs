@@ -2,6 +2,7 @@
 
 use std::fs::{self, File};
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use apiary_storage::{OutputStore, Wal, WalOptions};
@@ -27,6 +28,10 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let data_dir = &config.data_dir;
     fs::create_dir_all(data_dir)
         .map_err(io_error(format!("cannot create the data directory {}", data_dir.display())))?;
+    // The log holds secret bytes until they are compacted away: only the
+    // daemon's own user may read anything in here.
+    fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
+        .map_err(io_error(format!("cannot restrict the data directory {}", data_dir.display())))?;
     let _lock = lock_data_dir(data_dir)?;
     match os::raise_open_file_limit() {
         Ok(limit) => log(format!("open-file limit: {limit}")),
@@ -77,8 +82,8 @@ fn recover(config: &ServerConfig) -> Result<(Core, Wal, OutputStore), ServerErro
         core.apply(&event);
     }
     let mut outputs = OutputStore::open(&config.data_dir.join("output"))?;
-    for task_id in core.running_tasks() {
-        core.set_output_len(task_id, outputs.len(task_id.as_u64())?);
+    for run_id in core.running_runs() {
+        core.set_output_len(run_id, outputs.len(run_id.as_u64())?);
     }
     core.recovered(now_unix_ms());
     core.check_invariants();

@@ -26,7 +26,9 @@ impl Core {
                 task.kill_requested = true;
             }
             Event::TaskFinished(finished) => self.apply_task_finished(finished),
-            Event::TaskRetried { run_id, reason, at_ms } => self.apply_task_retried(*run_id, reason, *at_ms),
+            Event::TaskRetried { run_id, reason, output_len, at_ms } => {
+                self.apply_task_retried(*run_id, reason, *output_len, *at_ms);
+            }
             Event::BotConnected(connected) => self.apply_bot_connected(connected),
             Event::BotChanged { bot_id, change, at_ms } => self.apply_bot_changed(bot_id, change, *at_ms),
         }
@@ -50,6 +52,8 @@ impl Core {
         assert_eq!(task.state, TaskState::Pending, "only a pending task is assigned");
         task.state = TaskState::Running;
         task.kill_requested = false;
+        // A run's output is its own: a retry starts from nothing.
+        (task.output_len, task.output_received, task.output_truncated) = (0, 0, false);
         task.try_number = run_id.try_number();
         task.started_ms.get_or_insert(assigned.at_ms);
         let (bot_id, session_id, last_heard_ms) = (assigned.bot_id.clone(), assigned.session_id, assigned.at_ms);
@@ -73,9 +77,15 @@ impl Core {
         task.state = state;
         task.exit_code = finished.exit_code;
         task.duration_ms = finished.duration_ms;
+        task.setup_ms = finished.setup_ms;
+        task.teardown_ms = finished.teardown_ms;
+        task.timeout = finished.timeout;
+        // Only the bot running the task ever needed them.
+        task.request.secret_bytes = None;
         task.internal_failure = finished.internal_failure;
         task.failure_reason = finished.reason.clone();
         task.output_len = finished.output_len;
+        task.output_truncated = finished.output_truncated;
         task.completed_ms = Some(finished.at_ms);
         task.deduped_from = finished.deduped_from.and_then(RunId::from_u64);
         let command_ended_itself = matches!(state, TaskState::Completed | TaskState::TimedOut | TaskState::ClientError);
@@ -86,7 +96,8 @@ impl Core {
         let run = task.run.as_ref().expect("a finished run exists");
         assert_eq!(run.run_id, run_id, "only the current run finishes");
         let bot_id = run.bot_id.clone();
-        if state == TaskState::Completed && finished.exit_code == Some(0) && task.properties().idempotent {
+        let reusable = task.properties().idempotent && !task.has_secret_bytes;
+        if state == TaskState::Completed && finished.exit_code == Some(0) && reusable {
             self.successes.insert(task.properties().clone(), (run_id, finished.at_ms));
         }
         self.release_bot(&bot_id, run_id);
@@ -100,13 +111,14 @@ impl Core {
     }
 
     /// The run died but the task goes on: back to its queue, for another bot.
-    fn apply_task_retried(&mut self, run_id: u64, reason: &str, at_ms: u64) {
+    fn apply_task_retried(&mut self, run_id: u64, reason: &str, output_len: u64, at_ms: u64) {
         let run_id = RunId::from_u64(run_id).expect("a run id");
         let task = self.tasks.get_mut(&run_id.request()).expect("retried task is known");
         let run = task.current_run().expect("only a running run is retried");
         assert_eq!(run.run_id, run_id, "only the current run is retried");
         let bot_id = run.bot_id.clone();
         task.state = TaskState::Pending;
+        task.output_len = output_len;
         self.enqueue(run_id.request());
         self.release_bot(&bot_id, run_id);
         let message = format!("BOT_DIED {reason}; the task is retried");

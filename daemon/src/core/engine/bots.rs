@@ -96,6 +96,7 @@ impl Core {
         } else if by_health_check && poll.quarantine_reason.is_empty() {
             self.change_bot_standing(&poll.bot_id, BotChange::Unquarantined, out);
         }
+        self.bots.get_mut(&poll.bot_id).expect("seen above").caches = poll.caches.clone();
         self.note_connection(conn, &poll.bot_id);
     }
 
@@ -209,8 +210,20 @@ impl Core {
 
     /// A new task goes straight to the longest-parked bot that can run it.
     pub(super) fn hand_to_parked_bot(&mut self, task_id: RequestId, out: &mut Output) {
-        let Some((queue, _)) = self.tasks[&task_id].queued else { return };
-        let Some(bot_id) = self.queues.parked_bot_for_queue(queue).map(str::to_string) else { return };
+        let task = &self.tasks[&task_id];
+        let Some((queue, _)) = task.queued else { return };
+        let caches = &task.properties().caches;
+        let holds_caches = |bot_id: &&str| {
+            let held = &self.bots[*bot_id].caches;
+            caches.iter().all(|cache| held.iter().any(|info| info.name == cache.name))
+        };
+        // Among waiting bots, one that already holds the task's named caches
+        // wins; the scan over waiting bots happens only for tasks with caches.
+        let with_caches =
+            if caches.is_empty() { None } else { self.queues.parked_bots_for_queue(queue).find(holds_caches) };
+        let Some(bot_id) = with_caches.or_else(|| self.queues.parked_bot_for_queue(queue)).map(str::to_string) else {
+            return;
+        };
         let bot = self.bots.get_mut(&bot_id).expect("parked bots are known");
         let parked = bot.parked.take().expect("a parked bot has its poll");
         self.queues.unpark(bot.class, parked.park_number);
@@ -239,6 +252,7 @@ impl Core {
             task_name: task.request.name.clone(),
             slice_index: task.slice_index,
             properties: task.properties().clone(),
+            secret_bytes: task.request.secret_bytes.clone(),
         }
     }
 

@@ -51,8 +51,10 @@ impl Core {
 
     /// A successful earlier run with the same properties, recent enough to reuse.
     pub(super) fn dedup_source(&self, task_id: RequestId) -> Option<RunId> {
-        let properties = self.tasks[&task_id].properties();
-        if !properties.idempotent {
+        let task = &self.tasks[&task_id];
+        let properties = task.properties();
+        // Secret bytes change what a task does without showing in its properties.
+        if !properties.idempotent || task.has_secret_bytes {
             return None;
         }
         let &(run_id, ended_ms) = self.successes.get(properties)?;
@@ -147,7 +149,7 @@ impl Core {
         out.output_reads.push(OutputRead {
             conn,
             request_id,
-            task_id: task.deduped_from.map_or(task.id, RunId::request),
+            run_id: task.output_run(),
             offset,
             max_bytes: (max_bytes as usize).min(MAX_OUTPUT_CHUNK_BYTES),
             output_len: task.output_len,
@@ -183,7 +185,7 @@ impl Core {
         task.run.as_mut().expect("a running task has a run").last_heard_ms = self.now_ms;
         self.revive_if_dead(&update.bot_id, out);
         self.note_connection(conn, &update.bot_id);
-        let output_len = self.accept_output(run_id.request(), update.output_offset, update.output, out);
+        let output_len = self.accept_output(run_id, update.output_offset, update.output, out);
         if update.output_offset > output_len {
             // A gap: the bot resends from what we hold before anything ends.
             return Reply::UpdateAck { output_len, must_stop };
@@ -194,18 +196,114 @@ impl Core {
         Reply::UpdateAck { output_len, must_stop }
     }
 
-    /// Keeps the part of a chunk past what is already held; returns the new length.
-    pub(super) fn accept_output(&mut self, task_id: RequestId, offset: u64, data: Vec<u8>, out: &mut Output) -> u64 {
+    /// Keeps the part of a chunk past what the bot already reported, up to
+    /// the output cap (then a marker, and the rest is dropped), and pushes the
+    /// new bytes to followers. Returns how far the bot's output has been received.
+    pub(super) fn accept_output(&mut self, run_id: RunId, offset: u64, data: Vec<u8>, out: &mut Output) -> u64 {
+        let cap = self.config.max_output_bytes;
+        let task_id = run_id.request();
         let task = self.tasks.get_mut(&task_id).expect("caller checked");
-        let held = task.output_len;
         let end = offset.saturating_add(data.len() as u64);
-        if offset > held || end <= held {
-            return held;
+        if task.output_truncated {
+            task.output_received = task.output_received.max(end);
+            return task.output_received;
         }
-        let fresh = data[(held - offset) as usize..].to_vec();
-        task.output_len = end;
-        out.output_writes.push(OutputWrite { task_id, offset: held, data: fresh });
+        let received = task.output_received;
+        if offset > received || end <= received {
+            return received;
+        }
+        let fresh = &data[(received - offset) as usize..];
+        task.output_received = end;
+        let room = cap.saturating_sub(task.output_len) as usize;
+        let mut kept = fresh[..fresh.len().min(room)].to_vec();
+        if kept.len() < fresh.len() {
+            kept.extend_from_slice(
+                format!("\n[apiary: output truncated at {cap} bytes; the rest was dropped]\n").as_bytes(),
+            );
+            task.output_truncated = true;
+        }
+        if !kept.is_empty() {
+            let write_offset = task.output_len;
+            task.output_len += kept.len() as u64;
+            out.output_writes.push(OutputWrite { run_id, offset: write_offset, data: kept });
+            self.feed_followers(task_id, out);
+        }
         end
+    }
+
+    pub(super) fn follow_output(
+        &mut self,
+        conn: ConnId,
+        request_id: u64,
+        raw_id: u64,
+        offset: u64,
+        out: &mut Output,
+    ) -> Option<Reply> {
+        let Some(task) = self.find_task(raw_id) else { return Some(not_found(raw_id)) };
+        let task_id = task.id;
+        let offset = offset.min(task.output_len);
+        self.tasks.get_mut(&task_id).expect("found above").followers.push(Follower { conn, request_id, offset });
+        self.feed_followers(task_id, out);
+        let timer = Timer::FollowHeartbeat { task_id, follower: (conn, request_id) };
+        self.timers.push(Reverse((self.now_ms + FOLLOW_HEARTBEAT_MS, timer)));
+        None
+    }
+
+    pub(super) fn follow_heartbeat_due(
+        &mut self,
+        task_id: RequestId,
+        (conn, request_id): (ConnId, u64),
+        out: &mut Output,
+    ) {
+        let task = &self.tasks[&task_id];
+        let Some(follower) = task.followers.iter().find(|f| (f.conn, f.request_id) == (conn, request_id)) else {
+            return;
+        };
+        out.output_reads.push(OutputRead {
+            conn,
+            request_id,
+            run_id: task.output_run(),
+            offset: follower.offset,
+            max_bytes: 0,
+            output_len: task.output_len,
+            task_ended: false,
+        });
+        let timer = Timer::FollowHeartbeat { task_id, follower: (conn, request_id) };
+        self.timers.push(Reverse((self.now_ms + FOLLOW_HEARTBEAT_MS, timer)));
+    }
+
+    /// Sends followers the output they have not seen, in chunks; once the task
+    /// ended, the last chunk says so and the followers are done.
+    pub(super) fn feed_followers(&mut self, task_id: RequestId, out: &mut Output) {
+        let task = self.tasks.get_mut(&task_id).expect("known task");
+        let ended = task.state.is_terminal();
+        let source = task.output_run();
+        for follower in &mut task.followers {
+            loop {
+                let remaining = task.output_len - follower.offset;
+                let chunk = remaining.min(MAX_OUTPUT_CHUNK_BYTES as u64);
+                let last = chunk == remaining;
+                if chunk == 0 && !ended {
+                    break;
+                }
+                out.output_reads.push(OutputRead {
+                    conn: follower.conn,
+                    request_id: follower.request_id,
+                    run_id: source,
+                    offset: follower.offset,
+                    max_bytes: chunk as usize,
+                    output_len: task.output_len,
+                    task_ended: ended && last,
+                });
+                follower.offset += chunk;
+                if last {
+                    break;
+                }
+            }
+        }
+        if ended {
+            task.followers.clear();
+        }
     }
 
     pub(super) fn slice_expired(&mut self, task_id: RequestId, slice_index: u32, out: &mut Output) {
@@ -234,10 +332,18 @@ pub(super) fn ending_of(outcome: RunOutcome) -> Ending {
     let mut ending = Ending::new(TaskState::Completed, "");
     ending.exit_code = outcome.exit_code;
     ending.duration_ms = Some(outcome.duration_ms);
+    ending.setup_ms = Some(outcome.setup_ms);
+    ending.teardown_ms = Some(outcome.teardown_ms);
     match outcome.end {
         RunEnd::Exited => {}
-        RunEnd::HardTimeout => (ending.state, ending.reason) = (TaskState::TimedOut, "hard timeout".into()),
-        RunEnd::IoTimeout => (ending.state, ending.reason) = (TaskState::TimedOut, "io timeout".into()),
+        RunEnd::HardTimeout => {
+            (ending.state, ending.reason, ending.timeout) =
+                (TaskState::TimedOut, "hard timeout".into(), Some(TimeoutKind::Hard));
+        }
+        RunEnd::IoTimeout => {
+            (ending.state, ending.reason, ending.timeout) =
+                (TaskState::TimedOut, "io timeout".into(), Some(TimeoutKind::Io));
+        }
         RunEnd::Killed => (ending.state, ending.reason) = (TaskState::Killed, "killed on request".into()),
         RunEnd::ClientError(reason) => (ending.state, ending.reason) = (TaskState::ClientError, reason),
         RunEnd::InternalError(reason) => {
