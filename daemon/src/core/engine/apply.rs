@@ -64,8 +64,8 @@ impl Core {
             assert!(bot.current_run.is_none(), "bot {} already runs {:?}", bot.bot_id, bot.current_run);
             bot.current_run = Some(run_id);
         });
-        let message = format!("slice {}", assigned.slice_index);
-        self.record_bot_event(&assigned.bot_id, assigned.at_ms, BotEventKind::TaskAssigned, Some(run_id), message);
+        let kind = BotEventKind::TaskAssigned;
+        self.record_bot_event(&assigned.bot_id, assigned.at_ms, kind, Some(run_id), String::new());
     }
 
     fn apply_task_finished(&mut self, finished: &TaskFinished) {

@@ -9,8 +9,8 @@ const DEFAULT_EVENT_PAGE: u32 = 100;
 impl Core {
     pub(super) fn bot_poll(&mut self, conn: ConnId, request_id: u64, poll: BotPoll, out: &mut Output) -> Option<Reply> {
         // Checked once per new bot or new dimensions, not on every poll.
-        let known_dimensions = self.bots.get(&poll.bot_id).map(|bot| &bot.dimensions);
-        if known_dimensions.is_none_or(|known| **known != poll.dimensions) {
+        let new_dimensions = self.bots.get(&poll.bot_id).is_none_or(|bot| *bot.dimensions != poll.dimensions);
+        if new_dimensions {
             let valid = validate::validate_bot_id(&poll.bot_id)
                 .and_then(|()| validate::validate_bot_dimensions(&poll.dimensions));
             if let Err(refusal) = valid {
@@ -22,7 +22,7 @@ impl Core {
             return Some(error(ErrorCode::InvalidRequest, message));
         }
         self.unpark(&poll.bot_id, out);
-        self.bot_seen(conn, &poll, out);
+        self.bot_seen(conn, &poll, new_dimensions, out);
         let bot = &self.bots[&poll.bot_id];
         if let Some(run_id) = bot.current_run {
             // A bot polls only when idle: the assignment was durable but never
@@ -63,15 +63,12 @@ impl Core {
     /// return from death or shutdown is an event; a new session means the bot
     /// restarted and lost whatever it ran. The health check's verdict rides on
     /// every poll and quarantines or releases the bot.
-    fn bot_seen(&mut self, conn: ConnId, poll: &BotPoll, out: &mut Output) {
+    fn bot_seen(&mut self, conn: ConnId, poll: &BotPoll, new_dimensions: bool, out: &mut Output) {
         let known = self.bots.get(&poll.bot_id);
-        let changed = known.is_none_or(|bot| {
-            bot.session_id != poll.session_id
-                || *bot.dimensions != poll.dimensions
-                || bot.software != poll.software
-                || bot.dead
-                || bot.shut_down
-        });
+        let changed = new_dimensions
+            || known.is_none_or(|bot| {
+                bot.session_id != poll.session_id || bot.software != poll.software || bot.dead || bot.shut_down
+            });
         let lost_run = known.and_then(|bot| bot.current_run.filter(|_| bot.session_id != poll.session_id));
         if let Some(run_id) = lost_run {
             let mut ending = Ending::new(TaskState::BotDied, "the bot restarted while running the task");
@@ -96,7 +93,10 @@ impl Core {
         } else if by_health_check && poll.quarantine_reason.is_empty() {
             self.change_bot_standing(&poll.bot_id, BotChange::Unquarantined, out);
         }
-        self.bots.get_mut(&poll.bot_id).expect("seen above").caches = poll.caches.clone();
+        let bot = self.bots.get_mut(&poll.bot_id).expect("seen above");
+        if bot.caches != poll.caches {
+            bot.caches = poll.caches.clone();
+        }
         self.note_connection(conn, &poll.bot_id);
     }
 
