@@ -123,20 +123,7 @@ mod tests {
     use crate::connect::fake::FakeDaemon;
 
     fn bot(bot_id: &str) -> BotInfo {
-        BotInfo {
-            bot_id: bot_id.to_string(),
-            dimensions: vec![StringPair::new("pool", "ci")],
-            current_run_id: None,
-            first_seen_unix_ms: 0,
-            last_seen_unix_ms: 0,
-            connected: true,
-            software: String::new(),
-            dead: false,
-            quarantine_reason: None,
-            terminate_requested: false,
-            shut_down: false,
-            caches: Vec::new(),
-        }
+        crate::connect::fake::idle_bot(bot_id)
     }
 
     #[test]

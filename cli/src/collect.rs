@@ -367,15 +367,7 @@ mod tests {
 
     #[test]
     fn a_closed_stdout_stops_reading_output() {
-        struct ClosedPipe;
-        impl Write for ClosedPipe {
-            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-                Err(io::Error::from(io::ErrorKind::BrokenPipe))
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
+        use crate::connect::fake::ClosedPipe;
         let mut daemon = FakeDaemon::answering(vec![task(TaskState::Completed, Some(4)), output(0, b"ab", 4)]);
         let result = collect(&mut daemon, TASK, None, false, &mut Sink::new(ClosedPipe), &mut Vec::new());
         assert_eq!(result.unwrap(), 4);

@@ -260,6 +260,36 @@ pub(crate) mod fake {
         }
     }
 
+    /// A connected, idle bot with `pool=ci` and nothing else of note.
+    pub(crate) fn idle_bot(bot_id: &str) -> apiary_protocol::BotInfo {
+        apiary_protocol::BotInfo {
+            bot_id: bot_id.to_string(),
+            dimensions: vec![apiary_protocol::StringPair::new("pool", "ci")],
+            current_run_id: None,
+            first_seen_unix_ms: 0,
+            last_seen_unix_ms: 0,
+            connected: true,
+            software: String::new(),
+            dead: false,
+            quarantine_reason: None,
+            terminate_requested: false,
+            shut_down: false,
+            caches: Vec::new(),
+        }
+    }
+
+    /// A stdout whose reader went away: every write fails with a broken pipe.
+    pub(crate) struct ClosedPipe;
+
+    impl std::io::Write for ClosedPipe {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     /// The error of a connection that broke, as a daemon restart causes.
     pub(crate) fn connection_reset() -> ClientError {
         ClientError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset))

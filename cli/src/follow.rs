@@ -191,15 +191,7 @@ mod tests {
 
     #[test]
     fn a_closed_stdout_stops_following_early() {
-        struct ClosedPipe;
-        impl Write for ClosedPipe {
-            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-                Err(io::Error::from(io::ErrorKind::BrokenPipe))
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
+        use crate::connect::fake::ClosedPipe;
         let mut daemon = FakeDaemon::answering(vec![followed(0, b"ab", false), followed(2, b"cd", true)]);
         let mut out = Sink::new(ClosedPipe);
         let result = follow_output(&mut daemon, TASK, &mut out, &mut Patience::none()).unwrap();

@@ -818,20 +818,7 @@ mod tests {
 
     #[test]
     fn bot_status_follows_its_precedence() {
-        let idle = BotInfo {
-            bot_id: "b".to_string(),
-            dimensions: Vec::new(),
-            current_run_id: None,
-            first_seen_unix_ms: 0,
-            last_seen_unix_ms: 0,
-            connected: true,
-            software: String::new(),
-            dead: false,
-            quarantine_reason: None,
-            terminate_requested: false,
-            shut_down: false,
-            caches: Vec::new(),
-        };
+        let idle = BotInfo { dimensions: Vec::new(), ..crate::connect::fake::idle_bot("b") };
         let busy = BotInfo { current_run_id: Some(0x21), ..idle.clone() };
         let quarantined = BotInfo { quarantine_reason: Some("r".to_string()), ..busy.clone() };
         let shut_down = BotInfo { shut_down: true, connected: false, ..quarantined.clone() };
@@ -854,20 +841,7 @@ mod tests {
 
     #[test]
     fn bot_actions_are_one_line_each() {
-        let bot = BotInfo {
-            bot_id: "bot-1".to_string(),
-            dimensions: Vec::new(),
-            current_run_id: None,
-            first_seen_unix_ms: 0,
-            last_seen_unix_ms: 0,
-            connected: true,
-            software: String::new(),
-            dead: false,
-            quarantine_reason: None,
-            terminate_requested: false,
-            shut_down: false,
-            caches: Vec::new(),
-        };
+        let bot = BotInfo { dimensions: Vec::new(), ..crate::connect::fake::idle_bot("bot-1") };
         let quarantined = bot_action_text(BotAction::Quarantined { reason: "disk\nfull" }, &bot);
         assert_eq!(quarantined, "quarantined bot-1: disk full\n");
         assert_eq!(bot_action_text(BotAction::Unquarantined, &bot), "unquarantined bot-1\n");

@@ -14,6 +14,11 @@ use std::time::{Duration, Instant};
 /// Generous: a loaded 2-core machine can be slow; nothing here measures time.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// A temporary directory for one test, removed when dropped.
+pub fn temp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a temporary directory")
+}
+
 pub fn binary(name: &str) -> PathBuf {
     let test_exe = std::env::current_exe().expect("the test knows its path");
     let profile_dir = test_exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");

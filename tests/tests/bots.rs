@@ -3,11 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use apiary_tests::{Bot, Daemon, PATIENCE, describe, process_alive, send_signal};
-
-fn temp() -> tempfile::TempDir {
-    tempfile::tempdir().expect("a temporary directory")
-}
+use apiary_tests::{Bot, Daemon, PATIENCE, describe, process_alive, send_signal, temp};
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;

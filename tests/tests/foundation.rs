@@ -5,11 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use apiary_tests::{Bot, Daemon, describe};
-
-fn temp() -> tempfile::TempDir {
-    tempfile::tempdir().expect("a temporary directory")
-}
+use apiary_tests::{Bot, Daemon, describe, temp};
 
 #[test]
 fn run_returns_the_output_and_the_exit_code() {

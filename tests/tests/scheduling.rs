@@ -2,12 +2,8 @@
 
 use std::path::Path;
 
-use apiary_tests::{Bot, Daemon, describe};
+use apiary_tests::{Bot, Daemon, describe, temp};
 use serde_json::json;
-
-fn temp() -> tempfile::TempDir {
-    tempfile::tempdir().expect("a temporary directory")
-}
 
 /// Appends `name` to `file`, so the order tasks ran in can be read back.
 fn record(file: &Path, name: &str) -> String {
