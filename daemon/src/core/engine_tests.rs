@@ -79,19 +79,17 @@ impl Harness {
         self.send(conn, Request::BotPoll(poll)).1
     }
 
-    fn report(&mut self, bot: TestBot, run_id: u64, offset: u64, output: &[u8], exit_code: Option<i64>) -> Reply {
-        let outcome = exit_code.map(|code| RunOutcome {
-            exit_code: Some(code),
-            duration_ms: 5,
-            setup_ms: 1,
-            teardown_ms: 1,
-            end: RunEnd::Exited,
-        });
-        let output = output.to_vec();
-        let (bot_id, session_id) = (bot.bot_id.to_string(), bot.session_id);
+    /// A bot's update on its run; returns everything the core asked for.
+    fn update(&mut self, bot: TestBot, run_id: u64, offset: u64, output: &[u8], outcome: Option<RunOutcome>) -> Output {
+        let (bot_id, session_id, output) = (bot.bot_id.to_string(), bot.session_id, output.to_vec());
         let update = TaskUpdate { bot_id, session_id, run_id, output_offset: offset, output, outcome };
-        let (_, out) = self.send(bot.conn, Request::TaskUpdate(update));
-        out.replies.into_iter().last().expect("a reply").reply
+        self.send(bot.conn, Request::TaskUpdate(update)).1
+    }
+
+    /// An update, its final report an exit with `exit_code` when given; returns the reply.
+    fn report(&mut self, bot: TestBot, run_id: u64, offset: u64, output: &[u8], exit_code: Option<i64>) -> Reply {
+        let outcome = exit_code.map(|code| outcome(Some(code), RunEnd::Exited));
+        self.update(bot, run_id, offset, output, outcome).replies.into_iter().last().expect("a reply").reply
     }
 
     fn state(&self, task_id: u64) -> TaskState {
@@ -115,6 +113,10 @@ impl Harness {
 }
 
 /// A request that waits for capacity, so it may come before its bots.
+fn outcome(exit_code: Option<i64>, end: RunEnd) -> RunOutcome {
+    RunOutcome { exit_code, duration_ms: 5, setup_ms: 1, teardown_ms: 1, end }
+}
+
 fn request(priority: u8, dimensions: &[(&str, &str)]) -> NewTaskRequest {
     let mut slice = TaskSlice { wait_for_capacity: true, ..TaskSlice::default() };
     slice.properties.command = vec!["echo".into(), "hi".into()];
@@ -237,21 +239,13 @@ fn waits_are_answered_when_the_task_ends_or_the_wait_times_out() {
     assert_eq!(out.replies[0].request_id, wait_id);
     let (wait_id, _) = h.send(CLIENT, Request::WaitTask { task_id: task.task_id, timeout_ms: 50_000 });
     let run_id = assignment(&h.poll(ConnId(2), "bot-1", 7, LINUX)).unwrap().run_id;
-    let update = TaskUpdate {
-        bot_id: "bot-1".into(),
-        session_id: 7,
+    let out = h.update(
+        BOT_1,
         run_id,
-        output_offset: 0,
-        output: vec![],
-        outcome: Some(RunOutcome {
-            exit_code: Some(3),
-            duration_ms: 1,
-            setup_ms: 1,
-            teardown_ms: 1,
-            end: RunEnd::Exited,
-        }),
-    };
-    let (_, out) = h.send(ConnId(2), Request::TaskUpdate(update));
+        0,
+        b"",
+        Some(RunOutcome { exit_code: Some(3), duration_ms: 1, setup_ms: 1, teardown_ms: 1, end: RunEnd::Exited }),
+    );
     let answered = out.replies.iter().find(|o| o.request_id == wait_id).expect("the waiter is answered");
     assert!(matches!(&answered.reply, Reply::Task(result) if result.exit_code == Some(3)));
     assert!(h.advance(60_000).replies.is_empty(), "an answered wait does not time out later");
@@ -400,15 +394,7 @@ fn cancel_ends_pending_tasks_and_kill_stops_running_ones_through_their_bot() {
     assert!(matches!(&out.replies[0].reply, Reply::Canceled { outcome: CancelOutcome::KillRequested, .. }));
     assert_eq!(h.report(BOT_1, run_id, 0, b"bye", None), Reply::UpdateAck { output_len: 3, must_stop: true });
     let outcome = RunOutcome { exit_code: Some(-1), duration_ms: 9, setup_ms: 1, teardown_ms: 1, end: RunEnd::Killed };
-    let update = TaskUpdate {
-        bot_id: "bot-1".into(),
-        session_id: 7,
-        run_id,
-        output_offset: 3,
-        output: vec![],
-        outcome: Some(outcome),
-    };
-    h.send(BOT_1.conn, Request::TaskUpdate(update));
+    h.update(BOT_1, run_id, 3, b"", Some(outcome));
     assert_eq!(h.state(running.task_id), TaskState::Killed);
     h.check_replay();
 }
@@ -700,17 +686,7 @@ fn output_past_the_cap_is_dropped_behind_a_visible_marker_and_the_task_runs_on()
     h.core = Core::new(CoreConfig { max_output_bytes: 10, ..CoreConfig::default() });
     let task = h.submit(request(100, &[("pool", "ci")]));
     let run_id = run_one(&mut h, BOT_1, LINUX);
-    let (_, out) = h.send(
-        BOT_1.conn,
-        Request::TaskUpdate(TaskUpdate {
-            bot_id: "bot-1".into(),
-            session_id: 7,
-            run_id,
-            output_offset: 0,
-            output: b"0123456789abcdef".to_vec(),
-            outcome: None,
-        }),
-    );
+    let out = h.update(BOT_1, run_id, 0, b"0123456789abcdef", None);
     assert_eq!(out.replies[0].reply, Reply::UpdateAck { output_len: 16, must_stop: false }, "all 16 taken");
     let written: Vec<u8> = out.output_writes.iter().flat_map(|write| write.data.clone()).collect();
     assert!(written.starts_with(b"0123456789\n[apiary: output truncated at 10 bytes"), "{written:?}");
@@ -734,28 +710,12 @@ fn followers_get_output_as_it_arrives_and_a_last_chunk_when_the_task_ends() {
         (out.output_reads[0].offset, out.output_reads[0].max_bytes, out.output_reads[0].task_ended),
         (0, 6, false)
     );
-    let update = TaskUpdate {
-        bot_id: "bot-1".into(),
-        session_id: 7,
-        run_id,
-        output_offset: 6,
-        output: b"late".to_vec(),
-        outcome: None,
-    };
-    let (_, out) = h.send(BOT_1.conn, Request::TaskUpdate(update));
+    let out = h.update(BOT_1, run_id, 6, b"late", None);
     let pushed: Vec<_> = out.output_reads.iter().filter(|read| read.request_id == follow_id).collect();
     assert_eq!(pushed.len(), 1, "the new bytes are pushed");
     assert_eq!((pushed[0].offset, pushed[0].max_bytes, pushed[0].task_ended), (6, 4, false));
     let outcome = RunOutcome { exit_code: Some(0), duration_ms: 1, setup_ms: 1, teardown_ms: 1, end: RunEnd::Exited };
-    let update = TaskUpdate {
-        bot_id: "bot-1".into(),
-        session_id: 7,
-        run_id,
-        output_offset: 10,
-        output: vec![],
-        outcome: Some(outcome),
-    };
-    let (_, out) = h.send(BOT_1.conn, Request::TaskUpdate(update));
+    let out = h.update(BOT_1, run_id, 10, b"", Some(outcome));
     let last = out.output_reads.iter().find(|read| read.request_id == follow_id).expect("a last chunk");
     assert!(last.task_ended && last.max_bytes == 0);
     h.check_replay();
@@ -801,15 +761,7 @@ fn a_timed_out_run_says_which_timeout() {
     let run_id = run_one(&mut h, BOT_1, LINUX);
     let outcome =
         RunOutcome { exit_code: Some(-1), duration_ms: 9, setup_ms: 2, teardown_ms: 3, end: RunEnd::IoTimeout };
-    let update = TaskUpdate {
-        bot_id: "bot-1".into(),
-        session_id: 7,
-        run_id,
-        output_offset: 0,
-        output: vec![],
-        outcome: Some(outcome),
-    };
-    h.send(BOT_1.conn, Request::TaskUpdate(update));
+    h.update(BOT_1, run_id, 0, b"", Some(outcome));
     let result = h.core.task(RequestId::from_u64(task.task_id).unwrap()).unwrap();
     assert_eq!(
         (result.state, result.timeout, result.setup_ms, result.teardown_ms),
