@@ -233,3 +233,19 @@ fn output_over_the_cap_is_truncated_with_a_marker() {
     let rest = String::from_utf8_lossy(&output.stdout[1000..]);
     assert!(rest.contains("output truncated at 1000 bytes"), "{rest}");
 }
+
+#[test]
+fn a_command_that_cannot_start_ends_client_error_with_the_reason() {
+    let dir = temp();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let _bot = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &dir.path().join("bot"));
+    let cli = daemon.cli();
+    let task_id = cli.trigger(&["-d", "pool=ci", "--", "/no/such/program"]);
+    let collected = cli.run(&["collect", &task_id]);
+    assert_eq!(collected.status.code(), Some(86), "CLIENT_ERROR: {}", describe(&collected));
+    let shown = cli.show(&task_id);
+    assert_eq!((shown["state"].as_str(), shown["internal_failure"].as_bool()), (Some("CLIENT_ERROR"), Some(false)));
+    assert!(shown["failure_reason"].as_str().unwrap().contains("/no/such/program"), "{shown}");
+    // The bot goes on serving.
+    assert_eq!(cli.run(&["run", "-d", "pool=ci", "--", "true"]).status.code(), Some(0));
+}
