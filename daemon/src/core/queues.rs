@@ -35,6 +35,10 @@ pub struct QueueKey {
 struct Queue {
     dimensions: CanonicalDimensions,
     pending: BTreeSet<QueueKey>,
+    /// `pending.first()`, kept at hand: a poll reads the heads of all its
+    /// class's queues, and a walk down each tree would cost cache misses that
+    /// grow with the number of pending tasks.
+    head: Option<QueueKey>,
     /// The bot classes whose bots can run this queue's tasks.
     classes: Vec<ClassId>,
 }
@@ -103,7 +107,7 @@ impl Queues {
             }
         }
         self.queue_ids.insert(dimensions.clone(), id);
-        self.queues.push(Queue { dimensions, pending: BTreeSet::new(), classes });
+        self.queues.push(Queue { dimensions, pending: BTreeSet::new(), head: None, classes });
         id
     }
 
@@ -126,12 +130,21 @@ impl Queues {
     }
 
     pub fn push(&mut self, queue: QueueId, key: QueueKey) {
-        let inserted = self.queues[queue.0 as usize].pending.insert(key);
+        let queue = &mut self.queues[queue.0 as usize];
+        let inserted = queue.pending.insert(key);
         assert!(inserted, "task {} queued twice", key.task_id);
+        if queue.head.is_none_or(|head| key < head) {
+            queue.head = Some(key);
+        }
     }
 
     pub fn remove(&mut self, queue: QueueId, key: QueueKey) -> bool {
-        self.queues[queue.0 as usize].pending.remove(&key)
+        let queue = &mut self.queues[queue.0 as usize];
+        let removed = queue.pending.remove(&key);
+        if queue.head == Some(key) {
+            queue.head = queue.pending.first().copied();
+        }
+        removed
     }
 
     /// The best pending task a bot of this class can take, and its queue.
@@ -140,7 +153,7 @@ impl Queues {
         class
             .queues
             .iter()
-            .filter_map(|&queue| self.queues[queue.0 as usize].pending.first().map(|&key| (queue, key)))
+            .filter_map(|&queue| self.queues[queue.0 as usize].head.map(|key| (queue, key)))
             .min_by_key(|&(_, key)| key)
     }
 
@@ -231,8 +244,11 @@ impl Queues {
         self.classes.iter().map(|class| class.parked.len()).sum()
     }
 
-    /// Checks the cached lists against a recount (for tests and `check_invariants`).
+    /// Checks the cached lists and heads against a recount (for tests and `check_invariants`).
     pub fn check_invariants(&self) {
+        for (index, queue) in self.queues.iter().enumerate() {
+            assert_eq!(queue.head, queue.pending.first().copied(), "queue {index} knows its head");
+        }
         for (class_index, class) in self.classes.iter().enumerate() {
             for (queue_index, queue) in self.queues.iter().enumerate() {
                 let matches = bot_matches(&class.dimensions, &queue.dimensions);
