@@ -1398,12 +1398,9 @@ fn regression_late_final_report_and_ping_timeout_release_the_slot_once() {
     }
 }
 
-/// Found by the simulation. A retried attempt starts a new output: the daemon
-/// must not take the dead attempt's output length for the new attempt's, which
-/// drops the new attempt's first bytes (its agent hears "the daemon is ahead" and
-/// discards them) and splices the two attempts' output together.
-#[test]
-fn regression_a_retried_attempt_keeps_its_own_output() {
+/// An idempotent task whose first attempt wrote output, then missed its ping
+/// tolerance: it is pending again. Returns the bench, the task and the first run.
+fn retried_after_output() -> (Bench, RequestId, u64) {
     let mut bench = Bench::new();
     let task_id = bench.submit(true, 10);
     let first = bench.take_work();
@@ -1411,6 +1408,16 @@ fn regression_a_retried_attempt_keeps_its_own_output() {
     bench.now_ms += 10_000;
     bench.tick();
     assert_eq!(bench.task(task_id).state, TaskState::Pending, "the idempotent task is retried");
+    (bench, task_id, first)
+}
+
+/// Found by the simulation. A retried attempt starts a new output: the daemon
+/// must not take the dead attempt's output length for the new attempt's, which
+/// drops the new attempt's first bytes (its agent hears "the daemon is ahead" and
+/// discards them) and splices the two attempts' output together.
+#[test]
+fn regression_a_retried_attempt_keeps_its_own_output() {
+    let (mut bench, task_id, first) = retried_after_output();
     let second = bench.take_work();
     assert_eq!(second, first + 1);
     let (reply, _) = bench.report(second, 0, b"second\n", None);
@@ -1427,12 +1434,6 @@ fn regression_a_retried_attempt_keeps_its_own_output() {
 /// length, a replay of the same events starts from 0.
 #[test]
 fn regression_a_restart_does_not_change_a_retried_task() {
-    let mut bench = Bench::new();
-    let task_id = bench.submit(true, 10);
-    let first = bench.take_work();
-    bench.report(first, 0, b"first attempt\n", None);
-    bench.now_ms += 10_000;
-    bench.tick();
-    assert_eq!(bench.task(task_id).state, TaskState::Pending, "the idempotent task is retried");
+    let (mut bench, _, _) = retried_after_output();
     bench.restart_keeps_every_task();
 }
