@@ -821,10 +821,12 @@ mod tests {
     fn a_grandchild_ignoring_sigterm_dies_when_the_command_exits() {
         // The grandchild holds the pipe and ignores SIGTERM; the command dies at
         // once. Neither the grace period nor the grandchild's sleep is waited for.
-        let script = "sh -c \"trap '' TERM; echo inner-ready; exec sleep 100\" & echo $! > grandchild.pid; wait";
+        // Either line may come first: the pid is read once both are out.
+        let script = "sh -c \"trap '' TERM; echo inner-ready; exec sleep 100\" & echo $! > grandchild.pid; echo pid-written; wait";
         let work_dir = tempfile::tempdir().unwrap();
         let task = start(&properties(&["sh", "-c", script]), work_dir.path());
         wait_for_output(&task, "inner-ready");
+        wait_for_output(&task, "pid-written");
         let grandchild = read_pid(&work_dir.path().join("grandchild.pid"));
         task.stop(RunEnd::Killed);
         let (outcome, _) = finish(task);

@@ -889,12 +889,12 @@ mod tests {
             run_id: RUN_ID,
             task_name: "test".to_string(),
             slice_index: 0,
-            properties: TaskProperties {
+            properties: Arc::new(TaskProperties {
                 command: command.iter().map(|part| part.to_string()).collect(),
                 execution_timeout_secs: 60,
                 grace_period_secs,
                 ..TaskProperties::default()
-            },
+            }),
         }
     }
 
@@ -955,7 +955,7 @@ mod tests {
     fn task(number: u64, script: &str, caches: &[(&str, &str)]) -> Assignment {
         let mut assignment = assignment(&["sh", "-c", script], 30);
         assignment.run_id = RUN_ID + number;
-        assignment.properties.caches =
+        Arc::make_mut(&mut assignment.properties).caches =
             caches.iter().map(|(name, path)| NamedCache { name: name.to_string(), path: path.to_string() }).collect();
         assignment
     }
@@ -1287,7 +1287,8 @@ mod tests {
     #[test]
     fn a_task_ignoring_sigterm_is_killed_after_the_grace_period() {
         let mut ignoring = assignment(&["sh", "-c", "trap '' TERM; echo started; sleep 30"], 1);
-        ignoring.properties.caches = vec![NamedCache { name: "c".to_string(), path: "c".to_string() }];
+        Arc::make_mut(&mut ignoring.properties).caches =
+            vec![NamedCache { name: "c".to_string(), path: "c".to_string() }];
         let daemon = FakeDaemon {
             assignments: VecDeque::from([ignoring]),
             must_stop_at_update: Some(1),

@@ -75,7 +75,7 @@ impl FakeDaemon {
                     run_id: RUN_ID,
                     task_name: "e2e".to_string(),
                     slice_index: 0,
-                    properties,
+                    properties: properties.into(),
                     secret_bytes: None,
                 };
                 Some(Reply::Assignment(assignment))

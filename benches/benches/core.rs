@@ -8,7 +8,8 @@
 //! The workload: pending tasks spread over 1,000 dimension sets (`pool=ci`, `os=os-<0..10>`,
 //! `kind=k-<0..100>`, priority 100..103 by set); 10,000 bots in 100 classes, class `c` having
 //! `os=os-<c % 10>` and the ten kinds `k` with `k % 10 == c / 10`, so each class serves ten
-//! sets and each set is served by one class. The handoff bots are 64 more bots of a 101st
+//! sets and each set is served by one class. Every bot also reports its own `id`, which
+//! the daemon keeps out of classes. The handoff bots are 64 more bots of a 101st
 //! class (`kind=handoff`) whose set never has pending work, so their polls park.
 //!
 //! Each core is built once per size and reused by every sample. Only the operation itself is
@@ -25,13 +26,18 @@
 //! `APIARY_BENCH_QUICK=1`, or a run as a test (`cargo test --benches`, which runs each
 //! benchmark once), keeps only the 1k size, so CI proves the benches still work in seconds.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apiary_daemon::core::{ConnId, Core, CoreConfig, Input, Output};
+use apiary_daemon::core::{ConnId, Core, CoreConfig, Input, Outgoing, Output};
 use apiary_protocol::{
     BotPoll, NewTaskRequest, Reply, Request, RunEnd, RunOutcome, StringPair, TaskSlice, TaskState, TaskUpdate,
 };
 use criterion::{BenchmarkId, Criterion, Throughput};
+
+/// The allocator `apiaryd` runs with, so the core costs here what it costs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SIZES: [usize; 4] = [1_000, 10_000, 100_000, 1_000_000];
 const OS_COUNT: usize = 10;
@@ -59,7 +65,9 @@ struct SimBot {
 }
 
 impl SimBot {
-    fn new(bot_id: String, conn: ConnId, dimensions: Vec<StringPair>) -> SimBot {
+    /// Like every `apiary-bot`, the bot also reports its `id` dimension.
+    fn new(bot_id: String, conn: ConnId, mut dimensions: Vec<StringPair>) -> SimBot {
+        dimensions.push(StringPair::new("id", &bot_id));
         let session_id = conn.0 + 1;
         let poll = BotPoll {
             bot_id: bot_id.clone(),
@@ -98,8 +106,8 @@ fn class_for_set(set: usize) -> usize {
 
 fn new_task(name: String, dimensions: Vec<StringPair>, priority: u8) -> Request {
     let mut slice = TaskSlice::default();
-    slice.properties.command = vec!["true".into()];
-    slice.properties.dimensions = dimensions;
+    Arc::make_mut(&mut slice.properties).command = vec!["true".into()];
+    Arc::make_mut(&mut slice.properties).dimensions = dimensions;
     Request::NewTask(NewTaskRequest { name, priority, task_slices: vec![slice], ..NewTaskRequest::default() })
 }
 
@@ -169,11 +177,20 @@ impl World {
         self.core.handle(self.now_ms, Input::Request { conn, request_id, request }, &mut self.out);
     }
 
-    /// Untimed, between batches: time moves on, stale timers fire, the output is dropped.
+    /// Untimed, between batches: time moves on, stale timers fire, the output is
+    /// cleared (and keeps its capacity, as the daemon's does from turn to turn).
     fn between_batches(&mut self) {
         self.now_ms += 1;
         self.core.tick(self.now_ms, &mut self.out);
-        self.out = Output::default();
+        self.clear_output();
+    }
+
+    fn clear_output(&mut self) {
+        let Output { events, replies, output_writes, output_reads } = &mut self.out;
+        events.clear();
+        replies.clear();
+        output_writes.clear();
+        output_reads.clear();
     }
 
     /// Runs `iterations` timed operations in batches; `prepare` builds a batch's inputs
@@ -182,7 +199,7 @@ impl World {
         &mut self,
         iterations: u64,
         mut prepare: impl FnMut(&mut World, usize) -> (Vec<(ConnId, Request)>, C),
-        mut repair: impl FnMut(&mut World, Output, C),
+        mut repair: impl FnMut(&mut World, Vec<Outgoing>, C),
     ) -> Duration {
         let mut measured = Duration::ZERO;
         let mut remaining = iterations as usize;
@@ -199,8 +216,8 @@ impl World {
                 core.handle(now_ms, Input::Request { conn, request_id, request }, out);
             }
             measured += started.elapsed();
-            let output = std::mem::take(&mut self.out);
-            repair(self, output, context);
+            let replies = self.out.replies.drain(..).collect();
+            repair(self, replies, context);
         }
         measured
     }
@@ -215,11 +232,9 @@ impl World {
                 world.next_set = (world.next_set + batch) % DIMENSION_SETS;
                 (sets.iter().map(|&set| (SUBMITTER, task_for_set(set))).collect(), sets)
             },
-            |world, output, sets| {
-                let pending = output
-                    .replies
-                    .iter()
-                    .filter(|r| matches!(&r.reply, Reply::Task(t) if t.state == TaskState::Pending));
+            |world, replies, sets| {
+                let pending =
+                    replies.iter().filter(|r| matches!(&r.reply, Reply::Task(t) if t.state == TaskState::Pending));
                 assert_eq!(pending.count(), sets.len(), "each submit leaves a pending task");
                 for set in sets {
                     world.next_bot += 1;
@@ -240,9 +255,9 @@ impl World {
                 let bots = &world.bots;
                 (polled.iter().map(|&bot| (bots[bot].conn, Request::BotPoll(bots[bot].poll.clone()))).collect(), polled)
             },
-            |world, output, polled| {
-                assert_eq!(output.replies.len(), polled.len(), "every poll takes a task");
-                for (reply, bot) in output.replies.into_iter().zip(polled) {
+            |world, replies, polled| {
+                assert_eq!(replies.len(), polled.len(), "every poll takes a task");
+                for (reply, bot) in replies.into_iter().zip(polled) {
                     assert_eq!(reply.conn, world.bots[bot].conn);
                     let Reply::Assignment(assignment) = reply.reply else { panic!("no assignment: {:?}", reply.reply) };
                     world.finish(bot, assignment.run_id);
@@ -264,9 +279,9 @@ impl World {
                 assert!(world.out.replies.is_empty(), "handoff bots park");
                 ((0..batch).map(|_| (SUBMITTER, handoff_task())).collect(), batch)
             },
-            |world, output, batch| {
+            |world, replies, batch| {
                 let mut handed = 0;
-                for reply in output.replies {
+                for reply in replies {
                     match reply.reply {
                         Reply::Assignment(assignment) => {
                             let bot = world.handoff_bots.iter().position(|bot| bot.conn == reply.conn);

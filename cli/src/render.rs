@@ -468,6 +468,8 @@ fn timestamp(unix_ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use apiary_protocol::{NewTaskRequest, TaskProperties, TaskSlice};
 
     use super::*;
@@ -487,7 +489,7 @@ mod tests {
             name: "build".to_string(),
             user: "ana".to_string(),
             tags: vec!["ci:yes".to_string()],
-            task_slices: vec![TaskSlice { properties, ..TaskSlice::default() }],
+            task_slices: vec![TaskSlice { properties: Arc::new(properties), ..TaskSlice::default() }],
             ..NewTaskRequest::default()
         };
         TaskResult {

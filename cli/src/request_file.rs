@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
+use std::sync::Arc;
 
 use apiary_protocol::limits::MAX_FRAME_PAYLOAD_BYTES;
 use apiary_protocol::{NamedCache, NewTaskRequest, StringListPair, StringPair, TaskProperties, TaskSlice};
@@ -102,7 +103,7 @@ fn known_fields() -> Value {
         ..TaskProperties::default()
     };
     let template = NewTaskRequest {
-        task_slices: vec![TaskSlice { properties, ..TaskSlice::default() }],
+        task_slices: vec![TaskSlice { properties: Arc::new(properties), ..TaskSlice::default() }],
         ..NewTaskRequest::default()
     };
     serde_json::to_value(template).expect("a NewTaskRequest is plain data and always serializes")
@@ -140,7 +141,11 @@ mod tests {
             priority: 100,
             tags: vec!["k:v".to_string()],
             user: "u".to_string(),
-            task_slices: vec![TaskSlice { properties, expiration_secs: 3600, wait_for_capacity: false }],
+            task_slices: vec![TaskSlice {
+                properties: Arc::new(properties),
+                expiration_secs: 3600,
+                wait_for_capacity: false,
+            }],
             ..NewTaskRequest::default()
         };
         assert_eq!(request, expected);

@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use apiary_protocol::ids::format_task_id;
 use apiary_protocol::limits::MAX_SECRET_BYTES;
@@ -106,8 +107,11 @@ fn request_from_flags(flags: &TaskFlags) -> NewTaskRequest {
         grace_period_secs: flags.grace_period_secs,
         idempotent: flags.idempotent,
     };
-    let slice =
-        TaskSlice { properties, expiration_secs: flags.expiration_secs, wait_for_capacity: flags.wait_for_capacity };
+    let slice = TaskSlice {
+        properties: Arc::new(properties),
+        expiration_secs: flags.expiration_secs,
+        wait_for_capacity: flags.wait_for_capacity,
+    };
     NewTaskRequest {
         name: flags.name.clone(),
         priority: flags.priority,
@@ -159,7 +163,7 @@ mod tests {
     fn without_flags_the_request_takes_the_protocol_defaults() {
         let request = request_for(&["--", "true"]);
         let expected_slice = TaskSlice {
-            properties: TaskProperties { command: vec!["true".to_string()], ..TaskProperties::default() },
+            properties: Arc::new(TaskProperties { command: vec!["true".to_string()], ..TaskProperties::default() }),
             ..TaskSlice::default()
         };
         assert_eq!(request, NewTaskRequest { task_slices: vec![expected_slice], ..NewTaskRequest::default() });

@@ -9,6 +9,11 @@ use apiary_daemon::server::{self, ServerConfig};
 use apiary_storage::WalOptions;
 use clap::Parser;
 
+/// The core allocates and frees a few dozen small strings per request; mimalloc
+/// does that in a fraction of the instructions glibc's allocator needs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The Apiary daemon: schedules tasks onto bots and keeps every fact in a write-ahead log.
 #[derive(Parser, Debug)]
 #[command(name = "apiaryd", version)]

@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::Instant;
 
 use apiary_daemon::core::{ConnId, Core, CoreConfig, Event, Input, Output};
@@ -184,10 +185,34 @@ const TASK_DIMENSIONS: &[&[(&str, &str)]] = &[
     &[("pool", "ci"), ("os", "Linux|Mac")],
     &[("pool", "ci"), ("gpu", "yes")],
     &[("pool", "ci"), ("os", "Windows")],
+    &[("pool", "ci"), ("id", "bot-1")],
+    &[("pool", "ci"), ("os", "Mac"), ("id", "bot-0|bot-2")],
 ];
 
 fn pairs(list: &[(&str, &str)]) -> Vec<StringPair> {
     list.iter().map(|(key, value)| StringPair::new(key, value)).collect()
+}
+
+/// One of the bot dimension sets; like `apiary-bot`, most bots also report their `id`.
+fn bot_dimensions(rng: &mut Rng, bot_id: &str) -> Vec<StringPair> {
+    let mut dimensions = pairs(BOT_DIMENSIONS[rng.index(BOT_DIMENSIONS.len())]);
+    if rng.chance(70) {
+        dimensions.push(StringPair::new("id", bot_id));
+    }
+    dimensions
+}
+
+/// Whether a bot has every asked key with one of the asked values; `id` is its bot id.
+fn bot_has(bot: &SimBot, wanted: &[StringPair]) -> bool {
+    wanted.iter().all(|pair| {
+        pair.value.split('|').any(|value| {
+            if pair.key == "id" {
+                value == bot.bot_id
+            } else {
+                bot.dimensions.iter().any(|have| have.key == pair.key && have.value == value)
+            }
+        })
+    })
 }
 
 /// An attempt as its bot sees it.
@@ -280,6 +305,8 @@ struct Sim {
     seen_bots: BTreeMap<String, BotInfo>,
     ended_runs: BTreeSet<u64>,
     assigned_runs: BTreeSet<u64>,
+    /// The dimensions of every task's slices, to check each assignment against.
+    slice_dimensions: BTreeMap<u64, Vec<Vec<StringPair>>>,
     finished_tasks: BTreeSet<u64>,
     /// Tasks that went back to pending after a run died.
     retried_tasks: BTreeSet<RequestId>,
@@ -299,7 +326,7 @@ impl Sim {
             .map(|index| SimBot {
                 bot_id: format!("bot-{index}"),
                 session_id: rng.next_u64() >> 1,
-                dimensions: pairs(BOT_DIMENSIONS[rng.index(BOT_DIMENSIONS.len())]),
+                dimensions: bot_dimensions(&mut rng, &format!("bot-{index}")),
                 conn: None,
                 polling: None,
                 run: None,
@@ -325,6 +352,7 @@ impl Sim {
             active: BTreeSet::new(),
             acknowledged: Vec::new(),
             seen_bots: BTreeMap::new(),
+            slice_dimensions: BTreeMap::new(),
             ended_runs: BTreeSet::new(),
             assigned_runs: BTreeSet::new(),
             finished_tasks: BTreeSet::new(),
@@ -469,9 +497,9 @@ impl Sim {
                 wait_for_capacity: rng.chance(40),
                 ..TaskSlice::default()
             };
-            slice.properties.command = vec!["build".into(), ["a", "b", "c"][rng.index(3)].into()];
-            slice.properties.dimensions = pairs(TASK_DIMENSIONS[rng.index(TASK_DIMENSIONS.len())]);
-            slice.properties.idempotent = rng.chance(40);
+            Arc::make_mut(&mut slice.properties).command = vec!["build".into(), ["a", "b", "c"][rng.index(3)].into()];
+            Arc::make_mut(&mut slice.properties).dimensions = pairs(TASK_DIMENSIONS[rng.index(TASK_DIMENSIONS.len())]);
+            Arc::make_mut(&mut slice.properties).idempotent = rng.chance(40);
             if !slices.contains(&slice) {
                 slices.push(slice);
             }
@@ -699,7 +727,7 @@ impl Sim {
             self.close(conn, out);
         }
         let asleep_ms = if self.rng.chance(50) { self.rng.between(0, 60_000) } else { 0 };
-        let new_dimensions = self.rng.chance(20).then(|| pairs(BOT_DIMENSIONS[self.rng.index(BOT_DIMENSIONS.len())]));
+        let new_dimensions = self.rng.chance(20).then(|| bot_dimensions(&mut self.rng, &bot_id));
         let sim_bot = &mut self.bots[bot];
         if let Some(run) = sim_bot.run.take() {
             sim_bot.old_runs.push((run.run_id, run.session_id));
@@ -815,12 +843,23 @@ impl Sim {
             Event::TaskCreated(created) => {
                 touched.insert(request_id(created.task_id));
                 assert!(!self.seen.contains_key(&request_id(created.task_id)), "a task id is used once");
+                let slices = created.request.task_slices.iter().map(|slice| slice.properties.dimensions.clone());
+                self.slice_dimensions.insert(created.task_id, slices.collect());
             }
             Event::SliceAdvanced { task_id, .. } => touch(*task_id, &self.finished_tasks, "a slice change"),
             Event::TaskAssigned(assigned) => {
                 touch(assigned.run_id, &self.finished_tasks, "an assignment");
                 assert!(self.assigned_runs.insert(assigned.run_id), "run {:x} assigned twice", assigned.run_id);
                 assert!(assigned.run_id & 0xf <= 2, "at most one retry: run {:x}", assigned.run_id);
+                let wanted = &self.slice_dimensions[&(assigned.run_id & !0xf)][assigned.slice_index as usize];
+                let bot = self.bots.iter().find(|bot| bot.bot_id == assigned.bot_id).expect("a simulated bot");
+                assert!(
+                    bot_has(bot, wanted),
+                    "run {:x} went to {} with {:?}",
+                    assigned.run_id,
+                    bot.bot_id,
+                    bot.dimensions
+                );
             }
             Event::KillRequested { run_id, .. } => touch(*run_id, &self.finished_tasks, "a kill request"),
             Event::TaskRetried { run_id, .. } => {
@@ -1225,9 +1264,9 @@ impl Bench {
 
     fn submit(&mut self, idempotent: bool, tolerance_secs: u32) -> RequestId {
         let mut slice = TaskSlice { wait_for_capacity: true, ..TaskSlice::default() };
-        slice.properties.command = vec!["build".into()];
-        slice.properties.dimensions = pairs(&[("pool", "ci")]);
-        slice.properties.idempotent = idempotent;
+        Arc::make_mut(&mut slice.properties).command = vec!["build".into()];
+        Arc::make_mut(&mut slice.properties).dimensions = pairs(&[("pool", "ci")]);
+        Arc::make_mut(&mut slice.properties).idempotent = idempotent;
         let request =
             NewTaskRequest { task_slices: vec![slice], bot_ping_tolerance_secs: tolerance_secs, ..Default::default() };
         match &self.send(CLIENT, Request::NewTask(request)).replies[0].reply {

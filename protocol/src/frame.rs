@@ -187,6 +187,8 @@ impl FrameReader {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::messages::{NewTaskRequest, Role, TaskSlice};
     use proptest::prelude::*;
@@ -194,7 +196,7 @@ mod tests {
     fn sample_request() -> Request {
         let mut request = NewTaskRequest { name: "hello".into(), ..NewTaskRequest::default() };
         request.task_slices.push(TaskSlice::default());
-        request.task_slices[0].properties.command = vec!["echo".into(), "hi".into()];
+        Arc::make_mut(&mut request.task_slices[0].properties).command = vec!["echo".into(), "hi".into()];
         Request::NewTask(request)
     }
 

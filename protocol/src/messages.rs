@@ -2,6 +2,8 @@
 //! `NewTaskRequest` JSON (same field names), so a request file written for
 //! Swarming decodes here unchanged; unknown fields are refused by name.
 
+use std::sync::Arc;
+
 use rkyv::{Archive, Deserialize as RkyvDeserialize, Serialize as RkyvSerialize};
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +12,7 @@ use crate::limits;
 /// First bytes of every hello, so a stray client is recognised at once.
 pub const MAGIC: [u8; 4] = *b"APRY";
 /// Bumped on every incompatible change of frames or messages.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -106,7 +108,9 @@ impl Default for TaskProperties {
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields, default)]
 pub struct TaskSlice {
-    pub properties: TaskProperties,
+    /// Shared, not copied, by everything that hands the slice on: an assignment,
+    /// a task's result.
+    pub properties: Arc<TaskProperties>,
     /// Seconds this slice may wait for a bot before the task moves on.
     pub expiration_secs: u32,
     pub wait_for_capacity: bool,
@@ -115,7 +119,7 @@ pub struct TaskSlice {
 impl Default for TaskSlice {
     fn default() -> TaskSlice {
         TaskSlice {
-            properties: TaskProperties::default(),
+            properties: Arc::default(),
             expiration_secs: limits::DEFAULT_EXPIRATION_SECS,
             wait_for_capacity: false,
         }
@@ -363,7 +367,7 @@ pub struct Assignment {
     pub run_id: u64,
     pub task_name: String,
     pub slice_index: u32,
-    pub properties: TaskProperties,
+    pub properties: Arc<TaskProperties>,
     /// The task's secret bytes, for this bot only.
     pub secret_bytes: Option<SecretBytes>,
 }

@@ -57,6 +57,22 @@ fn alternatives_match_any_value_of_multi_valued_bots() {
 }
 
 #[test]
+fn a_task_naming_a_bot_by_id_runs_on_that_bot() {
+    let dir = temp();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let _first = Bot::start(&daemon.addr, "bot-a", &["pool=ci"], &dir.path().join("a"));
+    let _second = Bot::start(&daemon.addr, "bot-b", &["pool=ci"], &dir.path().join("b"));
+    let cli = daemon.cli();
+    for _ in 0..3 {
+        let task_id = cli.trigger(&["-d", "pool=ci", "-d", "id=bot-b", "--", "true"]);
+        let done = cli.wait_for_state(&task_id, "COMPLETED");
+        assert_eq!(done["bot_id"], "bot-b", "{done}");
+    }
+    let nobody = cli.run(&["run", "-d", "pool=ci", "-d", "id=bot-c", "--", "true"]);
+    assert_eq!(nobody.status.code(), Some(85), "NO_RESOURCE: {}", describe(&nobody));
+}
+
+#[test]
 fn slices_fall_back_after_expiration_and_the_last_one_expires() {
     let dir = temp();
     let daemon = Daemon::start(&dir.path().join("data"));

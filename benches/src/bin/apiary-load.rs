@@ -7,8 +7,9 @@
 //!   each thread a mio loop. A bot says hello as `Role::Bot`, long-polls with its own bot id
 //!   and a random session id, and on an assignment notes the arrival time, waits
 //!   `--task-ms`, sends its final `TaskUpdate` (exit code 0, empty output), waits for the
-//!   acknowledgement and polls again. Bot `i` has dimensions `pool=<pool>` and
-//!   `class=<i mod K>`; each task asks for a random class that some bot has.
+//!   acknowledgement and polls again. Bot `i` has dimensions `pool=<pool>`,
+//!   `class=<i mod K>` and, as every `apiary-bot` does, `id=<its bot id>`; each task
+//!   asks for a random class that some bot has.
 //! - Submit-to-dispatch latency is the assignment's arrival minus the moment its `NewTask`
 //!   was sent, matched by task id (the run id with its last hex digit cleared).
 //!
@@ -309,8 +310,8 @@ fn run_submitter(args: &Args, index: usize, shared: &Shared, started_ns: u64) ->
 
 fn task_request(args: &Args, rng: &mut Rng, submitter: usize, sequence: u64) -> Request {
     let mut slice = TaskSlice::default();
-    slice.properties.command = vec!["true".into()];
-    slice.properties.dimensions = vec![
+    Arc::make_mut(&mut slice.properties).command = vec!["true".into()];
+    Arc::make_mut(&mut slice.properties).dimensions = vec![
         StringPair::new("pool", &args.pool),
         StringPair::new("class", &rng.below(args.task_classes()).to_string()),
     ];
@@ -432,6 +433,7 @@ fn connect_bot(args: &Args, addr: SocketAddr, bot_index: usize, session_id: u64)
         dimensions: vec![
             StringPair::new("pool", &args.pool),
             StringPair::new("class", &(bot_index as u64 % args.bot_classes).to_string()),
+            StringPair::new("id", &bot_id),
         ],
         software: SOFTWARE.into(),
         quarantine_reason: String::new(),

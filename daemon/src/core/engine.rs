@@ -19,8 +19,10 @@ use apiary_protocol::{
 };
 
 use super::events::{BotChange, BotConnected, Event, StoredState, TaskAssigned, TaskCreated, TaskFinished};
-use super::model::{Bot, BotEventRecord, Ending, Follower, ParkedPoll, Quarantine, Run, Task, Watcher};
-use super::queues::{self, ClassId, QueueKey, Queues};
+use super::model::{
+    Bot, BotEventRecord, Ending, Follower, PackedDimensions, ParkedPoll, Quarantine, Run, Task, Watcher,
+};
+use super::queues::{self, ClassId, QueueId, QueueKey, Queues};
 use super::validate;
 use super::{ConnId, Map};
 
@@ -156,7 +158,7 @@ pub struct Core {
     last_task_id: Option<RequestId>,
     bot_by_connection: Map<ConnId, String>,
     /// The latest successful run of each idempotent set of properties, and when it ended.
-    successes: Map<TaskProperties, (RunId, u64)>,
+    successes: Map<Arc<TaskProperties>, (RunId, u64)>,
     /// Numbers handed to polls held outside any class (see `next_hold_number`).
     hold_numbers_used: u64,
 }
@@ -436,7 +438,7 @@ impl Core {
                     pending += 1;
                     let (queue, key) = task.queued.expect("a pending task is queued");
                     assert!(self.queues.contains(queue, key), "task {} is in its queue", task.id);
-                    assert!(self.queues.parked_bot_for_queue(queue).is_none(), "no parked bot could take {}", task.id);
+                    assert!(self.parked_bot_for(queue).is_none(), "no parked bot could take {}", task.id);
                 }
                 TaskState::Running => {
                     assert!(task.queued.is_none(), "running task {} is not queued", task.id);

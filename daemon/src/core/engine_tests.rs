@@ -119,8 +119,9 @@ fn outcome(exit_code: Option<i64>, end: RunEnd) -> RunOutcome {
 
 fn request(priority: u8, dimensions: &[(&str, &str)]) -> NewTaskRequest {
     let mut slice = TaskSlice { wait_for_capacity: true, ..TaskSlice::default() };
-    slice.properties.command = vec!["echo".into(), "hi".into()];
-    slice.properties.dimensions = dimensions.iter().map(|(key, value)| StringPair::new(key, value)).collect();
+    Arc::make_mut(&mut slice.properties).command = vec!["echo".into(), "hi".into()];
+    Arc::make_mut(&mut slice.properties).dimensions =
+        dimensions.iter().map(|(key, value)| StringPair::new(key, value)).collect();
     NewTaskRequest { priority, task_slices: vec![slice], ..NewTaskRequest::default() }
 }
 
@@ -209,7 +210,7 @@ fn slices_fall_back_then_expire() {
     let mut two_slices = request(100, &[("pool", "ci"), ("gpu", "big")]);
     two_slices.task_slices[0].expiration_secs = 10;
     let mut fallback = two_slices.task_slices[0].clone();
-    fallback.properties.dimensions.pop();
+    Arc::make_mut(&mut fallback.properties).dimensions.pop();
     fallback.wait_for_capacity = false;
     fallback.expiration_secs = 20;
     two_slices.task_slices.push(fallback);
@@ -332,7 +333,8 @@ fn a_task_starts_on_its_first_servable_slice_and_reports_why_it_waits() {
     assert_eq!(h.state(blocker.task_id), TaskState::Running);
     let mut two = no_wait(request(100, &[("pool", "ci"), ("gpu", "big")]));
     let mut fallback = two.task_slices[0].clone();
-    fallback.properties.dimensions = vec![StringPair::new("pool", "ci"), StringPair::new("os", "Mac")];
+    Arc::make_mut(&mut fallback.properties).dimensions =
+        vec![StringPair::new("pool", "ci"), StringPair::new("os", "Mac")];
     two.task_slices.push(fallback);
     let first = h.submit(two.clone());
     assert_eq!((first.state, first.current_task_slice), (TaskState::Running, 1), "straight to the idle mac-2");
@@ -349,7 +351,7 @@ fn a_task_starts_on_its_first_servable_slice_and_reports_why_it_waits() {
 fn an_idempotent_task_reuses_a_recent_success_only() {
     let mut h = Harness::new();
     let mut idempotent = request(100, &[("pool", "ci")]);
-    idempotent.task_slices[0].properties.idempotent = true;
+    Arc::make_mut(&mut idempotent.task_slices[0].properties).idempotent = true;
     let first = h.submit(idempotent.clone());
     let run_id = run_one(&mut h, BOT_1, LINUX);
     finish_run(&mut h, BOT_1, run_id, b"cached", 0);
@@ -362,7 +364,7 @@ fn an_idempotent_task_reuses_a_recent_success_only() {
 
     // A failure is never a source; a running task neither.
     let mut failing = idempotent.clone();
-    failing.task_slices[0].properties.command.push("fail".into());
+    Arc::make_mut(&mut failing.task_slices[0].properties).command.push("fail".into());
     h.submit(failing.clone());
     let failed_run = run_one(&mut h, BOT_1, LINUX);
     finish_run(&mut h, BOT_1, failed_run, b"", 1);
@@ -445,6 +447,9 @@ fn bots_list_filters_by_dimensions_with_alternatives() {
     assert_eq!(list(&mut h, &[]), vec!["linux-1", "mac-1", "win-1"]);
     assert_eq!(list(&mut h, &[("os", "Linux|Mac")]), vec!["linux-1", "mac-1"]);
     assert_eq!(list(&mut h, &[("os", "Windows"), ("pool", "ci")]), vec!["win-1"]);
+    // Every bot has its bot id as its `id` dimension, reported or not.
+    assert_eq!(list(&mut h, &[("id", "mac-1|win-1"), ("pool", "ci")]), vec!["mac-1", "win-1"]);
+    assert_eq!(list(&mut h, &[("id", "mac-1"), ("os", "Linux")]), Vec::<String>::new());
     let (_, out) = h.send(CLIENT, Request::GetBot { bot_id: "nobody".into() });
     assert!(matches!(&out.replies[0].reply, Reply::Error(ErrorReply { code: ErrorCode::NotFound, .. })));
 }
@@ -503,7 +508,7 @@ fn a_silent_run_ends_bot_died_after_its_ping_tolerance_and_frees_the_bot() {
 fn an_idempotent_task_is_retried_once_on_another_attempt_after_bot_died() {
     let mut h = Harness::new();
     let mut r = request(100, &[("pool", "ci")]);
-    r.task_slices[0].properties.idempotent = true;
+    Arc::make_mut(&mut r.task_slices[0].properties).idempotent = true;
     r.bot_ping_tolerance_secs = 10;
     let task = h.submit(r);
     let first_run = run_one(&mut h, BOT_1, LINUX);
@@ -520,8 +525,8 @@ fn an_idempotent_task_is_retried_once_on_another_attempt_after_bot_died() {
     assert_eq!(count_endings(&h.log, first_run), 1);
     // A second death is final.
     let mut r = request(100, &[("pool", "ci")]);
-    r.task_slices[0].properties.idempotent = true;
-    r.task_slices[0].properties.command.push("again".into());
+    Arc::make_mut(&mut r.task_slices[0].properties).idempotent = true;
+    Arc::make_mut(&mut r.task_slices[0].properties).command.push("again".into());
     r.bot_ping_tolerance_secs = 10;
     let twice = h.submit(r);
     run_one(&mut h, BOT_1, LINUX);
@@ -540,7 +545,7 @@ fn a_bot_not_heard_from_is_missing_gets_no_work_and_strands_no_task() {
     let waiting = h.submit(no_wait(request(100, &[("pool", "ci"), ("os", "Mac"), ("gpu", "none")])));
     assert_eq!(waiting.state, TaskState::NoResource, "no Mac bot has a gpu=none dimension");
     let mut stranded = no_wait(request(100, &[("pool", "ci"), ("os", "Mac")]));
-    stranded.task_slices[0].properties.command.push("stranded".into());
+    Arc::make_mut(&mut stranded.task_slices[0].properties).command.push("stranded".into());
     let stranded = h.submit(stranded);
     assert_eq!(stranded.state, TaskState::Pending, "mac-1 is live but not polling");
     h.advance(CoreConfig::default().bot_death_timeout_ms);
@@ -726,7 +731,7 @@ fn secret_bytes_reach_only_the_bot_and_are_forgotten_when_the_task_ends() {
     let mut h = Harness::new();
     let mut r = request(100, &[("pool", "ci")]);
     r.secret_bytes = Some(apiary_protocol::SecretBytes(b"hunter2".to_vec()));
-    r.task_slices[0].properties.idempotent = true;
+    Arc::make_mut(&mut r.task_slices[0].properties).idempotent = true;
     let task = h.submit(r.clone());
     assert!(task.has_secret_bytes && task.request.secret_bytes.is_none(), "results never carry them");
     let out = h.poll(BOT_1.conn, BOT_1.bot_id, BOT_1.session_id, LINUX);
@@ -746,7 +751,8 @@ fn a_task_goes_to_the_waiting_bot_that_holds_its_named_caches() {
     poll_with_caches(&mut h, BOT_1, &[]);
     poll_with_caches(&mut h, BOT_2, &["git", "pip"]);
     let mut r = request(100, &[("pool", "ci")]);
-    r.task_slices[0].properties.caches = vec![NamedCache { name: "git".into(), path: "cache/git".into() }];
+    Arc::make_mut(&mut r.task_slices[0].properties).caches =
+        vec![NamedCache { name: "git".into(), path: "cache/git".into() }];
     let (_, out) = h.send(CLIENT, Request::NewTask(r));
     let handed = out.replies.iter().find(|outgoing| matches!(outgoing.reply, Reply::Assignment(_))).unwrap();
     assert_eq!(handed.conn, BOT_2.conn, "bot-2 holds the git cache, though bot-1 waited longer");
@@ -768,4 +774,64 @@ fn a_timed_out_run_says_which_timeout() {
         (TaskState::TimedOut, Some(TimeoutKind::Io), Some(2), Some(3))
     );
     h.check_replay();
+}
+
+fn with_id(bot: TestBot) -> Vec<(&'static str, &'static str)> {
+    vec![("pool", "ci"), ("os", "Linux"), ("id", bot.bot_id)]
+}
+
+#[test]
+fn a_task_naming_a_bot_by_id_runs_only_there_and_bots_differing_by_id_share_a_class() {
+    let mut h = Harness::new();
+    h.poll(BOT_1.conn, BOT_1.bot_id, BOT_1.session_id, &with_id(BOT_1));
+    h.poll(BOT_2.conn, BOT_2.bot_id, BOT_2.session_id, &with_id(BOT_2));
+    let classes = |h: &Harness| (h.core.bots["bot-1"].class, h.core.bots["bot-2"].class);
+    let (class_1, class_2) = classes(&h);
+    assert_eq!(class_1, class_2, "the id dimension is not part of a class");
+    // bot-1 parked first, yet the task names bot-2.
+    let (_, out) = h.send(CLIENT, Request::NewTask(request(100, &[("pool", "ci"), ("id", "bot-2")])));
+    assert_eq!(assignment(&out).map(|_| out.replies[0].conn), Some(BOT_2.conn));
+    // A pending task naming bot-1 waits behind nothing else and only bot-1 takes it.
+    let named = h.submit(request(200, &[("pool", "ci"), ("id", "bot-1|bot-3")]));
+    assert_eq!(named.state, TaskState::Running, "handed to the parked bot-1");
+    let queued = h.submit(request(200, &[("pool", "ci"), ("id", "bot-1")]));
+    let anyone = h.submit(request(100, &[("pool", "ci")]));
+    let out = h.poll(ConnId(6), "bot-3", 1, &[("pool", "ci"), ("os", "Linux"), ("id", "bot-3")]);
+    assert_eq!(assignment(&out).unwrap().run_id & !0xf, anyone.task_id, "bot-3 takes the task for anyone");
+    assert_eq!(h.state(queued.task_id), TaskState::Pending);
+    let tasks_for = |h: &Harness, bot: &str| h.core.queues.best_for_bot(h.core.bots[bot].class, bot);
+    assert!(tasks_for(&h, "bot-2").is_none(), "bot-2 is not named by the queued task");
+    assert!(tasks_for(&h, "bot-1").is_some());
+    h.check_replay();
+}
+
+#[test]
+fn a_task_naming_an_unknown_or_unfit_bot_has_no_resource_and_a_named_bot_going_away_strands_it() {
+    let mut h = Harness::new();
+    h.poll(BOT_1.conn, BOT_1.bot_id, BOT_1.session_id, &with_id(BOT_1));
+    let ghost = h.submit(no_wait(request(100, &[("pool", "ci"), ("id", "ghost")])));
+    assert_eq!(ghost.state, TaskState::NoResource, "no bot has that id");
+    let unfit = h.submit(no_wait(request(100, &[("pool", "ci"), ("os", "Mac"), ("id", "bot-1")])));
+    assert_eq!(unfit.state, TaskState::NoResource, "bot-1 is not a Mac");
+    let running = h.submit(no_wait(request(100, &[("pool", "ci"), ("id", "bot-1")])));
+    assert_eq!(running.state, TaskState::Running);
+    let mut waiting = no_wait(request(100, &[("pool", "ci"), ("id", "bot-1")]));
+    Arc::make_mut(&mut waiting.task_slices[0].properties).command.push("second".into());
+    let waiting = h.submit(waiting);
+    let (_, out) = h.send(CLIENT, Request::GetTask { task_id: waiting.task_id });
+    let Reply::Task(shown) = &out.replies[0].reply else { panic!() };
+    assert_eq!(shown.pending, Some(PendingInfo { matching_bots: 1, busy_bots: 1, queue_position: 0 }));
+    h.advance(CoreConfig::default().bot_death_timeout_ms);
+    assert_eq!(h.state(waiting.task_id), TaskState::NoResource, "its only bot is gone");
+    h.check_replay();
+}
+
+#[test]
+fn a_bot_whose_id_dimension_is_not_its_bot_id_is_refused() {
+    let mut h = Harness::new();
+    let out = h.poll(BOT_1.conn, BOT_1.bot_id, BOT_1.session_id, &[("pool", "ci"), ("id", "bot-2")]);
+    let Reply::Error(error) = &out.replies[0].reply else { panic!("{:?}", out.replies) };
+    assert_eq!(error.code, ErrorCode::InvalidRequest);
+    assert!(error.message.contains("dimensions[1].value") && error.message.contains("bot-1"), "{}", error.message);
+    assert!(h.core.bot("bot-1").is_none());
 }

@@ -7,6 +7,11 @@
 //! a new class updates those lists, never a poll. A poll looks only at its
 //! class's queues; a new task looks only at the classes that match its queue,
 //! for a parked bot. Neither path scans all tasks or all bots.
+//!
+//! The `id` dimension names one bot, so it is kept out of classes: otherwise
+//! every bot would be a class of its own. A queue whose tasks ask for `id` is
+//! listed under the bot ids it names instead of under classes; a bot's poll
+//! looks at its class's queues and at the queues that name it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,6 +23,9 @@ use super::Map;
 /// For a task the values of a key are alternatives (`os=Linux|Mac`); for a bot
 /// they are all the values it has.
 pub type CanonicalDimensions = Vec<(String, Vec<String>)>;
+
+/// The dimension that names a bot: a bot has it once, with its bot id.
+pub const ID_KEY: &str = "id";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QueueId(u32);
@@ -33,19 +41,23 @@ pub struct QueueKey {
 }
 
 struct Queue {
+    /// The task dimensions other than `id`.
     dimensions: CanonicalDimensions,
+    /// The bots the tasks ask for by `id`; empty when any bot of a matching class will do.
+    bot_ids: Vec<String>,
     pending: BTreeSet<QueueKey>,
     /// `pending.first()`, kept at hand: a poll reads the heads of all its
     /// class's queues, and a walk down each tree would cost cache misses that
     /// grow with the number of pending tasks.
     head: Option<QueueKey>,
-    /// The bot classes whose bots can run this queue's tasks.
+    /// The bot classes that have `dimensions`: for a queue that names bots,
+    /// a named bot must also be of one of these.
     classes: Vec<ClassId>,
 }
 
 struct BotClass {
     dimensions: CanonicalDimensions,
-    /// The queues this class can serve.
+    /// The queues this class can serve (not those that name bots).
     queues: Vec<QueueId>,
     /// Bots of this class that count as capacity, and how many of them are busy.
     live_bots: u32,
@@ -60,6 +72,8 @@ pub struct Queues {
     queue_ids: Map<CanonicalDimensions, QueueId>,
     classes: Vec<BotClass>,
     class_ids: Map<CanonicalDimensions, ClassId>,
+    /// The queues that name each bot id.
+    queues_naming: Map<String, Vec<QueueId>>,
     next_park_number: u64,
 }
 
@@ -68,9 +82,19 @@ pub fn canonical_task_dimensions(dimensions: &[StringPair]) -> CanonicalDimensio
     canonical(dimensions.iter().flat_map(|pair| pair.value.split('|').map(move |value| (&pair.key, value))))
 }
 
-/// Bot dimensions in canonical form: a key given twice has two values.
+/// Bot dimensions in canonical form, without `id` (the class of a bot): a key
+/// given twice has two values.
 pub fn canonical_bot_dimensions(dimensions: &[StringPair]) -> CanonicalDimensions {
-    canonical(dimensions.iter().map(|pair| (&pair.key, pair.value.as_str())))
+    canonical(dimensions.iter().filter(|pair| pair.key != ID_KEY).map(|pair| (&pair.key, pair.value.as_str())))
+}
+
+/// Splits the `id` alternatives off canonical task dimensions.
+pub fn split_bot_ids(mut dimensions: CanonicalDimensions) -> (CanonicalDimensions, Vec<String>) {
+    let ids = match dimensions.binary_search_by(|(key, _)| key.as_str().cmp(ID_KEY)) {
+        Ok(index) => dimensions.remove(index).1,
+        Err(_) => Vec::new(),
+    };
+    (dimensions, ids)
 }
 
 fn canonical<'a>(pairs: impl Iterator<Item = (&'a String, &'a str)>) -> CanonicalDimensions {
@@ -99,15 +123,21 @@ impl Queues {
             return id;
         }
         let id = QueueId(self.queues.len() as u32);
+        self.queue_ids.insert(dimensions.clone(), id);
+        let (dimensions, bot_ids) = split_bot_ids(dimensions);
         let mut classes = Vec::new();
         for (index, class) in self.classes.iter_mut().enumerate() {
             if bot_matches(&class.dimensions, &dimensions) {
-                class.queues.push(id);
+                if bot_ids.is_empty() {
+                    class.queues.push(id);
+                }
                 classes.push(ClassId(index as u32));
             }
         }
-        self.queue_ids.insert(dimensions.clone(), id);
-        self.queues.push(Queue { dimensions, pending: BTreeSet::new(), head: None, classes });
+        for bot_id in &bot_ids {
+            self.queues_naming.entry(bot_id.clone()).or_default().push(id);
+        }
+        self.queues.push(Queue { dimensions, bot_ids, pending: BTreeSet::new(), head: None, classes });
         id
     }
 
@@ -121,7 +151,9 @@ impl Queues {
         for (index, queue) in self.queues.iter_mut().enumerate() {
             if bot_matches(&dimensions, &queue.dimensions) {
                 queue.classes.push(id);
-                queues.push(QueueId(index as u32));
+                if queue.bot_ids.is_empty() {
+                    queues.push(QueueId(index as u32));
+                }
             }
         }
         self.class_ids.insert(dimensions.clone(), id);
@@ -147,14 +179,30 @@ impl Queues {
         removed
     }
 
-    /// The best pending task a bot of this class can take, and its queue.
-    pub fn best_for_class(&self, class: ClassId) -> Option<(QueueId, QueueKey)> {
-        let class = &self.classes[class.0 as usize];
-        class
+    /// The best pending task this bot can take, and its queue.
+    pub fn best_for_bot(&self, class: ClassId, bot_id: &str) -> Option<(QueueId, QueueKey)> {
+        let naming = self.queues_naming(bot_id).iter().filter(|&&queue| self.serves(class, queue));
+        self.classes[class.0 as usize]
             .queues
             .iter()
+            .chain(naming)
             .filter_map(|&queue| self.queues[queue.0 as usize].head.map(|key| (queue, key)))
             .min_by_key(|&(_, key)| key)
+    }
+
+    /// The queues whose tasks ask for this bot by `id`.
+    pub fn queues_naming(&self, bot_id: &str) -> &[QueueId] {
+        self.queues_naming.get(bot_id).map_or(&[], Vec::as_slice)
+    }
+
+    /// The bots this queue's tasks ask for by `id`; empty when any will do.
+    pub fn bot_ids(&self, queue: QueueId) -> &[String] {
+        &self.queues[queue.0 as usize].bot_ids
+    }
+
+    /// Whether bots of this class have the queue's dimensions (other than `id`).
+    pub fn serves(&self, class: ClassId, queue: QueueId) -> bool {
+        self.queues[queue.0 as usize].classes.contains(&class)
     }
 
     /// Parks a polling bot; returns the number that unparks it.
@@ -170,8 +218,9 @@ impl Queues {
         assert!(removed.is_some(), "park number {park_number} was not parked");
     }
 
-    /// The longest-parked bot that can serve this queue, if any (it stays parked:
-    /// the caller unparks it when it hands it work).
+    /// The longest-parked bot of a class that can serve this queue, if any (it
+    /// stays parked: the caller unparks it when it hands it work). For a queue
+    /// that names bots, only the named ones count: the caller looks at those.
     pub fn parked_bot_for_queue(&self, queue: QueueId) -> Option<&str> {
         self.queues[queue.0 as usize]
             .classes
@@ -197,7 +246,8 @@ impl Queues {
         assert!(class.busy_bots <= class.live_bots, "busy bots are live bots");
     }
 
-    /// Live bots that can run this queue's tasks, and how many of them are busy.
+    /// Live bots of the classes that can run this queue's tasks, and how many
+    /// of them are busy (for a queue that names bots, the caller counts those).
     pub fn capacity(&self, queue: QueueId) -> (u32, u32) {
         self.queues[queue.0 as usize].classes.iter().fold((0, 0), |(live, busy), &class| {
             let class = &self.classes[class.0 as usize];
@@ -215,8 +265,8 @@ impl Queues {
         (class.live_bots, class.busy_bots)
     }
 
-    pub fn queues_of_class(&self, class: ClassId) -> Vec<QueueId> {
-        self.classes[class.0 as usize].queues.clone()
+    pub fn queues_of_class(&self, class: ClassId) -> &[QueueId] {
+        &self.classes[class.0 as usize].queues
     }
 
     pub fn pending_tasks(&self, queue: QueueId) -> Vec<RequestId> {
@@ -248,13 +298,17 @@ impl Queues {
     pub fn check_invariants(&self) {
         for (index, queue) in self.queues.iter().enumerate() {
             assert_eq!(queue.head, queue.pending.first().copied(), "queue {index} knows its head");
+            for bot_id in &queue.bot_ids {
+                assert!(self.queues_naming(bot_id).contains(&QueueId(index as u32)), "queue {index} listed by id");
+            }
         }
         for (class_index, class) in self.classes.iter().enumerate() {
             for (queue_index, queue) in self.queues.iter().enumerate() {
                 let matches = bot_matches(&class.dimensions, &queue.dimensions);
                 let listed_in_class = class.queues.contains(&QueueId(queue_index as u32));
                 let listed_in_queue = queue.classes.contains(&ClassId(class_index as u32));
-                assert_eq!(matches, listed_in_class, "class {class_index} / queue {queue_index} list");
+                let by_class = matches && queue.bot_ids.is_empty();
+                assert_eq!(by_class, listed_in_class, "class {class_index} / queue {queue_index} list");
                 assert_eq!(matches, listed_in_queue, "queue {queue_index} / class {class_index} list");
             }
         }
@@ -291,9 +345,9 @@ mod tests {
         queues.push(linux, QueueKey { priority: 100, task_id: id(3) });
         queues.push(any, QueueKey { priority: 100, task_id: id(2) });
         queues.push(mac, QueueKey { priority: 1, task_id: id(1) });
-        assert_eq!(queues.best_for_class(class), Some((any, QueueKey { priority: 100, task_id: id(2) })));
+        assert_eq!(queues.best_for_bot(class, "bot-1"), Some((any, QueueKey { priority: 100, task_id: id(2) })));
         queues.push(linux, QueueKey { priority: 50, task_id: id(4) });
-        assert_eq!(queues.best_for_class(class), Some((linux, QueueKey { priority: 50, task_id: id(4) })));
+        assert_eq!(queues.best_for_bot(class, "bot-1"), Some((linux, QueueKey { priority: 50, task_id: id(4) })));
         queues.check_invariants();
     }
 

@@ -4,6 +4,8 @@
 use apiary_protocol::limits::*;
 use apiary_protocol::{NamedCache, NewTaskRequest, StringPair, TaskProperties, TaskSlice};
 
+use super::queues::ID_KEY;
+
 /// A refused request: `field` is a path into the request, like
 /// `task_slices[0].properties.dimensions[1].key`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -173,6 +175,19 @@ pub fn validate_bot_dimensions(dimensions: &[StringPair]) -> Result<(), Validati
     Ok(())
 }
 
+/// A bot's `id` dimension, if it reports one, is its bot id: tasks name bots by it.
+pub fn validate_id_dimension(bot_id: &str, dimensions: &[StringPair]) -> Result<(), ValidationError> {
+    for (index, pair) in dimensions.iter().enumerate() {
+        if pair.key == ID_KEY && pair.value != bot_id {
+            return refuse(
+                format!("dimensions[{index}].value"),
+                format!("the id dimension must be the bot_id {bot_id:?}"),
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn validate_bot_id(bot_id: &str) -> Result<(), ValidationError> {
     if bot_id.is_empty() {
         return refuse("bot_id", "must not be empty");
@@ -242,12 +257,15 @@ fn check_seconds(field: &str, value: u32, min: u32, max: u32) -> Result<(), Vali
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn request(dimensions: &[(&str, &str)]) -> NewTaskRequest {
         let mut slice = TaskSlice::default();
-        slice.properties.command = vec!["true".into()];
-        slice.properties.dimensions = dimensions.iter().map(|(key, value)| StringPair::new(key, value)).collect();
+        Arc::make_mut(&mut slice.properties).command = vec!["true".into()];
+        Arc::make_mut(&mut slice.properties).dimensions =
+            dimensions.iter().map(|(key, value)| StringPair::new(key, value)).collect();
         NewTaskRequest { task_slices: vec![slice], ..NewTaskRequest::default() }
     }
 
@@ -281,26 +299,27 @@ mod tests {
         bad.priority = 0;
         assert_eq!(refused_field(&bad), "priority");
         let mut bad = request(&[("pool", "ci")]);
-        bad.task_slices[0].properties.command.clear();
+        Arc::make_mut(&mut bad.task_slices[0].properties).command.clear();
         assert_eq!(refused_field(&bad), "task_slices[0].properties.command");
         let mut bad = request(&[("pool", "ci")]);
         bad.task_slices[0].expiration_secs = 0;
         assert_eq!(refused_field(&bad), "task_slices[0].expiration_secs");
         let mut bad = request(&[("pool", "ci")]);
-        bad.task_slices[0].properties.execution_timeout_secs = MAX_EXECUTION_TIMEOUT_SECS + 1;
+        Arc::make_mut(&mut bad.task_slices[0].properties).execution_timeout_secs = MAX_EXECUTION_TIMEOUT_SECS + 1;
         assert_eq!(refused_field(&bad), "task_slices[0].properties.execution_timeout_secs");
         let mut bad = request(&[("pool", "ci")]);
-        bad.task_slices[0].properties.relative_cwd = "a/../..".into();
+        Arc::make_mut(&mut bad.task_slices[0].properties).relative_cwd = "a/../..".into();
         assert_eq!(refused_field(&bad), "task_slices[0].properties.relative_cwd");
         let mut bad = request(&[("pool", "ci")]);
         bad.task_slices.push(bad.task_slices[0].clone());
         assert_eq!(refused_field(&bad), "task_slices[1]");
         let mut bad = request(&[("pool", "ci")]);
-        bad.task_slices[0].properties.caches = vec![NamedCache { name: "Git".into(), path: "git".into() }];
+        Arc::make_mut(&mut bad.task_slices[0].properties).caches =
+            vec![NamedCache { name: "Git".into(), path: "git".into() }];
         assert_eq!(refused_field(&bad), "task_slices[0].properties.caches[0].name");
         let mut bad = request(&[("pool", "ci")]);
         let cache = NamedCache { name: "git".into(), path: "git".into() };
-        bad.task_slices[0].properties.caches = vec![cache.clone(), cache];
+        Arc::make_mut(&mut bad.task_slices[0].properties).caches = vec![cache.clone(), cache];
         assert_eq!(refused_field(&bad), "task_slices[0].properties.caches[1]");
         let mut bad = request(&[("pool", "ci")]);
         bad.secret_bytes = Some(apiary_protocol::SecretBytes(vec![0; MAX_SECRET_BYTES + 1]));

@@ -95,6 +95,8 @@ impl EventLoop {
     /// Runs until SIGTERM or SIGINT, then makes everything durable and returns.
     pub fn run(mut self) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(1024);
+        // One output for every turn: its vectors keep their capacity.
+        let mut out = Output::default();
         while !self.shutting_down {
             let timeout = self.poll_timeout();
             if let Err(error) = self.poll.poll(&mut events, timeout)
@@ -102,7 +104,6 @@ impl EventLoop {
             {
                 return Err(ServerError::Io { context: "poll for events".into(), source: error });
             }
-            let mut out = Output::default();
             let now_ms = now_unix_ms();
             for token in std::mem::take(&mut self.unfinished_reads) {
                 self.read_connection(token, now_ms, &mut out);
@@ -123,7 +124,7 @@ impl EventLoop {
                 }
             }
             self.core.tick(now_ms, &mut out);
-            self.commit(out)?;
+            self.commit(&mut out)?;
             self.start_sync_if_needed();
             self.release_durable();
             self.flush_connections();
@@ -275,19 +276,19 @@ impl EventLoop {
 
     /// Writes the turn's output bytes and log records, and holds its replies
     /// until they are durable.
-    fn commit(&mut self, out: Output) -> Result<(), ServerError> {
+    fn commit(&mut self, out: &mut Output) -> Result<(), ServerError> {
         let wrote = !out.output_writes.is_empty() || !out.events.is_empty();
-        for write in out.output_writes {
+        for write in out.output_writes.drain(..) {
             self.outputs.write_at(write.run_id.as_u64(), write.offset, &write.data).map_err(ServerError::Output)?;
         }
         let mut log_lines = String::new();
-        for event in &out.events {
+        for event in out.events.drain(..) {
             log_lines.push_str("apiaryd: ");
             log_lines.push_str(&event.describe());
             log_lines.push('\n');
             self.wal.append(EVENT_RECORD_KIND, &event.encode()).map_err(ServerError::Wal)?;
             if let Event::TaskFinished(TaskFinished { run_id: Some(run_id), .. }) = event {
-                self.outputs.close(*run_id);
+                self.outputs.close(run_id);
             }
         }
         // One write for the turn's log lines: at thousands of tasks a second,
@@ -296,10 +297,10 @@ impl EventLoop {
         if wrote {
             self.durability.wrote();
         }
-        for reply in out.replies {
+        for reply in out.replies.drain(..) {
             self.durability.hold(Held::Reply(reply));
         }
-        for read in out.output_reads {
+        for read in out.output_reads.drain(..) {
             self.durability.hold(Held::Read(read));
         }
         Ok(())

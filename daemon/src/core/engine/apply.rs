@@ -98,7 +98,7 @@ impl Core {
         let bot_id = run.bot_id.clone();
         let reusable = task.properties().idempotent && !task.has_secret_bytes;
         if state == TaskState::Completed && finished.exit_code == Some(0) && reusable {
-            self.successes.insert(task.properties().clone(), (run_id, finished.at_ms));
+            self.successes.insert(Arc::clone(task.properties()), (run_id, finished.at_ms));
         }
         self.release_bot(&bot_id, run_id);
         let kind = match state {
@@ -151,8 +151,8 @@ impl Core {
                 bot.terminate_requested = false;
             }
             bot.session_id = connected.session_id;
-            if *bot.dimensions != connected.dimensions {
-                bot.dimensions = Arc::new(connected.dimensions.clone());
+            if !bot.dimensions.equals(&connected.dimensions) {
+                bot.dimensions = Arc::new(PackedDimensions::new(&connected.dimensions));
             }
             bot.class = class;
             bot.software = connected.software.clone();

@@ -9,10 +9,11 @@ const DEFAULT_EVENT_PAGE: u32 = 100;
 impl Core {
     pub(super) fn bot_poll(&mut self, conn: ConnId, request_id: u64, poll: BotPoll, out: &mut Output) -> Option<Reply> {
         // Checked once per new bot or new dimensions, not on every poll.
-        let new_dimensions = self.bots.get(&poll.bot_id).is_none_or(|bot| *bot.dimensions != poll.dimensions);
+        let new_dimensions = self.bots.get(&poll.bot_id).is_none_or(|bot| !bot.dimensions.equals(&poll.dimensions));
         if new_dimensions {
             let valid = validate::validate_bot_id(&poll.bot_id)
-                .and_then(|()| validate::validate_bot_dimensions(&poll.dimensions));
+                .and_then(|()| validate::validate_bot_dimensions(&poll.dimensions))
+                .and_then(|()| validate::validate_id_dimension(&poll.bot_id, &poll.dimensions));
             if let Err(refusal) = valid {
                 return Some(error(ErrorCode::InvalidRequest, refusal.to_string()));
             }
@@ -34,7 +35,7 @@ impl Core {
             return Some(Reply::Terminate);
         }
         let eligible = bot.eligible();
-        if eligible && let Some((_, key)) = self.queues.best_for_class(bot.class) {
+        if eligible && let Some((_, key)) = self.queues.best_for_bot(bot.class, &poll.bot_id) {
             return Some(self.assign(key.task_id, &poll.bot_id, out));
         }
         self.park(conn, request_id, &poll.bot_id, eligible);
@@ -125,7 +126,7 @@ impl Core {
             let event = BotConnected {
                 bot_id: bot_id.to_string(),
                 session_id: bot.session_id,
-                dimensions: bot.dimensions.to_vec(),
+                dimensions: bot.dimensions.to_pairs(),
                 software: bot.software.clone(),
                 at_ms: self.now_ms,
             };
@@ -177,17 +178,19 @@ impl Core {
         }
         let class = bot.class;
         self.change_bot_standing(bot_id, BotChange::Missing, out);
-        self.move_on_from_lost_capacity(class, out);
+        self.move_on_from_lost_capacity(class, bot_id, out);
     }
 
     /// Pending tasks that no live bot can serve any more (and that do not wait
     /// for capacity) move to their next servable slice, or end NO_RESOURCE.
-    fn move_on_from_lost_capacity(&mut self, class: ClassId, out: &mut Output) {
+    fn move_on_from_lost_capacity(&mut self, class: ClassId, bot_id: &str, out: &mut Output) {
         let stranded: Vec<RequestId> = self
             .queues
             .queues_of_class(class)
-            .into_iter()
-            .filter(|&queue| self.queues.capacity(queue).0 == 0)
+            .iter()
+            .chain(self.queues.queues_naming(bot_id))
+            .copied()
+            .filter(|&queue| self.capacity(queue).0 == 0)
             .flat_map(|queue| self.queues.pending_tasks(queue))
             .filter(|task_id| {
                 let task = &self.tasks[task_id];
@@ -218,10 +221,15 @@ impl Core {
             caches.iter().all(|cache| held.iter().any(|info| info.name == cache.name))
         };
         // Among waiting bots, one that already holds the task's named caches
-        // wins; the scan over waiting bots happens only for tasks with caches.
-        let with_caches =
-            if caches.is_empty() { None } else { self.queues.parked_bots_for_queue(queue).find(holds_caches) };
-        let Some(bot_id) = with_caches.or_else(|| self.queues.parked_bot_for_queue(queue)).map(str::to_string) else {
+        // wins; the scan over waiting bots happens only for tasks with caches
+        // (and not for tasks that name their bots: those are the only choice).
+        let by_class = self.queues.bot_ids(queue).is_empty();
+        let with_caches = if caches.is_empty() || !by_class {
+            None
+        } else {
+            self.queues.parked_bots_for_queue(queue).find(holds_caches)
+        };
+        let Some(bot_id) = with_caches.or_else(|| self.parked_bot_for(queue)).map(str::to_string) else {
             return;
         };
         let bot = self.bots.get_mut(&bot_id).expect("parked bots are known");
@@ -229,6 +237,38 @@ impl Core {
         self.queues.unpark(bot.class, parked.park_number);
         let reply = self.assign(task_id, &bot_id, out);
         out.replies.push(Outgoing { conn: parked.conn, request_id: parked.request_id, reply });
+    }
+
+    /// The longest-waiting parked bot that can run the queue's tasks.
+    pub(super) fn parked_bot_for(&self, queue: QueueId) -> Option<&str> {
+        let bot_ids = self.queues.bot_ids(queue);
+        if bot_ids.is_empty() {
+            return self.queues.parked_bot_for_queue(queue);
+        }
+        self.named_bots(queue)
+            .filter_map(|bot| bot.parked.filter(|parked| parked.eligible).map(|parked| (parked.park_number, bot)))
+            .min_by_key(|&(park_number, _)| park_number)
+            .map(|(_, bot)| bot.bot_id.as_str())
+    }
+
+    /// Live bots that can run the queue's tasks, and how many of them are busy.
+    pub(super) fn capacity(&self, queue: QueueId) -> (u32, u32) {
+        if self.queues.bot_ids(queue).is_empty() {
+            return self.queues.capacity(queue);
+        }
+        self.named_bots(queue).fold((0, 0), |(live, busy), bot| {
+            let (bot_live, bot_busy) = bot.capacity_share();
+            (live + bot_live as u32, busy + bot_busy as u32)
+        })
+    }
+
+    /// The known bots a queue names by `id` that have its other dimensions.
+    fn named_bots(&self, queue: QueueId) -> impl Iterator<Item = &Bot> {
+        self.queues
+            .bot_ids(queue)
+            .iter()
+            .filter_map(|bot_id| self.bots.get(bot_id))
+            .filter(move |bot| self.queues.serves(bot.class, queue))
     }
 
     fn assign(&mut self, task_id: RequestId, bot_id: &str, out: &mut Output) -> Reply {
@@ -251,7 +291,7 @@ impl Core {
             run_id: run_id.as_u64(),
             task_name: task.request.name.clone(),
             slice_index: task.slice_index,
-            properties: task.properties().clone(),
+            properties: Arc::clone(task.properties()),
             secret_bytes: task.request.secret_bytes.clone(),
         }
     }
@@ -265,9 +305,14 @@ impl Core {
                 return error(ErrorCode::InvalidRequest, message);
             }
         }
-        let filter = queues::canonical_task_dimensions(filter);
-        let mut bots: Vec<BotInfo> =
-            self.bots.values().filter(|bot| self.queues.class_matches(bot.class, &filter)).map(Bot::info).collect();
+        let (filter, bot_ids) = queues::split_bot_ids(queues::canonical_task_dimensions(filter));
+        let named = |bot: &&Bot| bot_ids.is_empty() || bot_ids.contains(&bot.bot_id);
+        let mut bots: Vec<BotInfo> = self
+            .bots
+            .values()
+            .filter(|bot| named(bot) && self.queues.class_matches(bot.class, &filter))
+            .map(Bot::info)
+            .collect();
         bots.sort_unstable_by(|a, b| a.bot_id.cmp(&b.bot_id));
         Reply::Bots(bots)
     }

@@ -44,7 +44,7 @@ impl Core {
     pub(super) fn first_servable_slice(&mut self, slices: &[TaskSlice], from: usize) -> Option<u32> {
         let servable = |core: &mut Core, slice: &TaskSlice| {
             let queue = core.queues.queue_for(queues::canonical_task_dimensions(&slice.properties.dimensions));
-            slice.wait_for_capacity || core.queues.capacity(queue).0 > 0
+            slice.wait_for_capacity || core.capacity(queue).0 > 0
         };
         (from..slices.len()).find(|&index| servable(self, &slices[index])).map(|index| index as u32)
     }
@@ -65,7 +65,7 @@ impl Core {
     pub(super) fn describe(&self, task: &Task) -> TaskResult {
         let mut result = task.result();
         if let Some((queue, key)) = task.queued {
-            let (matching_bots, busy_bots) = self.queues.capacity(queue);
+            let (matching_bots, busy_bots) = self.capacity(queue);
             let queue_position = self.queues.position(queue, key);
             result.pending = Some(PendingInfo { matching_bots, busy_bots, queue_position });
         }
