@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use apiary_protocol::ids::format_task_id;
 use apiary_protocol::{
-    Assignment, BotPoll, Client, ClientError, ErrorCode, Reply, Request, Role, RunEnd, RunOutcome, StringPair,
-    TaskProperties, TaskUpdate, limits,
+    Assignment, BotPoll, Client, ClientError, ErrorCode, PackedDimensions, Reply, Request, Role, RunEnd, RunOutcome,
+    StringPair, TaskProperties, TaskUpdate, limits,
 };
 
 use crate::cache::{CacheError, CacheStore};
@@ -300,7 +300,7 @@ impl<C: Connector> Session<C> {
             let poll = Request::BotPoll(BotPoll {
                 bot_id: self.identity.bot_id.clone(),
                 session_id: self.identity.session_id,
-                dimensions: self.identity.dimensions.clone(),
+                dimensions: PackedDimensions::new(&self.identity.dimensions),
                 software: self.identity.software.clone(),
                 quarantine_reason: self.quarantine_reason.clone(),
                 caches: self.caches.infos(),

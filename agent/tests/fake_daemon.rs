@@ -60,7 +60,7 @@ impl FakeDaemon {
         match request {
             Request::BotPoll(poll) => {
                 assert_eq!(poll.bot_id, "e2e");
-                assert!(poll.dimensions.iter().any(|pair| pair.key == "id" && pair.value == "e2e"));
+                assert!(poll.dimensions.pairs().unwrap().iter().any(|pair| pair.key == "id" && pair.value == "e2e"));
                 if self.assigned {
                     thread::sleep(Duration::from_millis(100));
                     return Some(Reply::NoWork);

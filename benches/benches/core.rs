@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 
 use apiary_daemon::core::{ConnId, Core, CoreConfig, Input, Outgoing, Output};
 use apiary_protocol::{
-    BotPoll, NewTaskRequest, Reply, Request, RunEnd, RunOutcome, StringPair, TaskSlice, TaskState, TaskUpdate,
+    BotPoll, NewTaskRequest, PackedDimensions, Reply, Request, RunEnd, RunOutcome, StringPair, TaskSlice, TaskState,
+    TaskUpdate,
 };
 use criterion::{BenchmarkId, Criterion, Throughput};
 
@@ -72,7 +73,7 @@ impl SimBot {
         let poll = BotPoll {
             bot_id: bot_id.clone(),
             session_id,
-            dimensions,
+            dimensions: PackedDimensions::new(&dimensions),
             software: "bench".into(),
             quarantine_reason: String::new(),
             caches: Vec::new(),

@@ -21,8 +21,8 @@ use std::time::Instant;
 
 use apiary_daemon::core::{ConnId, Core, CoreConfig, Event, Input, Output};
 use apiary_protocol::{
-    BotInfo, BotPoll, CancelOutcome, ErrorCode, ErrorReply, NewTaskRequest, Reply, Request, RequestId, RunEnd, RunId,
-    RunOutcome, StringPair, TaskResult, TaskSlice, TaskState, TaskUpdate,
+    BotInfo, BotPoll, CancelOutcome, ErrorCode, ErrorReply, NewTaskRequest, PackedDimensions, Reply, Request,
+    RequestId, RunEnd, RunId, RunOutcome, StringPair, TaskResult, TaskSlice, TaskState, TaskUpdate,
 };
 
 // ------------------------------------------------------------------- the PRNG
@@ -77,7 +77,7 @@ fn bot_poll(bot_id: &str, session_id: u64, dimensions: Vec<StringPair>, quaranti
     BotPoll {
         bot_id: bot_id.into(),
         session_id,
-        dimensions,
+        dimensions: PackedDimensions::new(&dimensions),
         software: "sim-agent".into(),
         quarantine_reason,
         caches: Vec::new(),

@@ -7,12 +7,14 @@
 //! come in any order (a bot's poll is held open until work arrives).
 
 pub mod client;
+pub mod dimensions;
 pub mod frame;
 pub mod ids;
 pub mod limits;
 pub mod messages;
 
 pub use client::{Client, ClientError};
+pub use dimensions::{MalformedDimensions, PackedDimensions};
 pub use frame::{Frame, FrameError, FrameKind, FrameReader};
 pub use ids::{RequestId, RunId, TaskIdError};
 pub use messages::*;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use rkyv::{Archive, Deserialize as RkyvDeserialize, Serialize as RkyvSerialize};
 use serde::{Deserialize, Serialize};
 
+use crate::PackedDimensions;
 use crate::limits;
 
 /// First bytes of every hello, so a stray client is recognised at once.
@@ -353,7 +354,7 @@ pub struct BotPoll {
     /// Chosen at random when the agent starts: a new session means a restarted bot.
     pub session_id: u64,
     /// The bot's dimensions; a key given twice has two values.
-    pub dimensions: Vec<StringPair>,
+    pub dimensions: PackedDimensions,
     pub software: String,
     /// Why the bot's own health check failed; empty when it passed (or there is none).
     pub quarantine_reason: String,

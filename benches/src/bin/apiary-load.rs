@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use apiary_benches::Rng;
 use apiary_protocol::frame::{self, FrameKind, HEADER_BYTES};
 use apiary_protocol::{
-    BotPoll, Client, FrameReader, Hello, NewTaskRequest, Reply, Request, Role, RunEnd, RunOutcome, StringPair,
-    TaskSlice, TaskUpdate,
+    BotPoll, Client, FrameReader, Hello, NewTaskRequest, PackedDimensions, Reply, Request, Role, RunEnd, RunOutcome,
+    StringPair, TaskSlice, TaskUpdate,
 };
 use clap::Parser;
 use mio::net::TcpStream;
@@ -430,11 +430,11 @@ fn connect_bot(args: &Args, addr: SocketAddr, bot_index: usize, session_id: u64)
     let poll_request = Request::BotPoll(BotPoll {
         bot_id: bot_id.clone(),
         session_id,
-        dimensions: vec![
+        dimensions: PackedDimensions::new(&[
             StringPair::new("pool", &args.pool),
             StringPair::new("class", &(bot_index as u64 % args.bot_classes).to_string()),
             StringPair::new("id", &bot_id),
-        ],
+        ]),
         software: SOFTWARE.into(),
         quarantine_reason: String::new(),
         caches: Vec::new(),

@@ -14,14 +14,12 @@ use apiary_protocol::limits::{
 };
 use apiary_protocol::{
     Assignment, BotEvent, BotEventKind, BotEventQuery, BotInfo, BotPoll, CancelOutcome, ErrorCode, ErrorReply,
-    NewTaskRequest, PendingInfo, Reply, Request, RequestId, RunEnd, RunId, RunOutcome, StringPair, TaskProperties,
-    TaskQuery, TaskResult, TaskSlice, TaskState, TaskUpdate, TimeoutKind,
+    NewTaskRequest, PackedDimensions, PendingInfo, Reply, Request, RequestId, RunEnd, RunId, RunOutcome, StringPair,
+    TaskProperties, TaskQuery, TaskResult, TaskSlice, TaskState, TaskUpdate, TimeoutKind,
 };
 
 use super::events::{BotChange, BotConnected, Event, StoredState, TaskAssigned, TaskCreated, TaskFinished};
-use super::model::{
-    Bot, BotEventRecord, Ending, Follower, PackedDimensions, ParkedPoll, Quarantine, Run, Task, Watcher,
-};
+use super::model::{self, Bot, BotEventRecord, Ending, Follower, ParkedPoll, Quarantine, Run, Task, Watcher};
 use super::queues::{self, ClassId, QueueId, QueueKey, Queues};
 use super::validate;
 use super::{ConnId, Map};

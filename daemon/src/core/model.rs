@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use apiary_protocol::{
-    BotEvent, BotEventKind, BotInfo, CacheInfo, NewTaskRequest, RequestId, RunId, StringPair, TaskProperties,
-    TaskResult, TaskState, TimeoutKind,
+    BotEvent, BotEventKind, BotInfo, CacheInfo, NewTaskRequest, PackedDimensions, RequestId, RunId, StringPair,
+    TaskProperties, TaskResult, TaskState, TimeoutKind,
 };
 
 use super::ConnId;
@@ -177,50 +177,6 @@ pub struct ParkedPoll {
 
 /// One bot event as kept in memory: the dimensions are shared with the bot
 /// and with its other events until they change.
-/// A bot's dimensions as it reported them, packed into one buffer of
-/// length-prefixed strings. Every poll compares its dimensions with the bot's:
-/// one buffer is a cache line or two, where a string apiece would be a cache
-/// miss apiece.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PackedDimensions(Box<[u8]>);
-
-impl PackedDimensions {
-    pub fn new(pairs: &[StringPair]) -> PackedDimensions {
-        let mut packed = Vec::new();
-        for part in pairs.iter().flat_map(|pair| [&pair.key, &pair.value]) {
-            // Keys and values are validated to a few hundred bytes.
-            packed.extend_from_slice(&(part.len() as u16).to_le_bytes());
-            packed.extend_from_slice(part.as_bytes());
-        }
-        PackedDimensions(packed.into_boxed_slice())
-    }
-
-    /// Whether these are exactly `pairs`, in order.
-    pub fn equals(&self, pairs: &[StringPair]) -> bool {
-        let mut rest = &self.0[..];
-        for part in pairs.iter().flat_map(|pair| [&pair.key, &pair.value]) {
-            let Some((len, tail)) = rest.split_first_chunk::<2>() else { return false };
-            let len = u16::from_le_bytes(*len) as usize;
-            if tail.get(..len) != Some(part.as_bytes()) {
-                return false;
-            }
-            rest = &tail[len..];
-        }
-        rest.is_empty()
-    }
-
-    pub fn to_pairs(&self) -> Vec<StringPair> {
-        let mut parts = Vec::new();
-        let mut rest = &self.0[..];
-        while let Some((len, tail)) = rest.split_first_chunk::<2>() {
-            let (part, tail) = tail.split_at(u16::from_le_bytes(*len) as usize);
-            parts.push(String::from_utf8_lossy(part).into_owned());
-            rest = tail;
-        }
-        parts.chunks_exact(2).map(|pair| StringPair::new(&pair[0], &pair[1])).collect()
-    }
-}
-
 pub struct BotEventRecord {
     pub number: u64,
     pub at_ms: u64,
@@ -230,13 +186,18 @@ pub struct BotEventRecord {
     pub message: String,
 }
 
+/// A bot's stored dimensions as pairs: only validated ones are ever stored.
+pub fn unpack(dimensions: &PackedDimensions) -> Vec<StringPair> {
+    dimensions.pairs().expect("the core stores only validated dimensions")
+}
+
 impl BotEventRecord {
     pub fn to_event(&self) -> BotEvent {
         BotEvent {
             number: self.number,
             at_unix_ms: self.at_ms,
             kind: self.kind,
-            dimensions: self.dimensions.to_pairs(),
+            dimensions: unpack(&self.dimensions),
             run_id: self.run_id.map(RunId::as_u64),
             message: self.message.clone(),
         }
@@ -329,7 +290,7 @@ impl Bot {
     pub fn info(&self) -> BotInfo {
         BotInfo {
             bot_id: self.bot_id.clone(),
-            dimensions: self.dimensions.to_pairs(),
+            dimensions: unpack(&self.dimensions),
             current_run_id: self.current_run.map(RunId::as_u64),
             first_seen_unix_ms: self.first_seen_ms,
             last_seen_unix_ms: self.last_seen_ms,
@@ -372,23 +333,5 @@ impl Ending {
             teardown_ms: None,
             timeout: None,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn packed_dimensions_equal_exactly_the_pairs_they_were_made_of() {
-        let pairs = vec![StringPair::new("pool", "ci"), StringPair::new("os", "Linux"), StringPair::new("é", "")];
-        let packed = PackedDimensions::new(&pairs);
-        assert_eq!(packed.to_pairs(), pairs);
-        assert!(packed.equals(&pairs));
-        assert!(!packed.equals(&pairs[..2]), "fewer pairs");
-        assert!(!packed.equals(&[pairs.clone(), vec![StringPair::new("a", "b")]].concat()), "more pairs");
-        let moved = vec![StringPair::new("poo", "lci"), pairs[1].clone(), pairs[2].clone()];
-        assert!(!packed.equals(&moved), "the same bytes split elsewhere");
-        assert!(PackedDimensions::default().equals(&[]));
     }
 }

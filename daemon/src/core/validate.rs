@@ -2,7 +2,7 @@
 //! limit it broke; nothing is silently changed or ignored.
 
 use apiary_protocol::limits::*;
-use apiary_protocol::{NamedCache, NewTaskRequest, StringPair, TaskProperties, TaskSlice};
+use apiary_protocol::{NamedCache, NewTaskRequest, PackedDimensions, StringPair, TaskProperties, TaskSlice};
 
 use super::queues::ID_KEY;
 
@@ -175,8 +175,21 @@ pub fn validate_bot_dimensions(dimensions: &[StringPair]) -> Result<(), Validati
     Ok(())
 }
 
+/// The dimensions a bot reports in a poll, unpacked and checked.
+pub fn validate_reported_dimensions(
+    bot_id: &str,
+    dimensions: &PackedDimensions,
+) -> Result<Vec<StringPair>, ValidationError> {
+    let pairs = dimensions
+        .pairs()
+        .map_err(|malformed| ValidationError { field: "dimensions".to_string(), message: malformed.to_string() })?;
+    validate_bot_dimensions(&pairs)?;
+    validate_id_dimension(bot_id, &pairs)?;
+    Ok(pairs)
+}
+
 /// A bot's `id` dimension, if it reports one, is its bot id: tasks name bots by it.
-pub fn validate_id_dimension(bot_id: &str, dimensions: &[StringPair]) -> Result<(), ValidationError> {
+fn validate_id_dimension(bot_id: &str, dimensions: &[StringPair]) -> Result<(), ValidationError> {
     for (index, pair) in dimensions.iter().enumerate() {
         if pair.key == ID_KEY && pair.value != bot_id {
             return refuse(

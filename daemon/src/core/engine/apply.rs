@@ -151,8 +151,9 @@ impl Core {
                 bot.terminate_requested = false;
             }
             bot.session_id = connected.session_id;
-            if !bot.dimensions.equals(&connected.dimensions) {
-                bot.dimensions = Arc::new(PackedDimensions::new(&connected.dimensions));
+            let packed = PackedDimensions::new(&connected.dimensions);
+            if *bot.dimensions != packed {
+                bot.dimensions = Arc::new(packed);
             }
             bot.class = class;
             bot.software = connected.software.clone();

@@ -9,15 +9,17 @@ const DEFAULT_EVENT_PAGE: u32 = 100;
 impl Core {
     pub(super) fn bot_poll(&mut self, conn: ConnId, request_id: u64, poll: BotPoll, out: &mut Output) -> Option<Reply> {
         // Checked once per new bot or new dimensions, not on every poll.
-        let new_dimensions = self.bots.get(&poll.bot_id).is_none_or(|bot| !bot.dimensions.equals(&poll.dimensions));
-        if new_dimensions {
+        let unchanged = self.bots.get(&poll.bot_id).is_some_and(|bot| *bot.dimensions == poll.dimensions);
+        let new_dimensions = if unchanged {
+            None
+        } else {
             let valid = validate::validate_bot_id(&poll.bot_id)
-                .and_then(|()| validate::validate_bot_dimensions(&poll.dimensions))
-                .and_then(|()| validate::validate_id_dimension(&poll.bot_id, &poll.dimensions));
-            if let Err(refusal) = valid {
-                return Some(error(ErrorCode::InvalidRequest, refusal.to_string()));
+                .and_then(|()| validate::validate_reported_dimensions(&poll.bot_id, &poll.dimensions));
+            match valid {
+                Ok(pairs) => Some(pairs),
+                Err(refusal) => return Some(error(ErrorCode::InvalidRequest, refusal.to_string())),
             }
-        }
+        };
         if poll.quarantine_reason.len() > MAX_REASON_BYTES {
             let message = format!("quarantine_reason: over the limit of {MAX_REASON_BYTES} bytes");
             return Some(error(ErrorCode::InvalidRequest, message));
@@ -64,9 +66,9 @@ impl Core {
     /// return from death or shutdown is an event; a new session means the bot
     /// restarted and lost whatever it ran. The health check's verdict rides on
     /// every poll and quarantines or releases the bot.
-    fn bot_seen(&mut self, conn: ConnId, poll: &BotPoll, new_dimensions: bool, out: &mut Output) {
+    fn bot_seen(&mut self, conn: ConnId, poll: &BotPoll, new_dimensions: Option<Vec<StringPair>>, out: &mut Output) {
         let known = self.bots.get(&poll.bot_id);
-        let changed = new_dimensions
+        let changed = new_dimensions.is_some()
             || known.is_none_or(|bot| {
                 bot.session_id != poll.session_id || bot.software != poll.software || bot.dead || bot.shut_down
             });
@@ -77,10 +79,11 @@ impl Core {
             self.finish(run_id.request(), Some(run_id), ending, out);
         }
         if changed {
+            let dimensions = new_dimensions.unwrap_or_else(|| model::unpack(&self.bots[&poll.bot_id].dimensions));
             let event = BotConnected {
                 bot_id: poll.bot_id.clone(),
                 session_id: poll.session_id,
-                dimensions: poll.dimensions.clone(),
+                dimensions,
                 software: poll.software.clone(),
                 at_ms: self.now_ms,
             };
@@ -126,7 +129,7 @@ impl Core {
             let event = BotConnected {
                 bot_id: bot_id.to_string(),
                 session_id: bot.session_id,
-                dimensions: bot.dimensions.to_pairs(),
+                dimensions: model::unpack(&bot.dimensions),
                 software: bot.software.clone(),
                 at_ms: self.now_ms,
             };
