@@ -140,6 +140,45 @@ enum Timer {
     },
 }
 
+/// Due times, in two heaps: slice expirations, one per pending task, and the
+/// rest (polls, pings, waits), as many as there is running work. The ping
+/// timer pushed at every dispatch then sifts through a heap that stays in
+/// cache, not through one as large as the backlog.
+#[derive(Default)]
+struct Timers {
+    expirations: BinaryHeap<Reverse<(u64, Timer)>>,
+    others: BinaryHeap<Reverse<(u64, Timer)>>,
+}
+
+impl Timers {
+    fn push(&mut self, deadline_ms: u64, timer: Timer) {
+        let heap = if matches!(timer, Timer::SliceExpiry { .. }) { &mut self.expirations } else { &mut self.others };
+        heap.push(Reverse((deadline_ms, timer)));
+    }
+
+    /// The heap whose first timer comes first, as one heap would order them.
+    fn first(&mut self) -> Option<&mut BinaryHeap<Reverse<(u64, Timer)>>> {
+        match (self.expirations.peek(), self.others.peek()) {
+            (Some(Reverse(expiration)), Some(Reverse(other))) if other < expiration => Some(&mut self.others),
+            (Some(_), _) => Some(&mut self.expirations),
+            (None, Some(_)) => Some(&mut self.others),
+            (None, None) => None,
+        }
+    }
+
+    fn next_deadline_ms(&self) -> Option<u64> {
+        let first = |heap: &BinaryHeap<Reverse<(u64, Timer)>>| heap.peek().map(|Reverse((deadline, _))| *deadline);
+        first(&self.expirations).into_iter().chain(first(&self.others)).min()
+    }
+
+    /// The next timer due at `now_ms` or before.
+    fn pop_due(&mut self, now_ms: u64) -> Option<Timer> {
+        let heap = self.first()?;
+        let due = heap.peek().is_some_and(|Reverse((deadline, _))| *deadline <= now_ms);
+        due.then(|| heap.pop().expect("peeked").0.1)
+    }
+}
+
 /// How often a follower of a quiet task gets an empty chunk.
 const FOLLOW_HEARTBEAT_MS: u64 = 30_000;
 
@@ -152,7 +191,7 @@ pub struct Core {
     task_order: Vec<RequestId>,
     bots: Map<String, Bot>,
     queues: Queues,
-    timers: BinaryHeap<Reverse<(u64, Timer)>>,
+    timers: Timers,
     last_task_id: Option<RequestId>,
     bot_by_connection: Map<ConnId, String>,
     /// The latest successful run of each idempotent set of properties, and when it ended.
@@ -178,7 +217,7 @@ impl Core {
             task_order: Vec::new(),
             bots: Map::default(),
             queues: Queues::default(),
-            timers: BinaryHeap::new(),
+            timers: Timers::default(),
             last_task_id: None,
             bot_by_connection: Map::default(),
             successes: Map::default(),
@@ -241,16 +280,12 @@ impl Core {
 
     /// When `tick` next has work to do.
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        self.timers.peek().map(|Reverse((deadline, _))| *deadline)
+        self.timers.next_deadline_ms()
     }
 
     pub fn tick(&mut self, now_ms: u64, out: &mut Output) {
         self.advance_clock(now_ms);
-        while let Some(Reverse((deadline, _))) = self.timers.peek() {
-            if *deadline > self.now_ms {
-                break;
-            }
-            let Reverse((_, timer)) = self.timers.pop().expect("peeked");
+        while let Some(timer) = self.timers.pop_due(self.now_ms) {
             self.fire(timer, out);
         }
     }
@@ -354,7 +389,7 @@ impl Core {
         let tolerance_ms = u64::from(task.request.bot_ping_tolerance_secs) * 1000;
         let deadline = run.last_heard_ms + tolerance_ms;
         if deadline > self.now_ms {
-            self.timers.push(Reverse((deadline, Timer::RunPing { run_id })));
+            self.timers.push(deadline, Timer::RunPing { run_id });
             return;
         }
         let reason = format!("no word from bot {} for {} s", run.bot_id, tolerance_ms / 1000);
@@ -385,7 +420,7 @@ impl Core {
             if !bot.death_timer_armed {
                 bot.death_timer_armed = true;
                 let deadline = self.now_ms + self.config.bot_death_timeout_ms;
-                self.timers.push(Reverse((deadline, Timer::BotDeath { bot_id: bot.bot_id.clone() })));
+                self.timers.push(deadline, Timer::BotDeath { bot_id: bot.bot_id.clone() });
             }
         }
         for task in self.tasks.values_mut().filter(|task| task.state == TaskState::Running) {

@@ -835,3 +835,20 @@ fn a_bot_whose_id_dimension_is_not_its_bot_id_is_refused() {
     assert!(error.message.contains("dimensions[1].value") && error.message.contains("bot-1"), "{}", error.message);
     assert!(h.core.bot("bot-1").is_none());
 }
+
+#[test]
+fn timers_come_due_in_deadline_order_across_both_heaps() {
+    let mut timers = Timers::default();
+    let task_id = RequestId::first_of_millisecond(1);
+    let expiry = |slice_index| Timer::SliceExpiry { task_id, slice_index };
+    let ping = |n| Timer::RunPing { run_id: RequestId::first_of_millisecond(n).run(1) };
+    timers.push(30, expiry(0));
+    timers.push(10, ping(1));
+    timers.push(20, expiry(1));
+    timers.push(40, ping(2));
+    assert_eq!(timers.next_deadline_ms(), Some(10));
+    assert_eq!(timers.pop_due(5), None);
+    let due: Vec<Timer> = std::iter::from_fn(|| timers.pop_due(35)).collect();
+    assert_eq!(due, vec![ping(1), expiry(1), expiry(0)]);
+    assert_eq!(timers.next_deadline_ms(), Some(40));
+}

@@ -59,7 +59,7 @@ impl Core {
         let (bot_id, session_id, last_heard_ms) = (assigned.bot_id.clone(), assigned.session_id, assigned.at_ms);
         task.run = Some(Run { run_id, bot_id, session_id, last_heard_ms });
         let tolerance_ms = u64::from(task.request.bot_ping_tolerance_secs) * 1000;
-        self.timers.push(Reverse((assigned.at_ms + tolerance_ms, Timer::RunPing { run_id })));
+        self.timers.push(assigned.at_ms + tolerance_ms, Timer::RunPing { run_id });
         self.change_bot(&assigned.bot_id, |bot| {
             assert!(bot.current_run.is_none(), "bot {} already runs {:?}", bot.bot_id, bot.current_run);
             bot.current_run = Some(run_id);
@@ -219,7 +219,7 @@ impl Core {
         task.queued = Some((queue, key));
         let expiration_ms = u64::from(task.request.task_slices[task.slice_index as usize].expiration_secs) * 1000;
         let slice_index = task.slice_index;
-        self.timers.push(Reverse((task.slice_started_ms + expiration_ms, Timer::SliceExpiry { task_id, slice_index })));
+        self.timers.push(task.slice_started_ms + expiration_ms, Timer::SliceExpiry { task_id, slice_index });
     }
 
     pub(super) fn dequeue(&mut self, task_id: RequestId) {

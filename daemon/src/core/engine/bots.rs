@@ -52,7 +52,7 @@ impl Core {
         self.bots.get_mut(bot_id).expect("known bot").parked =
             Some(ParkedPoll { conn, request_id, park_number, eligible });
         let deadline = self.now_ms + self.config.long_poll_ms;
-        self.timers.push(Reverse((deadline, Timer::PollTimeout { bot_id: bot_id.to_string(), park_number })));
+        self.timers.push(deadline, Timer::PollTimeout { bot_id: bot_id.to_string(), park_number });
     }
 
     /// Numbers for held polls that are not in a class: counting down from the
@@ -111,7 +111,7 @@ impl Core {
         if !bot.death_timer_armed && !bot.dead {
             bot.death_timer_armed = true;
             let deadline = self.now_ms + self.config.bot_death_timeout_ms;
-            self.timers.push(Reverse((deadline, Timer::BotDeath { bot_id: bot_id.to_string() })));
+            self.timers.push(deadline, Timer::BotDeath { bot_id: bot_id.to_string() });
         }
         if bot.connection != Some(conn) {
             if let Some(old) = bot.connection.replace(conn) {
@@ -176,7 +176,7 @@ impl Core {
         let deadline = bot.last_seen_ms + self.config.bot_death_timeout_ms;
         if deadline > self.now_ms {
             bot.death_timer_armed = true;
-            self.timers.push(Reverse((deadline, Timer::BotDeath { bot_id: bot_id.to_string() })));
+            self.timers.push(deadline, Timer::BotDeath { bot_id: bot_id.to_string() });
             return;
         }
         let class = bot.class;

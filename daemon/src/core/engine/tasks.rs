@@ -132,7 +132,7 @@ impl Core {
         let task_id = task.id;
         let deadline = self.now_ms + timeout_ms.min(MAX_LONG_POLL_MS);
         self.tasks.get_mut(&task_id).expect("found above").watchers.push(Watcher { conn, request_id });
-        self.timers.push(Reverse((deadline, Timer::WaitTimeout { task_id, watcher: (conn, request_id) })));
+        self.timers.push(deadline, Timer::WaitTimeout { task_id, watcher: (conn, request_id) });
         None
     }
 
@@ -245,7 +245,7 @@ impl Core {
         self.tasks.get_mut(&task_id).expect("found above").followers.push(Follower { conn, request_id, offset });
         self.feed_followers(task_id, out);
         let timer = Timer::FollowHeartbeat { task_id, follower: (conn, request_id) };
-        self.timers.push(Reverse((self.now_ms + FOLLOW_HEARTBEAT_MS, timer)));
+        self.timers.push(self.now_ms + FOLLOW_HEARTBEAT_MS, timer);
         None
     }
 
@@ -269,7 +269,7 @@ impl Core {
             task_ended: false,
         });
         let timer = Timer::FollowHeartbeat { task_id, follower: (conn, request_id) };
-        self.timers.push(Reverse((self.now_ms + FOLLOW_HEARTBEAT_MS, timer)));
+        self.timers.push(self.now_ms + FOLLOW_HEARTBEAT_MS, timer);
     }
 
     /// Sends followers the output they have not seen, in chunks; once the task
