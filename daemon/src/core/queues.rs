@@ -46,10 +46,6 @@ struct Queue {
     /// The bots the tasks ask for by `id`; empty when any bot of a matching class will do.
     bot_ids: Vec<String>,
     pending: BTreeSet<QueueKey>,
-    /// `pending.first()`, kept at hand: a poll reads the heads of all its
-    /// class's queues, and a walk down each tree would cost cache misses that
-    /// grow with the number of pending tasks.
-    head: Option<QueueKey>,
     /// The bot classes that have `dimensions`: for a queue that names bots,
     /// a named bot must also be of one of these.
     classes: Vec<ClassId>,
@@ -69,6 +65,10 @@ struct BotClass {
 #[derive(Default)]
 pub struct Queues {
     queues: Vec<Queue>,
+    /// Each queue's `pending.first()`, by queue id, kept at hand and together: a
+    /// poll reads the heads of all its class's queues, and a walk down each
+    /// tree, or even a visit to each `Queue`, would cost a cache miss apiece.
+    heads: Vec<Option<QueueKey>>,
     queue_ids: Map<CanonicalDimensions, QueueId>,
     classes: Vec<BotClass>,
     class_ids: Map<CanonicalDimensions, ClassId>,
@@ -137,7 +137,8 @@ impl Queues {
         for bot_id in &bot_ids {
             self.queues_naming.entry(bot_id.clone()).or_default().push(id);
         }
-        self.queues.push(Queue { dimensions, bot_ids, pending: BTreeSet::new(), head: None, classes });
+        self.queues.push(Queue { dimensions, bot_ids, pending: BTreeSet::new(), classes });
+        self.heads.push(None);
         id
     }
 
@@ -162,19 +163,20 @@ impl Queues {
     }
 
     pub fn push(&mut self, queue: QueueId, key: QueueKey) {
-        let queue = &mut self.queues[queue.0 as usize];
-        let inserted = queue.pending.insert(key);
+        let inserted = self.queues[queue.0 as usize].pending.insert(key);
         assert!(inserted, "task {} queued twice", key.task_id);
-        if queue.head.is_none_or(|head| key < head) {
-            queue.head = Some(key);
+        let head = &mut self.heads[queue.0 as usize];
+        if head.is_none_or(|head| key < head) {
+            *head = Some(key);
         }
     }
 
     pub fn remove(&mut self, queue: QueueId, key: QueueKey) -> bool {
-        let queue = &mut self.queues[queue.0 as usize];
-        let removed = queue.pending.remove(&key);
-        if queue.head == Some(key) {
-            queue.head = queue.pending.first().copied();
+        let pending = &mut self.queues[queue.0 as usize].pending;
+        let removed = pending.remove(&key);
+        let head = &mut self.heads[queue.0 as usize];
+        if *head == Some(key) {
+            *head = pending.first().copied();
         }
         removed
     }
@@ -186,7 +188,7 @@ impl Queues {
             .queues
             .iter()
             .chain(naming)
-            .filter_map(|&queue| self.queues[queue.0 as usize].head.map(|key| (queue, key)))
+            .filter_map(|&queue| self.heads[queue.0 as usize].map(|key| (queue, key)))
             .min_by_key(|&(_, key)| key)
     }
 
@@ -297,7 +299,7 @@ impl Queues {
     /// Checks the cached lists and heads against a recount (for tests and `check_invariants`).
     pub fn check_invariants(&self) {
         for (index, queue) in self.queues.iter().enumerate() {
-            assert_eq!(queue.head, queue.pending.first().copied(), "queue {index} knows its head");
+            assert_eq!(self.heads[index], queue.pending.first().copied(), "queue {index} knows its head");
             for bot_id in &queue.bot_ids {
                 assert!(self.queues_naming(bot_id).contains(&QueueId(index as u32)), "queue {index} listed by id");
             }
