@@ -18,3 +18,19 @@ pub fn raise_open_file_limit() -> std::io::Result<u64> {
     }
     Ok(limit.rlim_cur)
 }
+
+/// The listen backlog the daemon asks for; the kernel caps it at
+/// `net.core.somaxconn`.
+const LISTEN_BACKLOG: libc::c_int = 65_535;
+
+/// Raises a listening socket's backlog (listen again on a listening socket
+/// only changes it). With the default of 1,024, a fleet of bots reconnecting at
+/// once overflows it, and each dropped connection waits out a SYN retransmit
+/// of 1, 2, 4, ... seconds.
+pub fn raise_listen_backlog(listener: &impl std::os::fd::AsRawFd) -> std::io::Result<()> {
+    // SAFETY: listen takes a file descriptor we own and an integer.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -39,6 +39,9 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     }
     let (core, wal, outputs) = recover(&config)?;
     let listener = TcpListener::bind(config.listen).map_err(io_error(format!("cannot listen on {}", config.listen)))?;
+    if let Err(error) = os::raise_listen_backlog(&listener) {
+        log(format!("cannot raise the listen backlog: {error}"));
+    }
     let address = listener.local_addr().map_err(io_error("cannot read the listening address".into()))?;
     log(format!("listening on {address} with data in {}", data_dir.display()));
     EventLoop::new(listener, config.max_connections, core, wal, outputs)?.run()
