@@ -70,6 +70,9 @@ pub struct Queues {
     /// tree, or even a visit to each `Queue`, would cost a cache miss apiece.
     heads: Vec<Option<QueueKey>>,
     queue_ids: Map<CanonicalDimensions, QueueId>,
+    /// Task dimensions as requests spell them, before canonical form: most
+    /// tasks repeat a spelling seen before, and finding it costs no allocation.
+    queue_ids_as_spelled: Map<Vec<StringPair>, QueueId>,
     classes: Vec<BotClass>,
     class_ids: Map<CanonicalDimensions, ClassId>,
     /// The queues that name each bot id.
@@ -117,6 +120,16 @@ pub fn bot_matches(bot: &CanonicalDimensions, task: &CanonicalDimensions) -> boo
 }
 
 impl Queues {
+    /// The queue for a task's dimensions, created on first use.
+    pub fn queue_for_task(&mut self, dimensions: &[StringPair]) -> QueueId {
+        if let Some(&id) = self.queue_ids_as_spelled.get(dimensions) {
+            return id;
+        }
+        let id = self.queue_for(canonical_task_dimensions(dimensions));
+        self.queue_ids_as_spelled.insert(dimensions.to_vec(), id);
+        id
+    }
+
     /// The queue for these canonical task dimensions, created on first use.
     pub fn queue_for(&mut self, dimensions: CanonicalDimensions) -> QueueId {
         if let Some(&id) = self.queue_ids.get(&dimensions) {

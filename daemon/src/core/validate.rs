@@ -1,6 +1,8 @@
 //! Validation of new task requests. Every refusal names the field and the
 //! limit it broke; nothing is silently changed or ignored.
 
+use std::fmt;
+
 use apiary_protocol::limits::*;
 use apiary_protocol::{NamedCache, NewTaskRequest, PackedDimensions, StringPair, TaskProperties, TaskSlice};
 
@@ -15,111 +17,140 @@ pub struct ValidationError {
     pub message: String,
 }
 
-fn refuse(field: impl Into<String>, message: impl Into<String>) -> Result<(), ValidationError> {
-    Err(ValidationError { field: field.into(), message: message.into() })
+/// Where a field sits in the request. It is spelled out only when a refusal
+/// names it: a valid request costs no formatting.
+#[derive(Clone, Copy)]
+enum Field<'a> {
+    Top(&'static str),
+    Member(&'a Field<'a>, &'static str),
+    Element(&'a Field<'a>, usize),
+}
+
+impl Field<'_> {
+    fn member(&self, name: &'static str) -> Field<'_> {
+        Field::Member(self, name)
+    }
+
+    fn at(&self, index: usize) -> Field<'_> {
+        Field::Element(self, index)
+    }
+}
+
+impl fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Field::Top(name) => f.write_str(name),
+            Field::Member(parent, name) => write!(f, "{parent}.{name}"),
+            Field::Element(parent, index) => write!(f, "{parent}[{index}]"),
+        }
+    }
+}
+
+fn refuse(field: &Field, message: impl Into<String>) -> Result<(), ValidationError> {
+    Err(ValidationError { field: field.to_string(), message: message.into() })
 }
 
 /// At most this many combinations may come out of `|` alternatives in one slice.
 pub const MAX_DIMENSION_COMBINATIONS: usize = 8;
 
 pub fn validate_request(request: &NewTaskRequest) -> Result<(), ValidationError> {
-    check_len("name", &request.name, MAX_NAME_BYTES)?;
-    check_len("user", &request.user, MAX_USER_BYTES)?;
+    check_len(&Field::Top("name"), &request.name, MAX_NAME_BYTES)?;
+    check_len(&Field::Top("user"), &request.user, MAX_USER_BYTES)?;
     if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&request.priority) {
-        return refuse("priority", format!("{} is outside {MIN_PRIORITY}..={MAX_PRIORITY}", request.priority));
+        let message = format!("{} is outside {MIN_PRIORITY}..={MAX_PRIORITY}", request.priority);
+        return refuse(&Field::Top("priority"), message);
     }
-    check_count("tags", request.tags.len(), MAX_TAGS)?;
+    let tags = Field::Top("tags");
+    check_count(&tags, request.tags.len(), MAX_TAGS)?;
     for (index, tag) in request.tags.iter().enumerate() {
-        let field = format!("tags[{index}]");
-        check_len(&field, tag, MAX_TAG_BYTES)?;
+        check_len(&tags.at(index), tag, MAX_TAG_BYTES)?;
         if tag.split_once(':').is_none_or(|(key, _)| key.is_empty()) {
-            return refuse(field, format!("{tag:?} is not of the form key:value"));
+            return refuse(&tags.at(index), format!("{tag:?} is not of the form key:value"));
         }
     }
     if let Some(secret) = &request.secret_bytes
         && secret.0.len() > MAX_SECRET_BYTES
     {
-        return refuse("secret_bytes", format!("{} bytes is over the limit of {MAX_SECRET_BYTES}", secret.0.len()));
+        let message = format!("{} bytes is over the limit of {MAX_SECRET_BYTES}", secret.0.len());
+        return refuse(&Field::Top("secret_bytes"), message);
     }
     if request.bot_ping_tolerance_secs < 1 {
-        return refuse("bot_ping_tolerance_secs", "must be at least 1");
+        return refuse(&Field::Top("bot_ping_tolerance_secs"), "must be at least 1");
     }
+    let slices = Field::Top("task_slices");
     if request.task_slices.is_empty() {
-        return refuse("task_slices", "a request needs at least one slice");
+        return refuse(&slices, "a request needs at least one slice");
     }
-    check_count("task_slices", request.task_slices.len(), MAX_TASK_SLICES)?;
+    check_count(&slices, request.task_slices.len(), MAX_TASK_SLICES)?;
     for (index, slice) in request.task_slices.iter().enumerate() {
-        validate_slice(&format!("task_slices[{index}]"), slice)?;
+        validate_slice(&slices.at(index), slice)?;
         if let Some(earlier) = request.task_slices[..index].iter().position(|other| other == slice) {
-            return refuse(format!("task_slices[{index}]"), format!("is identical to task_slices[{earlier}]"));
+            return refuse(&slices.at(index), format!("is identical to task_slices[{earlier}]"));
         }
     }
     Ok(())
 }
 
-fn validate_slice(field: &str, slice: &TaskSlice) -> Result<(), ValidationError> {
-    check_seconds(&format!("{field}.expiration_secs"), slice.expiration_secs, 1, MAX_EXPIRATION_SECS)?;
-    validate_properties(&format!("{field}.properties"), &slice.properties)
+fn validate_slice(field: &Field, slice: &TaskSlice) -> Result<(), ValidationError> {
+    check_seconds(&field.member("expiration_secs"), slice.expiration_secs, 1, MAX_EXPIRATION_SECS)?;
+    validate_properties(&field.member("properties"), &slice.properties)
 }
 
-fn validate_properties(field: &str, properties: &TaskProperties) -> Result<(), ValidationError> {
-    let command_field = format!("{field}.command");
+fn validate_properties(field: &Field, properties: &TaskProperties) -> Result<(), ValidationError> {
+    let command = field.member("command");
     if properties.command.is_empty() {
-        return refuse(command_field, "a command is required");
+        return refuse(&command, "a command is required");
     }
-    check_count(&command_field, properties.command.len(), MAX_COMMAND_ARGS)?;
+    check_count(&command, properties.command.len(), MAX_COMMAND_ARGS)?;
     for (index, arg) in properties.command.iter().enumerate() {
-        check_len(&format!("{command_field}[{index}]"), arg, MAX_ARG_BYTES)?;
+        check_len(&command.at(index), arg, MAX_ARG_BYTES)?;
     }
-    validate_task_dimensions(&format!("{field}.dimensions"), &properties.dimensions)?;
-    let env_field = format!("{field}.env");
-    check_count(&env_field, properties.env.len(), MAX_ENV_VARS)?;
+    validate_task_dimensions(&field.member("dimensions"), &properties.dimensions)?;
+    let env = field.member("env");
+    check_count(&env, properties.env.len(), MAX_ENV_VARS)?;
     for (index, pair) in properties.env.iter().enumerate() {
-        validate_env_key(&format!("{env_field}[{index}].key"), &pair.key)?;
-        check_len(&format!("{env_field}[{index}].value"), &pair.value, MAX_ENV_VALUE_BYTES)?;
+        validate_env_key(&env.at(index).member("key"), &pair.key)?;
+        check_len(&env.at(index).member("value"), &pair.value, MAX_ENV_VALUE_BYTES)?;
     }
-    let prefixes_field = format!("{field}.env_prefixes");
-    check_count(&prefixes_field, properties.env_prefixes.len(), MAX_ENV_VARS)?;
+    let prefixes = field.member("env_prefixes");
+    check_count(&prefixes, properties.env_prefixes.len(), MAX_ENV_VARS)?;
     for (index, prefix) in properties.env_prefixes.iter().enumerate() {
-        validate_env_key(&format!("{prefixes_field}[{index}].key"), &prefix.key)?;
+        validate_env_key(&prefixes.at(index).member("key"), &prefix.key)?;
         for (value_index, path) in prefix.value.iter().enumerate() {
-            validate_relative_path(&format!("{prefixes_field}[{index}].value[{value_index}]"), path)?;
+            validate_relative_path(&prefixes.at(index).member("value").at(value_index), path)?;
         }
     }
     if !properties.relative_cwd.is_empty() {
-        validate_relative_path(&format!("{field}.relative_cwd"), &properties.relative_cwd)?;
+        validate_relative_path(&field.member("relative_cwd"), &properties.relative_cwd)?;
     }
-    check_seconds(
-        &format!("{field}.execution_timeout_secs"),
-        properties.execution_timeout_secs,
-        1,
-        MAX_EXECUTION_TIMEOUT_SECS,
-    )?;
+    let execution_timeout = field.member("execution_timeout_secs");
+    check_seconds(&execution_timeout, properties.execution_timeout_secs, 1, MAX_EXECUTION_TIMEOUT_SECS)?;
     if properties.io_timeout_secs != 0 {
-        let io_field = format!("{field}.io_timeout_secs");
-        check_seconds(&io_field, properties.io_timeout_secs, 1, MAX_EXECUTION_TIMEOUT_SECS)?;
+        let io_timeout = field.member("io_timeout_secs");
+        check_seconds(&io_timeout, properties.io_timeout_secs, 1, MAX_EXECUTION_TIMEOUT_SECS)?;
     }
-    check_seconds(&format!("{field}.grace_period_secs"), properties.grace_period_secs, 0, MAX_GRACE_PERIOD_SECS)?;
-    validate_caches(&format!("{field}.caches"), &properties.caches)
+    check_seconds(&field.member("grace_period_secs"), properties.grace_period_secs, 0, MAX_GRACE_PERIOD_SECS)?;
+    validate_caches(&field.member("caches"), &properties.caches)
 }
 
 /// Swarming's rules for named caches: names of `[a-z0-9_]`, each name and
 /// each path at most once, paths inside the work directory.
-fn validate_caches(field: &str, caches: &[NamedCache]) -> Result<(), ValidationError> {
+fn validate_caches(field: &Field, caches: &[NamedCache]) -> Result<(), ValidationError> {
     check_count(field, caches.len(), MAX_NAMED_CACHES)?;
     for (index, cache) in caches.iter().enumerate() {
-        let name_field = format!("{field}[{index}].name");
-        check_len(&name_field, &cache.name, MAX_CACHE_NAME_BYTES)?;
+        let entry = field.at(index);
+        let name = entry.member("name");
+        check_len(&name, &cache.name, MAX_CACHE_NAME_BYTES)?;
         let valid_name = !cache.name.is_empty()
             && cache.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !valid_name {
-            return refuse(name_field, format!("{:?} does not match ^[a-z0-9_]+$", cache.name));
+            return refuse(&name, format!("{:?} does not match ^[a-z0-9_]+$", cache.name));
         }
-        validate_relative_path(&format!("{field}[{index}].path"), &cache.path)?;
+        validate_relative_path(&entry.member("path"), &cache.path)?;
         if let Some(earlier) =
             caches[..index].iter().position(|other| other.name == cache.name || other.path == cache.path)
         {
-            return refuse(format!("{field}[{index}]"), format!("repeats the name or path of {field}[{earlier}]"));
+            return refuse(&entry, format!("repeats the name or path of {}", field.at(earlier)));
         }
     }
     Ok(())
@@ -128,30 +159,29 @@ fn validate_caches(field: &str, caches: &[NamedCache]) -> Result<(), ValidationE
 /// Swarming's rules: keys `^[a-zA-Z\-_.][0-9a-zA-Z\-_.]*$` up to 64 bytes, values up
 /// to 256 bytes without surrounding spaces, exactly one `pool` without
 /// alternatives, at most 8 combinations from alternatives.
-fn validate_task_dimensions(field: &str, dimensions: &[StringPair]) -> Result<(), ValidationError> {
+fn validate_task_dimensions(field: &Field, dimensions: &[StringPair]) -> Result<(), ValidationError> {
     check_count(field, dimensions.len(), MAX_TASK_DIMENSIONS)?;
     let mut combinations = 1usize;
     let mut pools = 0;
     for (index, pair) in dimensions.iter().enumerate() {
-        let pair_field = format!("{field}[{index}]");
-        validate_dimension_key(&format!("{pair_field}.key"), &pair.key)?;
+        let entry = field.at(index);
+        let (key, value) = (entry.member("key"), entry.member("value"));
+        validate_dimension_key(&key, &pair.key)?;
         if dimensions[..index].iter().any(|earlier| earlier.key == pair.key) {
-            return refuse(
-                format!("{pair_field}.key"),
-                format!("{:?} is given twice; use a|b for alternatives", pair.key),
-            );
+            return refuse(&key, format!("{:?} is given twice; use a|b for alternatives", pair.key));
         }
-        let alternatives: Vec<&str> = pair.value.split('|').collect();
-        for value in &alternatives {
-            validate_dimension_value(&format!("{pair_field}.value"), value)?;
+        let mut alternatives = 0;
+        for alternative in pair.value.split('|') {
+            validate_dimension_value(&value, alternative)?;
+            alternatives += 1;
         }
         if pair.key == "pool" {
             pools += 1;
-            if alternatives.len() > 1 {
-                return refuse(format!("{pair_field}.value"), "pool cannot have alternatives");
+            if alternatives > 1 {
+                return refuse(&value, "pool cannot have alternatives");
             }
         }
-        combinations = combinations.saturating_mul(alternatives.len());
+        combinations = combinations.saturating_mul(alternatives);
     }
     if pools == 0 {
         return refuse(field, "a task must name exactly one pool (dimension pool=NAME)");
@@ -167,10 +197,11 @@ fn validate_task_dimensions(field: &str, dimensions: &[StringPair]) -> Result<()
 
 /// A bot's dimensions follow the same key and value rules as a task's.
 pub fn validate_bot_dimensions(dimensions: &[StringPair]) -> Result<(), ValidationError> {
-    check_count("dimensions", dimensions.len(), MAX_BOT_DIMENSIONS)?;
+    let field = Field::Top("dimensions");
+    check_count(&field, dimensions.len(), MAX_BOT_DIMENSIONS)?;
     for (index, pair) in dimensions.iter().enumerate() {
-        validate_dimension_key(&format!("dimensions[{index}].key"), &pair.key)?;
-        validate_dimension_value(&format!("dimensions[{index}].value"), &pair.value)?;
+        validate_dimension_key(&field.at(index).member("key"), &pair.key)?;
+        validate_dimension_value(&field.at(index).member("value"), &pair.value)?;
     }
     Ok(())
 }
@@ -192,24 +223,23 @@ pub fn validate_reported_dimensions(
 fn validate_id_dimension(bot_id: &str, dimensions: &[StringPair]) -> Result<(), ValidationError> {
     for (index, pair) in dimensions.iter().enumerate() {
         if pair.key == ID_KEY && pair.value != bot_id {
-            return refuse(
-                format!("dimensions[{index}].value"),
-                format!("the id dimension must be the bot_id {bot_id:?}"),
-            );
+            let field = Field::Top("dimensions");
+            return refuse(&field.at(index).member("value"), format!("the id dimension must be the bot_id {bot_id:?}"));
         }
     }
     Ok(())
 }
 
 pub fn validate_bot_id(bot_id: &str) -> Result<(), ValidationError> {
+    let field = Field::Top("bot_id");
     if bot_id.is_empty() {
-        return refuse("bot_id", "must not be empty");
+        return refuse(&field, "must not be empty");
     }
-    check_len("bot_id", bot_id, MAX_BOT_ID_BYTES)?;
-    validate_dimension_value("bot_id", bot_id)
+    check_len(&field, bot_id, MAX_BOT_ID_BYTES)?;
+    validate_dimension_value(&field, bot_id)
 }
 
-fn validate_dimension_key(field: &str, key: &str) -> Result<(), ValidationError> {
+fn validate_dimension_key(field: &Field, key: &str) -> Result<(), ValidationError> {
     check_len(field, key, MAX_DIMENSION_KEY_BYTES)?;
     let mut bytes = key.bytes();
     let valid_first = bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b"-_.".contains(&b));
@@ -220,7 +250,7 @@ fn validate_dimension_key(field: &str, key: &str) -> Result<(), ValidationError>
     Ok(())
 }
 
-fn validate_dimension_value(field: &str, value: &str) -> Result<(), ValidationError> {
+fn validate_dimension_value(field: &Field, value: &str) -> Result<(), ValidationError> {
     if value.is_empty() {
         return refuse(field, "must not be empty");
     }
@@ -231,7 +261,7 @@ fn validate_dimension_value(field: &str, value: &str) -> Result<(), ValidationEr
     Ok(())
 }
 
-fn validate_env_key(field: &str, key: &str) -> Result<(), ValidationError> {
+fn validate_env_key(field: &Field, key: &str) -> Result<(), ValidationError> {
     check_len(field, key, MAX_ENV_KEY_BYTES)?;
     if key.is_empty() || key.contains('=') || key.contains('\0') {
         return refuse(field, format!("{key:?} is not a valid environment variable name"));
@@ -239,7 +269,7 @@ fn validate_env_key(field: &str, key: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn validate_relative_path(field: &str, path: &str) -> Result<(), ValidationError> {
+fn validate_relative_path(field: &Field, path: &str) -> Result<(), ValidationError> {
     check_len(field, path, MAX_ARG_BYTES)?;
     if path.is_empty() || path.starts_with('/') || path.contains('\0') || path.split('/').any(|part| part == "..") {
         return refuse(field, format!("{path:?} must be a relative path inside the work directory, without .."));
@@ -247,21 +277,21 @@ fn validate_relative_path(field: &str, path: &str) -> Result<(), ValidationError
     Ok(())
 }
 
-fn check_len(field: &str, value: &str, limit: usize) -> Result<(), ValidationError> {
+fn check_len(field: &Field, value: &str, limit: usize) -> Result<(), ValidationError> {
     if value.len() > limit {
         return refuse(field, format!("{} bytes is over the limit of {limit}", value.len()));
     }
     Ok(())
 }
 
-fn check_count(field: &str, count: usize, limit: usize) -> Result<(), ValidationError> {
+fn check_count(field: &Field, count: usize, limit: usize) -> Result<(), ValidationError> {
     if count > limit {
         return refuse(field, format!("{count} entries is over the limit of {limit}"));
     }
     Ok(())
 }
 
-fn check_seconds(field: &str, value: u32, min: u32, max: u32) -> Result<(), ValidationError> {
+fn check_seconds(field: &Field, value: u32, min: u32, max: u32) -> Result<(), ValidationError> {
     if !(min..=max).contains(&value) {
         return refuse(field, format!("{value} seconds is outside {min}..={max}"));
     }

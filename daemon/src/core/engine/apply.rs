@@ -213,7 +213,7 @@ impl Core {
 
     pub(super) fn enqueue(&mut self, task_id: RequestId) {
         let task = self.tasks.get_mut(&task_id).expect("known task");
-        let queue = self.queues.queue_for(queues::canonical_task_dimensions(task.dimensions()));
+        let queue = self.queues.queue_for_task(task.dimensions());
         let key = QueueKey { priority: task.request.priority, task_id };
         self.queues.push(queue, key);
         task.queued = Some((queue, key));

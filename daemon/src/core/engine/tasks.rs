@@ -43,7 +43,7 @@ impl Core {
     /// waits for capacity.
     pub(super) fn first_servable_slice(&mut self, slices: &[TaskSlice], from: usize) -> Option<u32> {
         let servable = |core: &mut Core, slice: &TaskSlice| {
-            let queue = core.queues.queue_for(queues::canonical_task_dimensions(&slice.properties.dimensions));
+            let queue = core.queues.queue_for_task(&slice.properties.dimensions);
             slice.wait_for_capacity || core.capacity(queue).0 > 0
         };
         (from..slices.len()).find(|&index| servable(self, &slices[index])).map(|index| index as u32)
