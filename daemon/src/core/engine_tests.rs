@@ -852,3 +852,24 @@ fn timers_come_due_in_deadline_order_across_both_heaps() {
     assert_eq!(due, vec![ping(1), expiry(1), expiry(0)]);
     assert_eq!(timers.next_deadline_ms(), Some(40));
 }
+
+#[test]
+fn a_poll_whose_packed_dimensions_are_malformed_is_refused() {
+    // What a peer could send: bytes rkyv accepts as packed dimensions, that do not unpack.
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&vec![9u8, 0, 0, 0, b'p']).unwrap();
+    let dimensions = rkyv::from_bytes::<PackedDimensions, rkyv::rancor::Error>(&bytes).unwrap();
+    let poll = BotPoll {
+        bot_id: "bot-1".into(),
+        session_id: 1,
+        dimensions,
+        software: "test".into(),
+        quarantine_reason: String::new(),
+        caches: Vec::new(),
+    };
+    let mut h = Harness::new();
+    let (_, out) = h.send(ConnId(2), Request::BotPoll(poll));
+    let Reply::Error(error) = &out.replies[0].reply else { panic!("{:?}", out.replies) };
+    assert_eq!(error.code, ErrorCode::InvalidRequest);
+    assert!(error.message.starts_with("dimensions: malformed"), "{}", error.message);
+    assert!(h.core.bot("bot-1").is_none());
+}
