@@ -21,8 +21,8 @@ use std::time::Instant;
 
 use apiary_daemon::core::{ConnId, Core, CoreConfig, Event, Input, Output};
 use apiary_protocol::{
-    BotInfo, BotPoll, CancelOutcome, ErrorCode, ErrorReply, NewTaskRequest, PackedDimensions, Reply, Request,
-    RequestId, RunEnd, RunId, RunOutcome, StringPair, TaskResult, TaskSlice, TaskState, TaskUpdate,
+    BotInfo, BotPoll, CacheInfo, CancelOutcome, ErrorCode, ErrorReply, NamedCache, NewTaskRequest, PackedDimensions,
+    Reply, Request, RequestId, RunEnd, RunId, RunOutcome, StringPair, TaskResult, TaskSlice, TaskState, TaskUpdate,
 };
 
 // ------------------------------------------------------------------- the PRNG
@@ -80,8 +80,16 @@ fn bot_poll(bot_id: &str, session_id: u64, dimensions: Vec<StringPair>, quaranti
         dimensions: PackedDimensions::new(&dimensions),
         software: "sim-agent".into(),
         quarantine_reason,
-        caches: Vec::new(),
+        caches: caches_of_session(session_id),
     }
+}
+
+const CACHE_NAMES: [&str; 2] = ["git", "pip"];
+
+/// The named caches a bot holds: a few, varying from session to session.
+fn caches_of_session(session_id: u64) -> Vec<CacheInfo> {
+    let held = CACHE_NAMES.iter().enumerate().filter(|&(bit, _)| session_id >> bit & 1 == 1);
+    held.map(|(_, name)| CacheInfo { name: name.to_string(), size_bytes: 1 }).collect()
 }
 
 fn run_outcome(exit_code: Option<i64>, duration_ms: u64, end: RunEnd) -> RunOutcome {
@@ -500,6 +508,11 @@ impl Sim {
             Arc::make_mut(&mut slice.properties).command = vec!["build".into(), ["a", "b", "c"][rng.index(3)].into()];
             Arc::make_mut(&mut slice.properties).dimensions = pairs(TASK_DIMENSIONS[rng.index(TASK_DIMENSIONS.len())]);
             Arc::make_mut(&mut slice.properties).idempotent = rng.chance(40);
+            let cache_count = if rng.chance(30) { rng.between(1, 2) as usize } else { 0 };
+            Arc::make_mut(&mut slice.properties).caches = CACHE_NAMES[..cache_count]
+                .iter()
+                .map(|name| NamedCache { name: name.to_string(), path: format!("cache/{name}") })
+                .collect();
             if !slices.contains(&slice) {
                 slices.push(slice);
             }
@@ -1156,8 +1169,10 @@ impl Sim {
             let before = self.seen_bots.get(&bot.bot_id);
             assert_eq!(after.is_some(), before.is_some(), "bot {} known before and after", bot.bot_id);
             if let (Some(mut after), Some(before)) = (after, before) {
-                // Not durable: whether it is connected, and when it was last heard of.
+                // Not durable: whether it is connected, when it was last heard of,
+                // and the caches its last poll reported.
                 (after.connected, after.last_seen_unix_ms) = (before.connected, before.last_seen_unix_ms);
+                after.caches.clone_from(&before.caches);
                 assert_eq!(&after, before, "bot {} is the same after a restart", bot.bot_id);
             }
         }

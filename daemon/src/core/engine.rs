@@ -496,6 +496,11 @@ impl Core {
             }
             if let Some(parked) = bot.parked {
                 assert!(!parked.eligible || bot.eligible(), "bot {} waits for work only when eligible", bot.bot_id);
+                if parked.eligible {
+                    let listed = self.queues.parked_caches(parked.park_number);
+                    let held: Vec<&String> = bot.caches.iter().map(|cache| &cache.name).collect();
+                    assert!(listed.iter().eq(held), "bot {} is listed under the caches it holds", bot.bot_id);
+                }
             }
             parked += usize::from(bot.parked.is_some_and(|parked| parked.eligible));
             if let Some(conn) = bot.connection {

@@ -77,6 +77,11 @@ pub struct Queues {
     class_ids: Map<CanonicalDimensions, ClassId>,
     /// The queues that name each bot id.
     queues_naming: Map<String, Vec<QueueId>>,
+    /// Waiting bots by each named cache they hold, oldest first: a task with
+    /// caches looks only at the bots that hold its first one.
+    parked_by_cache: Map<String, BTreeMap<u64, (ClassId, String)>>,
+    /// The caches each waiting bot is listed under, by park number.
+    parked_caches: Map<u64, Vec<String>>,
     next_park_number: u64,
 }
 
@@ -220,17 +225,31 @@ impl Queues {
         self.queues[queue.0 as usize].classes.contains(&class)
     }
 
-    /// Parks a polling bot; returns the number that unparks it.
-    pub fn park(&mut self, class: ClassId, bot_id: &str) -> u64 {
+    /// Parks a polling bot that holds these named caches; returns the number
+    /// that unparks it.
+    pub fn park(&mut self, class: ClassId, bot_id: &str, caches: Vec<String>) -> u64 {
         let number = self.next_park_number;
         self.next_park_number += 1;
         self.classes[class.0 as usize].parked.insert(number, bot_id.to_string());
+        for cache in &caches {
+            self.parked_by_cache.entry(cache.clone()).or_default().insert(number, (class, bot_id.to_string()));
+        }
+        if !caches.is_empty() {
+            self.parked_caches.insert(number, caches);
+        }
         number
     }
 
     pub fn unpark(&mut self, class: ClassId, park_number: u64) {
         let removed = self.classes[class.0 as usize].parked.remove(&park_number);
         assert!(removed.is_some(), "park number {park_number} was not parked");
+        for cache in self.parked_caches.remove(&park_number).unwrap_or_default() {
+            let waiting = self.parked_by_cache.get_mut(&cache).expect("a listed cache");
+            waiting.remove(&park_number);
+            if waiting.is_empty() {
+                self.parked_by_cache.remove(&cache);
+            }
+        }
     }
 
     /// The longest-parked bot of a class that can serve this queue, if any (it
@@ -245,12 +264,18 @@ impl Queues {
             .map(|(_, bot_id)| bot_id.as_str())
     }
 
-    /// Every bot waiting for work that can serve this queue (for affinity).
-    pub fn parked_bots_for_queue(&self, queue: QueueId) -> impl Iterator<Item = &str> {
-        self.queues[queue.0 as usize]
-            .classes
+    /// The longest-parked bot of a class that can serve this queue and holds
+    /// every one of these named caches, if any (it stays parked, as above).
+    pub fn parked_bot_with_caches(&self, queue: QueueId, caches: &[&str]) -> Option<&str> {
+        let (first, rest) = caches.split_first()?;
+        let holds = |number: &u64| {
+            rest.iter().all(|cache| self.parked_by_cache.get(*cache).is_some_and(|bots| bots.contains_key(number)))
+        };
+        self.parked_by_cache
+            .get(*first)?
             .iter()
-            .flat_map(|&class| self.classes[class.0 as usize].parked.values().map(String::as_str))
+            .find(|(number, (class, _))| self.serves(*class, queue) && holds(number))
+            .map(|(_, (_, bot_id))| bot_id.as_str())
     }
 
     /// Counts a bot in (+1) or out (-1) of its class's capacity, idle or busy.
@@ -309,12 +334,24 @@ impl Queues {
         self.classes.iter().map(|class| class.parked.len()).sum()
     }
 
+    /// The named caches a waiting bot is listed under.
+    pub fn parked_caches(&self, park_number: u64) -> &[String] {
+        self.parked_caches.get(&park_number).map_or(&[], Vec::as_slice)
+    }
+
     /// Checks the cached lists and heads against a recount (for tests and `check_invariants`).
     pub fn check_invariants(&self) {
         for (index, queue) in self.queues.iter().enumerate() {
             assert_eq!(self.heads[index], queue.pending.first().copied(), "queue {index} knows its head");
             for bot_id in &queue.bot_ids {
                 assert!(self.queues_naming(bot_id).contains(&QueueId(index as u32)), "queue {index} listed by id");
+            }
+        }
+        for (cache, waiting) in &self.parked_by_cache {
+            for (number, (class, bot_id)) in waiting {
+                let parked = self.classes[class.0 as usize].parked.get(number);
+                assert_eq!(parked, Some(bot_id), "bot {bot_id} listed under cache {cache} is parked");
+                assert!(self.parked_caches(*number).contains(cache), "park number {number} lists cache {cache}");
             }
         }
         for (class_index, class) in self.classes.iter().enumerate() {
@@ -372,8 +409,10 @@ mod tests {
         let linux = queues.queue_for(canonical_task_dimensions(&pairs(&[("pool", "ci"), ("os", "Linux")])));
         let class = queues.class_for(canonical_bot_dimensions(&pairs(&[("pool", "ci"), ("os", "Linux")])));
         assert_eq!(queues.parked_bot_for_queue(linux), None);
-        let number = queues.park(class, "bot-1");
-        queues.park(class, "bot-2");
+        let number = queues.park(class, "bot-1", Vec::new());
+        queues.park(class, "bot-2", vec!["git".to_string()]);
+        assert_eq!(queues.parked_bot_with_caches(linux, &["git"]), Some("bot-2"));
+        assert_eq!(queues.parked_bot_with_caches(linux, &["git", "pip"]), None);
         assert_eq!(queues.parked_bot_for_queue(linux), Some("bot-1"));
         queues.unpark(class, number);
         assert_eq!(queues.parked_bot_for_queue(linux), Some("bot-2"));

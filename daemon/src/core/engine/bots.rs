@@ -48,7 +48,12 @@ impl Core {
     /// the poll's timeout.
     fn park(&mut self, conn: ConnId, request_id: u64, bot_id: &str, eligible: bool) {
         let class = self.bots[bot_id].class;
-        let park_number = if eligible { self.queues.park(class, bot_id) } else { self.next_hold_number() };
+        let park_number = if eligible {
+            let caches = self.bots[bot_id].caches.iter().map(|cache| cache.name.clone()).collect();
+            self.queues.park(class, bot_id, caches)
+        } else {
+            self.next_hold_number()
+        };
         self.bots.get_mut(bot_id).expect("known bot").parked =
             Some(ParkedPoll { conn, request_id, park_number, eligible });
         let deadline = self.now_ms + self.config.long_poll_ms;
@@ -218,20 +223,11 @@ impl Core {
     pub(super) fn hand_to_parked_bot(&mut self, task_id: RequestId, out: &mut Output) {
         let task = &self.tasks[&task_id];
         let Some((queue, _)) = task.queued else { return };
-        let caches = &task.properties().caches;
-        let holds_caches = |bot_id: &&str| {
-            let held = &self.bots[*bot_id].caches;
-            caches.iter().all(|cache| held.iter().any(|info| info.name == cache.name))
-        };
         // Among waiting bots, one that already holds the task's named caches
-        // wins; the scan over waiting bots happens only for tasks with caches
-        // (and not for tasks that name their bots: those are the only choice).
+        // wins (for tasks that name their bots, those are the only choice).
+        let caches: Vec<&str> = task.properties().caches.iter().map(|cache| cache.name.as_str()).collect();
         let by_class = self.queues.bot_ids(queue).is_empty();
-        let with_caches = if caches.is_empty() || !by_class {
-            None
-        } else {
-            self.queues.parked_bots_for_queue(queue).find(holds_caches)
-        };
+        let with_caches = if by_class { self.queues.parked_bot_with_caches(queue, &caches) } else { None };
         let Some(bot_id) = with_caches.or_else(|| self.parked_bot_for(queue)).map(str::to_string) else {
             return;
         };
