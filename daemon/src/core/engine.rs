@@ -21,6 +21,7 @@ use apiary_protocol::{
 use super::events::{BotChange, BotConnected, Event, StoredState, TaskAssigned, TaskCreated, TaskFinished};
 use super::model::{self, Bot, BotEventRecord, Ending, Follower, ParkedPoll, Quarantine, Run, Task, Watcher};
 use super::queues::{self, ClassId, QueueId, QueueKey, Queues};
+use super::task_store::TaskStore;
 use super::validate;
 use super::{ConnId, Map};
 
@@ -186,9 +187,8 @@ pub struct Core {
     config: CoreConfig,
     /// The latest `now` seen: time never runs backwards inside the core.
     now_ms: u64,
-    tasks: Map<RequestId, Task>,
-    /// Every task id, oldest first (ids only grow): the order of task listings.
-    task_order: Vec<RequestId>,
+    /// Every task, oldest first (ids only grow): the order of task listings.
+    tasks: TaskStore,
     bots: Map<String, Bot>,
     queues: Queues,
     timers: Timers,
@@ -213,8 +213,7 @@ impl Core {
         Core {
             config,
             now_ms: 0,
-            tasks: Map::default(),
-            task_order: Vec::new(),
+            tasks: TaskStore::default(),
             bots: Map::default(),
             queues: Queues::default(),
             timers: Timers::default(),
@@ -455,7 +454,7 @@ impl Core {
     }
 
     pub fn task_ids(&self) -> Vec<RequestId> {
-        self.task_order.clone()
+        self.tasks.values().map(|task| task.id).collect()
     }
 
     pub fn bot(&self, bot_id: &str) -> Option<apiary_protocol::BotInfo> {

@@ -106,8 +106,8 @@ impl Harness {
         }
         replayed.check_invariants();
         assert_eq!(replayed.task_count(), self.core.task_count());
-        for task_id in self.core.tasks.keys() {
-            assert_eq!(replayed.task(*task_id), self.core.task(*task_id), "task {task_id} after replay");
+        for task_id in self.core.tasks.values().map(|task| task.id) {
+            assert_eq!(replayed.task(task_id), self.core.task(task_id), "task {task_id} after replay");
         }
     }
 }

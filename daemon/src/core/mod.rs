@@ -5,6 +5,7 @@ mod engine;
 pub mod events;
 mod model;
 pub mod queues;
+mod task_store;
 pub mod validate;
 
 pub use engine::{Core, CoreConfig, Input, Outgoing, Output, OutputRead, OutputWrite};

@@ -38,6 +38,8 @@ pub struct ClassId(u32);
 pub struct QueueKey {
     pub priority: u8,
     pub task_id: RequestId,
+    /// Where the task sits in the task store, so a poll reaches it without a lookup.
+    pub position: u32,
 }
 
 struct Queue {
@@ -394,12 +396,18 @@ mod tests {
         let any = queues.queue_for(canonical_task_dimensions(&pairs(&[("pool", "ci")])));
         let mac = queues.queue_for(canonical_task_dimensions(&pairs(&[("pool", "ci"), ("os", "Mac")])));
         let id = |n: u64| RequestId::first_of_millisecond(n);
-        queues.push(linux, QueueKey { priority: 100, task_id: id(3) });
-        queues.push(any, QueueKey { priority: 100, task_id: id(2) });
-        queues.push(mac, QueueKey { priority: 1, task_id: id(1) });
-        assert_eq!(queues.best_for_bot(class, "bot-1"), Some((any, QueueKey { priority: 100, task_id: id(2) })));
-        queues.push(linux, QueueKey { priority: 50, task_id: id(4) });
-        assert_eq!(queues.best_for_bot(class, "bot-1"), Some((linux, QueueKey { priority: 50, task_id: id(4) })));
+        queues.push(linux, QueueKey { priority: 100, task_id: id(3), position: 3 });
+        queues.push(any, QueueKey { priority: 100, task_id: id(2), position: 2 });
+        queues.push(mac, QueueKey { priority: 1, task_id: id(1), position: 1 });
+        assert_eq!(
+            queues.best_for_bot(class, "bot-1"),
+            Some((any, QueueKey { priority: 100, task_id: id(2), position: 2 }))
+        );
+        queues.push(linux, QueueKey { priority: 50, task_id: id(4), position: 4 });
+        assert_eq!(
+            queues.best_for_bot(class, "bot-1"),
+            Some((linux, QueueKey { priority: 50, task_id: id(4), position: 4 }))
+        );
         queues.check_invariants();
     }
 

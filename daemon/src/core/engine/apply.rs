@@ -38,10 +38,9 @@ impl Core {
         let task_id = RequestId::from_u64(created.task_id).expect("a request id");
         assert!(self.last_task_id < Some(task_id), "task ids must grow");
         self.last_task_id = Some(task_id);
-        self.task_order.push(task_id);
         let mut task = Task::new(task_id, created.request.clone(), created.created_ms);
         task.slice_index = created.slice_index;
-        self.tasks.insert(task_id, task);
+        self.tasks.insert(task);
         self.enqueue(task_id);
     }
 
@@ -212,9 +211,10 @@ impl Core {
     }
 
     pub(super) fn enqueue(&mut self, task_id: RequestId) {
+        let position = self.tasks.position(&task_id).expect("known task");
         let task = self.tasks.get_mut(&task_id).expect("known task");
         let queue = self.queues.queue_for_task(task.dimensions());
-        let key = QueueKey { priority: task.request.priority, task_id };
+        let key = QueueKey { priority: task.request.priority, task_id, position };
         self.queues.push(queue, key);
         task.queued = Some((queue, key));
         let expiration_ms = u64::from(task.request.task_slices[task.slice_index as usize].expiration_secs) * 1000;

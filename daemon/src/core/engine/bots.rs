@@ -38,7 +38,7 @@ impl Core {
         }
         let eligible = bot.eligible();
         if eligible && let Some((_, key)) = self.queues.best_for_bot(bot.class, &poll.bot_id) {
-            return Some(self.assign(key.task_id, &poll.bot_id, out));
+            return Some(self.assign(key, &poll.bot_id, out));
         }
         self.park(conn, request_id, &poll.bot_id, eligible);
         None
@@ -222,7 +222,7 @@ impl Core {
     /// A new task goes straight to the longest-parked bot that can run it.
     pub(super) fn hand_to_parked_bot(&mut self, task_id: RequestId, out: &mut Output) {
         let task = &self.tasks[&task_id];
-        let Some((queue, _)) = task.queued else { return };
+        let Some((queue, key)) = task.queued else { return };
         // Among waiting bots, one that already holds the task's named caches
         // wins (for tasks that name their bots, those are the only choice).
         let caches: Vec<&str> = task.properties().caches.iter().map(|cache| cache.name.as_str()).collect();
@@ -234,7 +234,7 @@ impl Core {
         let bot = self.bots.get_mut(&bot_id).expect("parked bots are known");
         let parked = bot.parked.take().expect("a parked bot has its poll");
         self.queues.unpark(bot.class, parked.park_number);
-        let reply = self.assign(task_id, &bot_id, out);
+        let reply = self.assign(key, &bot_id, out);
         out.replies.push(Outgoing { conn: parked.conn, request_id: parked.request_id, reply });
     }
 
@@ -270,9 +270,9 @@ impl Core {
             .filter(move |bot| self.queues.serves(bot.class, queue))
     }
 
-    fn assign(&mut self, task_id: RequestId, bot_id: &str, out: &mut Output) -> Reply {
-        let task = &self.tasks[&task_id];
-        let run_id = task_id.run(task.try_number + 1);
+    fn assign(&mut self, key: QueueKey, bot_id: &str, out: &mut Output) -> Reply {
+        let task = self.tasks.at_position(key.position);
+        let run_id = key.task_id.run(task.try_number + 1);
         let event = TaskAssigned {
             run_id: run_id.as_u64(),
             slice_index: task.slice_index,

@@ -80,14 +80,12 @@ impl Core {
             );
         }
         let limit = if query.limit == 0 { DEFAULT_TASK_PAGE } else { query.limit } as usize;
-        let end = query.cursor.map_or(self.task_order.len(), |cursor| {
-            self.task_order.partition_point(|&task_id| task_id < request_id_of(cursor))
-        });
         let wanted = |task: &&Task| {
             query.state.is_none_or(|state| task.state == state)
                 && query.tags.iter().all(|tag| task.request.tags.contains(tag))
         };
-        let mut matching = self.task_order[..end].iter().rev().map(|task_id| &self.tasks[task_id]).filter(wanted);
+        let before = query.cursor.map(request_id_of);
+        let mut matching = self.tasks.newest_first_before(before).filter(wanted);
         let tasks: Vec<TaskResult> = matching.by_ref().take(limit).map(|task| self.describe(task)).collect();
         let more = matching.next().is_some();
         let next_cursor = tasks.last().filter(|_| more).map(|task| task.task_id);
