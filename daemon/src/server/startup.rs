@@ -33,6 +33,9 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
         .map_err(io_error(format!("cannot restrict the data directory {}", data_dir.display())))?;
     let _lock = lock_data_dir(data_dir)?;
+    if let Err(error) = os::disable_transparent_huge_pages() {
+        log(format!("cannot turn transparent huge pages off: {error}"));
+    }
     match os::raise_open_file_limit() {
         Ok(limit) => log(format!("open-file limit: {limit}")),
         Err(error) => log(format!("cannot raise the open-file limit: {error}")),
