@@ -365,6 +365,8 @@ fn bench_group(criterion: &mut Criterion, name: &str, operation: fn(&mut World, 
 }
 
 fn main() {
+    // As `apiaryd` runs: without transparent huge pages.
+    apiary_daemon::server::os::disable_transparent_huge_pages().expect("transparent huge pages turn off");
     let mut criterion = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))

@@ -4,7 +4,7 @@
 mod connection;
 mod durability;
 mod event_loop;
-mod os;
+pub mod os;
 mod startup;
 
 pub use event_loop::{SOFTWARE, now_unix_ms};
