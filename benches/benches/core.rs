@@ -21,7 +21,7 @@
 //!
 //! Building requests and dropping the core's `Output` (events and replies) are not timed.
 //! The core keeps every task it ever saw, ended ones included, so each timed operation also
-//! grows its task map by one; `tick` runs between batches so stale poll timers are dropped.
+//! grows its task store by one; `tick` runs between batches so stale poll timers are dropped.
 //!
 //! `APIARY_BENCH_QUICK=1`, or a run as a test (`cargo test --benches`, which runs each
 //! benchmark once), keeps only the 1k size, so CI proves the benches still work in seconds.

@@ -24,8 +24,8 @@ const CHUNK_TASKS: usize = 4096;
 pub struct TaskStore {
     positions: Map<RequestId, u32>,
     chunks: Vec<Vec<Task>>,
-    /// The task last reached by position: a dispatch reaches its task through
-    /// its queue entry, then finds it again by id several times.
+    /// The task last found: a dispatch reaches its task through its queue
+    /// entry, then finds it again by id several times, and so do other requests.
     last_reached: Cell<Option<(RequestId, u32)>>,
 }
 
@@ -45,11 +45,16 @@ impl TaskStore {
         }
     }
 
-    /// Where a task sits: it never moves.
+    /// Where a task sits: it never moves. The task found is remembered, as the
+    /// next lookups are usually for it again.
     pub fn position(&self, id: &RequestId) -> Option<u32> {
         match self.last_reached.get() {
             Some((last, position)) if last == *id => Some(position),
-            _ => self.positions.get(id).copied(),
+            _ => {
+                let position = *self.positions.get(id)?;
+                self.last_reached.set(Some((*id, position)));
+                Some(position)
+            }
         }
     }
 
