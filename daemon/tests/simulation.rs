@@ -19,11 +19,12 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
-use apiary_daemon::core::{ConnId, Core, CoreConfig, Event, Input, Output};
+use apiary_daemon::core::{ConnId, Core, CoreConfig, CoreSnapshot, Event, Input, Output};
 use apiary_protocol::{
     BotInfo, BotPoll, CacheInfo, CancelOutcome, ErrorCode, ErrorReply, NamedCache, NewTaskRequest, PackedDimensions,
     Reply, Request, RequestId, RunEnd, RunId, RunOutcome, StringPair, TaskResult, TaskSlice, TaskState, TaskUpdate,
 };
+use rkyv::util::AlignedVec;
 
 // ------------------------------------------------------------------- the PRNG
 
@@ -101,15 +102,26 @@ fn run_outcome(exit_code: Option<i64>, duration_ms: u64, end: RunEnd) -> RunOutc
 /// before its replies leave.
 struct Daemon {
     core: Core,
-    /// Every durable event, as it reads back from its bytes.
+    /// The newest snapshot, as the snapshot thread writes it.
+    snapshot: Option<AlignedVec>,
+    /// Every durable event after the snapshot, as it reads back from its bytes.
     log: Vec<Event>,
+    /// A core that has applied every durable event since the start and
+    /// nothing else, to check snapshots against.
+    applied_all: Core,
     /// The output store: the bytes held for each run, appended at known offsets.
     store: BTreeMap<RunId, Vec<u8>>,
 }
 
 impl Daemon {
     fn new() -> Daemon {
-        Daemon { core: Core::new(config()), log: Vec::new(), store: BTreeMap::new() }
+        Daemon {
+            core: Core::new(config()),
+            snapshot: None,
+            log: Vec::new(),
+            applied_all: Core::new(config()),
+            store: BTreeMap::new(),
+        }
     }
 
     fn request(&mut self, now_ms: u64, conn: ConnId, request_id: u64, request: Request, out: &mut Output) {
@@ -129,6 +141,7 @@ impl Daemon {
         for event in &out.events {
             let decoded = Event::decode(&event.encode()).expect("an event decodes");
             assert_eq!(&decoded, event, "an event reads back as it was written");
+            self.applied_all.apply(&decoded);
             self.log.push(decoded);
         }
     }
@@ -140,16 +153,41 @@ impl Daemon {
     /// A restart: a new core from the durable events alone, as the real daemon
     /// builds it (replay, output lengths of running tasks from the store, `recovered`).
     fn restart(&mut self, now_ms: u64) {
-        let mut core = Core::new(config());
-        for event in &self.log {
-            core.apply(event);
-        }
+        let mut core = self.replay();
         for run_id in core.running_runs() {
             core.set_output_len(run_id, self.store_len(run_id));
         }
         core.recovered(now_ms);
         core.check_invariants();
         self.core = core;
+    }
+}
+
+impl Daemon {
+    /// A core from the snapshot and the log after it, before the steps that
+    /// only a restart takes.
+    fn replay(&self) -> Core {
+        let mut core = match &self.snapshot {
+            Some(bytes) => Core::restore(config(), CoreSnapshot::decode(bytes).expect("a snapshot decodes")),
+            None => Core::new(config()),
+        };
+        for event in &self.log {
+            core.apply(event);
+        }
+        core
+    }
+
+    /// What the snapshot thread does: the state after every durable event,
+    /// from the last snapshot and the log after it; then the log it covers
+    /// goes. It must be the state a replay of the whole log gives, byte for byte.
+    fn take_snapshot(&mut self) {
+        let bytes = self.replay().snapshot().encode();
+        assert!(
+            bytes[..] == self.applied_all.snapshot().encode()[..],
+            "a snapshot from the last one and the log after it equals one from the whole log"
+        );
+        self.snapshot = Some(bytes);
+        self.log.clear();
     }
 }
 
@@ -824,6 +862,11 @@ impl Sim {
             );
         }
         self.daemon.core.check_invariants();
+        if self.rng.below(400) == 0 {
+            *self.stats.entry("snapshot").or_default() += 1;
+            self.note(|| "snapshot".into());
+            self.daemon.take_snapshot();
+        }
         self.observe(&touched);
         for expect in std::mem::take(&mut self.expects) {
             self.check_expect(expect);

@@ -27,6 +27,7 @@ use super::{ConnId, Map};
 
 mod apply;
 mod bots;
+mod snapshot;
 mod tasks;
 
 #[derive(Clone, Debug)]

@@ -5,12 +5,14 @@ mod engine;
 pub mod events;
 mod model;
 pub mod queues;
+pub mod snapshot;
 mod task_store;
 pub mod validate;
 
 pub use engine::{Core, CoreConfig, Input, Outgoing, Output, OutputRead, OutputWrite};
 pub use events::Event;
 pub use model::Ending;
+pub use snapshot::CoreSnapshot;
 
 /// The core's hash map: ahash, never iterated where order decides anything.
 pub type Map<K, V> = hashbrown::HashMap<K, V, ahash::RandomState>;

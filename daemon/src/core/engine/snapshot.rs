@@ -1,0 +1,190 @@
+//! Snapshots of the core: the durable state out (`snapshot`) and back in
+//! (`restore`), with everything that is not durable rebuilt as replay would.
+
+use super::*;
+use crate::core::snapshot::{
+    BotEventEntry, BotRecord, CoreSnapshot, QuarantineRecord, RunRecord, SNAPSHOT_SCHEMA, SuccessRecord, TaskRecord,
+};
+
+impl Core {
+    /// The durable state. Only meaningful for a core that has applied events
+    /// and nothing else (see `core::snapshot`).
+    pub fn snapshot(&self) -> CoreSnapshot {
+        let mut bots: Vec<BotRecord> = self.bots.values().map(bot_record).collect();
+        bots.sort_unstable_by(|a, b| a.bot_id.cmp(&b.bot_id));
+        let mut successes: Vec<SuccessRecord> = self
+            .successes
+            .iter()
+            .map(|(properties, &(run_id, ended_ms))| SuccessRecord {
+                properties: Arc::clone(properties),
+                run_id: run_id.as_u64(),
+                ended_ms,
+            })
+            .collect();
+        successes.sort_unstable_by_key(|success| success.run_id);
+        CoreSnapshot {
+            schema: SNAPSHOT_SCHEMA,
+            last_task_id: self.last_task_id.map(RequestId::as_u64),
+            tasks: self.tasks.values().map(task_record).collect(),
+            bots,
+            successes,
+        }
+    }
+
+    /// A core with the snapshot's state, as if it had applied the events the
+    /// snapshot covers. Follow with `apply` for the log after it, then the
+    /// same steps as after a replay (`set_output_len`, `recovered`).
+    pub fn restore(config: CoreConfig, snapshot: CoreSnapshot) -> Core {
+        let mut core = Core::new(config);
+        core.last_task_id = snapshot.last_task_id.map(|id| RequestId::from_u64(id).expect("a request id"));
+        for record in snapshot.bots {
+            core.restore_bot(record);
+        }
+        for record in snapshot.tasks {
+            core.restore_task(record);
+        }
+        for success in snapshot.successes {
+            let run_id = RunId::from_u64(success.run_id).expect("a run id");
+            core.successes.insert(success.properties, (run_id, success.ended_ms));
+        }
+        core
+    }
+
+    fn restore_bot(&mut self, record: BotRecord) {
+        let class = self.queues.class_for(queues::canonical_bot_dimensions(&model::unpack(&record.dimensions)));
+        let mut bot = Bot::new(&record.bot_id, class, record.first_seen_ms);
+        bot.session_id = record.session_id;
+        bot.dimensions = record.dimensions;
+        bot.software = record.software;
+        bot.last_seen_ms = record.last_seen_ms;
+        bot.current_run = record.current_run.map(|run_id| RunId::from_u64(run_id).expect("a run id"));
+        bot.dead = record.dead;
+        bot.quarantine = record
+            .quarantine
+            .map(|quarantine| Quarantine { reason: quarantine.reason, by_server: quarantine.by_server });
+        bot.terminate_requested = record.terminate_requested;
+        bot.shut_down = record.shut_down;
+        bot.next_event_number = record.next_event_number;
+        bot.events = record
+            .events
+            .into_iter()
+            .map(|event| BotEventRecord {
+                number: event.number,
+                at_ms: event.at_ms,
+                kind: event.kind,
+                dimensions: event.dimensions,
+                run_id: event.run_id.map(|run_id| RunId::from_u64(run_id).expect("a run id")),
+                message: event.message,
+            })
+            .collect();
+        let (live, busy) = bot.capacity_share();
+        self.queues.count_bot(class, live, busy);
+        self.bots.insert(record.bot_id, bot);
+    }
+
+    fn restore_task(&mut self, record: TaskRecord) {
+        let task_id = RequestId::from_u64(record.task_id).expect("a request id");
+        let mut task = Task::new(task_id, record.request, record.created_ms);
+        task.state = record.state;
+        task.slice_index = record.slice_index;
+        task.slice_started_ms = record.slice_started_ms;
+        task.try_number = record.try_number;
+        task.run = record.run.map(|run| Run {
+            run_id: RunId::from_u64(run.run_id).expect("a run id"),
+            bot_id: run.bot_id,
+            session_id: run.session_id,
+            last_heard_ms: record.started_ms.unwrap_or(record.created_ms),
+        });
+        task.started_ms = record.started_ms;
+        task.completed_ms = record.completed_ms;
+        task.abandoned_ms = record.abandoned_ms;
+        task.exit_code = record.exit_code;
+        task.duration_ms = record.duration_ms;
+        task.setup_ms = record.setup_ms;
+        task.teardown_ms = record.teardown_ms;
+        task.timeout = record.timeout;
+        task.internal_failure = record.internal_failure;
+        task.failure_reason = record.failure_reason;
+        (task.output_len, task.output_received) = (record.output_len, record.output_len);
+        task.output_truncated = record.output_truncated;
+        task.has_secret_bytes = record.has_secret_bytes;
+        task.kill_requested = record.kill_requested;
+        task.deduped_from = record.deduped_from.map(|run_id| RunId::from_u64(run_id).expect("a run id"));
+        let running = task.current_run().map(|run| run.run_id);
+        self.tasks.insert(task);
+        match record.state {
+            TaskState::Pending => self.enqueue(task_id),
+            // Due at once: the timer looks at the run's last word and waits
+            // again (after `recovered`, a fresh tolerance from the restart).
+            TaskState::Running => {
+                let run_id = running.expect("a running task has a run");
+                self.timers.push(0, Timer::RunPing { run_id });
+            }
+            _ => {}
+        }
+    }
+}
+
+fn task_record(task: &Task) -> TaskRecord {
+    TaskRecord {
+        task_id: task.id.as_u64(),
+        request: task.request.clone(),
+        created_ms: task.created_ms,
+        state: task.state,
+        slice_index: task.slice_index,
+        slice_started_ms: task.slice_started_ms,
+        try_number: task.try_number,
+        run: task.run.as_ref().map(|run| RunRecord {
+            run_id: run.run_id.as_u64(),
+            bot_id: run.bot_id.clone(),
+            session_id: run.session_id,
+        }),
+        started_ms: task.started_ms,
+        completed_ms: task.completed_ms,
+        abandoned_ms: task.abandoned_ms,
+        exit_code: task.exit_code,
+        duration_ms: task.duration_ms,
+        setup_ms: task.setup_ms,
+        teardown_ms: task.teardown_ms,
+        timeout: task.timeout,
+        internal_failure: task.internal_failure,
+        failure_reason: task.failure_reason.clone(),
+        output_len: task.output_len,
+        output_truncated: task.output_truncated,
+        has_secret_bytes: task.has_secret_bytes,
+        kill_requested: task.kill_requested,
+        deduped_from: task.deduped_from.map(RunId::as_u64),
+    }
+}
+
+fn bot_record(bot: &Bot) -> BotRecord {
+    BotRecord {
+        bot_id: bot.bot_id.clone(),
+        session_id: bot.session_id,
+        dimensions: Arc::clone(&bot.dimensions),
+        software: bot.software.clone(),
+        first_seen_ms: bot.first_seen_ms,
+        last_seen_ms: bot.last_seen_ms,
+        current_run: bot.current_run.map(RunId::as_u64),
+        dead: bot.dead,
+        quarantine: bot
+            .quarantine
+            .as_ref()
+            .map(|quarantine| QuarantineRecord { reason: quarantine.reason.clone(), by_server: quarantine.by_server }),
+        terminate_requested: bot.terminate_requested,
+        shut_down: bot.shut_down,
+        events: bot
+            .events
+            .iter()
+            .map(|event| BotEventEntry {
+                number: event.number,
+                at_ms: event.at_ms,
+                kind: event.kind,
+                dimensions: Arc::clone(&event.dimensions),
+                run_id: event.run_id.map(RunId::as_u64),
+                message: event.message.clone(),
+            })
+            .collect(),
+        next_event_number: bot.next_event_number,
+    }
+}
