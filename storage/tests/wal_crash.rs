@@ -218,6 +218,8 @@ fn stale_records_after_the_end_are_cut_unless_the_next_record_follows() {
     let tail = recovery.torn_tail.expect("the stale records are cut");
     assert_eq!((tail.segment, tail.offset), (0, end as u64));
     assert_eq!(tail.bytes_cut, (512 + stale.len()) as u64);
+    assert_eq!(tail.records_cut, 2, "both stale records are counted");
+    assert!(tail.to_string().contains("holding 2 whole records"), "{tail}");
     append_and_reopen_with(dir.path(), wal, model.clone(), 4096);
 
     // A stale record followed by the record that should come next: something was lost.

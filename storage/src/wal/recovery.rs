@@ -536,15 +536,17 @@ fn records_from(segment: &Segment, first_needed: u64) -> u64 {
 /// segment is the log's last one.
 fn finish_segment(dir: &Path, found: Found, is_last: bool) -> Result<(Segment, Option<TornTail>), WalError> {
     let Found { index, header, mut map, file_len, scan } = found;
-    let bytes_cut = scan.bytes_to_cut;
-    let records_cut =
-        count_whole_records(&map.bytes()[..scan.end + bytes_cut.next_multiple_of(RECORD_ALIGNMENT)], scan.end);
+    let is_short = header.capacity.is_some_and(|capacity| file_len < capacity);
+    // A short file's last bytes may not even fill the 16-byte unit the scan stops at.
+    let bytes_cut = if is_short { map.len() - scan.end } else { scan.bytes_to_cut };
+    let scanned_end =
+        (scan.end + bytes_cut).next_multiple_of(RECORD_ALIGNMENT).min(map.len() / RECORD_ALIGNMENT * RECORD_ALIGNMENT);
+    let records_cut = count_whole_records(&map.bytes()[..scanned_end], scan.end);
     if bytes_cut > 0 {
         map.zero(scan.end, bytes_cut);
         map.sync_range(scan.end, bytes_cut)
             .map_err(WalError::io(|| format!("sync the tail cut from segment {index}")))?;
     }
-    let is_short = header.capacity.is_some_and(|capacity| file_len < capacity);
     if let Some(capacity) = header.capacity.filter(|_| is_short) {
         drop(map);
         restore_length(dir, index, capacity)?;
