@@ -273,3 +273,20 @@ fn the_reader_returns_exactly_the_durable_records_asked_for_while_the_writer_app
     let result = read_records(dir.path(), 1, 5000, |_| Ok::<(), String>(()));
     assert!(result.is_err(), "records past the end are not there");
 }
+
+/// A crash at any point of a deletion (oldest first) of the segments a snapshot covers:
+/// the log opens with every record after the snapshot.
+#[test]
+fn a_crash_at_any_point_of_a_deletion_leaves_a_log_that_opens() {
+    for deleted in 0..=3 {
+        let dir = scratch_dir();
+        let model = common::write_log(dir.path(), SEGMENT_BYTES, TWELVE_RECORDS);
+        for index in 0..deleted {
+            std::fs::remove_file(segment_path(dir.path(), index)).unwrap();
+        }
+        let (wal, recovery) = Wal::open(dir.path(), options(SEGMENT_BYTES), LogStart::after_snapshot(6))
+            .unwrap_or_else(|error| panic!("after deleting {deleted} segments: {error}"));
+        assert_eq!(recovery.removed_before_start, 3 - deleted);
+        assert_eq!(read_all(&wal), model[6..].to_vec(), "after deleting {deleted} segments");
+    }
+}
