@@ -4,13 +4,20 @@
 //! - [`Wal`] (`wal/`): preallocated, memory-mapped segment files holding CRC-checked,
 //!   16-byte-aligned records with consecutive sequence numbers. The daemon's event loop
 //!   appends; a flusher thread makes the appended bytes durable through a [`SyncJob`].
-//!   Recovery verifies every record, cuts only a torn tail and refuses corruption anywhere
-//!   else.
+//!   Recovery checks the log as a whole against what the caller needs ([`LogStart`]: the
+//!   first record after its snapshot): every record is verified, only a torn tail is cut,
+//!   a missing or shortened segment or a sequence gap is refused as [`WalError::Missing`]
+//!   (or dropped, and reported in [`Recovery`], when the caller accepts the loss), and
+//!   corruption anywhere else is refused. A preparer thread keeps the next segment file
+//!   ready, so a rotation costs the appender no file creation, fsync or rename; sync jobs
+//!   install new segments. [`Wal::rotate_now`] and [`Wal::remove_segments_through`] serve
+//!   snapshots, and [`read_records`] reads durable records from another thread.
 //! - [`OutputStore`] (`output.rs`): task output is not state. Each task's output is an
 //!   append-only file written by offset, so a resent chunk changes nothing and a large
 //!   output never slows WAL replay.
 //!
-//! Snapshots (the core's state as one archive, after which old segments go) are not here yet.
+//! Snapshots themselves (the core's state as one archive) are the daemon's; this crate gives
+//! them a sealed log to cut at and the means to delete what they cover.
 //!
 //! All `unsafe` code of the crate lives in `wal/mmap.rs`, each block with the reason it is
 //! sound.
@@ -22,5 +29,6 @@ mod wal;
 
 pub use output::{MAX_OPEN_OUTPUT_FILES, MAX_OUTPUT_BYTES_PER_TASK, OutputError, OutputStore, OutputSyncJob};
 pub use wal::{
-    MAX_SEGMENT_BYTES, RECORD_ALIGNMENT, RecordRef, Records, Recovery, SyncJob, TornTail, Wal, WalError, WalOptions,
+    LogLoss, LogStart, LossKind, MAX_SEGMENT_BYTES, RECORD_ALIGNMENT, ReadError, RecordRef, Records, Recovery, SyncJob,
+    TornTail, Wal, WalError, WalOptions, read_records,
 };

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use apiary_storage::{Wal, WalError};
+use apiary_storage::{LogStart, Wal, WalError};
 use common::{ModelRecord, Placement, options, placements, read_all, restore_files, scratch_dir, segment_path};
 
 const SEGMENT_BYTES: u64 = 512;
@@ -42,7 +42,7 @@ fn append_and_reopen(dir: &Path, mut wal: Wal, mut expected: Vec<ModelRecord>) {
     wal.take_sync_job().unwrap().run().unwrap();
     wal.check_invariants();
     drop(wal);
-    let (wal, recovery) = Wal::open(dir, options(SEGMENT_BYTES)).unwrap();
+    let (wal, recovery) = Wal::open(dir, options(SEGMENT_BYTES), LogStart::FROM_FIRST_RECORD).unwrap();
     assert_eq!(recovery.torn_tail, None, "the cut tail was zeroed on disk");
     assert_eq!(read_all(&wal), expected);
     wal.check_invariants();
@@ -54,15 +54,20 @@ fn cut_at_every_byte(lengths: &[usize]) {
     let pristine = common::snapshot_files(dir.path());
     assert_eq!(pristine.len(), written_ends.len());
     for (cut_segment, &written_end) in written_ends.iter().enumerate() {
-        for cut_offset in 0..=written_end {
+        // A segment's header is synced before the segment gets its name: cuts start after it.
+        for cut_offset in common::SEGMENT_HEADER_BYTES..=written_end {
             restore_files(dir.path(), &pristine);
-            // The cut: zeros from the offset to the end of its segment and in all later ones.
-            for (index, (path, bytes)) in pristine.iter().enumerate().skip(cut_segment) {
-                let mut bytes = bytes.clone();
-                let from = if index == cut_segment { cut_offset } else { 0 };
-                bytes[from..].fill(0);
-                std::fs::write(path, bytes).unwrap();
+            // The cut: zeros from the offset to the end of its segment. Later segments were
+            // never renamed into place (their sync job syncs this one first), and HEAD
+            // names the cut segment.
+            let (path, bytes) = &pristine[cut_segment];
+            let mut bytes = bytes.clone();
+            bytes[cut_offset..].fill(0);
+            std::fs::write(path, bytes).unwrap();
+            for (later, _) in &pristine[cut_segment + 1..] {
+                std::fs::remove_file(later).unwrap();
             }
+            common::write_head(dir.path(), cut_segment as u64);
             let survivors: Vec<ModelRecord> = model
                 .iter()
                 .zip(&placements)
@@ -73,8 +78,8 @@ fn cut_at_every_byte(lengths: &[usize]) {
                 .map(|(record, _)| record.clone())
                 .collect();
             let context = format!("cut in segment {cut_segment} at {cut_offset}");
-            let (wal, recovery) =
-                Wal::open(dir.path(), options(SEGMENT_BYTES)).unwrap_or_else(|error| panic!("{context}: {error}"));
+            let (wal, recovery) = Wal::open(dir.path(), options(SEGMENT_BYTES), LogStart::FROM_FIRST_RECORD)
+                .unwrap_or_else(|error| panic!("{context}: {error}"));
             assert_eq!(read_all(&wal), survivors, "{context}");
             assert_eq!(recovery.records, survivors.len() as u64, "{context}");
             assert_eq!(recovery.last_seq, survivors.len() as u64, "{context}");
@@ -158,7 +163,7 @@ fn damage_everywhere(lengths: &[usize]) {
 }
 
 fn check_damaged(dir: &Path, model: &[ModelRecord], expect: Expect, context: &str) {
-    let result = Wal::open(dir, options(SEGMENT_BYTES));
+    let result = Wal::open(dir, options(SEGMENT_BYTES), LogStart::FROM_FIRST_RECORD);
     match (expect, result) {
         (Expect::AllRecords, Ok((wal, _))) => {
             assert_eq!(read_all(&wal), model, "{context}");
@@ -208,11 +213,13 @@ fn stale_records_after_the_end_are_cut_unless_the_next_record_follows() {
     bytes[end..end + stale.len()].copy_from_slice(&stale);
     bytes[end + 512..end + 512 + stale.len()].copy_from_slice(&stale);
     std::fs::write(&path, &bytes).unwrap();
-    let (wal, recovery) = Wal::open(dir.path(), options(4096)).unwrap();
+    let (wal, recovery) = Wal::open(dir.path(), options(4096), LogStart::FROM_FIRST_RECORD).unwrap();
     assert_eq!(read_all(&wal), model);
     let tail = recovery.torn_tail.expect("the stale records are cut");
     assert_eq!((tail.segment, tail.offset), (0, end as u64));
     assert_eq!(tail.bytes_cut, (512 + stale.len()) as u64);
+    assert_eq!(tail.records_cut, 2, "both stale records are counted");
+    assert!(tail.to_string().contains("holding 2 whole records"), "{tail}");
     append_and_reopen_with(dir.path(), wal, model.clone(), 4096);
 
     // A stale record followed by the record that should come next: something was lost.
@@ -222,7 +229,7 @@ fn stale_records_after_the_end_are_cut_unless_the_next_record_follows() {
     bytes[end..end + stale.len()].copy_from_slice(&stale);
     bytes[end + stale.len()..end + stale.len() + next.len()].copy_from_slice(&next);
     std::fs::write(&path, &bytes).unwrap();
-    let error = Wal::open(dir.path(), options(4096)).unwrap_err();
+    let error = Wal::open(dir.path(), options(4096), LogStart::FROM_FIRST_RECORD).unwrap_err();
     assert!(matches!(error, WalError::Corrupted { segment: 0, offset, .. } if offset == end as u64), "{error}");
     assert!(error.to_string().contains("segment 0 at offset"), "{error}");
 }
@@ -234,7 +241,7 @@ fn append_and_reopen_with(dir: &Path, mut wal: Wal, mut expected: Vec<ModelRecor
     expected.push(record);
     wal.take_sync_job().unwrap().run().unwrap();
     drop(wal);
-    let (wal, recovery) = Wal::open(dir, options(segment_bytes)).unwrap();
+    let (wal, recovery) = Wal::open(dir, options(segment_bytes), LogStart::FROM_FIRST_RECORD).unwrap();
     assert_eq!(recovery.torn_tail, None);
     assert_eq!(read_all(&wal), expected);
 }
@@ -261,7 +268,7 @@ fn garbage_segments_never_panic() {
             bytes[48..48 + valid.len()].copy_from_slice(&valid);
         }
         std::fs::write(segment_path(dir.path(), 0), &bytes).unwrap();
-        match Wal::open(dir.path(), options(SEGMENT_BYTES)) {
+        match Wal::open(dir.path(), options(SEGMENT_BYTES), LogStart::FROM_FIRST_RECORD) {
             Ok((wal, _)) => wal.check_invariants(),
             Err(WalError::Corrupted { .. }) => {}
             Err(error) => panic!("round {round}: {error}"),

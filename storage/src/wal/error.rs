@@ -4,6 +4,8 @@
 
 use std::io;
 
+use super::recovery::LogLoss;
+
 /// What went wrong in the write-ahead log. Every variant names what was being done and where.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -26,6 +28,14 @@ pub enum WalError {
     /// The options cannot describe a usable log.
     #[error("invalid WAL options: {reason}")]
     InvalidOptions { reason: String },
+    /// Part of the log the caller needs is not there (a missing segment, a segment cut
+    /// short, a gap in sequence numbers). Nothing on disk was changed; opening with
+    /// `LogStart::accept_loss` keeps the log up to the loss.
+    #[error("the WAL is incomplete: {loss}; refusing to open it unless the loss is accepted")]
+    Missing { loss: LogLoss },
+    /// The HEAD file is damaged.
+    #[error("the WAL's HEAD file is damaged: {reason}")]
+    BadHead { reason: String },
     /// Sync jobs must run in the order they were taken: this one starts after records that
     /// no completed job made durable (an earlier job was dropped, failed or is still running).
     #[error("sync job for records {first_seq}..={upto_seq} ran before records up to {durable_seq} were durable")]

@@ -17,6 +17,14 @@
 //! - **In bounds.** Every offset is checked against the mapping's length before a pointer
 //!   is formed, with assertions that panic rather than touch memory outside the mapping.
 //!
+//! A [`ReadOnlyMap`] is a reader's mapping of a segment the writer may also map and still
+//! append to (`read_records`, on another thread, without the lock). Its contract: it only
+//! forms a slice over a prefix of the file the caller vouches for as stable, bytes the
+//! writer never writes again (records up to a durable sequence number, and the zeros after
+//! the last record of a sealed segment). The writer never shrinks a file, and deletion only
+//! removes segments whose records the reader's caller no longer asks for; a mapping of a
+//! file unlinked meanwhile stays valid.
+//!
 //! Payload slices handed to `rkyv` are 16-byte aligned because the mapping starts on a page
 //! boundary and record payloads sit at 16-byte-aligned file offsets; their CRC is checked
 //! during recovery before anything reads them.
@@ -93,6 +101,38 @@ impl SyncHandle {
     /// of that range) and waits for the disk.
     pub(crate) fn sync_range(&self, offset: usize, len: usize) -> io::Result<()> {
         self.raw.flush_range(offset, len)
+    }
+}
+
+/// A read-only mapping of a whole segment file, read from another thread than the writer's.
+#[derive(Debug)]
+pub(crate) struct ReadOnlyMap {
+    raw: MmapRaw,
+}
+
+impl ReadOnlyMap {
+    /// Maps all of `file`, open for reading, not empty.
+    pub(crate) fn map(file: &File) -> io::Result<ReadOnlyMap> {
+        let raw = memmap2::MmapOptions::new().map_raw_read_only(file)?;
+        assert!(raw.len() > 0, "an empty file cannot be mapped");
+        Ok(ReadOnlyMap { raw })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// The first `len` bytes of the file. The caller vouches that no one writes them while
+    /// the slice lives (see the module's contract): they hold durable records, or zeros
+    /// after the last record of a sealed segment.
+    pub(crate) fn stable_prefix(&self, len: usize) -> &[u8] {
+        assert!(len <= self.raw.len(), "prefix of {len} bytes of a mapping of {}", self.raw.len());
+        // SAFETY: `0..len` lies inside the mapping (asserted above), which stays mapped while
+        // `self.raw` (borrowed for the slice's lifetime) lives, even if the file is unlinked.
+        // The caller only asks for bytes no one writes any more: records up to a durable
+        // sequence number are never written again, the writer never shrinks a file, and the
+        // directory lock keeps other processes from changing it.
+        unsafe { std::slice::from_raw_parts(self.raw.as_ptr(), len) }
     }
 }
 

@@ -1,23 +1,50 @@
-//! Opening an existing log: every segment's header and every record is verified; a torn
-//! tail is cut (zeroed on disk and synced); anything else that is wrong is corruption.
+//! Opening an existing log as a whole: every segment's header and every record is
+//! verified; a torn tail is cut (zeroed on disk and synced); a missing or shortened part is
+//! a [`LogLoss`], refused unless the caller accepts it; anything else that is wrong is
+//! corruption.
 //!
 //! The rules, for a log whose segments are numbered `a..=z`:
 //!
 //! - Segment numbers are contiguous, and each segment's first sequence number follows the
-//!   previous segment's last record.
+//!   previous segment's last record (unless its header says a loss was accepted before it).
+//!   A missing number or a sequence gap is a loss.
+//! - `HEAD` names a segment that exists durably: segments `a..=HEAD` must all exist. Later
+//!   ones may (their rename was durable, HEAD's update not yet). No HEAD with segments is a
+//!   missing last segment, except for a log of version 1 segments, written before HEAD
+//!   existed: it gets one.
+//! - The caller says which record it needs first (`LogStart::first_needed_seq`, one past
+//!   its snapshot). Segments whose records all come before it, except the last, are
+//!   leftovers of an interrupted deletion and are removed. A first segment that starts
+//!   after it means records are missing; a log that ends before `first_needed_seq - 1`
+//!   is missing its end.
+//! - A segment file shorter than its header's capacity was cut short: its records after
+//!   the cut are missing.
 //! - In a segment, records follow each other with sequence numbers `first_seq, first_seq + 1,
 //!   ...` until a header of zeros, or until there is no room for another header.
-//! - Segments before the last were synced in full before the writer moved on, so any
-//!   non-zero byte after their last valid record is corruption.
+//! - Segments before the last are on disk in full: a segment only gets its name (the sync
+//!   job renames its spare into place) after the previous segment's last bytes were synced.
+//!   So any non-zero byte after their last valid record is corruption.
 //! - In the last segment, the first bad spot (failed CRC, length past the end, a sequence
 //!   number that is not the next one, or non-zero bytes after a header of zeros) starts a torn
 //!   tail, unless a valid record with a sequence number at least the expected one follows in
 //!   the segment: then the bad spot sits in front of records that may have been acknowledged,
 //!   and it is corruption. Stale records with lower sequence numbers (an older generation)
 //!   are part of the tail.
-//! - Trailing segments whose header is unreadable but whose body is all zeros hold nothing:
-//!   their creation was interrupted. They are removed (and reported with the tail) if an
-//!   earlier segment, or being segment 0, says where the log resumes.
+//! - Files ending in `.tmp` (a spare never renamed into place, an unfinished creation,
+//!   `HEAD.tmp`) hold no acknowledged record: they are removed.
+//!
+//! Nothing on disk changes until the whole log was checked: a refused log is left as found.
+//!
+//! Accepting a loss keeps the consistent prefix: the records from `first_needed_seq` up to
+//! the first loss (none if the first needed record is missing). Segments after it are
+//! moved to `dropped/` for an operator to look at. The log then continues in a new segment
+//! flagged "after an accepted loss" whose first sequence number lies after every record that
+//! existed: the highest one found, plus, for each segment whose end is unknown (missing
+//! after the last present one, cut short at the end, or any after the last when HEAD is
+//! gone), the most records a segment can hold. New records therefore never reuse a number
+//! an older record had, and the flag lets the next open accept the gap without asking
+//! again. (With neither a segment nor HEAD left, nothing bounds the old numbers: the log
+//! continues at `first_needed_seq`.)
 //!
 //! The trade-off: if power fails while a sync is writing pages back, a later page can land
 //! while an earlier one does not. The earlier record then looks corrupt, with a valid later
@@ -25,38 +52,151 @@
 //! other choice, silently dropping records that may have been acknowledged, costs data.
 
 use std::fmt;
-use std::fs;
-use std::path::Path;
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
 
 use super::error::WalError;
+use super::head::{read_head, write_head};
 use super::mmap::SegmentMap;
 use super::record::{Decoded, RECORD_ALIGNMENT, RECORD_HEADER_BYTES, decode, peek_seq, record_bytes};
-use super::segment::{self, EntryName, SEGMENT_HEADER_BYTES, Segment, SegmentHeader};
+use super::segment::{self, EntryName, SEGMENT_HEADER_BYTES, Segment, SegmentHeader, segment_path, sync_dir};
+use super::writer::MAX_SEGMENT_BYTES;
+
+/// No segment holds more records than this (each takes at least a record header): the
+/// sequence numbers skipped for each segment whose end is unknown after an accepted loss.
+const MAX_RECORDS_PER_SEGMENT: u64 = MAX_SEGMENT_BYTES / RECORD_HEADER_BYTES as u64;
+/// Where segments dropped by an accepted loss are moved, inside the log directory.
+pub(crate) const DROPPED_DIR_NAME: &str = "dropped";
+
+/// What the log must cover, from the caller's snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogStart {
+    /// The first record the caller needs: 1 without a snapshot, `S + 1` after a snapshot
+    /// taken at sequence number `S`. Older records may be in the log; they are skipped.
+    pub first_needed_seq: u64,
+    /// Open a log with missing parts anyway, keeping the records up to the first loss, and
+    /// report what was dropped in [`Recovery::dropped`].
+    pub accept_loss: bool,
+}
+
+impl LogStart {
+    /// A log replayed from its first record, refusing any loss.
+    pub const FROM_FIRST_RECORD: LogStart = LogStart { first_needed_seq: 1, accept_loss: false };
+
+    /// A log replayed after a snapshot taken at `snapshot_seq`, refusing any loss.
+    pub fn after_snapshot(snapshot_seq: u64) -> LogStart {
+        LogStart { first_needed_seq: snapshot_seq + 1, accept_loss: false }
+    }
+}
+
+/// What kind of loss a [`LogLoss`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossKind {
+    /// The first segment starts after the first needed record.
+    MissingFirst,
+    /// A segment number is missing between two that exist.
+    MissingMiddle,
+    /// Segments HEAD says exist are not there (or HEAD is missing, or the log ends before
+    /// the first needed record).
+    MissingLast,
+    /// Two consecutive segments do not chain: records between them are missing.
+    SequenceGap,
+    /// A segment file is shorter than it was made.
+    Shortened,
+    /// Segments that exist but follow a loss: moved to `dropped/` when the loss is accepted.
+    AfterLoss,
+}
+
+/// Records missing from the log, or dropped from it, and the segment files concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLoss {
+    pub kind: LossKind,
+    /// The segment files concerned, by file name.
+    pub segments: String,
+    /// The first record concerned.
+    pub first_seq: u64,
+    /// The last record concerned; `None` when nobody can tell where it ended.
+    pub last_seq: Option<u64>,
+    /// What was found, e.g. "is shorter than it was made (300 of 512 bytes)".
+    pub reason: String,
+}
+
+impl fmt::Display for LogLoss {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let records = match self.last_seq {
+            Some(last_seq) => format!("records {}..={last_seq}", self.first_seq),
+            None => format!("records from {} on", self.first_seq),
+        };
+        match self.kind {
+            LossKind::AfterLoss => write!(formatter, "{records} in {} {}", self.segments, self.reason),
+            _ => write!(formatter, "{records} are missing: {} {}", self.segments, self.reason),
+        }
+    }
+}
+
+fn segment_name(index: u64) -> String {
+    format!("{index:020}.wal")
+}
+
+fn segment_names(first: u64, last: u64) -> String {
+    if first == last { segment_name(first) } else { format!("{}..={}", segment_name(first), segment_name(last)) }
+}
 
 /// What opening the log found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovery {
-    /// Valid records in the log.
+    /// Valid records kept from `first_needed_seq` on: what `Wal::records` yields.
     pub records: u64,
-    /// Sequence number of the last record (0 for an empty log).
+    /// The sequence number appends continue after: the last record kept (0 for an empty
+    /// log), or after an accepted loss a number past every record that existed.
     pub last_seq: u64,
     /// Where the log was cut, if it ended in a torn write.
     pub torn_tail: Option<TornTail>,
+    /// What an accepted loss dropped: the missing range first, then the present segments
+    /// after it (moved to `dropped/`). Empty when nothing was lost.
+    pub dropped: Vec<LogLoss>,
+    /// Segments whose records all came before `first_needed_seq`, left by an interrupted
+    /// deletion and removed.
+    pub removed_before_start: u64,
 }
 
-/// A torn tail cut from the end of the log.
+impl fmt::Display for Recovery {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "recovered {} records, appends continue after {}", self.records, self.last_seq)?;
+        if let Some(tail) = &self.torn_tail {
+            write!(formatter, "; {tail}")?;
+        }
+        if !self.dropped.is_empty() {
+            let dropped: Vec<String> = self.dropped.iter().map(ToString::to_string).collect();
+            write!(formatter, "; accepted the loss and dropped {}", dropped.join("; "))?;
+        }
+        if self.removed_before_start > 0 {
+            write!(formatter, "; removed {} segments older than the snapshot", self.removed_before_start)?;
+        }
+        Ok(())
+    }
+}
+
+/// A torn tail cut from the end of the log: bytes written after the last sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornTail {
     pub segment: u64,
     /// Offset in the segment where the cut starts; appending resumes here.
     pub offset: u64,
-    /// Non-zero bytes that were zeroed from `offset` on (in later segments too).
+    /// Non-zero bytes that were zeroed from `offset` on.
     pub bytes_cut: u64,
+    /// Whole, valid records found in the cut bytes (unsynced ones, or stale ones of an older
+    /// generation); a partly written record is not counted.
+    pub records_cut: u64,
 }
 
 impl fmt::Display for TornTail {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "segment {} at offset {}: {} bytes cut", self.segment, self.offset, self.bytes_cut)
+        write!(
+            formatter,
+            "cut a torn tail of {} bytes holding {} whole records from segment {} at offset {}",
+            self.bytes_cut, self.records_cut, self.segment, self.offset
+        )
     }
 }
 
@@ -122,39 +262,65 @@ fn find_record_at_or_after(bytes: &[u8], from: usize, expected_seq: u64) -> Opti
     })
 }
 
-/// Verifies the log in `dir` and maps its segments. Returns no segments for an empty log.
-pub(crate) fn recover(dir: &Path) -> Result<(Vec<Segment>, Recovery), WalError> {
-    let mut indices = list_segments(dir)?;
-    let dropped_bytes = drop_uncreated_last_segments(dir, &mut indices)?;
-    check_contiguous(&indices)?;
-    let mut segments: Vec<Segment> = Vec::with_capacity(indices.len());
-    let mut torn_tail = None;
-    for (position, &index) in indices.iter().enumerate() {
-        let is_last = position + 1 == indices.len();
-        let expected_first_seq = segments.last().map(|previous| previous.last_seq() + 1);
-        let (segment, bytes_cut) = recover_segment(dir, index, expected_first_seq, is_last)?;
-        if bytes_cut > 0 || (is_last && dropped_bytes.is_some()) {
-            let bytes_cut = (bytes_cut + dropped_bytes.unwrap_or(0)) as u64;
-            torn_tail = Some(TornTail { segment: index, offset: segment.end as u64, bytes_cut });
-        }
-        segments.push(segment);
-    }
-    if let (None, Some(bytes_cut)) = (indices.last(), dropped_bytes) {
-        // The only segment, number 0, was unfinished; the writer starts the log afresh.
-        torn_tail = Some(TornTail { segment: 0, offset: SEGMENT_HEADER_BYTES as u64, bytes_cut: bytes_cut as u64 });
-    }
-    let records = segments.iter().map(|segment| segment.records).sum();
-    let last_seq = segments.last().map_or(0, Segment::last_seq);
-    Ok((segments, Recovery { records, last_seq, torn_tail }))
+/// A segment file as found: mapped and scanned, nothing written yet.
+struct Found {
+    index: u64,
+    header: SegmentHeader,
+    map: SegmentMap,
+    file_len: u64,
+    scan: SegmentScan,
 }
 
-/// Maps and verifies one segment, cutting its torn tail if it has one.
-fn recover_segment(
-    dir: &Path,
-    index: u64,
-    expected_first_seq: Option<u64>,
-    is_last: bool,
-) -> Result<(Segment, usize), WalError> {
+impl Found {
+    fn last_seq(&self) -> u64 {
+        self.header.first_seq + self.scan.records - 1
+    }
+
+    fn is_short(&self) -> bool {
+        self.header.capacity.is_some_and(|capacity| self.file_len < capacity)
+    }
+}
+
+/// What opening decided, before anything on disk changes.
+struct Plan {
+    /// `found[..before_start]` hold only records before the first needed one: removed.
+    before_start: usize,
+    /// `found[before_start..kept_end]` are kept; later ones follow a loss and are dropped.
+    kept_end: usize,
+    /// The first loss, if any, and what an accepted loss drops.
+    dropped: Vec<LogLoss>,
+    /// After an accepted loss, the new segment's first sequence number.
+    continue_seq: u64,
+}
+
+/// Verifies the log in `dir` as a whole, decides what to keep, and only then changes the
+/// disk: returns the kept segments, mapped, or [`WalError::Missing`] with nothing changed.
+/// Returns no segments when a new segment must start the log (at `recovery.last_seq + 1`,
+/// flagged after a loss when `recovery.dropped` is not empty).
+pub(crate) fn recover(dir: &Path, start: LogStart) -> Result<(Vec<Segment>, Recovery), WalError> {
+    let listing = list_dir(dir)?;
+    let head = read_head(dir)?;
+    let found = survey(dir, &listing.indices)?;
+    let plan = plan(&found, head, start)?;
+    if let Some(loss) = plan.dropped.first()
+        && !start.accept_loss
+    {
+        return Err(WalError::Missing { loss: loss.clone() });
+    }
+    apply(dir, &listing.temporaries, found, &plan, start)
+}
+
+/// Maps and scans every segment; changes nothing.
+fn survey(dir: &Path, indices: &[u64]) -> Result<Vec<Found>, WalError> {
+    let mut found = Vec::with_capacity(indices.len());
+    for (position, &index) in indices.iter().enumerate() {
+        let is_last = position + 1 == indices.len();
+        found.push(survey_segment(dir, index, is_last)?);
+    }
+    Ok(found)
+}
+
+fn survey_segment(dir: &Path, index: u64, is_last: bool) -> Result<Found, WalError> {
     let Some(map) = map_segment(dir, index)? else {
         return Err(WalError::corrupted(index, 0, "segment file is shorter than its header"));
     };
@@ -162,22 +328,303 @@ fn recover_segment(
     if header.index != index {
         return Err(WalError::corrupted(index, 0, format!("segment header says it is segment {}", header.index)));
     }
-    if let Some(expected) = expected_first_seq.filter(|&expected| expected != header.first_seq) {
-        let reason = format!("segment starts at sequence number {} where {expected} was expected", header.first_seq);
-        return Err(WalError::corrupted(index, 0, reason));
+    let file_len = map.len() as u64;
+    let capacity = map.len() / RECORD_ALIGNMENT * RECORD_ALIGNMENT;
+    let is_short = header.capacity.is_some_and(|capacity| file_len < capacity);
+    // A segment cut short lost its end: what follows its last whole record is part of the loss.
+    let scan = scan_segment(&map.bytes()[..capacity], index, header.first_seq, is_last || is_short)?;
+    Ok(Found { index, header, map, file_len, scan })
+}
+
+/// Decides what to keep and finds the first loss; changes nothing.
+fn plan(found: &[Found], head: Option<u64>, start: LogStart) -> Result<Plan, WalError> {
+    let first_needed = start.first_needed_seq;
+    let before_start = found
+        .iter()
+        .take(found.len().saturating_sub(1))
+        .take_while(|segment| segment.last_seq() < first_needed)
+        .count();
+    let kept = &found[before_start..];
+    let (kept_len, loss) = match kept.first() {
+        None => (0, missing_log(head, first_needed)),
+        Some(first) if first.header.first_seq > first_needed && !first.header.after_loss => {
+            (0, Some(missing_first(first, first_needed)))
+        }
+        Some(_) => match find_chain_loss(kept)? {
+            Some((kept_len, loss)) => (kept_len, Some(loss)),
+            None => (kept.len(), missing_end(kept, head, first_needed)),
+        },
+    };
+    let kept_end = before_start + kept_len;
+    let mut dropped: Vec<LogLoss> = loss.into_iter().collect();
+    dropped.extend(dropped_after_loss(&found[kept_end..]));
+    let continue_seq = first_needed.max(next_unused_seq(found, head));
+    Ok(Plan { before_start, kept_end, dropped, continue_seq })
+}
+
+/// No segment at all: a new log, unless HEAD or a snapshot says there was one.
+fn missing_log(head: Option<u64>, first_needed: u64) -> Option<LogLoss> {
+    let (segments, reason) = match head {
+        Some(head) => (segment_names(0, head), format!("do not exist (HEAD names segment {head})")),
+        None if first_needed > 1 => ("all segments".to_string(), "are gone: the log directory holds none".to_string()),
+        None => return None,
+    };
+    Some(LogLoss { kind: LossKind::MissingLast, segments, first_seq: first_needed, last_seq: None, reason })
+}
+
+fn missing_first(first: &Found, first_needed: u64) -> LogLoss {
+    LogLoss {
+        kind: LossKind::MissingFirst,
+        segments: format!("segments before {}", segment_name(first.index)),
+        first_seq: first_needed,
+        last_seq: Some(first.header.first_seq - 1),
+        reason: format!("do not exist (the first segment starts at sequence number {})", first.header.first_seq),
+    }
+}
+
+/// The first loss inside the kept segments, with how many of them stay in the log.
+fn find_chain_loss(kept: &[Found]) -> Result<Option<(usize, LogLoss)>, WalError> {
+    for (position, segment) in kept.iter().enumerate() {
+        let next = kept.get(position + 1);
+        if segment.is_short() {
+            return Ok(Some((position + 1, shortened(segment, next))));
+        }
+        let Some(next) = next else { break };
+        let expected = segment.last_seq() + 1;
+        if next.index != segment.index + 1 {
+            let loss = LogLoss {
+                kind: LossKind::MissingMiddle,
+                segments: segment_names(segment.index + 1, next.index - 1),
+                first_seq: expected,
+                last_seq: Some(next.header.first_seq - 1),
+                reason: "do not exist".to_string(),
+            };
+            return Ok(Some((position + 1, loss)));
+        }
+        if next.header.first_seq < expected {
+            let reason =
+                format!("segment starts at sequence number {} where {expected} was expected", next.header.first_seq);
+            return Err(WalError::corrupted(next.index, 0, reason));
+        }
+        if next.header.first_seq > expected && !next.header.after_loss {
+            let loss = LogLoss {
+                kind: LossKind::SequenceGap,
+                segments: format!("between {} and {}", segment_name(segment.index), segment_name(next.index)),
+                first_seq: expected,
+                last_seq: Some(next.header.first_seq - 1),
+                reason: format!("(segment {} starts at sequence number {})", next.index, next.header.first_seq),
+            };
+            return Ok(Some((position + 1, loss)));
+        }
+    }
+    Ok(None)
+}
+
+fn shortened(segment: &Found, next: Option<&Found>) -> LogLoss {
+    let capacity = segment.header.capacity.expect("only version 2 segments know they are short");
+    LogLoss {
+        kind: LossKind::Shortened,
+        segments: segment_name(segment.index),
+        first_seq: segment.last_seq() + 1,
+        last_seq: next.map(|next| next.header.first_seq - 1),
+        reason: format!("is shorter than it was made ({} of {capacity} bytes)", segment.file_len),
+    }
+}
+
+/// Segments missing after the last one present (per HEAD), or a log that ends before the
+/// first needed record.
+fn missing_end(kept: &[Found], head: Option<u64>, first_needed: u64) -> Option<LogLoss> {
+    let last = kept.last().expect("called with segments");
+    let written_before_head = kept.iter().all(|segment| segment.header.capacity.is_none());
+    let (segments, reason) = match head {
+        Some(head) if head > last.index => {
+            (segment_names(last.index + 1, head), format!("do not exist (HEAD names segment {head})"))
+        }
+        None if !written_before_head => (
+            format!("segments after {}", segment_name(last.index)),
+            "may be missing: there is no HEAD file to say which segment is the newest".to_string(),
+        ),
+        _ if last.last_seq() + 1 < first_needed => (
+            format!("segments after {}", segment_name(last.index)),
+            format!("do not exist (the log ends at {}, before the first needed record)", last.last_seq()),
+        ),
+        _ => return None,
+    };
+    Some(LogLoss { kind: LossKind::MissingLast, segments, first_seq: last.last_seq() + 1, last_seq: None, reason })
+}
+
+/// Present segments that follow a loss, as one entry.
+fn dropped_after_loss(after: &[Found]) -> Option<LogLoss> {
+    let (first, last) = (after.first()?, after.last()?);
+    Some(LogLoss {
+        kind: LossKind::AfterLoss,
+        segments: segment_names(first.index, last.index),
+        first_seq: first.header.first_seq,
+        last_seq: Some(last.last_seq()),
+        reason: format!("follow the loss and are moved to {DROPPED_DIR_NAME}/"),
+    })
+}
+
+/// A sequence number after every record that existed: the highest found, plus the most a
+/// segment can hold for each segment whose end nobody knows (missing after the last one
+/// present, cut short at the end, or unknown for want of HEAD).
+fn next_unused_seq(found: &[Found], head: Option<u64>) -> u64 {
+    let highest_found = found.iter().map(Found::last_seq).max().unwrap_or(0);
+    let unknown_segments = match (found.last(), head) {
+        (None, Some(head)) => head.saturating_add(1),
+        (None, None) => 0,
+        (Some(last), head) => {
+            let after_last = match head {
+                Some(head) => head.saturating_sub(last.index),
+                None => u64::from(last.header.capacity.is_some()),
+            };
+            after_last + u64::from(last.is_short())
+        }
+    };
+    highest_found.saturating_add(1).saturating_add(unknown_segments.saturating_mul(MAX_RECORDS_PER_SEGMENT))
+}
+
+/// Carries out the plan: removes leftovers, moves dropped segments away, restores a short
+/// kept segment's length, cuts the torn tail, and writes HEAD.
+fn apply(
+    dir: &Path,
+    temporaries: &[PathBuf],
+    mut found: Vec<Found>,
+    plan: &Plan,
+    start: LogStart,
+) -> Result<(Vec<Segment>, Recovery), WalError> {
+    let head_before = read_head(dir)?;
+    remove_files(dir, temporaries, "leftover temporary file")?;
+    let after_loss = found.split_off(plan.kept_end);
+    let kept = found.split_off(plan.before_start);
+    let before_start: Vec<PathBuf> = found.iter().map(|segment| segment_path(dir, segment.index)).collect();
+    drop(found);
+    remove_files(dir, &before_start, "segment older than the first needed record")?;
+    move_to_dropped(dir, after_loss)?;
+    let is_last_found = plan.dropped.is_empty();
+    let kept_count = kept.len();
+    let mut torn_tail = None;
+    let mut segments = Vec::with_capacity(kept_count);
+    for (position, found) in kept.into_iter().enumerate() {
+        let is_last = is_last_found && position + 1 == kept_count;
+        let (segment, tail) = finish_segment(dir, found, is_last)?;
+        torn_tail = torn_tail.or(tail);
+        segments.push(segment);
+    }
+    let records = segments.iter().map(|segment| records_from(segment, start.first_needed_seq)).sum();
+    let last_seq = match segments.last() {
+        Some(last) if plan.dropped.is_empty() => last.last_seq(),
+        _ if plan.dropped.is_empty() => start.first_needed_seq - 1,
+        _ => plan.continue_seq - 1,
+    };
+    if let Some(last) = segments.last().filter(|last| head_before != Some(last.index) && plan.dropped.is_empty()) {
+        write_head(dir, last.index)?;
+    }
+    let removed_before_start = before_start.len() as u64;
+    let dropped = plan.dropped.clone();
+    Ok((segments, Recovery { records, last_seq, torn_tail, dropped, removed_before_start }))
+}
+
+/// Records of `segment` with a sequence number of at least `first_needed`.
+fn records_from(segment: &Segment, first_needed: u64) -> u64 {
+    let first = segment.first_seq.max(first_needed);
+    (segment.last_seq() + 1).saturating_sub(first)
+}
+
+/// Turns a checked segment into a log segment: a short one gets its length back (zeros),
+/// bytes after its last record are zeroed and synced. Returns the torn tail when the
+/// segment is the log's last one.
+fn finish_segment(dir: &Path, found: Found, is_last: bool) -> Result<(Segment, Option<TornTail>), WalError> {
+    let Found { index, header, mut map, file_len, scan } = found;
+    let is_short = header.capacity.is_some_and(|capacity| file_len < capacity);
+    // A short file's last bytes may not even fill the 16-byte unit the scan stops at.
+    let bytes_cut = if is_short { map.len() - scan.end } else { scan.bytes_to_cut };
+    let scanned_end =
+        (scan.end + bytes_cut).next_multiple_of(RECORD_ALIGNMENT).min(map.len() / RECORD_ALIGNMENT * RECORD_ALIGNMENT);
+    let records_cut = count_whole_records(&map.bytes()[..scanned_end], scan.end);
+    if bytes_cut > 0 {
+        map.zero(scan.end, bytes_cut);
+        map.sync_range(scan.end, bytes_cut)
+            .map_err(WalError::io(|| format!("sync the tail cut from segment {index}")))?;
+    }
+    if let Some(capacity) = header.capacity.filter(|_| is_short) {
+        drop(map);
+        restore_length(dir, index, capacity)?;
+        map = Segment::map_existing(dir, index)?;
     }
     let capacity = map.len() / RECORD_ALIGNMENT * RECORD_ALIGNMENT;
-    let scan = scan_segment(&map.bytes()[..capacity], index, header.first_seq, is_last)?;
-    let mut segment =
-        Segment { index, first_seq: header.first_seq, map, end: scan.end, capacity, records: scan.records };
-    if scan.bytes_to_cut > 0 {
-        segment.map.zero(scan.end, scan.bytes_to_cut);
-        segment
-            .map
-            .sync_range(scan.end, scan.bytes_to_cut)
-            .map_err(WalError::io(|| format!("sync the torn tail cut from segment {index}")))?;
+    let tail = (is_last && !is_short && bytes_cut > 0).then_some(TornTail {
+        segment: index,
+        offset: scan.end as u64,
+        bytes_cut: bytes_cut as u64,
+        records_cut,
+    });
+    let segment = Segment {
+        index,
+        first_seq: header.first_seq,
+        map,
+        end: scan.end,
+        capacity,
+        records: scan.records,
+        after_loss: header.after_loss,
+        pending_rename: None,
+    };
+    Ok((segment, tail))
+}
+
+/// Whole, valid records in `bytes[from..]`, walking over what is not one.
+fn count_whole_records(bytes: &[u8], from: usize) -> u64 {
+    let mut offset = from;
+    let mut records = 0;
+    while offset < bytes.len() {
+        match decode(bytes, offset) {
+            Decoded::Record(record) => {
+                records += 1;
+                offset += record_bytes(record.payload.len());
+            }
+            _ => offset += RECORD_ALIGNMENT,
+        }
     }
-    Ok((segment, scan.bytes_to_cut))
+    records
+}
+
+fn restore_length(dir: &Path, index: u64, capacity: u64) -> Result<(), WalError> {
+    let path = segment_path(dir, index);
+    let file = OpenOptions::new().write(true).open(&path).map_err(WalError::io(|| format!("open segment {index}")))?;
+    file.set_len(capacity).map_err(WalError::io(|| format!("restore the length of segment {index}")))?;
+    file.sync_all().map_err(WalError::io(|| format!("sync segment {index}")))
+}
+
+/// Unlinks `paths` in order (oldest first), syncing the directory after each, so a crash
+/// leaves a contiguous log.
+fn remove_files(dir: &Path, paths: &[PathBuf], what: &str) -> Result<(), WalError> {
+    for path in paths {
+        fs::remove_file(path).map_err(WalError::io(|| format!("remove {what} {}", path.display())))?;
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Moves segments that follow an accepted loss into `dropped/`, newest first (so what
+/// stays in place is always a contiguous log), never overwriting an earlier drop.
+fn move_to_dropped(dir: &Path, after_loss: Vec<Found>) -> Result<(), WalError> {
+    if after_loss.is_empty() {
+        return Ok(());
+    }
+    let dropped_dir = dir.join(DROPPED_DIR_NAME);
+    fs::create_dir_all(&dropped_dir).map_err(WalError::io(|| format!("create {}", dropped_dir.display())))?;
+    for found in after_loss.into_iter().rev() {
+        let from = segment_path(dir, found.index);
+        drop(found);
+        let name = from.file_name().expect("a segment file name").to_string_lossy().into_owned();
+        let to = (0..)
+            .map(|copy| if copy == 0 { dropped_dir.join(&name) } else { dropped_dir.join(format!("{name}.{copy}")) })
+            .find(|candidate| !candidate.exists())
+            .expect("some name is free");
+        fs::rename(&from, &to).map_err(WalError::io(|| format!("move {} to {}", from.display(), to.display())))?;
+    }
+    sync_dir(&dropped_dir)?;
+    sync_dir(dir)
 }
 
 /// Maps segment `index`, or returns `None` if its file is too short to hold a header.
@@ -190,60 +637,26 @@ fn map_segment(dir: &Path, index: u64) -> Result<Option<SegmentMap>, WalError> {
     Segment::map_existing(dir, index).map(Some)
 }
 
-/// Segment numbers in `dir`, sorted; removes leftovers of interrupted segment creations.
-fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {
+/// The log directory's segments and temporary files.
+struct Listing {
+    /// Segment numbers, sorted.
+    indices: Vec<u64>,
+    temporaries: Vec<PathBuf>,
+}
+
+fn list_dir(dir: &Path) -> Result<Listing, WalError> {
     let entries = fs::read_dir(dir).map_err(WalError::io(|| format!("list WAL directory {}", dir.display())))?;
-    let mut indices = Vec::new();
+    let mut listing = Listing { indices: Vec::new(), temporaries: Vec::new() };
     for entry in entries {
         let entry = entry.map_err(WalError::io(|| format!("list WAL directory {}", dir.display())))?;
-        let name = entry.file_name();
-        match segment::classify(&name.to_string_lossy()) {
-            EntryName::Segment(index) => indices.push(index),
-            EntryName::Temporary => {
-                let path = entry.path();
-                fs::remove_file(&path)
-                    .map_err(WalError::io(|| format!("remove unfinished segment {}", path.display())))?;
-            }
+        match segment::classify(&entry.file_name().to_string_lossy()) {
+            EntryName::Segment(index) => listing.indices.push(index),
+            EntryName::Temporary => listing.temporaries.push(entry.path()),
             EntryName::Other => {}
         }
     }
-    indices.sort_unstable();
-    Ok(indices)
-}
-
-fn check_contiguous(indices: &[u64]) -> Result<(), WalError> {
-    for pair in indices.windows(2) {
-        if pair[1] != pair[0] + 1 {
-            return Err(WalError::corrupted(pair[0] + 1, 0, "segment file is missing"));
-        }
-    }
-    Ok(())
-}
-
-/// Removes trailing segments whose header is unreadable and whose body is all zeros (their
-/// creation never finished, or a test zeroed them: either way they hold no record), as long
-/// as the log still knows where to resume: an earlier segment, or being segment 0.
-/// Returns the non-zero bytes the removed files held, if any file was removed.
-fn drop_uncreated_last_segments(dir: &Path, indices: &mut Vec<u64>) -> Result<Option<usize>, WalError> {
-    let mut dropped_bytes = None;
-    while let Some(&index) = indices.last() {
-        let path = segment::segment_path(dir, index);
-        let bytes = fs::read(&path).map_err(WalError::io(|| format!("read segment {index}")))?;
-        let header_error = match SegmentHeader::decode(&bytes) {
-            Ok(_) => break,
-            Err(reason) => reason,
-        };
-        let body_is_zero = bytes.get(SEGMENT_HEADER_BYTES..).is_none_or(|body| body.iter().all(|&byte| byte == 0));
-        if !body_is_zero || (indices.len() == 1 && index != 0) {
-            return Err(WalError::corrupted(index, 0, header_error));
-        }
-        fs::remove_file(&path).map_err(WalError::io(|| format!("remove unfinished segment {index}")))?;
-        segment::sync_dir(dir)?;
-        indices.pop();
-        let non_zero = bytes.iter().filter(|&&byte| byte != 0).count();
-        dropped_bytes = Some(dropped_bytes.unwrap_or(0) + non_zero);
-    }
-    Ok(dropped_bytes)
+    listing.indices.sort_unstable();
+    Ok(listing)
 }
 
 #[cfg(test)]
@@ -252,7 +665,7 @@ mod tests {
     use crate::wal::record::encode_header;
 
     fn segment_with(records: &[(u64, &[u8])], len: usize) -> Vec<u8> {
-        let mut bytes = SegmentHeader { index: 0, first_seq: 1 }.encode().to_vec();
+        let mut bytes = SegmentHeader::new(0, 1, len).encode().to_vec();
         for &(seq, payload) in records {
             bytes.extend_from_slice(&encode_header(1, seq, payload));
             bytes.extend_from_slice(payload);
@@ -291,7 +704,8 @@ mod tests {
 
     #[test]
     fn display_of_a_torn_tail() {
-        let tail = TornTail { segment: 3, offset: 4096, bytes_cut: 120 };
-        assert_eq!(tail.to_string(), "segment 3 at offset 4096: 120 bytes cut");
+        let tail = TornTail { segment: 3, offset: 4096, bytes_cut: 120, records_cut: 2 };
+        let expected = "cut a torn tail of 120 bytes holding 2 whole records from segment 3 at offset 4096";
+        assert_eq!(tail.to_string(), expected);
     }
 }

@@ -1,10 +1,14 @@
 //! Segment files: their header, their names, their creation, and a mapped segment's
 //! bookkeeping.
 //!
-//! A segment is named `<index as 20 decimal digits>.wal`. It is created complete or not at
-//! all: written as `<name>.tmp` (zeros over its whole length, then its header), synced,
-//! renamed, and the directory synced. Segment `n + 1`'s first sequence number is one more
-//! than segment `n`'s last. Bytes of a segment after its last record are zero.
+//! A segment is named `<index as 20 decimal digits>.wal`. It only gets that name once its
+//! header is on disk: it is made as zeros over its whole length under a temporary name
+//! (`<name>.tmp` at open, `<name>.spare.tmp` for a spare the preparer made), synced, given
+//! its header, and renamed into place (by the sync job, for a spare). Files ending in
+//! `.tmp` never hold an acknowledged record. Segment `n + 1`'s first sequence number is one
+//! more than segment `n`'s last, unless its header says a loss was accepted before it. The
+//! header records the file's length as created, so a file cut short is noticed. Bytes of a
+//! segment after its last record are zero.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -17,9 +21,16 @@ use super::record::RECORD_ALIGNMENT;
 pub(crate) const SEGMENT_HEADER_BYTES: usize = 48;
 const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(RECORD_ALIGNMENT));
 const SEGMENT_MAGIC: [u8; 8] = *b"APIARYWL";
-const SEGMENT_FORMAT_VERSION: u32 = 1;
+/// Version 1 had no capacity; version 2 adds it and the flags, and its CRC covers them.
+const SEGMENT_FORMAT_VERSION_1: u32 = 1;
+const SEGMENT_FORMAT_VERSION: u32 = 2;
+/// Flag bit: a loss was accepted just before this segment (see `SegmentHeader::after_loss`).
+const FLAG_AFTER_ACCEPTED_LOSS: u32 = 1;
 const SEGMENT_SUFFIX: &str = ".wal";
-const TEMPORARY_SUFFIX: &str = ".wal.tmp";
+/// Files being made (a segment created in place, a spare, HEAD): never holding an
+/// acknowledged record, removed at open.
+const TEMPORARY_SUFFIX: &str = ".tmp";
+const SPARE_SUFFIX: &str = ".wal.spare.tmp";
 /// Preallocation writes zeros in chunks of this size.
 const ZERO_CHUNK_BYTES: usize = 64 << 10;
 
@@ -27,70 +38,117 @@ const ZERO_CHUNK_BYTES: usize = 64 << 10;
 pub(crate) struct SegmentHeader {
     pub index: u64,
     pub first_seq: u64,
+    /// The file's length as created; `None` for a version 1 header, which did not say.
+    pub capacity: Option<u64>,
+    /// An operator accepted the loss of the records before `first_seq` that the log does
+    /// not hold: the previous segment (if any) may end before `first_seq - 1`, and the log
+    /// may start after the first record it was asked for.
+    pub after_loss: bool,
 }
 
 impl SegmentHeader {
-    /// Layout (all integers little-endian), 48 bytes:
+    pub(crate) fn new(index: u64, first_seq: u64, capacity: usize) -> SegmentHeader {
+        SegmentHeader { index, first_seq, capacity: Some(capacity as u64), after_loss: false }
+    }
+
+    /// Layout (all integers little-endian), 48 bytes, version 2:
     ///
     /// ```text
     /// offset  size  field
     ///      0     8  magic       "APIARYWL"
-    ///      8     4  version     u32, SEGMENT_FORMAT_VERSION
-    ///     12     4  reserved    zero
+    ///      8     4  version     u32, 2 (1: no flags, capacity zero, CRC of bytes 0..32 only)
+    ///     12     4  flags       u32, bit 0: a loss was accepted just before this segment
     ///     16     8  index       u64, the number in the file name
     ///     24     8  first_seq   u64, sequence number of the segment's first record
-    ///     32     4  crc         CRC-32 of bytes 0..32
-    ///     36    12  reserved    zero
+    ///     32     4  crc         CRC-32 of bytes 0..32, then bytes 36..48
+    ///     36     8  capacity    u64, the file's length as created
+    ///     44     4  reserved    zero
     ///     48        first record
     /// ```
     pub(crate) fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
+        let capacity = self.capacity.expect("new segments record their capacity");
+        let flags = if self.after_loss { FLAG_AFTER_ACCEPTED_LOSS } else { 0 };
         let mut bytes = [0u8; SEGMENT_HEADER_BYTES];
         bytes[0..8].copy_from_slice(&SEGMENT_MAGIC);
         bytes[8..12].copy_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+        bytes[12..16].copy_from_slice(&flags.to_le_bytes());
         bytes[16..24].copy_from_slice(&self.index.to_le_bytes());
         bytes[24..32].copy_from_slice(&self.first_seq.to_le_bytes());
-        let crc = crc32fast::hash(&bytes[0..32]);
+        bytes[36..44].copy_from_slice(&capacity.to_le_bytes());
+        let crc = header_crc(&bytes, SEGMENT_FORMAT_VERSION);
         bytes[32..36].copy_from_slice(&crc.to_le_bytes());
         debug_assert_eq!(SegmentHeader::decode(&bytes), Ok(*self));
         bytes
     }
 
-    /// Decodes and checks a segment header; the error is the reason it is not one.
+    /// Decodes and checks a segment header (version 1 or 2); the error is the reason it is
+    /// not one.
     pub(crate) fn decode(bytes: &[u8]) -> Result<SegmentHeader, String> {
         let Some(bytes) = bytes.get(..SEGMENT_HEADER_BYTES) else {
             return Err(format!("segment file is {} bytes, shorter than its header", bytes.len()));
         };
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-        let crc = u32::from_le_bytes(bytes[32..36].try_into().expect("4 bytes"));
-        if crc32fast::hash(&bytes[0..32]) != crc {
-            return Err("segment header CRC mismatch".to_string());
-        }
         if bytes[0..8] != SEGMENT_MAGIC {
             return Err("not a segment file (bad magic)".to_string());
         }
-        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        if version != SEGMENT_FORMAT_VERSION {
+        let version = u32_at(8);
+        if version != SEGMENT_FORMAT_VERSION && version != SEGMENT_FORMAT_VERSION_1 {
             return Err(format!("unknown segment format version {version}"));
         }
-        if bytes[12..16].iter().chain(&bytes[36..48]).any(|&byte| byte != 0) {
+        if header_crc(bytes, version) != u32_at(32) {
+            return Err("segment header CRC mismatch".to_string());
+        }
+        let flags = u32_at(12);
+        let reserved_is_zero = if version == SEGMENT_FORMAT_VERSION_1 {
+            flags == 0 && bytes[36..48].iter().all(|&byte| byte == 0)
+        } else {
+            flags & !FLAG_AFTER_ACCEPTED_LOSS == 0 && bytes[44..48].iter().all(|&byte| byte == 0)
+        };
+        if !reserved_is_zero {
             return Err("reserved segment header bytes are not zero".to_string());
         }
-        let header = SegmentHeader { index: u64_at(16), first_seq: u64_at(24) };
+        let capacity = (version == SEGMENT_FORMAT_VERSION).then(|| u64_at(36));
+        let after_loss = flags & FLAG_AFTER_ACCEPTED_LOSS != 0;
+        let header = SegmentHeader { index: u64_at(16), first_seq: u64_at(24), capacity, after_loss };
         if header.first_seq == 0 {
             return Err("segment's first sequence number is 0".to_string());
         }
+        if capacity.is_some_and(|capacity| capacity < SEGMENT_HEADER_BYTES as u64) {
+            return Err("segment capacity is smaller than its header".to_string());
+        }
         Ok(header)
     }
+}
+
+fn header_crc(bytes: &[u8], version: u32) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[0..32]);
+    if version != SEGMENT_FORMAT_VERSION_1 {
+        hasher.update(&bytes[36..48]);
+    }
+    hasher.finalize()
 }
 
 pub(crate) fn segment_path(dir: &Path, index: u64) -> PathBuf {
     dir.join(format!("{index:020}{SEGMENT_SUFFIX}"))
 }
 
+/// Where a segment created in one go (at open) is written before its rename.
+pub(crate) fn temporary_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("{index:020}{SEGMENT_SUFFIX}{TEMPORARY_SUFFIX}"))
+}
+
+/// Where the spare for segment `index` is prepared and waits for its rename into place.
+pub(crate) fn spare_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("{index:020}{SPARE_SUFFIX}"))
+}
+
 /// What a directory entry is to the log.
 pub(crate) enum EntryName {
     Segment(u64),
-    /// A segment whose creation did not finish; it holds no records.
+    /// A file being made (a segment, a spare, HEAD) that was never renamed into place: it
+    /// holds no acknowledged record.
     Temporary,
     Other,
 }
@@ -118,6 +176,12 @@ pub(crate) struct Segment {
     pub capacity: usize,
     /// Records in the segment; the last one's seq is `first_seq + records - 1`.
     pub records: u64,
+    /// A loss was accepted just before this segment: its first record need not follow the
+    /// previous segment's last.
+    pub after_loss: bool,
+    /// Where the file still lies when it was made from a spare and the sync job that
+    /// renames it into place has not been taken yet.
+    pub pending_rename: Option<PathBuf>,
 }
 
 impl Segment {
@@ -136,19 +200,43 @@ impl Segment {
         SegmentMap::map(&file).map_err(WalError::io(|| format!("map segment {index}")))
     }
 
-    /// Creates segment `index` of `segment_bytes` zeros with its header, durably, and maps it.
-    pub(crate) fn create(dir: &Path, index: u64, first_seq: u64, segment_bytes: usize) -> Result<Segment, WalError> {
-        assert!(segment_bytes >= SEGMENT_HEADER_BYTES && segment_bytes.is_multiple_of(RECORD_ALIGNMENT));
-        let path = segment_path(dir, index);
-        let temporary = path.with_extension("wal.tmp");
-        let file = write_new_segment(&temporary, SegmentHeader { index, first_seq }, segment_bytes)
+    /// Creates the segment `header` names, of `segment_bytes` zeros with its header,
+    /// durably and in place (used at open, never on the append path), and maps it.
+    pub(crate) fn create(dir: &Path, header: SegmentHeader, segment_bytes: usize) -> Result<Segment, WalError> {
+        let index = header.index;
+        let temporary = temporary_path(dir, index);
+        let file = create_zeroed_file(&temporary, segment_bytes)
             .map_err(WalError::io(|| format!("create segment {index} ({})", temporary.display())))?;
-        fs::rename(&temporary, &path).map_err(WalError::io(|| format!("rename new segment {index} into place")))?;
+        let mut segment = Segment::start_in(&file, temporary, header)?;
+        segment.map.sync_range(0, SEGMENT_HEADER_BYTES).map_err(WalError::io(|| format!("sync segment {index}")))?;
+        let temporary = segment.pending_rename.take().expect("just started");
+        fs::rename(&temporary, segment_path(dir, index))
+            .map_err(WalError::io(|| format!("rename new segment {index} into place")))?;
         sync_dir(dir)?;
-        let map = SegmentMap::map(&file).map_err(WalError::io(|| format!("map segment {index}")))?;
-        assert_eq!(map.len(), segment_bytes);
-        let end = SEGMENT_HEADER_BYTES;
-        Ok(Segment { index, first_seq, map, end, capacity: segment_bytes, records: 0 })
+        Ok(segment)
+    }
+
+    /// Maps a zero-filled file (a spare, not yet in place at `path`) as segment
+    /// `header.index` and writes its header through the mapping. The file is renamed into
+    /// place by a sync job, after the header is synced.
+    pub(crate) fn start_in(file: &File, path: PathBuf, header: SegmentHeader) -> Result<Segment, WalError> {
+        let index = header.index;
+        let map = SegmentMap::map(file).map_err(WalError::io(|| format!("map segment {index}")))?;
+        let capacity = map.len() / RECORD_ALIGNMENT * RECORD_ALIGNMENT;
+        assert!(capacity >= SEGMENT_HEADER_BYTES, "a spare holds at least a header");
+        let header = SegmentHeader { capacity: Some(map.len() as u64), ..header };
+        let mut segment = Segment {
+            index,
+            first_seq: header.first_seq,
+            map,
+            end: SEGMENT_HEADER_BYTES,
+            capacity,
+            records: 0,
+            after_loss: header.after_loss,
+            pending_rename: Some(path),
+        };
+        segment.map.write(0, &header.encode());
+        Ok(segment)
     }
 
     /// Sequence number of the segment's last record, or `first_seq - 1` when it has none.
@@ -162,9 +250,11 @@ impl Segment {
     }
 }
 
-/// Zeros first, over the whole file, so later syncs of the mapping write over allocated,
-/// written blocks (much faster than syncing unwritten extents); then the header; then sync.
-fn write_new_segment(path: &Path, header: SegmentHeader, segment_bytes: usize) -> std::io::Result<File> {
+/// Creates `path` as `segment_bytes` zeros, synced. Zeros are written (not a sparse file)
+/// so later syncs of the mapping write over allocated, written blocks (much faster than
+/// syncing unwritten extents).
+pub(crate) fn create_zeroed_file(path: &Path, segment_bytes: usize) -> std::io::Result<File> {
+    assert!(segment_bytes >= SEGMENT_HEADER_BYTES && segment_bytes.is_multiple_of(RECORD_ALIGNMENT));
     let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
     let zeros = vec![0u8; ZERO_CHUNK_BYTES];
     let mut written = 0;
@@ -173,7 +263,6 @@ fn write_new_segment(path: &Path, header: SegmentHeader, segment_bytes: usize) -
         file.write_all(&zeros[..chunk])?;
         written += chunk;
     }
-    std::os::unix::fs::FileExt::write_all_at(&file, &header.encode(), 0)?;
     file.sync_all()?;
     Ok(file)
 }
@@ -191,9 +280,10 @@ mod tests {
 
     #[test]
     fn header_round_trip_and_damage() {
-        let header = SegmentHeader { index: 3, first_seq: 77 };
+        let header = SegmentHeader { index: 3, first_seq: 77, capacity: Some(4096), after_loss: true };
         let bytes = header.encode();
         assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
+        assert_eq!(&bytes[36..44], &4096u64.to_le_bytes(), "capacity sits at 36..44");
         for at in 0..SEGMENT_HEADER_BYTES {
             let mut damaged = bytes;
             damaged[at] ^= 0x10;
@@ -203,12 +293,28 @@ mod tests {
     }
 
     #[test]
+    fn version_1_headers_are_still_read_without_a_capacity() {
+        let mut bytes = [0u8; SEGMENT_HEADER_BYTES];
+        bytes[0..8].copy_from_slice(b"APIARYWL");
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        bytes[16..24].copy_from_slice(&5u64.to_le_bytes());
+        bytes[24..32].copy_from_slice(&9u64.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[0..32]);
+        bytes[32..36].copy_from_slice(&crc.to_le_bytes());
+        let header = SegmentHeader { index: 5, first_seq: 9, capacity: None, after_loss: false };
+        assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
+    }
+
+    #[test]
     fn names() {
         let dir = Path::new("/x");
         let name = segment_path(dir, 12).file_name().unwrap().to_str().unwrap().to_string();
         assert_eq!(name, "00000000000000000012.wal");
         assert!(matches!(classify(&name), EntryName::Segment(12)));
         assert!(matches!(classify("00000000000000000012.wal.tmp"), EntryName::Temporary));
+        let spare = spare_path(dir, 12).file_name().unwrap().to_str().unwrap().to_string();
+        assert!(matches!(classify(&spare), EntryName::Temporary));
+        assert!(matches!(classify("HEAD.tmp"), EntryName::Temporary));
         assert!(matches!(classify("LOCK"), EntryName::Other));
         assert!(matches!(classify("12.wal"), EntryName::Other));
     }

@@ -1,16 +1,27 @@
-//! Durability as a job: the writer describes the bytes appended since the previous job, and
-//! another thread makes them durable while the writer goes on appending.
+//! Durability as a job: the writer describes the work since the previous job (bytes
+//! appended, segments started), and another thread does it while the writer goes on
+//! appending.
+//!
+//! A job's steps run in order: for each segment, its written range is synced; a segment
+//! started from a spare since the previous job is then renamed into place and the directory
+//! synced; last, when a segment was installed, HEAD is updated. So a segment only gets its
+//! name once its predecessor's last bytes and its own header are on disk, and HEAD only
+//! names a segment whose rename is durable. Only then is durability reported.
 //!
 //! Invariants: jobs cover consecutive sequence-number ranges and must run in the order they
 //! were taken (the daemon's single flusher thread does that); a job only reports success if
 //! every earlier job succeeded. After any failure the log is poisoned for good: the kernel
 //! may have dropped the dirty pages, so a later successful sync would prove nothing.
 
+use std::fs;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::error::WalError;
+use super::head::write_head;
 use super::mmap::SyncHandle;
+use super::segment::sync_dir;
 
 /// State shared by the writer and its sync jobs.
 #[derive(Debug, Default)]
@@ -38,20 +49,23 @@ impl SyncState {
     }
 }
 
-/// A byte range of one segment to write back.
+/// One step of a sync job.
 #[derive(Debug)]
-pub(crate) struct SyncRange {
-    pub segment: u64,
-    pub handle: SyncHandle,
-    pub offset: usize,
-    pub len: usize,
+pub(crate) enum SyncStep {
+    /// Write back a byte range of one segment.
+    Range { segment: u64, handle: SyncHandle, offset: usize, len: usize },
+    /// Rename a segment made from a spare into place, then sync the directory.
+    Install { segment: u64, from: PathBuf, to: PathBuf },
+    /// Point HEAD at the newest installed segment.
+    Head { segment: u64 },
 }
 
 /// Work that makes records `first_seq..=upto_seq` durable, to be run on another thread.
 #[derive(Debug)]
 #[must_use = "the records it covers are not durable until the job runs"]
 pub struct SyncJob {
-    pub(crate) ranges: Vec<SyncRange>,
+    pub(crate) dir: PathBuf,
+    pub(crate) steps: Vec<SyncStep>,
     pub(crate) first_seq: u64,
     pub(crate) upto_seq: u64,
     pub(crate) state: Arc<SyncState>,
@@ -63,9 +77,27 @@ impl SyncJob {
         self.upto_seq
     }
 
-    /// Writes back the job's byte ranges and waits for the disk. On success every record up
-    /// to `upto_seq` is durable, and that is returned.
+    /// Writes back the job's byte ranges, installs new segments and waits for the disk. On
+    /// success every record up to `upto_seq` is durable, and that is returned.
     pub fn run(self) -> Result<u64, WalError> {
+        let steps = self.steps.len();
+        self.run_steps(steps)?;
+        self.state.durable_seq.store(self.upto_seq, Ordering::Release);
+        Ok(self.upto_seq)
+    }
+
+    /// Runs the first `count` steps, as a crash in the middle of the job would leave them.
+    #[cfg(test)]
+    pub(crate) fn run_partly(self, count: usize) -> Result<(), WalError> {
+        self.run_steps(count)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn step_count(&self) -> usize {
+        self.steps.len()
+    }
+
+    fn run_steps(&self, count: usize) -> Result<(), WalError> {
         if self.state.is_poisoned() {
             return Err(WalError::Poisoned);
         }
@@ -73,20 +105,30 @@ impl SyncJob {
         if durable_seq + 1 != self.first_seq {
             return Err(WalError::SyncOutOfOrder { first_seq: self.first_seq, upto_seq: self.upto_seq, durable_seq });
         }
-        for range in &self.ranges {
-            if let Err(source) = range.handle.sync_range(range.offset, range.len) {
+        for step in &self.steps[..count] {
+            if let Err(error) = self.run_step(step) {
                 self.state.poison();
-                let context = format!(
-                    "sync segment {} bytes {}..{} (records up to {})",
-                    range.segment,
-                    range.offset,
-                    range.offset + range.len,
-                    self.upto_seq
-                );
-                return Err(WalError::Io { context, source });
+                return Err(error);
             }
         }
-        self.state.durable_seq.store(self.upto_seq, Ordering::Release);
-        Ok(self.upto_seq)
+        Ok(())
+    }
+
+    fn run_step(&self, step: &SyncStep) -> Result<(), WalError> {
+        match step {
+            SyncStep::Range { segment, handle, offset, len } => handle.sync_range(*offset, *len).map_err(|source| {
+                let context = format!(
+                    "sync segment {segment} bytes {offset}..{} (records up to {})",
+                    offset + len,
+                    self.upto_seq
+                );
+                WalError::Io { context, source }
+            }),
+            SyncStep::Install { segment, from, to } => {
+                fs::rename(from, to).map_err(WalError::io(|| format!("rename segment {segment} into place")))?;
+                sync_dir(&self.dir)
+            }
+            SyncStep::Head { segment } => write_head(&self.dir, *segment),
+        }
     }
 }

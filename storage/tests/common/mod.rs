@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use apiary_storage::{Wal, WalOptions};
+use apiary_storage::{LogStart, Wal, WalOptions};
 
 /// Documented layout: a segment starts with a 48-byte header, a record with a 32-byte one.
 pub const SEGMENT_HEADER_BYTES: usize = 48;
@@ -100,7 +100,8 @@ pub fn encode_record(kind: u16, seq: u64, payload: &[u8]) -> Vec<u8> {
 /// Writes a log of records with these payload lengths (kinds `seq % 7`), syncs it, closes
 /// it, and returns the model.
 pub fn write_log(dir: &Path, segment_bytes: u64, payload_lengths: &[usize]) -> Vec<ModelRecord> {
-    let (mut wal, recovery) = Wal::open(dir, options(segment_bytes)).expect("open a new log");
+    let (mut wal, recovery) =
+        Wal::open(dir, options(segment_bytes), LogStart::FROM_FIRST_RECORD).expect("open a new log");
     assert_eq!(recovery.records, 0);
     let mut model = Vec::new();
     for &len in payload_lengths {
@@ -138,4 +139,29 @@ pub fn restore_files(dir: &Path, files: &[(PathBuf, Vec<u8>)]) {
     for (path, bytes) in files {
         std::fs::write(dir.join(path.file_name().expect("a segment file name")), bytes).expect("restore a segment");
     }
+}
+
+/// Writes HEAD the way the layout comment says: magic, segment index, CRC of both, zeros.
+pub fn write_head(dir: &Path, index: u64) {
+    let mut bytes = [0u8; 24];
+    bytes[0..8].copy_from_slice(b"APIARYHD");
+    bytes[8..16].copy_from_slice(&index.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[0..16]);
+    bytes[16..20].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(dir.join("HEAD"), bytes).expect("write HEAD");
+}
+
+/// Every file and directory name in the log directory, sorted (to check nothing changed).
+pub fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut entries: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .expect("list the log")
+        .map(|entry| {
+            let entry = entry.expect("list the log");
+            let bytes = if entry.path().is_file() { std::fs::read(entry.path()).expect("read") } else { Vec::new() };
+            (entry.file_name().to_string_lossy().into_owned(), bytes)
+        })
+        .filter(|(name, _)| !name.ends_with(".tmp"))
+        .collect();
+    entries.sort();
+    entries
 }

@@ -1,0 +1,171 @@
+//! The preparer: a thread owned by [`Wal`](super::Wal) that does the slow file work the
+//! writer must not do on the event loop. It keeps one spare segment file ready (zeros over
+//! `segment_bytes`, synced, named `<index>.wal.spare.tmp`) and unlinks segments the writer
+//! gave up (oldest first, syncing the directory after each).
+//!
+//! Invariants: the spare is for one segment index, the one after the writer's active
+//! segment; a spare made for an index nobody wants any more is removed. A spare holds no
+//! record until the writer takes it, and is only renamed into place by a sync job, so
+//! recovery may remove any `.tmp` file. The thread stops when the `Wal` is dropped.
+
+use std::collections::VecDeque;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use super::error::WalError;
+use super::segment::{create_zeroed_file, spare_path, sync_dir};
+
+/// What the preparer thread is asked to do and what it has done.
+#[derive(Debug, Default)]
+struct State {
+    /// The segment index the next spare is for; `None` while the writer makes its own.
+    wanted: Option<u64>,
+    /// A spare ready to take: its index, file and path.
+    ready: Option<(u64, File, PathBuf)>,
+    /// Segment files to unlink, oldest first.
+    removals: VecDeque<PathBuf>,
+    /// The thread is working on something (not visible in the fields above).
+    busy: bool,
+    /// The first error the thread met, for `Wal::wait_for_preparer` to report.
+    error: Option<WalError>,
+    stop: bool,
+}
+
+impl State {
+    fn has_work(&self) -> bool {
+        !self.removals.is_empty() || self.wanted.is_some_and(|wanted| self.ready.as_ref().is_none_or(|r| r.0 != wanted))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Preparer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Preparer {
+    /// Starts the thread, preparing the spare for segment `first_index`.
+    pub(crate) fn start(dir: &Path, segment_bytes: usize, first_index: u64) -> Result<Preparer, WalError> {
+        let shared = Arc::new(Shared::default());
+        shared.lock().wanted = Some(first_index);
+        let thread_shared = Arc::clone(&shared);
+        let dir = dir.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("wal-preparer".to_string())
+            .spawn(move || run(&dir, segment_bytes, &thread_shared))
+            .map_err(WalError::io(|| "start the WAL preparer thread".to_string()))?;
+        Ok(Preparer { shared, thread: Some(thread) })
+    }
+
+    /// Takes the spare for segment `index` if it is ready, and asks for the next one.
+    /// Never waits: `None` means the writer must make the file itself.
+    pub(crate) fn take_spare(&self, index: u64) -> Option<(File, PathBuf)> {
+        let mut state = self.shared.lock();
+        let spare = state.ready.take_if(|ready| ready.0 == index).map(|(_, file, path)| (file, path));
+        if let Some((_, _, stale)) = state.ready.take() {
+            state.removals.push_back(stale);
+        }
+        state.wanted = Some(index + 1);
+        self.shared.changed.notify_all();
+        spare
+    }
+
+    /// Queues segment files for unlinking, oldest first.
+    pub(crate) fn remove(&self, paths: Vec<PathBuf>) {
+        let mut state = self.shared.lock();
+        state.removals.extend(paths);
+        self.shared.changed.notify_all();
+    }
+
+    /// Waits until the spare is ready and every queued removal is done; reports the first
+    /// error the thread met since the last call.
+    pub(crate) fn wait_until_idle(&self) -> Result<(), WalError> {
+        let mut state = self.shared.lock();
+        while (state.has_work() || state.busy) && state.error.is_none() {
+            state = self.shared.changed.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        state.error.take().map_or(Ok(()), Err)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn discard_spare_for_test(&self) {
+        self.wait_until_idle().unwrap();
+        let mut state = self.shared.lock();
+        if let Some((_, _, path)) = state.ready.take() {
+            fs::remove_file(path).unwrap();
+        }
+        state.wanted = None;
+    }
+}
+
+impl Drop for Preparer {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.changed.notify_all();
+        if let Some(thread) = self.thread.take() {
+            // A panic on the thread was already reported; the log's files stay consistent.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The thread: removals first (they free space), then the spare.
+fn run(dir: &Path, segment_bytes: usize, shared: &Shared) {
+    let mut state = shared.lock();
+    loop {
+        while !state.stop && (!state.has_work() || state.error.is_some()) {
+            state = shared.changed.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        if state.stop {
+            return;
+        }
+        state.busy = true;
+        let result = if let Some(path) = state.removals.pop_front() {
+            drop(state);
+            remove_segment(dir, &path)
+        } else {
+            let index = state.wanted.expect("work to do");
+            drop(state);
+            prepare_spare(dir, segment_bytes, index, shared)
+        };
+        state = shared.lock();
+        state.busy = false;
+        if let Err(error) = result {
+            state.error.get_or_insert(error);
+        }
+        shared.changed.notify_all();
+    }
+}
+
+fn remove_segment(dir: &Path, path: &Path) -> Result<(), WalError> {
+    fs::remove_file(path).map_err(WalError::io(|| format!("remove segment {}", path.display())))?;
+    sync_dir(dir)
+}
+
+/// Makes the spare for `index`; keeps it if it is still wanted, removes it otherwise.
+fn prepare_spare(dir: &Path, segment_bytes: usize, index: u64, shared: &Shared) -> Result<(), WalError> {
+    let path = spare_path(dir, index);
+    let file = create_zeroed_file(&path, segment_bytes)
+        .map_err(WalError::io(|| format!("prepare spare segment {}", path.display())))?;
+    let mut state = shared.lock();
+    if state.wanted == Some(index) {
+        state.ready = Some((index, file, path));
+        return Ok(());
+    }
+    drop(state);
+    fs::remove_file(&path).map_err(WalError::io(|| format!("remove unwanted spare {}", path.display())))
+}
