@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use apiary_daemon::core::CoreConfig;
-use apiary_daemon::server::{self, ServerConfig};
+use apiary_daemon::server::{self, ServerConfig, SnapshotSettings};
 use apiary_storage::WalOptions;
 use clap::Parser;
 
@@ -45,6 +45,19 @@ struct Args {
     /// Output kept per task; past it a marker says the rest was dropped (the task keeps running).
     #[arg(long, default_value_t = apiary_protocol::limits::DEFAULT_MAX_OUTPUT_BYTES)]
     max_output_bytes: u64,
+    /// Seconds between snapshots of the daemon's state, when anything changed meanwhile.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    snapshot_interval_secs: u64,
+    /// Log bytes written since the last snapshot that trigger the next one before the interval.
+    #[arg(long, default_value_t = 256 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_log_bytes: u64,
+    /// Size of each new log segment file, preallocated (a multiple of 16).
+    #[arg(long, default_value_t = WalOptions::default().segment_bytes)]
+    wal_segment_bytes: u64,
+    /// Start even when part of the log is missing: keep what can be replayed, set the rest
+    /// aside in the data directory, and log exactly which records were dropped.
+    #[arg(long)]
+    accept_log_loss: bool,
 }
 
 fn main() -> ExitCode {
@@ -61,7 +74,12 @@ fn main() -> ExitCode {
             bot_event_max_age_ms: args.bot_event_max_age_secs * 1000,
             max_output_bytes: args.max_output_bytes,
         },
-        wal: WalOptions::default(),
+        wal: WalOptions { segment_bytes: args.wal_segment_bytes },
+        snapshots: SnapshotSettings {
+            interval_ms: args.snapshot_interval_secs * 1000,
+            log_bytes: args.snapshot_log_bytes,
+        },
+        accept_log_loss: args.accept_log_loss,
     };
     match server::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,8 +16,10 @@
 //!   append-only file written by offset, so a resent chunk changes nothing and a large
 //!   output never slows WAL replay.
 //!
-//! Snapshots themselves (the core's state as one archive) are the daemon's; this crate gives
-//! them a sealed log to cut at and the means to delete what they cover.
+//! - [`SnapshotStore`] (`snapshot.rs`): snapshot files, each the daemon's state after one log
+//!   record, sealed with CRCs, written atomically, read back through a mapping. What a
+//!   snapshot holds is the daemon's archive; the log gives it a sealed point to cut at and
+//!   the means to delete what it covers.
 //!
 //! All `unsafe` code of the crate lives in `wal/mmap.rs`, each block with the reason it is
 //! sound.
@@ -25,9 +27,11 @@
 #![deny(unsafe_code)]
 
 mod output;
+mod snapshot;
 mod wal;
 
 pub use output::{MAX_OPEN_OUTPUT_FILES, MAX_OUTPUT_BYTES_PER_TASK, OutputError, OutputStore, OutputSyncJob};
+pub use snapshot::{LoadedSnapshot, SNAPSHOT_HEADER_BYTES, SnapshotError, SnapshotFile, SnapshotStore};
 pub use wal::{
     LogLoss, LogStart, LossKind, MAX_SEGMENT_BYTES, RECORD_ALIGNMENT, ReadError, RecordRef, Records, Recovery, SyncJob,
     TornTail, Wal, WalError, WalOptions, read_records,

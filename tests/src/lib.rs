@@ -68,6 +68,8 @@ pub struct Daemon {
     pub addr: String,
     pub data_dir: PathBuf,
     pub log: LogLines,
+    /// The flags it was started with beyond the address and data directory.
+    extra_args: Vec<String>,
 }
 
 impl Daemon {
@@ -77,22 +79,36 @@ impl Daemon {
     }
 
     pub fn start_with(data_dir: &Path, listen: &str, extra_args: &[&str]) -> Daemon {
-        let mut child = Command::new(binary("apiaryd"))
-            .args(["--listen", listen, "--data-dir"])
-            .arg(data_dir)
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start apiaryd");
+        let mut child = daemon_command(data_dir, listen, extra_args).spawn().expect("start apiaryd");
         let log = LogLines::default();
         log.follow(child.stderr.take().unwrap(), "apiaryd");
         let addr = log.wait_for("apiaryd to listen", |line| {
             let rest = line.strip_prefix("apiaryd: listening on ")?;
             Some(rest.split_whitespace().next()?.to_string())
         });
-        Daemon { child: Some(child), addr, data_dir: data_dir.to_path_buf(), log }
+        let extra_args = extra_args.iter().map(|arg| arg.to_string()).collect();
+        Daemon { child: Some(child), addr, data_dir: data_dir.to_path_buf(), log, extra_args }
+    }
+
+    /// Runs `apiaryd` on `data_dir` where it must refuse to start: returns its
+    /// exit status and everything it wrote to stderr.
+    pub fn start_refused(data_dir: &Path, extra_args: &[&str]) -> (std::process::ExitStatus, String) {
+        let mut child = daemon_command(data_dir, "127.0.0.1:0", extra_args).spawn().expect("start apiaryd");
+        let log = LogLines::default();
+        log.follow(child.stderr.take().unwrap(), "apiaryd");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for apiaryd") {
+                // Let the reader thread take the last lines.
+                thread::sleep(Duration::from_millis(100));
+                return (status, log.all().join("\n"));
+            }
+            if Instant::now() > deadline || log.all().iter().any(|line| line.contains("listening on")) {
+                let _ = child.kill();
+                panic!("apiaryd started where it should have refused: {:#?}", log.all());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -119,7 +135,8 @@ impl Daemon {
         if self.child.is_some() {
             self.kill9();
         }
-        *self = Daemon::start_with(&self.data_dir, &self.addr.clone(), &[]);
+        let extra_args: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
+        *self = Daemon::start_with(&self.data_dir, &self.addr.clone(), &extra_args);
     }
 
     pub fn cli(&self) -> Cli {
@@ -134,6 +151,37 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
     }
+}
+
+fn daemon_command(data_dir: &Path, listen: &str, extra_args: &[&str]) -> Command {
+    let mut command = Command::new(binary("apiaryd"));
+    command
+        .args(["--listen", listen, "--data-dir"])
+        .arg(data_dir)
+        .args(extra_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle)
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return found };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() && !path.is_symlink() {
+            found.extend(files_containing(&path, needle));
+        } else if std::fs::read(&path).is_ok_and(|bytes| contains(&bytes, needle)) {
+            found.push(path.display().to_string());
+        }
+    }
+    found
 }
 
 /// Whether the process runs: a zombie (dead, not yet reaped by whoever

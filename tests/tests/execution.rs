@@ -2,29 +2,9 @@
 //! environment, secrets, named caches, live output and the output cap.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
 use std::process::{Command, Stdio};
 
-use apiary_tests::{Bot, Daemon, binary, describe, process_alive, temp};
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|window| window == needle)
-}
-
-/// Every file under `dir` whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return found };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() && !path.is_symlink() {
-            found.extend(files_containing(&path, needle));
-        } else if std::fs::read(&path).is_ok_and(|bytes| contains(&bytes, needle)) {
-            found.push(path.display().to_string());
-        }
-    }
-    found
-}
+use apiary_tests::{Bot, Daemon, binary, contains, describe, files_containing, process_alive, temp};
 
 #[test]
 fn hard_and_io_timeouts_end_the_task_timed_out() {

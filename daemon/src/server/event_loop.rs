@@ -6,7 +6,7 @@
 use std::io;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use apiary_protocol::frame::FrameError;
 use apiary_protocol::{ErrorCode, ErrorReply, Frame, FrameKind, MAGIC, PROTOCOL_VERSION, Reply, Request, Role};
@@ -19,6 +19,8 @@ use super::ServerError;
 use super::connection::{Connection, ReadStatus};
 use super::durability::{Durability, Held};
 use super::log;
+use super::snapshots::Snapshots;
+use super::startup::{Recovered, ServerConfig};
 use crate::core::events::{EVENT_RECORD_KIND, Event, TaskFinished};
 use crate::core::{ConnId, Core, Input, Output, OutputRead};
 
@@ -44,6 +46,7 @@ pub struct EventLoop {
     wal: Wal,
     outputs: OutputStore,
     durability: Durability,
+    snapshots: Snapshots,
     shutting_down: bool,
 }
 
@@ -52,13 +55,7 @@ pub fn now_unix_ms() -> u64 {
 }
 
 impl EventLoop {
-    pub fn new(
-        listener: TcpListener,
-        max_connections: usize,
-        core: Core,
-        wal: Wal,
-        outputs: OutputStore,
-    ) -> Result<EventLoop, ServerError> {
+    pub fn new(listener: TcpListener, config: &ServerConfig, recovered: Recovered) -> Result<EventLoop, ServerError> {
         let io_error = |context: &str| {
             let context = context.to_string();
             move |source| ServerError::Io { context, source }
@@ -75,12 +72,22 @@ impl EventLoop {
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE).map_err(io_error("register signals"))?;
         let mut listener = listener;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(io_error("register listener"))?;
+        let Recovered { core, wal, outputs, snapshots, snapshot_seq } = recovered;
+        let snapshots = Snapshots::new(
+            config.snapshots,
+            snapshots,
+            config.data_dir.join("wal"),
+            config.core.clone(),
+            Arc::clone(&waker),
+            snapshot_seq,
+            now_unix_ms(),
+        );
         Ok(EventLoop {
             poll,
             listener: Some(listener),
             _signals: signals,
             connections: Slab::new(),
-            max_connections,
+            max_connections: config.max_connections,
             next_connection_serial: 1,
             unfinished_reads: Vec::new(),
             to_flush: Vec::new(),
@@ -88,6 +95,7 @@ impl EventLoop {
             wal,
             outputs,
             durability: Durability::start(waker),
+            snapshots,
             shutting_down: false,
         })
     }
@@ -104,6 +112,7 @@ impl EventLoop {
             {
                 return Err(ServerError::Io { context: "poll for events".into(), source: error });
             }
+            let turn_started = Instant::now();
             let now_ms = now_unix_ms();
             for token in std::mem::take(&mut self.unfinished_reads) {
                 self.read_connection(token, now_ms, &mut out);
@@ -125,9 +134,14 @@ impl EventLoop {
             }
             self.core.tick(now_ms, &mut out);
             self.commit(&mut out)?;
+            if self.snapshots.step(now_ms, &mut self.wal) {
+                // The sealed log's new segment is installed by a sync job.
+                self.durability.wrote();
+            }
             self.start_sync_if_needed();
             self.release_durable();
             self.flush_connections();
+            self.snapshots.turn_took(turn_started.elapsed());
         }
         self.shut_down()
     }
@@ -136,7 +150,7 @@ impl EventLoop {
         if !self.unfinished_reads.is_empty() {
             return Some(Duration::ZERO);
         }
-        let deadline = self.core.next_deadline_ms()?;
+        let deadline = [self.core.next_deadline_ms(), self.snapshots.next_deadline_ms()].into_iter().flatten().min()?;
         Some(Duration::from_millis(deadline.saturating_sub(now_unix_ms())))
     }
 
@@ -286,7 +300,9 @@ impl EventLoop {
             log_lines.push_str("apiaryd: ");
             log_lines.push_str(&event.describe());
             log_lines.push('\n');
-            self.wal.append(EVENT_RECORD_KIND, &event.encode()).map_err(ServerError::Wal)?;
+            let payload = event.encode();
+            self.wal.append(EVENT_RECORD_KIND, &payload).map_err(ServerError::Wal)?;
+            self.snapshots.wrote_log_bytes(payload.len());
             if let Event::TaskFinished(TaskFinished { run_id: Some(run_id), .. }) = event {
                 self.outputs.close(run_id);
             }

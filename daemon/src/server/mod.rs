@@ -5,9 +5,12 @@ mod connection;
 mod durability;
 mod event_loop;
 pub mod os;
+mod replay;
+mod snapshots;
 mod startup;
 
 pub use event_loop::{SOFTWARE, now_unix_ms};
+pub use snapshots::SnapshotSettings;
 pub use startup::{ServerConfig, run};
 
 use std::io;
@@ -26,6 +29,13 @@ pub enum ServerError {
     Sync(String),
     #[error("cannot replay record {seq} of the log: {reason}")]
     Replay { seq: u64, reason: String },
+    #[error(
+        "{reason}, and the log does not reach back to an older snapshot: {fallback}; start with \
+         --accept-log-loss to set the snapshot aside and start from what is left"
+    )]
+    SnapshotUnusable { reason: String, fallback: String },
+    #[error("the snapshot store failed: {0}")]
+    Snapshot(#[from] apiary_storage::SnapshotError),
 }
 
 /// One line per notable event, on stderr.

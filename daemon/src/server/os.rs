@@ -46,3 +46,19 @@ pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// How much the snapshot thread yields to the event loop (a nice value).
+const BACKGROUND_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's scheduling priority, so that on a machine with
+/// few cores a background job yields to the event loop.
+pub fn lower_this_thread_priority() -> std::io::Result<()> {
+    // SAFETY: gettid has no arguments and cannot fail.
+    let thread_id = unsafe { libc::gettid() };
+    // SAFETY: setpriority only reads its integer arguments; on Linux a thread id
+    // names that one thread for PRIO_PROCESS.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, thread_id as libc::id_t, BACKGROUND_NICE) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use apiary_storage::{OutputStore, Wal, WalOptions};
+use apiary_storage::{LogStart, OutputStore, Recovery, SnapshotFile, SnapshotStore, Wal, WalError, WalOptions};
 use mio::net::TcpListener;
 
 use super::event_loop::{EventLoop, now_unix_ms};
-use super::{ServerError, log, os};
-use crate::core::events::EVENT_RECORD_KIND;
-use crate::core::{Core, CoreConfig, Event};
+use super::snapshots::SnapshotSettings;
+use super::{ServerError, log, os, replay};
+use crate::core::{Core, CoreConfig, CoreSnapshot};
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -20,6 +20,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub core: CoreConfig,
     pub wal: WalOptions,
+    pub snapshots: SnapshotSettings,
+    /// Start even when part of the log is missing, dropping what cannot be replayed.
+    pub accept_log_loss: bool,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -40,14 +43,14 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         Ok(limit) => log(format!("open-file limit: {limit}")),
         Err(error) => log(format!("cannot raise the open-file limit: {error}")),
     }
-    let (core, wal, outputs) = recover(&config)?;
+    let recovered = recover(&config)?;
     let listener = TcpListener::bind(config.listen).map_err(io_error(format!("cannot listen on {}", config.listen)))?;
     if let Err(error) = os::raise_listen_backlog(&listener) {
         log(format!("cannot raise the listen backlog: {error}"));
     }
     let address = listener.local_addr().map_err(io_error("cannot read the listening address".into()))?;
     log(format!("listening on {address} with data in {}", data_dir.display()));
-    EventLoop::new(listener, config.max_connections, core, wal, outputs)?.run()
+    EventLoop::new(listener, &config, recovered)?.run()
 }
 
 /// Holds an exclusive lock on `DATA_DIR/LOCK` for as long as the file stays open.
@@ -68,24 +71,36 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, ServerError> {
     }
 }
 
-/// Rebuilds the core by applying every event in the log, then restores the
-/// output length of running tasks from the output store.
-fn recover(config: &ServerConfig) -> Result<(Core, Wal, OutputStore), ServerError> {
-    let (wal, recovery) = Wal::open(&config.data_dir.join("wal"), config.wal)?;
+/// What recovery hands the event loop.
+pub(super) struct Recovered {
+    pub core: Core,
+    pub wal: Wal,
+    pub outputs: OutputStore,
+    pub snapshots: SnapshotStore,
+    /// The record the snapshot loaded covers (0: none).
+    pub snapshot_seq: u64,
+}
+
+/// Rebuilds the core from the newest usable snapshot and the log after it,
+/// then restores the output length of running tasks from the output store.
+fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
+    let snapshots = SnapshotStore::open(&config.data_dir.join("snapshots"))?;
+    let (base, wal, recovery) = open_newest_usable(config, &snapshots)?;
     if let Some(torn) = &recovery.torn_tail {
         log(format!("recovery cut a torn tail of the log: {torn}"));
     }
-    let mut core = Core::new(config.core.clone());
+    for loss in &recovery.dropped {
+        log(format!("accepted the loss of part of the log (--accept-log-loss): {loss}"));
+    }
+    let snapshot_seq = base.as_ref().map_or(0, |(file, _)| file.covered_seq);
+    let mut core = match base {
+        Some((_, snapshot)) => Core::restore(config.core.clone(), snapshot),
+        None => Core::new(config.core.clone()),
+    };
+    let mut replayed = 0u64;
     for record in wal.records() {
-        if record.kind != EVENT_RECORD_KIND {
-            return Err(ServerError::Replay {
-                seq: record.seq,
-                reason: format!("unknown record kind {}", record.kind),
-            });
-        }
-        let event = Event::decode(record.payload)
-            .map_err(|error| ServerError::Replay { seq: record.seq, reason: error.to_string() })?;
-        core.apply(&event);
+        replay::apply_record(&mut core, &record)?;
+        replayed += 1;
     }
     let mut outputs = OutputStore::open(&config.data_dir.join("output"))?;
     for run_id in core.running_runs() {
@@ -93,6 +108,52 @@ fn recover(config: &ServerConfig) -> Result<(Core, Wal, OutputStore), ServerErro
     }
     core.recovered(now_unix_ms());
     core.check_invariants();
-    log(format!("recovered {} records, {} tasks", recovery.records, core.task_count()));
-    Ok((core, wal, outputs))
+    log(format!(
+        "recovered {} tasks: snapshot after record {snapshot_seq}, then {replayed} records of the log",
+        core.task_count()
+    ));
+    Ok(Recovered { core, wal, outputs, snapshots, snapshot_seq })
+}
+
+type Base = Option<(SnapshotFile, CoreSnapshot)>;
+
+/// The newest snapshot that reads back whole and that the log still follows,
+/// with the log opened after it. A damaged snapshot is passed over only when
+/// an older one (or none) still has the log behind it; it is then set aside.
+/// Otherwise start-up is refused, naming the damaged file.
+fn open_newest_usable(config: &ServerConfig, snapshots: &SnapshotStore) -> Result<(Base, Wal, Recovery), ServerError> {
+    let mut damaged: Vec<(SnapshotFile, String)> = Vec::new();
+    let mut base = None;
+    for file in snapshots.list()? {
+        match load_snapshot(snapshots, &file) {
+            Ok(snapshot) => {
+                base = Some((file, snapshot));
+                break;
+            }
+            Err(reason) => {
+                log(format!("cannot use a snapshot: {reason}"));
+                damaged.push((file, reason));
+            }
+        }
+    }
+    let first_needed_seq = base.as_ref().map_or(1, |(file, _)| file.covered_seq + 1);
+    let start = LogStart { first_needed_seq, accept_loss: config.accept_log_loss };
+    let (wal, recovery) = match Wal::open(&config.data_dir.join("wal"), config.wal, start) {
+        Ok(opened) => opened,
+        Err(WalError::Missing { loss }) if !damaged.is_empty() => {
+            let (_, reason) = &damaged[0];
+            return Err(ServerError::SnapshotUnusable { reason: reason.clone(), fallback: loss.to_string() });
+        }
+        Err(error) => return Err(error.into()),
+    };
+    for (file, _) in &damaged {
+        let aside = snapshots.set_aside(file)?;
+        log(format!("set the damaged snapshot aside as {}", aside.display()));
+    }
+    Ok((base, wal, recovery))
+}
+
+fn load_snapshot(snapshots: &SnapshotStore, file: &SnapshotFile) -> Result<CoreSnapshot, String> {
+    let loaded = snapshots.read(file).map_err(|error| error.to_string())?;
+    CoreSnapshot::decode(&loaded).map_err(|error| format!("snapshot {}: {error}", file.path.display()))
 }

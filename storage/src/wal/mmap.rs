@@ -25,6 +25,9 @@
 //! removes segments whose records the reader's caller no longer asks for; a mapping of a
 //! file unlinked meanwhile stays valid.
 //!
+//! Snapshot files (`snapshot.rs`) are read through a `ReadOnlyMap` too: a snapshot never
+//! changes after it is renamed into place, so all of it is a stable prefix.
+//!
 //! Payload slices handed to `rkyv` are 16-byte aligned because the mapping starts on a page
 //! boundary and record payloads sit at 16-byte-aligned file offsets; their CRC is checked
 //! during recovery before anything reads them.

@@ -16,7 +16,7 @@
 mod error;
 mod head;
 #[expect(unsafe_code, reason = "the segment mapping needs raw pointer access; see the module's SAFETY notes")]
-mod mmap;
+pub(crate) mod mmap;
 mod preparer;
 mod reader;
 mod record;

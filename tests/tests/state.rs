@@ -1,0 +1,198 @@
+//! End-to-end: the lifecycle of the daemon's state (docs/state.md). Snapshots
+//! bound the log and survive kill -9; the log is checked as a whole at start;
+//! a damaged snapshot is never used silently; secret bytes leave the disk.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use apiary_tests::{Bot, Cli, Daemon, PATIENCE, files_containing, temp};
+
+/// Snapshots every second, in small segments, so a test sees several of both.
+const FAST_SNAPSHOTS: &[&str] = &["--snapshot-interval-secs", "1", "--wal-segment-bytes", "8192"];
+/// No snapshot during the test, and a segment for every few tasks.
+const NO_SNAPSHOTS: &[&str] = &["--snapshot-interval-secs", "86400", "--wal-segment-bytes", "4096"];
+
+fn files_in(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> =
+        fs::read_dir(dir).map(|entries| entries.flatten().map(|entry| entry.path()).collect()).unwrap_or_default();
+    files.retain(|path| path.to_string_lossy().ends_with(suffix));
+    files.sort();
+    files
+}
+
+fn snapshot_lines(daemon: &Daemon) -> usize {
+    let taken = |line: &&String| line.starts_with("apiaryd: snapshot ") && line.contains(" after record ");
+    daemon.log.all().iter().filter(taken).count()
+}
+
+/// Waits until the daemon has written `count` more snapshots than `before`.
+fn wait_for_snapshots(daemon: &Daemon, before: usize, count: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    while snapshot_lines(daemon) < before + count {
+        assert!(Instant::now() < deadline, "no snapshot came; log: {:#?}", daemon.log.all());
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Tasks that wait for a bot that never comes: each one a `TaskCreated` record.
+fn pending_tasks(cli: &Cli, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|n| cli.trigger(&["--wait-for-capacity", "-d", "pool=none", "--name", &format!("t{n}"), "--", "true"]))
+        .collect()
+}
+
+fn quick_tasks(cli: &Cli, count: usize) -> Vec<String> {
+    let ids: Vec<String> = (0..count).map(|_| cli.trigger(&["-d", "pool=ci", "--", "true"])).collect();
+    for id in &ids {
+        cli.wait_for_state(id, "COMPLETED");
+    }
+    ids
+}
+
+#[test]
+fn snapshots_bound_the_log_and_every_task_survives_kill_9_across_them() {
+    let dir = temp();
+    let data = dir.path().join("data");
+    let mut daemon = Daemon::start_with(&data, "127.0.0.1:0", FAST_SNAPSHOTS);
+    let _bot = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &dir.path().join("bot"));
+    let mut all_tasks = Vec::new();
+    for round in 0..3 {
+        all_tasks.extend(quick_tasks(&daemon.cli(), 25));
+        let before = snapshot_lines(&daemon);
+        wait_for_snapshots(&daemon, before, 1);
+        let snapshots = files_in(&data.join("snapshots"), ".snap");
+        assert!((1..=2).contains(&snapshots.len()), "round {round}: two generations at most: {snapshots:?}");
+        daemon.restart();
+        let recovered =
+            daemon.log.wait_for("recovery", |line| line.strip_prefix("apiaryd: recovered ").map(str::to_string));
+        assert!(!recovered.contains("snapshot after record 0,"), "round {round}: started from a snapshot: {recovered}");
+        let cli = daemon.cli();
+        for task_id in &all_tasks {
+            assert_eq!(cli.show(task_id)["state"], "COMPLETED", "round {round}: task {task_id} after kill -9");
+        }
+    }
+    let segments = files_in(&data.join("wal"), ".wal");
+    let newest: u64 = segments.last().unwrap().file_stem().unwrap().to_string_lossy().parse().unwrap();
+    assert!(newest >= 6, "the tasks filled many segments: {segments:?}");
+    assert!(segments.len() <= 3, "segments the snapshots cover are deleted: {segments:?}");
+}
+
+#[test]
+fn a_missing_segment_is_refused_at_start_unless_the_loss_is_accepted() {
+    let dir = temp();
+    let data = dir.path().join("data");
+    let mut daemon = Daemon::start_with(&data, "127.0.0.1:0", NO_SNAPSHOTS);
+    let tasks = pending_tasks(&daemon.cli(), 60);
+    assert!(daemon.terminate().success());
+    let segments = files_in(&data.join("wal"), ".wal");
+    assert!(segments.len() >= 4, "the tasks fill several segments: {segments:?}");
+    let missing = &segments[segments.len() / 2];
+    let moved = dir.path().join("moved.wal");
+    fs::rename(missing, &moved).unwrap();
+    let missing_name = missing.file_name().unwrap().to_string_lossy().to_string();
+
+    let (status, log) = Daemon::start_refused(&data, NO_SNAPSHOTS);
+    assert!(!status.success());
+    assert!(log.contains(&missing_name), "the refusal names the segment: {log}");
+    assert!(log.contains("records ") && log.contains("missing"), "the refusal names the missing records: {log}");
+    assert!(files_in(&data.join("wal"), ".wal").len() == segments.len() - 1, "a refusal changes nothing");
+
+    let mut args = NO_SNAPSHOTS.to_vec();
+    args.push("--accept-log-loss");
+    let daemon = Daemon::start_with(&data, "127.0.0.1:0", &args);
+    let accepted = daemon.log.wait_for("the accepted loss", |line| {
+        line.strip_prefix("apiaryd: accepted the loss of part of the log (--accept-log-loss): ").map(str::to_string)
+    });
+    assert!(accepted.contains("records "), "the log line says which records were dropped: {accepted}");
+    let cli = daemon.cli();
+    assert_eq!(cli.show(&tasks[0])["state"], "PENDING", "what lies before the gap is kept");
+    let last = cli.run(&["tasks", "show", tasks.last().unwrap()]);
+    assert_eq!(last.status.code(), Some(88), "what lies after the gap is dropped");
+    assert!(!files_in(&data.join("wal/dropped"), ".wal").is_empty(), "dropped segments are set aside, not deleted");
+    let newer = pending_tasks(&cli, 1);
+    assert_eq!(cli.show(&newer[0])["state"], "PENDING", "the daemon takes new work");
+}
+
+#[test]
+fn a_damaged_snapshot_is_passed_over_only_while_the_log_covers_an_older_one() {
+    let dir = temp();
+    let data = dir.path().join("data");
+    let mut daemon = Daemon::start_with(&data, "127.0.0.1:0", FAST_SNAPSHOTS);
+    let cli = daemon.cli();
+    let first = pending_tasks(&cli, 3);
+    wait_for_snapshots(&daemon, 0, 1);
+    let second = pending_tasks(&cli, 3);
+    wait_for_snapshots(&daemon, 1, 1);
+    assert!(daemon.terminate().success());
+    let snapshots = files_in(&data.join("snapshots"), ".snap");
+    assert_eq!(snapshots.len(), 2, "two generations: {snapshots:?}");
+    damage(snapshots.last().unwrap());
+
+    // The older snapshot and the log after it hold every task.
+    let mut daemon = Daemon::start_with(&data, "127.0.0.1:0", FAST_SNAPSHOTS);
+    daemon.log.wait_for("the damaged snapshot set aside", |line| {
+        line.contains("set the damaged snapshot aside").then_some(())
+    });
+    for task_id in first.iter().chain(&second) {
+        assert_eq!(daemon.cli().show(task_id)["state"], "PENDING");
+    }
+    assert_eq!(files_in(&data.join("snapshots"), ".damaged").len(), 1, "kept for an operator");
+    pending_tasks(&daemon.cli(), 1);
+    wait_for_snapshots(&daemon, 0, 1);
+    pending_tasks(&daemon.cli(), 1);
+    wait_for_snapshots(&daemon, 1, 1);
+    assert!(daemon.terminate().success());
+
+    // Both snapshots damaged, and the log no longer reaches back to the start.
+    for snapshot in files_in(&data.join("snapshots"), ".snap") {
+        damage(&snapshot);
+    }
+    let (status, log) = Daemon::start_refused(&data, FAST_SNAPSHOTS);
+    assert!(!status.success());
+    assert!(
+        log.contains(".snap is damaged") && log.contains("does not reach back"),
+        "the refusal names the snapshot: {log}"
+    );
+}
+
+fn damage(path: &Path) {
+    let mut bytes = fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn secret_bytes_leave_every_file_of_the_daemon() {
+    let dir = temp();
+    let data = dir.path().join("data");
+    let daemon = Daemon::start_with(&data, "127.0.0.1:0", FAST_SNAPSHOTS);
+    let cli = daemon.cli();
+    let secret = format!("apiary-lifecycle-secret-{}", std::process::id());
+    let secret_file = dir.path().join("secret");
+    fs::write(&secret_file, &secret).unwrap();
+    let task_id = cli.trigger(&[
+        "--wait-for-capacity",
+        "-d",
+        "pool=ci",
+        "--secret-bytes-file",
+        secret_file.to_str().unwrap(),
+        "--",
+        "true",
+    ]);
+    assert!(!files_containing(&data, secret.as_bytes()).is_empty(), "the log holds the secret while the task waits");
+    let _bot = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &dir.path().join("bot"));
+    cli.wait_for_state(&task_id, "COMPLETED");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let holding = files_containing(&data, secret.as_bytes());
+        if holding.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "files still hold the secret: {holding:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cli.show(&task_id)["has_secret_bytes"], true, "the task still says it had one");
+}
