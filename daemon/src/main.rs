@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use apiary_daemon::core::CoreConfig;
 use apiary_daemon::server::{self, ServerConfig, SnapshotSettings};
@@ -45,6 +46,10 @@ struct Args {
     /// Output kept per task; past it a marker says the rest was dropped (the task keeps running).
     #[arg(long, default_value_t = apiary_protocol::limits::DEFAULT_MAX_OUTPUT_BYTES)]
     max_output_bytes: u64,
+    /// How long finished tasks, their runs and their output are kept, counted from each
+    /// task's creation: a number and a unit, like `30d`, `12h` or `90s`.
+    #[arg(long, default_value = "30d", value_parser = parse_retention)]
+    task_retention: Duration,
     /// Seconds between snapshots of the daemon's state, when anything changed meanwhile.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     snapshot_interval_secs: u64,
@@ -60,6 +65,14 @@ struct Args {
     accept_log_loss: bool,
 }
 
+fn parse_retention(text: &str) -> Result<Duration, String> {
+    let retention = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    if retention < Duration::from_secs(1) {
+        return Err("the task retention is at least 1s".into());
+    }
+    Ok(retention)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let config = ServerConfig {
@@ -73,6 +86,7 @@ fn main() -> ExitCode {
             bot_events_per_bot: args.bot_events_per_bot as usize,
             bot_event_max_age_ms: args.bot_event_max_age_secs * 1000,
             max_output_bytes: args.max_output_bytes,
+            task_retention_ms: args.task_retention.as_millis() as u64,
         },
         wal: WalOptions { segment_bytes: args.wal_segment_bytes },
         snapshots: SnapshotSettings {

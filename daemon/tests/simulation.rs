@@ -69,6 +69,8 @@ fn config() -> CoreConfig {
         bot_death_timeout_ms: 20_000,
         bot_events_per_bot: 50,
         bot_event_max_age_ms: 600_000,
+        // A run's simulated time passes it, so retention lets tasks go.
+        task_retention_ms: 600_000,
         ..CoreConfig::default()
     }
 }
@@ -356,6 +358,9 @@ struct Sim {
     finished_tasks: BTreeSet<u64>,
     /// Tasks that went back to pending after a run died.
     retried_tasks: BTreeSet<RequestId>,
+    /// Tasks let go by retention, and those let go in this step.
+    retired: BTreeSet<RequestId>,
+    newly_retired: Vec<RequestId>,
     // Diagnostics.
     step: u64,
     trace: VecDeque<String>,
@@ -403,6 +408,8 @@ impl Sim {
             assigned_runs: BTreeSet::new(),
             finished_tasks: BTreeSet::new(),
             retried_tasks: BTreeSet::new(),
+            retired: BTreeSet::new(),
+            newly_retired: Vec::new(),
             step: 0,
             trace: VecDeque::new(),
             print_trace: std::env::var_os("SIM_TRACE").is_some(),
@@ -888,6 +895,7 @@ impl Sim {
             Event::TaskRetried { .. } => "TaskRetried",
             Event::BotConnected(_) => "BotConnected",
             Event::BotChanged { .. } => "BotChanged",
+            Event::RetentionApplied { .. } => "RetentionApplied",
         };
         *self.stats.entry(kind).or_default() += 1;
         let mut touch = |raw: u64, finished_tasks: &BTreeSet<u64>, what: &str| {
@@ -932,7 +940,27 @@ impl Sim {
                 }
             }
             Event::BotConnected(_) | Event::BotChanged { .. } => {}
+            Event::RetentionApplied { cutoff_ms } => self.retire(*cutoff_ms, touched),
         }
+    }
+
+    /// The model's retention: every task created before the cutoff that ended
+    /// (by now, in this step too) is let go; nothing else is.
+    fn retire(&mut self, cutoff_ms: u64, touched: &mut BTreeSet<RequestId>) {
+        let before = RequestId::first_of_millisecond(cutoff_ms);
+        let ended = |task_id: &RequestId| self.finished_tasks.contains(&task_id.as_u64());
+        let retired: Vec<RequestId> =
+            self.seen.keys().chain(touched.iter()).copied().filter(|id| *id < before).filter(ended).collect();
+        for task_id in retired {
+            if self.retired.insert(task_id) {
+                self.newly_retired.push(task_id);
+            }
+            self.seen.remove(&task_id);
+            self.active.remove(&task_id);
+            touched.remove(&task_id);
+        }
+        let retired = &self.retired;
+        self.acknowledged.retain(|task_id| !retired.contains(task_id));
     }
 
     fn on_reply(&mut self, asked: Asked, key: (ConnId, u64), reply: Reply) {
@@ -1098,6 +1126,9 @@ impl Sim {
     /// write: nothing else changes a task), and at every bot. `check_everything`
     /// looks at all tasks now and then, and a restart at all of them.
     fn observe(&mut self, touched: &BTreeSet<RequestId>) {
+        for task_id in std::mem::take(&mut self.newly_retired) {
+            assert!(self.daemon.core.task(task_id).is_none(), "task {task_id} was let go by retention");
+        }
         let mut running_on: BTreeMap<String, u64> = BTreeMap::new();
         for &task_id in touched {
             let result = self.daemon.core.task(task_id).unwrap_or_else(|| panic!("task {task_id} was lost"));

@@ -196,3 +196,81 @@ fn secret_bytes_leave_every_file_of_the_daemon() {
     }
     assert_eq!(cli.show(&task_id)["has_secret_bytes"], true, "the task still says it had one");
 }
+
+/// Resident anonymous memory of a process, in KiB, from /proc.
+fn rss_anon_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|line| line.starts_with("RssAnon:")).expect("RssAnon in /proc/PID/status");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| {
+            let path = entry.path();
+            if path.is_dir() { dir_bytes(&path) } else { entry.metadata().map_or(0, |metadata| metadata.len()) }
+        })
+        .sum()
+}
+
+/// The number of tasks in the newest snapshot line: what the daemon holds.
+fn tasks_in_last_snapshot(daemon: &Daemon) -> Option<u64> {
+    let lines = daemon.log.all();
+    let taken = |line: &&String| line.starts_with("apiaryd: snapshot ") && line.contains(" after record ");
+    let line = lines.iter().rev().find(taken)?;
+    let count = line.split(" of ").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("'of N tasks'");
+    Some(count.parse().unwrap())
+}
+
+/// Waits until a snapshot holds fewer than `limit` tasks.
+fn wait_for_held_below(daemon: &Daemon, limit: u64) -> u64 {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match tasks_in_last_snapshot(daemon) {
+            Some(held) if held < limit => return held,
+            held => assert!(Instant::now() < deadline, "retention let nothing go: {held:?} held"),
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn retention_keeps_memory_log_and_held_tasks_flat_while_tasks_flow() {
+    const RETENTION: &[&str] =
+        &["--task-retention", "2s", "--snapshot-interval-secs", "1", "--wal-segment-bytes", "262144"];
+    const PER_ROUND: u64 = 1500;
+    let dir = temp();
+    let data = dir.path().join("data");
+    let mut daemon = Daemon::start_with(&data, "127.0.0.1:0", RETENTION);
+    let first = daemon.cli().trigger(&["-d", "pool=nobody", "--", "true"]);
+    assert_eq!(daemon.cli().show(&first)["state"], "NO_RESOURCE");
+    let mut figures = Vec::new();
+    for round in 0..4 {
+        let load = std::process::Command::new(apiary_tests::binary("apiary-load"))
+            .args(["--server", &daemon.addr, "--bots", "4", "--submitters", "2", "--tasks", &PER_ROUND.to_string()])
+            .output()
+            .expect("run apiary-load");
+        assert!(load.status.success(), "round {round}: {}", apiary_tests::describe(&load));
+        // Retention lets the round's tasks go, and a snapshot says so.
+        let held = wait_for_held_below(&daemon, 1);
+        let log_bytes = dir_bytes(&data.join("wal"));
+        let memory_kib = rss_anon_kib(daemon.pid());
+        eprintln!("round {round}: {held} tasks held, {log_bytes} bytes of log, {memory_kib} KiB anonymous memory");
+        figures.push((log_bytes, memory_kib));
+        if round % 2 == 1 {
+            daemon.restart();
+        }
+    }
+    let (first_log, first_memory) = figures[1];
+    let (last_log, last_memory) = figures[3];
+    assert!(last_log <= first_log * 2, "the log stays flat: {figures:?}");
+    assert!(last_memory <= first_memory * 2, "memory stays flat: {figures:?}");
+    let old = daemon.cli().run(&["tasks", "show", &first]);
+    assert_eq!(old.status.code(), Some(88), "{}", apiary_tests::describe(&old));
+    let said = String::from_utf8_lossy(&old.stderr);
+    assert!(said.contains("older than the task retention of 2s"), "distinct from an unknown id: {said}");
+    let never = daemon.cli().run(&["tasks", "show", "7fffffffffffff00"]);
+    assert!(String::from_utf8_lossy(&never.stderr).contains("no task"), "{}", apiary_tests::describe(&never));
+}

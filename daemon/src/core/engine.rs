@@ -27,6 +27,7 @@ use super::{ConnId, Map};
 
 mod apply;
 mod bots;
+mod retention;
 mod snapshot;
 mod tasks;
 
@@ -43,6 +44,8 @@ pub struct CoreConfig {
     pub bot_event_max_age_ms: u64,
     /// Output kept per task: the first bytes, then a visible truncation marker.
     pub max_output_bytes: u64,
+    /// How long a finished task is kept, counted from its creation.
+    pub task_retention_ms: u64,
 }
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
@@ -56,6 +59,7 @@ impl Default for CoreConfig {
             bot_events_per_bot: 1000,
             bot_event_max_age_ms: 28 * DAY_MS,
             max_output_bytes: apiary_protocol::limits::DEFAULT_MAX_OUTPUT_BYTES,
+            task_retention_ms: 30 * DAY_MS,
         }
     }
 }
@@ -140,6 +144,8 @@ enum Timer {
         task_id: RequestId,
         follower: (ConnId, u64),
     },
+    /// Time to let finished tasks past retention go.
+    RetentionPass,
 }
 
 /// Due times, in two heaps: slice expirations, one per pending task, and the
@@ -183,6 +189,8 @@ impl Timers {
 
 /// How often a follower of a quiet task gets an empty chunk.
 const FOLLOW_HEARTBEAT_MS: u64 = 30_000;
+/// How often the core looks for finished tasks past retention, at most.
+const RETENTION_PASS_MS: u64 = 60_000;
 
 pub struct Core {
     config: CoreConfig,
@@ -199,29 +207,31 @@ pub struct Core {
     successes: Map<Arc<TaskProperties>, (RunId, u64)>,
     /// Numbers handed to polls held outside any class (see `next_hold_number`).
     hold_numbers_used: u64,
+    /// Finished tasks created before this were let go by retention.
+    retained_from_ms: u64,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
     Reply::Error(ErrorReply { code, message: message.into() })
 }
 
-fn not_found(raw_id: u64) -> Reply {
-    error(ErrorCode::NotFound, format!("no task {}", apiary_protocol::ids::format_task_id(raw_id)))
-}
-
 impl Core {
     pub fn new(config: CoreConfig) -> Core {
+        let mut timers = Timers::default();
+        // Due at the first tick, which arms the next.
+        timers.push(0, Timer::RetentionPass);
         Core {
             config,
             now_ms: 0,
             tasks: TaskStore::default(),
             bots: Map::default(),
             queues: Queues::default(),
-            timers: Timers::default(),
+            timers,
             last_task_id: None,
             bot_by_connection: Map::default(),
             successes: Map::default(),
             hold_numbers_used: 0,
+            retained_from_ms: 0,
         }
     }
 
@@ -245,7 +255,8 @@ impl Core {
         match request {
             Request::NewTask(new_task) => Some(self.new_task(new_task, out)),
             Request::GetTask { task_id } => Some(
-                self.find_task(task_id).map_or_else(|| not_found(task_id), |task| Reply::Task(self.describe(task))),
+                self.find_task(task_id)
+                    .map_or_else(|| self.not_found(task_id), |task| Reply::Task(self.describe(task))),
             ),
             Request::WaitTask { task_id, timeout_ms } => self.wait_task(conn, request_id, task_id, timeout_ms),
             Request::GetOutput { task_id, offset, max_bytes } => {
@@ -303,6 +314,7 @@ impl Core {
             Timer::RunPing { run_id } => self.run_ping_due(run_id, out),
             Timer::BotDeath { bot_id } => self.bot_death_due(&bot_id, out),
             Timer::FollowHeartbeat { task_id, follower } => self.follow_heartbeat_due(task_id, follower, out),
+            Timer::RetentionPass => self.retention_pass(out),
             Timer::WaitTimeout { task_id, watcher: (conn, request_id) } => {
                 let Some(task) = self.tasks.get_mut(&task_id) else { return };
                 let before = task.watchers.len();

@@ -38,6 +38,10 @@ pub enum Event {
         change: BotChange,
         at_ms: u64,
     },
+    /// Finished tasks created before `cutoff_ms` are let go (docs/state.md, section 2).
+    RetentionApplied {
+        cutoff_ms: u64,
+    },
 }
 
 /// Changes of a bot's standing that decide whether it gets work.
@@ -202,6 +206,9 @@ impl Event {
                 BotChange::TerminateRequested => format!("bot {bot_id} is to terminate"),
                 BotChange::ShutDown => format!("bot {bot_id} shut down"),
             },
+            Event::RetentionApplied { cutoff_ms } => {
+                format!("finished tasks created before {cutoff_ms} (Unix ms) are let go by retention")
+            }
         }
     }
 }

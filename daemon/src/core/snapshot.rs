@@ -24,6 +24,8 @@ pub const SNAPSHOT_SCHEMA: u32 = 1;
 pub struct CoreSnapshot {
     pub schema: u32,
     pub last_task_id: Option<u64>,
+    /// Finished tasks created before this were let go by retention.
+    pub retained_from_ms: u64,
     pub tasks: Vec<TaskRecord>,
     pub bots: Vec<BotRecord>,
     /// The latest successful run of each idempotent set of properties.

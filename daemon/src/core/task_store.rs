@@ -1,14 +1,22 @@
-//! Every task the core knows, in creation order, found by id.
+//! Every task the core holds, found by id and listed in creation order.
 //!
-//! Tasks live in fixed-size chunks that never move, and a hash map from id to
-//! position finds them. A map holding the tasks themselves would grow by
+//! Tasks live in fixed-size chunks of slots that never move, and a hash map
+//! from id to slot finds them. A map holding the tasks themselves would grow by
 //! copying every task (a stall of hundreds of milliseconds at a million tasks)
 //! and could stay half empty; here growth copies only the small index entries.
-//! Tasks submitted together also sit together, as polls take them. A queue
-//! entry carries its task's position, so a poll reaches the task without the
-//! index (a cache miss saved per dispatch).
+//! A queue entry carries its task's slot, so a poll reaches the task without
+//! the index (a cache miss saved per dispatch).
+//!
+//! Tasks are removed when retention lets them go: their slot is reused by a
+//! later task, so memory follows the number of tasks held, not of tasks ever
+//! seen. Creation order is kept apart, as a list of ids that a removal leaves
+//! in place until half of the list is removed ids, when it is compacted.
+//!
+//! Invariants: `positions` and the occupied slots name the same tasks; a free
+//! slot is in `free` exactly once; `order` holds every held id, ascending.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::ops::Index;
 
 use apiary_protocol::RequestId;
@@ -16,33 +24,58 @@ use apiary_protocol::RequestId;
 use super::Map;
 use super::model::Task;
 
-/// Tasks per chunk: big enough to amortize the allocation, small enough to
+/// Slots per chunk: big enough to amortize the allocation, small enough to
 /// waste little at the end.
 const CHUNK_TASKS: usize = 4096;
 
 #[derive(Default)]
 pub struct TaskStore {
     positions: Map<RequestId, u32>,
-    chunks: Vec<Vec<Task>>,
+    chunks: Vec<Vec<Option<Task>>>,
+    /// Slots whose task was removed, to be reused.
+    free: Vec<u32>,
+    /// Every held id, ascending, and ids removed since the last compaction.
+    order: VecDeque<RequestId>,
+    removed_in_order: usize,
     /// The task last found: a dispatch reaches its task through its queue
     /// entry, then finds it again by id several times, and so do other requests.
     last_reached: Cell<Option<(RequestId, u32)>>,
 }
 
 impl TaskStore {
-    /// Adds a task under a new id.
+    /// Adds a task under a new id, larger than every id held.
     pub fn insert(&mut self, task: Task) {
-        let position = u32::try_from(self.len()).expect("fewer than 4 billion tasks");
-        let previous = self.positions.insert(task.id, position);
-        assert!(previous.is_none(), "task {} stored twice", task.id);
-        match self.chunks.last_mut() {
-            Some(chunk) if chunk.len() < CHUNK_TASKS => chunk.push(task),
-            _ => {
-                let mut chunk = Vec::with_capacity(CHUNK_TASKS);
-                chunk.push(task);
-                self.chunks.push(chunk);
+        assert!(self.order.back().is_none_or(|last| *last < task.id), "task ids grow");
+        let id = task.id;
+        let position = match self.free.pop() {
+            Some(position) => {
+                let slot = self.slot_mut(position);
+                assert!(slot.is_none(), "a free slot is empty");
+                *slot = Some(task);
+                position
             }
+            None => self.push_slot(task),
+        };
+        let previous = self.positions.insert(id, position);
+        assert!(previous.is_none(), "task {id} stored twice");
+        self.order.push_back(id);
+    }
+
+    /// Removes a task; its slot goes to a later task.
+    pub fn remove(&mut self, id: &RequestId) -> Option<Task> {
+        let position = self.positions.remove(id)?;
+        if self.last_reached.get().is_some_and(|(last, _)| last == *id) {
+            self.last_reached.set(None);
         }
+        let task = self.slot_mut(position).take().expect("an indexed slot holds its task");
+        self.free.push(position);
+        self.removed_in_order += 1;
+        if self.removed_in_order * 2 > self.order.len() {
+            let positions = &self.positions;
+            self.order.retain(|id| positions.contains_key(id));
+            self.removed_in_order = 0;
+        }
+        Some(task)
     }
 
     /// Where a task sits: it never moves. The task found is remembered, as the
@@ -60,50 +93,69 @@ impl TaskStore {
 
     /// The task at a position `position` gave.
     pub fn at_position(&self, position: u32) -> &Task {
-        let task = self.at(position as usize);
+        let task = self.at(position);
         self.last_reached.set(Some((task.id, position)));
         task
     }
 
     pub fn get(&self, id: &RequestId) -> Option<&Task> {
-        self.position(id).map(|position| self.at(position as usize))
+        self.position(id).map(|position| self.at(position))
     }
 
     pub fn get_mut(&mut self, id: &RequestId) -> Option<&mut Task> {
-        let position = self.position(id)? as usize;
-        Some(&mut self.chunks[position / CHUNK_TASKS][position % CHUNK_TASKS])
+        let position = self.position(id)?;
+        self.slot_mut(position).as_mut()
     }
 
     pub fn len(&self) -> usize {
         self.positions.len()
     }
 
-    fn at(&self, position: usize) -> &Task {
-        &self.chunks[position / CHUNK_TASKS][position % CHUNK_TASKS]
+    /// The held tasks with ids below `before` (all of them for `None`), newest first.
+    pub fn newest_first_before(&self, before: Option<RequestId>) -> impl Iterator<Item = &Task> {
+        let end = before.map_or(self.order.len(), |before| self.order.partition_point(|id| *id < before));
+        self.order.range(..end).rev().filter_map(|id| self.get(id))
     }
 
-    /// The tasks with ids below `before` (all of them for `None`), newest first.
-    pub fn newest_first_before(&self, before: Option<RequestId>) -> impl Iterator<Item = &Task> {
-        // Positions follow ids, so a binary search finds where to start.
-        let (mut low, mut high) = (0, self.len());
-        while low < high {
-            let middle = (low + high) / 2;
-            if before.is_none_or(|before| self.at(middle).id < before) {
-                low = middle + 1;
-            } else {
-                high = middle;
+    /// The held tasks with ids below `before`, oldest first.
+    pub fn oldest_first_below(&self, before: RequestId) -> impl Iterator<Item = &Task> {
+        let end = self.order.partition_point(|id| *id < before);
+        self.order.range(..end).filter_map(|id| self.get(id))
+    }
+
+    /// Every held task, oldest first.
+    pub fn values(&self) -> impl Iterator<Item = &Task> {
+        self.order.iter().filter_map(|id| self.get(id))
+    }
+
+    /// Every held task, in no particular order.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Task> {
+        self.chunks.iter_mut().flatten().flatten()
+    }
+
+    fn at(&self, position: u32) -> &Task {
+        let position = position as usize;
+        self.chunks[position / CHUNK_TASKS][position % CHUNK_TASKS].as_ref().expect("a held task")
+    }
+
+    fn slot_mut(&mut self, position: u32) -> &mut Option<Task> {
+        let position = position as usize;
+        &mut self.chunks[position / CHUNK_TASKS][position % CHUNK_TASKS]
+    }
+
+    fn push_slot(&mut self, task: Task) -> u32 {
+        // Every chunk but the last is full.
+        let slots = self.chunks.len().saturating_sub(1) * CHUNK_TASKS + self.chunks.last().map_or(0, Vec::len);
+        let position = u32::try_from(slots).expect("fewer than 4 billion tasks held");
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < CHUNK_TASKS => chunk.push(Some(task)),
+            _ => {
+                let mut chunk = Vec::with_capacity(CHUNK_TASKS);
+                chunk.push(Some(task));
+                self.chunks.push(chunk);
             }
         }
-        (0..low).rev().map(|position| self.at(position))
-    }
-
-    /// Every task, oldest first.
-    pub fn values(&self) -> impl Iterator<Item = &Task> {
-        self.chunks.iter().flatten()
-    }
-
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Task> {
-        self.chunks.iter_mut().flatten()
+        position
     }
 }
 
@@ -144,5 +196,32 @@ mod tests {
         assert_eq!(store.at_position(position).id, id(4100));
         assert_eq!(store.get(&id(4100)).map(|task| task.id), Some(id(4100)), "found again through the last reached");
         assert_eq!(store.get(&id(7)).map(|task| task.id), Some(id(7)));
+    }
+
+    #[test]
+    fn removed_tasks_free_their_slots_for_later_ones_and_leave_the_order() {
+        let mut store = TaskStore::default();
+        let id = |n: u64| RequestId::first_of_millisecond(1_700_000_000_000 + n);
+        for n in 0..10 {
+            store.insert(Task::new(id(n), NewTaskRequest::default(), n));
+        }
+        let kept_position = store.position(&id(9)).unwrap();
+        for n in 0..8 {
+            assert_eq!(store.remove(&id(n)).map(|task| task.created_ms), Some(n));
+        }
+        assert!(store.remove(&id(3)).is_none(), "removed once");
+        assert_eq!(store.len(), 2);
+        assert!(store.order.len() < 10, "the order was compacted");
+        let held: Vec<u64> = store.values().map(|task| task.created_ms).collect();
+        assert_eq!(held, [8, 9]);
+        for n in 10..18 {
+            store.insert(Task::new(id(n), NewTaskRequest::default(), n));
+        }
+        assert_eq!(store.chunks.iter().map(Vec::len).sum::<usize>(), 10, "freed slots were reused");
+        assert_eq!(store.position(&id(9)), Some(kept_position), "a held task never moves");
+        let newest: Vec<u64> = store.newest_first_before(Some(id(12))).map(|task| task.created_ms).collect();
+        assert_eq!(newest, [11, 10, 9, 8]);
+        let oldest: Vec<u64> = store.oldest_first_below(id(11)).map(|task| task.created_ms).collect();
+        assert_eq!(oldest, [8, 9, 10]);
     }
 }

@@ -31,6 +31,7 @@ impl Core {
             }
             Event::BotConnected(connected) => self.apply_bot_connected(connected),
             Event::BotChanged { bot_id, change, at_ms } => self.apply_bot_changed(bot_id, change, *at_ms),
+            Event::RetentionApplied { cutoff_ms } => self.apply_retention(*cutoff_ms),
         }
     }
 

@@ -25,6 +25,7 @@ impl Core {
         CoreSnapshot {
             schema: SNAPSHOT_SCHEMA,
             last_task_id: self.last_task_id.map(RequestId::as_u64),
+            retained_from_ms: self.retained_from_ms,
             tasks: self.tasks.values().map(task_record).collect(),
             bots,
             successes,
@@ -37,6 +38,7 @@ impl Core {
     pub fn restore(config: CoreConfig, snapshot: CoreSnapshot) -> Core {
         let mut core = Core::new(config);
         core.last_task_id = snapshot.last_task_id.map(|id| RequestId::from_u64(id).expect("a request id"));
+        core.retained_from_ms = snapshot.retained_from_ms;
         for record in snapshot.bots {
             core.restore_bot(record);
         }

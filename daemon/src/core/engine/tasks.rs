@@ -93,7 +93,7 @@ impl Core {
     }
 
     pub(super) fn cancel(&mut self, raw_id: u64, kill_running: bool, out: &mut Output) -> Reply {
-        let Some(task) = self.find_task(raw_id) else { return not_found(raw_id) };
+        let Some(task) = self.find_task(raw_id) else { return self.not_found(raw_id) };
         let task_id = task.id;
         let outcome = match task.current_run() {
             _ if task.state.is_terminal() => CancelOutcome::AlreadyEnded,
@@ -123,7 +123,7 @@ impl Core {
     }
 
     pub(super) fn wait_task(&mut self, conn: ConnId, request_id: u64, raw_id: u64, timeout_ms: u64) -> Option<Reply> {
-        let Some(task) = self.find_task(raw_id) else { return Some(not_found(raw_id)) };
+        let Some(task) = self.find_task(raw_id) else { return Some(self.not_found(raw_id)) };
         if task.state.is_terminal() || timeout_ms == 0 {
             return Some(Reply::Task(task.result()));
         }
@@ -143,7 +143,7 @@ impl Core {
         max_bytes: u32,
         out: &mut Output,
     ) -> Option<Reply> {
-        let Some(task) = self.find_task(raw_id) else { return Some(not_found(raw_id)) };
+        let Some(task) = self.find_task(raw_id) else { return Some(self.not_found(raw_id)) };
         out.output_reads.push(OutputRead {
             conn,
             request_id,
@@ -237,7 +237,7 @@ impl Core {
         offset: u64,
         out: &mut Output,
     ) -> Option<Reply> {
-        let Some(task) = self.find_task(raw_id) else { return Some(not_found(raw_id)) };
+        let Some(task) = self.find_task(raw_id) else { return Some(self.not_found(raw_id)) };
         let task_id = task.id;
         let offset = offset.min(task.output_len);
         self.tasks.get_mut(&task_id).expect("found above").followers.push(Follower { conn, request_id, offset });
