@@ -36,6 +36,10 @@ pub enum WalError {
     /// The HEAD file is damaged.
     #[error("the WAL's HEAD file is damaged: {reason}")]
     BadHead { reason: String },
+    /// The next segment cannot be prepared (a full disk, a failing device); the preparer
+    /// keeps trying.
+    #[error("the next log segment cannot be prepared: {reason}")]
+    NoSpare { reason: String },
     /// Sync jobs must run in the order they were taken: this one starts after records that
     /// no completed job made durable (an earlier job was dropped, failed or is still running).
     #[error("sync job for records {first_seq}..={upto_seq} ran before records up to {durable_seq} were durable")]

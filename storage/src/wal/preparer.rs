@@ -3,6 +3,11 @@
 //! `segment_bytes`, synced, named `<index>.wal.spare.tmp`) and unlinks segments the writer
 //! gave up (oldest first, syncing the directory after each).
 //!
+//! A spare that cannot be made (a full disk: ENOSPC, EDQUOT, EIO) is tried again every
+//! [`SPARE_RETRY`] (or as soon as a removal may have freed space); meanwhile the log says
+//! why through `Wal::space_problem`, so the daemon can refuse new work instead of failing
+//! at the next rotation, and goes back to normal by itself when space returns.
+//!
 //! Invariants: the spare is for one segment index, the one after the writer's active
 //! segment; a spare made for an index nobody wants any more is removed. A spare holds no
 //! record until the writer takes it, and is only renamed into place by a sync job, so
@@ -13,9 +18,13 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::error::WalError;
 use super::segment::{create_zeroed_file, spare_path, sync_dir};
+
+/// How long the preparer waits before trying again to make a spare it could not make.
+const SPARE_RETRY: Duration = Duration::from_secs(1);
 
 /// What the preparer thread is asked to do and what it has done.
 #[derive(Debug, Default)]
@@ -30,6 +39,8 @@ struct State {
     busy: bool,
     /// The first error the thread met, for `Wal::wait_for_preparer` to report.
     error: Option<WalError>,
+    /// Why the last try to make the spare failed; cleared once one is made.
+    failing: Option<String>,
     stop: bool,
 }
 
@@ -92,13 +103,22 @@ impl Preparer {
     }
 
     /// Waits until the spare is ready and every queued removal is done; reports the first
-    /// error the thread met since the last call.
+    /// error the thread met since the last call, or why the spare cannot be made.
     pub(crate) fn wait_until_idle(&self) -> Result<(), WalError> {
         let mut state = self.shared.lock();
-        while (state.has_work() || state.busy) && state.error.is_none() {
+        while (state.has_work() || state.busy) && state.error.is_none() && state.failing.is_none() {
             state = self.shared.changed.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+        if let Some(reason) = &state.failing {
+            return Err(WalError::NoSpare { reason: reason.clone() });
+        }
         state.error.take().map_or(Ok(()), Err)
+    }
+
+    /// Why no spare is ready, when the last try to make one failed.
+    pub(crate) fn failing(&self) -> Option<String> {
+        let state = self.shared.lock();
+        state.ready.is_none().then(|| state.failing.clone()).flatten()
     }
 
     #[cfg(test)]
@@ -133,20 +153,29 @@ fn run(dir: &Path, segment_bytes: usize, shared: &Shared) {
         if state.stop {
             return;
         }
-        state.busy = true;
-        let result = if let Some(path) = state.removals.pop_front() {
-            drop(state);
-            remove_segment(dir, &path)
-        } else {
-            let index = state.wanted.expect("work to do");
-            drop(state);
-            prepare_spare(dir, segment_bytes, index, shared)
-        };
-        state = shared.lock();
-        state.busy = false;
-        if let Err(error) = result {
-            state.error.get_or_insert(error);
+        if state.removals.is_empty() && state.failing.is_some() {
+            // The last try failed: wait a while, or for a removal that may free space.
+            state =
+                shared.changed.wait_timeout(state, SPARE_RETRY).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+            if state.stop {
+                return;
+            }
         }
+        state.busy = true;
+        if let Some(path) = state.removals.pop_front() {
+            drop(state);
+            let result = remove_segment(dir, &path);
+            state = shared.lock();
+            if let Err(error) = result {
+                state.error.get_or_insert(error);
+            }
+        } else if let Some(index) = state.wanted {
+            drop(state);
+            let result = prepare_spare(dir, segment_bytes, index, shared);
+            state = shared.lock();
+            state.failing = result.err().map(|error| error.to_string());
+        }
+        state.busy = false;
         shared.changed.notify_all();
     }
 }

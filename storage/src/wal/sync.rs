@@ -29,11 +29,24 @@ pub(crate) struct SyncState {
     poisoned: AtomicBool,
     /// Every record up to this sequence number is durable.
     durable_seq: AtomicU64,
+    /// One more than the segment HEAD should name but does not, after a HEAD update failed
+    /// (a full disk); 0 when HEAD is current. A stale HEAD loses nothing: segments after
+    /// the one it names are allowed. The next job tries again.
+    stale_head: AtomicU64,
 }
 
 impl SyncState {
     pub(crate) fn new(durable_seq: u64) -> SyncState {
-        SyncState { poisoned: AtomicBool::new(false), durable_seq: AtomicU64::new(durable_seq) }
+        SyncState {
+            poisoned: AtomicBool::new(false),
+            durable_seq: AtomicU64::new(durable_seq),
+            stale_head: AtomicU64::new(0),
+        }
+    }
+
+    /// The segment HEAD should name, when an update of it failed.
+    pub(crate) fn stale_head(&self) -> Option<u64> {
+        self.stale_head.load(Ordering::Acquire).checked_sub(1)
     }
 
     pub(crate) fn is_poisoned(&self) -> bool {
@@ -106,9 +119,16 @@ impl SyncJob {
             return Err(WalError::SyncOutOfOrder { first_seq: self.first_seq, upto_seq: self.upto_seq, durable_seq });
         }
         for step in &self.steps[..count] {
-            if let Err(error) = self.run_step(step) {
-                self.state.poison();
-                return Err(error);
+            match (step, self.run_step(step)) {
+                (SyncStep::Head { segment }, result) => {
+                    let stale = if result.is_ok() { 0 } else { segment + 1 };
+                    self.state.stale_head.store(stale, Ordering::Release);
+                }
+                (_, Ok(())) => {}
+                (_, Err(error)) => {
+                    self.state.poison();
+                    return Err(error);
+                }
             }
         }
         Ok(())

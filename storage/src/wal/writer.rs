@@ -207,7 +207,7 @@ impl Wal {
                 installed = Some(segment.index);
             }
         }
-        steps.extend(installed.map(|segment| SyncStep::Head { segment }));
+        steps.extend(installed.or(self.sync_state.stale_head()).map(|segment| SyncStep::Head { segment }));
         let job = SyncJob {
             dir: self.dir.clone(),
             steps,
@@ -256,6 +256,14 @@ impl Wal {
             self.preparer.remove(removed);
         }
         removable
+    }
+
+    /// Why the log may soon be unable to grow: the next segment could not be prepared (a
+    /// full disk, a failing device). The active segment still takes records; the caller
+    /// should keep what it appends small until this clears, which it does by itself once
+    /// a spare is made again.
+    pub fn space_problem(&self) -> Option<String> {
+        self.preparer.failing()
     }
 
     /// Rotations that found no spare ready and created the segment file on the writer's
