@@ -135,6 +135,29 @@ fn a_torn_last_chunk_is_cut_at_every_byte_and_lengths_match_what_was_synced() {
     }
 }
 
+#[test]
+fn a_pack_torn_while_it_was_being_sealed_is_cut_and_indexed() {
+    let dir = scratch_dir();
+    let mut store = OutputStore::open_with(dir.path(), options(256)).unwrap();
+    store.write_at(1, 0, &bytes_of(1, 0, 100)).unwrap();
+    store.write_at(2, 0, &bytes_of(2, 0, 80)).unwrap();
+    store.write_at(3, 0, &bytes_of(3, 0, 100)).unwrap();
+    assert_eq!(store.stats().packs, 2, "run 3 went into pack 2; pack 1 has no index yet");
+    drop(store);
+    let pack_1 = pack_path(dir.path(), 1);
+    let torn = fs::metadata(&pack_1).unwrap().len() - 10;
+    fs::OpenOptions::new().write(true).open(&pack_1).unwrap().set_len(torn).unwrap();
+
+    let mut store = OutputStore::open_with(dir.path(), options(256)).unwrap();
+    assert_eq!(store.len(1).unwrap(), 100);
+    assert_eq!(store.len(2).unwrap(), 0, "its only chunk was torn");
+    assert_eq!(store.read(3, 0, 1000).unwrap(), bytes_of(3, 0, 100));
+    assert!(index_path(dir.path(), 1).is_file());
+    assert_eq!(fs::metadata(&pack_1).unwrap().len(), (CHUNK_HEADER_BYTES + 100) as u64);
+    assert_eq!(store.write_at(2, 0, &bytes_of(2, 0, 80)).unwrap(), 80);
+    assert_eq!(store.read(2, 0, 1000).unwrap(), bytes_of(2, 0, 80));
+}
+
 /// Five runs of 200 bytes in packs of 256 bytes: packs 1 to 4 sealed and indexed, 5 current.
 fn five_sealed_runs(dir: &Path) {
     let mut store = OutputStore::open_with(dir, options(256)).unwrap();
