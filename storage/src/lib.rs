@@ -12,9 +12,12 @@
 //!   ready, so a rotation costs the appender no file creation, fsync or rename; sync jobs
 //!   install new segments. [`Wal::rotate_now`] and [`Wal::remove_segments_through`] serve
 //!   snapshots, and [`read_records`] reads durable records from another thread.
-//! - [`OutputStore`] (`output.rs`): task output is not state. Each task's output is an
-//!   append-only file written by offset, so a resent chunk changes nothing and a large
-//!   output never slows WAL replay.
+//! - [`OutputStore`] (`output/`): task output is not state. All runs' output goes into
+//!   shared, append-only pack files of CRC-checked chunks, written by offset (a resent
+//!   chunk changes nothing), found through a sorted index written when a pack is sealed,
+//!   and deleted a whole pack at a time by retention; no file per run, and memory bounded
+//!   by the runs still open. A full disk is a typed error ([`OutputError::NoSpace`]) that
+//!   leaves the store usable; sync jobs write the indexes off the event loop.
 //!
 //! - [`SnapshotStore`] (`snapshot.rs`): snapshot files, each the daemon's state after one log
 //!   record, sealed with CRCs, written atomically, read back through a mapping. What a
@@ -30,7 +33,10 @@ mod output;
 mod snapshot;
 mod wal;
 
-pub use output::{MAX_OPEN_OUTPUT_FILES, MAX_OUTPUT_BYTES_PER_TASK, OutputError, OutputStore, OutputSyncJob};
+pub use output::{
+    DEFAULT_PACK_BYTES, MAX_OUTPUT_BYTES_PER_TASK, MAX_PACK_BYTES, MIN_PACK_BYTES, OutputError, OutputOptions,
+    OutputStats, OutputStore, OutputSyncJob, RemovedPacks,
+};
 pub use snapshot::{LoadedSnapshot, SNAPSHOT_HEADER_BYTES, SnapshotError, SnapshotFile, SnapshotStore};
 pub use wal::{
     LogLoss, LogStart, LossKind, MAX_SEGMENT_BYTES, RECORD_ALIGNMENT, ReadError, RecordRef, Records, Recovery, SyncJob,
