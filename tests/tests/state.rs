@@ -274,3 +274,109 @@ fn retention_keeps_memory_log_and_held_tasks_flat_while_tasks_flow() {
     let never = daemon.cli().run(&["tasks", "show", "7fffffffffffff00"]);
     assert!(String::from_utf8_lossy(&never.stderr).contains("no task"), "{}", apiary_tests::describe(&never));
 }
+
+/// A small tmpfs the test mounts and unmounts: a disk that fills up for real.
+struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    /// `None` where mounting is not allowed (not root).
+    fn mount(path: PathBuf, megabytes: u32) -> Option<SmallDisk> {
+        fs::create_dir_all(&path).unwrap();
+        let size = format!("size={megabytes}m");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &size, "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|status| status.success());
+        mounted.then_some(SmallDisk { path })
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = fs::File::create(&filler).unwrap();
+        let block = vec![7u8; 64 << 10];
+        while file.write_all(&block).is_ok() {}
+        for _ in 0..64 {
+            // Whatever is left, byte by byte in small pieces.
+            if file.write_all(&block[..512]).is_err() {
+                break;
+            }
+        }
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Triggers pending tasks until one is refused; returns the refusal.
+fn trigger_until_refused(cli: &Cli) -> String {
+    for _ in 0..2000 {
+        let output = cli.run(&["trigger", "--wait-for-capacity", "-d", "pool=none", "--name", "filler", "--", "true"]);
+        if !output.status.success() {
+            assert_eq!(output.status.code(), Some(89), "{}", apiary_tests::describe(&output));
+            return String::from_utf8_lossy(&output.stderr).to_string();
+        }
+    }
+    panic!("a full disk never refused a new task");
+}
+
+#[test]
+fn a_full_disk_refuses_new_tasks_lets_running_ones_finish_and_recovers_by_itself() {
+    let dir = temp();
+    // Declared before the daemon, so the daemon stops before the unmount.
+    let Some(disk) = SmallDisk::mount(dir.path().join("disk"), 8) else {
+        eprintln!("skipped: mounting a tmpfs needs root; CI runs as root");
+        return;
+    };
+    let data = disk.path.join("data");
+    let args = ["--snapshot-interval-secs", "86400", "--wal-segment-bytes", "65536"];
+    let mut daemon = Daemon::start_with(&data, "127.0.0.1:0", &args);
+    let _bot = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &dir.path().join("bot"));
+    let cli = daemon.cli();
+    let go = dir.path().join("go");
+    let script = format!(
+        "echo before; while [ ! -e {} ]; do sleep 0.05; done; head -c 400000 /dev/zero | tr '\\0' x; echo",
+        go.display()
+    );
+    let running = cli.trigger(&["-d", "pool=ci", "--", "sh", "-c", &script]);
+    cli.wait_for_state(&running, "RUNNING");
+    let deadline = Instant::now() + PATIENCE;
+    while cli.show(&running)["output_len"] == 0 {
+        assert!(Instant::now() < deadline, "the task's first output never came");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let filler = disk.fill();
+
+    let refusal = trigger_until_refused(&cli);
+    assert!(
+        refusal.contains("no space in") && refusal.contains("data"),
+        "the refusal names the cause and the directory: {refusal}"
+    );
+    daemon.log.wait_for("the full disk logged", |line| line.contains("is full or failing").then_some(()));
+    assert_eq!(cli.show(&running)["state"], "RUNNING", "reads go on");
+
+    fs::write(&go, "").unwrap();
+    let ended = cli.wait_for_state(&running, "COMPLETED");
+    assert_eq!(ended["output_truncated"], true, "output that did not fit was dropped: {ended}");
+    let output = cli.ok(&["tasks", "output", &running]);
+    assert!(output.starts_with("before\n"), "the output before the disk filled is kept: {output:?}");
+
+    // A restart on the full disk starts and serves reads.
+    daemon.restart();
+    assert_eq!(daemon.cli().show(&running)["state"], "COMPLETED");
+
+    fs::remove_file(&filler).unwrap();
+    daemon.log.wait_for("recovery from the full disk", |line| line.contains("takes writes again").then_some(()));
+    let accepted = daemon.cli().trigger(&["--wait-for-capacity", "-d", "pool=none", "--", "true"]);
+    assert_eq!(daemon.cli().show(&accepted)["state"], "PENDING", "new tasks are taken again");
+    let full_disk_lines = daemon.log.all().iter().filter(|line| line.contains("is full or failing")).count();
+    assert!(full_disk_lines <= 2, "the condition is logged once, not per request ({full_disk_lines} lines)");
+}

@@ -29,6 +29,7 @@ mod apply;
 mod bots;
 mod retention;
 mod snapshot;
+mod storage_trouble;
 mod tasks;
 
 #[derive(Clone, Debug)]
@@ -209,6 +210,8 @@ pub struct Core {
     hold_numbers_used: u64,
     /// Finished tasks created before this were let go by retention.
     retained_from_ms: u64,
+    /// Why the disk cannot take more, while it cannot (not durable).
+    storage_trouble: Option<String>,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
@@ -232,6 +235,7 @@ impl Core {
             successes: Map::default(),
             hold_numbers_used: 0,
             retained_from_ms: 0,
+            storage_trouble: None,
         }
     }
 
@@ -508,6 +512,7 @@ impl Core {
             }
             if let Some(parked) = bot.parked {
                 assert!(!parked.eligible || bot.eligible(), "bot {} waits for work only when eligible", bot.bot_id);
+                assert!(!parked.eligible || self.storage_trouble.is_none(), "no bot waits for work on a full disk");
                 if parked.eligible {
                     let listed = self.queues.parked_caches(parked.park_number);
                     let held: Vec<&String> = bot.caches.iter().map(|cache| &cache.name).collect();

@@ -17,6 +17,7 @@ use slab::Slab;
 
 use super::ServerError;
 use super::connection::{Connection, ReadStatus};
+use super::disk::Disk;
 use super::durability::{Durability, Held};
 use super::log;
 use super::snapshots::Snapshots;
@@ -47,6 +48,7 @@ pub struct EventLoop {
     outputs: OutputStore,
     durability: Durability,
     snapshots: Snapshots,
+    disk: Disk,
     shutting_down: bool,
 }
 
@@ -96,6 +98,7 @@ impl EventLoop {
             outputs,
             durability: Durability::start(waker),
             snapshots,
+            disk: Disk::new(config.data_dir.clone()),
             shutting_down: false,
         })
     }
@@ -114,6 +117,7 @@ impl EventLoop {
             }
             let turn_started = Instant::now();
             let now_ms = now_unix_ms();
+            self.disk.check(&self.wal, &mut self.core, &mut out);
             for token in std::mem::take(&mut self.unfinished_reads) {
                 self.read_connection(token, now_ms, &mut out);
             }
@@ -141,6 +145,7 @@ impl EventLoop {
             self.start_sync_if_needed();
             self.release_durable();
             self.flush_connections();
+            self.disk.remove_expired_output(&self.core, &mut self.outputs);
             self.snapshots.turn_took(turn_started.elapsed());
         }
         self.shut_down()
@@ -293,7 +298,7 @@ impl EventLoop {
     fn commit(&mut self, out: &mut Output) -> Result<(), ServerError> {
         let wrote = !out.output_writes.is_empty() || !out.events.is_empty();
         for write in out.output_writes.drain(..) {
-            self.outputs.write_at(write.run_id.as_u64(), write.offset, &write.data).map_err(ServerError::Output)?;
+            self.disk.write_output(&mut self.outputs, &mut self.core, write)?;
         }
         let mut log_lines = String::new();
         for event in out.events.drain(..) {
@@ -303,8 +308,10 @@ impl EventLoop {
             let payload = event.encode();
             self.wal.append(EVENT_RECORD_KIND, &payload).map_err(ServerError::Wal)?;
             self.snapshots.wrote_log_bytes(payload.len());
-            if let Event::TaskFinished(TaskFinished { run_id: Some(run_id), .. }) = event {
-                self.outputs.close(run_id);
+            match event {
+                Event::TaskFinished(TaskFinished { run_id: Some(run_id), .. }) => self.outputs.close(run_id),
+                Event::RetentionApplied { .. } => self.disk.retention_applied(),
+                _ => {}
             }
         }
         // One write for the turn's log lines: at thousands of tasks a second,

@@ -2,6 +2,7 @@
 //! flusher thread.
 
 mod connection;
+mod disk;
 mod durability;
 mod event_loop;
 pub mod os;

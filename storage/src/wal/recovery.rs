@@ -518,7 +518,10 @@ fn apply(
         _ => plan.continue_seq - 1,
     };
     if let Some(last) = segments.last().filter(|last| head_before != Some(last.index) && plan.dropped.is_empty()) {
-        write_head(dir, last.index)?;
+        // A HEAD that names an earlier segment loses nothing (later segments are allowed),
+        // so a full disk that refuses the update must not refuse the start: the next
+        // rotation's sync job writes HEAD again.
+        let _ = write_head(dir, last.index);
     }
     let removed_before_start = before_start.len() as u64;
     let dropped = plan.dropped.clone();

@@ -36,7 +36,9 @@ impl Core {
             self.change_bot_standing(&poll.bot_id, BotChange::ShutDown, out);
             return Some(Reply::Terminate);
         }
-        let eligible = bot.eligible();
+        // On a full disk no new run starts: its events would eat the room kept
+        // for the runs that are going on.
+        let eligible = bot.eligible() && self.storage_trouble.is_none();
         if eligible && let Some((_, key)) = self.queues.best_for_bot(bot.class, &poll.bot_id) {
             return Some(self.assign(key, &poll.bot_id, out));
         }

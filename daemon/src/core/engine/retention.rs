@@ -37,6 +37,16 @@ impl Core {
         self.successes.retain(|_, (run_id, _)| run_id.request() >= before);
     }
 
+    /// Output of runs below this id may be removed: runs let go by retention,
+    /// never one still running (a short retention can pass a long run).
+    pub fn output_retention_cutoff(&self) -> u64 {
+        // Below the first task id of the cutoff's millisecond lie exactly the
+        // runs of the tasks created before it.
+        let cutoff = RequestId::first_of_millisecond(self.retained_from_ms).as_u64();
+        let running = self.bots.values().filter_map(|bot| bot.current_run).map(RunId::as_u64);
+        running.fold(cutoff, u64::min)
+    }
+
     /// The reply for an id the core does not hold: let go by retention, or
     /// never known.
     pub(super) fn not_found(&self, raw_id: u64) -> Reply {

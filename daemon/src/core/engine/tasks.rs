@@ -15,6 +15,9 @@ impl Core {
         if let Err(refusal) = validate::validate_request(&request) {
             return error(ErrorCode::InvalidRequest, refusal.to_string());
         }
+        if let Some(refusal) = self.refuse_for_storage() {
+            return refusal;
+        }
         let task_id = self.next_task_id();
         let first_slice = self.first_servable_slice(&request.task_slices, 0);
         let created = TaskCreated {
@@ -212,12 +215,14 @@ impl Core {
         }
         let fresh = &data[(received - offset) as usize..];
         task.output_received = end;
-        let room = cap.saturating_sub(task.output_len) as usize;
+        let room = if self.storage_trouble.is_some() { 0 } else { cap.saturating_sub(task.output_len) as usize };
         let mut kept = fresh[..fresh.len().min(room)].to_vec();
         if kept.len() < fresh.len() {
-            kept.extend_from_slice(
-                format!("\n[apiary: output truncated at {cap} bytes; the rest was dropped]\n").as_bytes(),
-            );
+            let marker = match self.storage_trouble {
+                Some(_) => storage_trouble::DISK_FULL_MARKER.to_string(),
+                None => format!("\n[apiary: output truncated at {cap} bytes; the rest was dropped]\n"),
+            };
+            kept.extend_from_slice(marker.as_bytes());
             task.output_truncated = true;
         }
         if !kept.is_empty() {
