@@ -7,7 +7,16 @@
 //! - `src/bin/apiary-load.rs`: `apiary-load`, many simulated bots and submitters against
 //!   a running `apiaryd` over loopback; prints throughput and submit-to-dispatch latency.
 //!
-//! This library holds what both share: a small seeded PRNG, so runs repeat exactly.
+//! This library holds what both share, and the parts of `apiary-load` that stand alone:
+//!
+//! - a small seeded PRNG, so runs repeat exactly;
+//! - [`stats`]: percentiles as the load report prints them;
+//! - [`floor`]: the machine's floor (a loopback round trip, a 4 KiB fdatasync);
+//! - [`pipeline`]: a client connection with up to N requests in flight.
+
+pub mod floor;
+pub mod pipeline;
+pub mod stats;
 
 /// SplitMix64: tiny, seeded, good enough to pick priorities and classes.
 #[derive(Clone, Debug)]
