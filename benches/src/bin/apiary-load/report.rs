@@ -73,7 +73,7 @@ impl Report {
         );
         println!(
             "enqueue: {submitted} acknowledged in {:.2} s, {:.0}/s (first send to last acknowledgement; \
-             {} submitters, pipeline depth {})",
+             submitters {}, pipeline depth {})",
             self.enqueue_secs,
             self.acknowledged_per_sec(),
             self.submitters,
