@@ -4,10 +4,19 @@
 //! - `benches/core.rs`: criterion benches of the sans-IO core alone (submit, dispatch,
 //!   handoff at 1k..1M pending tasks). `APIARY_BENCH_QUICK=1`, or running them as tests
 //!   (`cargo test --benches`), keeps only the smallest size so CI runs them in seconds.
-//! - `src/bin/apiary-load.rs`: `apiary-load`, many simulated bots and submitters against
+//! - `src/bin/apiary-load/`: `apiary-load`, many simulated bots and submitters against
 //!   a running `apiaryd` over loopback; prints throughput and submit-to-dispatch latency.
 //!
-//! This library holds what both share: a small seeded PRNG, so runs repeat exactly.
+//! This library holds what both share, and the parts of `apiary-load` that stand alone:
+//!
+//! - a small seeded PRNG, so runs repeat exactly;
+//! - [`stats`]: percentiles as the load report prints them;
+//! - [`floor`]: the machine's floor (a loopback round trip, a 4 KiB fdatasync);
+//! - [`pipeline`]: a client connection with up to N requests in flight.
+
+pub mod floor;
+pub mod pipeline;
+pub mod stats;
 
 /// SplitMix64: tiny, seeded, good enough to pick priorities and classes.
 #[derive(Clone, Debug)]
