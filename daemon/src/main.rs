@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use apiary_daemon::core::CoreConfig;
-use apiary_daemon::server::{self, ServerConfig, SnapshotSettings};
+use apiary_daemon::server::{self, JobArgs, ServerConfig, SnapshotSettings};
 use apiary_storage::WalOptions;
 use clap::Parser;
 
@@ -17,7 +17,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The Apiary daemon: schedules tasks onto bots and keeps every fact in a write-ahead log.
 #[derive(Parser, Debug)]
-#[command(name = "apiaryd", version)]
+#[command(name = "apiaryd", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(flatten)]
+    daemon: Args,
+    #[command(subcommand)]
+    internal: Option<Internal>,
+}
+
+/// Work the daemon gives to a child process of its own binary.
+#[derive(clap::Subcommand, Debug)]
+enum Internal {
+    /// Makes a snapshot from the files of a data directory (the daemon runs this itself).
+    #[command(hide = true)]
+    SnapshotJob(JobArgs),
+}
+
+#[derive(clap::Args, Debug)]
 struct Args {
     /// Address to listen on for clients and bots (port 0 picks a free port; the log says which).
     #[arg(long, default_value = "127.0.0.1:7420")]
@@ -74,7 +90,17 @@ fn parse_retention(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    if let Some(Internal::SnapshotJob(job)) = cli.internal {
+        return match job.run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("apiaryd snapshot-job: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let args = cli.daemon;
     let config = ServerConfig {
         listen: args.listen,
         data_dir: args.data_dir,

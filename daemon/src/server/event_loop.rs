@@ -78,7 +78,7 @@ impl EventLoop {
         let snapshots = Snapshots::new(
             config.snapshots,
             snapshots,
-            config.data_dir.join("wal"),
+            config.data_dir.clone(),
             config.core.clone(),
             Arc::clone(&waker),
             snapshot_seq,

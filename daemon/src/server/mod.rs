@@ -11,7 +11,7 @@ mod snapshots;
 mod startup;
 
 pub use event_loop::{SOFTWARE, now_unix_ms};
-pub use snapshots::SnapshotSettings;
+pub use snapshots::{JobArgs, SnapshotSettings};
 pub use startup::{ServerConfig, run};
 
 use std::io;

@@ -3,17 +3,27 @@
 //!
 //! The event loop never serializes its own state. When a snapshot is due it
 //! seals the active log segment at record `S` and waits until `S` is durable;
-//! then a thread loads the newest snapshot into a private core, applies the log
-//! records after it up to `S`, writes the new snapshot and deletes snapshots of
-//! older generations. Back on the loop, the segments the older generation no
-//! longer needs are handed to the log's preparer thread for deletion.
+//! then a *snapshot job* loads the newest snapshot into a private core, applies
+//! the log records after it up to `S`, writes the new snapshot and deletes
+//! snapshots of older generations. Back on the loop, the segments the older
+//! generation no longer needs are handed to the log's preparer thread for
+//! deletion.
+//!
+//! The job runs in a child process (`apiaryd snapshot-job`, the same binary),
+//! at a lower priority, watched by a thread of the daemon. In a thread of the
+//! daemon itself, building and freeing a second copy of a large state took the
+//! process's memory-map lock often and long enough to stall the event loop for
+//! hundreds of milliseconds (measured at 1M pending tasks); a child has its own
+//! address space, and its memory goes back to the system when it exits.
 //!
 //! Invariants: one snapshot at a time; a snapshot covers only durable records;
 //! after snapshot `N` the daemon keeps snapshots `N` and `N-1` and the log from
 //! `S_{N-1} + 1` (from the first record before the second snapshot), or, when
 //! an interval passes with the log unchanged, snapshot `N` and the log after it.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::thread;
@@ -63,7 +73,7 @@ enum Phase {
 pub struct Snapshots {
     settings: SnapshotSettings,
     store: SnapshotStore,
-    wal_dir: PathBuf,
+    data_dir: PathBuf,
     core_config: CoreConfig,
     waker: Arc<mio::Waker>,
     phase: Phase,
@@ -72,15 +82,17 @@ pub struct Snapshots {
     previous_seq: Option<u64>,
     last_taken_ms: u64,
     log_bytes_since: u64,
-    /// The longest event-loop turn while the current snapshot was being made.
+    /// The longest event-loop turn while the current snapshot was being made,
+    /// and between snapshots, to compare with.
     longest_turn: Duration,
+    longest_turn_between: Duration,
 }
 
 impl Snapshots {
     pub fn new(
         settings: SnapshotSettings,
         store: SnapshotStore,
-        wal_dir: PathBuf,
+        data_dir: PathBuf,
         core_config: CoreConfig,
         waker: Arc<mio::Waker>,
         newest_seq: u64,
@@ -89,7 +101,7 @@ impl Snapshots {
         Snapshots {
             settings,
             store,
-            wal_dir,
+            data_dir,
             core_config,
             waker,
             phase: Phase::Idle,
@@ -98,6 +110,7 @@ impl Snapshots {
             last_taken_ms: now_ms,
             log_bytes_since: 0,
             longest_turn: Duration::ZERO,
+            longest_turn_between: Duration::ZERO,
         }
     }
 
@@ -108,9 +121,11 @@ impl Snapshots {
 
     /// Notes how long an event-loop turn took, for the report of a snapshot.
     pub fn turn_took(&mut self, turn: Duration) {
-        if matches!(self.phase, Phase::Running { .. }) {
-            self.longest_turn = self.longest_turn.max(turn);
-        }
+        let longest = match self.phase {
+            Phase::Running { .. } => &mut self.longest_turn,
+            Phase::Idle | Phase::Sealed { .. } => &mut self.longest_turn_between,
+        };
+        *longest = (*longest).max(turn);
     }
 
     /// When the time trigger is next due, while no snapshot is under way.
@@ -173,23 +188,19 @@ impl Snapshots {
     }
 
     fn spawn(&mut self, seq: u64, now_ms: u64) {
-        let job = Job {
-            store: self.store.clone(),
-            wal_dir: self.wal_dir.clone(),
-            core_config: self.core_config.clone(),
+        let job = JobArgs {
+            data_dir: self.data_dir.clone(),
             base_seq: self.newest_seq,
-            seq,
+            upto_seq: seq,
             keep_from_seq: self.newest_seq,
             created_ms: now_ms,
+            core: CoreArgs::from(&self.core_config),
         };
         let (sender, result) = mpsc::channel();
         let waker = Arc::clone(&self.waker);
         let spawned = thread::Builder::new().name("apiary-snapshot".into()).spawn(move || {
-            if let Err(error) = os::lower_this_thread_priority() {
-                log(format!("cannot lower the snapshot thread's priority: {error}"));
-            }
             // A send fails only when the loop is gone; nothing left to tell then.
-            let _ = sender.send(job.run());
+            let _ = sender.send(job.run_in_child());
             let _ = waker.wake();
         });
         match spawned {
@@ -218,13 +229,16 @@ impl Snapshots {
         match outcome {
             Ok(taken) => {
                 log(format!(
-                    "snapshot {} of {} tasks ({} bytes) after record {seq} in {} ms; longest event-loop turn meanwhile {} µs",
+                    "snapshot {} of {} tasks ({} bytes) after record {seq} in {} ms; longest event-loop turn \
+                     meanwhile {} µs (before it, since the last snapshot: {} µs)",
                     taken.file.path.display(),
                     taken.tasks,
                     taken.bytes,
                     taken.took.as_millis(),
                     self.longest_turn.as_micros(),
+                    self.longest_turn_between.as_micros(),
                 ));
+                self.longest_turn_between = Duration::ZERO;
                 let older = std::mem::replace(&mut self.newest_seq, seq);
                 self.previous_seq = Some(older);
                 self.log_bytes_since = 0;
@@ -237,46 +251,164 @@ impl Snapshots {
     }
 }
 
-/// The snapshot thread's work: files in, a file out.
-struct Job {
-    store: SnapshotStore,
-    wal_dir: PathBuf,
-    core_config: CoreConfig,
+/// A snapshot job: files in, a file out. The daemon hands it to a child
+/// process as these flags (`apiaryd snapshot-job ...`).
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct JobArgs {
+    /// The daemon's data directory.
+    #[arg(long)]
+    data_dir: PathBuf,
     /// The snapshot to start from (0: none, start from an empty core).
+    #[arg(long)]
     base_seq: u64,
-    seq: u64,
+    /// The last log record the new snapshot covers; it is durable.
+    #[arg(long)]
+    upto_seq: u64,
     /// Snapshots covering less than this are deleted once the new one is durable.
+    #[arg(long)]
     keep_from_seq: u64,
+    #[arg(long)]
     created_ms: u64,
+    #[command(flatten)]
+    core: CoreArgs,
 }
 
-impl Job {
-    fn run(self) -> Result<Taken, String> {
+/// The core's settings as flags, so the job applies events as the daemon does.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct CoreArgs {
+    #[arg(long)]
+    long_poll_ms: u64,
+    #[arg(long)]
+    dedup_window_ms: u64,
+    #[arg(long)]
+    bot_death_timeout_ms: u64,
+    #[arg(long)]
+    bot_events_per_bot: usize,
+    #[arg(long)]
+    bot_event_max_age_ms: u64,
+    #[arg(long)]
+    max_output_bytes: u64,
+    #[arg(long)]
+    task_retention_ms: u64,
+}
+
+impl From<&CoreConfig> for CoreArgs {
+    fn from(config: &CoreConfig) -> CoreArgs {
+        CoreArgs {
+            long_poll_ms: config.long_poll_ms,
+            dedup_window_ms: config.dedup_window_ms,
+            bot_death_timeout_ms: config.bot_death_timeout_ms,
+            bot_events_per_bot: config.bot_events_per_bot,
+            bot_event_max_age_ms: config.bot_event_max_age_ms,
+            max_output_bytes: config.max_output_bytes,
+            task_retention_ms: config.task_retention_ms,
+        }
+    }
+}
+
+impl From<&CoreArgs> for CoreConfig {
+    fn from(args: &CoreArgs) -> CoreConfig {
+        CoreConfig {
+            long_poll_ms: args.long_poll_ms,
+            dedup_window_ms: args.dedup_window_ms,
+            bot_death_timeout_ms: args.bot_death_timeout_ms,
+            bot_events_per_bot: args.bot_events_per_bot,
+            bot_event_max_age_ms: args.bot_event_max_age_ms,
+            max_output_bytes: args.max_output_bytes,
+            task_retention_ms: args.task_retention_ms,
+        }
+    }
+}
+
+/// What a job prints on stdout when it succeeds, one line.
+const JOB_DONE: &str = "snapshot-job done:";
+
+impl JobArgs {
+    /// The flags that give this job to `apiaryd snapshot-job`.
+    fn to_flags(&self) -> Vec<OsString> {
+        let core = &self.core;
+        let numbers = [
+            ("--base-seq", self.base_seq),
+            ("--upto-seq", self.upto_seq),
+            ("--keep-from-seq", self.keep_from_seq),
+            ("--created-ms", self.created_ms),
+            ("--long-poll-ms", core.long_poll_ms),
+            ("--dedup-window-ms", core.dedup_window_ms),
+            ("--bot-death-timeout-ms", core.bot_death_timeout_ms),
+            ("--bot-events-per-bot", core.bot_events_per_bot as u64),
+            ("--bot-event-max-age-ms", core.bot_event_max_age_ms),
+            ("--max-output-bytes", core.max_output_bytes),
+            ("--task-retention-ms", core.task_retention_ms),
+        ];
+        let mut flags: Vec<OsString> = vec!["snapshot-job".into(), "--data-dir".into(), self.data_dir.clone().into()];
+        for (flag, value) in numbers {
+            flags.push(flag.into());
+            flags.push(value.to_string().into());
+        }
+        flags
+    }
+
+    /// Runs the job in a child process of the same binary and waits for it.
+    fn run_in_child(&self) -> Result<Taken, String> {
         let started = Instant::now();
+        // The running binary itself, even if its file was replaced since.
+        let output = Command::new("/proc/self/exe")
+            .args(self.to_flags())
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|error| format!("cannot start the snapshot job: {error}"))?;
+        if !output.status.success() {
+            return Err(format!("the snapshot job failed ({})", output.status));
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout.lines().find_map(|line| line.strip_prefix(JOB_DONE)).ok_or("the snapshot job said nothing")?;
+        let said = || format!("the snapshot job said {line:?}");
+        let (counts, path) = line.split_once(" path=").ok_or_else(said)?;
+        let field = |name: &str| -> Option<usize> {
+            counts.split_whitespace().find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        };
+        let (Some(tasks), Some(bytes)) = (field("tasks"), field("bytes")) else { return Err(said()) };
+        let file = SnapshotFile { covered_seq: self.upto_seq, path: PathBuf::from(path) };
+        Ok(Taken { file, tasks, bytes, took: started.elapsed() })
+    }
+
+    fn snapshots_dir(&self) -> PathBuf {
+        self.data_dir.join("snapshots")
+    }
+
+    /// The job itself, in the child (`apiaryd snapshot-job`): prints one line
+    /// on success.
+    pub fn run(&self) -> Result<(), String> {
+        if let Err(error) = os::lower_this_thread_priority() {
+            log(format!("cannot lower the snapshot job's priority: {error}"));
+        }
+        let store = SnapshotStore::open(&self.snapshots_dir()).map_err(|error| error.to_string())?;
+        let config = CoreConfig::from(&self.core);
         let mut core = match self.base_seq {
-            0 => Core::new(self.core_config.clone()),
+            0 => Core::new(config),
             base_seq => {
-                let file = SnapshotFile { covered_seq: base_seq, path: self.store.path(base_seq) };
-                let loaded = self.store.read(&file).map_err(|error| error.to_string())?;
-                let snapshot =
-                    CoreSnapshot::decode(&loaded).map_err(|error| format!("{}: {error}", file.path.display()))?;
-                Core::restore(self.core_config.clone(), snapshot)
+                let file = SnapshotFile { covered_seq: base_seq, path: store.path(base_seq) };
+                let loaded = store.read(&file).map_err(|error| error.to_string())?;
+                let snapshot = CoreSnapshot::decode(&loaded).map_err(|error| format!("{}: {error}", file.path.display()))?;
+                Core::restore(config, snapshot)
             }
         };
-        read_records(&self.wal_dir, self.base_seq + 1, self.seq, |record| replay::apply_record(&mut core, &record))
-            .map_err(|error| match error {
-                ReadError::Wal(error) => error.to_string(),
-                ReadError::Visit(error) => error.to_string(),
-            })?;
+        read_records(&self.data_dir.join("wal"), self.base_seq + 1, self.upto_seq, |record| {
+            replay::apply_record(&mut core, &record)
+        })
+        .map_err(|error| match error {
+            ReadError::Wal(error) => error.to_string(),
+            ReadError::Visit(error) => error.to_string(),
+        })?;
         let snapshot = core.snapshot();
-        drop(core);
         let tasks = snapshot.tasks.len();
         let bytes = snapshot.encode();
-        drop(snapshot);
-        let file = self.store.write(self.seq, self.created_ms, &bytes).map_err(|error| error.to_string())?;
+        let file = store.write(self.upto_seq, self.created_ms, &bytes).map_err(|error| error.to_string())?;
         if self.keep_from_seq > 0 {
-            self.store.remove_older_than(self.keep_from_seq).map_err(|error| error.to_string())?;
+            store.remove_older_than(self.keep_from_seq).map_err(|error| error.to_string())?;
         }
-        Ok(Taken { file, tasks, bytes: bytes.len(), took: started.elapsed() })
+        println!("{JOB_DONE} tasks={tasks} bytes={} path={}", bytes.len(), file.path.display());
+        Ok(())
     }
 }
