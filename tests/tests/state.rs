@@ -380,3 +380,44 @@ fn a_full_disk_refuses_new_tasks_lets_running_ones_finish_and_recovers_by_itself
     let full_disk_lines = daemon.log.all().iter().filter(|line| line.contains("is full or failing")).count();
     assert!(full_disk_lines <= 2, "the condition is logged once, not per request ({full_disk_lines} lines)");
 }
+
+/// A small splitmix64, so the kill moments differ from round to round but the
+/// test replays the same way every time.
+fn next_random(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[test]
+fn kill_9_at_any_moment_of_snapshots_deletions_and_retention_loses_nothing_acknowledged() {
+    const ARGS: &[&str] = &["--snapshot-interval-secs", "1", "--wal-segment-bytes", "16384", "--task-retention", "3s"];
+    let dir = temp();
+    let data = dir.path().join("data");
+    let mut daemon = Daemon::start_with(&data, "127.0.0.1:0", ARGS);
+    let _bot = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &dir.path().join("bot"));
+    let mut acknowledged: Vec<String> = Vec::new();
+    let mut random = 7;
+    for round in 0..8 {
+        let until = Instant::now() + Duration::from_millis(200 + next_random(&mut random) % 1500);
+        while Instant::now() < until {
+            let output = daemon.cli().run(&["trigger", "-d", "pool=ci", "--", "true"]);
+            if output.status.success() {
+                acknowledged.push(String::from_utf8_lossy(&output.stdout).trim().to_string());
+            }
+        }
+        daemon.restart();
+        let cli = daemon.cli();
+        for task_id in &acknowledged {
+            let shown = cli.run(&["tasks", "show", task_id]);
+            let said = String::from_utf8_lossy(&shown.stderr);
+            let known = shown.status.success() || said.contains("older than the task retention");
+            assert!(known, "round {round}: acknowledged task {task_id} lost: {said}");
+        }
+    }
+    assert!(acknowledged.len() > 20, "tasks flowed: {}", acknowledged.len());
+    let snapshots = daemon.log.all().iter().filter(|line| line.contains(" after record ")).count();
+    eprintln!("{} tasks acknowledged, {snapshots} snapshots in the last run", acknowledged.len());
+}

@@ -19,6 +19,7 @@ use apiary_protocol::{
 };
 
 use super::events::{BotChange, BotConnected, Event, StoredState, TaskAssigned, TaskCreated, TaskFinished};
+use super::interned::InternedProperties;
 use super::model::{self, Bot, BotEventRecord, Ending, Follower, ParkedPoll, Quarantine, Run, Task, Watcher};
 use super::queues::{self, ClassId, QueueId, QueueKey, Queues};
 use super::task_store::TaskStore;
@@ -206,6 +207,8 @@ pub struct Core {
     bot_by_connection: Map<ConnId, String>,
     /// The latest successful run of each idempotent set of properties, and when it ended.
     successes: Map<Arc<TaskProperties>, (RunId, u64)>,
+    /// Each distinct set of properties, held once for every task that asks for it.
+    properties: InternedProperties,
     /// Numbers handed to polls held outside any class (see `next_hold_number`).
     hold_numbers_used: u64,
     /// Finished tasks created before this were let go by retention.
@@ -233,6 +236,7 @@ impl Core {
             last_task_id: None,
             bot_by_connection: Map::default(),
             successes: Map::default(),
+            properties: InternedProperties::default(),
             hold_numbers_used: 0,
             retained_from_ms: 0,
             storage_trouble: None,

@@ -3,6 +3,7 @@
 
 mod engine;
 pub mod events;
+mod interned;
 mod model;
 pub mod queues;
 pub mod snapshot;

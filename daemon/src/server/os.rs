@@ -62,3 +62,15 @@ pub fn lower_this_thread_priority() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Has the kernel kill this process when its parent dies, so a child doing
+/// the daemon's work never outlives the daemon. `parent` is the pid the parent
+/// had when it started this process: if it is already gone, this exits.
+pub fn die_with_parent(parent: u32) {
+    // SAFETY: prctl with PR_SET_PDEATHSIG reads only its integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // SAFETY: getppid has no arguments and cannot fail.
+    if unsafe { libc::getppid() } as u32 != parent {
+        std::process::exit(1);
+    }
+}

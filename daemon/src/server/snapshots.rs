@@ -194,6 +194,7 @@ impl Snapshots {
             upto_seq: seq,
             keep_from_seq: self.newest_seq,
             created_ms: now_ms,
+            parent_pid: std::process::id(),
             core: CoreArgs::from(&self.core_config),
         };
         let (sender, result) = mpsc::channel();
@@ -269,6 +270,9 @@ pub struct JobArgs {
     keep_from_seq: u64,
     #[arg(long)]
     created_ms: u64,
+    /// The daemon that started the job: the job dies with it.
+    #[arg(long)]
+    parent_pid: u32,
     #[command(flatten)]
     core: CoreArgs,
 }
@@ -332,6 +336,7 @@ impl JobArgs {
             ("--upto-seq", self.upto_seq),
             ("--keep-from-seq", self.keep_from_seq),
             ("--created-ms", self.created_ms),
+            ("--parent-pid", u64::from(self.parent_pid)),
             ("--long-poll-ms", core.long_poll_ms),
             ("--dedup-window-ms", core.dedup_window_ms),
             ("--bot-death-timeout-ms", core.bot_death_timeout_ms),
@@ -362,7 +367,8 @@ impl JobArgs {
             return Err(format!("the snapshot job failed ({})", output.status));
         }
         let stdout = String::from_utf8_lossy(&output.stdout);
-        let line = stdout.lines().find_map(|line| line.strip_prefix(JOB_DONE)).ok_or("the snapshot job said nothing")?;
+        let line =
+            stdout.lines().find_map(|line| line.strip_prefix(JOB_DONE)).ok_or("the snapshot job said nothing")?;
         let said = || format!("the snapshot job said {line:?}");
         let (counts, path) = line.split_once(" path=").ok_or_else(said)?;
         let field = |name: &str| -> Option<usize> {
@@ -380,6 +386,7 @@ impl JobArgs {
     /// The job itself, in the child (`apiaryd snapshot-job`): prints one line
     /// on success.
     pub fn run(&self) -> Result<(), String> {
+        os::die_with_parent(self.parent_pid);
         if let Err(error) = os::lower_this_thread_priority() {
             log(format!("cannot lower the snapshot job's priority: {error}"));
         }
@@ -390,7 +397,8 @@ impl JobArgs {
             base_seq => {
                 let file = SnapshotFile { covered_seq: base_seq, path: store.path(base_seq) };
                 let loaded = store.read(&file).map_err(|error| error.to_string())?;
-                let snapshot = CoreSnapshot::decode(&loaded).map_err(|error| format!("{}: {error}", file.path.display()))?;
+                let snapshot =
+                    CoreSnapshot::decode(&loaded).map_err(|error| format!("{}: {error}", file.path.display()))?;
                 Core::restore(config, snapshot)
             }
         };

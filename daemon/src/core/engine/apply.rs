@@ -39,7 +39,11 @@ impl Core {
         let task_id = RequestId::from_u64(created.task_id).expect("a request id");
         assert!(self.last_task_id < Some(task_id), "task ids must grow");
         self.last_task_id = Some(task_id);
-        let mut task = Task::new(task_id, created.request.clone(), created.created_ms);
+        let mut request = created.request.clone();
+        for slice in &mut request.task_slices {
+            slice.properties = self.properties.intern(&slice.properties);
+        }
+        let mut task = Task::new(task_id, request, created.created_ms);
         task.slice_index = created.slice_index;
         self.tasks.insert(task);
         self.enqueue(task_id);

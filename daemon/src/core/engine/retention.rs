@@ -13,6 +13,7 @@ impl Core {
         // A short retention (a test's) is looked at more often than once a minute.
         let pass_ms = (self.config.task_retention_ms / 10).clamp(1_000, RETENTION_PASS_MS);
         self.timers.push(self.now_ms + pass_ms, Timer::RetentionPass);
+        self.properties.forget_unused();
         let cutoff_ms = self.now_ms.saturating_sub(self.config.task_retention_ms);
         if cutoff_ms <= self.retained_from_ms {
             return;

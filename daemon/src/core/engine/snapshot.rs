@@ -47,7 +47,8 @@ impl Core {
         }
         for success in snapshot.successes {
             let run_id = RunId::from_u64(success.run_id).expect("a run id");
-            core.successes.insert(success.properties, (run_id, success.ended_ms));
+            let properties = core.properties.intern(&success.properties);
+            core.successes.insert(properties, (run_id, success.ended_ms));
         }
         core
     }
@@ -86,7 +87,11 @@ impl Core {
 
     fn restore_task(&mut self, record: TaskRecord) {
         let task_id = RequestId::from_u64(record.task_id).expect("a request id");
-        let mut task = Task::new(task_id, record.request, record.created_ms);
+        let mut request = record.request;
+        for slice in &mut request.task_slices {
+            slice.properties = self.properties.intern(&slice.properties);
+        }
+        let mut task = Task::new(task_id, request, record.created_ms);
         task.state = record.state;
         task.slice_index = record.slice_index;
         task.slice_started_ms = record.slice_started_ms;
