@@ -3,23 +3,23 @@
 //! output let go by retention, removed a few pack files per turn.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use apiary_storage::{OutputError, OutputStore, Wal};
 
-use super::{ServerError, log};
+use super::{ServerError, log, os};
 use crate::core::{Core, Output, OutputWrite};
 
-/// After an output write found no space, how long before output is tried again.
-const OUTPUT_RETRY: Duration = Duration::from_secs(5);
+/// After an output write found no space, output is taken again once the file
+/// system has this much room: a few of the largest chunks a bot sends.
+const OUTPUT_ROOM_BYTES: u64 = 4 * apiary_protocol::limits::MAX_OUTPUT_CHUNK_BYTES as u64;
 /// Output pack files removed per event-loop turn at most: an unlink of a large
 /// file can take milliseconds.
 const PACKS_REMOVED_PER_TURN: usize = 2;
 
 pub struct Disk {
     data_dir: PathBuf,
-    /// Why output could not be written, and when.
-    output_trouble: Option<(String, Instant)>,
+    /// Why output could not be written, until there is room again.
+    output_trouble: Option<String>,
     /// The reason the core was last told.
     told: Option<String>,
     /// Retention let tasks go and their output may still be on disk.
@@ -31,19 +31,23 @@ impl Disk {
         Disk { data_dir, output_trouble: None, told: None, output_to_remove: true }
     }
 
-    /// Tells the core whether the disk can take more, and logs each change once.
+    /// Tells the core whether the disk can take more, and logs when that
+    /// changes (not when only the reason does).
     pub fn check(&mut self, wal: &Wal, core: &mut Core, out: &mut Output) {
-        if self.output_trouble.as_ref().is_some_and(|(_, since)| since.elapsed() >= OUTPUT_RETRY) {
+        if self.output_trouble.is_some()
+            && os::available_bytes(&self.data_dir).is_ok_and(|room| room >= OUTPUT_ROOM_BYTES)
+        {
             self.output_trouble = None;
         }
         let log_trouble = wal.space_problem().map(|reason| format!("the log cannot grow: {reason}"));
         let output_trouble =
-            self.output_trouble.as_ref().map(|(reason, _)| format!("task output cannot be written: {reason}"));
+            self.output_trouble.as_ref().map(|reason| format!("task output cannot be written: {reason}"));
         let trouble = log_trouble.or(output_trouble);
         if trouble == self.told {
             return;
         }
         match &trouble {
+            _ if trouble.is_some() == self.told.is_some() => {}
             Some(reason) => log(format!(
                 "the disk of {} is full or failing ({reason}): refusing new tasks, starting no new run and \
                  dropping new output until it recovers; reads and running tasks go on",
@@ -71,7 +75,7 @@ impl Disk {
             Err(OutputError::NoSpace { context, source }) => {
                 let stored_len = outputs.len(run_id)?;
                 core.output_not_stored(write.run_id, stored_len);
-                self.output_trouble = Some((format!("failed to {context}: {source}"), Instant::now()));
+                self.output_trouble = Some(format!("failed to {context}: {source}"));
                 Ok(())
             }
             Err(error) => Err(error.into()),

@@ -106,7 +106,9 @@ impl Snapshots {
             waker,
             phase: Phase::Idle,
             newest_seq,
-            previous_seq: None,
+            // A restarted daemon may have found an older generation on disk: an
+            // idle interval trims it as it would its own.
+            previous_seq: (newest_seq > 0).then_some(0),
             last_taken_ms: now_ms,
             log_bytes_since: 0,
             longest_turn: Duration::ZERO,
