@@ -20,7 +20,7 @@ use apiary_protocol::{
 
 use super::events::{BotChange, BotConnected, Event, StoredState, TaskAssigned, TaskCreated, TaskFinished};
 use super::interned::InternedProperties;
-use super::model::{self, Bot, BotEventRecord, Ending, Follower, ParkedPoll, Quarantine, Run, Task, Watcher};
+use super::model::{self, Bot, BotEventRecord, Ending, Follower, Outcome, ParkedPoll, Quarantine, Run, Task, Watcher};
 use super::queues::{self, ClassId, QueueId, QueueKey, Queues};
 use super::task_store::TaskStore;
 use super::validate;

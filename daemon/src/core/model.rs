@@ -27,15 +27,8 @@ pub struct Task {
     /// Where the task waits while PENDING.
     pub queued: Option<(QueueId, QueueKey)>,
     pub started_ms: Option<u64>,
-    pub completed_ms: Option<u64>,
-    pub abandoned_ms: Option<u64>,
-    pub exit_code: Option<i64>,
-    pub duration_ms: Option<u64>,
-    pub setup_ms: Option<u64>,
-    pub teardown_ms: Option<u64>,
-    pub timeout: Option<TimeoutKind>,
-    pub internal_failure: bool,
-    pub failure_reason: String,
+    /// How the task ended, once it has.
+    pub outcome: Option<Box<Outcome>>,
     /// Output bytes the daemon holds for the task.
     pub output_len: u64,
     /// How far into its output the bot has reported; past the output cap this
@@ -49,10 +42,27 @@ pub struct Task {
     pub followers: Vec<Follower>,
     /// A client asked to kill the running run; its bot is told to stop.
     pub kill_requested: bool,
-    /// The earlier run whose result this idempotent task reused.
-    pub deduped_from: Option<RunId>,
     /// Clients waiting for the task to end (not durable: they reconnect).
     pub watchers: Vec<Watcher>,
+}
+
+/// How a task ended, set once by its terminal event. Kept apart, behind a
+/// pointer: at scale most tasks the core holds are pending, and these fields
+/// would make every task a third larger.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub completed_ms: u64,
+    /// Set when the command did not end by itself (killed, expired, ...).
+    pub abandoned_ms: Option<u64>,
+    pub exit_code: Option<i64>,
+    pub duration_ms: Option<u64>,
+    pub setup_ms: Option<u64>,
+    pub teardown_ms: Option<u64>,
+    pub timeout: Option<TimeoutKind>,
+    pub internal_failure: bool,
+    pub failure_reason: String,
+    /// The earlier run whose result this idempotent task reused.
+    pub deduped_from: Option<RunId>,
 }
 
 impl Task {
@@ -69,22 +79,13 @@ impl Task {
             run: None,
             queued: None,
             started_ms: None,
-            completed_ms: None,
-            abandoned_ms: None,
-            exit_code: None,
-            duration_ms: None,
-            setup_ms: None,
-            teardown_ms: None,
-            timeout: None,
-            internal_failure: false,
-            failure_reason: String::new(),
+            outcome: None,
             output_len: 0,
             output_received: 0,
             output_truncated: false,
             has_secret_bytes,
             followers: Vec::new(),
             kill_requested: false,
-            deduped_from: None,
             watchers: Vec::new(),
         }
     }
@@ -100,7 +101,12 @@ impl Task {
     /// The run whose output is the task's: the last run, or for a deduplicated
     /// task the run it reused.
     pub fn output_run(&self) -> Option<RunId> {
-        self.deduped_from.or(self.run.as_ref().map(|run| run.run_id))
+        self.deduped_from().or(self.run.as_ref().map(|run| run.run_id))
+    }
+
+    /// The earlier run whose result this idempotent task reused.
+    pub fn deduped_from(&self) -> Option<RunId> {
+        self.outcome.as_ref().and_then(|outcome| outcome.deduped_from)
     }
 
     /// The run that is RUNNING now, if any.
@@ -111,26 +117,28 @@ impl Task {
     pub fn result(&self) -> TaskResult {
         let mut request = self.request.clone();
         request.secret_bytes = None;
+        let none = Outcome::default();
+        let outcome = self.outcome.as_deref().unwrap_or(&none);
         TaskResult {
             task_id: self.id.as_u64(),
             run_id: self.run.as_ref().map(|run| run.run_id.as_u64()),
             state: self.state,
-            exit_code: self.exit_code,
+            exit_code: outcome.exit_code,
             bot_id: self.run.as_ref().map(|run| run.bot_id.clone()),
             try_number: self.try_number,
             current_task_slice: self.slice_index,
             created_unix_ms: self.created_ms,
             started_unix_ms: self.started_ms,
-            completed_unix_ms: self.completed_ms,
-            abandoned_unix_ms: self.abandoned_ms,
-            duration_ms: self.duration_ms,
-            internal_failure: self.internal_failure,
-            failure_reason: self.failure_reason.clone(),
+            completed_unix_ms: self.outcome.as_ref().map(|outcome| outcome.completed_ms),
+            abandoned_unix_ms: outcome.abandoned_ms,
+            duration_ms: outcome.duration_ms,
+            internal_failure: outcome.internal_failure,
+            failure_reason: outcome.failure_reason.clone(),
             output_len: self.output_len,
-            deduped_from: self.deduped_from.map(RunId::as_u64),
-            timeout: self.timeout,
-            setup_ms: self.setup_ms,
-            teardown_ms: self.teardown_ms,
+            deduped_from: outcome.deduped_from.map(RunId::as_u64),
+            timeout: outcome.timeout,
+            setup_ms: outcome.setup_ms,
+            teardown_ms: outcome.teardown_ms,
             has_secret_bytes: self.has_secret_bytes,
             output_truncated: self.output_truncated,
             pending: None,

@@ -79,23 +79,23 @@ impl Core {
         assert!(!task.state.is_terminal(), "task {task_id} finished twice");
         let state = finished.state.state();
         task.state = state;
-        task.exit_code = finished.exit_code;
-        task.duration_ms = finished.duration_ms;
-        task.setup_ms = finished.setup_ms;
-        task.teardown_ms = finished.teardown_ms;
-        task.timeout = finished.timeout;
         // Only the bot running the task ever needed them.
         task.request.secret_bytes = None;
-        task.internal_failure = finished.internal_failure;
-        task.failure_reason = finished.reason.clone();
         task.output_len = finished.output_len;
         task.output_truncated = finished.output_truncated;
-        task.completed_ms = Some(finished.at_ms);
-        task.deduped_from = finished.deduped_from.and_then(RunId::from_u64);
         let command_ended_itself = matches!(state, TaskState::Completed | TaskState::TimedOut | TaskState::ClientError);
-        if !command_ended_itself {
-            task.abandoned_ms = Some(finished.at_ms);
-        }
+        task.outcome = Some(Box::new(Outcome {
+            completed_ms: finished.at_ms,
+            abandoned_ms: (!command_ended_itself).then_some(finished.at_ms),
+            exit_code: finished.exit_code,
+            duration_ms: finished.duration_ms,
+            setup_ms: finished.setup_ms,
+            teardown_ms: finished.teardown_ms,
+            timeout: finished.timeout,
+            internal_failure: finished.internal_failure,
+            failure_reason: finished.reason.clone(),
+            deduped_from: finished.deduped_from.and_then(RunId::from_u64),
+        }));
         let Some(run_id) = finished.run_id.and_then(RunId::from_u64) else { return };
         let run = task.run.as_ref().expect("a finished run exists");
         assert_eq!(run.run_id, run_id, "only the current run finishes");

@@ -103,20 +103,24 @@ impl Core {
             last_heard_ms: record.started_ms.unwrap_or(record.created_ms),
         });
         task.started_ms = record.started_ms;
-        task.completed_ms = record.completed_ms;
-        task.abandoned_ms = record.abandoned_ms;
-        task.exit_code = record.exit_code;
-        task.duration_ms = record.duration_ms;
-        task.setup_ms = record.setup_ms;
-        task.teardown_ms = record.teardown_ms;
-        task.timeout = record.timeout;
-        task.internal_failure = record.internal_failure;
-        task.failure_reason = record.failure_reason;
+        task.outcome = record.completed_ms.map(|completed_ms| {
+            Box::new(Outcome {
+                completed_ms,
+                abandoned_ms: record.abandoned_ms,
+                exit_code: record.exit_code,
+                duration_ms: record.duration_ms,
+                setup_ms: record.setup_ms,
+                teardown_ms: record.teardown_ms,
+                timeout: record.timeout,
+                internal_failure: record.internal_failure,
+                failure_reason: record.failure_reason,
+                deduped_from: record.deduped_from.map(|run_id| RunId::from_u64(run_id).expect("a run id")),
+            })
+        });
         (task.output_len, task.output_received) = (record.output_len, record.output_len);
         task.output_truncated = record.output_truncated;
         task.has_secret_bytes = record.has_secret_bytes;
         task.kill_requested = record.kill_requested;
-        task.deduped_from = record.deduped_from.map(|run_id| RunId::from_u64(run_id).expect("a run id"));
         let running = task.current_run().map(|run| run.run_id);
         self.tasks.insert(task);
         match record.state {
@@ -133,6 +137,8 @@ impl Core {
 }
 
 fn task_record(task: &Task) -> TaskRecord {
+    let none = Outcome::default();
+    let outcome = task.outcome.as_deref().unwrap_or(&none);
     TaskRecord {
         task_id: task.id.as_u64(),
         request: task.request.clone(),
@@ -147,20 +153,20 @@ fn task_record(task: &Task) -> TaskRecord {
             session_id: run.session_id,
         }),
         started_ms: task.started_ms,
-        completed_ms: task.completed_ms,
-        abandoned_ms: task.abandoned_ms,
-        exit_code: task.exit_code,
-        duration_ms: task.duration_ms,
-        setup_ms: task.setup_ms,
-        teardown_ms: task.teardown_ms,
-        timeout: task.timeout,
-        internal_failure: task.internal_failure,
-        failure_reason: task.failure_reason.clone(),
+        completed_ms: task.outcome.as_ref().map(|outcome| outcome.completed_ms),
+        abandoned_ms: outcome.abandoned_ms,
+        exit_code: outcome.exit_code,
+        duration_ms: outcome.duration_ms,
+        setup_ms: outcome.setup_ms,
+        teardown_ms: outcome.teardown_ms,
+        timeout: outcome.timeout,
+        internal_failure: outcome.internal_failure,
+        failure_reason: outcome.failure_reason.clone(),
         output_len: task.output_len,
         output_truncated: task.output_truncated,
         has_secret_bytes: task.has_secret_bytes,
         kill_requested: task.kill_requested,
-        deduped_from: task.deduped_from.map(RunId::as_u64),
+        deduped_from: outcome.deduped_from.map(RunId::as_u64),
     }
 }
 

@@ -33,7 +33,8 @@ impl Core {
         } else if let Some(source) = self.dedup_source(task_id) {
             let source_task = &self.tasks[&source.request()];
             let mut ending = Ending::new(TaskState::Completed, "");
-            (ending.exit_code, ending.duration_ms) = (source_task.exit_code, source_task.duration_ms);
+            let source_outcome = source_task.outcome.as_deref().expect("a dedup source ended");
+            (ending.exit_code, ending.duration_ms) = (source_outcome.exit_code, source_outcome.duration_ms);
             ending.deduped_from = Some(source);
             self.finish(task_id, None, ending, out);
         } else {
@@ -173,7 +174,8 @@ impl Core {
             // the same answer again; any other report on an ended run is stale.
             let ended_by_this_report = update.outcome.as_ref().is_some_and(|outcome| {
                 let ending = ending_of(outcome.clone());
-                (ending.state, ending.exit_code) == (task.state, task.exit_code)
+                (ending.state, ending.exit_code)
+                    == (task.state, task.outcome.as_ref().and_then(|outcome| outcome.exit_code))
             });
             if ended_by_this_report && task.run.as_ref().is_some_and(is_this_run) {
                 return Reply::UpdateAck { output_len: task.output_len, must_stop: false };
