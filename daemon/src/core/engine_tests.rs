@@ -873,3 +873,52 @@ fn a_poll_whose_packed_dimensions_are_malformed_is_refused() {
     assert!(error.message.starts_with("dimensions: malformed"), "{}", error.message);
     assert!(h.core.bot("bot-1").is_none());
 }
+
+#[test]
+fn on_a_full_disk_new_tasks_are_refused_no_run_starts_and_output_ends_behind_a_marker() {
+    let mut h = Harness::new();
+    let running = h.submit(request(100, &[("pool", "ci")]));
+    let run_id = assignment(&h.poll(BOT_1.conn, BOT_1.bot_id, BOT_1.session_id, LINUX)).expect("assigned").run_id;
+    let queued = h.submit(request(100, &[("pool", "ci")]));
+    let bot_2 = TestBot { conn: ConnId(3), bot_id: "bot-2", session_id: 9 };
+    let other_pool: &[(&str, &str)] = &[("pool", "other")];
+    assert!(h.poll(ConnId(4), "bot-3", 5, other_pool).replies.is_empty(), "bot-3 waits for work");
+
+    let mut out = Output::default();
+    h.core.set_storage_trouble(Some("no space in /data".into()), &mut out);
+    h.record(&out);
+    let answered: Vec<_> = out.replies.iter().map(|r| (r.conn, r.reply.clone())).collect();
+    assert_eq!(answered, [(ConnId(4), Reply::NoWork)], "the waiting bot polls again");
+    let (_, refused) = h.send(CLIENT, Request::NewTask(request(100, &[("pool", "ci")])));
+    match &refused.replies[0].reply {
+        Reply::Error(ErrorReply { code: ErrorCode::Unavailable, message }) => {
+            assert!(message.contains("no space in /data"), "{message}");
+        }
+        other => panic!("a new task on a full disk: {other:?}"),
+    }
+    assert!(refused.events.is_empty(), "a refusal writes nothing");
+    assert!(h.poll(bot_2.conn, bot_2.bot_id, bot_2.session_id, LINUX).replies.is_empty(), "no new run starts");
+    assert_eq!(h.state(queued.task_id), TaskState::Pending);
+
+    let out = h.update(BOT_1, run_id, 0, b"lost", None);
+    let written: Vec<u8> = out.output_writes.iter().flat_map(|write| write.data.clone()).collect();
+    assert_eq!(written, storage_trouble::DISK_FULL_MARKER.as_bytes(), "output ends behind the marker");
+    let marker_len = written.len() as u64;
+    let reply = h.report(BOT_1, run_id, 4, b"", Some(0));
+    assert_eq!(reply, Reply::UpdateAck { output_len: 4, must_stop: false });
+    let ended = h.core.task(RequestId::from_u64(running.task_id).unwrap()).unwrap();
+    assert_eq!((ended.state, ended.output_truncated), (TaskState::Completed, true), "the running task finishes");
+    assert_eq!(ended.output_len, marker_len);
+
+    let mut out = Output::default();
+    h.core.set_storage_trouble(None, &mut out);
+    h.record(&out);
+    assert!(out.replies.iter().any(|r| r.conn == bot_2.conn && r.reply == Reply::NoWork), "bot-2 polls again");
+    let back = h.poll(bot_2.conn, bot_2.bot_id, bot_2.session_id, LINUX);
+    assert_eq!(
+        assignment(&back).map(|a| a.run_id & !0xf),
+        Some(queued.task_id),
+        "work again once the disk takes writes"
+    );
+    h.check_replay();
+}
