@@ -443,16 +443,18 @@ impl Core {
                 self.timers.push(deadline, Timer::BotDeath { bot_id: bot.bot_id.clone() });
             }
         }
-        for task in self.tasks.values_mut().filter(|task| task.state == TaskState::Running) {
+        for run_id in self.running_runs() {
+            let task = self.tasks.get_mut(&run_id.request()).expect("a bot's run is known");
             task.run.as_mut().expect("a running task has a run").last_heard_ms = self.now_ms;
             task.output_truncated = task.output_len > self.config.max_output_bytes;
         }
     }
 
     /// The runs going on now, whose output length the shell reads back from the
-    /// output store after a restart (`set_output_len`).
+    /// output store after a restart (`set_output_len`). Found through the bots
+    /// that hold them, not by a walk over every task.
     pub fn running_runs(&self) -> Vec<RunId> {
-        self.tasks.values().filter_map(|task| task.current_run()).map(|run| run.run_id).collect()
+        self.bots.values().filter_map(|bot| bot.current_run).collect()
     }
 
     /// After a restart: what the output store holds of a running run. Call it

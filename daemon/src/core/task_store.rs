@@ -128,11 +128,6 @@ impl TaskStore {
         self.order.iter().filter_map(|id| self.get(id))
     }
 
-    /// Every held task, in no particular order.
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Task> {
-        self.chunks.iter_mut().flatten().flatten()
-    }
-
     fn at(&self, position: u32) -> &Task {
         let position = position as usize;
         self.chunks[position / CHUNK_TASKS][position % CHUNK_TASKS].as_ref().expect("a held task")
