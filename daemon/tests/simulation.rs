@@ -19,7 +19,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
-use apiary_daemon::core::{ConnId, Core, CoreConfig, CoreSnapshot, Event, Input, Output};
+use apiary_daemon::core::{ConnId, Core, CoreConfig, CoreSnapshot, DISK_FULL_MARKER, Event, Input, Output};
 use apiary_protocol::{
     BotInfo, BotPoll, CacheInfo, CancelOutcome, ErrorCode, ErrorReply, NamedCache, NewTaskRequest, PackedDimensions,
     Reply, Request, RequestId, RunEnd, RunId, RunOutcome, StringPair, TaskResult, TaskSlice, TaskState, TaskUpdate,
@@ -157,7 +157,8 @@ impl Daemon {
     fn restart(&mut self, now_ms: u64) {
         let mut core = self.replay();
         for run_id in core.running_runs() {
-            core.set_output_len(run_id, self.store_len(run_id));
+            let stored = self.store.get(&run_id).map_or(&[][..], Vec::as_slice);
+            core.set_output_len(run_id, stored.len() as u64, stored.ends_with(DISK_FULL_MARKER.as_bytes()));
         }
         core.recovered(now_ms);
         core.check_invariants();
@@ -358,6 +359,8 @@ struct Sim {
     finished_tasks: BTreeSet<u64>,
     /// Tasks that went back to pending after a run died.
     retried_tasks: BTreeSet<RequestId>,
+    /// The disk is full: no new task is taken and no new run starts.
+    disk_full: bool,
     /// Tasks let go by retention, and those let go in this step.
     retired: BTreeSet<RequestId>,
     newly_retired: Vec<RequestId>,
@@ -408,6 +411,7 @@ impl Sim {
             assigned_runs: BTreeSet::new(),
             finished_tasks: BTreeSet::new(),
             retried_tasks: BTreeSet::new(),
+            disk_full: false,
             retired: BTreeSet::new(),
             newly_retired: Vec::new(),
             step: 0,
@@ -419,7 +423,7 @@ impl Sim {
 
     fn note(&mut self, what: impl FnOnce() -> String) {
         if self.print_trace {
-            eprintln!("[{} @{}] {}", self.step, self.now_ms - START_MS, what());
+            eprintln!("[{} @{}] {}", self.step, self.now_ms as i64 - START_MS as i64, what());
             return;
         }
         if self.trace.len() == 16 {
@@ -438,6 +442,12 @@ impl Sim {
     }
 
     fn one_step(&mut self) {
+        if self.disk_full && self.rng.chance(4) {
+            // A turn of its own: its replies leave before anything else happens.
+            let mut freed = Output::default();
+            self.disk_frees(&mut freed);
+            self.commit(freed);
+        }
         let mut out = Output::default();
         let roll = self.rng.below(1000);
         match roll {
@@ -455,7 +465,8 @@ impl Sim {
             620..650 => self.disconnect(&mut out),
             650..670 => self.bot_crashes(&mut out),
             670..690 => self.bot_health_changes(),
-            690..700 => self.bot_hangs(),
+            690..696 => self.bot_hangs(),
+            696..700 => self.disk_fills(&mut out),
             700..880 => {
                 let ms = self.rng.between(0, 3_000);
                 self.advance(ms, 85, &mut out);
@@ -808,6 +819,24 @@ impl Sim {
         self.note(|| format!("{bot_id} health check says {health:?}"));
     }
 
+    /// The daemon's disk fills up, as its shell would say; it has room again
+    /// some steps later (`disk_frees`).
+    fn disk_fills(&mut self, out: &mut Output) {
+        if self.disk_full {
+            return;
+        }
+        self.disk_full = true;
+        *self.stats.entry("disk full").or_default() += 1;
+        self.note(|| "the disk is full".into());
+        self.daemon.core.set_storage_trouble(Some("no space".into()), out);
+    }
+
+    fn disk_frees(&mut self, out: &mut Output) {
+        self.disk_full = false;
+        self.note(|| "the disk has room again".into());
+        self.daemon.core.set_storage_trouble(None, out);
+    }
+
     /// The bot hangs (or its network is down) for a while: no polls, no reports.
     fn bot_hangs(&mut self) {
         let bot = self.rng.index(self.bots.len());
@@ -912,6 +941,7 @@ impl Sim {
             }
             Event::SliceAdvanced { task_id, .. } => touch(*task_id, &self.finished_tasks, "a slice change"),
             Event::TaskAssigned(assigned) => {
+                assert!(!self.disk_full, "run {:x} started on a full disk", assigned.run_id);
                 touch(assigned.run_id, &self.finished_tasks, "an assignment");
                 assert!(self.assigned_runs.insert(assigned.run_id), "run {:x} assigned twice", assigned.run_id);
                 assert!(assigned.run_id & 0xf <= 2, "at most one retry: run {:x}", assigned.run_id);
@@ -972,6 +1002,9 @@ impl Sim {
                     let task_id = request_id_of_result(&result);
                     self.acknowledged.push(task_id);
                     assert!(result.try_number == 0 || result.state == TaskState::Running, "a new task: {result:?}");
+                }
+                Reply::Error(ErrorReply { code: ErrorCode::Unavailable, .. }) if self.disk_full => {
+                    *self.stats.entry("new task refused: disk full").or_default() += 1;
                 }
                 other => panic!("a valid new task was refused: {other:?}"),
             },
@@ -1180,8 +1213,19 @@ impl Sim {
             let stored = self.daemon.store.get(&output_run).map_or(&[][..], Vec::as_slice);
             assert_eq!(result.output_len, stored.len() as u64, "task {task_id}: output length is what is stored");
             if let (TaskState::Running, Some(run_id)) = (result.state, result.run_id) {
-                let own = run_output(run_id, 0, result.output_len);
-                assert!(stored == own, "task {task_id}: the output of run {run_id:x} is its own bytes");
+                // Output that came while the disk was full was dropped behind the
+                // marker, which stands where those bytes would be.
+                let marker = DISK_FULL_MARKER.as_bytes();
+                let at = stored.windows(marker.len()).position(|window| window == marker);
+                let (own_ranges, end) = match at {
+                    Some(at) => ([(0, at), (at + marker.len(), stored.len())], stored.len()),
+                    None => ([(0, stored.len()), (stored.len(), stored.len())], stored.len()),
+                };
+                assert_eq!(end as u64, result.output_len);
+                for (from, to) in own_ranges {
+                    let own = run_output(run_id, from as u64, to as u64);
+                    assert!(stored[from..to] == own, "task {task_id}: the output of run {run_id:x} is its own bytes");
+                }
             }
         }
     }
@@ -1211,6 +1255,10 @@ impl Sim {
             self.daemon.write_output(lost);
         }
         self.daemon.restart(self.now_ms);
+        // Not durable: the shell tells the new core at its first turn.
+        let mut told = Output::default();
+        self.daemon.core.set_storage_trouble(self.disk_full.then(|| "no space".into()), &mut told);
+        assert!(told.replies.is_empty() && told.events.is_empty(), "a restarted core holds no poll");
         self.asked.clear();
         self.closed_polls.clear();
         self.expects.clear();
@@ -1234,7 +1282,8 @@ impl Sim {
                 assert!(result.output_len >= before.output_len, "task {task_id} lost durable output");
                 let run_id = result.run_id.and_then(RunId::from_u64).expect("a running task has a run");
                 assert_eq!(result.output_len, self.daemon.store_len(run_id));
-                result.output_len = before.output_len;
+                // And with it the marker of a full disk that cut the output.
+                (result.output_len, result.output_truncated) = (before.output_len, before.output_truncated);
             }
             assert_eq!(&result, before, "task {task_id} is the same after a restart");
         }

@@ -30,7 +30,7 @@ mod apply;
 mod bots;
 mod retention;
 mod snapshot;
-mod storage_trouble;
+pub mod storage_trouble;
 mod tasks;
 
 #[derive(Clone, Debug)]
@@ -446,7 +446,7 @@ impl Core {
         for run_id in self.running_runs() {
             let task = self.tasks.get_mut(&run_id.request()).expect("a bot's run is known");
             task.run.as_mut().expect("a running task has a run").last_heard_ms = self.now_ms;
-            task.output_truncated = task.output_len > self.config.max_output_bytes;
+            task.output_truncated |= task.output_len > self.config.max_output_bytes;
         }
     }
 
@@ -457,13 +457,16 @@ impl Core {
         self.bots.values().filter_map(|bot| bot.current_run).collect()
     }
 
-    /// After a restart: what the output store holds of a running run. Call it
-    /// before `recovered`, which judges the cap by it.
-    pub fn set_output_len(&mut self, run_id: RunId, output_len: u64) {
+    /// After a restart: what the output store holds of a running run, and
+    /// whether it ends with the marker of a full disk (nothing is written after
+    /// it, so that marks a run whose output was cut). Call it before
+    /// `recovered`, which judges the cap by it.
+    pub fn set_output_len(&mut self, run_id: RunId, output_len: u64, cut_by_full_disk: bool) {
         let task = self.tasks.get_mut(&run_id.request()).expect("known task");
         assert_eq!(task.current_run().map(|run| run.run_id), Some(run_id), "only a running run's output grows");
         task.output_len = output_len;
         task.output_received = output_len;
+        task.output_truncated = cut_by_full_disk;
     }
 
     // ------------------------------------------------------------------ checks

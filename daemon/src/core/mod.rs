@@ -10,6 +10,7 @@ pub mod snapshot;
 mod task_store;
 pub mod validate;
 
+pub use engine::storage_trouble::DISK_FULL_MARKER;
 pub use engine::{Core, CoreConfig, Input, Outgoing, Output, OutputRead, OutputWrite};
 pub use events::Event;
 pub use model::Ending;

@@ -12,7 +12,7 @@ use mio::net::TcpListener;
 use super::event_loop::{EventLoop, now_unix_ms};
 use super::snapshots::SnapshotSettings;
 use super::{ServerError, log, os, replay};
-use crate::core::{Core, CoreConfig, CoreSnapshot};
+use crate::core::{Core, CoreConfig, CoreSnapshot, DISK_FULL_MARKER};
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -109,7 +109,10 @@ fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
     let replayed_at = started.elapsed();
     let mut outputs = OutputStore::open(&config.data_dir.join("output"))?;
     for run_id in core.running_runs() {
-        core.set_output_len(run_id, outputs.len(run_id.as_u64())?);
+        let output_len = outputs.len(run_id.as_u64())?;
+        let marker = DISK_FULL_MARKER.as_bytes();
+        let tail = outputs.read(run_id.as_u64(), output_len.saturating_sub(marker.len() as u64), marker.len())?;
+        core.set_output_len(run_id, output_len, tail == marker);
     }
     core.recovered(now_unix_ms());
     // A walk over everything the core holds (half a second at a million tasks):

@@ -123,6 +123,9 @@ impl Core {
         let bot_id = run.bot_id.clone();
         task.state = TaskState::Pending;
         task.output_len = output_len;
+        // The event does not say whether the dead run's output was cut: a
+        // replay could not know, so the live core does not show it either.
+        task.output_truncated = false;
         self.enqueue(run_id.request());
         self.release_bot(&bot_id, run_id);
         let message = format!("BOT_DIED {reason}; the task is retried");

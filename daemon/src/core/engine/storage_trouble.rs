@@ -44,4 +44,4 @@ impl Core {
 }
 
 /// What ends a run's output when the disk is full.
-pub(super) const DISK_FULL_MARKER: &str = "\n[apiary: output dropped from here: the daemon's disk is full]\n";
+pub const DISK_FULL_MARKER: &str = "\n[apiary: output dropped from here: the daemon's disk is full]\n";
