@@ -61,6 +61,12 @@ impl TaskStore {
         self.order.push_back(id);
     }
 
+    /// Makes room for `additional` more tasks in the index and the order.
+    pub fn reserve(&mut self, additional: usize) {
+        self.positions.reserve(additional);
+        self.order.reserve(additional);
+    }
+
     /// Removes a task; its slot goes to a later task.
     pub fn remove(&mut self, id: &RequestId) -> Option<Task> {
         let position = self.positions.remove(id)?;

@@ -42,6 +42,9 @@ impl Core {
         for record in snapshot.bots {
             core.restore_bot(record);
         }
+        // Room for every task at once: growing by doubling would copy the
+        // index several times on the way to a million.
+        core.tasks.reserve(snapshot.tasks.len());
         for record in snapshot.tasks {
             core.restore_task(record);
         }
