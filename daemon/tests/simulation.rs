@@ -19,11 +19,13 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
+use apiary_daemon::core::history::{self, RunEntry};
 use apiary_daemon::core::{ConnId, Core, CoreConfig, CoreSnapshot, DISK_FULL_MARKER, Event, Input, Output};
 use apiary_protocol::{
     BotInfo, BotPoll, CacheInfo, CancelOutcome, ErrorCode, ErrorReply, NamedCache, NewTaskRequest, PackedDimensions,
     Reply, Request, RequestId, RunEnd, RunId, RunOutcome, StringPair, TaskResult, TaskSlice, TaskState, TaskUpdate,
 };
+use apiary_storage::HistoryDir;
 use rkyv::util::AlignedVec;
 
 // ------------------------------------------------------------------- the PRNG
@@ -113,11 +115,20 @@ struct Daemon {
     applied_all: Core,
     /// The output store: the bytes held for each run, appended at known offsets.
     store: BTreeMap<RunId, Vec<u8>>,
+    /// The history runs snapshots write, in a temporary directory.
+    history: HistoryDir,
+    _history_dir: tempfile::TempDir,
+    /// Run numbers, as the daemon's are the log records of their snapshots.
+    snapshots_taken: u64,
 }
 
 impl Daemon {
     fn new() -> Daemon {
+        let history_dir = tempfile::tempdir().expect("a temporary directory");
         Daemon {
+            history: HistoryDir::open(history_dir.path()).expect("a history directory"),
+            _history_dir: history_dir,
+            snapshots_taken: 0,
             core: Core::new(config()),
             snapshot: None,
             log: Vec::new(),
@@ -174,6 +185,9 @@ impl Daemon {
             Some(bytes) => Core::restore(config(), CoreSnapshot::decode(bytes).expect("a snapshot decodes")),
             None => Core::new(config()),
         };
+        for run in core.history_runs() {
+            core.attach_history_run(run.number, self.history.open_run(run.number).expect("a listed run opens"));
+        }
         for event in &self.log {
             core.apply(event);
         }
@@ -184,7 +198,26 @@ impl Daemon {
     /// from the last snapshot and the log after it; then the log it covers
     /// goes. It must be the state a replay of the whole log gives, byte for byte.
     fn take_snapshot(&mut self) {
-        let bytes = self.replay().snapshot().encode();
+        let mut job = self.replay();
+        let ended = job.take_ended_for_history();
+        assert_eq!(ended, self.applied_all.take_ended_for_history(), "both cores hand history the same tasks");
+        self.snapshots_taken += 1;
+        if !ended.is_empty() {
+            let number = self.snapshots_taken;
+            let mut writer = self.history.create(number).expect("a run is created");
+            for record in &ended {
+                let keys = history::keys_of(record);
+                let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+                writer.push(record.task_id, &history::encode_record(record), &keys).expect("a record is written");
+            }
+            writer.finish().expect("a run is written");
+            let run = self.history.open_run(number).expect("a run opens");
+            let entry = RunEntry::of(number, &run);
+            job.add_history_run(entry, None);
+            self.applied_all.add_history_run(entry, None);
+            self.core.add_history_run(entry, Some(run));
+        }
+        let bytes = job.snapshot().encode();
         assert!(
             bytes[..] == self.applied_all.snapshot().encode()[..],
             "a snapshot from the last one and the log after it equals one from the whole log"
@@ -442,6 +475,9 @@ impl Sim {
     }
 
     fn one_step(&mut self) {
+        // As the event loop does each turn: a few heap copies of archived tasks go.
+        let budget = self.rng.between(0, 8) as usize;
+        self.daemon.core.forget_archived(budget);
         if self.disk_full && self.rng.chance(4) {
             // A turn of its own: its replies leave before anything else happens.
             let mut freed = Output::default();
@@ -882,7 +918,12 @@ impl Sim {
             assert!(matches!(self.asked.remove(&key), Some(Asked::Output)), "an output read answers a GetOutput");
             if let Some(run_id) = read.run_id {
                 assert_eq!(read.output_len, self.daemon.store_len(run_id), "output length of a read");
-                let result = self.daemon.core.task(run_id.request()).expect("output of a known task");
+                // The run a deduplicated task reused may be older than retention.
+                let Some(result) = self.daemon.core.task(run_id.request()) else {
+                    let created_ms = run_id.request().created_unix_ms();
+                    assert!(created_ms + config().task_retention_ms < self.now_ms, "output of a known task");
+                    continue;
+                };
                 if read.task_ended {
                     assert!(result.state.is_terminal(), "an output read says ended only of an ended task");
                 }

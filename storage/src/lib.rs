@@ -24,15 +24,20 @@
 //!   snapshot holds is the daemon's archive; the log gives it a sealed point to cut at and
 //!   the means to delete what it covers.
 //!
+//! - [`HistoryDir`] (`history.rs`): finished tasks off the daemon's heap, in immutable runs
+//!   of CRC-checked records sorted by id, with posting lists per key, read through a mapping.
+//!
 //! All `unsafe` code of the crate lives in `wal/mmap.rs`, each block with the reason it is
 //! sound.
 
 #![deny(unsafe_code)]
 
+mod history;
 mod output;
 mod snapshot;
 mod wal;
 
+pub use history::{HistoryDir, HistoryError, HistoryRun, Postings, RunIndex, RunWriter};
 pub use output::{
     DEFAULT_PACK_BYTES, MAX_OUTPUT_BYTES_PER_TASK, MAX_PACK_BYTES, MIN_PACK_BYTES, OutputError, OutputOptions,
     OutputStats, OutputStore, OutputSyncJob, RemovedPacks,

@@ -433,3 +433,70 @@ fn kill_9_at_any_moment_of_snapshots_deletions_and_retention_loses_nothing_ackno
     let snapshots = daemon.log.all().iter().filter(|line| line.contains(" after record ")).count();
     eprintln!("{} tasks acknowledged, {snapshots} snapshots in the last run", acknowledged.len());
 }
+
+#[test]
+fn ended_tasks_move_to_history_runs_and_are_still_shown_listed_read_and_reused() {
+    let dir = temp();
+    let data = dir.path().join("data");
+    let mut daemon = Daemon::start_with(&data, "127.0.0.1:0", FAST_SNAPSHOTS);
+    let _bot = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &dir.path().join("bot"));
+    let cli = daemon.cli();
+    let trigger = |n: usize, extra: &[&str]| {
+        let tag = if n.is_multiple_of(2) { "parity:even" } else { "parity:odd" };
+        let echo = format!("echo output-of-{n}");
+        let mut args = vec!["-d", "pool=ci", "--tag", tag, "--name", "history", "--"];
+        args.extend_from_slice(extra);
+        args.extend(["sh", "-c", echo.as_str()]);
+        cli.trigger(&args)
+    };
+    let first: Vec<String> = (0..12).map(|n| trigger(n, &[])).collect();
+    for id in &first {
+        cli.wait_for_state(id, "COMPLETED");
+    }
+    let idempotent = cli.trigger(&["-d", "pool=ci", "--idempotent", "--", "sh", "-c", "echo reused"]);
+    cli.wait_for_state(&idempotent, "COMPLETED");
+    let archived = |daemon: &Daemon| {
+        daemon.log.all().iter().any(|line| line.starts_with("apiaryd: snapshot ") && !line.contains(" 0 ended tasks"))
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while !archived(&daemon) {
+        assert!(Instant::now() < deadline, "no ended task went to history; log: {:#?}", daemon.log.all());
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!files_in(&data.join("history"), ".run").is_empty(), "a history run was written");
+    // Tasks that end now stay in the heap until the next snapshot: a listing merges both.
+    let later: Vec<String> = (12..16).map(|n| trigger(n, &[])).collect();
+    for id in &later {
+        cli.wait_for_state(id, "COMPLETED");
+    }
+    for round in 0..2 {
+        let cli = daemon.cli();
+        for (n, id) in first.iter().chain(&later).enumerate() {
+            assert_eq!(cli.show(id)["state"], "COMPLETED", "round {round}: task {n}");
+            let output = cli.ok(&["tasks", "output", id]);
+            assert_eq!(output.trim(), format!("output-of-{n}"), "round {round}: the output of task {n}");
+        }
+        let listed = cli.ok(&["tasks", "list", "--tag", "parity:even", "--json", "--limit", "3"]);
+        let page: serde_json::Value = serde_json::from_str(&listed).unwrap();
+        let mut ids: Vec<String> = Vec::new();
+        let mut page = page;
+        loop {
+            ids.extend(
+                page["tasks"].as_array().unwrap().iter().map(|task| task["task_id"].as_str().unwrap().to_string()),
+            );
+            let Some(cursor) = page["next_cursor"].as_str().map(str::to_string) else { break };
+            let listed =
+                cli.ok(&["tasks", "list", "--tag", "parity:even", "--json", "--limit", "3", "--cursor", &cursor]);
+            page = serde_json::from_str(&listed).unwrap();
+        }
+        let mut even: Vec<String> = first.iter().chain(&later).step_by(2).cloned().collect();
+        even.reverse();
+        assert_eq!(ids, even, "round {round}: the even tasks, newest first, across pages, heap and history");
+        let reuse = cli.trigger(&["-d", "pool=ci", "--idempotent", "--", "sh", "-c", "echo reused"]);
+        let reused = cli.wait_for_state(&reuse, "COMPLETED");
+        assert!(reused["deduped_from"].is_string() || reused["deduped_from"].is_u64(), "round {round}: {reused}");
+        assert_eq!(cli.ok(&["tasks", "output", &reuse]).trim(), "reused");
+        daemon.kill9();
+        daemon.restart();
+    }
+}

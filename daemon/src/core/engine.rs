@@ -5,7 +5,7 @@
 //! and recovery runs it over the log.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 use std::sync::Arc;
 
@@ -19,6 +19,7 @@ use apiary_protocol::{
 };
 
 use super::events::{BotChange, BotConnected, Event, StoredState, TaskAssigned, TaskCreated, TaskFinished};
+use super::history::History;
 use super::interned::InternedProperties;
 use super::model::{self, Bot, BotEventRecord, Ending, Follower, Outcome, ParkedPoll, Quarantine, Run, Task, Watcher};
 use super::queues::{self, ClassId, QueueId, QueueKey, Queues};
@@ -28,6 +29,7 @@ use super::{ConnId, Map};
 
 mod apply;
 mod bots;
+mod history;
 mod retention;
 mod snapshot;
 pub mod storage_trouble;
@@ -198,8 +200,12 @@ pub struct Core {
     config: CoreConfig,
     /// The latest `now` seen: time never runs backwards inside the core.
     now_ms: u64,
-    /// Every task, oldest first (ids only grow): the order of task listings.
+    /// Every task not yet in a history run, oldest first (ids only grow).
     tasks: TaskStore,
+    /// The runs that hold the tasks that ended before the last snapshot.
+    history: History,
+    /// Runs whose tasks the heap still holds copies of: (run, next record).
+    archiving: VecDeque<(u64, usize)>,
     bots: Map<String, Bot>,
     queues: Queues,
     timers: Timers,
@@ -230,6 +236,8 @@ impl Core {
             config,
             now_ms: 0,
             tasks: TaskStore::default(),
+            history: History::default(),
+            archiving: VecDeque::new(),
             bots: Map::default(),
             queues: Queues::default(),
             timers,
@@ -264,7 +272,7 @@ impl Core {
             Request::NewTask(new_task) => Some(self.new_task(new_task, out)),
             Request::GetTask { task_id } => Some(
                 self.find_task(task_id)
-                    .map_or_else(|| self.not_found(task_id), |task| Reply::Task(self.describe(task))),
+                    .map_or_else(|missing| self.missing(missing), |task| Reply::Task(self.describe(&task))),
             ),
             Request::WaitTask { task_id, timeout_ms } => self.wait_task(conn, request_id, task_id, timeout_ms),
             Request::GetOutput { task_id, offset, max_bytes } => {
@@ -359,6 +367,13 @@ impl Core {
             self.hand_to_parked_bot(task_id, out);
             return true;
         }
+        // A deduplicated task shows the output of the run it reused.
+        let (output_len, output_truncated) = match ending.deduped_from {
+            Some(source) => self
+                .task_by_id(source.request())
+                .map_or((0, false), |source| (source.output_len, source.output_truncated)),
+            None => (task.output_len, task.output_truncated),
+        };
         let event = TaskFinished {
             task_id: task_id.as_u64(),
             run_id: run.map(RunId::as_u64),
@@ -370,10 +385,8 @@ impl Core {
             timeout: ending.timeout,
             internal_failure: ending.internal_failure,
             reason: ending.reason,
-            output_len: ending.deduped_from.map_or(task.output_len, |source| self.tasks[&source.request()].output_len),
-            output_truncated: ending
-                .deduped_from
-                .map_or(task.output_truncated, |source| self.tasks[&source.request()].output_truncated),
+            output_len,
+            output_truncated,
             deduped_from: ending.deduped_from.map(RunId::as_u64),
             at_ms: self.now_ms,
         };
@@ -475,12 +488,23 @@ impl Core {
         self.tasks.len()
     }
 
+    /// A task's result, from the heap or a history run.
     pub fn task(&self, task_id: RequestId) -> Option<TaskResult> {
-        self.tasks.get(&task_id).map(Task::result)
+        self.task_by_id(task_id).ok().map(|task| task.result())
     }
 
+    /// Every retained task's id, held or in a history run, oldest first.
     pub fn task_ids(&self) -> Vec<RequestId> {
-        self.tasks.values().map(|task| task.id).collect()
+        let floor = RequestId::first_of_millisecond(self.retained_from_ms);
+        let mut archived = self.history.newest_first(None, floor, None, &[]).expect("history runs read back");
+        let mut ids: Vec<RequestId> = self.tasks.values().map(|task| task.id).collect();
+        while let Some(id) = archived.peek_id() {
+            ids.push(RequestId::from_u64(id).expect("runs hold request ids"));
+            archived.skip();
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     pub fn bot(&self, bot_id: &str) -> Option<apiary_protocol::BotInfo> {

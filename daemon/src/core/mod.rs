@@ -3,6 +3,7 @@
 
 mod engine;
 pub mod events;
+pub mod history;
 mod interned;
 mod model;
 pub mod queues;

@@ -3,6 +3,9 @@
 //! timers, queue and class numbering and capacity counts are rebuilt when a
 //! snapshot is loaded, as a replay of the log rebuilds them.
 //!
+//! Tasks that ended are not in a snapshot but in the history runs it lists
+//! (`core::history`); a `TaskRecord` is also what a run holds of a task.
+//!
 //! Only a core that has applied events and nothing else (the snapshot thread's
 //! private core) is snapshotted: the live core also holds facts that are not
 //! events (how far a running task's output got, when a bot last polled).
@@ -16,9 +19,11 @@ use std::sync::Arc;
 use apiary_protocol::{BotEventKind, NewTaskRequest, PackedDimensions, TaskProperties, TaskState, TimeoutKind};
 use rkyv::{Archive, Deserialize, Serialize, rancor};
 
+use super::history::RunEntry;
+
 /// Bumped whenever the archived shape below changes: an older daemon's
 /// snapshot is then refused by name instead of misread.
-pub const SNAPSHOT_SCHEMA: u32 = 1;
+pub const SNAPSHOT_SCHEMA: u32 = 2;
 
 #[derive(Archive, Serialize, Deserialize, Debug, PartialEq, Eq)]
 pub struct CoreSnapshot {
@@ -26,7 +31,10 @@ pub struct CoreSnapshot {
     pub last_task_id: Option<u64>,
     /// Finished tasks created before this were let go by retention.
     pub retained_from_ms: u64,
+    /// The tasks not in a history run: every task that has not ended.
     pub tasks: Vec<TaskRecord>,
+    /// The history runs that hold the tasks that ended.
+    pub history: Vec<RunEntry>,
     pub bots: Vec<BotRecord>,
     /// The latest successful run of each idempotent set of properties.
     pub successes: Vec<SuccessRecord>,

@@ -35,6 +35,8 @@ pub enum ServerError {
          --accept-log-loss to set the snapshot aside and start from what is left"
     )]
     SnapshotUnusable { reason: String, fallback: String },
+    #[error("the history store failed: {0}")]
+    History(#[from] apiary_storage::HistoryError),
     #[error("the snapshot store failed: {0}")]
     Snapshot(#[from] apiary_storage::SnapshotError),
 }

@@ -29,9 +29,10 @@ use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use apiary_storage::{ReadError, SnapshotFile, SnapshotStore, Wal, read_records};
+use apiary_storage::{HistoryDir, ReadError, SnapshotFile, SnapshotStore, Wal, read_records};
 
 use super::{log, os, replay};
+use crate::core::history::{self, RunEntry};
 use crate::core::{Core, CoreConfig, CoreSnapshot};
 
 /// When snapshots are taken: whichever comes first.
@@ -53,6 +54,8 @@ impl Default for SnapshotSettings {
 struct Taken {
     file: SnapshotFile,
     tasks: usize,
+    /// Ended tasks written to a new history run (numbered as the snapshot).
+    archived: usize,
     bytes: usize,
     took: Duration,
 }
@@ -73,6 +76,7 @@ enum Phase {
 pub struct Snapshots {
     settings: SnapshotSettings,
     store: SnapshotStore,
+    history: HistoryDir,
     data_dir: PathBuf,
     core_config: CoreConfig,
     waker: Arc<mio::Waker>,
@@ -88,11 +92,17 @@ pub struct Snapshots {
     longest_turn_between: Duration,
 }
 
+/// Where the state lives on disk.
+pub struct StateFiles {
+    pub data_dir: PathBuf,
+    pub snapshots: SnapshotStore,
+    pub history: HistoryDir,
+}
+
 impl Snapshots {
     pub fn new(
         settings: SnapshotSettings,
-        store: SnapshotStore,
-        data_dir: PathBuf,
+        files: StateFiles,
         core_config: CoreConfig,
         waker: Arc<mio::Waker>,
         newest_seq: u64,
@@ -100,8 +110,9 @@ impl Snapshots {
     ) -> Snapshots {
         Snapshots {
             settings,
-            store,
-            data_dir,
+            store: files.snapshots,
+            history: files.history,
+            data_dir: files.data_dir,
             core_config,
             waker,
             phase: Phase::Idle,
@@ -137,7 +148,7 @@ impl Snapshots {
 
     /// One step of the lifecycle, each turn. Returns true when the log was
     /// sealed and a sync job must run to install the new segment.
-    pub fn step(&mut self, now_ms: u64, wal: &mut Wal) -> bool {
+    pub fn step(&mut self, now_ms: u64, wal: &mut Wal, core: &mut Core) -> bool {
         match &self.phase {
             Phase::Idle => self.maybe_start(now_ms, wal),
             Phase::Sealed { seq } => {
@@ -148,7 +159,7 @@ impl Snapshots {
                 false
             }
             Phase::Running { .. } => {
-                self.collect(now_ms, wal);
+                self.collect(now_ms, wal, core);
                 false
             }
         }
@@ -219,7 +230,7 @@ impl Snapshots {
         }
     }
 
-    fn collect(&mut self, now_ms: u64, wal: &mut Wal) {
+    fn collect(&mut self, now_ms: u64, wal: &mut Wal, core: &mut Core) {
         let Phase::Running { seq, started, result } = &self.phase else { return };
         let outcome = match result.try_recv() {
             Ok(outcome) => outcome,
@@ -232,10 +243,11 @@ impl Snapshots {
         match outcome {
             Ok(taken) => {
                 log(format!(
-                    "snapshot {} of {} tasks ({} bytes) after record {seq} in {} ms; longest event-loop turn \
-                     meanwhile {} µs (before it, since the last snapshot: {} µs)",
+                    "snapshot {} of {} tasks ({} bytes, {} ended tasks to history) after record {seq} in {} ms; \
+                     longest event-loop turn meanwhile {} µs (before it, since the last snapshot: {} µs)",
                     taken.file.path.display(),
                     taken.tasks,
+                    taken.archived,
                     taken.bytes,
                     taken.took.as_millis(),
                     self.longest_turn.as_micros(),
@@ -248,8 +260,23 @@ impl Snapshots {
                 if older > 0 {
                     wal.remove_segments_through(older);
                 }
+                if taken.archived > 0 {
+                    self.adopt_history_run(seq, core);
+                }
             }
             Err(error) => log(format!("snapshot after record {seq} failed after {} ms: {error}", waited.as_millis())),
+        }
+    }
+}
+
+impl Snapshots {
+    /// The job wrote the ended tasks up to `seq` into run `seq`: the core now
+    /// reads them from there and lets go of its own copies.
+    fn adopt_history_run(&self, seq: u64, core: &mut Core) {
+        match self.history.open_run(seq) {
+            Ok(run) => core.add_history_run(RunEntry::of(seq, &run), Some(run)),
+            // The heap keeps its copies; a restart reads the run again.
+            Err(error) => log(format!("cannot open the new history run: {error}")),
         }
     }
 }
@@ -376,9 +403,11 @@ impl JobArgs {
         let field = |name: &str| -> Option<usize> {
             counts.split_whitespace().find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
         };
-        let (Some(tasks), Some(bytes)) = (field("tasks"), field("bytes")) else { return Err(said()) };
+        let (Some(tasks), Some(archived), Some(bytes)) = (field("tasks"), field("archived"), field("bytes")) else {
+            return Err(said());
+        };
         let file = SnapshotFile { covered_seq: self.upto_seq, path: PathBuf::from(path) };
-        Ok(Taken { file, tasks, bytes, took: started.elapsed() })
+        Ok(Taken { file, tasks, archived, bytes, took: started.elapsed() })
     }
 
     fn snapshots_dir(&self) -> PathBuf {
@@ -404,6 +433,8 @@ impl JobArgs {
                 Core::restore(config, snapshot)
             }
         };
+        let history = HistoryDir::open(&self.data_dir.join("history")).map_err(|error| error.to_string())?;
+        let base_runs: Vec<u64> = core.history_runs().iter().map(|run| run.number).collect();
         read_records(&self.data_dir.join("wal"), self.base_seq + 1, self.upto_seq, |record| {
             replay::apply_record(&mut core, &record)
         })
@@ -411,6 +442,7 @@ impl JobArgs {
             ReadError::Wal(error) => error.to_string(),
             ReadError::Visit(error) => error.to_string(),
         })?;
+        let archived = self.write_history_run(&history, &mut core)?;
         let snapshot = core.snapshot();
         let tasks = snapshot.tasks.len();
         let bytes = snapshot.encode();
@@ -418,7 +450,35 @@ impl JobArgs {
         if self.keep_from_seq > 0 {
             store.remove_older_than(self.keep_from_seq).map_err(|error| error.to_string())?;
         }
-        println!("{JOB_DONE} tasks={tasks} bytes={} path={}", bytes.len(), file.path.display());
+        // The runs that neither this snapshot nor the one kept before it lists
+        // (let go by retention, or left by a job that died) go now.
+        let listed: Vec<u64> = base_runs.into_iter().chain(snapshot.history.iter().map(|run| run.number)).collect();
+        let unlisted: Vec<u64> = history
+            .list()
+            .map_err(|error| error.to_string())?
+            .into_iter()
+            .filter(|run| !listed.contains(run))
+            .collect();
+        history.remove(&unlisted).map_err(|error| error.to_string())?;
+        println!("{JOB_DONE} tasks={tasks} archived={archived} bytes={} path={}", bytes.len(), file.path.display());
         Ok(())
+    }
+
+    /// Moves the core's ended tasks into run `upto_seq`, durably, and lists it.
+    fn write_history_run(&self, history: &HistoryDir, core: &mut Core) -> Result<usize, String> {
+        let ended = core.take_ended_for_history();
+        if ended.is_empty() {
+            return Ok(0);
+        }
+        let mut writer = history.create(self.upto_seq).map_err(|error| error.to_string())?;
+        for record in &ended {
+            let keys = history::keys_of(record);
+            let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            writer.push(record.task_id, &history::encode_record(record), &keys).map_err(|error| error.to_string())?;
+        }
+        writer.finish().map_err(|error| error.to_string())?;
+        let run = history.open_run(self.upto_seq).map_err(|error| error.to_string())?;
+        core.add_history_run(RunEntry::of(self.upto_seq, &run), None);
+        Ok(ended.len())
     }
 }

@@ -6,7 +6,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use apiary_storage::{LogStart, OutputStore, Recovery, SnapshotFile, SnapshotStore, Wal, WalError, WalOptions};
+use apiary_storage::{
+    HistoryDir, LogStart, OutputStore, Recovery, SnapshotFile, SnapshotStore, Wal, WalError, WalOptions,
+};
 use mio::net::TcpListener;
 
 use super::event_loop::{EventLoop, now_unix_ms};
@@ -78,6 +80,7 @@ pub(super) struct Recovered {
     pub wal: Wal,
     pub outputs: OutputStore,
     pub snapshots: SnapshotStore,
+    pub history: HistoryDir,
     /// The record the snapshot loaded covers (0: none).
     pub snapshot_seq: u64,
 }
@@ -100,6 +103,10 @@ fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
         Some((_, snapshot)) => Core::restore(config.core.clone(), snapshot),
         None => Core::new(config.core.clone()),
     };
+    let history = HistoryDir::open(&config.data_dir.join("history"))?;
+    for run in core.history_runs() {
+        core.attach_history_run(run.number, history.open_run(run.number)?);
+    }
     let restored = started.elapsed();
     let mut replayed = 0u64;
     for record in wal.records() {
@@ -130,7 +137,7 @@ fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
         ms(replayed_at),
         ms(started.elapsed()),
     ));
-    Ok(Recovered { core, wal, outputs, snapshots, snapshot_seq })
+    Ok(Recovered { core, wal, outputs, snapshots, history, snapshot_seq })
 }
 
 type Base = Option<(SnapshotFile, CoreSnapshot)>;

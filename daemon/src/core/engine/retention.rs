@@ -19,7 +19,8 @@ impl Core {
             return;
         }
         let before = RequestId::first_of_millisecond(cutoff_ms);
-        let finished_past = self.tasks.oldest_first_below(before).any(|task| task.state.is_terminal());
+        let finished_past = self.tasks.oldest_first_below(before).any(|task| task.state.is_terminal())
+            || self.history.entries().any(|run| run.max_id < before.as_u64());
         let success_past = self.successes.values().any(|(run_id, _)| run_id.request() < before);
         if finished_past || success_past {
             self.emit(Event::RetentionApplied { cutoff_ms }, out);
@@ -36,6 +37,7 @@ impl Core {
             debug_assert!(task.watchers.is_empty() && task.followers.is_empty(), "an ended task holds nothing");
         }
         self.successes.retain(|_, (run_id, _)| run_id.request() >= before);
+        self.history.expire(before);
     }
 
     /// Output of runs below this id may be removed: runs let go by retention,

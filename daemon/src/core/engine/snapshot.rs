@@ -27,6 +27,7 @@ impl Core {
             last_task_id: self.last_task_id.map(RequestId::as_u64),
             retained_from_ms: self.retained_from_ms,
             tasks: self.tasks.values().map(task_record).collect(),
+            history: self.history.entries().copied().collect(),
             bots,
             successes,
         }
@@ -47,6 +48,9 @@ impl Core {
         core.tasks.reserve(snapshot.tasks.len());
         for record in snapshot.tasks {
             core.restore_task(record);
+        }
+        for entry in snapshot.history {
+            core.history.add(entry, None);
         }
         for success in snapshot.successes {
             let run_id = RunId::from_u64(success.run_id).expect("a run id");
@@ -89,44 +93,14 @@ impl Core {
     }
 
     fn restore_task(&mut self, record: TaskRecord) {
-        let task_id = RequestId::from_u64(record.task_id).expect("a request id");
-        let mut request = record.request;
-        for slice in &mut request.task_slices {
+        let (task_id, state) = (RequestId::from_u64(record.task_id).expect("a request id"), record.state);
+        let mut task = task_from_record(record);
+        for slice in &mut task.request.task_slices {
             slice.properties = self.properties.intern(&slice.properties);
         }
-        let mut task = Task::new(task_id, request, record.created_ms);
-        task.state = record.state;
-        task.slice_index = record.slice_index;
-        task.slice_started_ms = record.slice_started_ms;
-        task.try_number = record.try_number;
-        task.run = record.run.map(|run| Run {
-            run_id: RunId::from_u64(run.run_id).expect("a run id"),
-            bot_id: run.bot_id,
-            session_id: run.session_id,
-            last_heard_ms: record.started_ms.unwrap_or(record.created_ms),
-        });
-        task.started_ms = record.started_ms;
-        task.outcome = record.completed_ms.map(|completed_ms| {
-            Box::new(Outcome {
-                completed_ms,
-                abandoned_ms: record.abandoned_ms,
-                exit_code: record.exit_code,
-                duration_ms: record.duration_ms,
-                setup_ms: record.setup_ms,
-                teardown_ms: record.teardown_ms,
-                timeout: record.timeout,
-                internal_failure: record.internal_failure,
-                failure_reason: record.failure_reason,
-                deduped_from: record.deduped_from.map(|run_id| RunId::from_u64(run_id).expect("a run id")),
-            })
-        });
-        (task.output_len, task.output_received) = (record.output_len, record.output_len);
-        task.output_truncated = record.output_truncated;
-        task.has_secret_bytes = record.has_secret_bytes;
-        task.kill_requested = record.kill_requested;
         let running = task.current_run().map(|run| run.run_id);
         self.tasks.insert(task);
-        match record.state {
+        match state {
             TaskState::Pending => self.enqueue(task_id),
             // Due at once: the timer looks at the run's last word and waits
             // again (after `recovered`, a fresh tolerance from the restart).
@@ -139,7 +113,43 @@ impl Core {
     }
 }
 
-fn task_record(task: &Task) -> TaskRecord {
+/// A task as its record says, holding nothing (not queued, no timers).
+pub(super) fn task_from_record(record: TaskRecord) -> Task {
+    let task_id = RequestId::from_u64(record.task_id).expect("a request id");
+    let mut task = Task::new(task_id, record.request, record.created_ms);
+    task.state = record.state;
+    task.slice_index = record.slice_index;
+    task.slice_started_ms = record.slice_started_ms;
+    task.try_number = record.try_number;
+    task.run = record.run.map(|run| Run {
+        run_id: RunId::from_u64(run.run_id).expect("a run id"),
+        bot_id: run.bot_id,
+        session_id: run.session_id,
+        last_heard_ms: record.started_ms.unwrap_or(record.created_ms),
+    });
+    task.started_ms = record.started_ms;
+    task.outcome = record.completed_ms.map(|completed_ms| {
+        Box::new(Outcome {
+            completed_ms,
+            abandoned_ms: record.abandoned_ms,
+            exit_code: record.exit_code,
+            duration_ms: record.duration_ms,
+            setup_ms: record.setup_ms,
+            teardown_ms: record.teardown_ms,
+            timeout: record.timeout,
+            internal_failure: record.internal_failure,
+            failure_reason: record.failure_reason,
+            deduped_from: record.deduped_from.map(|run_id| RunId::from_u64(run_id).expect("a run id")),
+        })
+    });
+    (task.output_len, task.output_received) = (record.output_len, record.output_len);
+    task.output_truncated = record.output_truncated;
+    task.has_secret_bytes = record.has_secret_bytes;
+    task.kill_requested = record.kill_requested;
+    task
+}
+
+pub(super) fn task_record(task: &Task) -> TaskRecord {
     let none = Outcome::default();
     let outcome = task.outcome.as_deref().unwrap_or(&none);
     TaskRecord {

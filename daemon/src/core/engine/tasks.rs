@@ -1,14 +1,19 @@
 //! Tasks: creation, slices and dedup, waits, output, updates from bots, cancel, queries.
 
+use super::history::{Found, Missing};
 use super::*;
 
 impl Core {
-    /// The task of a request id, or of a run id that exists.
-    pub(super) fn find_task(&self, raw_id: u64) -> Option<&Task> {
-        let task = self.tasks.get(&request_id_of(raw_id))?;
+    /// The task of a request id, or of a run id that exists, from the heap or
+    /// a history run; the error is the reply to give.
+    pub(super) fn find_task(&self, raw_id: u64) -> Result<Found<'_>, Missing> {
+        let task = self.task_by_id(request_id_of(raw_id)).map_err(|missing| match missing {
+            Missing::Unknown(_) => Missing::Unknown(raw_id),
+            damaged => damaged,
+        })?;
         let try_number = (raw_id & 0xf) as u8;
         let run_exists = try_number == 0 || task.run.as_ref().is_some_and(|run| run.run_id.try_number() >= try_number);
-        run_exists.then_some(task)
+        if run_exists { Ok(task) } else { Err(Missing::Unknown(raw_id)) }
     }
 
     pub(super) fn new_task(&mut self, request: NewTaskRequest, out: &mut Output) -> Reply {
@@ -30,10 +35,8 @@ impl Core {
         if first_slice.is_none() {
             let reason = "no live bot has the dimensions of any slice, and no slice waits for capacity";
             self.finish(task_id, None, Ending::new(TaskState::NoResource, reason), out);
-        } else if let Some(source) = self.dedup_source(task_id) {
-            let source_task = &self.tasks[&source.request()];
+        } else if let Some((source, source_outcome)) = self.dedup_source(task_id) {
             let mut ending = Ending::new(TaskState::Completed, "");
-            let source_outcome = source_task.outcome.as_deref().expect("a dedup source ended");
             (ending.exit_code, ending.duration_ms) = (source_outcome.exit_code, source_outcome.duration_ms);
             ending.deduped_from = Some(source);
             self.finish(task_id, None, ending, out);
@@ -53,8 +56,9 @@ impl Core {
         (from..slices.len()).find(|&index| servable(self, &slices[index])).map(|index| index as u32)
     }
 
-    /// A successful earlier run with the same properties, recent enough to reuse.
-    pub(super) fn dedup_source(&self, task_id: RequestId) -> Option<RunId> {
+    /// A successful earlier run with the same properties, recent enough to
+    /// reuse, and how it ended.
+    pub(super) fn dedup_source(&self, task_id: RequestId) -> Option<(RunId, Outcome)> {
         let task = &self.tasks[&task_id];
         let properties = task.properties();
         // Secret bytes change what a task does without showing in its properties.
@@ -62,7 +66,12 @@ impl Core {
             return None;
         }
         let &(run_id, ended_ms) = self.successes.get(properties)?;
-        (ended_ms.saturating_add(self.config.dedup_window_ms) >= self.now_ms).then_some(run_id)
+        if ended_ms.saturating_add(self.config.dedup_window_ms) < self.now_ms {
+            return None;
+        }
+        // In a history run that turns out damaged, the source is lost: the task runs.
+        let source = self.task_by_id(run_id.request()).ok()?;
+        Some((run_id, source.outcome.as_deref()?.clone()))
     }
 
     /// A task's result with, while it is pending, why it still waits.
@@ -84,23 +93,24 @@ impl Core {
             );
         }
         let limit = if query.limit == 0 { DEFAULT_TASK_PAGE } else { query.limit } as usize;
-        let wanted = |task: &&Task| {
-            query.state.is_none_or(|state| task.state == state)
-                && query.tags.iter().all(|tag| task.request.tags.contains(tag))
+        let (tasks, more) = match self.list_merged(&query, limit) {
+            Ok(listed) => listed,
+            Err(damage) => return error(ErrorCode::Internal, damage),
         };
-        let before = query.cursor.map(request_id_of);
-        let mut matching = self.tasks.newest_first_before(before).filter(wanted);
-        let tasks: Vec<TaskResult> = matching.by_ref().take(limit).map(|task| self.describe(task)).collect();
-        let more = matching.next().is_some();
         let next_cursor = tasks.last().filter(|_| more).map(|task| task.task_id);
         Reply::Tasks { tasks, next_cursor }
     }
 
     pub(super) fn cancel(&mut self, raw_id: u64, kill_running: bool, out: &mut Output) -> Reply {
-        let Some(task) = self.find_task(raw_id) else { return self.not_found(raw_id) };
+        let task = match self.find_task(raw_id) {
+            Ok(task) => task,
+            Err(missing) => return self.missing(missing),
+        };
+        if task.state.is_terminal() {
+            return Reply::Canceled { outcome: CancelOutcome::AlreadyEnded, task: task.result() };
+        }
         let task_id = task.id;
         let outcome = match task.current_run() {
-            _ if task.state.is_terminal() => CancelOutcome::AlreadyEnded,
             None => {
                 self.finish(task_id, None, Ending::new(TaskState::Canceled, "canceled by a client"), out);
                 CancelOutcome::Canceled
@@ -127,7 +137,10 @@ impl Core {
     }
 
     pub(super) fn wait_task(&mut self, conn: ConnId, request_id: u64, raw_id: u64, timeout_ms: u64) -> Option<Reply> {
-        let Some(task) = self.find_task(raw_id) else { return Some(self.not_found(raw_id)) };
+        let task = match self.find_task(raw_id) {
+            Ok(task) => task,
+            Err(missing) => return Some(self.missing(missing)),
+        };
         if task.state.is_terminal() || timeout_ms == 0 {
             return Some(Reply::Task(task.result()));
         }
@@ -147,7 +160,10 @@ impl Core {
         max_bytes: u32,
         out: &mut Output,
     ) -> Option<Reply> {
-        let Some(task) = self.find_task(raw_id) else { return Some(self.not_found(raw_id)) };
+        let task = match self.find_task(raw_id) {
+            Ok(task) => task,
+            Err(missing) => return Some(self.missing(missing)),
+        };
         out.output_reads.push(OutputRead {
             conn,
             request_id,
@@ -164,7 +180,7 @@ impl Core {
         let Some(run_id) = RunId::from_u64(update.run_id) else {
             return error(ErrorCode::InvalidRequest, "run_id: a run id ends in a non-zero hex digit");
         };
-        let Some(task) = self.tasks.get(&run_id.request()) else {
+        let Ok(task) = self.task_by_id(run_id.request()) else {
             return error(ErrorCode::StaleRun, format!("run {run_id} is unknown"));
         };
         let is_this_run =
@@ -244,9 +260,18 @@ impl Core {
         offset: u64,
         out: &mut Output,
     ) -> Option<Reply> {
-        let Some(task) = self.find_task(raw_id) else { return Some(self.not_found(raw_id)) };
+        let task = match self.find_task(raw_id) {
+            Ok(task) => task,
+            Err(missing) => return Some(self.missing(missing)),
+        };
         let task_id = task.id;
         let offset = offset.min(task.output_len);
+        if task.is_archived() {
+            // It ended before the last snapshot: all of its output, and done.
+            let mut follower = Follower { conn, request_id, offset };
+            read_for_follower(&mut follower, task.output_run(), task.output_len, true, out);
+            return None;
+        }
         self.tasks.get_mut(&task_id).expect("found above").followers.push(Follower { conn, request_id, offset });
         self.feed_followers(task_id, out);
         let timer = Timer::FollowHeartbeat { task_id, follower: (conn, request_id) };
@@ -284,27 +309,7 @@ impl Core {
         let ended = task.state.is_terminal();
         let source = task.output_run();
         for follower in &mut task.followers {
-            loop {
-                let remaining = task.output_len - follower.offset;
-                let chunk = remaining.min(MAX_OUTPUT_CHUNK_BYTES as u64);
-                let last = chunk == remaining;
-                if chunk == 0 && !ended {
-                    break;
-                }
-                out.output_reads.push(OutputRead {
-                    conn: follower.conn,
-                    request_id: follower.request_id,
-                    run_id: source,
-                    offset: follower.offset,
-                    max_bytes: chunk as usize,
-                    output_len: task.output_len,
-                    task_ended: ended && last,
-                });
-                follower.offset += chunk;
-                if last {
-                    break;
-                }
-            }
+            read_for_follower(follower, source, task.output_len, ended, out);
         }
         if ended {
             task.followers.clear();
@@ -324,6 +329,32 @@ impl Core {
         } else {
             let reason = format!("slice {slice_index} expired and no later slice could be served");
             self.finish(task_id, None, Ending::new(TaskState::Expired, reason), out);
+        }
+    }
+}
+
+/// Sends a follower the output of `source` it has not seen, in chunks; once
+/// the task ended, the last chunk says so.
+fn read_for_follower(follower: &mut Follower, source: Option<RunId>, output_len: u64, ended: bool, out: &mut Output) {
+    loop {
+        let remaining = output_len - follower.offset;
+        let chunk = remaining.min(MAX_OUTPUT_CHUNK_BYTES as u64);
+        let last = chunk == remaining;
+        if chunk == 0 && !ended {
+            break;
+        }
+        out.output_reads.push(OutputRead {
+            conn: follower.conn,
+            request_id: follower.request_id,
+            run_id: source,
+            offset: follower.offset,
+            max_bytes: chunk as usize,
+            output_len,
+            task_ended: ended && last,
+        });
+        follower.offset += chunk;
+        if last {
+            break;
         }
     }
 }

@@ -1,0 +1,170 @@
+//! Ended tasks in history runs (docs/state.md, section 3): how they get there,
+//! how the heap lets go of them, and how lookups and listings reach them.
+//!
+//! The snapshot job's core hands its ended tasks to a new run
+//! (`take_ended_for_history`) and lists the run (`add_history_run`) before
+//! its snapshot is written. The live core is told of the run once it is
+//! durable and then drops its own copies of those tasks, a bounded number per
+//! call (`forget_archived`), so a big run never stalls the event loop.
+
+use std::ops::Deref;
+
+use apiary_storage::HistoryRun;
+
+use super::snapshot::{task_from_record, task_record};
+use super::*;
+use crate::core::history::RunEntry;
+use crate::core::snapshot::TaskRecord;
+
+/// A task found by id: held in the heap, or read back from a history run.
+pub(super) enum Found<'a> {
+    Held(&'a Task),
+    Archived(Box<Task>),
+}
+
+impl Deref for Found<'_> {
+    type Target = Task;
+
+    fn deref(&self) -> &Task {
+        match self {
+            Found::Held(task) => task,
+            Found::Archived(task) => task,
+        }
+    }
+}
+
+impl Found<'_> {
+    pub(super) fn is_archived(&self) -> bool {
+        matches!(self, Found::Archived(_))
+    }
+}
+
+/// Why a task was not found.
+pub(super) enum Missing {
+    /// No task has this (request or run) id, or retention let it go.
+    Unknown(u64),
+    /// The history run that holds it is damaged.
+    Damaged(String),
+}
+
+impl Core {
+    /// The task with this request id, from the heap or a history run.
+    pub(super) fn task_by_id(&self, task_id: RequestId) -> Result<Found<'_>, Missing> {
+        if let Some(task) = self.tasks.get(&task_id) {
+            return Ok(Found::Held(task));
+        }
+        if task_id.created_unix_ms() < self.retained_from_ms {
+            return Err(Missing::Unknown(task_id.as_u64()));
+        }
+        match self.history.get(task_id) {
+            Ok(Some(record)) => Ok(Found::Archived(Box::new(task_from_record(record)))),
+            Ok(None) => Err(Missing::Unknown(task_id.as_u64())),
+            Err(damage) => Err(Missing::Damaged(damage)),
+        }
+    }
+
+    /// The reply for a task not found.
+    pub(super) fn missing(&self, missing: Missing) -> Reply {
+        match missing {
+            Missing::Unknown(raw_id) => self.not_found(raw_id),
+            Missing::Damaged(damage) => error(ErrorCode::Internal, damage),
+        }
+    }
+
+    /// The snapshot job: removes every ended task, returning their records in
+    /// id order for a new history run.
+    pub fn take_ended_for_history(&mut self) -> Vec<TaskRecord> {
+        let ended: Vec<RequestId> =
+            self.tasks.values().filter(|task| task.state.is_terminal()).map(|task| task.id).collect();
+        ended.iter().map(|task_id| task_record(&self.tasks.remove(task_id).expect("listed above"))).collect()
+    }
+
+    /// Lists a durable history run as part of the core's state. The live
+    /// daemon passes the run's reader and then lets go of the tasks it holds
+    /// through `forget_archived`.
+    pub fn add_history_run(&mut self, entry: RunEntry, reader: Option<HistoryRun>) {
+        let live = reader.is_some();
+        self.history.add(entry, reader);
+        if live {
+            self.archiving.push_back((entry.number, 0));
+        }
+    }
+
+    /// After a restart: the reader of a run the snapshot lists.
+    pub fn attach_history_run(&mut self, number: u64, reader: HistoryRun) {
+        self.history.attach(number, reader);
+    }
+
+    /// The history runs the state covers, oldest first.
+    pub fn history_runs(&self) -> Vec<RunEntry> {
+        self.history.entries().copied().collect()
+    }
+
+    /// Drops up to `budget` heap copies of tasks that a history run now holds.
+    /// Returns whether more are left to drop.
+    pub fn forget_archived(&mut self, budget: usize) -> bool {
+        let mut left = budget;
+        while let Some(&(number, from)) = self.archiving.front() {
+            let Some(index) = self.history.reader(number).and_then(|reader| reader.index().ok()) else {
+                // Expired meanwhile, or damaged: the heap copies stay until retention.
+                self.archiving.pop_front();
+                continue;
+            };
+            let to = index.len().min(from + left);
+            for number in from..to {
+                let task_id = RequestId::from_u64(index.id_at(number)).expect("runs hold request ids");
+                if self.tasks.get(&task_id).is_some_and(|task| task.state.is_terminal()) {
+                    self.tasks.remove(&task_id);
+                }
+            }
+            left -= to - from;
+            if to == index.len() {
+                self.archiving.pop_front();
+            } else {
+                self.archiving.front_mut().expect("looked at above").1 = to;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Tasks below `before`, newest first, in the state and with the tags
+    /// asked for, from the heap and the history runs merged; at most `limit`,
+    /// and whether there are more.
+    pub(super) fn list_merged(&self, query: &TaskQuery, limit: usize) -> Result<(Vec<TaskResult>, bool), String> {
+        let before = query.cursor.map(tasks::request_id_of);
+        let wanted = |task: &&Task| {
+            query.state.is_none_or(|state| task.state == state)
+                && query.tags.iter().all(|tag| task.request.tags.contains(tag))
+        };
+        let mut held = self.tasks.newest_first_before(before).filter(wanted).peekable();
+        let floor = RequestId::first_of_millisecond(self.retained_from_ms);
+        let mut archived = self.history.newest_first(before, floor, query.state, &query.tags)?;
+        let mut tasks = Vec::new();
+        loop {
+            let held_id = held.peek().map(|task| task.id.as_u64());
+            if let Some(archived_id) = archived.peek_id() {
+                // A task the heap still holds is listed from there, or not wanted.
+                let still_held = || self.tasks.get(&RequestId::from_u64(archived_id).expect("an id")).is_some();
+                if held_id == Some(archived_id) || held_id.is_none_or(|held_id| archived_id > held_id) && still_held() {
+                    archived.skip();
+                    continue;
+                }
+            }
+            let take_held = match (held_id, archived.peek_id()) {
+                (None, None) => return Ok((tasks, false)),
+                (Some(held_id), Some(archived_id)) => held_id > archived_id,
+                (held_id, _) => held_id.is_some(),
+            };
+            if tasks.len() == limit {
+                return Ok((tasks, true));
+            }
+            if take_held {
+                tasks.push(self.describe(held.next().expect("peeked")));
+            } else {
+                let record = archived.next_record().expect("peeked")?;
+                tasks.push(task_from_record(record).result());
+            }
+        }
+    }
+}
