@@ -12,8 +12,10 @@
 //! - a small seeded PRNG, so runs repeat exactly;
 //! - [`stats`]: percentiles as the load report prints them;
 //! - [`floor`]: the machine's floor (a loopback round trip, a 4 KiB fdatasync);
-//! - [`pipeline`]: a client connection with up to N requests in flight.
+//! - [`pipeline`]: a client connection with up to N requests in flight;
+//! - [`fixture`]: a data directory holding a large state, in the daemon's own formats.
 
+pub mod fixture;
 pub mod floor;
 pub mod pipeline;
 pub mod stats;

@@ -182,11 +182,15 @@ impl Daemon {
     /// only a restart takes.
     fn replay(&self) -> Core {
         let mut core = match &self.snapshot {
-            Some(bytes) => Core::restore(config(), CoreSnapshot::decode(bytes).expect("a snapshot decodes")),
+            Some(bytes) => Core::restore(config(), CoreSnapshot::access(bytes).expect("a snapshot reads back"))
+                .expect("a snapshot restores"),
             None => Core::new(config()),
         };
         for run in core.history_runs() {
-            core.attach_history_run(run.number, self.history.open_run(run.number).expect("a listed run opens"));
+            core.attach_history_run(
+                run.number,
+                Arc::new(self.history.open_run(run.number).expect("a listed run opens")),
+            );
         }
         for event in &self.log {
             core.apply(event);
@@ -215,7 +219,7 @@ impl Daemon {
             let entry = RunEntry::of(number, &run);
             job.add_history_run(entry, None);
             self.applied_all.add_history_run(entry, None);
-            self.core.add_history_run(entry, Some(run));
+            self.core.add_history_run(entry, Some(Arc::new(run)));
         }
         let bytes = job.snapshot().encode();
         assert!(

@@ -12,6 +12,8 @@
 //! tasks; a task is in at most one run, and while the heap still holds it the
 //! heap's copy is the one used.
 
+use std::sync::Arc;
+
 use apiary_protocol::{RequestId, TaskState};
 use apiary_storage::{HistoryRun, Postings, RunIndex};
 use rkyv::{Archive, Deserialize, Serialize, rancor};
@@ -36,7 +38,7 @@ impl RunEntry {
 struct HeldRun {
     entry: RunEntry,
     /// Set in the live daemon; the snapshot job only lists runs.
-    reader: Option<HistoryRun>,
+    reader: Option<Arc<HistoryRun>>,
 }
 
 #[derive(Default)]
@@ -69,13 +71,13 @@ fn decode_record(bytes: &[u8]) -> Result<TaskRecord, String> {
 }
 
 impl History {
-    pub fn add(&mut self, entry: RunEntry, reader: Option<HistoryRun>) {
+    pub fn add(&mut self, entry: RunEntry, reader: Option<Arc<HistoryRun>>) {
         assert!(self.runs.last().is_none_or(|last| last.entry.number < entry.number), "runs come in order");
         self.runs.push(HeldRun { entry, reader });
     }
 
     /// Gives a listed run its reader (the shell opened it after a restart).
-    pub fn attach(&mut self, number: u64, reader: HistoryRun) {
+    pub fn attach(&mut self, number: u64, reader: Arc<HistoryRun>) {
         let run = self.runs.iter_mut().find(|run| run.entry.number == number).expect("attach a listed run");
         run.reader = Some(reader);
     }
@@ -85,7 +87,7 @@ impl History {
     }
 
     pub fn reader(&self, number: u64) -> Option<&HistoryRun> {
-        self.runs.iter().find(|run| run.entry.number == number)?.reader.as_ref()
+        self.runs.iter().find(|run| run.entry.number == number)?.reader.as_deref()
     }
 
     /// Lets go of the runs whose every task was created before `before`.
@@ -97,7 +99,7 @@ impl History {
     pub fn get(&self, id: RequestId) -> Result<Option<TaskRecord>, String> {
         let id = id.as_u64();
         let candidates = self.runs.iter().rev().filter(|run| (run.entry.min_id..=run.entry.max_id).contains(&id));
-        for reader in candidates.filter_map(|run| run.reader.as_ref()) {
+        for reader in candidates.filter_map(|run| run.reader.as_deref()) {
             let index = reader.index().map_err(|error| error.to_string())?;
             if let Some(number) = index.find(id) {
                 return index.record(number).map_err(|error| error.to_string()).and_then(decode_record).map(Some);

@@ -15,20 +15,33 @@ use super::Map;
 #[derive(Default)]
 pub struct InternedProperties {
     by_content: Map<Arc<TaskProperties>, ()>,
+    /// The last properties asked for, and their shared copy: a restore asks for
+    /// the same `Arc` a million times, and this spares hashing it each time.
+    last: Option<(Arc<TaskProperties>, Arc<TaskProperties>)>,
 }
 
 impl InternedProperties {
     /// The shared copy of `properties`, which becomes it if it is new.
     pub fn intern(&mut self, properties: &Arc<TaskProperties>) -> Arc<TaskProperties> {
-        if let Some((shared, ())) = self.by_content.get_key_value(properties) {
+        if let Some((asked, shared)) = &self.last
+            && Arc::ptr_eq(asked, properties)
+        {
             return Arc::clone(shared);
         }
-        self.by_content.insert(Arc::clone(properties), ());
-        Arc::clone(properties)
+        let shared = match self.by_content.get_key_value(properties) {
+            Some((shared, ())) => Arc::clone(shared),
+            None => {
+                self.by_content.insert(Arc::clone(properties), ());
+                Arc::clone(properties)
+            }
+        };
+        self.last = Some((Arc::clone(properties), Arc::clone(&shared)));
+        shared
     }
 
     /// Lets go of the properties no task holds any more.
     pub fn forget_unused(&mut self) {
+        self.last = None;
         self.by_content.retain(|properties, ()| Arc::strong_count(properties) > 1);
     }
 

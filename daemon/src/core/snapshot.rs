@@ -129,12 +129,13 @@ impl CoreSnapshot {
         rkyv::to_bytes::<rancor::Error>(self).expect("a snapshot always serializes")
     }
 
-    /// Validates and decodes a snapshot's payload. The bytes must be 16-byte aligned.
-    pub fn decode(bytes: &[u8]) -> Result<CoreSnapshot, SnapshotDecodeError> {
-        let snapshot = rkyv::from_bytes::<CoreSnapshot, rancor::Error>(bytes)
+    /// Validates a snapshot's payload and its schema, for reading in place
+    /// (`Core::restore`). The bytes must be 16-byte aligned.
+    pub fn access(bytes: &[u8]) -> Result<&ArchivedCoreSnapshot, SnapshotDecodeError> {
+        let snapshot = rkyv::access::<ArchivedCoreSnapshot, rancor::Error>(bytes)
             .map_err(|error| SnapshotDecodeError::Invalid(error.to_string()))?;
         if snapshot.schema != SNAPSHOT_SCHEMA {
-            return Err(SnapshotDecodeError::Schema { found: snapshot.schema });
+            return Err(SnapshotDecodeError::Schema { found: snapshot.schema.to_native() });
         }
         Ok(snapshot)
     }

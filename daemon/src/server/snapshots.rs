@@ -29,7 +29,7 @@ use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use apiary_storage::{HistoryDir, ReadError, SnapshotFile, SnapshotStore, Wal, read_records};
+use apiary_storage::{HistoryDir, HistoryRun, ReadError, SnapshotFile, SnapshotStore, Wal, read_records};
 
 use super::{log, os, replay};
 use crate::core::history::{self, RunEntry};
@@ -274,10 +274,31 @@ impl Snapshots {
     /// reads them from there and lets go of its own copies.
     fn adopt_history_run(&self, seq: u64, core: &mut Core) {
         match self.history.open_run(seq) {
-            Ok(run) => core.add_history_run(RunEntry::of(seq, &run), Some(run)),
+            Ok(run) => {
+                let run = Arc::new(run);
+                check_runs_in_background(vec![Arc::clone(&run)]);
+                core.add_history_run(RunEntry::of(seq, &run), Some(run));
+            }
             // The heap keeps its copies; a restart reads the run again.
             Err(error) => log(format!("cannot open the new history run: {error}")),
         }
+    }
+}
+
+/// Checks the runs' indexes on a thread of their own (at a million tasks a
+/// run's index is tens of megabytes), so that the first listing or lookup
+/// that reaches a run finds it checked instead of checking it on the loop.
+pub fn check_runs_in_background(runs: Vec<Arc<HistoryRun>>) {
+    let spawned = thread::Builder::new().name("apiary-history-check".into()).spawn(move || {
+        let _ = os::lower_this_thread_priority();
+        for run in runs {
+            if let Err(error) = run.index() {
+                log(format!("{error}"));
+            }
+        }
+    });
+    if let Err(error) = spawned {
+        log(format!("cannot start the history check thread: {error}"));
     }
 }
 
@@ -428,9 +449,8 @@ impl JobArgs {
             base_seq => {
                 let file = SnapshotFile { covered_seq: base_seq, path: store.path(base_seq) };
                 let loaded = store.read(&file).map_err(|error| error.to_string())?;
-                let snapshot =
-                    CoreSnapshot::decode(&loaded).map_err(|error| format!("{}: {error}", file.path.display()))?;
-                Core::restore(config, snapshot)
+                let damaged = |error| format!("{}: {error}", file.path.display());
+                Core::restore(config, CoreSnapshot::access(&loaded).map_err(damaged)?).map_err(damaged)?
             }
         };
         let history = HistoryDir::open(&self.data_dir.join("history")).map_err(|error| error.to_string())?;

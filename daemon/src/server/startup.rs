@@ -4,6 +4,7 @@ use std::fs::{self, File};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apiary_storage::{
@@ -12,7 +13,7 @@ use apiary_storage::{
 use mio::net::TcpListener;
 
 use super::event_loop::{EventLoop, now_unix_ms};
-use super::snapshots::SnapshotSettings;
+use super::snapshots::{self, SnapshotSettings};
 use super::{ServerError, log, os, replay};
 use crate::core::{Core, CoreConfig, CoreSnapshot, DISK_FULL_MARKER};
 
@@ -91,7 +92,7 @@ fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
     let started = Instant::now();
     let snapshots = SnapshotStore::open(&config.data_dir.join("snapshots"))?;
     let (base, wal, recovery) = open_newest_usable(config, &snapshots)?;
-    let opened = started.elapsed();
+    let restored = started.elapsed();
     if let Some(torn) = &recovery.torn_tail {
         log(format!("recovery cut a torn tail of the log: {torn}"));
     }
@@ -99,15 +100,15 @@ fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
         log(format!("accepted the loss of part of the log (--accept-log-loss): {loss}"));
     }
     let snapshot_seq = base.as_ref().map_or(0, |(file, _)| file.covered_seq);
-    let mut core = match base {
-        Some((_, snapshot)) => Core::restore(config.core.clone(), snapshot),
-        None => Core::new(config.core.clone()),
-    };
+    let mut core = base.map_or_else(|| Core::new(config.core.clone()), |(_, core)| core);
     let history = HistoryDir::open(&config.data_dir.join("history"))?;
+    let mut runs = Vec::new();
     for run in core.history_runs() {
-        core.attach_history_run(run.number, history.open_run(run.number)?);
+        let reader = Arc::new(history.open_run(run.number)?);
+        runs.push(Arc::clone(&reader));
+        core.attach_history_run(run.number, reader);
     }
-    let restored = started.elapsed();
+    snapshots::check_runs_in_background(runs);
     let mut replayed = 0u64;
     for record in wal.records() {
         replay::apply_record(&mut core, &record)?;
@@ -130,9 +131,8 @@ fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
     let ms = |elapsed: Duration| elapsed.as_millis();
     log(format!(
         "recovered {} tasks: snapshot after record {snapshot_seq}, then {replayed} records of the log \
-         (files opened and checked by {} ms, snapshot restored by {} ms, log replayed by {} ms, done in {} ms)",
+         (snapshot restored and log opened by {} ms, log replayed by {} ms, done in {} ms)",
         core.task_count(),
-        ms(opened),
         ms(restored),
         ms(replayed_at),
         ms(started.elapsed()),
@@ -140,7 +140,8 @@ fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
     Ok(Recovered { core, wal, outputs, snapshots, history, snapshot_seq })
 }
 
-type Base = Option<(SnapshotFile, CoreSnapshot)>;
+/// The newest usable snapshot, restored into a core.
+type Base = Option<(SnapshotFile, Core)>;
 
 /// The newest snapshot that reads back whole and that the log still follows,
 /// with the log opened after it. A damaged snapshot is passed over only when
@@ -150,9 +151,9 @@ fn open_newest_usable(config: &ServerConfig, snapshots: &SnapshotStore) -> Resul
     let mut damaged: Vec<(SnapshotFile, String)> = Vec::new();
     let mut base = None;
     for file in snapshots.list()? {
-        match load_snapshot(snapshots, &file) {
-            Ok(snapshot) => {
-                base = Some((file, snapshot));
+        match restore_snapshot(snapshots, &file, &config.core) {
+            Ok(core) => {
+                base = Some((file, core));
                 break;
             }
             Err(reason) => {
@@ -178,7 +179,9 @@ fn open_newest_usable(config: &ServerConfig, snapshots: &SnapshotStore) -> Resul
     Ok((base, wal, recovery))
 }
 
-fn load_snapshot(snapshots: &SnapshotStore, file: &SnapshotFile) -> Result<CoreSnapshot, String> {
+/// A core from a snapshot that reads back whole; the error says why it does not.
+fn restore_snapshot(snapshots: &SnapshotStore, file: &SnapshotFile, config: &CoreConfig) -> Result<Core, String> {
     let loaded = snapshots.read(file).map_err(|error| error.to_string())?;
-    CoreSnapshot::decode(&loaded).map_err(|error| format!("snapshot {}: {error}", file.path.display()))
+    let damaged = |error| format!("snapshot {}: {error}", file.path.display());
+    Core::restore(config.clone(), CoreSnapshot::access(&loaded).map_err(damaged)?).map_err(damaged)
 }

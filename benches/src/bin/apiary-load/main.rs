@@ -60,6 +60,9 @@ struct Cli {
 enum Command {
     /// Measure this machine's floor: a loopback round trip and a 4 KiB fdatasync.
     Floor(FloorArgs),
+    /// Write a data directory holding a large state (pending tasks in a snapshot,
+    /// ended ones in history runs), for restart and history benchmarks.
+    StateFixture(apiary_benches::fixture::FixtureArgs),
 }
 
 /// The floor probe's flags.
@@ -225,6 +228,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Command::Floor(floor_args)) => run_floor(floor_args).map(|_| ()),
+        Some(Command::StateFixture(fixture_args)) => run_fixture(fixture_args),
         None => run_load(&cli.load),
     };
     match result {
@@ -248,6 +252,23 @@ fn run_floor(floor_args: &FloorArgs) -> Result<Floor, String> {
         println!("{line}");
     }
     Ok(floor)
+}
+
+fn run_fixture(args: &apiary_benches::fixture::FixtureArgs) -> Result<(), String> {
+    let started = Instant::now();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let written = apiary_benches::fixture::write(args, now_ms)?;
+    println!(
+        "wrote {} ended tasks in {} history runs ({} bytes) and {} pending tasks in a snapshot ({} bytes) to {} in {:.1} s",
+        args.finished,
+        written.runs,
+        written.history_bytes,
+        args.pending,
+        written.snapshot_bytes,
+        args.data_dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn run_load(args: &LoadArgs) -> Result<(), String> {

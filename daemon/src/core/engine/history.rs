@@ -9,6 +9,8 @@
 
 use std::ops::Deref;
 
+use std::sync::Arc;
+
 use apiary_storage::HistoryRun;
 
 use super::snapshot::{task_from_record, task_record};
@@ -82,7 +84,7 @@ impl Core {
     /// Lists a durable history run as part of the core's state. The live
     /// daemon passes the run's reader and then lets go of the tasks it holds
     /// through `forget_archived`.
-    pub fn add_history_run(&mut self, entry: RunEntry, reader: Option<HistoryRun>) {
+    pub fn add_history_run(&mut self, entry: RunEntry, reader: Option<Arc<HistoryRun>>) {
         let live = reader.is_some();
         self.history.add(entry, reader);
         if live {
@@ -91,7 +93,7 @@ impl Core {
     }
 
     /// After a restart: the reader of a run the snapshot lists.
-    pub fn attach_history_run(&mut self, number: u64, reader: HistoryRun) {
+    pub fn attach_history_run(&mut self, number: u64, reader: Arc<HistoryRun>) {
         self.history.attach(number, reader);
     }
 
@@ -137,7 +139,11 @@ impl Core {
             query.state.is_none_or(|state| task.state == state)
                 && query.tags.iter().all(|tag| task.request.tags.contains(tag))
         };
-        let mut held = self.tasks.newest_first_before(before).filter(wanted).peekable();
+        let held: Box<dyn Iterator<Item = &Task>> = match query.tags.first() {
+            Some(tag) => Box::new(self.tasks.newest_first_tagged(tag, before)),
+            None => Box::new(self.tasks.newest_first_before(before)),
+        };
+        let mut held = held.filter(wanted).peekable();
         let floor = RequestId::first_of_millisecond(self.retained_from_ms);
         let mut archived = self.history.newest_first(before, floor, query.state, &query.tags)?;
         let mut tasks = Vec::new();
@@ -160,7 +166,8 @@ impl Core {
                 return Ok((tasks, true));
             }
             if take_held {
-                tasks.push(self.describe(held.next().expect("peeked")));
+                // Why a pending task waits (its queue position is a count) comes with `tasks show`.
+                tasks.push(held.next().expect("peeked").result());
             } else {
                 let record = archived.next_record().expect("peeked")?;
                 tasks.push(task_from_record(record).result());

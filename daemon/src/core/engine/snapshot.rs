@@ -2,8 +2,12 @@
 //! (`restore`), with everything that is not durable rebuilt as replay would.
 
 use super::*;
+use rkyv::de::Pool;
+use rkyv::rancor;
+
 use crate::core::snapshot::{
-    BotEventEntry, BotRecord, CoreSnapshot, QuarantineRecord, RunRecord, SNAPSHOT_SCHEMA, SuccessRecord, TaskRecord,
+    ArchivedCoreSnapshot, BotEventEntry, BotRecord, CoreSnapshot, QuarantineRecord, RunRecord, SNAPSHOT_SCHEMA,
+    SnapshotDecodeError, SuccessRecord, TaskRecord,
 };
 
 impl Core {
@@ -36,28 +40,37 @@ impl Core {
     /// A core with the snapshot's state, as if it had applied the events the
     /// snapshot covers. Follow with `apply` for the log after it, then the
     /// same steps as after a replay (`set_output_len`, `recovered`).
-    pub fn restore(config: CoreConfig, snapshot: CoreSnapshot) -> Core {
+    ///
+    /// Records are read from the archive in place, one at a time: decoding
+    /// the whole snapshot first would hold a second copy of every task (a
+    /// third of a gigabyte at a million) and take as long again. One pool
+    /// decodes every shared `Arc` once, so tasks that share their properties
+    /// in the archive share them here too.
+    pub fn restore(config: CoreConfig, snapshot: &ArchivedCoreSnapshot) -> Result<Core, SnapshotDecodeError> {
+        let mut pool = Pool::new();
         let mut core = Core::new(config);
-        core.last_task_id = snapshot.last_task_id.map(|id| RequestId::from_u64(id).expect("a request id"));
-        core.retained_from_ms = snapshot.retained_from_ms;
-        for record in snapshot.bots {
-            core.restore_bot(record);
+        let last_task_id = snapshot.last_task_id.as_ref().map(|id| id.to_native());
+        core.last_task_id = last_task_id.map(|id| RequestId::from_u64(id).expect("a request id"));
+        core.retained_from_ms = snapshot.retained_from_ms.to_native();
+        for record in snapshot.bots.iter() {
+            core.restore_bot(decode(record, &mut pool)?);
         }
         // Room for every task at once: growing by doubling would copy the
         // index several times on the way to a million.
         core.tasks.reserve(snapshot.tasks.len());
-        for record in snapshot.tasks {
-            core.restore_task(record);
+        for record in snapshot.tasks.iter() {
+            core.restore_task(decode(record, &mut pool)?);
         }
-        for entry in snapshot.history {
-            core.history.add(entry, None);
+        for entry in snapshot.history.iter() {
+            core.history.add(decode(entry, &mut pool)?, None);
         }
-        for success in snapshot.successes {
+        for success in snapshot.successes.iter() {
+            let success: SuccessRecord = decode(success, &mut pool)?;
             let run_id = RunId::from_u64(success.run_id).expect("a run id");
             let properties = core.properties.intern(&success.properties);
             core.successes.insert(properties, (run_id, success.ended_ms));
         }
-        core
+        Ok(core)
     }
 
     fn restore_bot(&mut self, record: BotRecord) {
@@ -111,6 +124,15 @@ impl Core {
             _ => {}
         }
     }
+}
+
+/// One record of the archive, decoded with the shared pool.
+fn decode<T, A>(archived: &A, pool: &mut Pool) -> Result<T, SnapshotDecodeError>
+where
+    A: rkyv::Deserialize<T, rkyv::rancor::Strategy<Pool, rancor::Error>>,
+{
+    rkyv::api::deserialize_using::<T, _, rancor::Error>(archived, pool)
+        .map_err(|error| SnapshotDecodeError::Invalid(error.to_string()))
 }
 
 /// A task as its record says, holding nothing (not queued, no timers).
