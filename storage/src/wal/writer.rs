@@ -191,6 +191,7 @@ impl Wal {
         if self.last_seq < self.unsynced_first_seq && active.pending_rename.is_none() {
             return None;
         }
+        let active_index = active.index;
         let first_position = self.position_of(self.unsynced_segment);
         let mut steps = Vec::new();
         let mut installed = None;
@@ -198,8 +199,13 @@ impl Wal {
             // A segment started since the previous job is synced from its header on.
             let start = if segment.index == self.unsynced_segment { self.unsynced_offset } else { 0 };
             if segment.end > start {
-                let handle = segment.map.sync_handle();
-                steps.push(SyncStep::Range { segment: segment.index, handle, offset: start, len: segment.end - start });
+                steps.push(SyncStep::Range {
+                    segment: segment.index,
+                    handle: segment.map.sync_handle(),
+                    offset: start,
+                    len: segment.end - start,
+                    sealed: segment.index != active_index,
+                });
             }
             if let Some(from) = segment.pending_rename.take() {
                 let to = segment_path(&self.dir, segment.index);
@@ -426,7 +432,10 @@ impl<'a> Iterator for Records<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::mmap::page_bytes;
+    use crate::wal::read_records;
     use crate::wal::segment::segment_path;
+    use crate::wal::sync::RELEASE_MIN_BYTES;
 
     #[test]
     fn options_are_checked() {
@@ -520,6 +529,140 @@ mod tests {
         assert_eq!(kinds, ["range", "range", "install", "head"], "old segment, new segment, rename, HEAD");
         job.run().unwrap();
         assert_eq!(super::super::head::read_head(dir.path()).unwrap(), Some(1));
+    }
+
+    const MIB: usize = 1 << 20;
+
+    fn open_with_segments_of(dir: &Path, segment_bytes: usize) -> Wal {
+        Wal::open(dir, WalOptions { segment_bytes: segment_bytes as u64 }, LogStart::FROM_FIRST_RECORD).unwrap().0
+    }
+
+    /// The payload of record `seq`: its length and bytes follow from `seq`, so a record read
+    /// back in the wrong place or with stale bytes does not match.
+    fn numbered_payload(seq: u64) -> Vec<u8> {
+        let len = 1000 + (seq as usize * 37) % 3000;
+        (0..len).map(|at| (seq as usize * 31 + at * 7) as u8).collect()
+    }
+
+    /// Appends numbered records until the active segment is written up to at least `end`.
+    fn append_numbered_until(wal: &mut Wal, end: usize) {
+        while wal.segments.last().unwrap().end < end {
+            let seq = wal.last_seq() + 1;
+            assert_eq!(wal.append(7, &numbered_payload(seq)).unwrap(), seq);
+        }
+    }
+
+    fn assert_numbered_records(records: impl Iterator<Item = (u64, u16, Vec<u8>)>, last_seq: u64) {
+        let mut expected_seq = 1;
+        for (seq, kind, payload) in records {
+            assert_eq!((seq, kind), (expected_seq, 7));
+            assert!(payload == numbered_payload(seq), "record {seq} reads back different bytes");
+            expected_seq += 1;
+        }
+        assert_eq!(expected_seq, last_seq + 1, "records are missing");
+    }
+
+    /// Reads the whole log back through `read_records`, which checks every record's CRC.
+    fn assert_numbered_records_on_disk(dir: &Path, last_seq: u64) {
+        let mut records = Vec::new();
+        read_records(dir, 1, last_seq, |record| {
+            records.push((record.seq, record.kind, record.payload.to_vec()));
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_numbered_records(records.into_iter(), last_seq);
+    }
+
+    fn released_upto(wal: &Wal, position: usize) -> usize {
+        wal.segments[position].map.sync_handle().released_upto()
+    }
+
+    #[test]
+    fn synced_pages_of_a_segment_leave_the_resident_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = open_with_segments_of(dir.path(), 16 * MIB);
+        append_numbered_until(&mut wal, 6 * MIB);
+        let resident_before = wal.segments[0].map.resident_bytes();
+        assert!(resident_before >= 6 * MIB, "{resident_before} bytes resident after writing 6 MiB");
+        wal.take_sync_job().unwrap().run().unwrap();
+        let end = wal.segments[0].end;
+        assert_eq!(released_upto(&wal, 0), end / page_bytes() * page_bytes(), "released up to the head's page");
+        // What stays is the page holding the head and the pages after it that the kernel
+        // mapped along with it (a write fault may map a whole large folio of the page cache).
+        let resident_after = wal.segments[0].map.resident_bytes();
+        assert!(resident_after < RELEASE_MIN_BYTES, "{resident_after} bytes still resident after the sync");
+        assert_eq!(wal.segment_indices(), vec![0]);
+    }
+
+    #[test]
+    fn releases_wait_for_a_mebibyte_unless_the_segment_is_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = open_with_segments_of(dir.path(), 16 * MIB);
+        append_numbered_until(&mut wal, RELEASE_MIN_BYTES / 2);
+        wal.take_sync_job().unwrap().run().unwrap();
+        assert_eq!(released_upto(&wal, 0), 0, "less than RELEASE_MIN_BYTES synced");
+        append_numbered_until(&mut wal, RELEASE_MIN_BYTES + 8 * page_bytes());
+        wal.take_sync_job().unwrap().run().unwrap();
+        let first_release = released_upto(&wal, 0);
+        assert_eq!(first_release, wal.segments[0].end / page_bytes() * page_bytes());
+        append_numbered_until(&mut wal, first_release + RELEASE_MIN_BYTES / 4);
+        wal.take_sync_job().unwrap().run().unwrap();
+        assert_eq!(released_upto(&wal, 0), first_release, "a quarter of RELEASE_MIN_BYTES waits");
+        append_numbered_until(&mut wal, first_release + RELEASE_MIN_BYTES / 2);
+        wal.rotate_now().unwrap();
+        wal.take_sync_job().unwrap().run().unwrap();
+        assert_eq!(wal.segment_indices(), vec![0, 1]);
+        let sealed_end = wal.segments[0].end;
+        assert_eq!(released_upto(&wal, 0), sealed_end / page_bytes() * page_bytes(), "a sealed segment is released");
+        assert_eq!(released_upto(&wal, 1), 0, "the new segment holds its header only");
+        wal.check_invariants();
+    }
+
+    #[test]
+    fn records_read_back_intact_after_their_pages_were_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = open_with_segments_of(dir.path(), 16 * MIB);
+        append_numbered_until(&mut wal, 5 * MIB);
+        wal.take_sync_job().unwrap().run().unwrap();
+        assert!(released_upto(&wal, 0) >= 4 * MIB);
+        let last_seq = wal.last_seq();
+        let records = wal.records().map(|record| (record.seq, record.kind, record.payload.to_vec()));
+        assert_numbered_records(records, last_seq);
+        wal.check_invariants();
+        assert_numbered_records_on_disk(dir.path(), last_seq);
+        drop(wal);
+        let (wal, recovery) =
+            Wal::open(dir.path(), WalOptions { segment_bytes: 16 * MIB as u64 }, LogStart::FROM_FIRST_RECORD).unwrap();
+        assert_eq!((recovery.last_seq, recovery.torn_tail.is_none()), (last_seq, true));
+        let records = wal.records().map(|record| (record.seq, record.kind, record.payload.to_vec()));
+        assert_numbered_records(records, last_seq);
+    }
+
+    #[test]
+    fn appends_after_a_release_continue_in_the_same_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = open_with_segments_of(dir.path(), 16 * MIB);
+        append_numbered_until(&mut wal, 2 * MIB + 100);
+        wal.take_sync_job().unwrap().run().unwrap();
+        let first_release = released_upto(&wal, 0);
+        assert!(first_release >= 2 * MIB);
+        // The record after the release starts in the page that held the write head.
+        assert!(!wal.segments[0].end.is_multiple_of(page_bytes()));
+        append_numbered_until(&mut wal, 4 * MIB + 100);
+        wal.take_sync_job().unwrap().run().unwrap();
+        assert!(released_upto(&wal, 0) > first_release);
+        append_numbered_until(&mut wal, 4 * MIB + 20_000);
+        wal.take_sync_job().unwrap().run().unwrap();
+        assert_eq!(wal.segment_indices(), vec![0], "all in one segment");
+        let last_seq = wal.last_seq();
+        wal.check_invariants();
+        drop(wal);
+        let (wal, recovery) =
+            Wal::open(dir.path(), WalOptions { segment_bytes: 16 * MIB as u64 }, LogStart::FROM_FIRST_RECORD).unwrap();
+        assert_eq!((recovery.last_seq, recovery.torn_tail.is_none()), (last_seq, true));
+        let records = wal.records().map(|record| (record.seq, record.kind, record.payload.to_vec()));
+        assert_numbered_records(records, last_seq);
+        assert_numbered_records_on_disk(dir.path(), last_seq);
     }
 
     /// A crash after any step of a job that installs segments: the steps not run did not
