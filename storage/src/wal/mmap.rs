@@ -17,10 +17,13 @@
 //!   cache: a dirty page stays dirty in the page cache, the address range stays mapped, and
 //!   the next access faults in a page with the same bytes (the kernel does the same by
 //!   itself when it reclaims mapped file pages under memory pressure). So a slice from
-//!   `bytes()` over released pages stays valid: what it reads back is identical. The
-//!   caller releases only pages the owner no longer writes (the sync job: pages wholly
-//!   before the end of a synced range, which is at or before the write head, while writes
-//!   go at or after the write head), so a write never races with the release of its page.
+//!   `bytes()` over released pages stays valid: what it reads back is identical. A write
+//!   never races with the release of its page: a `SyncHandle` releases only pages the owner
+//!   no longer writes (the sync job: pages wholly before the end of a synced range, which
+//!   is at or before the write head, while writes go at or after the write head), and
+//!   `SegmentMap::release_unwritten`, which releases pages the owner will write later (the
+//!   zeros after the write head, read by recovery), takes `&mut self`, so the owner writes
+//!   nothing meanwhile.
 //! - **Nobody else changes the file.** The log directory is locked (`flock`) for as long as
 //!   the `Wal` lives, so no other Apiary process writes or truncates a segment; the writer
 //!   never shrinks a file. A file changed behind the lock's back (by hand) is outside the
@@ -136,6 +139,21 @@ impl SegmentMap {
         SyncHandle { mapping: Arc::clone(&self.mapping) }
     }
 
+    /// Drops the process's page-table entries for the pages `offset..offset + len`, which
+    /// the owner has not written yet but will (the zeros after the write head), as
+    /// `SyncHandle::release` does, without moving `released_upto()`: a later write faults
+    /// its page back in, and the sync job that covers it releases it again. `offset` and
+    /// `len` are multiples of the page size, and `offset` is at or after `released_upto()`.
+    pub(crate) fn release_unwritten(&mut self, offset: usize, len: usize) -> io::Result<()> {
+        let released_upto = self.mapping.released_upto.load(Ordering::Acquire);
+        assert!(
+            offset >= released_upto,
+            "unwritten pages at {offset} lie before the pages released up to {released_upto}"
+        );
+        // `&mut self`: no slice is alive and the owner writes nothing while the pages go.
+        self.mapping.drop_pages(offset, len)
+    }
+
     /// This process's resident bytes of the mapping: the `Rss` of its entry in
     /// `/proc/self/smaps`, which counts pages mapped into the process, not the file's pages
     /// in the page cache (what `mincore` would report). Linux only; for tests.
@@ -175,7 +193,19 @@ impl SyncHandle {
     /// multiples of the page size. The caller releases only pages the owner no longer writes
     /// (see the module's contract). On success, `released_upto()` is at least the range's end.
     pub(crate) fn release(&self, offset: usize, len: usize) -> io::Result<()> {
-        let raw = &self.mapping.raw;
+        self.mapping.drop_pages(offset, len)?;
+        let end = offset + len;
+        self.mapping.released_upto.fetch_max(end, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+impl Mapping {
+    /// `madvise(MADV_DONTNEED)` of the whole pages `offset..offset + len`. Both callers make
+    /// sure no write to these pages runs meanwhile (see `SyncHandle::release` and
+    /// `SegmentMap::release_unwritten`).
+    fn drop_pages(&self, offset: usize, len: usize) -> io::Result<()> {
+        let raw = &self.raw;
         let end = offset.checked_add(len).expect("release range overflows");
         assert!(end <= raw.len(), "release of {offset}..{end} past a mapping of {} bytes", raw.len());
         assert!(
@@ -189,15 +219,16 @@ impl SyncHandle {
         // keeps mapped, and starts on a page boundary because the mapping does. MADV_DONTNEED
         // on this MAP_SHARED file mapping changes no byte of the file or the page cache and
         // leaves the range mapped: it forms no reference, and a slice the owner holds over
-        // these bytes reads the same contents back. The owner writes only at or after its
-        // write head, and the caller releases only pages wholly before the end of a synced
-        // range, which the write head had reached when the sync job was taken; so no page in
-        // the range is being written, and the page holding the write head is never released.
+        // these bytes reads the same contents back. No page in the range is being written:
+        // the owner writes only at or after its write head; a sync handle releases only pages
+        // wholly before the end of a synced range, which the write head had reached when the
+        // sync job was taken, so the page holding the write head is never released that way;
+        // and the owner releases pages after its write head only through `&mut self`, while
+        // it writes nothing.
         let result = unsafe { libc::madvise(raw.as_mut_ptr().add(offset).cast(), len, libc::MADV_DONTNEED) };
         if result != 0 {
             return Err(io::Error::last_os_error());
         }
-        self.mapping.released_upto.fetch_max(end, Ordering::AcqRel);
         Ok(())
     }
 }
@@ -287,6 +318,26 @@ mod tests {
         assert_eq!(&map.bytes()[..32 * page], &pattern[..]);
         handle.sync_range(0, 32 * page).unwrap();
         assert_eq!(&std::fs::read(&path).unwrap()[..32 * page], &pattern[..]);
+    }
+
+    /// Pages after the write head go without moving the mark, and a write faults its page
+    /// back in.
+    #[test]
+    fn unwritten_pages_are_released_without_moving_the_mark() {
+        let page = page_bytes();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        let mut map = SegmentMap::map(&create_file(&path, 64 * page)).unwrap();
+        assert!(map.bytes().iter().all(|&byte| byte == 0));
+        let resident_before = map.resident_bytes();
+        map.release_unwritten(8 * page, 56 * page).unwrap();
+        assert_eq!(map.sync_handle().released_upto(), 0);
+        let resident_after = map.resident_bytes();
+        assert!(resident_after <= resident_before.min(8 * page), "{resident_before} -> {resident_after} bytes");
+        map.write(20 * page + 5, b"later");
+        assert_eq!(&map.bytes()[20 * page..20 * page + 10], b"\0\0\0\0\0later");
+        map.sync_range(0, 64 * page).unwrap();
+        assert_eq!(&std::fs::read(&path).unwrap()[20 * page + 5..20 * page + 10], b"later");
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //! writes at or after that end. The bytes stay in the file and the page cache. Releases come
 //! in steps of at least [`RELEASE_MIN_BYTES`] to keep the system calls few, and all at once
 //! when the segment is sealed. A failed release is not a failed sync: the pages just stay
-//! resident, as the kernel may keep them anyway.
+//! resident, as the kernel may keep them anyway. At start-up, `Wal::release_replayed`
+//! releases what opening and replaying the log read, and the releases here continue from
+//! where it stopped.
 //!
 //! Invariants: jobs cover consecutive sequence-number ranges and must run in the order they
 //! were taken (the daemon's single flusher thread does that); a job only reports success if

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use super::error::WalError;
 use super::head::write_head;
+use super::mmap::page_bytes;
 use super::preparer::Preparer;
 use super::record::{RECORD_ALIGNMENT, RECORD_HEADER_BYTES, RecordRef, decode_trusted, encode_header, record_bytes};
 use super::recovery::{LogStart, Recovery, recover};
@@ -139,6 +140,38 @@ impl Wal {
     /// The records from the `first_needed_seq` given at open on, in order.
     pub fn records(&self) -> Records<'_> {
         Records { segments: &self.segments, position: 0, offset: SEGMENT_HEADER_BYTES, from_seq: self.first_needed_seq }
+    }
+
+    /// Releases from the process's resident set the pages that opening the log and replaying
+    /// [`records()`](Wal::records) brought in. Recovery reads every byte of every segment;
+    /// without this, a sealed segment's pages stay resident until it is removed, the active
+    /// one's until it is sealed. Released: every page of each sealed segment; the active
+    /// segment's pages before the one holding the write head, marked released so that later
+    /// sync jobs continue from there; and the active segment's zeros after that page, which
+    /// appends fault back in one page at a time. Only the page holding the write head stays.
+    /// The bytes stay in the files and the page cache: `records()` still reads them,
+    /// faulting them back in.
+    ///
+    /// Meant to be called once at start-up, after the replay and before anyone is served:
+    /// one or two `madvise` calls per segment take a few milliseconds for a log of hundreds
+    /// of megabytes, too long for a busy event loop but nothing next to the replay. A failed
+    /// release leaves pages resident and the log as usable as before (memory, not
+    /// durability).
+    pub fn release_replayed(&mut self) -> Result<(), WalError> {
+        let page = page_bytes();
+        let (active, sealed) = self.segments.split_last_mut().expect("a log has a segment");
+        for segment in sealed {
+            release_before(segment, segment.map.len() / page * page)?;
+        }
+        let head_page = active.end / page * page;
+        release_before(active, head_page)?;
+        let unwritten_from = (head_page + page).min(active.map.len() / page * page);
+        let unwritten_len = active.map.len() / page * page - unwritten_from;
+        let index = active.index;
+        active
+            .map
+            .release_unwritten(unwritten_from, unwritten_len)
+            .map_err(WalError::io(|| format!("release the unwritten pages of segment {index}")))
     }
 
     /// Copies a record into the mapped segment, rotating to a new segment when the current
@@ -379,6 +412,19 @@ fn start_log(dir: &Path, kept: &[Segment], recovery: &Recovery, segment_bytes: u
     Ok(segment)
 }
 
+/// Releases the pages of `segment` before `upto` (page-aligned) that were not released yet,
+/// marking them released. The owner no longer writes them: they lie before the write head.
+fn release_before(segment: &Segment, upto: usize) -> Result<(), WalError> {
+    let handle = segment.map.sync_handle();
+    let from = handle.released_upto();
+    if upto <= from {
+        return Ok(());
+    }
+    handle
+        .release(from, upto - from)
+        .map_err(WalError::io(|| format!("release the pages of segment {}", segment.index)))
+}
+
 /// Takes the log directory's lock, so no other process writes the segments we map.
 fn lock_dir(dir: &Path) -> Result<File, WalError> {
     let path = dir.join(LOCK_FILE_NAME);
@@ -432,7 +478,6 @@ impl<'a> Iterator for Records<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::mmap::page_bytes;
     use crate::wal::read_records;
     use crate::wal::segment::segment_path;
     use crate::wal::sync::RELEASE_MIN_BYTES;
@@ -659,6 +704,61 @@ mod tests {
         drop(wal);
         let (wal, recovery) =
             Wal::open(dir.path(), WalOptions { segment_bytes: 16 * MIB as u64 }, LogStart::FROM_FIRST_RECORD).unwrap();
+        assert_eq!((recovery.last_seq, recovery.torn_tail.is_none()), (last_seq, true));
+        let records = wal.records().map(|record| (record.seq, record.kind, record.payload.to_vec()));
+        assert_numbered_records(records, last_seq);
+        assert_numbered_records_on_disk(dir.path(), last_seq);
+    }
+
+    /// Appends numbered records until the log has `segments` segments and the active one is
+    /// written up to at least `end`.
+    fn append_numbered_across(wal: &mut Wal, segments: usize, end: usize) {
+        while wal.segments.len() < segments || wal.segments.last().unwrap().end < end {
+            let seq = wal.last_seq() + 1;
+            assert_eq!(wal.append(7, &numbered_payload(seq)).unwrap(), seq);
+        }
+    }
+
+    fn resident_bytes(wal: &Wal) -> usize {
+        wal.segments.iter().map(|segment| segment.map.resident_bytes()).sum()
+    }
+
+    #[test]
+    fn a_reopened_log_releases_what_recovery_and_replay_read() {
+        let page = page_bytes();
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = open_with_segments_of(dir.path(), 4 * MIB);
+        append_numbered_across(&mut wal, 3, 2 * MIB + 100);
+        wal.take_sync_job().unwrap().run().unwrap();
+        let last_seq = wal.last_seq();
+        drop(wal);
+
+        let mut wal = open_with_segments_of(dir.path(), 4 * MIB);
+        assert_eq!(wal.segment_indices(), vec![0, 1, 2]);
+        let records = wal.records().map(|record| (record.seq, record.kind, record.payload.to_vec()));
+        assert_numbered_records(records, last_seq);
+        // Recovery read every byte of every segment, the zeros after the last record included.
+        let resident_before = resident_bytes(&wal);
+        assert!(resident_before >= 10 * MIB, "{resident_before} bytes resident after the replay");
+        wal.release_replayed().unwrap();
+        let end = wal.segments[2].end;
+        assert_eq!((released_upto(&wal, 0), released_upto(&wal, 1)), (4 * MIB, 4 * MIB), "sealed: all pages");
+        assert_eq!(released_upto(&wal, 2), end / page * page, "active: up to the page holding the head");
+        let resident_after = resident_bytes(&wal);
+        assert!(resident_after <= page, "{resident_before} -> {resident_after} bytes resident");
+
+        // The next sync job of the active segment releases from where this stopped.
+        append_numbered_until(&mut wal, end + RELEASE_MIN_BYTES + 100);
+        wal.take_sync_job().unwrap().run().unwrap();
+        assert_eq!(wal.segment_indices(), vec![0, 1, 2]);
+        assert_eq!(released_upto(&wal, 2), wal.segments[2].end / page * page);
+        let last_seq = wal.last_seq();
+        let records = wal.records().map(|record| (record.seq, record.kind, record.payload.to_vec()));
+        assert_numbered_records(records, last_seq);
+        wal.check_invariants();
+        drop(wal);
+        let (wal, recovery) =
+            Wal::open(dir.path(), WalOptions { segment_bytes: 4 * MIB as u64 }, LogStart::FROM_FIRST_RECORD).unwrap();
         assert_eq!((recovery.last_seq, recovery.torn_tail.is_none()), (last_seq, true));
         let records = wal.records().map(|record| (record.seq, record.kind, record.payload.to_vec()));
         assert_numbered_records(records, last_seq);
