@@ -91,7 +91,7 @@ pub(super) struct Recovered {
 fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
     let started = Instant::now();
     let snapshots = SnapshotStore::open(&config.data_dir.join("snapshots"))?;
-    let (base, wal, recovery) = open_newest_usable(config, &snapshots)?;
+    let (base, mut wal, recovery) = open_newest_usable(config, &snapshots)?;
     let restored = started.elapsed();
     if let Some(torn) = &recovery.torn_tail {
         log(format!("recovery cut a torn tail of the log: {torn}"));
@@ -115,6 +115,12 @@ fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
         replayed += 1;
     }
     let replayed_at = started.elapsed();
+    // Opening and replaying brought every page of the log into memory; nothing reads
+    // them again, so they leave it before anyone is served.
+    if let Err(error) = wal.release_replayed() {
+        log(format!("cannot release the log's pages from memory after the replay: {error}"));
+    }
+    let released_at = started.elapsed();
     let mut outputs = OutputStore::open(&config.data_dir.join("output"))?;
     for run_id in core.running_runs() {
         let output_len = outputs.len(run_id.as_u64())?;
@@ -131,10 +137,12 @@ fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
     let ms = |elapsed: Duration| elapsed.as_millis();
     log(format!(
         "recovered {} tasks: snapshot after record {snapshot_seq}, then {replayed} records of the log \
-         (snapshot restored and log opened by {} ms, log replayed by {} ms, done in {} ms)",
+         (snapshot restored and log opened by {} ms, log replayed by {} ms, its pages released from memory \
+         by {} ms, done in {} ms)",
         core.task_count(),
         ms(restored),
         ms(replayed_at),
+        ms(released_at),
         ms(started.elapsed()),
     ));
     Ok(Recovered { core, wal, outputs, snapshots, history, snapshot_seq })

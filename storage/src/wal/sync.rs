@@ -8,6 +8,16 @@
 //! name once its predecessor's last bytes and its own header are on disk, and HEAD only
 //! names a segment whose rename is durable. Only then is durability reported.
 //!
+//! Once a segment's range is synced, the pages of the segment wholly before the range's end
+//! are released from the process's resident set (`SyncHandle::release`): the log never
+//! reads them through this mapping again, except when it is opened, and the writer only
+//! writes at or after that end. The bytes stay in the file and the page cache. Releases come
+//! in steps of at least [`RELEASE_MIN_BYTES`] to keep the system calls few, and all at once
+//! when the segment is sealed. A failed release is not a failed sync: the pages just stay
+//! resident, as the kernel may keep them anyway. At start-up, `Wal::release_replayed`
+//! releases what opening and replaying the log read, and the releases here continue from
+//! where it stopped.
+//!
 //! Invariants: jobs cover consecutive sequence-number ranges and must run in the order they
 //! were taken (the daemon's single flusher thread does that); a job only reports success if
 //! every earlier job succeeded. After any failure the log is poisoned for good: the kernel
@@ -20,8 +30,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::error::WalError;
 use super::head::write_head;
-use super::mmap::SyncHandle;
+use super::mmap::{SyncHandle, page_bytes};
 use super::segment::sync_dir;
+
+/// Synced pages of a segment leave the resident set in steps of at least this many bytes
+/// (all that is left at once when the segment is sealed).
+pub(crate) const RELEASE_MIN_BYTES: usize = 1 << 20;
 
 /// State shared by the writer and its sync jobs.
 #[derive(Debug, Default)]
@@ -65,8 +79,9 @@ impl SyncState {
 /// One step of a sync job.
 #[derive(Debug)]
 pub(crate) enum SyncStep {
-    /// Write back a byte range of one segment.
-    Range { segment: u64, handle: SyncHandle, offset: usize, len: usize },
+    /// Write back a byte range of one segment, then release its synced pages. `sealed`: the
+    /// segment takes no more appends, so this is its last range.
+    Range { segment: u64, handle: SyncHandle, offset: usize, len: usize, sealed: bool },
     /// Rename a segment made from a spare into place, then sync the directory.
     Install { segment: u64, from: PathBuf, to: PathBuf },
     /// Point HEAD at the newest installed segment.
@@ -136,14 +151,18 @@ impl SyncJob {
 
     fn run_step(&self, step: &SyncStep) -> Result<(), WalError> {
         match step {
-            SyncStep::Range { segment, handle, offset, len } => handle.sync_range(*offset, *len).map_err(|source| {
-                let context = format!(
-                    "sync segment {segment} bytes {offset}..{} (records up to {})",
-                    offset + len,
-                    self.upto_seq
-                );
-                WalError::Io { context, source }
-            }),
+            SyncStep::Range { segment, handle, offset, len, sealed } => {
+                handle.sync_range(*offset, *len).map_err(|source| {
+                    let context = format!(
+                        "sync segment {segment} bytes {offset}..{} (records up to {})",
+                        offset + len,
+                        self.upto_seq
+                    );
+                    WalError::Io { context, source }
+                })?;
+                release_synced(handle, offset + len, *sealed);
+                Ok(())
+            }
             SyncStep::Install { segment, from, to } => {
                 fs::rename(from, to).map_err(WalError::io(|| format!("rename segment {segment} into place")))?;
                 sync_dir(&self.dir)
@@ -151,4 +170,19 @@ impl SyncJob {
             SyncStep::Head { segment } => write_head(&self.dir, *segment),
         }
     }
+}
+
+/// Releases the pages of a segment that lie wholly before `synced_end` and were not released
+/// yet, once they add up to [`RELEASE_MIN_BYTES`] or the segment is sealed. `synced_end` is
+/// where the write head was when the job was taken, so the page holding the write head (at
+/// or after `synced_end`) stays: the range ends at `synced_end` rounded down to a page.
+fn release_synced(handle: &SyncHandle, synced_end: usize, sealed: bool) {
+    let from = handle.released_upto();
+    let upto = synced_end / page_bytes() * page_bytes();
+    if upto <= from || (!sealed && upto - from < RELEASE_MIN_BYTES) {
+        return;
+    }
+    // Memory, not durability: on failure the pages stay resident as they would without
+    // releases, and the next job of this segment tries again.
+    let _ = handle.release(from, upto - from);
 }

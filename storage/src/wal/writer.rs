@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use super::error::WalError;
 use super::head::write_head;
+use super::mmap::page_bytes;
 use super::preparer::Preparer;
 use super::record::{RECORD_ALIGNMENT, RECORD_HEADER_BYTES, RecordRef, decode_trusted, encode_header, record_bytes};
 use super::recovery::{LogStart, Recovery, recover};
@@ -141,6 +142,38 @@ impl Wal {
         Records { segments: &self.segments, position: 0, offset: SEGMENT_HEADER_BYTES, from_seq: self.first_needed_seq }
     }
 
+    /// Releases from the process's resident set the pages that opening the log and replaying
+    /// [`records()`](Wal::records) brought in. Recovery reads every byte of every segment;
+    /// without this, a sealed segment's pages stay resident until it is removed, the active
+    /// one's until it is sealed. Released: every page of each sealed segment; the active
+    /// segment's pages before the one holding the write head, marked released so that later
+    /// sync jobs continue from there; and the active segment's zeros after that page, which
+    /// appends fault back in one page at a time. Only the page holding the write head stays.
+    /// The bytes stay in the files and the page cache: `records()` still reads them,
+    /// faulting them back in.
+    ///
+    /// Meant to be called once at start-up, after the replay and before anyone is served:
+    /// one or two `madvise` calls per segment take a few milliseconds for a log of hundreds
+    /// of megabytes, too long for a busy event loop but nothing next to the replay. A failed
+    /// release leaves pages resident and the log as usable as before (memory, not
+    /// durability).
+    pub fn release_replayed(&mut self) -> Result<(), WalError> {
+        let page = page_bytes();
+        let (active, sealed) = self.segments.split_last_mut().expect("a log has a segment");
+        for segment in sealed {
+            release_before(segment, segment.map.len() / page * page)?;
+        }
+        let head_page = active.end / page * page;
+        release_before(active, head_page)?;
+        let unwritten_from = (head_page + page).min(active.map.len() / page * page);
+        let unwritten_len = active.map.len() / page * page - unwritten_from;
+        let index = active.index;
+        active
+            .map
+            .release_unwritten(unwritten_from, unwritten_len)
+            .map_err(WalError::io(|| format!("release the unwritten pages of segment {index}")))
+    }
+
     /// Copies a record into the mapped segment, rotating to a new segment when the current
     /// one is full, and returns its sequence number. The record is not durable until a sync
     /// job taken after this call has run.
@@ -191,6 +224,7 @@ impl Wal {
         if self.last_seq < self.unsynced_first_seq && active.pending_rename.is_none() {
             return None;
         }
+        let active_index = active.index;
         let first_position = self.position_of(self.unsynced_segment);
         let mut steps = Vec::new();
         let mut installed = None;
@@ -198,8 +232,13 @@ impl Wal {
             // A segment started since the previous job is synced from its header on.
             let start = if segment.index == self.unsynced_segment { self.unsynced_offset } else { 0 };
             if segment.end > start {
-                let handle = segment.map.sync_handle();
-                steps.push(SyncStep::Range { segment: segment.index, handle, offset: start, len: segment.end - start });
+                steps.push(SyncStep::Range {
+                    segment: segment.index,
+                    handle: segment.map.sync_handle(),
+                    offset: start,
+                    len: segment.end - start,
+                    sealed: segment.index != active_index,
+                });
             }
             if let Some(from) = segment.pending_rename.take() {
                 let to = segment_path(&self.dir, segment.index);
@@ -373,6 +412,19 @@ fn start_log(dir: &Path, kept: &[Segment], recovery: &Recovery, segment_bytes: u
     Ok(segment)
 }
 
+/// Releases the pages of `segment` before `upto` (page-aligned) that were not released yet,
+/// marking them released. The owner no longer writes them: they lie before the write head.
+fn release_before(segment: &Segment, upto: usize) -> Result<(), WalError> {
+    let handle = segment.map.sync_handle();
+    let from = handle.released_upto();
+    if upto <= from {
+        return Ok(());
+    }
+    handle
+        .release(from, upto - from)
+        .map_err(WalError::io(|| format!("release the pages of segment {}", segment.index)))
+}
+
 /// Takes the log directory's lock, so no other process writes the segments we map.
 fn lock_dir(dir: &Path) -> Result<File, WalError> {
     let path = dir.join(LOCK_FILE_NAME);
@@ -426,7 +478,9 @@ impl<'a> Iterator for Records<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::read_records;
     use crate::wal::segment::segment_path;
+    use crate::wal::sync::RELEASE_MIN_BYTES;
 
     #[test]
     fn options_are_checked() {
@@ -520,6 +574,195 @@ mod tests {
         assert_eq!(kinds, ["range", "range", "install", "head"], "old segment, new segment, rename, HEAD");
         job.run().unwrap();
         assert_eq!(super::super::head::read_head(dir.path()).unwrap(), Some(1));
+    }
+
+    const MIB: usize = 1 << 20;
+
+    fn open_with_segments_of(dir: &Path, segment_bytes: usize) -> Wal {
+        Wal::open(dir, WalOptions { segment_bytes: segment_bytes as u64 }, LogStart::FROM_FIRST_RECORD).unwrap().0
+    }
+
+    /// The payload of record `seq`: its length and bytes follow from `seq`, so a record read
+    /// back in the wrong place or with stale bytes does not match.
+    fn numbered_payload(seq: u64) -> Vec<u8> {
+        let len = 1000 + (seq as usize * 37) % 3000;
+        (0..len).map(|at| (seq as usize * 31 + at * 7) as u8).collect()
+    }
+
+    /// Appends numbered records until the active segment is written up to at least `end`.
+    fn append_numbered_until(wal: &mut Wal, end: usize) {
+        while wal.segments.last().unwrap().end < end {
+            let seq = wal.last_seq() + 1;
+            assert_eq!(wal.append(7, &numbered_payload(seq)).unwrap(), seq);
+        }
+    }
+
+    fn assert_numbered_records(records: impl Iterator<Item = (u64, u16, Vec<u8>)>, last_seq: u64) {
+        let mut expected_seq = 1;
+        for (seq, kind, payload) in records {
+            assert_eq!((seq, kind), (expected_seq, 7));
+            assert!(payload == numbered_payload(seq), "record {seq} reads back different bytes");
+            expected_seq += 1;
+        }
+        assert_eq!(expected_seq, last_seq + 1, "records are missing");
+    }
+
+    /// Reads the whole log back through `read_records`, which checks every record's CRC.
+    fn assert_numbered_records_on_disk(dir: &Path, last_seq: u64) {
+        let mut records = Vec::new();
+        read_records(dir, 1, last_seq, |record| {
+            records.push((record.seq, record.kind, record.payload.to_vec()));
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_numbered_records(records.into_iter(), last_seq);
+    }
+
+    fn released_upto(wal: &Wal, position: usize) -> usize {
+        wal.segments[position].map.sync_handle().released_upto()
+    }
+
+    #[test]
+    fn synced_pages_of_a_segment_leave_the_resident_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = open_with_segments_of(dir.path(), 16 * MIB);
+        append_numbered_until(&mut wal, 6 * MIB);
+        let resident_before = wal.segments[0].map.resident_bytes();
+        assert!(resident_before >= 6 * MIB, "{resident_before} bytes resident after writing 6 MiB");
+        wal.take_sync_job().unwrap().run().unwrap();
+        let end = wal.segments[0].end;
+        assert_eq!(released_upto(&wal, 0), end / page_bytes() * page_bytes(), "released up to the head's page");
+        // What stays is the page holding the head and the pages after it that the kernel
+        // mapped along with it (a write fault may map a whole large folio of the page cache).
+        let resident_after = wal.segments[0].map.resident_bytes();
+        assert!(resident_after < RELEASE_MIN_BYTES, "{resident_after} bytes still resident after the sync");
+        assert_eq!(wal.segment_indices(), vec![0]);
+    }
+
+    #[test]
+    fn releases_wait_for_a_mebibyte_unless_the_segment_is_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = open_with_segments_of(dir.path(), 16 * MIB);
+        append_numbered_until(&mut wal, RELEASE_MIN_BYTES / 2);
+        wal.take_sync_job().unwrap().run().unwrap();
+        assert_eq!(released_upto(&wal, 0), 0, "less than RELEASE_MIN_BYTES synced");
+        append_numbered_until(&mut wal, RELEASE_MIN_BYTES + 8 * page_bytes());
+        wal.take_sync_job().unwrap().run().unwrap();
+        let first_release = released_upto(&wal, 0);
+        assert_eq!(first_release, wal.segments[0].end / page_bytes() * page_bytes());
+        append_numbered_until(&mut wal, first_release + RELEASE_MIN_BYTES / 4);
+        wal.take_sync_job().unwrap().run().unwrap();
+        assert_eq!(released_upto(&wal, 0), first_release, "a quarter of RELEASE_MIN_BYTES waits");
+        append_numbered_until(&mut wal, first_release + RELEASE_MIN_BYTES / 2);
+        wal.rotate_now().unwrap();
+        wal.take_sync_job().unwrap().run().unwrap();
+        assert_eq!(wal.segment_indices(), vec![0, 1]);
+        let sealed_end = wal.segments[0].end;
+        assert_eq!(released_upto(&wal, 0), sealed_end / page_bytes() * page_bytes(), "a sealed segment is released");
+        assert_eq!(released_upto(&wal, 1), 0, "the new segment holds its header only");
+        wal.check_invariants();
+    }
+
+    #[test]
+    fn records_read_back_intact_after_their_pages_were_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = open_with_segments_of(dir.path(), 16 * MIB);
+        append_numbered_until(&mut wal, 5 * MIB);
+        wal.take_sync_job().unwrap().run().unwrap();
+        assert!(released_upto(&wal, 0) >= 4 * MIB);
+        let last_seq = wal.last_seq();
+        let records = wal.records().map(|record| (record.seq, record.kind, record.payload.to_vec()));
+        assert_numbered_records(records, last_seq);
+        wal.check_invariants();
+        assert_numbered_records_on_disk(dir.path(), last_seq);
+        drop(wal);
+        let (wal, recovery) =
+            Wal::open(dir.path(), WalOptions { segment_bytes: 16 * MIB as u64 }, LogStart::FROM_FIRST_RECORD).unwrap();
+        assert_eq!((recovery.last_seq, recovery.torn_tail.is_none()), (last_seq, true));
+        let records = wal.records().map(|record| (record.seq, record.kind, record.payload.to_vec()));
+        assert_numbered_records(records, last_seq);
+    }
+
+    #[test]
+    fn appends_after_a_release_continue_in_the_same_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = open_with_segments_of(dir.path(), 16 * MIB);
+        append_numbered_until(&mut wal, 2 * MIB + 100);
+        wal.take_sync_job().unwrap().run().unwrap();
+        let first_release = released_upto(&wal, 0);
+        assert!(first_release >= 2 * MIB);
+        // The record after the release starts in the page that held the write head.
+        assert!(!wal.segments[0].end.is_multiple_of(page_bytes()));
+        append_numbered_until(&mut wal, 4 * MIB + 100);
+        wal.take_sync_job().unwrap().run().unwrap();
+        assert!(released_upto(&wal, 0) > first_release);
+        append_numbered_until(&mut wal, 4 * MIB + 20_000);
+        wal.take_sync_job().unwrap().run().unwrap();
+        assert_eq!(wal.segment_indices(), vec![0], "all in one segment");
+        let last_seq = wal.last_seq();
+        wal.check_invariants();
+        drop(wal);
+        let (wal, recovery) =
+            Wal::open(dir.path(), WalOptions { segment_bytes: 16 * MIB as u64 }, LogStart::FROM_FIRST_RECORD).unwrap();
+        assert_eq!((recovery.last_seq, recovery.torn_tail.is_none()), (last_seq, true));
+        let records = wal.records().map(|record| (record.seq, record.kind, record.payload.to_vec()));
+        assert_numbered_records(records, last_seq);
+        assert_numbered_records_on_disk(dir.path(), last_seq);
+    }
+
+    /// Appends numbered records until the log has `segments` segments and the active one is
+    /// written up to at least `end`.
+    fn append_numbered_across(wal: &mut Wal, segments: usize, end: usize) {
+        while wal.segments.len() < segments || wal.segments.last().unwrap().end < end {
+            let seq = wal.last_seq() + 1;
+            assert_eq!(wal.append(7, &numbered_payload(seq)).unwrap(), seq);
+        }
+    }
+
+    fn resident_bytes(wal: &Wal) -> usize {
+        wal.segments.iter().map(|segment| segment.map.resident_bytes()).sum()
+    }
+
+    #[test]
+    fn a_reopened_log_releases_what_recovery_and_replay_read() {
+        let page = page_bytes();
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = open_with_segments_of(dir.path(), 4 * MIB);
+        append_numbered_across(&mut wal, 3, 2 * MIB + 100);
+        wal.take_sync_job().unwrap().run().unwrap();
+        let last_seq = wal.last_seq();
+        drop(wal);
+
+        let mut wal = open_with_segments_of(dir.path(), 4 * MIB);
+        assert_eq!(wal.segment_indices(), vec![0, 1, 2]);
+        let records = wal.records().map(|record| (record.seq, record.kind, record.payload.to_vec()));
+        assert_numbered_records(records, last_seq);
+        // Recovery read every byte of every segment, the zeros after the last record included.
+        let resident_before = resident_bytes(&wal);
+        assert!(resident_before >= 10 * MIB, "{resident_before} bytes resident after the replay");
+        wal.release_replayed().unwrap();
+        let end = wal.segments[2].end;
+        assert_eq!((released_upto(&wal, 0), released_upto(&wal, 1)), (4 * MIB, 4 * MIB), "sealed: all pages");
+        assert_eq!(released_upto(&wal, 2), end / page * page, "active: up to the page holding the head");
+        let resident_after = resident_bytes(&wal);
+        assert!(resident_after <= page, "{resident_before} -> {resident_after} bytes resident");
+
+        // The next sync job of the active segment releases from where this stopped.
+        append_numbered_until(&mut wal, end + RELEASE_MIN_BYTES + 100);
+        wal.take_sync_job().unwrap().run().unwrap();
+        assert_eq!(wal.segment_indices(), vec![0, 1, 2]);
+        assert_eq!(released_upto(&wal, 2), wal.segments[2].end / page * page);
+        let last_seq = wal.last_seq();
+        let records = wal.records().map(|record| (record.seq, record.kind, record.payload.to_vec()));
+        assert_numbered_records(records, last_seq);
+        wal.check_invariants();
+        drop(wal);
+        let (wal, recovery) =
+            Wal::open(dir.path(), WalOptions { segment_bytes: 4 * MIB as u64 }, LogStart::FROM_FIRST_RECORD).unwrap();
+        assert_eq!((recovery.last_seq, recovery.torn_tail.is_none()), (last_seq, true));
+        let records = wal.records().map(|record| (record.seq, record.kind, record.payload.to_vec()));
+        assert_numbered_records(records, last_seq);
+        assert_numbered_records_on_disk(dir.path(), last_seq);
     }
 
     /// A crash after any step of a job that installs segments: the steps not run did not
