@@ -62,14 +62,15 @@ pub fn write(args: &FixtureArgs, now_ms: u64) -> Result<Fixture, String> {
     while written < args.finished {
         let number = entries.len() as u64 + 1;
         let mut writer = history.create(number).map_err(|error| error.to_string())?;
-        for n in written..(written + args.per_run).min(args.finished) {
+        let end = (written + args.per_run).min(args.finished);
+        for n in written..end {
             let created_ms = finished_from + n * finished_step;
             let record = ended_record(ids.next(created_ms), created_ms, n, args.name_bytes);
             let keys = history::keys_of(&record);
             let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
             writer.push(record.task_id, &history::encode_record(&record), &keys).map_err(|error| error.to_string())?;
-            written += 1;
         }
+        written = end;
         let path = writer.finish().map_err(|error| error.to_string())?;
         history_bytes += std::fs::metadata(&path).map_err(|error| error.to_string())?.len();
         let run = history.open_run(number).map_err(|error| error.to_string())?;
