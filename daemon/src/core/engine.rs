@@ -5,7 +5,7 @@
 //! and recovery runs it over the log.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 
 use std::sync::Arc;
 
@@ -152,42 +152,59 @@ enum Timer {
     RetentionPass,
 }
 
-/// Due times, in two heaps: slice expirations, one per pending task, and the
-/// rest (polls, pings, waits), as many as there is running work. The ping
-/// timer pushed at every dispatch then sifts through a heap that stays in
-/// cache, not through one as large as the backlog.
+/// Due times, in two sets. Slice expirations (one per pending task) and run
+/// pings (one per running run) are taken out when they no longer apply, when
+/// the task leaves its queue or the run ends: left in until due, they would
+/// pile up with every task of the last hour (the default expiration) and
+/// hold memory for tasks long gone. The rest (polls, waits, deaths,
+/// heartbeats) are as many as there are peers, and simply do nothing when
+/// they no longer apply.
 #[derive(Default)]
 struct Timers {
-    expirations: BinaryHeap<Reverse<(u64, Timer)>>,
+    cancellable: BTreeSet<(u64, Timer)>,
     others: BinaryHeap<Reverse<(u64, Timer)>>,
 }
 
 impl Timers {
     fn push(&mut self, deadline_ms: u64, timer: Timer) {
-        let heap = if matches!(timer, Timer::SliceExpiry { .. }) { &mut self.expirations } else { &mut self.others };
-        heap.push(Reverse((deadline_ms, timer)));
-    }
-
-    /// The heap whose first timer comes first, as one heap would order them.
-    fn first(&mut self) -> Option<&mut BinaryHeap<Reverse<(u64, Timer)>>> {
-        match (self.expirations.peek(), self.others.peek()) {
-            (Some(Reverse(expiration)), Some(Reverse(other))) if other < expiration => Some(&mut self.others),
-            (Some(_), _) => Some(&mut self.expirations),
-            (None, Some(_)) => Some(&mut self.others),
-            (None, None) => None,
+        if Timers::is_cancellable(&timer) {
+            self.cancellable.insert((deadline_ms, timer));
+        } else {
+            self.others.push(Reverse((deadline_ms, timer)));
         }
     }
 
-    fn next_deadline_ms(&self) -> Option<u64> {
-        let first = |heap: &BinaryHeap<Reverse<(u64, Timer)>>| heap.peek().map(|Reverse((deadline, _))| *deadline);
-        first(&self.expirations).into_iter().chain(first(&self.others)).min()
+    fn is_cancellable(timer: &Timer) -> bool {
+        matches!(timer, Timer::SliceExpiry { .. } | Timer::RunPing { .. })
     }
 
-    /// The next timer due at `now_ms` or before.
+    /// Takes out a slice expiration or run ping pushed with this deadline (if still there).
+    fn cancel(&mut self, deadline_ms: u64, timer: Timer) {
+        debug_assert!(Timers::is_cancellable(&timer), "{timer:?} cannot be cancelled");
+        self.cancellable.remove(&(deadline_ms, timer));
+    }
+
+    fn next_deadline_ms(&self) -> Option<u64> {
+        let cancellable = self.cancellable.first().map(|(deadline, _)| *deadline);
+        let other = self.others.peek().map(|Reverse((deadline, _))| *deadline);
+        cancellable.into_iter().chain(other).min()
+    }
+
+    /// The next timer due at `now_ms` or before, in the order one heap of all would give.
     fn pop_due(&mut self, now_ms: u64) -> Option<Timer> {
-        let heap = self.first()?;
-        let due = heap.peek().is_some_and(|Reverse((deadline, _))| *deadline <= now_ms);
-        due.then(|| heap.pop().expect("peeked").0.1)
+        let from_cancellable = match (self.cancellable.first(), self.others.peek()) {
+            (Some(first), Some(Reverse(other))) => first < other,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return None,
+        };
+        if from_cancellable {
+            let due = self.cancellable.first().is_some_and(|(deadline, _)| *deadline <= now_ms);
+            due.then(|| self.cancellable.pop_first().expect("looked at").1)
+        } else {
+            let due = self.others.peek().is_some_and(|Reverse((deadline, _))| *deadline <= now_ms);
+            due.then(|| self.others.pop().expect("peeked").0.1)
+        }
     }
 }
 
@@ -423,6 +440,8 @@ impl Core {
         let deadline = run.last_heard_ms + tolerance_ms;
         if deadline > self.now_ms {
             self.timers.push(deadline, Timer::RunPing { run_id });
+            self.tasks.get_mut(&run_id.request()).and_then(|task| task.run.as_mut()).expect("looked at").ping_due_ms =
+                deadline;
             return;
         }
         let reason = format!("no word from bot {} for {} s", run.bot_id, tolerance_ms / 1000);
@@ -535,6 +554,12 @@ impl Core {
             }
         }
         assert_eq!(self.queues.total_pending(), pending, "queued entries equal pending tasks");
+        let running = self.bots.values().filter(|bot| bot.current_run.is_some()).count();
+        assert_eq!(
+            self.timers.cancellable.len(),
+            pending + running,
+            "one expiration per pending task, one ping per running run, none for tasks that moved on"
+        );
         let mut parked = 0;
         for bot in self.bots.values() {
             if let Some(run_id) = bot.current_run {

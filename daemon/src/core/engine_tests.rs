@@ -851,6 +851,9 @@ fn timers_come_due_in_deadline_order_across_both_heaps() {
     let due: Vec<Timer> = std::iter::from_fn(|| timers.pop_due(35)).collect();
     assert_eq!(due, vec![ping(1), expiry(1), expiry(0)]);
     assert_eq!(timers.next_deadline_ms(), Some(40));
+    timers.cancel(40, ping(2));
+    timers.cancel(40, ping(2));
+    assert_eq!(timers.next_deadline_ms(), None, "a cancelled timer never comes due");
 }
 
 #[test]

@@ -156,6 +156,9 @@ pub struct Run {
     /// When the daemon last heard from the bot about this run (not durable: a
     /// restarted daemon gives every run a fresh tolerance).
     pub last_heard_ms: u64,
+    /// When the run's ping timer is due, so that it can be taken out when the
+    /// run ends (not durable).
+    pub ping_due_ms: u64,
 }
 
 /// A client following a task's output: it has been sent everything before `offset`.

@@ -61,9 +61,9 @@ impl Core {
         task.try_number = run_id.try_number();
         task.started_ms.get_or_insert(assigned.at_ms);
         let (bot_id, session_id, last_heard_ms) = (assigned.bot_id.clone(), assigned.session_id, assigned.at_ms);
-        task.run = Some(Run { run_id, bot_id, session_id, last_heard_ms });
-        let tolerance_ms = u64::from(task.request.bot_ping_tolerance_secs) * 1000;
-        self.timers.push(assigned.at_ms + tolerance_ms, Timer::RunPing { run_id });
+        let ping_due_ms = assigned.at_ms + u64::from(task.request.bot_ping_tolerance_secs) * 1000;
+        task.run = Some(Run { run_id, bot_id, session_id, last_heard_ms, ping_due_ms });
+        self.timers.push(ping_due_ms, Timer::RunPing { run_id });
         self.change_bot(&assigned.bot_id, |bot| {
             assert!(bot.current_run.is_none(), "bot {} already runs {:?}", bot.bot_id, bot.current_run);
             bot.current_run = Some(run_id);
@@ -99,11 +99,12 @@ impl Core {
         let Some(run_id) = finished.run_id.and_then(RunId::from_u64) else { return };
         let run = task.run.as_ref().expect("a finished run exists");
         assert_eq!(run.run_id, run_id, "only the current run finishes");
-        let bot_id = run.bot_id.clone();
+        let (bot_id, ping_due_ms) = (run.bot_id.clone(), run.ping_due_ms);
         let reusable = task.properties().idempotent && !task.has_secret_bytes;
         if state == TaskState::Completed && finished.exit_code == Some(0) && reusable {
             self.successes.insert(Arc::clone(task.properties()), (run_id, finished.at_ms));
         }
+        self.timers.cancel(ping_due_ms, Timer::RunPing { run_id });
         self.release_bot(&bot_id, run_id);
         let kind = match state {
             TaskState::Completed | TaskState::TimedOut => BotEventKind::TaskCompleted,
@@ -120,7 +121,8 @@ impl Core {
         let task = self.tasks.get_mut(&run_id.request()).expect("retried task is known");
         let run = task.current_run().expect("only a running run is retried");
         assert_eq!(run.run_id, run_id, "only the current run is retried");
-        let bot_id = run.bot_id.clone();
+        let (bot_id, ping_due_ms) = (run.bot_id.clone(), run.ping_due_ms);
+        self.timers.cancel(ping_due_ms, Timer::RunPing { run_id });
         task.state = TaskState::Pending;
         task.output_len = output_len;
         // The event does not say whether the dead run's output was cut: a
@@ -225,9 +227,8 @@ impl Core {
         let key = QueueKey { priority: task.request.priority, task_id, position };
         self.queues.push(queue, key);
         task.queued = Some((queue, key));
-        let expiration_ms = u64::from(task.request.task_slices[task.slice_index as usize].expiration_secs) * 1000;
-        let slice_index = task.slice_index;
-        self.timers.push(task.slice_started_ms + expiration_ms, Timer::SliceExpiry { task_id, slice_index });
+        let (deadline_ms, slice_index) = (slice_expiry_ms(task), task.slice_index);
+        self.timers.push(deadline_ms, Timer::SliceExpiry { task_id, slice_index });
     }
 
     pub(super) fn dequeue(&mut self, task_id: RequestId) {
@@ -235,6 +236,13 @@ impl Core {
         if let Some((queue, key)) = task.queued.take() {
             let removed = self.queues.remove(queue, key);
             assert!(removed, "a queued task is in its queue");
+            let (deadline_ms, slice_index) = (slice_expiry_ms(task), task.slice_index);
+            self.timers.cancel(deadline_ms, Timer::SliceExpiry { task_id, slice_index });
         }
     }
+}
+
+/// When a pending task's current slice expires.
+fn slice_expiry_ms(task: &Task) -> u64 {
+    task.slice_started_ms + u64::from(task.request.task_slices[task.slice_index as usize].expiration_secs) * 1000
 }

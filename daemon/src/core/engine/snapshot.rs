@@ -148,6 +148,8 @@ pub(super) fn task_from_record(record: TaskRecord) -> Task {
         bot_id: run.bot_id,
         session_id: run.session_id,
         last_heard_ms: record.started_ms.unwrap_or(record.created_ms),
+        // `restore_task` arms its ping timer for at once.
+        ping_due_ms: 0,
     });
     task.started_ms = record.started_ms;
     task.outcome = record.completed_ms.map(|completed_ms| {
