@@ -159,29 +159,52 @@ enum Timer {
 /// hold memory for tasks long gone. The rest (polls, waits, deaths,
 /// heartbeats) are as many as there are peers, and simply do nothing when
 /// they no longer apply.
+///
+/// The cancellable ones are kept in a compact form (24 bytes with their
+/// deadline, against 48 for a `Timer`): there is one per pending task.
 #[derive(Default)]
 struct Timers {
-    cancellable: BTreeSet<(u64, Timer)>,
+    cancellable: BTreeSet<(u64, Cancellable)>,
     others: BinaryHeap<Reverse<(u64, Timer)>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Cancellable {
+    SliceExpiry { task_id: RequestId, slice_index: u32 },
+    RunPing { run_id: RunId },
+}
+
+impl Cancellable {
+    fn of(timer: &Timer) -> Option<Cancellable> {
+        match *timer {
+            Timer::SliceExpiry { task_id, slice_index } => Some(Cancellable::SliceExpiry { task_id, slice_index }),
+            Timer::RunPing { run_id } => Some(Cancellable::RunPing { run_id }),
+            _ => None,
+        }
+    }
+
+    fn timer(self) -> Timer {
+        match self {
+            Cancellable::SliceExpiry { task_id, slice_index } => Timer::SliceExpiry { task_id, slice_index },
+            Cancellable::RunPing { run_id } => Timer::RunPing { run_id },
+        }
+    }
 }
 
 impl Timers {
     fn push(&mut self, deadline_ms: u64, timer: Timer) {
-        if Timers::is_cancellable(&timer) {
-            self.cancellable.insert((deadline_ms, timer));
-        } else {
-            self.others.push(Reverse((deadline_ms, timer)));
+        match Cancellable::of(&timer) {
+            Some(cancellable) => {
+                self.cancellable.insert((deadline_ms, cancellable));
+            }
+            None => self.others.push(Reverse((deadline_ms, timer))),
         }
-    }
-
-    fn is_cancellable(timer: &Timer) -> bool {
-        matches!(timer, Timer::SliceExpiry { .. } | Timer::RunPing { .. })
     }
 
     /// Takes out a slice expiration or run ping pushed with this deadline (if still there).
     fn cancel(&mut self, deadline_ms: u64, timer: Timer) {
-        debug_assert!(Timers::is_cancellable(&timer), "{timer:?} cannot be cancelled");
-        self.cancellable.remove(&(deadline_ms, timer));
+        let cancellable = Cancellable::of(&timer).unwrap_or_else(|| panic!("{timer:?} cannot be cancelled"));
+        self.cancellable.remove(&(deadline_ms, cancellable));
     }
 
     fn next_deadline_ms(&self) -> Option<u64> {
@@ -193,14 +216,14 @@ impl Timers {
     /// The next timer due at `now_ms` or before, in the order one heap of all would give.
     fn pop_due(&mut self, now_ms: u64) -> Option<Timer> {
         let from_cancellable = match (self.cancellable.first(), self.others.peek()) {
-            (Some(first), Some(Reverse(other))) => first < other,
+            (Some(&(deadline, first)), Some(Reverse(other))) => (deadline, first.timer()) < *other,
             (Some(_), None) => true,
             (None, Some(_)) => false,
             (None, None) => return None,
         };
         if from_cancellable {
             let due = self.cancellable.first().is_some_and(|(deadline, _)| *deadline <= now_ms);
-            due.then(|| self.cancellable.pop_first().expect("looked at").1)
+            due.then(|| self.cancellable.pop_first().expect("looked at").1.timer())
         } else {
             let due = self.others.peek().is_some_and(|Reverse((deadline, _))| *deadline <= now_ms);
             due.then(|| self.others.pop().expect("peeked").0.1)
@@ -350,9 +373,12 @@ impl Core {
             Timer::RetentionPass => self.retention_pass(out),
             Timer::WaitTimeout { task_id, watcher: (conn, request_id) } => {
                 let Some(task) = self.tasks.get_mut(&task_id) else { return };
-                let before = task.watchers.len();
-                task.watchers.retain(|watcher| *watcher != Watcher { conn, request_id });
-                if task.watchers.len() < before {
+                let Some(listeners) = task.listeners.as_mut() else { return };
+                let before = listeners.watchers.len();
+                listeners.watchers.retain(|watcher| *watcher != Watcher { conn, request_id });
+                let answered = listeners.watchers.len() < before;
+                task.forget_listeners_if_none();
+                if answered {
                     out.replies.push(Outgoing { conn, request_id, reply: Reply::Task(task.result()) });
                 }
             }
@@ -378,8 +404,10 @@ impl Core {
             let (output_len, at_ms) = (task.output_len, self.now_ms);
             self.emit(Event::TaskRetried { run_id: run_id.as_u64(), reason: ending.reason, output_len, at_ms }, out);
             // Followers go on with the next run's output, from its start.
-            for follower in &mut self.tasks.get_mut(&task_id).expect("still there").followers {
-                follower.offset = 0;
+            if let Some(listeners) = &mut self.tasks.get_mut(&task_id).expect("still there").listeners {
+                for follower in &mut listeners.followers {
+                    follower.offset = 0;
+                }
             }
             self.hand_to_parked_bot(task_id, out);
             return true;
@@ -411,7 +439,9 @@ impl Core {
         self.feed_followers(task_id, out);
         let task = self.tasks.get_mut(&task_id).expect("still there");
         let result = task.result();
-        for watcher in task.watchers.drain(..) {
+        let watchers = task.listeners.as_mut().map(|listeners| std::mem::take(&mut listeners.watchers));
+        task.forget_listeners_if_none();
+        for watcher in watchers.into_iter().flatten() {
             out.replies.push(Outgoing {
                 conn: watcher.conn,
                 request_id: watcher.request_id,
@@ -424,7 +454,7 @@ impl Core {
     /// Swarming's rule: an idempotent task whose first run died is retried
     /// once, if its slice has not expired meanwhile.
     fn retries_after(&self, task: &Task, ending: &Ending) -> bool {
-        let slice = &task.request.task_slices[task.slice_index as usize];
+        let slice = &task.slices[task.slice_index as usize];
         let expires_ms = task.slice_started_ms + u64::from(slice.expiration_secs) * 1000;
         ending.state == TaskState::BotDied
             && slice.properties.idempotent
@@ -436,7 +466,7 @@ impl Core {
     fn run_ping_due(&mut self, run_id: RunId, out: &mut Output) {
         let Some(task) = self.tasks.get(&run_id.request()) else { return };
         let Some(run) = task.current_run().filter(|run| run.run_id == run_id) else { return };
-        let tolerance_ms = u64::from(task.request.bot_ping_tolerance_secs) * 1000;
+        let tolerance_ms = u64::from(task.bot_ping_tolerance_secs) * 1000;
         let deadline = run.last_heard_ms + tolerance_ms;
         if deadline > self.now_ms {
             self.timers.push(deadline, Timer::RunPing { run_id });
@@ -537,7 +567,7 @@ impl Core {
             match task.state {
                 TaskState::Pending => {
                     pending += 1;
-                    let (queue, key) = task.queued.expect("a pending task is queued");
+                    let (queue, key) = self.queue_entry(task.id).expect("a pending task is queued");
                     assert!(self.queues.contains(queue, key), "task {} is in its queue", task.id);
                     assert!(self.parked_bot_for(queue).is_none(), "no parked bot could take {}", task.id);
                 }
@@ -547,9 +577,9 @@ impl Core {
                     assert_eq!(self.bots[&run.bot_id].current_run, Some(run.run_id), "bot holds {}", run.run_id);
                 }
                 _ => {
-                    let holds_nothing = task.queued.is_none() && task.watchers.is_empty() && task.followers.is_empty();
+                    let holds_nothing = task.queued.is_none() && task.listeners.is_none();
                     assert!(holds_nothing, "ended task {} holds nothing", task.id);
-                    assert!(task.request.secret_bytes.is_none(), "ended task {} forgot its secret", task.id);
+                    assert!(task.text.secret_bytes.is_none(), "ended task {} forgot its secret", task.id);
                 }
             }
         }

@@ -5,44 +5,70 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use apiary_protocol::{
-    BotEvent, BotEventKind, BotInfo, CacheInfo, NewTaskRequest, PackedDimensions, RequestId, RunId, StringPair,
-    TaskProperties, TaskResult, TaskState, TimeoutKind,
+    BotEvent, BotEventKind, BotInfo, CacheInfo, NewTaskRequest, PackedDimensions, RequestId, RunId, SecretBytes,
+    StringPair, TaskProperties, TaskResult, TaskSlice, TaskState, TimeoutKind,
 };
 
 use super::ConnId;
 use super::queues::{ClassId, QueueId, QueueKey};
 
+/// A task as the core holds it. At a million pending tasks every byte here
+/// counts a megabyte, so what scheduling reads on every turn is inline (ids,
+/// times, state, priority, slices) and the rest sits behind one pointer each:
+/// the request's text, the run, the clients listening, the outcome.
 pub struct Task {
     pub id: RequestId,
-    pub request: NewTaskRequest,
     pub created_ms: u64,
-    pub state: TaskState,
-    pub slice_index: u32,
     /// When the current slice became current: its expiration counts from here.
     pub slice_started_ms: u64,
-    /// 0 until the first run starts.
-    pub try_number: u8,
-    /// The current run while RUNNING, else the last one.
-    pub run: Option<Run>,
-    /// Where the task waits while PENDING.
-    pub queued: Option<(QueueId, QueueKey)>,
     pub started_ms: Option<u64>,
-    /// How the task ended, once it has.
-    pub outcome: Option<Box<Outcome>>,
     /// Output bytes the daemon holds for the task.
     pub output_len: u64,
     /// How far into its output the bot has reported; past the output cap this
     /// runs ahead of `output_len`, as the rest is dropped.
     pub output_received: u64,
+    /// The slices of the request, tried in order; their properties are shared.
+    pub slices: Box<[TaskSlice]>,
+    /// What the request says besides its slices.
+    pub text: Box<RequestText>,
+    /// The current run while RUNNING, else the last one.
+    pub run: Option<Box<Run>>,
+    /// The queue the task waits in while PENDING (its key there: `queue_key`).
+    pub queued: Option<QueueId>,
+    /// How the task ended, once it has.
+    pub outcome: Option<Box<Outcome>>,
+    /// Clients waiting for the task to end or following its output (not durable).
+    pub listeners: Option<Box<Listeners>>,
+    pub bot_ping_tolerance_secs: u32,
+    pub slice_index: u32,
+    pub state: TaskState,
+    pub priority: u8,
+    /// 0 until the first run starts.
+    pub try_number: u8,
     /// The output reached the cap and the truncation marker was written.
     pub output_truncated: bool,
     /// Set at creation; the bytes themselves are dropped once the task ends.
     pub has_secret_bytes: bool,
-    /// Clients following the output as it arrives.
-    pub followers: Vec<Follower>,
     /// A client asked to kill the running run; its bot is told to stop.
     pub kill_requested: bool,
-    /// Clients waiting for the task to end (not durable: they reconnect).
+}
+
+/// The parts of a request that only showing a task or handing it to a bot reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestText {
+    pub name: String,
+    pub tags: Vec<String>,
+    pub user: String,
+    /// Only the bot that runs the task gets them; dropped when the task ends.
+    pub secret_bytes: Option<SecretBytes>,
+}
+
+/// The clients listening to a task (not durable: they reconnect).
+#[derive(Default)]
+pub struct Listeners {
+    /// Clients following the output as it arrives.
+    pub followers: Vec<Follower>,
+    /// Clients waiting for the task to end.
     pub watchers: Vec<Watcher>,
 }
 
@@ -67,35 +93,75 @@ pub struct Outcome {
 
 impl Task {
     pub fn new(id: RequestId, request: NewTaskRequest, created_ms: u64) -> Task {
-        let has_secret_bytes = request.secret_bytes.is_some();
+        let NewTaskRequest { name, priority, tags, user, task_slices, bot_ping_tolerance_secs, secret_bytes } = request;
         Task {
             id,
-            request,
             created_ms,
-            state: TaskState::Pending,
-            slice_index: 0,
             slice_started_ms: created_ms,
-            try_number: 0,
-            run: None,
-            queued: None,
             started_ms: None,
-            outcome: None,
             output_len: 0,
             output_received: 0,
+            slices: task_slices.into_boxed_slice(),
+            has_secret_bytes: secret_bytes.is_some(),
+            text: Box::new(RequestText { name, tags, user, secret_bytes }),
+            run: None,
+            queued: None,
+            outcome: None,
+            listeners: None,
+            bot_ping_tolerance_secs,
+            slice_index: 0,
+            state: TaskState::Pending,
+            priority,
+            try_number: 0,
             output_truncated: false,
-            has_secret_bytes,
-            followers: Vec::new(),
             kill_requested: false,
-            watchers: Vec::new(),
         }
     }
 
+    /// The request as it was made, but for its secret bytes.
+    pub fn request(&self) -> NewTaskRequest {
+        NewTaskRequest {
+            name: self.text.name.clone(),
+            priority: self.priority,
+            tags: self.text.tags.clone(),
+            user: self.text.user.clone(),
+            task_slices: self.slices.to_vec(),
+            bot_ping_tolerance_secs: self.bot_ping_tolerance_secs,
+            secret_bytes: None,
+        }
+    }
+
+    /// The task's key in its queue, given where it sits in the task store.
+    pub fn queue_key(&self, position: u32) -> QueueKey {
+        QueueKey { priority: self.priority, task_id: self.id, position }
+    }
+
     pub fn properties(&self) -> &Arc<TaskProperties> {
-        &self.request.task_slices[self.slice_index as usize].properties
+        &self.slices[self.slice_index as usize].properties
     }
 
     pub fn dimensions(&self) -> &[StringPair] {
         &self.properties().dimensions
+    }
+
+    pub fn followers(&self) -> &[Follower] {
+        self.listeners.as_ref().map_or(&[], |listeners| &listeners.followers)
+    }
+
+    /// The listeners, made when the first one comes.
+    pub fn listeners_mut(&mut self) -> &mut Listeners {
+        self.listeners.get_or_insert_with(Box::default)
+    }
+
+    /// Lets go of the listeners once none is left.
+    pub fn forget_listeners_if_none(&mut self) {
+        if self
+            .listeners
+            .as_ref()
+            .is_some_and(|listeners| listeners.followers.is_empty() && listeners.watchers.is_empty())
+        {
+            self.listeners = None;
+        }
     }
 
     /// The run whose output is the task's: the last run, or for a deduplicated
@@ -111,12 +177,10 @@ impl Task {
 
     /// The run that is RUNNING now, if any.
     pub fn current_run(&self) -> Option<&Run> {
-        (self.state == TaskState::Running).then_some(self.run.as_ref()).flatten()
+        (self.state == TaskState::Running).then_some(self.run.as_deref()).flatten()
     }
 
     pub fn result(&self) -> TaskResult {
-        let mut request = self.request.clone();
-        request.secret_bytes = None;
         let none = Outcome::default();
         let outcome = self.outcome.as_deref().unwrap_or(&none);
         TaskResult {
@@ -142,7 +206,7 @@ impl Task {
             has_secret_bytes: self.has_secret_bytes,
             output_truncated: self.output_truncated,
             pending: None,
-            request,
+            request: self.request(),
         }
     }
 }

@@ -56,7 +56,7 @@ impl TaskStore {
     pub fn insert(&mut self, task: Task) {
         assert!(self.order.back().is_none_or(|last| *last < task.id), "task ids grow");
         let id = task.id;
-        for tag in &task.request.tags {
+        for tag in &task.text.tags {
             let ids = self.by_tag.entry_ref(tag.as_str()).or_default();
             // A tag given twice lists the task once.
             if ids.last() != Some(&id) {
@@ -98,7 +98,7 @@ impl TaskStore {
             self.order.retain(|id| positions.contains_key(id));
             self.removed_in_order = 0;
         }
-        self.removed_tagged += task.request.tags.len();
+        self.removed_tagged += task.text.tags.len();
         if self.removed_tagged * 2 > self.tagged {
             self.compact_tags();
         }

@@ -39,11 +39,10 @@ impl Core {
         let task_id = RequestId::from_u64(created.task_id).expect("a request id");
         assert!(self.last_task_id < Some(task_id), "task ids must grow");
         self.last_task_id = Some(task_id);
-        let mut request = created.request.clone();
-        for slice in &mut request.task_slices {
+        let mut task = Task::new(task_id, created.request.clone(), created.created_ms);
+        for slice in &mut task.slices {
             slice.properties = self.properties.intern(&slice.properties);
         }
-        let mut task = Task::new(task_id, request, created.created_ms);
         task.slice_index = created.slice_index;
         self.tasks.insert(task);
         self.enqueue(task_id);
@@ -61,8 +60,8 @@ impl Core {
         task.try_number = run_id.try_number();
         task.started_ms.get_or_insert(assigned.at_ms);
         let (bot_id, session_id, last_heard_ms) = (assigned.bot_id.clone(), assigned.session_id, assigned.at_ms);
-        let ping_due_ms = assigned.at_ms + u64::from(task.request.bot_ping_tolerance_secs) * 1000;
-        task.run = Some(Run { run_id, bot_id, session_id, last_heard_ms, ping_due_ms });
+        let ping_due_ms = assigned.at_ms + u64::from(task.bot_ping_tolerance_secs) * 1000;
+        task.run = Some(Box::new(Run { run_id, bot_id, session_id, last_heard_ms, ping_due_ms }));
         self.timers.push(ping_due_ms, Timer::RunPing { run_id });
         self.change_bot(&assigned.bot_id, |bot| {
             assert!(bot.current_run.is_none(), "bot {} already runs {:?}", bot.bot_id, bot.current_run);
@@ -80,7 +79,7 @@ impl Core {
         let state = finished.state.state();
         task.state = state;
         // Only the bot running the task ever needed them.
-        task.request.secret_bytes = None;
+        task.text.secret_bytes = None;
         task.output_len = finished.output_len;
         task.output_truncated = finished.output_truncated;
         let command_ended_itself = matches!(state, TaskState::Completed | TaskState::TimedOut | TaskState::ClientError);
@@ -224,16 +223,24 @@ impl Core {
         let position = self.tasks.position(&task_id).expect("known task");
         let task = self.tasks.get_mut(&task_id).expect("known task");
         let queue = self.queues.queue_for_task(task.dimensions());
-        let key = QueueKey { priority: task.request.priority, task_id, position };
-        self.queues.push(queue, key);
-        task.queued = Some((queue, key));
+        self.queues.push(queue, task.queue_key(position));
+        task.queued = Some(queue);
         let (deadline_ms, slice_index) = (slice_expiry_ms(task), task.slice_index);
         self.timers.push(deadline_ms, Timer::SliceExpiry { task_id, slice_index });
     }
 
+    /// Where a pending task waits: its queue and its key there.
+    pub(super) fn queue_entry(&self, task_id: RequestId) -> Option<(QueueId, QueueKey)> {
+        let position = self.tasks.position(&task_id)?;
+        let task = self.tasks.at_position(position);
+        task.queued.map(|queue| (queue, task.queue_key(position)))
+    }
+
     pub(super) fn dequeue(&mut self, task_id: RequestId) {
+        let entry = self.queue_entry(task_id);
         let task = self.tasks.get_mut(&task_id).expect("known task");
-        if let Some((queue, key)) = task.queued.take() {
+        if let Some((queue, key)) = entry {
+            task.queued = None;
             let removed = self.queues.remove(queue, key);
             assert!(removed, "a queued task is in its queue");
             let (deadline_ms, slice_index) = (slice_expiry_ms(task), task.slice_index);
@@ -244,5 +251,5 @@ impl Core {
 
 /// When a pending task's current slice expires.
 fn slice_expiry_ms(task: &Task) -> u64 {
-    task.slice_started_ms + u64::from(task.request.task_slices[task.slice_index as usize].expiration_secs) * 1000
+    task.slice_started_ms + u64::from(task.slices[task.slice_index as usize].expiration_secs) * 1000
 }

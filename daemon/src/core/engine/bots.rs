@@ -204,12 +204,12 @@ impl Core {
             .flat_map(|queue| self.queues.pending_tasks(queue))
             .filter(|task_id| {
                 let task = &self.tasks[task_id];
-                !task.request.task_slices[task.slice_index as usize].wait_for_capacity
+                !task.slices[task.slice_index as usize].wait_for_capacity
             })
             .collect();
         for task_id in stranded {
             let task = &self.tasks[&task_id];
-            let (slices, from) = (task.request.task_slices.clone(), task.slice_index as usize + 1);
+            let (slices, from) = (task.slices.clone(), task.slice_index as usize + 1);
             if let Some(next_slice) = self.first_servable_slice(&slices, from) {
                 let at_ms = self.now_ms;
                 self.emit(Event::SliceAdvanced { task_id: task_id.as_u64(), slice_index: next_slice, at_ms }, out);
@@ -223,8 +223,8 @@ impl Core {
 
     /// A new task goes straight to the longest-parked bot that can run it.
     pub(super) fn hand_to_parked_bot(&mut self, task_id: RequestId, out: &mut Output) {
+        let Some((queue, key)) = self.queue_entry(task_id) else { return };
         let task = &self.tasks[&task_id];
-        let Some((queue, key)) = task.queued else { return };
         // Among waiting bots, one that already holds the task's named caches
         // wins (for tasks that name their bots, those are the only choice).
         let caches: Vec<&str> = task.properties().caches.iter().map(|cache| cache.name.as_str()).collect();
@@ -290,10 +290,10 @@ impl Core {
         let task = &self.tasks[&run_id.request()];
         Assignment {
             run_id: run_id.as_u64(),
-            task_name: task.request.name.clone(),
+            task_name: task.text.name.clone(),
             slice_index: task.slice_index,
             properties: Arc::clone(task.properties()),
-            secret_bytes: task.request.secret_bytes.clone(),
+            secret_bytes: task.text.secret_bytes.clone(),
         }
     }
 

@@ -137,7 +137,7 @@ impl Core {
         let before = query.cursor.map(tasks::request_id_of);
         let wanted = |task: &&Task| {
             query.state.is_none_or(|state| task.state == state)
-                && query.tags.iter().all(|tag| task.request.tags.contains(tag))
+                && query.tags.iter().all(|tag| task.text.tags.contains(tag))
         };
         let held: Box<dyn Iterator<Item = &Task>> = match query.tags.first() {
             Some(tag) => Box::new(self.tasks.newest_first_tagged(tag, before)),

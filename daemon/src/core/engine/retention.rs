@@ -34,7 +34,7 @@ impl Core {
             self.tasks.oldest_first_below(before).filter(|task| task.state.is_terminal()).map(|task| task.id).collect();
         for task_id in past {
             let task = self.tasks.remove(&task_id).expect("listed above");
-            debug_assert!(task.watchers.is_empty() && task.followers.is_empty(), "an ended task holds nothing");
+            debug_assert!(task.listeners.is_none(), "an ended task holds nothing");
         }
         self.successes.retain(|_, (run_id, _)| run_id.request() >= before);
         self.history.expire(before);

@@ -108,7 +108,7 @@ impl Core {
     fn restore_task(&mut self, record: TaskRecord) {
         let (task_id, state) = (RequestId::from_u64(record.task_id).expect("a request id"), record.state);
         let mut task = task_from_record(record);
-        for slice in &mut task.request.task_slices {
+        for slice in &mut task.slices {
             slice.properties = self.properties.intern(&slice.properties);
         }
         let running = task.current_run().map(|run| run.run_id);
@@ -143,13 +143,15 @@ pub(super) fn task_from_record(record: TaskRecord) -> Task {
     task.slice_index = record.slice_index;
     task.slice_started_ms = record.slice_started_ms;
     task.try_number = record.try_number;
-    task.run = record.run.map(|run| Run {
-        run_id: RunId::from_u64(run.run_id).expect("a run id"),
-        bot_id: run.bot_id,
-        session_id: run.session_id,
-        last_heard_ms: record.started_ms.unwrap_or(record.created_ms),
-        // `restore_task` arms its ping timer for at once.
-        ping_due_ms: 0,
+    task.run = record.run.map(|run| {
+        Box::new(Run {
+            run_id: RunId::from_u64(run.run_id).expect("a run id"),
+            bot_id: run.bot_id,
+            session_id: run.session_id,
+            last_heard_ms: record.started_ms.unwrap_or(record.created_ms),
+            // `restore_task` arms its ping timer for at once.
+            ping_due_ms: 0,
+        })
     });
     task.started_ms = record.started_ms;
     task.outcome = record.completed_ms.map(|completed_ms| {
@@ -178,7 +180,8 @@ pub(super) fn task_record(task: &Task) -> TaskRecord {
     let outcome = task.outcome.as_deref().unwrap_or(&none);
     TaskRecord {
         task_id: task.id.as_u64(),
-        request: task.request.clone(),
+        // A task that has not ended keeps its secret bytes across a restart.
+        request: NewTaskRequest { secret_bytes: task.text.secret_bytes.clone(), ..task.request() },
         created_ms: task.created_ms,
         state: task.state,
         slice_index: task.slice_index,

@@ -77,7 +77,7 @@ impl Core {
     /// A task's result with, while it is pending, why it still waits.
     pub(super) fn describe(&self, task: &Task) -> TaskResult {
         let mut result = task.result();
-        if let Some((queue, key)) = task.queued {
+        if let Some((queue, key)) = self.queue_entry(task.id) {
             let (matching_bots, busy_bots) = self.capacity(queue);
             let queue_position = self.queues.position(queue, key);
             result.pending = Some(PendingInfo { matching_bots, busy_bots, queue_position });
@@ -146,7 +146,7 @@ impl Core {
         }
         let task_id = task.id;
         let deadline = self.now_ms + timeout_ms.min(MAX_LONG_POLL_MS);
-        self.tasks.get_mut(&task_id).expect("found above").watchers.push(Watcher { conn, request_id });
+        self.tasks.get_mut(&task_id).expect("found above").listeners_mut().watchers.push(Watcher { conn, request_id });
         self.timers.push(deadline, Timer::WaitTimeout { task_id, watcher: (conn, request_id) });
         None
     }
@@ -193,7 +193,7 @@ impl Core {
                 (ending.state, ending.exit_code)
                     == (task.state, task.outcome.as_ref().and_then(|outcome| outcome.exit_code))
             });
-            if ended_by_this_report && task.run.as_ref().is_some_and(is_this_run) {
+            if ended_by_this_report && task.run.as_deref().is_some_and(is_this_run) {
                 return Reply::UpdateAck { output_len: task.output_len, must_stop: false };
             }
             let state = task.state.name();
@@ -272,7 +272,8 @@ impl Core {
             read_for_follower(&mut follower, task.output_run(), task.output_len, true, out);
             return None;
         }
-        self.tasks.get_mut(&task_id).expect("found above").followers.push(Follower { conn, request_id, offset });
+        let follower = Follower { conn, request_id, offset };
+        self.tasks.get_mut(&task_id).expect("found above").listeners_mut().followers.push(follower);
         self.feed_followers(task_id, out);
         let timer = Timer::FollowHeartbeat { task_id, follower: (conn, request_id) };
         self.timers.push(self.now_ms + FOLLOW_HEARTBEAT_MS, timer);
@@ -286,7 +287,7 @@ impl Core {
         out: &mut Output,
     ) {
         let task = &self.tasks[&task_id];
-        let Some(follower) = task.followers.iter().find(|f| (f.conn, f.request_id) == (conn, request_id)) else {
+        let Some(follower) = task.followers().iter().find(|f| (f.conn, f.request_id) == (conn, request_id)) else {
             return;
         };
         out.output_reads.push(OutputRead {
@@ -308,11 +309,14 @@ impl Core {
         let task = self.tasks.get_mut(&task_id).expect("known task");
         let ended = task.state.is_terminal();
         let source = task.output_run();
-        for follower in &mut task.followers {
-            read_for_follower(follower, source, task.output_len, ended, out);
+        let output_len = task.output_len;
+        let Some(listeners) = task.listeners.as_mut() else { return };
+        for follower in &mut listeners.followers {
+            read_for_follower(follower, source, output_len, ended, out);
         }
         if ended {
-            task.followers.clear();
+            listeners.followers.clear();
+            task.forget_listeners_if_none();
         }
     }
 
@@ -321,7 +325,7 @@ impl Core {
         if task.state != TaskState::Pending || task.slice_index != slice_index {
             return;
         }
-        let slices = task.request.task_slices.clone();
+        let slices = task.slices.clone();
         if let Some(next_slice) = self.first_servable_slice(&slices, slice_index as usize + 1) {
             let at_ms = self.now_ms;
             self.emit(Event::SliceAdvanced { task_id: task_id.as_u64(), slice_index: next_slice, at_ms }, out);
