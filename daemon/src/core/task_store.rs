@@ -16,6 +16,10 @@
 //! million pending tasks a walk takes 150 ms); removals leave ids in these lists
 //! too, compacted the same way.
 //!
+//! The index from id to slot is split in 64 maps: a hash map grows by moving
+//! every entry to a table twice its size, and one map of a million tasks did
+//! that in a single event-loop turn of over 100 ms; a shard moves a 64th.
+//!
 //! Invariants: `positions` and the occupied slots name the same tasks; a free
 //! slot is in `free` exactly once; `order` holds every held id, ascending; each
 //! list of `by_tag` holds, ascending, every held id whose task has that tag.
@@ -35,7 +39,7 @@ const CHUNK_TASKS: usize = 4096;
 
 #[derive(Default)]
 pub struct TaskStore {
-    positions: Map<RequestId, u32>,
+    positions: Positions,
     chunks: Vec<Vec<Option<Task>>>,
     /// Slots whose task was removed, to be reused.
     free: Vec<u32>,
@@ -95,7 +99,7 @@ impl TaskStore {
         self.removed_in_order += 1;
         if self.removed_in_order * 2 > self.order.len() {
             let positions = &self.positions;
-            self.order.retain(|id| positions.contains_key(id));
+            self.order.retain(|id| positions.get(id).is_some());
             self.removed_in_order = 0;
         }
         self.removed_tagged += task.text.tags.len();
@@ -111,7 +115,7 @@ impl TaskStore {
         match self.last_reached.get() {
             Some((last, position)) if last == *id => Some(position),
             _ => {
-                let position = *self.positions.get(id)?;
+                let position = self.positions.get(id)?;
                 self.last_reached.set(Some((*id, position)));
                 Some(position)
             }
@@ -160,7 +164,7 @@ impl TaskStore {
     fn compact_tags(&mut self) {
         let positions = &self.positions;
         self.by_tag.retain(|_, ids| {
-            ids.retain(|id| positions.contains_key(id));
+            ids.retain(|id| positions.get(id).is_some());
             !ids.is_empty()
         });
         self.tagged = self.by_tag.values().map(Vec::len).sum();
@@ -195,6 +199,55 @@ impl TaskStore {
             }
         }
         position
+    }
+}
+
+const POSITION_SHARDS: usize = 64;
+
+/// Where each held task sits, in shards by id.
+struct Positions {
+    shards: Vec<Map<RequestId, u32>>,
+    len: usize,
+}
+
+impl Default for Positions {
+    fn default() -> Positions {
+        Positions { shards: (0..POSITION_SHARDS).map(|_| Map::default()).collect(), len: 0 }
+    }
+}
+
+impl Positions {
+    /// Spread by the id's millisecond and its sequence within it (bits 63..20
+    /// and 19..4), so both a slow and a fast stream of tasks fill every shard.
+    fn shard(id: &RequestId) -> usize {
+        let id = id.as_u64();
+        ((id >> 4) ^ (id >> 20)) as usize % POSITION_SHARDS
+    }
+
+    fn insert(&mut self, id: RequestId, position: u32) -> Option<u32> {
+        let previous = self.shards[Positions::shard(&id)].insert(id, position);
+        self.len += usize::from(previous.is_none());
+        previous
+    }
+
+    fn remove(&mut self, id: &RequestId) -> Option<u32> {
+        let removed = self.shards[Positions::shard(id)].remove(id);
+        self.len -= usize::from(removed.is_some());
+        removed
+    }
+
+    fn get(&self, id: &RequestId) -> Option<u32> {
+        self.shards[Positions::shard(id)].get(id).copied()
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        for shard in &mut self.shards {
+            shard.reserve(additional.div_ceil(POSITION_SHARDS) + additional / 16 / POSITION_SHARDS);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
     }
 }
 
@@ -283,5 +336,21 @@ mod tests {
         assert_eq!(tagged(&store, None), [18, 15]);
         assert!(store.by_tag["pool:ci"].len() < 7, "removed ids were compacted away");
         assert!(store.newest_first_tagged("pool:other", None).next().is_none());
+    }
+
+    #[test]
+    fn ids_of_slow_and_fast_streams_spread_over_every_shard() {
+        let slow = (0..640).map(|n| RequestId::first_of_millisecond(1_700_000_000_000 + n));
+        let mut fast = vec![RequestId::first_of_millisecond(1_700_000_000_000)];
+        for _ in 1..640 {
+            fast.push(fast.last().unwrap().next());
+        }
+        for ids in [slow.collect::<Vec<_>>(), fast] {
+            let mut counts = [0; POSITION_SHARDS];
+            for id in &ids {
+                counts[Positions::shard(id)] += 1;
+            }
+            assert!(counts.iter().all(|&count| count == 10), "{counts:?}");
+        }
     }
 }
