@@ -76,7 +76,8 @@ struct Args {
     #[arg(long, default_value_t = WalOptions::default().segment_bytes)]
     wal_segment_bytes: u64,
     /// Start even when part of the log is missing: keep what can be replayed, set the rest
-    /// aside in the data directory, and log exactly which records were dropped.
+    /// aside in the data directory, and log exactly which records were dropped. Also
+    /// starts when a history run the snapshot lists cannot be read, without its tasks.
     #[arg(long)]
     accept_log_loss: bool,
 }

@@ -500,3 +500,56 @@ fn ended_tasks_move_to_history_runs_and_are_still_shown_listed_read_and_reused()
         daemon.restart();
     }
 }
+
+#[test]
+fn a_damaged_history_record_is_reported_and_a_missing_run_refuses_the_start() {
+    let dir = temp();
+    let data = dir.path().join("data");
+    let mut daemon = Daemon::start_with(&data, "127.0.0.1:0", FAST_SNAPSHOTS);
+    let mut bot = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &dir.path().join("bot"));
+    let tasks = quick_tasks(&daemon.cli(), 5);
+    let deadline = Instant::now() + PATIENCE;
+    while files_in(&data.join("history"), ".run").is_empty() {
+        assert!(Instant::now() < deadline, "no history run came; log: {:#?}", daemon.log.all());
+        thread::sleep(Duration::from_millis(50));
+    }
+    bot.kill9();
+    assert!(daemon.terminate().success());
+    let runs = files_in(&data.join("history"), ".run");
+    let run = &runs[0];
+    let run_name = run.file_name().unwrap().to_string_lossy().to_string();
+
+    // A flipped byte in the first record: that task is reported damaged, by file; the others read.
+    let good = fs::read(run).unwrap();
+    let mut bytes = good.clone();
+    bytes[100] ^= 0x20;
+    fs::write(run, &bytes).unwrap();
+    daemon.restart();
+    let cli = daemon.cli();
+    let shown: Vec<std::process::Output> = tasks.iter().map(|id| cli.run(&["tasks", "show", id])).collect();
+    let damaged: Vec<&std::process::Output> = shown.iter().filter(|output| !output.status.success()).collect();
+    assert_eq!(damaged.len(), 1, "one record is damaged: {shown:#?}");
+    let message = String::from_utf8_lossy(&damaged[0].stderr);
+    assert!(message.contains(&run_name) && message.contains("damaged"), "the error names the run: {message}");
+    let listed = cli.run(&["tasks", "list"]);
+    assert!(!listed.status.success(), "a listing does not skip a damaged record silently");
+    assert!(String::from_utf8_lossy(&listed.stderr).contains(&run_name));
+    assert!(daemon.terminate().success());
+
+    // A missing run refuses the start, naming it, unless the loss is accepted.
+    fs::remove_file(run).unwrap();
+    let (status, log) = Daemon::start_refused(&data, FAST_SNAPSHOTS);
+    assert!(!status.success());
+    assert!(log.contains(&run_name) && log.contains("--accept-log-loss"), "the refusal names the run: {log}");
+    let mut args = FAST_SNAPSHOTS.to_vec();
+    args.push("--accept-log-loss");
+    let daemon = Daemon::start_with(&data, "127.0.0.1:0", &args);
+    let accepted = daemon.log.wait_for("the accepted loss", |line| {
+        line.strip_prefix("apiaryd: accepted the loss of a history run (--accept-log-loss): ").map(str::to_string)
+    });
+    assert!(accepted.contains(&run_name), "the log line names the run: {accepted}");
+    let cli = daemon.cli();
+    assert_eq!(cli.run(&["tasks", "show", &tasks[0]]).status.code(), Some(88), "its tasks are gone");
+    let newer = pending_tasks(&cli, 1);
+    assert_eq!(cli.show(&newer[0])["state"], "PENDING", "the daemon takes new work");
+}

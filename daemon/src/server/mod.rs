@@ -37,6 +37,11 @@ pub enum ServerError {
     SnapshotUnusable { reason: String, fallback: String },
     #[error("the history store failed: {0}")]
     History(#[from] apiary_storage::HistoryError),
+    #[error(
+        "{0}; the snapshot lists it, so the tasks in it would be lost: put the file back, or start with \
+         --accept-log-loss to go on without them"
+    )]
+    HistoryRunUnusable(apiary_storage::HistoryError),
     #[error("the snapshot store failed: {0}")]
     Snapshot(#[from] apiary_storage::SnapshotError),
 }

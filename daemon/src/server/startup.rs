@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apiary_storage::{
-    HistoryDir, LogStart, OutputStore, Recovery, SnapshotFile, SnapshotStore, Wal, WalError, WalOptions,
+    HistoryDir, HistoryRun, LogStart, OutputStore, Recovery, SnapshotFile, SnapshotStore, Wal, WalError, WalOptions,
 };
 use mio::net::TcpListener;
 
@@ -102,12 +102,7 @@ fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
     let snapshot_seq = base.as_ref().map_or(0, |(file, _)| file.covered_seq);
     let mut core = base.map_or_else(|| Core::new(config.core.clone()), |(_, core)| core);
     let history = HistoryDir::open(&config.data_dir.join("history"))?;
-    let mut runs = Vec::new();
-    for run in core.history_runs() {
-        let reader = Arc::new(history.open_run(run.number)?);
-        runs.push(Arc::clone(&reader));
-        core.attach_history_run(run.number, reader);
-    }
+    let runs = open_history_runs(&history, &mut core, config.accept_log_loss)?;
     snapshots::check_runs_in_background(runs);
     let mut replayed = 0u64;
     for record in wal.records() {
@@ -146,6 +141,32 @@ fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
         ms(started.elapsed()),
     ));
     Ok(Recovered { core, wal, outputs, snapshots, history, snapshot_seq })
+}
+
+/// Opens the history runs the snapshot lists and gives them to the core. A run
+/// that cannot be opened refuses the start, naming it, unless the operator
+/// accepts the loss: its tasks then answer as unknown.
+fn open_history_runs(
+    history: &HistoryDir,
+    core: &mut Core,
+    accept_loss: bool,
+) -> Result<Vec<Arc<HistoryRun>>, ServerError> {
+    let mut runs = Vec::new();
+    for run in core.history_runs() {
+        match history.open_run(run.number) {
+            Ok(reader) => {
+                let reader = Arc::new(reader);
+                runs.push(Arc::clone(&reader));
+                core.attach_history_run(run.number, reader);
+            }
+            Err(error) if accept_loss => log(format!(
+                "accepted the loss of a history run (--accept-log-loss): {error}; its {} ended tasks are gone",
+                run.count
+            )),
+            Err(error) => return Err(ServerError::HistoryRunUnusable(error)),
+        }
+    }
+    Ok(runs)
 }
 
 /// The newest usable snapshot, restored into a core.
