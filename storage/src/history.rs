@@ -415,6 +415,15 @@ impl HistoryRun {
         }
     }
 
+    /// The index if it has been checked already (by `index`, maybe on another
+    /// thread); `None` if not yet, so a caller that must not wait can come back.
+    pub fn index_if_checked(&self) -> Option<Result<RunIndex<'_>, HistoryError>> {
+        match self.index_checked.get()? {
+            Ok(()) => Some(Ok(RunIndex::new(self))),
+            Err(reason) => Some(Err(self.damaged(reason.clone()))),
+        }
+    }
+
     fn bytes(&self) -> &[u8] {
         match &self.map {
             // Sound: a run never changes after its rename (see `wal/mmap.rs`).
@@ -634,7 +643,9 @@ mod tests {
         let dir = HistoryDir::open(temporary.path()).unwrap();
         let run = sample(&dir);
         assert_eq!((run.len(), run.min_id(), run.max_id()), (3, 0x10, 0x30));
+        assert!(run.index_if_checked().is_none(), "not checked before it is asked for");
         let index = run.index().unwrap();
+        assert!(run.index_if_checked().is_some_and(|checked| checked.is_ok()));
         assert_eq!(index.find(0x20), Some(1));
         assert_eq!(index.find(0x21), None);
         assert_eq!(index.record(1).unwrap(), b"second record");

@@ -103,14 +103,20 @@ impl Core {
     }
 
     /// Drops up to `budget` heap copies of tasks that a history run now holds.
-    /// Returns whether more are left to drop.
+    /// Returns whether more can be dropped at once. A run whose index is still
+    /// being checked (on another thread) is left for a later call, so the
+    /// event loop never waits for the check.
     pub fn forget_archived(&mut self, budget: usize) -> bool {
         let mut left = budget;
         while let Some(&(number, from)) = self.archiving.front() {
-            let Some(index) = self.history.reader(number).and_then(|reader| reader.index().ok()) else {
+            let index = match self.history.reader(number).map(HistoryRun::index_if_checked) {
+                Some(None) => return false,
+                Some(Some(Ok(index))) => index,
                 // Expired meanwhile, or damaged: the heap copies stay until retention.
-                self.archiving.pop_front();
-                continue;
+                None | Some(Some(Err(_))) => {
+                    self.archiving.pop_front();
+                    continue;
+                }
             };
             let to = index.len().min(from + left);
             for number in from..to {
