@@ -3,8 +3,9 @@
 //! not first spend an hour pushing tens of millions of tasks through a daemon.
 //!
 //! What it writes, as a daemon would have after running that many tasks: a
-//! snapshot holding the pending tasks, and history runs holding the ended ones
-//! (each run a contiguous stretch of ids, as a snapshot interval makes them).
+//! snapshot holding the pending tasks (their names in its text file), and
+//! history runs holding the ended ones (each run a contiguous stretch of ids,
+//! as a snapshot interval makes them).
 //! Ended tasks carry the tags `pool:fixture`, `shard:<n % 100>` and
 //! `user:<n % 1000>`; 1 in 20 is `EXPIRED`, the rest `COMPLETED`. Pending tasks
 //! ask for `pool=fixture-pending`, which no bot has, and wait for capacity.
@@ -12,10 +13,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use apiary_daemon::core::CoreSnapshot;
 use apiary_daemon::core::events::{EVENT_RECORD_KIND, Event};
 use apiary_daemon::core::history::{self, RunEntry};
 use apiary_daemon::core::snapshot::{RunRecord, SNAPSHOT_SCHEMA, TaskRecord};
+use apiary_daemon::core::texts;
+use apiary_daemon::core::{CoreSnapshot, RequestText};
 use apiary_protocol::{NewTaskRequest, RequestId, StringPair, TaskProperties, TaskSlice, TaskState};
 use apiary_storage::{HistoryDir, LogStart, SnapshotStore, Wal, WalOptions};
 
@@ -83,12 +85,25 @@ pub fn write(args: &FixtureArgs, now_ms: u64) -> Result<Fixture, String> {
         dimensions: vec![StringPair::new("pool", "fixture-pending")],
         ..TaskProperties::default()
     });
-    let tasks: Vec<TaskRecord> = (0..args.pending)
-        .map(|n| {
-            let created_ms = pending_from + n * pending_step;
-            pending_record(ids.next(created_ms), created_ms, n, args.name_bytes, &properties)
-        })
-        .collect();
+    let covered_seq = write_log(&args.data_dir)?;
+    let snapshots_dir = args.data_dir.join("snapshots");
+    let texts = HistoryDir::open_with_suffix(&snapshots_dir, ".text").map_err(|error| error.to_string())?;
+    let mut text_file = texts.create(covered_seq).map_err(|error| error.to_string())?;
+    let mut tasks = Vec::with_capacity(args.pending as usize);
+    for n in 0..args.pending {
+        let created_ms = pending_from + n * pending_step;
+        let mut record = pending_record(ids.next(created_ms), created_ms, n, args.name_bytes, &properties);
+        // As the daemon writes a snapshot: the name and user in the text file, the tags in both.
+        let request = &mut record.request;
+        let text = RequestText {
+            name: std::mem::take(&mut request.name),
+            tags: request.tags.clone(),
+            user: std::mem::take(&mut request.user),
+        };
+        text_file.push(record.task_id, &texts::encode(&text), &[]).map_err(|error| error.to_string())?;
+        tasks.push(record);
+    }
+    text_file.finish().map_err(|error| error.to_string())?;
     let snapshot = CoreSnapshot {
         schema: SNAPSHOT_SCHEMA,
         last_task_id: ids.last.map(RequestId::as_u64),
@@ -99,8 +114,7 @@ pub fn write(args: &FixtureArgs, now_ms: u64) -> Result<Fixture, String> {
         successes: Vec::new(),
     };
     let bytes = snapshot.encode();
-    let covered_seq = write_log(&args.data_dir)?;
-    let store = SnapshotStore::open(&args.data_dir.join("snapshots")).map_err(|error| error.to_string())?;
+    let store = SnapshotStore::open(&snapshots_dir).map_err(|error| error.to_string())?;
     store.write(covered_seq, now_ms, &bytes).map_err(|error| error.to_string())?;
     Ok(Fixture { runs: snapshot.history.len(), history_bytes, snapshot_bytes: bytes.len() as u64 })
 }

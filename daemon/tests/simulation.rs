@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use apiary_daemon::core::history::{self, RunEntry};
+use apiary_daemon::core::texts;
 use apiary_daemon::core::{ConnId, Core, CoreConfig, CoreSnapshot, DISK_FULL_MARKER, Event, Input, Output};
 use apiary_protocol::{
     BotInfo, BotPoll, CacheInfo, CancelOutcome, ErrorCode, ErrorReply, NamedCache, NewTaskRequest, PackedDimensions,
@@ -115,8 +116,9 @@ struct Daemon {
     applied_all: Core,
     /// The output store: the bytes held for each run, appended at known offsets.
     store: BTreeMap<RunId, Vec<u8>>,
-    /// The history runs snapshots write, in a temporary directory.
+    /// The history runs and text files snapshots write, in a temporary directory.
     history: HistoryDir,
+    texts: HistoryDir,
     _history_dir: tempfile::TempDir,
     /// Run numbers, as the daemon's are the log records of their snapshots.
     snapshots_taken: u64,
@@ -127,6 +129,7 @@ impl Daemon {
         let history_dir = tempfile::tempdir().expect("a temporary directory");
         Daemon {
             history: HistoryDir::open(history_dir.path()).expect("a history directory"),
+            texts: HistoryDir::open_with_suffix(history_dir.path(), ".text").expect("a text directory"),
             _history_dir: history_dir,
             snapshots_taken: 0,
             core: Core::new(config()),
@@ -182,8 +185,13 @@ impl Daemon {
     /// only a restart takes.
     fn replay(&self) -> Core {
         let mut core = match &self.snapshot {
-            Some(bytes) => Core::restore(config(), CoreSnapshot::access(bytes).expect("a snapshot reads back"))
-                .expect("a snapshot restores"),
+            Some(bytes) => {
+                let mut core = Core::restore(config(), CoreSnapshot::access(bytes).expect("a snapshot reads back"))
+                    .expect("a snapshot restores");
+                let texts = self.texts.open_run(self.snapshots_taken).expect("a snapshot's text file opens");
+                core.add_text_file(Arc::new(texts));
+                core
+            }
             None => Core::new(config()),
         };
         for run in core.history_runs() {
@@ -223,11 +231,20 @@ impl Daemon {
             self.applied_all.add_history_run(entry, None);
             self.core.add_history_run(entry, Some(Arc::new(run)));
         }
+        // The texts of the tasks that have not ended, beside the snapshot.
+        let mut writer = self.texts.create(self.snapshots_taken).expect("a text file is created");
+        for (task_id, text) in job.texts_to_file() {
+            writer.push(task_id.as_u64(), &texts::encode(&text), &[]).expect("a text is written");
+        }
+        writer.finish().expect("a text file is written");
         let bytes = job.snapshot().encode();
         assert!(
             bytes[..] == self.applied_all.snapshot().encode()[..],
             "a snapshot from the last one and the log after it equals one from the whole log"
         );
+        let text_file = self.texts.open_run(self.snapshots_taken).expect("a text file opens");
+        text_file.index().expect("a text file's index checks out");
+        self.core.add_text_file(Arc::new(text_file));
         self.snapshot = Some(bytes);
         self.log.clear();
     }
@@ -487,6 +504,7 @@ impl Sim {
         self.daemon.core.forget_archived(budget);
         let let_go = (held - self.daemon.core.task_count()) as u64;
         *self.stats.entry("tasks the heap let go to history").or_default() += let_go;
+        self.daemon.core.forget_texts(budget);
         if self.disk_full && self.rng.chance(4) {
             // A turn of its own: its replies leave before anything else happens.
             let mut freed = Output::default();

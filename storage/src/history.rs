@@ -38,7 +38,8 @@ const RECORD_ENTRY_BYTES: usize = 16;
 const KEY_ENTRY_BYTES: usize = 24;
 const POSTING_BYTES: usize = 4;
 const RUN_SUFFIX: &str = ".run";
-const TEMPORARY_SUFFIX: &str = ".run.tmp";
+/// Added to a file's name while it is written.
+const TEMPORARY_SUFFIX: &str = ".tmp";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -147,15 +148,23 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
 #[derive(Debug, Clone)]
 pub struct HistoryDir {
     dir: PathBuf,
+    /// The files' suffix: `.run` for history runs; the daemon keeps other
+    /// files of this format (snapshots' request texts) under another.
+    suffix: &'static str,
 }
 
 impl HistoryDir {
     /// Opens `dir` (creating it), removing what interrupted writes left.
     pub fn open(dir: &Path) -> Result<HistoryDir, HistoryError> {
+        HistoryDir::open_with_suffix(dir, RUN_SUFFIX)
+    }
+
+    /// The same, for files named `<number:020><suffix>` (`suffix` like ".text").
+    pub fn open_with_suffix(dir: &Path, suffix: &'static str) -> Result<HistoryDir, HistoryError> {
         fs::create_dir_all(dir).map_err(io_error(|| format!("create history directory {}", dir.display())))?;
-        let history = HistoryDir { dir: dir.to_path_buf() };
+        let history = HistoryDir { dir: dir.to_path_buf(), suffix };
         for name in history.entries()? {
-            if name.ends_with(TEMPORARY_SUFFIX) {
+            if name.strip_suffix(TEMPORARY_SUFFIX).is_some_and(|name| name.ends_with(suffix)) {
                 let path = dir.join(&name);
                 fs::remove_file(&path).map_err(io_error(|| format!("remove unfinished run {}", path.display())))?;
             }
@@ -165,19 +174,19 @@ impl HistoryDir {
 
     /// The numbers of the runs in the directory, ascending.
     pub fn list(&self) -> Result<Vec<u64>, HistoryError> {
-        let mut numbers: Vec<u64> = self.entries()?.iter().filter_map(|name| parse_name(name)).collect();
+        let mut numbers: Vec<u64> = self.entries()?.iter().filter_map(|name| parse_name(name, self.suffix)).collect();
         numbers.sort_unstable();
         Ok(numbers)
     }
 
     pub fn path(&self, number: u64) -> PathBuf {
-        self.dir.join(format!("{number:020}{RUN_SUFFIX}"))
+        self.dir.join(format!("{number:020}{}", self.suffix))
     }
 
     /// Starts writing run `number`; nothing is under its name until `finish`.
     pub fn create(&self, number: u64) -> Result<RunWriter, HistoryError> {
         let path = self.path(number);
-        let temporary = self.dir.join(format!("{number:020}{TEMPORARY_SUFFIX}"));
+        let temporary = self.dir.join(format!("{number:020}{}{TEMPORARY_SUFFIX}", self.suffix));
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -229,8 +238,8 @@ impl HistoryDir {
     }
 }
 
-fn parse_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(RUN_SUFFIX)?;
+fn parse_name(name: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
     (digits.len() == 20 && digits.bytes().all(|byte| byte.is_ascii_digit())).then(|| digits.parse().ok()).flatten()
 }
 

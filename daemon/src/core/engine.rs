@@ -24,6 +24,7 @@ use super::interned::InternedProperties;
 use super::model::{self, Bot, BotEventRecord, Ending, Follower, Outcome, ParkedPoll, Quarantine, Run, Task, Watcher};
 use super::queues::{self, ClassId, QueueId, QueueKey, Queues};
 use super::task_store::TaskStore;
+use super::texts::Texts;
 use super::validate;
 use super::{ConnId, Map};
 
@@ -34,6 +35,7 @@ mod retention;
 mod snapshot;
 pub mod storage_trouble;
 mod tasks;
+mod texts;
 
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
@@ -246,6 +248,10 @@ pub struct Core {
     history: History,
     /// Runs whose tasks the heap still holds copies of: (run, next record).
     archiving: VecDeque<(u64, usize)>,
+    /// The text files of the newest snapshots, where most tasks' texts are.
+    texts: Texts,
+    /// Tasks from this id on may still hold texts the newest text file holds too.
+    texts_to_drop_from: Option<RequestId>,
     bots: Map<String, Bot>,
     queues: Queues,
     timers: Timers,
@@ -278,6 +284,8 @@ impl Core {
             tasks: TaskStore::default(),
             history: History::default(),
             archiving: VecDeque::new(),
+            texts: Texts::default(),
+            texts_to_drop_from: None,
             bots: Map::default(),
             queues: Queues::default(),
             timers,
@@ -379,7 +387,8 @@ impl Core {
                 let answered = listeners.watchers.len() < before;
                 task.forget_listeners_if_none();
                 if answered {
-                    out.replies.push(Outgoing { conn, request_id, reply: Reply::Task(task.result()) });
+                    let reply = Reply::Task(self.result(&self.tasks[&task_id]));
+                    out.replies.push(Outgoing { conn, request_id, reply });
                 }
             }
         }
@@ -437,8 +446,8 @@ impl Core {
         };
         self.emit(Event::TaskFinished(event), out);
         self.feed_followers(task_id, out);
+        let result = self.result(&self.tasks[&task_id]);
         let task = self.tasks.get_mut(&task_id).expect("still there");
-        let result = task.result();
         let watchers = task.listeners.as_mut().map(|listeners| std::mem::take(&mut listeners.watchers));
         task.forget_listeners_if_none();
         for watcher in watchers.into_iter().flatten() {
@@ -539,7 +548,7 @@ impl Core {
 
     /// A task's result, from the heap or a history run.
     pub fn task(&self, task_id: RequestId) -> Option<TaskResult> {
-        self.task_by_id(task_id).ok().map(|task| task.result())
+        self.task_by_id(task_id).ok().map(|task| self.result(&task))
     }
 
     /// Every retained task's id, held or in a history run, oldest first.
@@ -579,7 +588,7 @@ impl Core {
                 _ => {
                     let holds_nothing = task.queued.is_none() && task.listeners.is_none();
                     assert!(holds_nothing, "ended task {} holds nothing", task.id);
-                    assert!(task.text.secret_bytes.is_none(), "ended task {} forgot its secret", task.id);
+                    assert!(task.secret_bytes.is_none(), "ended task {} forgot its secret", task.id);
                 }
             }
         }

@@ -740,7 +740,7 @@ fn secret_bytes_reach_only_the_bot_and_are_forgotten_when_the_task_ends() {
     assert_eq!(format!("{:?}", handed.secret_bytes), "Some(SecretBytes(7 bytes))", "Debug never shows them");
     let run_id = handed.run_id;
     finish_run(&mut h, BOT_1, run_id, b"", 0);
-    assert!(h.core.tasks[&RequestId::from_u64(task.task_id).unwrap()].text.secret_bytes.is_none());
+    assert!(h.core.tasks[&RequestId::from_u64(task.task_id).unwrap()].secret_bytes.is_none());
     assert_eq!(h.submit(r).deduped_from, None, "tasks with secrets are never deduplicated");
     h.check_replay();
 }

@@ -9,12 +9,13 @@ mod model;
 pub mod queues;
 pub mod snapshot;
 mod task_store;
+pub mod texts;
 pub mod validate;
 
 pub use engine::storage_trouble::DISK_FULL_MARKER;
 pub use engine::{Core, CoreConfig, Input, Outgoing, Output, OutputRead, OutputWrite};
 pub use events::Event;
-pub use model::Ending;
+pub use model::{Ending, RequestText};
 pub use snapshot::CoreSnapshot;
 
 /// The core's hash map: ahash, never iterated where order decides anything.

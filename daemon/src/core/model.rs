@@ -9,13 +9,17 @@ use apiary_protocol::{
     StringPair, TaskProperties, TaskResult, TaskSlice, TaskState, TimeoutKind,
 };
 
+use rkyv::{Archive, Deserialize as RkyvDeserialize, Serialize as RkyvSerialize};
+
 use super::ConnId;
 use super::queues::{ClassId, QueueId, QueueKey};
 
 /// A task as the core holds it. At a million pending tasks every byte here
 /// counts a megabyte, so what scheduling reads on every turn is inline (ids,
 /// times, state, priority, slices) and the rest sits behind one pointer each:
-/// the request's text, the run, the clients listening, the outcome.
+/// the request's text, the run, the clients listening, the outcome. The text
+/// leaves the heap at the first snapshot after the task's creation: from then
+/// on it is read from the snapshot's text file (`core::texts`).
 pub struct Task {
     pub id: RequestId,
     pub created_ms: u64,
@@ -29,8 +33,10 @@ pub struct Task {
     pub output_received: u64,
     /// The slices of the request, tried in order; their properties are shared.
     pub slices: Box<[TaskSlice]>,
-    /// What the request says besides its slices.
-    pub text: Box<RequestText>,
+    /// What the request says besides its slices; `None` once it is in a text file.
+    pub text: Option<Box<RequestText>>,
+    /// Only the bot that runs the task gets them; dropped when the task ends.
+    pub secret_bytes: Option<Box<SecretBytes>>,
     /// The current run while RUNNING, else the last one.
     pub run: Option<Box<Run>>,
     /// The queue the task waits in while PENDING (its key there: `queue_key`).
@@ -45,6 +51,8 @@ pub struct Task {
     pub priority: u8,
     /// 0 until the first run starts.
     pub try_number: u8,
+    /// How many tags the request has (for the tag index's bookkeeping).
+    pub tag_count: u8,
     /// The output reached the cap and the truncation marker was written.
     pub output_truncated: bool,
     /// Set at creation; the bytes themselves are dropped once the task ends.
@@ -53,14 +61,13 @@ pub struct Task {
     pub kill_requested: bool,
 }
 
-/// The parts of a request that only showing a task or handing it to a bot reads.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The parts of a request that only showing a task or handing it to a bot
+/// reads. Also a record of a snapshot's text file.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestText {
     pub name: String,
     pub tags: Vec<String>,
     pub user: String,
-    /// Only the bot that runs the task gets them; dropped when the task ends.
-    pub secret_bytes: Option<SecretBytes>,
 }
 
 /// The clients listening to a task (not durable: they reconnect).
@@ -103,7 +110,9 @@ impl Task {
             output_received: 0,
             slices: task_slices.into_boxed_slice(),
             has_secret_bytes: secret_bytes.is_some(),
-            text: Box::new(RequestText { name, tags, user, secret_bytes }),
+            secret_bytes: secret_bytes.map(Box::new),
+            tag_count: tags.len().min(usize::from(u8::MAX)) as u8,
+            text: Some(Box::new(RequestText { name, tags, user })),
             run: None,
             queued: None,
             outcome: None,
@@ -118,13 +127,13 @@ impl Task {
         }
     }
 
-    /// The request as it was made, but for its secret bytes.
-    pub fn request(&self) -> NewTaskRequest {
+    /// The request as it was made, but for its secret bytes, with its text.
+    pub fn request(&self, text: &RequestText) -> NewTaskRequest {
         NewTaskRequest {
-            name: self.text.name.clone(),
+            name: text.name.clone(),
             priority: self.priority,
-            tags: self.text.tags.clone(),
-            user: self.text.user.clone(),
+            tags: text.tags.clone(),
+            user: text.user.clone(),
             task_slices: self.slices.to_vec(),
             bot_ping_tolerance_secs: self.bot_ping_tolerance_secs,
             secret_bytes: None,
@@ -180,7 +189,8 @@ impl Task {
         (self.state == TaskState::Running).then_some(self.run.as_deref()).flatten()
     }
 
-    pub fn result(&self) -> TaskResult {
+    /// The task as clients see it, with its request's text.
+    pub fn result(&self, text: &RequestText) -> TaskResult {
         let none = Outcome::default();
         let outcome = self.outcome.as_deref().unwrap_or(&none);
         TaskResult {
@@ -206,7 +216,7 @@ impl Task {
             has_secret_bytes: self.has_secret_bytes,
             output_truncated: self.output_truncated,
             pending: None,
-            request: self.request(),
+            request: self.request(text),
         }
     }
 }

@@ -56,11 +56,11 @@ pub struct TaskStore {
 }
 
 impl TaskStore {
-    /// Adds a task under a new id, larger than every id held.
-    pub fn insert(&mut self, task: Task) {
+    /// Adds a task under a new id, larger than every id held, listed under its tags.
+    pub fn insert(&mut self, task: Task, tags: &[String]) {
         assert!(self.order.back().is_none_or(|last| *last < task.id), "task ids grow");
         let id = task.id;
-        for tag in &task.text.tags {
+        for tag in tags {
             let ids = self.by_tag.entry_ref(tag.as_str()).or_default();
             // A tag given twice lists the task once.
             if ids.last() != Some(&id) {
@@ -102,7 +102,7 @@ impl TaskStore {
             self.order.retain(|id| positions.get(id).is_some());
             self.removed_in_order = 0;
         }
-        self.removed_tagged += task.text.tags.len();
+        self.removed_tagged += usize::from(task.tag_count);
         if self.removed_tagged * 2 > self.tagged {
             self.compact_tags();
         }
@@ -152,6 +152,17 @@ impl TaskStore {
     pub fn oldest_first_below(&self, before: RequestId) -> impl Iterator<Item = &Task> {
         let end = self.order.partition_point(|id| *id < before);
         self.order.range(..end).filter_map(|id| self.get(id))
+    }
+
+    /// Whether the held task `id` has `tag`.
+    pub fn has_tag(&self, id: RequestId, tag: &str) -> bool {
+        self.by_tag.get(tag).is_some_and(|ids| ids.binary_search(&id).is_ok())
+    }
+
+    /// The held tasks from id `from` on, oldest first.
+    pub fn oldest_first_from(&self, from: RequestId) -> impl Iterator<Item = &Task> {
+        let start = self.order.partition_point(|id| *id < from);
+        self.order.range(start..).filter_map(|id| self.get(id))
     }
 
     /// The held tasks with `tag` and ids below `before`, newest first.
@@ -272,7 +283,7 @@ mod tests {
         let id = |n: u64| RequestId::first_of_millisecond(1_700_000_000_000 + 2 * n);
         let count = CHUNK_TASKS as u64 + 10;
         for n in 0..count {
-            store.insert(Task::new(id(n), NewTaskRequest::default(), n));
+            store.insert(Task::new(id(n), NewTaskRequest::default(), n), &[]);
         }
         assert_eq!(store.len(), count as usize);
         assert_eq!(store[&id(CHUNK_TASKS as u64 + 3)].created_ms, CHUNK_TASKS as u64 + 3);
@@ -295,7 +306,7 @@ mod tests {
         let mut store = TaskStore::default();
         let id = |n: u64| RequestId::first_of_millisecond(1_700_000_000_000 + n);
         for n in 0..10 {
-            store.insert(Task::new(id(n), NewTaskRequest::default(), n));
+            store.insert(Task::new(id(n), NewTaskRequest::default(), n), &[]);
         }
         let kept_position = store.position(&id(9)).unwrap();
         for n in 0..8 {
@@ -307,7 +318,7 @@ mod tests {
         let held: Vec<u64> = store.values().map(|task| task.created_ms).collect();
         assert_eq!(held, [8, 9]);
         for n in 10..18 {
-            store.insert(Task::new(id(n), NewTaskRequest::default(), n));
+            store.insert(Task::new(id(n), NewTaskRequest::default(), n), &[]);
         }
         assert_eq!(store.chunks.iter().map(Vec::len).sum::<usize>(), 10, "freed slots were reused");
         assert_eq!(store.position(&id(9)), Some(kept_position), "a held task never moves");
@@ -323,7 +334,8 @@ mod tests {
         let id = |n: u64| RequestId::first_of_millisecond(1_700_000_000_000 + n);
         for n in 0..20 {
             let tags = if n % 3 == 0 { vec!["pool:ci".to_string(), "pool:ci".to_string()] } else { vec![] };
-            store.insert(Task::new(id(n), NewTaskRequest { tags, ..NewTaskRequest::default() }, n));
+            store
+                .insert(Task::new(id(n), NewTaskRequest { tags: tags.clone(), ..NewTaskRequest::default() }, n), &tags);
         }
         let tagged = |store: &TaskStore, before| -> Vec<u64> {
             store.newest_first_tagged("pool:ci", before).map(|task| task.created_ms).collect()

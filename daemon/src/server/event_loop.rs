@@ -29,8 +29,9 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
 
-/// Heap copies of archived tasks dropped per turn (about 0.2 ms of work), so a
-/// large history run never makes one long turn.
+/// Heap copies of archived tasks (and of texts a snapshot's text file holds)
+/// dropped per turn (about 0.2 ms of work), so a large history run or text
+/// file never makes one long turn.
 const ARCHIVED_PER_TURN: usize = 1024;
 
 pub const SOFTWARE: &str = concat!("apiaryd/", env!("CARGO_PKG_VERSION"));
@@ -53,7 +54,7 @@ pub struct EventLoop {
     durability: Durability,
     snapshots: Snapshots,
     disk: Disk,
-    /// Whether the core still holds copies of tasks a history run now holds.
+    /// Whether the core still holds copies of what a history run or text file now holds.
     archiving: bool,
     shutting_down: bool,
 }
@@ -80,8 +81,8 @@ impl EventLoop {
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE).map_err(io_error("register signals"))?;
         let mut listener = listener;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(io_error("register listener"))?;
-        let Recovered { core, wal, outputs, snapshots, history, snapshot_seq } = recovered;
-        let files = StateFiles { data_dir: config.data_dir.clone(), snapshots, history };
+        let Recovered { core, wal, outputs, snapshots, history, texts, snapshot_seq } = recovered;
+        let files = StateFiles { data_dir: config.data_dir.clone(), snapshots, history, texts };
         let snapshots = Snapshots::new(
             config.snapshots,
             files,
@@ -153,7 +154,8 @@ impl EventLoop {
             self.release_durable();
             self.flush_connections();
             self.disk.remove_expired_output(&self.core, &mut self.outputs);
-            self.archiving = self.core.forget_archived(ARCHIVED_PER_TURN);
+            let more_archived = self.core.forget_archived(ARCHIVED_PER_TURN);
+            self.archiving = self.core.forget_texts(ARCHIVED_PER_TURN) || more_archived;
             self.snapshots.turn_took(turn_started.elapsed());
         }
         self.shut_down()

@@ -22,17 +22,18 @@
 //! an interval passes with the log unchanged, snapshot `N` and the log after it.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use apiary_storage::{HistoryDir, HistoryRun, ReadError, SnapshotFile, SnapshotStore, Wal, read_records};
+use apiary_storage::{HistoryDir, HistoryError, HistoryRun, ReadError, SnapshotFile, SnapshotStore, Wal, read_records};
 
 use super::{log, os, replay};
 use crate::core::history::{self, RunEntry};
+use crate::core::texts as core_texts;
 use crate::core::{Core, CoreConfig, CoreSnapshot};
 
 /// When snapshots are taken: whichever comes first.
@@ -77,6 +78,7 @@ pub struct Snapshots {
     settings: SnapshotSettings,
     store: SnapshotStore,
     history: HistoryDir,
+    texts: HistoryDir,
     data_dir: PathBuf,
     core_config: CoreConfig,
     waker: Arc<mio::Waker>,
@@ -97,6 +99,7 @@ pub struct StateFiles {
     pub data_dir: PathBuf,
     pub snapshots: SnapshotStore,
     pub history: HistoryDir,
+    pub texts: HistoryDir,
 }
 
 impl Snapshots {
@@ -112,6 +115,7 @@ impl Snapshots {
             settings,
             store: files.snapshots,
             history: files.history,
+            texts: files.texts,
             data_dir: files.data_dir,
             core_config,
             waker,
@@ -192,10 +196,13 @@ impl Snapshots {
             return;
         }
         wal.remove_segments_through(self.newest_seq);
-        let (store, newest_seq) = (self.store.clone(), self.newest_seq);
+        let (store, texts, newest_seq) = (self.store.clone(), self.texts.clone(), self.newest_seq);
         thread::spawn(move || {
             if let Err(error) = store.remove_older_than(newest_seq) {
                 log(format!("cannot remove older snapshots: {error}"));
+            }
+            if let Err(error) = remove_texts_older_than(&texts, newest_seq) {
+                log(format!("cannot remove older snapshots' text files: {error}"));
             }
         });
     }
@@ -263,6 +270,7 @@ impl Snapshots {
                 if taken.archived > 0 {
                     self.adopt_history_run(seq, core);
                 }
+                self.adopt_texts(seq, core);
             }
             Err(error) => log(format!("snapshot after record {seq} failed after {} ms: {error}", waited.as_millis())),
         }
@@ -270,13 +278,27 @@ impl Snapshots {
 }
 
 impl Snapshots {
+    /// The job wrote the texts of the tasks that had not ended by record `seq`:
+    /// the core reads them from there and lets go of its own copies.
+    fn adopt_texts(&self, seq: u64, core: &mut Core) {
+        match self.texts.open_run(seq) {
+            Ok(file) => {
+                let file = Arc::new(file);
+                check_runs_in_background(vec![Arc::clone(&file)], Some(Arc::clone(&self.waker)));
+                core.add_text_file(file);
+            }
+            // The heap keeps its copies.
+            Err(error) => log(format!("cannot open the new snapshot's text file: {error}")),
+        }
+    }
+
     /// The job wrote the ended tasks up to `seq` into run `seq`: the core now
     /// reads them from there and lets go of its own copies.
     fn adopt_history_run(&self, seq: u64, core: &mut Core) {
         match self.history.open_run(seq) {
             Ok(run) => {
                 let run = Arc::new(run);
-                check_runs_in_background(vec![Arc::clone(&run)]);
+                check_runs_in_background(vec![Arc::clone(&run)], Some(Arc::clone(&self.waker)));
                 core.add_history_run(RunEntry::of(seq, &run), Some(run));
             }
             // The heap keeps its copies; a restart reads the run again.
@@ -285,16 +307,51 @@ impl Snapshots {
     }
 }
 
+/// Request texts of a snapshot's tasks: `snapshots/<seq>.text`, beside it.
+const TEXT_SUFFIX: &str = ".text";
+
+pub fn open_texts(snapshots_dir: &Path) -> Result<HistoryDir, HistoryError> {
+    HistoryDir::open_with_suffix(snapshots_dir, TEXT_SUFFIX)
+}
+
+fn remove_texts_older_than(texts: &HistoryDir, seq: u64) -> Result<(), HistoryError> {
+    let older: Vec<u64> = texts.list()?.into_iter().filter(|&number| number < seq).collect();
+    texts.remove(&older)
+}
+
+/// A core from a snapshot that reads back whole, reading its tasks' texts
+/// from the snapshot's text file; the error says why it cannot be used.
+pub fn restore_snapshot(
+    store: &SnapshotStore,
+    texts: &HistoryDir,
+    file: &SnapshotFile,
+    config: &CoreConfig,
+) -> Result<Core, String> {
+    let loaded = store.read(file).map_err(|error| error.to_string())?;
+    let damaged = |error| format!("snapshot {}: {error}", file.path.display());
+    let mut core = Core::restore(config.clone(), CoreSnapshot::access(&loaded).map_err(damaged)?).map_err(damaged)?;
+    let text_file =
+        texts.open_run(file.covered_seq).map_err(|error| format!("snapshot {}: {error}", file.path.display()))?;
+    core.add_text_file(Arc::new(text_file));
+    Ok(core)
+}
+
 /// Checks the runs' indexes on a thread of their own (at a million tasks a
 /// run's index is tens of megabytes), so that the first listing or lookup
 /// that reaches a run finds it checked instead of checking it on the loop.
-pub fn check_runs_in_background(runs: Vec<Arc<HistoryRun>>) {
+/// The loop, woken when they are checked, then lets go of its copies of what
+/// they hold.
+pub fn check_runs_in_background(runs: Vec<Arc<HistoryRun>>, waker: Option<Arc<mio::Waker>>) {
     let spawned = thread::Builder::new().name("apiary-history-check".into()).spawn(move || {
         let _ = os::lower_this_thread_priority();
         for run in runs {
             if let Err(error) = run.index() {
                 log(format!("{error}"));
             }
+        }
+        if let Some(waker) = waker {
+            // Fails only when the loop is gone.
+            let _ = waker.wake();
         }
     });
     if let Err(error) = spawned {
@@ -443,14 +500,13 @@ impl JobArgs {
             log(format!("cannot lower the snapshot job's priority: {error}"));
         }
         let store = SnapshotStore::open(&self.snapshots_dir()).map_err(|error| error.to_string())?;
+        let texts = open_texts(&self.snapshots_dir()).map_err(|error| error.to_string())?;
         let config = CoreConfig::from(&self.core);
         let mut core = match self.base_seq {
             0 => Core::new(config),
             base_seq => {
                 let file = SnapshotFile { covered_seq: base_seq, path: store.path(base_seq) };
-                let loaded = store.read(&file).map_err(|error| error.to_string())?;
-                let damaged = |error| format!("{}: {error}", file.path.display());
-                Core::restore(config, CoreSnapshot::access(&loaded).map_err(damaged)?).map_err(damaged)?
+                restore_snapshot(&store, &texts, &file, &config)?
             }
         };
         let history = HistoryDir::open(&self.data_dir.join("history")).map_err(|error| error.to_string())?;
@@ -463,12 +519,14 @@ impl JobArgs {
             ReadError::Visit(error) => error.to_string(),
         })?;
         let archived = self.write_history_run(&history, &mut core)?;
+        self.write_texts(&texts, &core)?;
         let snapshot = core.snapshot();
         let tasks = snapshot.tasks.len();
         let bytes = snapshot.encode();
         let file = store.write(self.upto_seq, self.created_ms, &bytes).map_err(|error| error.to_string())?;
         if self.keep_from_seq > 0 {
             store.remove_older_than(self.keep_from_seq).map_err(|error| error.to_string())?;
+            remove_texts_older_than(&texts, self.keep_from_seq).map_err(|error| error.to_string())?;
         }
         // The runs that neither this snapshot nor the one kept before it lists
         // (let go by retention, or left by a job that died) go now.
@@ -481,6 +539,17 @@ impl JobArgs {
             .collect();
         history.remove(&unlisted).map_err(|error| error.to_string())?;
         println!("{JOB_DONE} tasks={tasks} archived={archived} bytes={} path={}", bytes.len(), file.path.display());
+        Ok(())
+    }
+
+    /// Writes the texts of the tasks that have not ended, durably, next to the
+    /// snapshot (before it: a snapshot is only ever read with its text file).
+    fn write_texts(&self, texts: &HistoryDir, core: &Core) -> Result<(), String> {
+        let mut writer = texts.create(self.upto_seq).map_err(|error| error.to_string())?;
+        for (task_id, text) in core.texts_to_file() {
+            writer.push(task_id.as_u64(), &core_texts::encode(&text), &[]).map_err(|error| error.to_string())?;
+        }
+        writer.finish().map_err(|error| error.to_string())?;
         Ok(())
     }
 

@@ -15,7 +15,7 @@ use mio::net::TcpListener;
 use super::event_loop::{EventLoop, now_unix_ms};
 use super::snapshots::{self, SnapshotSettings};
 use super::{ServerError, log, os, replay};
-use crate::core::{Core, CoreConfig, CoreSnapshot, DISK_FULL_MARKER};
+use crate::core::{Core, CoreConfig, DISK_FULL_MARKER};
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -82,6 +82,7 @@ pub(super) struct Recovered {
     pub outputs: OutputStore,
     pub snapshots: SnapshotStore,
     pub history: HistoryDir,
+    pub texts: HistoryDir,
     /// The record the snapshot loaded covers (0: none).
     pub snapshot_seq: u64,
 }
@@ -91,7 +92,8 @@ pub(super) struct Recovered {
 fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
     let started = Instant::now();
     let snapshots = SnapshotStore::open(&config.data_dir.join("snapshots"))?;
-    let (base, mut wal, recovery) = open_newest_usable(config, &snapshots)?;
+    let texts = snapshots::open_texts(&config.data_dir.join("snapshots"))?;
+    let (base, mut wal, recovery) = open_newest_usable(config, &snapshots, &texts)?;
     let restored = started.elapsed();
     if let Some(torn) = &recovery.torn_tail {
         log(format!("recovery cut a torn tail of the log: {torn}"));
@@ -102,8 +104,10 @@ fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
     let snapshot_seq = base.as_ref().map_or(0, |(file, _)| file.covered_seq);
     let mut core = base.map_or_else(|| Core::new(config.core.clone()), |(_, core)| core);
     let history = HistoryDir::open(&config.data_dir.join("history"))?;
-    let runs = open_history_runs(&history, &mut core, config.accept_log_loss)?;
-    snapshots::check_runs_in_background(runs);
+    // The text file first: listing the tasks in memory reads it.
+    let mut files: Vec<Arc<HistoryRun>> = core.newest_text_file().into_iter().collect();
+    files.extend(open_history_runs(&history, &mut core, config.accept_log_loss)?);
+    snapshots::check_runs_in_background(files, None);
     let mut replayed = 0u64;
     for record in wal.records() {
         replay::apply_record(&mut core, &record)?;
@@ -140,7 +144,7 @@ fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
         ms(released_at),
         ms(started.elapsed()),
     ));
-    Ok(Recovered { core, wal, outputs, snapshots, history, snapshot_seq })
+    Ok(Recovered { core, wal, outputs, snapshots, history, texts, snapshot_seq })
 }
 
 /// Opens the history runs the snapshot lists and gives them to the core. A run
@@ -176,11 +180,15 @@ type Base = Option<(SnapshotFile, Core)>;
 /// with the log opened after it. A damaged snapshot is passed over only when
 /// an older one (or none) still has the log behind it; it is then set aside.
 /// Otherwise start-up is refused, naming the damaged file.
-fn open_newest_usable(config: &ServerConfig, snapshots: &SnapshotStore) -> Result<(Base, Wal, Recovery), ServerError> {
+fn open_newest_usable(
+    config: &ServerConfig,
+    snapshots: &SnapshotStore,
+    texts: &HistoryDir,
+) -> Result<(Base, Wal, Recovery), ServerError> {
     let mut damaged: Vec<(SnapshotFile, String)> = Vec::new();
     let mut base = None;
     for file in snapshots.list()? {
-        match restore_snapshot(snapshots, &file, &config.core) {
+        match snapshots::restore_snapshot(snapshots, texts, &file, &config.core) {
             Ok(core) => {
                 base = Some((file, core));
                 break;
@@ -206,11 +214,4 @@ fn open_newest_usable(config: &ServerConfig, snapshots: &SnapshotStore) -> Resul
         log(format!("set the damaged snapshot aside as {}", aside.display()));
     }
     Ok((base, wal, recovery))
-}
-
-/// A core from a snapshot that reads back whole; the error says why it does not.
-fn restore_snapshot(snapshots: &SnapshotStore, file: &SnapshotFile, config: &CoreConfig) -> Result<Core, String> {
-    let loaded = snapshots.read(file).map_err(|error| error.to_string())?;
-    let damaged = |error| format!("snapshot {}: {error}", file.path.display());
-    Core::restore(config.clone(), CoreSnapshot::access(&loaded).map_err(damaged)?).map_err(damaged)
 }

@@ -43,8 +43,9 @@ impl Core {
         for slice in &mut task.slices {
             slice.properties = self.properties.intern(&slice.properties);
         }
+        let tags = &created.request.tags;
         task.slice_index = created.slice_index;
-        self.tasks.insert(task);
+        self.tasks.insert(task, tags);
         self.enqueue(task_id);
     }
 
@@ -79,7 +80,7 @@ impl Core {
         let state = finished.state.state();
         task.state = state;
         // Only the bot running the task ever needed them.
-        task.text.secret_bytes = None;
+        task.secret_bytes = None;
         task.output_len = finished.output_len;
         task.output_truncated = finished.output_truncated;
         let command_ended_itself = matches!(state, TaskState::Completed | TaskState::TimedOut | TaskState::ClientError);

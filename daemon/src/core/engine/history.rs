@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use apiary_storage::HistoryRun;
 
-use super::snapshot::{task_from_record, task_record};
+use super::snapshot::{history_record, task_from_record};
 use super::*;
 use crate::core::history::RunEntry;
 use crate::core::snapshot::TaskRecord;
@@ -78,7 +78,13 @@ impl Core {
     pub fn take_ended_for_history(&mut self) -> Vec<TaskRecord> {
         let ended: Vec<RequestId> =
             self.tasks.values().filter(|task| task.state.is_terminal()).map(|task| task.id).collect();
-        ended.iter().map(|task_id| task_record(&self.tasks.remove(task_id).expect("listed above"))).collect()
+        let records =
+            ended.iter().map(|task_id| history_record(&self.tasks[task_id], &self.text_of(&self.tasks[task_id])));
+        let records: Vec<TaskRecord> = records.collect();
+        for task_id in &ended {
+            self.tasks.remove(task_id);
+        }
+        records
     }
 
     /// Lists a durable history run as part of the core's state. The live
@@ -143,7 +149,7 @@ impl Core {
         let before = query.cursor.map(tasks::request_id_of);
         let wanted = |task: &&Task| {
             query.state.is_none_or(|state| task.state == state)
-                && query.tags.iter().all(|tag| task.text.tags.contains(tag))
+                && query.tags.iter().all(|tag| self.tasks.has_tag(task.id, tag))
         };
         let held: Box<dyn Iterator<Item = &Task>> = match query.tags.first() {
             Some(tag) => Box::new(self.tasks.newest_first_tagged(tag, before)),
@@ -173,10 +179,11 @@ impl Core {
             }
             if take_held {
                 // Why a pending task waits (its queue position is a count) comes with `tasks show`.
-                tasks.push(held.next().expect("peeked").result());
+                tasks.push(self.result(held.next().expect("peeked")));
             } else {
                 let record = archived.next_record().expect("peeked")?;
-                tasks.push(task_from_record(record).result());
+                let task = task_from_record(record);
+                tasks.push(self.result(&task));
             }
         }
     }

@@ -3,6 +3,8 @@
 
 use super::*;
 use rkyv::de::Pool;
+
+use crate::core::model::RequestText;
 use rkyv::rancor;
 
 use crate::core::snapshot::{
@@ -30,7 +32,7 @@ impl Core {
             schema: SNAPSHOT_SCHEMA,
             last_task_id: self.last_task_id.map(RequestId::as_u64),
             retained_from_ms: self.retained_from_ms,
-            tasks: self.tasks.values().map(task_record).collect(),
+            tasks: self.tasks.values().map(|task| snapshot_record(task, &self.text_of(task))).collect(),
             history: self.history.entries().copied().collect(),
             bots,
             successes,
@@ -105,14 +107,18 @@ impl Core {
         self.bots.insert(record.bot_id, bot);
     }
 
+    /// A task of a snapshot: its text is in the snapshot's text file, its tags
+    /// also in the record, for the tag index.
     fn restore_task(&mut self, record: TaskRecord) {
         let (task_id, state) = (RequestId::from_u64(record.task_id).expect("a request id"), record.state);
+        let tags = record.request.tags.clone();
         let mut task = task_from_record(record);
+        task.text = None;
         for slice in &mut task.slices {
             slice.properties = self.properties.intern(&slice.properties);
         }
         let running = task.current_run().map(|run| run.run_id);
-        self.tasks.insert(task);
+        self.tasks.insert(task, &tags);
         match state {
             TaskState::Pending => self.enqueue(task_id),
             // Due at once: the timer looks at the run's last word and waits
@@ -175,13 +181,26 @@ pub(super) fn task_from_record(record: TaskRecord) -> Task {
     task
 }
 
-pub(super) fn task_record(task: &Task) -> TaskRecord {
+/// A task as a snapshot holds it: its name and user are in the snapshot's
+/// text file, not here; its secret bytes (only a task that has not ended has
+/// them) are, so they survive a restart.
+fn snapshot_record(task: &Task, text: &RequestText) -> TaskRecord {
+    let text = RequestText { tags: text.tags.clone(), ..RequestText::default() };
+    let secret_bytes = task.secret_bytes.as_deref().cloned();
+    record(task, NewTaskRequest { secret_bytes, ..task.request(&text) })
+}
+
+/// A task as a history run holds it: all of it.
+pub(super) fn history_record(task: &Task, text: &RequestText) -> TaskRecord {
+    record(task, task.request(text))
+}
+
+fn record(task: &Task, request: NewTaskRequest) -> TaskRecord {
     let none = Outcome::default();
     let outcome = task.outcome.as_deref().unwrap_or(&none);
     TaskRecord {
         task_id: task.id.as_u64(),
-        // A task that has not ended keeps its secret bytes across a restart.
-        request: NewTaskRequest { secret_bytes: task.text.secret_bytes.clone(), ..task.request() },
+        request,
         created_ms: task.created_ms,
         state: task.state,
         slice_index: task.slice_index,

@@ -43,7 +43,7 @@ impl Core {
         } else {
             self.hand_to_parked_bot(task_id, out);
         }
-        Reply::Task(self.tasks[&task_id].result())
+        Reply::Task(self.result(&self.tasks[&task_id]))
     }
 
     /// The first slice from `from` on that some live bot could serve, or that
@@ -76,7 +76,7 @@ impl Core {
 
     /// A task's result with, while it is pending, why it still waits.
     pub(super) fn describe(&self, task: &Task) -> TaskResult {
-        let mut result = task.result();
+        let mut result = self.result(task);
         if let Some((queue, key)) = self.queue_entry(task.id) {
             let (matching_bots, busy_bots) = self.capacity(queue);
             let queue_position = self.queues.position(queue, key);
@@ -107,7 +107,7 @@ impl Core {
             Err(missing) => return self.missing(missing),
         };
         if task.state.is_terminal() {
-            return Reply::Canceled { outcome: CancelOutcome::AlreadyEnded, task: task.result() };
+            return Reply::Canceled { outcome: CancelOutcome::AlreadyEnded, task: self.result(&task) };
         }
         let task_id = task.id;
         let outcome = match task.current_run() {
@@ -124,7 +124,7 @@ impl Core {
             }
             Some(_) => CancelOutcome::LeftRunning,
         };
-        Reply::Canceled { outcome, task: self.tasks[&task_id].result() }
+        Reply::Canceled { outcome, task: self.result(&self.tasks[&task_id]) }
     }
 
     /// Time-ordered and unique, even when the clock stands still or steps back.
@@ -142,7 +142,7 @@ impl Core {
             Err(missing) => return Some(self.missing(missing)),
         };
         if task.state.is_terminal() || timeout_ms == 0 {
-            return Some(Reply::Task(task.result()));
+            return Some(Reply::Task(self.result(&task)));
         }
         let task_id = task.id;
         let deadline = self.now_ms + timeout_ms.min(MAX_LONG_POLL_MS);
