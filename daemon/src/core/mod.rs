@@ -9,6 +9,7 @@ mod model;
 pub mod queues;
 pub mod snapshot;
 mod task_store;
+mod text_arena;
 pub mod texts;
 pub mod validate;
 

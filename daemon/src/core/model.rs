@@ -13,6 +13,7 @@ use rkyv::{Archive, Deserialize as RkyvDeserialize, Serialize as RkyvSerialize};
 
 use super::ConnId;
 use super::queues::{ClassId, QueueId, QueueKey};
+use super::text_arena::PackedText;
 
 /// A task as the core holds it. At a million pending tasks every byte here
 /// counts a megabyte, so what scheduling reads on every turn is inline (ids,
@@ -33,8 +34,8 @@ pub struct Task {
     pub output_received: u64,
     /// The slices of the request, tried in order; their properties are shared.
     pub slices: Box<[TaskSlice]>,
-    /// What the request says besides its slices; `None` once it is in a text file.
-    pub text: Option<Box<RequestText>>,
+    /// What the request says besides its slices.
+    pub text: TaskText,
     /// Only the bot that runs the task gets them; dropped when the task ends.
     pub secret_bytes: Option<Box<SecretBytes>>,
     /// The current run while RUNNING, else the last one.
@@ -59,6 +60,16 @@ pub struct Task {
     pub has_secret_bytes: bool,
     /// A client asked to kill the running run; its bot is told to stop.
     pub kill_requested: bool,
+}
+
+/// Where a task's request text is.
+pub enum TaskText {
+    /// Its own copy: a task not (or no longer) in the task store.
+    Held(Box<RequestText>),
+    /// Packed with the texts of other recent tasks (`core::text_arena`).
+    Packed(PackedText),
+    /// In the text file of a snapshot (`core::texts`).
+    Filed,
 }
 
 /// The parts of a request that only showing a task or handing it to a bot
@@ -112,7 +123,7 @@ impl Task {
             has_secret_bytes: secret_bytes.is_some(),
             secret_bytes: secret_bytes.map(Box::new),
             tag_count: tags.len().min(usize::from(u8::MAX)) as u8,
-            text: Some(Box::new(RequestText { name, tags, user })),
+            text: TaskText::Held(Box::new(RequestText { name, tags, user })),
             run: None,
             queued: None,
             outcome: None,

@@ -31,7 +31,8 @@ use std::ops::Index;
 use apiary_protocol::RequestId;
 
 use super::Map;
-use super::model::Task;
+use super::model::{Task, TaskText};
+use super::text_arena::TextArena;
 
 /// Slots per chunk: big enough to amortize the allocation, small enough to
 /// waste little at the end.
@@ -50,6 +51,8 @@ pub struct TaskStore {
     by_tag: Map<Box<str>, Vec<RequestId>>,
     tagged: usize,
     removed_tagged: usize,
+    /// The texts of the tasks whose texts are in memory.
+    texts: TextArena,
     /// The task last found: a dispatch reaches its task through its queue
     /// entry, then finds it again by id several times, and so do other requests.
     last_reached: Cell<Option<(RequestId, u32)>>,
@@ -57,8 +60,11 @@ pub struct TaskStore {
 
 impl TaskStore {
     /// Adds a task under a new id, larger than every id held, listed under its tags.
-    pub fn insert(&mut self, task: Task, tags: &[String]) {
+    pub fn insert(&mut self, mut task: Task, tags: &[String]) {
         assert!(self.order.back().is_none_or(|last| *last < task.id), "task ids grow");
+        if let TaskText::Held(text) = &task.text {
+            task.text = TaskText::Packed(self.texts.pack(text));
+        }
         let id = task.id;
         for tag in tags {
             let ids = self.by_tag.entry_ref(tag.as_str()).or_default();
@@ -94,7 +100,11 @@ impl TaskStore {
         if self.last_reached.get().is_some_and(|(last, _)| last == *id) {
             self.last_reached.set(None);
         }
-        let task = self.slot_mut(position).take().expect("an indexed slot holds its task");
+        let mut task = self.slot_mut(position).take().expect("an indexed slot holds its task");
+        if let TaskText::Packed(packed) = task.text {
+            task.text = TaskText::Held(Box::new(self.texts.unpack(packed)));
+            self.texts.release(packed);
+        }
         self.free.push(position);
         self.removed_in_order += 1;
         if self.removed_in_order * 2 > self.order.len() {
@@ -152,6 +162,20 @@ impl TaskStore {
     pub fn oldest_first_below(&self, before: RequestId) -> impl Iterator<Item = &Task> {
         let end = self.order.partition_point(|id| *id < before);
         self.order.range(..end).filter_map(|id| self.get(id))
+    }
+
+    /// The arena a held task's packed text is in.
+    pub fn texts(&self) -> &TextArena {
+        &self.texts
+    }
+
+    /// The task's text is in a text file now: its packed copy goes.
+    pub fn file_text(&mut self, id: &RequestId) {
+        let position = self.position(id).expect("a held task");
+        let task = self.slot_mut(position).as_mut().expect("a held task");
+        if let TaskText::Packed(packed) = std::mem::replace(&mut task.text, TaskText::Filed) {
+            self.texts.release(packed);
+        }
     }
 
     /// Whether the held task `id` has `tag`.

@@ -20,7 +20,8 @@ use apiary_protocol::RequestId;
 use apiary_storage::HistoryRun;
 use rkyv::rancor;
 
-use super::model::{RequestText, Task};
+use super::model::{RequestText, Task, TaskText};
+use super::text_arena::TextArena;
 
 /// Text files kept open: the newest and the one before it.
 const FILES_KEPT: usize = 2;
@@ -50,9 +51,11 @@ impl Texts {
 
     /// The text of a task, from the heap or the newest file that holds it. A
     /// text that cannot be read shows as a name saying why, never as nothing.
-    pub fn of<'a>(&self, task: &'a Task) -> Cow<'a, RequestText> {
-        if let Some(text) = &task.text {
-            return Cow::Borrowed(text);
+    pub fn of<'a>(&self, task: &'a Task, arena: &TextArena) -> Cow<'a, RequestText> {
+        match &task.text {
+            TaskText::Held(text) => return Cow::Borrowed(text),
+            TaskText::Packed(packed) => return Cow::Owned(arena.unpack(*packed)),
+            TaskText::Filed => {}
         }
         match self.read(task.id) {
             Ok(Some(text)) => Cow::Owned(text),

@@ -4,7 +4,7 @@
 use super::*;
 use rkyv::de::Pool;
 
-use crate::core::model::RequestText;
+use crate::core::model::{RequestText, TaskText};
 use rkyv::rancor;
 
 use crate::core::snapshot::{
@@ -113,7 +113,7 @@ impl Core {
         let (task_id, state) = (RequestId::from_u64(record.task_id).expect("a request id"), record.state);
         let tags = record.request.tags.clone();
         let mut task = task_from_record(record);
-        task.text = None;
+        task.text = TaskText::Filed;
         for slice in &mut task.slices {
             slice.properties = self.properties.intern(&slice.properties);
         }

@@ -12,7 +12,7 @@ use crate::core::model::RequestText;
 impl Core {
     /// A task's name, tags and user, from the heap or a text file.
     pub(super) fn text_of<'a>(&self, task: &'a Task) -> Cow<'a, RequestText> {
-        self.texts.of(task)
+        self.texts.of(task, self.tasks.texts())
     }
 
     /// A task as clients see it.
@@ -61,7 +61,7 @@ impl Core {
             .collect();
         for task_id in &batch {
             if index.find(task_id.as_u64()).is_some() {
-                self.tasks.get_mut(task_id).expect("listed above").text = None;
+                self.tasks.file_text(task_id);
             }
         }
         match batch.last() {
