@@ -8,7 +8,9 @@
 //! keys; what a record holds is the daemon's archive.
 //!
 //! A run is named `<number as 20 decimal digits>.run` (the daemon numbers a run by the log
-//! record its snapshot covers). It is written as `<name>.tmp`, synced, renamed, and the
+//! record its snapshot covers). The daemon keeps other immutable sets of records by id in
+//! the same format under another suffix (`HistoryDir::open_with_suffix`): the request
+//! texts beside each snapshot, `<seq>.text`. It is written as `<name>.tmp`, synced, renamed, and the
 //! directory synced; `HistoryDir::open` removes what an interrupted write left.
 //!
 //! Checks: the header has its own CRC and is checked at open; the index (ids, record
