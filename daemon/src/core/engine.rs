@@ -203,6 +203,20 @@ impl Timers {
         }
     }
 
+    /// Sets many timers into a timer set that has no cancellable ones yet (a restore).
+    fn fill(&mut self, timers: Vec<(u64, Timer)>) {
+        assert!(self.cancellable.is_empty(), "only a set without cancellable timers is filled at once");
+        let (cancellable, others): (Vec<_>, Vec<_>) =
+            timers.into_iter().partition(|(_, timer)| Cancellable::of(timer).is_some());
+        self.cancellable = cancellable
+            .into_iter()
+            .map(|(deadline, timer)| (deadline, Cancellable::of(&timer).expect("partitioned above")))
+            .collect();
+        for (deadline, timer) in others {
+            self.push(deadline, timer);
+        }
+    }
+
     /// Takes out a slice expiration or run ping pushed with this deadline (if still there).
     fn cancel(&mut self, deadline_ms: u64, timer: Timer) {
         let cancellable = Cancellable::of(&timer).unwrap_or_else(|| panic!("{timer:?} cannot be cancelled"));

@@ -191,6 +191,18 @@ impl Queues {
         }
     }
 
+    /// Queues many tasks into empty queues at once (a restore).
+    pub fn fill(&mut self, mut entries: Vec<(QueueId, QueueKey)>) {
+        entries.sort_unstable();
+        for same_queue in entries.chunk_by(|a, b| a.0 == b.0) {
+            let queue = same_queue[0].0;
+            let pending = &mut self.queues[queue.0 as usize].pending;
+            assert!(pending.is_empty(), "only empty queues are filled at once");
+            *pending = same_queue.iter().map(|&(_, key)| key).collect();
+            self.heads[queue.0 as usize] = pending.first().copied();
+        }
+    }
+
     pub fn remove(&mut self, queue: QueueId, key: QueueKey) -> bool {
         let pending = &mut self.queues[queue.0 as usize].pending;
         let removed = pending.remove(&key);

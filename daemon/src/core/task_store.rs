@@ -59,8 +59,9 @@ pub struct TaskStore {
 }
 
 impl TaskStore {
-    /// Adds a task under a new id, larger than every id held, listed under its tags.
-    pub fn insert(&mut self, mut task: Task, tags: &[String]) {
+    /// Adds a task under a new id, larger than every id held, listed under its
+    /// tags; returns where it sits.
+    pub fn insert(&mut self, mut task: Task, tags: &[String]) -> u32 {
         assert!(self.order.back().is_none_or(|last| *last < task.id), "task ids grow");
         if let TaskText::Held(text) = &task.text {
             task.text = TaskText::Packed(self.texts.pack(text));
@@ -86,6 +87,7 @@ impl TaskStore {
         let previous = self.positions.insert(id, position);
         assert!(previous.is_none(), "task {id} stored twice");
         self.order.push_back(id);
+        position
     }
 
     /// Makes room for `additional` more tasks in the index and the order.

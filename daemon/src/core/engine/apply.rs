@@ -251,6 +251,6 @@ impl Core {
 }
 
 /// When a pending task's current slice expires.
-fn slice_expiry_ms(task: &Task) -> u64 {
+pub(super) fn slice_expiry_ms(task: &Task) -> u64 {
     task.slice_started_ms + u64::from(task.slices[task.slice_index as usize].expiration_secs) * 1000
 }

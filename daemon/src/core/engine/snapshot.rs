@@ -4,6 +4,7 @@
 use super::*;
 use rkyv::de::Pool;
 
+use super::apply::slice_expiry_ms;
 use crate::core::model::{RequestText, TaskText};
 use rkyv::rancor;
 
@@ -60,9 +61,17 @@ impl Core {
         // Room for every task at once: growing by doubling would copy the
         // index several times on the way to a million.
         core.tasks.reserve(snapshot.tasks.len());
+        let mut restored = Restored {
+            queued: Vec::with_capacity(snapshot.tasks.len()),
+            due: Vec::with_capacity(snapshot.tasks.len()),
+        };
         for record in snapshot.tasks.iter() {
-            core.restore_task(decode(record, &mut pool)?);
+            core.restore_task(decode(record, &mut pool)?, &mut restored);
         }
+        // Built at once from what the tasks gave, in full B-tree nodes: one
+        // insertion per task would cost a search each and leave nodes half empty.
+        core.queues.fill(restored.queued);
+        core.timers.fill(restored.due);
         for entry in snapshot.history.iter() {
             core.history.add(decode(entry, &mut pool)?, None);
         }
@@ -109,27 +118,43 @@ impl Core {
 
     /// A task of a snapshot: its text is in the snapshot's text file, its tags
     /// also in the record, for the tag index.
-    fn restore_task(&mut self, record: TaskRecord) {
-        let (task_id, state) = (RequestId::from_u64(record.task_id).expect("a request id"), record.state);
+    /// The queue entries and timers go to `restored`, for `restore` to build
+    /// the queues and the timer set from at once.
+    fn restore_task(&mut self, record: TaskRecord, restored: &mut Restored) {
         let tags = record.request.tags.clone();
         let mut task = task_from_record(record);
         task.text = TaskText::Filed;
         for slice in &mut task.slices {
             slice.properties = self.properties.intern(&slice.properties);
         }
-        let running = task.current_run().map(|run| run.run_id);
-        self.tasks.insert(task, &tags);
-        match state {
-            TaskState::Pending => self.enqueue(task_id),
+        match task.state {
+            TaskState::Pending => {
+                let queue = self.queues.queue_for_task(task.dimensions());
+                task.queued = Some(queue);
+                let (task_id, slice_index) = (task.id, task.slice_index);
+                restored.due.push((slice_expiry_ms(&task), Timer::SliceExpiry { task_id, slice_index }));
+                let position = self.tasks.insert(task, &tags);
+                let key = self.tasks.at_position(position).queue_key(position);
+                restored.queued.push((queue, key));
+            }
             // Due at once: the timer looks at the run's last word and waits
             // again (after `recovered`, a fresh tolerance from the restart).
             TaskState::Running => {
-                let run_id = running.expect("a running task has a run");
-                self.timers.push(0, Timer::RunPing { run_id });
+                let run_id = task.current_run().expect("a running task has a run").run_id;
+                restored.due.push((0, Timer::RunPing { run_id }));
+                self.tasks.insert(task, &tags);
             }
-            _ => {}
+            _ => {
+                self.tasks.insert(task, &tags);
+            }
         }
     }
+}
+
+/// What restored tasks ask of the queues and the timers.
+struct Restored {
+    queued: Vec<(QueueId, QueueKey)>,
+    due: Vec<(u64, Timer)>,
 }
 
 /// One record of the archive, decoded with the shared pool.
