@@ -64,6 +64,8 @@ fn snapshots_bound_the_log_and_every_task_survives_kill_9_across_them() {
         wait_for_snapshots(&daemon, before, 1);
         let snapshots = files_in(&data.join("snapshots"), ".snap");
         assert!((1..=2).contains(&snapshots.len()), "round {round}: two generations at most: {snapshots:?}");
+        let texts = files_in(&data.join("snapshots"), ".text");
+        assert!((1..=2).contains(&texts.len()), "round {round}: the text files of two generations at most: {texts:?}");
         daemon.restart();
         let recovered =
             daemon.log.wait_for("recovery", |line| line.strip_prefix("apiaryd: recovered ").map(str::to_string));

@@ -201,7 +201,8 @@ impl Snapshots {
             if let Err(error) = store.remove_older_than(newest_seq) {
                 log(format!("cannot remove older snapshots: {error}"));
             }
-            if let Err(error) = remove_texts_older_than(&texts, newest_seq) {
+            // Only older ones: a job started meanwhile may be writing a newer one.
+            if let Err(error) = remove_texts(&texts, |number| number < newest_seq) {
                 log(format!("cannot remove older snapshots' text files: {error}"));
             }
         });
@@ -314,9 +315,10 @@ pub fn open_texts(snapshots_dir: &Path) -> Result<HistoryDir, HistoryError> {
     HistoryDir::open_with_suffix(snapshots_dir, TEXT_SUFFIX)
 }
 
-fn remove_texts_older_than(texts: &HistoryDir, seq: u64) -> Result<(), HistoryError> {
-    let older: Vec<u64> = texts.list()?.into_iter().filter(|&number| number < seq).collect();
-    texts.remove(&older)
+/// Removes the text files whose snapshot number `unwanted` says.
+fn remove_texts(texts: &HistoryDir, unwanted: impl Fn(u64) -> bool) -> Result<(), HistoryError> {
+    let numbers: Vec<u64> = texts.list()?.into_iter().filter(|&number| unwanted(number)).collect();
+    texts.remove(&numbers)
 }
 
 /// A core from a snapshot that reads back whole, reading its tasks' texts
@@ -526,8 +528,11 @@ impl JobArgs {
         let file = store.write(self.upto_seq, self.created_ms, &bytes).map_err(|error| error.to_string())?;
         if self.keep_from_seq > 0 {
             store.remove_older_than(self.keep_from_seq).map_err(|error| error.to_string())?;
-            remove_texts_older_than(&texts, self.keep_from_seq).map_err(|error| error.to_string())?;
         }
+        // The text files of the two kept snapshots stay; any other (an older
+        // snapshot's, or a damaged one's set aside) goes.
+        let kept = [self.keep_from_seq, self.upto_seq];
+        remove_texts(&texts, |number| !kept.contains(&number)).map_err(|error| error.to_string())?;
         // The runs that neither this snapshot nor the one kept before it lists
         // (let go by retention, or left by a job that died) go now.
         let listed: Vec<u64> = base_runs.into_iter().chain(snapshot.history.iter().map(|run| run.number)).collect();
