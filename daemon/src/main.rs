@@ -38,7 +38,7 @@ struct Args {
     /// Address to listen on for clients and bots (port 0 picks a free port; the log says which).
     #[arg(long, default_value = "127.0.0.1:7420")]
     listen: SocketAddr,
-    /// Where the log, snapshots, task output and the lock live (created on first start).
+    /// Where the log, snapshots, ended tasks, task output and the lock live (created on first start).
     #[arg(long, default_value = "./apiary-data")]
     data_dir: PathBuf,
     /// Connections beyond this are refused with a logged reason.
