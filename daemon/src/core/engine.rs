@@ -550,7 +550,7 @@ impl Core {
         let task = self.tasks.get_mut(&run_id.request()).expect("known task");
         assert_eq!(task.current_run().map(|run| run.run_id), Some(run_id), "only a running run's output grows");
         task.output_len = output_len;
-        task.output_received = output_len;
+        task.run.as_deref_mut().expect("a running task has a run").output_received = output_len;
         task.output_truncated = cut_by_full_disk;
     }
 

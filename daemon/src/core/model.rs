@@ -2,6 +2,7 @@
 //! to clients.
 
 use std::collections::VecDeque;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use apiary_protocol::{
@@ -26,12 +27,10 @@ pub struct Task {
     pub created_ms: u64,
     /// When the current slice became current: its expiration counts from here.
     pub slice_started_ms: u64,
-    pub started_ms: Option<u64>,
+    /// When the first run started (a `NonZeroU64`: 8 bytes, not 16).
+    pub started_ms: Option<NonZeroU64>,
     /// Output bytes the daemon holds for the task.
     pub output_len: u64,
-    /// How far into its output the bot has reported; past the output cap this
-    /// runs ahead of `output_len`, as the rest is dropped.
-    pub output_received: u64,
     /// The slices of the request, tried in order; their properties are shared.
     pub slices: Box<[TaskSlice]>,
     /// What the request says besides its slices.
@@ -118,7 +117,6 @@ impl Task {
             slice_started_ms: created_ms,
             started_ms: None,
             output_len: 0,
-            output_received: 0,
             slices: task_slices.into_boxed_slice(),
             has_secret_bytes: secret_bytes.is_some(),
             secret_bytes: secret_bytes.map(Box::new),
@@ -213,7 +211,7 @@ impl Task {
             try_number: self.try_number,
             current_task_slice: self.slice_index,
             created_unix_ms: self.created_ms,
-            started_unix_ms: self.started_ms,
+            started_unix_ms: self.started_ms.map(NonZeroU64::get),
             completed_unix_ms: self.outcome.as_ref().map(|outcome| outcome.completed_ms),
             abandoned_unix_ms: outcome.abandoned_ms,
             duration_ms: outcome.duration_ms,
@@ -244,6 +242,9 @@ pub struct Run {
     /// When the run's ping timer is due, so that it can be taken out when the
     /// run ends (not durable).
     pub ping_due_ms: u64,
+    /// How far into its output the bot has reported; past the output cap this
+    /// runs ahead of the task's `output_len`, as the rest is dropped.
+    pub output_received: u64,
 }
 
 /// A client following a task's output: it has been sent everything before `offset`.

@@ -1,6 +1,8 @@
 //! `apply`: the only change to durable state, live and in recovery. Bot
 //! events and capacity counts follow from the events, so a replay rebuilds them.
 
+use std::num::NonZeroU64;
+
 use super::*;
 
 impl Core {
@@ -57,12 +59,13 @@ impl Core {
         task.state = TaskState::Running;
         task.kill_requested = false;
         // A run's output is its own: a retry starts from nothing.
-        (task.output_len, task.output_received, task.output_truncated) = (0, 0, false);
+        (task.output_len, task.output_truncated) = (0, false);
         task.try_number = run_id.try_number();
-        task.started_ms.get_or_insert(assigned.at_ms);
+        // Time 0 is no real start: a clock that far back leaves the field unset.
+        task.started_ms = task.started_ms.or(NonZeroU64::new(assigned.at_ms));
         let (bot_id, session_id, last_heard_ms) = (assigned.bot_id.clone(), assigned.session_id, assigned.at_ms);
         let ping_due_ms = assigned.at_ms + u64::from(task.bot_ping_tolerance_secs) * 1000;
-        task.run = Some(Box::new(Run { run_id, bot_id, session_id, last_heard_ms, ping_due_ms }));
+        task.run = Some(Box::new(Run { run_id, bot_id, session_id, last_heard_ms, ping_due_ms, output_received: 0 }));
         self.timers.push(ping_due_ms, Timer::RunPing { run_id });
         self.change_bot(&assigned.bot_id, |bot| {
             assert!(bot.current_run.is_none(), "bot {} already runs {:?}", bot.bot_id, bot.current_run);

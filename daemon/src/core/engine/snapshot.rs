@@ -2,6 +2,8 @@
 //! (`restore`), with everything that is not durable rebuilt as replay would.
 
 use super::*;
+use std::num::NonZeroU64;
+
 use rkyv::de::Pool;
 
 use super::apply::slice_expiry_ms;
@@ -182,9 +184,10 @@ pub(super) fn task_from_record(record: TaskRecord) -> Task {
             last_heard_ms: record.started_ms.unwrap_or(record.created_ms),
             // `restore_task` arms its ping timer for at once.
             ping_due_ms: 0,
+            output_received: record.output_len,
         })
     });
-    task.started_ms = record.started_ms;
+    task.started_ms = record.started_ms.and_then(NonZeroU64::new);
     task.outcome = record.completed_ms.map(|completed_ms| {
         Box::new(Outcome {
             completed_ms,
@@ -199,7 +202,7 @@ pub(super) fn task_from_record(record: TaskRecord) -> Task {
             deduped_from: record.deduped_from.map(|run_id| RunId::from_u64(run_id).expect("a run id")),
         })
     });
-    (task.output_len, task.output_received) = (record.output_len, record.output_len);
+    task.output_len = record.output_len;
     task.output_truncated = record.output_truncated;
     task.has_secret_bytes = record.has_secret_bytes;
     task.kill_requested = record.kill_requested;
@@ -236,7 +239,7 @@ fn record(task: &Task, request: NewTaskRequest) -> TaskRecord {
             bot_id: run.bot_id.clone(),
             session_id: run.session_id,
         }),
-        started_ms: task.started_ms,
+        started_ms: task.started_ms.map(NonZeroU64::get),
         completed_ms: task.outcome.as_ref().map(|outcome| outcome.completed_ms),
         abandoned_ms: outcome.abandoned_ms,
         exit_code: outcome.exit_code,

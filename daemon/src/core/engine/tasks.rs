@@ -222,17 +222,18 @@ impl Core {
         let cap = self.config.max_output_bytes;
         let task_id = run_id.request();
         let task = self.tasks.get_mut(&task_id).expect("caller checked");
+        let run = task.run.as_deref_mut().expect("output comes from a running run");
         let end = offset.saturating_add(data.len() as u64);
         if task.output_truncated {
-            task.output_received = task.output_received.max(end);
-            return task.output_received;
+            run.output_received = run.output_received.max(end);
+            return run.output_received;
         }
-        let received = task.output_received;
+        let received = run.output_received;
         if offset > received || end <= received {
             return received;
         }
         let fresh = &data[(received - offset) as usize..];
-        task.output_received = end;
+        run.output_received = end;
         let room = if self.storage_trouble.is_some() { 0 } else { cap.saturating_sub(task.output_len) as usize };
         let mut kept = fresh[..fresh.len().min(room)].to_vec();
         if kept.len() < fresh.len() {
