@@ -27,6 +27,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::sync_dir;
 use crate::wal::mmap::ReadOnlyMap;
 
 const MAGIC: [u8; 8] = *b"APIARYHR";
@@ -225,9 +226,7 @@ impl HistoryDir {
                 _ => {}
             }
         }
-        File::open(&self.dir)
-            .and_then(|handle| handle.sync_all())
-            .map_err(io_error(|| format!("sync history directory {}", self.dir.display())))
+        sync_dir(&self.dir).map_err(io_error(|| format!("sync history directory {}", self.dir.display())))
     }
 
     fn entries(&self) -> Result<Vec<String>, HistoryError> {
@@ -306,9 +305,7 @@ impl RunWriter {
         file.sync_all().map_err(io_error(context))?;
         fs::rename(&self.temporary, &self.path)
             .map_err(io_error(|| format!("rename history run {} into place", self.path.display())))?;
-        File::open(&self.dir)
-            .and_then(|handle| handle.sync_all())
-            .map_err(io_error(|| format!("sync history directory {}", self.dir.display())))?;
+        sync_dir(&self.dir).map_err(io_error(|| format!("sync history directory {}", self.dir.display())))?;
         Ok(self.path)
     }
 

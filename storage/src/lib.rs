@@ -32,6 +32,10 @@
 
 #![deny(unsafe_code)]
 
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
 mod history;
 mod output;
 mod snapshot;
@@ -47,3 +51,8 @@ pub use wal::{
     LogLoss, LogStart, LossKind, MAX_SEGMENT_BYTES, RECORD_ALIGNMENT, ReadError, RecordRef, Records, Recovery, SyncJob,
     TornTail, Wal, WalError, WalOptions, read_records,
 };
+
+/// Makes a directory's entries (files created, renamed or removed in it) durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir).and_then(|handle| handle.sync_all())
+}

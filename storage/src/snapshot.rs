@@ -252,9 +252,7 @@ impl SnapshotStore {
     }
 
     fn sync_dir(&self) -> Result<(), SnapshotError> {
-        File::open(&self.dir)
-            .and_then(|handle| handle.sync_all())
-            .map_err(io_error(|| format!("sync snapshot directory {}", self.dir.display())))
+        crate::sync_dir(&self.dir).map_err(io_error(|| format!("sync snapshot directory {}", self.dir.display())))
     }
 }
 

@@ -20,7 +20,7 @@ use super::error::OutputError;
 use super::format::{CHUNK_HEADER_BYTES, ChunkHeader, EntryName, IndexEntry, classify, index_path, pack_path};
 use super::index_file::{header_for, index_order, read_header, write_index};
 use super::packs::{CurrentPack, SealedPack};
-use super::sync::sync_dir;
+use crate::sync_dir;
 
 /// Bytes read at once when scanning a pack.
 const SCAN_BUFFER_BYTES: usize = 1 << 20;

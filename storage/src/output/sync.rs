@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use super::error::OutputError;
 use super::format::IndexEntry;
 use super::index_file::{header_for, write_index};
+use crate::sync_dir;
 
 /// [`SealWork`] states, shared between the job and the store.
 pub(crate) const SEAL_IN_JOB: u8 = 0;
@@ -95,9 +96,4 @@ impl OutputSyncJob {
 fn write_seal(dir: &Path, seal: &SealWork) -> Result<(), OutputError> {
     let header = header_for(seal.number, seal.pack_bytes, &seal.entries);
     write_index(dir, &header, &seal.entries)
-}
-
-/// Makes the directory's entries (created, renamed or removed files) durable.
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir).and_then(|handle| handle.sync_all())
 }

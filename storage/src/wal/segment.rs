@@ -269,9 +269,7 @@ pub(crate) fn create_zeroed_file(path: &Path, segment_bytes: usize) -> std::io::
 
 /// Makes the directory's entries (created, renamed or removed files) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(WalError::io(|| format!("sync WAL directory {}", dir.display())))
+    crate::sync_dir(dir).map_err(WalError::io(|| format!("sync WAL directory {}", dir.display())))
 }
 
 #[cfg(test)]

@@ -608,6 +608,15 @@ mod tests {
     }
 
     /// Reads the whole log back through `read_records`, which checks every record's CRC.
+    /// The log reopens whole, with records 1..=last_seq as numbered appends wrote them.
+    fn assert_reopens_with_records(dir: &Path, segment_bytes: usize, last_seq: u64) {
+        let options = WalOptions { segment_bytes: segment_bytes as u64 };
+        let (wal, recovery) = Wal::open(dir, options, LogStart::FROM_FIRST_RECORD).unwrap();
+        assert_eq!((recovery.last_seq, recovery.torn_tail.is_none()), (last_seq, true));
+        let records = wal.records().map(|record| (record.seq, record.kind, record.payload.to_vec()));
+        assert_numbered_records(records, last_seq);
+    }
+
     fn assert_numbered_records_on_disk(dir: &Path, last_seq: u64) {
         let mut records = Vec::new();
         read_records(dir, 1, last_seq, |record| {
@@ -676,11 +685,7 @@ mod tests {
         wal.check_invariants();
         assert_numbered_records_on_disk(dir.path(), last_seq);
         drop(wal);
-        let (wal, recovery) =
-            Wal::open(dir.path(), WalOptions { segment_bytes: 16 * MIB as u64 }, LogStart::FROM_FIRST_RECORD).unwrap();
-        assert_eq!((recovery.last_seq, recovery.torn_tail.is_none()), (last_seq, true));
-        let records = wal.records().map(|record| (record.seq, record.kind, record.payload.to_vec()));
-        assert_numbered_records(records, last_seq);
+        assert_reopens_with_records(dir.path(), 16 * MIB, last_seq);
     }
 
     #[test]
@@ -702,11 +707,7 @@ mod tests {
         let last_seq = wal.last_seq();
         wal.check_invariants();
         drop(wal);
-        let (wal, recovery) =
-            Wal::open(dir.path(), WalOptions { segment_bytes: 16 * MIB as u64 }, LogStart::FROM_FIRST_RECORD).unwrap();
-        assert_eq!((recovery.last_seq, recovery.torn_tail.is_none()), (last_seq, true));
-        let records = wal.records().map(|record| (record.seq, record.kind, record.payload.to_vec()));
-        assert_numbered_records(records, last_seq);
+        assert_reopens_with_records(dir.path(), 16 * MIB, last_seq);
         assert_numbered_records_on_disk(dir.path(), last_seq);
     }
 
@@ -757,11 +758,7 @@ mod tests {
         assert_numbered_records(records, last_seq);
         wal.check_invariants();
         drop(wal);
-        let (wal, recovery) =
-            Wal::open(dir.path(), WalOptions { segment_bytes: 4 * MIB as u64 }, LogStart::FROM_FIRST_RECORD).unwrap();
-        assert_eq!((recovery.last_seq, recovery.torn_tail.is_none()), (last_seq, true));
-        let records = wal.records().map(|record| (record.seq, record.kind, record.payload.to_vec()));
-        assert_numbered_records(records, last_seq);
+        assert_reopens_with_records(dir.path(), 4 * MIB, last_seq);
         assert_numbered_records_on_disk(dir.path(), last_seq);
     }
 
