@@ -5,7 +5,7 @@
 //! and recovery runs it over the log.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 
 use std::sync::Arc;
 
@@ -18,6 +18,7 @@ use apiary_protocol::{
     TaskProperties, TaskQuery, TaskResult, TaskSlice, TaskState, TaskUpdate, TimeoutKind,
 };
 
+use super::chunked_set::ChunkedSet;
 use super::events::{BotChange, BotConnected, Event, StoredState, TaskAssigned, TaskCreated, TaskFinished};
 use super::history::History;
 use super::interned::InternedProperties;
@@ -166,7 +167,7 @@ enum Timer {
 /// deadline, against 48 for a `Timer`): there is one per pending task.
 #[derive(Default)]
 struct Timers {
-    cancellable: BTreeSet<(u64, Cancellable)>,
+    cancellable: ChunkedSet<(u64, Cancellable)>,
     others: BinaryHeap<Reverse<(u64, Timer)>>,
 }
 
@@ -200,20 +201,6 @@ impl Timers {
                 self.cancellable.insert((deadline_ms, cancellable));
             }
             None => self.others.push(Reverse((deadline_ms, timer))),
-        }
-    }
-
-    /// Sets many timers into a timer set that has no cancellable ones yet (a restore).
-    fn fill(&mut self, timers: Vec<(u64, Timer)>) {
-        assert!(self.cancellable.is_empty(), "only a set without cancellable timers is filled at once");
-        let (cancellable, others): (Vec<_>, Vec<_>) =
-            timers.into_iter().partition(|(_, timer)| Cancellable::of(timer).is_some());
-        self.cancellable = cancellable
-            .into_iter()
-            .map(|(deadline, timer)| (deadline, Cancellable::of(&timer).expect("partitioned above")))
-            .collect();
-        for (deadline, timer) in others {
-            self.push(deadline, timer);
         }
     }
 
@@ -647,6 +634,8 @@ impl Core {
             assert_eq!(self.queues.class_counts(class), recount, "capacity counts of {class:?} equal a recount");
         }
         self.queues.check_invariants();
+        self.tasks.check_invariants();
+        self.timers.cancellable.check_invariants();
     }
 }
 

@@ -18,7 +18,7 @@ use apiary_protocol::{RequestId, TaskState};
 use apiary_storage::{HistoryRun, Postings, RunIndex};
 use rkyv::{Archive, Deserialize, Serialize, rancor};
 
-use super::snapshot::TaskRecord;
+use super::snapshot::{ArchivedTaskRecord, TaskRecord};
 
 /// A run the core's state covers, as the snapshot lists it.
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,8 +65,9 @@ pub fn encode_record(record: &TaskRecord) -> rkyv::util::AlignedVec {
     rkyv::to_bytes::<rancor::Error>(record).expect("a task record always serializes")
 }
 
-fn decode_record(bytes: &[u8]) -> Result<TaskRecord, String> {
-    rkyv::from_bytes::<TaskRecord, rancor::Error>(bytes)
+/// A record of a run, checked, read in place.
+fn access_record(bytes: &[u8]) -> Result<&ArchivedTaskRecord, String> {
+    rkyv::access::<ArchivedTaskRecord, rancor::Error>(bytes)
         .map_err(|error| format!("a history record is invalid: {error}"))
 }
 
@@ -96,13 +97,13 @@ impl History {
     }
 
     /// The record of an ended task, if a run holds it.
-    pub fn get(&self, id: RequestId) -> Result<Option<TaskRecord>, String> {
+    pub fn get(&self, id: RequestId) -> Result<Option<&ArchivedTaskRecord>, String> {
         let id = id.as_u64();
         let candidates = self.runs.iter().rev().filter(|run| (run.entry.min_id..=run.entry.max_id).contains(&id));
         for reader in candidates.filter_map(|run| run.reader.as_deref()) {
             let index = reader.index().map_err(|error| error.to_string())?;
             if let Some(number) = index.find(id) {
-                return index.record(number).map_err(|error| error.to_string()).and_then(decode_record).map(Some);
+                return index.record(number).map_err(|error| error.to_string()).and_then(access_record).map(Some);
             }
         }
         Ok(None)
@@ -190,7 +191,7 @@ pub struct Listing<'a> {
     floor: u64,
 }
 
-impl Listing<'_> {
+impl<'a> Listing<'a> {
     fn advance(&mut self, slot: usize) {
         let cursor = &mut self.cursors[slot];
         if let Some(number) = cursor.next() {
@@ -211,11 +212,11 @@ impl Listing<'_> {
     }
 
     /// The next task's record.
-    pub fn next_record(&mut self) -> Option<Result<TaskRecord, String>> {
+    pub fn next_record(&mut self) -> Option<Result<&'a ArchivedTaskRecord, String>> {
         self.peek_id()?;
         let (_, slot, number) = self.heads.pop().expect("peeked");
         let record = self.cursors[slot].index.record(number).map_err(|error| error.to_string());
         self.advance(slot);
-        Some(record.and_then(decode_record))
+        Some(record.and_then(access_record))
     }
 }

@@ -1,14 +1,18 @@
-//! Shared task properties (docs/state.md, section 4). Tasks submitted by one
-//! workflow mostly ask for the same properties (command, dimensions, env,
-//! caches, timeouts); each distinct set is held once and shared by every task
-//! (and dedup entry) that asks for it, instead of once per task.
+//! Shared task properties and slice lists (docs/state.md, section 4). Tasks
+//! submitted by one workflow mostly ask for the same properties (command,
+//! dimensions, env, caches, timeouts) and the same slices; each distinct set
+//! and list is held once and shared by every task (and dedup entry) that asks
+//! for it, instead of once per task.
 //!
 //! Invariant: every entry is held by at least one task or dedup entry after a
-//! `forget_unused`; entries are found by content.
+//! `forget_unused`; properties are found by content, slice lists by their
+//! slices' shared properties and settings.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use apiary_protocol::TaskProperties;
+use apiary_protocol::{TaskProperties, TaskSlice};
+use hashbrown::Equivalent;
 
 use super::Map;
 
@@ -18,7 +22,49 @@ pub struct InternedProperties {
     /// The last properties asked for, and their shared copy: a restore asks for
     /// the same `Arc` a million times, and this spares hashing it each time.
     last: Option<(Arc<TaskProperties>, Arc<TaskProperties>)>,
+    slice_lists: Map<SliceList, ()>,
 }
+
+/// A list of slices whose properties are interned: equal lists have the same
+/// properties by address, so comparing and hashing never reads them.
+struct SliceList(Arc<[TaskSlice]>);
+
+/// The fields of a slice that tell lists apart, once properties are interned.
+fn slice_identity(slice: &TaskSlice) -> (*const TaskProperties, u32, bool) {
+    (Arc::as_ptr(&slice.properties), slice.expiration_secs, slice.wait_for_capacity)
+}
+
+/// Looks a list up without making it shared first.
+struct SliceListRef<'a>(&'a [TaskSlice]);
+
+impl Hash for SliceListRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_usize(self.0.len());
+        for slice in self.0 {
+            slice_identity(slice).hash(state);
+        }
+    }
+}
+
+impl Hash for SliceList {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        SliceListRef(&self.0).hash(state);
+    }
+}
+
+impl Equivalent<SliceList> for SliceListRef<'_> {
+    fn equivalent(&self, key: &SliceList) -> bool {
+        self.0.iter().map(slice_identity).eq(key.0.iter().map(slice_identity))
+    }
+}
+
+impl PartialEq for SliceList {
+    fn eq(&self, other: &SliceList) -> bool {
+        SliceListRef(&self.0).equivalent(other)
+    }
+}
+
+impl Eq for SliceList {}
 
 impl InternedProperties {
     /// The shared copy of `properties`, which becomes it if it is new.
@@ -39,9 +85,24 @@ impl InternedProperties {
         shared
     }
 
-    /// Lets go of the properties no task holds any more.
+    /// The shared copy of a list of slices, their properties shared too.
+    pub fn intern_slices(&mut self, slices: &[TaskSlice]) -> Arc<[TaskSlice]> {
+        let interned: Vec<TaskSlice> = slices
+            .iter()
+            .map(|slice| TaskSlice { properties: self.intern(&slice.properties), ..slice.clone() })
+            .collect();
+        if let Some((shared, ())) = self.slice_lists.get_key_value(&SliceListRef(&interned)) {
+            return Arc::clone(&shared.0);
+        }
+        let shared: Arc<[TaskSlice]> = interned.into();
+        self.slice_lists.insert(SliceList(Arc::clone(&shared)), ());
+        shared
+    }
+
+    /// Lets go of the slice lists and properties no task holds any more.
     pub fn forget_unused(&mut self) {
         self.last = None;
+        self.slice_lists.retain(|list, ()| Arc::strong_count(&list.0) > 1);
         self.by_content.retain(|properties, ()| Arc::strong_count(properties) > 1);
     }
 
@@ -73,5 +134,28 @@ mod tests {
         interned.forget_unused();
         assert_eq!(interned.len(), 1, "only `other` is still held");
         drop(third);
+    }
+
+    #[test]
+    fn equal_slice_lists_are_held_once_until_no_task_holds_them() {
+        let mut interned = InternedProperties::default();
+        let slice = |command: &str, expiration_secs| TaskSlice {
+            properties: Arc::new(TaskProperties { command: vec![command.into()], ..TaskProperties::default() }),
+            expiration_secs,
+            wait_for_capacity: false,
+        };
+        let first = interned.intern_slices(&[slice("make", 60), slice("test", 60)]);
+        let same = interned.intern_slices(&[slice("make", 60), slice("test", 60)]);
+        assert!(Arc::ptr_eq(&first, &same), "equal lists share one copy");
+        assert!(Arc::ptr_eq(&first[0].properties, &same[0].properties), "and their properties");
+        let other_expiration = interned.intern_slices(&[slice("make", 60), slice("test", 120)]);
+        let shorter = interned.intern_slices(&[slice("make", 60)]);
+        assert!(!Arc::ptr_eq(&first, &other_expiration) && !Arc::ptr_eq(&first, &shorter));
+        assert_eq!(interned.slice_lists.len(), 3);
+        drop((first, same, other_expiration));
+        interned.forget_unused();
+        assert_eq!(interned.slice_lists.len(), 1, "only `shorter` is still held");
+        assert_eq!(interned.len(), 1, "and only its properties");
+        drop(shorter);
     }
 }

@@ -1,9 +1,11 @@
 //! The sans-IO core: scheduling, task and bot state, events. It never touches
 //! sockets, files, clocks, threads or randomness (ARCHITECTURE.md, decision 1).
 
+mod chunked_set;
 mod engine;
 pub mod events;
 pub mod history;
+mod id_index;
 mod interned;
 mod model;
 pub mod queues;

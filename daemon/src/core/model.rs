@@ -31,8 +31,8 @@ pub struct Task {
     pub started_ms: Option<NonZeroU64>,
     /// Output bytes the daemon holds for the task.
     pub output_len: u64,
-    /// The slices of the request, tried in order; their properties are shared.
-    pub slices: Box<[TaskSlice]>,
+    /// The slices of the request, tried in order; shared (`core::interned`).
+    pub slices: Arc<[TaskSlice]>,
     /// What the request says besides its slices.
     pub text: TaskText,
     /// Only the bot that runs the task gets them; dropped when the task ends.
@@ -59,6 +59,11 @@ pub struct Task {
     pub has_secret_bytes: bool,
     /// A client asked to kill the running run; its bot is told to stop.
     pub kill_requested: bool,
+}
+
+/// How many tags a task counts for the tag index's bookkeeping.
+pub fn tag_count_of(tags: usize) -> u8 {
+    tags.min(usize::from(u8::MAX)) as u8
 }
 
 /// Where a task's request text is.
@@ -112,24 +117,37 @@ impl Task {
     pub fn new(id: RequestId, request: NewTaskRequest, created_ms: u64) -> Task {
         let NewTaskRequest { name, priority, tags, user, task_slices, bot_ping_tolerance_secs, secret_bytes } = request;
         Task {
+            priority,
+            bot_ping_tolerance_secs,
+            has_secret_bytes: secret_bytes.is_some(),
+            secret_bytes: secret_bytes.map(Box::new),
+            tag_count: tag_count_of(tags.len()),
+            text: TaskText::Held(Box::new(RequestText { name, tags, user })),
+            ..Task::blank(id, created_ms, task_slices.into())
+        }
+    }
+
+    /// A pending task on its first slice, with nothing else set.
+    pub fn blank(id: RequestId, created_ms: u64, slices: Arc<[TaskSlice]>) -> Task {
+        Task {
             id,
             created_ms,
             slice_started_ms: created_ms,
             started_ms: None,
             output_len: 0,
-            slices: task_slices.into_boxed_slice(),
-            has_secret_bytes: secret_bytes.is_some(),
-            secret_bytes: secret_bytes.map(Box::new),
-            tag_count: tags.len().min(usize::from(u8::MAX)) as u8,
-            text: TaskText::Held(Box::new(RequestText { name, tags, user })),
+            slices,
+            has_secret_bytes: false,
+            secret_bytes: None,
+            tag_count: 0,
+            text: TaskText::Filed,
             run: None,
             queued: None,
             outcome: None,
             listeners: None,
-            bot_ping_tolerance_secs,
+            bot_ping_tolerance_secs: 0,
             slice_index: 0,
             state: TaskState::Pending,
-            priority,
+            priority: 0,
             try_number: 0,
             output_truncated: false,
             kill_requested: false,

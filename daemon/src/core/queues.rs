@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use apiary_protocol::{RequestId, StringPair};
 
 use super::Map;
+use super::chunked_set::ChunkedSet;
 
 /// Canonical dimensions: keys sorted; the values of each key sorted and deduplicated.
 /// For a task the values of a key are alternatives (`os=Linux|Mac`); for a bot
@@ -47,7 +48,7 @@ struct Queue {
     dimensions: CanonicalDimensions,
     /// The bots the tasks ask for by `id`; empty when any bot of a matching class will do.
     bot_ids: Vec<String>,
-    pending: BTreeSet<QueueKey>,
+    pending: ChunkedSet<QueueKey>,
     /// The bot classes that have `dimensions`: for a queue that names bots,
     /// a named bot must also be of one of these.
     classes: Vec<ClassId>,
@@ -157,7 +158,7 @@ impl Queues {
         for bot_id in &bot_ids {
             self.queues_naming.entry(bot_id.clone()).or_default().push(id);
         }
-        self.queues.push(Queue { dimensions, bot_ids, pending: BTreeSet::new(), classes });
+        self.queues.push(Queue { dimensions, bot_ids, pending: ChunkedSet::default(), classes });
         self.heads.push(None);
         id
     }
@@ -188,18 +189,6 @@ impl Queues {
         let head = &mut self.heads[queue.0 as usize];
         if head.is_none_or(|head| key < head) {
             *head = Some(key);
-        }
-    }
-
-    /// Queues many tasks into empty queues at once (a restore).
-    pub fn fill(&mut self, mut entries: Vec<(QueueId, QueueKey)>) {
-        entries.sort_unstable();
-        for same_queue in entries.chunk_by(|a, b| a.0 == b.0) {
-            let queue = same_queue[0].0;
-            let pending = &mut self.queues[queue.0 as usize].pending;
-            assert!(pending.is_empty(), "only empty queues are filled at once");
-            *pending = same_queue.iter().map(|&(_, key)| key).collect();
-            self.heads[queue.0 as usize] = pending.first().copied();
         }
     }
 
@@ -311,7 +300,7 @@ impl Queues {
 
     /// How many tasks are ahead of `key` in its queue (a query, not a hot path).
     pub fn position(&self, queue: QueueId, key: QueueKey) -> u64 {
-        self.queues[queue.0 as usize].pending.range(..key).count() as u64
+        self.queues[queue.0 as usize].pending.rank(&key) as u64
     }
 
     pub fn class_counts(&self, class: ClassId) -> (u32, u32) {
@@ -357,6 +346,7 @@ impl Queues {
     pub fn check_invariants(&self) {
         for (index, queue) in self.queues.iter().enumerate() {
             assert_eq!(self.heads[index], queue.pending.first().copied(), "queue {index} knows its head");
+            queue.pending.check_invariants();
             for bot_id in &queue.bot_ids {
                 assert!(self.queues_naming(bot_id).contains(&QueueId(index as u32)), "queue {index} listed by id");
             }

@@ -1,36 +1,31 @@
 //! Every task the core holds, found by id and listed in creation order.
 //!
-//! Tasks live in fixed-size chunks of slots that never move, and a hash map
-//! from id to slot finds them. A map holding the tasks themselves would grow by
-//! copying every task (a stall of hundreds of milliseconds at a million tasks)
-//! and could stay half empty; here growth copies only the small index entries.
+//! Tasks live in fixed-size chunks of slots that never move, and a sorted
+//! index from id to slot (`IdIndex`) finds them and gives creation order. A
+//! map holding the tasks themselves would grow by copying every task (a stall
+//! of hundreds of milliseconds at a million tasks) and could stay half empty.
 //! A queue entry carries its task's slot, so a poll reaches the task without
-//! the index (a cache miss saved per dispatch).
+//! the index.
 //!
-//! Tasks are removed when retention lets them go: their slot is reused by a
-//! later task, so memory follows the number of tasks held, not of tasks ever
-//! seen. Creation order is kept apart, as a list of ids that a removal leaves
-//! in place until half of the list is removed ids, when it is compacted.
+//! Tasks are removed when retention lets them go or they go to history: their
+//! slot is reused by a later task, so memory follows the number of tasks held,
+//! not of tasks ever seen.
 //!
 //! Listings by tag walk a per-tag list of ids instead of every held task (at a
-//! million pending tasks a walk takes 150 ms); removals leave ids in these lists
-//! too, compacted the same way.
-//!
-//! The index from id to slot is split in 64 maps: a hash map grows by moving
-//! every entry to a table twice its size, and one map of a million tasks did
-//! that in a single event-loop turn of over 100 ms; a shard moves a 64th.
+//! million pending tasks a walk takes 150 ms); removals leave ids in these
+//! lists, compacted away once they are half of them.
 //!
 //! Invariants: `positions` and the occupied slots name the same tasks; a free
-//! slot is in `free` exactly once; `order` holds every held id, ascending; each
-//! list of `by_tag` holds, ascending, every held id whose task has that tag.
+//! slot is in `free` exactly once; each list of `by_tag` holds, ascending,
+//! every held id whose task has that tag.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::ops::Index;
 
 use apiary_protocol::RequestId;
 
 use super::Map;
+use super::id_index::IdIndex;
 use super::model::{Task, TaskText};
 use super::text_arena::TextArena;
 
@@ -40,13 +35,10 @@ const CHUNK_TASKS: usize = 4096;
 
 #[derive(Default)]
 pub struct TaskStore {
-    positions: Positions,
+    positions: IdIndex,
     chunks: Vec<Vec<Option<Task>>>,
     /// Slots whose task was removed, to be reused.
     free: Vec<u32>,
-    /// Every held id, ascending, and ids removed since the last compaction.
-    order: VecDeque<RequestId>,
-    removed_in_order: usize,
     /// Per tag, the ids of the tasks with it, and ids removed since the last compaction.
     by_tag: Map<Box<str>, Vec<RequestId>>,
     tagged: usize,
@@ -61,14 +53,13 @@ pub struct TaskStore {
 impl TaskStore {
     /// Adds a task under a new id, larger than every id held, listed under its
     /// tags; returns where it sits.
-    pub fn insert(&mut self, mut task: Task, tags: &[String]) -> u32 {
-        assert!(self.order.back().is_none_or(|last| *last < task.id), "task ids grow");
+    pub fn insert<'a>(&mut self, mut task: Task, tags: impl IntoIterator<Item = &'a str>) -> u32 {
         if let TaskText::Held(text) = &task.text {
             task.text = TaskText::Packed(self.texts.pack(text));
         }
         let id = task.id;
         for tag in tags {
-            let ids = self.by_tag.entry_ref(tag.as_str()).or_default();
+            let ids = self.by_tag.entry_ref(tag).or_default();
             // A tag given twice lists the task once.
             if ids.last() != Some(&id) {
                 ids.push(id);
@@ -84,16 +75,8 @@ impl TaskStore {
             }
             None => self.push_slot(task),
         };
-        let previous = self.positions.insert(id, position);
-        assert!(previous.is_none(), "task {id} stored twice");
-        self.order.push_back(id);
+        self.positions.push(id, position);
         position
-    }
-
-    /// Makes room for `additional` more tasks in the index and the order.
-    pub fn reserve(&mut self, additional: usize) {
-        self.positions.reserve(additional);
-        self.order.reserve(additional);
     }
 
     /// Removes a task; its slot goes to a later task.
@@ -108,12 +91,6 @@ impl TaskStore {
             self.texts.release(packed);
         }
         self.free.push(position);
-        self.removed_in_order += 1;
-        if self.removed_in_order * 2 > self.order.len() {
-            let positions = &self.positions;
-            self.order.retain(|id| positions.get(id).is_some());
-            self.removed_in_order = 0;
-        }
         self.removed_tagged += usize::from(task.tag_count);
         if self.removed_tagged * 2 > self.tagged {
             self.compact_tags();
@@ -156,14 +133,12 @@ impl TaskStore {
 
     /// The held tasks with ids below `before` (all of them for `None`), newest first.
     pub fn newest_first_before(&self, before: Option<RequestId>) -> impl Iterator<Item = &Task> {
-        let end = before.map_or(self.order.len(), |before| self.order.partition_point(|id| *id < before));
-        self.order.range(..end).rev().filter_map(|id| self.get(id))
+        self.positions.below(before).rev().map(|(_, position)| self.at(position))
     }
 
     /// The held tasks with ids below `before`, oldest first.
     pub fn oldest_first_below(&self, before: RequestId) -> impl Iterator<Item = &Task> {
-        let end = self.order.partition_point(|id| *id < before);
-        self.order.range(..end).filter_map(|id| self.get(id))
+        self.positions.below(Some(before)).map(|(_, position)| self.at(position))
     }
 
     /// The arena a held task's packed text is in.
@@ -187,8 +162,7 @@ impl TaskStore {
 
     /// The held tasks from id `from` on, oldest first.
     pub fn oldest_first_from(&self, from: RequestId) -> impl Iterator<Item = &Task> {
-        let start = self.order.partition_point(|id| *id < from);
-        self.order.range(start..).filter_map(|id| self.get(id))
+        self.positions.from(Some(from)).map(|(_, position)| self.at(position))
     }
 
     /// The held tasks with `tag` and ids below `before`, newest first.
@@ -210,7 +184,18 @@ impl TaskStore {
 
     /// Every held task, oldest first.
     pub fn values(&self) -> impl Iterator<Item = &Task> {
-        self.order.iter().filter_map(|id| self.get(id))
+        self.positions.from(None).map(|(_, position)| self.at(position))
+    }
+
+    /// Checks the invariants above.
+    pub fn check_invariants(&self) {
+        self.positions.check_invariants();
+        let occupied = self.chunks.iter().flatten().filter(|slot| slot.is_some()).count();
+        assert_eq!(occupied, self.positions.len(), "the index names every held task once");
+        assert_eq!(occupied + self.free.len(), self.chunks.iter().map(Vec::len).sum::<usize>(), "free slots");
+        for (id, position) in self.positions.from(None) {
+            assert_eq!(self.at(position).id, id, "the index names the task's slot");
+        }
     }
 
     fn at(&self, position: u32) -> &Task {
@@ -239,55 +224,6 @@ impl TaskStore {
     }
 }
 
-const POSITION_SHARDS: usize = 64;
-
-/// Where each held task sits, in shards by id.
-struct Positions {
-    shards: Vec<Map<RequestId, u32>>,
-    len: usize,
-}
-
-impl Default for Positions {
-    fn default() -> Positions {
-        Positions { shards: (0..POSITION_SHARDS).map(|_| Map::default()).collect(), len: 0 }
-    }
-}
-
-impl Positions {
-    /// Spread by the id's millisecond and its sequence within it (bits 63..20
-    /// and 19..4), so both a slow and a fast stream of tasks fill every shard.
-    fn shard(id: &RequestId) -> usize {
-        let id = id.as_u64();
-        ((id >> 4) ^ (id >> 20)) as usize % POSITION_SHARDS
-    }
-
-    fn insert(&mut self, id: RequestId, position: u32) -> Option<u32> {
-        let previous = self.shards[Positions::shard(&id)].insert(id, position);
-        self.len += usize::from(previous.is_none());
-        previous
-    }
-
-    fn remove(&mut self, id: &RequestId) -> Option<u32> {
-        let removed = self.shards[Positions::shard(id)].remove(id);
-        self.len -= usize::from(removed.is_some());
-        removed
-    }
-
-    fn get(&self, id: &RequestId) -> Option<u32> {
-        self.shards[Positions::shard(id)].get(id).copied()
-    }
-
-    fn reserve(&mut self, additional: usize) {
-        for shard in &mut self.shards {
-            shard.reserve(additional.div_ceil(POSITION_SHARDS) + additional / 16 / POSITION_SHARDS);
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-}
-
 impl Index<&RequestId> for TaskStore {
     type Output = Task;
 
@@ -309,7 +245,7 @@ mod tests {
         let id = |n: u64| RequestId::first_of_millisecond(1_700_000_000_000 + 2 * n);
         let count = CHUNK_TASKS as u64 + 10;
         for n in 0..count {
-            store.insert(Task::new(id(n), NewTaskRequest::default(), n), &[]);
+            store.insert(Task::new(id(n), NewTaskRequest::default(), n), []);
         }
         assert_eq!(store.len(), count as usize);
         assert_eq!(store[&id(CHUNK_TASKS as u64 + 3)].created_ms, CHUNK_TASKS as u64 + 3);
@@ -332,7 +268,7 @@ mod tests {
         let mut store = TaskStore::default();
         let id = |n: u64| RequestId::first_of_millisecond(1_700_000_000_000 + n);
         for n in 0..10 {
-            store.insert(Task::new(id(n), NewTaskRequest::default(), n), &[]);
+            store.insert(Task::new(id(n), NewTaskRequest::default(), n), []);
         }
         let kept_position = store.position(&id(9)).unwrap();
         for n in 0..8 {
@@ -340,11 +276,10 @@ mod tests {
         }
         assert!(store.remove(&id(3)).is_none(), "removed once");
         assert_eq!(store.len(), 2);
-        assert!(store.order.len() < 10, "the order was compacted");
         let held: Vec<u64> = store.values().map(|task| task.created_ms).collect();
         assert_eq!(held, [8, 9]);
         for n in 10..18 {
-            store.insert(Task::new(id(n), NewTaskRequest::default(), n), &[]);
+            store.insert(Task::new(id(n), NewTaskRequest::default(), n), []);
         }
         assert_eq!(store.chunks.iter().map(Vec::len).sum::<usize>(), 10, "freed slots were reused");
         assert_eq!(store.position(&id(9)), Some(kept_position), "a held task never moves");
@@ -360,8 +295,10 @@ mod tests {
         let id = |n: u64| RequestId::first_of_millisecond(1_700_000_000_000 + n);
         for n in 0..20 {
             let tags = if n % 3 == 0 { vec!["pool:ci".to_string(), "pool:ci".to_string()] } else { vec![] };
-            store
-                .insert(Task::new(id(n), NewTaskRequest { tags: tags.clone(), ..NewTaskRequest::default() }, n), &tags);
+            store.insert(
+                Task::new(id(n), NewTaskRequest { tags: tags.clone(), ..NewTaskRequest::default() }, n),
+                tags.iter().map(String::as_str),
+            );
         }
         let tagged = |store: &TaskStore, before| -> Vec<u64> {
             store.newest_first_tagged("pool:ci", before).map(|task| task.created_ms).collect()
@@ -374,21 +311,5 @@ mod tests {
         assert_eq!(tagged(&store, None), [18, 15]);
         assert!(store.by_tag["pool:ci"].len() < 7, "removed ids were compacted away");
         assert!(store.newest_first_tagged("pool:other", None).next().is_none());
-    }
-
-    #[test]
-    fn ids_of_slow_and_fast_streams_spread_over_every_shard() {
-        let slow = (0..640).map(|n| RequestId::first_of_millisecond(1_700_000_000_000 + n));
-        let mut fast = vec![RequestId::first_of_millisecond(1_700_000_000_000)];
-        for _ in 1..640 {
-            fast.push(fast.last().unwrap().next());
-        }
-        for ids in [slow.collect::<Vec<_>>(), fast] {
-            let mut counts = [0; POSITION_SHARDS];
-            for id in &ids {
-                counts[Positions::shard(id)] += 1;
-            }
-            assert!(counts.iter().all(|&count| count == 10), "{counts:?}");
-        }
     }
 }

@@ -42,12 +42,10 @@ impl Core {
         assert!(self.last_task_id < Some(task_id), "task ids must grow");
         self.last_task_id = Some(task_id);
         let mut task = Task::new(task_id, created.request.clone(), created.created_ms);
-        for slice in &mut task.slices {
-            slice.properties = self.properties.intern(&slice.properties);
-        }
+        task.slices = self.properties.intern_slices(&task.slices);
         let tags = &created.request.tags;
         task.slice_index = created.slice_index;
-        self.tasks.insert(task, tags);
+        self.tasks.insert(task, tags.iter().map(String::as_str));
         self.enqueue(task_id);
     }
 

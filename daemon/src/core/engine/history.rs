@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use apiary_storage::HistoryRun;
 
-use super::snapshot::{history_record, task_from_record};
+use super::snapshot::{history_record, task_from_history};
 use super::*;
 use crate::core::history::RunEntry;
 use crate::core::snapshot::TaskRecord;
@@ -59,7 +59,9 @@ impl Core {
             return Err(Missing::Unknown(task_id.as_u64()));
         }
         match self.history.get(task_id) {
-            Ok(Some(record)) => Ok(Found::Archived(Box::new(task_from_record(record)))),
+            Ok(Some(record)) => {
+                task_from_history(record).map(|task| Found::Archived(Box::new(task))).map_err(Missing::Damaged)
+            }
             Ok(None) => Err(Missing::Unknown(task_id.as_u64())),
             Err(damage) => Err(Missing::Damaged(damage)),
         }
@@ -182,7 +184,7 @@ impl Core {
                 tasks.push(self.result(held.next().expect("peeked")));
             } else {
                 let record = archived.next_record().expect("peeked")?;
-                let task = task_from_record(record);
+                let task = task_from_history(record)?;
                 tasks.push(self.result(&task));
             }
         }

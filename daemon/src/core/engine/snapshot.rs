@@ -8,11 +8,12 @@ use rkyv::de::Pool;
 
 use super::apply::slice_expiry_ms;
 use crate::core::model::{RequestText, TaskText};
-use rkyv::rancor;
+use apiary_protocol::{ArchivedTaskProperties, ArchivedTaskSlice, SecretBytes, TaskSlice};
+use rkyv::{Archive, rancor};
 
 use crate::core::snapshot::{
-    ArchivedCoreSnapshot, BotEventEntry, BotRecord, CoreSnapshot, QuarantineRecord, RunRecord, SNAPSHOT_SCHEMA,
-    SnapshotDecodeError, SuccessRecord, TaskRecord,
+    ArchivedCoreSnapshot, ArchivedTaskRecord, BotEventEntry, BotRecord, CoreSnapshot, QuarantineRecord, RunRecord,
+    SNAPSHOT_SCHEMA, SnapshotDecodeError, SuccessRecord, TaskRecord,
 };
 
 impl Core {
@@ -60,20 +61,11 @@ impl Core {
         for record in snapshot.bots.iter() {
             core.restore_bot(decode(record, &mut pool)?);
         }
-        // Room for every task at once: growing by doubling would copy the
-        // index several times on the way to a million.
-        core.tasks.reserve(snapshot.tasks.len());
-        let mut restored = Restored {
-            queued: Vec::with_capacity(snapshot.tasks.len()),
-            due: Vec::with_capacity(snapshot.tasks.len()),
-        };
+        let mut shared = SharedSlices::default();
         for record in snapshot.tasks.iter() {
-            core.restore_task(decode(record, &mut pool)?, &mut restored);
+            let slices = shared.slices_of(record, &mut core.properties, &mut pool)?;
+            core.restore_task(record, slices);
         }
-        // Built at once from what the tasks gave, in full B-tree nodes: one
-        // insertion per task would cost a search each and leave nodes half empty.
-        core.queues.fill(restored.queued);
-        core.timers.fill(restored.due);
         for entry in snapshot.history.iter() {
             core.history.add(decode(entry, &mut pool)?, None);
         }
@@ -120,43 +112,70 @@ impl Core {
 
     /// A task of a snapshot: its text is in the snapshot's text file, its tags
     /// also in the record, for the tag index.
-    /// The queue entries and timers go to `restored`, for `restore` to build
-    /// the queues and the timer set from at once.
-    fn restore_task(&mut self, record: TaskRecord, restored: &mut Restored) {
-        let tags = record.request.tags.clone();
-        let mut task = task_from_record(record);
-        task.text = TaskText::Filed;
-        for slice in &mut task.slices {
-            slice.properties = self.properties.intern(&slice.properties);
-        }
+    fn restore_task(&mut self, record: &ArchivedTaskRecord, slices: Arc<[TaskSlice]>) {
+        let task = task_from_archived(record, slices, TaskText::Filed);
+        let tags = record.request.tags.iter().map(|tag| tag.as_str());
         match task.state {
             TaskState::Pending => {
                 let queue = self.queues.queue_for_task(task.dimensions());
-                task.queued = Some(queue);
                 let (task_id, slice_index) = (task.id, task.slice_index);
-                restored.due.push((slice_expiry_ms(&task), Timer::SliceExpiry { task_id, slice_index }));
-                let position = self.tasks.insert(task, &tags);
+                self.timers.push(slice_expiry_ms(&task), Timer::SliceExpiry { task_id, slice_index });
+                let position = self.tasks.insert(Task { queued: Some(queue), ..task }, tags);
                 let key = self.tasks.at_position(position).queue_key(position);
-                restored.queued.push((queue, key));
+                self.queues.push(queue, key);
             }
             // Due at once: the timer looks at the run's last word and waits
             // again (after `recovered`, a fresh tolerance from the restart).
             TaskState::Running => {
                 let run_id = task.current_run().expect("a running task has a run").run_id;
-                restored.due.push((0, Timer::RunPing { run_id }));
-                self.tasks.insert(task, &tags);
+                self.timers.push(0, Timer::RunPing { run_id });
+                self.tasks.insert(task, tags);
             }
             _ => {
-                self.tasks.insert(task, &tags);
+                self.tasks.insert(task, tags);
             }
         }
     }
 }
 
-/// What restored tasks ask of the queues and the timers.
-struct Restored {
-    queued: Vec<(QueueId, QueueKey)>,
-    due: Vec<(u64, Timer)>,
+/// The slice lists of the tasks restored so far. Tasks of one workflow point
+/// at the same properties in the archive (rkyv writes a shared `Arc` once);
+/// the last list decoded is kept by those addresses, so the next task with
+/// the same slices takes it without decoding or hashing anything.
+#[derive(Default)]
+struct SharedSlices {
+    last: Option<(Vec<ArchivedSliceIdentity>, Arc<[TaskSlice]>)>,
+}
+
+/// A slice in the archive: where its properties are, and its settings.
+type ArchivedSliceIdentity = (usize, u32, bool);
+
+impl SharedSlices {
+    fn slices_of(
+        &mut self,
+        record: &ArchivedTaskRecord,
+        interned: &mut InternedProperties,
+        pool: &mut Pool,
+    ) -> Result<Arc<[TaskSlice]>, SnapshotDecodeError> {
+        let archived = &record.request.task_slices;
+        let identity = |slice: &ArchivedTaskSlice| -> ArchivedSliceIdentity {
+            let properties: &ArchivedTaskProperties = &slice.properties;
+            (
+                properties as *const ArchivedTaskProperties as usize,
+                slice.expiration_secs.to_native(),
+                slice.wait_for_capacity,
+            )
+        };
+        if let Some((identities, slices)) = &self.last
+            && archived.iter().map(identity).eq(identities.iter().copied())
+        {
+            return Ok(Arc::clone(slices));
+        }
+        let decoded: Vec<TaskSlice> = decode(archived, pool)?;
+        let slices = interned.intern_slices(&decoded);
+        self.last = Some((archived.iter().map(identity).collect(), Arc::clone(&slices)));
+        Ok(slices)
+    }
 }
 
 /// One record of the archive, decoded with the shared pool.
@@ -168,45 +187,87 @@ where
         .map_err(|error| SnapshotDecodeError::Invalid(error.to_string()))
 }
 
-/// A task as its record says, holding nothing (not queued, no timers).
-pub(super) fn task_from_record(record: TaskRecord) -> Task {
-    let task_id = RequestId::from_u64(record.task_id).expect("a request id");
-    let mut task = Task::new(task_id, record.request, record.created_ms);
-    task.state = record.state;
-    task.slice_index = record.slice_index;
-    task.slice_started_ms = record.slice_started_ms;
+/// A task as its archived record says, holding nothing (not queued, no
+/// timers), with the slices and text the caller decoded (a restore shares the
+/// slices between tasks and leaves the text in the text file). Read field by
+/// field from the archive: no owned copy of the record is made first.
+pub(in crate::core) fn task_from_archived(
+    record: &ArchivedTaskRecord,
+    slices: Arc<[TaskSlice]>,
+    text: TaskText,
+) -> Task {
+    let request = &record.request;
+    let created_ms = record.created_ms.to_native();
+    let mut task =
+        Task::blank(RequestId::from_u64(record.task_id.to_native()).expect("a request id"), created_ms, slices);
+    task.text = text;
+    task.priority = request.priority;
+    task.bot_ping_tolerance_secs = request.bot_ping_tolerance_secs.to_native();
+    task.tag_count = model::tag_count_of(request.tags.len());
+    task.secret_bytes = request.secret_bytes.as_ref().map(|bytes| Box::new(SecretBytes(bytes.0.to_vec())));
+    task.state = plain(&record.state);
+    task.slice_index = record.slice_index.to_native();
+    task.slice_started_ms = record.slice_started_ms.to_native();
     task.try_number = record.try_number;
-    task.run = record.run.map(|run| {
+    let started_ms = record.started_ms.as_ref().map(|started| started.to_native());
+    task.run = record.run.as_ref().map(|run| {
         Box::new(Run {
-            run_id: RunId::from_u64(run.run_id).expect("a run id"),
-            bot_id: run.bot_id,
-            session_id: run.session_id,
-            last_heard_ms: record.started_ms.unwrap_or(record.created_ms),
+            run_id: RunId::from_u64(run.run_id.to_native()).expect("a run id"),
+            bot_id: run.bot_id.to_string(),
+            session_id: run.session_id.to_native(),
+            last_heard_ms: started_ms.unwrap_or(created_ms),
             // `restore_task` arms its ping timer for at once.
             ping_due_ms: 0,
-            output_received: record.output_len,
+            output_received: record.output_len.to_native(),
         })
     });
-    task.started_ms = record.started_ms.and_then(NonZeroU64::new);
-    task.outcome = record.completed_ms.map(|completed_ms| {
+    task.started_ms = started_ms.and_then(NonZeroU64::new);
+    let native =
+        |value: &rkyv::option::ArchivedOption<rkyv::rend::u64_le>| value.as_ref().map(|value| value.to_native());
+    task.outcome = record.completed_ms.as_ref().map(|completed_ms| {
         Box::new(Outcome {
-            completed_ms,
-            abandoned_ms: record.abandoned_ms,
-            exit_code: record.exit_code,
-            duration_ms: record.duration_ms,
-            setup_ms: record.setup_ms,
-            teardown_ms: record.teardown_ms,
-            timeout: record.timeout,
+            completed_ms: completed_ms.to_native(),
+            abandoned_ms: native(&record.abandoned_ms),
+            exit_code: record.exit_code.as_ref().map(|code| code.to_native()),
+            duration_ms: native(&record.duration_ms),
+            setup_ms: native(&record.setup_ms),
+            teardown_ms: native(&record.teardown_ms),
+            timeout: record.timeout.as_ref().map(plain),
             internal_failure: record.internal_failure,
-            failure_reason: record.failure_reason,
-            deduped_from: record.deduped_from.map(|run_id| RunId::from_u64(run_id).expect("a run id")),
+            failure_reason: record.failure_reason.to_string(),
+            deduped_from: native(&record.deduped_from).map(|run_id| RunId::from_u64(run_id).expect("a run id")),
         })
     });
-    task.output_len = record.output_len;
+    task.output_len = record.output_len.to_native();
     task.output_truncated = record.output_truncated;
     task.has_secret_bytes = record.has_secret_bytes;
     task.kill_requested = record.kill_requested;
     task
+}
+
+/// An ended task as its history run holds it, whole (its own slices and text).
+pub(super) fn task_from_history(record: &ArchivedTaskRecord) -> Result<Task, String> {
+    let invalid = |error: SnapshotDecodeError| format!("a history record is invalid: {error}");
+    let mut pool = Pool::new();
+    let slices: Vec<TaskSlice> = decode(&record.request.task_slices, &mut pool).map_err(invalid)?;
+    let request = &record.request;
+    let text = RequestText {
+        name: request.name.to_string(),
+        tags: request.tags.iter().map(|tag| tag.to_string()).collect(),
+        user: request.user.to_string(),
+    };
+    Ok(task_from_archived(record, slices.into(), TaskText::Held(Box::new(text))))
+}
+
+/// A field without heap parts (an enum), from the archive.
+fn plain<T: Archive>(archived: &T::Archived) -> T
+where
+    T::Archived: rkyv::Deserialize<T, rkyv::rancor::Strategy<Pool, rancor::Panic>>,
+{
+    match rkyv::deserialize::<T, rancor::Panic>(archived) {
+        Ok(value) => value,
+        Err(never) => match never {},
+    }
 }
 
 /// A task as a snapshot holds it: its name and user are in the snapshot's
