@@ -48,8 +48,8 @@ pub use output::{
 };
 pub use snapshot::{LoadedSnapshot, SNAPSHOT_HEADER_BYTES, SnapshotError, SnapshotFile, SnapshotStore};
 pub use wal::{
-    LogLoss, LogStart, LossKind, MAX_SEGMENT_BYTES, RECORD_ALIGNMENT, ReadError, RecordRef, Records, Recovery, SyncJob,
-    TornTail, Wal, WalError, WalOptions, read_records,
+    LogLoss, LogStart, LogSurvey, LossKind, MAX_SEGMENT_BYTES, RECORD_ALIGNMENT, ReadError, RecordRef, Records,
+    Recovery, SyncJob, TornTail, Wal, WalError, WalOptions, read_records,
 };
 
 /// Makes a directory's entries (files created, renamed or removed in it) durable.

@@ -124,6 +124,18 @@ pub struct LoadedSnapshot {
     pub created_ms: u64,
     map: ReadOnlyMap,
     payload_len: usize,
+    payload_crc: u32,
+    path: String,
+}
+
+impl LoadedSnapshot {
+    /// Checks the payload against the CRC in the header.
+    pub fn check_crc(&self) -> Result<(), SnapshotError> {
+        if crc32fast::hash(self) != self.payload_crc {
+            return Err(SnapshotError::Damaged { path: self.path.clone(), reason: "payload CRC mismatch".into() });
+        }
+        Ok(())
+    }
 }
 
 impl Deref for LoadedSnapshot {
@@ -186,6 +198,16 @@ impl SnapshotStore {
 
     /// Reads a snapshot back and checks it whole: header, length, payload CRC.
     pub fn read(&self, file: &SnapshotFile) -> Result<LoadedSnapshot, SnapshotError> {
+        let loaded = self.map(file)?;
+        loaded.check_crc()?;
+        Ok(loaded)
+    }
+
+    /// Maps a snapshot and checks its header and length, not yet its payload:
+    /// `check_crc` must pass before the payload is trusted. Apart, so that a
+    /// caller can check the CRC on one core while it validates the payload's
+    /// structure on another.
+    pub fn map(&self, file: &SnapshotFile) -> Result<LoadedSnapshot, SnapshotError> {
         let path = file.path.display().to_string();
         let damaged = |reason: String| SnapshotError::Damaged { path: path.clone(), reason };
         let handle = File::open(&file.path).map_err(io_error(|| format!("open snapshot {path}")))?;
@@ -205,13 +227,14 @@ impl SnapshotStore {
         if len != expected_len {
             return Err(damaged(format!("the file is {len} bytes; its header says {expected_len}")));
         }
-        let payload_len = header.payload_len as usize;
-        let loaded =
-            LoadedSnapshot { covered_seq: header.covered_seq, created_ms: header.created_ms, map, payload_len };
-        if crc32fast::hash(&loaded) != header.payload_crc {
-            return Err(damaged("payload CRC mismatch".into()));
-        }
-        Ok(loaded)
+        Ok(LoadedSnapshot {
+            covered_seq: header.covered_seq,
+            created_ms: header.created_ms,
+            map,
+            payload_len: header.payload_len as usize,
+            payload_crc: header.payload_crc,
+            path,
+        })
     }
 
     /// Renames a damaged snapshot to `<name>.damaged`, out of the way of later starts.

@@ -31,7 +31,7 @@ use super::text_arena::TextArena;
 
 /// Slots per chunk: big enough to amortize the allocation, small enough to
 /// waste little at the end.
-const CHUNK_TASKS: usize = 4096;
+pub const TASK_CHUNK: usize = 4096;
 
 #[derive(Default)]
 pub struct TaskStore {
@@ -58,14 +58,7 @@ impl TaskStore {
             task.text = TaskText::Packed(self.texts.pack(text));
         }
         let id = task.id;
-        for tag in tags {
-            let ids = self.by_tag.entry_ref(tag).or_default();
-            // A tag given twice lists the task once.
-            if ids.last() != Some(&id) {
-                ids.push(id);
-                self.tagged += 1;
-            }
-        }
+        self.index_tags(id, tags);
         let position = match self.free.pop() {
             Some(position) => {
                 let slot = self.slot_mut(position);
@@ -77,6 +70,30 @@ impl TaskStore {
         };
         self.positions.push(id, position);
         position
+    }
+
+    /// Adds a whole chunk of tasks (a restore, which decodes chunks on other
+    /// threads: the memory stays where it was written), listed under the tags
+    /// `tags_of` gives for each; returns the first one's position. The tasks'
+    /// ids grow, and the store has no free slot and no chunk that is not full.
+    pub fn push_chunk<'a, Tags: IntoIterator<Item = &'a str>>(
+        &mut self,
+        mut chunk: Vec<Option<Task>>,
+        mut tags_of: impl FnMut(usize) -> Tags,
+    ) -> u32 {
+        assert!(chunk.len() <= TASK_CHUNK && self.free.is_empty(), "a chunk goes into a store without gaps");
+        assert!(self.chunks.last().is_none_or(|last| last.len() == TASK_CHUNK), "after full chunks");
+        let first = u32::try_from(self.chunks.len() * TASK_CHUNK).expect("fewer than 4 billion tasks held");
+        for (index, task) in chunk.iter().enumerate() {
+            let task = task.as_ref().expect("a chunk of tasks");
+            assert!(matches!(task.text, TaskText::Filed), "a restored task's text is filed");
+            self.index_tags(task.id, tags_of(index));
+            self.positions.push(task.id, first + index as u32);
+        }
+        // The last chunk fills up with new tasks later without moving.
+        chunk.reserve_exact(TASK_CHUNK - chunk.len());
+        self.chunks.push(chunk);
+        first
     }
 
     /// Removes a task; its slot goes to a later task.
@@ -141,6 +158,11 @@ impl TaskStore {
         self.positions.below(Some(before)).map(|(_, position)| self.at(position))
     }
 
+    /// The task at a position `position` gave, to change.
+    pub fn at_position_mut(&mut self, position: u32) -> &mut Task {
+        self.slot_mut(position).as_mut().expect("a held task")
+    }
+
     /// The arena a held task's packed text is in.
     pub fn texts(&self) -> &TextArena {
         &self.texts
@@ -172,6 +194,17 @@ impl TaskStore {
         ids[..end].iter().rev().filter_map(|id| self.get(id))
     }
 
+    fn index_tags<'a>(&mut self, id: RequestId, tags: impl IntoIterator<Item = &'a str>) {
+        for tag in tags {
+            let ids = self.by_tag.entry_ref(tag).or_default();
+            // A tag given twice lists the task once.
+            if ids.last() != Some(&id) {
+                ids.push(id);
+                self.tagged += 1;
+            }
+        }
+    }
+
     fn compact_tags(&mut self) {
         let positions = &self.positions;
         self.by_tag.retain(|_, ids| {
@@ -200,22 +233,22 @@ impl TaskStore {
 
     fn at(&self, position: u32) -> &Task {
         let position = position as usize;
-        self.chunks[position / CHUNK_TASKS][position % CHUNK_TASKS].as_ref().expect("a held task")
+        self.chunks[position / TASK_CHUNK][position % TASK_CHUNK].as_ref().expect("a held task")
     }
 
     fn slot_mut(&mut self, position: u32) -> &mut Option<Task> {
         let position = position as usize;
-        &mut self.chunks[position / CHUNK_TASKS][position % CHUNK_TASKS]
+        &mut self.chunks[position / TASK_CHUNK][position % TASK_CHUNK]
     }
 
     fn push_slot(&mut self, task: Task) -> u32 {
         // Every chunk but the last is full.
-        let slots = self.chunks.len().saturating_sub(1) * CHUNK_TASKS + self.chunks.last().map_or(0, Vec::len);
+        let slots = self.chunks.len().saturating_sub(1) * TASK_CHUNK + self.chunks.last().map_or(0, Vec::len);
         let position = u32::try_from(slots).expect("fewer than 4 billion tasks held");
         match self.chunks.last_mut() {
-            Some(chunk) if chunk.len() < CHUNK_TASKS => chunk.push(Some(task)),
+            Some(chunk) if chunk.len() < TASK_CHUNK => chunk.push(Some(task)),
             _ => {
-                let mut chunk = Vec::with_capacity(CHUNK_TASKS);
+                let mut chunk = Vec::with_capacity(TASK_CHUNK);
                 chunk.push(Some(task));
                 self.chunks.push(chunk);
             }
@@ -243,12 +276,12 @@ mod tests {
         let mut store = TaskStore::default();
         // Ids of every other millisecond, so some ids between them are unknown.
         let id = |n: u64| RequestId::first_of_millisecond(1_700_000_000_000 + 2 * n);
-        let count = CHUNK_TASKS as u64 + 10;
+        let count = TASK_CHUNK as u64 + 10;
         for n in 0..count {
             store.insert(Task::new(id(n), NewTaskRequest::default(), n), []);
         }
         assert_eq!(store.len(), count as usize);
-        assert_eq!(store[&id(CHUNK_TASKS as u64 + 3)].created_ms, CHUNK_TASKS as u64 + 3);
+        assert_eq!(store[&id(TASK_CHUNK as u64 + 3)].created_ms, TASK_CHUNK as u64 + 3);
         assert!(store.get(&RequestId::first_of_millisecond(1)).is_none());
         let newest: Vec<u64> = store.newest_first_before(None).take(2).map(|task| task.created_ms).collect();
         assert_eq!(newest, [count - 1, count - 2]);

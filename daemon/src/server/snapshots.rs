@@ -329,9 +329,19 @@ pub fn restore_snapshot(
     file: &SnapshotFile,
     config: &CoreConfig,
 ) -> Result<Core, String> {
-    let loaded = store.read(file).map_err(|error| error.to_string())?;
+    let loaded = store.map(file).map_err(|error| error.to_string())?;
     let damaged = |error| format!("snapshot {}: {error}", file.path.display());
-    let mut core = Core::restore(config.clone(), CoreSnapshot::access(&loaded).map_err(damaged)?).map_err(damaged)?;
+    // The CRC is checked on another core while the payload is validated and
+    // restored: a core from a payload that then fails its CRC is dropped.
+    let (crc, restored) = thread::scope(|scope| {
+        let crc = scope.spawn(|| loaded.check_crc());
+        let restored = CoreSnapshot::access(&loaded).and_then(|snapshot| Core::restore(config.clone(), snapshot));
+        (crc.join().expect("the CRC check does not panic"), restored)
+    });
+    crc.map_err(|error| error.to_string())?;
+    let mut core = restored.map_err(damaged)?;
+    // Unmapping a third of a gigabyte takes milliseconds that start-up need not wait for.
+    let _ = thread::Builder::new().name("apiary-unmap".into()).spawn(move || drop(loaded));
     let text_file =
         texts.open_run(file.covered_seq).map_err(|error| format!("snapshot {}: {error}", file.path.display()))?;
     core.add_text_file(Arc::new(text_file));

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use apiary_storage::{
@@ -176,6 +177,26 @@ fn open_history_runs(
 /// The newest usable snapshot, restored into a core.
 type Base = Option<(SnapshotFile, Core)>;
 
+/// The newest snapshot that reads back whole, restored, and the newer ones
+/// that did not, with why.
+fn restore_newest(
+    config: &ServerConfig,
+    snapshots: &SnapshotStore,
+    texts: &HistoryDir,
+) -> Result<(Base, Vec<(SnapshotFile, String)>), ServerError> {
+    let mut damaged = Vec::new();
+    for file in snapshots.list()? {
+        match snapshots::restore_snapshot(snapshots, texts, &file, &config.core) {
+            Ok(core) => return Ok((Some((file, core)), damaged)),
+            Err(reason) => {
+                log(format!("cannot use a snapshot: {reason}"));
+                damaged.push((file, reason));
+            }
+        }
+    }
+    Ok((None, damaged))
+}
+
 /// The newest snapshot that reads back whole and that the log still follows,
 /// with the log opened after it. A damaged snapshot is passed over only when
 /// an older one (or none) still has the log behind it; it is then set aside.
@@ -185,23 +206,18 @@ fn open_newest_usable(
     snapshots: &SnapshotStore,
     texts: &HistoryDir,
 ) -> Result<(Base, Wal, Recovery), ServerError> {
-    let mut damaged: Vec<(SnapshotFile, String)> = Vec::new();
-    let mut base = None;
-    for file in snapshots.list()? {
-        match snapshots::restore_snapshot(snapshots, texts, &file, &config.core) {
-            Ok(core) => {
-                base = Some((file, core));
-                break;
-            }
-            Err(reason) => {
-                log(format!("cannot use a snapshot: {reason}"));
-                damaged.push((file, reason));
-            }
-        }
-    }
+    let wal_dir = config.data_dir.join("wal");
+    // Reading the log does not depend on which snapshot is used: it is done on
+    // another core meanwhile; only then is the log opened from the right record.
+    let (survey, restored) = thread::scope(|scope| {
+        let survey = scope.spawn(|| Wal::survey(&wal_dir));
+        let restored = restore_newest(config, snapshots, texts);
+        (survey.join().expect("surveying the log does not panic"), restored)
+    });
+    let (base, damaged) = restored?;
     let first_needed_seq = base.as_ref().map_or(1, |(file, _)| file.covered_seq + 1);
     let start = LogStart { first_needed_seq, accept_loss: config.accept_log_loss };
-    let (wal, recovery) = match Wal::open(&config.data_dir.join("wal"), config.wal, start) {
+    let (wal, recovery) = match survey.and_then(|survey| Wal::open_surveyed(&wal_dir, config.wal, start, survey)) {
         Ok(opened) => opened,
         Err(WalError::Missing { loss }) if !damaged.is_empty() => {
             let (_, reason) = &damaged[0];

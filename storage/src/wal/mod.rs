@@ -28,6 +28,6 @@ mod writer;
 pub use error::WalError;
 pub use reader::{ReadError, read_records};
 pub use record::{RECORD_ALIGNMENT, RecordRef};
-pub use recovery::{LogLoss, LogStart, LossKind, Recovery, TornTail};
+pub use recovery::{LogLoss, LogStart, LogSurvey, LossKind, Recovery, TornTail};
 pub use sync::SyncJob;
 pub use writer::{MAX_SEGMENT_BYTES, Records, Wal, WalOptions};

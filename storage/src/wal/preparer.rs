@@ -1,7 +1,8 @@
 //! The preparer: a thread owned by [`Wal`](super::Wal) that does the slow file work the
 //! writer must not do on the event loop. It keeps one spare segment file ready (zeros over
 //! `segment_bytes`, synced, named `<index>.wal.spare.tmp`) and unlinks segments the writer
-//! gave up (oldest first, syncing the directory after each).
+//! gave up and spares an earlier process left (oldest first, syncing the directory after
+//! each).
 //!
 //! A spare that cannot be made (a full disk: ENOSPC, EDQUOT, EIO) is tried again every
 //! [`SPARE_RETRY`] (or as soon as a removal may have freed space); meanwhile the log says
@@ -69,10 +70,17 @@ pub(crate) struct Preparer {
 }
 
 impl Preparer {
-    /// Starts the thread, preparing the spare for segment `first_index`.
-    pub(crate) fn start(dir: &Path, segment_bytes: usize, first_index: u64) -> Result<Preparer, WalError> {
+    /// Starts the thread: it removes `leftovers` (spares of an earlier
+    /// process), then prepares the spare for segment `first_index`.
+    pub(crate) fn start(
+        dir: &Path,
+        segment_bytes: usize,
+        first_index: u64,
+        leftovers: Vec<PathBuf>,
+    ) -> Result<Preparer, WalError> {
         let shared = Arc::new(Shared::default());
         shared.lock().wanted = Some(first_index);
+        shared.lock().removals.extend(leftovers);
         let thread_shared = Arc::clone(&shared);
         let dir = dir.to_path_buf();
         let thread = std::thread::Builder::new()

@@ -144,6 +144,11 @@ pub(crate) fn spare_path(dir: &Path, index: u64) -> PathBuf {
     dir.join(format!("{index:020}{SPARE_SUFFIX}"))
 }
 
+/// Whether a file is a spare segment (a temporary file too).
+pub(crate) fn is_spare(path: &Path) -> bool {
+    path.file_name().is_some_and(|name| name.to_string_lossy().ends_with(SPARE_SUFFIX))
+}
+
 /// What a directory entry is to the log.
 pub(crate) enum EntryName {
     Segment(u64),

@@ -23,7 +23,7 @@ use super::head::write_head;
 use super::mmap::page_bytes;
 use super::preparer::Preparer;
 use super::record::{RECORD_ALIGNMENT, RECORD_HEADER_BYTES, RecordRef, decode_trusted, encode_header, record_bytes};
-use super::recovery::{LogStart, Recovery, recover};
+use super::recovery::{LogStart, LogSurvey, Recovery, recover, survey_log};
 use super::segment::{SEGMENT_HEADER_BYTES, Segment, SegmentHeader, create_zeroed_file, segment_path, temporary_path};
 use super::sync::{SyncJob, SyncState, SyncStep};
 
@@ -99,13 +99,31 @@ impl Wal {
     /// disk changed), unless `start.accept_loss`. Starts the preparer thread, stopped when
     /// the `Wal` is dropped.
     pub fn open(dir: &Path, options: WalOptions, start: LogStart) -> Result<(Wal, Recovery), WalError> {
+        Wal::open_surveyed(dir, options, start, Wal::survey(dir)?)
+    }
+
+    /// Creates `dir` if needed and reads and checks the log in it, changing
+    /// nothing: the first half of `open`, which a caller may run on another
+    /// thread while it loads its snapshot (and only then knows `LogStart`).
+    /// Nothing else may change the directory before `open_surveyed`.
+    pub fn survey(dir: &Path) -> Result<LogSurvey, WalError> {
+        fs::create_dir_all(dir).map_err(WalError::io(|| format!("create WAL directory {}", dir.display())))?;
+        survey_log(dir)
+    }
+
+    /// `open` for a log `survey` read.
+    pub fn open_surveyed(
+        dir: &Path,
+        options: WalOptions,
+        start: LogStart,
+        survey: LogSurvey,
+    ) -> Result<(Wal, Recovery), WalError> {
         let segment_bytes = options.validate()?;
         if start.first_needed_seq == 0 {
             return Err(WalError::InvalidOptions { reason: "first_needed_seq is 0; records start at 1".to_string() });
         }
-        fs::create_dir_all(dir).map_err(WalError::io(|| format!("create WAL directory {}", dir.display())))?;
         let lock = lock_dir(dir)?;
-        let (mut segments, recovery) = recover(dir, start)?;
+        let (mut segments, recovery, leftover_spares) = recover(dir, survey, start)?;
         if segments.is_empty() || !recovery.dropped.is_empty() {
             segments.push(start_log(dir, &segments, &recovery, segment_bytes)?);
         }
@@ -129,7 +147,7 @@ impl Wal {
             sync_state: Arc::new(SyncState::new(active.last_seq())),
             first_needed_seq: start.first_needed_seq,
             stalled_rotations: 0,
-            preparer: Preparer::start(dir, segment_bytes, active.index + 1)?,
+            preparer: Preparer::start(dir, segment_bytes, active.index + 1, leftover_spares)?,
             segments,
             _lock: lock,
         };
