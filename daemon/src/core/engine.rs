@@ -111,6 +111,8 @@ pub struct OutputRead {
     pub max_bytes: usize,
     pub output_len: u64,
     pub task_ended: bool,
+    /// The last reply to its request: a read, or a follow's last chunk.
+    pub ends_request: bool,
 }
 
 /// What the core asks of the shell, in order: write the output, persist the

@@ -2,15 +2,21 @@
 //! flusher thread.
 
 mod connection;
+mod deadlines;
 mod disk;
 mod durability;
 mod event_loop;
+mod hello;
+mod inbound;
 pub mod os;
+mod outbound;
+pub mod peer_limits;
 mod replay;
 mod snapshots;
 mod startup;
 
 pub use event_loop::{SOFTWARE, now_unix_ms};
+pub use peer_limits::PeerLimits;
 pub use snapshots::{JobArgs, SnapshotSettings};
 pub use startup::{ServerConfig, run};
 

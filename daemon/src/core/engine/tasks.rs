@@ -172,6 +172,7 @@ impl Core {
             max_bytes: (max_bytes as usize).min(MAX_OUTPUT_CHUNK_BYTES),
             output_len: task.output_len,
             task_ended: task.state.is_terminal(),
+            ends_request: true,
         });
         None
     }
@@ -299,6 +300,7 @@ impl Core {
             max_bytes: 0,
             output_len: task.output_len,
             task_ended: false,
+            ends_request: false,
         });
         let timer = Timer::FollowHeartbeat { task_id, follower: (conn, request_id) };
         self.timers.push(self.now_ms + FOLLOW_HEARTBEAT_MS, timer);
@@ -356,6 +358,7 @@ fn read_for_follower(follower: &mut Follower, source: Option<RunId>, output_len:
             max_bytes: chunk as usize,
             output_len,
             task_ended: ended && last,
+            ends_request: ended && last,
         });
         follower.offset += chunk;
         if last {
