@@ -1,7 +1,9 @@
 //! The event loop (ARCHITECTURE.md, decision 4): one thread owns the core and
 //! every connection. A turn reads all ready input, lets the core decide, writes
 //! the turn's output and log records, hands the sync to the flusher, and sends
-//! the replies whose facts are durable.
+//! the replies whose facts are durable. It applies the peer limits
+//! (`peer_limits`): a connection is read only while it is owed little and its
+//! next frame has memory, and is closed at its hello or idle timeout.
 
 use std::io;
 use std::os::unix::net::UnixStream as StdUnixStream;

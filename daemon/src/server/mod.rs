@@ -1,5 +1,7 @@
 //! The shell around the core: data directory, recovery, the event loop, the
-//! flusher thread.
+//! flusher thread, and the limits that keep one peer from hurting the others
+//! (`peer_limits`: the hello and idle timeouts in `deadlines`, partial frames
+//! in `inbound`, replies owed in `outbound`).
 
 mod connection;
 mod deadlines;
