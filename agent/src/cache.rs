@@ -2,6 +2,7 @@
 //! `<work-dir>/c/<name>`, moved (renamed, never copied) into a task's work directory at
 //! the path the task names before its command runs, and moved back afterwards with
 //! whatever the task left in them. A cache used for the first time starts empty.
+//! `<work-dir>/c/` and every cache the bot creates are mode 0700.
 //!
 //! The store remembers which caches exist, their sizes (measured when a cache comes
 //! back from a task, and at start) and the order they were last used in. The order
@@ -28,9 +29,9 @@
 //!   component, and `.state` can never be a cache.
 
 use std::collections::BTreeSet;
-use std::fs;
+use std::fs::{self, DirBuilder};
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use apiary_protocol::{CacheInfo, NamedCache, limits};
@@ -142,7 +143,8 @@ impl CacheStore {
     /// Creates the caches directory and finds the caches in it, in the saved order.
     pub(crate) fn load(&mut self) -> Result<(), CacheError> {
         assert!(self.lent.is_empty(), "load with caches lent");
-        fs::create_dir_all(&self.dir).map_err(|source| CacheError::CreateDir { path: self.dir.clone(), source })?;
+        workdir::make_private_dir(&self.dir)
+            .map_err(|source| CacheError::CreateDir { path: self.dir.clone(), source })?;
         let saved = fs::read_to_string(self.dir.join(STATE_FILE)).unwrap_or_default();
         let mut saved_lines = saved.lines();
         let saved_order: Vec<&str> =
@@ -215,7 +217,7 @@ impl CacheStore {
             None => false,
         };
         if !moved {
-            fs::create_dir(target).map_err(map_error)?;
+            DirBuilder::new().mode(0o700).create(target).map_err(map_error)?;
         }
         self.lent.insert(name.to_string());
         self.check_invariants();
@@ -231,7 +233,7 @@ impl CacheStore {
             return Ok(Returned::Lost);
         };
         let return_error = |source| CacheError::Return { name: name.to_string(), source };
-        fs::create_dir_all(&self.dir).map_err(return_error)?;
+        workdir::make_private_dir(&self.dir).map_err(return_error)?;
         let destination = self.dir.join(name);
         if let Err(error) = fs::rename(&source, &destination) {
             if error.kind() != io::ErrorKind::PermissionDenied {
@@ -284,7 +286,7 @@ impl CacheStore {
             text.push_str(&entry.name);
             text.push('\n');
         }
-        fs::create_dir_all(&self.dir)?;
+        workdir::make_private_dir(&self.dir)?;
         let temporary = self.dir.join(STATE_TEMPORARY_FILE);
         let mut file = fs::File::create(&temporary)?;
         file.write_all(text.as_bytes())?;
@@ -396,6 +398,24 @@ mod tests {
         assert_eq!(reloaded.total_bytes(), 16);
         let infos = reloaded.infos();
         assert_eq!(infos.iter().map(|info| info.name.as_str()).collect::<Vec<_>>(), ["a", "b", "z"]);
+    }
+
+    #[test]
+    fn the_caches_directory_and_new_caches_are_private() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("c");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let mut store = CacheStore::new(dir.clone(), None);
+        store.load().unwrap();
+        let mode_of = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode_of(&dir), 0o700);
+        let work = temp.path().join("work");
+        fs::create_dir(&work).unwrap();
+        store.lend("fresh", &work.join("cache")).unwrap();
+        assert_eq!(mode_of(&work.join("cache")), 0o700);
+        store.take_back("fresh", &work, Path::new("cache")).unwrap();
+        assert_eq!(mode_of(&dir.join("fresh")), 0o700);
     }
 
     #[test]

@@ -9,8 +9,13 @@
 //! <work-dir>/w/<run id>/work/            the task's work directory (relative paths start here)
 //! <work-dir>/w/<run id>/out/             APIARY_OUTDIR, empty at the start
 //! <work-dir>/w/<run id>/secret_bytes     APIARY_SECRET_BYTES_PATH, mode 0600, only with secret bytes
-//! <work-dir>/c/                          named caches (see `cache.rs`)
+//! <work-dir>/c/                          named caches (see `cache.rs`), mode 0700
 //! ```
+//!
+//! The work root, `w/` and `c/` are mode 0700 when the bot creates them. The bot
+//! refuses a work root that another user owns or that its group or others may
+//! write: whoever could write there could plant files in a task's run directory or
+//! swap a named cache under it.
 //!
 //! Invariants: a run directory is fresh and its work and output directories empty
 //! when the task starts; a path a task names never leaves its work directory (no
@@ -20,7 +25,7 @@
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use apiary_protocol::ids::format_task_id;
@@ -39,6 +44,8 @@ pub(crate) enum WorkDirError {
     WriteSecret { path: PathBuf, source: io::Error },
     #[error("failed to remove the secret bytes at {path}: {source}")]
     RemoveSecret { path: PathBuf, source: io::Error },
+    #[error("refusing the work directory {path}: {reason}")]
+    Unsafe { path: PathBuf, reason: String },
 }
 
 /// A path a task gave that would leave its work directory.
@@ -96,14 +103,17 @@ impl WorkRoot {
         self.root.join("c")
     }
 
-    /// Creates the root and removes run directories a previous run left behind
-    /// (with any secret bytes and any caches that were lent when the bot stopped).
+    /// Creates the root (mode 0700) or checks that the existing one is this user's
+    /// alone, then removes run directories a previous run left behind (with any
+    /// secret bytes and any caches that were lent when the bot stopped).
     pub(crate) fn prepare(&self) -> Result<(), WorkDirError> {
+        create_private_root(&self.root)?;
+        check_private(&self.root, current_user_id())?;
         let tasks_dir = self.tasks_dir();
         if tasks_dir.exists() {
             remove_tree(&tasks_dir).map_err(|source| WorkDirError::Remove { path: tasks_dir.clone(), source })?;
         }
-        fs::create_dir_all(&tasks_dir).map_err(|source| WorkDirError::Create { path: tasks_dir, source })
+        create_private_dir(&tasks_dir)
     }
 
     /// Creates the fresh run directory of one task, with its empty work and output directories.
@@ -114,7 +124,7 @@ impl WorkRoot {
             remove_tree(&path).map_err(|source| WorkDirError::Remove { path: path.clone(), source })?;
         }
         // A task may have removed `w` itself.
-        fs::create_dir_all(&tasks_dir).map_err(|source| WorkDirError::Create { path: tasks_dir, source })?;
+        create_private_dir(&tasks_dir)?;
         let create = |path: &Path, mode: u32| {
             DirBuilder::new()
                 .mode(mode)
@@ -197,6 +207,53 @@ impl Drop for TaskDir {
             let _ = remove_tree(&self.path);
         }
     }
+}
+
+/// Creates the work root and any missing parents; the root itself gets mode 0700.
+/// An existing root is left as it is (`check_private` judges it).
+fn create_private_root(root: &Path) -> Result<(), WorkDirError> {
+    let create_error = |source| WorkDirError::Create { path: root.to_path_buf(), source };
+    if let Some(parent) = root.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(create_error)?;
+    }
+    match DirBuilder::new().mode(0o700).create(root) {
+        Err(error) if error.kind() != io::ErrorKind::AlreadyExists => Err(create_error(error)),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a work root that is not a directory, that another user owns, or
+/// that its group or others may write.
+pub(crate) fn check_private(root: &Path, user_id: u32) -> Result<(), WorkDirError> {
+    let refuse = |reason: String| WorkDirError::Unsafe { path: root.to_path_buf(), reason };
+    let metadata = fs::metadata(root).map_err(|error| refuse(format!("cannot inspect it: {error}")))?;
+    if !metadata.is_dir() {
+        return Err(refuse("it is not a directory".into()));
+    }
+    if metadata.uid() != user_id {
+        return Err(refuse(format!("it is owned by user id {}, not by this bot's user id {user_id}", metadata.uid())));
+    }
+    let mode = metadata.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(refuse(format!("its group or others may write to it (mode {mode:04o}); make it 0700")));
+    }
+    Ok(())
+}
+
+fn create_private_dir(path: &Path) -> Result<(), WorkDirError> {
+    make_private_dir(path).map_err(|source| WorkDirError::Create { path: path.to_path_buf(), source })
+}
+
+/// Creates a directory inside the private root with mode 0700, or makes an
+/// existing one 0700 (it is the bot's own: the root is checked first).
+pub(crate) fn make_private_dir(path: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+}
+
+fn current_user_id() -> u32 {
+    // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// Joins a task-given relative path onto `base`, refusing any path that leaves it.
@@ -318,5 +375,59 @@ mod tests {
         fs::remove_dir_all(task_dir.path()).unwrap();
         task_dir.remove().unwrap();
         assert!(!path.exists());
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_new_work_root_and_its_directories_are_private() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = WorkRoot::new(temp.path().join("parent/bot"));
+        root.prepare().unwrap();
+        assert_eq!(mode_of(&temp.path().join("parent/bot")), 0o700);
+        assert_eq!(mode_of(&temp.path().join("parent/bot/w")), 0o700);
+        let task_dir = root.create_task_dir(0x41).unwrap();
+        assert_eq!(mode_of(task_dir.path()), 0o700);
+        // A task that removed `w` gets it back private.
+        fs::remove_dir_all(temp.path().join("parent/bot/w")).unwrap();
+        drop(task_dir);
+        let task_dir = root.create_task_dir(0x51).unwrap();
+        assert_eq!(mode_of(&temp.path().join("parent/bot/w")), 0o700);
+        drop(task_dir);
+    }
+
+    #[test]
+    fn a_work_root_others_may_write_is_refused_and_left_alone() {
+        let temp = tempfile::tempdir().unwrap();
+        let leftover = temp.path().join("w/0000000000000011");
+        fs::create_dir_all(&leftover).unwrap();
+        for mode in [0o777, 0o770, 0o702, 0o1777] {
+            fs::set_permissions(temp.path(), fs::Permissions::from_mode(mode)).unwrap();
+            let refused = WorkRoot::new(temp.path().to_path_buf()).prepare().unwrap_err();
+            let message = refused.to_string();
+            assert!(matches!(refused, WorkDirError::Unsafe { .. }), "{message}");
+            assert!(message.contains(&format!("mode {mode:04o}")), "{message}");
+            assert!(leftover.exists(), "a refused root is not touched");
+        }
+        fs::set_permissions(temp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        WorkRoot::new(temp.path().to_path_buf()).prepare().unwrap();
+        assert!(!leftover.exists());
+    }
+
+    #[test]
+    fn a_work_root_of_another_user_is_refused() {
+        let temp = tempfile::tempdir().unwrap();
+        let owner = fs::metadata(temp.path()).unwrap().uid();
+        check_private(temp.path(), owner).unwrap();
+        let refused = check_private(temp.path(), owner + 1).unwrap_err().to_string();
+        assert!(
+            refused.contains(&format!("owned by user id {owner}, not by this bot's user id {}", owner + 1)),
+            "{refused}"
+        );
+        let file = temp.path().join("file");
+        fs::write(&file, b"x").unwrap();
+        assert!(check_private(&file, owner).unwrap_err().to_string().contains("not a directory"));
     }
 }

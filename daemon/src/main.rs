@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use apiary_daemon::core::CoreConfig;
-use apiary_daemon::server::{self, JobArgs, ServerConfig, SnapshotSettings};
+use apiary_daemon::server::{self, JobArgs, PeerLimits, ServerConfig, SnapshotSettings, peer_limits};
 use apiary_storage::WalOptions;
 use clap::Parser;
 
@@ -44,6 +44,25 @@ struct Args {
     /// Connections beyond this are refused with a logged reason.
     #[arg(long, default_value_t = 20_000)]
     max_connections: usize,
+    /// Seconds a new connection has to send its hello; until then it may send only a small frame.
+    #[arg(long, default_value_t = peer_limits::DEFAULT_HELLO_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    hello_timeout_secs: u64,
+    /// Seconds a connection may have nothing in flight (no request, held poll, wait or follow)
+    /// before it is closed; also how long a peer may take none of the replies owed to it.
+    #[arg(long, default_value_t = peer_limits::DEFAULT_IDLE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    idle_timeout_secs: u64,
+    /// Bytes all connections together may hold in partial frames larger than 64 KiB (each
+    /// connection buffers smaller ones on its own); a frame that does not fit waits.
+    #[arg(long, default_value_t = peer_limits::DEFAULT_MAX_INPUT_BUFFER_BYTES,
+          value_parser = parse_input_buffer_bytes)]
+    max_input_buffer_bytes: usize,
+    /// Bytes of replies owed to one connection and not yet taken by it, past which its
+    /// further requests are not read until it takes them.
+    #[arg(long, default_value_t = peer_limits::DEFAULT_MAX_UNSENT_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_unsent_bytes: u64,
     /// Seconds a bot's poll is held open before it is answered "no work".
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=60))]
     long_poll_secs: u64,
@@ -82,6 +101,17 @@ struct Args {
     accept_log_loss: bool,
 }
 
+fn parse_input_buffer_bytes(text: &str) -> Result<usize, String> {
+    let bytes: usize = text.parse().map_err(|error| format!("{error}"))?;
+    if bytes < peer_limits::MAX_FRAME_BYTES {
+        return Err(format!(
+            "at least {} bytes, so that one frame of the largest size fits",
+            peer_limits::MAX_FRAME_BYTES
+        ));
+    }
+    Ok(bytes)
+}
+
 fn parse_retention(text: &str) -> Result<Duration, String> {
     let retention = humantime::parse_duration(text).map_err(|error| error.to_string())?;
     if retention < Duration::from_secs(1) {
@@ -106,6 +136,12 @@ fn main() -> ExitCode {
         listen: args.listen,
         data_dir: args.data_dir,
         max_connections: args.max_connections,
+        peer_limits: PeerLimits {
+            hello_timeout_ms: args.hello_timeout_secs * 1000,
+            idle_timeout_ms: args.idle_timeout_secs * 1000,
+            max_input_buffer_bytes: args.max_input_buffer_bytes,
+            max_unsent_bytes: args.max_unsent_bytes as usize,
+        },
         core: CoreConfig {
             long_poll_ms: args.long_poll_secs * 1000,
             dedup_window_ms: args.dedup_window_secs * 1000,

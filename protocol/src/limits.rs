@@ -5,9 +5,21 @@
 pub const MAX_FRAME_PAYLOAD_BYTES: usize = 4 << 20;
 /// The largest output chunk a bot sends in one update, and a client reads in one reply.
 pub const MAX_OUTPUT_CHUNK_BYTES: usize = 1 << 20;
-/// Headroom in a frame for everything around an output chunk.
+/// Headroom in a frame for everything around an output chunk or a page.
 const FRAME_OVERHEAD_BYTES: usize = 64 << 10;
 const _: () = assert!(MAX_OUTPUT_CHUNK_BYTES + FRAME_OVERHEAD_BYTES <= MAX_FRAME_PAYLOAD_BYTES);
+/// The largest frame payload before the hello: a hello is small (a token, when
+/// there are tokens, included), and a peer that has not said who it is gets no more.
+pub const MAX_HELLO_PAYLOAD_BYTES: usize = 16 << 10;
+/// Bytes of the entries of one page (tasks, bot events, bots), as bounded by
+/// `wire_size`: a page stops early by bytes as well as by count, and hands back
+/// a cursor, so it always fits in a frame.
+pub const MAX_PAGE_BYTES: usize = MAX_FRAME_PAYLOAD_BYTES - FRAME_OVERHEAD_BYTES;
+const _: () = assert!(MAX_PAGE_BYTES + crate::wire_size::REPLY_BYTES <= MAX_FRAME_PAYLOAD_BYTES);
+/// The encoded size of one task request (as bounded by `wire_size`), so that
+/// the task's result, which carries the request, always fits in a reply.
+pub const MAX_TASK_REQUEST_BYTES: usize = 1 << 20;
+const _: () = assert!(MAX_TASK_REQUEST_BYTES + crate::wire_size::TASK_RESULT_EXTRA_BYTES <= MAX_PAGE_BYTES);
 
 /// Slices in one task request (Swarming's limit).
 pub const MAX_TASK_SLICES: usize = 8;
@@ -50,8 +62,11 @@ pub const MAX_NAMED_CACHES: usize = 32;
 pub const MAX_CACHE_NAME_BYTES: usize = 128;
 /// The daemon's default cap on one task's output.
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 100 << 20;
-/// Bytes in a quarantine reason.
+/// Bytes in a quarantine reason, and in the failure reason a bot gives (longer ones are cut).
 pub const MAX_REASON_BYTES: usize = 4096;
+/// Bytes in the software a bot reports, and named caches it may report holding.
+pub const MAX_SOFTWARE_BYTES: usize = 256;
+pub const MAX_BOT_CACHES: usize = 1024;
 /// Tasks in one page of a task listing, and the default.
 pub const MAX_TASK_PAGE: u32 = 1000;
 pub const DEFAULT_TASK_PAGE: u32 = 100;

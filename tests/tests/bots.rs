@@ -163,3 +163,71 @@ fn bot_events_list_newest_first_with_paging() {
     assert!(last["next_cursor"].is_null());
     assert_eq!(first["events"][0]["dimensions"]["pool"], serde_json::json!(["ci"]));
 }
+
+/// Runs `apiary-bot` where it must refuse to start: returns its exit code and stderr.
+fn refused_bot(addr: &str, work_dir: &std::path::Path) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(apiary_tests::binary("apiary-bot"))
+        .args(["--server", addr, "--id", "bot-refused", "--dimension", "pool=ci", "--work-dir"])
+        .arg(work_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start apiary-bot");
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for apiary-bot") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("apiary-bot started in {} where it should have refused", work_dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
+#[test]
+fn the_work_root_is_private_and_one_others_could_write_is_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = temp();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let mode_of = |path: &std::path::Path| std::fs::metadata(path).unwrap().mode() & 0o7777;
+
+    let root = dir.path().join("fresh/bot");
+    let mut bot = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &root);
+    let ran = daemon.cli().run(&["run", "-d", "pool=ci", "--named-cache", "tools=tools", "--", "sh", "-c", "pwd"]);
+    assert_eq!(ran.status.code(), Some(0), "{}", describe(&ran));
+    for private in [root.clone(), root.join("w"), root.join("c"), root.join("c/tools")] {
+        assert_eq!(mode_of(&private), 0o700, "{}", private.display());
+    }
+    let run_dir = String::from_utf8(ran.stdout).unwrap().trim().trim_end_matches("/work").to_string();
+    assert!(run_dir.starts_with(&root.join("w").display().to_string()), "{run_dir}");
+    bot.kill9();
+
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, stderr) = refused_bot(&daemon.addr, &shared);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("refusing the work directory {}", shared.display())), "{stderr}");
+    assert!(stderr.contains("mode 0777"), "{stderr}");
+    assert!(!shared.join("w").exists(), "nothing was made in a refused root");
+
+    // Only root can give a directory away; the unit tests cover the check otherwise.
+    // SAFETY: geteuid only reads the process's user id.
+    if unsafe { libc::geteuid() } == 0 {
+        let foreign = dir.path().join("foreign");
+        std::fs::create_dir(&foreign).unwrap();
+        let path = std::ffi::CString::new(foreign.display().to_string()).unwrap();
+        // SAFETY: chown reads the NUL-terminated path it is given.
+        assert_eq!(unsafe { libc::chown(path.as_ptr(), 65534, 65534) }, 0);
+        let (code, stderr) = refused_bot(&daemon.addr, &foreign);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("owned by user id 65534, not by this bot's user id 0"), "{stderr}");
+    }
+}

@@ -10,12 +10,13 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 use apiary_protocol::limits::{
-    DEFAULT_TASK_PAGE, MAX_LONG_POLL_MS, MAX_OUTPUT_CHUNK_BYTES, MAX_REASON_BYTES, MAX_TASK_PAGE,
+    DEFAULT_TASK_PAGE, MAX_BOT_CACHES, MAX_CACHE_NAME_BYTES, MAX_LONG_POLL_MS, MAX_OUTPUT_CHUNK_BYTES, MAX_PAGE_BYTES,
+    MAX_REASON_BYTES, MAX_SOFTWARE_BYTES, MAX_TASK_PAGE,
 };
 use apiary_protocol::{
     Assignment, BotEvent, BotEventKind, BotEventQuery, BotInfo, BotPoll, CancelOutcome, ErrorCode, ErrorReply,
     NewTaskRequest, PackedDimensions, PendingInfo, Reply, Request, RequestId, RunEnd, RunId, RunOutcome, StringPair,
-    TaskProperties, TaskQuery, TaskResult, TaskSlice, TaskState, TaskUpdate, TimeoutKind,
+    TaskProperties, TaskQuery, TaskResult, TaskSlice, TaskState, TaskUpdate, TimeoutKind, wire_size,
 };
 
 use super::chunked_set::ChunkedSet;
@@ -111,6 +112,8 @@ pub struct OutputRead {
     pub max_bytes: usize,
     pub output_len: u64,
     pub task_ended: bool,
+    /// The last reply to its request: a read, or a follow's last chunk.
+    pub ends_request: bool,
 }
 
 /// What the core asks of the shell, in order: write the output, persist the

@@ -925,3 +925,137 @@ fn on_a_full_disk_new_tasks_are_refused_no_run_starts_and_output_ends_behind_a_m
     );
     h.check_replay();
 }
+
+/// Whether a reply fits in one frame, as the shell would send it.
+fn fits_a_frame(reply: &Reply) -> bool {
+    apiary_protocol::frame::encode_reply(1, reply, &mut Vec::new()).is_ok()
+}
+
+fn large_tags(index: usize) -> Vec<String> {
+    let tag_bytes = apiary_protocol::limits::MAX_TAG_BYTES;
+    (0..apiary_protocol::limits::MAX_TAGS).map(|n| format!("t{index}-{n}:{}", "v".repeat(tag_bytes - 16))).collect()
+}
+
+#[test]
+fn a_page_of_large_tasks_stops_early_by_bytes_and_hands_back_a_cursor() {
+    let mut h = Harness::new();
+    let mut ids = Vec::new();
+    for index in 0..20 {
+        let mut large = request(100, &[("pool", "ci")]);
+        large.tags = large_tags(index);
+        ids.push(h.submit(large).task_id);
+    }
+    ids.reverse();
+    let mut listed = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let (_, out) = h.send(CLIENT, Request::ListTasks(TaskQuery { cursor, ..TaskQuery::default() }));
+        let reply = &out.replies[0].reply;
+        assert!(fits_a_frame(reply), "a page over the frame limit");
+        let Reply::Tasks { tasks, next_cursor } = reply else { panic!("{reply:?}") };
+        assert!(!tasks.is_empty());
+        listed.extend(tasks.iter().map(|task| task.task_id));
+        pages += 1;
+        cursor = *next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(listed, ids, "every task once, newest first");
+    assert!(pages > 1, "20 tasks of about 256 KiB each take more than one page");
+}
+
+#[test]
+fn a_task_whose_request_is_near_the_limit_is_shown_and_canceled_and_a_larger_one_refused() {
+    let mut h = Harness::new();
+    let limit = apiary_protocol::limits::MAX_TASK_REQUEST_BYTES;
+    let mut near = request(100, &[("pool", "ci")]);
+    let arg = "a".repeat(apiary_protocol::limits::MAX_ARG_BYTES);
+    let mut slice_index = 0;
+    while wire_size::request_bytes(&near) + 2 * arg.len() < limit {
+        let properties = Arc::make_mut(&mut near.task_slices[slice_index].properties);
+        if properties.command.len() == apiary_protocol::limits::MAX_COMMAND_ARGS {
+            let mut next = near.task_slices[slice_index].clone();
+            next.expiration_secs += 1;
+            Arc::make_mut(&mut next.properties).command.truncate(1);
+            near.task_slices.push(next);
+            slice_index += 1;
+        } else {
+            properties.command.push(arg.clone());
+        }
+    }
+    assert!(wire_size::request_bytes(&near) > limit - 3 * arg.len());
+    let mut over = near.clone();
+    over.tags = large_tags(0);
+    let (_, out) = h.send(CLIENT, Request::NewTask(over));
+    assert!(out.events.is_empty(), "a refused request changes nothing");
+    let Reply::Error(refusal) = &out.replies[0].reply else { panic!("{:?}", out.replies[0].reply) };
+    assert!(
+        refusal.message.starts_with("request: ") && refusal.message.ends_with(&format!("limit of {limit}")),
+        "{}",
+        refusal.message
+    );
+
+    let task_id = h.submit(near).task_id;
+    let (_, out) = h.send(CLIENT, Request::GetTask { task_id });
+    assert!(matches!(out.replies[0].reply, Reply::Task(_)) && fits_a_frame(&out.replies[0].reply));
+    let (_, out) = h.send(CLIENT, Request::CancelTask { task_id, kill_running: false });
+    assert!(matches!(out.replies[0].reply, Reply::Canceled { outcome: CancelOutcome::Canceled, .. }));
+    assert!(fits_a_frame(&out.replies[0].reply));
+    h.check_replay();
+}
+
+#[test]
+fn a_page_of_bot_events_stops_early_by_bytes() {
+    let mut h = Harness::new();
+    h.core = Core::new(CoreConfig { bot_events_per_bot: 1000, ..CoreConfig::default() });
+    let limits = (apiary_protocol::limits::MAX_DIMENSION_KEY_BYTES, apiary_protocol::limits::MAX_DIMENSION_VALUE_BYTES);
+    let keys: Vec<String> = (0..100).map(|n| format!("k{n:02}{}", "k".repeat(limits.0 - 4))).collect();
+    let value = "v".repeat(limits.1);
+    let mut dimensions: Vec<(&str, &str)> = vec![("pool", "ci"), ("id", BOT_1.bot_id)];
+    dimensions.extend(keys.iter().map(|key| (key.as_str(), value.as_str())));
+    for session_id in 0..200 {
+        // Every new session is an event that carries all the bot's dimensions.
+        h.poll(BOT_1.conn, BOT_1.bot_id, session_id, &dimensions);
+    }
+    let query = BotEventQuery { bot_id: BOT_1.bot_id.into(), limit: 1000, ..BotEventQuery::default() };
+    let (_, out) = h.send(CLIENT, Request::ListBotEvents(query.clone()));
+    assert!(fits_a_frame(&out.replies[0].reply));
+    let (first, cursor) = bot_events(&mut h, query.clone());
+    assert!(first.len() < 200 && cursor.is_some(), "{} events in the first page", first.len());
+    let (rest, cursor) = bot_events(&mut h, BotEventQuery { cursor, ..query });
+    assert_eq!((first.len() + rest.len(), cursor), (200, None));
+}
+
+#[test]
+fn a_bots_long_failure_reason_is_cut_and_its_long_texts_refused_by_name() {
+    let mut h = Harness::new();
+    h.submit(request(100, &[("pool", "ci")]));
+    let run_id = run_one(&mut h, BOT_1, LINUX);
+    let reason = "é".repeat(apiary_protocol::limits::MAX_REASON_BYTES);
+    let ended = outcome(None, RunEnd::InternalError(reason));
+    h.update(BOT_1, run_id, 0, b"", Some(ended));
+    let shown = h.core.task(RunId::from_u64(run_id).unwrap().request()).unwrap().failure_reason;
+    assert!(shown.len() <= MAX_REASON_BYTES && shown.ends_with(" [cut]"), "{} bytes", shown.len());
+
+    let dimensions = LINUX.iter().map(|(key, value)| StringPair::new(key, value)).collect();
+    let long = BotPoll {
+        bot_id: "bot-long".into(),
+        session_id: 1,
+        dimensions,
+        software: "s".repeat(MAX_SOFTWARE_BYTES + 1),
+        quarantine_reason: String::new(),
+        caches: Vec::new(),
+    };
+    let (_, out) = h.send(ConnId(9), Request::BotPoll(long.clone()));
+    let Reply::Error(refusal) = &out.replies[0].reply else { panic!() };
+    assert_eq!(
+        refusal.message,
+        format!("software: {} bytes is over the limit of {MAX_SOFTWARE_BYTES}", MAX_SOFTWARE_BYTES + 1)
+    );
+    let caches = vec![CacheInfo { name: "c".into(), size_bytes: 1 }; MAX_BOT_CACHES + 1];
+    let (_, out) = h.send(ConnId(9), Request::BotPoll(BotPoll { software: "s".into(), caches, ..long }));
+    assert!(matches!(&out.replies[0].reply, Reply::Error(e) if e.message.starts_with("caches: ")));
+    assert!(h.core.bot("bot-long").is_none(), "a refused poll changes nothing");
+}

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use apiary_protocol::limits::*;
-use apiary_protocol::{NamedCache, NewTaskRequest, PackedDimensions, StringPair, TaskProperties, TaskSlice};
+use apiary_protocol::{NamedCache, NewTaskRequest, PackedDimensions, StringPair, TaskProperties, TaskSlice, wire_size};
 
 use super::queues::ID_KEY;
 
@@ -87,6 +87,13 @@ pub fn validate_request(request: &NewTaskRequest) -> Result<(), ValidationError>
         if let Some(earlier) = request.task_slices[..index].iter().position(|other| other == slice) {
             return refuse(&slices.at(index), format!("is identical to task_slices[{earlier}]"));
         }
+    }
+    // Each field may be within its limit and the whole still too large for the
+    // task's result, which carries the request, to fit in a reply.
+    let encoded_bytes = wire_size::request_bytes(request);
+    if encoded_bytes > MAX_TASK_REQUEST_BYTES {
+        let message = format!("{encoded_bytes} bytes encoded is over the limit of {MAX_TASK_REQUEST_BYTES}");
+        return refuse(&Field::Top("request"), message);
     }
     Ok(())
 }
@@ -384,5 +391,20 @@ mod tests {
             error.to_string(),
             format!("name: {} bytes is over the limit of {MAX_NAME_BYTES}", MAX_NAME_BYTES + 1)
         );
+    }
+
+    #[test]
+    fn a_request_whose_fields_fit_but_whose_whole_does_not_is_refused() {
+        let mut large = request(&[("pool", "ci")]);
+        Arc::make_mut(&mut large.task_slices[0].properties).command = vec!["a".repeat(MAX_ARG_BYTES); MAX_COMMAND_ARGS];
+        assert_eq!(validate_request(&large), Ok(()), "one slice of the longest command fits");
+        for index in 1..MAX_TASK_SLICES {
+            let mut slice = large.task_slices[0].clone();
+            slice.expiration_secs = 1 + index as u32;
+            large.task_slices.push(slice);
+        }
+        let error = validate_request(&large).unwrap_err();
+        assert_eq!(error.field, "request");
+        assert!(error.message.ends_with(&format!("bytes encoded is over the limit of {MAX_TASK_REQUEST_BYTES}")));
     }
 }

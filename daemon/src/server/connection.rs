@@ -1,18 +1,19 @@
-//! One peer connection: bytes in, frames out, and a write buffer with a bound.
+//! One peer connection: its socket, what it said in its hello, its input and
+//! output, and the timeouts that apply to it now.
 
-use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
-use apiary_protocol::frame::{self, FrameError};
-use apiary_protocol::{ErrorCode, ErrorReply, Frame, FrameReader, Reply, Role};
+use apiary_protocol::Role;
+use apiary_protocol::limits::{MAX_FRAME_PAYLOAD_BYTES, MAX_HELLO_PAYLOAD_BYTES};
 use mio::net::TcpStream;
 
+use super::inbound::Inbound;
+use super::outbound::Outbound;
+use super::peer_limits::PeerLimits;
 use crate::core::ConnId;
 
 /// Bytes read from one connection in one turn before others get their turn.
 pub const MAX_READ_BYTES_PER_TURN: usize = 1 << 20;
-/// A peer that lets this much of our output pile up unread is dropped.
-pub const MAX_WRITE_BUFFER_BYTES: usize = 64 << 20;
 
 pub struct Connection {
     pub id: ConnId,
@@ -20,95 +21,95 @@ pub struct Connection {
     pub stream: TcpStream,
     /// Set by the hello; `None` until then.
     pub role: Option<Role>,
-    /// Close once the write buffer is flushed (after a fatal protocol error).
+    /// Close once the output is written (after a fatal protocol error).
     pub closing: bool,
-    reader: FrameReader,
-    write_buffer: Vec<u8>,
-    written: usize,
+    pub inbound: Inbound,
+    pub outbound: Outbound,
+    /// Requests handed to the core whose last reply has not been produced yet
+    /// (a held poll, a wait, a follow).
+    pub requests_in_flight: u32,
+    /// Why its requests are not read for now, if they are not.
+    pub paused: Option<Pause>,
+    /// The earliest time the connection is armed for in `Deadlines`.
+    pub armed_ms: Option<u64>,
+    /// The log said that its next frame waits for input memory.
+    pub told_waiting_for_memory: bool,
+    accepted_ms: u64,
+    /// The last time a frame arrived, the peer took output, or output started.
+    last_progress_ms: u64,
 }
 
-pub enum ReadStatus {
-    /// Everything available was read.
-    Drained,
-    /// The per-turn budget ran out with more to read.
-    MoreToRead,
-    /// The peer closed its side, or the socket failed.
-    Closed,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pause {
+    /// Replies owed to it are over `--max-unsent-bytes`: read again once it drains.
+    ForOutput,
+    /// Its next frame waits for room in the input budget.
+    ForMemory,
+}
+
+/// Which timeout applies to a connection now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timeout {
+    Hello,
+    Idle,
+    /// Output is owed and the peer takes none of it.
+    Stalled,
 }
 
 impl Connection {
-    pub fn new(id: ConnId, peer: SocketAddr, stream: TcpStream) -> Connection {
+    pub fn new(id: ConnId, peer: SocketAddr, stream: TcpStream, now_ms: u64) -> Connection {
         Connection {
             id,
             peer,
             stream,
             role: None,
             closing: false,
-            reader: FrameReader::new(),
-            write_buffer: Vec::new(),
-            written: 0,
+            inbound: Inbound::default(),
+            outbound: Outbound::default(),
+            requests_in_flight: 0,
+            paused: None,
+            armed_ms: None,
+            told_waiting_for_memory: false,
+            accepted_ms: now_ms,
+            last_progress_ms: now_ms,
         }
     }
 
-    /// Reads what the socket has, up to the per-turn budget, into the frame reader.
-    pub fn read_available(&mut self) -> ReadStatus {
-        let mut chunk = [0u8; 64 << 10];
-        let mut total = 0;
-        while total < MAX_READ_BYTES_PER_TURN {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return ReadStatus::Closed,
-                Ok(n) => {
-                    self.reader.extend(&chunk[..n]);
-                    total += n;
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return ReadStatus::Drained,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return ReadStatus::Closed,
+    /// The largest frame payload the connection may send now: small until the hello.
+    pub fn max_payload(&self) -> usize {
+        if self.role.is_some() { MAX_FRAME_PAYLOAD_BYTES } else { MAX_HELLO_PAYLOAD_BYTES }
+    }
+
+    pub fn progressed(&mut self, now_ms: u64) {
+        self.last_progress_ms = self.last_progress_ms.max(now_ms);
+    }
+
+    /// When the connection is to be closed unless something happens first, and why.
+    pub fn deadline(&self, limits: &PeerLimits) -> Option<(u64, Timeout)> {
+        if self.role.is_none() {
+            return Some((self.accepted_ms + limits.hello_timeout_ms, Timeout::Hello));
+        }
+        let after_idle = self.last_progress_ms + limits.idle_timeout_ms;
+        if self.outbound.has_unwritten() {
+            return Some((after_idle, Timeout::Stalled));
+        }
+        let nothing_in_flight = self.requests_in_flight == 0 && self.outbound.owed_bytes() == 0;
+        nothing_in_flight.then_some((after_idle, Timeout::Idle))
+    }
+
+    /// Says why a timeout closes the connection, for the log.
+    pub fn timeout_reason(&self, timeout: Timeout, limits: &PeerLimits) -> String {
+        let secs = |ms: u64| ms as f64 / 1000.0;
+        match timeout {
+            Timeout::Hello => format!("no hello within the hello timeout of {} s", secs(limits.hello_timeout_ms)),
+            Timeout::Idle => {
+                format!("nothing in flight for the idle timeout of {} s", secs(limits.idle_timeout_ms))
             }
+            Timeout::Stalled => format!(
+                "it took none of the {} bytes of replies owed to it for the idle timeout of {} s",
+                self.outbound.owed_bytes(),
+                secs(limits.idle_timeout_ms)
+            ),
         }
-        ReadStatus::MoreToRead
-    }
-
-    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        self.reader.next_frame()
-    }
-
-    pub fn queue_reply(&mut self, request_id: u64, reply: &Reply) {
-        if let Err(error) = frame::encode_reply(request_id, reply, &mut self.write_buffer) {
-            // A reply over the frame limit is our bug, not the peer's: tell it so.
-            let message = format!("the reply could not be sent: {error}");
-            let fallback = Reply::Error(ErrorReply { code: ErrorCode::Internal, message });
-            frame::encode_reply(request_id, &fallback, &mut self.write_buffer).expect("a small error reply encodes");
-        }
-    }
-
-    /// Queues an error and closes the connection once it is written.
-    pub fn refuse(&mut self, request_id: u64, code: ErrorCode, message: String) {
-        self.queue_reply(request_id, &Reply::Error(ErrorReply { code, message }));
-        self.closing = true;
-    }
-
-    pub fn has_unwritten(&self) -> bool {
-        self.written < self.write_buffer.len()
-    }
-
-    pub fn write_buffer_overflowed(&self) -> bool {
-        self.write_buffer.len() - self.written > MAX_WRITE_BUFFER_BYTES
-    }
-
-    /// Writes as much as the socket takes. Returns false when the socket failed.
-    pub fn flush(&mut self) -> bool {
-        while self.has_unwritten() {
-            match self.stream.write(&self.write_buffer[self.written..]) {
-                Ok(0) => return false,
-                Ok(n) => self.written += n,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        self.write_buffer.clear();
-        self.written = 0;
-        true
     }
 }

@@ -11,12 +11,12 @@ use std::thread::{self, JoinHandle};
 
 use apiary_storage::{OutputSyncJob, SyncJob};
 
-use crate::core::{Outgoing, OutputRead};
+use crate::core::{ConnId, OutputRead};
 
-/// What waits for durability before it leaves the daemon.
-#[expect(clippy::large_enum_variant, reason = "replies are the common case; boxing them costs an allocation each")]
+/// What waits for durability before it leaves the daemon: a reply, already
+/// encoded (so its size is known), or a read of the output store.
 pub enum Held {
-    Reply(Outgoing),
+    Reply { conn: ConnId, frame: Vec<u8> },
     Read(OutputRead),
 }
 

@@ -1,7 +1,9 @@
 //! The event loop (ARCHITECTURE.md, decision 4): one thread owns the core and
 //! every connection. A turn reads all ready input, lets the core decide, writes
 //! the turn's output and log records, hands the sync to the flusher, and sends
-//! the replies whose facts are durable.
+//! the replies whose facts are durable. It applies the peer limits
+//! (`peer_limits`): a connection is read only while it is owed little and its
+//! next frame has memory, and is closed at its hello or idle timeout.
 
 use std::io;
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -9,17 +11,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use apiary_protocol::frame::FrameError;
-use apiary_protocol::{ErrorCode, ErrorReply, Frame, FrameKind, MAGIC, PROTOCOL_VERSION, Reply, Request, Role};
+use apiary_protocol::{ErrorCode, ErrorReply, Frame, FrameKind, Reply, Request, Role};
 use apiary_storage::{OutputStore, Wal};
 use mio::net::{TcpListener, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use super::ServerError;
-use super::connection::{Connection, ReadStatus};
+use super::connection::{Connection, MAX_READ_BYTES_PER_TURN, Pause};
+use super::deadlines::Deadlines;
 use super::disk::Disk;
 use super::durability::{Durability, Held};
+use super::hello;
+use super::inbound::{InputBudget, ReadOutcome};
 use super::log;
+use super::outbound::{self, Queued};
+use super::peer_limits::PeerLimits;
 use super::snapshots::{Snapshots, StateFiles};
 use super::startup::{Recovered, ServerConfig};
 use crate::core::events::{EVENT_RECORD_KIND, Event, TaskFinished};
@@ -44,10 +51,22 @@ pub struct EventLoop {
     connections: Slab<Connection>,
     max_connections: usize,
     next_connection_serial: u64,
+    limits: PeerLimits,
+    /// Memory for large partial frames, shared by all connections.
+    input_budget: InputBudget,
+    /// Connections whose next frame waits for room in `input_budget`.
+    waiting_for_memory: Vec<Token>,
+    /// When connections are due for their hello or idle timeout.
+    deadlines: Deadlines,
+    /// The origin of the monotonic clock that connection timeouts use.
+    started: Instant,
     /// Connections whose read budget ran out last turn: read again without waiting.
     unfinished_reads: Vec<Token>,
     /// Connections with replies queued this turn.
     to_flush: Vec<Token>,
+    /// Replies and reads the core produced this turn, encoded and counted
+    /// against their connections: held once the turn's records are written.
+    turn_held: Vec<Held>,
     core: Core,
     wal: Wal,
     outputs: OutputStore,
@@ -98,8 +117,14 @@ impl EventLoop {
             connections: Slab::new(),
             max_connections: config.max_connections,
             next_connection_serial: 1,
+            limits: config.peer_limits,
+            input_budget: InputBudget::new(config.peer_limits.max_input_buffer_bytes),
+            waiting_for_memory: Vec::new(),
+            deadlines: Deadlines::default(),
+            started: Instant::now(),
             unfinished_reads: Vec::new(),
             to_flush: Vec::new(),
+            turn_held: Vec::new(),
             core,
             wal,
             outputs,
@@ -145,6 +170,7 @@ impl EventLoop {
                 }
             }
             self.core.tick(now_ms, &mut out);
+            self.close_timed_out(now_ms, &mut out);
             self.commit(&mut out)?;
             if self.snapshots.step(now_ms, &mut self.wal, &mut self.core) {
                 // The sealed log's new segment is installed by a sync job.
@@ -165,8 +191,17 @@ impl EventLoop {
         if !self.unfinished_reads.is_empty() || self.archiving {
             return Some(Duration::ZERO);
         }
-        let deadline = [self.core.next_deadline_ms(), self.snapshots.next_deadline_ms()].into_iter().flatten().min()?;
-        Some(Duration::from_millis(deadline.saturating_sub(now_unix_ms())))
+        let deadline = [self.core.next_deadline_ms(), self.snapshots.next_deadline_ms()].into_iter().flatten().min();
+        let until_deadline = deadline.map(|deadline| Duration::from_millis(deadline.saturating_sub(now_unix_ms())));
+        let until_timeout =
+            self.deadlines.next_due_ms().map(|due| Duration::from_millis(due.saturating_sub(self.monotonic_ms())));
+        until_deadline.into_iter().chain(until_timeout).min()
+    }
+
+    /// Milliseconds since the loop started, for connection timeouts: a step of
+    /// the wall clock must not close connections.
+    fn monotonic_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     fn accept_all(&mut self) {
@@ -197,36 +232,155 @@ impl EventLoop {
                 log(format!("cannot register connection from {peer}: {error}"));
                 continue;
             }
-            entry.insert(Connection::new(id, peer, stream));
+            let now_ms = self.started.elapsed().as_millis() as u64;
+            let connection = entry.insert(Connection::new(id, peer, stream, now_ms));
+            let (due_ms, _) = connection.deadline(&self.limits).expect("a hello timeout applies before the hello");
+            self.deadlines.arm(token, id, due_ms, &mut connection.armed_ms);
         }
     }
 
-    fn read_connection(&mut self, token: Token, now_ms: u64, out: &mut Output) {
+    /// Makes sure the connection's timeout, if one applies now, is in `deadlines`.
+    fn arm_deadline(&mut self, token: Token) {
         let Some(connection) = self.connections.get_mut(token.0) else { return };
-        if connection.closing {
+        if let Some((due_ms, _)) = connection.deadline(&self.limits) {
+            self.deadlines.arm(token, connection.id, due_ms, &mut connection.armed_ms);
+        }
+    }
+
+    /// Closes the connections whose hello or idle timeout passed; a connection
+    /// that is due later now is armed again.
+    fn close_timed_out(&mut self, now_ms: u64, out: &mut Output) {
+        let monotonic_ms = self.monotonic_ms();
+        while let Some((due_ms, token, id)) = self.deadlines.pop_due(monotonic_ms) {
+            let Some(connection) = self.connections.get_mut(token.0).filter(|c| c.id == id) else { continue };
+            if connection.armed_ms != Some(due_ms) {
+                continue; // An entry made stale by an earlier one.
+            }
+            connection.armed_ms = None;
+            match connection.deadline(&self.limits) {
+                Some((deadline_ms, timeout)) if deadline_ms <= monotonic_ms => {
+                    let reason = connection.timeout_reason(timeout, &self.limits);
+                    self.close(token, now_ms, out, Some(&reason));
+                }
+                Some((deadline_ms, _)) => self.deadlines.arm(token, id, deadline_ms, &mut connection.armed_ms),
+                None => {}
+            }
+        }
+    }
+
+    /// Handles the frames a connection sent, reading more as they are taken,
+    /// until its socket is drained, its turn's budget is spent, or it must wait
+    /// (for its peer to take replies, or for input memory).
+    fn read_connection(&mut self, token: Token, now_ms: u64, out: &mut Output) {
+        let Some(connection) = self.connections.get(token.0) else { return };
+        if connection.closing || connection.paused.is_some() {
             return;
         }
-        let status = connection.read_available();
+        let mut read_bytes = 0;
         loop {
-            let connection = &mut self.connections[token.0];
-            if connection.closing {
+            if !self.take_frames(token, now_ms, out) {
                 break;
             }
-            match connection.next_frame() {
-                Ok(Some(frame)) => self.on_frame(token, frame, now_ms, out),
-                Ok(None) => break,
+            if read_bytes >= MAX_READ_BYTES_PER_TURN {
+                self.unfinished_reads.push(token);
+                break;
+            }
+            let connection = &mut self.connections[token.0];
+            let max_payload = connection.max_payload();
+            match connection.inbound.read_from(&mut connection.stream, &mut self.input_budget, max_payload) {
+                Ok(ReadOutcome::Read(bytes)) => read_bytes += bytes,
+                Ok(ReadOutcome::FrameReady) => {}
+                Ok(ReadOutcome::Drained) => break,
+                Ok(ReadOutcome::Closed) => {
+                    self.close(token, now_ms, out, None);
+                    return;
+                }
+                Ok(ReadOutcome::NeedsMemory { frame_bytes }) => {
+                    self.wait_for_memory(token, frame_bytes);
+                    break;
+                }
                 Err(error) => {
                     self.refuse_frame(token, error);
                     break;
                 }
             }
         }
-        match status {
-            ReadStatus::Drained => {}
-            ReadStatus::MoreToRead => self.unfinished_reads.push(token),
-            ReadStatus::Closed => self.close(token, now_ms, out, None),
-        }
         self.to_flush.push(token);
+        self.arm_deadline(token);
+    }
+
+    /// Handles the whole frames buffered; false when the connection must not
+    /// be read further now (closing, paused, or a bad frame).
+    fn take_frames(&mut self, token: Token, now_ms: u64, out: &mut Output) -> bool {
+        loop {
+            let connection = &mut self.connections[token.0];
+            if connection.closing {
+                return false;
+            }
+            // Checked before each request: no more replies are built for a peer that does not take them.
+            if connection.outbound.owed_bytes() > self.limits.max_unsent_bytes {
+                self.pause_for_output(token);
+                return false;
+            }
+            let max_payload = connection.max_payload();
+            match connection.inbound.next_frame(&mut self.input_budget, max_payload) {
+                Ok(Some(frame)) => {
+                    connection.progressed(self.started.elapsed().as_millis() as u64);
+                    connection.told_waiting_for_memory = false;
+                    self.on_frame(token, frame, now_ms, out);
+                    self.account_output(out);
+                    self.wake_waiting_for_memory();
+                }
+                Ok(None) => return true,
+                Err(error) => {
+                    self.refuse_frame(token, error);
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn pause_for_output(&mut self, token: Token) {
+        let connection = &mut self.connections[token.0];
+        connection.paused = Some(Pause::ForOutput);
+        log(format!(
+            "not reading requests from {} while {} bytes of replies to it are unsent, over the limit of {} \
+             (--max-unsent-bytes); reading again once it takes them",
+            connection.peer,
+            connection.outbound.owed_bytes(),
+            self.limits.max_unsent_bytes
+        ));
+    }
+
+    fn wait_for_memory(&mut self, token: Token, frame_bytes: usize) {
+        let connection = &mut self.connections[token.0];
+        connection.paused = Some(Pause::ForMemory);
+        self.waiting_for_memory.push(token);
+        if std::mem::replace(&mut connection.told_waiting_for_memory, true) {
+            return; // Said once per frame, not at every try.
+        }
+        log(format!(
+            "a frame of {frame_bytes} bytes from {} waits: partial frames hold {} bytes of the limit of {} \
+             (--max-input-buffer-bytes)",
+            connection.peer,
+            self.input_budget.used_bytes(),
+            self.input_budget.limit_bytes()
+        ));
+    }
+
+    /// Once input memory was given back, the connections waiting for it try again.
+    fn wake_waiting_for_memory(&mut self) {
+        if self.waiting_for_memory.is_empty() || self.input_budget.used_bytes() == self.input_budget.limit_bytes() {
+            return;
+        }
+        for token in std::mem::take(&mut self.waiting_for_memory) {
+            if let Some(connection) = self.connections.get_mut(token.0)
+                && connection.paused == Some(Pause::ForMemory)
+            {
+                connection.paused = None;
+                self.unfinished_reads.push(token);
+            }
+        }
     }
 
     fn refuse_frame(&mut self, token: Token, error: FrameError) {
@@ -235,8 +389,14 @@ impl EventLoop {
             FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
             _ => ErrorCode::InvalidRequest,
         };
-        log(format!("closing connection from {}: {error}", connection.peer));
-        connection.refuse(0, code, error.to_string());
+        let message = match (&error, connection.role) {
+            (FrameError::TooLarge { len, limit }, None) => {
+                format!("a frame of {len} bytes before the hello is over the limit of {limit} bytes")
+            }
+            _ => error.to_string(),
+        };
+        log(format!("closing connection from {}: {message}", connection.peer));
+        refuse(connection, 0, code, message);
     }
 
     fn on_frame(&mut self, token: Token, frame: Frame, now_ms: u64, out: &mut Output) {
@@ -247,14 +407,14 @@ impl EventLoop {
         };
         if frame.kind != FrameKind::Request {
             log(format!("closing connection from {}: a {:?} frame after the hello", connection.peer, frame.kind));
-            connection.refuse(frame.request_id, ErrorCode::InvalidRequest, "expected a request frame".into());
+            refuse(connection, frame.request_id, ErrorCode::InvalidRequest, "expected a request frame".into());
             return;
         }
         let request = match frame.decode_request() {
             Ok(request) => request,
             Err(error) => {
                 log(format!("closing connection from {}: {error}", connection.peer));
-                connection.refuse(frame.request_id, ErrorCode::InvalidRequest, error.to_string());
+                refuse(connection, frame.request_id, ErrorCode::InvalidRequest, error.to_string());
                 return;
             }
         };
@@ -262,36 +422,49 @@ impl EventLoop {
         if is_bot_request && role != Role::Bot {
             let message = "bot requests need a connection whose hello says role Bot".to_string();
             let refusal = Reply::Error(ErrorReply { code: ErrorCode::InvalidRequest, message });
-            connection.queue_reply(frame.request_id, &refusal);
+            connection.outbound.push_now(outbound::encode_reply(frame.request_id, &refusal));
             return;
         }
+        connection.requests_in_flight += 1;
         let conn = connection.id;
         self.core.handle(now_ms, Input::Request { conn, request_id: frame.request_id, request }, out);
     }
 
     fn on_hello(&mut self, token: Token, frame: &Frame) {
         let connection = &mut self.connections[token.0];
-        let hello = match (frame.kind, frame.decode_hello()) {
-            (FrameKind::Hello, Ok(hello)) => hello,
-            (FrameKind::Hello, Err(error)) => {
-                log(format!("closing connection from {}: {error}", connection.peer));
-                return connection.refuse(0, ErrorCode::BadHello, error.to_string());
+        match hello::check_hello(frame) {
+            Ok(accepted) => {
+                connection.role = Some(accepted.role);
+                let welcome = Reply::Welcome { server_software: SOFTWARE.to_string() };
+                connection.outbound.push_now(outbound::encode_reply(0, &welcome));
             }
-            (kind, _) => {
-                log(format!("closing connection from {}: a {kind:?} frame before the hello", connection.peer));
-                return connection.refuse(0, ErrorCode::BadHello, "the first frame must be a hello".into());
+            Err(refusal) => {
+                log(format!("closing connection from {}: {}", connection.peer, refusal.message));
+                refuse(connection, 0, refusal.code, refusal.message);
             }
-        };
-        if hello.magic != MAGIC || hello.version != PROTOCOL_VERSION {
-            let message = format!(
-                "this daemon speaks protocol version {PROTOCOL_VERSION}; the hello said version {} (magic {:?})",
-                hello.version, hello.magic
-            );
-            log(format!("closing connection from {}: {message}", connection.peer));
-            return connection.refuse(0, ErrorCode::BadHello, message);
         }
-        connection.role = Some(hello.role);
-        connection.queue_reply(0, &Reply::Welcome { server_software: SOFTWARE.to_string() });
+    }
+
+    /// Encodes the replies and reads the core produced since the last call and
+    /// counts them against their connections at once, so the next request of a
+    /// connection over its bound is not read; they are held once the turn's
+    /// records are written. Output for a connection that is gone is dropped.
+    fn account_output(&mut self, out: &mut Output) {
+        for outgoing in out.replies.drain(..) {
+            let Some(connection) = connection_of(&mut self.connections, outgoing.conn) else { continue };
+            let frame = outbound::encode_reply(outgoing.request_id, &outgoing.reply);
+            connection.outbound.owe(frame.len());
+            connection.requests_in_flight = connection.requests_in_flight.saturating_sub(1);
+            self.turn_held.push(Held::Reply { conn: outgoing.conn, frame });
+        }
+        for read in out.output_reads.drain(..) {
+            let Some(connection) = connection_of(&mut self.connections, read.conn) else { continue };
+            connection.outbound.owe(outbound::read_bytes_at_most(&read));
+            if read.ends_request {
+                connection.requests_in_flight = connection.requests_in_flight.saturating_sub(1);
+            }
+            self.turn_held.push(Held::Read(read));
+        }
     }
 
     fn close(&mut self, token: Token, now_ms: u64, out: &mut Output, reason: Option<&str>) {
@@ -300,12 +473,15 @@ impl EventLoop {
             log(format!("closing connection from {}: {reason}", connection.peer));
         }
         let _ = self.poll.registry().deregister(&mut connection.stream);
+        connection.inbound.release_into(&mut self.input_budget);
+        self.wake_waiting_for_memory();
         self.core.handle(now_ms, Input::Disconnected { conn: connection.id }, out);
     }
 
     /// Writes the turn's output bytes and log records, and holds its replies
     /// until they are durable.
     fn commit(&mut self, out: &mut Output) -> Result<(), ServerError> {
+        self.account_output(out);
         let wrote = !out.output_writes.is_empty() || !out.events.is_empty();
         for write in out.output_writes.drain(..) {
             self.disk.write_output(&mut self.outputs, &mut self.core, write)?;
@@ -330,11 +506,8 @@ impl EventLoop {
         if wrote {
             self.durability.wrote();
         }
-        for reply in out.replies.drain(..) {
-            self.durability.hold(Held::Reply(reply));
-        }
-        for read in out.output_reads.drain(..) {
-            self.durability.hold(Held::Read(read));
+        for held in self.turn_held.drain(..) {
+            self.durability.hold(held);
         }
         Ok(())
     }
@@ -347,56 +520,56 @@ impl EventLoop {
         }
     }
 
+    /// Queues the durable replies and reads on their connections.
     fn release_durable(&mut self) {
+        let now_ms = self.monotonic_ms();
         let held: Vec<Held> = self.durability.releasable().collect();
         for item in held {
-            match item {
-                Held::Reply(outgoing) => self.send(outgoing.conn, outgoing.request_id, &outgoing.reply),
-                Held::Read(read) => {
-                    let reply = self.read_output(&read);
-                    self.send(read.conn, read.request_id, &reply);
-                }
+            let (conn, queued) = match item {
+                Held::Reply { conn, frame } => (conn, Queued::Frame(frame)),
+                Held::Read(read) => (read.conn, Queued::Read(read)),
+            };
+            let Some(connection) = connection_of(&mut self.connections, conn) else { continue };
+            if !connection.outbound.has_unwritten() {
+                // The peer's time to take this output starts now.
+                connection.progressed(now_ms);
             }
+            connection.outbound.push(queued);
+            self.to_flush.push(Token((conn.0 & 0xffff_ffff) as usize));
         }
-    }
-
-    fn read_output(&mut self, read: &OutputRead) -> Reply {
-        let available = read.output_len.saturating_sub(read.offset);
-        let max_bytes = (available as usize).min(read.max_bytes);
-        let data = match read.run_id.filter(|_| max_bytes > 0) {
-            None => Vec::new(),
-            Some(run_id) => match self.outputs.read(run_id.as_u64(), read.offset, max_bytes) {
-                Ok(data) => data,
-                Err(error) => {
-                    log(format!("cannot read the output of run {run_id}: {error}"));
-                    let message = format!("cannot read the output: {error}");
-                    return Reply::Error(ErrorReply { code: ErrorCode::Internal, message });
-                }
-            },
-        };
-        Reply::Output { offset: read.offset, data, output_len: read.output_len, task_ended: read.task_ended }
-    }
-
-    /// Queues a reply on its connection, if that connection is still open.
-    fn send(&mut self, conn: ConnId, request_id: u64, reply: &Reply) {
-        let token = (conn.0 & 0xffff_ffff) as usize;
-        let Some(connection) = self.connections.get_mut(token).filter(|c| c.id == conn) else { return };
-        connection.queue_reply(request_id, reply);
-        self.to_flush.push(Token(token));
     }
 
     fn flush_connections(&mut self) {
         let mut out = Output::default();
         let now_ms = now_unix_ms();
+        let monotonic_ms = self.monotonic_ms();
         for token in std::mem::take(&mut self.to_flush) {
             let Some(connection) = self.connections.get_mut(token.0) else { continue };
-            if !connection.flush() {
-                self.close(token, now_ms, &mut out, None);
-            } else if connection.write_buffer_overflowed() {
-                self.close(token, now_ms, &mut out, Some("the peer does not read its replies"));
-            } else if connection.closing && !connection.has_unwritten() {
-                self.close(token, now_ms, &mut out, None);
+            let outputs = &mut self.outputs;
+            let written = connection.outbound.write_to(&mut connection.stream, |read| {
+                outbound::encode_reply(read.request_id, &read_output(outputs, read))
+            });
+            match written {
+                outbound::WriteOutcome::Failed => {
+                    self.close(token, now_ms, &mut out, None);
+                    continue;
+                }
+                outbound::WriteOutcome::Done | outbound::WriteOutcome::Blocked { wrote_any: true } => {
+                    connection.progressed(monotonic_ms);
+                }
+                outbound::WriteOutcome::Blocked { wrote_any: false } => {}
             }
+            if connection.closing && !connection.outbound.has_unwritten() {
+                self.close(token, now_ms, &mut out, None);
+                continue;
+            }
+            if connection.paused == Some(Pause::ForOutput)
+                && connection.outbound.owed_bytes() <= self.limits.max_unsent_bytes
+            {
+                connection.paused = None;
+                self.unfinished_reads.push(token);
+            }
+            self.arm_deadline(token);
         }
         // Closing only unparks bots and drops waits: nothing to persist or send.
         debug_assert!(out.events.is_empty() && out.replies.is_empty());
@@ -420,6 +593,37 @@ impl EventLoop {
         log(format!("stopped; the log ends at record {}", self.wal.last_seq()));
         Ok(())
     }
+}
+
+/// Queues an error and closes the connection once it is written.
+fn refuse(connection: &mut Connection, request_id: u64, code: ErrorCode, message: String) {
+    let reply = Reply::Error(ErrorReply { code, message });
+    connection.outbound.push_now(outbound::encode_reply(request_id, &reply));
+    connection.closing = true;
+}
+
+/// The open connection a core handle names, if it is still open.
+fn connection_of(connections: &mut Slab<Connection>, conn: ConnId) -> Option<&mut Connection> {
+    let token = (conn.0 & 0xffff_ffff) as usize;
+    connections.get_mut(token).filter(|connection| connection.id == conn)
+}
+
+/// Reads a chunk of output for a read or a follow.
+fn read_output(outputs: &mut OutputStore, read: &OutputRead) -> Reply {
+    let available = read.output_len.saturating_sub(read.offset);
+    let max_bytes = (available as usize).min(read.max_bytes);
+    let data = match read.run_id.filter(|_| max_bytes > 0) {
+        None => Vec::new(),
+        Some(run_id) => match outputs.read(run_id.as_u64(), read.offset, max_bytes) {
+            Ok(data) => data,
+            Err(error) => {
+                log(format!("cannot read the output of run {run_id}: {error}"));
+                let message = format!("cannot read the output: {error}");
+                return Reply::Error(ErrorReply { code: ErrorCode::Internal, message });
+            }
+        },
+    };
+    Reply::Output { offset: read.offset, data, output_len: read.output_len, task_ended: read.task_ended }
 }
 
 /// Tells a peer over the connection limit why, without blocking, and drops it.

@@ -1,16 +1,24 @@
 //! The shell around the core: data directory, recovery, the event loop, the
-//! flusher thread.
+//! flusher thread, and the limits that keep one peer from hurting the others
+//! (`peer_limits`: the hello and idle timeouts in `deadlines`, partial frames
+//! in `inbound`, replies owed in `outbound`).
 
 mod connection;
+mod deadlines;
 mod disk;
 mod durability;
 mod event_loop;
+mod hello;
+mod inbound;
 pub mod os;
+mod outbound;
+pub mod peer_limits;
 mod replay;
 mod snapshots;
 mod startup;
 
 pub use event_loop::{SOFTWARE, now_unix_ms};
+pub use peer_limits::PeerLimits;
 pub use snapshots::{JobArgs, SnapshotSettings};
 pub use startup::{ServerConfig, run};
 

@@ -23,6 +23,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub max_connections: usize,
+    /// Timeouts and memory bounds per connection and in total.
+    pub peer_limits: super::PeerLimits,
     pub core: CoreConfig,
     pub wal: WalOptions,
     pub snapshots: SnapshotSettings,

@@ -20,9 +20,8 @@ impl Core {
                 Err(refusal) => return Some(error(ErrorCode::InvalidRequest, refusal.to_string())),
             }
         };
-        if poll.quarantine_reason.len() > MAX_REASON_BYTES {
-            let message = format!("quarantine_reason: over the limit of {MAX_REASON_BYTES} bytes");
-            return Some(error(ErrorCode::InvalidRequest, message));
+        if let Err(refusal) = check_poll_sizes(&poll) {
+            return Some(error(ErrorCode::InvalidRequest, refusal));
         }
         self.unpark(&poll.bot_id, out);
         self.bot_seen(conn, &poll, new_dimensions, out);
@@ -314,6 +313,16 @@ impl Core {
             .filter(|bot| named(bot) && self.queues.class_matches(bot.class, &filter))
             .map(Bot::info)
             .collect();
+        // The listing has no pages yet: one too large for a frame is refused, by name.
+        let bytes: usize = bots.iter().map(wire_size::bot_info_bytes).sum();
+        if bytes > MAX_PAGE_BYTES {
+            let message = format!(
+                "bots: the {} matching bots take {bytes} bytes, over the reply limit of {MAX_PAGE_BYTES}; \
+                 ask for fewer with dimensions",
+                bots.len()
+            );
+            return error(ErrorCode::InvalidRequest, message);
+        }
         bots.sort_unstable_by(|a, b| a.bot_id.cmp(&b.bot_id));
         Reply::Bots(bots)
     }
@@ -355,10 +364,38 @@ impl Core {
                 && query.since_unix_ms.is_none_or(|since| event.at_ms >= since)
                 && query.until_unix_ms.is_none_or(|until| event.at_ms < until)
         };
-        let mut matching = bot.events.iter().rev().filter(wanted);
-        let events: Vec<BotEvent> = matching.by_ref().take(limit).map(BotEventRecord::to_event).collect();
-        let more = matching.next().is_some();
+        let mut matching = bot.events.iter().rev().filter(wanted).map(BotEventRecord::to_event);
+        let mut events: Vec<BotEvent> = Vec::new();
+        let mut bytes = 0;
+        // Stops at `limit` events, or early by bytes (at least one event), so the page fits a frame.
+        let more = loop {
+            let Some(event) = matching.next() else { break false };
+            bytes += wire_size::bot_event_bytes(&event);
+            if events.len() == limit || (bytes > MAX_PAGE_BYTES && !events.is_empty()) {
+                break true;
+            }
+            events.push(event);
+        };
         let next_cursor = events.last().filter(|_| more).map(|event| event.number);
         Reply::BotEvents { events, next_cursor }
+    }
+}
+
+/// The texts a bot's poll brings that the daemon keeps and shows: each within
+/// its limit, so a bot's description always fits in a reply.
+fn check_poll_sizes(poll: &BotPoll) -> Result<(), String> {
+    let over = |field: &str, len: usize, limit: usize| format!("{field}: {len} bytes is over the limit of {limit}");
+    if poll.quarantine_reason.len() > MAX_REASON_BYTES {
+        return Err(over("quarantine_reason", poll.quarantine_reason.len(), MAX_REASON_BYTES));
+    }
+    if poll.software.len() > MAX_SOFTWARE_BYTES {
+        return Err(over("software", poll.software.len(), MAX_SOFTWARE_BYTES));
+    }
+    if poll.caches.len() > MAX_BOT_CACHES {
+        return Err(format!("caches: {} entries is over the limit of {MAX_BOT_CACHES}", poll.caches.len()));
+    }
+    match poll.caches.iter().position(|cache| cache.name.len() > MAX_CACHE_NAME_BYTES) {
+        Some(index) => Err(over(&format!("caches[{index}].name"), poll.caches[index].name.len(), MAX_CACHE_NAME_BYTES)),
+        None => Ok(()),
     }
 }

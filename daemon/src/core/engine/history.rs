@@ -147,7 +147,14 @@ impl Core {
     /// Tasks below `before`, newest first, in the state and with the tags
     /// asked for, from the heap and the history runs merged; at most `limit`,
     /// and whether there are more.
-    pub(super) fn list_merged(&self, query: &TaskQuery, limit: usize) -> Result<(Vec<TaskResult>, bool), String> {
+    /// Up to `limit` tasks whose results take at most `max_bytes` (`wire_size`),
+    /// but at least one; and whether more may follow.
+    pub(super) fn list_merged(
+        &self,
+        query: &TaskQuery,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<TaskResult>, bool), String> {
         let before = query.cursor.map(tasks::request_id_of);
         let wanted = |task: &&Task| {
             query.state.is_none_or(|state| task.state == state)
@@ -161,6 +168,7 @@ impl Core {
         let floor = RequestId::first_of_millisecond(self.retained_from_ms);
         let mut archived = self.history.newest_first(before, floor, query.state, &query.tags)?;
         let mut tasks = Vec::new();
+        let mut bytes = 0;
         loop {
             let held_id = held.peek().map(|task| task.id.as_u64());
             if let Some(archived_id) = archived.peek_id() {
@@ -179,14 +187,19 @@ impl Core {
             if tasks.len() == limit {
                 return Ok((tasks, true));
             }
-            if take_held {
+            let result = if take_held {
                 // Why a pending task waits (its queue position is a count) comes with `tasks show`.
-                tasks.push(self.result(held.next().expect("peeked")));
+                self.result(held.next().expect("peeked"))
             } else {
                 let record = archived.next_record().expect("peeked")?;
-                let task = task_from_history(record)?;
-                tasks.push(self.result(&task));
+                self.result(&task_from_history(record)?)
+            };
+            bytes += wire_size::task_result_bytes(&result);
+            if bytes > max_bytes && !tasks.is_empty() {
+                // The cursor is the last task kept: the next page starts with this one.
+                return Ok((tasks, true));
             }
+            tasks.push(result);
         }
     }
 }

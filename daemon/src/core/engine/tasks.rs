@@ -93,7 +93,7 @@ impl Core {
             );
         }
         let limit = if query.limit == 0 { DEFAULT_TASK_PAGE } else { query.limit } as usize;
-        let (tasks, more) = match self.list_merged(&query, limit) {
+        let (tasks, more) = match self.list_merged(&query, limit, MAX_PAGE_BYTES) {
             Ok(listed) => listed,
             Err(damage) => return error(ErrorCode::Internal, damage),
         };
@@ -172,6 +172,7 @@ impl Core {
             max_bytes: (max_bytes as usize).min(MAX_OUTPUT_CHUNK_BYTES),
             output_len: task.output_len,
             task_ended: task.state.is_terminal(),
+            ends_request: true,
         });
         None
     }
@@ -299,6 +300,7 @@ impl Core {
             max_bytes: 0,
             output_len: task.output_len,
             task_ended: false,
+            ends_request: false,
         });
         let timer = Timer::FollowHeartbeat { task_id, follower: (conn, request_id) };
         self.timers.push(self.now_ms + FOLLOW_HEARTBEAT_MS, timer);
@@ -356,6 +358,7 @@ fn read_for_follower(follower: &mut Follower, source: Option<RunId>, output_len:
             max_bytes: chunk as usize,
             output_len,
             task_ended: ended && last,
+            ends_request: ended && last,
         });
         follower.offset += chunk;
         if last {
@@ -386,10 +389,25 @@ pub(super) fn ending_of(outcome: RunOutcome) -> Ending {
                 (TaskState::TimedOut, "io timeout".into(), Some(TimeoutKind::Io));
         }
         RunEnd::Killed => (ending.state, ending.reason) = (TaskState::Killed, "killed on request".into()),
-        RunEnd::ClientError(reason) => (ending.state, ending.reason) = (TaskState::ClientError, reason),
+        RunEnd::ClientError(reason) => (ending.state, ending.reason) = (TaskState::ClientError, cut_reason(reason)),
         RunEnd::InternalError(reason) => {
-            (ending.state, ending.reason, ending.internal_failure) = (TaskState::BotDied, reason, true);
+            (ending.state, ending.reason, ending.internal_failure) = (TaskState::BotDied, cut_reason(reason), true);
         }
     }
     ending
+}
+
+/// A bot's reason for how a run ended, cut to `MAX_REASON_BYTES` (on a
+/// character boundary, marked): it is shown with the task, whose result must fit a reply.
+fn cut_reason(mut reason: String) -> String {
+    const MARKER: &str = " [cut]";
+    if reason.len() > MAX_REASON_BYTES {
+        let mut end = MAX_REASON_BYTES - MARKER.len();
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push_str(MARKER);
+    }
+    reason
 }
