@@ -109,14 +109,16 @@ pub fn write(args: &FixtureArgs, now_ms: u64) -> Result<Fixture, String> {
         last_task_id: ids.last.map(RequestId::as_u64),
         retained_from_ms: 0,
         tasks,
+        task_parts: Vec::new(),
         history: entries,
         bots: Vec::new(),
         successes: Vec::new(),
     };
+    let runs = snapshot.history.len();
     let bytes = snapshot.encode();
     let store = SnapshotStore::open(&snapshots_dir).map_err(|error| error.to_string())?;
     store.write(covered_seq, now_ms, &bytes).map_err(|error| error.to_string())?;
-    Ok(Fixture { runs: snapshot.history.len(), history_bytes, snapshot_bytes: bytes.len() as u64 })
+    Ok(Fixture { runs, history_bytes, snapshot_bytes: bytes.len() as u64 })
 }
 
 /// A log of one record that changes nothing, which the snapshot covers: the

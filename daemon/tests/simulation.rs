@@ -186,7 +186,7 @@ impl Daemon {
     fn replay(&self) -> Core {
         let mut core = match &self.snapshot {
             Some(bytes) => {
-                let mut core = Core::restore(config(), CoreSnapshot::access(bytes).expect("a snapshot reads back"))
+                let mut core = Core::restore(config(), &CoreSnapshot::access(bytes).expect("a snapshot reads back"))
                     .expect("a snapshot restores");
                 let texts = self.texts.open_run(self.snapshots_taken).expect("a snapshot's text file opens");
                 core.add_text_file(Arc::new(texts));

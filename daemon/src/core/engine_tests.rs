@@ -1059,3 +1059,41 @@ fn a_bots_long_failure_reason_is_cut_and_its_long_texts_refused_by_name() {
     assert!(matches!(&out.replies[0].reply, Reply::Error(e) if e.message.starts_with("caches: ")));
     assert!(h.core.bot("bot-long").is_none(), "a refused poll changes nothing");
 }
+
+#[test]
+fn a_snapshot_of_more_tasks_than_a_part_restores_whole_and_a_damaged_part_is_refused() {
+    use crate::core::snapshot::{CoreSnapshot, PART_TASKS};
+    let mut core = Core::new(CoreConfig::default());
+    let mut id = RequestId::first_of_millisecond(1_700_000_000_000);
+    for n in 0..PART_TASKS + 100 {
+        let request = NewTaskRequest { tags: vec![format!("shard:{}", n % 3)], ..request(100, &[("pool", "ci")]) };
+        let created = TaskCreated { task_id: id.as_u64(), created_ms: 1_700_000_000_000, slice_index: 0, request };
+        core.apply(&Event::TaskCreated(created));
+        id = id.next();
+    }
+    let bytes = core.snapshot().encode();
+    let view = CoreSnapshot::access(&bytes).expect("a snapshot reads back");
+    assert_eq!(view.part_count(), 2);
+    let restored = Core::restore(CoreConfig::default(), &view).expect("restores");
+    assert_eq!(restored.task_count(), PART_TASKS + 100);
+    restored.check_invariants();
+    // Tags come back into the tag index; the rest of the text is in the text
+    // file, which this test has none of.
+    let last = restored.last_task_id.expect("tasks");
+    assert!(restored.tasks.has_tag(last, &format!("shard:{}", (PART_TASKS + 99) % 3)));
+    let without_tags = |mut snapshot: CoreSnapshot| {
+        snapshot.tasks.iter_mut().for_each(|task| task.request.tags.clear());
+        snapshot
+    };
+    assert!(without_tags(restored.snapshot()) == without_tags(core.snapshot()), "the same state comes back");
+
+    // The last bytes of a part are its root (where its tasks are): pointing
+    // them outside the part fails its validation, in whichever thread reads it.
+    let mut damaged = bytes.clone();
+    let span = &view.head.task_parts[1];
+    let end = (span.offset.to_native() + span.len.to_native()) as usize;
+    damaged[end - 8..end].fill(0xff);
+    let view = CoreSnapshot::access(&damaged).expect("the head is intact");
+    let error = Core::restore(CoreConfig::default(), &view).err().expect("a damaged part is refused");
+    assert!(error.to_string().contains("task part 1"), "{error}");
+}

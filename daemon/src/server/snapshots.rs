@@ -335,7 +335,7 @@ pub fn restore_snapshot(
     // restored: a core from a payload that then fails its CRC is dropped.
     let (crc, restored) = thread::scope(|scope| {
         let crc = scope.spawn(|| loaded.check_crc());
-        let restored = CoreSnapshot::access(&loaded).and_then(|snapshot| Core::restore(config.clone(), snapshot));
+        let restored = CoreSnapshot::access(&loaded).and_then(|snapshot| Core::restore(config.clone(), &snapshot));
         (crc.join().expect("the CRC check does not panic"), restored)
     });
     crc.map_err(|error| error.to_string())?;
@@ -534,6 +534,7 @@ impl JobArgs {
         self.write_texts(&texts, &core)?;
         let snapshot = core.snapshot();
         let tasks = snapshot.tasks.len();
+        let new_runs: Vec<u64> = snapshot.history.iter().map(|run| run.number).collect();
         let bytes = snapshot.encode();
         let file = store.write(self.upto_seq, self.created_ms, &bytes).map_err(|error| error.to_string())?;
         if self.keep_from_seq > 0 {
@@ -545,7 +546,7 @@ impl JobArgs {
         remove_texts(&texts, |number| !kept.contains(&number)).map_err(|error| error.to_string())?;
         // The runs that neither this snapshot nor the one kept before it lists
         // (let go by retention, or left by a job that died) go now.
-        let listed: Vec<u64> = base_runs.into_iter().chain(snapshot.history.iter().map(|run| run.number)).collect();
+        let listed: Vec<u64> = base_runs.into_iter().chain(new_runs).collect();
         let unlisted: Vec<u64> = history
             .list()
             .map_err(|error| error.to_string())?

@@ -16,8 +16,8 @@ use apiary_protocol::{ArchivedTaskProperties, ArchivedTaskSlice, SecretBytes, Ta
 use rkyv::{Archive, rancor};
 
 use crate::core::snapshot::{
-    ArchivedCoreSnapshot, ArchivedTaskRecord, BotEventEntry, BotRecord, CoreSnapshot, QuarantineRecord, RunRecord,
-    SNAPSHOT_SCHEMA, SnapshotDecodeError, SuccessRecord, TaskRecord,
+    ArchivedTaskRecord, BotEventEntry, BotRecord, CoreSnapshot, PART_TASKS, QuarantineRecord, RunRecord,
+    SNAPSHOT_SCHEMA, SnapshotDecodeError, SnapshotView, SuccessRecord, TaskRecord,
 };
 
 impl Core {
@@ -40,6 +40,7 @@ impl Core {
             schema: SNAPSHOT_SCHEMA,
             last_task_id: self.last_task_id.map(RequestId::as_u64),
             retained_from_ms: self.retained_from_ms,
+            task_parts: Vec::new(),
             tasks: self.tasks.values().map(|task| snapshot_record(task, &self.text_of(task))).collect(),
             history: self.history.entries().copied().collect(),
             bots,
@@ -53,11 +54,13 @@ impl Core {
     ///
     /// Records are read from the archive in place: decoding the whole
     /// snapshot first would hold a second copy of every task (a third of a
-    /// gigabyte at a million) and take as long again. Tasks are decoded on
-    /// `DECODERS` threads, a store chunk at a time, while this thread takes
-    /// the chunks in order into the task store, the queues and the timers
-    /// (a million tasks restore in about a third of the time one thread takes).
-    pub fn restore(config: CoreConfig, snapshot: &ArchivedCoreSnapshot) -> Result<Core, SnapshotDecodeError> {
+    /// gigabyte at a million) and take as long again. The parts of the tasks
+    /// are validated and decoded on `DECODERS` threads, a store chunk at a
+    /// time, while this thread takes the chunks in order into the task store,
+    /// the queues and the timers (a million tasks restore in about a third of
+    /// the time one thread takes).
+    pub fn restore(config: CoreConfig, view: &SnapshotView) -> Result<Core, SnapshotDecodeError> {
+        let snapshot = view.head;
         let mut pool = Pool::new();
         let mut core = Core::new(config);
         let last_task_id = snapshot.last_task_id.as_ref().map(|id| id.to_native());
@@ -66,7 +69,7 @@ impl Core {
         for record in snapshot.bots.iter() {
             core.restore_bot(decode(record, &mut pool)?);
         }
-        core.restore_tasks(snapshot.tasks.as_slice())?;
+        core.restore_tasks(view)?;
         for entry in snapshot.history.iter() {
             core.history.add(decode(entry, &mut pool)?, None);
         }
@@ -112,12 +115,12 @@ impl Core {
     }
 
     /// The tasks of a snapshot: decoded on other threads, taken in here in order.
-    fn restore_tasks(&mut self, records: &[ArchivedTaskRecord]) -> Result<(), SnapshotDecodeError> {
+    fn restore_tasks(&mut self, view: &SnapshotView) -> Result<(), SnapshotDecodeError> {
         thread::scope(|scope| {
             let (sender, receiver) = mpsc::channel();
             for decoder in 0..DECODERS {
                 let sender = sender.clone();
-                scope.spawn(move || decode_chunks(records, decoder, &sender));
+                scope.spawn(move || decode_parts(view, decoder, &sender));
             }
             drop(sender);
             let mut arrived = BTreeMap::new();
@@ -126,7 +129,8 @@ impl Core {
             for (number, chunk) in receiver {
                 arrived.insert(number, chunk);
                 while let Some(chunk) = arrived.remove(&next) {
-                    self.restore_chunk(chunk?, &records[next * TASK_CHUNK..], &mut shared);
+                    let (tasks, records) = chunk?;
+                    self.restore_chunk(tasks, records, &mut shared);
                     next += 1;
                 }
             }
@@ -164,30 +168,45 @@ impl Core {
     }
 }
 
-/// A chunk of tasks decoded (or why it could not be), and its number.
-type DecodedChunk = (usize, Result<Vec<Option<Task>>, SnapshotDecodeError>);
+/// A chunk of tasks decoded with the records they came from (or why they
+/// could not be), and its number among all chunks.
+type DecodedChunk<'a> = (usize, Result<(Vec<Option<Task>>, &'a [ArchivedTaskRecord]), SnapshotDecodeError>);
+
+/// Store chunks per part of a snapshot.
+const CHUNKS_PER_PART: usize = PART_TASKS / TASK_CHUNK;
 
 /// Threads that decode a snapshot's tasks.
 const DECODERS: usize = 2;
 
-/// Decodes every `DECODERS`-th chunk of tasks from `decoder` on, and sends
-/// each (or why it could not) with its number. Slice lists are shared within
-/// the thread; `restore_chunk` shares them between threads.
-fn decode_chunks(records: &[ArchivedTaskRecord], decoder: usize, sender: &mpsc::Sender<DecodedChunk>) {
+/// Validates and decodes every `DECODERS`-th part of the tasks from
+/// `decoder` on, and sends each chunk of it (or why it could not) with its
+/// number. Slice lists are shared within the thread; `restore_chunk` shares
+/// them between threads.
+fn decode_parts<'a>(view: &SnapshotView<'a>, decoder: usize, sender: &mpsc::Sender<DecodedChunk<'a>>) {
     let mut pool = Pool::new();
     let mut interned = InternedProperties::default();
     let mut shared = SharedSlices::default();
-    for (number, records) in records.chunks(TASK_CHUNK).enumerate().skip(decoder).step_by(DECODERS) {
-        let chunk = records
-            .iter()
-            .map(|record| {
-                let slices = shared.slices_of(record, &mut interned, &mut pool)?;
-                Ok(Some(task_from_archived(record, slices, TaskText::Filed)))
-            })
-            .collect();
-        if sender.send((number, chunk)).is_err() {
-            // The restore stopped at an earlier chunk that could not be decoded.
-            return;
+    for part in (decoder..view.part_count()).step_by(DECODERS) {
+        let records = match view.part(part) {
+            Ok(records) => records,
+            Err(error) => {
+                let _ = sender.send((part * CHUNKS_PER_PART, Err(error)));
+                return;
+            }
+        };
+        for (index, records) in records.chunks(TASK_CHUNK).enumerate() {
+            let chunk = records
+                .iter()
+                .map(|record| {
+                    let slices = shared.slices_of(record, &mut interned, &mut pool)?;
+                    Ok(Some(task_from_archived(record, slices, TaskText::Filed)))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|tasks| (tasks, records));
+            // A send fails once the restore stopped at an earlier chunk that could not be decoded.
+            if sender.send((part * CHUNKS_PER_PART + index, chunk)).is_err() {
+                return;
+            }
         }
     }
 }
