@@ -423,6 +423,17 @@ impl HistoryRun {
         }
     }
 
+    /// Lets the pages read so far (by a check of the index, say) leave the
+    /// process's resident set; they stay in the page cache.
+    pub fn release_pages(&self) -> Result<(), HistoryError> {
+        match &self.map {
+            Some(map) => {
+                map.release_all().map_err(io_error(|| format!("release the pages of {}", self.path.display())))
+            }
+            None => Ok(()),
+        }
+    }
+
     /// The index if it has been checked already (by `index`, maybe on another
     /// thread); `None` if not yet, so a caller that must not wait can come back.
     pub fn index_if_checked(&self) -> Option<Result<RunIndex<'_>, HistoryError>> {

@@ -128,9 +128,9 @@ pub struct Output {
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
+    /// The current slice of a pending task may have expired.
     SliceExpiry {
         task_id: RequestId,
-        slice_index: u32,
     },
     PollTimeout {
         bot_id: String,
@@ -166,7 +166,7 @@ enum Timer {
 /// heartbeats) are as many as there are peers, and simply do nothing when
 /// they no longer apply.
 ///
-/// The cancellable ones are kept in a compact form (24 bytes with their
+/// The cancellable ones are kept in a compact form (16 bytes with their
 /// deadline, against 48 for a `Timer`): there is one per pending task.
 #[derive(Default)]
 struct Timers {
@@ -174,25 +174,25 @@ struct Timers {
     others: BinaryHeap<Reverse<(u64, Timer)>>,
 }
 
+/// A slice expiration or a run ping as one number: the task's request id for
+/// an expiration, the run id for a ping (a request id ends in hex digit 0, a
+/// run id in its try number, 1 to 15).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Cancellable {
-    SliceExpiry { task_id: RequestId, slice_index: u32 },
-    RunPing { run_id: RunId },
-}
+struct Cancellable(u64);
 
 impl Cancellable {
     fn of(timer: &Timer) -> Option<Cancellable> {
         match *timer {
-            Timer::SliceExpiry { task_id, slice_index } => Some(Cancellable::SliceExpiry { task_id, slice_index }),
-            Timer::RunPing { run_id } => Some(Cancellable::RunPing { run_id }),
+            Timer::SliceExpiry { task_id } => Some(Cancellable(task_id.as_u64())),
+            Timer::RunPing { run_id } => Some(Cancellable(run_id.as_u64())),
             _ => None,
         }
     }
 
     fn timer(self) -> Timer {
-        match self {
-            Cancellable::SliceExpiry { task_id, slice_index } => Timer::SliceExpiry { task_id, slice_index },
-            Cancellable::RunPing { run_id } => Timer::RunPing { run_id },
+        match RequestId::from_u64(self.0) {
+            Some(task_id) => Timer::SliceExpiry { task_id },
+            None => Timer::RunPing { run_id: RunId::from_u64(self.0).expect("a run id") },
         }
     }
 }
@@ -372,7 +372,7 @@ impl Core {
     /// Timers are not cancelled; one that no longer applies does nothing.
     fn fire(&mut self, timer: Timer, out: &mut Output) {
         match timer {
-            Timer::SliceExpiry { task_id, slice_index } => self.slice_expired(task_id, slice_index, out),
+            Timer::SliceExpiry { task_id } => self.slice_expired(task_id, out),
             Timer::PollTimeout { bot_id, park_number } => {
                 let still_parked = self.bots.get(&bot_id).and_then(|bot| bot.parked).map(|parked| parked.park_number);
                 if still_parked == Some(park_number) {

@@ -839,17 +839,17 @@ fn a_bot_whose_id_dimension_is_not_its_bot_id_is_refused() {
 #[test]
 fn timers_come_due_in_deadline_order_across_both_heaps() {
     let mut timers = Timers::default();
-    let task_id = RequestId::first_of_millisecond(1);
-    let expiry = |slice_index| Timer::SliceExpiry { task_id, slice_index };
+    let expiry = |n| Timer::SliceExpiry { task_id: RequestId::first_of_millisecond(n) };
     let ping = |n| Timer::RunPing { run_id: RequestId::first_of_millisecond(n).run(1) };
-    timers.push(30, expiry(0));
+    timers.push(30, expiry(1));
     timers.push(10, ping(1));
-    timers.push(20, expiry(1));
+    timers.push(20, expiry(2));
     timers.push(40, ping(2));
+    timers.push(25, Timer::RetentionPass);
     assert_eq!(timers.next_deadline_ms(), Some(10));
     assert_eq!(timers.pop_due(5), None);
     let due: Vec<Timer> = std::iter::from_fn(|| timers.pop_due(35)).collect();
-    assert_eq!(due, vec![ping(1), expiry(1), expiry(0)]);
+    assert_eq!(due, vec![ping(1), expiry(2), Timer::RetentionPass, expiry(1)], "an expiry and a ping of one task apart");
     assert_eq!(timers.next_deadline_ms(), Some(40));
     timers.cancel(40, ping(2));
     timers.cancel(40, ping(2));

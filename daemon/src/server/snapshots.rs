@@ -360,6 +360,10 @@ pub fn check_runs_in_background(runs: Vec<Arc<HistoryRun>>, waker: Option<Arc<mi
             if let Err(error) = run.index() {
                 log(format!("{error}"));
             }
+            // Tens of megabytes a run, read once: the page cache has them for later lookups.
+            if let Err(error) = run.release_pages() {
+                log(format!("{error}"));
+            }
         }
         if let Some(waker) = waker {
             // Fails only when the loop is gone.

@@ -263,6 +263,21 @@ impl ReadOnlyMap {
         // directory lock keeps other processes from changing it.
         unsafe { std::slice::from_raw_parts(self.raw.as_ptr(), len) }
     }
+
+    /// Drops the process's page-table entries for the whole mapping
+    /// (`madvise(MADV_DONTNEED)`), so the pages read so far leave its resident
+    /// set; the page cache keeps them, and a later read faults them back in.
+    pub(crate) fn release_all(&self) -> io::Result<()> {
+        // SAFETY: the range is the whole live mapping, which `self.raw` keeps mapped, from
+        // its page-aligned start. MADV_DONTNEED on this read-only MAP_SHARED file mapping
+        // changes no byte of the file or the page cache and leaves the range mapped: a slice
+        // over these bytes (`stable_prefix`) reads the same contents back.
+        let result = unsafe { libc::madvise(self.raw.as_mut_ptr().cast(), self.raw.len(), libc::MADV_DONTNEED) };
+        if result != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

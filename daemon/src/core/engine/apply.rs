@@ -227,8 +227,7 @@ impl Core {
         let queue = self.queues.queue_for_task(task.dimensions());
         self.queues.push(queue, task.queue_key(position));
         task.queued = Some(queue);
-        let (deadline_ms, slice_index) = (slice_expiry_ms(task), task.slice_index);
-        self.timers.push(deadline_ms, Timer::SliceExpiry { task_id, slice_index });
+        self.timers.push(slice_expiry_ms(task), Timer::SliceExpiry { task_id });
     }
 
     /// Where a pending task waits: its queue and its key there.
@@ -245,8 +244,7 @@ impl Core {
             task.queued = None;
             let removed = self.queues.remove(queue, key);
             assert!(removed, "a queued task is in its queue");
-            let (deadline_ms, slice_index) = (slice_expiry_ms(task), task.slice_index);
-            self.timers.cancel(deadline_ms, Timer::SliceExpiry { task_id, slice_index });
+            self.timers.cancel(slice_expiry_ms(task), Timer::SliceExpiry { task_id });
         }
     }
 }

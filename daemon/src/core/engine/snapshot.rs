@@ -152,8 +152,7 @@ impl Core {
                 TaskState::Pending => {
                     let queue = shared.queue(task, &mut self.queues);
                     task.queued = Some(queue);
-                    let (task_id, slice_index) = (task.id, task.slice_index);
-                    self.timers.push(slice_expiry_ms(task), Timer::SliceExpiry { task_id, slice_index });
+                    self.timers.push(slice_expiry_ms(task), Timer::SliceExpiry { task_id: task.id });
                     self.queues.push(queue, task.queue_key(position));
                 }
                 // Due at once: the timer looks at the run's last word and waits

@@ -1,5 +1,6 @@
 //! Tasks: creation, slices and dedup, waits, output, updates from bots, cancel, queries.
 
+use super::apply::slice_expiry_ms;
 use super::history::{Found, Missing};
 use super::*;
 
@@ -323,11 +324,14 @@ impl Core {
         }
     }
 
-    pub(super) fn slice_expired(&mut self, task_id: RequestId, slice_index: u32, out: &mut Output) {
+    /// A pending task's current slice expired (its timer was taken out
+    /// whenever the task left its queue or moved to another slice).
+    pub(super) fn slice_expired(&mut self, task_id: RequestId, out: &mut Output) {
         let Some(task) = self.tasks.get(&task_id) else { return };
-        if task.state != TaskState::Pending || task.slice_index != slice_index {
+        if task.state != TaskState::Pending || slice_expiry_ms(task) > self.now_ms {
             return;
         }
+        let slice_index = task.slice_index;
         let slices = task.slices.clone();
         if let Some(next_slice) = self.first_servable_slice(&slices, slice_index as usize + 1) {
             let at_ms = self.now_ms;
