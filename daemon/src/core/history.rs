@@ -91,6 +91,11 @@ impl History {
         self.runs.iter().find(|run| run.entry.number == number)?.reader.as_deref()
     }
 
+    /// The newest run's reader.
+    pub fn newest(&self) -> Option<&Arc<HistoryRun>> {
+        self.runs.last()?.reader.as_ref()
+    }
+
     /// Lets go of the runs whose every task was created before `before`.
     pub fn expire(&mut self, before: RequestId) {
         self.runs.retain(|run| run.entry.max_id >= before.as_u64());

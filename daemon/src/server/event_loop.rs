@@ -27,7 +27,7 @@ use super::inbound::{InputBudget, ReadOutcome};
 use super::log;
 use super::outbound::{self, Queued};
 use super::peer_limits::PeerLimits;
-use super::snapshots::{Snapshots, StateFiles};
+use super::snapshots::{self, Snapshots, StateFiles};
 use super::startup::{Recovered, ServerConfig};
 use crate::core::events::{EVENT_RECORD_KIND, Event, TaskFinished};
 use crate::core::{ConnId, Core, Input, Output, OutputRead};
@@ -180,8 +180,13 @@ impl EventLoop {
             self.release_durable();
             self.flush_connections();
             self.disk.remove_expired_output(&self.core, &mut self.outputs);
+            let was_archiving = self.archiving;
             let more_archived = self.core.forget_archived(ARCHIVED_PER_TURN);
             self.archiving = self.core.forget_texts(ARCHIVED_PER_TURN) || more_archived;
+            if was_archiving && !self.archiving {
+                // Letting go read the new files' indexes: their pages leave the resident set.
+                snapshots::release_pages_in_background(self.core.newest_files());
+            }
             self.snapshots.turn_took(turn_started.elapsed());
         }
         self.shut_down()

@@ -375,6 +375,21 @@ pub fn check_runs_in_background(runs: Vec<Arc<HistoryRun>>, waker: Option<Arc<mi
     }
 }
 
+/// Lets the pages of `files` read so far leave the resident set, on a thread
+/// of its own (a few milliseconds for tens of megabytes).
+pub fn release_pages_in_background(files: Vec<Arc<HistoryRun>>) {
+    let spawned = thread::Builder::new().name("apiary-release".into()).spawn(move || {
+        for file in files {
+            if let Err(error) = file.release_pages() {
+                log(format!("{error}"));
+            }
+        }
+    });
+    if let Err(error) = spawned {
+        log(format!("cannot start a thread to release pages: {error}"));
+    }
+}
+
 /// A snapshot job: files in, a file out. The daemon hands it to a child
 /// process as these flags (`apiaryd snapshot-job ...`).
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]

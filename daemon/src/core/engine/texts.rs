@@ -39,6 +39,12 @@ impl Core {
         self.texts.newest().cloned()
     }
 
+    /// The files whose indexes letting go of heap copies reads: the newest
+    /// text file and history run.
+    pub fn newest_files(&self) -> Vec<Arc<HistoryRun>> {
+        self.texts.newest().into_iter().chain(self.history.newest()).cloned().collect()
+    }
+
     /// Drops up to `budget` heap copies of texts the newest text file holds.
     /// Returns whether more can be dropped at once; a file whose index is
     /// still being checked (on another thread) is left for a later call.
