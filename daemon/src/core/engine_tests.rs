@@ -849,7 +849,11 @@ fn timers_come_due_in_deadline_order_across_both_heaps() {
     assert_eq!(timers.next_deadline_ms(), Some(10));
     assert_eq!(timers.pop_due(5), None);
     let due: Vec<Timer> = std::iter::from_fn(|| timers.pop_due(35)).collect();
-    assert_eq!(due, vec![ping(1), expiry(2), Timer::RetentionPass, expiry(1)], "an expiry and a ping of one task apart");
+    assert_eq!(
+        due,
+        vec![ping(1), expiry(2), Timer::RetentionPass, expiry(1)],
+        "an expiry and a ping of one task apart"
+    );
     assert_eq!(timers.next_deadline_ms(), Some(40));
     timers.cancel(40, ping(2));
     timers.cancel(40, ping(2));

@@ -21,10 +21,11 @@ use super::text_arena::PackedText;
 /// times, state, priority, slices) and the rest sits behind one pointer each:
 /// the request's text, the run, the clients listening, the outcome. The text
 /// leaves the heap at the first snapshot after the task's creation: from then
-/// on it is read from the snapshot's text file (`core::texts`).
+/// on it is read from the snapshot's text file (`core::texts`). 120 bytes,
+/// and so is a slot of the task store (`Option<Task>`).
 pub struct Task {
+    /// Also says when the task was created (`created_ms`).
     pub id: RequestId,
-    pub created_ms: u64,
     /// When the current slice became current: its expiration counts from here.
     pub slice_started_ms: u64,
     /// When the first run started (a `NonZeroU64`: 8 bytes, not 16).
@@ -65,6 +66,8 @@ pub struct Task {
 pub fn tag_count_of(tags: usize) -> u8 {
     tags.min(usize::from(u8::MAX)) as u8
 }
+
+const _: () = assert!(size_of::<Task>() == 120 && size_of::<Option<Task>>() == 120);
 
 /// Where a task's request text is.
 pub enum TaskText {
@@ -131,7 +134,6 @@ impl Task {
     pub fn blank(id: RequestId, created_ms: u64, slices: Arc<[TaskSlice]>) -> Task {
         Task {
             id,
-            created_ms,
             slice_started_ms: created_ms,
             started_ms: None,
             output_len: 0,
@@ -152,6 +154,13 @@ impl Task {
             output_truncated: false,
             kill_requested: false,
         }
+    }
+
+    /// When the task was created, as its id says: ids are made from the
+    /// core's clock, which never runs backwards (only a burst of more than
+    /// 65,536 tasks in one millisecond borrows ids from the next one).
+    pub fn created_ms(&self) -> u64 {
+        self.id.created_unix_ms()
     }
 
     /// The request as it was made, but for its secret bytes, with its text.
@@ -228,7 +237,7 @@ impl Task {
             bot_id: self.run.as_ref().map(|run| run.bot_id.clone()),
             try_number: self.try_number,
             current_task_slice: self.slice_index,
-            created_unix_ms: self.created_ms,
+            created_unix_ms: self.created_ms(),
             started_unix_ms: self.started_ms.map(NonZeroU64::get),
             completed_unix_ms: self.outcome.as_ref().map(|outcome| outcome.completed_ms),
             abandoned_unix_ms: outcome.abandoned_ms,

@@ -281,14 +281,14 @@ mod tests {
             store.insert(Task::new(id(n), NewTaskRequest::default(), n), []);
         }
         assert_eq!(store.len(), count as usize);
-        assert_eq!(store[&id(TASK_CHUNK as u64 + 3)].created_ms, TASK_CHUNK as u64 + 3);
+        assert_eq!(store[&id(TASK_CHUNK as u64 + 3)].slice_started_ms, TASK_CHUNK as u64 + 3);
         assert!(store.get(&RequestId::first_of_millisecond(1)).is_none());
-        let newest: Vec<u64> = store.newest_first_before(None).take(2).map(|task| task.created_ms).collect();
+        let newest: Vec<u64> = store.newest_first_before(None).take(2).map(|task| task.slice_started_ms).collect();
         assert_eq!(newest, [count - 1, count - 2]);
-        let before_known: Vec<u64> = store.newest_first_before(Some(id(2))).map(|task| task.created_ms).collect();
+        let before_known: Vec<u64> = store.newest_first_before(Some(id(2))).map(|task| task.slice_started_ms).collect();
         assert_eq!(before_known, [1, 0]);
         let between = RequestId::first_of_millisecond(1_700_000_000_000 + 2 * 4096 + 1);
-        assert_eq!(store.newest_first_before(Some(between)).next().map(|task| task.created_ms), Some(4096));
+        assert_eq!(store.newest_first_before(Some(between)).next().map(|task| task.slice_started_ms), Some(4096));
         assert_eq!(store.values().count(), count as usize);
         let position = store.position(&id(4100)).unwrap();
         assert_eq!(store.at_position(position).id, id(4100));
@@ -305,20 +305,20 @@ mod tests {
         }
         let kept_position = store.position(&id(9)).unwrap();
         for n in 0..8 {
-            assert_eq!(store.remove(&id(n)).map(|task| task.created_ms), Some(n));
+            assert_eq!(store.remove(&id(n)).map(|task| task.slice_started_ms), Some(n));
         }
         assert!(store.remove(&id(3)).is_none(), "removed once");
         assert_eq!(store.len(), 2);
-        let held: Vec<u64> = store.values().map(|task| task.created_ms).collect();
+        let held: Vec<u64> = store.values().map(|task| task.slice_started_ms).collect();
         assert_eq!(held, [8, 9]);
         for n in 10..18 {
             store.insert(Task::new(id(n), NewTaskRequest::default(), n), []);
         }
         assert_eq!(store.chunks.iter().map(Vec::len).sum::<usize>(), 10, "freed slots were reused");
         assert_eq!(store.position(&id(9)), Some(kept_position), "a held task never moves");
-        let newest: Vec<u64> = store.newest_first_before(Some(id(12))).map(|task| task.created_ms).collect();
+        let newest: Vec<u64> = store.newest_first_before(Some(id(12))).map(|task| task.slice_started_ms).collect();
         assert_eq!(newest, [11, 10, 9, 8]);
-        let oldest: Vec<u64> = store.oldest_first_below(id(11)).map(|task| task.created_ms).collect();
+        let oldest: Vec<u64> = store.oldest_first_below(id(11)).map(|task| task.slice_started_ms).collect();
         assert_eq!(oldest, [8, 9, 10]);
     }
 
@@ -334,7 +334,7 @@ mod tests {
             );
         }
         let tagged = |store: &TaskStore, before| -> Vec<u64> {
-            store.newest_first_tagged("pool:ci", before).map(|task| task.created_ms).collect()
+            store.newest_first_tagged("pool:ci", before).map(|task| task.slice_started_ms).collect()
         };
         assert_eq!(tagged(&store, None), [18, 15, 12, 9, 6, 3, 0], "each once, newest first");
         assert_eq!(tagged(&store, Some(id(12))), [9, 6, 3, 0]);

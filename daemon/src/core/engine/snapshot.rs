@@ -402,7 +402,7 @@ fn record(task: &Task, request: NewTaskRequest) -> TaskRecord {
     TaskRecord {
         task_id: task.id.as_u64(),
         request,
-        created_ms: task.created_ms,
+        created_ms: task.created_ms(),
         state: task.state,
         slice_index: task.slice_index,
         slice_started_ms: task.slice_started_ms,
