@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use apiary_protocol::token::{TOKEN_FILE_ENV, read_token_file};
 use apiary_protocol::{StringPair, limits};
 
 use crate::health::HealthCheck;
@@ -24,6 +25,10 @@ pub(crate) struct Args {
     /// The daemon's address.
     #[arg(long, env = "APIARY_SERVER", value_name = "HOST:PORT", default_value = "127.0.0.1:7420")]
     pub(crate) server: String,
+    /// A file holding the token that names this bot's principal to the daemon (needed when the
+    /// daemon has principals configured); never give a token itself on the command line.
+    #[arg(long, value_name = "FILE", env = TOKEN_FILE_ENV)]
+    pub(crate) token_file: Option<PathBuf>,
     /// This bot's id, unique among bots; also its `id` dimension.
     #[arg(long, value_name = "NAME")]
     pub(crate) id: String,
@@ -69,6 +74,8 @@ fn parse_dimension(text: &str) -> Result<StringPair, String> {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct BotConfig {
     pub(crate) server: String,
+    /// Sent in every hello; empty when there is none.
+    pub(crate) token: Token,
     pub(crate) bot_id: String,
     /// Sorted, without duplicates, with `id=<bot id>` among them.
     pub(crate) dimensions: Vec<StringPair>,
@@ -90,6 +97,18 @@ pub(crate) enum ConfigError {
     DimensionKey(String),
     #[error("the value of dimension {0:?} is longer than {limit} bytes", limit = limits::MAX_DIMENSION_VALUE_BYTES)]
     DimensionValue(String),
+    #[error("{0}")]
+    TokenFile(String),
+}
+
+/// A bearer token: `Debug` says only how long it is.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub(crate) struct Token(pub(crate) String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token({} bytes)", self.0.len())
+    }
 }
 
 impl BotConfig {
@@ -118,8 +137,13 @@ impl BotConfig {
         let work_dir = args.work_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("apiary-bot-{}", args.id)));
         let timeout = Duration::from_secs(args.health_check_timeout_secs);
         let health_check = args.health_check.map(|command| HealthCheck { command, timeout });
+        let token = match &args.token_file {
+            Some(path) => Token(read_token_file(path).map_err(|error| ConfigError::TokenFile(error.to_string()))?),
+            None => Token::default(),
+        };
         Ok(BotConfig {
             server: args.server,
+            token,
             bot_id: args.id,
             dimensions,
             work_dir,

@@ -68,7 +68,7 @@ fn run() -> i32 {
         server: config.server.clone(),
     };
     let lifecycle = Arc::new(Lifecycle::default());
-    let connector = TcpConnector::new(&config.server, &software);
+    let connector = TcpConnector::new(&config.server, &software, &config.token.0);
     let mut session =
         Session::new(identity, Pacing::default(), WorkRoot::new(config.work_dir), connector, Arc::clone(&lifecycle));
     if let Some(max_bytes) = config.cache_max_bytes {

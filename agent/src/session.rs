@@ -53,18 +53,20 @@ pub(crate) trait Connector {
 pub(crate) struct TcpConnector {
     server: String,
     software: String,
+    /// Sent in every hello; empty when there is none.
+    token: String,
 }
 
 impl TcpConnector {
-    pub(crate) fn new(server: &str, software: &str) -> TcpConnector {
-        TcpConnector { server: server.to_string(), software: software.to_string() }
+    pub(crate) fn new(server: &str, software: &str, token: &str) -> TcpConnector {
+        TcpConnector { server: server.to_string(), software: software.to_string(), token: token.to_string() }
     }
 }
 
 impl Connector for TcpConnector {
     type Connection = Client;
     fn connect(&mut self) -> Result<Client, ClientError> {
-        Client::connect(&self.server, Role::Bot, &self.software)
+        Client::connect_with_token(&self.server, Role::Bot, &self.software, &self.token)
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use apiary_protocol::limits;
+use apiary_protocol::token::TOKEN_FILE_ENV;
 use apiary_protocol::{NamedCache, StringPair, TaskState};
 use clap::{Args, Parser, Subcommand};
 
@@ -17,6 +18,10 @@ pub(crate) struct Cli {
     /// The daemon's address, HOST:PORT.
     #[arg(long, global = true, value_name = "ADDR", env = SERVER_ENV, default_value = DEFAULT_SERVER)]
     pub(crate) server: String,
+    /// A file holding the token that names you to the daemon (needed when the daemon has
+    /// principals configured); never give a token itself on the command line.
+    #[arg(long, global = true, value_name = "FILE", env = TOKEN_FILE_ENV)]
+    pub(crate) token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }

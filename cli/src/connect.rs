@@ -44,6 +44,8 @@ pub(crate) trait Daemon {
 /// A connection to the daemon that remembers where the daemon is, so it can be reopened.
 pub(crate) struct Connection {
     addr: String,
+    /// Sent in every hello; empty when there is none.
+    token: String,
     client: Client,
 }
 
@@ -69,19 +71,19 @@ impl Daemon for Connection {
 
     fn reconnect(&mut self, delay: Duration) -> Result<(), ClientError> {
         std::thread::sleep(delay);
-        self.client = open(&self.addr)?;
+        self.client = open(&self.addr, &self.token)?;
         Ok(())
     }
 }
 
-pub(crate) fn connect(addr: &str) -> Result<Connection, CliError> {
-    let client = open(addr).map_err(CliError::Connect)?;
-    Ok(Connection { addr: addr.to_string(), client })
+pub(crate) fn connect(addr: &str, token: &str) -> Result<Connection, CliError> {
+    let client = open(addr, token).map_err(CliError::Connect)?;
+    Ok(Connection { addr: addr.to_string(), token: token.to_string(), client })
 }
 
-fn open(addr: &str) -> Result<Client, ClientError> {
+fn open(addr: &str, token: &str) -> Result<Client, ClientError> {
     let software = concat!("apiary/", env!("CARGO_PKG_VERSION"));
-    let client = Client::connect(addr, Role::Client, software)?;
+    let client = Client::connect_with_token(addr, Role::Client, software, token)?;
     client.set_read_timeout(Some(REPLY_TIMEOUT))?;
     Ok(client)
 }

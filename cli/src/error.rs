@@ -14,6 +14,9 @@ pub(crate) enum CliError {
     /// Connecting, or the hello, failed.
     #[error("{0}")]
     Connect(ClientError),
+    /// `--token-file` (or `APIARY_TOKEN_FILE`) could not be read, or holds no token.
+    #[error("{0}")]
+    TokenFile(apiary_protocol::token::TokenFileError),
     /// A request failed: the connection broke, or the daemon refused it.
     #[error("cannot {action}: {source}")]
     Call { action: String, source: ClientError },
@@ -86,7 +89,8 @@ impl CliError {
             | CliError::RequestSecretBytes { .. }
             | CliError::SecretBytesUnreadable { .. }
             | CliError::SecretBytesTooLarge { .. }
-            | CliError::RequestFileInvalid { .. } => exit_codes::USAGE,
+            | CliError::RequestFileInvalid { .. }
+            | CliError::TokenFile(_) => exit_codes::USAGE,
             CliError::Call { source, .. } => match source {
                 ClientError::Refused { code, .. } => exit_codes::for_refusal(*code),
                 ClientError::Connect { .. }

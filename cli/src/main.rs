@@ -19,6 +19,7 @@ mod trigger;
 
 use std::io::{self, Write};
 
+use apiary_protocol::token::read_token_file;
 use clap::Parser;
 
 use crate::args::{BotsCommand, Cli, Command, TasksCommand};
@@ -54,7 +55,11 @@ fn run() -> i32 {
 }
 
 fn dispatch(cli: Cli, stdout: &mut Sink<impl Write>, stderr: &mut dyn Write) -> Result<i32, CliError> {
-    let connect = || connect::connect(&cli.server);
+    let token = match &cli.token_file {
+        Some(path) => read_token_file(path).map_err(CliError::TokenFile)?,
+        None => String::new(),
+    };
+    let connect = || connect::connect(&cli.server, &token);
     match cli.command {
         Command::Trigger(args) => {
             let request = trigger::build_request(&args.task)?;

@@ -21,6 +21,7 @@ pub(crate) fn task_json(result: &TaskResult) -> Value {
         "run_id": result.run_id.map(format_task_id),
         "name": result.request.name,
         "user": result.request.user,
+        "authenticated": authenticated(result),
         "state": result.state.name(),
         "exit_code": result.exit_code,
         "bot_id": result.bot_id,
@@ -87,6 +88,12 @@ pub(crate) fn json_text(value: &Value) -> String {
     text
 }
 
+/// The principal that created the task, as the daemon tagged it
+/// (`authenticated:NAME`); none when the daemon's access was open.
+fn authenticated(result: &TaskResult) -> Option<&str> {
+    result.request.tags.iter().find_map(|tag| tag.strip_prefix("authenticated:"))
+}
+
 /// `key: value` lines, values aligned; `-` for what is not known yet.
 pub(crate) fn task_text(result: &TaskResult) -> String {
     let optional = |value: Option<String>| value.unwrap_or_else(|| "-".to_string());
@@ -96,6 +103,7 @@ pub(crate) fn task_text(result: &TaskResult) -> String {
         ("run_id", optional(result.run_id.map(format_task_id))),
         ("name", result.request.name.clone()),
         ("user", result.request.user.clone()),
+        ("authenticated", optional(authenticated(result).map(str::to_string))),
         ("state", result.state.name().to_string()),
         ("exit_code", optional(result.exit_code.map(|code| code.to_string()))),
         ("failure", is_failure(result).to_string()),

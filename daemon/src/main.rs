@@ -1,14 +1,20 @@
-//! `apiaryd`: parse the flags, run the daemon, turn errors into an exit code.
+//! `apiaryd`: parse the flags (and the configuration file's settings, which
+//! become flags before them, so that a flag given on the command line wins),
+//! run the daemon, turn errors into an exit code.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use apiary_daemon::auth::{self, Access};
+use apiary_daemon::config::{self, ConfigFile, SettingSpec};
 use apiary_daemon::core::CoreConfig;
-use apiary_daemon::server::{self, JobArgs, PeerLimits, ServerConfig, SnapshotSettings, peer_limits};
+use apiary_daemon::server::{self, JobArgs, PeerLimits, Reload, ServerConfig, SnapshotSettings, peer_limits};
+use apiary_protocol::token;
 use apiary_storage::WalOptions;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 /// The core allocates and frees a few dozen small strings per request; mimalloc
 /// does that in a fraction of the instructions glibc's allocator needs.
@@ -17,7 +23,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The Apiary daemon: schedules tasks onto bots and keeps every fact in a write-ahead log.
 #[derive(Parser, Debug)]
-#[command(name = "apiaryd", version, args_conflicts_with_subcommands = true)]
+#[command(name = "apiaryd", version, args_conflicts_with_subcommands = true, args_override_self = true)]
 struct Cli {
     #[command(flatten)]
     daemon: Args,
@@ -25,9 +31,15 @@ struct Cli {
     internal: Option<Internal>,
 }
 
-/// Work the daemon gives to a child process of its own binary.
+/// Tools beside the daemon, and work it gives to a child process of its own binary.
 #[derive(clap::Subcommand, Debug)]
 enum Internal {
+    /// Prints the line that gives a principal this token in the configuration file.
+    HashToken {
+        /// The file that holds the token (its surrounding white space is not part of it).
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
+    },
     /// Makes a snapshot from the files of a data directory (the daemon runs this itself).
     #[command(hide = true)]
     SnapshotJob(JobArgs),
@@ -35,6 +47,18 @@ enum Internal {
 
 #[derive(clap::Args, Debug)]
 struct Args {
+    /// A configuration file (TOML): every setting below, by its name with `_` for `-`, and the
+    /// principals that may connect. A flag given here wins over the file; SIGHUP reloads its principals.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Checks a configuration file (with the other flags given, as a start would) and exits: 0 when
+    /// it is good, 1 with the file, the line and the reason when it is not.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+    /// Listen on an address that is not loopback although no principals are configured, so that
+    /// anyone who can reach it may use the daemon. Without it such a start is refused.
+    #[arg(long)]
+    insecure_no_auth: bool,
     /// Address to listen on for clients and bots (port 0 picks a free port; the log says which).
     #[arg(long, default_value = "127.0.0.1:7420")]
     listen: SocketAddr,
@@ -120,18 +144,99 @@ fn parse_retention(text: &str) -> Result<Duration, String> {
     Ok(retention)
 }
 
+/// The settings a configuration file may give: every flag of the daemon but
+/// those that name the file.
+fn setting_specs() -> Vec<SettingSpec> {
+    let command = Cli::command();
+    command
+        .get_arguments()
+        .filter_map(|arg| {
+            let long = arg.get_long()?;
+            let key = arg.get_id().as_str();
+            if ["help", "version"].contains(&key) {
+                return None;
+            }
+            let is_switch = matches!(arg.get_action(), clap::ArgAction::SetTrue);
+            Some(SettingSpec { key: key.to_string(), flag: format!("--{long}"), is_switch })
+        })
+        .collect()
+}
+
+/// Whether the daemon's command line takes these flags: the file's values
+/// obey exactly the rules of the flags.
+fn check_flags(flags: &[String]) -> Result<(), String> {
+    let argv = std::iter::once("apiaryd".to_string()).chain(flags.iter().cloned());
+    Cli::command().try_get_matches_from(argv).map(|_| ()).map_err(|error| {
+        let text = error.to_string();
+        let first = text.lines().next().unwrap_or_default();
+        first.strip_prefix("error: ").unwrap_or(first).to_string()
+    })
+}
+
+fn load_config(path: &Path) -> Result<ConfigFile, config::ConfigError> {
+    config::load(path, &setting_specs(), &check_flags)
+}
+
+/// What SIGHUP reads again: who may connect.
+fn reload_access(path: &Path) -> Result<Access, String> {
+    load_config(path).map(|file| file.access).map_err(|error| error.to_string())
+}
+
+/// The daemon's flags with the file's settings before those of the command
+/// line, so that the command line wins.
+fn with_file_settings(file: &ConfigFile) -> Result<Args, String> {
+    let mut argv: Vec<OsString> = std::env::args_os().take(1).collect();
+    argv.extend(file.flags.iter().map(OsString::from));
+    argv.extend(std::env::args_os().skip(1));
+    Cli::try_parse_from(argv).map(|cli| cli.daemon).map_err(|error| error.to_string())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Internal::SnapshotJob(job)) = cli.internal {
-        return match job.run() {
+    match cli.internal {
+        Some(Internal::SnapshotJob(job)) => match job.run() {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("apiaryd snapshot-job: {error}");
                 ExitCode::FAILURE
             }
-        };
+        },
+        Some(Internal::HashToken { token_file }) => match token::read_token_file(&token_file) {
+            Ok(token) => {
+                println!("token_hash = \"{}\"", auth::format_token_hash(&auth::hash_token(token.as_bytes())));
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("apiaryd hash-token: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        None => match run(cli.daemon) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("apiaryd: {error}");
+                ExitCode::FAILURE
+            }
+        },
     }
-    let args = cli.daemon;
+}
+
+fn run(args: Args) -> Result<(), String> {
+    if let Some(path) = &args.check_config {
+        let file = load_config(path).map_err(|error| error.to_string())?;
+        let args = with_file_settings(&file)?;
+        auth::check_open_access(args.listen, &file.access, args.insecure_no_auth)?;
+        println!("{file}: good");
+        return Ok(());
+    }
+    let (args, access, reload) = match &args.config {
+        None => (args, Access::Open, None),
+        Some(path) => {
+            let file = load_config(path).map_err(|error| error.to_string())?;
+            let reload = Reload { path: path.clone(), load: reload_access };
+            (with_file_settings(&file)?, file.access, Some(reload))
+        }
+    };
     let config = ServerConfig {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -157,12 +262,9 @@ fn main() -> ExitCode {
             log_bytes: args.snapshot_log_bytes,
         },
         accept_log_loss: args.accept_log_loss,
+        access,
+        insecure_no_auth: args.insecure_no_auth,
+        reload,
     };
-    match server::run(config) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("apiaryd: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    server::run(config).map_err(|error| error.to_string())
 }

@@ -141,7 +141,7 @@ impl Daemon {
     }
 
     fn request(&mut self, now_ms: u64, conn: ConnId, request_id: u64, request: Request, out: &mut Output) {
-        self.core.handle(now_ms, Input::Request { conn, request_id, request }, out);
+        self.core.handle(now_ms, Input::Request { conn, request_id, request, principal: None }, out);
     }
 
     fn write_output(&mut self, out: &Output) {
@@ -992,6 +992,7 @@ impl Sim {
             Event::TaskRetried { .. } => "TaskRetried",
             Event::BotConnected(_) => "BotConnected",
             Event::BotChanged { .. } => "BotChanged",
+            Event::BotChangedBy { .. } => "BotChangedBy",
             Event::RetentionApplied { .. } => "RetentionApplied",
         };
         *self.stats.entry(kind).or_default() += 1;
@@ -1037,7 +1038,7 @@ impl Sim {
                     assert!(self.assigned_runs.contains(&run_id), "run {run_id:x} ended without starting");
                 }
             }
-            Event::BotConnected(_) | Event::BotChanged { .. } => {}
+            Event::BotConnected(_) | Event::BotChanged { .. } | Event::BotChangedBy { .. } => {}
             Event::RetentionApplied { cutoff_ms } => self.retire(*cutoff_ms, touched),
         }
     }

@@ -38,8 +38,13 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects, sends the hello and waits for the welcome.
+    /// Connects without a token, sends the hello and waits for the welcome.
     pub fn connect(addr: &str, role: Role, software: &str) -> Result<Client, ClientError> {
+        Client::connect_with_token(addr, role, software, "")
+    }
+
+    /// Connects, sends the hello with `token` (empty: none) and waits for the welcome.
+    pub fn connect_with_token(addr: &str, role: Role, software: &str, token: &str) -> Result<Client, ClientError> {
         let connect_error = |source| ClientError::Connect { addr: addr.to_string(), source };
         let mut last_error = io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing");
         let mut connected = None;
@@ -56,7 +61,7 @@ impl Client {
         stream.set_nodelay(true)?;
         let mut client = Client { stream, next_request_id: 1, server_software: String::new() };
         let mut bytes = Vec::new();
-        frame::encode_hello(&Hello::new(role, software), &mut bytes)?;
+        frame::encode_hello(&Hello::with_token(role, software, token), &mut bytes)?;
         client.stream.write_all(&bytes)?;
         match client.read_reply(0)? {
             Reply::Welcome { server_software } => client.server_software = server_software,

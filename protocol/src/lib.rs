@@ -12,6 +12,7 @@ pub mod frame;
 pub mod ids;
 pub mod limits;
 pub mod messages;
+pub mod token;
 pub mod wire_size;
 
 pub use client::{Client, ClientError};

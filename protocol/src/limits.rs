@@ -11,6 +11,9 @@ const _: () = assert!(MAX_OUTPUT_CHUNK_BYTES + FRAME_OVERHEAD_BYTES <= MAX_FRAME
 /// The largest frame payload before the hello: a hello is small (a token, when
 /// there are tokens, included), and a peer that has not said who it is gets no more.
 pub const MAX_HELLO_PAYLOAD_BYTES: usize = 16 << 10;
+/// Bytes in a bearer token (a hello's `token`, a `--token-file`).
+pub const MAX_TOKEN_BYTES: usize = 4096;
+const _: () = assert!(MAX_TOKEN_BYTES + 4096 <= MAX_HELLO_PAYLOAD_BYTES, "a hello with a token fits");
 /// Bytes of the entries of one page (tasks, bot events, bots), as bounded by
 /// `wire_size`: a page stops early by bytes as well as by count, and hands back
 /// a cursor, so it always fits in a frame.

@@ -13,7 +13,7 @@ use crate::limits;
 /// First bytes of every hello, so a stray client is recognised at once.
 pub const MAGIC: [u8; 4] = *b"APRY";
 /// Bumped on every incompatible change of frames or messages.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -21,19 +21,45 @@ pub enum Role {
     Bot,
 }
 
-/// The first frame of every connection.
-#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
+/// The first frame of every connection. `Debug` leaves the token out.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, PartialEq, Eq)]
 pub struct Hello {
     pub magic: [u8; 4],
     pub version: u16,
     pub role: Role,
     /// Free text naming the peer's program and version, for logs.
     pub software: String,
+    /// The bearer token that names the peer's principal; empty when it has
+    /// none (a daemon with principals configured then refuses the hello).
+    /// At most `limits::MAX_TOKEN_BYTES`.
+    pub token: String,
 }
 
 impl Hello {
     pub fn new(role: Role, software: &str) -> Hello {
-        Hello { magic: MAGIC, version: PROTOCOL_VERSION, role, software: software.to_string() }
+        Hello::with_token(role, software, "")
+    }
+
+    pub fn with_token(role: Role, software: &str, token: &str) -> Hello {
+        Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            role,
+            software: software.to_string(),
+            token: token.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("magic", &self.magic)
+            .field("version", &self.version)
+            .field("role", &self.role)
+            .field("software", &self.software)
+            .field("token", &format_args!("({} bytes)", self.token.len()))
+            .finish()
     }
 }
 
@@ -530,6 +556,8 @@ pub enum ErrorCode {
     NotFound,
     /// The hello was not understood (magic, version or order).
     BadHello,
+    /// The hello's token is missing, or names no principal the daemon knows.
+    Unauthenticated,
     /// A frame over the size limit.
     FrameTooLarge,
     /// The daemon is at its connection limit or shutting down.

@@ -93,7 +93,12 @@ impl Daemon {
     /// Runs `apiaryd` on `data_dir` where it must refuse to start: returns its
     /// exit status and everything it wrote to stderr.
     pub fn start_refused(data_dir: &Path, extra_args: &[&str]) -> (std::process::ExitStatus, String) {
-        let mut child = daemon_command(data_dir, "127.0.0.1:0", extra_args).spawn().expect("start apiaryd");
+        Daemon::start_refused_on(data_dir, "127.0.0.1:0", extra_args)
+    }
+
+    /// As `start_refused`, listening on `listen`.
+    pub fn start_refused_on(data_dir: &Path, listen: &str, extra_args: &[&str]) -> (std::process::ExitStatus, String) {
+        let mut child = daemon_command(data_dir, listen, extra_args).spawn().expect("start apiaryd");
         let log = LogLines::default();
         log.follow(child.stderr.take().unwrap(), "apiaryd");
         let deadline = Instant::now() + PATIENCE;
@@ -140,7 +145,12 @@ impl Daemon {
     }
 
     pub fn cli(&self) -> Cli {
-        Cli { addr: self.addr.clone() }
+        Cli { addr: self.addr.clone(), token_file: None }
+    }
+
+    /// The command line with `--token-file token_file`.
+    pub fn cli_with_token(&self, token_file: &Path) -> Cli {
+        Cli { addr: self.addr.clone(), token_file: Some(token_file.to_path_buf()) }
     }
 }
 
@@ -225,8 +235,10 @@ impl Bot {
         let log = LogLines::default();
         log.follow(child.stderr.take().unwrap(), "apiary-bot");
         let bot = Bot { child: Some(child), log };
-        // Tasks triggered from here on can count on the bot as capacity.
-        let cli = Cli { addr: addr.to_string() };
+        // Tasks triggered from here on can count on the bot as capacity. The
+        // bot's own token (if any) serves to ask.
+        let token_file = extra.iter().position(|arg| *arg == "--token-file").map(|at| PathBuf::from(extra[at + 1]));
+        let cli = Cli { addr: addr.to_string(), token_file };
         let deadline = Instant::now() + PATIENCE;
         while !cli.run(&["bots", "show", bot_id]).status.success() {
             assert!(Instant::now() < deadline, "bot {bot_id} never reached the daemon; log: {:#?}", bot.log.all());
@@ -270,16 +282,18 @@ impl Drop for Bot {
 /// Runs the `apiary` command line against one daemon.
 pub struct Cli {
     pub addr: String,
+    /// Given as `--token-file` to every command.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Cli {
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(binary("apiary"))
-            .args(["--server", &self.addr])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run apiary")
+        let mut command = Command::new(binary("apiary"));
+        command.args(["--server", &self.addr]);
+        if let Some(token_file) = &self.token_file {
+            command.arg("--token-file").arg(token_file);
+        }
+        command.args(args).stdin(Stdio::null()).output().expect("run apiary")
     }
 
     /// Runs and insists on exit code 0; returns stdout as text.

@@ -77,12 +77,12 @@ pub enum Input {
         conn: ConnId,
         request_id: u64,
         request: Request,
+        /// The principal the connection's hello named; `None` while access is open.
+        principal: Option<Arc<str>>,
     },
     /// The connection closed: a bot's held poll is dropped at once; a client's
     /// waits and follows are dropped when they time out or their task ends.
-    Disconnected {
-        conn: ConnId,
-    },
+    Disconnected { conn: ConnId },
 }
 
 #[derive(Debug)]
@@ -308,8 +308,8 @@ impl Core {
     pub fn handle(&mut self, now_ms: u64, input: Input, out: &mut Output) {
         self.advance_clock(now_ms);
         match input {
-            Input::Request { conn, request_id, request } => {
-                if let Some(reply) = self.handle_request(conn, request_id, request, out) {
+            Input::Request { conn, request_id, request, principal } => {
+                if let Some(reply) = self.handle_request(conn, request_id, request, principal.as_deref(), out) {
                     out.replies.push(Outgoing { conn, request_id, reply });
                 }
             }
@@ -319,9 +319,16 @@ impl Core {
 
     /// Returns the reply, or `None` when the reply comes later (a held poll or
     /// wait) or as an output read.
-    fn handle_request(&mut self, conn: ConnId, request_id: u64, request: Request, out: &mut Output) -> Option<Reply> {
+    fn handle_request(
+        &mut self,
+        conn: ConnId,
+        request_id: u64,
+        request: Request,
+        principal: Option<&str>,
+        out: &mut Output,
+    ) -> Option<Reply> {
         match request {
-            Request::NewTask(new_task) => Some(self.new_task(new_task, out)),
+            Request::NewTask(new_task) => Some(self.new_task(new_task, principal, out)),
             Request::GetTask { task_id } => Some(
                 self.find_task(task_id)
                     .map_or_else(|missing| self.missing(missing), |task| Reply::Task(self.describe(&task))),
@@ -338,15 +345,20 @@ impl Core {
             )),
             Request::ListTasks(query) => Some(self.list_tasks(query)),
             Request::CancelTask { task_id, kill_running } => Some(self.cancel(task_id, kill_running, out)),
-            Request::ValidateTask(request) => Some(match validate::validate_request(&request) {
-                Ok(()) => Reply::ValidRequest(NewTaskRequest { secret_bytes: None, ..request }),
+            Request::ValidateTask(request) => Some(match validate::admit(request, principal) {
+                Ok(request) => Reply::ValidRequest(NewTaskRequest { secret_bytes: None, ..request }),
                 Err(refusal) => error(ErrorCode::InvalidRequest, refusal.to_string()),
             }),
             Request::QuarantineBot { bot_id, reason } => {
-                Some(self.bot_request(&bot_id, BotChange::Quarantined { reason, by_server: true }, out))
+                let change = BotChange::Quarantined { reason, by_server: true };
+                Some(self.bot_request(&bot_id, change, principal, out))
             }
-            Request::UnquarantineBot { bot_id } => Some(self.bot_request(&bot_id, BotChange::Unquarantined, out)),
-            Request::TerminateBot { bot_id } => Some(self.bot_request(&bot_id, BotChange::TerminateRequested, out)),
+            Request::UnquarantineBot { bot_id } => {
+                Some(self.bot_request(&bot_id, BotChange::Unquarantined, principal, out))
+            }
+            Request::TerminateBot { bot_id } => {
+                Some(self.bot_request(&bot_id, BotChange::TerminateRequested, principal, out))
+            }
             Request::ListBotEvents(query) => Some(self.list_bot_events(query)),
             Request::BotPoll(poll) => self.bot_poll(conn, request_id, poll, out),
             Request::TaskUpdate(update) => Some(self.task_update(conn, update, out)),

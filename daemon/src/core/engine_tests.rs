@@ -13,6 +13,8 @@ struct Harness {
     log: Vec<Event>,
     now_ms: u64,
     next_request_id: u64,
+    /// Who the requests come from (`None`: open access).
+    principal: Option<std::sync::Arc<str>>,
 }
 
 const CLIENT: ConnId = ConnId(1);
@@ -33,6 +35,7 @@ impl Harness {
             log: Vec::new(),
             now_ms: 1_700_000_000_000,
             next_request_id: 1,
+            principal: None,
         }
     }
 
@@ -40,7 +43,11 @@ impl Harness {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let mut out = Output::default();
-        self.core.handle(self.now_ms, Input::Request { conn, request_id, request }, &mut out);
+        self.core.handle(
+            self.now_ms,
+            Input::Request { conn, request_id, request, principal: self.principal.clone() },
+            &mut out,
+        );
         self.record(&out);
         (request_id, out)
     }
@@ -1100,4 +1107,39 @@ fn a_snapshot_of_more_tasks_than_a_part_restores_whole_and_a_damaged_part_is_ref
     let view = CoreSnapshot::access(&damaged).expect("the head is intact");
     let error = Core::restore(CoreConfig::default(), &view).err().expect("a damaged part is refused");
     assert!(error.to_string().contains("task part 1"), "{error}");
+}
+
+#[test]
+fn the_principal_is_recorded_on_the_tasks_it_creates_and_the_bot_changes_it_asks_for() {
+    let mut h = Harness::new();
+    h.poll(BOT_1.conn, BOT_1.bot_id, BOT_1.session_id, LINUX);
+    h.principal = Some("alice".into());
+    let mut forged = request(100, &[("pool", "ci")]);
+    forged.tags.push("authenticated:mallory".into());
+    let (_, out) = h.send(CLIENT, Request::NewTask(forged));
+    let Reply::Error(refusal) = &out.replies[0].reply else { panic!("a forged principal is refused") };
+    assert!(refusal.message.starts_with("tags[0]: \"authenticated:mallory\": the daemon sets"), "{}", refusal.message);
+    let created = h.submit(request(100, &[("pool", "other")]));
+    assert_eq!(created.request.tags, ["authenticated:alice"]);
+    for request in [
+        Request::QuarantineBot { bot_id: "bot-1".into(), reason: "flaky".into() },
+        Request::UnquarantineBot { bot_id: "bot-1".into() },
+        Request::TerminateBot { bot_id: "bot-1".into() },
+    ] {
+        h.send(CLIENT, request);
+    }
+    let (events, _) = bot_events(&mut h, BotEventQuery { bot_id: "bot-1".into(), ..BotEventQuery::default() });
+    let messages: Vec<(BotEventKind, &str)> =
+        events.iter().take(3).map(|event| (event.kind, event.message.as_str())).collect();
+    assert_eq!(
+        messages,
+        [
+            (BotEventKind::TerminateRequested, "by alice"),
+            (BotEventKind::Unquarantined, "by alice"),
+            (BotEventKind::Quarantined, "by alice: flaky"),
+        ]
+    );
+    h.principal = None;
+    assert!(h.submit(request(100, &[("pool", "other")])).request.tags.is_empty(), "open access names no one");
+    h.check_replay();
 }

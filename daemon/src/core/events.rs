@@ -42,7 +42,23 @@ pub enum Event {
     RetentionApplied {
         cutoff_ms: u64,
     },
+    /// A change of a bot's standing that principal `by` asked for.
+    BotChangedBy {
+        bot_id: String,
+        change: BotChange,
+        at_ms: u64,
+        by: String,
+    },
 }
+
+// New variants go last and stay smaller than the largest: the archived event
+// then keeps its size and every older variant its tag, so the log records of
+// an older daemon still decode as they were written (tested with such records
+// in `tests::older_records_still_decode`).
+const _: () = assert!(std::mem::size_of::<ArchivedEvent>() == ARCHIVED_EVENT_BYTES);
+const _: () = assert!(std::mem::align_of::<ArchivedEvent>() == 8);
+/// The size of an archived event since the log's first records.
+const ARCHIVED_EVENT_BYTES: usize = 160;
 
 /// Changes of a bot's standing that decide whether it gets work.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -206,9 +222,62 @@ impl Event {
                 BotChange::TerminateRequested => format!("bot {bot_id} is to terminate"),
                 BotChange::ShutDown => format!("bot {bot_id} shut down"),
             },
+            Event::BotChangedBy { bot_id, change, by, .. } => match change {
+                BotChange::Quarantined { reason, .. } => format!("bot {bot_id} quarantined by {by}: {reason}"),
+                BotChange::Unquarantined => format!("bot {bot_id} unquarantined by {by}"),
+                BotChange::TerminateRequested => format!("bot {bot_id} is to terminate, asked by {by}"),
+                BotChange::Missing | BotChange::ShutDown => format!("bot {bot_id} changed by {by}: {change:?}"),
+            },
             Event::RetentionApplied { cutoff_ms } => {
                 format!("finished tasks created before {cutoff_ms} (Unix ms) are let go by retention")
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use apiary_protocol::NewTaskRequest;
+
+    use super::*;
+
+    /// `Event` as the log's first records were written, before `BotChangedBy`:
+    /// frozen here so that its records can be made and read back as `Event`.
+    #[derive(Archive, Serialize)]
+    #[expect(dead_code, reason = "every variant is part of the frozen layout; a few are enough to encode")]
+    enum EventBeforePrincipals {
+        TaskCreated(TaskCreated),
+        SliceAdvanced { task_id: u64, slice_index: u32, at_ms: u64 },
+        TaskAssigned(TaskAssigned),
+        KillRequested { run_id: u64, at_ms: u64 },
+        TaskFinished(TaskFinished),
+        TaskRetried { run_id: u64, reason: String, output_len: u64, at_ms: u64 },
+        BotConnected(BotConnected),
+        BotChanged { bot_id: String, change: BotChange, at_ms: u64 },
+        RetentionApplied { cutoff_ms: u64 },
+    }
+
+    #[test]
+    fn older_records_still_decode() {
+        assert_eq!(std::mem::size_of::<ArchivedEventBeforePrincipals>(), ARCHIVED_EVENT_BYTES);
+        let request = NewTaskRequest { name: "n".into(), tags: vec!["a:b".into()], ..NewTaskRequest::default() };
+        let created = TaskCreated { task_id: 0x10, created_ms: 5, slice_index: 0, request };
+        let quarantined = BotChange::Quarantined { reason: "disk".into(), by_server: true };
+        let pairs = [
+            (EventBeforePrincipals::TaskCreated(created.clone()), Event::TaskCreated(created)),
+            (
+                EventBeforePrincipals::BotChanged { bot_id: "bot-1".into(), change: quarantined.clone(), at_ms: 9 },
+                Event::BotChanged { bot_id: "bot-1".into(), change: quarantined, at_ms: 9 },
+            ),
+            (
+                EventBeforePrincipals::TaskRetried { run_id: 0x11, reason: "gone".into(), output_len: 3, at_ms: 4 },
+                Event::TaskRetried { run_id: 0x11, reason: "gone".into(), output_len: 3, at_ms: 4 },
+            ),
+            (EventBeforePrincipals::RetentionApplied { cutoff_ms: 77 }, Event::RetentionApplied { cutoff_ms: 77 }),
+        ];
+        for (older, now) in pairs {
+            let bytes = rkyv::to_bytes::<rancor::Error>(&older).unwrap();
+            assert_eq!(Event::decode(&bytes).unwrap(), now);
         }
     }
 }

@@ -50,6 +50,28 @@ fn refuse(field: &Field, message: impl Into<String>) -> Result<(), ValidationErr
     Err(ValidationError { field: field.to_string(), message: message.into() })
 }
 
+/// The key of the tag the daemon gives a task created by a principal:
+/// `authenticated:NAME`. A client may not set it.
+pub const AUTHENTICATED_TAG_KEY: &str = "authenticated";
+
+/// A request as the daemon takes it from `principal`: refused when it sets the
+/// daemon's own tag, else tagged with the principal's name and validated.
+pub fn admit(mut request: NewTaskRequest, principal: Option<&str>) -> Result<NewTaskRequest, ValidationError> {
+    let tags = Field::Top("tags");
+    for (index, tag) in request.tags.iter().enumerate() {
+        if tag.split_once(':').is_some_and(|(key, _)| key == AUTHENTICATED_TAG_KEY) {
+            let message =
+                format!("{tag:?}: the daemon sets {AUTHENTICATED_TAG_KEY}: to the principal that creates a task");
+            refuse(&tags.at(index), message)?;
+        }
+    }
+    if let Some(principal) = principal {
+        request.tags.push(format!("{AUTHENTICATED_TAG_KEY}:{principal}"));
+    }
+    validate_request(&request)?;
+    Ok(request)
+}
+
 /// At most this many combinations may come out of `|` alternatives in one slice.
 pub const MAX_DIMENSION_COMBINATIONS: usize = 8;
 

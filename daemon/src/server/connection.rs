@@ -2,6 +2,7 @@
 //! output, and the timeouts that apply to it now.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use apiary_protocol::Role;
 use apiary_protocol::limits::{MAX_FRAME_PAYLOAD_BYTES, MAX_HELLO_PAYLOAD_BYTES};
@@ -10,6 +11,7 @@ use mio::net::TcpStream;
 use super::inbound::Inbound;
 use super::outbound::Outbound;
 use super::peer_limits::PeerLimits;
+use crate::auth::Principal;
 use crate::core::ConnId;
 
 /// Bytes read from one connection in one turn before others get their turn.
@@ -21,6 +23,8 @@ pub struct Connection {
     pub stream: TcpStream,
     /// Set by the hello; `None` until then.
     pub role: Option<Role>,
+    /// Who the hello's token named; `None` while access is open.
+    pub principal: Option<Arc<Principal>>,
     /// Close once the output is written (after a fatal protocol error).
     pub closing: bool,
     pub inbound: Inbound,
@@ -63,6 +67,7 @@ impl Connection {
             peer,
             stream,
             role: None,
+            principal: None,
             closing: false,
             inbound: Inbound::default(),
             outbound: Outbound::default(),

@@ -27,14 +27,17 @@ use super::inbound::{InputBudget, ReadOutcome};
 use super::log;
 use super::outbound::{self, Queued};
 use super::peer_limits::PeerLimits;
+use super::reload;
 use super::snapshots::{self, Snapshots, StateFiles};
-use super::startup::{Recovered, ServerConfig};
+use super::startup::{Recovered, Reload, ServerConfig};
+use crate::auth::Access;
 use crate::core::events::{EVENT_RECORD_KIND, Event, TaskFinished};
 use crate::core::{ConnId, Core, Input, Output, OutputRead};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
+const RELOAD: Token = Token(usize::MAX - 4);
 
 /// Heap copies of archived tasks (and of texts a snapshot's text file holds)
 /// dropped per turn (about 0.2 ms of work), so a large history run or text
@@ -48,6 +51,11 @@ pub struct EventLoop {
     listener: Option<TcpListener>,
     /// Kept open: SIGTERM and SIGINT write to its other end.
     _signals: UnixStream,
+    /// SIGHUP writes to its other end: read the configuration file again.
+    reload_signals: UnixStream,
+    /// Who may connect now.
+    access: Access,
+    reload: Option<Reload>,
     connections: Slab<Connection>,
     max_connections: usize,
     next_connection_serial: u64,
@@ -98,6 +106,15 @@ impl EventLoop {
         }
         let mut signals = UnixStream::from_std(signal_reader);
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE).map_err(io_error("register signals"))?;
+        let (reload_reader, reload_writer) = StdUnixStream::pair().map_err(io_error("create the SIGHUP pipe"))?;
+        reload_reader.set_nonblocking(true).map_err(io_error("set up the SIGHUP pipe"))?;
+        reload_writer.set_nonblocking(true).map_err(io_error("set up the SIGHUP pipe"))?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, reload_writer)
+            .map_err(io_error("register the SIGHUP handler"))?;
+        let mut reload_signals = UnixStream::from_std(reload_reader);
+        poll.registry()
+            .register(&mut reload_signals, RELOAD, Interest::READABLE)
+            .map_err(io_error("register SIGHUP"))?;
         let mut listener = listener;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(io_error("register listener"))?;
         let Recovered { core, wal, outputs, snapshots, history, texts, snapshot_seq } = recovered;
@@ -114,6 +131,9 @@ impl EventLoop {
             poll,
             listener: Some(listener),
             _signals: signals,
+            reload_signals,
+            access: config.access.clone(),
+            reload: config.reload.clone(),
             connections: Slab::new(),
             max_connections: config.max_connections,
             next_connection_serial: 1,
@@ -159,6 +179,7 @@ impl EventLoop {
                     LISTENER => self.accept_all(),
                     WAKER => self.durability.collect(false).map_err(ServerError::Sync)?,
                     SIGNALS => self.shutting_down = true,
+                    RELOAD => self.reload_configuration(now_ms, &mut out),
                     token => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.read_connection(token, now_ms, &mut out);
@@ -190,6 +211,40 @@ impl EventLoop {
             self.snapshots.turn_took(turn_started.elapsed());
         }
         self.shut_down()
+    }
+
+    /// SIGHUP: who may connect is read again from the configuration file;
+    /// connections whose token is no longer accepted are closed.
+    fn reload_configuration(&mut self, now_ms: u64, out: &mut Output) {
+        let mut drained = [0u8; 64];
+        while matches!(io::Read::read(&mut self.reload_signals, &mut drained), Ok(read) if read > 0) {}
+        let Some(reload) = &self.reload else {
+            log("SIGHUP: the daemon was started without --config, so there is nothing to reload".to_string());
+            return;
+        };
+        let access = match reload::read_again(reload, &self.access) {
+            Ok(access) => access,
+            Err(reason) => {
+                log(format!("SIGHUP: cannot reload the configuration, keeping the one in force: {reason}"));
+                return;
+            }
+        };
+        let revoked: Vec<Token> = self
+            .connections
+            .iter()
+            .filter(|(_, connection)| {
+                connection.role.is_some() && !reload::still_admitted(&access, connection.principal.as_deref())
+            })
+            .map(|(key, _)| Token(key))
+            .collect();
+        let line = reload::describe(reload, &access, revoked.len());
+        self.access = access;
+        for token in revoked {
+            let principal = self.connections[token.0].principal.as_ref().map_or("none".into(), |p| p.name.clone());
+            let reason = format!("the token it presented (principal {principal}) is no longer accepted");
+            self.close(token, now_ms, out, Some(&reason));
+        }
+        log(line);
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
@@ -432,14 +487,16 @@ impl EventLoop {
         }
         connection.requests_in_flight += 1;
         let conn = connection.id;
-        self.core.handle(now_ms, Input::Request { conn, request_id: frame.request_id, request }, out);
+        let principal = connection.principal.as_ref().map(|principal| Arc::clone(&principal.name));
+        self.core.handle(now_ms, Input::Request { conn, request_id: frame.request_id, request, principal }, out);
     }
 
     fn on_hello(&mut self, token: Token, frame: &Frame) {
         let connection = &mut self.connections[token.0];
-        match hello::check_hello(frame) {
+        match hello::check_hello(frame, &self.access) {
             Ok(accepted) => {
                 connection.role = Some(accepted.role);
+                connection.principal = accepted.principal;
                 let welcome = Reply::Welcome { server_software: SOFTWARE.to_string() };
                 connection.outbound.push_now(outbound::encode_reply(0, &welcome));
             }

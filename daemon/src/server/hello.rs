@@ -1,15 +1,22 @@
 //! The hello: the first frame of every connection, where the peer says which
-//! protocol it speaks and what it is. Until it arrives a connection may send
-//! only a small frame (`MAX_HELLO_PAYLOAD_BYTES`), and only for the hello
-//! timeout. Each check below refuses with its own message; trust that is
-//! settled at the hello (a token, the principal it maps to) is one more check
-//! here and one more field of `Accepted`.
+//! protocol it speaks, what it is, and who it is (its bearer token). Until it
+//! arrives a connection may send only a small frame (`MAX_HELLO_PAYLOAD_BYTES`),
+//! and only for the hello timeout. Each check below refuses with its own
+//! message. The token is checked here and nowhere else: what the connection
+//! does later is done as the principal settled here, at no cost per request.
 
+use std::sync::Arc;
+
+use apiary_protocol::limits::MAX_TOKEN_BYTES;
 use apiary_protocol::{ErrorCode, Frame, FrameKind, MAGIC, PROTOCOL_VERSION, Role};
+
+use crate::auth::{Access, Principal};
 
 /// What a good hello settles for the rest of the connection.
 pub struct Accepted {
     pub role: Role,
+    /// Who the peer is; `None` when access is open.
+    pub principal: Option<Arc<Principal>>,
 }
 
 pub struct Refusal {
@@ -21,9 +28,13 @@ impl Refusal {
     fn bad_hello(message: String) -> Refusal {
         Refusal { code: ErrorCode::BadHello, message }
     }
+
+    fn unauthenticated(message: String) -> Refusal {
+        Refusal { code: ErrorCode::Unauthenticated, message }
+    }
 }
 
-pub fn check_hello(frame: &Frame) -> Result<Accepted, Refusal> {
+pub fn check_hello(frame: &Frame, access: &Access) -> Result<Accepted, Refusal> {
     if frame.kind != FrameKind::Hello {
         return Err(Refusal::bad_hello(format!("the first frame must be a hello, not a {:?} frame", frame.kind)));
     }
@@ -34,5 +45,27 @@ pub fn check_hello(frame: &Frame) -> Result<Accepted, Refusal> {
             hello.version, hello.magic
         )));
     }
-    Ok(Accepted { role: hello.role })
+    let principal = match access {
+        Access::Open => None,
+        Access::Tokens(principals) => {
+            if hello.token.is_empty() {
+                return Err(Refusal::unauthenticated(
+                    "token: the hello carries none, and this daemon admits only principals with a token \
+                     (give it with --token-file FILE or APIARY_TOKEN_FILE)"
+                        .to_string(),
+                ));
+            }
+            if hello.token.len() > MAX_TOKEN_BYTES {
+                let message = format!("token: {} bytes is over the limit of {MAX_TOKEN_BYTES}", hello.token.len());
+                return Err(Refusal::unauthenticated(message));
+            }
+            let Some(principal) = principals.authenticate(hello.token.as_bytes()) else {
+                return Err(Refusal::unauthenticated(
+                    "token: not the token of any principal in the daemon's configuration".to_string(),
+                ));
+            };
+            Some(Arc::clone(principal))
+        }
+    };
+    Ok(Accepted { role: hello.role, principal })
 }

@@ -1,7 +1,8 @@
 //! The shell around the core: data directory, recovery, the event loop, the
 //! flusher thread, and the limits that keep one peer from hurting the others
 //! (`peer_limits`: the hello and idle timeouts in `deadlines`, partial frames
-//! in `inbound`, replies owed in `outbound`).
+//! in `inbound`, replies owed in `outbound`). A connection's principal is
+//! settled by its hello (`hello`); SIGHUP reloads who may connect (`reload`).
 
 mod connection;
 mod deadlines;
@@ -13,6 +14,7 @@ mod inbound;
 pub mod os;
 mod outbound;
 pub mod peer_limits;
+mod reload;
 mod replay;
 mod snapshots;
 mod startup;
@@ -20,7 +22,7 @@ mod startup;
 pub use event_loop::{SOFTWARE, now_unix_ms};
 pub use peer_limits::PeerLimits;
 pub use snapshots::{JobArgs, SnapshotSettings};
-pub use startup::{ServerConfig, run};
+pub use startup::{Reload, ServerConfig, run};
 
 use std::io;
 
@@ -50,6 +52,8 @@ pub enum ServerError {
          --accept-log-loss to go on without them"
     )]
     HistoryRunUnusable(apiary_storage::HistoryError),
+    #[error("{0}")]
+    OpenAccess(String),
     #[error("the snapshot store failed: {0}")]
     Snapshot(#[from] apiary_storage::SnapshotError),
 }

@@ -16,6 +16,7 @@ use mio::net::TcpListener;
 use super::event_loop::{EventLoop, now_unix_ms};
 use super::snapshots::{self, SnapshotSettings};
 use super::{ServerError, log, os, replay};
+use crate::auth::{self, Access};
 use crate::core::{Core, CoreConfig, DISK_FULL_MARKER};
 
 #[derive(Clone, Debug)]
@@ -30,11 +31,28 @@ pub struct ServerConfig {
     pub snapshots: SnapshotSettings,
     /// Start even when part of the log is missing, dropping what cannot be replayed.
     pub accept_log_loss: bool,
+    /// Who may connect: anyone, or the principals of the configuration file.
+    pub access: Access,
+    /// Listen on a non-loopback address with open access (`--insecure-no-auth`).
+    pub insecure_no_auth: bool,
+    /// The configuration file that SIGHUP reads again, when there is one.
+    pub reload: Option<Reload>,
+}
+
+/// How the daemon reads its configuration file again on SIGHUP.
+#[derive(Clone, Debug)]
+pub struct Reload {
+    pub path: PathBuf,
+    /// Reads and checks the whole file as a start would; hands back who may
+    /// connect, or why the file is refused (its name, line and reason).
+    pub load: fn(&Path) -> Result<Access, String>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let io_error = |context: String| move |source| ServerError::Io { context, source };
+    let open_access = auth::check_open_access(config.listen, &config.access, config.insecure_no_auth)
+        .map_err(ServerError::OpenAccess)?;
     let data_dir = &config.data_dir;
     fs::create_dir_all(data_dir)
         .map_err(io_error(format!("cannot create the data directory {}", data_dir.display())))?;
@@ -56,6 +74,12 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         log(format!("cannot raise the listen backlog: {error}"));
     }
     let address = listener.local_addr().map_err(io_error("cannot read the listening address".into()))?;
+    if let Some(line) = open_access {
+        log(line);
+    }
+    if let Access::Tokens(principals) = &config.access {
+        log(format!("access needs a token: {} principal tokens configured", principals.len()));
+    }
     log(format!("listening on {address} with data in {}", data_dir.display()));
     EventLoop::new(listener, &config, recovered)?.run()
 }

@@ -32,7 +32,10 @@ impl Core {
                 self.apply_task_retried(*run_id, reason, *output_len, *at_ms);
             }
             Event::BotConnected(connected) => self.apply_bot_connected(connected),
-            Event::BotChanged { bot_id, change, at_ms } => self.apply_bot_changed(bot_id, change, *at_ms),
+            Event::BotChanged { bot_id, change, at_ms } => self.apply_bot_changed(bot_id, change, *at_ms, None),
+            Event::BotChangedBy { bot_id, change, at_ms, by } => {
+                self.apply_bot_changed(bot_id, change, *at_ms, Some(by))
+            }
             Event::RetentionApplied { cutoff_ms } => self.apply_retention(*cutoff_ms),
         }
     }
@@ -175,15 +178,21 @@ impl Core {
         self.record_bot_event(&connected.bot_id, connected.at_ms, kind, None, message);
     }
 
-    fn apply_bot_changed(&mut self, bot_id: &str, change: &BotChange, at_ms: u64) {
+    /// `by`: the principal that asked for the change, named in the bot's event.
+    fn apply_bot_changed(&mut self, bot_id: &str, change: &BotChange, at_ms: u64, by: Option<&str>) {
+        let asked_by = by.map_or(String::new(), |by| format!("by {by}"));
         let (kind, message) = match change {
             BotChange::Missing => (BotEventKind::Missing, String::new()),
             BotChange::Quarantined { reason, by_server } => {
-                let by = if *by_server { "by request" } else { "by its health check" };
+                let by = match by {
+                    Some(_) => &asked_by,
+                    None if *by_server => "by request",
+                    None => "by its health check",
+                };
                 (BotEventKind::Quarantined, format!("{by}: {reason}"))
             }
-            BotChange::Unquarantined => (BotEventKind::Unquarantined, String::new()),
-            BotChange::TerminateRequested => (BotEventKind::TerminateRequested, String::new()),
+            BotChange::Unquarantined => (BotEventKind::Unquarantined, asked_by),
+            BotChange::TerminateRequested => (BotEventKind::TerminateRequested, asked_by),
             BotChange::ShutDown => (BotEventKind::ShutDown, String::new()),
         };
         self.change_bot(bot_id, |bot| match change {

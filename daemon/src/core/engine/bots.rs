@@ -168,8 +168,18 @@ impl Core {
     /// Emits a change of a bot's standing; a held poll is answered so the bot
     /// polls again under its new standing.
     pub(super) fn change_bot_standing(&mut self, bot_id: &str, change: BotChange, out: &mut Output) {
+        self.change_bot_standing_by(bot_id, change, None, out);
+    }
+
+    /// A change a principal asked for is recorded with its name.
+    fn change_bot_standing_by(&mut self, bot_id: &str, change: BotChange, by: Option<&str>, out: &mut Output) {
         self.unpark(bot_id, out);
-        self.emit(Event::BotChanged { bot_id: bot_id.to_string(), change, at_ms: self.now_ms }, out);
+        let (bot_id, at_ms) = (bot_id.to_string(), self.now_ms);
+        let event = match by {
+            None => Event::BotChanged { bot_id, change, at_ms },
+            Some(by) => Event::BotChangedBy { bot_id, change, at_ms, by: by.to_string() },
+        };
+        self.emit(event, out);
     }
 
     /// The bot death timer: a bot not heard from for the timeout is missing.
@@ -328,7 +338,13 @@ impl Core {
     }
 
     /// Quarantine, unquarantine and terminate requests from people.
-    pub(super) fn bot_request(&mut self, bot_id: &str, change: BotChange, out: &mut Output) -> Reply {
+    pub(super) fn bot_request(
+        &mut self,
+        bot_id: &str,
+        change: BotChange,
+        principal: Option<&str>,
+        out: &mut Output,
+    ) -> Reply {
         let Some(bot) = self.bots.get(bot_id) else { return error(ErrorCode::NotFound, format!("no bot {bot_id:?}")) };
         let needed = match &change {
             BotChange::Quarantined { reason, .. } => {
@@ -343,7 +359,7 @@ impl Core {
             BotChange::Missing | BotChange::ShutDown => unreachable!("not a request"),
         };
         if needed {
-            self.change_bot_standing(bot_id, change, out);
+            self.change_bot_standing_by(bot_id, change, principal, out);
         }
         Reply::Bot(self.bots[bot_id].info())
     }

@@ -17,10 +17,13 @@ impl Core {
         if run_exists { Ok(task) } else { Err(Missing::Unknown(raw_id)) }
     }
 
-    pub(super) fn new_task(&mut self, request: NewTaskRequest, out: &mut Output) -> Reply {
-        if let Err(refusal) = validate::validate_request(&request) {
-            return error(ErrorCode::InvalidRequest, refusal.to_string());
-        }
+    /// A new task; `principal` (who asked) is recorded on it as its
+    /// `authenticated:NAME` tag, in its creation event.
+    pub(super) fn new_task(&mut self, request: NewTaskRequest, principal: Option<&str>, out: &mut Output) -> Reply {
+        let request = match validate::admit(request, principal) {
+            Ok(request) => request,
+            Err(refusal) => return error(ErrorCode::InvalidRequest, refusal.to_string()),
+        };
         if let Some(refusal) = self.refuse_for_storage() {
             return refusal;
         }

@@ -1,0 +1,152 @@
+//! Principals and their tokens. The configuration holds only the SHA-256 of
+//! each token (`sha256:<64 lowercase hex digits>`); a hello's token is hashed
+//! once and compared with every configured hash in constant time, so neither
+//! the time taken nor which entry matched tells a peer anything about the
+//! tokens. A principal may have several tokens (while one is rotated); a
+//! token belongs to one principal.
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// How a token hash is written in the configuration.
+pub const TOKEN_HASH_PREFIX: &str = "sha256:";
+/// Bytes in a principal's name. It is recorded on what the principal does
+/// (the `authenticated:NAME` tag of a task, a bot's events).
+pub const MAX_PRINCIPAL_NAME_BYTES: usize = 128;
+const _: () = assert!(
+    "authenticated:".len() + MAX_PRINCIPAL_NAME_BYTES <= apiary_protocol::limits::MAX_TAG_BYTES,
+    "the authenticated tag of a task must fit in a tag"
+);
+
+/// Who may connect.
+#[derive(Clone, Debug)]
+pub enum Access {
+    /// No principals are configured: every hello is accepted, and no one is named.
+    Open,
+    /// A hello must carry the token of one of these principals.
+    Tokens(Principals),
+}
+
+/// A principal and one of its tokens' hashes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub name: Arc<str>,
+    pub token_sha256: [u8; 32],
+}
+
+impl Principal {
+    pub fn new(name: &str, token_sha256: [u8; 32]) -> Principal {
+        Principal { name: name.into(), token_sha256 }
+    }
+}
+
+/// The configured principals, each with one token hash.
+#[derive(Clone, Debug, Default)]
+pub struct Principals {
+    entries: Vec<Arc<Principal>>,
+}
+
+impl Principals {
+    pub fn new(entries: Vec<Principal>) -> Principals {
+        Principals { entries: entries.into_iter().map(Arc::new).collect() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The principal whose token this is. Every entry is compared, in
+    /// constant time, whatever matches.
+    pub fn authenticate(&self, token: &[u8]) -> Option<&Arc<Principal>> {
+        let presented = hash_token(token);
+        let mut found = None;
+        for entry in &self.entries {
+            if bool::from(entry.token_sha256.ct_eq(&presented)) {
+                found = Some(entry);
+            }
+        }
+        found
+    }
+
+    /// Whether the same principal still has the same token (after a reload).
+    pub fn still_holds(&self, principal: &Principal) -> bool {
+        self.entries.iter().any(|entry| **entry == *principal)
+    }
+}
+
+pub fn hash_token(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+/// `sha256:<hex>`, as the configuration file takes it.
+pub fn format_token_hash(hash: &[u8; 32]) -> String {
+    let hex: String = hash.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("{TOKEN_HASH_PREFIX}{hex}")
+}
+
+pub fn parse_token_hash(text: &str) -> Result<[u8; 32], String> {
+    let expected = || {
+        format!(
+            "expected {TOKEN_HASH_PREFIX} and 64 lowercase hex digits (`apiaryd hash-token --token-file FILE` prints one)"
+        )
+    };
+    let hex = text.strip_prefix(TOKEN_HASH_PREFIX).ok_or_else(expected)?;
+    if hex.len() != 64 || !hex.bytes().all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte)) {
+        return Err(expected());
+    }
+    let mut hash = [0u8; 32];
+    for (index, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[index * 2..index * 2 + 2], 16).map_err(|_| expected())?;
+    }
+    Ok(hash)
+}
+
+/// Names are 1 to `MAX_PRINCIPAL_NAME_BYTES` bytes of ASCII letters, digits and `.-_@:`.
+pub fn check_principal_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_PRINCIPAL_NAME_BYTES {
+        return Err(format!("{name:?} must be 1 to {MAX_PRINCIPAL_NAME_BYTES} bytes"));
+    }
+    if !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b".-_@:".contains(&byte)) {
+        return Err(format!("{name:?} may hold only ASCII letters, digits and . - _ @ :"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hash_reads_back_as_written() {
+        let hash = hash_token(b"foo");
+        let text = format_token_hash(&hash);
+        assert_eq!(text, "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae");
+        assert_eq!(parse_token_hash(&text), Ok(hash));
+        assert!(parse_token_hash(&text.to_uppercase()).is_err());
+        assert!(parse_token_hash(&text[..text.len() - 1]).is_err());
+        assert!(parse_token_hash("md5:0123").is_err());
+    }
+
+    #[test]
+    fn a_token_finds_its_principal_and_no_other() {
+        let principals = Principals::new(vec![
+            Principal::new("alice", hash_token(b"a-token")),
+            Principal::new("alice", hash_token(b"a-new-token")),
+            Principal::new("bob", hash_token(b"b-token")),
+        ]);
+        let name = |token: &[u8]| principals.authenticate(token).map(|principal| principal.name.to_string());
+        assert_eq!(name(b"a-token").as_deref(), Some("alice"));
+        assert_eq!(name(b"a-new-token").as_deref(), Some("alice"));
+        assert_eq!(name(b"b-token").as_deref(), Some("bob"));
+        assert_eq!(name(b"B-token"), None);
+        assert_eq!(name(b""), None);
+        assert!(principals.still_holds(&Principal::new("bob", hash_token(b"b-token"))));
+        assert!(!principals.still_holds(&Principal::new("alice", hash_token(b"b-token"))));
+    }
+}
