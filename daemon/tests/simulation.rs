@@ -189,7 +189,7 @@ impl Daemon {
                 let mut core = Core::restore(config(), &CoreSnapshot::access(bytes).expect("a snapshot reads back"))
                     .expect("a snapshot restores");
                 let texts = self.texts.open_run(self.snapshots_taken).expect("a snapshot's text file opens");
-                core.add_text_file(Arc::new(texts));
+                core.add_restored_text_file(Arc::new(texts));
                 core
             }
             None => Core::new(config()),

@@ -344,7 +344,7 @@ pub fn restore_snapshot(
     let _ = thread::Builder::new().name("apiary-unmap".into()).spawn(move || drop(loaded));
     let text_file =
         texts.open_run(file.covered_seq).map_err(|error| format!("snapshot {}: {error}", file.path.display()))?;
-    core.add_text_file(Arc::new(text_file));
+    core.add_restored_text_file(Arc::new(text_file));
     Ok(core)
 }
 
