@@ -69,8 +69,8 @@ struct BotClass {
 pub struct Queues {
     queues: Vec<Queue>,
     /// Each queue's `pending.first()`, by queue id, kept at hand and together: a
-    /// poll reads the heads of all its class's queues, and a walk down each
-    /// tree, or even a visit to each `Queue`, would cost a cache miss apiece.
+    /// poll reads the heads of all its class's queues, and a look into each
+    /// set, or even a visit to each `Queue`, would cost a cache miss apiece.
     heads: Vec<Option<QueueKey>>,
     queue_ids: Map<CanonicalDimensions, QueueId>,
     /// Task dimensions as requests spell them, before canonical form: most
