@@ -187,8 +187,9 @@ impl World {
     }
 
     fn clear_output(&mut self) {
-        let Output { events, replies, output_writes, output_reads } = &mut self.out;
+        let Output { events, replies, output_writes, output_reads, closings } = &mut self.out;
         events.clear();
+        closings.clear();
         replies.clear();
         output_writes.clear();
         output_reads.clear();

@@ -565,6 +565,9 @@ pub enum ErrorCode {
     /// The bot's attempt is no longer current.
     StaleRun,
     Internal,
+    /// Another session took over this bot id: the connection is closed and
+    /// the older process must not come back under the same id.
+    Superseded,
 }
 
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]

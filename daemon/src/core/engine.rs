@@ -116,14 +116,26 @@ pub struct OutputRead {
     pub ends_request: bool,
 }
 
+/// A connection the core is done with: the shell tells the peer why (as an
+/// error for request id 0, the connection's own), logs it, and closes it.
+#[derive(Debug)]
+pub struct Closing {
+    pub conn: ConnId,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
 /// What the core asks of the shell, in order: write the output, persist the
 /// events, then, once both are durable, send the replies and do the reads.
+/// Connections in `closings` are told and closed at once: nothing they are
+/// owed is sent any more.
 #[derive(Default, Debug)]
 pub struct Output {
     pub events: Vec<Event>,
     pub replies: Vec<Outgoing>,
     pub output_writes: Vec<OutputWrite>,
     pub output_reads: Vec<OutputRead>,
+    pub closings: Vec<Closing>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

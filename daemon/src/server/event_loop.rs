@@ -527,6 +527,12 @@ impl EventLoop {
             }
             self.turn_held.push(Held::Read(read));
         }
+        for closing in out.closings.drain(..) {
+            let Some(connection) = connection_of(&mut self.connections, closing.conn) else { continue };
+            log(format!("closing connection from {}: {}", connection.peer, closing.message));
+            refuse(connection, 0, closing.code, closing.message);
+            self.to_flush.push(token_of(closing.conn));
+        }
     }
 
     fn close(&mut self, token: Token, now_ms: u64, out: &mut Output, reason: Option<&str>) {
@@ -597,7 +603,7 @@ impl EventLoop {
                 connection.progressed(now_ms);
             }
             connection.outbound.push(queued);
-            self.to_flush.push(Token((conn.0 & 0xffff_ffff) as usize));
+            self.to_flush.push(token_of(conn));
         }
     }
 
@@ -633,8 +639,8 @@ impl EventLoop {
             }
             self.arm_deadline(token);
         }
-        // Closing only unparks bots and drops waits: nothing to persist or send.
-        debug_assert!(out.events.is_empty() && out.replies.is_empty());
+        // Closing only unparks bots and drops waits: nothing to persist, send or close.
+        debug_assert!(out.events.is_empty() && out.replies.is_empty() && out.closings.is_empty());
     }
 
     /// Stops accepting, makes everything durable, sends what can be sent.
@@ -664,10 +670,14 @@ fn refuse(connection: &mut Connection, request_id: u64, code: ErrorCode, message
     connection.closing = true;
 }
 
+/// The slab slot of a core handle (its low 32 bits; the high ones are a serial).
+fn token_of(conn: ConnId) -> Token {
+    Token((conn.0 & 0xffff_ffff) as usize)
+}
+
 /// The open connection a core handle names, if it is still open.
 fn connection_of(connections: &mut Slab<Connection>, conn: ConnId) -> Option<&mut Connection> {
-    let token = (conn.0 & 0xffff_ffff) as usize;
-    connections.get_mut(token).filter(|connection| connection.id == conn)
+    connections.get_mut(token_of(conn).0).filter(|connection| connection.id == conn)
 }
 
 /// Reads a chunk of output for a read or a follow.
