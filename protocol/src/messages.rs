@@ -568,6 +568,8 @@ pub enum ErrorCode {
     /// Another session took over this bot id: the connection is closed and
     /// the older process must not come back under the same id.
     Superseded,
+    /// The principal may not do this; the message names what it lacks and where.
+    PermissionDenied,
 }
 
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use apiary_protocol::Role;
 use apiary_protocol::limits::{MAX_FRAME_PAYLOAD_BYTES, MAX_HELLO_PAYLOAD_BYTES};
 use mio::net::TcpStream;
 
+use super::bot_admission::EnforcedDimensions;
 use super::inbound::Inbound;
 use super::outbound::Outbound;
 use super::peer_limits::PeerLimits;
@@ -25,6 +26,8 @@ pub struct Connection {
     pub role: Option<Role>,
     /// Who the hello's token named; `None` while access is open.
     pub principal: Option<Arc<Principal>>,
+    /// A bot's last reported dimensions and what its group made of them.
+    pub enforced_dimensions: Option<EnforcedDimensions>,
     /// Close once the output is written (after a fatal protocol error).
     pub closing: bool,
     pub inbound: Inbound,
@@ -68,6 +71,7 @@ impl Connection {
             stream,
             role: None,
             principal: None,
+            enforced_dimensions: None,
             closing: false,
             inbound: Inbound::default(),
             outbound: Outbound::default(),

@@ -18,6 +18,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use super::ServerError;
+use super::bot_admission;
 use super::connection::{Connection, MAX_READ_BYTES_PER_TURN, Pause};
 use super::deadlines::Deadlines;
 use super::disk::Disk;
@@ -44,6 +45,10 @@ const RELOAD: Token = Token(usize::MAX - 4);
 /// file never makes one long turn.
 const ARCHIVED_PER_TURN: usize = 1024;
 
+/// Bot ids remembered as having had their dimensions overridden (and logged);
+/// past it the memory starts again, so a host of ids cannot grow it.
+const MAX_OVERRIDES_LOGGED: usize = 100_000;
+
 pub const SOFTWARE: &str = concat!("apiaryd/", env!("CARGO_PKG_VERSION"));
 
 pub struct EventLoop {
@@ -55,6 +60,8 @@ pub struct EventLoop {
     reload_signals: UnixStream,
     /// Who may connect now.
     access: Access,
+    /// Bots whose overridden dimensions were logged since the last reload.
+    overrides_logged: hashbrown::HashSet<String>,
     reload: Option<Reload>,
     connections: Slab<Connection>,
     max_connections: usize,
@@ -133,6 +140,7 @@ impl EventLoop {
             _signals: signals,
             reload_signals,
             access: config.access.clone(),
+            overrides_logged: hashbrown::HashSet::new(),
             reload: config.reload.clone(),
             connections: Slab::new(),
             max_connections: config.max_connections,
@@ -238,6 +246,17 @@ impl EventLoop {
             .map(|(key, _)| Token(key))
             .collect();
         let line = reload::describe(reload, &access, revoked.len());
+        if let Access::Tokens(principals) = &access {
+            // Kept connections act with their principal's grants of now.
+            for (_, connection) in self.connections.iter_mut() {
+                let current = connection.principal.as_deref().and_then(|principal| principals.current(principal));
+                if let Some(current) = current {
+                    connection.principal = Some(Arc::clone(current));
+                    connection.enforced_dimensions = None;
+                }
+            }
+        }
+        self.overrides_logged.clear();
         self.access = access;
         for token in revoked {
             let principal = self.connections[token.0].principal.as_ref().map_or("none".into(), |p| p.name.clone());
@@ -485,10 +504,40 @@ impl EventLoop {
             connection.outbound.push_now(outbound::encode_reply(frame.request_id, &refusal));
             return;
         }
+        let request = match bot_admission::admit(connection, &self.access, request) {
+            Ok((request, overridden)) => {
+                if let Some(overridden) = overridden {
+                    self.log_override_once(overridden);
+                }
+                request
+            }
+            Err(message) => {
+                let connection = &mut self.connections[token.0];
+                log(format!("refusing a bot request from {}: {message}", connection.peer));
+                let refusal = Reply::Error(ErrorReply { code: ErrorCode::PermissionDenied, message });
+                connection.outbound.push_now(outbound::encode_reply(frame.request_id, &refusal));
+                return;
+            }
+        };
+        let connection = &mut self.connections[token.0];
         connection.requests_in_flight += 1;
         let conn = connection.id;
         let principal = connection.principal.as_ref().map(|principal| Arc::clone(&principal.name));
         self.core.handle(now_ms, Input::Request { conn, request_id: frame.request_id, request, principal }, out);
+    }
+
+    /// A bot's reported dimensions were overridden by its group: said once
+    /// per bot id (until a reload), not at every poll.
+    fn log_override_once(&mut self, overridden: bot_admission::Overridden) {
+        if self.overrides_logged.len() >= MAX_OVERRIDES_LOGGED {
+            self.overrides_logged.clear();
+        }
+        if self.overrides_logged.insert(overridden.bot_id.clone()) {
+            log(format!(
+                "bot {:?}: its group (bot_groups[{}]) enforces {}; the values it reported for those keys are replaced",
+                overridden.bot_id, overridden.group_index, overridden.enforced
+            ));
+        }
     }
 
     fn on_hello(&mut self, token: Token, frame: &Frame) {

@@ -201,6 +201,13 @@ impl Core {
             if ended_by_this_report && task.run.as_deref().is_some_and(is_this_run) {
                 return Reply::UpdateAck { output_len: task.output_len, must_stop: false };
             }
+            if task.current_run().is_some_and(|run| run.run_id == run_id) {
+                // Someone else's run: a forged report, or a session that lost it.
+                let message = format!(
+                    "run_id: run {run_id} is held by another bot session; only the bot that holds a run may report on it"
+                );
+                return error(ErrorCode::StaleRun, message);
+            }
             let state = task.state.name();
             return error(ErrorCode::StaleRun, format!("run {run_id} is no longer current (task is {state})"));
         }
