@@ -175,7 +175,11 @@ impl World {
     fn send(&mut self, conn: ConnId, request: Request) {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        self.core.handle(self.now_ms, Input::Request { conn, request_id, request, principal: None }, &mut self.out);
+        self.core.handle(
+            self.now_ms,
+            Input::Request { conn, request_id, request, principal: None, grants: None },
+            &mut self.out,
+        );
     }
 
     /// Untimed, between batches: time moves on, stale timers fire, the output is
@@ -215,7 +219,7 @@ impl World {
             let (core, out, now_ms) = (&mut self.core, &mut self.out, self.now_ms);
             let started = Instant::now();
             for (request_id, (conn, request)) in (first_request_id..).zip(inputs) {
-                core.handle(now_ms, Input::Request { conn, request_id, request, principal: None }, out);
+                core.handle(now_ms, Input::Request { conn, request_id, request, principal: None, grants: None }, out);
             }
             measured += started.elapsed();
             let replies = self.out.replies.drain(..).collect();

@@ -4,8 +4,9 @@
 //! flags with `_` for `-` (`long_poll_secs = 30` is `--long-poll-secs 30`);
 //! its tables are what has no flag: `[[principals]]` (a name and the hash of
 //! its token) and `[[bot_groups]]` (bot ids, the principal their bots use,
-//! enforced dimensions). `[[permissions]]` and `[tls]` are reserved for what
-//! comes next and refused by name until then.
+//! enforced dimensions) and `[[permissions]]` (a principal, pools, and the
+//! permissions it holds there). `[tls]` is reserved for what comes next and
+//! refused by name until then.
 //!
 //! This module only reads the file: it turns the settings into flag text that
 //! the daemon's own command-line parser checks (so a value in the file obeys
@@ -23,17 +24,14 @@ use apiary_protocol::StringPair;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::auth::{self, Access, BotGroup, ENFORCED_POOL_KEY, Principal, Principals};
+use crate::auth::{self, Access, BotGroup, ENFORCED_POOL_KEY, EVERY_POOL, Grants, Permission, Principal, Principals};
 use crate::core::validate;
 
 /// The tables of the file, handled here rather than as settings.
-const TABLES: [&str; 2] = ["principals", "bot_groups"];
+const TABLES: [&str; 3] = ["principals", "bot_groups", "permissions"];
 
 /// Sections reserved for later: refused with this reason until they exist.
-const RESERVED: [(&str, &str); 2] = [
-    ("permissions", "permissions are not supported by this apiaryd yet"),
-    ("tls", "TLS is not supported by this apiaryd yet"),
-];
+const RESERVED: [(&str, &str); 1] = [("tls", "TLS is not supported by this apiaryd yet")];
 
 /// The setting keys that may not be in the file: they say which file to read.
 const NOT_SETTINGS: [&str; 2] = ["config", "check_config"];
@@ -93,6 +91,16 @@ struct Sections {
     principals: Vec<Spanned<RawPrincipal>>,
     #[serde(default)]
     bot_groups: Vec<Spanned<RawBotGroup>>,
+    #[serde(default)]
+    permissions: Vec<Spanned<RawPermissions>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPermissions {
+    principal: Spanned<String>,
+    pools: Vec<Spanned<String>>,
+    grants: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +159,8 @@ pub fn parse(path: &Path, text: &str, specs: &[SettingSpec], check: &CheckFlag<'
     }
     let groups = bot_groups(&sections.bot_groups, &principals, &invalid)?;
     principals = principals.with_bot_groups(groups);
+    let grants = permissions(&sections.permissions, &principals, &invalid)?;
+    principals = principals.with_permissions(grants);
     let access = if principals.is_empty() { Access::Open } else { Access::Tokens(principals) };
     Ok(ConfigFile { path: path.to_path_buf(), flags, access })
 }
@@ -240,6 +250,49 @@ fn bot_groups(
         groups.push((principal.get_ref().as_str().into(), group));
     }
     Ok(groups)
+}
+
+/// Each principal's grants; `None` when the file has no `[[permissions]]`.
+fn permissions(
+    raw: &[Spanned<RawPermissions>],
+    principals: &Principals,
+    invalid: &dyn Fn(Option<Range<usize>>, String) -> ConfigError,
+) -> Result<Option<BTreeMap<Arc<str>, Grants>>, ConfigError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let mut grants: BTreeMap<Arc<str>, Grants> = BTreeMap::new();
+    for (index, entry) in raw.iter().enumerate() {
+        let RawPermissions { principal, pools, grants: names } = entry.get_ref();
+        let at = |span: Range<usize>, reason: String| invalid(Some(span), format!("permissions[{index}].{reason}"));
+        let Some(name) = principals.names().find(|name| ***name == **principal.get_ref()) else {
+            let reason = format!("principal: {:?} is not the name of any [[principals]] entry", principal.get_ref());
+            return Err(at(principal.span(), reason));
+        };
+        if pools.is_empty() {
+            return Err(at(entry.span(), format!("pools: name at least one pool, or {EVERY_POOL:?} for every pool")));
+        }
+        for pool in pools {
+            if pool.get_ref() != EVERY_POOL {
+                let pair = [StringPair::new(ENFORCED_POOL_KEY, pool.get_ref())];
+                validate::validate_bot_dimensions(&pair)
+                    .map_err(|refusal| at(pool.span(), format!("pools: {}", refusal.message)))?;
+            }
+        }
+        let granted = grants.entry(Arc::clone(name)).or_default();
+        for permission_name in names {
+            let Some(permission) = Permission::parse(permission_name.get_ref()) else {
+                let known: Vec<&str> = Permission::ALL.iter().map(|permission| permission.name()).collect();
+                let reason =
+                    format!("grants: {:?} is not a permission; known: {}", permission_name.get_ref(), known.join(", "));
+                return Err(at(permission_name.span(), reason));
+            };
+            for pool in pools {
+                granted.grant(permission, pool.get_ref());
+            }
+        }
+    }
+    Ok(Some(grants))
 }
 
 /// The line (from 1) of a byte offset.
@@ -338,6 +391,31 @@ mod tests {
         assert!(twice.contains("bot_groups[1].bot_ids: \"a\" is in an earlier group too"), "{twice}");
         let alone = parsed(&format!("[[bot_groups]]\n{group}")).unwrap_err();
         assert!(alone.contains("configure [[principals]]"), "{alone}");
+    }
+
+    #[test]
+    fn permissions_are_granted_per_pool_and_refused_by_field() {
+        let principal = format!("[[principals]]\nname = \"alice\"\ntoken_hash = \"{HASH}\"\n[[permissions]]\n");
+        let with = |entry: &str| parsed(&format!("{principal}{entry}"));
+        let file =
+            with("principal = \"alice\"\npools = [\"ci\"]\ngrants = [\"create_task\", \"read_tasks\"]\n").unwrap();
+        let Access::Tokens(principals) = &file.access else { panic!("tokens are required") };
+        let grants = &principals.authenticate(b"foo").unwrap().grants;
+        assert!(grants.allows(Permission::CreateTask, "ci") && grants.allows(Permission::ReadTasks, "ci"));
+        assert!(!grants.allows(Permission::CreateTask, "prod") && !grants.allows(Permission::CancelTask, "ci"));
+        let refused = with("principal = \"alice\"\npools = [\"ci\"]\ngrants = [\"create\"]\n").unwrap_err();
+        assert!(
+            refused.starts_with("apiary.toml:7: permissions[0].grants: \"create\" is not a permission"),
+            "{refused}"
+        );
+        let refused = with("principal = \"bob\"\npools = [\"*\"]\ngrants = []\n").unwrap_err();
+        assert!(refused.contains("permissions[0].principal: \"bob\" is not the name"), "{refused}");
+        let refused = with("principal = \"alice\"\npools = []\ngrants = []\n").unwrap_err();
+        assert!(refused.contains("permissions[0].pools: name at least one pool"), "{refused}");
+        // Without [[permissions]], a principal may do everything, as before they existed.
+        let file = parsed(&format!("[[principals]]\nname = \"alice\"\ntoken_hash = \"{HASH}\"\n")).unwrap();
+        let Access::Tokens(principals) = &file.access else { panic!("tokens are required") };
+        assert!(principals.authenticate(b"foo").unwrap().grants.allows(Permission::ManageBots, "any"));
     }
 
     #[test]

@@ -141,7 +141,7 @@ impl Daemon {
     }
 
     fn request(&mut self, now_ms: u64, conn: ConnId, request_id: u64, request: Request, out: &mut Output) {
-        self.core.handle(now_ms, Input::Request { conn, request_id, request, principal: None }, out);
+        self.core.handle(now_ms, Input::Request { conn, request_id, request, principal: None, grants: None }, out);
     }
 
     fn write_output(&mut self, out: &Output) {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::BotGroup;
+use super::{BotGroup, Grants};
 
 /// How a token hash is written in the configuration.
 pub const TOKEN_HASH_PREFIX: &str = "sha256:";
@@ -38,11 +38,13 @@ pub struct Principal {
     pub token_sha256: [u8; 32],
     /// The bot groups whose bots use this principal's token.
     pub bot_groups: Vec<Arc<BotGroup>>,
+    /// What it may do, per pool: everything while no `[[permissions]]` are configured.
+    pub grants: Arc<Grants>,
 }
 
 impl Principal {
     pub fn new(name: &str, token_sha256: [u8; 32]) -> Principal {
-        Principal { name: name.into(), token_sha256, bot_groups: Vec::new() }
+        Principal { name: name.into(), token_sha256, bot_groups: Vec::new(), grants: Arc::new(Grants::everything()) }
     }
 
     /// Whether `other` is the same principal with the same token (its grants may differ).
@@ -76,7 +78,8 @@ impl Principals {
             .entries
             .into_iter()
             .map(|entry| {
-                let mut principal = Principal::new(&entry.name, entry.token_sha256);
+                let mut principal =
+                    Principal { grants: Arc::clone(&entry.grants), ..Principal::new(&entry.name, entry.token_sha256) };
                 principal.bot_groups = groups
                     .iter()
                     .filter(|(name, _)| *name == principal.name)
@@ -86,6 +89,24 @@ impl Principals {
             })
             .collect();
         Principals { entries, bot_groups_configured: true }
+    }
+
+    /// Gives each principal the grants configured for its name (none when
+    /// `[[permissions]]` do not name it); without any, all keep everything.
+    pub fn with_permissions(self, grants: Option<std::collections::BTreeMap<Arc<str>, Grants>>) -> Principals {
+        let Some(grants) = grants else { return self };
+        let entries = self
+            .entries
+            .into_iter()
+            .map(|entry| {
+                let granted = grants.get(&entry.name).cloned().unwrap_or_default();
+                let mut principal = Principal::new(&entry.name, entry.token_sha256);
+                principal.bot_groups = entry.bot_groups.clone();
+                principal.grants = Arc::new(granted);
+                Arc::new(principal)
+            })
+            .collect();
+        Principals { entries, ..self }
     }
 
     pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {

@@ -15,6 +15,8 @@ struct Harness {
     next_request_id: u64,
     /// Who the requests come from (`None`: open access).
     principal: Option<std::sync::Arc<str>>,
+    /// What that principal may do (`None`: open access, everything).
+    grants: Option<std::sync::Arc<crate::auth::Grants>>,
 }
 
 const CLIENT: ConnId = ConnId(1);
@@ -36,6 +38,7 @@ impl Harness {
             now_ms: 1_700_000_000_000,
             next_request_id: 1,
             principal: None,
+            grants: None,
         }
     }
 
@@ -45,7 +48,13 @@ impl Harness {
         let mut out = Output::default();
         self.core.handle(
             self.now_ms,
-            Input::Request { conn, request_id, request, principal: self.principal.clone() },
+            Input::Request {
+                conn,
+                request_id,
+                request,
+                principal: self.principal.clone(),
+                grants: self.grants.clone(),
+            },
             &mut out,
         );
         self.record(&out);

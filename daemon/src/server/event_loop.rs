@@ -523,7 +523,9 @@ impl EventLoop {
         connection.requests_in_flight += 1;
         let conn = connection.id;
         let principal = connection.principal.as_ref().map(|principal| Arc::clone(&principal.name));
-        self.core.handle(now_ms, Input::Request { conn, request_id: frame.request_id, request, principal }, out);
+        let grants = connection.principal.as_ref().map(|principal| Arc::clone(&principal.grants));
+        let input = Input::Request { conn, request_id: frame.request_id, request, principal, grants };
+        self.core.handle(now_ms, input, out);
     }
 
     /// A bot's reported dimensions were overridden by its group: said once

@@ -1,6 +1,7 @@
 //! Bots: polls and parking, assignment, liveness, quarantine, terminate,
 //! connections, queries.
 
+use super::permissions::{self, Caller};
 use super::*;
 
 /// Bot events a page may hold by default, and at most.
@@ -347,7 +348,8 @@ impl Core {
 
     // ------------------------------------------------------------- requests
 
-    pub(super) fn list_bots(&self, filter: &[StringPair]) -> Reply {
+    /// The bots matching `filter` that `caller` may see (`read_bots` in one of their pools).
+    pub(super) fn list_bots(&self, filter: &[StringPair], caller: Caller<'_>) -> Reply {
         for (index, pair) in filter.iter().enumerate() {
             if let Err(refusal) = validate::validate_bot_dimensions(std::slice::from_ref(pair)) {
                 let message = refusal.to_string().replacen("dimensions[0]", &format!("dimensions[{index}]"), 1);
@@ -355,7 +357,10 @@ impl Core {
             }
         }
         let (filter, bot_ids) = queues::split_bot_ids(queues::canonical_task_dimensions(filter));
-        let named = |bot: &&Bot| bot_ids.is_empty() || bot_ids.contains(&bot.bot_id);
+        let named = |bot: &&Bot| {
+            (bot_ids.is_empty() || bot_ids.contains(&bot.bot_id))
+                && permissions::bot_allows(caller, bot, Permission::ReadBots).is_ok()
+        };
         let mut bots: Vec<BotInfo> = self
             .bots
             .values()
