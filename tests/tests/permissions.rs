@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use apiary_tests::{Bot, Cli, Daemon, binary, describe, temp};
+use apiary_protocol::{Client, ClientError, ErrorCode, Reply, Request, Role, TaskQuery};
+use apiary_tests::{Bot, Cli, Daemon, binary, describe, send_signal, temp};
 
 /// Exit code of `apiary` when the daemon refused the request.
 const REFUSED: i32 = 88;
@@ -59,6 +60,10 @@ impl Setup {
             &["--token-file", token.to_str().unwrap()],
         );
         Setup { dir, daemon, _bot: bot }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("apiary.toml")
     }
 
     fn token_file(&self, name: &str) -> PathBuf {
@@ -181,4 +186,25 @@ fn a_principal_learns_nothing_of_a_pool_it_may_not_read() {
     let bots = prod.ok(&["bots", "list", "--json"]);
     assert!(!bots.contains("ci-1"), "{bots}");
     refused_with(&prod.run(&["trigger", "-d", "pool=ci", "--", "true"]), &missing("create_task", "prod-user", "ci"));
+}
+
+#[test]
+fn a_reload_gives_open_connections_their_new_permissions() {
+    let setup = Setup::start();
+    let token = std::fs::read_to_string(setup.token_file("no-read_tasks")).unwrap();
+    let mut client = Client::connect_with_token(&setup.daemon.addr, Role::Client, "test", token.trim()).unwrap();
+    let list = Request::ListTasks(TaskQuery { state: None, tags: Vec::new(), limit: 0, cursor: None });
+    match client.call(&list) {
+        Err(ClientError::Refused { code: ErrorCode::PermissionDenied, message }) => {
+            assert!(message.starts_with("permission read_tasks:"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let mut text = std::fs::read_to_string(setup.config()).unwrap();
+    text.push_str("\n[[permissions]]\nprincipal = \"no-read_tasks\"\npools = [\"ci\"]\ngrants = [\"read_tasks\"]\n");
+    std::fs::write(setup.config(), text).unwrap();
+    send_signal(setup.daemon.pid(), libc::SIGHUP);
+    setup.daemon.log.wait_for("the reload", |line| line.contains("reloaded the configuration from").then_some(()));
+    // The same connection, kept open, now acts with the new grants.
+    assert!(matches!(client.call(&list), Ok(Reply::Tasks { .. })));
 }
