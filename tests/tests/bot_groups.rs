@@ -138,13 +138,24 @@ fn a_bot_token_may_only_be_the_ids_of_its_group() {
     assert!(log.contains("bot_id: principal alice may not be bot \"ci-1\": no bot group names it"), "{log}");
     let shown = setup.alice().run(&["bots", "show", "prod-1"]);
     assert!(!shown.status.success(), "a refused bot is not recorded: {}", describe(&shown));
-    // A task update under an id outside the group is refused the same way.
+    // A task update under an id outside the group is refused the same way,
+    // every time, and logged once per connection.
     let mut impostor = setup.impostor("prod-bots");
-    let (code, message) = refused(impostor.call(&final_report("ci-1", 1, 0x10)));
-    assert_eq!(code, ErrorCode::PermissionDenied, "{message}");
-    assert!(
-        message.starts_with("bot_id: principal prod-bots may not be bot \"ci-1\"") && message.contains("pool prod")
-    );
+    for _ in 0..5 {
+        let (code, message) = refused(impostor.call(&final_report("ci-1", 1, 0x10)));
+        assert_eq!(code, ErrorCode::PermissionDenied, "{message}");
+        let expected = "bot_id: principal prod-bots may not be bot \"ci-1\"";
+        assert!(message.starts_with(expected) && message.contains("pool prod"), "{message}");
+    }
+    assert_eq!(refused(impostor.call(&poll("ci-1", 1))).0, ErrorCode::PermissionDenied);
+    // Another connection's refusal is logged after all of those: once it is
+    // seen, every earlier line was read.
+    let mut second = setup.impostor("prod-bots");
+    assert_eq!(refused(second.call(&poll("ci-2", 1))).0, ErrorCode::PermissionDenied);
+    setup.daemon.log.wait_for("the second connection's refusal", |line| line.contains("be bot \"ci-2\"").then_some(()));
+    let log = setup.daemon.log.all();
+    let logged = log.iter().filter(|line| line.contains("principal prod-bots may not be bot \"ci-1\"")).count();
+    assert_eq!(logged, 1, "{log:#?}");
 }
 
 #[test]
@@ -158,10 +169,14 @@ fn a_group_enforces_its_pool_whatever_the_bot_reports() {
     // No bot of pool prod: the bot that reported it is not one.
     let prod = alice.trigger(&["-d", "pool=prod", "--", "true"]);
     alice.wait_for_state(&prod, "NO_RESOURCE");
+    let mut ci = String::new();
     for _ in 0..2 {
-        let ci = alice.trigger(&["-d", "pool=ci", "--", "true"]);
+        ci = alice.trigger(&["-d", "pool=ci", "--", "true"]);
         alice.wait_for_state(&ci, "COMPLETED");
     }
+    setup.daemon.log.wait_for("the override", |line| line.contains("its group (bot_groups[0]) enforces").then_some(()));
+    let ended = format!("task {ci} ended");
+    setup.daemon.log.wait_for("the last task's end", |line| line.contains(&ended).then_some(()));
     let overrides =
         setup.daemon.log.all().iter().filter(|line| line.contains("its group (bot_groups[0]) enforces")).count();
     assert_eq!(overrides, 1, "the override is logged once, not at every poll: {:#?}", setup.daemon.log.all());

@@ -56,8 +56,11 @@ fn a_restarted_bot_loses_its_task_at_once() {
 /// `apiary-bot`'s exit code when another process took over its bot id.
 const SUPERSEDED: i32 = 3;
 
-/// How many sessions of `bot_id` the daemon recorded (a line each).
-fn sessions_logged(daemon: &Daemon, bot_id: &str) -> usize {
+/// How many sessions of `bot_id` the daemon recorded (a line each) by the
+/// time it logged that `task_id` ended: every line before that one is read.
+fn sessions_logged(daemon: &Daemon, bot_id: &str, task_id: &str) -> usize {
+    let ended = format!("task {task_id} ended");
+    daemon.log.wait_for("the task's end in the log", |line| line.contains(&ended).then_some(()));
     let recorded = format!("bot {bot_id} connected (session");
     daemon.log.all().iter().filter(|line| line.contains(&recorded)).count()
 }
@@ -79,7 +82,7 @@ fn two_bots_with_one_id_the_newer_takes_over_and_the_older_exits_without_a_storm
     let cli = daemon.cli();
     let task_id = cli.trigger(&["-d", "pool=ci", "-d", "id=twin", "--", "true"]);
     cli.wait_for_state(&task_id, "COMPLETED");
-    assert_eq!(sessions_logged(&daemon, "twin"), 2, "log: {:#?}", daemon.log.all());
+    assert_eq!(sessions_logged(&daemon, "twin", &task_id), 2, "log: {:#?}", daemon.log.all());
 }
 
 #[test]
@@ -96,7 +99,7 @@ fn a_bot_whose_id_is_taken_over_while_running_stops_its_task_and_exits() {
     let died = cli.wait_for_state(&task_id, "BOT_DIED");
     assert_eq!(died["internal_failure"], true);
     assert_eq!(older.wait_exit().code(), Some(SUPERSEDED), "log: {:#?}", older.log.all());
-    assert_eq!(sessions_logged(&daemon, "twin"), 2, "log: {:#?}", daemon.log.all());
+    assert_eq!(sessions_logged(&daemon, "twin", &task_id), 2, "log: {:#?}", daemon.log.all());
 }
 
 #[test]

@@ -41,6 +41,8 @@ pub struct Connection {
     pub armed_ms: Option<u64>,
     /// The log said that its next frame waits for input memory.
     pub told_waiting_for_memory: bool,
+    /// The log said that a bot request of it was refused (said once per connection).
+    pub told_bot_refusal: bool,
     accepted_ms: u64,
     /// The last time a frame arrived, the peer took output, or output started.
     last_progress_ms: u64,
@@ -79,6 +81,7 @@ impl Connection {
             paused: None,
             armed_ms: None,
             told_waiting_for_memory: false,
+            told_bot_refusal: false,
             accepted_ms: now_ms,
             last_progress_ms: now_ms,
         }

@@ -513,7 +513,10 @@ impl EventLoop {
             }
             Err(message) => {
                 let connection = &mut self.connections[token.0];
-                log(format!("refusing a bot request from {}: {message}", connection.peer));
+                // Once per connection: a peer that keeps asking must not fill the log.
+                if !std::mem::replace(&mut connection.told_bot_refusal, true) {
+                    log(format!("refusing a bot request from {}: {message}", connection.peer));
+                }
                 let refusal = Reply::Error(ErrorReply { code: ErrorCode::PermissionDenied, message });
                 connection.outbound.push_now(outbound::encode_reply(frame.request_id, &refusal));
                 return;
