@@ -16,6 +16,9 @@ pub(crate) mod exit_codes {
     pub(crate) const FAILURE: i32 = 1;
     /// The command line was wrong.
     pub(crate) const USAGE: i32 = 2;
+    /// Another process took over this bot id (README, "One live session per bot id"):
+    /// a supervisor should not restart the bot at once.
+    pub(crate) const SUPERSEDED: i32 = 3;
 }
 
 /// Polls an Apiary daemon for tasks and runs them on this host.

@@ -4,7 +4,8 @@
 //! The main thread watches the shutdown flag. If the bot is idle (polling), it
 //! exits at once; if a task or the health check runs, the session stops it (and
 //! reports the task) and returns. The session also returns, and the bot exits 0,
-//! when the daemon tells the idle bot to terminate.
+//! when the daemon tells the idle bot to terminate, or 3 when another process
+//! took over its bot id.
 
 /// One line on stderr per notable event.
 macro_rules! log_event {
@@ -30,7 +31,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::cli::{Args, BotConfig, exit_codes};
-use crate::session::{BotIdentity, Lifecycle, Pacing, Session, TcpConnector};
+use crate::session::{BotIdentity, Lifecycle, Pacing, Session, SessionError, TcpConnector};
 use crate::workdir::WorkRoot;
 
 /// How often the main thread looks at the shutdown flag.
@@ -99,6 +100,10 @@ fn run() -> i32 {
     }
     match session_thread.join() {
         Ok(Ok(())) => exit_codes::SUCCESS,
+        Ok(Err(error @ SessionError::Superseded(_))) => {
+            log_event!("{error}");
+            exit_codes::SUPERSEDED
+        }
         Ok(Err(error)) => {
             log_event!("{error}");
             exit_codes::FAILURE

@@ -198,6 +198,9 @@ impl Lifecycle {
 pub(crate) enum SessionError {
     #[error("the daemon refused the bot ({code:?}): {message}")]
     Refused { code: ErrorCode, message: String },
+    /// Another process took over this bot id: coming back would take it over again.
+    #[error("another apiary-bot with this id took over; exiting instead of reconnecting: {0}")]
+    Superseded(String),
     #[error(transparent)]
     WorkDir(#[from] WorkDirError),
     #[error(transparent)]
@@ -247,6 +250,9 @@ pub(crate) struct Session<C: Connector> {
     /// The last check's verdict, as sent in polls: empty when healthy.
     quarantine_reason: String,
     caches: CacheStore,
+    /// Set when the daemon said another session took over this bot id: the
+    /// session stops whatever it does and ends.
+    superseded: Option<String>,
 }
 
 impl<C: Connector> Session<C> {
@@ -272,6 +278,7 @@ impl<C: Connector> Session<C> {
             health_check: None,
             quarantine_reason: String::new(),
             caches,
+            superseded: None,
         }
     }
 
@@ -293,6 +300,9 @@ impl<C: Connector> Session<C> {
         self.caches.load()?;
         self.trim_caches();
         while !self.lifecycle.is_shutting_down() {
+            if let Some(message) = self.superseded.take() {
+                return Err(SessionError::Superseded(message));
+            }
             if self.connection.is_none() && Instant::now() < self.next_connect_at {
                 // No poll can go out yet: no check either.
                 self.sleep_until_reconnect();
@@ -316,6 +326,7 @@ impl<C: Connector> Session<C> {
                 }
                 Ok(_) => self.drop_connection("an unexpected reply to a poll"),
                 Err(CallError::NotConnected) => self.sleep_until_reconnect(),
+                Err(CallError::Refused { code: ErrorCode::Superseded, .. }) => {}
                 Err(CallError::Refused { code, message }) => return Err(SessionError::Refused { code, message }),
             }
         }
@@ -628,6 +639,12 @@ impl<C: Connector> Session<C> {
 
     fn failed(&mut self, error: ClientError) -> CallError {
         match error {
+            ClientError::Refused { code: ErrorCode::Superseded, message } => {
+                log_event!("the daemon closed the connection: {message}");
+                self.connection = None;
+                self.superseded = Some(message.clone());
+                CallError::Refused { code: ErrorCode::Superseded, message }
+            }
             ClientError::Refused { code, message } if !matches!(code, ErrorCode::Unavailable | ErrorCode::Internal) => {
                 CallError::Refused { code, message }
             }

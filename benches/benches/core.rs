@@ -175,7 +175,11 @@ impl World {
     fn send(&mut self, conn: ConnId, request: Request) {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        self.core.handle(self.now_ms, Input::Request { conn, request_id, request, principal: None }, &mut self.out);
+        self.core.handle(
+            self.now_ms,
+            Input::Request { conn, request_id, request, principal: None, grants: None },
+            &mut self.out,
+        );
     }
 
     /// Untimed, between batches: time moves on, stale timers fire, the output is
@@ -187,8 +191,9 @@ impl World {
     }
 
     fn clear_output(&mut self) {
-        let Output { events, replies, output_writes, output_reads } = &mut self.out;
+        let Output { events, replies, output_writes, output_reads, closings } = &mut self.out;
         events.clear();
+        closings.clear();
         replies.clear();
         output_writes.clear();
         output_reads.clear();
@@ -214,7 +219,7 @@ impl World {
             let (core, out, now_ms) = (&mut self.core, &mut self.out, self.now_ms);
             let started = Instant::now();
             for (request_id, (conn, request)) in (first_request_id..).zip(inputs) {
-                core.handle(now_ms, Input::Request { conn, request_id, request, principal: None }, out);
+                core.handle(now_ms, Input::Request { conn, request_id, request, principal: None, grants: None }, out);
             }
             measured += started.elapsed();
             let replies = self.out.replies.drain(..).collect();

@@ -83,6 +83,8 @@ pub(crate) fn for_refusal(code: ErrorCode) -> i32 {
         | ErrorCode::NotFound
         | ErrorCode::FrameTooLarge
         | ErrorCode::StaleRun
+        | ErrorCode::Superseded
+        | ErrorCode::PermissionDenied
         | ErrorCode::Internal => REFUSED,
         // The daemon would not talk to us at all: as good as unreachable.
         ErrorCode::BadHello | ErrorCode::Unauthenticated | ErrorCode::Unavailable => CONNECTION_FAILED,

@@ -3,8 +3,10 @@
 //! A TOML file. Its top-level keys are the daemon's settings, named as their
 //! flags with `_` for `-` (`long_poll_secs = 30` is `--long-poll-secs 30`);
 //! its tables are what has no flag: `[[principals]]` (a name and the hash of
-//! its token). `[[bot_groups]]`, `[[permissions]]` and `[tls]` are reserved
-//! for what comes next and refused by name until then.
+//! its token) and `[[bot_groups]]` (bot ids, the principal their bots use,
+//! enforced dimensions) and `[[permissions]]` (a principal, pools, and the
+//! permissions it holds there). `[tls]` is reserved for what comes next and
+//! refused by name until then.
 //!
 //! This module only reads the file: it turns the settings into flag text that
 //! the daemon's own command-line parser checks (so a value in the file obeys
@@ -16,17 +18,20 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use apiary_protocol::StringPair;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::auth::{self, Access, Principal, Principals};
+use crate::auth::{self, Access, BotGroup, ENFORCED_POOL_KEY, EVERY_POOL, Grants, Permission, Principal, Principals};
+use crate::core::validate;
+
+/// The tables of the file, handled here rather than as settings.
+const TABLES: [&str; 3] = ["principals", "bot_groups", "permissions"];
 
 /// Sections reserved for later: refused with this reason until they exist.
-const RESERVED: [(&str, &str); 3] = [
-    ("bot_groups", "bot groups are not supported by this apiaryd yet"),
-    ("permissions", "permissions are not supported by this apiaryd yet"),
-    ("tls", "TLS is not supported by this apiaryd yet"),
-];
+const RESERVED: [(&str, &str); 1] = [("tls", "TLS is not supported by this apiaryd yet")];
 
 /// The setting keys that may not be in the file: they say which file to read.
 const NOT_SETTINGS: [&str; 2] = ["config", "check_config"];
@@ -84,6 +89,29 @@ pub fn load(path: &Path, specs: &[SettingSpec], check: &CheckFlag<'_>) -> Result
 struct Sections {
     #[serde(default)]
     principals: Vec<Spanned<RawPrincipal>>,
+    #[serde(default)]
+    bot_groups: Vec<Spanned<RawBotGroup>>,
+    #[serde(default)]
+    permissions: Vec<Spanned<RawPermissions>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPermissions {
+    principal: Spanned<String>,
+    pools: Vec<Spanned<String>>,
+    grants: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBotGroup {
+    principal: Spanned<String>,
+    #[serde(default)]
+    bot_ids: Vec<Spanned<String>>,
+    #[serde(default)]
+    bot_id_prefixes: Vec<Spanned<String>>,
+    dimensions: Spanned<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -108,7 +136,7 @@ pub fn parse(path: &Path, text: &str, specs: &[SettingSpec], check: &CheckFlag<'
     let mut flags = Vec::new();
     for (key, value) in &entries {
         let name = key.get_ref().as_str();
-        if name == "principals" {
+        if TABLES.contains(&name) {
             continue;
         }
         if let Some((_, reason)) = RESERVED.iter().find(|(reserved, _)| *reserved == name) {
@@ -122,7 +150,17 @@ pub fn parse(path: &Path, text: &str, specs: &[SettingSpec], check: &CheckFlag<'
         check(&setting).map_err(|reason| invalid(Some(value.span()), format!("{name}: {reason}")))?;
         flags.extend(setting);
     }
-    let principals = principals(&sections.principals, &invalid)?;
+    let mut principals = principals(&sections.principals, &invalid)?;
+    if let Some(first) = sections.bot_groups.first()
+        && principals.is_empty()
+    {
+        let reason = "bot_groups: a bot group names the principal its bots use; configure [[principals]]";
+        return Err(invalid(Some(first.span()), reason.to_string()));
+    }
+    let groups = bot_groups(&sections.bot_groups, &principals, &invalid)?;
+    principals = principals.with_bot_groups(groups);
+    let grants = permissions(&sections.permissions, &principals, &invalid)?;
+    principals = principals.with_permissions(grants);
     let access = if principals.is_empty() { Access::Open } else { Access::Tokens(principals) };
     Ok(ConfigFile { path: path.to_path_buf(), flags, access })
 }
@@ -161,6 +199,100 @@ fn principals(
         principals.push((Principal::new(name.get_ref(), hash), entry.span()));
     }
     Ok(Principals::new(principals.into_iter().map(|(principal, _)| principal).collect()))
+}
+
+fn bot_groups(
+    raw: &[Spanned<RawBotGroup>],
+    principals: &Principals,
+    invalid: &dyn Fn(Option<Range<usize>>, String) -> ConfigError,
+) -> Result<Vec<(Arc<str>, BotGroup)>, ConfigError> {
+    let mut groups: Vec<(Arc<str>, BotGroup)> = Vec::new();
+    for (index, entry) in raw.iter().enumerate() {
+        let RawBotGroup { principal, bot_ids, bot_id_prefixes, dimensions } = entry.get_ref();
+        let at = |span: Range<usize>, reason: String| invalid(Some(span), format!("bot_groups[{index}].{reason}"));
+        if !principals.names().any(|name| **name == **principal.get_ref()) {
+            let reason = format!("principal: {:?} is not the name of any [[principals]] entry", principal.get_ref());
+            return Err(at(principal.span(), reason));
+        }
+        if bot_ids.is_empty() && bot_id_prefixes.is_empty() {
+            return Err(at(entry.span(), "bot_ids: a group covers at least one bot id or prefix".to_string()));
+        }
+        for (field, ids) in [("bot_ids", bot_ids), ("bot_id_prefixes", bot_id_prefixes)] {
+            for id in ids {
+                validate::validate_bot_id(id.get_ref())
+                    .map_err(|refusal| at(id.span(), format!("{field}: {}", refusal.message)))?;
+                let taken = groups.iter().any(|(_, other)| {
+                    other.bot_ids.contains(id.get_ref()) || other.bot_id_prefixes.contains(id.get_ref())
+                });
+                if taken {
+                    let reason =
+                        format!("{field}: {:?} is in an earlier group too; a bot id has one group", id.get_ref());
+                    return Err(at(id.span(), reason));
+                }
+            }
+        }
+        let pairs: Vec<StringPair> =
+            dimensions.get_ref().iter().map(|(key, value)| StringPair::new(key, value)).collect();
+        let dimensions_at = |reason: String| at(dimensions.span(), format!("dimensions: {reason}"));
+        validate::validate_bot_dimensions(&pairs).map_err(|refusal| dimensions_at(refusal.to_string()))?;
+        if !dimensions.get_ref().contains_key(ENFORCED_POOL_KEY) {
+            return Err(dimensions_at(format!("a group enforces its bots' {ENFORCED_POOL_KEY}; give one")));
+        }
+        if dimensions.get_ref().contains_key("id") {
+            return Err(dimensions_at("id is each bot's own id; a group cannot enforce it".to_string()));
+        }
+        let group = BotGroup {
+            index,
+            bot_ids: bot_ids.iter().map(|id| id.get_ref().clone()).collect(),
+            bot_id_prefixes: bot_id_prefixes.iter().map(|id| id.get_ref().clone()).collect(),
+            dimensions: pairs,
+        };
+        groups.push((principal.get_ref().as_str().into(), group));
+    }
+    Ok(groups)
+}
+
+/// Each principal's grants; `None` when the file has no `[[permissions]]`.
+fn permissions(
+    raw: &[Spanned<RawPermissions>],
+    principals: &Principals,
+    invalid: &dyn Fn(Option<Range<usize>>, String) -> ConfigError,
+) -> Result<Option<BTreeMap<Arc<str>, Grants>>, ConfigError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let mut grants: BTreeMap<Arc<str>, Grants> = BTreeMap::new();
+    for (index, entry) in raw.iter().enumerate() {
+        let RawPermissions { principal, pools, grants: names } = entry.get_ref();
+        let at = |span: Range<usize>, reason: String| invalid(Some(span), format!("permissions[{index}].{reason}"));
+        let Some(name) = principals.names().find(|name| ***name == **principal.get_ref()) else {
+            let reason = format!("principal: {:?} is not the name of any [[principals]] entry", principal.get_ref());
+            return Err(at(principal.span(), reason));
+        };
+        if pools.is_empty() {
+            return Err(at(entry.span(), format!("pools: name at least one pool, or {EVERY_POOL:?} for every pool")));
+        }
+        for pool in pools {
+            if pool.get_ref() != EVERY_POOL {
+                let pair = [StringPair::new(ENFORCED_POOL_KEY, pool.get_ref())];
+                validate::validate_bot_dimensions(&pair)
+                    .map_err(|refusal| at(pool.span(), format!("pools: {}", refusal.message)))?;
+            }
+        }
+        let granted = grants.entry(Arc::clone(name)).or_default();
+        for permission_name in names {
+            let Some(permission) = Permission::parse(permission_name.get_ref()) else {
+                let known: Vec<&str> = Permission::ALL.iter().map(|permission| permission.name()).collect();
+                let reason =
+                    format!("grants: {:?} is not a permission; known: {}", permission_name.get_ref(), known.join(", "));
+                return Err(at(permission_name.span(), reason));
+            };
+            for pool in pools {
+                granted.grant(permission, pool.get_ref());
+            }
+        }
+    }
+    Ok(Some(grants))
 }
 
 /// The line (from 1) of a byte offset.
@@ -218,6 +350,72 @@ mod tests {
         let Access::Tokens(principals) = &file.access else { panic!("tokens are required") };
         assert_eq!(principals.authenticate(b"foo").map(|principal| &*principal.name), Some("alice"));
         assert!(principals.authenticate(b"bar").is_none());
+    }
+
+    #[test]
+    fn bot_groups_go_to_the_principal_they_name() {
+        let text = format!(
+            "[[principals]]\nname = \"ci-bots\"\ntoken_hash = \"{HASH}\"\n\n[[bot_groups]]\nprincipal = \"ci-bots\"\n\
+             bot_id_prefixes = [\"ci-\"]\ndimensions = {{ pool = \"ci\", os = \"Linux\" }}\n"
+        );
+        let file = parsed(&text).unwrap();
+        let Access::Tokens(principals) = &file.access else { panic!("tokens are required") };
+        assert!(principals.bot_groups_configured);
+        let principal = principals.authenticate(b"foo").unwrap();
+        assert_eq!(principal.bot_groups.len(), 1);
+        assert!(principal.bot_groups[0].covers("ci-7") && principal.bot_groups[0].pool() == "ci");
+    }
+
+    #[test]
+    fn bad_bot_groups_are_refused_by_field() {
+        let principal = format!("[[principals]]\nname = \"ci-bots\"\ntoken_hash = \"{HASH}\"\n");
+        let refused = |group: &str| parsed(&format!("{principal}[[bot_groups]]\n{group}")).unwrap_err();
+        let ids = "bot_ids = [\"a\"]\n";
+        assert_eq!(
+            refused(&format!("principal = \"bob\"\n{ids}dimensions = {{ pool = \"ci\" }}\n")),
+            "apiary.toml:5: bot_groups[0].principal: \"bob\" is not the name of any [[principals]] entry"
+        );
+        assert!(
+            refused("principal = \"ci-bots\"\ndimensions = { pool = \"ci\" }\n").contains("at least one bot id"),
+            "no ids"
+        );
+        let no_pool = refused(&format!("principal = \"ci-bots\"\n{ids}dimensions = {{ os = \"x\" }}\n"));
+        assert!(
+            no_pool.starts_with("apiary.toml:7: bot_groups[0].dimensions: a group enforces its bots' pool"),
+            "{no_pool}"
+        );
+        let id = refused(&format!("principal = \"ci-bots\"\n{ids}dimensions = {{ pool = \"ci\", id = \"a\" }}\n"));
+        assert!(id.contains("cannot enforce it"), "{id}");
+        let group = format!("principal = \"ci-bots\"\n{ids}dimensions = {{ pool = \"ci\" }}\n");
+        let twice = refused(&format!("{group}[[bot_groups]]\n{group}"));
+        assert!(twice.contains("bot_groups[1].bot_ids: \"a\" is in an earlier group too"), "{twice}");
+        let alone = parsed(&format!("[[bot_groups]]\n{group}")).unwrap_err();
+        assert!(alone.contains("configure [[principals]]"), "{alone}");
+    }
+
+    #[test]
+    fn permissions_are_granted_per_pool_and_refused_by_field() {
+        let principal = format!("[[principals]]\nname = \"alice\"\ntoken_hash = \"{HASH}\"\n[[permissions]]\n");
+        let with = |entry: &str| parsed(&format!("{principal}{entry}"));
+        let file =
+            with("principal = \"alice\"\npools = [\"ci\"]\ngrants = [\"create_task\", \"read_tasks\"]\n").unwrap();
+        let Access::Tokens(principals) = &file.access else { panic!("tokens are required") };
+        let grants = &principals.authenticate(b"foo").unwrap().grants;
+        assert!(grants.allows(Permission::CreateTask, "ci") && grants.allows(Permission::ReadTasks, "ci"));
+        assert!(!grants.allows(Permission::CreateTask, "prod") && !grants.allows(Permission::CancelTask, "ci"));
+        let refused = with("principal = \"alice\"\npools = [\"ci\"]\ngrants = [\"create\"]\n").unwrap_err();
+        assert!(
+            refused.starts_with("apiary.toml:7: permissions[0].grants: \"create\" is not a permission"),
+            "{refused}"
+        );
+        let refused = with("principal = \"bob\"\npools = [\"*\"]\ngrants = []\n").unwrap_err();
+        assert!(refused.contains("permissions[0].principal: \"bob\" is not the name"), "{refused}");
+        let refused = with("principal = \"alice\"\npools = []\ngrants = []\n").unwrap_err();
+        assert!(refused.contains("permissions[0].pools: name at least one pool"), "{refused}");
+        // Without [[permissions]], a principal may do everything, as before they existed.
+        let file = parsed(&format!("[[principals]]\nname = \"alice\"\ntoken_hash = \"{HASH}\"\n")).unwrap();
+        let Access::Tokens(principals) = &file.access else { panic!("tokens are required") };
+        assert!(principals.authenticate(b"foo").unwrap().grants.allows(Permission::ManageBots, "any"));
     }
 
     #[test]

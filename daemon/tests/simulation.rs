@@ -141,7 +141,7 @@ impl Daemon {
     }
 
     fn request(&mut self, now_ms: u64, conn: ConnId, request_id: u64, request: Request, out: &mut Output) {
-        self.core.handle(now_ms, Input::Request { conn, request_id, request, principal: None }, out);
+        self.core.handle(now_ms, Input::Request { conn, request_id, request, principal: None, grants: None }, out);
     }
 
     fn write_output(&mut self, out: &Output) {
@@ -931,6 +931,9 @@ impl Sim {
             self.check_event(event, &mut touched);
         }
         self.daemon.persist_events(&out);
+        // Each simulated bot has an id of its own, and its old connection is
+        // closed before it comes back: no session ever takes over another's.
+        assert!(out.closings.is_empty(), "a connection closed by the core: {:?}", out.closings);
         let mut answered = BTreeSet::new();
         for outgoing in out.replies {
             let key = (outgoing.conn, outgoing.request_id);

@@ -119,8 +119,18 @@ impl Client {
 
     fn read_reply(&mut self, request_id: u64) -> Result<Reply, ClientError> {
         let frame = self.read_frame()?;
-        if frame.kind != FrameKind::Reply || frame.request_id != request_id {
+        if frame.kind != FrameKind::Reply {
             return Err(ClientError::Unexpected("frame out of order"));
+        }
+        if frame.request_id != request_id {
+            // Request id 0 is the connection's: the daemon says why it closes it.
+            return match frame.request_id {
+                0 => match frame.decode_reply()? {
+                    Reply::Error(ErrorReply { code, message }) => Err(ClientError::Refused { code, message }),
+                    _ => Err(ClientError::Unexpected("frame out of order")),
+                },
+                _ => Err(ClientError::Unexpected("frame out of order")),
+            };
         }
         Ok(frame.decode_reply()?)
     }

@@ -565,6 +565,11 @@ pub enum ErrorCode {
     /// The bot's attempt is no longer current.
     StaleRun,
     Internal,
+    /// Another session took over this bot id: the connection is closed and
+    /// the older process must not come back under the same id.
+    Superseded,
+    /// The principal may not do this; the message names what it lacks and where.
+    PermissionDenied,
 }
 
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]

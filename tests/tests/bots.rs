@@ -53,6 +53,55 @@ fn a_restarted_bot_loses_its_task_at_once() {
     assert!(died["failure_reason"].as_str().unwrap().contains("restarted"), "{died}");
 }
 
+/// `apiary-bot`'s exit code when another process took over its bot id.
+const SUPERSEDED: i32 = 3;
+
+/// How many sessions of `bot_id` the daemon recorded (a line each) by the
+/// time it logged that `task_id` ended: every line before that one is read.
+fn sessions_logged(daemon: &Daemon, bot_id: &str, task_id: &str) -> usize {
+    let ended = format!("task {task_id} ended");
+    daemon.log.wait_for("the task's end in the log", |line| line.contains(&ended).then_some(()));
+    let recorded = format!("bot {bot_id} connected (session");
+    daemon.log.all().iter().filter(|line| line.contains(&recorded)).count()
+}
+
+#[test]
+fn two_bots_with_one_id_the_newer_takes_over_and_the_older_exits_without_a_storm() {
+    let dir = temp();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let mut older = Bot::start(&daemon.addr, "twin", &["pool=ci"], &dir.path().join("older"));
+    let _newer = Bot::start(&daemon.addr, "twin", &["pool=ci"], &dir.path().join("newer"));
+    assert_eq!(older.wait_exit().code(), Some(SUPERSEDED), "log: {:#?}", older.log.all());
+    older.log.wait_for("the older bot saying why it exits", |line| {
+        line.contains("another apiary-bot with this id took over; exiting instead of reconnecting").then_some(())
+    });
+    daemon.log.wait_for("the daemon closing the older connection", |line| {
+        (line.contains("closing connection from") && line.contains("took over this bot id")).then_some(())
+    });
+    // The newer bot serves the id, and the two processes made two sessions, not a storm.
+    let cli = daemon.cli();
+    let task_id = cli.trigger(&["-d", "pool=ci", "-d", "id=twin", "--", "true"]);
+    cli.wait_for_state(&task_id, "COMPLETED");
+    assert_eq!(sessions_logged(&daemon, "twin", &task_id), 2, "log: {:#?}", daemon.log.all());
+}
+
+#[test]
+fn a_bot_whose_id_is_taken_over_while_running_stops_its_task_and_exits() {
+    let dir = temp();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let mut older = Bot::start(&daemon.addr, "twin", &["pool=ci"], &dir.path().join("older"));
+    let cli = daemon.cli();
+    let marker = dir.path().join("still-running");
+    let script = format!("touch '{}'; sleep 60; rm '{}'", marker.display(), marker.display());
+    let task_id = cli.trigger(&["-d", "pool=ci", "--", "sh", "-c", &script]);
+    cli.wait_for_state(&task_id, "RUNNING");
+    let _newer = Bot::start(&daemon.addr, "twin", &["pool=ci"], &dir.path().join("newer"));
+    let died = cli.wait_for_state(&task_id, "BOT_DIED");
+    assert_eq!(died["internal_failure"], true);
+    assert_eq!(older.wait_exit().code(), Some(SUPERSEDED), "log: {:#?}", older.log.all());
+    assert_eq!(sessions_logged(&daemon, "twin", &task_id), 2, "log: {:#?}", daemon.log.all());
+}
+
 #[test]
 fn an_idempotent_task_whose_bot_died_completes_on_a_second_bot() {
     let dir = temp();

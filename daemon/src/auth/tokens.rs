@@ -10,6 +10,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::{BotGroup, Grants};
+
 /// How a token hash is written in the configuration.
 pub const TOKEN_HASH_PREFIX: &str = "sha256:";
 /// Bytes in a principal's name. It is recorded on what the principal does
@@ -29,16 +31,25 @@ pub enum Access {
     Tokens(Principals),
 }
 
-/// A principal and one of its tokens' hashes.
+/// A principal and one of its tokens' hashes, with what it may do.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Principal {
     pub name: Arc<str>,
     pub token_sha256: [u8; 32],
+    /// The bot groups whose bots use this principal's token.
+    pub bot_groups: Vec<Arc<BotGroup>>,
+    /// What it may do, per pool: everything while no `[[permissions]]` are configured.
+    pub grants: Arc<Grants>,
 }
 
 impl Principal {
     pub fn new(name: &str, token_sha256: [u8; 32]) -> Principal {
-        Principal { name: name.into(), token_sha256 }
+        Principal { name: name.into(), token_sha256, bot_groups: Vec::new(), grants: Arc::new(Grants::everything()) }
+    }
+
+    /// Whether `other` is the same principal with the same token (its grants may differ).
+    pub fn same_token(&self, other: &Principal) -> bool {
+        self.name == other.name && self.token_sha256 == other.token_sha256
     }
 }
 
@@ -46,11 +57,60 @@ impl Principal {
 #[derive(Clone, Debug, Default)]
 pub struct Principals {
     entries: Vec<Arc<Principal>>,
+    /// Whether any `[[bot_groups]]` are configured: then every bot must be in one.
+    pub bot_groups_configured: bool,
 }
 
 impl Principals {
     pub fn new(entries: Vec<Principal>) -> Principals {
-        Principals { entries: entries.into_iter().map(Arc::new).collect() }
+        Principals { entries: entries.into_iter().map(Arc::new).collect(), bot_groups_configured: false }
+    }
+
+    /// Gives each group to the principal it names (every entry of that name),
+    /// and from then on requires every bot to be in a group.
+    pub fn with_bot_groups(self, groups: Vec<(Arc<str>, BotGroup)>) -> Principals {
+        if groups.is_empty() {
+            return self;
+        }
+        let groups: Vec<(Arc<str>, Arc<BotGroup>)> =
+            groups.into_iter().map(|(name, group)| (name, Arc::new(group))).collect();
+        let entries = self
+            .entries
+            .into_iter()
+            .map(|entry| {
+                let mut principal =
+                    Principal { grants: Arc::clone(&entry.grants), ..Principal::new(&entry.name, entry.token_sha256) };
+                principal.bot_groups = groups
+                    .iter()
+                    .filter(|(name, _)| *name == principal.name)
+                    .map(|(_, group)| Arc::clone(group))
+                    .collect();
+                Arc::new(principal)
+            })
+            .collect();
+        Principals { entries, bot_groups_configured: true }
+    }
+
+    /// Gives each principal the grants configured for its name (none when
+    /// `[[permissions]]` do not name it); without any, all keep everything.
+    pub fn with_permissions(self, grants: Option<std::collections::BTreeMap<Arc<str>, Grants>>) -> Principals {
+        let Some(grants) = grants else { return self };
+        let entries = self
+            .entries
+            .into_iter()
+            .map(|entry| {
+                let granted = grants.get(&entry.name).cloned().unwrap_or_default();
+                let mut principal = Principal::new(&entry.name, entry.token_sha256);
+                principal.bot_groups = entry.bot_groups.clone();
+                principal.grants = Arc::new(granted);
+                Arc::new(principal)
+            })
+            .collect();
+        Principals { entries, ..self }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.entries.iter().map(|entry| &entry.name)
     }
 
     pub fn len(&self) -> usize {
@@ -74,9 +134,15 @@ impl Principals {
         found
     }
 
+    /// The same principal with the same token, as configured now (after a
+    /// reload, with its grants of now); `None` when the token was revoked.
+    pub fn current(&self, principal: &Principal) -> Option<&Arc<Principal>> {
+        self.entries.iter().find(|entry| entry.same_token(principal))
+    }
+
     /// Whether the same principal still has the same token (after a reload).
     pub fn still_holds(&self, principal: &Principal) -> bool {
-        self.entries.iter().any(|entry| **entry == *principal)
+        self.current(principal).is_some()
     }
 }
 

@@ -29,10 +29,13 @@ use super::task_store::TaskStore;
 use super::texts::Texts;
 use super::validate;
 use super::{ConnId, Map};
+use crate::auth::{Grants, Permission};
+use permissions::Caller;
 
 mod apply;
 mod bots;
 mod history;
+mod permissions;
 mod retention;
 mod snapshot;
 pub mod storage_trouble;
@@ -79,6 +82,8 @@ pub enum Input {
         request: Request,
         /// The principal the connection's hello named; `None` while access is open.
         principal: Option<Arc<str>>,
+        /// What that principal may do, per pool; `None` while access is open.
+        grants: Option<Arc<Grants>>,
     },
     /// The connection closed: a bot's held poll is dropped at once; a client's
     /// waits and follows are dropped when they time out or their task ends.
@@ -116,14 +121,26 @@ pub struct OutputRead {
     pub ends_request: bool,
 }
 
+/// A connection the core is done with: the shell tells the peer why (as an
+/// error for request id 0, the connection's own), logs it, and closes it.
+#[derive(Debug)]
+pub struct Closing {
+    pub conn: ConnId,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
 /// What the core asks of the shell, in order: write the output, persist the
 /// events, then, once both are durable, send the replies and do the reads.
+/// Connections in `closings` are told and closed at once: nothing they are
+/// owed is sent any more.
 #[derive(Default, Debug)]
 pub struct Output {
     pub events: Vec<Event>,
     pub replies: Vec<Outgoing>,
     pub output_writes: Vec<OutputWrite>,
     pub output_reads: Vec<OutputRead>,
+    pub closings: Vec<Closing>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -308,8 +325,9 @@ impl Core {
     pub fn handle(&mut self, now_ms: u64, input: Input, out: &mut Output) {
         self.advance_clock(now_ms);
         match input {
-            Input::Request { conn, request_id, request, principal } => {
-                if let Some(reply) = self.handle_request(conn, request_id, request, principal.as_deref(), out) {
+            Input::Request { conn, request_id, request, principal, grants } => {
+                let caller = Caller { name: principal.as_deref(), grants: grants.as_deref() };
+                if let Some(reply) = self.handle_request(conn, request_id, request, caller, out) {
                     out.replies.push(Outgoing { conn, request_id, reply });
                 }
             }
@@ -324,9 +342,13 @@ impl Core {
         conn: ConnId,
         request_id: u64,
         request: Request,
-        principal: Option<&str>,
+        caller: Caller<'_>,
         out: &mut Output,
     ) -> Option<Reply> {
+        if let Some(refusal) = self.refuse_request(caller, &request) {
+            return Some(refusal);
+        }
+        let principal = caller.name;
         match request {
             Request::NewTask(new_task) => Some(self.new_task(new_task, principal, out)),
             Request::GetTask { task_id } => Some(
@@ -338,12 +360,12 @@ impl Core {
                 self.get_output(conn, request_id, task_id, offset, max_bytes, out)
             }
             Request::FollowOutput { task_id, offset } => self.follow_output(conn, request_id, task_id, offset, out),
-            Request::ListBots { dimensions } => Some(self.list_bots(&dimensions)),
+            Request::ListBots { dimensions } => Some(self.list_bots(&dimensions, caller)),
             Request::GetBot { bot_id } => Some(self.bots.get(&bot_id).map_or_else(
                 || error(ErrorCode::NotFound, format!("no bot {bot_id:?}")),
                 |bot| Reply::Bot(bot.info()),
             )),
-            Request::ListTasks(query) => Some(self.list_tasks(query)),
+            Request::ListTasks(query) => Some(self.list_tasks(query, caller)),
             Request::CancelTask { task_id, kill_running } => Some(self.cancel(task_id, kill_running, out)),
             Request::ValidateTask(request) => Some(match validate::admit(request, principal) {
                 Ok(request) => Reply::ValidRequest(NewTaskRequest { secret_bytes: None, ..request }),
@@ -362,6 +384,31 @@ impl Core {
             Request::ListBotEvents(query) => Some(self.list_bot_events(query)),
             Request::BotPoll(poll) => self.bot_poll(conn, request_id, poll, out),
             Request::TaskUpdate(update) => Some(self.task_update(conn, update, out)),
+        }
+    }
+
+    /// The permission check of a request on one task or bot, or a new task
+    /// (`engine::permissions`); listings filter by pool as they go.
+    fn refuse_request(&self, caller: Caller<'_>, request: &Request) -> Option<Reply> {
+        caller.grants?;
+        match request {
+            Request::NewTask(new_task) => self.refuse_new_task(caller, new_task),
+            Request::GetTask { task_id }
+            | Request::WaitTask { task_id, .. }
+            | Request::GetOutput { task_id, .. }
+            | Request::FollowOutput { task_id, .. } => self.refuse_on_task(caller, *task_id, Permission::ReadTasks),
+            Request::CancelTask { task_id, .. } => self.refuse_on_task(caller, *task_id, Permission::CancelTask),
+            Request::GetBot { bot_id } => self.refuse_on_bot(caller, bot_id, Permission::ReadBots),
+            Request::ListBotEvents(query) => self.refuse_on_bot(caller, &query.bot_id, Permission::ReadBots),
+            Request::QuarantineBot { bot_id, .. }
+            | Request::UnquarantineBot { bot_id }
+            | Request::TerminateBot { bot_id } => self.refuse_on_bot(caller, bot_id, Permission::ManageBots),
+            Request::ListTasks(_) => (!caller.allows_somewhere(Permission::ReadTasks))
+                .then(|| caller.denied_everywhere(Permission::ReadTasks)),
+            Request::ListBots { .. } => {
+                (!caller.allows_somewhere(Permission::ReadBots)).then(|| caller.denied_everywhere(Permission::ReadBots))
+            }
+            Request::ValidateTask(_) | Request::BotPoll(_) | Request::TaskUpdate(_) => None,
         }
     }
 

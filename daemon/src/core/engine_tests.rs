@@ -15,6 +15,8 @@ struct Harness {
     next_request_id: u64,
     /// Who the requests come from (`None`: open access).
     principal: Option<std::sync::Arc<str>>,
+    /// What that principal may do (`None`: open access, everything).
+    grants: Option<std::sync::Arc<crate::auth::Grants>>,
 }
 
 const CLIENT: ConnId = ConnId(1);
@@ -36,6 +38,7 @@ impl Harness {
             now_ms: 1_700_000_000_000,
             next_request_id: 1,
             principal: None,
+            grants: None,
         }
     }
 
@@ -45,7 +48,13 @@ impl Harness {
         let mut out = Output::default();
         self.core.handle(
             self.now_ms,
-            Input::Request { conn, request_id, request, principal: self.principal.clone() },
+            Input::Request {
+                conn,
+                request_id,
+                request,
+                principal: self.principal.clone(),
+                grants: self.grants.clone(),
+            },
             &mut out,
         );
         self.record(&out);
@@ -208,6 +217,45 @@ fn a_lost_assignment_is_handed_over_again_and_a_restarted_bot_loses_its_run() {
     let result = h.core.task(RequestId::from_u64(task.task_id).unwrap()).unwrap();
     assert_eq!(result.state, TaskState::BotDied);
     assert!(result.internal_failure);
+    h.check_replay();
+}
+
+#[test]
+fn a_new_session_takes_over_a_connected_bot_id_and_the_older_connection_is_closed() {
+    let mut h = Harness::new();
+    let parked = h.poll(ConnId(2), "bot-1", 7, LINUX);
+    assert!(parked.replies.is_empty() && parked.closings.is_empty(), "an idle bot's poll is held");
+    // The same session on a new connection (a reconnect) closes nothing.
+    let reconnected = h.poll(ConnId(3), "bot-1", 7, LINUX);
+    assert!(reconnected.closings.is_empty());
+    // Another session while connection 3 is open: it takes over, and 3 is told why.
+    let taken_over = h.poll(ConnId(4), "bot-1", 8, LINUX);
+    assert_eq!(taken_over.closings.len(), 1);
+    let closing = &taken_over.closings[0];
+    assert_eq!((closing.conn, closing.code), (ConnId(3), ErrorCode::Superseded));
+    assert!(closing.message.contains("took over this bot id"), "{}", closing.message);
+    assert!(
+        taken_over.replies.iter().all(|reply| reply.conn != ConnId(3)),
+        "the older connection's held poll is dropped, not answered"
+    );
+    // Its close changes nothing more; the bot is the newer session's.
+    let mut out = Output::default();
+    h.core.handle(h.now_ms, Input::Disconnected { conn: ConnId(3) }, &mut out);
+    assert!(out.replies.is_empty() && out.events.is_empty());
+    assert_eq!(h.core.bots["bot-1"].connection, Some(ConnId(4)));
+    // The older session may not take the id back: no turns, no storm of sessions.
+    let events_before = h.log.len();
+    let came_back = h.poll(ConnId(6), "bot-1", 7, LINUX);
+    match &came_back.replies[..] {
+        [Outgoing { reply: Reply::Error(ErrorReply { code: ErrorCode::Superseded, .. }), .. }] => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(came_back.closings.is_empty() && h.log.len() == events_before);
+    assert_eq!(h.core.bots["bot-1"].connection, Some(ConnId(4)));
+    // A new session after the bot's connection closed is a restart: nothing to close.
+    let mut out = Output::default();
+    h.core.handle(h.now_ms, Input::Disconnected { conn: ConnId(4) }, &mut out);
+    assert!(h.poll(ConnId(5), "bot-1", 9, LINUX).closings.is_empty());
     h.check_replay();
 }
 

@@ -359,6 +359,9 @@ pub struct Bot {
     pub death_timer_armed: bool,
     /// The named caches the bot said it holds in its last poll (not durable).
     pub caches: Vec<CacheInfo>,
+    /// The session another one last took this bot id over from: it is refused
+    /// if it comes back, so two processes with one id never take turns (not durable).
+    pub superseded_session: Option<u64>,
 }
 
 impl Bot {
@@ -382,6 +385,7 @@ impl Bot {
             next_event_number: 1,
             death_timer_armed: false,
             caches: Vec::new(),
+            superseded_session: None,
         }
     }
 

@@ -8,6 +8,7 @@ use apiary_protocol::Role;
 use apiary_protocol::limits::{MAX_FRAME_PAYLOAD_BYTES, MAX_HELLO_PAYLOAD_BYTES};
 use mio::net::TcpStream;
 
+use super::bot_admission::EnforcedDimensions;
 use super::inbound::Inbound;
 use super::outbound::Outbound;
 use super::peer_limits::PeerLimits;
@@ -25,6 +26,8 @@ pub struct Connection {
     pub role: Option<Role>,
     /// Who the hello's token named; `None` while access is open.
     pub principal: Option<Arc<Principal>>,
+    /// A bot's last reported dimensions and what its group made of them.
+    pub enforced_dimensions: Option<EnforcedDimensions>,
     /// Close once the output is written (after a fatal protocol error).
     pub closing: bool,
     pub inbound: Inbound,
@@ -38,6 +41,8 @@ pub struct Connection {
     pub armed_ms: Option<u64>,
     /// The log said that its next frame waits for input memory.
     pub told_waiting_for_memory: bool,
+    /// The log said that a bot request of it was refused (said once per connection).
+    pub told_bot_refusal: bool,
     accepted_ms: u64,
     /// The last time a frame arrived, the peer took output, or output started.
     last_progress_ms: u64,
@@ -68,6 +73,7 @@ impl Connection {
             stream,
             role: None,
             principal: None,
+            enforced_dimensions: None,
             closing: false,
             inbound: Inbound::default(),
             outbound: Outbound::default(),
@@ -75,6 +81,7 @@ impl Connection {
             paused: None,
             armed_ms: None,
             told_waiting_for_memory: false,
+            told_bot_refusal: false,
             accepted_ms: now_ms,
             last_progress_ms: now_ms,
         }

@@ -18,6 +18,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use super::ServerError;
+use super::bot_admission;
 use super::connection::{Connection, MAX_READ_BYTES_PER_TURN, Pause};
 use super::deadlines::Deadlines;
 use super::disk::Disk;
@@ -44,6 +45,10 @@ const RELOAD: Token = Token(usize::MAX - 4);
 /// file never makes one long turn.
 const ARCHIVED_PER_TURN: usize = 1024;
 
+/// Bot ids remembered as having had their dimensions overridden (and logged);
+/// past it the memory starts again, so a host of ids cannot grow it.
+const MAX_OVERRIDES_LOGGED: usize = 100_000;
+
 pub const SOFTWARE: &str = concat!("apiaryd/", env!("CARGO_PKG_VERSION"));
 
 pub struct EventLoop {
@@ -55,6 +60,8 @@ pub struct EventLoop {
     reload_signals: UnixStream,
     /// Who may connect now.
     access: Access,
+    /// Bots whose overridden dimensions were logged since the last reload.
+    overrides_logged: hashbrown::HashSet<String>,
     reload: Option<Reload>,
     connections: Slab<Connection>,
     max_connections: usize,
@@ -133,6 +140,7 @@ impl EventLoop {
             _signals: signals,
             reload_signals,
             access: config.access.clone(),
+            overrides_logged: hashbrown::HashSet::new(),
             reload: config.reload.clone(),
             connections: Slab::new(),
             max_connections: config.max_connections,
@@ -238,6 +246,17 @@ impl EventLoop {
             .map(|(key, _)| Token(key))
             .collect();
         let line = reload::describe(reload, &access, revoked.len());
+        if let Access::Tokens(principals) = &access {
+            // Kept connections act with their principal's grants of now.
+            for (_, connection) in self.connections.iter_mut() {
+                let current = connection.principal.as_deref().and_then(|principal| principals.current(principal));
+                if let Some(current) = current {
+                    connection.principal = Some(Arc::clone(current));
+                    connection.enforced_dimensions = None;
+                }
+            }
+        }
+        self.overrides_logged.clear();
         self.access = access;
         for token in revoked {
             let principal = self.connections[token.0].principal.as_ref().map_or("none".into(), |p| p.name.clone());
@@ -485,10 +504,45 @@ impl EventLoop {
             connection.outbound.push_now(outbound::encode_reply(frame.request_id, &refusal));
             return;
         }
+        let request = match bot_admission::admit(connection, &self.access, request) {
+            Ok((request, overridden)) => {
+                if let Some(overridden) = overridden {
+                    self.log_override_once(overridden);
+                }
+                request
+            }
+            Err(message) => {
+                let connection = &mut self.connections[token.0];
+                // Once per connection: a peer that keeps asking must not fill the log.
+                if !std::mem::replace(&mut connection.told_bot_refusal, true) {
+                    log(format!("refusing a bot request from {}: {message}", connection.peer));
+                }
+                let refusal = Reply::Error(ErrorReply { code: ErrorCode::PermissionDenied, message });
+                connection.outbound.push_now(outbound::encode_reply(frame.request_id, &refusal));
+                return;
+            }
+        };
+        let connection = &mut self.connections[token.0];
         connection.requests_in_flight += 1;
         let conn = connection.id;
         let principal = connection.principal.as_ref().map(|principal| Arc::clone(&principal.name));
-        self.core.handle(now_ms, Input::Request { conn, request_id: frame.request_id, request, principal }, out);
+        let grants = connection.principal.as_ref().map(|principal| Arc::clone(&principal.grants));
+        let input = Input::Request { conn, request_id: frame.request_id, request, principal, grants };
+        self.core.handle(now_ms, input, out);
+    }
+
+    /// A bot's reported dimensions were overridden by its group: said once
+    /// per bot id (until a reload), not at every poll.
+    fn log_override_once(&mut self, overridden: bot_admission::Overridden) {
+        if self.overrides_logged.len() >= MAX_OVERRIDES_LOGGED {
+            self.overrides_logged.clear();
+        }
+        if self.overrides_logged.insert(overridden.bot_id.clone()) {
+            log(format!(
+                "bot {:?}: its group (bot_groups[{}]) enforces {}; the values it reported for those keys are replaced",
+                overridden.bot_id, overridden.group_index, overridden.enforced
+            ));
+        }
     }
 
     fn on_hello(&mut self, token: Token, frame: &Frame) {
@@ -526,6 +580,12 @@ impl EventLoop {
                 connection.requests_in_flight = connection.requests_in_flight.saturating_sub(1);
             }
             self.turn_held.push(Held::Read(read));
+        }
+        for closing in out.closings.drain(..) {
+            let Some(connection) = connection_of(&mut self.connections, closing.conn) else { continue };
+            log(format!("closing connection from {}: {}", connection.peer, closing.message));
+            refuse(connection, 0, closing.code, closing.message);
+            self.to_flush.push(token_of(closing.conn));
         }
     }
 
@@ -597,7 +657,7 @@ impl EventLoop {
                 connection.progressed(now_ms);
             }
             connection.outbound.push(queued);
-            self.to_flush.push(Token((conn.0 & 0xffff_ffff) as usize));
+            self.to_flush.push(token_of(conn));
         }
     }
 
@@ -633,8 +693,8 @@ impl EventLoop {
             }
             self.arm_deadline(token);
         }
-        // Closing only unparks bots and drops waits: nothing to persist or send.
-        debug_assert!(out.events.is_empty() && out.replies.is_empty());
+        // Closing only unparks bots and drops waits: nothing to persist, send or close.
+        debug_assert!(out.events.is_empty() && out.replies.is_empty() && out.closings.is_empty());
     }
 
     /// Stops accepting, makes everything durable, sends what can be sent.
@@ -664,10 +724,14 @@ fn refuse(connection: &mut Connection, request_id: u64, code: ErrorCode, message
     connection.closing = true;
 }
 
+/// The slab slot of a core handle (its low 32 bits; the high ones are a serial).
+fn token_of(conn: ConnId) -> Token {
+    Token((conn.0 & 0xffff_ffff) as usize)
+}
+
 /// The open connection a core handle names, if it is still open.
 fn connection_of(connections: &mut Slab<Connection>, conn: ConnId) -> Option<&mut Connection> {
-    let token = (conn.0 & 0xffff_ffff) as usize;
-    connections.get_mut(token).filter(|connection| connection.id == conn)
+    connections.get_mut(token_of(conn).0).filter(|connection| connection.id == conn)
 }
 
 /// Reads a chunk of output for a read or a follow.

@@ -2,8 +2,11 @@
 //! flusher thread, and the limits that keep one peer from hurting the others
 //! (`peer_limits`: the hello and idle timeouts in `deadlines`, partial frames
 //! in `inbound`, replies owed in `outbound`). A connection's principal is
-//! settled by its hello (`hello`); SIGHUP reloads who may connect (`reload`).
+//! settled by its hello (`hello`); a bot's id and enforced dimensions are
+//! checked against its principal's bot groups (`bot_admission`); SIGHUP
+//! reloads who may connect (`reload`).
 
+mod bot_admission;
 mod connection;
 mod deadlines;
 mod disk;

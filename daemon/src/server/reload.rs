@@ -2,8 +2,10 @@
 //! and who may connect is replaced without dropping connections. A connection
 //! whose principal lost the token it presented (revoked, or changed) is
 //! closed, since everything it does is done as that principal; so is one that
-//! connected before tokens were required. Settings other than the principals
-//! take effect at the next start. A file that is refused changes nothing.
+//! connected before tokens were required. Every other connection goes on with
+//! its principal's bot groups and permissions of the new file. Settings other
+//! than these take effect at the next start. A file that is refused changes
+//! nothing.
 
 use super::startup::Reload;
 use crate::auth::{Access, Principal};

@@ -1,6 +1,7 @@
 //! Bots: polls and parking, assignment, liveness, quarantine, terminate,
 //! connections, queries.
 
+use super::permissions::{self, Caller};
 use super::*;
 
 /// Bot events a page may hold by default, and at most.
@@ -23,6 +24,10 @@ impl Core {
         if let Err(refusal) = check_poll_sizes(&poll) {
             return Some(error(ErrorCode::InvalidRequest, refusal));
         }
+        if let Some(refusal) = self.check_not_superseded(&poll) {
+            return Some(refusal);
+        }
+        self.take_over_session(conn, &poll, out);
         self.unpark(&poll.bot_id, out);
         self.bot_seen(conn, &poll, new_dimensions, out);
         let bot = &self.bots[&poll.bot_id];
@@ -43,6 +48,41 @@ impl Core {
         }
         self.park(conn, request_id, &poll.bot_id, eligible);
         None
+    }
+
+    /// One live session per bot id: a poll from a new session while another
+    /// connection holds the bot's session takes the id over (the newer one may
+    /// be a restart; the older process is told why and must not come back).
+    /// The older connection's held poll is dropped unanswered, and the shell
+    /// closes it. The session change itself is recorded by `bot_seen`.
+    fn take_over_session(&mut self, conn: ConnId, poll: &BotPoll, out: &mut Output) {
+        let Some(bot) = self.bots.get(&poll.bot_id) else { return };
+        let Some(older) = bot.connection.filter(|&older| older != conn && bot.session_id != poll.session_id) else {
+            return;
+        };
+        let message = format!(
+            "bot {:?}: session {:016x} took over this bot id from session {:016x} (another process polls with the \
+             same id, or this bot was restarted); this connection is closed and its session ends",
+            poll.bot_id, poll.session_id, bot.session_id
+        );
+        let superseded = bot.session_id;
+        self.disconnected(older);
+        self.bots.get_mut(&poll.bot_id).expect("known above").superseded_session = Some(superseded);
+        out.closings.push(Closing { conn: older, code: ErrorCode::Superseded, message });
+    }
+
+    /// A session that was taken over may not take the id back: it was told to
+    /// end, and taking turns with the newer one would be a storm of sessions.
+    fn check_not_superseded(&self, poll: &BotPoll) -> Option<Reply> {
+        let bot = self.bots.get(&poll.bot_id)?;
+        if bot.superseded_session != Some(poll.session_id) {
+            return None;
+        }
+        let message = format!(
+            "bot {:?}: session {:016x} was taken over by session {:016x}; it may not come back under this id",
+            poll.bot_id, poll.session_id, bot.session_id
+        );
+        Some(error(ErrorCode::Superseded, message))
     }
 
     /// Holds a poll: an eligible bot waits for work, a quarantined one only for
@@ -308,7 +348,8 @@ impl Core {
 
     // ------------------------------------------------------------- requests
 
-    pub(super) fn list_bots(&self, filter: &[StringPair]) -> Reply {
+    /// The bots matching `filter` that `caller` may see (`read_bots` in one of their pools).
+    pub(super) fn list_bots(&self, filter: &[StringPair], caller: Caller<'_>) -> Reply {
         for (index, pair) in filter.iter().enumerate() {
             if let Err(refusal) = validate::validate_bot_dimensions(std::slice::from_ref(pair)) {
                 let message = refusal.to_string().replacen("dimensions[0]", &format!("dimensions[{index}]"), 1);
@@ -316,7 +357,10 @@ impl Core {
             }
         }
         let (filter, bot_ids) = queues::split_bot_ids(queues::canonical_task_dimensions(filter));
-        let named = |bot: &&Bot| bot_ids.is_empty() || bot_ids.contains(&bot.bot_id);
+        let named = |bot: &&Bot| {
+            (bot_ids.is_empty() || bot_ids.contains(&bot.bot_id))
+                && permissions::bot_allows(caller, bot, Permission::ReadBots).is_ok()
+        };
         let mut bots: Vec<BotInfo> = self
             .bots
             .values()

@@ -147,17 +147,19 @@ impl Core {
     /// Tasks below `before`, newest first, in the state and with the tags
     /// asked for, from the heap and the history runs merged; at most `limit`,
     /// and whether there are more.
-    /// Up to `limit` tasks whose results take at most `max_bytes` (`wire_size`),
+    /// Up to `limit` tasks that are `readable`, whose results take at most `max_bytes` (`wire_size`),
     /// but at least one; and whether more may follow.
     pub(super) fn list_merged(
         &self,
         query: &TaskQuery,
         limit: usize,
         max_bytes: usize,
+        readable: &dyn Fn(&Task) -> bool,
     ) -> Result<(Vec<TaskResult>, bool), String> {
         let before = query.cursor.map(tasks::request_id_of);
         let wanted = |task: &&Task| {
-            query.state.is_none_or(|state| task.state == state)
+            readable(task)
+                && query.state.is_none_or(|state| task.state == state)
                 && query.tags.iter().all(|tag| self.tasks.has_tag(task.id, tag))
         };
         let held: Box<dyn Iterator<Item = &Task>> = match query.tags.first() {
@@ -192,7 +194,11 @@ impl Core {
                 self.result(held.next().expect("peeked"))
             } else {
                 let record = archived.next_record().expect("peeked")?;
-                self.result(&task_from_history(record)?)
+                let task = task_from_history(record)?;
+                if !readable(&task) {
+                    continue;
+                }
+                self.result(&task)
             };
             bytes += wire_size::task_result_bytes(&result);
             if bytes > max_bytes && !tasks.is_empty() {

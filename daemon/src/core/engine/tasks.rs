@@ -2,6 +2,7 @@
 
 use super::apply::slice_expiry_ms;
 use super::history::{Found, Missing};
+use super::permissions::{self, Caller};
 use super::*;
 
 impl Core {
@@ -89,7 +90,8 @@ impl Core {
         result
     }
 
-    pub(super) fn list_tasks(&self, query: TaskQuery) -> Reply {
+    /// A page of the tasks `caller` may read (`read_tasks`), newest first.
+    pub(super) fn list_tasks(&self, query: TaskQuery, caller: Caller<'_>) -> Reply {
         if query.limit > MAX_TASK_PAGE {
             return error(
                 ErrorCode::InvalidRequest,
@@ -97,7 +99,11 @@ impl Core {
             );
         }
         let limit = if query.limit == 0 { DEFAULT_TASK_PAGE } else { query.limit } as usize;
-        let (tasks, more) = match self.list_merged(&query, limit, MAX_PAGE_BYTES) {
+        let readable = |task: &Task| {
+            caller.allows_everywhere(Permission::ReadTasks)
+                || caller.allows(Permission::ReadTasks, permissions::task_pool(task))
+        };
+        let (tasks, more) = match self.list_merged(&query, limit, MAX_PAGE_BYTES, &readable) {
             Ok(listed) => listed,
             Err(damage) => return error(ErrorCode::Internal, damage),
         };
@@ -200,6 +206,13 @@ impl Core {
             });
             if ended_by_this_report && task.run.as_deref().is_some_and(is_this_run) {
                 return Reply::UpdateAck { output_len: task.output_len, must_stop: false };
+            }
+            if task.current_run().is_some_and(|run| run.run_id == run_id) {
+                // Someone else's run: a forged report, or a session that lost it.
+                let message = format!(
+                    "run_id: run {run_id} is held by another bot session; only the bot that holds a run may report on it"
+                );
+                return error(ErrorCode::StaleRun, message);
             }
             let state = task.state.name();
             return error(ErrorCode::StaleRun, format!("run {run_id} is no longer current (task is {state})"));
