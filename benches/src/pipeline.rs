@@ -63,9 +63,9 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Connects, says hello as a client and waits for the welcome.
-    /// `depth` must be in `1..=MAX_DEPTH`.
-    pub fn connect(addr: &str, software: &str, depth: usize) -> Result<Pipeline, PipelineError> {
+    /// Connects, says hello as a client (with `token`, empty for none) and
+    /// waits for the welcome. `depth` must be in `1..=MAX_DEPTH`.
+    pub fn connect(addr: &str, software: &str, token: &str, depth: usize) -> Result<Pipeline, PipelineError> {
         assert!((1..=MAX_DEPTH).contains(&depth), "pipeline depth {depth} is not in 1..={MAX_DEPTH}");
         let stream = connect_any(addr)?;
         stream.set_nodelay(true)?;
@@ -79,12 +79,12 @@ impl Pipeline {
             write_buffer: Vec::new(),
             read_buffer: vec![0; READ_BUFFER_BYTES],
         };
-        pipeline.greet(software)?;
+        pipeline.greet(software, token)?;
         Ok(pipeline)
     }
 
-    fn greet(&mut self, software: &str) -> Result<(), PipelineError> {
-        frame::encode_hello(&Hello::new(Role::Client, software), &mut self.write_buffer)?;
+    fn greet(&mut self, software: &str, token: &str) -> Result<(), PipelineError> {
+        frame::encode_hello(&Hello::with_token(Role::Client, software, token), &mut self.write_buffer)?;
         self.flush()?;
         let frame = loop {
             if let Some(frame) = self.reader.next_frame()? {
@@ -262,7 +262,7 @@ mod tests {
     #[test]
     fn replies_in_any_order_are_matched_to_their_requests() {
         let (addr, daemon) = fake_daemon();
-        let mut pipeline = Pipeline::connect(&addr, "test", 8).unwrap();
+        let mut pipeline = Pipeline::connect(&addr, "test", "", 8).unwrap();
         let mut next_name = 100u64;
         pipeline
             .send(8, 7, || {

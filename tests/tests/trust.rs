@@ -284,3 +284,26 @@ fn a_non_loopback_address_needs_principals_or_insecure_no_auth() {
     assert_eq!(open_lines.len(), 1, "{open_lines:?}");
     assert!(open_lines[0].contains("no principals are configured"), "{open_lines:?}");
 }
+
+#[test]
+fn apiary_load_runs_with_tokens_and_is_refused_without() {
+    let data = temp();
+    let principals = Principals::new(&["alice", "load-bots"]);
+    let daemon = principals.start(data.path());
+    let load = |extra: &[&str]| {
+        Command::new(binary("apiary-load"))
+            .args(["--server", &daemon.addr, "--bots", "2", "--submitters", "1", "--tasks", "20"])
+            .args(extra)
+            .env_remove("APIARY_TOKEN_FILE")
+            .output()
+            .unwrap()
+    };
+    let refused = load(&[]);
+    assert!(!refused.status.success(), "no token: {}", describe(&refused));
+    let (user, bots) = (principals.token_file("alice"), principals.token_file("load-bots"));
+    let ran = load(&["--token-file", user.to_str().unwrap(), "--bot-token-file", bots.to_str().unwrap()]);
+    assert!(ran.status.success(), "{}", describe(&ran));
+    assert!(String::from_utf8_lossy(&ran.stdout).contains("completed: 20"), "{}", describe(&ran));
+    let created = daemon.cli_with_token(&user).ok(&["tasks", "list", "--tag", "authenticated:alice", "--limit", "50"]);
+    assert_eq!(created.lines().filter(|line| line.contains("COMPLETED")).count(), 20, "{created}");
+}

@@ -154,7 +154,8 @@ fn connect_bot(args: &LoadArgs, addr: SocketAddr, bot_index: usize, session_id: 
         run_id: 0,
     };
     let mut hello = Vec::new();
-    frame::encode_hello(&Hello::new(Role::Bot, SOFTWARE), &mut hello).map_err(|e| format!("hello: {e}"))?;
+    frame::encode_hello(&Hello::with_token(Role::Bot, SOFTWARE, &args.bot_token), &mut hello)
+        .map_err(|e| format!("hello: {e}"))?;
     bot.send(&hello).map_err(|e| format!("{}: write: {e}", bot.bot_id))?;
     Ok(bot)
 }

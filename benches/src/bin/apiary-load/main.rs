@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use apiary_benches::floor::{self, DEFAULT_ROUND_TRIPS, DEFAULT_SYNCS, Floor, FloorConfig, MAX_SAMPLES};
 use apiary_benches::pipeline::MAX_DEPTH;
 use apiary_protocol::limits::MAX_NAME_BYTES;
+use apiary_protocol::token::{TOKEN_FILE_ENV, read_token_file};
 use clap::{Parser, Subcommand};
 
 use crate::bots::{Arrival, run_bot_thread};
@@ -136,6 +137,35 @@ struct LoadArgs {
     /// Where `--floor` puts its fdatasync file (default: the system temp dir).
     #[arg(long, requires = "floor")]
     floor_dir: Option<PathBuf>,
+    /// The submitters' bearer token, from this file (default: `APIARY_TOKEN_FILE`,
+    /// else none: a daemon with open access).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The bots' bearer token, from this file (default: the submitters' token).
+    #[arg(long)]
+    bot_token_file: Option<PathBuf>,
+    /// Read from `token_file` before the run.
+    #[arg(skip)]
+    submitter_token: String,
+    /// Read from `bot_token_file` before the run.
+    #[arg(skip)]
+    bot_token: String,
+}
+
+impl LoadArgs {
+    /// Reads the token files the flags (or `APIARY_TOKEN_FILE`) name.
+    fn read_tokens(&mut self) -> Result<(), String> {
+        let from_env = std::env::var_os(TOKEN_FILE_ENV).map(PathBuf::from);
+        let read = |path: &PathBuf| read_token_file(path).map_err(|error| error.to_string());
+        if let Some(path) = self.token_file.clone().or(from_env) {
+            self.submitter_token = read(&path)?;
+        }
+        self.bot_token = match &self.bot_token_file {
+            Some(path) => read(path)?,
+            None => self.submitter_token.clone(),
+        };
+        Ok(())
+    }
 }
 
 impl LoadArgs {
@@ -225,11 +255,11 @@ impl Shared {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     let result = match &cli.command {
         Some(Command::Floor(floor_args)) => run_floor(floor_args).map(|_| ()),
         Some(Command::StateFixture(fixture_args)) => run_fixture(fixture_args),
-        None => run_load(&cli.load),
+        None => cli.load.read_tokens().and_then(|()| run_load(&cli.load)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
