@@ -70,11 +70,11 @@ pub struct ConfigFile {
 impl fmt::Display for ConfigFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let settings = self.flags.iter().filter(|flag| flag.starts_with("--")).count();
-        let principals = match &self.access {
-            Access::Open => 0,
-            Access::Tokens(principals) => principals.len(),
+        let access = match &self.access {
+            Access::Open => "0 principals".to_string(),
+            Access::Tokens(principals) => principals.summary(),
         };
-        write!(f, "{}: {settings} settings, {principals} principals", self.path.display())
+        write!(f, "{}: {settings} settings, {access}", self.path.display())
     }
 }
 

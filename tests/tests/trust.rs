@@ -71,7 +71,13 @@ fn a_hello_needs_the_token_of_a_principal_and_the_principal_is_recorded() {
     let data = temp();
     let principals = Principals::new(&["alice", "ci-bots"]);
     let daemon = principals.start(data.path());
-    assert!(daemon.log.all().iter().any(|line| line.contains("access needs a token: 2 principal tokens")));
+    assert!(
+        daemon
+            .log
+            .all()
+            .iter()
+            .any(|line| line.contains("access needs a token: 2 principals, 0 bot groups configured"))
+    );
 
     let no_token = daemon.cli().run(&["tasks", "list"]);
     assert_eq!(no_token.status.code(), Some(CONNECTION_FAILED), "{}", describe(&no_token));

@@ -117,6 +117,14 @@ impl Principals {
         self.entries.len()
     }
 
+    /// How many principals and bot groups, for the log and `--check-config`.
+    pub fn summary(&self) -> String {
+        let groups: usize = self.entries.iter().map(|principal| principal.bot_groups.len()).sum();
+        let plural = |count: usize| if count == 1 { "" } else { "s" };
+        let principals = self.entries.len();
+        format!("{principals} principal{}, {groups} bot group{}", plural(principals), plural(groups))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -35,7 +35,7 @@ pub fn still_admitted(access: &Access, principal: Option<&Principal>) -> bool {
 pub fn describe(reload: &Reload, access: &Access, closed: usize) -> String {
     let principals = match access {
         Access::Open => "no principals: access is open".to_string(),
-        Access::Tokens(principals) => format!("{} principal tokens", principals.len()),
+        Access::Tokens(principals) => principals.summary(),
     };
     format!(
         "reloaded the configuration from {} (SIGHUP): {principals}; closed {closed} connections whose token is no \

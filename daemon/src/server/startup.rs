@@ -78,7 +78,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         log(line);
     }
     if let Access::Tokens(principals) = &config.access {
-        log(format!("access needs a token: {} principal tokens configured", principals.len()));
+        log(format!("access needs a token: {} configured", principals.summary()));
     }
     log(format!("listening on {address} with data in {}", data_dir.display()));
     EventLoop::new(listener, &config, recovered)?.run()
