@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use apiary_protocol::tls::TlsArgs;
 use apiary_protocol::token::{TOKEN_FILE_ENV, read_token_file};
 use apiary_protocol::{StringPair, limits};
 
@@ -32,6 +33,8 @@ pub(crate) struct Args {
     /// daemon has principals configured); never give a token itself on the command line.
     #[arg(long, value_name = "FILE", env = TOKEN_FILE_ENV)]
     pub(crate) token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
     /// This bot's id, unique among bots; also its `id` dimension.
     #[arg(long, value_name = "NAME")]
     pub(crate) id: String,
@@ -79,6 +82,8 @@ pub(crate) struct BotConfig {
     pub(crate) server: String,
     /// Sent in every hello; empty when there is none.
     pub(crate) token: Token,
+    /// TLS or plaintext, and whom to trust.
+    pub(crate) tls: TlsArgs,
     pub(crate) bot_id: String,
     /// Sorted, without duplicates, with `id=<bot id>` among them.
     pub(crate) dimensions: Vec<StringPair>,
@@ -147,6 +152,7 @@ impl BotConfig {
         Ok(BotConfig {
             server: args.server,
             token,
+            tls: args.tls,
             bot_id: args.id,
             dimensions,
             work_dir,

@@ -56,6 +56,13 @@ fn run() -> i32 {
             return exit_codes::USAGE;
         }
     };
+    let security = match config.tls.security(&config.server) {
+        Ok(security) => security,
+        Err(error) => {
+            log_event!("{error}");
+            return exit_codes::USAGE;
+        }
+    };
     if let Err(error) = signals::install_shutdown_handlers() {
         log_event!("failed to install signal handlers: {error}");
         return exit_codes::FAILURE;
@@ -69,7 +76,7 @@ fn run() -> i32 {
         server: config.server.clone(),
     };
     let lifecycle = Arc::new(Lifecycle::default());
-    let connector = TcpConnector::new(&config.server, &software, &config.token.0);
+    let connector = TcpConnector::new(&config.server, &software, &config.token.0, security);
     let mut session =
         Session::new(identity, Pacing::default(), WorkRoot::new(config.work_dir), connector, Arc::clone(&lifecycle));
     if let Some(max_bytes) = config.cache_max_bytes {

@@ -26,6 +26,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use apiary_protocol::ids::format_task_id;
+use apiary_protocol::tls::Security;
 use apiary_protocol::{
     Assignment, BotPoll, Client, ClientError, ErrorCode, PackedDimensions, Reply, Request, Role, RunEnd, RunOutcome,
     StringPair, TaskProperties, TaskUpdate, limits,
@@ -55,18 +56,19 @@ pub(crate) struct TcpConnector {
     software: String,
     /// Sent in every hello; empty when there is none.
     token: String,
+    security: Security,
 }
 
 impl TcpConnector {
-    pub(crate) fn new(server: &str, software: &str, token: &str) -> TcpConnector {
-        TcpConnector { server: server.to_string(), software: software.to_string(), token: token.to_string() }
+    pub(crate) fn new(server: &str, software: &str, token: &str, security: Security) -> TcpConnector {
+        TcpConnector { server: server.to_string(), software: software.to_string(), token: token.to_string(), security }
     }
 }
 
 impl Connector for TcpConnector {
     type Connection = Client;
     fn connect(&mut self) -> Result<Client, ClientError> {
-        Client::connect_with_token(&self.server, Role::Bot, &self.software, &self.token)
+        Client::connect_secure(&self.server, Role::Bot, &self.software, &self.token, &self.security)
     }
 }
 

@@ -15,6 +15,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use apiary_protocol::frame::{self, FrameError, FrameKind};
+use apiary_protocol::tls::{Security, Transport};
 use apiary_protocol::{ErrorCode, ErrorReply, FrameReader, Hello, Reply, Request, Role};
 
 /// The deepest pipeline: its replies (each under ~2 KiB, names included) stay far
@@ -28,6 +29,8 @@ const READ_BUFFER_BYTES: usize = 256 << 10;
 pub enum PipelineError {
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: String, source: io::Error },
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls { addr: String, reason: String },
     #[error("connection to the daemon failed: {0}")]
     Io(#[from] io::Error),
     #[error("the daemon closed the connection with {in_flight} requests unanswered")]
@@ -52,7 +55,7 @@ pub struct Answered {
 }
 
 pub struct Pipeline {
-    stream: TcpStream,
+    stream: Transport<TcpStream>,
     reader: FrameReader,
     /// Request id to when it was sent, for requests not answered yet; at most `depth`.
     in_flight: HashMap<u64, u64>,
@@ -65,11 +68,20 @@ pub struct Pipeline {
 impl Pipeline {
     /// Connects, says hello as a client (with `token`, empty for none) and
     /// waits for the welcome. `depth` must be in `1..=MAX_DEPTH`.
-    pub fn connect(addr: &str, software: &str, token: &str, depth: usize) -> Result<Pipeline, PipelineError> {
+    pub fn connect(
+        addr: &str,
+        security: &Security,
+        software: &str,
+        token: &str,
+        depth: usize,
+    ) -> Result<Pipeline, PipelineError> {
         assert!((1..=MAX_DEPTH).contains(&depth), "pipeline depth {depth} is not in 1..={MAX_DEPTH}");
         let stream = connect_any(addr)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(REPLY_PATIENCE))?;
+        let tls_error = |reason: String| PipelineError::Tls { addr: addr.to_string(), reason };
+        let mut stream = Transport::new(addr, stream, security).map_err(|error| tls_error(error.to_string()))?;
+        stream.handshake().map_err(tls_error)?;
         let mut pipeline = Pipeline {
             stream,
             reader: FrameReader::new(),
@@ -262,7 +274,7 @@ mod tests {
     #[test]
     fn replies_in_any_order_are_matched_to_their_requests() {
         let (addr, daemon) = fake_daemon();
-        let mut pipeline = Pipeline::connect(&addr, "test", "", 8).unwrap();
+        let mut pipeline = Pipeline::connect(&addr, &Security::Plaintext, "test", "", 8).unwrap();
         let mut next_name = 100u64;
         pipeline
             .send(8, 7, || {

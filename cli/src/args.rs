@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use apiary_protocol::limits;
+use apiary_protocol::tls::TlsArgs;
 use apiary_protocol::token::TOKEN_FILE_ENV;
 use apiary_protocol::{NamedCache, StringPair, TaskState};
 use clap::{Args, Parser, Subcommand};
@@ -22,6 +23,8 @@ pub(crate) struct Cli {
     /// principals configured); never give a token itself on the command line.
     #[arg(long, global = true, value_name = "FILE", env = TOKEN_FILE_ENV)]
     pub(crate) token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
     #[command(subcommand)]
     pub(crate) command: Command,
 }

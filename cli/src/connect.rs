@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use apiary_protocol::limits::MAX_LONG_POLL_MS;
+use apiary_protocol::tls::Security;
 use apiary_protocol::{
     BotEvent, BotInfo, CancelOutcome, Client, ClientError, ErrorCode, NewTaskRequest, Reply, Request, Role, TaskResult,
 };
@@ -46,6 +47,7 @@ pub(crate) struct Connection {
     addr: String,
     /// Sent in every hello; empty when there is none.
     token: String,
+    security: Security,
     client: Client,
 }
 
@@ -71,19 +73,19 @@ impl Daemon for Connection {
 
     fn reconnect(&mut self, delay: Duration) -> Result<(), ClientError> {
         std::thread::sleep(delay);
-        self.client = open(&self.addr, &self.token)?;
+        self.client = open(&self.addr, &self.token, &self.security)?;
         Ok(())
     }
 }
 
-pub(crate) fn connect(addr: &str, token: &str) -> Result<Connection, CliError> {
-    let client = open(addr, token).map_err(CliError::Connect)?;
-    Ok(Connection { addr: addr.to_string(), token: token.to_string(), client })
+pub(crate) fn connect(addr: &str, token: &str, security: &Security) -> Result<Connection, CliError> {
+    let client = open(addr, token, security).map_err(CliError::Connect)?;
+    Ok(Connection { addr: addr.to_string(), token: token.to_string(), security: security.clone(), client })
 }
 
-fn open(addr: &str, token: &str) -> Result<Client, ClientError> {
+fn open(addr: &str, token: &str, security: &Security) -> Result<Client, ClientError> {
     let software = concat!("apiary/", env!("CARGO_PKG_VERSION"));
-    let client = Client::connect_with_token(addr, Role::Client, software, token)?;
+    let client = Client::connect_secure(addr, Role::Client, software, token, security)?;
     client.set_read_timeout(Some(REPLY_TIMEOUT))?;
     Ok(client)
 }

@@ -17,6 +17,9 @@ pub(crate) enum CliError {
     /// `--token-file` (or `APIARY_TOKEN_FILE`) could not be read, or holds no token.
     #[error("{0}")]
     TokenFile(apiary_protocol::token::TokenFileError),
+    /// `--ca-file` could not be read, or TLS cannot be set up.
+    #[error("{0}")]
+    TlsSetup(apiary_protocol::tls::TlsSetupError),
     /// A request failed: the connection broke, or the daemon refused it.
     #[error("cannot {action}: {source}")]
     Call { action: String, source: ClientError },
@@ -90,10 +93,13 @@ impl CliError {
             | CliError::SecretBytesUnreadable { .. }
             | CliError::SecretBytesTooLarge { .. }
             | CliError::RequestFileInvalid { .. }
-            | CliError::TokenFile(_) => exit_codes::USAGE,
+            | CliError::TokenFile(_)
+            | CliError::TlsSetup(_) => exit_codes::USAGE,
             CliError::Call { source, .. } => match source {
                 ClientError::Refused { code, .. } => exit_codes::for_refusal(*code),
                 ClientError::Connect { .. }
+                | ClientError::Tls { .. }
+                | ClientError::DaemonSpeaksTls(_)
                 | ClientError::Io(_)
                 | ClientError::Frame(_)
                 | ClientError::Unexpected(_) => exit_codes::CONNECTION_FAILED,

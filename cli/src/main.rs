@@ -59,7 +59,8 @@ fn dispatch(cli: Cli, stdout: &mut Sink<impl Write>, stderr: &mut dyn Write) -> 
         Some(path) => read_token_file(path).map_err(CliError::TokenFile)?,
         None => String::new(),
     };
-    let connect = || connect::connect(&cli.server, &token);
+    let security = cli.tls.security(&cli.server).map_err(CliError::TlsSetup)?;
+    let connect = || connect::connect(&cli.server, &token, &security);
     match cli.command {
         Command::Trigger(args) => {
             let request = trigger::build_request(&args.task)?;

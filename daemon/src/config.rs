@@ -5,8 +5,7 @@
 //! its tables are what has no flag: `[[principals]]` (a name and the hash of
 //! its token) and `[[bot_groups]]` (bot ids, the principal their bots use,
 //! enforced dimensions) and `[[permissions]]` (a principal, pools, and the
-//! permissions it holds there). `[tls]` is reserved for what comes next and
-//! refused by name until then.
+//! permissions it holds there).
 //!
 //! This module only reads the file: it turns the settings into flag text that
 //! the daemon's own command-line parser checks (so a value in the file obeys
@@ -29,9 +28,6 @@ use crate::core::validate;
 
 /// The tables of the file, handled here rather than as settings.
 const TABLES: [&str; 3] = ["principals", "bot_groups", "permissions"];
-
-/// Sections reserved for later: refused with this reason until they exist.
-const RESERVED: [(&str, &str); 1] = [("tls", "TLS is not supported by this apiaryd yet")];
 
 /// The setting keys that may not be in the file: they say which file to read.
 const NOT_SETTINGS: [&str; 2] = ["config", "check_config"];
@@ -138,9 +134,6 @@ pub fn parse(path: &Path, text: &str, specs: &[SettingSpec], check: &CheckFlag<'
         let name = key.get_ref().as_str();
         if TABLES.contains(&name) {
             continue;
-        }
-        if let Some((_, reason)) = RESERVED.iter().find(|(reserved, _)| *reserved == name) {
-            return Err(invalid(Some(key.span()), format!("{name}: {reason}")));
         }
         let spec = specs.iter().find(|spec| spec.key == name && !NOT_SETTINGS.contains(&name));
         let Some(spec) = spec else {
@@ -434,7 +427,6 @@ mod tests {
             "{}",
             refused("\nlong_poll_secs = \n")
         );
-        assert_eq!(refused("\n[tls]\ncert = \"x\"\n"), "apiary.toml:2: tls: TLS is not supported by this apiaryd yet");
         let bad_hash = "[[principals]]\nname = \"alice\"\ntoken_hash = \"sha256:00\"\n";
         assert!(refused(bad_hash).starts_with("apiary.toml:3: principals.token_hash: "), "{}", refused(bad_hash));
         let bad_name = format!("[[principals]]\nname = \"a b\"\ntoken_hash = \"{HASH}\"\n");

@@ -11,7 +11,7 @@ use std::time::Duration;
 use apiary_daemon::auth::{self, Access};
 use apiary_daemon::config::{self, ConfigFile, SettingSpec};
 use apiary_daemon::core::CoreConfig;
-use apiary_daemon::server::{self, JobArgs, PeerLimits, Reload, ServerConfig, SnapshotSettings, peer_limits};
+use apiary_daemon::server::{self, JobArgs, PeerLimits, Reload, ServerConfig, SnapshotSettings, TlsFiles, peer_limits};
 use apiary_protocol::token;
 use apiary_storage::WalOptions;
 use clap::{CommandFactory, Parser};
@@ -62,6 +62,13 @@ struct Args {
     /// Address to listen on for clients and bots (port 0 picks a free port; the log says which).
     #[arg(long, default_value = "127.0.0.1:7420")]
     listen: SocketAddr,
+    /// Serve TLS with this certificate chain (PEM; the server's certificate first). SIGHUP reads
+    /// it again: connections accepted after that get the new one.
+    #[arg(long, value_name = "FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// The private key of --tls-cert-file (PEM). Keep it readable by the daemon's user only.
+    #[arg(long, value_name = "FILE")]
+    tls_key_file: Option<PathBuf>,
     /// Where the log, snapshots, ended tasks, task output and the lock live (created on first start).
     #[arg(long, default_value = "./apiary-data")]
     data_dir: PathBuf,
@@ -191,6 +198,19 @@ fn with_file_settings(file: &ConfigFile) -> Result<Args, String> {
     Cli::try_parse_from(argv).map(|cli| cli.daemon).map_err(|error| error.to_string())
 }
 
+/// The certificate and key to serve TLS with: both or neither.
+fn tls_files(args: &Args) -> Result<Option<TlsFiles>, String> {
+    match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert_file), Some(key_file)) => {
+            Ok(Some(TlsFiles { cert_file: cert_file.clone(), key_file: key_file.clone() }))
+        }
+        (None, None) => Ok(None),
+        _ => Err("--tls-cert-file and --tls-key-file (tls_cert_file and tls_key_file in the configuration file) \
+                  go together: give both to serve TLS, or neither"
+            .to_string()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.internal {
@@ -226,6 +246,9 @@ fn run(args: Args) -> Result<(), String> {
         let file = load_config(path).map_err(|error| error.to_string())?;
         let args = with_file_settings(&file)?;
         auth::check_open_access(args.listen, &file.access, args.insecure_no_auth)?;
+        if let Some(files) = tls_files(&args)? {
+            files.load()?;
+        }
         println!("{file}: good");
         return Ok(());
     }
@@ -237,6 +260,7 @@ fn run(args: Args) -> Result<(), String> {
             (with_file_settings(&file)?, file.access, Some(reload))
         }
     };
+    let tls = tls_files(&args)?;
     let config = ServerConfig {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -265,6 +289,7 @@ fn run(args: Args) -> Result<(), String> {
         access,
         insecure_no_auth: args.insecure_no_auth,
         reload,
+        tls,
     };
     server::run(config).map_err(|error| error.to_string())
 }

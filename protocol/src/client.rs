@@ -9,11 +9,19 @@ use rkyv::util::AlignedVec;
 
 use crate::frame::{self, Frame, FrameError, FrameKind, HEADER_BYTES};
 use crate::messages::{ErrorCode, ErrorReply, Hello, Reply, Request, Role};
+use crate::tls::{self, Security, Transport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: String, source: io::Error },
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls { addr: String, reason: String },
+    #[error(
+        "the daemon at {0} speaks TLS: pass --ca-file with the authority that signed its certificate (or --tls to \
+         trust the system's roots)"
+    )]
+    DaemonSpeaksTls(String),
     #[error("connection to the daemon failed: {0}")]
     Io(#[from] io::Error),
     #[error("bad frame from the daemon: {0}")]
@@ -32,9 +40,11 @@ impl ClientError {
 }
 
 pub struct Client {
-    stream: TcpStream,
+    stream: Transport<TcpStream>,
     next_request_id: u64,
     server_software: String,
+    /// A plaintext hello was answered by a TLS record: the daemon speaks TLS.
+    answered_in_tls: bool,
 }
 
 impl Client {
@@ -43,8 +53,21 @@ impl Client {
         Client::connect_with_token(addr, role, software, "")
     }
 
-    /// Connects, sends the hello with `token` (empty: none) and waits for the welcome.
+    /// Connects in plaintext, sends the hello with `token` (empty: none) and waits for the welcome.
     pub fn connect_with_token(addr: &str, role: Role, software: &str, token: &str) -> Result<Client, ClientError> {
+        Client::connect_secure(addr, role, software, token, &Security::Plaintext)
+    }
+
+    /// Connects as `security` says (over TLS: the handshake ends before the
+    /// hello, so an untrusted certificate fails here), sends the hello with
+    /// `token` (empty: none) and waits for the welcome.
+    pub fn connect_secure(
+        addr: &str,
+        role: Role,
+        software: &str,
+        token: &str,
+        security: &Security,
+    ) -> Result<Client, ClientError> {
         let connect_error = |source| ClientError::Connect { addr: addr.to_string(), source };
         let mut last_error = io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing");
         let mut connected = None;
@@ -59,11 +82,20 @@ impl Client {
         }
         let stream = connected.ok_or_else(|| connect_error(last_error))?;
         stream.set_nodelay(true)?;
-        let mut client = Client { stream, next_request_id: 1, server_software: String::new() };
+        let tls_error = |reason: String| ClientError::Tls { addr: addr.to_string(), reason };
+        let mut stream = Transport::new(addr, stream, security).map_err(|error| tls_error(error.to_string()))?;
+        stream.handshake().map_err(tls_error)?;
+        let mut client = Client { stream, next_request_id: 1, server_software: String::new(), answered_in_tls: false };
         let mut bytes = Vec::new();
         frame::encode_hello(&Hello::with_token(role, software, token), &mut bytes)?;
         client.stream.write_all(&bytes)?;
-        match client.read_reply(0)? {
+        let welcome = match client.read_reply(0) {
+            Err(ClientError::Io(_) | ClientError::Frame(_)) if client.answered_in_tls => {
+                return Err(ClientError::DaemonSpeaksTls(addr.to_string()));
+            }
+            welcome => welcome?,
+        };
+        match welcome {
             Reply::Welcome { server_software } => client.server_software = server_software,
             Reply::Error(ErrorReply { code, message }) => return Err(ClientError::Refused { code, message }),
             _ => return Err(ClientError::Unexpected("reply to hello")),
@@ -77,7 +109,7 @@ impl Client {
 
     /// A read timeout for every later reply; `None` waits forever.
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.stream.set_read_timeout(timeout)
+        self.stream.socket().set_read_timeout(timeout)
     }
 
     /// Sends one request and waits for its reply. An error reply becomes
@@ -137,7 +169,12 @@ impl Client {
 
     fn read_frame(&mut self) -> Result<Frame, ClientError> {
         let mut header_bytes = [0u8; HEADER_BYTES];
-        self.stream.read_exact(&mut header_bytes)?;
+        if let Err(error) = self.stream.read_exact(&mut header_bytes) {
+            // A TLS alert is shorter than a header: what came is in the buffer.
+            self.answered_in_tls = tls::looks_like_tls(&header_bytes);
+            return Err(error.into());
+        }
+        self.answered_in_tls = tls::looks_like_tls(&header_bytes);
         let header = frame::parse_header(&header_bytes)?;
         let mut payload = AlignedVec::with_capacity(header.payload_len);
         payload.resize(header.payload_len, 0);

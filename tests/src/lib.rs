@@ -1,8 +1,11 @@
 //! A harness for end-to-end tests: starts the real `apiaryd`, `apiary-bot` and
-//! `apiary` binaries on free ports and temporary directories.
+//! `apiary` binaries on free ports and temporary directories; `pki` makes the
+//! certificate authorities of the TLS tests.
 //!
 //! The binaries come from the same target directory as the test; `cargo test
 //! --workspace` builds them, since each binary crate has integration tests.
+
+pub mod pki;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -145,12 +148,12 @@ impl Daemon {
     }
 
     pub fn cli(&self) -> Cli {
-        Cli { addr: self.addr.clone(), token_file: None }
+        Cli { addr: self.addr.clone(), token_file: None, ca_file: None }
     }
 
     /// The command line with `--token-file token_file`.
     pub fn cli_with_token(&self, token_file: &Path) -> Cli {
-        Cli { addr: self.addr.clone(), token_file: Some(token_file.to_path_buf()) }
+        Cli { addr: self.addr.clone(), token_file: Some(token_file.to_path_buf()), ca_file: None }
     }
 }
 
@@ -237,8 +240,8 @@ impl Bot {
         let bot = Bot { child: Some(child), log };
         // Tasks triggered from here on can count on the bot as capacity. The
         // bot's own token (if any) serves to ask.
-        let token_file = extra.iter().position(|arg| *arg == "--token-file").map(|at| PathBuf::from(extra[at + 1]));
-        let cli = Cli { addr: addr.to_string(), token_file };
+        let flag = |name: &str| extra.iter().position(|arg| *arg == name).map(|at| PathBuf::from(extra[at + 1]));
+        let cli = Cli { addr: addr.to_string(), token_file: flag("--token-file"), ca_file: flag("--ca-file") };
         let deadline = Instant::now() + PATIENCE;
         while !cli.run(&["bots", "show", bot_id]).status.success() {
             assert!(Instant::now() < deadline, "bot {bot_id} never reached the daemon; log: {:#?}", bot.log.all());
@@ -284,6 +287,8 @@ pub struct Cli {
     pub addr: String,
     /// Given as `--token-file` to every command.
     pub token_file: Option<PathBuf>,
+    /// Given as `--ca-file` to every command: speak TLS.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Cli {
@@ -292,6 +297,9 @@ impl Cli {
         command.args(["--server", &self.addr]);
         if let Some(token_file) = &self.token_file {
             command.arg("--token-file").arg(token_file);
+        }
+        if let Some(ca_file) = &self.ca_file {
+            command.arg("--ca-file").arg(ca_file);
         }
         command.args(args).stdin(Stdio::null()).output().expect("run apiary")
     }
@@ -327,6 +335,14 @@ impl Cli {
             thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The `token_hash = "..."` line `apiaryd hash-token` prints for a token file.
+pub fn token_hash_line(token_file: &Path) -> String {
+    let output =
+        Command::new(binary("apiaryd")).arg("hash-token").arg("--token-file").arg(token_file).output().unwrap();
+    assert!(output.status.success(), "hash-token: {}", describe(&output));
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
 pub fn describe(output: &Output) -> String {

@@ -2,7 +2,7 @@
 //! with the dimensions its group enforces; a result may only come from the
 //! bot that holds the run, and secret bytes reach only that bot.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,7 @@ use apiary_protocol::{
     BotPoll, Client, ClientError, ErrorCode, PackedDimensions, Reply, Request, Role, RunEnd, RunOutcome, StringPair,
     TaskUpdate,
 };
-use apiary_tests::{Bot, Cli, Daemon, PATIENCE, binary, describe, temp};
+use apiary_tests::{Bot, Cli, Daemon, PATIENCE, binary, describe, temp, token_hash_line};
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -26,7 +26,7 @@ impl Setup {
         for name in ["alice", "ci-bots", "prod-bots"] {
             let token = dir.path().join(format!("{name}.token"));
             std::fs::write(&token, format!("token-of-{name}-0123456789\n")).unwrap();
-            text.push_str(&format!("\n[[principals]]\nname = \"{name}\"\n{}\n", hash_line(&token)));
+            text.push_str(&format!("\n[[principals]]\nname = \"{name}\"\n{}\n", token_hash_line(&token)));
         }
         text.push_str(
             "\n[[bot_groups]]\nprincipal = \"ci-bots\"\nbot_id_prefixes = [\"ci-\"]\ndimensions = { pool = \"ci\" }\n\
@@ -61,13 +61,6 @@ impl Setup {
     fn impostor(&self, principal: &str) -> Client {
         Client::connect_with_token(&self.daemon.addr, Role::Bot, "impostor", &self.token(principal)).unwrap()
     }
-}
-
-fn hash_line(token_file: &Path) -> String {
-    let output =
-        Command::new(binary("apiaryd")).arg("hash-token").arg("--token-file").arg(token_file).output().unwrap();
-    assert!(output.status.success(), "hash-token: {}", describe(&output));
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
 /// Runs apiary-bot until it exits by itself: its exit code and its log.

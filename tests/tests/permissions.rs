@@ -2,11 +2,11 @@
 //! lacks it is refused by name (the permission and the pool), and a principal
 //! that may not read a pool learns nothing of it.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Output;
 
 use apiary_protocol::{Client, ClientError, ErrorCode, Reply, Request, Role, TaskQuery};
-use apiary_tests::{Bot, Cli, Daemon, binary, describe, send_signal, temp};
+use apiary_tests::{Bot, Cli, Daemon, describe, send_signal, temp, token_hash_line};
 
 /// Exit code of `apiary` when the daemon refused the request.
 const REFUSED: i32 = 88;
@@ -30,7 +30,7 @@ impl Setup {
         let mut principal = |name: &str, pools: &str, grants: &[&str]| {
             let token = dir.path().join(format!("{name}.token"));
             std::fs::write(&token, format!("token-of-{name}-0123456789\n")).unwrap();
-            text.push_str(&format!("\n[[principals]]\nname = \"{name}\"\n{}\n", hash_line(&token)));
+            text.push_str(&format!("\n[[principals]]\nname = \"{name}\"\n{}\n", token_hash_line(&token)));
             let grants: Vec<String> = grants.iter().map(|grant| format!("{grant:?}")).collect();
             text.push_str(&format!(
                 "\n[[permissions]]\nprincipal = \"{name}\"\npools = [{pools}]\ngrants = [{}]\n",
@@ -77,13 +77,6 @@ impl Setup {
     fn lacking(&self, permission: &str) -> Cli {
         self.cli(&format!("no-{permission}"))
     }
-}
-
-fn hash_line(token_file: &Path) -> String {
-    let output =
-        Command::new(binary("apiaryd")).arg("hash-token").arg("--token-file").arg(token_file).output().unwrap();
-    assert!(output.status.success(), "hash-token: {}", describe(&output));
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
 /// Insists the command was refused with a message holding `needle`.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use apiary_protocol::{Client, ClientError, ErrorCode, Request, Role};
-use apiary_tests::{Bot, Daemon, binary, describe, send_signal, temp};
+use apiary_tests::{Bot, Daemon, binary, describe, send_signal, temp, token_hash_line};
 
 /// Exit code of `apiary` when the daemon would not talk to it.
 const CONNECTION_FAILED: i32 = 89;
@@ -18,10 +18,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 /// The `token_hash = "..."` line `apiaryd hash-token` prints for a token file.
 fn hash_line(token_file: &Path) -> String {
-    let output =
-        Command::new(binary("apiaryd")).arg("hash-token").arg("--token-file").arg(token_file).output().unwrap();
-    assert!(output.status.success(), "hash-token: {}", describe(&output));
-    let line = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let line = token_hash_line(token_file);
     assert!(
         line.starts_with("token_hash = \"sha256:") && line.len() == "token_hash = \"sha256:\"".len() + 64,
         "{line}"
@@ -76,7 +73,7 @@ fn a_hello_needs_the_token_of_a_principal_and_the_principal_is_recorded() {
             .log
             .all()
             .iter()
-            .any(|line| line.contains("access needs a token: 2 principals, 0 bot groups configured"))
+            .any(|line| line.contains("access needs a token; configured: 2 principals, 0 bot groups, no permissions"))
     );
 
     let no_token = daemon.cli().run(&["tasks", "list"]);
@@ -279,7 +276,7 @@ fn a_non_loopback_address_needs_principals_or_insecure_no_auth() {
     let open_lines = daemon.log.all().iter().filter(|line| line.contains("access is open")).count();
     assert_eq!(open_lines, 1, "said once: {:#?}", daemon.log.all());
     let port = daemon.addr.rsplit_once(':').unwrap().1.to_string();
-    let cli = apiary_tests::Cli { addr: format!("127.0.0.1:{port}"), token_file: None };
+    let cli = apiary_tests::Cli { addr: format!("127.0.0.1:{port}"), token_file: None, ca_file: None };
     cli.ok(&["bots", "list"]);
     drop(daemon);
 

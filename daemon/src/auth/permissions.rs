@@ -67,6 +67,11 @@ pub struct Grants {
 }
 
 impl Grants {
+    /// Whether it grants nothing anywhere.
+    pub fn is_empty(&self) -> bool {
+        self.every_pool == 0 && self.by_pool.values().all(|bits| *bits == 0)
+    }
+
     /// Everything everywhere: what a principal may do while no permissions are configured.
     pub fn everything() -> Grants {
         Grants {

@@ -59,11 +59,17 @@ pub struct Principals {
     entries: Vec<Arc<Principal>>,
     /// Whether any `[[bot_groups]]` are configured: then every bot must be in one.
     pub bot_groups_configured: bool,
+    /// Whether any `[[permissions]]` are configured: then a principal may do only what they grant.
+    pub permissions_configured: bool,
 }
 
 impl Principals {
     pub fn new(entries: Vec<Principal>) -> Principals {
-        Principals { entries: entries.into_iter().map(Arc::new).collect(), bot_groups_configured: false }
+        Principals {
+            entries: entries.into_iter().map(Arc::new).collect(),
+            bot_groups_configured: false,
+            permissions_configured: false,
+        }
     }
 
     /// Gives each group to the principal it names (every entry of that name),
@@ -88,7 +94,7 @@ impl Principals {
                 Arc::new(principal)
             })
             .collect();
-        Principals { entries, bot_groups_configured: true }
+        Principals { entries, bot_groups_configured: true, ..self }
     }
 
     /// Gives each principal the grants configured for its name (none when
@@ -106,7 +112,7 @@ impl Principals {
                 Arc::new(principal)
             })
             .collect();
-        Principals { entries, ..self }
+        Principals { entries, permissions_configured: true, ..self }
     }
 
     pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
@@ -117,12 +123,20 @@ impl Principals {
         self.entries.len()
     }
 
-    /// How many principals and bot groups, for the log and `--check-config`.
+    /// How many principals, bot groups and principals with permissions, for
+    /// the log and `--check-config`.
     pub fn summary(&self) -> String {
         let groups: usize = self.entries.iter().map(|principal| principal.bot_groups.len()).sum();
         let plural = |count: usize| if count == 1 { "" } else { "s" };
         let principals = self.entries.len();
-        format!("{principals} principal{}, {groups} bot group{}", plural(principals), plural(groups))
+        let permissions = match self.permissions_configured {
+            true => {
+                let granted = self.entries.iter().filter(|principal| !principal.grants.is_empty()).count();
+                format!("permissions for {granted} principal{}", plural(granted))
+            }
+            false => "no permissions (every principal may do everything)".to_string(),
+        };
+        format!("{principals} principal{}, {groups} bot group{}, {permissions}", plural(principals), plural(groups))
     }
 
     pub fn is_empty(&self) -> bool {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use apiary_protocol::Role;
 use apiary_protocol::limits::{MAX_FRAME_PAYLOAD_BYTES, MAX_HELLO_PAYLOAD_BYTES};
+use apiary_protocol::tls::Transport;
 use mio::net::TcpStream;
 
 use super::bot_admission::EnforcedDimensions;
@@ -21,7 +22,8 @@ pub const MAX_READ_BYTES_PER_TURN: usize = 1 << 20;
 pub struct Connection {
     pub id: ConnId,
     pub peer: SocketAddr,
-    pub stream: TcpStream,
+    /// The socket, with TLS when the daemon serves it.
+    pub stream: Transport<TcpStream>,
     /// Set by the hello; `None` until then.
     pub role: Option<Role>,
     /// Who the hello's token named; `None` while access is open.
@@ -66,7 +68,7 @@ pub enum Timeout {
 }
 
 impl Connection {
-    pub fn new(id: ConnId, peer: SocketAddr, stream: TcpStream, now_ms: u64) -> Connection {
+    pub fn new(id: ConnId, peer: SocketAddr, stream: Transport<TcpStream>, now_ms: u64) -> Connection {
         Connection {
             id,
             peer,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use apiary_protocol::frame::FrameError;
+use apiary_protocol::tls::{TlsStream, Transport};
 use apiary_protocol::{ErrorCode, ErrorReply, Frame, FrameKind, Reply, Request, Role};
 use apiary_storage::{OutputStore, Wal};
 use mio::net::{TcpListener, UnixStream};
@@ -31,6 +32,7 @@ use super::peer_limits::PeerLimits;
 use super::reload;
 use super::snapshots::{self, Snapshots, StateFiles};
 use super::startup::{Recovered, Reload, ServerConfig};
+use super::tls::TlsFiles;
 use crate::auth::Access;
 use crate::core::events::{EVENT_RECORD_KIND, Event, TaskFinished};
 use crate::core::{ConnId, Core, Input, Output, OutputRead};
@@ -60,6 +62,8 @@ pub struct EventLoop {
     reload_signals: UnixStream,
     /// Who may connect now.
     access: Access,
+    /// The certificate new connections get, when the daemon serves TLS.
+    tls: Option<ServingTls>,
     /// Bots whose overridden dimensions were logged since the last reload.
     overrides_logged: hashbrown::HashSet<String>,
     reload: Option<Reload>,
@@ -93,12 +97,23 @@ pub struct EventLoop {
     shutting_down: bool,
 }
 
+/// The TLS certificate in force, and the files SIGHUP reads it from again.
+pub struct ServingTls {
+    pub files: TlsFiles,
+    pub config: Arc<rustls::ServerConfig>,
+}
+
 pub fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 impl EventLoop {
-    pub fn new(listener: TcpListener, config: &ServerConfig, recovered: Recovered) -> Result<EventLoop, ServerError> {
+    pub fn new(
+        listener: TcpListener,
+        tls: Option<ServingTls>,
+        config: &ServerConfig,
+        recovered: Recovered,
+    ) -> Result<EventLoop, ServerError> {
         let io_error = |context: &str| {
             let context = context.to_string();
             move |source| ServerError::Io { context, source }
@@ -140,6 +155,7 @@ impl EventLoop {
             _signals: signals,
             reload_signals,
             access: config.access.clone(),
+            tls,
             overrides_logged: hashbrown::HashSet::new(),
             reload: config.reload.clone(),
             connections: Slab::new(),
@@ -221,13 +237,28 @@ impl EventLoop {
         self.shut_down()
     }
 
-    /// SIGHUP: who may connect is read again from the configuration file;
-    /// connections whose token is no longer accepted are closed.
+    /// SIGHUP: the TLS certificate is read again from its files, and who may
+    /// connect from the configuration file; connections whose token is no
+    /// longer accepted are closed.
     fn reload_configuration(&mut self, now_ms: u64, out: &mut Output) {
         let mut drained = [0u8; 64];
         while matches!(io::Read::read(&mut self.reload_signals, &mut drained), Ok(read) if read > 0) {}
+        if let Some(tls) = &mut self.tls {
+            match tls.files.load() {
+                Ok(config) => {
+                    tls.config = config;
+                    log(format!(
+                        "SIGHUP: reloaded the TLS certificate from {}; new connections get it",
+                        tls.files.cert_file.display()
+                    ));
+                }
+                Err(reason) => log(format!("SIGHUP: keeping the TLS certificate in force: {reason}")),
+            }
+        }
         let Some(reload) = &self.reload else {
-            log("SIGHUP: the daemon was started without --config, so there is nothing to reload".to_string());
+            if self.tls.is_none() {
+                log("SIGHUP: the daemon was started without --config, so there is nothing to reload".to_string());
+            }
             return;
         };
         let access = match reload::read_again(reload, &self.access) {
@@ -297,7 +328,10 @@ impl EventLoop {
             };
             if self.connections.len() >= self.max_connections {
                 log(format!("refusing connection from {peer}: at the limit of {} connections", self.max_connections));
-                refuse_at_limit(stream, self.max_connections);
+                if self.tls.is_none() {
+                    // A TLS peer could not read the plaintext reason.
+                    refuse_at_limit(stream, self.max_connections);
+                }
                 continue;
             }
             let _ = stream.set_nodelay(true);
@@ -311,6 +345,17 @@ impl EventLoop {
                 log(format!("cannot register connection from {peer}: {error}"));
                 continue;
             }
+            let stream = match &self.tls {
+                None => Transport::Plain(stream),
+                Some(tls) => match rustls::ServerConnection::new(Arc::clone(&tls.config)) {
+                    Ok(session) => Transport::Tls(Box::new(TlsStream::new(session, stream))),
+                    Err(error) => {
+                        log(format!("cannot start TLS with {peer}: {error}"));
+                        let _ = self.poll.registry().deregister(&mut stream);
+                        continue;
+                    }
+                },
+            };
             let now_ms = self.started.elapsed().as_millis() as u64;
             let connection = entry.insert(Connection::new(id, peer, stream, now_ms));
             let (due_ms, _) = connection.deadline(&self.limits).expect("a hello timeout applies before the hello");
@@ -372,6 +417,10 @@ impl EventLoop {
                 Ok(ReadOutcome::Drained) => break,
                 Ok(ReadOutcome::Closed) => {
                     self.close(token, now_ms, out, None);
+                    return;
+                }
+                Ok(ReadOutcome::Broken(reason)) => {
+                    self.close(token, now_ms, out, Some(&reason));
                     return;
                 }
                 Ok(ReadOutcome::NeedsMemory { frame_bytes }) => {
@@ -473,6 +522,10 @@ impl EventLoop {
                 format!("a frame of {len} bytes before the hello is over the limit of {limit} bytes")
             }
             _ => error.to_string(),
+        };
+        let message = match connection.role.is_none() && connection.inbound.starts_like_tls() {
+            true => format!("{message} (it starts like a TLS handshake, and this daemon serves plaintext)"),
+            false => message,
         };
         log(format!("closing connection from {}: {message}", connection.peer));
         refuse(connection, 0, code, message);
@@ -594,7 +647,8 @@ impl EventLoop {
         if let Some(reason) = reason {
             log(format!("closing connection from {}: {reason}", connection.peer));
         }
-        let _ = self.poll.registry().deregister(&mut connection.stream);
+        connection.stream.close();
+        let _ = self.poll.registry().deregister(connection.stream.socket_mut());
         connection.inbound.release_into(&mut self.input_budget);
         self.wake_waiting_for_memory();
         self.core.handle(now_ms, Input::Disconnected { conn: connection.id }, out);
@@ -671,6 +725,7 @@ impl EventLoop {
             let written = connection.outbound.write_to(&mut connection.stream, |read| {
                 outbound::encode_reply(read.request_id, &read_output(outputs, read))
             });
+            let all_sent = matches!(written, outbound::WriteOutcome::Done);
             match written {
                 outbound::WriteOutcome::Failed => {
                     self.close(token, now_ms, &mut out, None);
@@ -681,7 +736,7 @@ impl EventLoop {
                 }
                 outbound::WriteOutcome::Blocked { wrote_any: false } => {}
             }
-            if connection.closing && !connection.outbound.has_unwritten() {
+            if connection.closing && all_sent {
                 self.close(token, now_ms, &mut out, None);
                 continue;
             }

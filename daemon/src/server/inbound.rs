@@ -60,6 +60,8 @@ pub enum ReadOutcome {
     Drained,
     /// The peer closed its side, or the socket failed.
     Closed,
+    /// The peer broke the protocol under the frames (TLS): why, for the log.
+    Broken(String),
     /// A frame of this many bytes waits for room in the input budget.
     NeedsMemory { frame_bytes: usize },
     /// A whole frame is buffered: take it before reading more.
@@ -111,9 +113,15 @@ impl Inbound {
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => ReadOutcome::Drained,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) if error.kind() == io::ErrorKind::InvalidData => ReadOutcome::Broken(error.to_string()),
                 Err(_) => ReadOutcome::Closed,
             });
         }
+    }
+
+    /// Whether the bytes buffered start a TLS record: a TLS client on a plaintext port.
+    pub fn starts_like_tls(&self) -> bool {
+        apiary_protocol::tls::looks_like_tls(&self.buffer)
     }
 
     /// The next whole frame, if buffered; its grant goes back to the budget.
@@ -202,7 +210,7 @@ mod tests {
             match inbound.read_from(socket, budget, MAX_FRAME_PAYLOAD_BYTES).unwrap() {
                 ReadOutcome::Read(_) | ReadOutcome::FrameReady => {}
                 ReadOutcome::NeedsMemory { .. } => return (frames, true),
-                ReadOutcome::Drained | ReadOutcome::Closed => return (frames, false),
+                ReadOutcome::Drained | ReadOutcome::Closed | ReadOutcome::Broken(_) => return (frames, false),
             }
         }
     }

@@ -4,7 +4,7 @@
 //! in `inbound`, replies owed in `outbound`). A connection's principal is
 //! settled by its hello (`hello`); a bot's id and enforced dimensions are
 //! checked against its principal's bot groups (`bot_admission`); SIGHUP
-//! reloads who may connect (`reload`).
+//! reloads who may connect (`reload`) and the TLS certificate (`tls`).
 
 mod bot_admission;
 mod connection;
@@ -21,11 +21,13 @@ mod reload;
 mod replay;
 mod snapshots;
 mod startup;
+mod tls;
 
 pub use event_loop::{SOFTWARE, now_unix_ms};
 pub use peer_limits::PeerLimits;
 pub use snapshots::{JobArgs, SnapshotSettings};
 pub use startup::{Reload, ServerConfig, run};
+pub use tls::TlsFiles;
 
 use std::io;
 
@@ -57,6 +59,8 @@ pub enum ServerError {
     HistoryRunUnusable(apiary_storage::HistoryError),
     #[error("{0}")]
     OpenAccess(String),
+    #[error("{0}")]
+    Tls(String),
     #[error("the snapshot store failed: {0}")]
     Snapshot(#[from] apiary_storage::SnapshotError),
 }

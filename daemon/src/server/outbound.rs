@@ -44,7 +44,7 @@ pub struct Outbound {
 }
 
 pub enum WriteOutcome {
-    /// Everything queued is written.
+    /// Everything queued is written, and the socket took it.
     Done,
     /// The socket is full; `wrote_any` says whether it took anything this time.
     Blocked {
@@ -109,7 +109,12 @@ impl Outbound {
             self.fill(&mut read_frame);
             if self.written == self.buffer.len() {
                 self.clear_buffer();
-                return WriteOutcome::Done;
+                // TLS holds records of its own until the socket takes them.
+                return match stream.flush() {
+                    Ok(()) => WriteOutcome::Done,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => WriteOutcome::Blocked { wrote_any },
+                    Err(_) => WriteOutcome::Failed,
+                };
             }
             match stream.write(&self.buffer[self.written..]) {
                 Ok(0) => return WriteOutcome::Failed,

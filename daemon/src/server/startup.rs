@@ -13,8 +13,9 @@ use apiary_storage::{
 };
 use mio::net::TcpListener;
 
-use super::event_loop::{EventLoop, now_unix_ms};
+use super::event_loop::{EventLoop, ServingTls, now_unix_ms};
 use super::snapshots::{self, SnapshotSettings};
+use super::tls::TlsFiles;
 use super::{ServerError, log, os, replay};
 use crate::auth::{self, Access};
 use crate::core::{Core, CoreConfig, DISK_FULL_MARKER};
@@ -37,6 +38,8 @@ pub struct ServerConfig {
     pub insecure_no_auth: bool,
     /// The configuration file that SIGHUP reads again, when there is one.
     pub reload: Option<Reload>,
+    /// The certificate and key to serve TLS with; plaintext without them.
+    pub tls: Option<TlsFiles>,
 }
 
 /// How the daemon reads its configuration file again on SIGHUP.
@@ -53,6 +56,10 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let io_error = |context: String| move |source| ServerError::Io { context, source };
     let open_access = auth::check_open_access(config.listen, &config.access, config.insecure_no_auth)
         .map_err(ServerError::OpenAccess)?;
+    let tls = match &config.tls {
+        None => None,
+        Some(files) => Some(ServingTls { files: files.clone(), config: files.load().map_err(ServerError::Tls)? }),
+    };
     let data_dir = &config.data_dir;
     fs::create_dir_all(data_dir)
         .map_err(io_error(format!("cannot create the data directory {}", data_dir.display())))?;
@@ -78,10 +85,18 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         log(line);
     }
     if let Access::Tokens(principals) = &config.access {
-        log(format!("access needs a token: {} configured", principals.summary()));
+        log(format!("access needs a token; configured: {}", principals.summary()));
+    }
+    match &config.tls {
+        Some(files) => log(format!("serving TLS with the certificate from {}", files.cert_file.display())),
+        None if !address.ip().is_loopback() => log(format!(
+            "serving plaintext on {address}: tokens and task data cross the network readable by anyone on the path \
+             (configure tls_cert_file and tls_key_file)"
+        )),
+        None => {}
     }
     log(format!("listening on {address} with data in {}", data_dir.display()));
-    EventLoop::new(listener, &config, recovered)?.run()
+    EventLoop::new(listener, tls, &config, recovered)?.run()
 }
 
 /// Holds an exclusive lock on `DATA_DIR/LOCK` for as long as the file stays open.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use apiary_benches::Rng;
 use apiary_protocol::frame::{self, FrameKind, HEADER_BYTES};
+use apiary_protocol::tls::Transport;
 use apiary_protocol::{
     BotPoll, FrameReader, Hello, PackedDimensions, Reply, Request, Role, RunEnd, RunOutcome, StringPair, TaskUpdate,
 };
@@ -38,7 +39,7 @@ enum BotState {
 struct SimBot {
     bot_id: String,
     session_id: u64,
-    stream: TcpStream,
+    stream: Transport<TcpStream>,
     reader: FrameReader,
     /// Bytes not yet taken by the socket.
     unsent: Vec<u8>,
@@ -81,7 +82,9 @@ fn drive_bots(
         }
         let mut bot = connect_bot(args, addr, bot_index, rng.next_u64())?;
         let interest = Interest::READABLE | Interest::WRITABLE;
-        poll.registry().register(&mut bot.stream, Token(token), interest).map_err(|e| format!("register: {e}"))?;
+        poll.registry()
+            .register(bot.stream.socket_mut(), Token(token), interest)
+            .map_err(|e| format!("register: {e}"))?;
         bots.push(bot);
     }
     let mut events = Events::with_capacity(1024);
@@ -142,10 +145,12 @@ fn connect_bot(args: &LoadArgs, addr: SocketAddr, bot_index: usize, session_id: 
     });
     let mut encoded = Vec::new();
     frame::encode_request(0, &poll_request, &mut encoded).map_err(|e| format!("{bot_id}: {e}"))?;
+    let stream = Transport::new(&args.server, TcpStream::from_std(stream), &args.security)
+        .map_err(|e| format!("{bot_id}: {e}"))?;
     let mut bot = SimBot {
         bot_id,
         session_id,
-        stream: TcpStream::from_std(stream),
+        stream,
         reader: FrameReader::new(),
         unsent: Vec::new(),
         state: BotState::Greeting,
@@ -262,7 +267,11 @@ impl SimBot {
             }
         }
         self.unsent.drain(..written);
-        Ok(())
+        // TLS records of the handshake, or of what was just written.
+        match self.stream.flush() {
+            Err(error) if error.kind() != io::ErrorKind::WouldBlock => Err(error),
+            _ => Ok(()),
+        }
     }
 
     /// Reads until the socket is empty (mio's readiness is edge-triggered).

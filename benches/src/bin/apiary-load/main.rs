@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use apiary_benches::floor::{self, DEFAULT_ROUND_TRIPS, DEFAULT_SYNCS, Floor, FloorConfig, MAX_SAMPLES};
 use apiary_benches::pipeline::MAX_DEPTH;
 use apiary_protocol::limits::MAX_NAME_BYTES;
+use apiary_protocol::tls::{Security, TlsArgs};
 use apiary_protocol::token::{TOKEN_FILE_ENV, read_token_file};
 use clap::{Parser, Subcommand};
 
@@ -144,6 +145,11 @@ struct LoadArgs {
     /// The bots' bearer token, from this file (default: the submitters' token).
     #[arg(long)]
     bot_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Chosen from `tls` before the run.
+    #[arg(skip = Security::Plaintext)]
+    security: Security,
     /// Read from `token_file` before the run.
     #[arg(skip)]
     submitter_token: String,
@@ -153,8 +159,10 @@ struct LoadArgs {
 }
 
 impl LoadArgs {
-    /// Reads the token files the flags (or `APIARY_TOKEN_FILE`) name.
-    fn read_tokens(&mut self) -> Result<(), String> {
+    /// Reads the token files the flags (or `APIARY_TOKEN_FILE`) name, and
+    /// chooses TLS or plaintext.
+    fn prepare(&mut self) -> Result<(), String> {
+        self.security = self.tls.security(&self.server).map_err(|error| error.to_string())?;
         let from_env = std::env::var_os(TOKEN_FILE_ENV).map(PathBuf::from);
         let read = |path: &PathBuf| read_token_file(path).map_err(|error| error.to_string());
         if let Some(path) = self.token_file.clone().or(from_env) {
@@ -259,7 +267,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Some(Command::Floor(floor_args)) => run_floor(floor_args).map(|_| ()),
         Some(Command::StateFixture(fixture_args)) => run_fixture(fixture_args),
-        None => cli.load.read_tokens().and_then(|()| run_load(&cli.load)),
+        None => cli.load.prepare().and_then(|()| run_load(&cli.load)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

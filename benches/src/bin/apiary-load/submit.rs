@@ -49,7 +49,8 @@ fn submit(
     started_ns: u64,
     log: &mut SubmitterLog,
 ) -> Result<(), PipelineError> {
-    let mut pipeline = Pipeline::connect(&args.server, SOFTWARE, &args.submitter_token, args.pipeline as usize)?;
+    let mut pipeline =
+        Pipeline::connect(&args.server, &args.security, SOFTWARE, &args.submitter_token, args.pipeline as usize)?;
     let mut tasks = TaskMaker::new(args, index);
     let deadline_ns = started_ns.saturating_add((args.duration_secs() * 1e9).min(u64::MAX as f64) as u64);
     let mut answered = Vec::with_capacity(pipeline.depth());
