@@ -663,19 +663,24 @@ impl EventLoop {
             self.disk.write_output(&mut self.outputs, &mut self.core, write)?;
         }
         let mut log_lines = String::new();
+        let mut payloads = Vec::with_capacity(out.events.len());
         for event in out.events.drain(..) {
             log_lines.push_str("apiaryd: ");
             log_lines.push_str(&event.describe());
             log_lines.push('\n');
             let payload = event.encode();
-            self.wal.append(EVENT_RECORD_KIND, &payload).map_err(ServerError::Wal)?;
             self.snapshots.wrote_log_bytes(payload.len());
+            payloads.push(payload);
             match event {
                 Event::TaskFinished(TaskFinished { run_id: Some(run_id), .. }) => self.outputs.close(run_id),
                 Event::RetentionApplied { .. } => self.disk.retention_applied(),
                 _ => {}
             }
         }
+        // One write for the turn's records.
+        self.wal
+            .append_all(EVENT_RECORD_KIND, payloads.iter().map(|payload| &payload[..]))
+            .map_err(ServerError::Wal)?;
         // One write for the turn's log lines: at thousands of tasks a second,
         // a write per line would cost more than the scheduling.
         let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), log_lines.as_bytes());

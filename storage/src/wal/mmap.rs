@@ -4,8 +4,9 @@
 //! be sent to a flusher thread. Their soundness contract:
 //!
 //! - **One owner of the bytes.** Only `SegmentMap` creates references into the mapping or
-//!   writes to it. Writes take `&mut self`, slices borrow `&self`, so the borrow checker
-//!   guarantees no slice is alive while its bytes change. The writer therefore never hands
+//!   writes to it (through the mapping, or through the file with `pwrite`, which changes the
+//!   same page-cache pages). Writes take `&mut self`, slices borrow `&self`, so the borrow
+//!   checker guarantees no slice is alive while its bytes change. The writer therefore never hands
 //!   out a reference into bytes still being written.
 //! - **The syncer never touches bytes.** `SyncHandle` only asks the kernel to write pages
 //!   back (`msync`) or to drop its page-table entries for pages (`madvise`); it creates no
@@ -71,10 +72,14 @@ struct Mapping {
     released_upto: AtomicUsize,
 }
 
-/// The writer's mapping of a whole segment file.
+/// The writer's mapping of a whole segment file, and the file itself: appends go
+/// through the file (`pwrite`), so they dirty only the file-system blocks they touch.
+/// A store through the mapping dirties its whole page-cache folio instead (64 KiB and
+/// more with large folios), which the next sync then writes out in full.
 #[derive(Debug)]
 pub(crate) struct SegmentMap {
     mapping: Arc<Mapping>,
+    file: File,
 }
 
 /// A handle that can only sync a mapping's pages and release them from the resident set;
@@ -90,7 +95,8 @@ impl SegmentMap {
         let raw = MmapRaw::map_raw(file)?;
         assert!(raw.len() > 0, "an empty file cannot be mapped");
         assert!((raw.as_ptr() as usize).is_multiple_of(page_bytes()), "a mapping starts on a page boundary");
-        Ok(SegmentMap { mapping: Arc::new(Mapping { raw, released_upto: AtomicUsize::new(0) }) })
+        let mapping = Arc::new(Mapping { raw, released_upto: AtomicUsize::new(0) });
+        Ok(SegmentMap { mapping, file: file.try_clone()? })
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -109,16 +115,12 @@ impl SegmentMap {
         unsafe { std::slice::from_raw_parts(raw.as_ptr(), raw.len()) }
     }
 
-    /// Copies `data` into the mapping at `offset`.
-    pub(crate) fn write(&mut self, offset: usize, data: &[u8]) {
-        let raw = &self.mapping.raw;
+    /// Writes `data` into the file at `offset` (`pwrite`); the mapping shows it at once, as
+    /// both are the page cache. `&mut self`, as for `write`: no slice is alive meanwhile.
+    pub(crate) fn write_through_file(&mut self, offset: usize, data: &[u8]) -> io::Result<()> {
         let end = offset.checked_add(data.len()).expect("write range overflows");
-        assert!(end <= raw.len(), "write of {}..{end} past a mapping of {} bytes", offset, raw.len());
-        // SAFETY: `offset..end` lies inside the mapping (asserted above). `&mut self` means no
-        // slice from `bytes()` is alive, and `data` cannot overlap the mapping because it
-        // would then be such a slice. A concurrent `msync` only reads pages in the kernel; a
-        // concurrent release only covers pages before the write head (see the contract).
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), raw.as_mut_ptr().add(offset), data.len()) }
+        assert!(end <= self.len(), "write of {offset}..{end} past a mapping of {} bytes", self.len());
+        std::os::unix::fs::FileExt::write_all_at(&self.file, data, offset as u64)
     }
 
     /// Sets `len` bytes at `offset` to zero.
@@ -141,7 +143,7 @@ impl SegmentMap {
 
     /// Drops the process's page-table entries for the pages `offset..offset + len`, which
     /// the owner has not written yet but will (the zeros after the write head), as
-    /// `SyncHandle::release` does, without moving `released_upto()`: a later write faults
+    /// `SyncHandle::release` does, without moving `released_upto()`: a later read faults
     /// its page back in, and the sync job that covers it releases it again. `offset` and
     /// `len` are multiples of the page size, and `offset` is at or after `released_upto()`.
     pub(crate) fn release_unwritten(&mut self, offset: usize, len: usize) -> io::Result<()> {
@@ -305,7 +307,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m");
         let mut map = SegmentMap::map(&create_file(&path, 4096)).unwrap();
-        map.write(100, b"hello");
+        map.write_through_file(100, b"hello").unwrap();
         assert_eq!(&map.bytes()[100..105], b"hello");
         map.sync_handle().sync_range(0, 4096).unwrap();
         assert_eq!(&std::fs::read(&path).unwrap()[100..105], b"hello");
@@ -322,9 +324,11 @@ mod tests {
         let path = dir.path().join("m");
         let mut map = SegmentMap::map(&create_file(&path, 64 * page)).unwrap();
         let pattern: Vec<u8> = (0..32 * page).map(|at| (at * 7 % 251) as u8).collect();
-        map.write(0, &pattern);
+        map.write_through_file(0, &pattern).unwrap();
+        // Read through the mapping, the pages become resident.
+        assert_eq!(&map.bytes()[..32 * page], &pattern[..]);
         let resident_before = map.resident_bytes();
-        assert!(resident_before >= 32 * page, "written pages are resident");
+        assert!(resident_before >= 32 * page, "pages read are resident");
         let handle = map.sync_handle();
         handle.release(0, 16 * page).unwrap();
         assert_eq!(handle.released_upto(), 16 * page);
@@ -335,8 +339,8 @@ mod tests {
         assert_eq!(&std::fs::read(&path).unwrap()[..32 * page], &pattern[..]);
     }
 
-    /// Pages after the write head go without moving the mark, and a write faults its page
-    /// back in.
+    /// Pages after the write head go without moving the mark, and a write shows through
+    /// the mapping.
     #[test]
     fn unwritten_pages_are_released_without_moving_the_mark() {
         let page = page_bytes();
@@ -349,7 +353,7 @@ mod tests {
         assert_eq!(map.sync_handle().released_upto(), 0);
         let resident_after = map.resident_bytes();
         assert!(resident_after <= resident_before.min(8 * page), "{resident_before} -> {resident_after} bytes");
-        map.write(20 * page + 5, b"later");
+        map.write_through_file(20 * page + 5, b"later").unwrap();
         assert_eq!(&map.bytes()[20 * page..20 * page + 10], b"\0\0\0\0\0later");
         map.sync_range(0, 64 * page).unwrap();
         assert_eq!(&std::fs::read(&path).unwrap()[20 * page + 5..20 * page + 10], b"later");

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::error::WalError;
-use super::mmap::SegmentMap;
+use super::mmap::{SegmentMap, page_bytes};
 use super::record::RECORD_ALIGNMENT;
 
 pub(crate) const SEGMENT_HEADER_BYTES: usize = 48;
@@ -31,8 +31,6 @@ const SEGMENT_SUFFIX: &str = ".wal";
 /// acknowledged record, removed at open.
 const TEMPORARY_SUFFIX: &str = ".tmp";
 const SPARE_SUFFIX: &str = ".wal.spare.tmp";
-/// Preallocation writes zeros in chunks of this size.
-const ZERO_CHUNK_BYTES: usize = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SegmentHeader {
@@ -222,7 +220,7 @@ impl Segment {
     }
 
     /// Maps a zero-filled file (a spare, not yet in place at `path`) as segment
-    /// `header.index` and writes its header through the mapping. The file is renamed into
+    /// `header.index` and writes its header. The file is renamed into
     /// place by a sync job, after the header is synced.
     pub(crate) fn start_in(file: &File, path: PathBuf, header: SegmentHeader) -> Result<Segment, WalError> {
         let index = header.index;
@@ -240,7 +238,10 @@ impl Segment {
             after_loss: header.after_loss,
             pending_rename: Some(path),
         };
-        segment.map.write(0, &header.encode());
+        segment
+            .map
+            .write_through_file(0, &header.encode())
+            .map_err(WalError::io(|| format!("write the header of segment {index}")))?;
         Ok(segment)
     }
 
@@ -256,15 +257,18 @@ impl Segment {
 }
 
 /// Creates `path` as `segment_bytes` zeros, synced. Zeros are written (not a sparse file)
-/// so later syncs of the mapping write over allocated, written blocks (much faster than
-/// syncing unwritten extents).
+/// so later syncs write over allocated, written blocks (much faster than syncing
+/// unwritten extents). They are written a page at a time, so that the page cache holds
+/// them in single pages: a write of a few hundred bytes into a large folio would make the
+/// next sync write the whole folio (64 KiB and more) back, and dropping the pages instead
+/// would make every append that starts a page read it from the disk first.
 pub(crate) fn create_zeroed_file(path: &Path, segment_bytes: usize) -> std::io::Result<File> {
     assert!(segment_bytes >= SEGMENT_HEADER_BYTES && segment_bytes.is_multiple_of(RECORD_ALIGNMENT));
     let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
-    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+    let zeros = vec![0u8; page_bytes()];
     let mut written = 0;
     while written < segment_bytes {
-        let chunk = ZERO_CHUNK_BYTES.min(segment_bytes - written);
+        let chunk = zeros.len().min(segment_bytes - written);
         file.write_all(&zeros[..chunk])?;
         written += chunk;
     }

@@ -8,9 +8,14 @@
 //! bytes the previous one covered; only segments started since the previous job wait for
 //! their rename into place.
 //!
+//! Appends go into the segment file with `pwrite` (one per turn's batch, `append_all`), not
+//! through the mapping, which only reads: a store through a mapping dirties its whole
+//! page-cache folio, and each sync would write 64 KiB or more for a few hundred bytes of
+//! records (measured: 34 KB written per task, against 3 KB this way).
+//!
 //! The writer does no file creation, fsync, rename or unlink on its thread, except when a
 //! rotation finds no spare ready (counted in [`Wal::stalled_rotations`]): rotation takes the
-//! spare the preparer made and writes the header through the mapping; the next sync job
+//! spare the preparer made and writes the header into it; the next sync job
 //! syncs and installs it; segments given up by [`Wal::remove_segments_through`] are
 //! unlinked by the preparer.
 
@@ -36,6 +41,8 @@ const _: () = assert!(MIN_SEGMENT_BYTES <= DEFAULT_SEGMENT_BYTES && DEFAULT_SEGM
 // Every payload that fits a segment has a length that fits the header's u32.
 const _: () = assert!(MAX_SEGMENT_BYTES <= u32::MAX as u64);
 const LOCK_FILE_NAME: &str = "LOCK";
+/// A record buffer that grew past this for a large batch is let go once written.
+const KEPT_RECORD_BUFFER_BYTES: usize = 1 << 20;
 
 /// How a log is laid out on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,8 +73,8 @@ impl WalOptions {
     }
 }
 
-/// The write-ahead log's writer. Appends go into the mapped segment; durability comes from
-/// [`SyncJob`]s that another thread runs.
+/// The write-ahead log's writer. Appends go into the segment's file (read through its
+/// mapping); durability comes from [`SyncJob`]s that another thread runs.
 #[derive(Debug)]
 pub struct Wal {
     dir: PathBuf,
@@ -86,6 +93,8 @@ pub struct Wal {
     first_needed_seq: u64,
     /// Rotations that found no spare ready and made the file on the writer's thread.
     stalled_rotations: u64,
+    /// Records as they are written: header, payload and padding of each, in one `pwrite`.
+    record_buffer: Vec<u8>,
     preparer: Preparer,
     /// Held (locked) for as long as the log is open.
     _lock: File,
@@ -147,6 +156,7 @@ impl Wal {
             sync_state: Arc::new(SyncState::new(active.last_seq())),
             first_needed_seq: start.first_needed_seq,
             stalled_rotations: 0,
+            record_buffer: Vec::new(),
             preparer: Preparer::start(dir, segment_bytes, active.index + 1, leftover_spares)?,
             segments,
             _lock: lock,
@@ -166,7 +176,7 @@ impl Wal {
     /// one's until it is sealed. Released: every page of each sealed segment; the active
     /// segment's pages before the one holding the write head, marked released so that later
     /// sync jobs continue from there; and the active segment's zeros after that page, which
-    /// appends fault back in one page at a time. Only the page holding the write head stays.
+    /// appends never fault in (they go through the file). Only the page holding the write head stays.
     /// The bytes stay in the files and the page cache: `records()` still reads them,
     /// faulting them back in.
     ///
@@ -192,35 +202,67 @@ impl Wal {
             .map_err(WalError::io(|| format!("release the unwritten pages of segment {index}")))
     }
 
-    /// Copies a record into the mapped segment, rotating to a new segment when the current
-    /// one is full, and returns its sequence number. The record is not durable until a sync
-    /// job taken after this call has run.
+    /// Writes a record into the active segment's file (into the page cache), rotating to a
+    /// new segment when the current one is full, and returns its sequence number. The
+    /// record is not durable until a sync job taken after this call has run.
     pub fn append(&mut self, kind: u16, payload: &[u8]) -> Result<u64, WalError> {
+        self.append_all(kind, [payload])
+    }
+
+    /// Appends records in order, as `append` does, with one `pwrite` for all of them that
+    /// land in one segment; returns the last one's sequence number (`last_seq()` when
+    /// there are none). On an error the records before the one that failed are appended.
+    pub fn append_all<'a>(&mut self, kind: u16, payloads: impl IntoIterator<Item = &'a [u8]>) -> Result<u64, WalError> {
         if self.sync_state.is_poisoned() {
             return Err(WalError::Poisoned);
         }
-        if payload.len() > self.max_payload_bytes {
-            return Err(WalError::RecordTooLarge { len: payload.len(), limit: self.max_payload_bytes });
+        self.record_buffer.clear();
+        let mut buffered = 0;
+        for payload in payloads {
+            if payload.len() > self.max_payload_bytes {
+                self.write_buffered(buffered)?;
+                return Err(WalError::RecordTooLarge { len: payload.len(), limit: self.max_payload_bytes });
+            }
+            let needed = record_bytes(payload.len());
+            let active = self.segments.last().expect("a log has a segment");
+            if active.end + self.record_buffer.len() + needed > active.capacity {
+                self.write_buffered(buffered)?;
+                buffered = 0;
+                self.rotate()?;
+            }
+            let seq = self.last_seq + buffered + 1;
+            self.record_buffer.extend_from_slice(&encode_header(kind, seq, payload));
+            self.record_buffer.extend_from_slice(payload);
+            self.record_buffer.resize(self.record_buffer.len() + needed - RECORD_HEADER_BYTES - payload.len(), 0);
+            buffered += 1;
         }
-        let needed = record_bytes(payload.len());
-        let active = self.segments.last().expect("a log has a segment");
-        if active.end + needed > active.capacity {
-            self.rotate()?;
+        self.write_buffered(buffered)?;
+        Ok(self.last_seq)
+    }
+
+    /// Writes the `records` encoded in `record_buffer` at the active segment's end.
+    fn write_buffered(&mut self, records: u64) -> Result<(), WalError> {
+        if records == 0 {
+            return Ok(());
         }
-        let seq = self.last_seq + 1;
-        let header = encode_header(kind, seq, payload);
         let active = self.segments.last_mut().expect("a log has a segment");
         let offset = active.end;
-        assert!(offset + needed <= active.capacity);
-        active.map.write(offset, &header);
-        active.map.write(offset + RECORD_HEADER_BYTES, payload);
-        let padding_offset = offset + RECORD_HEADER_BYTES + payload.len();
-        active.map.zero(padding_offset, offset + needed - padding_offset);
-        active.end += needed;
-        active.records += 1;
-        self.last_seq = seq;
-        debug_assert_eq!(active.last_seq(), seq);
-        Ok(seq)
+        if let Err(source) = active.map.write_through_file(offset, &self.record_buffer) {
+            // Part of the records may be in the page cache: nothing after them may be trusted.
+            self.sync_state.poison();
+            let (first, last) = (self.last_seq + 1, self.last_seq + records);
+            let context = format!("write records {first}..={last} to segment {} at {offset}", active.index);
+            return Err(WalError::Io { context, source });
+        }
+        active.end += self.record_buffer.len();
+        active.records += records;
+        self.last_seq += records;
+        debug_assert_eq!(active.last_seq(), self.last_seq);
+        if self.record_buffer.capacity() > KEPT_RECORD_BUFFER_BYTES {
+            self.record_buffer = Vec::new();
+        }
+        self.record_buffer.clear();
+        Ok(())
     }
 
     /// The sequence number of the last record appended (0 if there is none).
@@ -650,17 +692,38 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_of_records_crosses_segments_in_order_and_stops_at_one_too_large() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = open_with_segments_of(dir.path(), 64 << 10);
+        let payloads: Vec<Vec<u8>> = (1..=100).map(numbered_payload).collect();
+        assert_eq!(wal.append_all(7, payloads.iter().map(Vec::as_slice)).unwrap(), 100);
+        assert!(wal.segment_indices().len() > 3, "the batch filled several segments");
+        assert_eq!(wal.append_all(7, std::iter::empty()).unwrap(), 100, "an empty batch appends nothing");
+        let too_large = vec![0u8; wal.max_payload_bytes + 1];
+        let batch = [numbered_payload(101), too_large, numbered_payload(102)];
+        let refused = wal.append_all(7, batch.iter().map(Vec::as_slice)).unwrap_err();
+        assert!(matches!(refused, WalError::RecordTooLarge { .. }), "{refused}");
+        assert_eq!(wal.last_seq(), 101, "the record before the refused one is appended");
+        wal.check_invariants();
+        wal.take_sync_job().unwrap().run().unwrap();
+        drop(wal);
+        assert_reopens_with_records(dir.path(), 64 << 10, 101);
+    }
+
+    #[test]
     fn synced_pages_of_a_segment_leave_the_resident_set() {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = open_with_segments_of(dir.path(), 16 * MIB);
         append_numbered_until(&mut wal, 6 * MIB);
+        // Appends do not touch the mapping; reading the records back does.
+        assert_eq!(wal.records().count() as u64, wal.last_seq());
         let resident_before = wal.segments[0].map.resident_bytes();
-        assert!(resident_before >= 6 * MIB, "{resident_before} bytes resident after writing 6 MiB");
+        assert!(resident_before >= 6 * MIB, "{resident_before} bytes resident after reading 6 MiB");
         wal.take_sync_job().unwrap().run().unwrap();
         let end = wal.segments[0].end;
         assert_eq!(released_upto(&wal, 0), end / page_bytes() * page_bytes(), "released up to the head's page");
         // What stays is the page holding the head and the pages after it that the kernel
-        // mapped along with it (a write fault may map a whole large folio of the page cache).
+        // mapped along with it (a fault may map a whole large folio of the page cache).
         let resident_after = wal.segments[0].map.resident_bytes();
         assert!(resident_after < RELEASE_MIN_BYTES, "{resident_after} bytes still resident after the sync");
         assert_eq!(wal.segment_indices(), vec![0]);

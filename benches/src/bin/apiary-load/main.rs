@@ -104,6 +104,11 @@ struct LoadArgs {
     /// Stop submitting after this many seconds.
     #[arg(long)]
     duration: Option<f64>,
+    /// Submit this many tasks a second in all, evenly spread over the submitters (default: as
+    /// fast as replies come). A task's round trip counts from when it was due, so a stall
+    /// shows in the tasks it delays.
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<f64>,
     /// Stop submitting after this many tasks in all.
     #[arg(long)]
     tasks: Option<u64>,
@@ -185,7 +190,7 @@ impl LoadArgs {
         stop.push(format!("{} s", self.duration_secs()));
         format!(
             "server {}, {} bots ({} threads), {} submitters (pipeline depth {}), pool {}, {} bot classes, \
-             priorities 1..={}, task-ms {}, names {}, stop after {}",
+             priorities 1..={}, task-ms {}, names {}, {}, stop after {}",
             self.server,
             self.bots,
             self.bot_threads,
@@ -196,6 +201,7 @@ impl LoadArgs {
             self.priorities,
             self.task_ms,
             self.name_bytes.map_or_else(|| "load-<submitter>-<n>".into(), |bytes| format!("{bytes} bytes")),
+            self.rate.map_or_else(|| "as fast as replies come".into(), |rate| format!("{rate} tasks/s")),
             stop.join(" or ")
         )
     }
@@ -259,6 +265,13 @@ impl Shared {
 
     fn failed(&self) -> bool {
         self.failure.lock().unwrap().is_some()
+    }
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 && rate <= 10_000_000.0 => Ok(rate),
+        _ => Err(format!("{text:?} is not a number of tasks a second in (0, 10000000]")),
     }
 }
 

@@ -54,17 +54,29 @@ fn submit(
     let mut tasks = TaskMaker::new(args, index);
     let deadline_ns = started_ns.saturating_add((args.duration_secs() * 1e9).min(u64::MAX as f64) as u64);
     let mut answered = Vec::with_capacity(pipeline.depth());
+    let mut pace = args.rate.map(|rate| Pace::new(rate, args.submitters, index, started_ns));
     let mut submitting = true;
     loop {
         if submitting {
-            let stopped = shared.stop_submitting.load(Ordering::Relaxed) || shared.now_ns() >= deadline_ns;
-            let count = if stopped { 0 } else { claim(shared, args.tasks, pipeline.free_slots()) };
+            let now_ns = shared.now_ns();
+            let stopped = shared.stop_submitting.load(Ordering::Relaxed) || now_ns >= deadline_ns;
+            let wanted = match &pace {
+                Some(pace) => pipeline.free_slots().min(pace.due_by(now_ns)),
+                None => pipeline.free_slots(),
+            };
+            let count = if stopped || wanted == 0 { 0 } else { claim(shared, args.tasks, wanted) };
             if count > 0 {
-                let sent_ns = shared.now_ns();
+                // Paced, a task counts from when it was due: a late send is part of its wait.
+                let sent_ns = pace.as_mut().map_or(now_ns, |pace| pace.take(count));
                 log.first_sent_ns.get_or_insert(sent_ns);
                 pipeline.send(count, sent_ns, || tasks.next())?;
             }
-            submitting = count > 0;
+            submitting = !stopped && (count > 0 || wanted == 0);
+            if wanted == 0 && !stopped && pipeline.in_flight() == 0 {
+                let next_ns = pace.as_ref().expect("only a pace holds tasks back").next_due_ns();
+                std::thread::sleep(std::time::Duration::from_nanos(next_ns.saturating_sub(shared.now_ns())));
+                continue;
+            }
         }
         if pipeline.in_flight() == 0 {
             return Ok(());
@@ -76,6 +88,47 @@ fn submit(
             log.note(answer, acknowledged_ns, args.bots > 0)?;
             shared.submitted.fetch_add(1, Ordering::SeqCst);
         }
+    }
+}
+
+/// `--rate`: when each of one submitter's tasks is due. The run's tasks are due
+/// evenly, one every `1 / rate` seconds, dealt to the submitters in turn.
+struct Pace {
+    interval_ns: f64,
+    submitters: u64,
+    index: u64,
+    started_ns: u64,
+    /// Tasks of this submitter sent so far.
+    sent: u64,
+}
+
+impl Pace {
+    fn new(rate: f64, submitters: usize, index: usize, started_ns: u64) -> Pace {
+        Pace { interval_ns: 1e9 / rate, submitters: submitters as u64, index: index as u64, started_ns, sent: 0 }
+    }
+
+    fn due_ns(&self, task: u64) -> u64 {
+        self.started_ns + ((task * self.submitters + self.index) as f64 * self.interval_ns) as u64
+    }
+
+    fn next_due_ns(&self) -> u64 {
+        self.due_ns(self.sent)
+    }
+
+    /// How many tasks not sent yet are due by `now_ns`.
+    fn due_by(&self, now_ns: u64) -> usize {
+        let mut due = 0;
+        while self.due_ns(self.sent + due) <= now_ns {
+            due += 1;
+        }
+        due as usize
+    }
+
+    /// Notes `count` tasks sent; returns when the first of them was due.
+    fn take(&mut self, count: usize) -> u64 {
+        let first_due_ns = self.next_due_ns();
+        self.sent += count as u64;
+        first_due_ns
     }
 }
 
