@@ -29,6 +29,10 @@ pub use startup::{Reload, ServerConfig, run};
 
 use std::io;
 
+/// A notable event, at info: the shorthand most of the shell uses
+/// (`crate::logging` has the other levels).
+pub use crate::logging::log;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("{context}: {source}")]
@@ -59,9 +63,4 @@ pub enum ServerError {
     OpenAccess(String),
     #[error("the snapshot store failed: {0}")]
     Snapshot(#[from] apiary_storage::SnapshotError),
-}
-
-/// One line per notable event, on stderr.
-pub fn log(message: String) {
-    eprintln!("apiaryd: {message}");
 }
