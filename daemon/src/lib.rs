@@ -1,9 +1,11 @@
 //! apiaryd: the Apiary daemon. `core` holds all scheduling state without I/O;
 //! `server` is the thin shell around it: the event loop, connections, the
 //! write-ahead log and its flusher thread. `auth` says who a connection is
-//! (principals and their token hashes); `config` reads the configuration file.
+//! (principals and their token hashes); `config` reads the configuration file;
+//! `logging` writes the daemon's log lines.
 
 pub mod auth;
 pub mod config;
 pub mod core;
+pub mod logging;
 pub mod server;

@@ -1,6 +1,6 @@
 //! `apiaryd`: parse the flags (and the configuration file's settings, which
 //! become flags before them, so that a flag given on the command line wins),
-//! run the daemon, turn errors into an exit code.
+//! run the daemon with its log thread, turn errors into an exit code.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -11,6 +11,7 @@ use std::time::Duration;
 use apiary_daemon::auth::{self, Access};
 use apiary_daemon::config::{self, ConfigFile, SettingSpec};
 use apiary_daemon::core::CoreConfig;
+use apiary_daemon::logging::{self, Level};
 use apiary_daemon::server::{self, JobArgs, PeerLimits, Reload, ServerConfig, SnapshotSettings, TlsFiles, peer_limits};
 use apiary_protocol::token;
 use apiary_storage::WalOptions;
@@ -130,6 +131,10 @@ struct Args {
     /// starts when a history run the snapshot lists cannot be read, without its tasks.
     #[arg(long)]
     accept_log_loss: bool,
+    /// The least a line must matter to be logged: error, warn, info (notable events) or debug
+    /// (also a line for every task event: created, assigned, ended...).
+    #[arg(long, value_name = "LEVEL", default_value_t = Level::Info)]
+    log_level: Level,
 }
 
 fn parse_input_buffer_bytes(text: &str) -> Result<usize, String> {
@@ -217,7 +222,8 @@ fn main() -> ExitCode {
         Some(Internal::SnapshotJob(job)) => match job.run() {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("apiaryd snapshot-job: {error}");
+                // A line of the daemon's log: the job shares its stderr.
+                logging::error(format_args!("snapshot job: {error}"));
                 ExitCode::FAILURE
             }
         },
@@ -231,27 +237,40 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        None => match run(cli.daemon) {
+        None if cli.daemon.check_config.is_some() => match check_config(&cli.daemon) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("apiaryd: {error}");
                 ExitCode::FAILURE
             }
         },
+        None => {
+            let outcome = run(cli.daemon);
+            if let Err(error) = &outcome {
+                logging::error(error);
+            }
+            // Every queued line is written before the process exits.
+            logging::stop();
+            if outcome.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
-    if let Some(path) = &args.check_config {
-        let file = load_config(path).map_err(|error| error.to_string())?;
-        let args = with_file_settings(&file)?;
-        auth::check_open_access(args.listen, &file.access, args.insecure_no_auth)?;
-        if let Some(files) = tls_files(&args)? {
-            files.load()?;
-        }
-        println!("{file}: good");
-        return Ok(());
+/// `--check-config FILE`: reads and checks the file as a start would, and says so on stdout.
+fn check_config(args: &Args) -> Result<(), String> {
+    let path = args.check_config.as_ref().expect("called with --check-config");
+    let file = load_config(path).map_err(|error| error.to_string())?;
+    let args = with_file_settings(&file)?;
+    auth::check_open_access(args.listen, &file.access, args.insecure_no_auth)?;
+    if let Some(files) = tls_files(&args)? {
+        files.load()?;
     }
+    println!("{file}: good");
+    Ok(())
+}
+
+/// Runs the daemon: the log thread starts once the settings are known.
+fn run(args: Args) -> Result<(), String> {
     let (args, access, reload) = match &args.config {
         None => (args, Access::Open, None),
         Some(path) => {
@@ -261,6 +280,7 @@ fn run(args: Args) -> Result<(), String> {
         }
     };
     let tls = tls_files(&args)?;
+    logging::start(args.log_level);
     let config = ServerConfig {
         listen: args.listen,
         data_dir: args.data_dir,

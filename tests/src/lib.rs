@@ -34,6 +34,12 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The message of a daemon's log line: what follows `apiaryd: ` (after the
+/// time and the level; a line about a connection goes on with `peer=ADDR `).
+pub fn message(line: &str) -> Option<&str> {
+    line.split_once("apiaryd: ").map(|(_, message)| message)
+}
+
 /// Collects a child's stderr lines so tests can wait for and search them.
 #[derive(Clone, Default)]
 pub struct LogLines(Arc<Mutex<Vec<String>>>);
@@ -86,7 +92,7 @@ impl Daemon {
         let log = LogLines::default();
         log.follow(child.stderr.take().unwrap(), "apiaryd");
         let addr = log.wait_for("apiaryd to listen", |line| {
-            let rest = line.strip_prefix("apiaryd: listening on ")?;
+            let rest = message(line)?.strip_prefix("listening on ")?;
             Some(rest.split_whitespace().next()?.to_string())
         });
         let extra_args = extra_args.iter().map(|arg| arg.to_string()).collect();

@@ -22,7 +22,8 @@ impl Setup {
     /// (token of ci-bots), and `prod-1` in pool prod (token of prod-bots).
     fn start() -> Setup {
         let dir = temp();
-        let mut text = String::from("long_poll_secs = 1\n");
+        // Debug lines too: a task's end in the log says every line before it was read.
+        let mut text = String::from("long_poll_secs = 1\nlog_level = \"debug\"\n");
         for name in ["alice", "ci-bots", "prod-bots"] {
             let token = dir.path().join(format!("{name}.token"));
             std::fs::write(&token, format!("token-of-{name}-0123456789\n")).unwrap();

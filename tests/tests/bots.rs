@@ -56,8 +56,12 @@ fn a_restarted_bot_loses_its_task_at_once() {
 /// `apiary-bot`'s exit code when another process took over its bot id.
 const SUPERSEDED: i32 = 3;
 
+/// The daemon's log at debug level: a line for each task event too.
+const DEBUG_LOG: &[&str] = &["--log-level", "debug"];
+
 /// How many sessions of `bot_id` the daemon recorded (a line each) by the
-/// time it logged that `task_id` ended: every line before that one is read.
+/// time it logged that `task_id` ended (a debug line: see `DEBUG_LOG`): every
+/// line before that one is read.
 fn sessions_logged(daemon: &Daemon, bot_id: &str, task_id: &str) -> usize {
     let ended = format!("task {task_id} ended");
     daemon.log.wait_for("the task's end in the log", |line| line.contains(&ended).then_some(()));
@@ -68,7 +72,7 @@ fn sessions_logged(daemon: &Daemon, bot_id: &str, task_id: &str) -> usize {
 #[test]
 fn two_bots_with_one_id_the_newer_takes_over_and_the_older_exits_without_a_storm() {
     let dir = temp();
-    let daemon = Daemon::start(&dir.path().join("data"));
+    let daemon = Daemon::start_with(&dir.path().join("data"), "127.0.0.1:0", DEBUG_LOG);
     let mut older = Bot::start(&daemon.addr, "twin", &["pool=ci"], &dir.path().join("older"));
     let _newer = Bot::start(&daemon.addr, "twin", &["pool=ci"], &dir.path().join("newer"));
     assert_eq!(older.wait_exit().code(), Some(SUPERSEDED), "log: {:#?}", older.log.all());
@@ -76,7 +80,7 @@ fn two_bots_with_one_id_the_newer_takes_over_and_the_older_exits_without_a_storm
         line.contains("another apiary-bot with this id took over; exiting instead of reconnecting").then_some(())
     });
     daemon.log.wait_for("the daemon closing the older connection", |line| {
-        (line.contains("closing connection from") && line.contains("took over this bot id")).then_some(())
+        (line.contains("closing connection: ") && line.contains("took over this bot id")).then_some(())
     });
     // The newer bot serves the id, and the two processes made two sessions, not a storm.
     let cli = daemon.cli();
@@ -88,7 +92,7 @@ fn two_bots_with_one_id_the_newer_takes_over_and_the_older_exits_without_a_storm
 #[test]
 fn a_bot_whose_id_is_taken_over_while_running_stops_its_task_and_exits() {
     let dir = temp();
-    let daemon = Daemon::start(&dir.path().join("data"));
+    let daemon = Daemon::start_with(&dir.path().join("data"), "127.0.0.1:0", DEBUG_LOG);
     let mut older = Bot::start(&daemon.addr, "twin", &["pool=ci"], &dir.path().join("older"));
     let cli = daemon.cli();
     let marker = dir.path().join("still-running");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use apiary_tests::{Bot, Cli, Daemon, PATIENCE, files_containing, temp};
+use apiary_tests::{Bot, Cli, Daemon, PATIENCE, files_containing, message, temp};
 
 /// Snapshots every second, in small segments, so a test sees several of both.
 const FAST_SNAPSHOTS: &[&str] = &["--snapshot-interval-secs", "1", "--wal-segment-bytes", "8192"];
@@ -22,9 +22,13 @@ fn files_in(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     files
 }
 
+/// A daemon's log line for a snapshot it took.
+fn is_snapshot_line(line: &str) -> bool {
+    message(line).is_some_and(|message| message.starts_with("snapshot ")) && line.contains(" after record ")
+}
+
 fn snapshot_lines(daemon: &Daemon) -> usize {
-    let taken = |line: &&String| line.starts_with("apiaryd: snapshot ") && line.contains(" after record ");
-    daemon.log.all().iter().filter(taken).count()
+    daemon.log.all().iter().filter(|line| is_snapshot_line(line)).count()
 }
 
 /// Waits until the daemon has written `count` more snapshots than `before`.
@@ -69,7 +73,7 @@ fn snapshots_bound_the_log_and_every_task_survives_kill_9_across_them() {
         assert!((1..=2).contains(&texts.len()), "round {round}: the text files of two generations at most: {texts:?}");
         daemon.restart();
         let recovered =
-            daemon.log.wait_for("recovery", |line| line.strip_prefix("apiaryd: recovered ").map(str::to_string));
+            daemon.log.wait_for("recovery", |line| message(line)?.strip_prefix("recovered ").map(str::to_string));
         assert!(!recovered.contains("snapshot after record 0,"), "round {round}: started from a snapshot: {recovered}");
         let cli = daemon.cli();
         for task_id in &all_tasks {
@@ -106,7 +110,7 @@ fn a_missing_segment_is_refused_at_start_unless_the_loss_is_accepted() {
     args.push("--accept-log-loss");
     let daemon = Daemon::start_with(&data, "127.0.0.1:0", &args);
     let accepted = daemon.log.wait_for("the accepted loss", |line| {
-        line.strip_prefix("apiaryd: accepted the loss of part of the log (--accept-log-loss): ").map(str::to_string)
+        message(line)?.strip_prefix("accepted the loss of part of the log (--accept-log-loss): ").map(str::to_string)
     });
     assert!(accepted.contains("records "), "the log line says which records were dropped: {accepted}");
     let cli = daemon.cli();
@@ -221,8 +225,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 /// The number of tasks in the newest snapshot line: what the daemon holds.
 fn tasks_in_last_snapshot(daemon: &Daemon) -> Option<u64> {
     let lines = daemon.log.all();
-    let taken = |line: &&String| line.starts_with("apiaryd: snapshot ") && line.contains(" after record ");
-    let line = lines.iter().rev().find(taken)?;
+    let line = lines.iter().rev().find(|line| is_snapshot_line(line))?;
     let count = line.split(" of ").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("'of N tasks'");
     Some(count.parse().unwrap())
 }
@@ -459,7 +462,7 @@ fn ended_tasks_move_to_history_runs_and_are_still_shown_listed_read_and_reused()
     let idempotent = cli.trigger(&["-d", "pool=ci", "--idempotent", "--", "sh", "-c", "echo reused"]);
     cli.wait_for_state(&idempotent, "COMPLETED");
     let archived = |daemon: &Daemon| {
-        daemon.log.all().iter().any(|line| line.starts_with("apiaryd: snapshot ") && !line.contains(" 0 ended tasks"))
+        daemon.log.all().iter().any(|line| is_snapshot_line(line) && !line.contains(" 0 ended tasks"))
     };
     let deadline = Instant::now() + PATIENCE;
     while !archived(&daemon) {
@@ -534,8 +537,8 @@ fn a_damaged_history_record_is_reported_and_a_missing_run_refuses_the_start() {
     let shown: Vec<std::process::Output> = tasks.iter().map(|id| cli.run(&["tasks", "show", id])).collect();
     let damaged: Vec<&std::process::Output> = shown.iter().filter(|output| !output.status.success()).collect();
     assert_eq!(damaged.len(), 1, "one record is damaged: {shown:#?}");
-    let message = String::from_utf8_lossy(&damaged[0].stderr);
-    assert!(message.contains(&run_name) && message.contains("damaged"), "the error names the run: {message}");
+    let said = String::from_utf8_lossy(&damaged[0].stderr);
+    assert!(said.contains(&run_name) && said.contains("damaged"), "the error names the run: {said}");
     let listed = cli.run(&["tasks", "list"]);
     assert!(!listed.status.success(), "a listing does not skip a damaged record silently");
     assert!(String::from_utf8_lossy(&listed.stderr).contains(&run_name));
@@ -550,7 +553,7 @@ fn a_damaged_history_record_is_reported_and_a_missing_run_refuses_the_start() {
     args.push("--accept-log-loss");
     let daemon = Daemon::start_with(&data, "127.0.0.1:0", &args);
     let accepted = daemon.log.wait_for("the accepted loss", |line| {
-        line.strip_prefix("apiaryd: accepted the loss of a history run (--accept-log-loss): ").map(str::to_string)
+        message(line)?.strip_prefix("accepted the loss of a history run (--accept-log-loss): ").map(str::to_string)
     });
     assert!(accepted.contains(&run_name), "the log line names the run: {accepted}");
     let cli = daemon.cli();

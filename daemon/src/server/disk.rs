@@ -8,6 +8,7 @@ use apiary_storage::{OutputError, OutputStore, Wal};
 
 use super::{ServerError, log, os};
 use crate::core::{Core, Output, OutputWrite};
+use crate::logging;
 
 /// After an output write found no space, output is taken again once the file
 /// system has this much room: a few of the largest chunks a bot sends.
@@ -48,7 +49,7 @@ impl Disk {
         }
         match &trouble {
             _ if trouble.is_some() == self.told.is_some() => {}
-            Some(reason) => log(format!(
+            Some(reason) => logging::error(format!(
                 "the disk of {} is full or failing ({reason}): refusing new tasks, starting no new run and \
                  dropping new output until it recovers; reads and running tasks go on",
                 self.data_dir.display()
@@ -97,7 +98,7 @@ impl Disk {
             Ok(removed) if removed.packs < PACKS_REMOVED_PER_TURN => self.output_to_remove = false,
             Ok(_) => {}
             Err(error) => {
-                log(format!("cannot remove output past retention: {error}"));
+                logging::warn(format!("cannot remove output past retention: {error}"));
                 self.output_to_remove = false;
             }
         }

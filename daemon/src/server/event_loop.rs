@@ -36,6 +36,7 @@ use super::tls::TlsFiles;
 use crate::auth::Access;
 use crate::core::events::{EVENT_RECORD_KIND, Event, TaskFinished};
 use crate::core::{ConnId, Core, Input, Output, OutputRead};
+use crate::logging::{self, Level};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -252,19 +253,19 @@ impl EventLoop {
                         tls.files.cert_file.display()
                     ));
                 }
-                Err(reason) => log(format!("SIGHUP: keeping the TLS certificate in force: {reason}")),
+                Err(reason) => logging::error(format!("SIGHUP: keeping the TLS certificate in force: {reason}")),
             }
         }
         let Some(reload) = &self.reload else {
             if self.tls.is_none() {
-                log("SIGHUP: the daemon was started without --config, so there is nothing to reload".to_string());
+                logging::warn("SIGHUP: the daemon was started without --config, so there is nothing to reload");
             }
             return;
         };
         let access = match reload::read_again(reload, &self.access) {
             Ok(access) => access,
             Err(reason) => {
-                log(format!("SIGHUP: cannot reload the configuration, keeping the one in force: {reason}"));
+                logging::error(format!("SIGHUP: cannot reload the configuration, keeping the one in force: {reason}"));
                 return;
             }
         };
@@ -322,12 +323,15 @@ impl EventLoop {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) => {
                     // Out of file descriptors and the like: the listener stays up.
-                    log(format!("cannot accept a connection: {error}"));
+                    logging::warn(format!("cannot accept a connection: {error}"));
                     return;
                 }
             };
             if self.connections.len() >= self.max_connections {
-                log(format!("refusing connection from {peer}: at the limit of {} connections", self.max_connections));
+                logging::warn_peer(
+                    peer,
+                    format!("refusing connection: at the limit of {} connections", self.max_connections),
+                );
                 if self.tls.is_none() {
                     // A TLS peer could not read the plaintext reason.
                     refuse_at_limit(stream, self.max_connections);
@@ -342,7 +346,7 @@ impl EventLoop {
             if let Err(error) =
                 self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
             {
-                log(format!("cannot register connection from {peer}: {error}"));
+                logging::warn_peer(peer, format!("cannot register connection: {error}"));
                 continue;
             }
             let stream = match &self.tls {
@@ -350,7 +354,7 @@ impl EventLoop {
                 Some(tls) => match rustls::ServerConnection::new(Arc::clone(&tls.config)) {
                     Ok(session) => Transport::Tls(Box::new(TlsStream::new(session, stream))),
                     Err(error) => {
-                        log(format!("cannot start TLS with {peer}: {error}"));
+                        logging::warn_peer(peer, format!("cannot start TLS: {error}"));
                         let _ = self.poll.registry().deregister(&mut stream);
                         continue;
                     }
@@ -471,13 +475,15 @@ impl EventLoop {
     fn pause_for_output(&mut self, token: Token) {
         let connection = &mut self.connections[token.0];
         connection.paused = Some(Pause::ForOutput);
-        log(format!(
-            "not reading requests from {} while {} bytes of replies to it are unsent, over the limit of {} \
-             (--max-unsent-bytes); reading again once it takes them",
+        logging::warn_peer(
             connection.peer,
-            connection.outbound.owed_bytes(),
-            self.limits.max_unsent_bytes
-        ));
+            format!(
+                "not reading requests while {} bytes of replies to it are unsent, over the limit of {} \
+                 (--max-unsent-bytes); reading again once it takes them",
+                connection.outbound.owed_bytes(),
+                self.limits.max_unsent_bytes
+            ),
+        );
     }
 
     fn wait_for_memory(&mut self, token: Token, frame_bytes: usize) {
@@ -487,13 +493,15 @@ impl EventLoop {
         if std::mem::replace(&mut connection.told_waiting_for_memory, true) {
             return; // Said once per frame, not at every try.
         }
-        log(format!(
-            "a frame of {frame_bytes} bytes from {} waits: partial frames hold {} bytes of the limit of {} \
-             (--max-input-buffer-bytes)",
+        logging::warn_peer(
             connection.peer,
-            self.input_budget.used_bytes(),
-            self.input_budget.limit_bytes()
-        ));
+            format!(
+                "a frame of {frame_bytes} bytes waits: partial frames hold {} bytes of the limit of {} \
+                 (--max-input-buffer-bytes)",
+                self.input_budget.used_bytes(),
+                self.input_budget.limit_bytes()
+            ),
+        );
     }
 
     /// Once input memory was given back, the connections waiting for it try again.
@@ -527,7 +535,7 @@ impl EventLoop {
             true => format!("{message} (it starts like a TLS handshake, and this daemon serves plaintext)"),
             false => message,
         };
-        log(format!("closing connection from {}: {message}", connection.peer));
+        logging::warn_peer(connection.peer, format!("closing connection: {message}"));
         refuse(connection, 0, code, message);
     }
 
@@ -538,14 +546,17 @@ impl EventLoop {
             return;
         };
         if frame.kind != FrameKind::Request {
-            log(format!("closing connection from {}: a {:?} frame after the hello", connection.peer, frame.kind));
+            logging::warn_peer(
+                connection.peer,
+                format!("closing connection: a {:?} frame after the hello", frame.kind),
+            );
             refuse(connection, frame.request_id, ErrorCode::InvalidRequest, "expected a request frame".into());
             return;
         }
         let request = match frame.decode_request() {
             Ok(request) => request,
             Err(error) => {
-                log(format!("closing connection from {}: {error}", connection.peer));
+                logging::warn_peer(connection.peer, format!("closing connection: {error}"));
                 refuse(connection, frame.request_id, ErrorCode::InvalidRequest, error.to_string());
                 return;
             }
@@ -568,7 +579,7 @@ impl EventLoop {
                 let connection = &mut self.connections[token.0];
                 // Once per connection: a peer that keeps asking must not fill the log.
                 if !std::mem::replace(&mut connection.told_bot_refusal, true) {
-                    log(format!("refusing a bot request from {}: {message}", connection.peer));
+                    logging::warn_peer(connection.peer, format!("refusing a bot request: {message}"));
                 }
                 let refusal = Reply::Error(ErrorReply { code: ErrorCode::PermissionDenied, message });
                 connection.outbound.push_now(outbound::encode_reply(frame.request_id, &refusal));
@@ -608,7 +619,7 @@ impl EventLoop {
                 connection.outbound.push_now(outbound::encode_reply(0, &welcome));
             }
             Err(refusal) => {
-                log(format!("closing connection from {}: {}", connection.peer, refusal.message));
+                logging::warn_peer(connection.peer, format!("closing connection: {}", refusal.message));
                 refuse(connection, 0, refusal.code, refusal.message);
             }
         }
@@ -636,7 +647,7 @@ impl EventLoop {
         }
         for closing in out.closings.drain(..) {
             let Some(connection) = connection_of(&mut self.connections, closing.conn) else { continue };
-            log(format!("closing connection from {}: {}", connection.peer, closing.message));
+            logging::warn_peer(connection.peer, format!("closing connection: {}", closing.message));
             refuse(connection, 0, closing.code, closing.message);
             self.to_flush.push(token_of(closing.conn));
         }
@@ -645,7 +656,7 @@ impl EventLoop {
     fn close(&mut self, token: Token, now_ms: u64, out: &mut Output, reason: Option<&str>) {
         let Some(mut connection) = self.connections.try_remove(token.0) else { return };
         if let Some(reason) = reason {
-            log(format!("closing connection from {}: {reason}", connection.peer));
+            logging::warn_peer(connection.peer, format!("closing connection: {reason}"));
         }
         connection.stream.close();
         let _ = self.poll.registry().deregister(connection.stream.socket_mut());
@@ -662,12 +673,13 @@ impl EventLoop {
         for write in out.output_writes.drain(..) {
             self.disk.write_output(&mut self.outputs, &mut self.core, write)?;
         }
-        let mut log_lines = String::new();
         let mut payloads = Vec::with_capacity(out.events.len());
         for event in out.events.drain(..) {
-            log_lines.push_str("apiaryd: ");
-            log_lines.push_str(&event.describe());
-            log_lines.push('\n');
+            let level = event_level(&event);
+            // Per-task events are debug lines: at the default level they cost nothing here.
+            if logging::enabled(level) {
+                logging::write(level, None, event.describe());
+            }
             let payload = event.encode();
             self.snapshots.wrote_log_bytes(payload.len());
             payloads.push(payload);
@@ -681,9 +693,6 @@ impl EventLoop {
         self.wal
             .append_all(EVENT_RECORD_KIND, payloads.iter().map(|payload| &payload[..]))
             .map_err(ServerError::Wal)?;
-        // One write for the turn's log lines: at thousands of tasks a second,
-        // a write per line would cost more than the scheduling.
-        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), log_lines.as_bytes());
         if wrote {
             self.durability.wrote();
         }
@@ -803,13 +812,28 @@ fn read_output(outputs: &mut OutputStore, read: &OutputRead) -> Reply {
         Some(run_id) => match outputs.read(run_id.as_u64(), read.offset, max_bytes) {
             Ok(data) => data,
             Err(error) => {
-                log(format!("cannot read the output of run {run_id}: {error}"));
+                logging::error(format!("cannot read the output of run {run_id}: {error}"));
                 let message = format!("cannot read the output: {error}");
                 return Reply::Error(ErrorReply { code: ErrorCode::Internal, message });
             }
         },
     };
     Reply::Output { offset: read.offset, data, output_len: read.output_len, task_ended: read.task_ended }
+}
+
+/// The level of an event's log line: a bot's changes are notable, the
+/// thousands of task events a second are not.
+fn event_level(event: &Event) -> Level {
+    match event {
+        Event::BotConnected(_) | Event::BotChanged { .. } | Event::BotChangedBy { .. } => Level::Info,
+        Event::TaskCreated(_)
+        | Event::SliceAdvanced { .. }
+        | Event::TaskAssigned(_)
+        | Event::KillRequested { .. }
+        | Event::TaskFinished(_)
+        | Event::TaskRetried { .. }
+        | Event::RetentionApplied { .. } => Level::Debug,
+    }
 }
 
 /// Tells a peer over the connection limit why, without blocking, and drops it.

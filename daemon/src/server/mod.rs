@@ -31,6 +31,10 @@ pub use tls::TlsFiles;
 
 use std::io;
 
+/// A notable event, at info: the shorthand most of the shell uses
+/// (`crate::logging` has the other levels).
+pub use crate::logging::log;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("{context}: {source}")]
@@ -63,9 +67,4 @@ pub enum ServerError {
     Tls(String),
     #[error("the snapshot store failed: {0}")]
     Snapshot(#[from] apiary_storage::SnapshotError),
-}
-
-/// One line per notable event, on stderr.
-pub fn log(message: String) {
-    eprintln!("apiaryd: {message}");
 }

@@ -19,8 +19,8 @@ use std::io::{self, Write};
 use apiary_protocol::frame;
 use apiary_protocol::{ErrorCode, ErrorReply, Reply};
 
-use super::log;
 use crate::core::OutputRead;
+use crate::logging;
 
 /// Frame header and reply fields around an output chunk, at most.
 const READ_REPLY_OVERHEAD_BYTES: usize = 256;
@@ -63,7 +63,7 @@ pub fn read_bytes_at_most(read: &OutputRead) -> usize {
 pub fn encode_reply(request_id: u64, reply: &Reply) -> Vec<u8> {
     let mut bytes = Vec::new();
     if let Err(error) = frame::encode_reply(request_id, reply, &mut bytes) {
-        log(format!("a reply to request {request_id} could not be sent: {error}"));
+        logging::error(format!("a reply to request {request_id} could not be sent: {error}"));
         let message = format!("the reply could not be sent: {error}");
         let fallback = Reply::Error(ErrorReply { code: ErrorCode::Internal, message });
         bytes.clear();

@@ -35,6 +35,7 @@ use super::{log, os, replay};
 use crate::core::history::{self, RunEntry};
 use crate::core::texts as core_texts;
 use crate::core::{Core, CoreConfig, CoreSnapshot};
+use crate::logging::{self, Level};
 
 /// When snapshots are taken: whichever comes first.
 #[derive(Clone, Copy, Debug)]
@@ -180,7 +181,7 @@ impl Snapshots {
             return false;
         }
         if let Err(error) = wal.rotate_now() {
-            log(format!("cannot seal the log for a snapshot: {error}"));
+            logging::error(format!("cannot seal the log for a snapshot: {error}"));
             self.last_taken_ms = now_ms;
             return false;
         }
@@ -199,11 +200,11 @@ impl Snapshots {
         let (store, texts, newest_seq) = (self.store.clone(), self.texts.clone(), self.newest_seq);
         thread::spawn(move || {
             if let Err(error) = store.remove_older_than(newest_seq) {
-                log(format!("cannot remove older snapshots: {error}"));
+                logging::warn(format!("cannot remove older snapshots: {error}"));
             }
             // Only older ones: a job started meanwhile may be writing a newer one.
             if let Err(error) = remove_texts(&texts, |number| number < newest_seq) {
-                log(format!("cannot remove older snapshots' text files: {error}"));
+                logging::warn(format!("cannot remove older snapshots' text files: {error}"));
             }
         });
     }
@@ -216,6 +217,7 @@ impl Snapshots {
             keep_from_seq: self.newest_seq,
             created_ms: now_ms,
             parent_pid: std::process::id(),
+            log_level: logging::max_level(),
             core: CoreArgs::from(&self.core_config),
         };
         let (sender, result) = mpsc::channel();
@@ -231,7 +233,7 @@ impl Snapshots {
                 self.phase = Phase::Running { seq, started: Instant::now(), result };
             }
             Err(error) => {
-                log(format!("cannot start the snapshot thread: {error}"));
+                logging::error(format!("cannot start the snapshot thread: {error}"));
                 self.phase = Phase::Idle;
                 self.last_taken_ms = now_ms;
             }
@@ -273,7 +275,9 @@ impl Snapshots {
                 }
                 self.adopt_texts(seq, core);
             }
-            Err(error) => log(format!("snapshot after record {seq} failed after {} ms: {error}", waited.as_millis())),
+            Err(error) => {
+                logging::error(format!("snapshot after record {seq} failed after {} ms: {error}", waited.as_millis()))
+            }
         }
     }
 }
@@ -289,7 +293,7 @@ impl Snapshots {
                 core.add_text_file(file);
             }
             // The heap keeps its copies.
-            Err(error) => log(format!("cannot open the new snapshot's text file: {error}")),
+            Err(error) => logging::error(format!("cannot open the new snapshot's text file: {error}")),
         }
     }
 
@@ -303,7 +307,7 @@ impl Snapshots {
                 core.add_history_run(RunEntry::of(seq, &run), Some(run));
             }
             // The heap keeps its copies; a restart reads the run again.
-            Err(error) => log(format!("cannot open the new history run: {error}")),
+            Err(error) => logging::error(format!("cannot open the new history run: {error}")),
         }
     }
 }
@@ -358,11 +362,11 @@ pub fn check_runs_in_background(runs: Vec<Arc<HistoryRun>>, waker: Option<Arc<mi
         let _ = os::lower_this_thread_priority();
         for run in runs {
             if let Err(error) = run.index() {
-                log(format!("{error}"));
+                logging::error(error);
             }
             // Tens of megabytes a run, read once: the page cache has them for later lookups.
             if let Err(error) = run.release_pages() {
-                log(format!("{error}"));
+                logging::warn(error);
             }
         }
         if let Some(waker) = waker {
@@ -371,7 +375,7 @@ pub fn check_runs_in_background(runs: Vec<Arc<HistoryRun>>, waker: Option<Arc<mi
         }
     });
     if let Err(error) = spawned {
-        log(format!("cannot start the history check thread: {error}"));
+        logging::warn(format!("cannot start the history check thread: {error}"));
     }
 }
 
@@ -381,12 +385,12 @@ pub fn release_pages_in_background(files: Vec<Arc<HistoryRun>>) {
     let spawned = thread::Builder::new().name("apiary-release".into()).spawn(move || {
         for file in files {
             if let Err(error) = file.release_pages() {
-                log(format!("{error}"));
+                logging::warn(error);
             }
         }
     });
     if let Err(error) = spawned {
-        log(format!("cannot start a thread to release pages: {error}"));
+        logging::warn(format!("cannot start a thread to release pages: {error}"));
     }
 }
 
@@ -411,6 +415,9 @@ pub struct JobArgs {
     /// The daemon that started the job: the job dies with it.
     #[arg(long)]
     parent_pid: u32,
+    /// The daemon's `--log-level`, which the job's own lines obey.
+    #[arg(long, default_value_t = Level::Info)]
+    log_level: Level,
     #[command(flatten)]
     core: CoreArgs,
 }
@@ -488,6 +495,7 @@ impl JobArgs {
             flags.push(flag.into());
             flags.push(value.to_string().into());
         }
+        flags.extend(["--log-level".into(), self.log_level.name().into()]);
         flags
     }
 
@@ -526,9 +534,11 @@ impl JobArgs {
     /// The job itself, in the child (`apiaryd snapshot-job`): prints one line
     /// on success.
     pub fn run(&self) -> Result<(), String> {
+        // Its lines go straight to the stderr it shares with the daemon: no log thread here.
+        logging::set_max_level(self.log_level);
         os::die_with_parent(self.parent_pid);
         if let Err(error) = os::lower_this_thread_priority() {
-            log(format!("cannot lower the snapshot job's priority: {error}"));
+            logging::warn(format!("cannot lower the snapshot job's priority: {error}"));
         }
         let store = SnapshotStore::open(&self.snapshots_dir()).map_err(|error| error.to_string())?;
         let texts = open_texts(&self.snapshots_dir()).map_err(|error| error.to_string())?;

@@ -19,6 +19,7 @@ use super::tls::TlsFiles;
 use super::{ServerError, log, os, replay};
 use crate::auth::{self, Access};
 use crate::core::{Core, CoreConfig, DISK_FULL_MARKER};
+use crate::logging;
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -69,27 +70,27 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         .map_err(io_error(format!("cannot restrict the data directory {}", data_dir.display())))?;
     let _lock = lock_data_dir(data_dir)?;
     if let Err(error) = os::disable_transparent_huge_pages() {
-        log(format!("cannot turn transparent huge pages off: {error}"));
+        logging::warn(format!("cannot turn transparent huge pages off: {error}"));
     }
     match os::raise_open_file_limit() {
         Ok(limit) => log(format!("open-file limit: {limit}")),
-        Err(error) => log(format!("cannot raise the open-file limit: {error}")),
+        Err(error) => logging::warn(format!("cannot raise the open-file limit: {error}")),
     }
     let recovered = recover(&config)?;
     let listener = TcpListener::bind(config.listen).map_err(io_error(format!("cannot listen on {}", config.listen)))?;
     if let Err(error) = os::raise_listen_backlog(&listener) {
-        log(format!("cannot raise the listen backlog: {error}"));
+        logging::warn(format!("cannot raise the listen backlog: {error}"));
     }
     let address = listener.local_addr().map_err(io_error("cannot read the listening address".into()))?;
     if let Some(line) = open_access {
-        log(line);
+        logging::warn(line);
     }
     if let Access::Tokens(principals) = &config.access {
         log(format!("access needs a token; configured: {}", principals.summary()));
     }
     match &config.tls {
         Some(files) => log(format!("serving TLS with the certificate from {}", files.cert_file.display())),
-        None if !address.ip().is_loopback() => log(format!(
+        None if !address.ip().is_loopback() => logging::warn(format!(
             "serving plaintext on {address}: tokens and task data cross the network readable by anyone on the path \
              (configure tls_cert_file and tls_key_file)"
         )),
@@ -138,10 +139,10 @@ fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
     let (base, mut wal, recovery) = open_newest_usable(config, &snapshots, &texts)?;
     let restored = started.elapsed();
     if let Some(torn) = &recovery.torn_tail {
-        log(format!("recovery cut a torn tail of the log: {torn}"));
+        logging::warn(format!("recovery cut a torn tail of the log: {torn}"));
     }
     for loss in &recovery.dropped {
-        log(format!("accepted the loss of part of the log (--accept-log-loss): {loss}"));
+        logging::warn(format!("accepted the loss of part of the log (--accept-log-loss): {loss}"));
     }
     let snapshot_seq = base.as_ref().map_or(0, |(file, _)| file.covered_seq);
     let mut core = base.map_or_else(|| Core::new(config.core.clone()), |(_, core)| core);
@@ -159,7 +160,7 @@ fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
     // Opening and replaying brought every page of the log into memory; nothing reads
     // them again, so they leave it before anyone is served.
     if let Err(error) = wal.release_replayed() {
-        log(format!("cannot release the log's pages from memory after the replay: {error}"));
+        logging::warn(format!("cannot release the log's pages from memory after the replay: {error}"));
     }
     let released_at = started.elapsed();
     let mut outputs = OutputStore::open(&config.data_dir.join("output"))?;
@@ -205,7 +206,7 @@ fn open_history_runs(
                 runs.push(Arc::clone(&reader));
                 core.attach_history_run(run.number, reader);
             }
-            Err(error) if accept_loss => log(format!(
+            Err(error) if accept_loss => logging::warn(format!(
                 "accepted the loss of a history run (--accept-log-loss): {error}; its {} ended tasks are gone",
                 run.count
             )),
@@ -230,7 +231,7 @@ fn restore_newest(
         match snapshots::restore_snapshot(snapshots, texts, &file, &config.core) {
             Ok(core) => return Ok((Some((file, core)), damaged)),
             Err(reason) => {
-                log(format!("cannot use a snapshot: {reason}"));
+                logging::error(format!("cannot use a snapshot: {reason}"));
                 damaged.push((file, reason));
             }
         }
@@ -268,7 +269,7 @@ fn open_newest_usable(
     };
     for (file, _) in &damaged {
         let aside = snapshots.set_aside(file)?;
-        log(format!("set the damaged snapshot aside as {}", aside.display()));
+        logging::warn(format!("set the damaged snapshot aside as {}", aside.display()));
     }
     Ok((base, wal, recovery))
 }

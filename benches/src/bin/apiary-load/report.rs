@@ -10,7 +10,7 @@ use apiary_benches::floor::Floor;
 use apiary_benches::stats::{Summary, rate_per_sec};
 
 use crate::bots::Arrival;
-use crate::submit::SubmitterLog;
+use crate::submit::{SubmitterLog, note_slowest};
 use crate::{LoadArgs, Shared};
 
 pub(crate) struct Report {
@@ -29,6 +29,8 @@ pub(crate) struct Report {
     latency_us: Option<Summary>,
     /// NewTask sent to its acknowledgement (the creation is durable), µs.
     round_trip_us: Option<Summary>,
+    /// The slowest of them, µs, and when they were sent, seconds into the run.
+    slowest_round_trips: Vec<(u64, f64)>,
     /// Assignments of tasks this run did not submit (left over in the data directory).
     foreign: usize,
 }
@@ -42,11 +44,17 @@ impl Report {
         started_ns: u64,
         submit_ended_ns: u64,
     ) -> Report {
+        let secs_since_start = |end_ns: u64| end_ns.saturating_sub(started_ns) as f64 / 1e9;
         let first_sent_ns = logs.iter().filter_map(|log| log.first_sent_ns).min().unwrap_or(0);
         let last_acknowledged_ns = logs.iter().map(|log| log.last_acknowledged_ns).max().unwrap_or(0);
         let (mut latencies_us, foreign) = latencies_us(&logs, arrivals);
+        let mut slowest = Vec::new();
+        for &(round_trip_us, sent_ns) in logs.iter().flat_map(|log| &log.slowest) {
+            note_slowest(&mut slowest, round_trip_us, sent_ns);
+        }
+        let slowest_round_trips =
+            slowest.into_iter().map(|(round_trip_us, sent_ns)| (round_trip_us, secs_since_start(sent_ns))).collect();
         let mut round_trips_us: Vec<u64> = logs.into_iter().flat_map(|log| log.round_trips_us).collect();
-        let secs_since_start = |end_ns: u64| end_ns.saturating_sub(started_ns) as f64 / 1e9;
         Report {
             submitted: shared.submitted.load(Ordering::SeqCst),
             dispatched: shared.dispatched.load(Ordering::SeqCst),
@@ -60,6 +68,7 @@ impl Report {
             enqueue_secs: last_acknowledged_ns.saturating_sub(first_sent_ns) as f64 / 1e9,
             latency_us: Summary::of(&mut latencies_us),
             round_trip_us: Summary::of(&mut round_trips_us),
+            slowest_round_trips,
             foreign,
         }
     }
@@ -80,6 +89,12 @@ impl Report {
             self.pipeline_depth
         );
         println!("NewTask round trip µs: {}", describe(self.round_trip_us));
+        let slowest: Vec<String> = self
+            .slowest_round_trips
+            .iter()
+            .map(|(round_trip_us, at_secs)| format!("{round_trip_us} at {at_secs:.1} s"))
+            .collect();
+        println!("slowest NewTask round trips µs: {}", slowest.join(", "));
         if self.bots == 0 {
             println!("no bots: the tasks stay pending");
             return;

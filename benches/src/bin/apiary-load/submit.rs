@@ -28,6 +28,8 @@ pub(crate) struct SubmitterLog {
     pub(crate) last_acknowledged_ns: u64,
     /// NewTask sent to its acknowledgement, µs, one per task.
     pub(crate) round_trips_us: Vec<u64>,
+    /// The slowest round trips (µs) and when they were sent, at most `SLOWEST_KEPT`.
+    pub(crate) slowest: Vec<(u64, u64)>,
     /// Empty when no bots run (`--bots 0`): nothing is dispatched to match.
     pub(crate) sent: Vec<Sent>,
 }
@@ -146,12 +148,27 @@ impl SubmitterLog {
         };
         self.acknowledged += 1;
         self.last_acknowledged_ns = self.last_acknowledged_ns.max(acknowledged_ns);
-        self.round_trips_us.push(acknowledged_ns.saturating_sub(answer.sent_ns) / 1000);
+        let round_trip_us = acknowledged_ns.saturating_sub(answer.sent_ns) / 1000;
+        self.round_trips_us.push(round_trip_us);
+        note_slowest(&mut self.slowest, round_trip_us, answer.sent_ns);
         if keep_sent {
             self.sent.push(Sent { task_id: task.task_id, sent_ns: answer.sent_ns });
         }
         Ok(())
     }
+}
+
+/// How many of the slowest round trips are kept, to say when they happened.
+pub(crate) const SLOWEST_KEPT: usize = 5;
+
+/// Keeps `slowest` the `SLOWEST_KEPT` largest round trips, largest first.
+pub(crate) fn note_slowest(slowest: &mut Vec<(u64, u64)>, round_trip_us: u64, sent_ns: u64) {
+    if slowest.len() == SLOWEST_KEPT && slowest.last().is_some_and(|&(least, _)| least >= round_trip_us) {
+        return;
+    }
+    let at = slowest.partition_point(|&(kept, _)| kept >= round_trip_us);
+    slowest.insert(at, (round_trip_us, sent_ns));
+    slowest.truncate(SLOWEST_KEPT);
 }
 
 /// Makes one submitter's NewTask requests: a random class and priority each.
