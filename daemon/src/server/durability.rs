@@ -8,10 +8,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use apiary_storage::{OutputSyncJob, SyncJob};
 
 use crate::core::{ConnId, OutputRead};
+use crate::logging;
 
 /// What waits for durability before it leaves the daemon: a reply, already
 /// encoded (so its size is known), or a read of the output store.
@@ -46,8 +48,9 @@ impl Durability {
         let flusher = thread::Builder::new()
             .name("apiary-flusher".into())
             .spawn(move || {
+                let mut slow = SlowSyncs::default();
                 for request in incoming {
-                    let outcome = run_sync(request);
+                    let outcome = run_sync(request, &mut slow);
                     if outcomes.send(outcome).is_err() {
                         return;
                     }
@@ -130,12 +133,69 @@ impl Durability {
     }
 }
 
-fn run_sync(request: SyncRequest) -> Result<u64, String> {
+/// A sync that takes longer than this is logged: every reply waits for it.
+const SLOW_SYNC: Duration = Duration::from_millis(50);
+/// At most one line about slow syncs this often; the next says how many it passed over.
+const SLOW_SYNC_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The flusher's record of slow syncs, so a slow disk is told without filling the log.
+#[derive(Default)]
+struct SlowSyncs {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl SlowSyncs {
+    fn note(&mut self, took: Duration, upto_seq: Option<u64>) {
+        if took <= SLOW_SYNC {
+            return;
+        }
+        if self.last_logged.is_some_and(|logged| logged.elapsed() < SLOW_SYNC_LOG_INTERVAL) {
+            self.unlogged += 1;
+            return;
+        }
+        let records = upto_seq.map_or(String::new(), |seq| format!(", log up to record {seq}"));
+        let passed = std::mem::take(&mut self.unlogged);
+        let others = if passed > 0 {
+            format!("; {passed} more over {} ms before it", SLOW_SYNC.as_millis())
+        } else {
+            String::new()
+        };
+        logging::warn(format!("a sync took {} ms{records}: replies waited for it{others}", took.as_millis()));
+        self.last_logged = Some(Instant::now());
+    }
+}
+
+fn run_sync(request: SyncRequest, slow: &mut SlowSyncs) -> Result<u64, String> {
+    let started = Instant::now();
     if let Some(outputs) = request.outputs {
         outputs.run().map_err(|error| format!("output sync failed: {error}"))?;
     }
+    let upto_seq = request.wal.as_ref().map(|wal| wal.upto_seq());
     if let Some(wal) = request.wal {
         wal.run().map_err(|error| format!("log sync failed: {error}"))?;
     }
+    slow.note(started.elapsed(), upto_seq);
     Ok(request.batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_syncs_are_logged_at_most_once_an_interval_and_counted_meanwhile() {
+        let mut slow = SlowSyncs::default();
+        slow.note(SLOW_SYNC, Some(1));
+        assert!(slow.last_logged.is_none(), "a sync of exactly the threshold is not slow");
+        slow.note(SLOW_SYNC * 2, Some(2));
+        let logged = slow.last_logged.expect("the first slow sync is logged");
+        slow.note(SLOW_SYNC * 3, Some(3));
+        slow.note(SLOW_SYNC * 3, None);
+        assert_eq!((slow.last_logged, slow.unlogged), (Some(logged), 2), "counted, not logged");
+        slow.last_logged = Some(logged - SLOW_SYNC_LOG_INTERVAL);
+        slow.note(SLOW_SYNC * 2, Some(4));
+        assert_eq!(slow.unlogged, 0, "the next line says how many it passed over");
+        assert!(slow.last_logged.unwrap() > logged);
+    }
 }

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::error::WalError;
-use super::segment::{create_zeroed_file, spare_path, sync_dir};
+use super::segment::{Pace, create_zeroed_file, spare_path, sync_dir};
 
 /// How long the preparer waits before trying again to make a spare it could not make.
 const SPARE_RETRY: Duration = Duration::from_secs(1);
@@ -196,7 +196,7 @@ fn remove_segment(dir: &Path, path: &Path) -> Result<(), WalError> {
 /// Makes the spare for `index`; keeps it if it is still wanted, removes it otherwise.
 fn prepare_spare(dir: &Path, segment_bytes: usize, index: u64, shared: &Shared) -> Result<(), WalError> {
     let path = spare_path(dir, index);
-    let file = create_zeroed_file(&path, segment_bytes)
+    let file = create_zeroed_file(&path, segment_bytes, Pace::Gentle)
         .map_err(WalError::io(|| format!("prepare spare segment {}", path.display())))?;
     let mut state = shared.lock();
     if state.wanted == Some(index) {

@@ -208,7 +208,7 @@ impl Segment {
     pub(crate) fn create(dir: &Path, header: SegmentHeader, segment_bytes: usize) -> Result<Segment, WalError> {
         let index = header.index;
         let temporary = temporary_path(dir, index);
-        let file = create_zeroed_file(&temporary, segment_bytes)
+        let file = create_zeroed_file(&temporary, segment_bytes, Pace::Fast)
             .map_err(WalError::io(|| format!("create segment {index} ({})", temporary.display())))?;
         let mut segment = Segment::start_in(&file, temporary, header)?;
         segment.map.sync_range(0, SEGMENT_HEADER_BYTES).map_err(WalError::io(|| format!("sync segment {index}")))?;
@@ -256,13 +256,29 @@ impl Segment {
     }
 }
 
+/// How `create_zeroed_file` goes about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pace {
+    /// As fast as the disk takes it: at open, where nothing else waits on the disk.
+    Fast,
+    /// A mebibyte at a time, each synced, with a pause after it: in the background while
+    /// the log syncs. One flush of a whole segment would hold the disk for hundreds of
+    /// milliseconds, and every acknowledgement waiting on the log's sync with it.
+    Gentle,
+}
+
+/// Bytes written and synced at a time when preparing a segment gently.
+const GENTLE_CHUNK_BYTES: usize = 1 << 20;
+/// The pause after each chunk, which leaves the disk to the log's syncs.
+const GENTLE_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Creates `path` as `segment_bytes` zeros, synced. Zeros are written (not a sparse file)
 /// so later syncs write over allocated, written blocks (much faster than syncing
 /// unwritten extents). They are written a page at a time, so that the page cache holds
 /// them in single pages: a write of a few hundred bytes into a large folio would make the
 /// next sync write the whole folio (64 KiB and more) back, and dropping the pages instead
 /// would make every append that starts a page read it from the disk first.
-pub(crate) fn create_zeroed_file(path: &Path, segment_bytes: usize) -> std::io::Result<File> {
+pub(crate) fn create_zeroed_file(path: &Path, segment_bytes: usize, pace: Pace) -> std::io::Result<File> {
     assert!(segment_bytes >= SEGMENT_HEADER_BYTES && segment_bytes.is_multiple_of(RECORD_ALIGNMENT));
     let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
     let zeros = vec![0u8; page_bytes()];
@@ -271,6 +287,10 @@ pub(crate) fn create_zeroed_file(path: &Path, segment_bytes: usize) -> std::io::
         let chunk = zeros.len().min(segment_bytes - written);
         file.write_all(&zeros[..chunk])?;
         written += chunk;
+        if pace == Pace::Gentle && written.is_multiple_of(GENTLE_CHUNK_BYTES) {
+            file.sync_data()?;
+            std::thread::sleep(GENTLE_PAUSE);
+        }
     }
     file.sync_all()?;
     Ok(file)

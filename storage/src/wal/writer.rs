@@ -29,7 +29,9 @@ use super::mmap::page_bytes;
 use super::preparer::Preparer;
 use super::record::{RECORD_ALIGNMENT, RECORD_HEADER_BYTES, RecordRef, decode_trusted, encode_header, record_bytes};
 use super::recovery::{LogStart, LogSurvey, Recovery, recover, survey_log};
-use super::segment::{SEGMENT_HEADER_BYTES, Segment, SegmentHeader, create_zeroed_file, segment_path, temporary_path};
+use super::segment::{
+    Pace, SEGMENT_HEADER_BYTES, Segment, SegmentHeader, create_zeroed_file, segment_path, temporary_path,
+};
 use super::sync::{SyncJob, SyncState, SyncStep};
 
 /// The largest segment a log may be configured with.
@@ -438,7 +440,7 @@ impl Wal {
             None => {
                 self.stalled_rotations += 1;
                 let path = temporary_path(&self.dir, index);
-                let file = create_zeroed_file(&path, self.segment_bytes)
+                let file = create_zeroed_file(&path, self.segment_bytes, Pace::Fast)
                     .map_err(WalError::io(|| format!("create segment {index} ({})", path.display())))?;
                 (file, path)
             }

@@ -10,7 +10,7 @@ use apiary_benches::floor::Floor;
 use apiary_benches::stats::{Summary, rate_per_sec};
 
 use crate::bots::Arrival;
-use crate::submit::{SubmitterLog, note_slowest};
+use crate::submit::{SLOW_ROUND_TRIP_US, SubmitterLog, note_slowest};
 use crate::{LoadArgs, Shared};
 
 pub(crate) struct Report {
@@ -31,6 +31,8 @@ pub(crate) struct Report {
     round_trip_us: Option<Summary>,
     /// The slowest of them, µs, and when they were sent, seconds into the run.
     slowest_round_trips: Vec<(u64, f64)>,
+    /// How many took over `SLOW_ROUND_TRIP_US`, by the second of the run they were sent in.
+    slow_by_second: std::collections::BTreeMap<u64, u64>,
     /// Assignments of tasks this run did not submit (left over in the data directory).
     foreign: usize,
 }
@@ -54,6 +56,10 @@ impl Report {
         }
         let slowest_round_trips =
             slowest.into_iter().map(|(round_trip_us, sent_ns)| (round_trip_us, secs_since_start(sent_ns))).collect();
+        let mut slow_by_second = std::collections::BTreeMap::new();
+        for (&second, &count) in logs.iter().flat_map(|log| &log.slow_by_second) {
+            *slow_by_second.entry(second).or_default() += count;
+        }
         let mut round_trips_us: Vec<u64> = logs.into_iter().flat_map(|log| log.round_trips_us).collect();
         Report {
             submitted: shared.submitted.load(Ordering::SeqCst),
@@ -69,6 +75,7 @@ impl Report {
             latency_us: Summary::of(&mut latencies_us),
             round_trip_us: Summary::of(&mut round_trips_us),
             slowest_round_trips,
+            slow_by_second,
             foreign,
         }
     }
@@ -95,6 +102,15 @@ impl Report {
             .map(|(round_trip_us, at_secs)| format!("{round_trip_us} at {at_secs:.1} s"))
             .collect();
         println!("slowest NewTask round trips µs: {}", slowest.join(", "));
+        let slow: Vec<String> =
+            self.slow_by_second.iter().map(|(second, count)| format!("{count} in second {second}")).collect();
+        let total: u64 = self.slow_by_second.values().sum();
+        println!(
+            "NewTask round trips over {} ms: {total}{}{}",
+            SLOW_ROUND_TRIP_US / 1000,
+            if slow.is_empty() { "" } else { ": " },
+            slow.join(", ")
+        );
         if self.bots == 0 {
             println!("no bots: the tasks stay pending");
             return;

@@ -30,6 +30,8 @@ pub(crate) struct SubmitterLog {
     pub(crate) round_trips_us: Vec<u64>,
     /// The slowest round trips (µs) and when they were sent, at most `SLOWEST_KEPT`.
     pub(crate) slowest: Vec<(u64, u64)>,
+    /// Round trips over `SLOW_ROUND_TRIP_US`, counted by the second of the run they were sent in.
+    pub(crate) slow_by_second: std::collections::BTreeMap<u64, u64>,
     /// Empty when no bots run (`--bots 0`): nothing is dispatched to match.
     pub(crate) sent: Vec<Sent>,
 }
@@ -151,12 +153,18 @@ impl SubmitterLog {
         let round_trip_us = acknowledged_ns.saturating_sub(answer.sent_ns) / 1000;
         self.round_trips_us.push(round_trip_us);
         note_slowest(&mut self.slowest, round_trip_us, answer.sent_ns);
+        if round_trip_us > SLOW_ROUND_TRIP_US {
+            *self.slow_by_second.entry(answer.sent_ns / 1_000_000_000).or_default() += 1;
+        }
         if keep_sent {
             self.sent.push(Sent { task_id: task.task_id, sent_ns: answer.sent_ns });
         }
         Ok(())
     }
 }
+
+/// A round trip slower than this is a stall, counted by when it happened.
+pub(crate) const SLOW_ROUND_TRIP_US: u64 = 5_000;
 
 /// How many of the slowest round trips are kept, to say when they happened.
 pub(crate) const SLOWEST_KEPT: usize = 5;
