@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use apiary_protocol::frame::FrameError;
+use apiary_protocol::frame::{FrameEncoder, FrameError};
 use apiary_protocol::tls::{TlsStream, Transport};
 use apiary_protocol::{ErrorCode, ErrorReply, Frame, FrameKind, Reply, Request, Role};
 use apiary_storage::{OutputStore, Wal};
@@ -86,6 +86,8 @@ pub struct EventLoop {
     /// Replies and reads the core produced this turn, encoded and counted
     /// against their connections: held once the turn's records are written.
     turn_held: Vec<Held>,
+    /// Encodes the replies the core makes, keeping its buffers from one to the next.
+    encoder: FrameEncoder,
     core: Core,
     wal: Wal,
     outputs: OutputStore,
@@ -169,6 +171,7 @@ impl EventLoop {
             unfinished_reads: Vec::new(),
             to_flush: Vec::new(),
             turn_held: Vec::new(),
+            encoder: FrameEncoder::default(),
             core,
             wal,
             outputs,
@@ -621,7 +624,7 @@ impl EventLoop {
     fn account_output(&mut self, out: &mut Output) {
         for outgoing in out.replies.drain(..) {
             let Some(connection) = connection_of(&mut self.connections, outgoing.conn) else { continue };
-            let frame = outbound::encode_reply(outgoing.request_id, &outgoing.reply);
+            let frame = outbound::encode_reply_with(&mut self.encoder, outgoing.request_id, &outgoing.reply);
             connection.outbound.owe(frame.len());
             connection.requests_in_flight = connection.requests_in_flight.saturating_sub(1);
             self.turn_held.push(Held::Reply { conn: outgoing.conn, frame });
@@ -721,9 +724,9 @@ impl EventLoop {
         let monotonic_ms = self.monotonic_ms();
         for token in std::mem::take(&mut self.to_flush) {
             let Some(connection) = self.connections.get_mut(token.0) else { continue };
-            let outputs = &mut self.outputs;
+            let (outputs, encoder) = (&mut self.outputs, &mut self.encoder);
             let written = connection.outbound.write_to(&mut connection.stream, |read| {
-                outbound::encode_reply(read.request_id, &read_output(outputs, read))
+                outbound::encode_reply_with(encoder, read.request_id, &read_output(outputs, read))
             });
             let all_sent = matches!(written, outbound::WriteOutcome::Done);
             match written {
