@@ -163,13 +163,14 @@ impl Task {
         self.id.created_unix_ms()
     }
 
-    /// The request as it was made, but for its secret bytes, with its text.
-    pub fn request(&self, text: &RequestText) -> NewTaskRequest {
+    /// The request as it was made, but for its secret bytes, with its text
+    /// (taken: callers read a packed or filed text into a copy of its own).
+    pub fn request(&self, text: RequestText) -> NewTaskRequest {
         NewTaskRequest {
-            name: text.name.clone(),
+            name: text.name,
             priority: self.priority,
-            tags: text.tags.clone(),
-            user: text.user.clone(),
+            tags: text.tags,
+            user: text.user,
             task_slices: self.slices.to_vec(),
             bot_ping_tolerance_secs: self.bot_ping_tolerance_secs,
             secret_bytes: None,
@@ -226,7 +227,7 @@ impl Task {
     }
 
     /// The task as clients see it, with its request's text.
-    pub fn result(&self, text: &RequestText) -> TaskResult {
+    pub fn result(&self, text: RequestText) -> TaskResult {
         let none = Outcome::default();
         let outcome = self.outcome.as_deref().unwrap_or(&none);
         TaskResult {
