@@ -115,7 +115,8 @@ impl Core {
             TaskState::Killed => BotEventKind::TaskKilled,
             _ => BotEventKind::TaskError,
         };
-        let message = format!("{} {}", state.name(), finished.reason).trim_end().to_string();
+        let reason = finished.reason.trim_end();
+        let message = if reason.is_empty() { state.name().to_string() } else { format!("{} {reason}", state.name()) };
         self.record_bot_event(&bot_id, finished.at_ms, kind, Some(run_id), message);
     }
 
