@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use apiary_protocol::frame::{FrameEncoder, FrameError};
 use apiary_protocol::tls::{TlsStream, Transport};
-use apiary_protocol::{ErrorCode, ErrorReply, Frame, FrameKind, Reply, Request, Role};
+use apiary_protocol::{ErrorCode, ErrorReply, FrameKind, FrameView, Reply, Request, Role};
 use apiary_storage::{OutputStore, Wal};
 use mio::net::{TcpListener, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -454,20 +454,22 @@ impl EventLoop {
                 return false;
             }
             let max_payload = connection.max_payload();
-            match connection.inbound.next_frame(&mut self.input_budget, max_payload) {
-                Ok(Some(frame)) => {
-                    connection.progressed(self.started.elapsed().as_millis() as u64);
-                    connection.told_waiting_for_memory = false;
-                    self.on_frame(token, frame, now_ms, out);
-                    self.account_output(out);
-                    self.wake_waiting_for_memory();
-                }
+            let frame = match connection.inbound.front_frame(max_payload) {
+                Ok(Some(frame)) => frame,
                 Ok(None) => return true,
                 Err(error) => {
                     self.refuse_frame(token, error);
                     return false;
                 }
-            }
+            };
+            // Decoded where it lies in the buffer, then dropped from it.
+            let received = Received::decode(frame, connection.role.is_some(), &self.access);
+            connection.inbound.take_front(&mut self.input_budget);
+            connection.progressed(self.started.elapsed().as_millis() as u64);
+            connection.told_waiting_for_memory = false;
+            self.on_frame(token, received, now_ms, out);
+            self.account_output(out);
+            self.wake_waiting_for_memory();
         }
     }
 
@@ -534,25 +536,26 @@ impl EventLoop {
         refuse(connection, 0, code, message);
     }
 
-    fn on_frame(&mut self, token: Token, frame: Frame, now_ms: u64, out: &mut Output) {
+    fn on_frame(&mut self, token: Token, frame: Received, now_ms: u64, out: &mut Output) {
         let connection = &mut self.connections[token.0];
-        let Some(role) = connection.role else {
-            self.on_hello(token, &frame);
-            return;
-        };
-        if frame.kind != FrameKind::Request {
-            log(format!("closing connection from {}: a {:?} frame after the hello", connection.peer, frame.kind));
-            refuse(connection, frame.request_id, ErrorCode::InvalidRequest, "expected a request frame".into());
-            return;
-        }
-        let request = match frame.decode_request() {
-            Ok(request) => request,
-            Err(error) => {
+        let request = match frame.payload {
+            Payload::Hello(verdict) => {
+                self.on_hello(token, verdict);
+                return;
+            }
+            Payload::NotARequest => {
+                log(format!("closing connection from {}: a {:?} frame after the hello", connection.peer, frame.kind));
+                refuse(connection, frame.request_id, ErrorCode::InvalidRequest, "expected a request frame".into());
+                return;
+            }
+            Payload::Request(Err(error)) => {
                 log(format!("closing connection from {}: {error}", connection.peer));
                 refuse(connection, frame.request_id, ErrorCode::InvalidRequest, error.to_string());
                 return;
             }
+            Payload::Request(Ok(request)) => request,
         };
+        let role = connection.role.expect("requests are decoded after the hello");
         let is_bot_request = matches!(request, Request::BotPoll(_) | Request::TaskUpdate(_));
         if is_bot_request && role != Role::Bot {
             let message = "bot requests need a connection whose hello says role Bot".to_string();
@@ -601,9 +604,9 @@ impl EventLoop {
         }
     }
 
-    fn on_hello(&mut self, token: Token, frame: &Frame) {
+    fn on_hello(&mut self, token: Token, verdict: Result<hello::Accepted, hello::Refusal>) {
         let connection = &mut self.connections[token.0];
-        match hello::check_hello(frame, &self.access) {
+        match verdict {
             Ok(accepted) => {
                 connection.role = Some(accepted.role);
                 connection.principal = accepted.principal;
@@ -772,6 +775,33 @@ impl EventLoop {
         self.durability.stop();
         log(format!("stopped; the log ends at record {}", self.wal.last_seq()));
         Ok(())
+    }
+}
+
+/// A frame taken from a connection's buffer: its header, and its payload
+/// decoded where it lay, as the connection's stage reads it.
+struct Received {
+    kind: FrameKind,
+    request_id: u64,
+    payload: Payload,
+}
+
+enum Payload {
+    /// Before the hello was accepted: the first frame, checked as the hello.
+    Hello(Result<hello::Accepted, hello::Refusal>),
+    Request(Result<Request, FrameError>),
+    /// After the hello, a frame of another kind (not decoded).
+    NotARequest,
+}
+
+impl Received {
+    fn decode(frame: FrameView<'_>, after_hello: bool, access: &Access) -> Received {
+        let payload = match (after_hello, frame.kind) {
+            (false, _) => Payload::Hello(hello::check_hello(frame, access)),
+            (true, FrameKind::Request) => Payload::Request(frame.decode_request()),
+            (true, _) => Payload::NotARequest,
+        };
+        Received { kind: frame.kind, request_id: frame.request_id, payload }
     }
 }
 
