@@ -199,7 +199,7 @@ impl EventLoop {
             let now_ms = now_unix_ms();
             self.disk.check(&self.wal, &mut self.core, &mut out);
             for token in std::mem::take(&mut self.unfinished_reads) {
-                self.read_connection(token, now_ms, &mut out);
+                self.read_connection(token, now_ms, &mut out, true);
             }
             for event in events.iter() {
                 match event.token() {
@@ -209,7 +209,8 @@ impl EventLoop {
                     RELOAD => self.reload_configuration(now_ms, &mut out),
                     token => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read_connection(token, now_ms, &mut out);
+                            let to_would_block = event.is_read_closed() || event.is_error();
+                            self.read_connection(token, now_ms, &mut out, to_would_block);
                         }
                         if event.is_writable() {
                             self.to_flush.push(token);
@@ -398,14 +399,24 @@ impl EventLoop {
     /// Handles the frames a connection sent, reading more as they are taken,
     /// until its socket is drained, its turn's budget is spent, or it must wait
     /// (for its peer to take replies, or for input memory).
-    fn read_connection(&mut self, token: Token, now_ms: u64, out: &mut Output) {
+    ///
+    /// A read that got less than it had room for drained a plaintext socket at
+    /// that moment (epoll(7)): bytes that arrive later raise a new edge, so the
+    /// read that would only say `WouldBlock` is left out. Not when
+    /// `to_would_block`: the event said the peer closed or the socket failed
+    /// (no later event says it again), or there was no event (a read resumed
+    /// after a pause, whose edges were not read). Nor over TLS, where rustls
+    /// may hold decrypted bytes the socket no longer has.
+    fn read_connection(&mut self, token: Token, now_ms: u64, out: &mut Output, to_would_block: bool) {
         let Some(connection) = self.connections.get(token.0) else { return };
         if connection.closing || connection.paused.is_some() {
             return;
         }
+        let stops_at_short_read = !to_would_block && matches!(connection.stream, Transport::Plain(_));
         let mut read_bytes = 0;
+        let mut drained = false;
         loop {
-            if !self.take_frames(token, now_ms, out) {
+            if !self.take_frames(token, now_ms, out) || drained {
                 break;
             }
             if read_bytes >= MAX_READ_BYTES_PER_TURN {
@@ -415,7 +426,10 @@ impl EventLoop {
             let connection = &mut self.connections[token.0];
             let max_payload = connection.max_payload();
             match connection.inbound.read_from(&mut connection.stream, &mut self.input_budget, max_payload) {
-                Ok(ReadOutcome::Read(bytes)) => read_bytes += bytes,
+                Ok(ReadOutcome::Read { read, asked }) => {
+                    read_bytes += read;
+                    drained = stops_at_short_read && read < asked;
+                }
                 Ok(ReadOutcome::FrameReady) => {}
                 Ok(ReadOutcome::Drained) => break,
                 Ok(ReadOutcome::Closed) => {

@@ -72,8 +72,9 @@ impl InputBudget {
 }
 
 pub enum ReadOutcome {
-    /// Bytes arrived: look for frames, then read again.
-    Read(usize),
+    /// Bytes arrived (`read`, of the `asked` there was room for): look for
+    /// frames, then read again.
+    Read { read: usize, asked: usize },
     /// The socket has nothing more for now.
     Drained,
     /// The peer closed its side, or the socket failed.
@@ -137,7 +138,7 @@ impl Inbound {
                 Ok(read) => {
                     self.filled += read;
                     self.last_read_filled = read == asked;
-                    ReadOutcome::Read(read)
+                    ReadOutcome::Read { read, asked }
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     self.last_read_filled = false;
@@ -276,7 +277,7 @@ mod tests {
         loop {
             take_frames(inbound, budget, &mut frames);
             match inbound.read_from(socket, budget, MAX_FRAME_PAYLOAD_BYTES).unwrap() {
-                ReadOutcome::Read(_) | ReadOutcome::FrameReady => {}
+                ReadOutcome::Read { .. } | ReadOutcome::FrameReady => {}
                 ReadOutcome::NeedsMemory { .. } => return (frames, true),
                 ReadOutcome::Drained | ReadOutcome::Closed | ReadOutcome::Broken(_) => return (frames, false),
             }
@@ -322,7 +323,7 @@ mod tests {
             take_frames(&mut inbound, &mut budget, &mut taken);
             sizes.push(inbound.buffered_capacity());
             match inbound.read_from(&mut socket, &mut budget, MAX_FRAME_PAYLOAD_BYTES).unwrap() {
-                ReadOutcome::Read(_) | ReadOutcome::FrameReady => {}
+                ReadOutcome::Read { .. } | ReadOutcome::FrameReady => {}
                 _ => break,
             }
         }
@@ -372,7 +373,7 @@ mod tests {
         let mut socket = Pieces(VecDeque::from([frame_bytes(20_000)[..HEADER_BYTES].to_vec()]));
         let mut inbound = Inbound::default();
         let read = inbound.read_from(&mut socket, &mut budget, 16_384);
-        assert!(matches!(read, Ok(ReadOutcome::Read(HEADER_BYTES))));
+        assert!(matches!(read, Ok(ReadOutcome::Read { read: HEADER_BYTES, .. })));
         let refused = inbound.read_from(&mut socket, &mut budget, 16_384).err();
         assert_eq!(refused, Some(FrameError::TooLarge { len: 20_000, limit: 16_384 }));
     }
