@@ -198,9 +198,11 @@ impl EventLoop {
             let turn_started = Instant::now();
             let now_ms = now_unix_ms();
             self.disk.check(&self.wal, &mut self.core, &mut out);
-            for token in std::mem::take(&mut self.unfinished_reads) {
+            let mut unfinished = std::mem::take(&mut self.unfinished_reads);
+            for token in unfinished.drain(..) {
                 self.read_connection(token, now_ms, &mut out, true);
             }
+            keep_room(&mut self.unfinished_reads, unfinished);
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
@@ -719,8 +721,7 @@ impl EventLoop {
     /// Queues the durable replies and reads on their connections.
     fn release_durable(&mut self) {
         let now_ms = self.monotonic_ms();
-        let held: Vec<Held> = self.durability.releasable().collect();
-        for item in held {
+        for item in self.durability.releasable() {
             let (conn, queued) = match item {
                 Held::Reply { conn, frame } => (conn, Queued::Frame(frame)),
                 Held::Read(read) => (read.conn, Queued::Read(read)),
@@ -739,7 +740,8 @@ impl EventLoop {
         let mut out = Output::default();
         let now_ms = now_unix_ms();
         let monotonic_ms = self.monotonic_ms();
-        for token in std::mem::take(&mut self.to_flush) {
+        let mut to_flush = std::mem::take(&mut self.to_flush);
+        for token in to_flush.drain(..) {
             let Some(connection) = self.connections.get_mut(token.0) else { continue };
             let (outputs, encoder) = (&mut self.outputs, &mut self.encoder);
             let written = connection.outbound.write_to(&mut connection.stream, |read| {
@@ -768,6 +770,7 @@ impl EventLoop {
             }
             self.arm_deadline(token);
         }
+        keep_room(&mut self.to_flush, to_flush);
         // Closing only unparks bots and drops waits: nothing to persist, send or close.
         debug_assert!(out.events.is_empty() && out.replies.is_empty() && out.closings.is_empty());
     }
@@ -817,6 +820,14 @@ impl Received {
         };
         Received { kind: frame.kind, request_id: frame.request_id, payload }
     }
+}
+
+/// Puts back a list of the turn that was taken and emptied, with its room,
+/// so that the next turn's pushes allocate nothing; what was pushed meanwhile stays.
+fn keep_room(list: &mut Vec<Token>, mut emptied: Vec<Token>) {
+    debug_assert!(emptied.is_empty());
+    emptied.append(list);
+    *list = emptied;
 }
 
 /// Queues an error and closes the connection once it is written.
