@@ -10,7 +10,11 @@
 //! Payloads are validated (bytecheck) before use: bytes from the network are
 //! never trusted, and a bad frame is a typed error, never a panic.
 
+use rkyv::api::high::HighSerializer;
 use rkyv::rancor;
+use rkyv::ser::Serializer;
+use rkyv::ser::allocator::{Arena, ArenaHandle};
+use rkyv::ser::sharing::Share;
 use rkyv::util::AlignedVec;
 
 use crate::limits::MAX_FRAME_PAYLOAD_BYTES;
@@ -59,14 +63,39 @@ pub struct Frame {
 }
 
 impl Frame {
+    pub fn view(&self) -> FrameView<'_> {
+        FrameView { kind: self.kind, request_id: self.request_id, payload: &self.payload }
+    }
     pub fn decode_hello(&self) -> Result<Hello, FrameError> {
-        rkyv::from_bytes::<Hello, rancor::Error>(&self.payload).map_err(|e| invalid("hello", e))
+        self.view().decode_hello()
     }
     pub fn decode_request(&self) -> Result<Request, FrameError> {
-        rkyv::from_bytes::<Request, rancor::Error>(&self.payload).map_err(|e| invalid("request", e))
+        self.view().decode_request()
     }
     pub fn decode_reply(&self) -> Result<Reply, FrameError> {
-        rkyv::from_bytes::<Reply, rancor::Error>(&self.payload).map_err(|e| invalid("reply", e))
+        self.view().decode_reply()
+    }
+}
+
+/// One whole frame where it lies in a reader's buffer, decoded from there
+/// without a copy. rkyv needs the payload 16-byte aligned: one that is not
+/// fails to decode (a typed error, as any bad payload).
+#[derive(Clone, Copy, Debug)]
+pub struct FrameView<'a> {
+    pub kind: FrameKind,
+    pub request_id: u64,
+    pub payload: &'a [u8],
+}
+
+impl FrameView<'_> {
+    pub fn decode_hello(&self) -> Result<Hello, FrameError> {
+        rkyv::from_bytes::<Hello, rancor::Error>(self.payload).map_err(|e| invalid("hello", e))
+    }
+    pub fn decode_request(&self) -> Result<Request, FrameError> {
+        rkyv::from_bytes::<Request, rancor::Error>(self.payload).map_err(|e| invalid("request", e))
+    }
+    pub fn decode_reply(&self) -> Result<Reply, FrameError> {
+        rkyv::from_bytes::<Reply, rancor::Error>(self.payload).map_err(|e| invalid("reply", e))
     }
 }
 
@@ -91,6 +120,59 @@ pub fn encode_request(request_id: u64, request: &Request, out: &mut Vec<u8>) -> 
 pub fn encode_reply(request_id: u64, reply: &Reply, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let payload = rkyv::to_bytes::<rancor::Error>(reply).map_err(|e| encode_error("reply", e))?;
     append_frame(FrameKind::Reply, request_id, &payload, out)
+}
+
+/// Encodes reply frames with memory it keeps from one frame to the next: the
+/// payload buffer, the serializer's scratch space and its map of shared
+/// pointers. A frame then costs one allocation, the frame itself, where
+/// `encode_reply` grows a fresh payload buffer step by step and copies it.
+/// What one large reply made it grow to is let go past `KEPT_ENCODER_BYTES`.
+pub struct FrameEncoder {
+    payload: AlignedVec,
+    arena: Arena,
+    share: Share,
+}
+
+/// Memory an encoder keeps for its payload buffer and its scratch space each.
+pub const KEPT_ENCODER_BYTES: usize = 64 << 10;
+
+impl Default for FrameEncoder {
+    fn default() -> FrameEncoder {
+        FrameEncoder { payload: AlignedVec::new(), arena: Arena::new(), share: Share::new() }
+    }
+}
+
+impl FrameEncoder {
+    /// The frame of a reply, in a buffer of its own size.
+    pub fn reply(&mut self, request_id: u64, reply: &Reply) -> Result<Vec<u8>, FrameError> {
+        self.serialize(reply).map_err(|e| encode_error("reply", e))?;
+        let mut frame = Vec::with_capacity(HEADER_BYTES + self.payload.len());
+        let appended = append_frame(FrameKind::Reply, request_id, &self.payload, &mut frame);
+        self.let_go_of_large_buffers();
+        appended.map(|()| frame)
+    }
+
+    fn serialize<T>(&mut self, value: &T) -> Result<(), rancor::Error>
+    where
+        T: for<'a> rkyv::Serialize<HighSerializer<&'a mut AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+    {
+        self.payload.clear();
+        let share = std::mem::take(&mut self.share);
+        let mut serializer = Serializer::new(&mut self.payload, self.arena.acquire(), share);
+        let serialized = rkyv::api::serialize_using(value, &mut serializer).map(|_| ());
+        self.share = serializer.sharing;
+        self.share.clear();
+        serialized
+    }
+
+    fn let_go_of_large_buffers(&mut self) {
+        if self.payload.capacity() > KEPT_ENCODER_BYTES {
+            self.payload = AlignedVec::new();
+        }
+        if self.arena.capacity() > KEPT_ENCODER_BYTES {
+            self.arena = Arena::new();
+        }
+    }
 }
 
 /// Appends header and payload; refuses payloads over the limit.
@@ -222,6 +304,29 @@ mod tests {
     }
 
     #[test]
+    fn a_reused_encoder_makes_the_frames_a_fresh_one_makes() {
+        let mut encoder = FrameEncoder::default();
+        let mut large = NewTaskRequest { name: "x".repeat(200 << 10), ..NewTaskRequest::default() };
+        large.task_slices.push(TaskSlice::default());
+        // Two slices share their properties: each frame holds them once, on its own.
+        let Request::NewTask(mut shared) = sample_request() else { unreachable!() };
+        shared.task_slices.push(TaskSlice { expiration_secs: 1, ..shared.task_slices[0].clone() });
+        let replies = [
+            Reply::ValidRequest(large),
+            Reply::ValidRequest(shared.clone()),
+            Reply::Welcome { server_software: "test".into() },
+            Reply::ValidRequest(shared),
+            Reply::NoWork,
+        ];
+        for (request_id, reply) in replies.iter().enumerate() {
+            let mut fresh = Vec::new();
+            encode_reply(request_id as u64, reply, &mut fresh).unwrap();
+            assert_eq!(encoder.reply(request_id as u64, reply).unwrap(), fresh, "reply {request_id}");
+            assert!(encoder.payload.capacity() <= KEPT_ENCODER_BYTES && encoder.arena.capacity() <= KEPT_ENCODER_BYTES);
+        }
+    }
+
+    #[test]
     fn oversized_header_is_refused_before_the_payload_arrives() {
         let mut header = [0u8; HEADER_BYTES];
         header[0..4].copy_from_slice(&(MAX_FRAME_PAYLOAD_BYTES as u32 + 1).to_le_bytes());
@@ -252,6 +357,24 @@ mod tests {
             let frame = Frame { kind: FrameKind::Request, request_id: 1, payload: aligned };
             assert!(frame.decode_request().is_err(), "cut at {cut} decoded");
         }
+    }
+
+    #[test]
+    fn a_view_decodes_in_place_and_a_misaligned_payload_is_an_error() {
+        let mut bytes = Vec::new();
+        encode_request(4, &sample_request(), &mut bytes).unwrap();
+        let payload = &bytes[HEADER_BYTES..];
+        let mut aligned = AlignedVec::<16>::new();
+        aligned.extend_from_slice(&[0]);
+        aligned.extend_from_slice(payload);
+        let view = |payload| FrameView { kind: FrameKind::Request, request_id: 4, payload };
+        assert_eq!(
+            view(&aligned[1..]).decode_request().err().map(|e| matches!(e, FrameError::InvalidPayload { .. })),
+            Some(true)
+        );
+        let mut aligned = AlignedVec::<16>::new();
+        aligned.extend_from_slice(payload);
+        assert_eq!(view(&aligned).decode_request().unwrap(), sample_request());
     }
 
     proptest! {

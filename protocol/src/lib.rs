@@ -18,6 +18,6 @@ pub mod wire_size;
 
 pub use client::{Client, ClientError};
 pub use dimensions::{MalformedDimensions, PackedDimensions};
-pub use frame::{Frame, FrameError, FrameKind, FrameReader};
+pub use frame::{Frame, FrameError, FrameKind, FrameReader, FrameView};
 pub use ids::{RequestId, RunId, TaskIdError};
 pub use messages::*;

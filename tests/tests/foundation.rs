@@ -1,11 +1,13 @@
 //! End-to-end: the foundation runs a task from the CLI on a real bot, keeps
 //! every acknowledged task across kill -9, and survives bad peers.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use apiary_tests::{Bot, Daemon, describe, temp};
+use apiary_protocol::frame::{self, HEADER_BYTES};
+use apiary_protocol::{Hello, Request, Role};
+use apiary_tests::{Bot, Daemon, describe, send_signal, temp};
 
 #[test]
 fn run_returns_the_output_and_the_exit_code() {
@@ -182,6 +184,40 @@ fn garbage_and_oversized_frames_close_only_their_own_connection() {
     // Everyone else carries on.
     let task_id = daemon.cli().trigger(&["--wait-for-capacity", "-d", "pool=ci", "--", "true"]);
     assert_eq!(daemon.cli().show(&task_id)["state"], "PENDING");
+}
+
+/// The daemon stops reading a plaintext socket at a read shorter than its
+/// room, without the read that would only say `WouldBlock`: a close that
+/// came with the last request, in the same readiness event, must still be
+/// read. The daemon is stopped while the peer sends a request and closes its
+/// side, so both wait for it in one event.
+#[test]
+fn a_close_that_arrives_with_a_request_closes_the_connection_at_once() {
+    let dir = temp();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let mut stream = TcpStream::connect(&daemon.addr).unwrap();
+    let mut hello = Vec::new();
+    frame::encode_hello(&Hello::new(Role::Client, "test"), &mut hello).unwrap();
+    stream.write_all(&hello).unwrap();
+    let mut header = [0u8; HEADER_BYTES];
+    stream.read_exact(&mut header).expect("the welcome");
+    stream.read_exact(&mut vec![0u8; frame::parse_header(&header).unwrap().payload_len]).unwrap();
+
+    send_signal(daemon.pid(), libc::SIGSTOP);
+    let mut request = Vec::new();
+    frame::encode_request(1, &Request::GetTask { task_id: 0x10 }, &mut request).unwrap();
+    stream.write_all(&request).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    send_signal(daemon.pid(), libc::SIGCONT);
+
+    // Far below the idle timeout (300 s), which would close it otherwise.
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let closed = match stream.read_to_end(&mut Vec::new()) {
+        Ok(_) => true,
+        Err(error) => error.kind() == ErrorKind::ConnectionReset,
+    };
+    assert!(closed, "the daemon did not close a connection whose peer closed with its last request");
 }
 
 #[test]

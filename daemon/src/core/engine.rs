@@ -509,16 +509,17 @@ impl Core {
         };
         self.emit(Event::TaskFinished(event), out);
         self.feed_followers(task_id, out);
-        let result = self.result(&self.tasks[&task_id]);
         let task = self.tasks.get_mut(&task_id).expect("still there");
         let watchers = task.listeners.as_mut().map(|listeners| std::mem::take(&mut listeners.watchers));
         task.forget_listeners_if_none();
-        for watcher in watchers.into_iter().flatten() {
-            out.replies.push(Outgoing {
-                conn: watcher.conn,
-                request_id: watcher.request_id,
-                reply: Reply::Task(result.clone()),
-            });
+        let watchers = watchers.unwrap_or_default();
+        if !watchers.is_empty() {
+            // Read (its text unpacked) only for those waiting: most tasks have none.
+            let result = self.result(&self.tasks[&task_id]);
+            for watcher in watchers {
+                let reply = Reply::Task(result.clone());
+                out.replies.push(Outgoing { conn: watcher.conn, request_id: watcher.request_id, reply });
+            }
         }
         true
     }

@@ -3,7 +3,7 @@
 //! same function over the log. Every event carries its own ids and times, so a
 //! replay rebuilds the same state bit for bit.
 
-use apiary_protocol::{NewTaskRequest, StringPair, TaskState, TimeoutKind};
+use apiary_protocol::{NewTaskRequest, StringPair, TaskState, TimeoutKind, wire_size};
 use rkyv::{Archive, Deserialize, Serialize, rancor};
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -59,6 +59,9 @@ const _: () = assert!(std::mem::size_of::<ArchivedEvent>() == ARCHIVED_EVENT_BYT
 const _: () = assert!(std::mem::align_of::<ArchivedEvent>() == 8);
 /// The size of an archived event since the log's first records.
 const ARCHIVED_EVENT_BYTES: usize = 160;
+/// Room for the strings and vectors of an event other than a task's creation,
+/// enough for most: a bot's id and dimensions, a reason.
+const ENCODE_EXTRA_BYTES: usize = 512;
 
 /// Changes of a bot's standing that decide whether it gets work.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -174,8 +177,16 @@ pub const EVENT_RECORD_KIND: u16 = 1;
 pub struct EventDecodeError(String);
 
 impl Event {
+    /// The event's bytes for the log, in a buffer sized for them up front (a
+    /// task's creation by its request's bound, other events by
+    /// `ENCODE_EXTRA_BYTES`), so that encoding seldom grows it.
     pub fn encode(&self) -> rkyv::util::AlignedVec {
-        rkyv::to_bytes::<rancor::Error>(self).expect("events always serialize")
+        let extra_bytes = match self {
+            Event::TaskCreated(created) => wire_size::request_bytes(&created.request),
+            _ => ENCODE_EXTRA_BYTES,
+        };
+        let buffer = rkyv::util::AlignedVec::with_capacity(ARCHIVED_EVENT_BYTES + extra_bytes);
+        rkyv::api::high::to_bytes_in::<_, rancor::Error>(self, buffer).expect("events always serialize")
     }
 
     /// Decodes (and validates) an event from the log. The bytes must be 16-byte aligned.

@@ -23,6 +23,9 @@ pub struct InternedProperties {
     /// the same `Arc` a million times, and this spares hashing it each time.
     last: Option<(Arc<TaskProperties>, Arc<TaskProperties>)>,
     slice_lists: Map<SliceList, ()>,
+    /// The list being interned, kept for its room from one call to the next
+    /// (empty between them, so it holds no properties).
+    scratch: Vec<TaskSlice>,
 }
 
 /// A list of slices whose properties are interned: equal lists have the same
@@ -87,15 +90,20 @@ impl InternedProperties {
 
     /// The shared copy of a list of slices, their properties shared too.
     pub fn intern_slices(&mut self, slices: &[TaskSlice]) -> Arc<[TaskSlice]> {
-        let interned: Vec<TaskSlice> = slices
-            .iter()
-            .map(|slice| TaskSlice { properties: self.intern(&slice.properties), ..slice.clone() })
-            .collect();
-        if let Some((shared, ())) = self.slice_lists.get_key_value(&SliceListRef(&interned)) {
-            return Arc::clone(&shared.0);
-        }
-        let shared: Arc<[TaskSlice]> = interned.into();
-        self.slice_lists.insert(SliceList(Arc::clone(&shared)), ());
+        let mut interned = std::mem::take(&mut self.scratch);
+        interned.extend(
+            slices.iter().map(|slice| TaskSlice { properties: self.intern(&slice.properties), ..slice.clone() }),
+        );
+        let shared = match self.slice_lists.get_key_value(&SliceListRef(&interned)) {
+            Some((shared, ())) => Arc::clone(&shared.0),
+            None => {
+                let shared: Arc<[TaskSlice]> = Arc::from(interned.as_slice());
+                self.slice_lists.insert(SliceList(Arc::clone(&shared)), ());
+                shared
+            }
+        };
+        interned.clear();
+        self.scratch = interned;
         shared
     }
 

@@ -88,6 +88,26 @@ pub struct RequestText {
     pub user: String,
 }
 
+/// A request's text, borrowed: what is packed into the text arena.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestTextRef<'a> {
+    pub name: &'a str,
+    pub tags: &'a [String],
+    pub user: &'a str,
+}
+
+impl<'a> RequestTextRef<'a> {
+    pub fn of_request(request: &'a NewTaskRequest) -> RequestTextRef<'a> {
+        RequestTextRef { name: &request.name, tags: &request.tags, user: &request.user }
+    }
+}
+
+impl<'a> From<&'a RequestText> for RequestTextRef<'a> {
+    fn from(text: &'a RequestText) -> RequestTextRef<'a> {
+        RequestTextRef { name: &text.name, tags: &text.tags, user: &text.user }
+    }
+}
+
 /// The clients listening to a task (not durable: they reconnect).
 #[derive(Default)]
 pub struct Listeners {
@@ -117,16 +137,17 @@ pub struct Outcome {
 }
 
 impl Task {
-    pub fn new(id: RequestId, request: NewTaskRequest, created_ms: u64) -> Task {
-        let NewTaskRequest { name, priority, tags, user, task_slices, bot_ping_tolerance_secs, secret_bytes } = request;
+    /// A new task of `request`, with its slices (interned by the caller). The
+    /// request is only read: its text is packed straight from it when the
+    /// task goes into the task store (`TaskStore::insert_with_text`).
+    pub fn new(id: RequestId, request: &NewTaskRequest, created_ms: u64, slices: Arc<[TaskSlice]>) -> Task {
         Task {
-            priority,
-            bot_ping_tolerance_secs,
-            has_secret_bytes: secret_bytes.is_some(),
-            secret_bytes: secret_bytes.map(Box::new),
-            tag_count: tag_count_of(tags.len()),
-            text: TaskText::Held(Box::new(RequestText { name, tags, user })),
-            ..Task::blank(id, created_ms, task_slices.into())
+            priority: request.priority,
+            bot_ping_tolerance_secs: request.bot_ping_tolerance_secs,
+            has_secret_bytes: request.secret_bytes.is_some(),
+            secret_bytes: request.secret_bytes.clone().map(Box::new),
+            tag_count: tag_count_of(request.tags.len()),
+            ..Task::blank(id, created_ms, slices)
         }
     }
 
@@ -163,13 +184,14 @@ impl Task {
         self.id.created_unix_ms()
     }
 
-    /// The request as it was made, but for its secret bytes, with its text.
-    pub fn request(&self, text: &RequestText) -> NewTaskRequest {
+    /// The request as it was made, but for its secret bytes, with its text
+    /// (taken: callers read a packed or filed text into a copy of its own).
+    pub fn request(&self, text: RequestText) -> NewTaskRequest {
         NewTaskRequest {
-            name: text.name.clone(),
+            name: text.name,
             priority: self.priority,
-            tags: text.tags.clone(),
-            user: text.user.clone(),
+            tags: text.tags,
+            user: text.user,
             task_slices: self.slices.to_vec(),
             bot_ping_tolerance_secs: self.bot_ping_tolerance_secs,
             secret_bytes: None,
@@ -226,7 +248,7 @@ impl Task {
     }
 
     /// The task as clients see it, with its request's text.
-    pub fn result(&self, text: &RequestText) -> TaskResult {
+    pub fn result(&self, text: RequestText) -> TaskResult {
         let none = Outcome::default();
         let outcome = self.outcome.as_deref().unwrap_or(&none);
         TaskResult {

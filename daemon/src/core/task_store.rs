@@ -26,7 +26,7 @@ use apiary_protocol::RequestId;
 
 use super::Map;
 use super::id_index::IdIndex;
-use super::model::{Task, TaskText};
+use super::model::{RequestTextRef, Task, TaskText};
 use super::text_arena::TextArena;
 
 /// Slots per chunk: big enough to amortize the allocation, small enough to
@@ -55,7 +55,7 @@ impl TaskStore {
     /// tags; returns where it sits.
     pub fn insert<'a>(&mut self, mut task: Task, tags: impl IntoIterator<Item = &'a str>) -> u32 {
         if let TaskText::Held(text) = &task.text {
-            task.text = TaskText::Packed(self.texts.pack(text));
+            task.text = TaskText::Packed(self.texts.pack(RequestTextRef::from(&**text)));
         }
         let id = task.id;
         self.index_tags(id, tags);
@@ -70,6 +70,13 @@ impl TaskStore {
         };
         self.positions.push(id, position);
         position
+    }
+
+    /// Adds a new task with its text, packed from `text`, which also gives its tags.
+    pub fn insert_with_text(&mut self, mut task: Task, text: RequestTextRef<'_>) -> u32 {
+        assert!(matches!(task.text, TaskText::Filed), "task {} gets its text here", task.id);
+        task.text = TaskText::Packed(self.texts.pack(text));
+        self.insert(task, text.tags.iter().map(String::as_str))
     }
 
     /// Adds a whole chunk of tasks (a restore, which decodes chunks on other
@@ -271,6 +278,10 @@ mod tests {
 
     use super::*;
 
+    fn task(id: RequestId, created_ms: u64) -> Task {
+        Task::new(id, &NewTaskRequest::default(), created_ms, Vec::new().into())
+    }
+
     #[test]
     fn tasks_are_found_by_id_across_chunks_and_listed_newest_first() {
         let mut store = TaskStore::default();
@@ -278,7 +289,7 @@ mod tests {
         let id = |n: u64| RequestId::first_of_millisecond(1_700_000_000_000 + 2 * n);
         let count = TASK_CHUNK as u64 + 10;
         for n in 0..count {
-            store.insert(Task::new(id(n), NewTaskRequest::default(), n), []);
+            store.insert(task(id(n), n), []);
         }
         assert_eq!(store.len(), count as usize);
         assert_eq!(store[&id(TASK_CHUNK as u64 + 3)].slice_started_ms, TASK_CHUNK as u64 + 3);
@@ -301,7 +312,7 @@ mod tests {
         let mut store = TaskStore::default();
         let id = |n: u64| RequestId::first_of_millisecond(1_700_000_000_000 + n);
         for n in 0..10 {
-            store.insert(Task::new(id(n), NewTaskRequest::default(), n), []);
+            store.insert(task(id(n), n), []);
         }
         let kept_position = store.position(&id(9)).unwrap();
         for n in 0..8 {
@@ -312,7 +323,7 @@ mod tests {
         let held: Vec<u64> = store.values().map(|task| task.slice_started_ms).collect();
         assert_eq!(held, [8, 9]);
         for n in 10..18 {
-            store.insert(Task::new(id(n), NewTaskRequest::default(), n), []);
+            store.insert(task(id(n), n), []);
         }
         assert_eq!(store.chunks.iter().map(Vec::len).sum::<usize>(), 10, "freed slots were reused");
         assert_eq!(store.position(&id(9)), Some(kept_position), "a held task never moves");
@@ -328,10 +339,12 @@ mod tests {
         let id = |n: u64| RequestId::first_of_millisecond(1_700_000_000_000 + n);
         for n in 0..20 {
             let tags = if n % 3 == 0 { vec!["pool:ci".to_string(), "pool:ci".to_string()] } else { vec![] };
-            store.insert(
-                Task::new(id(n), NewTaskRequest { tags: tags.clone(), ..NewTaskRequest::default() }, n),
-                tags.iter().map(String::as_str),
-            );
+            let request = NewTaskRequest { name: format!("task-{n}"), tags, ..NewTaskRequest::default() };
+            let text = RequestTextRef::of_request(&request);
+            let position = store.insert_with_text(Task::new(id(n), &request, n, Vec::new().into()), text);
+            let TaskText::Packed(packed) = store.at_position(position).text else { panic!("a packed text") };
+            let packed = store.texts().unpack(packed);
+            assert_eq!((packed.name, packed.tags), (request.name, request.tags), "packed from the request");
         }
         let tagged = |store: &TaskStore, before| -> Vec<u64> {
             store.newest_first_tagged("pool:ci", before).map(|task| task.slice_started_ms).collect()

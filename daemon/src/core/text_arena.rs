@@ -20,7 +20,7 @@
 //! a block other than the current one with `live == 0` is freed; every
 //! `PackedText` handed out is released exactly once.
 
-use super::model::RequestText;
+use super::model::{RequestText, RequestTextRef};
 
 const BLOCK_BYTES: usize = 1 << 20;
 
@@ -45,12 +45,14 @@ pub struct TextArena {
 }
 
 impl TextArena {
-    pub fn pack(&mut self, text: &RequestText) -> PackedText {
-        let encoded = encode(text);
-        let block = self.block_with_room(encoded.len());
+    /// Copies a text into the current block (written there directly).
+    pub fn pack(&mut self, text: RequestTextRef<'_>) -> PackedText {
+        let len = packed_len(text);
+        let block = self.block_with_room(len);
         let held = self.blocks[block as usize].as_mut().expect("a current block is held");
         let offset = u32::try_from(held.bytes.len()).expect("blocks are under 4 GiB");
-        held.bytes.extend_from_slice(&encoded);
+        write_packed(text, len, &mut held.bytes);
+        assert_eq!(held.bytes.len() - offset as usize, len, "a packed text takes the length it was given");
         held.live += 1;
         PackedText { block, offset }
     }
@@ -108,26 +110,26 @@ impl TextArena {
     }
 }
 
-fn encode(text: &RequestText) -> Vec<u8> {
-    let mut body =
-        Vec::with_capacity(8 + text.name.len() + text.user.len() + text.tags.iter().map(String::len).sum::<usize>());
-    let mut put = |bytes: &[u8]| {
-        // Validation bounds every field far below 64 KiB.
-        body.extend_from_slice(&u16::try_from(bytes.len()).expect("a validated field fits 16 bits").to_le_bytes());
-        body.extend_from_slice(bytes);
-    };
-    put(text.name.as_bytes());
-    put(text.user.as_bytes());
-    let tag_count = u16::try_from(text.tags.len()).expect("validated tags fit 16 bits");
-    body.extend_from_slice(&tag_count.to_le_bytes());
-    for tag in &text.tags {
-        body.extend_from_slice(&u16::try_from(tag.len()).expect("a validated tag fits 16 bits").to_le_bytes());
-        body.extend_from_slice(tag.as_bytes());
+/// The bytes a text takes packed, its length prefix included.
+fn packed_len(text: RequestTextRef<'_>) -> usize {
+    let fields = [text.name, text.user].into_iter().chain(text.tags.iter().map(String::as_str));
+    4 + 2 + fields.map(|field| 2 + field.len()).sum::<usize>()
+}
+
+/// Appends a text of `len` packed bytes (`packed_len`) to `out`.
+fn write_packed(text: RequestTextRef<'_>, len: usize, out: &mut Vec<u8>) {
+    // Validation bounds every field far below 64 KiB, and a text far below 4 GiB.
+    let u16_of = |count: usize| u16::try_from(count).expect("a validated field fits 16 bits").to_le_bytes();
+    out.extend_from_slice(&u32::try_from(len - 4).expect("a text is small").to_le_bytes());
+    for field in [text.name, text.user] {
+        out.extend_from_slice(&u16_of(field.len()));
+        out.extend_from_slice(field.as_bytes());
     }
-    let mut packed = Vec::with_capacity(4 + body.len());
-    packed.extend_from_slice(&u32::try_from(body.len()).expect("a text is small").to_le_bytes());
-    packed.extend_from_slice(&body);
-    packed
+    out.extend_from_slice(&u16_of(text.tags.len()));
+    for tag in text.tags {
+        out.extend_from_slice(&u16_of(tag.len()));
+        out.extend_from_slice(tag.as_bytes());
+    }
 }
 
 fn decode(bytes: &[u8]) -> RequestText {
@@ -175,20 +177,20 @@ mod tests {
     #[test]
     fn texts_read_back_and_blocks_go_when_their_last_text_does() {
         let mut arena = TextArena::default();
-        let packed: Vec<PackedText> = (0..20_000).map(|n| arena.pack(&text(n))).collect();
+        let packed: Vec<PackedText> = (0..20_000).map(|n| arena.pack((&text(n)).into())).collect();
         for (n, packed) in packed.iter().enumerate().step_by(997) {
             assert_eq!(arena.unpack(*packed), text(n));
         }
         assert!(arena.held_bytes() >= 4 * BLOCK_BYTES, "20,000 texts of ~240 bytes fill several blocks");
         let empty = RequestText::default();
-        let last = arena.pack(&empty);
+        let last = arena.pack((&empty).into());
         for packed in &packed {
             arena.release(*packed);
         }
         assert_eq!(arena.held_bytes(), BLOCK_BYTES, "only the current block is left");
         assert_eq!(arena.unpack(last), empty);
         arena.release(last);
-        let again = arena.pack(&text(1));
+        let again = arena.pack((&text(1)).into());
         assert_eq!(arena.unpack(again), text(1));
         assert_eq!(arena.held_bytes(), BLOCK_BYTES, "the block is reused");
     }

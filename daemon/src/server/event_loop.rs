@@ -10,9 +10,9 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use apiary_protocol::frame::FrameError;
+use apiary_protocol::frame::{FrameEncoder, FrameError};
 use apiary_protocol::tls::{TlsStream, Transport};
-use apiary_protocol::{ErrorCode, ErrorReply, Frame, FrameKind, Reply, Request, Role};
+use apiary_protocol::{ErrorCode, ErrorReply, FrameKind, FrameView, Reply, Request, Role};
 use apiary_storage::{OutputStore, Wal};
 use mio::net::{TcpListener, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -87,6 +87,8 @@ pub struct EventLoop {
     /// Replies and reads the core produced this turn, encoded and counted
     /// against their connections: held once the turn's records are written.
     turn_held: Vec<Held>,
+    /// Encodes the replies the core makes, keeping its buffers from one to the next.
+    encoder: FrameEncoder,
     core: Core,
     wal: Wal,
     outputs: OutputStore,
@@ -170,6 +172,7 @@ impl EventLoop {
             unfinished_reads: Vec::new(),
             to_flush: Vec::new(),
             turn_held: Vec::new(),
+            encoder: FrameEncoder::default(),
             core,
             wal,
             outputs,
@@ -196,9 +199,11 @@ impl EventLoop {
             let turn_started = Instant::now();
             let now_ms = now_unix_ms();
             self.disk.check(&self.wal, &mut self.core, &mut out);
-            for token in std::mem::take(&mut self.unfinished_reads) {
-                self.read_connection(token, now_ms, &mut out);
+            let mut unfinished = std::mem::take(&mut self.unfinished_reads);
+            for token in unfinished.drain(..) {
+                self.read_connection(token, now_ms, &mut out, true);
             }
+            keep_room(&mut self.unfinished_reads, unfinished);
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
@@ -207,7 +212,8 @@ impl EventLoop {
                     RELOAD => self.reload_configuration(now_ms, &mut out),
                     token => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read_connection(token, now_ms, &mut out);
+                            let to_would_block = event.is_read_closed() || event.is_error();
+                            self.read_connection(token, now_ms, &mut out, to_would_block);
                         }
                         if event.is_writable() {
                             self.to_flush.push(token);
@@ -399,14 +405,24 @@ impl EventLoop {
     /// Handles the frames a connection sent, reading more as they are taken,
     /// until its socket is drained, its turn's budget is spent, or it must wait
     /// (for its peer to take replies, or for input memory).
-    fn read_connection(&mut self, token: Token, now_ms: u64, out: &mut Output) {
+    ///
+    /// A read that got less than it had room for drained a plaintext socket at
+    /// that moment (epoll(7)): bytes that arrive later raise a new edge, so the
+    /// read that would only say `WouldBlock` is left out. Not when
+    /// `to_would_block`: the event said the peer closed or the socket failed
+    /// (no later event says it again), or there was no event (a read resumed
+    /// after a pause, whose edges were not read). Nor over TLS, where rustls
+    /// may hold decrypted bytes the socket no longer has.
+    fn read_connection(&mut self, token: Token, now_ms: u64, out: &mut Output, to_would_block: bool) {
         let Some(connection) = self.connections.get(token.0) else { return };
         if connection.closing || connection.paused.is_some() {
             return;
         }
+        let stops_at_short_read = !to_would_block && matches!(connection.stream, Transport::Plain(_));
         let mut read_bytes = 0;
+        let mut drained = false;
         loop {
-            if !self.take_frames(token, now_ms, out) {
+            if !self.take_frames(token, now_ms, out) || drained {
                 break;
             }
             if read_bytes >= MAX_READ_BYTES_PER_TURN {
@@ -416,7 +432,10 @@ impl EventLoop {
             let connection = &mut self.connections[token.0];
             let max_payload = connection.max_payload();
             match connection.inbound.read_from(&mut connection.stream, &mut self.input_budget, max_payload) {
-                Ok(ReadOutcome::Read(bytes)) => read_bytes += bytes,
+                Ok(ReadOutcome::Read { read, asked }) => {
+                    read_bytes += read;
+                    drained = stops_at_short_read && read < asked;
+                }
                 Ok(ReadOutcome::FrameReady) => {}
                 Ok(ReadOutcome::Drained) => break,
                 Ok(ReadOutcome::Closed) => {
@@ -455,20 +474,22 @@ impl EventLoop {
                 return false;
             }
             let max_payload = connection.max_payload();
-            match connection.inbound.next_frame(&mut self.input_budget, max_payload) {
-                Ok(Some(frame)) => {
-                    connection.progressed(self.started.elapsed().as_millis() as u64);
-                    connection.told_waiting_for_memory = false;
-                    self.on_frame(token, frame, now_ms, out);
-                    self.account_output(out);
-                    self.wake_waiting_for_memory();
-                }
+            let frame = match connection.inbound.front_frame(max_payload) {
+                Ok(Some(frame)) => frame,
                 Ok(None) => return true,
                 Err(error) => {
                     self.refuse_frame(token, error);
                     return false;
                 }
-            }
+            };
+            // Decoded where it lies in the buffer, then dropped from it.
+            let received = Received::decode(frame, connection.role.is_some(), &self.access);
+            connection.inbound.take_front(&mut self.input_budget);
+            connection.progressed(self.started.elapsed().as_millis() as u64);
+            connection.told_waiting_for_memory = false;
+            self.on_frame(token, received, now_ms, out);
+            self.account_output(out);
+            self.wake_waiting_for_memory();
         }
     }
 
@@ -539,28 +560,29 @@ impl EventLoop {
         refuse(connection, 0, code, message);
     }
 
-    fn on_frame(&mut self, token: Token, frame: Frame, now_ms: u64, out: &mut Output) {
+    fn on_frame(&mut self, token: Token, frame: Received, now_ms: u64, out: &mut Output) {
         let connection = &mut self.connections[token.0];
-        let Some(role) = connection.role else {
-            self.on_hello(token, &frame);
-            return;
-        };
-        if frame.kind != FrameKind::Request {
-            logging::warn_peer(
-                connection.peer,
-                format!("closing connection: a {:?} frame after the hello", frame.kind),
-            );
-            refuse(connection, frame.request_id, ErrorCode::InvalidRequest, "expected a request frame".into());
-            return;
-        }
-        let request = match frame.decode_request() {
-            Ok(request) => request,
-            Err(error) => {
+        let request = match frame.payload {
+            Payload::Hello(verdict) => {
+                self.on_hello(token, verdict);
+                return;
+            }
+            Payload::NotARequest => {
+                logging::warn_peer(
+                    connection.peer,
+                    format!("closing connection: a {:?} frame after the hello", frame.kind),
+                );
+                refuse(connection, frame.request_id, ErrorCode::InvalidRequest, "expected a request frame".into());
+                return;
+            }
+            Payload::Request(Err(error)) => {
                 logging::warn_peer(connection.peer, format!("closing connection: {error}"));
                 refuse(connection, frame.request_id, ErrorCode::InvalidRequest, error.to_string());
                 return;
             }
+            Payload::Request(Ok(request)) => request,
         };
+        let role = connection.role.expect("requests are decoded after the hello");
         let is_bot_request = matches!(request, Request::BotPoll(_) | Request::TaskUpdate(_));
         if is_bot_request && role != Role::Bot {
             let message = "bot requests need a connection whose hello says role Bot".to_string();
@@ -609,9 +631,9 @@ impl EventLoop {
         }
     }
 
-    fn on_hello(&mut self, token: Token, frame: &Frame) {
+    fn on_hello(&mut self, token: Token, verdict: Result<hello::Accepted, hello::Refusal>) {
         let connection = &mut self.connections[token.0];
-        match hello::check_hello(frame, &self.access) {
+        match verdict {
             Ok(accepted) => {
                 connection.role = Some(accepted.role);
                 connection.principal = accepted.principal;
@@ -632,7 +654,7 @@ impl EventLoop {
     fn account_output(&mut self, out: &mut Output) {
         for outgoing in out.replies.drain(..) {
             let Some(connection) = connection_of(&mut self.connections, outgoing.conn) else { continue };
-            let frame = outbound::encode_reply(outgoing.request_id, &outgoing.reply);
+            let frame = outbound::encode_reply_with(&mut self.encoder, outgoing.request_id, &outgoing.reply);
             connection.outbound.owe(frame.len());
             connection.requests_in_flight = connection.requests_in_flight.saturating_sub(1);
             self.turn_held.push(Held::Reply { conn: outgoing.conn, frame });
@@ -713,8 +735,7 @@ impl EventLoop {
     /// Queues the durable replies and reads on their connections.
     fn release_durable(&mut self) {
         let now_ms = self.monotonic_ms();
-        let held: Vec<Held> = self.durability.releasable().collect();
-        for item in held {
+        for item in self.durability.releasable() {
             let (conn, queued) = match item {
                 Held::Reply { conn, frame } => (conn, Queued::Frame(frame)),
                 Held::Read(read) => (read.conn, Queued::Read(read)),
@@ -733,11 +754,12 @@ impl EventLoop {
         let mut out = Output::default();
         let now_ms = now_unix_ms();
         let monotonic_ms = self.monotonic_ms();
-        for token in std::mem::take(&mut self.to_flush) {
+        let mut to_flush = std::mem::take(&mut self.to_flush);
+        for token in to_flush.drain(..) {
             let Some(connection) = self.connections.get_mut(token.0) else { continue };
-            let outputs = &mut self.outputs;
+            let (outputs, encoder) = (&mut self.outputs, &mut self.encoder);
             let written = connection.outbound.write_to(&mut connection.stream, |read| {
-                outbound::encode_reply(read.request_id, &read_output(outputs, read))
+                outbound::encode_reply_with(encoder, read.request_id, &read_output(outputs, read))
             });
             let all_sent = matches!(written, outbound::WriteOutcome::Done);
             match written {
@@ -762,6 +784,7 @@ impl EventLoop {
             }
             self.arm_deadline(token);
         }
+        keep_room(&mut self.to_flush, to_flush);
         // Closing only unparks bots and drops waits: nothing to persist, send or close.
         debug_assert!(out.events.is_empty() && out.replies.is_empty() && out.closings.is_empty());
     }
@@ -784,6 +807,41 @@ impl EventLoop {
         log(format!("stopped; the log ends at record {}", self.wal.last_seq()));
         Ok(())
     }
+}
+
+/// A frame taken from a connection's buffer: its header, and its payload
+/// decoded where it lay, as the connection's stage reads it.
+struct Received {
+    kind: FrameKind,
+    request_id: u64,
+    payload: Payload,
+}
+
+enum Payload {
+    /// Before the hello was accepted: the first frame, checked as the hello.
+    Hello(Result<hello::Accepted, hello::Refusal>),
+    Request(Result<Request, FrameError>),
+    /// After the hello, a frame of another kind (not decoded).
+    NotARequest,
+}
+
+impl Received {
+    fn decode(frame: FrameView<'_>, after_hello: bool, access: &Access) -> Received {
+        let payload = match (after_hello, frame.kind) {
+            (false, _) => Payload::Hello(hello::check_hello(frame, access)),
+            (true, FrameKind::Request) => Payload::Request(frame.decode_request()),
+            (true, _) => Payload::NotARequest,
+        };
+        Received { kind: frame.kind, request_id: frame.request_id, payload }
+    }
+}
+
+/// Puts back a list of the turn that was taken and emptied, with its room,
+/// so that the next turn's pushes allocate nothing; what was pushed meanwhile stays.
+fn keep_room(list: &mut Vec<Token>, mut emptied: Vec<Token>) {
+    debug_assert!(emptied.is_empty());
+    emptied.append(list);
+    *list = emptied;
 }
 
 /// Queues an error and closes the connection once it is written.

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use apiary_protocol::limits::MAX_TOKEN_BYTES;
-use apiary_protocol::{ErrorCode, Frame, FrameKind, MAGIC, PROTOCOL_VERSION, Role};
+use apiary_protocol::{ErrorCode, FrameKind, FrameView, MAGIC, PROTOCOL_VERSION, Role};
 
 use crate::auth::{Access, Principal};
 
@@ -34,7 +34,7 @@ impl Refusal {
     }
 }
 
-pub fn check_hello(frame: &Frame, access: &Access) -> Result<Accepted, Refusal> {
+pub fn check_hello(frame: FrameView<'_>, access: &Access) -> Result<Accepted, Refusal> {
     if frame.kind != FrameKind::Hello {
         return Err(Refusal::bad_hello(format!("the first frame must be a hello, not a {:?} frame", frame.kind)));
     }

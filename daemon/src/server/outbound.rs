@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Write};
 
-use apiary_protocol::frame;
+use apiary_protocol::frame::{self, FrameEncoder, FrameError};
 use apiary_protocol::{ErrorCode, ErrorReply, Reply};
 
 use crate::core::OutputRead;
@@ -62,13 +62,24 @@ pub fn read_bytes_at_most(read: &OutputRead) -> usize {
 /// ours, not the peer's: the peer is told so, and the log says which.
 pub fn encode_reply(request_id: u64, reply: &Reply) -> Vec<u8> {
     let mut bytes = Vec::new();
-    if let Err(error) = frame::encode_reply(request_id, reply, &mut bytes) {
-        logging::error(format!("a reply to request {request_id} could not be sent: {error}"));
-        let message = format!("the reply could not be sent: {error}");
-        let fallback = Reply::Error(ErrorReply { code: ErrorCode::Internal, message });
-        bytes.clear();
-        frame::encode_reply(request_id, &fallback, &mut bytes).expect("a small error reply encodes");
+    match frame::encode_reply(request_id, reply, &mut bytes) {
+        Ok(()) => bytes,
+        Err(error) => encode_failure(request_id, error),
     }
+}
+
+/// `encode_reply` with an encoder kept from reply to reply (the replies the
+/// core makes): one allocation per frame.
+pub fn encode_reply_with(encoder: &mut FrameEncoder, request_id: u64, reply: &Reply) -> Vec<u8> {
+    encoder.reply(request_id, reply).unwrap_or_else(|error| encode_failure(request_id, error))
+}
+
+fn encode_failure(request_id: u64, error: FrameError) -> Vec<u8> {
+    logging::error(format!("a reply to request {request_id} could not be sent: {error}"));
+    let message = format!("the reply could not be sent: {error}");
+    let fallback = Reply::Error(ErrorReply { code: ErrorCode::Internal, message });
+    let mut bytes = Vec::new();
+    frame::encode_reply(request_id, &fallback, &mut bytes).expect("a small error reply encodes");
     bytes
 }
 

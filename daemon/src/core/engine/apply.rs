@@ -4,6 +4,7 @@
 use std::num::NonZeroU64;
 
 use super::*;
+use crate::core::model::RequestTextRef;
 
 impl Core {
     /// Applies one event: the only change to durable state, both live and in
@@ -44,11 +45,10 @@ impl Core {
         let task_id = RequestId::from_u64(created.task_id).expect("a request id");
         assert!(self.last_task_id < Some(task_id), "task ids must grow");
         self.last_task_id = Some(task_id);
-        let mut task = Task::new(task_id, created.request.clone(), created.created_ms);
-        task.slices = self.properties.intern_slices(&task.slices);
-        let tags = &created.request.tags;
+        let slices = self.properties.intern_slices(&created.request.task_slices);
+        let mut task = Task::new(task_id, &created.request, created.created_ms, slices);
         task.slice_index = created.slice_index;
-        self.tasks.insert(task, tags.iter().map(String::as_str));
+        self.tasks.insert_with_text(task, RequestTextRef::of_request(&created.request));
         self.enqueue(task_id);
     }
 
@@ -115,7 +115,8 @@ impl Core {
             TaskState::Killed => BotEventKind::TaskKilled,
             _ => BotEventKind::TaskError,
         };
-        let message = format!("{} {}", state.name(), finished.reason).trim_end().to_string();
+        let reason = finished.reason.trim_end();
+        let message = if reason.is_empty() { state.name().to_string() } else { format!("{} {reason}", state.name()) };
         self.record_bot_event(&bot_id, finished.at_ms, kind, Some(run_id), message);
     }
 

@@ -44,7 +44,7 @@ impl Core {
         // for the runs that are going on.
         let eligible = bot.eligible() && self.storage_trouble.is_none();
         if eligible && let Some((_, key)) = self.queues.best_for_bot(bot.class, &poll.bot_id) {
-            return Some(self.assign(key, &poll.bot_id, out));
+            return Some(self.assign(key, poll.bot_id, out));
         }
         self.park(conn, request_id, &poll.bot_id, eligible);
         None
@@ -285,7 +285,7 @@ impl Core {
         let bot = self.bots.get_mut(&bot_id).expect("parked bots are known");
         let parked = bot.parked.take().expect("a parked bot has its poll");
         self.queues.unpark(bot.class, parked.park_number);
-        let reply = self.assign(key, &bot_id, out);
+        let reply = self.assign(key, bot_id, out);
         out.replies.push(Outgoing { conn: parked.conn, request_id: parked.request_id, reply });
     }
 
@@ -321,14 +321,15 @@ impl Core {
             .filter(move |bot| self.queues.serves(bot.class, queue))
     }
 
-    fn assign(&mut self, key: QueueKey, bot_id: &str, out: &mut Output) -> Reply {
+    /// Starts a run of the task at `key` on the bot (its id goes into the event).
+    fn assign(&mut self, key: QueueKey, bot_id: String, out: &mut Output) -> Reply {
         let task = self.tasks.at_position(key.position);
         let run_id = key.task_id.run(task.try_number + 1);
         let event = TaskAssigned {
             run_id: run_id.as_u64(),
             slice_index: task.slice_index,
-            bot_id: bot_id.to_string(),
-            session_id: self.bots[bot_id].session_id,
+            session_id: self.bots[&bot_id].session_id,
+            bot_id,
             at_ms: self.now_ms,
         };
         self.emit(Event::TaskAssigned(event), out);
@@ -339,7 +340,7 @@ impl Core {
         let task = &self.tasks[&run_id.request()];
         Assignment {
             run_id: run_id.as_u64(),
-            task_name: self.text_of(task).name.clone(),
+            task_name: self.text_of(task).into_owned().name,
             slice_index: task.slice_index,
             properties: Arc::clone(task.properties()),
             secret_bytes: task.secret_bytes.as_deref().cloned(),

@@ -80,8 +80,9 @@ impl Core {
     pub fn take_ended_for_history(&mut self) -> Vec<TaskRecord> {
         let ended: Vec<RequestId> =
             self.tasks.values().filter(|task| task.state.is_terminal()).map(|task| task.id).collect();
-        let records =
-            ended.iter().map(|task_id| history_record(&self.tasks[task_id], &self.text_of(&self.tasks[task_id])));
+        let records = ended
+            .iter()
+            .map(|task_id| history_record(&self.tasks[task_id], self.text_of(&self.tasks[task_id]).into_owned()));
         let records: Vec<TaskRecord> = records.collect();
         for task_id in &ended {
             self.tasks.remove(task_id);

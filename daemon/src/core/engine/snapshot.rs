@@ -388,11 +388,11 @@ where
 fn snapshot_record(task: &Task, text: &RequestText) -> TaskRecord {
     let text = RequestText { tags: text.tags.clone(), ..RequestText::default() };
     let secret_bytes = task.secret_bytes.as_deref().cloned();
-    record(task, NewTaskRequest { secret_bytes, ..task.request(&text) })
+    record(task, NewTaskRequest { secret_bytes, ..task.request(text) })
 }
 
 /// A task as a history run holds it: all of it.
-pub(super) fn history_record(task: &Task, text: &RequestText) -> TaskRecord {
+pub(super) fn history_record(task: &Task, text: RequestText) -> TaskRecord {
     record(task, task.request(text))
 }
 
