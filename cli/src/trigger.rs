@@ -14,7 +14,7 @@ use std::sync::Arc;
 use apiary_protocol::ids::format_task_id;
 use apiary_protocol::limits::MAX_SECRET_BYTES;
 use apiary_protocol::{
-    NewTaskRequest, Request, SecretBytes, StringListPair, StringPair, TaskProperties, TaskResult, TaskSlice,
+    NewTaskAck, NewTaskRequest, Request, SecretBytes, StringListPair, StringPair, TaskProperties, TaskSlice,
 };
 
 use crate::args::{TaskArgs, TaskFlags};
@@ -56,13 +56,13 @@ pub(crate) fn submit(
     daemon: &mut impl Daemon,
     request: NewTaskRequest,
     notes: &mut dyn Write,
-) -> Result<TaskResult, CliError> {
-    let result = connect::call_task(daemon, &Request::NewTask(request), "create the task")?;
-    if let Some(note) = render::deduped_note(&result) {
+) -> Result<NewTaskAck, CliError> {
+    let ack = connect::call_created(daemon, &Request::NewTask(request), "create the task")?;
+    if let Some(note) = render::deduped_note(ack.task_id, ack.deduped_from) {
         // Notes are for people; if stderr is gone the task exists all the same.
         let _ = writeln!(notes, "apiary: {note}");
     }
-    Ok(result)
+    Ok(ack)
 }
 
 /// The request the arguments describe: the request file as it is, or the flags;
@@ -145,7 +145,7 @@ mod tests {
 
     use super::*;
     use crate::args::{Cli, Command, TriggerArgs};
-    use crate::connect::fake::{FakeDaemon, task_result};
+    use crate::connect::fake::{FakeDaemon, created};
 
     fn trigger_args(args: &[&str]) -> TriggerArgs {
         let cli = Cli::try_parse_from(["apiary", "trigger"].iter().chain(args)).unwrap();
@@ -359,7 +359,7 @@ mod tests {
         assert_eq!(request.task_slices.len(), 2);
         assert_eq!(request.priority, 100);
         let mut daemon =
-            FakeDaemon::answering(vec![Reply::Task(task_result(0x018b_cfe5_6880_0010, TaskState::Pending, None))]);
+            FakeDaemon::answering(vec![Reply::Created(created(0x018b_cfe5_6880_0010, TaskState::Pending, None))]);
         let mut out = Sink::new(Vec::new());
         trigger(&mut daemon, request.clone(), false, &mut out, &mut Vec::new()).unwrap();
         assert_eq!(daemon.requests, [Request::NewTask(request)]);
@@ -389,7 +389,7 @@ mod tests {
     fn trigger_sends_the_request_and_prints_the_id_alone() {
         let request = request_for(&["--", "true"]);
         let mut daemon =
-            FakeDaemon::answering(vec![Reply::Task(task_result(0x018b_cfe5_6880_0010, TaskState::Pending, None))]);
+            FakeDaemon::answering(vec![Reply::Created(created(0x018b_cfe5_6880_0010, TaskState::Pending, None))]);
         let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
         assert_eq!(trigger(&mut daemon, request.clone(), false, &mut out, &mut notes).unwrap(), exit_codes::SUCCESS);
         assert_eq!(out.into_inner(), b"018bcfe568800010\n");
@@ -399,9 +399,8 @@ mod tests {
 
     #[test]
     fn a_deduplicated_task_says_so_on_stderr_only() {
-        let mut result = task_result(0x018b_cfe5_6880_0010, TaskState::Completed, Some(0));
-        result.deduped_from = Some(0x018b_cfe5_0000_0011);
-        let mut daemon = FakeDaemon::answering(vec![Reply::Task(result)]);
+        let ack = created(0x018b_cfe5_6880_0010, TaskState::Completed, Some(0x018b_cfe5_0000_0011));
+        let mut daemon = FakeDaemon::answering(vec![Reply::Created(ack)]);
         let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
         trigger(&mut daemon, request_for(&["--idempotent", "--", "true"]), false, &mut out, &mut notes).unwrap();
         assert_eq!(out.into_inner(), b"018bcfe568800010\n");

@@ -74,10 +74,19 @@ impl Harness {
         out
     }
 
+    /// Creates the task and returns it as `GetTask` shows it right after.
     fn submit(&mut self, request: NewTaskRequest) -> TaskResult {
         let (_, out) = self.send(CLIENT, Request::NewTask(request));
-        match &out.replies.last().expect("a reply").reply {
-            Reply::Task(result) => result.clone(),
+        let ack = match &out.replies.last().expect("a reply").reply {
+            Reply::Created(ack) => *ack,
+            other => panic!("expected a task acknowledgement, got {other:?}"),
+        };
+        let (_, out) = self.send(CLIENT, Request::GetTask { task_id: ack.task_id });
+        match &out.replies[0].reply {
+            Reply::Task(result) => {
+                assert_eq!((result.state, result.deduped_from), (ack.state, ack.deduped_from), "the ack agrees");
+                result.clone()
+            }
             other => panic!("expected a task, got {other:?}"),
         }
     }

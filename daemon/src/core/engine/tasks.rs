@@ -48,7 +48,9 @@ impl Core {
         } else {
             self.hand_to_parked_bot(task_id, out);
         }
-        Reply::Task(self.result(&self.tasks[&task_id]))
+        let task = &self.tasks[&task_id];
+        let deduped_from = task.deduped_from().map(RunId::as_u64);
+        Reply::Created(NewTaskAck { task_id: task_id.as_u64(), state: task.state, deduped_from })
     }
 
     /// The first slice from `from` on that some live bot could serve, or that
