@@ -4,8 +4,8 @@
 
 use std::io::Write;
 
-use apiary_protocol::Request;
 use apiary_protocol::ids::format_task_id;
+use apiary_protocol::{Request, TaskQuery, limits};
 
 use crate::connect::{self, Daemon};
 use crate::error::CliError;
@@ -22,6 +22,32 @@ pub(crate) fn cancel(
     let action = format!("cancel task {}", format_task_id(task_id));
     let (outcome, task) = connect::call_cancel(daemon, &Request::CancelTask { task_id, kill_running }, &action)?;
     out.write_all(render::cancel_text(outcome, &task).as_bytes())?;
+    Ok(exit_codes::SUCCESS)
+}
+
+/// Swarming's CancelTasks: every pending task with all of `tags` (with
+/// `kill_running`, running ones too), a page at a time until none is left.
+/// Prints how many were canceled and stopped.
+pub(crate) fn cancel_by_tags(
+    daemon: &mut impl Daemon,
+    query: TaskQuery,
+    kill_running: bool,
+    out: &mut Sink<impl Write>,
+) -> Result<i32, CliError> {
+    let action = format!("cancel the tasks tagged {}", query.tags.join(" and "));
+    let (mut canceled, mut kill_requested) = (0u64, 0u64);
+    let mut query = TaskQuery { limit: limits::MAX_TASK_PAGE, ..query };
+    loop {
+        let request = Request::CancelTasks { query: query.clone(), kill_running };
+        let page = connect::call_cancel_tasks(daemon, &request, &action)?;
+        canceled += u64::from(page.canceled);
+        kill_requested += u64::from(page.kill_requested);
+        match page.next_cursor {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => break,
+        }
+    }
+    out.write_all(render::canceled_tasks_text(canceled, kill_requested, !kill_running).as_bytes())?;
     Ok(exit_codes::SUCCESS)
 }
 

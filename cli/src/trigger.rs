@@ -17,7 +17,7 @@ use apiary_protocol::{
     NewTaskRequest, Request, SecretBytes, StringListPair, StringPair, TaskProperties, TaskResult, TaskSlice,
 };
 
-use crate::args::{TaskArgs, TaskFlags};
+use crate::args::{OptionalDimension, TaskArgs, TaskFlags};
 use crate::connect::{self, Daemon};
 use crate::error::CliError;
 use crate::exit_codes;
@@ -70,7 +70,7 @@ pub(crate) fn submit(
 pub(crate) fn build_request(task: &TaskArgs) -> Result<NewTaskRequest, CliError> {
     let mut request = match &task.request {
         Some(path) => request_file::read(path)?,
-        None => request_from_flags(&task.flags),
+        None => request_from_flags(&task.flags)?,
     };
     if let Some(path) = &task.secret_bytes_file {
         request.secret_bytes = Some(SecretBytes(read_secret_bytes(path)?));
@@ -92,9 +92,9 @@ fn read_secret_bytes(path: &Path) -> Result<Vec<u8>, CliError> {
     Ok(bytes)
 }
 
-/// One slice, dimensions, environment and caches in the order given; a flag not
-/// given takes the protocol's default (see `args`).
-fn request_from_flags(flags: &TaskFlags) -> NewTaskRequest {
+/// One slice (more with `--optional-dimension`), dimensions, environment and
+/// caches in the order given; a flag not given takes the protocol's default (see `args`).
+fn request_from_flags(flags: &TaskFlags) -> Result<NewTaskRequest, CliError> {
     let properties = TaskProperties {
         command: flags.command.clone(),
         dimensions: flags.dimensions.clone(),
@@ -112,15 +112,47 @@ fn request_from_flags(flags: &TaskFlags) -> NewTaskRequest {
         expiration_secs: flags.expiration_secs,
         wait_for_capacity: flags.wait_for_capacity,
     };
-    NewTaskRequest {
+    Ok(NewTaskRequest {
         name: flags.name.clone(),
         priority: flags.priority,
         tags: flags.tags.clone(),
         user: flags.user.clone(),
-        task_slices: vec![slice],
+        task_slices: with_optional_dimensions(slice, &flags.optional_dimensions)?,
         bot_ping_tolerance_secs: flags.bot_ping_tolerance_secs,
         secret_bytes: None,
+    })
+}
+
+/// The slices Swarming's client builds for optional dimensions: grouped by how
+/// long they are wanted, shortest wait last. Slice `i` has the base dimensions
+/// plus every optional one wanted at least as long as its group, and waits until
+/// its group's time is up; the base slice waits for what is left of the
+/// expiration. With one optional dimension: `[base + it, for SECS]`, then
+/// `[base, for EXPIRATION - SECS]`.
+fn with_optional_dimensions(base: TaskSlice, optional: &[OptionalDimension]) -> Result<Vec<TaskSlice>, CliError> {
+    let mut waits: Vec<u32> = optional.iter().map(|wanted| wanted.expiration_secs).collect();
+    waits.sort_unstable();
+    waits.dedup();
+    let Some(&longest_secs) = waits.last() else { return Ok(vec![base]) };
+    if longest_secs >= base.expiration_secs {
+        return Err(CliError::OptionalDimensionTooLong { longest_secs, expiration_secs: base.expiration_secs });
     }
+    let mut slices = Vec::with_capacity(waits.len() + 1);
+    let mut waited_secs = 0;
+    for &wait_secs in &waits {
+        let mut properties = TaskProperties::clone(&base.properties);
+        let wanted = optional.iter().filter(|wanted| wanted.expiration_secs >= wait_secs);
+        properties.dimensions.extend(wanted.map(|wanted| wanted.dimension.clone()));
+        slices.push(TaskSlice {
+            properties: Arc::new(properties),
+            expiration_secs: wait_secs - waited_secs,
+            wait_for_capacity: base.wait_for_capacity,
+        });
+        waited_secs = wait_secs;
+    }
+    let expiration_secs = base.expiration_secs - longest_secs;
+    slices.push(TaskSlice { expiration_secs, ..base });
+    Ok(slices)
 }
 
 /// `--env-prefix` pairs as Swarming writes them: one entry per variable, in the

@@ -698,7 +698,7 @@ impl Sim {
         let request = match self.rng.below(5) {
             0 | 1 => Request::QuarantineBot { bot_id, reason: "flaky disk".into() },
             2 | 3 => Request::UnquarantineBot { bot_id },
-            _ => Request::TerminateBot { bot_id },
+            _ => Request::TerminateBot { bot_id, reason: String::new() },
         };
         let conn = self.client_conn();
         self.note(|| format!("{request:?}"));

@@ -186,7 +186,7 @@ fn a_reload_gives_open_connections_their_new_permissions() {
     let setup = Setup::start();
     let token = std::fs::read_to_string(setup.token_file("no-read_tasks")).unwrap();
     let mut client = Client::connect_with_token(&setup.daemon.addr, Role::Client, "test", token.trim()).unwrap();
-    let list = Request::ListTasks(TaskQuery { state: None, tags: Vec::new(), limit: 0, cursor: None });
+    let list = Request::ListTasks(TaskQuery::default());
     match client.call(&list) {
         Err(ClientError::Refused { code: ErrorCode::PermissionDenied, message }) => {
             assert!(message.starts_with("permission read_tasks:"), "{message}");
