@@ -170,10 +170,10 @@ pub(crate) struct CancelArgs {
     #[arg(long = "tag", value_name = "KEY:VALUE", value_parser = parse_tag, conflicts_with = "task_id")]
     pub(crate) tags: Vec<String>,
     /// With --tag: only tasks created at or after this time (as `tasks list --start`).
-    #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "tags")]
+    #[arg(long, value_name = "TIME", value_parser = parse_time, conflicts_with = "task_id")]
     pub(crate) start: Option<u64>,
     /// With --tag: only tasks created before this time.
-    #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "tags")]
+    #[arg(long, value_name = "TIME", value_parser = parse_time, conflicts_with = "task_id")]
     pub(crate) end: Option<u64>,
     /// The task: its id (ending in 0) or a run id (ending in 1 or 2).
     #[arg(value_name = "TASK_ID", value_parser = parse_task_id, required_unless_present = "tags")]
@@ -740,5 +740,61 @@ mod tests {
             assert_eq!(parse(&["bots", "list"]).unwrap().server, DEFAULT_SERVER);
         }
         assert_eq!(parse(&["bots", "list", "--server", "x:2"]).unwrap().server, "x:2");
+    }
+
+    #[test]
+    fn query_states_are_swarmings_in_any_case_and_filters_take_times() {
+        let cli = parse(&["tasks", "count", "--state", "completed_failure", "--start", "1700000000", "--tag", "k:v"])
+            .unwrap();
+        let Command::Tasks(TasksCommand::Count(args)) = cli.command else { panic!("not tasks count") };
+        assert_eq!(args.filters.state, StateQuery::CompletedFailure);
+        assert_eq!((args.filters.start, args.filters.end), (Some(1_700_000_000_000), None));
+        for (name, state) in [
+            ("ALL", StateQuery::All),
+            ("pending_running", StateQuery::PendingRunning),
+            ("QUERY_DEDUPED", StateQuery::Deduped),
+            ("COMPLETED_SUCCESS", StateQuery::CompletedSuccess),
+            ("no_resource", StateQuery::One(apiary_protocol::TaskState::NoResource)),
+        ] {
+            let cli = parse(&["tasks", "list", "--state", name]).unwrap();
+            let Command::Tasks(TasksCommand::List(args)) = cli.command else { panic!("not tasks list") };
+            assert_eq!(args.filters.state, state, "{name}");
+        }
+        let error = parse(&["tasks", "list", "--state", "DONE"]).unwrap_err();
+        assert!(error.to_string().contains("PENDING_RUNNING"), "{error}");
+    }
+
+    #[test]
+    fn cancel_takes_one_task_or_tags_not_both() {
+        let cli = parse(&["cancel", "--tag", "build:7", "--tag", "kind:test", "--kill-running"]).unwrap();
+        let Command::Cancel(args) = cli.command else { panic!("not cancel") };
+        assert_eq!((args.task_id, args.tags.len(), args.kill_running), (None, 2, true));
+        let both = parse(&["cancel", "--tag", "build:7", "018bcfe568800010"]).unwrap_err();
+        assert_eq!(both.kind(), ErrorKind::ArgumentConflict);
+        assert_eq!(parse(&["cancel", "--start", "5", "018bcfe568800010"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn collect_takes_several_tasks_and_follow_only_without_files() {
+        let cli = parse(&["collect", "--output-dir", "out", "018bcfe568800010", "018bcfe568800020"]).unwrap();
+        let Command::Collect(args) = cli.command else { panic!("not collect") };
+        assert_eq!(args.task_ids.len(), 2);
+        assert_eq!(args.output_dir, Some(PathBuf::from("out")));
+        let error = parse(&["collect", "--follow", "--json-output", "-", "018bcfe568800010"]).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::ArgumentConflict);
+        assert_eq!(parse(&["collect"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn bots_tasks_count_delete_and_terminate_with_a_reason() {
+        let cli = parse(&["bots", "terminate", "--reason", "retired", "--wait", "bot-1"]).unwrap();
+        let Command::Bots(BotsCommand::Terminate { reason, wait, bot_id }) = cli.command else { panic!("terminate") };
+        assert_eq!((reason.as_str(), wait, bot_id.as_str()), ("retired", true, "bot-1"));
+        let cli = parse(&["bots", "count", "-d", "pool=ci", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::Bots(BotsCommand::Count { json: true, .. })));
+        let cli = parse(&["bots", "tasks", "--limit", "3", "bot-1"]).unwrap();
+        assert!(matches!(cli.command, Command::Bots(BotsCommand::Tasks(BotTasksArgs { limit: Some(3), .. }))));
+        let cli = parse(&["bots", "delete", "bot-1"]).unwrap();
+        assert!(matches!(cli.command, Command::Bots(BotsCommand::Delete { bot_id }) if bot_id == "bot-1"));
     }
 }

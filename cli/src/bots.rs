@@ -1,5 +1,6 @@
-//! `apiary bots ...`: the bots the daemon knows (`list`, `show`), what happened to
-//! one (`events`), and managing one (`quarantine`, `unquarantine`, `terminate`).
+//! `apiary bots ...`: the bots the daemon knows (`list`, `show`, `count`), what
+//! happened to one (`events`, `tasks`), and managing one (`quarantine`,
+//! `unquarantine`, `terminate`, `delete`).
 
 use std::io::Write;
 

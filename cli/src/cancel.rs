@@ -1,6 +1,7 @@
 //! `apiary cancel`: end a pending task as CANCELED, or with `--kill-running` have a
 //! running one stopped (KILLED). Canceling a task that already ended is not an
-//! error: the command says so and exits 0, so it can be repeated safely.
+//! error: the command says so and exits 0, so it can be repeated safely. With
+//! `--tag`, every pending task with those tags, a page at a time.
 
 use std::io::Write;
 

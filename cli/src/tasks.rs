@@ -1,5 +1,5 @@
-//! `apiary tasks show`, `apiary tasks output` and `apiary tasks list`: tasks as
-//! the daemon knows them now.
+//! `apiary tasks show`, `apiary tasks output`, `apiary tasks list` and `apiary
+//! tasks count`: tasks as the daemon knows them now.
 
 use std::io::Write;
 

@@ -259,6 +259,71 @@ mod tests {
         assert!(properties.idempotent);
     }
 
+    fn slice_dimensions(slice: &TaskSlice) -> Vec<String> {
+        slice.properties.dimensions.iter().map(|pair| format!("{}={}", pair.key, pair.value)).collect()
+    }
+
+    #[test]
+    fn one_optional_dimension_makes_a_slice_with_it_then_one_without_as_swarmings_client() {
+        let request = request_for(&[
+            "-d",
+            "pool=ci",
+            "--optional-dimension",
+            "gpu=nvidia:60",
+            "--expiration",
+            "600",
+            "--",
+            "true",
+        ]);
+        let slices = &request.task_slices;
+        assert_eq!(slices.len(), 2);
+        assert_eq!(
+            (slice_dimensions(&slices[0]), slices[0].expiration_secs),
+            (vec!["pool=ci".into(), "gpu=nvidia".into()], 60)
+        );
+        assert_eq!((slice_dimensions(&slices[1]), slices[1].expiration_secs), (vec!["pool=ci".to_string()], 540));
+        assert_eq!(slices[0].properties.command, slices[1].properties.command);
+    }
+
+    #[test]
+    fn optional_dimensions_are_grouped_by_wait_the_longest_wanted_in_every_earlier_slice() {
+        let request = request_for(&[
+            "-d",
+            "pool=ci",
+            "--optional-dimension",
+            "os=Ubuntu-22.04:300",
+            "--optional-dimension",
+            "gpu=nvidia:60",
+            "--optional-dimension",
+            "cache=warm:60",
+            "--expiration",
+            "1000",
+            "--",
+            "true",
+        ]);
+        let waits: Vec<u32> = request.task_slices.iter().map(|slice| slice.expiration_secs).collect();
+        assert_eq!(waits, [60, 240, 700], "the slices' waits add up to --expiration");
+        let dimensions: Vec<Vec<String>> = request.task_slices.iter().map(slice_dimensions).collect();
+        assert_eq!(dimensions[0], ["pool=ci", "os=Ubuntu-22.04", "gpu=nvidia", "cache=warm"]);
+        assert_eq!(dimensions[1], ["pool=ci", "os=Ubuntu-22.04"]);
+        assert_eq!(dimensions[2], ["pool=ci"]);
+    }
+
+    #[test]
+    fn an_optional_dimension_as_long_as_the_expiration_or_malformed_is_a_usage_error() {
+        let args = trigger_args(&["--optional-dimension", "gpu=nvidia:3600", "--", "true"]);
+        let error = build_request(&args.task).unwrap_err();
+        assert_eq!(error.exit_code(), exit_codes::USAGE);
+        assert!(error.to_string().contains("--optional-dimension: 3600 s"), "{error}");
+        for bad in ["gpu=nvidia", "gpu:60", "=x:60", "gpu=nvidia:0", "gpu=nvidia:soon"] {
+            let parsed = Cli::try_parse_from(["apiary", "trigger", "--optional-dimension", bad, "--", "true"]);
+            assert_eq!(parsed.unwrap_err().exit_code(), exit_codes::USAGE, "{bad}");
+        }
+        // A value may hold a colon: the seconds follow the last one.
+        let request = request_for(&["--optional-dimension", "url=http://x:60", "--expiration", "100", "--", "true"]);
+        assert_eq!(slice_dimensions(&request.task_slices[0]), ["url=http://x"]);
+    }
+
     #[test]
     fn env_prefixes_are_grouped_by_variable_in_first_seen_order() {
         let request = request_for(&[
