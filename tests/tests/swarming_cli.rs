@@ -125,10 +125,10 @@ fn query_states_windows_and_counts_reach_tasks_in_history_runs() {
         assert_eq!(counted["capped"], false);
         counted["count"].as_u64().unwrap()
     };
-    assert_eq!(list("COMPLETED_FAILURE"), [failed.clone()]);
-    assert_eq!(list("DEDUPED"), [deduped.clone()]);
+    assert_eq!(list("COMPLETED_FAILURE"), [failed.as_str()]);
+    assert_eq!(list("DEDUPED"), [deduped.as_str()]);
     assert_eq!(list("completed_success"), [deduped.clone(), succeeded.clone()]);
-    assert_eq!(list("PENDING_RUNNING"), [pending.clone()]);
+    assert_eq!(list("PENDING_RUNNING"), [pending.as_str()]);
     assert_eq!(list("ALL"), [pending.clone(), failed.clone(), deduped.clone(), succeeded.clone()]);
     assert_eq!(count(&[]), 4);
     assert_eq!(count(&["--state", "COMPLETED"]), 3);
