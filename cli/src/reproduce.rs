@@ -6,8 +6,12 @@
 //! directory with an empty `out` directory beside it, `relative_cwd` inside it,
 //! each named cache as an empty directory at its path, `env` applied (an empty
 //! value removes the variable), `env_prefixes` prepended as paths inside the
-//! work directory, `APIARY_TASK_ID`, `APIARY_SERVER` and `APIARY_OUTDIR` set,
-//! and `${APIARY_OUTDIR}` in the command replaced by the output directory.
+//! work directory, `APIARY_TASK_ID`, `APIARY_SERVER` and `APIARY_OUTDIR` set
+//! with Swarming's `SWARMING_TASK_ID`, `SWARMING_SERVER` and
+//! `SWARMING_HEADLESS=1`, and in the command `${APIARY_OUTDIR}` and
+//! `${ISOLATED_OUTDIR}` replaced by the output directory, `${EXECUTABLE_SUFFIX}`
+//! by nothing, and `${SWARMING_BOT_FILE}` by a file holding `{}` (no bot here
+//! has anything to say in it).
 //! Secret bytes never leave the daemon except to the bot that runs the task,
 //! so a task that has some runs without them, and a note says so.
 
@@ -24,8 +28,12 @@ use crate::connect::{self, Daemon};
 use crate::error::CliError;
 use crate::exit_codes;
 
-/// What the command sees in place of this text: the output directory.
-const OUT_DIR_PARAMETER: &str = "${APIARY_OUTDIR}";
+/// What the command sees in place of these texts: the output directory.
+const OUT_DIR_PARAMETERS: [&str; 2] = ["${APIARY_OUTDIR}", "${ISOLATED_OUTDIR}"];
+/// Swarming's suffix of executables: empty on the hosts Apiary runs on.
+const EXECUTABLE_SUFFIX_PARAMETER: &str = "${EXECUTABLE_SUFFIX}";
+/// A file the bot writes for the task in Swarming; here it holds `{}`.
+const BOT_FILE_PARAMETER: &str = "${SWARMING_BOT_FILE}";
 
 /// Runs the task's command with stdin, stdout and stderr of this process, and
 /// returns its exit code (as `collect` would for the task: 255 when it has none
@@ -49,7 +57,8 @@ pub(crate) fn reproduce(
         Some(dir) => (dir.clone(), true),
         None => (std::env::temp_dir().join(format!("apiary-reproduce-{}", std::process::id())), false),
     };
-    let layout = Layout { work_dir: root.join("work"), out_dir: root.join("out") };
+    let layout =
+        Layout { work_dir: root.join("work"), out_dir: root.join("out"), bot_file: root.join("bot_file.json") };
     let ran = layout.set_up(properties).and_then(|()| run(properties, &layout, result.task_id, server));
     if !keep {
         let _ = std::fs::remove_dir_all(&root);
@@ -63,6 +72,8 @@ pub(crate) fn reproduce(
 struct Layout {
     work_dir: PathBuf,
     out_dir: PathBuf,
+    /// What `${SWARMING_BOT_FILE}` names.
+    bot_file: PathBuf,
 }
 
 impl Layout {
@@ -73,11 +84,22 @@ impl Layout {
         };
         create(&self.work_dir)?;
         create(&self.out_dir)?;
+        std::fs::write(&self.bot_file, "{}\n")
+            .map_err(|source| CliError::WriteFile { path: self.bot_file.display().to_string(), source })?;
         create(&self.inside("relative_cwd", &properties.relative_cwd)?)?;
         for cache in &properties.caches {
             create(&self.inside("caches.path", &cache.path)?)?;
         }
         Ok(())
+    }
+
+    /// A command's element with the placeholders a bot replaces replaced.
+    fn substitute(&self, element: &str) -> OsString {
+        let out_dir = self.out_dir.to_string_lossy();
+        let with_out_dir =
+            OUT_DIR_PARAMETERS.iter().fold(element.to_string(), |text, parameter| text.replace(parameter, &out_dir));
+        let with_suffix = with_out_dir.replace(EXECUTABLE_SUFFIX_PARAMETER, "");
+        OsString::from(with_suffix.replace(BOT_FILE_PARAMETER, &self.bot_file.to_string_lossy()))
     }
 
     /// `relative` within the work directory; the daemon checked it, but this
@@ -95,10 +117,8 @@ fn run(properties: &TaskProperties, layout: &Layout, task_id: u64, server: &str)
     let Some((program, arguments)) = properties.command.split_first() else {
         return Err(CliError::Reproduce("command: the task's command is empty".to_string()));
     };
-    let substitute =
-        |element: &String| OsString::from(element.replace(OUT_DIR_PARAMETER, &layout.out_dir.to_string_lossy()));
-    let mut command = Command::new(substitute(program));
-    command.args(arguments.iter().map(substitute));
+    let mut command = Command::new(layout.substitute(program));
+    command.args(arguments.iter().map(|argument| layout.substitute(argument)));
     command.current_dir(layout.inside("relative_cwd", &properties.relative_cwd)?);
     for pair in &properties.env {
         match pair.value.is_empty() {
@@ -125,9 +145,42 @@ fn run(properties: &TaskProperties, layout: &Layout, task_id: u64, server: &str)
     command.env("APIARY_TASK_ID", format_task_id(task_id));
     command.env("APIARY_SERVER", server);
     command.env("APIARY_OUTDIR", &layout.out_dir);
+    command.env("SWARMING_TASK_ID", format_task_id(task_id));
+    command.env("SWARMING_SERVER", server);
+    command.env("SWARMING_HEADLESS", "1");
+    command.env_remove("SWARMING_BOT_ID");
     command.env_remove("APIARY_BOT_ID");
     command.env_remove("APIARY_SECRET_BYTES_PATH");
     let status =
         command.status().map_err(|source| CliError::Reproduce(format!("cannot start {program:?}: {source}")))?;
     Ok(exit_codes::for_task_exit_code(status.code().map(i64::from)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> Layout {
+        let root = PathBuf::from("/r");
+        Layout { work_dir: root.join("work"), out_dir: root.join("out"), bot_file: root.join("bot_file.json") }
+    }
+
+    #[test]
+    fn placeholders_are_replaced_as_a_bot_replaces_them() {
+        let layout = layout();
+        assert_eq!(layout.substitute("${APIARY_OUTDIR}/a:${ISOLATED_OUTDIR}/b"), "/r/out/a:/r/out/b");
+        assert_eq!(layout.substitute("tool${EXECUTABLE_SUFFIX}"), "tool");
+        assert_eq!(layout.substitute("--state=${SWARMING_BOT_FILE}"), "--state=/r/bot_file.json");
+        assert_eq!(layout.substitute("$HOME ${UNKNOWN}"), "$HOME ${UNKNOWN}");
+    }
+
+    #[test]
+    fn paths_outside_the_work_directory_are_refused_by_field() {
+        let layout = layout();
+        assert_eq!(layout.inside("relative_cwd", "a/./b").unwrap(), PathBuf::from("/r/work/a/b"));
+        for bad in ["../x", "/etc", "a/../../x"] {
+            let error = layout.inside("caches.path", bad).unwrap_err();
+            assert!(error.to_string().starts_with("cannot reproduce the task: caches.path:"), "{error}");
+        }
+    }
 }

@@ -226,7 +226,8 @@ fn reproduce_runs_the_tasks_command_here_with_its_environment() {
     let dir = temp();
     let daemon = Daemon::start(&dir.path().join("data"));
     let cli = daemon.cli();
-    let script = "echo \"$GREETING $APIARY_TASK_ID\" > \"$1/said\"; pwd; cat \"$1/said\"; exit 4";
+    let script = "echo \"$GREETING $SWARMING_TASK_ID $SWARMING_HEADLESS\" > \"$1/said\"; pwd; cat \"$1/said\"; \
+                  cat \"$2\"; exit 4";
     let task_id = cli.trigger(&[
         "-d",
         "pool=ci",
@@ -240,7 +241,8 @@ fn reproduce_runs_the_tasks_command_here_with_its_environment() {
         "-c",
         script,
         "sh",
-        "${APIARY_OUTDIR}",
+        "${ISOLATED_OUTDIR}${EXECUTABLE_SUFFIX}",
+        "${SWARMING_BOT_FILE}",
     ]);
     let work = dir.path().join("repro");
     let reproduced = cli.run(&["reproduce", "--work-dir", work.to_str().unwrap(), &task_id]);
@@ -248,8 +250,9 @@ fn reproduce_runs_the_tasks_command_here_with_its_environment() {
     let stdout = String::from_utf8_lossy(&reproduced.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines[0].ends_with("repro/work/sub/dir"), "{stdout}");
-    assert_eq!(lines[1], format!("hello {task_id}"));
-    assert_eq!(std::fs::read_to_string(work.join("out").join("said")).unwrap(), format!("hello {task_id}\n"));
+    assert_eq!(lines[1], format!("hello {task_id} 1"));
+    assert_eq!(lines[2], "{}", "the bot file holds an empty object: {stdout}");
+    assert_eq!(std::fs::read_to_string(work.join("out").join("said")).unwrap(), format!("hello {task_id} 1\n"));
     assert_eq!(cli.show(&task_id)["state"], "PENDING", "reproducing changes nothing on the daemon");
     let unknown = cli.run(&["reproduce", "0000000000000010"]);
     assert_eq!(unknown.status.code(), Some(88), "{}", describe(&unknown));
