@@ -209,8 +209,11 @@ impl Core {
             (Some(cursor), Some(until)) => Some(cursor.min(until)),
             (cursor, until) => cursor.or(until),
         };
-        let since_ms = query.created_since_unix_ms.unwrap_or(0).max(self.retained_from_ms).min(last_ms);
+        let since_ms = query.created_since_unix_ms.unwrap_or(0).min(last_ms);
+        // The heap holds only retained tasks (a task that has not ended is kept
+        // however old); the history runs may hold older ones until they go.
         let floor = RequestId::first_of_millisecond(since_ms);
+        let retained_floor = RequestId::first_of_millisecond(since_ms.max(self.retained_from_ms));
         let matches = |task: &Task| {
             let deduped = task.outcome.as_ref().is_some_and(|outcome| outcome.deduped_from.is_some());
             let exit_code = task.outcome.as_ref().and_then(|outcome| outcome.exit_code);
@@ -223,7 +226,8 @@ impl Core {
         };
         let mut held = held.take_while(|task| task.id >= floor).filter(wanted).peekable();
         // Tasks that have not ended are all in the heap.
-        let history_floor = if query.state.only_unended() { RequestId::first_of_millisecond(last_ms) } else { floor };
+        let history_floor =
+            if query.state.only_unended() { RequestId::first_of_millisecond(last_ms) } else { retained_floor };
         let mut archived = self.history.newest_first(before, history_floor, query.state.single_state(), &query.tags)?;
         loop {
             let held_id = held.peek().map(|task| task.id.as_u64());
