@@ -107,4 +107,35 @@ mod tests {
         let Command::Cancel(args) = cli.command else { panic!("not a cancel") };
         assert!(!args.kill_running);
     }
+
+    #[test]
+    fn cancel_by_tags_asks_again_with_the_cursor_until_none_is_left_and_sums_up() {
+        use apiary_protocol::CanceledTasks;
+        let page = |canceled, kill_requested, next_cursor| {
+            Reply::CanceledTasks(CanceledTasks {
+                canceled,
+                kill_requested,
+                matched: canceled + kill_requested,
+                next_cursor,
+            })
+        };
+        let mut daemon = FakeDaemon::answering(vec![page(1000, 0, Some(0x50)), page(2, 1, None)]);
+        let mut out = Sink::new(Vec::new());
+        let query = TaskQuery { tags: vec!["build:7".into()], ..TaskQuery::default() };
+        assert_eq!(cancel_by_tags(&mut daemon, query, true, &mut out).unwrap(), exit_codes::SUCCESS);
+        let asked: Vec<Option<u64>> = daemon
+            .requests
+            .iter()
+            .map(|request| match request {
+                Request::CancelTasks { query, kill_running: true } => {
+                    assert_eq!((query.tags.as_slice(), query.limit), (&["build:7".to_string()][..], 1000));
+                    query.cursor
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(asked, [None, Some(0x50)]);
+        let printed = String::from_utf8(out.into_inner()).unwrap();
+        assert_eq!(printed, "canceled 1002 pending tasks; kill requested for 1 running task\n");
+    }
 }

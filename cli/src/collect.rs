@@ -661,4 +661,40 @@ mod tests {
         assert_eq!(error.exit_code(), exit_codes::CONNECTION_FAILED);
         assert!(daemon.reconnect_delays.is_empty(), "creating a task is never repeated");
     }
+
+    #[test]
+    fn several_tasks_are_waited_for_in_order_and_the_first_failure_sets_the_exit_code() {
+        const OTHER: u64 = TASK + 0x10;
+        let mut daemon = FakeDaemon::answering(vec![
+            Reply::Task(task_result(TASK, TaskState::Completed, Some(0))),
+            Reply::Task(task_result(OTHER, TaskState::TimedOut, None)),
+            output(0, b"one\n", 4),
+            output(0, b"two\n", 4),
+        ]);
+        let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
+        let to = CollectTo { output_dir: None, json_output: None };
+        let code = collect_many(&mut daemon, &[TASK, OTHER], None, &to, &mut out, &mut notes).unwrap();
+        assert_eq!(code, exit_codes::TIMED_OUT);
+        assert_eq!(out.into_inner(), b"one\ntwo\n");
+        let waited: Vec<u64> = daemon
+            .requests
+            .iter()
+            .filter_map(|request| match request {
+                Request::WaitTask { task_id, .. } => Some(*task_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(waited, [TASK, OTHER]);
+    }
+
+    #[test]
+    fn the_summary_to_stdout_replaces_the_outputs_there() {
+        let mut daemon = FakeDaemon::answering(vec![task(TaskState::Completed, Some(0)), output(0, b"hi", 2)]);
+        let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
+        let to = CollectTo { output_dir: None, json_output: Some(Path::new("-")) };
+        assert_eq!(collect_many(&mut daemon, &[TASK], None, &to, &mut out, &mut notes).unwrap(), 0);
+        let summary: serde_json::Value = serde_json::from_slice(&out.into_inner()).unwrap();
+        assert_eq!(summary["018bcfe568800010"]["output"], "hi");
+        assert_eq!(summary["018bcfe568800010"]["results"]["state"], "COMPLETED");
+    }
 }
