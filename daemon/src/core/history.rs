@@ -223,13 +223,4 @@ impl<'a> Listing<'a> {
         let record = self.cursors[slot].index.record(number).map_err(|error| error.to_string());
         Some(record.and_then(access_record))
     }
-
-    /// The next task's record.
-    pub fn next_record(&mut self) -> Option<Result<&'a ArchivedTaskRecord, String>> {
-        self.peek_id()?;
-        let (_, slot, number) = self.heads.pop().expect("peeked");
-        let record = self.cursors[slot].index.record(number).map_err(|error| error.to_string());
-        self.advance(slot);
-        Some(record.and_then(access_record))
-    }
 }
