@@ -7,7 +7,7 @@ use std::time::Duration;
 use apiary_protocol::limits;
 use apiary_protocol::tls::TlsArgs;
 use apiary_protocol::token::TOKEN_FILE_ENV;
-use apiary_protocol::{NamedCache, StringPair, TaskState};
+use apiary_protocol::{NamedCache, StateQuery, StringPair};
 use clap::{Args, Parser, Subcommand};
 
 use crate::connect::{DEFAULT_SERVER, SERVER_ENV};
@@ -37,8 +37,12 @@ pub(crate) enum Command {
     Collect(CollectArgs),
     /// Trigger a task, then collect it (the task id goes to stderr).
     Run(RunArgs),
-    /// Cancel a pending task; with --kill-running, also stop a running one.
+    /// Cancel a pending task, or every pending task with some tags; with --kill-running,
+    /// also stop running ones.
     Cancel(CancelArgs),
+    /// Set up a task's work directory, environment and command here, as a bot would, and
+    /// run it.
+    Reproduce(ReproduceArgs),
     /// Look at tasks.
     #[command(subcommand)]
     Tasks(TasksCommand),
@@ -108,7 +112,13 @@ pub(crate) struct TaskFlags {
     /// its work directory; repeat for more (up to 32).
     #[arg(long = "named-cache", value_name = "NAME=RELPATH", value_parser = parse_named_cache)]
     pub(crate) named_caches: Vec<NamedCache>,
-    /// Seconds the task may wait for a bot before it EXPIRES.
+    /// A dimension to prefer for its first SECS seconds, as Swarming's -optional-dimension:
+    /// the task gets a first slice with it, then falls back to one without; repeat for more
+    /// (see the README for how the slices are built).
+    #[arg(long = "optional-dimension", value_name = "KEY=VALUE:SECS", value_parser = parse_optional_dimension)]
+    pub(crate) optional_dimensions: Vec<OptionalDimension>,
+    /// Seconds the task may wait for a bot before it EXPIRES (with optional dimensions:
+    /// in all, across its slices).
     #[arg(long = "expiration", value_name = "SECS", default_value_t = limits::DEFAULT_EXPIRATION_SECS)]
     pub(crate) expiration_secs: u32,
     /// Seconds the command may run; then it is stopped (see --grace-period) and the task
@@ -143,23 +153,59 @@ pub(crate) struct TaskFlags {
     pub(crate) command: Vec<String>,
 }
 
+/// A dimension a task prefers for a while, from `--optional-dimension KEY=VALUE:SECS`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct OptionalDimension {
+    pub(crate) dimension: StringPair,
+    pub(crate) expiration_secs: u32,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct CancelArgs {
     /// Also stop the task if it is running (it ends KILLED); without it a running task is left alone.
     #[arg(long)]
     pub(crate) kill_running: bool,
+    /// Cancel every pending task with this tag instead of one task; repeat for more (all
+    /// must be present).
+    #[arg(long = "tag", value_name = "KEY:VALUE", value_parser = parse_tag, conflicts_with = "task_id")]
+    pub(crate) tags: Vec<String>,
+    /// With --tag: only tasks created at or after this time (as `tasks list --start`).
+    #[arg(long, value_name = "TIME", value_parser = parse_time, conflicts_with = "task_id")]
+    pub(crate) start: Option<u64>,
+    /// With --tag: only tasks created before this time.
+    #[arg(long, value_name = "TIME", value_parser = parse_time, conflicts_with = "task_id")]
+    pub(crate) end: Option<u64>,
     /// The task: its id (ending in 0) or a run id (ending in 1 or 2).
-    #[arg(value_name = "TASK_ID", value_parser = parse_task_id)]
-    pub(crate) task_id: u64,
+    #[arg(value_name = "TASK_ID", value_parser = parse_task_id, required_unless_present = "tags")]
+    pub(crate) task_id: Option<u64>,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct CollectArgs {
     #[command(flatten)]
     pub(crate) timeout: Timeout,
-    /// Write the output as it arrives, not once the task ended.
-    #[arg(long)]
+    /// Write the output as it arrives, not once the task ended (one task only).
+    #[arg(long, conflicts_with_all = ["output_dir", "json_output"])]
     pub(crate) follow: bool,
+    /// Write a summary.json and each task's output (DIR/TASK_ID/output.txt) here, as
+    /// Swarming's collect -output-dir does, instead of the output to stdout.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) output_dir: Option<PathBuf>,
+    /// Write the tasks' results as JSON to FILE (`-`: stdout), as Swarming's collect
+    /// -task-summary-json does.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) json_output: Option<PathBuf>,
+    /// The tasks: each an id (ending in 0) or a run id (ending in 1 or 2).
+    #[arg(value_name = "TASK_ID", value_parser = parse_task_id, required = true, num_args = 1..)]
+    pub(crate) task_ids: Vec<u64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReproduceArgs {
+    /// Where to set up the work directory; default: a new directory under the system's
+    /// temporary directory, removed afterwards.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) work_dir: Option<PathBuf>,
     /// The task: its id (ending in 0) or a run id (ending in 1 or 2).
     #[arg(value_name = "TASK_ID", value_parser = parse_task_id)]
     pub(crate) task_id: u64,
@@ -211,16 +257,41 @@ pub(crate) enum TasksCommand {
     },
     /// List tasks, newest first, one page at a time.
     List(ListTasksArgs),
+    /// Count the tasks that match the filters of `tasks list`.
+    Count(CountTasksArgs),
+}
+
+/// Which tasks: by state, tags and creation time.
+#[derive(Debug, Args)]
+pub(crate) struct TaskFilters {
+    /// Only tasks in this state: one of Swarming's query states (ALL, PENDING_RUNNING,
+    /// COMPLETED_SUCCESS, COMPLETED_FAILURE, DEDUPED) or a task state, any case.
+    #[arg(long, value_name = "STATE", value_parser = parse_state, default_value = "ALL")]
+    pub(crate) state: StateQuery,
+    /// Only tasks with this tag; repeat for more (all must be present).
+    #[arg(long = "tag", value_name = "KEY:VALUE", value_parser = parse_tag)]
+    pub(crate) tags: Vec<String>,
+    /// Only tasks created at or after this time: RFC 3339 in UTC or Unix seconds.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub(crate) start: Option<u64>,
+    /// Only tasks created before this time, written as for --start.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub(crate) end: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CountTasksArgs {
+    #[command(flatten)]
+    pub(crate) filters: TaskFilters,
+    /// One JSON object instead of a number.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ListTasksArgs {
-    /// Only tasks in this state (a Swarming state name, any case).
-    #[arg(long, value_name = "STATE", value_parser = parse_state)]
-    pub(crate) state: Option<TaskState>,
-    /// Only tasks with this tag; repeat for more (all must be present).
-    #[arg(long = "tag", value_name = "KEY:VALUE", value_parser = parse_tag)]
-    pub(crate) tags: Vec<String>,
+    #[command(flatten)]
+    pub(crate) filters: TaskFilters,
     /// At most this many tasks; default and cap are the daemon's (100 and 1000).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) limit: Option<u32>,
@@ -267,11 +338,49 @@ pub(crate) enum BotsCommand {
     },
     /// Have a bot exit once its current task (if any) has ended.
     Terminate {
+        /// Why, for people; shown in the bot's events.
+        #[arg(long, value_name = "TEXT", default_value = "", hide_default_value = true)]
+        reason: String,
+        /// Wait until the bot has shut down.
+        #[arg(long)]
+        wait: bool,
         #[arg(value_name = "BOT_ID")]
         bot_id: String,
     },
     /// List what happened to a bot, newest first, one page at a time.
     Events(BotEventsArgs),
+    /// List the tasks a bot ran, newest first, one page at a time.
+    Tasks(BotTasksArgs),
+    /// Count the bots, and how many are busy, dead, quarantined, ...
+    Count {
+        /// Only bots with this dimension; repeat for more (all must match). VALUE may be
+        /// `a|b` to accept either.
+        #[arg(long = "dimension", short = 'd', value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        dimensions: Vec<StringPair>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a dead or disconnected bot (its events and standing go; its tasks stay).
+    Delete {
+        #[arg(value_name = "BOT_ID")]
+        bot_id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BotTasksArgs {
+    /// At most this many tasks; default and cap are the daemon's (100 and 1000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) limit: Option<u32>,
+    /// Continue a listing where the previous page ended (as printed with it).
+    #[arg(long, value_name = "CURSOR", value_parser = parse_cursor)]
+    pub(crate) cursor: Option<u64>,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[arg(value_name = "BOT_ID")]
+    pub(crate) bot_id: String,
 }
 
 #[derive(Debug, Args)]
@@ -331,11 +440,17 @@ fn parse_task_id(text: &str) -> Result<u64, String> {
         .map_err(|_| "expected 16 hexadecimal digits: a task id (ending in 0) or a run id".to_string())
 }
 
-fn parse_state(text: &str) -> Result<TaskState, String> {
-    TaskState::from_name(text).ok_or_else(|| {
-        let names: Vec<&str> = TaskState::ALL.iter().map(|state| state.name()).collect();
-        format!("expected one of {}", names.join(", "))
-    })
+fn parse_state(text: &str) -> Result<StateQuery, String> {
+    StateQuery::from_name(text).ok_or_else(|| format!("expected one of {}", StateQuery::names().join(", ")))
+}
+
+/// `KEY=VALUE:SECS`, split at the last `:` so that a value may hold one.
+fn parse_optional_dimension(text: &str) -> Result<OptionalDimension, String> {
+    const EXPECTED: &str = "expected KEY=VALUE:SECS with a non-empty KEY and whole seconds";
+    let (pair, secs) = text.rsplit_once(':').ok_or(EXPECTED)?;
+    let dimension = parse_key_value(pair).map_err(|_| EXPECTED.to_string())?;
+    let expiration_secs = secs.parse::<u32>().ok().filter(|&secs| secs > 0).ok_or(EXPECTED)?;
+    Ok(OptionalDimension { dimension, expiration_secs })
 }
 
 /// A cursor is opaque to people: 16 hex digits, as `tasks list` prints it.
@@ -537,7 +652,7 @@ mod tests {
     fn task_ids_accept_request_and_run_ids_and_name_a_bad_one() {
         let cli = parse(&["collect", "--timeout", "5", "018BCFE568800011"]).unwrap();
         let Command::Collect(args) = cli.command else { panic!("not a collect") };
-        assert_eq!(args.task_id, 0x018b_cfe5_6880_0011);
+        assert_eq!(args.task_ids, [0x018b_cfe5_6880_0011]);
         assert_eq!(args.timeout.duration(), Some(Duration::from_secs(5)));
         let error = parse(&["tasks", "show", "--json", "12345"]).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::ValueValidation);
@@ -579,7 +694,7 @@ mod tests {
         let cli = parse(&["bots", "unquarantine", "bot-1"]).unwrap();
         assert!(matches!(cli.command, Command::Bots(BotsCommand::Unquarantine { bot_id }) if bot_id == "bot-1"));
         let cli = parse(&["bots", "terminate", "bot-1"]).unwrap();
-        assert!(matches!(cli.command, Command::Bots(BotsCommand::Terminate { bot_id }) if bot_id == "bot-1"));
+        assert!(matches!(cli.command, Command::Bots(BotsCommand::Terminate { bot_id, .. }) if bot_id == "bot-1"));
     }
 
     #[test]
@@ -625,5 +740,61 @@ mod tests {
             assert_eq!(parse(&["bots", "list"]).unwrap().server, DEFAULT_SERVER);
         }
         assert_eq!(parse(&["bots", "list", "--server", "x:2"]).unwrap().server, "x:2");
+    }
+
+    #[test]
+    fn query_states_are_swarmings_in_any_case_and_filters_take_times() {
+        let cli = parse(&["tasks", "count", "--state", "completed_failure", "--start", "1700000000", "--tag", "k:v"])
+            .unwrap();
+        let Command::Tasks(TasksCommand::Count(args)) = cli.command else { panic!("not tasks count") };
+        assert_eq!(args.filters.state, StateQuery::CompletedFailure);
+        assert_eq!((args.filters.start, args.filters.end), (Some(1_700_000_000_000), None));
+        for (name, state) in [
+            ("ALL", StateQuery::All),
+            ("pending_running", StateQuery::PendingRunning),
+            ("QUERY_DEDUPED", StateQuery::Deduped),
+            ("COMPLETED_SUCCESS", StateQuery::CompletedSuccess),
+            ("no_resource", StateQuery::One(apiary_protocol::TaskState::NoResource)),
+        ] {
+            let cli = parse(&["tasks", "list", "--state", name]).unwrap();
+            let Command::Tasks(TasksCommand::List(args)) = cli.command else { panic!("not tasks list") };
+            assert_eq!(args.filters.state, state, "{name}");
+        }
+        let error = parse(&["tasks", "list", "--state", "DONE"]).unwrap_err();
+        assert!(error.to_string().contains("PENDING_RUNNING"), "{error}");
+    }
+
+    #[test]
+    fn cancel_takes_one_task_or_tags_not_both() {
+        let cli = parse(&["cancel", "--tag", "build:7", "--tag", "kind:test", "--kill-running"]).unwrap();
+        let Command::Cancel(args) = cli.command else { panic!("not cancel") };
+        assert_eq!((args.task_id, args.tags.len(), args.kill_running), (None, 2, true));
+        let both = parse(&["cancel", "--tag", "build:7", "018bcfe568800010"]).unwrap_err();
+        assert_eq!(both.kind(), ErrorKind::ArgumentConflict);
+        assert_eq!(parse(&["cancel", "--start", "5", "018bcfe568800010"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn collect_takes_several_tasks_and_follow_only_without_files() {
+        let cli = parse(&["collect", "--output-dir", "out", "018bcfe568800010", "018bcfe568800020"]).unwrap();
+        let Command::Collect(args) = cli.command else { panic!("not collect") };
+        assert_eq!(args.task_ids.len(), 2);
+        assert_eq!(args.output_dir, Some(PathBuf::from("out")));
+        let error = parse(&["collect", "--follow", "--json-output", "-", "018bcfe568800010"]).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::ArgumentConflict);
+        assert_eq!(parse(&["collect"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn bots_tasks_count_delete_and_terminate_with_a_reason() {
+        let cli = parse(&["bots", "terminate", "--reason", "retired", "--wait", "bot-1"]).unwrap();
+        let Command::Bots(BotsCommand::Terminate { reason, wait, bot_id }) = cli.command else { panic!("terminate") };
+        assert_eq!((reason.as_str(), wait, bot_id.as_str()), ("retired", true, "bot-1"));
+        let cli = parse(&["bots", "count", "-d", "pool=ci", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::Bots(BotsCommand::Count { json: true, .. })));
+        let cli = parse(&["bots", "tasks", "--limit", "3", "bot-1"]).unwrap();
+        assert!(matches!(cli.command, Command::Bots(BotsCommand::Tasks(BotTasksArgs { limit: Some(3), .. }))));
+        let cli = parse(&["bots", "delete", "bot-1"]).unwrap();
+        assert!(matches!(cli.command, Command::Bots(BotsCommand::Delete { bot_id }) if bot_id == "bot-1"));
     }
 }

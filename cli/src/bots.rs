@@ -1,11 +1,12 @@
-//! `apiary bots ...`: the bots the daemon knows (`list`, `show`), what happened to
-//! one (`events`), and managing one (`quarantine`, `unquarantine`, `terminate`).
+//! `apiary bots ...`: the bots the daemon knows (`list`, `show`, `count`), what
+//! happened to one (`events`, `tasks`), and managing one (`quarantine`,
+//! `unquarantine`, `terminate`, `delete`).
 
 use std::io::Write;
 
 use apiary_protocol::{BotEventQuery, Request, StringPair};
 
-use crate::args::BotEventsArgs;
+use crate::args::{BotEventsArgs, BotTasksArgs};
 use crate::connect::{self, Daemon};
 use crate::error::CliError;
 use crate::exit_codes;
@@ -71,11 +72,77 @@ pub(crate) fn unquarantine(
     Ok(exit_codes::SUCCESS)
 }
 
-/// Has the bot exit once its current task (if any) has ended.
-pub(crate) fn terminate(daemon: &mut impl Daemon, bot_id: &str, out: &mut Sink<impl Write>) -> Result<i32, CliError> {
-    let request = Request::TerminateBot { bot_id: bot_id.to_string() };
-    let bot = connect::call_bot(daemon, &request, &format!("terminate bot {bot_id:?}"))?;
+/// Has the bot exit once its current task (if any) has ended; with `wait`,
+/// returns once it has shut down, asking every `SHUT_DOWN_POLL`.
+pub(crate) fn terminate(
+    daemon: &mut impl Daemon,
+    bot_id: &str,
+    reason: &str,
+    wait: bool,
+    out: &mut Sink<impl Write>,
+) -> Result<i32, CliError> {
+    let request = Request::TerminateBot { bot_id: bot_id.to_string(), reason: reason.to_string() };
+    let mut bot = connect::call_bot(daemon, &request, &format!("terminate bot {bot_id:?}"))?;
     out.write_all(render::bot_action_text(BotAction::TerminateRequested, &bot).as_bytes())?;
+    if !wait {
+        return Ok(exit_codes::SUCCESS);
+    }
+    out.flush()?;
+    let get = Request::GetBot { bot_id: bot_id.to_string() };
+    let action = format!("wait for bot {bot_id:?} to shut down");
+    while !bot.shut_down {
+        std::thread::sleep(SHUT_DOWN_POLL);
+        bot = connect::call_bot(daemon, &get, &action)?;
+    }
+    out.write_all(format!("{bot_id} has shut down\n").as_bytes())?;
+    Ok(exit_codes::SUCCESS)
+}
+
+/// How often `terminate --wait` asks whether the bot has shut down.
+const SHUT_DOWN_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// One page of the tasks the bot ran, newest first.
+pub(crate) fn tasks(
+    daemon: &mut impl Daemon,
+    args: &BotTasksArgs,
+    out: &mut Sink<impl Write>,
+    notes: &mut dyn Write,
+) -> Result<i32, CliError> {
+    let request =
+        Request::ListBotTasks { bot_id: args.bot_id.clone(), limit: args.limit.unwrap_or(0), cursor: args.cursor };
+    let action = format!("list the tasks of bot {:?}", args.bot_id);
+    let (tasks, next_cursor) = connect::call_tasks(daemon, &request, &action)?;
+    if args.json {
+        out.write_all(render::json_text(&render::tasks_page_json(&tasks, next_cursor)).as_bytes())?;
+        return Ok(exit_codes::SUCCESS);
+    }
+    out.write_all(render::tasks_table(&tasks).as_bytes())?;
+    if let Some(cursor) = next_cursor {
+        let _ = writeln!(notes, "more: {}", render::next_bot_tasks_command(&args.bot_id, args.limit, cursor));
+    }
+    Ok(exit_codes::SUCCESS)
+}
+
+/// How many bots have all of `dimensions`, and how many of them are busy, dead, ...
+pub(crate) fn count(
+    daemon: &mut impl Daemon,
+    dimensions: &[StringPair],
+    json: bool,
+    out: &mut Sink<impl Write>,
+) -> Result<i32, CliError> {
+    let request = Request::CountBots { dimensions: dimensions.to_vec() };
+    let counts = connect::call_bot_counts(daemon, &request, "count bots")?;
+    let text =
+        if json { render::json_text(&render::bot_counts_json(&counts)) } else { render::bot_counts_text(&counts) };
+    out.write_all(text.as_bytes())?;
+    Ok(exit_codes::SUCCESS)
+}
+
+/// Forgets a dead or disconnected bot; the daemon refuses a connected one.
+pub(crate) fn delete(daemon: &mut impl Daemon, bot_id: &str, out: &mut Sink<impl Write>) -> Result<i32, CliError> {
+    let request = Request::DeleteBot { bot_id: bot_id.to_string() };
+    connect::call_delete_bot(daemon, &request, &format!("delete bot {bot_id:?}"))?;
+    out.write_all(format!("deleted {bot_id}\n").as_bytes())?;
     Ok(exit_codes::SUCCESS)
 }
 
@@ -217,8 +284,8 @@ mod tests {
     fn terminate_says_when_the_bot_exits() {
         let mut daemon = FakeDaemon::answering(vec![Reply::Bot(BotInfo { terminate_requested: true, ..bot("a") })]);
         let mut out = Sink::new(Vec::new());
-        terminate(&mut daemon, "a", &mut out).unwrap();
-        assert_eq!(daemon.requests, [Request::TerminateBot { bot_id: "a".to_string() }]);
+        terminate(&mut daemon, "a", "", false, &mut out).unwrap();
+        assert_eq!(daemon.requests, [Request::TerminateBot { bot_id: "a".to_string(), reason: String::new() }]);
         assert_eq!(printed(out), "terminate requested: a exits after its current task\n");
     }
 
@@ -231,7 +298,8 @@ mod tests {
         let mut daemon = refused(ErrorCode::NotFound);
         let error = unquarantine(&mut daemon, "gone", &mut Sink::new(Vec::new()), &mut Vec::new()).unwrap_err();
         assert_eq!(error.exit_code(), exit_codes::REFUSED);
-        let error = terminate(&mut refused(ErrorCode::NotFound), "gone", &mut Sink::new(Vec::new())).unwrap_err();
+        let error =
+            terminate(&mut refused(ErrorCode::NotFound), "gone", "", false, &mut Sink::new(Vec::new())).unwrap_err();
         assert_eq!(error.exit_code(), exit_codes::REFUSED);
         let mut daemon = refused(ErrorCode::NotFound);
         let args = events_args(&["gone"]);

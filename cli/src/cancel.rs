@@ -1,11 +1,12 @@
 //! `apiary cancel`: end a pending task as CANCELED, or with `--kill-running` have a
 //! running one stopped (KILLED). Canceling a task that already ended is not an
-//! error: the command says so and exits 0, so it can be repeated safely.
+//! error: the command says so and exits 0, so it can be repeated safely. With
+//! `--tag`, every pending task with those tags, a page at a time.
 
 use std::io::Write;
 
-use apiary_protocol::Request;
 use apiary_protocol::ids::format_task_id;
+use apiary_protocol::{Request, TaskQuery, limits};
 
 use crate::connect::{self, Daemon};
 use crate::error::CliError;
@@ -22,6 +23,32 @@ pub(crate) fn cancel(
     let action = format!("cancel task {}", format_task_id(task_id));
     let (outcome, task) = connect::call_cancel(daemon, &Request::CancelTask { task_id, kill_running }, &action)?;
     out.write_all(render::cancel_text(outcome, &task).as_bytes())?;
+    Ok(exit_codes::SUCCESS)
+}
+
+/// Swarming's CancelTasks: every pending task with all of `tags` (with
+/// `kill_running`, running ones too), a page at a time until none is left.
+/// Prints how many were canceled and stopped.
+pub(crate) fn cancel_by_tags(
+    daemon: &mut impl Daemon,
+    query: TaskQuery,
+    kill_running: bool,
+    out: &mut Sink<impl Write>,
+) -> Result<i32, CliError> {
+    let action = format!("cancel the tasks tagged {}", query.tags.join(" and "));
+    let (mut canceled, mut kill_requested) = (0u64, 0u64);
+    let mut query = TaskQuery { limit: limits::MAX_TASK_PAGE, ..query };
+    loop {
+        let request = Request::CancelTasks { query: query.clone(), kill_running };
+        let page = connect::call_cancel_tasks(daemon, &request, &action)?;
+        canceled += u64::from(page.canceled);
+        kill_requested += u64::from(page.kill_requested);
+        match page.next_cursor {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => break,
+        }
+    }
+    out.write_all(render::canceled_tasks_text(canceled, kill_requested, !kill_running).as_bytes())?;
     Ok(exit_codes::SUCCESS)
 }
 
@@ -79,5 +106,36 @@ mod tests {
         let cli = Cli::try_parse_from(["apiary", "cancel", "018bcfe568800010"]).unwrap();
         let Command::Cancel(args) = cli.command else { panic!("not a cancel") };
         assert!(!args.kill_running);
+    }
+
+    #[test]
+    fn cancel_by_tags_asks_again_with_the_cursor_until_none_is_left_and_sums_up() {
+        use apiary_protocol::CanceledTasks;
+        let page = |canceled, kill_requested, next_cursor| {
+            Reply::CanceledTasks(CanceledTasks {
+                canceled,
+                kill_requested,
+                matched: canceled + kill_requested,
+                next_cursor,
+            })
+        };
+        let mut daemon = FakeDaemon::answering(vec![page(1000, 0, Some(0x50)), page(2, 1, None)]);
+        let mut out = Sink::new(Vec::new());
+        let query = TaskQuery { tags: vec!["build:7".into()], ..TaskQuery::default() };
+        assert_eq!(cancel_by_tags(&mut daemon, query, true, &mut out).unwrap(), exit_codes::SUCCESS);
+        let asked: Vec<Option<u64>> = daemon
+            .requests
+            .iter()
+            .map(|request| match request {
+                Request::CancelTasks { query, kill_running: true } => {
+                    assert_eq!((query.tags.as_slice(), query.limit), (&["build:7".to_string()][..], 1000));
+                    query.cursor
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(asked, [None, Some(0x50)]);
+        let printed = String::from_utf8(out.into_inner()).unwrap();
+        assert_eq!(printed, "canceled 1002 pending tasks; kill requested for 1 running task\n");
     }
 }

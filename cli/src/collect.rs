@@ -18,6 +18,7 @@
 //! `--follow`, and any output since read.
 
 use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use apiary_protocol::ids::format_task_id;
@@ -28,6 +29,7 @@ use crate::connect::{self, Daemon};
 use crate::error::CliError;
 use crate::exit_codes;
 use crate::follow;
+use crate::render;
 use crate::sink::Sink;
 use crate::trigger;
 
@@ -75,6 +77,79 @@ pub(crate) fn collect(
         TaskState::Completed => Ok(exit_codes::for_task(result.state, result.exit_code)),
         state => Err(CliError::TaskEnded { task_id: result.task_id, state, failure_reason: result.failure_reason }),
     }
+}
+
+/// Where `collect` of several tasks puts what it gathered.
+pub(crate) struct CollectTo<'p> {
+    /// `DIR/summary.json` and `DIR/TASK_ID/output.txt`.
+    pub(crate) output_dir: Option<&'p Path>,
+    /// The summary as JSON; `-` is stdout.
+    pub(crate) json_output: Option<&'p Path>,
+}
+
+/// The name of the summary file in `--output-dir`, as Swarming's collect writes it.
+pub(crate) const SUMMARY_FILE: &str = "summary.json";
+/// The name of a task's output file in its folder of `--output-dir`.
+pub(crate) const OUTPUT_FILE: &str = "output.txt";
+
+/// `collect` of several tasks, or of one with `--output-dir` or `--json-output`:
+/// waits for each in the order given (one `--timeout` for all), then writes
+/// their outputs to stdout one after the other, unless they go into `--output-dir`
+/// or the summary goes to stdout. Exits 0 when every task COMPLETED with exit
+/// code 0, else with the code of the first task, in the order given, that did not.
+pub(crate) fn collect_many(
+    daemon: &mut impl Daemon,
+    task_ids: &[u64],
+    timeout: Option<Duration>,
+    to: &CollectTo<'_>,
+    out: &mut Sink<impl Write>,
+    notes: &mut dyn Write,
+) -> Result<i32, CliError> {
+    let mut patience = Patience::until(timeout, notes);
+    let mut collected = Vec::with_capacity(task_ids.len());
+    for &task_id in task_ids {
+        collected.push(wait_until_ended(daemon, task_id, &mut patience)?);
+    }
+    let mut summary = serde_json::Map::new();
+    for result in &collected {
+        let mut output = Sink::new(Vec::new());
+        copy_output(daemon, result.task_id, 0, &mut output, &mut patience)?;
+        let output = output.into_inner();
+        let task_id = format_task_id(result.task_id);
+        if let Some(dir) = to.output_dir {
+            write_file(&dir.join(&task_id).join(OUTPUT_FILE), &output)?;
+        }
+        let to_stdout = to.output_dir.is_none() && to.json_output.is_none_or(|path| path != Path::new("-"));
+        if to_stdout {
+            out.write_all(&output)?;
+        }
+        summary.insert(task_id, render::collected_json(result, &output));
+    }
+    let summary = render::json_text(&serde_json::Value::Object(summary));
+    if let Some(dir) = to.output_dir {
+        write_file(&dir.join(SUMMARY_FILE), summary.as_bytes())?;
+    }
+    match to.json_output {
+        Some(path) if path == Path::new("-") => out.write_all(summary.as_bytes())?,
+        Some(path) => write_file(path, summary.as_bytes())?,
+        None => {}
+    }
+    let first_failure = collected
+        .iter()
+        .map(|result| exit_codes::for_task(result.state, result.exit_code))
+        .find(|&code| code != exit_codes::SUCCESS);
+    Ok(first_failure.unwrap_or(exit_codes::SUCCESS))
+}
+
+/// Writes a whole file, making its directory first.
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    let write = || {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, bytes)
+    };
+    write().map_err(|source| CliError::WriteFile { path: path.display().to_string(), source })
 }
 
 /// How long a command may wait, and what it does when the connection fails meanwhile.
@@ -585,5 +660,41 @@ mod tests {
         let error = run(&mut daemon, NewTaskRequest::default(), None, false, &mut out, &mut Vec::new()).unwrap_err();
         assert_eq!(error.exit_code(), exit_codes::CONNECTION_FAILED);
         assert!(daemon.reconnect_delays.is_empty(), "creating a task is never repeated");
+    }
+
+    #[test]
+    fn several_tasks_are_waited_for_in_order_and_the_first_failure_sets_the_exit_code() {
+        const OTHER: u64 = TASK + 0x10;
+        let mut daemon = FakeDaemon::answering(vec![
+            Reply::Task(task_result(TASK, TaskState::Completed, Some(0))),
+            Reply::Task(task_result(OTHER, TaskState::TimedOut, None)),
+            output(0, b"one\n", 4),
+            output(0, b"two\n", 4),
+        ]);
+        let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
+        let to = CollectTo { output_dir: None, json_output: None };
+        let code = collect_many(&mut daemon, &[TASK, OTHER], None, &to, &mut out, &mut notes).unwrap();
+        assert_eq!(code, exit_codes::TIMED_OUT);
+        assert_eq!(out.into_inner(), b"one\ntwo\n");
+        let waited: Vec<u64> = daemon
+            .requests
+            .iter()
+            .filter_map(|request| match request {
+                Request::WaitTask { task_id, .. } => Some(*task_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(waited, [TASK, OTHER]);
+    }
+
+    #[test]
+    fn the_summary_to_stdout_replaces_the_outputs_there() {
+        let mut daemon = FakeDaemon::answering(vec![task(TaskState::Completed, Some(0)), output(0, b"hi", 2)]);
+        let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
+        let to = CollectTo { output_dir: None, json_output: Some(Path::new("-")) };
+        assert_eq!(collect_many(&mut daemon, &[TASK], None, &to, &mut out, &mut notes).unwrap(), 0);
+        let summary: serde_json::Value = serde_json::from_slice(&out.into_inner()).unwrap();
+        assert_eq!(summary["018bcfe568800010"]["output"], "hi");
+        assert_eq!(summary["018bcfe568800010"]["results"]["state"], "COMPLETED");
     }
 }

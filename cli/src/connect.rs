@@ -7,8 +7,8 @@ use std::time::Duration;
 use apiary_protocol::limits::MAX_LONG_POLL_MS;
 use apiary_protocol::tls::Security;
 use apiary_protocol::{
-    BotEvent, BotInfo, CancelOutcome, Client, ClientError, ErrorCode, NewTaskAck, NewTaskRequest, Reply, Request, Role,
-    TaskResult,
+    BotCounts, BotEvent, BotInfo, CancelOutcome, CanceledTasks, Client, ClientError, ErrorCode, NewTaskAck,
+    NewTaskRequest, Reply, Request, Role, TaskResult,
 };
 
 use crate::error::CliError;
@@ -189,6 +189,47 @@ pub(crate) fn call_validate(
     }
 }
 
+/// A count of tasks, and whether counting stopped at the daemon's cap.
+pub(crate) fn call_task_count(
+    daemon: &mut impl Daemon,
+    request: &Request,
+    action: &str,
+) -> Result<(u64, bool), CliError> {
+    match call(daemon, request, action)? {
+        Reply::TaskCount { count, capped } => Ok((count, capped)),
+        other => Err(unexpected(action, &other)),
+    }
+}
+
+pub(crate) fn call_cancel_tasks(
+    daemon: &mut impl Daemon,
+    request: &Request,
+    action: &str,
+) -> Result<CanceledTasks, CliError> {
+    match call(daemon, request, action)? {
+        Reply::CanceledTasks(canceled) => Ok(canceled),
+        other => Err(unexpected(action, &other)),
+    }
+}
+
+pub(crate) fn call_bot_counts(
+    daemon: &mut impl Daemon,
+    request: &Request,
+    action: &str,
+) -> Result<BotCounts, CliError> {
+    match call(daemon, request, action)? {
+        Reply::BotCounts(counts) => Ok(counts),
+        other => Err(unexpected(action, &other)),
+    }
+}
+
+pub(crate) fn call_delete_bot(daemon: &mut impl Daemon, request: &Request, action: &str) -> Result<(), CliError> {
+    match call(daemon, request, action)? {
+        Reply::BotDeleted => Ok(()),
+        other => Err(unexpected(action, &other)),
+    }
+}
+
 fn call(daemon: &mut impl Daemon, request: &Request, action: &str) -> Result<Reply, CliError> {
     daemon.call(request).map_err(|source| CliError::Call { action: action.to_string(), source })
 }
@@ -207,6 +248,10 @@ pub(crate) fn unexpected(action: &str, reply: &Reply) -> CliError {
         Reply::Canceled { .. } => "a cancel outcome",
         Reply::ValidRequest(_) => "a checked request",
         Reply::BotEvents { .. } => "a list of bot events",
+        Reply::TaskCount { .. } => "a count of tasks",
+        Reply::CanceledTasks(_) => "a count of canceled tasks",
+        Reply::BotCounts(_) => "a count of bots",
+        Reply::BotDeleted => "a deleted bot",
         Reply::Terminate => "a request to terminate",
         Reply::Assignment(_) => "a bot assignment",
         Reply::NoWork => "no work",

@@ -63,6 +63,20 @@ pub(crate) enum CliError {
     /// The request file is not JSON, or a field has the wrong type or value.
     #[error("{name}: {source}")]
     RequestFileInvalid { name: String, source: serde_json::Error },
+    /// `--optional-dimension` waits as long as the whole `--expiration`, or longer:
+    /// no time would be left for the slice without it.
+    #[error(
+        "--optional-dimension: {longest_secs} s leaves no time of --expiration {expiration_secs} s for the \
+         slice without optional dimensions; give a longer --expiration or a shorter wait"
+    )]
+    OptionalDimensionTooLong { longest_secs: u32, expiration_secs: u32 },
+    /// `reproduce` cannot set up or start the task's command here.
+    #[error("cannot reproduce the task: {0}")]
+    Reproduce(String),
+    /// A file or directory of `collect --output-dir`/`--json-output` or of `reproduce`
+    /// could not be written.
+    #[error("cannot write {path}: {source}")]
+    WriteFile { path: String, source: io::Error },
     /// The connection failed while waiting, and the daemon did not answer again
     /// before `--timeout` elapsed.
     #[error(
@@ -93,6 +107,7 @@ impl CliError {
             | CliError::SecretBytesUnreadable { .. }
             | CliError::SecretBytesTooLarge { .. }
             | CliError::RequestFileInvalid { .. }
+            | CliError::OptionalDimensionTooLong { .. }
             | CliError::TokenFile(_)
             | CliError::TlsSetup(_) => exit_codes::USAGE,
             CliError::Call { source, .. } => match source {
@@ -106,6 +121,8 @@ impl CliError {
             },
             CliError::UnexpectedReply { .. } | CliError::BadOutputChunk { .. } => exit_codes::CONNECTION_FAILED,
             CliError::Stdout(_) => exit_codes::STDOUT_FAILED,
+            CliError::WriteFile { .. } => exit_codes::WRITE_FAILED,
+            CliError::Reproduce(_) => exit_codes::CLIENT_ERROR,
             CliError::TaskEnded { state, .. } => exit_codes::for_task(*state, None),
             CliError::CollectTimeout { .. } => exit_codes::COLLECT_TIMEOUT,
         }

@@ -26,9 +26,11 @@
 //! | 89     | cannot reach the daemon, it is unavailable, or the connection failed    |
 //! |        | (`collect`/`run`: and it did not come back within `--timeout`)          |
 //! | 90     | cannot write to stdout (a closed pipe is not an error)                  |
+//! | 91     | cannot write a file: `collect --output-dir`/`--json-output`, or the     |
+//! |        | work directory of `reproduce`                                           |
 //!
 //! A task's own exit code can be any of these numbers too; `collect` says on
-//! stderr why it exits with one of 80..=90, and says nothing when it passes the
+//! stderr why it exits with one of 80..=91, and says nothing when it passes the
 //! task's code through.
 
 use apiary_protocol::{ErrorCode, TaskState};
@@ -50,6 +52,7 @@ pub(crate) const COLLECT_TIMEOUT: i32 = 87;
 pub(crate) const REFUSED: i32 = 88;
 pub(crate) const CONNECTION_FAILED: i32 = 89;
 pub(crate) const STDOUT_FAILED: i32 = 90;
+pub(crate) const WRITE_FAILED: i32 = 91;
 
 /// The exit code for a task seen in `state`. A task that has not ended yet can
 /// only be reported when `--timeout` elapsed.
@@ -69,7 +72,7 @@ pub(crate) fn for_task(state: TaskState, exit_code: Option<i64>) -> i32 {
 
 /// A COMPLETED task's exit code, passed through when a process can exit with it.
 /// A missing code (the daemon should always have one) counts as out of range.
-fn for_task_exit_code(exit_code: Option<i64>) -> i32 {
+pub(crate) fn for_task_exit_code(exit_code: Option<i64>) -> i32 {
     match exit_code {
         Some(code @ 0..=255) => code as i32,
         Some(_) | None => TASK_EXIT_CODE_OUT_OF_RANGE,

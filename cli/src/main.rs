@@ -12,6 +12,7 @@ mod error;
 mod exit_codes;
 mod follow;
 mod render;
+mod reproduce;
 mod request_file;
 mod sink;
 mod tasks;
@@ -19,6 +20,7 @@ mod trigger;
 
 use std::io::{self, Write};
 
+use apiary_protocol::TaskQuery;
 use apiary_protocol::token::read_token_file;
 use clap::Parser;
 
@@ -67,18 +69,39 @@ fn dispatch(cli: Cli, stdout: &mut Sink<impl Write>, stderr: &mut dyn Write) -> 
             trigger::trigger(&mut connect()?, request, args.dry_run, stdout, stderr)
         }
         Command::Collect(args) => {
-            collect::collect(&mut connect()?, args.task_id, args.timeout.duration(), args.follow, stdout, stderr)
+            let to =
+                collect::CollectTo { output_dir: args.output_dir.as_deref(), json_output: args.json_output.as_deref() };
+            let timeout = args.timeout.duration();
+            match args.task_ids[..] {
+                [task_id] if to.output_dir.is_none() && to.json_output.is_none() => {
+                    collect::collect(&mut connect()?, task_id, timeout, args.follow, stdout, stderr)
+                }
+                _ => collect::collect_many(&mut connect()?, &args.task_ids, timeout, &to, stdout, stderr),
+            }
         }
         Command::Run(args) => {
             let request = trigger::build_request(&args.task)?;
             collect::run(&mut connect()?, request, args.timeout.duration(), args.follow, stdout, stderr)
         }
-        Command::Cancel(args) => cancel::cancel(&mut connect()?, args.task_id, args.kill_running, stdout),
+        Command::Cancel(args) => match args.task_id {
+            Some(task_id) => cancel::cancel(&mut connect()?, task_id, args.kill_running, stdout),
+            None => {
+                let query = TaskQuery {
+                    tags: args.tags,
+                    created_since_unix_ms: args.start,
+                    created_until_unix_ms: args.end,
+                    ..TaskQuery::default()
+                };
+                cancel::cancel_by_tags(&mut connect()?, query, args.kill_running, stdout)
+            }
+        },
+        Command::Reproduce(args) => reproduce::reproduce(&mut connect()?, &args, &cli.server, stderr),
         Command::Tasks(TasksCommand::Show { json, task_id }) => tasks::show(&mut connect()?, task_id, json, stdout),
         Command::Tasks(TasksCommand::Output { follow, task_id }) => {
             tasks::output(&mut connect()?, task_id, follow, stdout, stderr)
         }
         Command::Tasks(TasksCommand::List(args)) => tasks::list(&mut connect()?, &args, stdout, stderr),
+        Command::Tasks(TasksCommand::Count(args)) => tasks::count(&mut connect()?, &args, stdout),
         Command::Bots(BotsCommand::List { dimensions, json }) => bots::list(&mut connect()?, &dimensions, json, stdout),
         Command::Bots(BotsCommand::Show { json, bot_id }) => bots::show(&mut connect()?, &bot_id, json, stdout),
         Command::Bots(BotsCommand::Quarantine { reason, bot_id }) => {
@@ -87,7 +110,14 @@ fn dispatch(cli: Cli, stdout: &mut Sink<impl Write>, stderr: &mut dyn Write) -> 
         Command::Bots(BotsCommand::Unquarantine { bot_id }) => {
             bots::unquarantine(&mut connect()?, &bot_id, stdout, stderr)
         }
-        Command::Bots(BotsCommand::Terminate { bot_id }) => bots::terminate(&mut connect()?, &bot_id, stdout),
+        Command::Bots(BotsCommand::Terminate { reason, wait, bot_id }) => {
+            bots::terminate(&mut connect()?, &bot_id, &reason, wait, stdout)
+        }
         Command::Bots(BotsCommand::Events(args)) => bots::events(&mut connect()?, &args, stdout, stderr),
+        Command::Bots(BotsCommand::Tasks(args)) => bots::tasks(&mut connect()?, &args, stdout, stderr),
+        Command::Bots(BotsCommand::Count { dimensions, json }) => {
+            bots::count(&mut connect()?, &dimensions, json, stdout)
+        }
+        Command::Bots(BotsCommand::Delete { bot_id }) => bots::delete(&mut connect()?, &bot_id, stdout),
     }
 }

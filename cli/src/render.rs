@@ -7,8 +7,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use apiary_protocol::ids::format_task_id;
 use apiary_protocol::{
-    BotEvent, BotEventQuery, BotInfo, CacheInfo, CancelOutcome, NewTaskRequest, PendingInfo, StringPair, TaskQuery,
-    TaskResult, TaskState, TimeoutKind,
+    BotCounts, BotEvent, BotEventQuery, BotInfo, CacheInfo, CancelOutcome, NewTaskRequest, PendingInfo, StateQuery,
+    StringPair, TaskQuery, TaskResult, TaskState, TimeoutKind,
 };
 use serde_json::{Map, Value, json};
 
@@ -52,6 +52,13 @@ pub(crate) fn task_json(result: &TaskResult) -> Value {
         })),
         "request": request_json(&result.request),
     })
+}
+
+/// One task of `collect`'s summary, keyed by its id there: its result and its
+/// output (as text, invalid UTF-8 replaced), as Swarming's collect writes each
+/// task of `-task-summary-json`.
+pub(crate) fn collected_json(result: &TaskResult, output: &[u8]) -> Value {
+    json!({"results": task_json(result), "output": String::from_utf8_lossy(output)})
 }
 
 /// A request as Swarming writes a `NewTaskRequest`; `--request` reads it back.
@@ -166,15 +173,79 @@ pub(crate) fn tasks_table(tasks: &[TaskResult]) -> String {
 /// The command that lists the next page: the same filters and limit, and the cursor.
 pub(crate) fn next_page_command(query: &TaskQuery, next_cursor: u64) -> String {
     let mut words = vec!["apiary tasks list --cursor".to_string(), format_cursor(next_cursor)];
-    if let Some(state) = query.state {
-        words.extend(["--state".to_string(), state.name().to_string()]);
+    if query.state != StateQuery::All {
+        words.extend(["--state".to_string(), query.state.name().to_string()]);
     }
     for tag in &query.tags {
         words.extend(["--tag".to_string(), shell_word(tag)]);
     }
+    if let Some(start) = query.created_since_unix_ms {
+        words.extend(["--start".to_string(), timestamp(start)]);
+    }
+    if let Some(end) = query.created_until_unix_ms {
+        words.extend(["--end".to_string(), timestamp(end)]);
+    }
     if query.limit != 0 {
         words.extend(["--limit".to_string(), query.limit.to_string()]);
     }
+    words.join(" ")
+}
+
+/// `tasks count`: the number alone, or `N+` when counting stopped at the cap.
+pub(crate) fn task_count_text(count: u64, capped: bool) -> String {
+    if capped { format!("{count}+\n") } else { format!("{count}\n") }
+}
+
+pub(crate) fn task_count_json(count: u64, capped: bool) -> Value {
+    json!({"count": count, "capped": capped})
+}
+
+/// What `cancel --tag` did in all.
+pub(crate) fn canceled_tasks_text(canceled: u64, kill_requested: u64, left_running: bool) -> String {
+    let mut text = format!("canceled {canceled} pending task{}", plural(canceled));
+    if kill_requested > 0 || !left_running {
+        text.push_str(&format!("; kill requested for {kill_requested} running task{}", plural(kill_requested)));
+    }
+    text.push('\n');
+    text
+}
+
+fn plural(count: u64) -> &'static str {
+    if count == 1 { "" } else { "s" }
+}
+
+/// `bots count`, as Swarming's BotsCount names its fields.
+pub(crate) fn bot_counts_json(counts: &BotCounts) -> Value {
+    json!({
+        "count": counts.count,
+        "busy": counts.busy,
+        "dead": counts.dead,
+        "quarantined": counts.quarantined,
+        "connected": counts.connected,
+        "terminating": counts.terminating,
+        "shut_down": counts.shut_down,
+    })
+}
+
+pub(crate) fn bot_counts_text(counts: &BotCounts) -> String {
+    aligned_lines(&[
+        ("count", counts.count.to_string()),
+        ("busy", counts.busy.to_string()),
+        ("dead", counts.dead.to_string()),
+        ("quarantined", counts.quarantined.to_string()),
+        ("connected", counts.connected.to_string()),
+        ("terminating", counts.terminating.to_string()),
+        ("shut_down", counts.shut_down.to_string()),
+    ])
+}
+
+/// The command that lists the next page of a bot's tasks.
+pub(crate) fn next_bot_tasks_command(bot_id: &str, limit: Option<u32>, next_cursor: u64) -> String {
+    let mut words = vec!["apiary bots tasks --cursor".to_string(), format_cursor(next_cursor)];
+    if let Some(limit) = limit {
+        words.extend(["--limit".to_string(), limit.to_string()]);
+    }
+    words.push(shell_word(bot_id));
     words.join(" ")
 }
 
@@ -760,14 +831,22 @@ mod tests {
         let query = TaskQuery::default();
         assert_eq!(next_page_command(&query, 0x1f), "apiary tasks list --cursor 000000000000001f");
         let query = TaskQuery {
-            state: Some(TaskState::TimedOut),
+            state: StateQuery::One(TaskState::TimedOut),
             tags: vec!["k:v".to_string(), "it's:$x".to_string()],
             limit: 5,
             cursor: Some(1),
+            created_since_unix_ms: Some(1_700_000_000_000),
+            created_until_unix_ms: None,
         };
         assert_eq!(
             next_page_command(&query, 2),
-            r"apiary tasks list --cursor 0000000000000002 --state TIMED_OUT --tag k:v --tag 'it'\''s:$x' --limit 5"
+            "apiary tasks list --cursor 0000000000000002 --state TIMED_OUT --tag k:v --tag 'it'\\''s:$x' \
+             --start 2023-11-14T22:13:20.000Z --limit 5"
+        );
+        let query = TaskQuery { state: StateQuery::CompletedFailure, ..TaskQuery::default() };
+        assert_eq!(
+            next_page_command(&query, 2),
+            "apiary tasks list --cursor 0000000000000002 --state COMPLETED_FAILURE"
         );
     }
 

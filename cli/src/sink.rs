@@ -48,7 +48,6 @@ impl<W: Write> Sink<W> {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn into_inner(self) -> W {
         self.writer
     }

@@ -1,12 +1,12 @@
-//! `apiary tasks show`, `apiary tasks output` and `apiary tasks list`: tasks as
-//! the daemon knows them now.
+//! `apiary tasks show`, `apiary tasks output`, `apiary tasks list` and `apiary
+//! tasks count`: tasks as the daemon knows them now.
 
 use std::io::Write;
 
 use apiary_protocol::ids::format_task_id;
 use apiary_protocol::{Request, TaskQuery};
 
-use crate::args::ListTasksArgs;
+use crate::args::{CountTasksArgs, ListTasksArgs, TaskFilters};
 use crate::collect::{Patience, copy_output};
 use crate::connect::{self, Daemon};
 use crate::error::CliError;
@@ -54,8 +54,7 @@ pub(crate) fn list(
     out: &mut Sink<impl Write>,
     notes: &mut dyn Write,
 ) -> Result<i32, CliError> {
-    let query =
-        TaskQuery { state: args.state, tags: args.tags.clone(), limit: args.limit.unwrap_or(0), cursor: args.cursor };
+    let query = TaskQuery { limit: args.limit.unwrap_or(0), cursor: args.cursor, ..task_query(&args.filters) };
     let (mut tasks, next_cursor) = connect::call_tasks(daemon, &Request::ListTasks(query.clone()), "list tasks")?;
     // Ids grow with creation time: the daemon's order, made sure of.
     tasks.sort_by_key(|task| std::cmp::Reverse(task.task_id));
@@ -71,9 +70,37 @@ pub(crate) fn list(
     Ok(exit_codes::SUCCESS)
 }
 
+/// How many tasks match the filters (the daemon stops counting at its cap).
+pub(crate) fn count(
+    daemon: &mut impl Daemon,
+    args: &CountTasksArgs,
+    out: &mut Sink<impl Write>,
+) -> Result<i32, CliError> {
+    let request = Request::CountTasks(task_query(&args.filters));
+    let (count, capped) = connect::call_task_count(daemon, &request, "count tasks")?;
+    let text = if args.json {
+        render::json_text(&render::task_count_json(count, capped))
+    } else {
+        render::task_count_text(count, capped)
+    };
+    out.write_all(text.as_bytes())?;
+    Ok(exit_codes::SUCCESS)
+}
+
+/// The query of the filters, without a limit or cursor.
+pub(crate) fn task_query(filters: &TaskFilters) -> TaskQuery {
+    TaskQuery {
+        state: filters.state,
+        tags: filters.tags.clone(),
+        created_since_unix_ms: filters.start,
+        created_until_unix_ms: filters.end,
+        ..TaskQuery::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use apiary_protocol::{Reply, TaskState};
+    use apiary_protocol::{Reply, StateQuery, TaskState};
     use clap::Parser;
     use clap::error::ErrorKind;
     use serde_json::json;
@@ -115,10 +142,10 @@ mod tests {
         let args = ["--state", "running", "--tag", "k:v", "--tag", "who:a b", "--limit", "2"];
         let (daemon, out, notes) = list_with(&args, reply);
         let query = TaskQuery {
-            state: Some(TaskState::Running),
+            state: StateQuery::One(TaskState::Running),
             tags: vec!["k:v".to_string(), "who:a b".to_string()],
             limit: 2,
-            cursor: None,
+            ..TaskQuery::default()
         };
         assert_eq!(daemon.requests, [Request::ListTasks(query)]);
         let lines: Vec<&str> = out.lines().collect();

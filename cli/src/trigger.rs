@@ -17,7 +17,7 @@ use apiary_protocol::{
     NewTaskAck, NewTaskRequest, Request, SecretBytes, StringListPair, StringPair, TaskProperties, TaskSlice,
 };
 
-use crate::args::{TaskArgs, TaskFlags};
+use crate::args::{OptionalDimension, TaskArgs, TaskFlags};
 use crate::connect::{self, Daemon};
 use crate::error::CliError;
 use crate::exit_codes;
@@ -70,7 +70,7 @@ pub(crate) fn submit(
 pub(crate) fn build_request(task: &TaskArgs) -> Result<NewTaskRequest, CliError> {
     let mut request = match &task.request {
         Some(path) => request_file::read(path)?,
-        None => request_from_flags(&task.flags),
+        None => request_from_flags(&task.flags)?,
     };
     if let Some(path) = &task.secret_bytes_file {
         request.secret_bytes = Some(SecretBytes(read_secret_bytes(path)?));
@@ -92,9 +92,9 @@ fn read_secret_bytes(path: &Path) -> Result<Vec<u8>, CliError> {
     Ok(bytes)
 }
 
-/// One slice, dimensions, environment and caches in the order given; a flag not
-/// given takes the protocol's default (see `args`).
-fn request_from_flags(flags: &TaskFlags) -> NewTaskRequest {
+/// One slice (more with `--optional-dimension`), dimensions, environment and
+/// caches in the order given; a flag not given takes the protocol's default (see `args`).
+fn request_from_flags(flags: &TaskFlags) -> Result<NewTaskRequest, CliError> {
     let properties = TaskProperties {
         command: flags.command.clone(),
         dimensions: flags.dimensions.clone(),
@@ -112,15 +112,47 @@ fn request_from_flags(flags: &TaskFlags) -> NewTaskRequest {
         expiration_secs: flags.expiration_secs,
         wait_for_capacity: flags.wait_for_capacity,
     };
-    NewTaskRequest {
+    Ok(NewTaskRequest {
         name: flags.name.clone(),
         priority: flags.priority,
         tags: flags.tags.clone(),
         user: flags.user.clone(),
-        task_slices: vec![slice],
+        task_slices: with_optional_dimensions(slice, &flags.optional_dimensions)?,
         bot_ping_tolerance_secs: flags.bot_ping_tolerance_secs,
         secret_bytes: None,
+    })
+}
+
+/// The slices Swarming's client builds for optional dimensions: grouped by how
+/// long they are wanted, shortest wait last. Slice `i` has the base dimensions
+/// plus every optional one wanted at least as long as its group, and waits until
+/// its group's time is up; the base slice waits for what is left of the
+/// expiration. With one optional dimension: `[base + it, for SECS]`, then
+/// `[base, for EXPIRATION - SECS]`.
+fn with_optional_dimensions(base: TaskSlice, optional: &[OptionalDimension]) -> Result<Vec<TaskSlice>, CliError> {
+    let mut waits: Vec<u32> = optional.iter().map(|wanted| wanted.expiration_secs).collect();
+    waits.sort_unstable();
+    waits.dedup();
+    let Some(&longest_secs) = waits.last() else { return Ok(vec![base]) };
+    if longest_secs >= base.expiration_secs {
+        return Err(CliError::OptionalDimensionTooLong { longest_secs, expiration_secs: base.expiration_secs });
     }
+    let mut slices = Vec::with_capacity(waits.len() + 1);
+    let mut waited_secs = 0;
+    for &wait_secs in &waits {
+        let mut properties = TaskProperties::clone(&base.properties);
+        let wanted = optional.iter().filter(|wanted| wanted.expiration_secs >= wait_secs);
+        properties.dimensions.extend(wanted.map(|wanted| wanted.dimension.clone()));
+        slices.push(TaskSlice {
+            properties: Arc::new(properties),
+            expiration_secs: wait_secs - waited_secs,
+            wait_for_capacity: base.wait_for_capacity,
+        });
+        waited_secs = wait_secs;
+    }
+    let expiration_secs = base.expiration_secs - longest_secs;
+    slices.push(TaskSlice { expiration_secs, ..base });
+    Ok(slices)
 }
 
 /// `--env-prefix` pairs as Swarming writes them: one entry per variable, in the
@@ -225,6 +257,71 @@ mod tests {
         assert_eq!(properties.io_timeout_secs, 30);
         assert_eq!(properties.grace_period_secs, 40);
         assert!(properties.idempotent);
+    }
+
+    fn slice_dimensions(slice: &TaskSlice) -> Vec<String> {
+        slice.properties.dimensions.iter().map(|pair| format!("{}={}", pair.key, pair.value)).collect()
+    }
+
+    #[test]
+    fn one_optional_dimension_makes_a_slice_with_it_then_one_without_as_swarmings_client() {
+        let request = request_for(&[
+            "-d",
+            "pool=ci",
+            "--optional-dimension",
+            "gpu=nvidia:60",
+            "--expiration",
+            "600",
+            "--",
+            "true",
+        ]);
+        let slices = &request.task_slices;
+        assert_eq!(slices.len(), 2);
+        assert_eq!(
+            (slice_dimensions(&slices[0]), slices[0].expiration_secs),
+            (vec!["pool=ci".into(), "gpu=nvidia".into()], 60)
+        );
+        assert_eq!((slice_dimensions(&slices[1]), slices[1].expiration_secs), (vec!["pool=ci".to_string()], 540));
+        assert_eq!(slices[0].properties.command, slices[1].properties.command);
+    }
+
+    #[test]
+    fn optional_dimensions_are_grouped_by_wait_the_longest_wanted_in_every_earlier_slice() {
+        let request = request_for(&[
+            "-d",
+            "pool=ci",
+            "--optional-dimension",
+            "os=Ubuntu-22.04:300",
+            "--optional-dimension",
+            "gpu=nvidia:60",
+            "--optional-dimension",
+            "cache=warm:60",
+            "--expiration",
+            "1000",
+            "--",
+            "true",
+        ]);
+        let waits: Vec<u32> = request.task_slices.iter().map(|slice| slice.expiration_secs).collect();
+        assert_eq!(waits, [60, 240, 700], "the slices' waits add up to --expiration");
+        let dimensions: Vec<Vec<String>> = request.task_slices.iter().map(slice_dimensions).collect();
+        assert_eq!(dimensions[0], ["pool=ci", "os=Ubuntu-22.04", "gpu=nvidia", "cache=warm"]);
+        assert_eq!(dimensions[1], ["pool=ci", "os=Ubuntu-22.04"]);
+        assert_eq!(dimensions[2], ["pool=ci"]);
+    }
+
+    #[test]
+    fn an_optional_dimension_as_long_as_the_expiration_or_malformed_is_a_usage_error() {
+        let args = trigger_args(&["--optional-dimension", "gpu=nvidia:3600", "--", "true"]);
+        let error = build_request(&args.task).unwrap_err();
+        assert_eq!(error.exit_code(), exit_codes::USAGE);
+        assert!(error.to_string().contains("--optional-dimension: 3600 s"), "{error}");
+        for bad in ["gpu=nvidia", "gpu:60", "=x:60", "gpu=nvidia:0", "gpu=nvidia:soon"] {
+            let parsed = Cli::try_parse_from(["apiary", "trigger", "--optional-dimension", bad, "--", "true"]);
+            assert_eq!(parsed.unwrap_err().exit_code(), exit_codes::USAGE, "{bad}");
+        }
+        // A value may hold a colon: the seconds follow the last one.
+        let request = request_for(&["--optional-dimension", "url=http://x:60", "--expiration", "100", "--", "true"]);
+        assert_eq!(slice_dimensions(&request.task_slices[0]), ["url=http://x"]);
     }
 
     #[test]

@@ -371,6 +371,8 @@ enum Asked {
     Cancel {
         task_id: u64,
     },
+    /// Deleting a bot: refused while it is connected or holds a run.
+    DeleteBot,
     Output,
     /// Any other request: answered at once.
     Other,
@@ -696,14 +698,19 @@ impl Sim {
 
     fn person_acts_on_bot(&mut self, out: &mut Output) {
         let bot_id = self.bots[self.rng.index(self.bots.len())].bot_id.clone();
-        let request = match self.rng.below(5) {
+        let request = match self.rng.below(7) {
             0 | 1 => Request::QuarantineBot { bot_id, reason: "flaky disk".into() },
             2 | 3 => Request::UnquarantineBot { bot_id },
-            _ => Request::TerminateBot { bot_id },
+            4 => Request::TerminateBot { bot_id, reason: String::new() },
+            // Refused while the bot is connected or holds a run; else it is forgotten,
+            // and comes back as a new bot when it polls again.
+            5 => Request::DeleteBot { bot_id },
+            _ => Request::CountBots { dimensions: Vec::new() },
         };
+        let asked = if matches!(request, Request::DeleteBot { .. }) { Asked::DeleteBot } else { Asked::Other };
         let conn = self.client_conn();
         self.note(|| format!("{request:?}"));
-        self.send(conn, request, Asked::Other, out);
+        self.send(conn, request, asked, out);
     }
 
     fn disconnect(&mut self, out: &mut Output) {
@@ -1099,6 +1106,15 @@ impl Sim {
                 }
                 other => panic!("a cancel of a known task got {other:?}"),
             },
+            Asked::DeleteBot => match reply {
+                Reply::BotDeleted => {}
+                Reply::Error(error) => {
+                    let refused = error.code == ErrorCode::InvalidRequest
+                        && (error.message.contains("is connected") || error.message.contains("still holds run"));
+                    assert!(refused || error.code == ErrorCode::NotFound, "{error:?}");
+                }
+                other => panic!("a bot deletion got {other:?}"),
+            },
             Asked::Output => panic!("a GetOutput is answered by an output read, not {reply:?}"),
             Asked::Other => {
                 if let Reply::Error(error) = &reply {
@@ -1257,7 +1273,11 @@ impl Sim {
         }
         for index in 0..self.bots.len() {
             let bot_id = &self.bots[index].bot_id;
-            let Some(info) = self.daemon.core.bot(bot_id) else { continue };
+            let Some(info) = self.daemon.core.bot(bot_id) else {
+                // Never seen yet, or deleted.
+                self.seen_bots.remove(bot_id);
+                continue;
+            };
             if let Some(run_id) = info.current_run_id {
                 let result = self.running(run_id).unwrap_or_else(|| panic!("{bot_id} holds {run_id:x}, not running"));
                 assert_eq!(result.bot_id.as_deref(), Some(bot_id.as_str()), "{bot_id} holds {run_id:x} of another");

@@ -73,5 +73,8 @@ pub const MAX_BOT_CACHES: usize = 1024;
 /// Tasks in one page of a task listing, and the default.
 pub const MAX_TASK_PAGE: u32 = 1000;
 pub const DEFAULT_TASK_PAGE: u32 = 100;
+/// Tasks one count walks at most: a count past it says "at least", so that one
+/// query never holds the event loop for long.
+pub const MAX_TASK_COUNT: u64 = 100_000;
 /// How long the daemon holds a poll or a wait open before answering "nothing yet".
 pub const MAX_LONG_POLL_MS: u64 = 60_000;

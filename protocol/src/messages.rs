@@ -13,7 +13,7 @@ use crate::limits;
 /// First bytes of every hello, so a stray client is recognised at once.
 pub const MAGIC: [u8; 4] = *b"APRY";
 /// Bumped on every incompatible change of frames or messages.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -308,16 +308,131 @@ pub struct PendingInfo {
     pub queue_position: u64,
 }
 
-/// A page of tasks, newest first.
+/// The states a task query asks for, as Swarming's `StateQuery` names them:
+/// each single state, and the groups Swarming users filter by.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StateQuery {
+    #[default]
+    All,
+    /// PENDING or RUNNING.
+    PendingRunning,
+    /// COMPLETED with exit code 0.
+    CompletedSuccess,
+    /// COMPLETED with another exit code (or none).
+    CompletedFailure,
+    /// COMPLETED by reusing an earlier idempotent run's result.
+    Deduped,
+    One(TaskState),
+}
+
+impl StateQuery {
+    const GROUPS: [StateQuery; 5] = [
+        StateQuery::All,
+        StateQuery::PendingRunning,
+        StateQuery::CompletedSuccess,
+        StateQuery::CompletedFailure,
+        StateQuery::Deduped,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StateQuery::All => "ALL",
+            StateQuery::PendingRunning => "PENDING_RUNNING",
+            StateQuery::CompletedSuccess => "COMPLETED_SUCCESS",
+            StateQuery::CompletedFailure => "COMPLETED_FAILURE",
+            StateQuery::Deduped => "DEDUPED",
+            StateQuery::One(state) => state.name(),
+        }
+    }
+
+    /// Every name `from_name` reads, groups first.
+    pub fn names() -> Vec<&'static str> {
+        let groups = StateQuery::GROUPS.into_iter().map(StateQuery::name);
+        groups.chain(TaskState::ALL.into_iter().map(TaskState::name)).collect()
+    }
+
+    /// Any case, as Swarming's names or its `QUERY_` spelling (`QUERY_PENDING_RUNNING`).
+    pub fn from_name(name: &str) -> Option<StateQuery> {
+        let name = name.strip_prefix("QUERY_").or_else(|| name.strip_prefix("query_")).unwrap_or(name);
+        let group = StateQuery::GROUPS.into_iter().find(|query| query.name().eq_ignore_ascii_case(name));
+        group.or_else(|| TaskState::from_name(name).map(StateQuery::One))
+    }
+
+    /// The one stored state every matching task is in, if there is one: what
+    /// an index by state can narrow a search to.
+    pub fn single_state(self) -> Option<TaskState> {
+        match self {
+            StateQuery::All | StateQuery::PendingRunning => None,
+            StateQuery::CompletedSuccess | StateQuery::CompletedFailure | StateQuery::Deduped => {
+                Some(TaskState::Completed)
+            }
+            StateQuery::One(state) => Some(state),
+        }
+    }
+
+    /// Whether only tasks that have not ended can match.
+    pub fn only_unended(self) -> bool {
+        match self {
+            StateQuery::PendingRunning => true,
+            StateQuery::One(state) => !state.is_terminal(),
+            _ => false,
+        }
+    }
+
+    /// Whether a task in `state`, with this exit code and dedup source, matches.
+    pub fn matches(self, state: TaskState, exit_code: Option<i64>, deduped: bool) -> bool {
+        match self {
+            StateQuery::All => true,
+            StateQuery::PendingRunning => !state.is_terminal(),
+            StateQuery::CompletedSuccess => state == TaskState::Completed && exit_code == Some(0),
+            StateQuery::CompletedFailure => state == TaskState::Completed && exit_code != Some(0),
+            StateQuery::Deduped => state == TaskState::Completed && deduped,
+            StateQuery::One(wanted) => state == wanted,
+        }
+    }
+}
+
+/// Which tasks a listing, a count or a cancel by tags is about.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct TaskQuery {
-    pub state: Option<TaskState>,
+    pub state: StateQuery,
     /// `key:value` tags that must all be present.
     pub tags: Vec<String>,
     /// At most this many tasks (capped by `limits::MAX_TASK_PAGE`); 0 means the default.
     pub limit: u32,
     /// From a previous page's `next_cursor`: continue after it.
     pub cursor: Option<u64>,
+    /// Only tasks created at or after this time (Unix ms).
+    pub created_since_unix_ms: Option<u64>,
+    /// Only tasks created before this time (Unix ms).
+    pub created_until_unix_ms: Option<u64>,
+}
+
+/// How many bots match a filter, and how many of those are in each standing
+/// (Swarming's `BotsCount`; a bot may be in several).
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BotCounts {
+    pub count: u32,
+    pub busy: u32,
+    pub dead: u32,
+    pub quarantined: u32,
+    pub connected: u32,
+    /// Asked to exit (`bots terminate`) and not yet shut down.
+    pub terminating: u32,
+    pub shut_down: u32,
+}
+
+/// What one call of a cancel by tags did.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CanceledTasks {
+    /// Pending tasks now CANCELED.
+    pub canceled: u32,
+    /// Running tasks whose bots are told to stop them (with `kill_running`).
+    pub kill_requested: u32,
+    /// Matching tasks this call looked at: pending and running ones.
+    pub matched: u32,
+    /// Continue with this cursor: more matching tasks may follow.
+    pub next_cursor: Option<u64>,
 }
 
 /// What a cancel did.
@@ -551,11 +666,37 @@ pub enum Request {
     UnquarantineBot {
         bot_id: String,
     },
-    /// The bot finishes its current task, then exits.
+    /// The bot finishes its current task, then exits; `reason` goes into its events.
     TerminateBot {
         bot_id: String,
+        reason: String,
     },
     ListBotEvents(BotEventQuery),
+    /// How many tasks match the query (its limit and cursor are not used), at
+    /// most `limits::MAX_TASK_COUNT`.
+    CountTasks(TaskQuery),
+    /// Cancels up to `query.limit` pending tasks with all of `query.tags` (at
+    /// least one), newest first, after `query.cursor`; with `kill_running`,
+    /// running ones too. Answered with `Reply::CanceledTasks`.
+    CancelTasks {
+        query: TaskQuery,
+        kill_running: bool,
+    },
+    /// How many bots have all these dimensions, and their standing.
+    CountBots {
+        dimensions: Vec<StringPair>,
+    },
+    /// The tasks a bot ran, newest first, as far back as its events go. The
+    /// cursor is an event number (`Reply::Tasks::next_cursor`).
+    ListBotTasks {
+        bot_id: String,
+        limit: u32,
+        cursor: Option<u64>,
+    },
+    /// Forgets a bot that is dead or not connected; a connected one is refused.
+    DeleteBot {
+        bot_id: String,
+    },
     /// A bot asks for work; held open until work arrives or the poll times out.
     BotPoll(BotPoll),
     TaskUpdate(TaskUpdate),
@@ -623,6 +764,15 @@ pub enum Reply {
         events: Vec<BotEvent>,
         next_cursor: Option<u64>,
     },
+    /// How many tasks matched; `capped` when counting stopped at `limits::MAX_TASK_COUNT`.
+    TaskCount {
+        count: u64,
+        capped: bool,
+    },
+    CanceledTasks(CanceledTasks),
+    BotCounts(BotCounts),
+    /// The bot is forgotten.
+    BotDeleted,
     /// To a polling bot: exit cleanly now.
     Terminate,
     /// Work for a polling bot.

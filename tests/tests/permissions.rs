@@ -11,11 +11,11 @@ use apiary_tests::{Bot, Cli, Daemon, describe, send_signal, temp, token_hash_lin
 /// Exit code of `apiary` when the daemon refused the request.
 const REFUSED: i32 = 88;
 
-const EVERYTHING: [&str; 6] =
-    ["create_task", "create_high_priority_task", "cancel_task", "read_tasks", "read_bots", "manage_bots"];
+const EVERYTHING: [&str; 7] =
+    ["create_task", "create_high_priority_task", "cancel_task", "read_tasks", "read_bots", "manage_bots", "delete_bot"];
 
 /// Principals of the test: each holds every permission in pool ci but one.
-const LACKING: [&str; 6] = EVERYTHING;
+const LACKING: [&str; 7] = EVERYTHING;
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -141,6 +141,22 @@ fn each_permission_is_needed_and_its_refusal_names_it_and_the_pool() {
     refused_with(&no_manage.run(&["bots", "quarantine", "--reason", "why", "ci-1"]), &needed);
     refused_with(&no_manage.run(&["bots", "terminate", "ci-1"]), &needed);
     refused_with(&no_manage.run(&["bots", "unquarantine", "ci-1"]), &needed);
+    refused_with(
+        &setup.lacking("delete_bot").run(&["bots", "delete", "ci-1"]),
+        &missing("delete_bot", "no-delete_bot", "ci"),
+    );
+    let tagged =
+        admin.trigger(&["-d", "pool=ci", "-d", "id=ci-nobody", "--wait-for-capacity", "--tag", "t:1", "--", "true"]);
+    refused_with(
+        &setup.lacking("cancel_task").run(&["cancel", "--tag", "t:1"]),
+        "permission cancel_task: principal no-cancel_task lacks it in every pool",
+    );
+    assert_eq!(admin.ok(&["cancel", "--tag", "t:1"]), "canceled 1 pending task\n");
+    assert_eq!(admin.show(&tagged)["state"], "CANCELED");
+    refused_with(
+        &no_read.run(&["tasks", "count"]),
+        "permission read_tasks: principal no-read_tasks lacks it in every pool",
+    );
 
     let no_bots = setup.lacking("read_bots");
     refused_with(
@@ -178,6 +194,13 @@ fn a_principal_learns_nothing_of_a_pool_it_may_not_read() {
     assert!(admin_listed.contains(&prod_task) && admin_listed.contains(&ci_task), "{admin_listed}");
     let bots = prod.ok(&["bots", "list", "--json"]);
     assert!(!bots.contains("ci-1"), "{bots}");
+    assert_eq!(prod.ok(&["tasks", "count"]), "1\n", "only the prod task is counted");
+    assert_eq!(prod.ok(&["cancel", "--tag", "nothing:here"]), "canceled 0 pending tasks\n");
+    let counted: serde_json::Value = serde_json::from_str(&prod.ok(&["bots", "count", "--json"])).unwrap();
+    assert_eq!(counted["count"], 0, "ci-1 is not counted for prod: {counted}");
+    let forbidden = prod.run(&["bots", "tasks", "ci-1"]);
+    let never_was = prod.run(&["bots", "tasks", "ci-9"]);
+    assert_eq!(answer_about(&forbidden, "ci-1"), answer_about(&never_was, "ci-9"));
     refused_with(&prod.run(&["trigger", "-d", "pool=ci", "--", "true"]), &missing("create_task", "prod-user", "ci"));
 }
 
@@ -186,7 +209,7 @@ fn a_reload_gives_open_connections_their_new_permissions() {
     let setup = Setup::start();
     let token = std::fs::read_to_string(setup.token_file("no-read_tasks")).unwrap();
     let mut client = Client::connect_with_token(&setup.daemon.addr, Role::Client, "test", token.trim()).unwrap();
-    let list = Request::ListTasks(TaskQuery { state: None, tags: Vec::new(), limit: 0, cursor: None });
+    let list = Request::ListTasks(TaskQuery::default());
     match client.call(&list) {
         Err(ClientError::Refused { code: ErrorCode::PermissionDenied, message }) => {
             assert!(message.starts_with("permission read_tasks:"), "{message}");

@@ -26,16 +26,19 @@ pub enum Permission {
     ReadBots,
     /// Quarantine, unquarantine and terminate the pool's bots.
     ManageBots,
+    /// Forget the pool's dead or disconnected bots (Swarming's `swarming.pools.deleteBot`).
+    DeleteBot,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 6] = [
+    pub const ALL: [Permission; 7] = [
         Permission::CreateTask,
         Permission::CreateHighPriorityTask,
         Permission::CancelTask,
         Permission::ReadTasks,
         Permission::ReadBots,
         Permission::ManageBots,
+        Permission::DeleteBot,
     ];
 
     /// Its name in the configuration file and in refusals.
@@ -47,6 +50,7 @@ impl Permission {
             Permission::ReadTasks => "read_tasks",
             Permission::ReadBots => "read_bots",
             Permission::ManageBots => "manage_bots",
+            Permission::DeleteBot => "delete_bot",
         }
     }
 

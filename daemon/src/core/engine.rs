@@ -11,12 +11,13 @@ use std::sync::Arc;
 
 use apiary_protocol::limits::{
     DEFAULT_TASK_PAGE, MAX_BOT_CACHES, MAX_CACHE_NAME_BYTES, MAX_LONG_POLL_MS, MAX_OUTPUT_CHUNK_BYTES, MAX_PAGE_BYTES,
-    MAX_REASON_BYTES, MAX_SOFTWARE_BYTES, MAX_TASK_PAGE,
+    MAX_REASON_BYTES, MAX_SOFTWARE_BYTES, MAX_TASK_COUNT, MAX_TASK_PAGE,
 };
 use apiary_protocol::{
-    Assignment, BotEvent, BotEventKind, BotEventQuery, BotInfo, BotPoll, CancelOutcome, ErrorCode, ErrorReply,
-    NewTaskAck, NewTaskRequest, PackedDimensions, PendingInfo, Reply, Request, RequestId, RunEnd, RunId, RunOutcome,
-    StringPair, TaskProperties, TaskQuery, TaskResult, TaskSlice, TaskState, TaskUpdate, TimeoutKind, wire_size,
+    Assignment, BotCounts, BotEvent, BotEventKind, BotEventQuery, BotInfo, BotPoll, CancelOutcome, CanceledTasks,
+    ErrorCode, ErrorReply, NewTaskAck, NewTaskRequest, PackedDimensions, PendingInfo, Reply, Request, RequestId,
+    RunEnd, RunId, RunOutcome, StateQuery, StringPair, TaskProperties, TaskQuery, TaskResult, TaskSlice, TaskState,
+    TaskUpdate, TimeoutKind, wire_size,
 };
 
 use super::chunked_set::ChunkedSet;
@@ -378,10 +379,22 @@ impl Core {
             Request::UnquarantineBot { bot_id } => {
                 Some(self.bot_request(&bot_id, BotChange::Unquarantined, principal, out))
             }
-            Request::TerminateBot { bot_id } => {
-                Some(self.bot_request(&bot_id, BotChange::TerminateRequested, principal, out))
+            Request::TerminateBot { bot_id, reason } => {
+                let change = if reason.is_empty() {
+                    BotChange::TerminateRequested
+                } else {
+                    BotChange::TerminateRequestedBecause { reason }
+                };
+                Some(self.bot_request(&bot_id, change, principal, out))
             }
             Request::ListBotEvents(query) => Some(self.list_bot_events(query)),
+            Request::CountTasks(query) => Some(self.count_tasks(&query, caller)),
+            Request::CancelTasks { query, kill_running } => Some(self.cancel_tasks(&query, kill_running, caller, out)),
+            Request::CountBots { dimensions } => Some(self.count_bots(&dimensions, caller)),
+            Request::ListBotTasks { bot_id, limit, cursor } => {
+                Some(self.list_bot_tasks(&bot_id, limit, cursor, caller))
+            }
+            Request::DeleteBot { bot_id } => Some(self.delete_bot(&bot_id, principal, out)),
             Request::BotPoll(poll) => self.bot_poll(conn, request_id, poll, out),
             Request::TaskUpdate(update) => Some(self.task_update(conn, update, out)),
         }
@@ -398,15 +411,19 @@ impl Core {
             | Request::GetOutput { task_id, .. }
             | Request::FollowOutput { task_id, .. } => self.refuse_on_task(caller, *task_id, Permission::ReadTasks),
             Request::CancelTask { task_id, .. } => self.refuse_on_task(caller, *task_id, Permission::CancelTask),
-            Request::GetBot { bot_id } => self.refuse_on_bot(caller, bot_id, Permission::ReadBots),
+            Request::GetBot { bot_id } | Request::ListBotTasks { bot_id, .. } => {
+                self.refuse_on_bot(caller, bot_id, Permission::ReadBots)
+            }
             Request::ListBotEvents(query) => self.refuse_on_bot(caller, &query.bot_id, Permission::ReadBots),
             Request::QuarantineBot { bot_id, .. }
             | Request::UnquarantineBot { bot_id }
-            | Request::TerminateBot { bot_id } => self.refuse_on_bot(caller, bot_id, Permission::ManageBots),
-            Request::ListTasks(_) => (!caller.allows_somewhere(Permission::ReadTasks))
-                .then(|| caller.denied_everywhere(Permission::ReadTasks)),
-            Request::ListBots { .. } => {
-                (!caller.allows_somewhere(Permission::ReadBots)).then(|| caller.denied_everywhere(Permission::ReadBots))
+            | Request::TerminateBot { bot_id, .. } => self.refuse_on_bot(caller, bot_id, Permission::ManageBots),
+            Request::DeleteBot { bot_id } => self.refuse_on_bot(caller, bot_id, Permission::DeleteBot),
+            // Listings, counts and cancels by tags skip what the caller may not see or touch.
+            Request::ListTasks(_) | Request::CountTasks(_) => refuse_unless_somewhere(caller, Permission::ReadTasks),
+            Request::CancelTasks { .. } => refuse_unless_somewhere(caller, Permission::CancelTask),
+            Request::ListBots { .. } | Request::CountBots { .. } => {
+                refuse_unless_somewhere(caller, Permission::ReadBots)
             }
             Request::ValidateTask(_) | Request::BotPoll(_) | Request::TaskUpdate(_) => None,
         }
@@ -700,6 +717,11 @@ impl Core {
         self.tasks.check_invariants();
         self.timers.cancellable.check_invariants();
     }
+}
+
+/// The refusal of a request that needs `permission` in at least one pool.
+fn refuse_unless_somewhere(caller: Caller<'_>, permission: Permission) -> Option<Reply> {
+    (!caller.allows_somewhere(permission)).then(|| caller.denied_everywhere(permission))
 }
 
 #[cfg(test)]

@@ -488,7 +488,7 @@ fn tasks_list_newest_first_filtered_and_paged() {
     assert_eq!((first, cursor), (vec![ids[6], ids[4]], Some(ids[4])));
     let (second, cursor) = page(&mut h, TaskQuery { cursor, ..even.clone() });
     assert_eq!((second, cursor), (vec![ids[2], ids[0]], None));
-    let canceled = TaskQuery { state: Some(TaskState::Canceled), ..TaskQuery::default() };
+    let canceled = TaskQuery { state: StateQuery::One(TaskState::Canceled), ..TaskQuery::default() };
     assert_eq!(page(&mut h, canceled).0, vec![ids[6]]);
     let (_, out) = h.send(CLIENT, Request::ListTasks(TaskQuery { limit: 5000, ..TaskQuery::default() }));
     assert!(matches!(&out.replies[0].reply, Reply::Error(e) if e.message.starts_with("limit:")));
@@ -653,7 +653,7 @@ fn terminate_lets_the_current_task_finish_then_shuts_the_bot_down() {
     let mut h = Harness::new();
     h.submit(request(100, &[("pool", "ci")]));
     let run_id = run_one(&mut h, BOT_1, LINUX);
-    h.send(CLIENT, Request::TerminateBot { bot_id: "bot-1".into() });
+    h.send(CLIENT, Request::TerminateBot { bot_id: "bot-1".into(), reason: String::new() });
     assert_eq!(h.report(BOT_1, run_id, 0, b"", None), Reply::UpdateAck { output_len: 0, must_stop: false });
     finish_run(&mut h, BOT_1, run_id, b"", 0);
     h.submit(request(100, &[("pool", "ci")]));
@@ -1181,7 +1181,7 @@ fn the_principal_is_recorded_on_the_tasks_it_creates_and_the_bot_changes_it_asks
     for request in [
         Request::QuarantineBot { bot_id: "bot-1".into(), reason: "flaky".into() },
         Request::UnquarantineBot { bot_id: "bot-1".into() },
-        Request::TerminateBot { bot_id: "bot-1".into() },
+        Request::TerminateBot { bot_id: "bot-1".into(), reason: String::new() },
     ] {
         h.send(CLIENT, request);
     }
@@ -1198,5 +1198,155 @@ fn the_principal_is_recorded_on_the_tasks_it_creates_and_the_bot_changes_it_asks
     );
     h.principal = None;
     assert!(h.submit(request(100, &[("pool", "other")])).request.tags.is_empty(), "open access names no one");
+    h.check_replay();
+}
+
+fn one_reply(out: Output) -> Reply {
+    out.replies.into_iter().next().expect("a reply").reply
+}
+
+#[test]
+fn swarming_query_states_and_creation_windows_select_and_count_tasks() {
+    let mut h = Harness::new();
+    let first_ms = h.now_ms;
+    let succeeded = h.submit(request(100, &[("pool", "ci")])).task_id;
+    let run_id = run_one(&mut h, BOT_1, LINUX);
+    finish_run(&mut h, BOT_1, run_id, b"", 0);
+    h.advance(1000);
+    let failed = h.submit(request(100, &[("pool", "ci")])).task_id;
+    let run_id = run_one(&mut h, BOT_1, LINUX);
+    finish_run(&mut h, BOT_1, run_id, b"", 3);
+    h.advance(1000);
+    let mut idempotent = request(100, &[("pool", "ci")]);
+    idempotent.task_slices[0] = TaskSlice {
+        properties: Arc::new(TaskProperties {
+            idempotent: true,
+            ..TaskProperties::clone(&idempotent.task_slices[0].properties)
+        }),
+        ..idempotent.task_slices[0].clone()
+    };
+    h.submit(idempotent.clone());
+    let run_id = run_one(&mut h, BOT_1, LINUX);
+    finish_run(&mut h, BOT_1, run_id, b"", 0);
+    let deduped = h.submit(idempotent).task_id;
+    let running = h.submit(request(100, &[("pool", "ci")])).task_id;
+    run_one(&mut h, BOT_1, LINUX);
+    let pending = h.submit(request(100, &[("pool", "ci")])).task_id;
+    let ids = |h: &mut Harness, query: TaskQuery| match one_reply(h.send(CLIENT, Request::ListTasks(query.clone())).1) {
+        Reply::Tasks { tasks, .. } => tasks.iter().map(|task| task.task_id).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let count = |h: &mut Harness, query: TaskQuery| match one_reply(h.send(CLIENT, Request::CountTasks(query)).1) {
+        Reply::TaskCount { count, capped: false } => count,
+        other => panic!("{other:?}"),
+    };
+    let state = |state| TaskQuery { state, ..TaskQuery::default() };
+    assert_eq!(ids(&mut h, state(StateQuery::PendingRunning)), [pending, running]);
+    assert_eq!(ids(&mut h, state(StateQuery::CompletedFailure)), [failed]);
+    assert_eq!(ids(&mut h, state(StateQuery::Deduped)), [deduped]);
+    assert_eq!(ids(&mut h, state(StateQuery::CompletedSuccess)).len(), 3, "the deduped one, its source and the first");
+    assert!(ids(&mut h, state(StateQuery::CompletedSuccess)).contains(&succeeded));
+    assert_eq!(count(&mut h, state(StateQuery::All)), 6);
+    assert_eq!(count(&mut h, state(StateQuery::One(TaskState::Completed))), 4);
+    let window = TaskQuery {
+        created_since_unix_ms: Some(first_ms + 1),
+        created_until_unix_ms: Some(first_ms + 2000),
+        ..TaskQuery::default()
+    };
+    assert_eq!(ids(&mut h, window.clone()), [failed]);
+    assert_eq!(count(&mut h, window), 1);
+    let huge = TaskQuery { created_since_unix_ms: Some(u64::MAX), ..TaskQuery::default() };
+    assert_eq!(count(&mut h, huge), 0, "a time past what an id can name matches nothing, and does not wrap");
+    h.check_replay();
+}
+
+#[test]
+fn cancel_by_tags_takes_every_tag_pages_with_a_cursor_and_leaves_running_tasks_unless_asked() {
+    let mut h = Harness::new();
+    let tagged = |h: &mut Harness, tags: &[&str]| {
+        let mut r = request(100, &[("pool", "ci")]);
+        r.tags = tags.iter().map(|tag| tag.to_string()).collect();
+        h.submit(r).task_id
+    };
+    let running = tagged(&mut h, &["build:7", "kind:test"]);
+    run_one(&mut h, BOT_1, LINUX);
+    let other_kind = tagged(&mut h, &["build:7", "kind:lint"]);
+    let pending: Vec<u64> = (0..3).map(|_| tagged(&mut h, &["build:7", "kind:test"])).collect();
+    let cancel = |h: &mut Harness, cursor, kill_running| {
+        let query =
+            TaskQuery { tags: vec!["build:7".into(), "kind:test".into()], limit: 2, cursor, ..TaskQuery::default() };
+        match one_reply(h.send(CLIENT, Request::CancelTasks { query, kill_running }).1) {
+            Reply::CanceledTasks(canceled) => canceled,
+            other => panic!("{other:?}"),
+        }
+    };
+    let first = cancel(&mut h, None, false);
+    assert_eq!((first.canceled, first.kill_requested, first.next_cursor), (2, 0, Some(pending[1])));
+    let second = cancel(&mut h, first.next_cursor, false);
+    assert_eq!((second.canceled, second.next_cursor), (1, None));
+    for task_id in &pending {
+        assert_eq!(h.state(*task_id), TaskState::Canceled);
+    }
+    assert_eq!((h.state(other_kind), h.state(running)), (TaskState::Pending, TaskState::Running));
+    let killing = cancel(&mut h, None, true);
+    assert_eq!((killing.canceled, killing.kill_requested, killing.next_cursor), (0, 1, None));
+    let (_, out) = h.send(CLIENT, Request::CancelTasks { query: TaskQuery::default(), kill_running: false });
+    assert!(matches!(one_reply(out), Reply::Error(e) if e.message.starts_with("tags:")));
+    h.check_replay();
+}
+
+#[test]
+fn bots_are_counted_their_tasks_listed_and_only_a_disconnected_one_deleted() {
+    let mut h = Harness::new();
+    let first = h.submit(request(100, &[("pool", "ci")])).task_id;
+    let run_id = run_one(&mut h, BOT_1, LINUX);
+    finish_run(&mut h, BOT_1, run_id, b"", 0);
+    let second = h.submit(request(100, &[("pool", "ci")])).task_id;
+    run_one(&mut h, BOT_1, LINUX);
+    h.poll(BOT_2.conn, BOT_2.bot_id, BOT_2.session_id, &[("pool", "ci"), ("os", "Mac")]);
+    h.send(CLIENT, Request::QuarantineBot { bot_id: "bot-2".into(), reason: "disk".into() });
+    let counts = |h: &mut Harness, dimensions: Vec<StringPair>| match one_reply(
+        h.send(CLIENT, Request::CountBots { dimensions }).1,
+    ) {
+        Reply::BotCounts(counts) => counts,
+        other => panic!("{other:?}"),
+    };
+    let all = counts(&mut h, Vec::new());
+    assert_eq!((all.count, all.busy, all.quarantined, all.connected, all.dead), (2, 1, 1, 2, 0));
+    assert_eq!(counts(&mut h, vec![StringPair::new("os", "Mac")]).count, 1);
+    let page = |h: &mut Harness, limit, cursor| {
+        let request = Request::ListBotTasks { bot_id: "bot-1".into(), limit, cursor };
+        match one_reply(h.send(CLIENT, request).1) {
+            Reply::Tasks { tasks, next_cursor } => (tasks.iter().map(|t| t.task_id).collect::<Vec<_>>(), next_cursor),
+            other => panic!("{other:?}"),
+        }
+    };
+    let (newest, cursor) = page(&mut h, 1, None);
+    assert_eq!(newest, [second]);
+    assert!(cursor.is_some());
+    assert_eq!(page(&mut h, 1, cursor), (vec![first], None));
+    let delete =
+        |h: &mut Harness, bot_id: &str| one_reply(h.send(CLIENT, Request::DeleteBot { bot_id: bot_id.into() }).1);
+    assert!(matches!(delete(&mut h, "bot-1"), Reply::Error(e) if e.message.contains("still holds run")));
+    assert!(matches!(delete(&mut h, "bot-2"), Reply::Error(e) if e.message.contains("is connected")));
+    let mut out = Output::default();
+    h.core.handle(h.now_ms, Input::Disconnected { conn: BOT_2.conn }, &mut out);
+    h.record(&out);
+    assert_eq!(delete(&mut h, "bot-2"), Reply::BotDeleted);
+    assert!(h.core.bot("bot-2").is_none());
+    assert!(matches!(delete(&mut h, "bot-2"), Reply::Error(ErrorReply { code: ErrorCode::NotFound, .. })));
+    assert_eq!(counts(&mut h, Vec::new()).count, 1);
+    h.check_replay();
+}
+
+#[test]
+fn a_terminate_reason_goes_into_the_bots_events() {
+    let mut h = Harness::new();
+    h.poll(BOT_1.conn, BOT_1.bot_id, BOT_1.session_id, LINUX);
+    h.send(CLIENT, Request::TerminateBot { bot_id: "bot-1".into(), reason: "host is retired".into() });
+    let (events, _) = bot_events(&mut h, BotEventQuery { bot_id: "bot-1".into(), ..BotEventQuery::default() });
+    assert_eq!(events[0].kind, BotEventKind::TerminateRequested);
+    assert_eq!(events[0].message, "host is retired");
+    assert!(h.core.bot("bot-1").unwrap().terminate_requested);
     h.check_replay();
 }

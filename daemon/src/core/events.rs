@@ -77,6 +77,13 @@ pub enum BotChange {
     TerminateRequested,
     /// The bot exited on a terminate request.
     ShutDown,
+    /// Asked to exit, with a person's reason. (New variants go last, so older
+    /// records keep their tags.)
+    TerminateRequestedBecause {
+        reason: String,
+    },
+    /// Forgotten at a person's request: it was dead or not connected.
+    Deleted,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -231,12 +238,18 @@ impl Event {
                 BotChange::Quarantined { reason, .. } => format!("bot {bot_id} quarantined: {reason}"),
                 BotChange::Unquarantined => format!("bot {bot_id} unquarantined"),
                 BotChange::TerminateRequested => format!("bot {bot_id} is to terminate"),
+                BotChange::TerminateRequestedBecause { reason } => format!("bot {bot_id} is to terminate: {reason}"),
                 BotChange::ShutDown => format!("bot {bot_id} shut down"),
+                BotChange::Deleted => format!("bot {bot_id} deleted"),
             },
             Event::BotChangedBy { bot_id, change, by, .. } => match change {
                 BotChange::Quarantined { reason, .. } => format!("bot {bot_id} quarantined by {by}: {reason}"),
                 BotChange::Unquarantined => format!("bot {bot_id} unquarantined by {by}"),
                 BotChange::TerminateRequested => format!("bot {bot_id} is to terminate, asked by {by}"),
+                BotChange::TerminateRequestedBecause { reason } => {
+                    format!("bot {bot_id} is to terminate, asked by {by}: {reason}")
+                }
+                BotChange::Deleted => format!("bot {bot_id} deleted by {by}"),
                 BotChange::Missing | BotChange::ShutDown => format!("bot {bot_id} changed by {by}: {change:?}"),
             },
             Event::RetentionApplied { cutoff_ms } => {

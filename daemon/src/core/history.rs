@@ -216,12 +216,11 @@ impl<'a> Listing<'a> {
         }
     }
 
-    /// The next task's record.
-    pub fn next_record(&mut self) -> Option<Result<&'a ArchivedTaskRecord, String>> {
+    /// The next task's record, leaving it next.
+    pub fn peek_record(&self) -> Option<Result<&'a ArchivedTaskRecord, String>> {
         self.peek_id()?;
-        let (_, slot, number) = self.heads.pop().expect("peeked");
+        let &(_, slot, number) = self.heads.peek().expect("peeked");
         let record = self.cursors[slot].index.record(number).map_err(|error| error.to_string());
-        self.advance(slot);
         Some(record.and_then(access_record))
     }
 }

@@ -181,6 +181,10 @@ impl Core {
 
     /// `by`: the principal that asked for the change, named in the bot's event.
     fn apply_bot_changed(&mut self, bot_id: &str, change: &BotChange, at_ms: u64, by: Option<&str>) {
+        if *change == BotChange::Deleted {
+            self.forget_bot(bot_id);
+            return;
+        }
         let asked_by = by.map_or(String::new(), |by| format!("by {by}"));
         let (kind, message) = match change {
             BotChange::Missing => (BotEventKind::Missing, String::new()),
@@ -194,7 +198,12 @@ impl Core {
             }
             BotChange::Unquarantined => (BotEventKind::Unquarantined, asked_by),
             BotChange::TerminateRequested => (BotEventKind::TerminateRequested, asked_by),
+            BotChange::TerminateRequestedBecause { reason } => {
+                let message = if asked_by.is_empty() { reason.clone() } else { format!("{asked_by}: {reason}") };
+                (BotEventKind::TerminateRequested, message)
+            }
             BotChange::ShutDown => (BotEventKind::ShutDown, String::new()),
+            BotChange::Deleted => unreachable!("handled above"),
         };
         self.change_bot(bot_id, |bot| match change {
             BotChange::Missing => bot.dead = true,
@@ -202,10 +211,26 @@ impl Core {
                 bot.quarantine = Some(Quarantine { reason: reason.clone(), by_server: *by_server });
             }
             BotChange::Unquarantined => bot.quarantine = None,
-            BotChange::TerminateRequested => bot.terminate_requested = true,
+            BotChange::TerminateRequested | BotChange::TerminateRequestedBecause { .. } => {
+                bot.terminate_requested = true;
+            }
             BotChange::ShutDown => (bot.shut_down, bot.terminate_requested) = (true, false),
+            BotChange::Deleted => unreachable!("handled above"),
         });
         self.record_bot_event(bot_id, at_ms, kind, None, message);
+    }
+
+    /// Removes a bot that holds no run and waits for no work, with its share
+    /// of its class's capacity counts; its events go with it. A timer still
+    /// armed for it finds no bot and does nothing.
+    fn forget_bot(&mut self, bot_id: &str) {
+        let Some(bot) = self.bots.remove(bot_id) else { return };
+        assert!(bot.current_run.is_none() && bot.parked.is_none(), "bot {bot_id} is deleted only when idle");
+        let (live, busy) = bot.capacity_share();
+        self.queues.count_bot(bot.class, -live, -busy);
+        if let Some(conn) = bot.connection {
+            self.bot_by_connection.remove(&conn);
+        }
     }
 
     /// Changes a bot and keeps its class's capacity counts true.

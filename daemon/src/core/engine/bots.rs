@@ -351,23 +351,10 @@ impl Core {
 
     /// The bots matching `filter` that `caller` may see (`read_bots` in one of their pools).
     pub(super) fn list_bots(&self, filter: &[StringPair], caller: Caller<'_>) -> Reply {
-        for (index, pair) in filter.iter().enumerate() {
-            if let Err(refusal) = validate::validate_bot_dimensions(std::slice::from_ref(pair)) {
-                let message = refusal.to_string().replacen("dimensions[0]", &format!("dimensions[{index}]"), 1);
-                return error(ErrorCode::InvalidRequest, message);
-            }
-        }
-        let (filter, bot_ids) = queues::split_bot_ids(queues::canonical_task_dimensions(filter));
-        let named = |bot: &&Bot| {
-            (bot_ids.is_empty() || bot_ids.contains(&bot.bot_id))
-                && permissions::bot_allows(caller, bot, Permission::ReadBots).is_ok()
+        let mut bots: Vec<BotInfo> = match self.matching_bots(filter, caller) {
+            Ok(bots) => bots.into_iter().map(Bot::info).collect(),
+            Err(refusal) => return error(ErrorCode::InvalidRequest, refusal),
         };
-        let mut bots: Vec<BotInfo> = self
-            .bots
-            .values()
-            .filter(|bot| named(bot) && self.queues.class_matches(bot.class, &filter))
-            .map(Bot::info)
-            .collect();
         // The listing has no pages yet: one too large for a frame is refused, by name.
         let bytes: usize = bots.iter().map(wire_size::bot_info_bytes).sum();
         if bytes > MAX_PAGE_BYTES {
@@ -401,12 +388,111 @@ impl Core {
             }
             BotChange::Unquarantined => bot.quarantine.is_some(),
             BotChange::TerminateRequested => !bot.terminate_requested && !bot.shut_down,
-            BotChange::Missing | BotChange::ShutDown => unreachable!("not a request"),
+            BotChange::TerminateRequestedBecause { reason } => {
+                if reason.len() > MAX_REASON_BYTES {
+                    let message = format!("reason: {} bytes is over the limit of {MAX_REASON_BYTES}", reason.len());
+                    return error(ErrorCode::InvalidRequest, message);
+                }
+                !bot.terminate_requested && !bot.shut_down
+            }
+            BotChange::Missing | BotChange::ShutDown | BotChange::Deleted => unreachable!("not a request"),
         };
         if needed {
             self.change_bot_standing_by(bot_id, change, principal, out);
         }
         Reply::Bot(self.bots[bot_id].info())
+    }
+
+    /// How many bots match `filter` among those `caller` may see, and their standing.
+    pub(super) fn count_bots(&self, filter: &[StringPair], caller: Caller<'_>) -> Reply {
+        let bots = match self.matching_bots(filter, caller) {
+            Ok(bots) => bots,
+            Err(refusal) => return error(ErrorCode::InvalidRequest, refusal),
+        };
+        let mut counts = BotCounts::default();
+        for bot in bots {
+            counts.count += 1;
+            counts.busy += u32::from(bot.current_run.is_some());
+            counts.dead += u32::from(bot.dead);
+            counts.quarantined += u32::from(bot.quarantine.is_some());
+            counts.connected += u32::from(bot.connection.is_some());
+            counts.terminating += u32::from(bot.terminate_requested);
+            counts.shut_down += u32::from(bot.shut_down);
+        }
+        Reply::BotCounts(counts)
+    }
+
+    /// The tasks the bot was given, newest first, found through its
+    /// `task_assigned` events (so as far back as they are kept); only those
+    /// `caller` may read. The cursor is the number of the last event listed.
+    pub(super) fn list_bot_tasks(&self, bot_id: &str, limit: u32, cursor: Option<u64>, caller: Caller<'_>) -> Reply {
+        let Some(bot) = self.bots.get(bot_id) else { return error(ErrorCode::NotFound, format!("no bot {bot_id:?}")) };
+        if limit > MAX_TASK_PAGE {
+            return error(ErrorCode::InvalidRequest, format!("limit: {limit} is over the limit of {MAX_TASK_PAGE}"));
+        }
+        let limit = if limit == 0 { DEFAULT_TASK_PAGE } else { limit } as usize;
+        let assigned = bot.events.iter().rev().filter(|event| {
+            event.kind == BotEventKind::TaskAssigned && cursor.is_none_or(|cursor| event.number < cursor)
+        });
+        let (mut tasks, mut bytes, mut last_number) = (Vec::new(), 0, None);
+        for event in assigned {
+            let Some(run_id) = event.run_id else { continue };
+            // A task let go by retention, or in a damaged history run, is left out.
+            let Ok(task) = self.task_by_id(run_id.request()) else { continue };
+            if !caller.allows_everywhere(Permission::ReadTasks)
+                && !caller.allows(Permission::ReadTasks, permissions::task_pool(&task))
+            {
+                continue;
+            }
+            let result = self.result(&task);
+            bytes += wire_size::task_result_bytes(&result);
+            if tasks.len() == limit || (bytes > MAX_PAGE_BYTES && !tasks.is_empty()) {
+                return Reply::Tasks { tasks, next_cursor: last_number };
+            }
+            tasks.push(result);
+            last_number = Some(event.number);
+        }
+        Reply::Tasks { tasks, next_cursor: None }
+    }
+
+    /// Forgets a bot that is dead or not connected, and holds no run.
+    pub(super) fn delete_bot(&mut self, bot_id: &str, principal: Option<&str>, out: &mut Output) -> Reply {
+        let Some(bot) = self.bots.get(bot_id) else { return error(ErrorCode::NotFound, format!("no bot {bot_id:?}")) };
+        if let Some(run_id) = bot.current_run {
+            let message = format!("bot {bot_id} still holds run {run_id}; it can be deleted once that run ended");
+            return error(ErrorCode::InvalidRequest, message);
+        }
+        if bot.connection.is_some() && !bot.dead {
+            let message = format!(
+                "bot {bot_id} is connected; only a dead or disconnected bot can be deleted \
+                 (stop it first, e.g. with `apiary bots terminate`)"
+            );
+            return error(ErrorCode::InvalidRequest, message);
+        }
+        if let Some(parked) = self.bots[bot_id].parked {
+            // A dead bot's poll still held: answered "no work" and dropped first.
+            self.unpark(bot_id, out);
+            debug_assert!(self.bots[bot_id].parked.is_none(), "{parked:?} was dropped");
+        }
+        self.change_bot_standing_by(bot_id, BotChange::Deleted, principal, out);
+        Reply::BotDeleted
+    }
+
+    /// The known bots with every dimension of `filter` that `caller` may see.
+    /// The error is why the filter is refused.
+    fn matching_bots(&self, filter: &[StringPair], caller: Caller<'_>) -> Result<Vec<&Bot>, String> {
+        for (index, pair) in filter.iter().enumerate() {
+            if let Err(refusal) = validate::validate_bot_dimensions(std::slice::from_ref(pair)) {
+                let message = refusal.to_string().replacen("dimensions[0]", &format!("dimensions[{index}]"), 1);
+                return Err(message);
+            }
+        }
+        let (filter, bot_ids) = queues::split_bot_ids(queues::canonical_task_dimensions(filter));
+        let named = |bot: &&Bot| {
+            (bot_ids.is_empty() || bot_ids.contains(&bot.bot_id))
+                && permissions::bot_allows(caller, bot, Permission::ReadBots).is_ok()
+        };
+        Ok(self.bots.values().filter(|bot| named(bot) && self.queues.class_matches(bot.class, &filter)).collect())
     }
 
     pub(super) fn list_bot_events(&self, query: BotEventQuery) -> Reply {

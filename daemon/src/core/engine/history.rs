@@ -7,7 +7,7 @@
 //! durable and then drops its own copies of those tasks, a bounded number per
 //! call (`forget_archived`), so a big run never stalls the event loop.
 
-use std::ops::Deref;
+use std::ops::{ControlFlow, Deref};
 
 use std::sync::Arc;
 
@@ -145,9 +145,6 @@ impl Core {
         false
     }
 
-    /// Tasks below `before`, newest first, in the state and with the tags
-    /// asked for, from the heap and the history runs merged; at most `limit`,
-    /// and whether there are more.
     /// Up to `limit` tasks that are `readable`, whose results take at most `max_bytes` (`wire_size`),
     /// but at least one; and whether more may follow.
     pub(super) fn list_merged(
@@ -157,21 +154,81 @@ impl Core {
         max_bytes: usize,
         readable: &dyn Fn(&Task) -> bool,
     ) -> Result<(Vec<TaskResult>, bool), String> {
-        let before = query.cursor.map(tasks::request_id_of);
-        let wanted = |task: &&Task| {
-            readable(task)
-                && query.state.is_none_or(|state| task.state == state)
-                && query.tags.iter().all(|tag| self.tasks.has_tag(task.id, tag))
+        let mut tasks = Vec::new();
+        let mut bytes = 0;
+        let more = self.walk_merged(query, readable, &mut |task| {
+            if tasks.len() == limit {
+                return ControlFlow::Break(());
+            }
+            // Why a pending task waits (its queue position is a count) comes with `tasks show`.
+            let result = self.result(task);
+            bytes += wire_size::task_result_bytes(&result);
+            if bytes > max_bytes && !tasks.is_empty() {
+                // The cursor is the last task kept: the next page starts with this one.
+                return ControlFlow::Break(());
+            }
+            tasks.push(result);
+            ControlFlow::Continue(())
+        })?;
+        Ok((tasks, more))
+    }
+
+    /// How many `readable` tasks match `query`, counting at most `cap`; and
+    /// whether counting stopped there.
+    pub(super) fn count_merged(
+        &self,
+        query: &TaskQuery,
+        cap: u64,
+        readable: &dyn Fn(&Task) -> bool,
+    ) -> Result<(u64, bool), String> {
+        let mut count = 0;
+        let capped = self.walk_merged(query, readable, &mut |_| {
+            if count == cap {
+                return ControlFlow::Break(());
+            }
+            count += 1;
+            ControlFlow::Continue(())
+        })?;
+        Ok((count, capped))
+    }
+
+    /// Visits the `readable` tasks that match `query` (state, tags, creation
+    /// window, below its cursor), newest first, from the heap and the history
+    /// runs merged, until `visit` breaks. Returns whether it broke: then more
+    /// may follow, starting with the task it broke on.
+    pub(super) fn walk_merged(
+        &self,
+        query: &TaskQuery,
+        readable: &dyn Fn(&Task) -> bool,
+        visit: &mut dyn FnMut(&Task) -> ControlFlow<()>,
+    ) -> Result<bool, String> {
+        // Past the last millisecond an id can name, a time means "no bound".
+        let last_ms = u64::MAX >> 20;
+        let until = query.created_until_unix_ms.filter(|&ms| ms <= last_ms).map(RequestId::first_of_millisecond);
+        let before = match (query.cursor.map(tasks::request_id_of), until) {
+            (Some(cursor), Some(until)) => Some(cursor.min(until)),
+            (cursor, until) => cursor.or(until),
         };
+        let since_ms = query.created_since_unix_ms.unwrap_or(0).min(last_ms);
+        // The heap holds only retained tasks (a task that has not ended is kept
+        // however old); the history runs may hold older ones until they go.
+        let floor = RequestId::first_of_millisecond(since_ms);
+        let retained_floor = RequestId::first_of_millisecond(since_ms.max(self.retained_from_ms));
+        let matches = |task: &Task| {
+            let deduped = task.outcome.as_ref().is_some_and(|outcome| outcome.deduped_from.is_some());
+            let exit_code = task.outcome.as_ref().and_then(|outcome| outcome.exit_code);
+            query.state.matches(task.state, exit_code, deduped) && readable(task)
+        };
+        let wanted = |task: &&Task| matches(task) && query.tags.iter().all(|tag| self.tasks.has_tag(task.id, tag));
         let held: Box<dyn Iterator<Item = &Task>> = match query.tags.first() {
             Some(tag) => Box::new(self.tasks.newest_first_tagged(tag, before)),
             None => Box::new(self.tasks.newest_first_before(before)),
         };
-        let mut held = held.filter(wanted).peekable();
-        let floor = RequestId::first_of_millisecond(self.retained_from_ms);
-        let mut archived = self.history.newest_first(before, floor, query.state, &query.tags)?;
-        let mut tasks = Vec::new();
-        let mut bytes = 0;
+        let mut held = held.take_while(|task| task.id >= floor).filter(wanted).peekable();
+        // Tasks that have not ended are all in the heap.
+        let history_floor =
+            if query.state.only_unended() { RequestId::first_of_millisecond(last_ms) } else { retained_floor };
+        let mut archived = self.history.newest_first(before, history_floor, query.state.single_state(), &query.tags)?;
         loop {
             let held_id = held.peek().map(|task| task.id.as_u64());
             if let Some(archived_id) = archived.peek_id() {
@@ -183,30 +240,29 @@ impl Core {
                 }
             }
             let take_held = match (held_id, archived.peek_id()) {
-                (None, None) => return Ok((tasks, false)),
+                (None, None) => return Ok(false),
                 (Some(held_id), Some(archived_id)) => held_id > archived_id,
                 (held_id, _) => held_id.is_some(),
             };
-            if tasks.len() == limit {
-                return Ok((tasks, true));
-            }
-            let result = if take_held {
-                // Why a pending task waits (its queue position is a count) comes with `tasks show`.
-                self.result(held.next().expect("peeked"))
+            let flow = if take_held {
+                visit(held.peek().expect("peeked"))
             } else {
-                let record = archived.next_record().expect("peeked")?;
+                let record = archived.peek_record().expect("peeked")?;
                 let task = task_from_history(record)?;
-                if !readable(&task) {
+                if !matches(&task) {
+                    archived.skip();
                     continue;
                 }
-                self.result(&task)
+                visit(&task)
             };
-            bytes += wire_size::task_result_bytes(&result);
-            if bytes > max_bytes && !tasks.is_empty() {
-                // The cursor is the last task kept: the next page starts with this one.
-                return Ok((tasks, true));
+            if flow.is_break() {
+                return Ok(true);
             }
-            tasks.push(result);
+            if take_held {
+                held.next();
+            } else {
+                archived.skip();
+            }
         }
     }
 }

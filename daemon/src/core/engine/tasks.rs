@@ -4,6 +4,7 @@ use super::apply::slice_expiry_ms;
 use super::history::{Found, Missing};
 use super::permissions::{self, Caller};
 use super::*;
+use std::ops::ControlFlow;
 
 impl Core {
     /// The task of a request id, or of a run id that exists, from the heap or
@@ -111,6 +112,66 @@ impl Core {
         };
         let next_cursor = tasks.last().filter(|_| more).map(|task| task.task_id);
         Reply::Tasks { tasks, next_cursor }
+    }
+
+    /// How many tasks `caller` may read match the query, counted up to `MAX_TASK_COUNT`.
+    pub(super) fn count_tasks(&self, query: &TaskQuery, caller: Caller<'_>) -> Reply {
+        let readable = |task: &Task| {
+            caller.allows_everywhere(Permission::ReadTasks)
+                || caller.allows(Permission::ReadTasks, permissions::task_pool(task))
+        };
+        match self.count_merged(query, MAX_TASK_COUNT, &readable) {
+            Ok((count, capped)) => Reply::TaskCount { count, capped },
+            Err(damage) => error(ErrorCode::Internal, damage),
+        }
+    }
+
+    /// Swarming's CancelTasks: the pending tasks (with `kill_running`, also the
+    /// running ones) that have every tag asked for and that `caller` may
+    /// cancel, newest first, at most `query.limit` per call; the cursor goes on.
+    pub(super) fn cancel_tasks(
+        &mut self,
+        query: &TaskQuery,
+        kill_running: bool,
+        caller: Caller<'_>,
+        out: &mut Output,
+    ) -> Reply {
+        if query.tags.is_empty() {
+            return error(ErrorCode::InvalidRequest, "tags: at least one tag is needed to cancel tasks by tags");
+        }
+        if query.limit > MAX_TASK_PAGE {
+            let message = format!("limit: {} is over the limit of {MAX_TASK_PAGE}", query.limit);
+            return error(ErrorCode::InvalidRequest, message);
+        }
+        let limit = if query.limit == 0 { DEFAULT_TASK_PAGE } else { query.limit } as usize;
+        let state = if kill_running { StateQuery::PendingRunning } else { StateQuery::One(TaskState::Pending) };
+        let query = TaskQuery { state, ..query.clone() };
+        let cancelable = |task: &Task| {
+            caller.allows_everywhere(Permission::CancelTask)
+                || caller.allows(Permission::CancelTask, permissions::task_pool(task))
+        };
+        let mut matched = Vec::new();
+        let walked = self.walk_merged(&query, &cancelable, &mut |task| {
+            if matched.len() == limit {
+                return ControlFlow::Break(());
+            }
+            matched.push(task.id.as_u64());
+            ControlFlow::Continue(())
+        });
+        let more = match walked {
+            Ok(more) => more,
+            Err(damage) => return error(ErrorCode::Internal, damage),
+        };
+        let mut canceled = CanceledTasks { matched: matched.len() as u32, ..CanceledTasks::default() };
+        for &task_id in &matched {
+            match self.cancel(task_id, kill_running, out) {
+                Reply::Canceled { outcome: CancelOutcome::Canceled, .. } => canceled.canceled += 1,
+                Reply::Canceled { outcome: CancelOutcome::KillRequested, .. } => canceled.kill_requested += 1,
+                _ => {}
+            }
+        }
+        canceled.next_cursor = matched.last().copied().filter(|_| more);
+        Reply::CanceledTasks(canceled)
     }
 
     pub(super) fn cancel(&mut self, raw_id: u64, kill_running: bool, out: &mut Output) -> Reply {
