@@ -182,3 +182,58 @@ impl Client {
         Ok(Frame { kind: header.kind, request_id: header.request_id, payload })
     }
 }
+
+/// The port of a daemon when nothing else is said.
+pub const DEFAULT_PORT: u16 = 7420;
+
+/// Checks a daemon address as `--server` takes it: `HOST:PORT`, without a scheme
+/// (Swarming users write `https://host`), a path, or a missing port. The refusal says
+/// what to write instead.
+pub fn parse_server_address(text: &str) -> Result<String, String> {
+    let (scheme, rest) = match text.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, text),
+    };
+    let host_port = rest.split('/').next().unwrap_or_default();
+    let has_port = host_port.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && (!host.contains(':') || host.ends_with(']')) && port.parse::<u16>().is_ok()
+    });
+    let suggestion = if has_port { host_port.to_string() } else { format!("{host_port}:{DEFAULT_PORT}") };
+    if host_port.is_empty() {
+        return Err(format!("expected HOST:PORT, e.g. apiary.example:{DEFAULT_PORT}"));
+    }
+    if let Some(scheme) = scheme {
+        return Err(format!(
+            "{text:?} has a scheme ({scheme}://); Apiary speaks its own protocol: write HOST:PORT, e.g. {suggestion} \
+             (and --tls for TLS)"
+        ));
+    }
+    if host_port != rest {
+        return Err(format!("{text:?} has a path; write HOST:PORT, e.g. {suggestion}"));
+    }
+    if !has_port {
+        return Err(format!("{text:?} has no port; write HOST:PORT, e.g. {suggestion}"));
+    }
+    Ok(text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses_are_host_and_port() {
+        for good in ["127.0.0.1:7420", "apiary.example:1", "[::1]:7420", "localhost:65535"] {
+            assert_eq!(parse_server_address(good).as_deref(), Ok(good));
+        }
+        let refused = |text: &str| parse_server_address(text).unwrap_err();
+        let scheme = refused("https://swarm.example.com");
+        assert!(scheme.contains("has a scheme") && scheme.contains("e.g. swarm.example.com:7420"), "{scheme}");
+        assert!(refused("http://h:80/path").contains("e.g. h:80"));
+        assert!(refused("apiary.example").contains("has no port; write HOST:PORT, e.g. apiary.example:7420"));
+        assert!(refused("h:port").contains("has no port"));
+        assert!(refused("::1").contains("has no port"));
+        assert!(refused("h:1/x").contains("has a path"));
+        assert!(refused("").contains("expected HOST:PORT"));
+    }
+}

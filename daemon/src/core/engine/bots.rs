@@ -413,13 +413,8 @@ impl Core {
         let Some(bot) = self.bots.get(&query.bot_id) else {
             return error(ErrorCode::NotFound, format!("no bot {:?}", query.bot_id));
         };
-        if query.limit > MAX_TASK_PAGE {
-            return error(
-                ErrorCode::InvalidRequest,
-                format!("limit: {} is over the limit of {MAX_TASK_PAGE}", query.limit),
-            );
-        }
-        let limit = if query.limit == 0 { DEFAULT_EVENT_PAGE } else { query.limit } as usize;
+        // Capped, not refused: a script asking for "all" gets the largest page and a cursor.
+        let limit = if query.limit == 0 { DEFAULT_EVENT_PAGE } else { query.limit.min(MAX_TASK_PAGE) } as usize;
         let wanted = |event: &&BotEventRecord| {
             query.cursor.is_none_or(|cursor| event.number < cursor)
                 && query.since_unix_ms.is_none_or(|since| event.at_ms >= since)
