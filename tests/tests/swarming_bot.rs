@@ -133,3 +133,73 @@ fn the_daemon_listens_on_a_host_name() {
     let daemon = Daemon::start_with(&dir.path().join("data"), "localhost:0", &[]);
     daemon.cli().ok(&["bots", "list"]);
 }
+
+#[test]
+fn a_terminate_request_for_a_bot_that_is_away_is_kept_until_it_comes_back() {
+    let dir = temp();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let cli = daemon.cli();
+    let work_dir = dir.path().join("bot");
+    let mut bot = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &work_dir);
+    cli.ok(&["bots", "terminate", "bot-1"]);
+    assert_eq!(bot.wait_exit().code(), Some(0));
+
+    // Shut down: the request is kept, and the bot exits as soon as it is back.
+    let said = cli.ok(&["bots", "terminate", "bot-1"]);
+    assert_eq!(
+        said,
+        "terminate requested: bot-1 has shut down; the request is kept, and it exits when it next connects, \
+         before taking any task\n"
+    );
+    let task_id = cli.trigger(&["--wait-for-capacity", "-d", "pool=ci", "--", "true"]);
+    let mut restarted = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &work_dir);
+    assert_eq!(restarted.wait_exit().code(), Some(0), "the restarted bot heard the request");
+    assert_eq!(cli.show(&task_id)["state"], "PENDING", "it took no task first");
+
+    // Gone without a word (kill -9): the same.
+    let mut bot = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &work_dir);
+    let running = cli.wait_for_state(&task_id, "COMPLETED");
+    assert_eq!(running["bot_id"], "bot-1");
+    bot.kill9();
+    let deadline = std::time::Instant::now() + apiary_tests::PATIENCE;
+    let connected = || {
+        let shown: serde_json::Value = serde_json::from_str(&cli.ok(&["bots", "show", "--json", "bot-1"])).unwrap();
+        shown["connected"] == true
+    };
+    while connected() {
+        assert!(std::time::Instant::now() < deadline, "the daemon never saw the connection close");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let said = cli.ok(&["bots", "terminate", "bot-1"]);
+    assert!(said.starts_with("terminate requested: bot-1 is not connected; the request is kept"), "{said}");
+    let mut restarted = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &work_dir);
+    assert_eq!(restarted.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn an_http_request_on_the_port_is_logged_as_http() {
+    use std::io::{Read, Write};
+    let dir = temp();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let mut stream = std::net::TcpStream::connect(&daemon.addr).unwrap();
+    stream.write_all(b"GET /api/swarming/v1/server/details HTTP/1.1\r\nHost: apiary\r\n\r\n").unwrap();
+    let _ = stream.read_to_end(&mut Vec::new());
+    let line = daemon.log.wait_for("the refusal", |line| line.contains("closing connection").then(|| line.to_string()));
+    assert!(
+        line.contains("the peer speaks HTTP (\"GET /api/swarming/v1/server/details HTTP/1.1\"), not Apiary's protocol"),
+        "{line}"
+    );
+    assert!(!line.contains("bytes"), "not told as a huge frame: {line}");
+}
+
+#[test]
+fn a_start_on_a_port_in_use_leaves_no_data_directory() {
+    let dir = temp();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let data_dir = dir.path().join("data");
+    let (status, log) = Daemon::start_refused_on(&data_dir, &address, &[]);
+    assert!(!status.success(), "{log}");
+    assert!(log.contains(&format!("cannot listen on {address}")), "{log}");
+    assert!(!data_dir.exists(), "the failed start left {} behind", data_dir.display());
+}

@@ -641,6 +641,31 @@ fn quarantine_by_health_check_or_by_request_withholds_work_and_capacity() {
 }
 
 #[test]
+fn unquarantine_leaves_a_bot_whose_own_health_check_fails_quarantined_and_says_why() {
+    let mut h = Harness::new();
+    let unquarantine = |h: &mut Harness| {
+        let (_, out) = h.send(CLIENT, Request::UnquarantineBot { bot_id: "bot-1".into() });
+        match &out.replies.last().unwrap().reply {
+            Reply::Bot(info) => info.quarantine_reason.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    // Quarantined by its own check: a person cannot lift that; the reply says why.
+    quarantined_poll(&mut h, BOT_1, "disk full");
+    assert_eq!(unquarantine(&mut h).as_deref(), Some("disk full"));
+    // Quarantined by a person while the check fails too: lifting the person's
+    // quarantine leaves the check's.
+    h.send(CLIENT, Request::QuarantineBot { bot_id: "bot-1".into(), reason: "flaky".into() });
+    quarantined_poll(&mut h, BOT_1, "disk full");
+    assert_eq!(unquarantine(&mut h).as_deref(), Some("disk full"));
+    let pending = h.submit(request(100, &[("pool", "ci")]));
+    assert_eq!(h.state(pending.task_id), TaskState::Pending, "still no work");
+    // Once the check passes, the bot is released.
+    assert!(assignment(&quarantined_poll(&mut h, BOT_1, "")).is_some());
+    h.check_replay();
+}
+
+#[test]
 fn terminate_lets_the_current_task_finish_then_shuts_the_bot_down() {
     let mut h = Harness::new();
     h.submit(request(100, &[("pool", "ci")]));

@@ -147,6 +147,9 @@ impl Core {
         if bot.caches != poll.caches {
             bot.caches = poll.caches.clone();
         }
+        if bot.health_check_failure != poll.quarantine_reason {
+            bot.health_check_failure = poll.quarantine_reason.clone();
+        }
         self.note_connection(conn, &poll.bot_id);
     }
 
@@ -399,12 +402,23 @@ impl Core {
                 }
                 bot.quarantine.as_ref().is_none_or(|quarantine| !quarantine.by_server || quarantine.reason != *reason)
             }
-            BotChange::Unquarantined => bot.quarantine.is_some(),
-            BotChange::TerminateRequested => !bot.terminate_requested && !bot.shut_down,
+            // Only the bot's own passing check lifts its health check's quarantine.
+            BotChange::Unquarantined => bot.quarantine.as_ref().is_some_and(|quarantine| quarantine.by_server),
+            // Kept for a bot that is away (shut down, missing, disconnected): it
+            // is told at its next poll.
+            BotChange::TerminateRequested => !bot.terminate_requested,
             BotChange::Missing | BotChange::ShutDown => unreachable!("not a request"),
         };
+        let unquarantined = needed && matches!(change, BotChange::Unquarantined);
         if needed {
             self.change_bot_standing_by(bot_id, change, principal, out);
+        }
+        let health_check_failure = &self.bots[bot_id].health_check_failure;
+        if unquarantined && !health_check_failure.is_empty() {
+            // The bot's own check failed at its last poll: it stays quarantined for
+            // that reason, and the reply says so.
+            let change = BotChange::Quarantined { reason: health_check_failure.clone(), by_server: false };
+            self.change_bot_standing(bot_id, change, out);
         }
         Reply::Bot(self.bots[bot_id].info())
     }
