@@ -22,7 +22,7 @@ pub enum ClientError {
          trust the system's roots)"
     )]
     DaemonSpeaksTls(String),
-    #[error("connection to the daemon failed: {0}")]
+    #[error("connection to the daemon failed: {}", describe_io_error(.0))]
     Io(#[from] io::Error),
     #[error("bad frame from the daemon: {0}")]
     Frame(#[from] FrameError),
@@ -30,6 +30,16 @@ pub enum ClientError {
     Refused { code: ErrorCode, message: String },
     #[error("the daemon sent an unexpected {0}")]
     Unexpected(&'static str),
+}
+
+/// An I/O error in words about the daemon: the bare "failed to fill whole buffer"
+/// of a closed connection says nothing to the person reading it.
+fn describe_io_error(error: &io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::UnexpectedEof => "the daemon closed the connection".to_string(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "the daemon did not answer in time".to_string(),
+        _ => error.to_string(),
+    }
 }
 
 impl ClientError {
