@@ -14,7 +14,7 @@
 
 use std::fs;
 
-use apiary_protocol::StringPair;
+use apiary_protocol::{StringPair, limits};
 
 const OS_RELEASE_PATH: &str = "/etc/os-release";
 
@@ -28,6 +28,9 @@ pub(crate) fn dimensions() -> Vec<StringPair> {
         cpu_values(std::env::consts::ARCH, usize::BITS).into_iter().map(|value| StringPair::new("cpu", &value)),
     );
     pairs.push(StringPair::new("cores", &cores.to_string()));
+    // An odd `/etc/os-release` must not keep the bot from starting: a value the
+    // daemon would refuse is left out.
+    pairs.retain(|pair| pair.value.len() <= limits::MAX_DIMENSION_VALUE_BYTES);
     pairs
 }
 
