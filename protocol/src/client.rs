@@ -22,6 +22,11 @@ pub enum ClientError {
          trust the system's roots)"
     )]
     DaemonSpeaksTls(String),
+    #[error(
+        "{0} answers in HTTP: it is a web server, not an Apiary daemon (a Swarming server's address?); give the \
+         HOST:PORT apiaryd listens on"
+    )]
+    PeerSpeaksHttp(String),
     #[error("connection to the daemon failed: {}", describe_io_error(.0))]
     Io(#[from] io::Error),
     #[error("bad frame from the daemon: {0}")]
@@ -55,6 +60,8 @@ pub struct Client {
     server_software: String,
     /// A plaintext hello was answered by a TLS record: the daemon speaks TLS.
     answered_in_tls: bool,
+    /// The hello was answered by an HTTP response: the peer is a web server.
+    answered_in_http: bool,
 }
 
 impl Client {
@@ -95,13 +102,22 @@ impl Client {
         let tls_error = |reason: String| ClientError::Tls { addr: addr.to_string(), reason };
         let mut stream = Transport::new(addr, stream, security).map_err(|error| tls_error(error.to_string()))?;
         stream.handshake().map_err(tls_error)?;
-        let mut client = Client { stream, next_request_id: 1, server_software: String::new(), answered_in_tls: false };
+        let mut client = Client {
+            stream,
+            next_request_id: 1,
+            server_software: String::new(),
+            answered_in_tls: false,
+            answered_in_http: false,
+        };
         let mut bytes = Vec::new();
         frame::encode_hello(&Hello::with_token(role, software, token), &mut bytes)?;
         client.stream.write_all(&bytes)?;
         let welcome = match client.read_reply(0) {
             Err(ClientError::Io(_) | ClientError::Frame(_)) if client.answered_in_tls => {
                 return Err(ClientError::DaemonSpeaksTls(addr.to_string()));
+            }
+            Err(ClientError::Io(_) | ClientError::Frame(_)) if client.answered_in_http => {
+                return Err(ClientError::PeerSpeaksHttp(addr.to_string()));
             }
             welcome => welcome?,
         };
@@ -185,6 +201,7 @@ impl Client {
             return Err(error.into());
         }
         self.answered_in_tls = tls::looks_like_tls(&header_bytes);
+        self.answered_in_http = header_bytes.starts_with(b"HTTP/");
         let header = frame::parse_header(&header_bytes)?;
         let mut payload = AlignedVec::with_capacity(header.payload_len);
         payload.resize(header.payload_len, 0);
@@ -230,6 +247,21 @@ pub fn parse_server_address(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_web_server_is_named_as_such() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let _ = stream.read(&mut [0u8; 1024]);
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        });
+        let error = Client::connect(&addr, Role::Client, "test").err().expect("no daemon there");
+        assert!(matches!(&error, ClientError::PeerSpeaksHttp(named) if *named == addr), "{error}");
+        assert!(error.to_string().contains("answers in HTTP"), "{error}");
+        server.join().unwrap();
+    }
 
     #[test]
     fn server_addresses_are_host_and_port() {
