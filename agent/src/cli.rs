@@ -8,6 +8,7 @@ use apiary_protocol::token::{TOKEN_FILE_ENV, read_token_file};
 use apiary_protocol::{StringPair, limits};
 
 use crate::health::HealthCheck;
+use crate::host;
 
 /// Exit codes of `apiary-bot`.
 pub(crate) mod exit_codes {
@@ -26,8 +27,14 @@ pub(crate) mod exit_codes {
 #[derive(Debug, clap::Parser)]
 #[command(name = "apiary-bot", version)]
 pub(crate) struct Args {
-    /// The daemon's address.
-    #[arg(long, env = "APIARY_SERVER", value_name = "HOST:PORT", default_value = "127.0.0.1:7420")]
+    /// The daemon's address, HOST:PORT (no scheme).
+    #[arg(
+        long,
+        env = "APIARY_SERVER",
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:7420",
+        value_parser = apiary_protocol::client::parse_server_address
+    )]
     pub(crate) server: String,
     /// A file holding the token that names this bot's principal to the daemon (needed when the
     /// daemon has principals configured); never give a token itself on the command line.
@@ -35,10 +42,11 @@ pub(crate) struct Args {
     pub(crate) token_file: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
-    /// This bot's id, unique among bots; also its `id` dimension.
+    /// This bot's id, unique among bots (letters, digits, '-', '_' and '.'); also its `id` dimension.
     #[arg(long, value_name = "NAME")]
     pub(crate) id: String,
-    /// A dimension of this bot; repeat it, and give a key twice for two values.
+    /// A dimension of this bot; repeat it, and give a key twice for two values. A key
+    /// given here replaces the values the bot finds itself (os, cpu, cores).
     #[arg(long = "dimension", value_name = "KEY=VALUE", value_parser = parse_dimension)]
     pub(crate) dimensions: Vec<StringPair>,
     /// Where task directories are made [default: <temp dir>/apiary-bot-<id>].
@@ -95,8 +103,8 @@ pub(crate) struct BotConfig {
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum ConfigError {
-    #[error("the bot id must be 1 to {} bytes", limits::MAX_BOT_ID_BYTES)]
-    BotId,
+    #[error("--id: {0}")]
+    BotId(String),
     #[error("dimension id={0:?} differs from the bot id; leave it out, --id sets it")]
     ConflictingIdDimension(String),
     #[error("{count} dimensions are more than the limit of {}", limits::MAX_BOT_DIMENSIONS)]
@@ -120,14 +128,16 @@ impl std::fmt::Debug for Token {
 }
 
 impl BotConfig {
-    pub(crate) fn from_args(args: Args) -> Result<BotConfig, ConfigError> {
-        if args.id.is_empty() || args.id.len() > limits::MAX_BOT_ID_BYTES {
-            return Err(ConfigError::BotId);
+    /// The configuration from the command line, with `found` (the host's own
+    /// dimensions) under the ones given.
+    pub(crate) fn from_args(args: Args, found: Vec<StringPair>) -> Result<BotConfig, ConfigError> {
+        if let Some(reason) = apiary_protocol::ids::bot_id_error(&args.id) {
+            return Err(ConfigError::BotId(reason));
         }
-        let mut dimensions = args.dimensions;
-        if let Some(other) = dimensions.iter().find(|pair| pair.key == "id" && pair.value != args.id) {
+        if let Some(other) = args.dimensions.iter().find(|pair| pair.key == "id" && pair.value != args.id) {
             return Err(ConfigError::ConflictingIdDimension(other.value.clone()));
         }
+        let mut dimensions = host::merge(args.dimensions, found);
         dimensions.push(StringPair::new("id", &args.id));
         dimensions.sort();
         dimensions.dedup();
@@ -170,7 +180,7 @@ mod tests {
 
     fn parse(arguments: &[&str]) -> Result<BotConfig, ConfigError> {
         let args = Args::try_parse_from([&["apiary-bot"], arguments].concat()).expect("arguments parse");
-        BotConfig::from_args(args)
+        BotConfig::from_args(args, Vec::new())
     }
 
     #[test]
@@ -204,7 +214,10 @@ mod tests {
     fn defaults_and_bad_input() {
         let config = parse(&["--id", "b"]).unwrap();
         assert!(config.work_dir.ends_with("apiary-bot-b"));
-        assert_eq!(parse(&["--id", ""]), Err(ConfigError::BotId));
+        assert!(matches!(parse(&["--id", ""]), Err(ConfigError::BotId(_))));
+        assert!(
+            matches!(parse(&["--id", "bot 1"]), Err(ConfigError::BotId(reason)) if reason.contains("'-', '_' and '.'"))
+        );
         assert_eq!(
             parse(&["--id", "b", "--dimension", "id=c"]),
             Err(ConfigError::ConflictingIdDimension("c".to_string()))
@@ -214,6 +227,18 @@ mod tests {
         assert!(matches!(parse(&["--id", "b", "--dimension", &long_key]), Err(ConfigError::DimensionKey(_))));
         assert!(Args::try_parse_from(["apiary-bot", "--id", "b", "--dimension", "novalue"]).is_err());
         assert!(Args::try_parse_from(["apiary-bot", "--id", "b", "--dimension", "=v"]).is_err());
+    }
+
+    #[test]
+    fn found_dimensions_are_under_the_given_ones() {
+        let args =
+            Args::try_parse_from(["apiary-bot", "--id", "b", "--dimension", "os=Custom", "--dimension", "pool=ci"])
+                .unwrap();
+        let found = vec![StringPair::new("os", "Linux"), StringPair::new("cpu", "x86"), StringPair::new("cores", "2")];
+        let config = BotConfig::from_args(args, found).unwrap();
+        let pairs: Vec<(&str, &str)> =
+            config.dimensions.iter().map(|pair| (pair.key.as_str(), pair.value.as_str())).collect();
+        assert_eq!(pairs, [("cores", "2"), ("cpu", "x86"), ("id", "b"), ("os", "Custom"), ("pool", "ci")]);
     }
 
     #[test]

@@ -17,6 +17,7 @@ macro_rules! log_event {
 mod cache;
 mod cli;
 mod health;
+mod host;
 mod output;
 mod runner;
 mod session;
@@ -49,7 +50,7 @@ fn run() -> i32 {
             return if error.use_stderr() { exit_codes::USAGE } else { exit_codes::SUCCESS };
         }
     };
-    let config = match BotConfig::from_args(args) {
+    let config = match BotConfig::from_args(args, host::dimensions()) {
         Ok(config) => config,
         Err(error) => {
             log_event!("{error}");

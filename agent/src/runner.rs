@@ -30,6 +30,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use apiary_protocol::ids::format_task_id;
+use apiary_protocol::placeholders::{self, Placeholder};
 use apiary_protocol::{RunEnd, RunOutcome, TaskProperties};
 
 use crate::output::{Acknowledged, OutputBuffer};
@@ -53,6 +54,8 @@ pub(crate) struct TaskSpec<'a> {
     pub(crate) out_dir: &'a Path,
     /// `APIARY_SECRET_BYTES_PATH`, when the task has secret bytes.
     pub(crate) secret_path: Option<&'a Path>,
+    /// `${SWARMING_BOT_FILE}`: the bot's description of itself.
+    pub(crate) bot_file: &'a Path,
     pub(crate) bot_id: &'a str,
     pub(crate) server: &'a str,
     /// The most output held for the daemon before the rest is dropped.
@@ -164,8 +167,8 @@ impl RunningTask {
         let (pipe_reader, pipe_writer) = io::pipe().map_err(StartError::Pipe)?;
         let stderr_writer = pipe_writer.try_clone().map_err(StartError::Pipe)?;
 
-        let mut command = Command::new(substitute_out_dir(program, spec.out_dir));
-        command.args(arguments.iter().map(|argument| substitute_out_dir(argument, spec.out_dir)));
+        let mut command = Command::new(substitute_placeholders(program, spec));
+        command.args(arguments.iter().map(|argument| substitute_placeholders(argument, spec)));
         command.current_dir(&cwd).stdin(Stdio::null()).stdout(pipe_writer).stderr(stderr_writer);
         command.process_group(0);
         for (key, value) in &environment {
@@ -310,7 +313,7 @@ pub(crate) fn task_environment(spec: &TaskSpec<'_>) -> Result<BTreeMap<String, O
     let mut environment: BTreeMap<String, Option<OsString>> = BTreeMap::new();
     for pair in &properties.env {
         check_env_key(&pair.key)?;
-        let value = (!pair.value.is_empty()).then(|| OsString::from(&pair.value));
+        let value = (!pair.value.is_empty()).then(|| substitute_placeholders(&pair.value, spec));
         environment.insert(pair.key.clone(), value);
     }
     for prefix in &properties.env_prefixes {
@@ -326,28 +329,33 @@ pub(crate) fn task_environment(spec: &TaskSpec<'_>) -> Result<BTreeMap<String, O
         parts.extend(current.filter(|value| !value.is_empty()));
         environment.insert(prefix.key.clone(), Some(join_with_colons(&parts)));
     }
-    environment.insert("APIARY_TASK_ID".to_string(), Some(format_task_id(spec.run_id).into()));
-    environment.insert("APIARY_BOT_ID".to_string(), Some(spec.bot_id.into()));
-    environment.insert("APIARY_SERVER".to_string(), Some(spec.server.into()));
-    environment.insert("APIARY_OUTDIR".to_string(), Some(spec.out_dir.into()));
+    let task_id = format_task_id(spec.run_id);
+    for (name, value) in [
+        ("APIARY_TASK_ID", OsString::from(&task_id)),
+        ("APIARY_BOT_ID", spec.bot_id.into()),
+        ("APIARY_SERVER", spec.server.into()),
+        ("APIARY_OUTDIR", spec.out_dir.into()),
+        // Swarming's names, for scripts written for it.
+        ("SWARMING_TASK_ID", task_id.into()),
+        ("SWARMING_BOT_ID", spec.bot_id.into()),
+        ("SWARMING_SERVER", spec.server.into()),
+        ("SWARMING_HEADLESS", "1".into()),
+    ] {
+        environment.insert(name.to_string(), Some(value));
+    }
     // Removed when there is no secret, so a bot run inside a task does not pass its own on.
     environment.insert("APIARY_SECRET_BYTES_PATH".to_string(), spec.secret_path.map(OsString::from));
     Ok(environment)
 }
 
-/// What the task sees in place of `${APIARY_OUTDIR}` in its command.
-pub(crate) const OUT_DIR_PARAMETER: &str = "${APIARY_OUTDIR}";
-
-/// Replaces every `${APIARY_OUTDIR}` in a command's element by the output directory.
-fn substitute_out_dir(element: &str, out_dir: &Path) -> OsString {
-    let mut substituted = OsString::new();
-    for (index, part) in element.split(OUT_DIR_PARAMETER).enumerate() {
-        if index > 0 {
-            substituted.push(out_dir);
-        }
-        substituted.push(part);
-    }
-    substituted
+/// `text` (a command's element or an `env` value) with its placeholders replaced,
+/// as Swarming's `run_isolated` does.
+fn substitute_placeholders(text: &str, spec: &TaskSpec<'_>) -> OsString {
+    placeholders::substitute(text, |placeholder| match placeholder {
+        Placeholder::OutDir => spec.out_dir.into(),
+        Placeholder::ExecutableSuffix => placeholders::EXECUTABLE_SUFFIX.into(),
+        Placeholder::BotFile => spec.bot_file.into(),
+    })
 }
 
 fn check_env_key(key: &str) -> Result<(), StartError> {
@@ -578,6 +586,7 @@ mod tests {
             work_dir,
             out_dir: Path::new("/nonexistent/apiary-out"),
             secret_path: None,
+            bot_file: Path::new("/nonexistent/bot_file.json"),
             bot_id: "bot1",
             server: "daemon:1",
             output_capacity_bytes: 4 << 20,
@@ -696,26 +705,32 @@ mod tests {
         assert!(lines.contains(&"APIARY_BOT_ID=bot1"));
         assert!(lines.contains(&"APIARY_SERVER=daemon:1"));
         assert!(lines.contains(&"APIARY_OUTDIR=/nonexistent/apiary-out"));
+        assert!(lines.contains(&"SWARMING_TASK_ID=0000000000001231"));
+        assert!(lines.contains(&"SWARMING_BOT_ID=bot1"));
+        assert!(lines.contains(&"SWARMING_SERVER=daemon:1"));
+        assert!(lines.contains(&"SWARMING_HEADLESS=1"));
         assert!(!lines.iter().any(|line| line.starts_with("APIARY_SECRET_BYTES_PATH=")));
     }
 
     #[test]
-    fn the_out_dir_replaces_its_parameter_in_arguments() {
+    fn placeholders_are_replaced_in_arguments_and_env_values() {
         let work_dir = tempfile::tempdir().unwrap();
         let out_dir = work_dir.path().join("out");
         fs::create_dir(&out_dir).unwrap();
-        let properties = properties(&[
+        let mut properties = properties(&[
             "sh",
             "-c",
-            "echo \"$1\"; echo \"$APIARY_OUTDIR\"",
+            "echo \"$1\"; echo \"$APIARY_OUTDIR\"; echo \"$RESULTS\"",
             "sh",
-            "${APIARY_OUTDIR}/a:${APIARY_OUTDIR}",
+            "${APIARY_OUTDIR}/a:${ISOLATED_OUTDIR}|tool${EXECUTABLE_SUFFIX}|${SWARMING_BOT_FILE}|${HOME}",
         ]);
+        properties.env = vec![StringPair::new("RESULTS", "${ISOLATED_OUTDIR}/results.json")];
         let spec = TaskSpec { out_dir: &out_dir, ..spec(&properties, work_dir.path()) };
         let (outcome, output) = finish(RunningTask::start(&spec).unwrap());
         assert_eq!(outcome.exit_code, Some(0), "{output}");
         let out = out_dir.display();
-        assert_eq!(output, format!("{out}/a:{out}\n{out}\n"));
+        let bot_file = spec.bot_file.display();
+        assert_eq!(output, format!("{out}/a:{out}|tool|{bot_file}|${{HOME}}\n{out}\n{out}/results.json\n"));
     }
 
     #[test]

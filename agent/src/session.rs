@@ -21,6 +21,7 @@
 //! - the secret bytes of an assignment go only to the task's file: they are never
 //!   logged, and the assignment is never printed whole.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -89,6 +90,25 @@ pub(crate) struct BotIdentity {
     pub(crate) software: String,
     /// The daemon's address, passed to tasks as `APIARY_SERVER`.
     pub(crate) server: String,
+}
+
+impl BotIdentity {
+    /// The bot file (`${SWARMING_BOT_FILE}`): what a task may want to know of the bot
+    /// that runs it, as JSON. Swarming leaves the file to a `bot_config.py` hook; Apiary
+    /// has no hooks, so the bot writes its id, dimensions and daemon there itself.
+    pub(crate) fn bot_file(&self) -> Vec<u8> {
+        let mut dimensions: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for pair in &self.dimensions {
+            dimensions.entry(pair.key.as_str()).or_default().push(pair.value.as_str());
+        }
+        let description = serde_json::json!({
+            "bot_id": self.bot_id,
+            "dimensions": dimensions,
+            "server": self.server,
+            "software": self.software,
+        });
+        serde_json::to_vec_pretty(&description).expect("a map of strings serializes")
+    }
 }
 
 /// Timings and sizes of the session; `Pacing::default()` is what the bot uses.
@@ -405,7 +425,9 @@ impl<C: Connector> Session<C> {
         secret: Option<SecretBytes>,
     ) -> Option<FinishedTask> {
         let setup_started = Instant::now();
-        let setup = TaskSetup::set_up(&self.work_root, &mut self.caches, run_id, properties, secret.as_ref());
+        let bot_file = self.identity.bot_file();
+        let setup =
+            TaskSetup::set_up(&self.work_root, &mut self.caches, run_id, properties, secret.as_ref(), &bot_file);
         // Written (or not): the bot keeps no copy.
         drop(secret);
         let setup = match setup {
@@ -422,6 +444,7 @@ impl<C: Connector> Session<C> {
             work_dir: setup.work_dir(),
             out_dir: setup.out_dir(),
             secret_path: setup.secret_path(),
+            bot_file: setup.bot_file(),
             bot_id: &self.identity.bot_id,
             server: &self.identity.server,
             output_capacity_bytes: self.pacing.output_capacity_bytes,

@@ -1,5 +1,5 @@
 //! Everything on disk around one task's command: before it, the run directory, the
-//! named caches moved in, the secret bytes written; after it, the caches moved back
+//! named caches moved in, the secret bytes and the bot file written; after it, the caches moved back
 //! and the run directory (with the secret) removed.
 //!
 //! Decisions are made before anything touches the disk: a task whose caches break
@@ -26,20 +26,22 @@ pub(crate) struct TaskSetup {
     task_dir: TaskDir,
     work_dir: PathBuf,
     out_dir: PathBuf,
+    bot_file: PathBuf,
     secret_path: Option<PathBuf>,
     /// Name and path (relative to `work_dir`) of each cache lent to the task.
     lent: Vec<(String, PathBuf)>,
 }
 
 impl TaskSetup {
-    /// Prepares the run directory of `run_id`. An error is how the attempt ends,
-    /// with nothing left behind.
+    /// Prepares the run directory of `run_id`, with `bot_file` (the bot's description
+    /// of itself) in it. An error is how the attempt ends, with nothing left behind.
     pub(crate) fn set_up(
         root: &WorkRoot,
         caches: &mut CacheStore,
         run_id: u64,
         properties: &TaskProperties,
         secret: Option<&SecretBytes>,
+        bot_file: &[u8],
     ) -> Result<TaskSetup, RunEnd> {
         cache::validate(&properties.caches).map_err(|error| RunEnd::ClientError(error.to_string()))?;
         let task_dir = root.create_task_dir(run_id).map_err(|error| RunEnd::InternalError(error.to_string()))?;
@@ -47,11 +49,16 @@ impl TaskSetup {
             run_id,
             work_dir: task_dir.work_dir(),
             out_dir: task_dir.out_dir(),
+            bot_file: task_dir.bot_file_path(),
             task_dir,
             secret_path: None,
             lent: Vec::with_capacity(properties.caches.len()),
         };
-        match setup.lend_caches(caches, properties).and_then(|()| setup.write_secret(secret)) {
+        let prepared = setup
+            .lend_caches(caches, properties)
+            .and_then(|()| setup.write_secret(secret))
+            .and_then(|()| setup.task_dir.write_bot_file(bot_file).map_err(|error| error.to_string()));
+        match prepared {
             Ok(()) => Ok(setup),
             Err(reason) => {
                 // Whatever the tear-down finds, the set-up error is the one to report.
@@ -84,6 +91,10 @@ impl TaskSetup {
 
     pub(crate) fn out_dir(&self) -> &Path {
         &self.out_dir
+    }
+
+    pub(crate) fn bot_file(&self) -> &Path {
+        &self.bot_file
     }
 
     pub(crate) fn secret_path(&self) -> Option<&Path> {

@@ -9,6 +9,7 @@
 //! <work-dir>/w/<run id>/work/            the task's work directory (relative paths start here)
 //! <work-dir>/w/<run id>/out/             APIARY_OUTDIR, empty at the start
 //! <work-dir>/w/<run id>/secret_bytes     APIARY_SECRET_BYTES_PATH, mode 0600, only with secret bytes
+//! <work-dir>/w/<run id>/bot_file.json    SWARMING_BOT_FILE: the bot describes itself to the task
 //! <work-dir>/c/                          named caches (see `cache.rs`), mode 0700
 //! ```
 //!
@@ -33,6 +34,7 @@ use apiary_protocol::ids::format_task_id;
 const WORK_DIR: &str = "work";
 const OUT_DIR: &str = "out";
 const SECRET_FILE: &str = "secret_bytes";
+const BOT_FILE: &str = "bot_file.json";
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum WorkDirError {
@@ -42,6 +44,8 @@ pub(crate) enum WorkDirError {
     Remove { path: PathBuf, source: io::Error },
     #[error("failed to write the secret bytes to {path}: {source}")]
     WriteSecret { path: PathBuf, source: io::Error },
+    #[error("failed to write the bot file {path}: {source}")]
+    WriteBotFile { path: PathBuf, source: io::Error },
     #[error("failed to remove the secret bytes at {path}: {source}")]
     RemoveSecret { path: PathBuf, source: io::Error },
     #[error("refusing the work directory {path}: {reason}")]
@@ -164,6 +168,17 @@ impl TaskDir {
 
     fn secret_path(&self) -> PathBuf {
         self.path.join(SECRET_FILE)
+    }
+
+    /// `SWARMING_BOT_FILE`: where the bot describes itself to the task.
+    pub(crate) fn bot_file_path(&self) -> PathBuf {
+        self.path.join(BOT_FILE)
+    }
+
+    /// Writes the bot's description for the task (readable by it, outside `work/`).
+    pub(crate) fn write_bot_file(&self, contents: &[u8]) -> Result<(), WorkDirError> {
+        let path = self.bot_file_path();
+        fs::write(&path, contents).map_err(|source| WorkDirError::WriteBotFile { path, source })
     }
 
     /// Writes the secret bytes to a new file that only the bot's user can read;

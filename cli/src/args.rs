@@ -16,8 +16,15 @@ use crate::connect::{DEFAULT_SERVER, SERVER_ENV};
 #[derive(Debug, Parser)]
 #[command(name = "apiary", version)]
 pub(crate) struct Cli {
-    /// The daemon's address, HOST:PORT.
-    #[arg(long, global = true, value_name = "ADDR", env = SERVER_ENV, default_value = DEFAULT_SERVER)]
+    /// The daemon's address, HOST:PORT (no scheme).
+    #[arg(
+        long,
+        global = true,
+        value_name = "ADDR",
+        env = SERVER_ENV,
+        default_value = DEFAULT_SERVER,
+        value_parser = apiary_protocol::client::parse_server_address
+    )]
     pub(crate) server: String,
     /// A file holding the token that names you to the daemon (needed when the daemon has
     /// principals configured); never give a token itself on the command line.
@@ -84,8 +91,8 @@ pub(crate) struct TaskFlags {
     /// A dimension a bot must have; repeat for more (a key given twice accepts either value).
     #[arg(long = "dimension", short = 'd', value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub(crate) dimensions: Vec<StringPair>,
-    /// Lower runs first; 0 is reserved for the daemon.
-    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_PRIORITY)]
+    /// Lower runs first: 1 to 255.
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_PRIORITY, value_parser = parse_priority)]
     pub(crate) priority: u8,
     /// The task's name, for people.
     #[arg(long, default_value = "", hide_default_value = true)]
@@ -119,19 +126,34 @@ pub(crate) struct TaskFlags {
     pub(crate) optional_dimensions: Vec<OptionalDimension>,
     /// Seconds the task may wait for a bot before it EXPIRES (with optional dimensions:
     /// in all, across its slices).
-    #[arg(long = "expiration", value_name = "SECS", default_value_t = limits::DEFAULT_EXPIRATION_SECS)]
+    #[arg(
+        long = "expiration",
+        value_name = "SECS",
+        default_value_t = limits::DEFAULT_EXPIRATION_SECS,
+        value_parser = |text: &str| parse_in_range(text, &limits::EXPIRATION_RANGE)
+    )]
     pub(crate) expiration_secs: u32,
     /// Seconds the command may run; then it is stopped (see --grace-period) and the task
     /// ends TIMED_OUT with timeout "hard".
-    #[arg(long = "hard-timeout", value_name = "SECS", default_value_t = limits::DEFAULT_EXECUTION_TIMEOUT_SECS)]
+    #[arg(
+        long = "hard-timeout",
+        value_name = "SECS",
+        default_value_t = limits::DEFAULT_EXECUTION_TIMEOUT_SECS,
+        value_parser = |text: &str| parse_in_range(text, &limits::EXECUTION_TIMEOUT_RANGE)
+    )]
     pub(crate) hard_timeout_secs: u32,
     /// Seconds the command may go without writing output; then it is stopped and the task
     /// ends TIMED_OUT with timeout "io". 0: no limit.
-    #[arg(long = "io-timeout", value_name = "SECS", default_value_t = 0)]
+    #[arg(long = "io-timeout", value_name = "SECS", default_value_t = 0, value_parser = parse_io_timeout)]
     pub(crate) io_timeout_secs: u32,
     /// When the command is stopped (a timeout, or a kill): seconds between SIGTERM to its
     /// process group and SIGKILL, for it to clean up.
-    #[arg(long = "grace-period", value_name = "SECS", default_value_t = limits::DEFAULT_GRACE_PERIOD_SECS)]
+    #[arg(
+        long = "grace-period",
+        value_name = "SECS",
+        default_value_t = limits::DEFAULT_GRACE_PERIOD_SECS,
+        value_parser = |text: &str| parse_in_range(text, &limits::GRACE_PERIOD_RANGE)
+    )]
     pub(crate) grace_period_secs: u32,
     /// Keep the task pending while no live bot matches, instead of ending it NO_RESOURCE.
     #[arg(long)]
@@ -412,6 +434,26 @@ fn parse_key_value(text: &str) -> Result<StringPair, String> {
     }
 }
 
+/// A whole number within `range`, refused in the daemon's words (`Range::check`).
+fn parse_in_range(text: &str, range: &limits::Range) -> Result<u32, String> {
+    let value: u64 = text.parse().map_err(|_| format!("expected a whole number in {}..={}", range.min, range.max))?;
+    range.check(value)?;
+    Ok(u32::try_from(value).expect("a range's values fit in u32"))
+}
+
+fn parse_priority(text: &str) -> Result<u8, String> {
+    let value = parse_in_range(text, &limits::PRIORITY_RANGE)?;
+    Ok(u8::try_from(value).expect("priorities fit in u8"))
+}
+
+/// 0 means no I/O timeout; anything else is a timeout in its range.
+fn parse_io_timeout(text: &str) -> Result<u32, String> {
+    if text == "0" {
+        return Ok(0);
+    }
+    parse_in_range(text, &limits::IO_TIMEOUT_RANGE).map_err(|message| format!("{message} (or 0: no limit)"))
+}
+
 fn parse_key_path(text: &str) -> Result<StringPair, String> {
     match text.split_once('=') {
         Some((key, path)) if !key.is_empty() && !path.is_empty() => Ok(StringPair::new(key, path)),
@@ -528,6 +570,42 @@ mod tests {
             let message = error.to_string();
             assert!(message.contains(flag) && message.contains(value), "{message}");
         }
+    }
+
+    #[test]
+    fn a_server_with_a_scheme_or_without_a_port_is_a_usage_error() {
+        for (server, expected) in
+            [("https://apiary.example", "e.g. apiary.example:7420"), ("apiary.example", "has no port")]
+        {
+            let error = parse(&["--server", server, "bots", "list"]).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ValueValidation);
+            assert_eq!(error.exit_code(), crate::exit_codes::USAGE);
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn ranges_are_refused_in_the_daemons_words() {
+        let cases = [
+            ("--priority", "0", limits::PRIORITY_RANGE.check(0)),
+            ("--priority", "300", limits::PRIORITY_RANGE.check(300)),
+            ("--expiration", "0", limits::EXPIRATION_RANGE.check(0)),
+            ("--hard-timeout", "99999999", limits::EXECUTION_TIMEOUT_RANGE.check(99_999_999)),
+            ("--io-timeout", "99999999", limits::IO_TIMEOUT_RANGE.check(99_999_999)),
+            ("--grace-period", "3601", limits::GRACE_PERIOD_RANGE.check(3601)),
+        ];
+        for (flag, value, expected) in cases {
+            let error = parse(&["trigger", flag, value, "--", "true"]).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ValueValidation);
+            let message = error.to_string();
+            let expected = expected.unwrap_err();
+            assert!(message.contains(flag) && message.contains(&expected), "{flag} {value}: {message}");
+        }
+        let error = parse(&["trigger", "--priority", "high", "--", "true"]).unwrap_err();
+        assert!(error.to_string().contains("expected a whole number in 1..=255"), "{error}");
+        let cli = parse(&["trigger", "--io-timeout", "0", "--grace-period", "0", "--", "true"]).unwrap();
+        let Command::Trigger(trigger) = cli.command else { panic!("not a trigger") };
+        assert_eq!((trigger.task.flags.io_timeout_secs, trigger.task.flags.grace_period_secs), (0, 0));
     }
 
     #[test]

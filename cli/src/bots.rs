@@ -286,7 +286,7 @@ mod tests {
         let mut out = Sink::new(Vec::new());
         terminate(&mut daemon, "a", "", false, &mut out).unwrap();
         assert_eq!(daemon.requests, [Request::TerminateBot { bot_id: "a".to_string(), reason: String::new() }]);
-        assert_eq!(printed(out), "terminate requested: a exits after its current task\n");
+        assert_eq!(printed(out), "terminate requested: a exits at its next poll\n");
     }
 
     #[test]

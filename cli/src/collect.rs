@@ -200,7 +200,7 @@ impl<'n> Patience<'n> {
         if !connect::is_reconnectable(&source) {
             return Err(CliError::Call { action, source });
         }
-        let _ = writeln!(notes, "apiary: cannot {action}: {source}; reconnecting");
+        let _ = writeln!(notes, "apiary: could not {action} ({source}); reconnecting to the daemon.");
         let mut delay = RECONNECT_FIRST_DELAY;
         let mut attempts = 0u32;
         let mut last_error = source;
@@ -225,7 +225,7 @@ impl<'n> Patience<'n> {
         }
         if let Some(notes) = self.reconnect_notes.as_deref_mut() {
             let plural = if attempts == 1 { "" } else { "s" };
-            let _ = writeln!(notes, "apiary: reconnected to the daemon after {attempts} attempt{plural}");
+            let _ = writeln!(notes, "apiary: reconnected to the daemon after {attempts} attempt{plural}; going on.");
         }
         Ok(())
     }
@@ -467,8 +467,8 @@ mod tests {
         assert_eq!(millis, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
         assert_eq!(
             notes,
-            "apiary: cannot wait for task 018bcfe568800010: connection to the daemon failed: connection reset; \
-             reconnecting\napiary: reconnected to the daemon after 8 attempts\n"
+            "apiary: could not wait for task 018bcfe568800010 (connection to the daemon failed: connection reset); \
+             reconnecting to the daemon.\napiary: reconnected to the daemon after 8 attempts; going on.\n"
         );
         assert_eq!(daemon.requests.len(), 4, "the wait is asked again, then the output read");
     }

@@ -115,6 +115,7 @@ impl CliError {
                 ClientError::Connect { .. }
                 | ClientError::Tls { .. }
                 | ClientError::DaemonSpeaksTls(_)
+                | ClientError::PeerSpeaksHttp(_)
                 | ClientError::Io(_)
                 | ClientError::Frame(_)
                 | ClientError::Unexpected(_) => exit_codes::CONNECTION_FAILED,

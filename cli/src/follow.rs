@@ -154,7 +154,10 @@ mod tests {
             [Request::FollowOutput { task_id: TASK, offset: 0 }, Request::FollowOutput { task_id: TASK, offset: 5 }]
         );
         assert_eq!(daemon.reconnect_delays.len(), 1);
-        assert!(notes.starts_with("apiary: cannot follow the output of task 018bcfe568800010: "), "{notes}");
+        assert!(notes.starts_with("apiary: could not follow the output of task 018bcfe568800010 ("), "{notes}");
+        assert!(notes.ends_with(
+            "; reconnecting to the daemon.\napiary: reconnected to the daemon after 1 attempt; going on.\n"
+        ));
     }
 
     #[test]

@@ -384,10 +384,24 @@ pub(crate) fn bot_action_text(action: BotAction<'_>, bot: &BotInfo) -> String {
     match action {
         BotAction::Quarantined { reason } => format!("quarantined {}: {}\n", bot.bot_id, one_line(reason)),
         BotAction::Unquarantined => format!("unquarantined {}\n", bot.bot_id),
-        BotAction::TerminateRequested => {
-            format!("terminate requested: {} exits after its current task\n", bot.bot_id)
-        }
+        BotAction::TerminateRequested => format!("terminate requested: {}\n", terminate_outlook(bot)),
     }
+}
+
+/// When a bot asked to terminate will exit, as far as the daemon knows.
+fn terminate_outlook(bot: &BotInfo) -> String {
+    let away = if bot.shut_down {
+        "has shut down"
+    } else if bot.dead {
+        "is missing"
+    } else if !bot.connected {
+        "is not connected"
+    } else if bot.current_run_id.is_some() {
+        return format!("{} exits after its current task", bot.bot_id);
+    } else {
+        return format!("{} exits at its next poll", bot.bot_id);
+    };
+    format!("{} {away}; the request is kept, and it exits when it next connects, before taking any task", bot.bot_id)
 }
 
 /// What a bot management command asked for.
@@ -930,10 +944,19 @@ mod tests {
         let quarantined = bot_action_text(BotAction::Quarantined { reason: "disk\nfull" }, &bot);
         assert_eq!(quarantined, "quarantined bot-1: disk full\n");
         assert_eq!(bot_action_text(BotAction::Unquarantined, &bot), "unquarantined bot-1\n");
-        assert_eq!(
-            bot_action_text(BotAction::TerminateRequested, &bot),
-            "terminate requested: bot-1 exits after its current task\n"
-        );
+        let terminate = |bot: BotInfo| bot_action_text(BotAction::TerminateRequested, &bot);
+        assert_eq!(terminate(bot.clone()), "terminate requested: bot-1 exits at its next poll\n");
+        let busy = BotInfo { current_run_id: Some(0x11), ..bot.clone() };
+        assert_eq!(terminate(busy), "terminate requested: bot-1 exits after its current task\n");
+        let kept = "; the request is kept, and it exits when it next connects, before taking any task\n";
+        let away = [
+            (BotInfo { shut_down: true, connected: false, ..bot.clone() }, "has shut down"),
+            (BotInfo { dead: true, connected: false, ..bot.clone() }, "is missing"),
+            (BotInfo { connected: false, ..bot.clone() }, "is not connected"),
+        ];
+        for (bot, state) in away {
+            assert_eq!(terminate(bot), format!("terminate requested: bot-1 {state}{kept}"));
+        }
     }
 
     #[test]

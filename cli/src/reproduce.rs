@@ -21,19 +21,13 @@ use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
 use apiary_protocol::ids::format_task_id;
+use apiary_protocol::placeholders::{self, Placeholder};
 use apiary_protocol::{Request, TaskProperties};
 
 use crate::args::ReproduceArgs;
 use crate::connect::{self, Daemon};
 use crate::error::CliError;
 use crate::exit_codes;
-
-/// What the command sees in place of these texts: the output directory.
-const OUT_DIR_PARAMETERS: [&str; 2] = ["${APIARY_OUTDIR}", "${ISOLATED_OUTDIR}"];
-/// Swarming's suffix of executables: empty on the hosts Apiary runs on.
-const EXECUTABLE_SUFFIX_PARAMETER: &str = "${EXECUTABLE_SUFFIX}";
-/// A file the bot writes for the task in Swarming; here it holds `{}`.
-const BOT_FILE_PARAMETER: &str = "${SWARMING_BOT_FILE}";
 
 /// Runs the task's command with stdin, stdout and stderr of this process, and
 /// returns its exit code (as `collect` would for the task: 255 when it has none
@@ -93,13 +87,13 @@ impl Layout {
         Ok(())
     }
 
-    /// A command's element with the placeholders a bot replaces replaced.
+    /// A command's element or `env` value with the placeholders replaced, as a bot replaces them.
     fn substitute(&self, element: &str) -> OsString {
-        let out_dir = self.out_dir.to_string_lossy();
-        let with_out_dir =
-            OUT_DIR_PARAMETERS.iter().fold(element.to_string(), |text, parameter| text.replace(parameter, &out_dir));
-        let with_suffix = with_out_dir.replace(EXECUTABLE_SUFFIX_PARAMETER, "");
-        OsString::from(with_suffix.replace(BOT_FILE_PARAMETER, &self.bot_file.to_string_lossy()))
+        placeholders::substitute(element, |placeholder| match placeholder {
+            Placeholder::OutDir => self.out_dir.clone().into_os_string(),
+            Placeholder::ExecutableSuffix => OsString::from(placeholders::EXECUTABLE_SUFFIX),
+            Placeholder::BotFile => self.bot_file.clone().into_os_string(),
+        })
     }
 
     /// `relative` within the work directory; the daemon checked it, but this
@@ -123,7 +117,7 @@ fn run(properties: &TaskProperties, layout: &Layout, task_id: u64, server: &str)
     for pair in &properties.env {
         match pair.value.is_empty() {
             true => command.env_remove(&pair.key),
-            false => command.env(&pair.key, &pair.value),
+            false => command.env(&pair.key, layout.substitute(&pair.value)),
         };
     }
     for prefix in &properties.env_prefixes {
@@ -131,7 +125,7 @@ fn run(properties: &TaskProperties, layout: &Layout, task_id: u64, server: &str)
             .env
             .iter()
             .find(|pair| pair.key == prefix.key)
-            .map(|pair| OsString::from(&pair.value))
+            .map(|pair| layout.substitute(&pair.value))
             .or_else(|| std::env::var_os(&prefix.key));
         let mut parts: Vec<PathBuf> = Vec::new();
         for relative in &prefix.value {

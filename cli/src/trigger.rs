@@ -473,12 +473,9 @@ mod tests {
         std::fs::remove_file(&file.0).unwrap();
     }
 
-    /// A file of its own in the temporary directory, for this test process.
-    fn temp_file(name: &str) -> (std::path::PathBuf, std::fs::File) {
-        let dir = std::env::temp_dir().join(format!("apiary-cli-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        let file = std::fs::File::create(&path).unwrap();
+    /// A file of its own in the temporary directory, removed when its path is dropped.
+    fn temp_file(name: &str) -> (tempfile::TempPath, std::fs::File) {
+        let (file, path) = tempfile::Builder::new().prefix(name).tempfile().unwrap().into_parts();
         (path, file)
     }
 

@@ -147,8 +147,14 @@ fn collect_waits_through_a_daemon_restart() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(3), "{stderr}");
     assert_eq!(output.stdout, b"hi\n");
-    assert!(stderr.starts_with("apiary: cannot wait for task 018bcfe568800010: "), "{stderr}");
-    assert!(stderr.contains("; reconnecting\napiary: reconnected to the daemon after "), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "apiary: could not wait for task 018bcfe568800010 (connection to the daemon failed: the daemon closed \
+             the connection); reconnecting to the daemon.\n"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("; reconnecting to the daemon.\napiary: reconnected to the daemon after "), "{stderr}");
     let (before, after) = daemon.join().unwrap();
     assert_eq!(before.len(), 2);
     assert!(before.iter().all(|request| matches!(request, Request::WaitTask { task_id: TASK, .. })));

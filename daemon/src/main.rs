@@ -3,7 +3,7 @@
 //! run the daemon with its log thread, turn errors into an exit code.
 
 use std::ffi::OsString;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -60,8 +60,9 @@ struct Args {
     /// anyone who can reach it may use the daemon. Without it such a start is refused.
     #[arg(long)]
     insecure_no_auth: bool,
-    /// Address to listen on for clients and bots (port 0 picks a free port; the log says which).
-    #[arg(long, default_value = "127.0.0.1:7420")]
+    /// Address to listen on for clients and bots, HOST:PORT; a host name is looked up and its
+    /// first address taken (port 0 picks a free port; the log says which).
+    #[arg(long, default_value = "127.0.0.1:7420", value_parser = parse_listen_address)]
     listen: SocketAddr,
     /// Serve TLS with this certificate chain (PEM; the server's certificate first). SIGHUP reads
     /// it again: connections accepted after that get the new one.
@@ -254,6 +255,19 @@ fn main() -> ExitCode {
             if outcome.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
     }
+}
+
+/// `--listen`: an IP address and port, or a host name and port (`localhost:7420`).
+fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let expected = "expected HOST:PORT, e.g. 127.0.0.1:7420, [::]:7420 or localhost:7420";
+    if text.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+        return Err(format!("{text:?} has no port; {expected}"));
+    }
+    let mut addresses = text.to_socket_addrs().map_err(|error| format!("cannot resolve {text:?}: {error}"))?;
+    addresses.next().ok_or_else(|| format!("{text:?} resolves to no address; {expected}"))
 }
 
 /// `--check-config FILE`: reads and checks the file as a start would, and says so on stdout.

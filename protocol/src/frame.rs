@@ -198,6 +198,20 @@ pub struct Header {
     pub request_id: u64,
 }
 
+/// The request line, if `bytes` start like an HTTP request (`GET / HTTP/1.1`): a
+/// peer that is no Apiary program, whose first bytes would read as a huge frame.
+pub fn http_request_line(bytes: &[u8]) -> Option<String> {
+    let method_len = bytes.iter().position(|&byte| byte == b' ')?;
+    let method = &bytes[..method_len];
+    if !(3..=7).contains(&method_len) || !method.iter().all(u8::is_ascii_uppercase) {
+        return None;
+    }
+    let line_len = bytes.iter().position(|&byte| byte == b'\r' || byte == b'\n').unwrap_or(bytes.len());
+    const SHOWN_BYTES: usize = 100;
+    let line = String::from_utf8_lossy(&bytes[..line_len.min(SHOWN_BYTES)]);
+    Some(line.chars().map(|c| if c.is_control() { ' ' } else { c }).collect())
+}
+
 pub fn parse_header(bytes: &[u8; HEADER_BYTES]) -> Result<Header, FrameError> {
     let payload_len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
     let kind_raw = u16::from_le_bytes(bytes[4..6].try_into().expect("2 bytes"));
@@ -400,5 +414,20 @@ mod tests {
             let _ = frame.decode_reply();
             let _ = frame.decode_hello();
         }
+    }
+
+    #[test]
+    fn an_http_request_is_told_from_a_frame() {
+        let line = http_request_line(b"GET /api/swarming/v1/server/details HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(line.as_deref(), Some("GET /api/swarming/v1/server/details HTTP/1.1"));
+        assert_eq!(http_request_line(b"POST /prpc HTTP/1.1").as_deref(), Some("POST /prpc HTTP/1.1"));
+        assert_eq!(http_request_line(b"GET "), Some("GET ".to_string()));
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&40u32.to_le_bytes());
+        frame.extend_from_slice(&1u16.to_le_bytes());
+        frame.extend_from_slice(&[0; 10]);
+        assert_eq!(http_request_line(&frame), None);
+        assert_eq!(http_request_line(b"get / HTTP/1.1"), None);
+        assert_eq!(http_request_line(b"GET"), None);
     }
 }

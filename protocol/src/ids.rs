@@ -89,6 +89,20 @@ impl fmt::Display for RunId {
     }
 }
 
+/// Why a bot id is refused: Swarming's bot ids are host names, so Apiary allows
+/// what they are made of, letters, digits, `-`, `_` and `.`, 1 to
+/// `MAX_BOT_ID_BYTES` of them. The daemon and `apiary-bot` both check it here.
+pub fn bot_id_error(bot_id: &str) -> Option<String> {
+    if bot_id.is_empty() {
+        return Some("must not be empty".to_string());
+    }
+    if bot_id.len() > crate::limits::MAX_BOT_ID_BYTES {
+        return Some(format!("{} bytes is over the limit of {}", bot_id.len(), crate::limits::MAX_BOT_ID_BYTES));
+    }
+    let valid = bot_id.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"-_.".contains(&byte));
+    (!valid).then(|| format!("{bot_id:?} is not a bot id: use letters, digits, '-', '_' and '.' (^[0-9a-zA-Z_.-]+$)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +128,16 @@ mod tests {
         assert!(parse_task_id("xyz").is_err());
         assert!(parse_task_id("00000000000000000").is_err());
         assert!(parse_task_id("+000000000000000").is_err());
+    }
+
+    #[test]
+    fn bot_ids_are_host_names() {
+        for good in ["bot-1", "ci-linux-1.example.com", "build_42", "A"] {
+            assert_eq!(bot_id_error(good), None, "{good}");
+        }
+        for bad in ["", "bot 1", "bot/1", "bot:1", "bot@host", "bot\n", "é"] {
+            assert!(bot_id_error(bad).is_some(), "{bad:?}");
+        }
+        assert!(bot_id_error(&"b".repeat(crate::limits::MAX_BOT_ID_BYTES + 1)).unwrap().contains("over the limit of"));
     }
 }

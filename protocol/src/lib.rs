@@ -12,6 +12,7 @@ pub mod frame;
 pub mod ids;
 pub mod limits;
 pub mod messages;
+pub mod placeholders;
 pub mod tls;
 pub mod token;
 pub mod wire_size;

@@ -58,6 +58,43 @@ pub const DEFAULT_EXPIRATION_SECS: u32 = 60 * 60;
 pub const DEFAULT_EXECUTION_TIMEOUT_SECS: u32 = 60 * 60;
 pub const DEFAULT_GRACE_PERIOD_SECS: u32 = 30;
 pub const DEFAULT_BOT_PING_TOLERANCE_SECS: u32 = 1200;
+
+/// The range a number in a task request must lie in. The daemon's validation and
+/// the CLI's flags both check it with `check`, so both refuse a value in the same words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Range {
+    pub min: u32,
+    pub max: u32,
+    /// Said after the value: "" or " seconds".
+    pub unit: &'static str,
+}
+
+impl Range {
+    pub const fn contains(&self, value: u64) -> bool {
+        self.min as u64 <= value && value <= self.max as u64
+    }
+
+    /// The refusal of `value`, as in "300 is outside 1..=255".
+    pub fn check(&self, value: u64) -> Result<(), String> {
+        if self.contains(value) {
+            return Ok(());
+        }
+        Err(format!("{value}{} is outside {}..={}", self.unit, self.min, self.max))
+    }
+}
+
+/// `priority`: lower runs first; 0 is kept for the daemon's own work.
+pub const PRIORITY_RANGE: Range = Range { min: MIN_PRIORITY as u32, max: MAX_PRIORITY as u32, unit: "" };
+/// A slice's `expiration_secs`.
+pub const EXPIRATION_RANGE: Range = Range { min: 1, max: MAX_EXPIRATION_SECS, unit: " seconds" };
+/// `execution_timeout_secs`, and `io_timeout_secs` when it is not 0 (no limit).
+pub const EXECUTION_TIMEOUT_RANGE: Range = Range { min: 1, max: MAX_EXECUTION_TIMEOUT_SECS, unit: " seconds" };
+pub const IO_TIMEOUT_RANGE: Range = EXECUTION_TIMEOUT_RANGE;
+pub const GRACE_PERIOD_RANGE: Range = Range { min: 0, max: MAX_GRACE_PERIOD_SECS, unit: " seconds" };
+const _: () = assert!(PRIORITY_RANGE.contains(DEFAULT_PRIORITY as u64));
+const _: () = assert!(EXPIRATION_RANGE.contains(DEFAULT_EXPIRATION_SECS as u64));
+const _: () = assert!(EXECUTION_TIMEOUT_RANGE.contains(DEFAULT_EXECUTION_TIMEOUT_SECS as u64));
+const _: () = assert!(GRACE_PERIOD_RANGE.contains(DEFAULT_GRACE_PERIOD_SECS as u64));
 /// Secret bytes of one task.
 pub const MAX_SECRET_BYTES: usize = 20 << 10;
 /// Named caches of one slice, and bytes in a cache name.

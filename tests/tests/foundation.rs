@@ -231,9 +231,11 @@ fn invalid_requests_are_refused_naming_the_field() {
         "{}",
         describe(&refused)
     );
+    // The command line refuses a range in the daemon's words, before it connects.
     let refused = daemon.cli().run(&["trigger", "-d", "pool=ci", "--priority", "0", "--", "true"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", describe(&refused));
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("priority: 0 is outside 1..=255"),
+        String::from_utf8_lossy(&refused.stderr).contains("'--priority <N>': 0 is outside 1..=255"),
         "{}",
         describe(&refused)
     );

@@ -191,7 +191,8 @@ fn requests_that_break_a_limit_are_refused_naming_the_field() {
         (&["-d", "pool=ci", "-d", "os= Linux", "--", "true"], "dimensions[1].value"),
         (&["-d", "pool=a|b", "--", "true"], "pool cannot have alternatives"),
         (&["-d", "pool=ci", "-d", "a=1|2|3", "-d", "b=1|2|3", "--", "true"], "over the limit of 8"),
-        (&["-d", "pool=ci", "--expiration", "0", "--", "true"], "expiration_secs: 0 seconds is outside 1..="),
+        // Refused by the command line, in the daemon's words.
+        (&["-d", "pool=ci", "--expiration", "0", "--", "true"], "'--expiration <SECS>': 0 seconds is outside 1..="),
         (&["-d", "pool=ci", "--priority", "256", "--", "true"], "priority"),
     ];
     for (args, expected) in cases {

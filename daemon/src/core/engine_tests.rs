@@ -490,8 +490,9 @@ fn tasks_list_newest_first_filtered_and_paged() {
     assert_eq!((second, cursor), (vec![ids[2], ids[0]], None));
     let canceled = TaskQuery { state: StateQuery::One(TaskState::Canceled), ..TaskQuery::default() };
     assert_eq!(page(&mut h, canceled).0, vec![ids[6]]);
-    let (_, out) = h.send(CLIENT, Request::ListTasks(TaskQuery { limit: 5000, ..TaskQuery::default() }));
-    assert!(matches!(&out.replies[0].reply, Reply::Error(e) if e.message.starts_with("limit:")));
+    // Over the largest page, a limit is capped, not refused.
+    let everything = page(&mut h, TaskQuery { limit: 5000, ..TaskQuery::default() });
+    assert_eq!(everything, (ids.iter().rev().copied().collect::<Vec<_>>(), None));
 }
 
 #[test]
@@ -645,6 +646,31 @@ fn quarantine_by_health_check_or_by_request_withholds_work_and_capacity() {
     let (_, out) = h.send(CLIENT, Request::UnquarantineBot { bot_id: "bot-2".into() });
     assert!(out.replies.iter().any(|outgoing| matches!(outgoing.reply, Reply::NoWork)));
     assert!(assignment(&h.poll(BOT_2.conn, BOT_2.bot_id, BOT_2.session_id, LINUX)).is_some());
+    h.check_replay();
+}
+
+#[test]
+fn unquarantine_leaves_a_bot_whose_own_health_check_fails_quarantined_and_says_why() {
+    let mut h = Harness::new();
+    let unquarantine = |h: &mut Harness| {
+        let (_, out) = h.send(CLIENT, Request::UnquarantineBot { bot_id: "bot-1".into() });
+        match &out.replies.last().unwrap().reply {
+            Reply::Bot(info) => info.quarantine_reason.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    // Quarantined by its own check: a person cannot lift that; the reply says why.
+    quarantined_poll(&mut h, BOT_1, "disk full");
+    assert_eq!(unquarantine(&mut h).as_deref(), Some("disk full"));
+    // Quarantined by a person while the check fails too: lifting the person's
+    // quarantine leaves the check's.
+    h.send(CLIENT, Request::QuarantineBot { bot_id: "bot-1".into(), reason: "flaky".into() });
+    quarantined_poll(&mut h, BOT_1, "disk full");
+    assert_eq!(unquarantine(&mut h).as_deref(), Some("disk full"));
+    let pending = h.submit(request(100, &[("pool", "ci")]));
+    assert_eq!(h.state(pending.task_id), TaskState::Pending, "still no work");
+    // Once the check passes, the bot is released.
+    assert!(assignment(&quarantined_poll(&mut h, BOT_1, "")).is_some());
     h.check_replay();
 }
 

@@ -381,6 +381,9 @@ pub struct Bot {
     pub death_timer_armed: bool,
     /// The named caches the bot said it holds in its last poll (not durable).
     pub caches: Vec<CacheInfo>,
+    /// Why the bot's own health check failed, as its last poll said; empty when it
+    /// passed (not durable).
+    pub health_check_failure: String,
     /// The session another one last took this bot id over from: it is refused
     /// if it comes back, so two processes with one id never take turns (not durable).
     pub superseded_session: Option<u64>,
@@ -407,6 +410,7 @@ impl Bot {
             next_event_number: 1,
             death_timer_armed: false,
             caches: Vec::new(),
+            health_check_failure: String::new(),
             superseded_session: None,
         }
     }

@@ -8,6 +8,9 @@ use apiary_protocol::{NamedCache, NewTaskRequest, PackedDimensions, StringPair, 
 
 use super::queues::ID_KEY;
 
+/// The dimension every task names once and every bot has.
+const POOL_KEY: &str = "pool";
+
 /// A refused request: `field` is a path into the request, like
 /// `task_slices[0].properties.dimensions[1].key`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,10 +81,7 @@ pub const MAX_DIMENSION_COMBINATIONS: usize = 8;
 pub fn validate_request(request: &NewTaskRequest) -> Result<(), ValidationError> {
     check_len(&Field::Top("name"), &request.name, MAX_NAME_BYTES)?;
     check_len(&Field::Top("user"), &request.user, MAX_USER_BYTES)?;
-    if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&request.priority) {
-        let message = format!("{} is outside {MIN_PRIORITY}..={MAX_PRIORITY}", request.priority);
-        return refuse(&Field::Top("priority"), message);
-    }
+    check_range(&Field::Top("priority"), request.priority.into(), &PRIORITY_RANGE)?;
     let tags = Field::Top("tags");
     check_count(&tags, request.tags.len(), MAX_TAGS)?;
     for (index, tag) in request.tags.iter().enumerate() {
@@ -121,7 +121,7 @@ pub fn validate_request(request: &NewTaskRequest) -> Result<(), ValidationError>
 }
 
 fn validate_slice(field: &Field, slice: &TaskSlice) -> Result<(), ValidationError> {
-    check_seconds(&field.member("expiration_secs"), slice.expiration_secs, 1, MAX_EXPIRATION_SECS)?;
+    check_range(&field.member("expiration_secs"), slice.expiration_secs, &EXPIRATION_RANGE)?;
     validate_properties(&field.member("properties"), &slice.properties)
 }
 
@@ -153,17 +153,19 @@ fn validate_properties(field: &Field, properties: &TaskProperties) -> Result<(),
         validate_relative_path(&field.member("relative_cwd"), &properties.relative_cwd)?;
     }
     let execution_timeout = field.member("execution_timeout_secs");
-    check_seconds(&execution_timeout, properties.execution_timeout_secs, 1, MAX_EXECUTION_TIMEOUT_SECS)?;
+    check_range(&execution_timeout, properties.execution_timeout_secs, &EXECUTION_TIMEOUT_RANGE)?;
     if properties.io_timeout_secs != 0 {
         let io_timeout = field.member("io_timeout_secs");
-        check_seconds(&io_timeout, properties.io_timeout_secs, 1, MAX_EXECUTION_TIMEOUT_SECS)?;
+        check_range(&io_timeout, properties.io_timeout_secs, &IO_TIMEOUT_RANGE)?;
     }
-    check_seconds(&field.member("grace_period_secs"), properties.grace_period_secs, 0, MAX_GRACE_PERIOD_SECS)?;
+    check_range(&field.member("grace_period_secs"), properties.grace_period_secs, &GRACE_PERIOD_RANGE)?;
     validate_caches(&field.member("caches"), &properties.caches)
 }
 
 /// Swarming's rules for named caches: names of `[a-z0-9_]`, each name and
-/// each path at most once, paths inside the work directory.
+/// each path at most once, paths inside the work directory. Apiary also refuses
+/// a path inside another cache's path (`a` and `a/b`), which Swarming finds out
+/// only on the bot, when the task has already been given to it.
 fn validate_caches(field: &Field, caches: &[NamedCache]) -> Result<(), ValidationError> {
     check_count(field, caches.len(), MAX_NAMED_CACHES)?;
     for (index, cache) in caches.iter().enumerate() {
@@ -175,14 +177,40 @@ fn validate_caches(field: &Field, caches: &[NamedCache]) -> Result<(), Validatio
         if !valid_name {
             return refuse(&name, format!("{:?} does not match ^[a-z0-9_]+$", cache.name));
         }
-        validate_relative_path(&entry.member("path"), &cache.path)?;
+        let path = entry.member("path");
+        validate_relative_path(&path, &cache.path)?;
+        let parts = path_parts(&cache.path);
+        if parts.is_empty() {
+            return refuse(&path, format!("{:?} must name a directory inside the work directory", cache.path));
+        }
         if let Some(earlier) =
             caches[..index].iter().position(|other| other.name == cache.name || other.path == cache.path)
         {
             return refuse(&entry, format!("repeats the name or path of {}", field.at(earlier)));
         }
+        if let Some(earlier) = caches[..index].iter().position(|other| nested(&path_parts(&other.path), &parts)) {
+            let other = &caches[earlier].path;
+            return refuse(
+                &path,
+                format!(
+                    "{:?} and {other:?} ({}) nest: no cache path may contain another",
+                    cache.path,
+                    field.at(earlier)
+                ),
+            );
+        }
     }
     Ok(())
+}
+
+/// A relative path's directory names, without empty and `.` parts.
+fn path_parts(path: &str) -> Vec<&str> {
+    path.split('/').filter(|part| !part.is_empty() && *part != ".").collect()
+}
+
+/// Whether one path is the other or contains it.
+fn nested(first: &[&str], second: &[&str]) -> bool {
+    first.starts_with(second) || second.starts_with(first)
 }
 
 /// Swarming's rules: keys `^[a-zA-Z\-_.][0-9a-zA-Z\-_.]*$` up to 64 bytes, values up
@@ -245,6 +273,10 @@ pub fn validate_reported_dimensions(
         .map_err(|malformed| ValidationError { field: "dimensions".to_string(), message: malformed.to_string() })?;
     validate_bot_dimensions(&pairs)?;
     validate_id_dimension(bot_id, &pairs)?;
+    if !pairs.iter().any(|pair| pair.key == POOL_KEY) {
+        let message = "a bot must have a pool dimension (apiary-bot --dimension pool=NAME, or its bot group's)";
+        refuse(&Field::Top("dimensions"), message)?;
+    }
     Ok(pairs)
 }
 
@@ -259,13 +291,12 @@ fn validate_id_dimension(bot_id: &str, dimensions: &[StringPair]) -> Result<(), 
     Ok(())
 }
 
+/// Swarming's bot id syntax (`apiary_protocol::ids::bot_id_error`).
 pub fn validate_bot_id(bot_id: &str) -> Result<(), ValidationError> {
-    let field = Field::Top("bot_id");
-    if bot_id.is_empty() {
-        return refuse(&field, "must not be empty");
+    match apiary_protocol::ids::bot_id_error(bot_id) {
+        Some(message) => refuse(&Field::Top("bot_id"), message),
+        None => Ok(()),
     }
-    check_len(&field, bot_id, MAX_BOT_ID_BYTES)?;
-    validate_dimension_value(&field, bot_id)
 }
 
 fn validate_dimension_key(field: &Field, key: &str) -> Result<(), ValidationError> {
@@ -320,11 +351,9 @@ fn check_count(field: &Field, count: usize, limit: usize) -> Result<(), Validati
     Ok(())
 }
 
-fn check_seconds(field: &Field, value: u32, min: u32, max: u32) -> Result<(), ValidationError> {
-    if !(min..=max).contains(&value) {
-        return refuse(field, format!("{value} seconds is outside {min}..={max}"));
-    }
-    Ok(())
+/// The refusal in the words the CLI uses too (`Range::check`).
+fn check_range(field: &Field, value: u32, range: &Range) -> Result<(), ValidationError> {
+    range.check(value.into()).or_else(|message| refuse(field, message))
 }
 
 #[cfg(test)]
@@ -402,6 +431,43 @@ mod tests {
         let mut bad = request(&[("pool", "ci")]);
         bad.task_slices = vec![bad.task_slices[0].clone(); MAX_TASK_SLICES + 1];
         assert_eq!(refused_field(&bad), "task_slices");
+    }
+
+    #[test]
+    fn a_bot_needs_a_pool_and_an_id_of_swarming_syntax() {
+        let packed = |pairs: &[(&str, &str)]| {
+            PackedDimensions::new(&pairs.iter().map(|(key, value)| StringPair::new(key, value)).collect::<Vec<_>>())
+        };
+        assert!(validate_reported_dimensions("bot-1", &packed(&[("pool", "ci"), ("os", "Linux")])).is_ok());
+        let error = validate_reported_dimensions("bot-1", &packed(&[("os", "Linux")])).unwrap_err();
+        assert_eq!(error.field, "dimensions");
+        assert!(error.message.contains("pool"), "{error}");
+        assert_eq!(validate_bot_id("ci-linux-1.example.com"), Ok(()));
+        let error = validate_bot_id("bot 1").unwrap_err();
+        assert_eq!(error.field, "bot_id");
+        assert!(error.message.contains("^[0-9a-zA-Z_.-]+$"), "{error}");
+    }
+
+    #[test]
+    fn nested_cache_paths_are_refused_at_submission() {
+        let caches = |paths: &[&str]| {
+            let mut request = request(&[("pool", "ci")]);
+            Arc::make_mut(&mut request.task_slices[0].properties).caches = paths
+                .iter()
+                .enumerate()
+                .map(|(index, path)| NamedCache { name: format!("c{index}"), path: path.to_string() })
+                .collect();
+            request
+        };
+        assert_eq!(validate_request(&caches(&["a", "ab", "b/a"])), Ok(()));
+        for paths in [&["a", "a/b"][..], &["x/y/z", "./x/y"], &["c", "d", "c/"]] {
+            let error = validate_request(&caches(paths)).unwrap_err();
+            let last = paths.len() - 1;
+            assert_eq!(error.field, format!("task_slices[0].properties.caches[{last}].path"), "{paths:?}");
+            assert!(error.message.contains("no cache path may contain another"), "{error}");
+        }
+        let error = validate_request(&caches(&["./"])).unwrap_err();
+        assert_eq!(error.field, "task_slices[0].properties.caches[0].path");
     }
 
     #[test]

@@ -548,9 +548,16 @@ impl EventLoop {
             }
             _ => error.to_string(),
         };
-        let message = match connection.role.is_none() && connection.inbound.starts_like_tls() {
-            true => format!("{message} (it starts like a TLS handshake, and this daemon serves plaintext)"),
-            false => message,
+        let before_hello = connection.role.is_none();
+        let message = match before_hello.then(|| connection.inbound.http_request_line()).flatten() {
+            Some(line) => format!(
+                "the peer speaks HTTP ({line:?}), not Apiary's protocol: point apiary and apiary-bot at \
+                 this address, and HTTP clients elsewhere"
+            ),
+            None if before_hello && connection.inbound.starts_like_tls() => {
+                format!("{message} (it starts like a TLS handshake, and this daemon serves plaintext)")
+            }
+            None => message,
         };
         logging::warn_peer(connection.peer, format!("closing connection: {message}"));
         refuse(connection, 0, code, message);

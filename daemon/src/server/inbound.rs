@@ -157,6 +157,11 @@ impl Inbound {
         apiary_protocol::tls::looks_like_tls(&self.buffer[..self.filled])
     }
 
+    /// The request line, if the bytes buffered start an HTTP request.
+    pub fn http_request_line(&self) -> Option<String> {
+        frame::http_request_line(&self.buffer[..self.filled])
+    }
+
     /// The whole frame at the front, if buffered, where it lies; `take_front`
     /// drops it once it is decoded.
     pub fn front_frame(&self, max_payload: usize) -> Result<Option<FrameView<'_>>, FrameError> {

@@ -61,6 +61,10 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         None => None,
         Some(files) => Some(ServingTls { files: files.clone(), config: files.load().map_err(ServerError::Tls)? }),
     };
+    // The port first: a start that cannot listen (a port in use) fails before it
+    // creates or locks anything in the data directory. Connections that come
+    // during recovery wait in the backlog.
+    let listener = TcpListener::bind(config.listen).map_err(io_error(format!("cannot listen on {}", config.listen)))?;
     let data_dir = &config.data_dir;
     fs::create_dir_all(data_dir)
         .map_err(io_error(format!("cannot create the data directory {}", data_dir.display())))?;
@@ -77,7 +81,6 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         Err(error) => logging::warn(format!("cannot raise the open-file limit: {error}")),
     }
     let recovered = recover(&config)?;
-    let listener = TcpListener::bind(config.listen).map_err(io_error(format!("cannot listen on {}", config.listen)))?;
     if let Err(error) = os::raise_listen_backlog(&listener) {
         logging::warn(format!("cannot raise the listen backlog: {error}"));
     }

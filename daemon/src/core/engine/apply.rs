@@ -161,9 +161,8 @@ impl Core {
         };
         self.change_bot(&connected.bot_id, |bot| {
             assert!(bot.parked.is_none(), "a bot is unparked before it changes");
-            if bot.session_id != connected.session_id {
-                bot.terminate_requested = false;
-            }
+            // A terminate request outlives the session: a bot restarted before it
+            // heard it still exits, at its first poll, as Swarming's does.
             bot.session_id = connected.session_id;
             let packed = PackedDimensions::new(&connected.dimensions);
             if *bot.dimensions != packed {

@@ -147,6 +147,9 @@ impl Core {
         if bot.caches != poll.caches {
             bot.caches = poll.caches.clone();
         }
+        if bot.health_check_failure != poll.quarantine_reason {
+            bot.health_check_failure = poll.quarantine_reason.clone();
+        }
         self.note_connection(conn, &poll.bot_id);
     }
 
@@ -386,19 +389,30 @@ impl Core {
                 }
                 bot.quarantine.as_ref().is_none_or(|quarantine| !quarantine.by_server || quarantine.reason != *reason)
             }
-            BotChange::Unquarantined => bot.quarantine.is_some(),
-            BotChange::TerminateRequested => !bot.terminate_requested && !bot.shut_down,
+            // Only the bot's own passing check lifts its health check's quarantine.
+            BotChange::Unquarantined => bot.quarantine.as_ref().is_some_and(|quarantine| quarantine.by_server),
+            // Kept for a bot that is away (shut down, missing, disconnected): it
+            // is told at its next poll.
+            BotChange::TerminateRequested => !bot.terminate_requested,
             BotChange::TerminateRequestedBecause { reason } => {
                 if reason.len() > MAX_REASON_BYTES {
                     let message = format!("reason: {} bytes is over the limit of {MAX_REASON_BYTES}", reason.len());
                     return error(ErrorCode::InvalidRequest, message);
                 }
-                !bot.terminate_requested && !bot.shut_down
+                !bot.terminate_requested
             }
             BotChange::Missing | BotChange::ShutDown | BotChange::Deleted => unreachable!("not a request"),
         };
+        let unquarantined = needed && matches!(change, BotChange::Unquarantined);
         if needed {
             self.change_bot_standing_by(bot_id, change, principal, out);
+        }
+        let health_check_failure = &self.bots[bot_id].health_check_failure;
+        if unquarantined && !health_check_failure.is_empty() {
+            // The bot's own check failed at its last poll: it stays quarantined for
+            // that reason, and the reply says so.
+            let change = BotChange::Quarantined { reason: health_check_failure.clone(), by_server: false };
+            self.change_bot_standing(bot_id, change, out);
         }
         Reply::Bot(self.bots[bot_id].info())
     }
@@ -499,13 +513,8 @@ impl Core {
         let Some(bot) = self.bots.get(&query.bot_id) else {
             return error(ErrorCode::NotFound, format!("no bot {:?}", query.bot_id));
         };
-        if query.limit > MAX_TASK_PAGE {
-            return error(
-                ErrorCode::InvalidRequest,
-                format!("limit: {} is over the limit of {MAX_TASK_PAGE}", query.limit),
-            );
-        }
-        let limit = if query.limit == 0 { DEFAULT_EVENT_PAGE } else { query.limit } as usize;
+        // Capped, not refused: a script asking for "all" gets the largest page and a cursor.
+        let limit = if query.limit == 0 { DEFAULT_EVENT_PAGE } else { query.limit.min(MAX_TASK_PAGE) } as usize;
         let wanted = |event: &&BotEventRecord| {
             query.cursor.is_none_or(|cursor| event.number < cursor)
                 && query.since_unix_ms.is_none_or(|since| event.at_ms >= since)
