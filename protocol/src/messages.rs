@@ -13,7 +13,7 @@ use crate::limits;
 /// First bytes of every hello, so a stray client is recognised at once.
 pub const MAGIC: [u8; 4] = *b"APRY";
 /// Bumped on every incompatible change of frames or messages.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -167,6 +167,25 @@ pub struct NewTaskRequest {
     /// `APIARY_SECRET_BYTES_PATH`. Never shown: not in JSON, not in results.
     #[serde(skip)]
     pub secret_bytes: Option<SecretBytes>,
+}
+
+/// Where a new task comes from, beyond its request (Swarming's `request_uuid` and
+/// `parent_task_id`). Empty for most tasks, which are sent as plain `NewTask`.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct TaskLineage {
+    /// Makes creation idempotent: the same uuid from the same requester within
+    /// `limits::REQUEST_UUID_WINDOW_SECS` answers with the task it first created.
+    /// Empty: none. At most `limits::MAX_REQUEST_UUID_BYTES`.
+    pub request_uuid: String,
+    /// The task (request or run id) this one is a child of: a child that has not
+    /// started when its parent ends is canceled.
+    pub parent_task_id: Option<u64>,
+}
+
+impl TaskLineage {
+    pub fn is_empty(&self) -> bool {
+        self.request_uuid.is_empty() && self.parent_task_id.is_none()
+    }
 }
 
 /// Bytes that must never be shown: `Debug` prints only how many there are.
@@ -547,6 +566,12 @@ pub enum Request {
     /// A bot asks for work; held open until work arrives or the poll times out.
     BotPoll(BotPoll),
     TaskUpdate(TaskUpdate),
+    /// `NewTask` with a request uuid or a parent; answered as `NewTask` is, or,
+    /// when the uuid was seen, with the task it created then.
+    NewTaskWithLineage {
+        request: NewTaskRequest,
+        lineage: TaskLineage,
+    },
 }
 
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
