@@ -192,7 +192,10 @@ mod tests {
                 r#"{"task_slices": [{"properties": {"dimensions": [{"key": "a", "value": "b", "c": 1}]}}]}"#,
                 "task_slices[0].properties.dimensions[0].c",
             ),
-            (r#"{"task_slices": [{"properties": {"env_prefixes": [{"k": 1}]}}]}"#, "task_slices[0].properties.env_prefixes[0].k"),
+            (
+                r#"{"task_slices": [{"properties": {"env_prefixes": [{"k": 1}]}}]}"#,
+                "task_slices[0].properties.env_prefixes[0].k",
+            ),
         ];
         for (json, at) in cases {
             let message = parse("r", json.as_bytes()).unwrap_err().to_string();
@@ -242,7 +245,10 @@ mod tests {
         assert!(message.contains("requests[1].priority: expected an integer"), "{message}");
         for (file, expected) in [
             (&br#"{"requests": []}"#[..], "s: requests: a list of 1 to 1000 requests is required"),
-            (br#"{"requests": [{}], "extra": 1}"#, "s: extra: is not a field here; a spawn-tasks file is {\"requests\": [...]}"),
+            (
+                br#"{"requests": [{}], "extra": 1}"#,
+                "s: extra: is not a field here; a spawn-tasks file is {\"requests\": [...]}",
+            ),
             (br#"[]"#, "s: the file: a spawn-tasks file is one object, {\"requests\": [...]}"),
         ] {
             assert_eq!(parse_spawn("s", file).unwrap_err().to_string(), expected);

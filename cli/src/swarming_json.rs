@@ -174,8 +174,7 @@ impl Decoder {
     fn slices(&mut self, fields: &Fields) -> Vec<TaskSlice> {
         let single_slice = fields.get("properties").is_some() || fields.get("expiration_secs").is_some();
         match fields.get("task_slices") {
-            Some(slices) if single_slice => {
-                let _ = slices;
+            Some(_) if single_slice => {
                 let message = "give either task_slices, or properties with expiration_secs (the single-slice \
                                form), not both";
                 self.refuse(&fields.at("properties"), message);
@@ -278,8 +277,10 @@ impl Decoder {
         if let Some(account) = self.string_field(fields, "service_account")
             && !matches!(account.as_str(), "" | "none")
         {
-            let message = format!("{account:?} asks to run the task as a service account, which Apiary does not \
-                                   implement (accepted: \"\" or \"none\")");
+            let message = format!(
+                "{account:?} asks to run the task as a service account, which Apiary does not \
+                                   implement (accepted: \"\" or \"none\")"
+            );
             self.refuse(&fields.at("service_account"), message);
         }
         for name in ["pubsub_topic", "pubsub_auth_token", "pubsub_userdata"] {
@@ -347,7 +348,8 @@ impl Decoder {
 
     fn secret_bytes(&mut self, fields: &Fields) {
         if fields.get("secret_bytes").is_some_and(|value| !is_default(value)) {
-            let message = "cannot be given in a request file (secrets never travel in JSON); use --secret-bytes-file FILE";
+            let message =
+                "cannot be given in a request file (secrets never travel in JSON); use --secret-bytes-file FILE";
             self.refuse(&fields.at("secret_bytes"), message);
         }
     }
@@ -402,7 +404,10 @@ impl Decoder {
         let message = if output_only.contains(&key) || output_only.iter().any(|name| lower_camel(name) == key) {
             "is output-only: the daemon sets it in a task's description; remove it from the request".to_string()
         } else {
-            format!("is not a field here (Apiary refuses what it does not know rather than ignoring it); the fields here are {}", known.join(", "))
+            format!(
+                "is not a field here (Apiary refuses what it does not know rather than ignoring it); the fields here are {}",
+                known.join(", ")
+            )
         };
         self.refuse(at, message);
     }
@@ -695,7 +700,9 @@ mod tests {
         for (line, field) in refused.iter().zip(["authenticated", "createdTs", "task_id"]) {
             assert_eq!(
                 line,
-                &format!("{field}: is output-only: the daemon sets it in a task's description; remove it from the request")
+                &format!(
+                    "{field}: is output-only: the daemon sets it in a task's description; remove it from the request"
+                )
             );
         }
     }
@@ -734,10 +741,9 @@ mod tests {
 
     #[test]
     fn request_uuid_and_parent_task_id_make_the_lineage() {
-        let decoded = decode_text(
-            r#"{"requestUuid": "8d2f-11", "parentTaskId": "018bcfe568800011", "task_slices": []}"#,
-        )
-        .unwrap();
+        let decoded =
+            decode_text(r#"{"requestUuid": "8d2f-11", "parentTaskId": "018bcfe568800011", "task_slices": []}"#)
+                .unwrap();
         assert_eq!(
             decoded.lineage,
             TaskLineage { request_uuid: "8d2f-11".to_string(), parent_task_id: Some(0x018b_cfe5_6880_0011) }

@@ -508,7 +508,10 @@ mod tests {
         file.1.write_all(br#"{"parent_task_id": "018bcfe568800031", "request_uuid": "u-1"}"#).unwrap();
         let args = trigger_args(&["--request", file.0.to_str().unwrap()]);
         let built = build_request_in(&args.task, env(Some("018bcfe568800021"), None)).unwrap();
-        assert_eq!(built.lineage, TaskLineage { request_uuid: "u-1".into(), parent_task_id: Some(0x018b_cfe5_6880_0031) });
+        assert_eq!(
+            built.lineage,
+            TaskLineage { request_uuid: "u-1".into(), parent_task_id: Some(0x018b_cfe5_6880_0031) }
+        );
         std::fs::remove_file(&file.0).unwrap();
     }
 
@@ -535,7 +538,10 @@ mod tests {
 
     #[test]
     fn spawn_tasks_creates_each_request_in_order_and_prints_each_id() {
-        let tasks = vec![plain(request_for(&["--name", "a", "--", "true"])), plain(request_for(&["--name", "b", "--", "true"]))];
+        let tasks = vec![
+            plain(request_for(&["--name", "a", "--", "true"])),
+            plain(request_for(&["--name", "b", "--", "true"])),
+        ];
         let mut daemon = FakeDaemon::answering(vec![
             Reply::Task(task_result(0x018b_cfe5_6880_0010, TaskState::Pending, None)),
             Reply::Task(task_result(0x018b_cfe5_6880_0020, TaskState::Pending, None)),
@@ -546,7 +552,8 @@ mod tests {
         assert_eq!(out.into_inner(), b"018bcfe568800010\n018bcfe568800020\n");
         assert_eq!(daemon.requests.len(), 2);
         let written: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
-        let names: Vec<&str> = written["tasks"].as_array().unwrap().iter().map(|t| t["request"]["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> =
+            written["tasks"].as_array().unwrap().iter().map(|t| t["request"]["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["a", "b"]);
         std::fs::remove_file(&json_path).unwrap();
     }
@@ -566,7 +573,10 @@ mod tests {
         let mut daemon =
             FakeDaemon::answering(vec![Reply::Task(task_result(0x018b_cfe5_6880_0010, TaskState::Pending, None))]);
         let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
-        assert_eq!(trigger(&mut daemon, plain(request.clone()), false, None, &mut out, &mut notes).unwrap(), exit_codes::SUCCESS);
+        assert_eq!(
+            trigger(&mut daemon, plain(request.clone()), false, None, &mut out, &mut notes).unwrap(),
+            exit_codes::SUCCESS
+        );
         assert_eq!(out.into_inner(), b"018bcfe568800010\n");
         assert_eq!(daemon.requests, [Request::NewTask(request)]);
         assert!(notes.is_empty());
@@ -578,7 +588,8 @@ mod tests {
         result.deduped_from = Some(0x018b_cfe5_0000_0011);
         let mut daemon = FakeDaemon::answering(vec![Reply::Task(result)]);
         let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
-        trigger(&mut daemon, plain(request_for(&["--idempotent", "--", "true"])), false, None, &mut out, &mut notes).unwrap();
+        trigger(&mut daemon, plain(request_for(&["--idempotent", "--", "true"])), false, None, &mut out, &mut notes)
+            .unwrap();
         assert_eq!(out.into_inner(), b"018bcfe568800010\n");
         assert_eq!(
             String::from_utf8(notes).unwrap(),
