@@ -1207,13 +1207,11 @@ fn task_of(reply: &Reply) -> &TaskResult {
 }
 
 /// The lineage of a core rebuilt from a snapshot of `core`, as records.
-fn restored_lineage(core: &Core) -> (Vec<(UuidKeyForTest, u64, u64)>, Vec<(u64, u64)>) {
+fn restored_lineage(core: &Core) -> (Vec<crate::core::lineage::UuidEntry>, Vec<crate::core::lineage::LinkEntry>) {
     let bytes = core.snapshot().encode();
     let view = crate::core::CoreSnapshot::access(&bytes).expect("a snapshot reads back");
     Core::restore(CoreConfig::default(), &view).expect("restores").lineage.records()
 }
-
-type UuidKeyForTest = (String, String);
 
 #[test]
 fn a_request_uuid_seen_before_answers_with_the_first_task_for_seven_days() {

@@ -13,6 +13,10 @@ use super::Map;
 
 /// A requester (the principal, or the request's `user` while access is open) and its uuid.
 pub type UuidKey = (String, String);
+/// A uuid as a snapshot holds it: the key, the task id, its creation time.
+pub type UuidEntry = (UuidKey, u64, u64);
+/// A link as a snapshot holds it: (child id, parent id).
+pub type LinkEntry = (u64, u64);
 
 #[derive(Default)]
 pub struct Lineage {
@@ -66,14 +70,14 @@ impl Lineage {
     }
 
     /// The uuids and links as a snapshot holds them, in a stable order.
-    pub fn records(&self) -> (Vec<(UuidKey, u64, u64)>, Vec<(u64, u64)>) {
-        let mut uuids: Vec<(UuidKey, u64, u64)> = self
+    pub fn records(&self) -> (Vec<UuidEntry>, Vec<LinkEntry>) {
+        let mut uuids: Vec<UuidEntry> = self
             .uuids
             .iter()
             .map(|(key, (task_id, created_ms))| (key.clone(), task_id.as_u64(), *created_ms))
             .collect();
         uuids.sort_unstable_by_key(|(_, task_id, _)| *task_id);
-        let mut links: Vec<(u64, u64)> =
+        let mut links: Vec<LinkEntry> =
             self.parent_of.iter().map(|(child, parent)| (child.as_u64(), parent.as_u64())).collect();
         links.sort_unstable();
         (uuids, links)

@@ -54,13 +54,13 @@ impl Core {
         }
         let parent = match lineage.parent_task_id.map(|raw_id| self.living_parent(raw_id)).transpose() {
             Ok(parent) => parent,
-            Err(refusal) => return refusal,
+            Err(message) => return error(ErrorCode::InvalidRequest, message),
         };
         let (requester, request_uuid) = key;
         let origin = Origin { requester, request_uuid, parent };
         match self.create_task(request, principal, Some(origin), out) {
             Ok(task_id) => Reply::Task(self.result(&self.tasks[&task_id])),
-            Err(refusal) => refusal,
+            Err(refusal) => *refusal,
         }
     }
 
@@ -72,19 +72,17 @@ impl Core {
         Some(Reply::Task(self.result(&task)))
     }
 
-    /// The parent's request id: a task (or run) that exists and has not ended.
-    fn living_parent(&self, raw_id: u64) -> Result<RequestId, Reply> {
+    /// The parent's request id: a task (or run) that exists and has not ended;
+    /// else why not.
+    fn living_parent(&self, raw_id: u64) -> Result<RequestId, String> {
         let shown = format_task_id(raw_id);
         match self.find_task(raw_id) {
-            Ok(task) if task.state.is_terminal() => Err(error(
-                ErrorCode::InvalidRequest,
-                format!(
-                    "parent_task_id: task {shown} has already ended ({}); its child would be canceled at once",
-                    task.state.name()
-                ),
+            Ok(task) if task.state.is_terminal() => Err(format!(
+                "parent_task_id: task {shown} has already ended ({}); its child would be canceled at once",
+                task.state.name()
             )),
             Ok(task) => Ok(task.id),
-            Err(_) => Err(error(ErrorCode::InvalidRequest, format!("parent_task_id: there is no task {shown}"))),
+            Err(_) => Err(format!("parent_task_id: there is no task {shown}")),
         }
     }
 

@@ -24,24 +24,25 @@ impl Core {
     pub(super) fn new_task(&mut self, request: NewTaskRequest, principal: Option<&str>, out: &mut Output) -> Reply {
         match self.create_task(request, principal, None, out) {
             Ok(task_id) => Reply::Task(self.result(&self.tasks[&task_id])),
-            Err(refusal) => refusal,
+            Err(refusal) => *refusal,
         }
     }
 
     /// Creates a task, and with `origin` links it to its uuid and parent in the
-    /// event right after its creation; the error is the reply to give.
+    /// event right after its creation; the error is the reply to give (boxed: a
+    /// reply is large, and most calls succeed).
     pub(super) fn create_task(
         &mut self,
         request: NewTaskRequest,
         principal: Option<&str>,
         origin: Option<Origin>,
         out: &mut Output,
-    ) -> Result<RequestId, Reply> {
+    ) -> Result<RequestId, Box<Reply>> {
         let parent = origin.as_ref().and_then(|origin| origin.parent).map(RequestId::as_u64);
         let request = validate::admit_child(request, principal, parent)
-            .map_err(|refusal| error(ErrorCode::InvalidRequest, refusal.to_string()))?;
+            .map_err(|refusal| Box::new(error(ErrorCode::InvalidRequest, refusal.to_string())))?;
         if let Some(refusal) = self.refuse_for_storage() {
-            return Err(refusal);
+            return Err(Box::new(refusal));
         }
         let task_id = self.next_task_id();
         let first_slice = self.first_servable_slice(&request.task_slices, 0);
