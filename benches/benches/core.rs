@@ -162,7 +162,7 @@ impl World {
         for index in 0..pending {
             world.send(SUBMITTER, task_for_set(index % DIMENSION_SETS));
             let reply = world.out.replies.pop().expect("a new task is answered");
-            assert!(matches!(reply.reply, Reply::Task(ref task) if task.state == TaskState::Pending));
+            assert!(matches!(reply.reply, Reply::Created(ref ack) if ack.state == TaskState::Pending));
             world.out.events.clear();
         }
         world.next_set = pending % DIMENSION_SETS;
@@ -240,7 +240,7 @@ impl World {
             },
             |world, replies, sets| {
                 let pending =
-                    replies.iter().filter(|r| matches!(&r.reply, Reply::Task(t) if t.state == TaskState::Pending));
+                    replies.iter().filter(|r| matches!(&r.reply, Reply::Created(t) if t.state == TaskState::Pending));
                 assert_eq!(pending.count(), sets.len(), "each submit leaves a pending task");
                 for set in sets {
                     world.next_bot += 1;
@@ -294,7 +294,7 @@ impl World {
                             world.finish_handoff(bot.expect("a handoff bot"), assignment.run_id);
                             handed += 1;
                         }
-                        Reply::Task(task) => assert_eq!(task.state, TaskState::Running, "handed over at once"),
+                        Reply::Created(ack) => assert_eq!(ack.state, TaskState::Running, "handed over at once"),
                         other => panic!("unexpected reply {other:?}"),
                     }
                 }

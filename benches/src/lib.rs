@@ -13,11 +13,13 @@
 //! - [`stats`]: percentiles as the load report prints them;
 //! - [`floor`]: the machine's floor (a loopback round trip, a 4 KiB fdatasync);
 //! - [`pipeline`]: a client connection with up to N requests in flight;
+//! - [`sleep_watch`]: how late the machine wakes a sleeping thread during a run;
 //! - [`fixture`]: a data directory holding a large state, in the daemon's own formats.
 
 pub mod fixture;
 pub mod floor;
 pub mod pipeline;
+pub mod sleep_watch;
 pub mod stats;
 
 /// SplitMix64: tiny, seeded, good enough to pick priorities and classes.

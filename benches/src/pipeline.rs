@@ -202,11 +202,11 @@ mod tests {
     use std::net::TcpListener;
     use std::thread;
 
-    use apiary_protocol::{NewTaskRequest, TaskResult};
+    use apiary_protocol::{NewTaskAck, NewTaskRequest, TaskState};
 
     use super::*;
 
-    /// Welcomes one client, then answers every `NewTask` with `Reply::Task` whose task
+    /// Welcomes one client, then answers every `NewTask` with `Reply::Created` whose task
     /// id is the request's name parsed as a number; whole reads are answered backwards.
     fn fake_daemon() -> (String, thread::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -240,35 +240,8 @@ mod tests {
             return (0, Reply::Welcome { server_software: "fake".into() });
         }
         let Request::NewTask(request) = frame.decode_request().unwrap() else { panic!("not a NewTask") };
-        (frame.request_id, Reply::Task(task_result(request.name.parse().unwrap())))
-    }
-
-    fn task_result(task_id: u64) -> TaskResult {
-        TaskResult {
-            task_id,
-            run_id: None,
-            state: apiary_protocol::TaskState::Pending,
-            exit_code: None,
-            bot_id: None,
-            try_number: 0,
-            current_task_slice: 0,
-            created_unix_ms: 0,
-            started_unix_ms: None,
-            completed_unix_ms: None,
-            abandoned_unix_ms: None,
-            duration_ms: None,
-            internal_failure: false,
-            failure_reason: String::new(),
-            output_len: 0,
-            deduped_from: None,
-            timeout: None,
-            setup_ms: None,
-            teardown_ms: None,
-            has_secret_bytes: false,
-            output_truncated: false,
-            pending: None,
-            request: NewTaskRequest::default(),
-        }
+        let task_id = request.name.parse().unwrap();
+        (frame.request_id, Reply::Created(NewTaskAck { task_id, state: TaskState::Pending, deduped_from: None }))
     }
 
     #[test]
@@ -290,7 +263,7 @@ mod tests {
         let mut task_ids: Vec<u64> = answered
             .iter()
             .map(|answer| match &answer.reply {
-                Reply::Task(task) => task.task_id,
+                Reply::Created(ack) => ack.task_id,
                 other => panic!("{other:?}"),
             })
             .collect();

@@ -56,6 +56,7 @@ fn load_client_completes_a_bounded_run_against_the_real_daemon() {
     assert_eq!(count(&stdout, "completed: "), 50, "{stdout}");
     assert!(stdout.contains("bots connected: 8 of 8"), "{stdout}");
     assert!(stdout.contains("latency µs: p50 "), "{stdout}");
+    assert!(stdout.contains("machine: 1 ms naps woke late by up to "), "{stdout}");
 }
 
 #[test]

@@ -261,7 +261,7 @@ mod tests {
     use apiary_protocol::{ClientError, ErrorCode, Reply};
 
     use super::*;
-    use crate::connect::fake::{FakeDaemon, connection_reset, followed, output, task_result};
+    use crate::connect::fake::{FakeDaemon, connection_reset, created, followed, output, task_result};
 
     const TASK: u64 = 0x018b_cfe5_6880_0010;
 
@@ -558,7 +558,7 @@ mod tests {
     #[test]
     fn run_follow_triggers_then_follows() {
         let mut daemon = FakeDaemon::answering(vec![
-            task(TaskState::Pending, None),
+            Reply::Created(created(TASK, TaskState::Pending, None)),
             followed(0, b"hi", true),
             task(TaskState::Completed, Some(0)),
         ]);
@@ -571,7 +571,7 @@ mod tests {
     #[test]
     fn run_creates_the_task_once_and_says_which_on_stderr() {
         let mut daemon = FakeDaemon::answering(vec![
-            task(TaskState::Pending, None),
+            Reply::Created(created(TASK, TaskState::Pending, None)),
             task(TaskState::Completed, Some(7)),
             output(0, b"", 0),
         ]);

@@ -7,7 +7,8 @@ use std::time::Duration;
 use apiary_protocol::limits::MAX_LONG_POLL_MS;
 use apiary_protocol::tls::Security;
 use apiary_protocol::{
-    BotEvent, BotInfo, CancelOutcome, Client, ClientError, ErrorCode, NewTaskRequest, Reply, Request, Role, TaskResult,
+    BotEvent, BotInfo, CancelOutcome, Client, ClientError, ErrorCode, NewTaskAck, NewTaskRequest, Reply, Request, Role,
+    TaskResult,
 };
 
 use crate::error::CliError;
@@ -104,7 +105,15 @@ pub(crate) struct OutputChunk {
     pub(crate) output_len: u64,
 }
 
-/// Sends a request answered by `Reply::Task`: NewTask, GetTask, WaitTask.
+/// Sends a `NewTask`, answered by `Reply::Created`.
+pub(crate) fn call_created(daemon: &mut impl Daemon, request: &Request, action: &str) -> Result<NewTaskAck, CliError> {
+    match call(daemon, request, action)? {
+        Reply::Created(ack) => Ok(ack),
+        other => Err(unexpected(action, &other)),
+    }
+}
+
+/// Sends a request answered by `Reply::Task`: GetTask, WaitTask.
 pub(crate) fn call_task(daemon: &mut impl Daemon, request: &Request, action: &str) -> Result<TaskResult, CliError> {
     match call(daemon, request, action)? {
         Reply::Task(result) => Ok(result),
@@ -189,6 +198,7 @@ pub(crate) fn unexpected(action: &str, reply: &Reply) -> CliError {
     let reply = match reply {
         Reply::Welcome { .. } => "a welcome",
         Reply::Error(_) => "an error",
+        Reply::Created(_) => "a task acknowledgement",
         Reply::Task(_) => "a task result",
         Reply::Output { .. } => "output",
         Reply::Bots(_) => "a list of bots",
@@ -211,7 +221,7 @@ pub(crate) fn unexpected(action: &str, reply: &Reply) -> CliError {
 pub(crate) mod fake {
     use std::collections::VecDeque;
 
-    use apiary_protocol::{NewTaskRequest, TaskState};
+    use apiary_protocol::{NewTaskAck, NewTaskRequest, TaskState};
 
     use super::*;
 
@@ -297,6 +307,10 @@ pub(crate) mod fake {
     /// The error of a connection that broke, as a daemon restart causes.
     pub(crate) fn connection_reset() -> ClientError {
         ClientError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
+    }
+
+    pub(crate) fn created(task_id: u64, state: TaskState, deduped_from: Option<u64>) -> NewTaskAck {
+        NewTaskAck { task_id, state, deduped_from }
     }
 
     pub(crate) fn task_result(task_id: u64, state: TaskState, exit_code: Option<i64>) -> TaskResult {

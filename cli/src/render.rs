@@ -143,13 +143,9 @@ fn pending_text(pending: PendingInfo) -> String {
 }
 
 /// The line `trigger` and `run` write on stderr when an idempotent task reused a result.
-pub(crate) fn deduped_note(result: &TaskResult) -> Option<String> {
-    let run_id = result.deduped_from?;
-    Some(format!(
-        "task {} reuses the result of run {} (idempotent)",
-        format_task_id(result.task_id),
-        format_task_id(run_id)
-    ))
+pub(crate) fn deduped_note(task_id: u64, deduped_from: Option<u64>) -> Option<String> {
+    let run_id = deduped_from?;
+    Some(format!("task {} reuses the result of run {} (idempotent)", format_task_id(task_id), format_task_id(run_id)))
 }
 
 /// A table, newest task first, columns aligned.
@@ -709,10 +705,10 @@ mod tests {
         assert!(text.contains("deduped_from:       018bcfe500000011\n"), "{text}");
         assert!(text.contains("pending:            -\n"), "{text}");
         assert_eq!(
-            deduped_note(&task).unwrap(),
+            deduped_note(task.task_id, task.deduped_from).unwrap(),
             "task 018bcfe568800010 reuses the result of run 018bcfe500000011 (idempotent)"
         );
-        assert_eq!(deduped_note(&completed_task()), None);
+        assert_eq!(deduped_note(completed_task().task_id, None), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use apiary_protocol::ids::{format_task_id, parse_task_id};
 use apiary_protocol::limits::MAX_SECRET_BYTES;
 use apiary_protocol::{
-    NewTaskRequest, Request, SecretBytes, StringListPair, StringPair, TaskLineage, TaskProperties, TaskResult,
+    NewTaskAck, NewTaskRequest, Request, SecretBytes, StringListPair, StringPair, TaskLineage, TaskProperties,
     TaskSlice,
 };
 use serde_json::{Value, json};
@@ -88,7 +88,7 @@ pub(crate) fn spawn_tasks(
 
 /// Swarming's `SpawnTasksOutput`, as its CLI's `-json-output` writes it: per task its
 /// id, the request as sent, and its state when created.
-pub(crate) fn tasks_json(created: &[(NewTaskRequest, TaskResult)]) -> Value {
+pub(crate) fn tasks_json(created: &[(NewTaskRequest, NewTaskAck)]) -> Value {
     let tasks: Vec<Value> = created
         .iter()
         .map(|(request, result)| {
@@ -103,7 +103,7 @@ pub(crate) fn tasks_json(created: &[(NewTaskRequest, TaskResult)]) -> Value {
     json!({ "tasks": tasks })
 }
 
-fn write_json_output(path: &Path, created: &[(NewTaskRequest, TaskResult)]) -> Result<(), CliError> {
+fn write_json_output(path: &Path, created: &[(NewTaskRequest, NewTaskAck)]) -> Result<(), CliError> {
     let mut text = serde_json::to_string_pretty(&tasks_json(created)).expect("JSON values always serialize");
     text.push('\n');
     std::fs::write(path, text).map_err(|source| CliError::JsonOutput { name: path.display().to_string(), source })
@@ -116,18 +116,18 @@ pub(crate) fn submit(
     request: NewTaskRequest,
     lineage: &TaskLineage,
     notes: &mut dyn Write,
-) -> Result<TaskResult, CliError> {
+) -> Result<NewTaskAck, CliError> {
     let message = if lineage.is_empty() {
         Request::NewTask(request)
     } else {
         Request::NewTaskWithLineage { request, lineage: lineage.clone() }
     };
-    let result = connect::call_task(daemon, &message, "create the task")?;
-    if let Some(note) = render::deduped_note(&result) {
+    let ack = connect::call_created(daemon, &message, "create the task")?;
+    if let Some(note) = render::deduped_note(ack.task_id, ack.deduped_from) {
         // Notes are for people; if stderr is gone the task exists all the same.
         let _ = writeln!(notes, "apiary: {note}");
     }
-    Ok(result)
+    Ok(ack)
 }
 
 /// The request the arguments describe: the request file as it is, or the flags;
@@ -239,7 +239,7 @@ mod tests {
 
     use super::*;
     use crate::args::{Cli, Command, TriggerArgs};
-    use crate::connect::fake::{FakeDaemon, task_result};
+    use crate::connect::fake::{FakeDaemon, created};
 
     fn trigger_args(args: &[&str]) -> TriggerArgs {
         let cli = Cli::try_parse_from(["apiary", "trigger"].iter().chain(args)).unwrap();
@@ -462,7 +462,7 @@ mod tests {
         assert_eq!(request.task_slices.len(), 2);
         assert_eq!(request.priority, 100);
         let mut daemon =
-            FakeDaemon::answering(vec![Reply::Task(task_result(0x018b_cfe5_6880_0010, TaskState::Pending, None))]);
+            FakeDaemon::answering(vec![Reply::Created(created(0x018b_cfe5_6880_0010, TaskState::Pending, None))]);
         let mut out = Sink::new(Vec::new());
         trigger(&mut daemon, plain(request.clone()), false, None, &mut out, &mut Vec::new()).unwrap();
         assert_eq!(daemon.requests, [Request::NewTask(request)]);
@@ -520,7 +520,7 @@ mod tests {
         let lineage = TaskLineage { request_uuid: "u-1".into(), parent_task_id: Some(0x018b_cfe5_6880_0011) };
         let task = SwarmingRequest { request: request_for(&["--name", "n", "--", "true"]), lineage: lineage.clone() };
         let mut daemon =
-            FakeDaemon::answering(vec![Reply::Task(task_result(0x018b_cfe5_6880_0020, TaskState::Pending, None))]);
+            FakeDaemon::answering(vec![Reply::Created(created(0x018b_cfe5_6880_0020, TaskState::Pending, None))]);
         let (json_path, _) = temp_file("trigger-output.json");
         let mut out = Sink::new(Vec::new());
         trigger(&mut daemon, task.clone(), false, Some(&json_path), &mut out, &mut Vec::new()).unwrap();
@@ -543,8 +543,8 @@ mod tests {
             plain(request_for(&["--name", "b", "--", "true"])),
         ];
         let mut daemon = FakeDaemon::answering(vec![
-            Reply::Task(task_result(0x018b_cfe5_6880_0010, TaskState::Pending, None)),
-            Reply::Task(task_result(0x018b_cfe5_6880_0020, TaskState::Pending, None)),
+            Reply::Created(created(0x018b_cfe5_6880_0010, TaskState::Pending, None)),
+            Reply::Created(created(0x018b_cfe5_6880_0020, TaskState::Pending, None)),
         ]);
         let (json_path, _) = temp_file("spawn-output.json");
         let mut out = Sink::new(Vec::new());
@@ -571,7 +571,7 @@ mod tests {
     fn trigger_sends_the_request_and_prints_the_id_alone() {
         let request = request_for(&["--", "true"]);
         let mut daemon =
-            FakeDaemon::answering(vec![Reply::Task(task_result(0x018b_cfe5_6880_0010, TaskState::Pending, None))]);
+            FakeDaemon::answering(vec![Reply::Created(created(0x018b_cfe5_6880_0010, TaskState::Pending, None))]);
         let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
         assert_eq!(
             trigger(&mut daemon, plain(request.clone()), false, None, &mut out, &mut notes).unwrap(),
@@ -584,9 +584,8 @@ mod tests {
 
     #[test]
     fn a_deduplicated_task_says_so_on_stderr_only() {
-        let mut result = task_result(0x018b_cfe5_6880_0010, TaskState::Completed, Some(0));
-        result.deduped_from = Some(0x018b_cfe5_0000_0011);
-        let mut daemon = FakeDaemon::answering(vec![Reply::Task(result)]);
+        let ack = created(0x018b_cfe5_6880_0010, TaskState::Completed, Some(0x018b_cfe5_0000_0011));
+        let mut daemon = FakeDaemon::answering(vec![Reply::Created(ack)]);
         let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
         trigger(&mut daemon, plain(request_for(&["--idempotent", "--", "true"])), false, None, &mut out, &mut notes)
             .unwrap();

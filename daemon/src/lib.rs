@@ -1,6 +1,6 @@
 //! apiaryd: the Apiary daemon. `core` holds all scheduling state without I/O;
 //! `server` is the thin shell around it: the event loop, connections, the
-//! write-ahead log and its flusher thread. `auth` says who a connection is
+//! write-ahead log and its group commit. `auth` says who a connection is
 //! (principals and their token hashes); `config` reads the configuration file;
 //! `logging` writes the daemon's log lines.
 

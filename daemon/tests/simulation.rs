@@ -23,9 +23,9 @@ use apiary_daemon::core::history::{self, RunEntry};
 use apiary_daemon::core::texts;
 use apiary_daemon::core::{ConnId, Core, CoreConfig, CoreSnapshot, DISK_FULL_MARKER, Event, Input, Output};
 use apiary_protocol::{
-    BotInfo, BotPoll, CacheInfo, CancelOutcome, ErrorCode, ErrorReply, NamedCache, NewTaskRequest, PackedDimensions,
-    Reply, Request, RequestId, RunEnd, RunId, RunOutcome, StringPair, TaskLineage, TaskResult, TaskSlice, TaskState,
-    TaskUpdate,
+    BotInfo, BotPoll, CacheInfo, CancelOutcome, ErrorCode, ErrorReply, NamedCache, NewTaskAck, NewTaskRequest,
+    PackedDimensions, Reply, Request, RequestId, RunEnd, RunId, RunOutcome, StringPair, TaskLineage, TaskResult,
+    TaskSlice, TaskState, TaskUpdate,
 };
 use apiary_storage::HistoryDir;
 use rkyv::util::AlignedVec;
@@ -1108,10 +1108,12 @@ impl Sim {
             Asked::Poll { bot, session_id } => self.on_poll_reply(bot, session_id, key, reply),
             Asked::Update { bot, update } => self.on_update_reply(bot, update, reply),
             Asked::NewTask => match reply {
-                Reply::Task(result) => {
-                    let task_id = request_id_of_result(&result);
+                Reply::Created(ack) => {
+                    let task_id = request_id_of_ack(&ack);
                     self.acknowledged.push(task_id);
-                    assert!(result.try_number == 0 || result.state == TaskState::Running, "a new task: {result:?}");
+                    let fresh = [TaskState::Pending, TaskState::Running, TaskState::Completed, TaskState::NoResource];
+                    assert!(fresh.contains(&ack.state), "a new task: {ack:?}");
+                    assert_eq!(ack.deduped_from.is_some(), ack.state == TaskState::Completed, "{ack:?}");
                 }
                 Reply::Error(ErrorReply { code: ErrorCode::Unavailable, .. }) if self.disk_full => {
                     *self.stats.entry("new task refused: disk full").or_default() += 1;
@@ -1119,8 +1121,8 @@ impl Sim {
                 other => panic!("a valid new task was refused: {other:?}"),
             },
             Asked::NewTaskWithLineage => match reply {
-                Reply::Task(result) => {
-                    let task_id = request_id_of_result(&result);
+                Reply::Created(ack) => {
+                    let task_id = request_id_of_ack(&ack);
                     if !self.acknowledged.contains(&task_id) {
                         self.acknowledged.push(task_id);
                     }
@@ -1437,8 +1439,8 @@ impl Sim {
     }
 }
 
-fn request_id_of_result(result: &TaskResult) -> RequestId {
-    RequestId::from_u64(result.task_id).expect("a task id ends in 0")
+fn request_id_of_ack(ack: &NewTaskAck) -> RequestId {
+    RequestId::from_u64(ack.task_id).expect("a task id ends in 0")
 }
 
 // --------------------------------------------------------------------- seeds
@@ -1543,7 +1545,7 @@ impl Bench {
         let request =
             NewTaskRequest { task_slices: vec![slice], bot_ping_tolerance_secs: tolerance_secs, ..Default::default() };
         match &self.send(CLIENT, Request::NewTask(request)).replies[0].reply {
-            Reply::Task(result) => request_id_of_result(result),
+            Reply::Created(ack) => request_id_of_ack(ack),
             other => panic!("{other:?}"),
         }
     }

@@ -304,6 +304,18 @@ pub struct TaskResult {
     pub request: NewTaskRequest,
 }
 
+/// A new task's acknowledgement.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewTaskAck {
+    /// The request id (ends in 0).
+    pub task_id: u64,
+    /// PENDING, RUNNING when a parked bot took it at once, or an end state
+    /// (NO_RESOURCE, or COMPLETED when an idempotent task reused a result).
+    pub state: TaskState,
+    /// Set when an idempotent task reused the result of this earlier run.
+    pub deduped_from: Option<u64>,
+}
+
 /// Why a task is still pending: who could run its current slice, and its place in line.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PendingInfo {
@@ -512,7 +524,7 @@ pub struct BotEventQuery {
 
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    /// Create a task. Answered with `Reply::Task` once its creation is durable.
+    /// Create a task. Answered with `Reply::Created` once its creation is durable.
     NewTask(NewTaskRequest),
     /// A task's result now; `task_id` may be a request or a run id.
     GetTask {
@@ -610,6 +622,9 @@ pub enum Reply {
         server_software: String,
     },
     Error(ErrorReply),
+    /// The answer to `NewTask`: what the submitter needs, not the whole task
+    /// (`GetTask` has that), so the hot path encodes and sends a few bytes.
+    Created(NewTaskAck),
     Task(TaskResult),
     Output {
         offset: u64,

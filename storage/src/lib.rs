@@ -3,7 +3,7 @@
 //!
 //! - [`Wal`] (`wal/`): preallocated, memory-mapped segment files holding CRC-checked,
 //!   16-byte-aligned records with consecutive sequence numbers. The daemon's event loop
-//!   appends (one `pwrite` per turn; the mapping is read); a flusher thread makes the appended bytes durable through a [`SyncJob`].
+//!   appends (one `pwrite` per turn; the mapping is read); a [`SyncJob`], run at the end of the turn, makes the appended bytes durable.
 //!   Recovery checks the log as a whole against what the caller needs ([`LogStart`]: the
 //!   first record after its snapshot): every record is verified, only a torn tail is cut,
 //!   a missing or shortened segment or a sequence gap is refused as [`WalError::Missing`]

@@ -15,8 +15,8 @@ use apiary_protocol::limits::{
 };
 use apiary_protocol::{
     Assignment, BotEvent, BotEventKind, BotEventQuery, BotInfo, BotPoll, CancelOutcome, ErrorCode, ErrorReply,
-    NewTaskRequest, PackedDimensions, PendingInfo, Reply, Request, RequestId, RunEnd, RunId, RunOutcome, StringPair,
-    TaskProperties, TaskQuery, TaskResult, TaskSlice, TaskState, TaskUpdate, TimeoutKind, wire_size,
+    NewTaskAck, NewTaskRequest, PackedDimensions, PendingInfo, Reply, Request, RequestId, RunEnd, RunId, RunOutcome,
+    StringPair, TaskProperties, TaskQuery, TaskResult, TaskSlice, TaskState, TaskUpdate, TimeoutKind, wire_size,
 };
 
 use super::chunked_set::ChunkedSet;

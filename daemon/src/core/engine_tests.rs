@@ -74,10 +74,19 @@ impl Harness {
         out
     }
 
+    /// Creates the task and returns it as `GetTask` shows it right after.
     fn submit(&mut self, request: NewTaskRequest) -> TaskResult {
         let (_, out) = self.send(CLIENT, Request::NewTask(request));
-        match &out.replies.last().expect("a reply").reply {
-            Reply::Task(result) => result.clone(),
+        let ack = match &out.replies.last().expect("a reply").reply {
+            Reply::Created(ack) => *ack,
+            other => panic!("expected a task acknowledgement, got {other:?}"),
+        };
+        let (_, out) = self.send(CLIENT, Request::GetTask { task_id: ack.task_id });
+        match &out.replies[0].reply {
+            Reply::Task(result) => {
+                assert_eq!((result.state, result.deduped_from), (ack.state, ack.deduped_from), "the ack agrees");
+                result.clone()
+            }
             other => panic!("expected a task, got {other:?}"),
         }
     }
@@ -1193,10 +1202,15 @@ fn the_principal_is_recorded_on_the_tasks_it_creates_and_the_bot_changes_it_asks
     h.check_replay();
 }
 
+/// Sends a new task with a lineage; answers with the task as `GetTask` shows it
+/// when it was acknowledged, else with the refusal.
 fn with_lineage(h: &mut Harness, request: NewTaskRequest, uuid: &str, parent: Option<u64>) -> Reply {
     let lineage = apiary_protocol::TaskLineage { request_uuid: uuid.to_string(), parent_task_id: parent };
     let (_, out) = h.send(CLIENT, Request::NewTaskWithLineage { request, lineage });
-    out.replies.last().expect("a reply").reply.clone()
+    match &out.replies.last().expect("a reply").reply {
+        Reply::Created(ack) => h.send(CLIENT, Request::GetTask { task_id: ack.task_id }).1.replies[0].reply.clone(),
+        refusal => refusal.clone(),
+    }
 }
 
 fn task_of(reply: &Reply) -> &TaskResult {
@@ -1225,7 +1239,8 @@ fn a_request_uuid_seen_before_answers_with_the_first_task_for_seven_days() {
         },
     );
     assert!(out.events.is_empty(), "nothing is created again");
-    assert_eq!(task_of(&out.replies[0].reply).task_id, first);
+    let Reply::Created(ack) = &out.replies[0].reply else { panic!("{:?}", out.replies[0].reply) };
+    assert_eq!(ack.task_id, first);
     // Another requester's uuid is its own.
     let mut by_bob = request(100, &[("pool", "ci")]);
     by_bob.user = "bob".into();

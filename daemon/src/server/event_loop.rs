@@ -1,7 +1,7 @@
 //! The event loop (ARCHITECTURE.md, decision 4): one thread owns the core and
 //! every connection. A turn reads all ready input, lets the core decide, writes
-//! the turn's output and log records, hands the sync to the flusher, and sends
-//! the replies whose facts are durable. It applies the peer limits
+//! the turn's output and log records, makes them durable with one sync, and
+//! sends the replies. It applies the peer limits
 //! (`peer_limits`): a connection is read only while it is owed little and its
 //! next frame has memory, and is closed at its hello or idle timeout.
 
@@ -84,9 +84,6 @@ pub struct EventLoop {
     unfinished_reads: Vec<Token>,
     /// Connections with replies queued this turn.
     to_flush: Vec<Token>,
-    /// Replies and reads the core produced this turn, encoded and counted
-    /// against their connections: held once the turn's records are written.
-    turn_held: Vec<Held>,
     /// Encodes the replies the core makes, keeping its buffers from one to the next.
     encoder: FrameEncoder,
     core: Core,
@@ -171,12 +168,11 @@ impl EventLoop {
             started: Instant::now(),
             unfinished_reads: Vec::new(),
             to_flush: Vec::new(),
-            turn_held: Vec::new(),
             encoder: FrameEncoder::default(),
             core,
             wal,
             outputs,
-            durability: Durability::start(waker),
+            durability: Durability::default(),
             snapshots,
             disk: Disk::new(config.data_dir.clone()),
             archiving: false,
@@ -207,7 +203,7 @@ impl EventLoop {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
-                    WAKER => self.durability.collect(false).map_err(ServerError::Sync)?,
+                    WAKER => {} // A background check finished; the turn looks at its results.
                     SIGNALS => self.shutting_down = true,
                     RELOAD => self.reload_configuration(now_ms, &mut out),
                     token => {
@@ -228,7 +224,7 @@ impl EventLoop {
                 // The sealed log's new segment is installed by a sync job.
                 self.durability.wrote();
             }
-            self.start_sync_if_needed();
+            self.sync_if_needed()?;
             self.release_durable();
             self.flush_connections();
             self.disk.remove_expired_output(&self.core, &mut self.outputs);
@@ -657,7 +653,7 @@ impl EventLoop {
             let frame = outbound::encode_reply_with(&mut self.encoder, outgoing.request_id, &outgoing.reply);
             connection.outbound.owe(frame.len());
             connection.requests_in_flight = connection.requests_in_flight.saturating_sub(1);
-            self.turn_held.push(Held::Reply { conn: outgoing.conn, frame });
+            self.durability.hold(Held::Reply { conn: outgoing.conn, frame });
         }
         for read in out.output_reads.drain(..) {
             let Some(connection) = connection_of(&mut self.connections, read.conn) else { continue };
@@ -665,7 +661,7 @@ impl EventLoop {
             if read.ends_request {
                 connection.requests_in_flight = connection.requests_in_flight.saturating_sub(1);
             }
-            self.turn_held.push(Held::Read(read));
+            self.durability.hold(Held::Read(read));
         }
         for closing in out.closings.drain(..) {
             let Some(connection) = connection_of(&mut self.connections, closing.conn) else { continue };
@@ -718,18 +714,17 @@ impl EventLoop {
         if wrote {
             self.durability.wrote();
         }
-        for held in self.turn_held.drain(..) {
-            self.durability.hold(held);
-        }
         Ok(())
     }
 
-    fn start_sync_if_needed(&mut self) {
+    /// One sync for everything the turn wrote (group commit).
+    fn sync_if_needed(&mut self) -> Result<(), ServerError> {
         if self.durability.needs_sync() {
             let wal = self.wal.take_sync_job();
             let outputs = self.outputs.take_sync_job();
-            self.durability.start_sync(wal, outputs);
+            self.durability.sync(wal, outputs).map_err(ServerError::Sync)?;
         }
+        Ok(())
     }
 
     /// Queues the durable replies and reads on their connections.
@@ -795,15 +790,9 @@ impl EventLoop {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
-        while self.durability.sync_in_flight() || self.durability.needs_sync() {
-            if self.durability.needs_sync() {
-                self.start_sync_if_needed();
-            }
-            self.durability.collect(true).map_err(ServerError::Sync)?;
-        }
+        self.sync_if_needed()?;
         self.release_durable();
         self.flush_connections();
-        self.durability.stop();
         log(format!("stopped; the log ends at record {}", self.wal.last_seq()));
         Ok(())
     }

@@ -1,5 +1,5 @@
-//! The shell around the core: data directory, recovery, the event loop, the
-//! flusher thread, and the limits that keep one peer from hurting the others
+//! The shell around the core: data directory, recovery, the event loop, group
+//! commit (`durability`), and the limits that keep one peer from hurting the others
 //! (`peer_limits`: the hello and idle timeouts in `deadlines`, partial frames
 //! in `inbound`, replies owed in `outbound`). A connection's principal is
 //! settled by its hello (`hello`); a bot's id and enforced dimensions are

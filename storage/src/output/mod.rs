@@ -42,8 +42,8 @@
 //! would write every byte twice. So sealing costs the caller one small file creation (the
 //! new, empty pack: `open(O_CREAT|O_EXCL)`, no sync) and moving the current pack's entries
 //! into a list. All the slow work (`fdatasync` of the sealed pack, writing, syncing and
-//! renaming its index, syncing the directory) happens in the next [`OutputSyncJob`], on the
-//! flusher thread. Retention unlinks (two per pack) run on the caller's thread; they are
+//! renaming its index, syncing the directory) happens in the next [`OutputSyncJob`], run
+//! after the turn's writes. Retention unlinks (two per pack) run on the caller's thread; they are
 //! metadata-only and bounded by the caller per call.
 //!
 //! # Invariants

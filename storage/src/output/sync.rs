@@ -1,4 +1,4 @@
-//! Sync jobs: the slow file work of the output store, run on the daemon's flusher thread.
+//! Sync jobs: the slow file work of the output store, run by the daemon at the end of an event-loop turn (any thread may run them).
 //!
 //! A job `fdatasync`s every pack written since the previous job, then syncs the directory
 //! when packs were created, then writes the index of each pack sealed since (its pack is

@@ -1,7 +1,7 @@
 //! The memory mapping of one segment file: the only `unsafe` code in the crate.
 //!
 //! A [`SegmentMap`] is owned by the log's writer; a [`SyncHandle`] to the same mapping may
-//! be sent to a flusher thread. Their soundness contract:
+//! be sent to another thread. Their soundness contract:
 //!
 //! - **One owner of the bytes.** Only `SegmentMap` creates references into the mapping or
 //!   writes to it (through the mapping, or through the file with `pwrite`, which changes the

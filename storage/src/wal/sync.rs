@@ -19,7 +19,7 @@
 //! where it stopped.
 //!
 //! Invariants: jobs cover consecutive sequence-number ranges and must run in the order they
-//! were taken (the daemon's single flusher thread does that); a job only reports success if
+//! were taken (the daemon's event loop runs them, one at a time); a job only reports success if
 //! every earlier job succeeded. After any failure the log is poisoned for good: the kernel
 //! may have dropped the dirty pages, so a later successful sync would prove nothing.
 

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use apiary_benches::floor::{self, DEFAULT_ROUND_TRIPS, DEFAULT_SYNCS, Floor, FloorConfig, MAX_SAMPLES};
 use apiary_benches::pipeline::MAX_DEPTH;
+use apiary_benches::sleep_watch::SleepWatch;
 use apiary_protocol::limits::MAX_NAME_BYTES;
 use apiary_protocol::tls::{Security, TlsArgs};
 use apiary_protocol::token::{TOKEN_FILE_ENV, read_token_file};
@@ -343,6 +344,8 @@ fn run_load(args: &LoadArgs) -> Result<(), String> {
         .ok_or_else(|| format!("{} resolves to nothing", args.server))?;
     println!("apiary-load: {}", args.describe());
     let shared = Arc::new(Shared::new());
+    // Watches the machine meanwhile, so the stalls of a run can be told apart.
+    let sleep_watch = SleepWatch::start(shared.start);
     let bot_threads = start_bots(args, addr, &shared, nofile);
     let submit_started_ns = shared.now_ns();
     let logs = submit_all(args, &shared, submit_started_ns);
@@ -360,6 +363,7 @@ fn run_load(args: &LoadArgs) -> Result<(), String> {
     }
     let report = Report::new(args, &shared, logs, &arrivals, submit_started_ns, submit_ended_ns);
     report.print();
+    println!("{}", sleep_watch.stop().line());
     if let Some(floor) = &floor {
         report.print_against(floor);
     }

@@ -145,7 +145,7 @@ fn claim(shared: &Shared, limit: Option<u64>, wanted: usize) -> usize {
 
 impl SubmitterLog {
     fn note(&mut self, answer: Answered, acknowledged_ns: u64, keep_sent: bool) -> Result<(), PipelineError> {
-        let Reply::Task(task) = answer.reply else {
+        let Reply::Created(task) = answer.reply else {
             return Err(PipelineError::UnexpectedReply { what: "NewTask", reply: format!("{:?}", answer.reply) });
         };
         self.acknowledged += 1;

@@ -30,9 +30,10 @@ impl Origin {
 }
 
 impl Core {
-    /// `NewTask` with a request uuid or a parent. The same uuid from the same
-    /// requester within `REQUEST_UUID_WINDOW_SECS` answers with the task it first
-    /// created, as it is now, and creates nothing (Swarming's rule).
+    /// `NewTask` with a request uuid or a parent, answered as `NewTask` is. The
+    /// same uuid from the same requester within `REQUEST_UUID_WINDOW_SECS` answers
+    /// with the task it first created, as it is now, and creates nothing
+    /// (Swarming's rule).
     pub(super) fn new_task_with_lineage(
         &mut self,
         request: NewTaskRequest,
@@ -59,17 +60,18 @@ impl Core {
         let (requester, request_uuid) = key;
         let origin = Origin { requester, request_uuid, parent };
         match self.create_task(request, principal, Some(origin), out) {
-            Ok(task_id) => Reply::Task(self.result(&self.tasks[&task_id])),
+            Ok(task_id) => self.acknowledgement(&self.tasks[&task_id]),
             Err(refusal) => *refusal,
         }
     }
 
-    /// The reply naming the task a uuid created, while it answers and the task is known.
+    /// The acknowledgement of the task a uuid created, while the uuid answers and
+    /// the task is known.
     fn earlier_task_of_uuid(&self, key: &UuidKey) -> Option<Reply> {
         let window_ms = u64::from(REQUEST_UUID_WINDOW_SECS) * 1000;
         let task_id = self.lineage.task_of_uuid(key, self.now_ms, window_ms)?;
         let task = self.task_by_id(task_id).ok()?;
-        Some(Reply::Task(self.result(&task)))
+        Some(self.acknowledgement(&task))
     }
 
     /// The parent's request id: a task (or run) that exists and has not ended;

@@ -23,7 +23,7 @@ impl Core {
     /// `authenticated:NAME` tag, in its creation event.
     pub(super) fn new_task(&mut self, request: NewTaskRequest, principal: Option<&str>, out: &mut Output) -> Reply {
         match self.create_task(request, principal, None, out) {
-            Ok(task_id) => Reply::Task(self.result(&self.tasks[&task_id])),
+            Ok(task_id) => self.acknowledgement(&self.tasks[&task_id]),
             Err(refusal) => *refusal,
         }
     }
@@ -68,6 +68,12 @@ impl Core {
             self.hand_to_parked_bot(task_id, out);
         }
         Ok(task_id)
+    }
+
+    /// The answer to a new task: its id, its state now, and the run it reused.
+    pub(super) fn acknowledgement(&self, task: &Task) -> Reply {
+        let deduped_from = task.deduped_from().map(RunId::as_u64);
+        Reply::Created(NewTaskAck { task_id: task.id.as_u64(), state: task.state, deduped_from })
     }
 
     /// The first slice from `from` on that some live bot could serve, or that
