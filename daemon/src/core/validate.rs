@@ -89,23 +89,30 @@ pub fn admit_child(
 /// daemon knows who asked), `parent_task_id:`, and one per dimension of each slice,
 /// `key:value`. A tag the request already has is not repeated.
 fn add_automatic_tags(request: &mut NewTaskRequest, principal: Option<&str>, parent_task_id: Option<u64>) {
-    let mut automatic = vec![format!("priority:{}", request.priority)];
+    // One allocation per tag added and at most one for the list: this runs for every task.
+    let dimensions = request.task_slices.iter().map(|slice| slice.properties.dimensions.len()).sum::<usize>();
+    request.tags.reserve(4 + dimensions);
+    add_tag(&mut request.tags, format!("priority:{}", request.priority));
     if !request.user.is_empty() {
-        automatic.push(format!("user:{}", request.user));
+        let user = format!("user:{}", request.user);
+        add_tag(&mut request.tags, user);
     }
     if let Some(principal) = principal {
-        automatic.push(format!("{AUTHENTICATED_TAG_KEY}:{principal}"));
+        add_tag(&mut request.tags, format!("{AUTHENTICATED_TAG_KEY}:{principal}"));
     }
     if let Some(parent) = parent_task_id {
-        automatic.push(format!("{PARENT_TASK_TAG_KEY}:{}", apiary_protocol::ids::format_task_id(parent)));
+        add_tag(&mut request.tags, format!("{PARENT_TASK_TAG_KEY}:{}", apiary_protocol::ids::format_task_id(parent)));
     }
     for slice in &request.task_slices {
-        automatic.extend(slice.properties.dimensions.iter().map(|pair| format!("{}:{}", pair.key, pair.value)));
-    }
-    for tag in automatic {
-        if !request.tags.contains(&tag) {
-            request.tags.push(tag);
+        for pair in &slice.properties.dimensions {
+            add_tag(&mut request.tags, format!("{}:{}", pair.key, pair.value));
         }
+    }
+}
+
+fn add_tag(tags: &mut Vec<String>, tag: String) {
+    if !tags.contains(&tag) {
+        tags.push(tag);
     }
 }
 
