@@ -55,7 +55,7 @@ pub(crate) fn trigger(
     } else {
         let result = submit(daemon, task.request, &task.lineage, notes)?;
         if let Some(path) = json_output {
-            write_json_output(path, &[(request, result.clone())])?;
+            write_json_output(path, &[(request, result)])?;
         }
         format!("{}\n", format_task_id(result.task_id))
     };
