@@ -148,8 +148,9 @@ impl Default for Pacing {
             poll_timeout: Duration::from_millis(limits::MAX_LONG_POLL_MS) + Duration::from_secs(30),
             update_timeout: Duration::from_secs(30),
             flush_interval: Duration::from_secs(1),
-            // A kill request reaches the bot within a second.
-            liveness_interval: Duration::from_secs(1),
+            // A kill request reaches the bot within a second; the daemon's least
+            // bot_ping_tolerance_secs is three of these.
+            liveness_interval: Duration::from_secs(limits::BOT_REPORT_INTERVAL_SECS.into()),
             chunk_bytes: CHUNK_BYTES,
             max_update_bytes: limits::MAX_OUTPUT_CHUNK_BYTES,
             output_capacity_bytes: OUTPUT_CAPACITY_BYTES,

@@ -113,6 +113,8 @@ pub fn write(args: &FixtureArgs, now_ms: u64) -> Result<Fixture, String> {
         history: entries,
         bots: Vec::new(),
         successes: Vec::new(),
+        request_uuids: Vec::new(),
+        links: Vec::new(),
     };
     let runs = snapshot.history.len();
     let bytes = snapshot.encode();

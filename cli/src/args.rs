@@ -42,6 +42,9 @@ pub(crate) enum Command {
     Trigger(TriggerArgs),
     /// Wait for a task to end, write its output to stdout and exit with its exit code.
     Collect(CollectArgs),
+    /// Create the tasks of a Swarming spawn-tasks file ({"requests": [...]}) and print
+    /// their ids, one per line.
+    SpawnTasks(SpawnTasksArgs),
     /// Trigger a task, then collect it (the task id goes to stderr).
     Run(RunArgs),
     /// Cancel a pending task, or every pending task with some tags; with --kill-running,
@@ -64,15 +67,31 @@ pub(crate) struct TriggerArgs {
     /// (JSON), and create nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
+    /// Also write the task's id, request and state to FILE as JSON, as Swarming's
+    /// `-json-output` does ({"tasks": [{"task_id", "request", "task_result"}]}).
+    #[arg(long, value_name = "FILE", conflicts_with = "dry_run")]
+    pub(crate) json_output: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) task: TaskArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SpawnTasksArgs {
+    /// The requests: Swarming's {"requests": [NewTaskRequest, ...]} (`-`: stdin), each
+    /// read as `trigger --request` reads one.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) json_input: PathBuf,
+    /// Also write the tasks' ids, requests and states to FILE as JSON, as `trigger
+    /// --json-output` does.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) json_output: Option<PathBuf>,
 }
 
 /// Where a new task comes from: a request file, or the flags; and its secret bytes,
 /// which never travel in JSON.
 #[derive(Debug, Args)]
 pub(crate) struct TaskArgs {
-    /// The whole request as JSON in the shape of Swarming's NewTaskRequest (`-`: stdin),
+    /// The whole request as Swarming's NewTaskRequest in proto3 JSON (`-`: stdin),
     /// instead of the flags below and the command.
     #[arg(long, value_name = "FILE", conflicts_with = "TaskFlags")]
     pub(crate) request: Option<PathBuf>,
@@ -88,7 +107,8 @@ pub(crate) struct TaskArgs {
 /// A one-slice task described by flags.
 #[derive(Debug, Args)]
 pub(crate) struct TaskFlags {
-    /// A dimension a bot must have; repeat for more (a key given twice accepts either value).
+    /// A dimension a bot must have; repeat for more. A key given twice asks for both values
+    /// (as in Swarming); `KEY=a|b` accepts either.
     #[arg(long = "dimension", short = 'd', value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub(crate) dimensions: Vec<StringPair>,
     /// Lower runs first: 1 to 255.
@@ -167,7 +187,8 @@ pub(crate) struct TaskFlags {
     #[arg(
         long = "bot-ping-tolerance",
         value_name = "SECS",
-        default_value_t = limits::DEFAULT_BOT_PING_TOLERANCE_SECS
+        default_value_t = limits::DEFAULT_BOT_PING_TOLERANCE_SECS,
+        value_parser = |text: &str| parse_in_range(text, &limits::BOT_PING_TOLERANCE_RANGE)
     )]
     pub(crate) bot_ping_tolerance_secs: u32,
     /// The command to run and its arguments, after `--`.

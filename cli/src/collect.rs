@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use apiary_protocol::ids::format_task_id;
 use apiary_protocol::limits::{MAX_LONG_POLL_MS, MAX_OUTPUT_CHUNK_BYTES};
-use apiary_protocol::{NewTaskRequest, Request, TaskResult, TaskState};
+use apiary_protocol::{Request, TaskResult, TaskState};
 
 use crate::connect::{self, Daemon};
 use crate::error::CliError;
@@ -31,6 +31,7 @@ use crate::exit_codes;
 use crate::follow;
 use crate::render;
 use crate::sink::Sink;
+use crate::swarming_json::SwarmingRequest;
 use crate::trigger;
 
 const _: () = assert!(MAX_OUTPUT_CHUNK_BYTES <= u32::MAX as usize, "GetOutput's max_bytes is a u32");
@@ -45,13 +46,13 @@ const _: () = assert!(RECONNECT_FIRST_DELAY.as_millis() <= RECONNECT_MAX_DELAY.a
 /// task's output), then collect.
 pub(crate) fn run(
     daemon: &mut impl Daemon,
-    request: NewTaskRequest,
+    task: SwarmingRequest,
     timeout: Option<Duration>,
     follow: bool,
     out: &mut Sink<impl Write>,
     notes: &mut dyn Write,
 ) -> Result<i32, CliError> {
-    let task_id = trigger::submit(daemon, request, notes)?.task_id;
+    let task_id = trigger::submit(daemon, task.request, &task.lineage, notes)?.task_id;
     // Notes are for people; if stderr is gone the task still runs and is collected.
     let _ = writeln!(notes, "apiary: triggered task {}", format_task_id(task_id));
     collect(daemon, task_id, timeout, follow, out, notes)
@@ -637,7 +638,7 @@ mod tests {
             task(TaskState::Completed, Some(0)),
         ]);
         let mut out = Sink::new(Vec::new());
-        assert_eq!(run(&mut daemon, NewTaskRequest::default(), None, true, &mut out, &mut Vec::new()).unwrap(), 0);
+        assert_eq!(run(&mut daemon, SwarmingRequest::default(), None, true, &mut out, &mut Vec::new()).unwrap(), 0);
         assert_eq!(out.into_inner(), b"hi");
         assert_eq!(daemon.requests[1], Request::FollowOutput { task_id: TASK, offset: 0 });
     }
@@ -650,14 +651,14 @@ mod tests {
             output(0, b"", 0),
         ]);
         let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
-        let request = NewTaskRequest::default();
-        assert_eq!(run(&mut daemon, request.clone(), None, false, &mut out, &mut notes).unwrap(), 7);
-        assert_eq!(daemon.requests[0], Request::NewTask(request));
+        let task = SwarmingRequest::default();
+        assert_eq!(run(&mut daemon, task.clone(), None, false, &mut out, &mut notes).unwrap(), 7);
+        assert_eq!(daemon.requests[0], Request::NewTask(task.request));
         assert_eq!(String::from_utf8(notes).unwrap(), "apiary: triggered task 018bcfe568800010\n");
 
         let mut daemon = FakeDaemon::default();
         daemon.replies.push_back(Err(connection_reset()));
-        let error = run(&mut daemon, NewTaskRequest::default(), None, false, &mut out, &mut Vec::new()).unwrap_err();
+        let error = run(&mut daemon, SwarmingRequest::default(), None, false, &mut out, &mut Vec::new()).unwrap_err();
         assert_eq!(error.exit_code(), exit_codes::CONNECTION_FAILED);
         assert!(daemon.reconnect_delays.is_empty(), "creating a task is never repeated");
     }

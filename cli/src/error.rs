@@ -8,6 +8,7 @@ use apiary_protocol::ids::format_task_id;
 use apiary_protocol::{ClientError, TaskState};
 
 use crate::exit_codes;
+use crate::swarming_json::Refusal;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CliError {
@@ -39,20 +40,18 @@ pub(crate) enum CliError {
     RequestFileUnreadable { name: String, source: io::Error },
     #[error("{name}: the request is larger than {max_bytes} bytes")]
     RequestFileTooLarge { name: String, max_bytes: usize },
-    /// The request file has a field the protocol's request does not (Swarming's
-    /// `cipd_input`, for one); `within` is where, empty for the top level.
+    /// Fields of a request file refused (`swarming_json`): all of them, one per line.
+    #[error("{name}: {}", refusal_lines(.refusals))]
+    RequestRefused { name: String, refusals: Vec<Refusal> },
+    /// `SWARMING_TASK_ID` (or `APIARY_TASK_ID`) is set, to something that is not a task id.
     #[error(
-        "{name}: unknown field `{field}` in {} is not supported \
-         (Apiary refuses fields it does not implement rather than ignoring them)",
-        if .within.is_empty() { "the request" } else { .within.as_str() }
+        "${variable} is {value:?}, not a task id; a task triggered inside a task becomes its child: \
+         unset ${variable} to trigger an unrelated task"
     )]
-    RequestFieldUnsupported { name: String, within: String, field: String },
-    /// The request file has `secret_bytes`: secrets never travel in JSON.
-    #[error(
-        "{name}: `secret_bytes` cannot be given in a request file (secrets never travel in JSON); \
-         use --secret-bytes-file FILE"
-    )]
-    RequestSecretBytes { name: String },
+    ParentTaskEnv { variable: String, value: String },
+    /// `--json-output FILE` could not be written.
+    #[error("cannot write --json-output {name}: {source}")]
+    JsonOutput { name: String, source: io::Error },
     /// `--secret-bytes-file FILE` could not be read.
     #[error("cannot read --secret-bytes-file {name}: {source}")]
     SecretBytesUnreadable { name: String, source: io::Error },
@@ -60,7 +59,7 @@ pub(crate) enum CliError {
         "--secret-bytes-file {name}: the file is larger than {max_bytes} bytes, the limit on a task's secret bytes"
     )]
     SecretBytesTooLarge { name: String, max_bytes: usize },
-    /// The request file is not JSON, or a field has the wrong type or value.
+    /// The request file is not JSON.
     #[error("{name}: {source}")]
     RequestFileInvalid { name: String, source: serde_json::Error },
     /// `--optional-dimension` waits as long as the whole `--expiration`, or longer:
@@ -102,8 +101,8 @@ impl CliError {
             CliError::Connect(_) | CliError::ReconnectTimeout { .. } => exit_codes::CONNECTION_FAILED,
             CliError::RequestFileUnreadable { .. }
             | CliError::RequestFileTooLarge { .. }
-            | CliError::RequestFieldUnsupported { .. }
-            | CliError::RequestSecretBytes { .. }
+            | CliError::RequestRefused { .. }
+            | CliError::ParentTaskEnv { .. }
             | CliError::SecretBytesUnreadable { .. }
             | CliError::SecretBytesTooLarge { .. }
             | CliError::RequestFileInvalid { .. }
@@ -122,10 +121,21 @@ impl CliError {
             },
             CliError::UnexpectedReply { .. } | CliError::BadOutputChunk { .. } => exit_codes::CONNECTION_FAILED,
             CliError::Stdout(_) => exit_codes::STDOUT_FAILED,
-            CliError::WriteFile { .. } => exit_codes::WRITE_FAILED,
+            CliError::WriteFile { .. } | CliError::JsonOutput { .. } => exit_codes::WRITE_FAILED,
             CliError::Reproduce(_) => exit_codes::CLIENT_ERROR,
             CliError::TaskEnded { state, .. } => exit_codes::for_task(*state, None),
             CliError::CollectTimeout { .. } => exit_codes::COLLECT_TIMEOUT,
+        }
+    }
+}
+
+/// One refusal on the same line; several as a count, then one per line.
+fn refusal_lines(refusals: &[Refusal]) -> String {
+    match refusals {
+        [one] => one.to_string(),
+        many => {
+            let lines: Vec<String> = many.iter().map(|refusal| format!("\n  {refusal}")).collect();
+            format!("{} fields refused:{}", many.len(), lines.concat())
         }
     }
 }

@@ -11,9 +11,9 @@
 //! | 0..255 | the task COMPLETED with this exit code                                  |
 //! | 255    | the task COMPLETED with an exit code outside 0..=255 (e.g. -1, killed)  |
 //! | 2      | usage error: bad or conflicting flags, bad `K=V`, task id, state or     |
-//! |        | cursor (clap's code); a `--request` file unreadable, not JSON, or with  |
-//! |        | a field Apiary does not implement; a `--secret-bytes-file` unreadable   |
-//! |        | or over `MAX_SECRET_BYTES`                                              |
+//! |        | cursor (clap's code); a `--request` or `--json-input` file unreadable,  |
+//! |        | not JSON, or with refused fields; a `--secret-bytes-file` unreadable    |
+//! |        | or over `MAX_SECRET_BYTES`; `$SWARMING_TASK_ID` not a task id           |
 //! | 80     | the task EXPIRED: no bot took it in time                                |
 //! | 81     | the task TIMED_OUT: hard or I/O timeout                                 |
 //! | 82     | BOT_DIED: the bot went away while running the task                      |
@@ -26,7 +26,8 @@
 //! | 89     | cannot reach the daemon, it is unavailable, or the connection failed    |
 //! |        | (`collect`/`run`: and it did not come back within `--timeout`)          |
 //! | 90     | cannot write to stdout (a closed pipe is not an error)                  |
-//! | 91     | cannot write a file: `collect --output-dir`/`--json-output`, or the     |
+//! | 91     | cannot write a file: `collect --output-dir`, a `--json-output` (of      |
+//! |        | `collect`, `trigger` or `spawn-tasks`: the tasks were created), or the  |
 //! |        | work directory of `reproduce`                                           |
 //!
 //! A task's own exit code can be any of these numbers too; `collect` says on

@@ -15,6 +15,7 @@ mod render;
 mod reproduce;
 mod request_file;
 mod sink;
+mod swarming_json;
 mod tasks;
 mod trigger;
 
@@ -65,8 +66,12 @@ fn dispatch(cli: Cli, stdout: &mut Sink<impl Write>, stderr: &mut dyn Write) -> 
     let connect = || connect::connect(&cli.server, &token, &security);
     match cli.command {
         Command::Trigger(args) => {
-            let request = trigger::build_request(&args.task)?;
-            trigger::trigger(&mut connect()?, request, args.dry_run, stdout, stderr)
+            let task = trigger::build_request(&args.task)?;
+            trigger::trigger(&mut connect()?, task, args.dry_run, args.json_output.as_deref(), stdout, stderr)
+        }
+        Command::SpawnTasks(args) => {
+            let tasks = trigger::build_spawned(&args.json_input)?;
+            trigger::spawn_tasks(&mut connect()?, tasks, args.json_output.as_deref(), stdout, stderr)
         }
         Command::Collect(args) => {
             let to =

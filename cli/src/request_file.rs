@@ -1,50 +1,102 @@
-//! `--request FILE`: a whole task request as JSON in the shape of Swarming's
-//! `NewTaskRequest`, decoded into the protocol's type.
+//! `--request FILE` and `spawn-tasks --json-input FILE`: task requests as JSON in
+//! the shape of Swarming's `NewTaskRequest`, read as proto3 JSON (`swarming_json`).
 //!
-//! The protocol's types refuse unknown fields. Swarming has fields Apiary does not
-//! implement (`cipd_input`, `outputs`, `pubsub_topic`, ...); a file that uses one is
-//! refused with the field's name and where it is, never run without it. Swarming's
-//! `secret_bytes` is refused too, with a pointer to `--secret-bytes-file`: secrets
-//! never travel in JSON, so the file cannot carry them. serde
-//! says which field but not where, so on a refusal the file is walked against the
-//! fields a request can have, taken from the protocol's own serializer.
+//! A request file holds one request; a spawn-tasks file holds Swarming's
+//! `{"requests": [...]}`. Every refused field of every request is reported in one
+//! answer, by path. Secret bytes never travel in JSON: `secret_bytes` is refused
+//! with a pointer to `--secret-bytes-file`.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
-use std::sync::Arc;
 
 use apiary_protocol::limits::MAX_FRAME_PAYLOAD_BYTES;
-use apiary_protocol::{NamedCache, NewTaskRequest, StringListPair, StringPair, TaskProperties, TaskSlice};
 use serde_json::Value;
 
 use crate::error::CliError;
+use crate::swarming_json::{self, Refusal, SwarmingRequest};
 
 /// A request file larger than a frame could not be sent anyway.
 const MAX_REQUEST_FILE_BYTES: usize = MAX_FRAME_PAYLOAD_BYTES;
+/// Requests in one spawn-tasks file.
+pub(crate) const MAX_SPAWN_REQUESTS: usize = 1000;
 
 /// Reads and decodes the request in `path`; `-` is stdin.
-pub(crate) fn read(path: &Path) -> Result<NewTaskRequest, CliError> {
+pub(crate) fn read(path: &Path) -> Result<SwarmingRequest, CliError> {
+    let (name, bytes) = read_file(path)?;
+    parse(&name, &bytes)
+}
+
+/// Reads and decodes the requests of a spawn-tasks file: `{"requests": [...]}`.
+pub(crate) fn read_spawn(path: &Path) -> Result<Vec<SwarmingRequest>, CliError> {
+    let (name, bytes) = read_file(path)?;
+    parse_spawn(&name, &bytes)
+}
+
+/// Decodes a request; `name` says where it came from, for messages.
+pub(crate) fn parse(name: &str, bytes: &[u8]) -> Result<SwarmingRequest, CliError> {
+    let value = parse_json(name, bytes)?;
+    swarming_json::decode(&value, "").map_err(|refusals| refused(name, refusals))
+}
+
+/// Decodes Swarming's `SpawnTasksInput`: every request, or every refusal of them all.
+pub(crate) fn parse_spawn(name: &str, bytes: &[u8]) -> Result<Vec<SwarmingRequest>, CliError> {
+    let value = parse_json(name, bytes)?;
+    let requests = match &value {
+        Value::Object(fields) => {
+            let mut refusals: Vec<Refusal> = fields
+                .keys()
+                .filter(|key| *key != "requests")
+                .map(|key| Refusal {
+                    at: key.clone(),
+                    message: "is not a field here; a spawn-tasks file is {\"requests\": [...]}".to_string(),
+                })
+                .collect();
+            match fields.get("requests") {
+                Some(Value::Array(requests)) if !requests.is_empty() && requests.len() <= MAX_SPAWN_REQUESTS => {
+                    if !refusals.is_empty() {
+                        return Err(refused(name, refusals));
+                    }
+                    requests
+                }
+                _ => {
+                    let message = format!("a list of 1 to {MAX_SPAWN_REQUESTS} requests is required");
+                    refusals.push(Refusal { at: "requests".to_string(), message });
+                    return Err(refused(name, refusals));
+                }
+            }
+        }
+        _ => {
+            let message = "a spawn-tasks file is one object, {\"requests\": [...]}".to_string();
+            return Err(refused(name, vec![Refusal { at: "the file".to_string(), message }]));
+        }
+    };
+    let mut decoded = Vec::with_capacity(requests.len());
+    let mut refusals = Vec::new();
+    for (index, request) in requests.iter().enumerate() {
+        match swarming_json::decode(request, &format!("requests[{index}]")) {
+            Ok(request) => decoded.push(request),
+            Err(more) => refusals.extend(more),
+        }
+    }
+    if refusals.is_empty() { Ok(decoded) } else { Err(refused(name, refusals)) }
+}
+
+fn parse_json(name: &str, bytes: &[u8]) -> Result<Value, CliError> {
+    serde_json::from_slice(bytes).map_err(|source| CliError::RequestFileInvalid { name: name.to_string(), source })
+}
+
+fn refused(name: &str, refusals: Vec<Refusal>) -> CliError {
+    CliError::RequestRefused { name: name.to_string(), refusals }
+}
+
+fn read_file(path: &Path) -> Result<(String, Vec<u8>), CliError> {
     let name = display_name(path);
     let bytes = read_bytes(path).map_err(|source| CliError::RequestFileUnreadable { name: name.clone(), source })?;
     if bytes.len() > MAX_REQUEST_FILE_BYTES {
         return Err(CliError::RequestFileTooLarge { name, max_bytes: MAX_REQUEST_FILE_BYTES });
     }
-    parse(&name, &bytes)
-}
-
-/// Decodes a request; `name` says where it came from, for messages.
-pub(crate) fn parse(name: &str, bytes: &[u8]) -> Result<NewTaskRequest, CliError> {
-    serde_json::from_slice(bytes).map_err(|error| {
-        let unknown = serde_json::from_slice::<Value>(bytes).ok().and_then(|value| find_unknown_field(&value));
-        match unknown {
-            Some((within, field)) if within.is_empty() && field == "secret_bytes" => {
-                CliError::RequestSecretBytes { name: name.to_string() }
-            }
-            Some((within, field)) => CliError::RequestFieldUnsupported { name: name.to_string(), within, field },
-            None => CliError::RequestFileInvalid { name: name.to_string(), source: error },
-        }
-    })
+    Ok((name, bytes))
 }
 
 fn display_name(path: &Path) -> String {
@@ -63,54 +115,12 @@ fn read_bytes(path: &Path) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The first field in `value` that a request cannot have, as (where, field name):
-/// where is a path like `task_slices[0].properties`, or empty for the top level.
-fn find_unknown_field(value: &Value) -> Option<(String, String)> {
-    find_unknown_in(value, &known_fields(), "")
-}
-
-fn find_unknown_in(value: &Value, known: &Value, at: &str) -> Option<(String, String)> {
-    match (value, known) {
-        (Value::Object(fields), Value::Object(known_fields)) => {
-            fields.iter().find_map(|(key, field)| match known_fields.get(key) {
-                None => Some((at.to_string(), key.clone())),
-                Some(known_field) => find_unknown_in(field, known_field, &join(at, key)),
-            })
-        }
-        // Every element has the shape of the template's one element.
-        (Value::Array(items), Value::Array(known_items)) => known_items.first().and_then(|known_item| {
-            items
-                .iter()
-                .enumerate()
-                .find_map(|(index, item)| find_unknown_in(item, known_item, &format!("{at}[{index}]")))
-        }),
-        _ => None,
-    }
-}
-
-fn join(at: &str, key: &str) -> String {
-    if at.is_empty() { key.to_string() } else { format!("{at}.{key}") }
-}
-
-/// Every field a request may have, as the protocol writes it: a request with one
-/// element in each list of objects, so their fields show too.
-fn known_fields() -> Value {
-    let properties = TaskProperties {
-        dimensions: vec![StringPair::new("", "")],
-        env: vec![StringPair::new("", "")],
-        env_prefixes: vec![StringListPair { key: String::new(), value: Vec::new() }],
-        caches: vec![NamedCache { name: String::new(), path: String::new() }],
-        ..TaskProperties::default()
-    };
-    let template = NewTaskRequest {
-        task_slices: vec![TaskSlice { properties: Arc::new(properties), ..TaskSlice::default() }],
-        ..NewTaskRequest::default()
-    };
-    serde_json::to_value(template).expect("a NewTaskRequest is plain data and always serializes")
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use apiary_protocol::{NamedCache, NewTaskRequest, StringListPair, StringPair, TaskProperties, TaskSlice};
+
     use super::*;
     use crate::exit_codes;
 
@@ -123,7 +133,7 @@ mod tests {
 
     #[test]
     fn a_swarming_request_decodes_field_by_field() {
-        let request = parse("task.json", SWARMING_REQUEST.as_bytes()).unwrap();
+        let request = parse("task.json", SWARMING_REQUEST.as_bytes()).unwrap().request;
         let properties = TaskProperties {
             command: vec!["echo".to_string()],
             dimensions: vec![StringPair::new("pool", "ci")],
@@ -153,44 +163,43 @@ mod tests {
 
     #[test]
     fn missing_fields_take_the_protocol_defaults() {
-        let request = parse("r", br#"{"task_slices": [{"properties": {"command": ["true"]}}]}"#).unwrap();
+        let request = parse("r", br#"{"task_slices": [{"properties": {"command": ["true"]}}]}"#).unwrap().request;
         assert_eq!(request.priority, NewTaskRequest::default().priority);
         assert_eq!(request.task_slices[0].expiration_secs, TaskSlice::default().expiration_secs);
     }
 
     #[test]
     fn a_field_apiary_does_not_implement_is_refused_by_name_and_place() {
-        let with_cipd = SWARMING_REQUEST
-            .replace(r#""relative_cwd": "sub","#, r#""relative_cwd": "sub", "cipd_input": {"packages": []},"#);
+        let with_cipd = SWARMING_REQUEST.replace(
+            r#""relative_cwd": "sub","#,
+            r#""relative_cwd": "sub", "cipd_input": {"packages": [{"package_name": "a"}]},"#,
+        );
         let error = parse("task.json", with_cipd.as_bytes()).unwrap_err();
         assert_eq!(error.exit_code(), exit_codes::USAGE);
         assert_eq!(
             error.to_string(),
-            "task.json: unknown field `cipd_input` in task_slices[0].properties is not supported \
-             (Apiary refuses fields it does not implement rather than ignoring them)"
+            "task.json: task_slices[0].properties.cipd_input: asks for CIPD packages, which Apiary does not \
+             implement (only an empty or default value is accepted)"
         );
     }
 
     #[test]
     fn unknown_fields_are_found_at_every_level() {
-        let cases: [(&str, &str, &str); 4] = [
-            (r#"{"pubsub_topic": "t"}"#, "in the request ", "pubsub_topic"),
-            (r#"{"task_slices": [{}, {"expiration_secs": 1, "x": 1}]}"#, "task_slices[1]", "x"),
+        let cases: [(&str, &str); 4] = [
+            (r#"{"pubsub_topicc": "t"}"#, "pubsub_topicc"),
+            (r#"{"task_slices": [{}, {"expiration_secs": 1, "x": 1}]}"#, "task_slices[1].x"),
             (
                 r#"{"task_slices": [{"properties": {"dimensions": [{"key": "a", "value": "b", "c": 1}]}}]}"#,
-                "task_slices[0].properties.dimensions[0]",
-                "c",
+                "task_slices[0].properties.dimensions[0].c",
             ),
             (
                 r#"{"task_slices": [{"properties": {"env_prefixes": [{"k": 1}]}}]}"#,
-                "in task_slices[0].properties.env_prefixes[0] ",
-                "k",
+                "task_slices[0].properties.env_prefixes[0].k",
             ),
         ];
-        for (json, within, field) in cases {
+        for (json, at) in cases {
             let message = parse("r", json.as_bytes()).unwrap_err().to_string();
-            assert!(message.contains(&format!("unknown field `{field}`")), "{message}");
-            assert!(message.contains(within), "{message}");
+            assert!(message.starts_with(&format!("r: {at}: is not a field here")), "{message}");
         }
     }
 
@@ -200,24 +209,49 @@ mod tests {
         assert_eq!(error.exit_code(), exit_codes::USAGE);
         assert_eq!(
             error.to_string(),
-            "task.json: `secret_bytes` cannot be given in a request file (secrets never travel in JSON); \
+            "task.json: secret_bytes: cannot be given in a request file (secrets never travel in JSON); \
              use --secret-bytes-file FILE"
         );
-        let nested = br#"{"task_slices": [{"properties": {"caches": [{"name": "a", "path": "b", "size": 1}]}}]}"#;
+        let nested = br#"{"task_slices": [{"properties": {"secret_bytes": "c2VjcmV0"}}]}"#;
         let message = parse("r", nested).unwrap_err().to_string();
-        assert!(message.contains("unknown field `size` in task_slices[0].properties.caches[0]"), "{message}");
+        assert!(message.starts_with("r: task_slices[0].properties.secret_bytes: cannot be given"), "{message}");
     }
 
     #[test]
-    fn other_mistakes_are_reported_as_serde_sees_them() {
-        for (json, expected) in [
-            (r#"{"priority": "high"}"#, "r: invalid type: string \"high\", expected u8 at line 1 column 19"),
-            (r#"{"priority": 300}"#, "r: invalid value: integer `300`, expected u8 at line 1 column 16"),
-            ("{", "r: EOF while parsing an object at line 1 column 1"),
+    fn several_refusals_come_in_one_answer_one_per_line() {
+        let error = parse("r", br#"{"priority": "high", "realm": "a:b", "x": 1}"#).unwrap_err();
+        assert_eq!(error.exit_code(), exit_codes::USAGE);
+        let message = error.to_string();
+        assert!(message.starts_with("r: 3 fields refused:\n  "), "{message}");
+        assert_eq!(message.lines().count(), 4, "{message}");
+    }
+
+    #[test]
+    fn json_that_does_not_parse_is_reported_where_it_breaks() {
+        let error = parse("r", b"{").unwrap_err();
+        assert_eq!(error.to_string(), "r: EOF while parsing an object at line 1 column 1");
+        assert_eq!(error.exit_code(), exit_codes::USAGE);
+    }
+
+    #[test]
+    fn a_spawn_tasks_file_holds_requests_each_checked_at_its_place() {
+        let file = br#"{"requests": [{"name": "a", "task_slices": [{"properties": {"command": ["x"]}}]},
+                                      {"name": "b", "properties": {"command": ["y"]}}]}"#;
+        let requests = parse_spawn("s", file).unwrap();
+        assert_eq!(requests.iter().map(|r| r.request.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let bad = br#"{"requests": [{"name": "a"}, {"outputs": ["o"], "priority": "x"}]}"#;
+        let message = parse_spawn("s", bad).unwrap_err().to_string();
+        assert!(message.contains("requests[1].outputs: is not a field here"), "{message}");
+        assert!(message.contains("requests[1].priority: expected an integer"), "{message}");
+        for (file, expected) in [
+            (&br#"{"requests": []}"#[..], "s: requests: a list of 1 to 1000 requests is required"),
+            (
+                br#"{"requests": [{}], "extra": 1}"#,
+                "s: extra: is not a field here; a spawn-tasks file is {\"requests\": [...]}",
+            ),
+            (br#"[]"#, "s: the file: a spawn-tasks file is one object, {\"requests\": [...]}"),
         ] {
-            let error = parse("r", json.as_bytes()).unwrap_err();
-            assert_eq!(error.to_string(), expected);
-            assert_eq!(error.exit_code(), exit_codes::USAGE);
+            assert_eq!(parse_spawn("s", file).unwrap_err().to_string(), expected);
         }
     }
 

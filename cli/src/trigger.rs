@@ -11,11 +11,13 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use apiary_protocol::ids::format_task_id;
+use apiary_protocol::ids::{format_task_id, parse_task_id};
 use apiary_protocol::limits::MAX_SECRET_BYTES;
 use apiary_protocol::{
-    NewTaskAck, NewTaskRequest, Request, SecretBytes, StringListPair, StringPair, TaskProperties, TaskSlice,
+    NewTaskAck, NewTaskRequest, Request, SecretBytes, StringListPair, StringPair, TaskLineage, TaskProperties,
+    TaskSlice,
 };
+use serde_json::{Value, json};
 
 use crate::args::{OptionalDimension, TaskArgs, TaskFlags};
 use crate::connect::{self, Daemon};
@@ -24,14 +26,21 @@ use crate::exit_codes;
 use crate::render;
 use crate::request_file;
 use crate::sink::Sink;
+use crate::swarming_json::SwarmingRequest;
+
+/// The variables that name the task a command runs in, first found first: a task
+/// triggered from inside a task becomes its child.
+pub(crate) const PARENT_TASK_ENV: [&str; 2] = ["SWARMING_TASK_ID", "APIARY_TASK_ID"];
 
 pub(crate) fn trigger(
     daemon: &mut impl Daemon,
-    request: NewTaskRequest,
+    task: SwarmingRequest,
     dry_run: bool,
+    json_output: Option<&Path>,
     out: &mut Sink<impl Write>,
     notes: &mut dyn Write,
 ) -> Result<i32, CliError> {
+    let request = task.request.clone();
     let text = if dry_run {
         if let Some(secret_bytes) = &request.secret_bytes {
             // For people; the bytes themselves are never printed.
@@ -44,10 +53,60 @@ pub(crate) fn trigger(
         let checked = connect::call_validate(daemon, &Request::ValidateTask(request), "check the request")?;
         render::request_text(&checked)
     } else {
-        format!("{}\n", format_task_id(submit(daemon, request, notes)?.task_id))
+        let result = submit(daemon, task.request, &task.lineage, notes)?;
+        if let Some(path) = json_output {
+            write_json_output(path, &[(request, result)])?;
+        }
+        format!("{}\n", format_task_id(result.task_id))
     };
     out.write_all(text.as_bytes())?;
     Ok(exit_codes::SUCCESS)
+}
+
+/// `apiary spawn-tasks`: creates each request of the file in order, printing each
+/// task's id as it is created; with `json_output`, also writes them all there.
+/// A refusal stops there: the tasks created before it stay, and their ids are out.
+pub(crate) fn spawn_tasks(
+    daemon: &mut impl Daemon,
+    tasks: Vec<SwarmingRequest>,
+    json_output: Option<&Path>,
+    out: &mut Sink<impl Write>,
+    notes: &mut dyn Write,
+) -> Result<i32, CliError> {
+    let mut created = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let request = task.request.clone();
+        let result = submit(daemon, task.request, &task.lineage, notes)?;
+        out.write_all(format!("{}\n", format_task_id(result.task_id)).as_bytes())?;
+        created.push((request, result));
+    }
+    if let Some(path) = json_output {
+        write_json_output(path, &created)?;
+    }
+    Ok(exit_codes::SUCCESS)
+}
+
+/// Swarming's `SpawnTasksOutput`, as its CLI's `-json-output` writes it: per task its
+/// id, the request as sent, and its state when created.
+pub(crate) fn tasks_json(created: &[(NewTaskRequest, NewTaskAck)]) -> Value {
+    let tasks: Vec<Value> = created
+        .iter()
+        .map(|(request, result)| {
+            let task_id = format_task_id(result.task_id);
+            json!({
+                "task_id": task_id,
+                "request": render::request_json(request),
+                "task_result": {"task_id": task_id, "state": result.state.name()},
+            })
+        })
+        .collect();
+    json!({ "tasks": tasks })
+}
+
+fn write_json_output(path: &Path, created: &[(NewTaskRequest, NewTaskAck)]) -> Result<(), CliError> {
+    let mut text = serde_json::to_string_pretty(&tasks_json(created)).expect("JSON values always serialize");
+    text.push('\n');
+    std::fs::write(path, text).map_err(|source| CliError::JsonOutput { name: path.display().to_string(), source })
 }
 
 /// Creates the task; also the first half of `apiary run`. Says on `notes` when an
@@ -55,9 +114,15 @@ pub(crate) fn trigger(
 pub(crate) fn submit(
     daemon: &mut impl Daemon,
     request: NewTaskRequest,
+    lineage: &TaskLineage,
     notes: &mut dyn Write,
 ) -> Result<NewTaskAck, CliError> {
-    let ack = connect::call_created(daemon, &Request::NewTask(request), "create the task")?;
+    let message = if lineage.is_empty() {
+        Request::NewTask(request)
+    } else {
+        Request::NewTaskWithLineage { request, lineage: lineage.clone() }
+    };
+    let ack = connect::call_created(daemon, &message, "create the task")?;
     if let Some(note) = render::deduped_note(ack.task_id, ack.deduped_from) {
         // Notes are for people; if stderr is gone the task exists all the same.
         let _ = writeln!(notes, "apiary: {note}");
@@ -66,16 +131,45 @@ pub(crate) fn submit(
 }
 
 /// The request the arguments describe: the request file as it is, or the flags;
-/// with the secret bytes of `--secret-bytes-file`, if given.
-pub(crate) fn build_request(task: &TaskArgs) -> Result<NewTaskRequest, CliError> {
-    let mut request = match &task.request {
+/// with the secret bytes of `--secret-bytes-file`, if given, and as the child of
+/// the task this runs in, if it runs in one and the file names no parent.
+pub(crate) fn build_request(task: &TaskArgs) -> Result<SwarmingRequest, CliError> {
+    build_request_in(task, |name| std::env::var(name).ok())
+}
+
+fn build_request_in(task: &TaskArgs, env: impl Fn(&str) -> Option<String>) -> Result<SwarmingRequest, CliError> {
+    let mut built = match &task.request {
         Some(path) => request_file::read(path)?,
-        None => request_from_flags(&task.flags)?,
+        None => SwarmingRequest { request: request_from_flags(&task.flags)?, lineage: TaskLineage::default() },
     };
     if let Some(path) = &task.secret_bytes_file {
-        request.secret_bytes = Some(SecretBytes(read_secret_bytes(path)?));
+        built.request.secret_bytes = Some(SecretBytes(read_secret_bytes(path)?));
     }
-    Ok(request)
+    if built.lineage.parent_task_id.is_none() {
+        built.lineage.parent_task_id = parent_from_env(env)?;
+    }
+    Ok(built)
+}
+
+/// The requests of a spawn-tasks file, each the child of the task this runs in
+/// (if it runs in one) unless it names its own parent.
+pub(crate) fn build_spawned(path: &Path) -> Result<Vec<SwarmingRequest>, CliError> {
+    let mut tasks = request_file::read_spawn(path)?;
+    let parent = parent_from_env(|name| std::env::var(name).ok())?;
+    for task in &mut tasks {
+        task.lineage.parent_task_id = task.lineage.parent_task_id.or(parent);
+    }
+    Ok(tasks)
+}
+
+/// The id of the task this command runs in, from the first of `PARENT_TASK_ENV` set.
+fn parent_from_env(env: impl Fn(&str) -> Option<String>) -> Result<Option<u64>, CliError> {
+    let Some((variable, value)) =
+        PARENT_TASK_ENV.iter().find_map(|name| env(name).filter(|value| !value.is_empty()).map(|value| (*name, value)))
+    else {
+        return Ok(None);
+    };
+    parse_task_id(&value).map(Some).map_err(|_| CliError::ParentTaskEnv { variable: variable.to_string(), value })
 }
 
 /// The whole file, refused when larger than a task's secret bytes may be.
@@ -188,7 +282,16 @@ mod tests {
     }
 
     fn request_for(args: &[&str]) -> NewTaskRequest {
-        build_request(&trigger_args(args).task).unwrap()
+        built(&trigger_args(args).task).unwrap().request
+    }
+
+    /// What `build_request` makes of the arguments outside any task.
+    fn built(task: &TaskArgs) -> Result<SwarmingRequest, CliError> {
+        build_request_in(task, |_| None)
+    }
+
+    fn plain(request: NewTaskRequest) -> SwarmingRequest {
+        SwarmingRequest { request, lineage: TaskLineage::default() }
     }
 
     #[test]
@@ -398,7 +501,7 @@ mod tests {
         assert_eq!(at_limit.secret_bytes.map(|bytes| bytes.0.len()), Some(MAX_SECRET_BYTES));
         file.write_all(b"!").unwrap();
         let args = trigger_args(&["--secret-bytes-file", path.to_str().unwrap(), "--", "true"]);
-        let error = build_request(&args.task).unwrap_err();
+        let error = built(&args.task).unwrap_err();
         assert_eq!(error.exit_code(), exit_codes::USAGE);
         assert_eq!(
             error.to_string(),
@@ -408,7 +511,7 @@ mod tests {
             )
         );
         std::fs::remove_file(&path).unwrap();
-        let error = build_request(&args.task).unwrap_err();
+        let error = built(&args.task).unwrap_err();
         assert_eq!(error.exit_code(), exit_codes::USAGE);
         assert!(error.to_string().starts_with("cannot read --secret-bytes-file "), "{error}");
     }
@@ -418,11 +521,11 @@ mod tests {
         let (path, mut file) = temp_file("dry-secret.bin");
         file.write_all(b"hunter2").unwrap();
         let args = trigger_args(&["--dry-run", "--secret-bytes-file", path.to_str().unwrap(), "--", "true"]);
-        let request = build_request(&args.task).unwrap();
+        let request = built(&args.task).unwrap().request;
         // Even a daemon that echoed the secret back would not get it printed.
         let mut daemon = FakeDaemon::answering(vec![Reply::ValidRequest(request.clone())]);
         let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
-        trigger(&mut daemon, request.clone(), true, &mut out, &mut notes).unwrap();
+        trigger(&mut daemon, plain(request.clone()), true, None, &mut out, &mut notes).unwrap();
         assert_eq!(daemon.requests, [Request::ValidateTask(request)]);
         let printed = String::from_utf8(out.into_inner()).unwrap();
         assert!(!printed.contains("secret") && !printed.contains("hunter2"), "{printed}");
@@ -452,13 +555,13 @@ mod tests {
         file.1.write_all(json).unwrap();
         let path = file.0.to_str().unwrap();
         let request = request_for(&["--request", path]);
-        assert_eq!(request, request_file::parse("x", json).unwrap());
+        assert_eq!(request, request_file::parse("x", json).unwrap().request);
         assert_eq!(request.task_slices.len(), 2);
         assert_eq!(request.priority, 100);
         let mut daemon =
             FakeDaemon::answering(vec![Reply::Created(created(0x018b_cfe5_6880_0010, TaskState::Pending, None))]);
         let mut out = Sink::new(Vec::new());
-        trigger(&mut daemon, request.clone(), false, &mut out, &mut Vec::new()).unwrap();
+        trigger(&mut daemon, plain(request.clone()), false, None, &mut out, &mut Vec::new()).unwrap();
         assert_eq!(daemon.requests, [Request::NewTask(request)]);
         std::fs::remove_file(&file.0).unwrap();
     }
@@ -466,11 +569,90 @@ mod tests {
     #[test]
     fn a_request_file_with_an_unsupported_field_is_refused_before_anything_is_sent() {
         let mut file = temp_file("cipd.json");
-        file.1.write_all(br#"{"task_slices": [{"properties": {"cipd_input": {}}}]}"#).unwrap();
-        let error = build_request(&trigger_args(&["--request", file.0.to_str().unwrap()]).task).unwrap_err();
+        file.1.write_all(br#"{"task_slices": [{"properties": {"cipd_input": {"server": "s"}}}]}"#).unwrap();
+        let error = built(&trigger_args(&["--request", file.0.to_str().unwrap()]).task).unwrap_err();
         assert_eq!(error.exit_code(), exit_codes::USAGE);
-        assert!(error.to_string().contains("unknown field `cipd_input` in task_slices[0].properties"), "{error}");
+        assert!(error.to_string().contains("task_slices[0].properties.cipd_input: asks for CIPD packages"), "{error}");
         std::fs::remove_file(&file.0).unwrap();
+    }
+
+    #[test]
+    fn inside_a_task_the_new_task_is_its_child_unless_the_file_names_a_parent() {
+        let args = trigger_args(&["--", "true"]);
+        let env = |swarming: Option<&'static str>, apiary: Option<&'static str>| {
+            move |name: &str| match name {
+                "SWARMING_TASK_ID" => swarming.map(str::to_string),
+                "APIARY_TASK_ID" => apiary.map(str::to_string),
+                _ => None,
+            }
+        };
+        let parent = |env| build_request_in(&args.task, env).map(|built| built.lineage.parent_task_id);
+        assert_eq!(parent(env(None, None)).unwrap(), None);
+        assert_eq!(parent(env(None, Some("018bcfe568800011"))).unwrap(), Some(0x018b_cfe5_6880_0011));
+        assert_eq!(
+            parent(env(Some("018bcfe568800021"), Some("018bcfe568800011"))).unwrap(),
+            Some(0x018b_cfe5_6880_0021)
+        );
+        let error = parent(env(Some("x"), None)).unwrap_err();
+        assert_eq!(error.exit_code(), exit_codes::USAGE);
+        assert_eq!(
+            error.to_string(),
+            "$SWARMING_TASK_ID is \"x\", not a task id; a task triggered inside a task becomes its child: \
+             unset $SWARMING_TASK_ID to trigger an unrelated task"
+        );
+
+        let mut file = temp_file("parented.json");
+        file.1.write_all(br#"{"parent_task_id": "018bcfe568800031", "request_uuid": "u-1"}"#).unwrap();
+        let args = trigger_args(&["--request", file.0.to_str().unwrap()]);
+        let built = build_request_in(&args.task, env(Some("018bcfe568800021"), None)).unwrap();
+        assert_eq!(
+            built.lineage,
+            TaskLineage { request_uuid: "u-1".into(), parent_task_id: Some(0x018b_cfe5_6880_0031) }
+        );
+        std::fs::remove_file(&file.0).unwrap();
+    }
+
+    #[test]
+    fn a_task_with_lineage_is_sent_with_it_and_json_output_writes_it_down() {
+        let lineage = TaskLineage { request_uuid: "u-1".into(), parent_task_id: Some(0x018b_cfe5_6880_0011) };
+        let task = SwarmingRequest { request: request_for(&["--name", "n", "--", "true"]), lineage: lineage.clone() };
+        let mut daemon =
+            FakeDaemon::answering(vec![Reply::Created(created(0x018b_cfe5_6880_0020, TaskState::Pending, None))]);
+        let (json_path, _) = temp_file("trigger-output.json");
+        let mut out = Sink::new(Vec::new());
+        trigger(&mut daemon, task.clone(), false, Some(&json_path), &mut out, &mut Vec::new()).unwrap();
+        assert_eq!(daemon.requests, [Request::NewTaskWithLineage { request: task.request.clone(), lineage }]);
+        assert_eq!(out.into_inner(), b"018bcfe568800020\n");
+        let written: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+        assert_eq!(written["tasks"][0]["task_id"], "018bcfe568800020");
+        assert_eq!(written["tasks"][0]["task_result"]["state"], "PENDING");
+        assert_eq!(written["tasks"][0]["request"]["name"], "n");
+        // What --json-output writes, `--request` reads back as the same request.
+        let request_again = request_file::parse("o", written["tasks"][0]["request"].to_string().as_bytes()).unwrap();
+        assert_eq!(request_again.request, task.request);
+        std::fs::remove_file(&json_path).unwrap();
+    }
+
+    #[test]
+    fn spawn_tasks_creates_each_request_in_order_and_prints_each_id() {
+        let tasks = vec![
+            plain(request_for(&["--name", "a", "--", "true"])),
+            plain(request_for(&["--name", "b", "--", "true"])),
+        ];
+        let mut daemon = FakeDaemon::answering(vec![
+            Reply::Created(created(0x018b_cfe5_6880_0010, TaskState::Pending, None)),
+            Reply::Created(created(0x018b_cfe5_6880_0020, TaskState::Pending, None)),
+        ]);
+        let (json_path, _) = temp_file("spawn-output.json");
+        let mut out = Sink::new(Vec::new());
+        spawn_tasks(&mut daemon, tasks.clone(), Some(&json_path), &mut out, &mut Vec::new()).unwrap();
+        assert_eq!(out.into_inner(), b"018bcfe568800010\n018bcfe568800020\n");
+        assert_eq!(daemon.requests.len(), 2);
+        let written: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+        let names: Vec<&str> =
+            written["tasks"].as_array().unwrap().iter().map(|t| t["request"]["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["a", "b"]);
+        std::fs::remove_file(&json_path).unwrap();
     }
 
     /// A file of its own in the temporary directory, removed when its path is dropped.
@@ -485,7 +667,10 @@ mod tests {
         let mut daemon =
             FakeDaemon::answering(vec![Reply::Created(created(0x018b_cfe5_6880_0010, TaskState::Pending, None))]);
         let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
-        assert_eq!(trigger(&mut daemon, request.clone(), false, &mut out, &mut notes).unwrap(), exit_codes::SUCCESS);
+        assert_eq!(
+            trigger(&mut daemon, plain(request.clone()), false, None, &mut out, &mut notes).unwrap(),
+            exit_codes::SUCCESS
+        );
         assert_eq!(out.into_inner(), b"018bcfe568800010\n");
         assert_eq!(daemon.requests, [Request::NewTask(request)]);
         assert!(notes.is_empty());
@@ -496,7 +681,8 @@ mod tests {
         let ack = created(0x018b_cfe5_6880_0010, TaskState::Completed, Some(0x018b_cfe5_0000_0011));
         let mut daemon = FakeDaemon::answering(vec![Reply::Created(ack)]);
         let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
-        trigger(&mut daemon, request_for(&["--idempotent", "--", "true"]), false, &mut out, &mut notes).unwrap();
+        trigger(&mut daemon, plain(request_for(&["--idempotent", "--", "true"])), false, None, &mut out, &mut notes)
+            .unwrap();
         assert_eq!(out.into_inner(), b"018bcfe568800010\n");
         assert_eq!(
             String::from_utf8(notes).unwrap(),
@@ -508,15 +694,15 @@ mod tests {
     fn dry_run_validates_instead_and_prints_the_checked_request() {
         let trigger_args = trigger_args(&["--dry-run", "--name", "n", "--", "true"]);
         assert!(trigger_args.dry_run);
-        let request = build_request(&trigger_args.task).unwrap();
+        let request = built(&trigger_args.task).unwrap().request;
         let checked = NewTaskRequest { user: "filled-in".to_string(), ..request.clone() };
         let mut daemon = FakeDaemon::answering(vec![Reply::ValidRequest(checked.clone())]);
         let mut out = Sink::new(Vec::new());
-        trigger(&mut daemon, request.clone(), true, &mut out, &mut Vec::new()).unwrap();
+        trigger(&mut daemon, plain(request.clone()), true, None, &mut out, &mut Vec::new()).unwrap();
         assert_eq!(daemon.requests, [Request::ValidateTask(request)]);
         let printed = String::from_utf8(out.into_inner()).unwrap();
         assert!(printed.starts_with("{\n  \"name\": \"n\","), "{printed}");
-        assert_eq!(request_file::parse("stdout", printed.as_bytes()).unwrap(), checked);
+        assert_eq!(request_file::parse("stdout", printed.as_bytes()).unwrap().request, checked);
     }
 
     #[test]
@@ -529,7 +715,8 @@ mod tests {
     #[test]
     fn a_wrong_reply_is_an_error() {
         let mut daemon = FakeDaemon::answering(vec![Reply::NoWork]);
-        let error = submit(&mut daemon, request_for(&["--", "true"]), &mut Vec::new()).unwrap_err();
+        let lineage = TaskLineage::default();
+        let error = submit(&mut daemon, request_for(&["--", "true"]), &lineage, &mut Vec::new()).unwrap_err();
         assert_eq!(error.to_string(), "cannot create the task: the daemon answered with no work");
         assert_eq!(error.exit_code(), exit_codes::CONNECTION_FAILED);
     }

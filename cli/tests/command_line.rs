@@ -38,15 +38,22 @@ fn a_malformed_task_id_is_a_usage_error() {
 
 #[test]
 fn a_request_with_an_unsupported_field_is_refused_before_connecting() {
-    let request = br#"{"task_slices": [{"properties": {"command": ["true"], "cipd_input": {"packages": []}}}]}"#;
+    let request = br#"{"task_slices": [{"properties": {"command": ["true"], "cipd_input": {"packages": [{"package_name": "a"}]}}}]}"#;
     let output = apiary(&["--server", "127.0.0.1:1", "trigger", "--request", "-"], request);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert_eq!(
         stderr,
-        "apiary: stdin: unknown field `cipd_input` in task_slices[0].properties is not supported \
-         (Apiary refuses fields it does not implement rather than ignoring them)\n"
+        "apiary: stdin: task_slices[0].properties.cipd_input: asks for CIPD packages, which Apiary does not \
+         implement (only an empty or default value is accepted)\n"
     );
+}
+
+#[test]
+fn an_empty_unsupported_field_requests_nothing_and_the_request_goes_to_the_daemon() {
+    let request = br#"{"task_slices": [{"properties": {"command": ["true"], "cipd_input": {"packages": []}}}]}"#;
+    let output = apiary(&["--server", "127.0.0.1:1", "trigger", "--request", "-"], request);
+    assert_eq!(output.status.code(), Some(89), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[test]

@@ -24,8 +24,8 @@ use apiary_daemon::core::texts;
 use apiary_daemon::core::{ConnId, Core, CoreConfig, CoreSnapshot, DISK_FULL_MARKER, Event, Input, Output};
 use apiary_protocol::{
     BotInfo, BotPoll, CacheInfo, CancelOutcome, ErrorCode, ErrorReply, NamedCache, NewTaskAck, NewTaskRequest,
-    PackedDimensions, Reply, Request, RequestId, RunEnd, RunId, RunOutcome, StringPair, TaskResult, TaskSlice,
-    TaskState, TaskUpdate,
+    PackedDimensions, Reply, Request, RequestId, RunEnd, RunId, RunOutcome, StringPair, TaskLineage, TaskResult,
+    TaskSlice, TaskState, TaskUpdate,
 };
 use apiary_storage::HistoryDir;
 use rkyv::util::AlignedVec;
@@ -365,6 +365,9 @@ enum Asked {
         update: TaskUpdate,
     },
     NewTask,
+    /// A new task with a request uuid or a parent: the uuid may answer with an
+    /// earlier task, and a parent may have ended meanwhile.
+    NewTaskWithLineage,
     Wait {
         task_id: u64,
     },
@@ -416,6 +419,8 @@ struct Sim {
     /// The dimensions of every task's slices, to check each assignment against.
     slice_dimensions: BTreeMap<u64, Vec<Vec<StringPair>>>,
     finished_tasks: BTreeSet<u64>,
+    /// Each child task's parent, from the links the daemon recorded.
+    parents: BTreeMap<u64, u64>,
     /// Tasks that went back to pending after a run died.
     retried_tasks: BTreeSet<RequestId>,
     /// The disk is full: no new task is taken and no new run starts.
@@ -469,6 +474,7 @@ impl Sim {
             ended_runs: BTreeSet::new(),
             assigned_runs: BTreeSet::new(),
             finished_tasks: BTreeSet::new(),
+            parents: BTreeMap::new(),
             retried_tasks: BTreeSet::new(),
             disk_full: false,
             retired: BTreeSet::new(),
@@ -655,7 +661,26 @@ impl Sim {
         let request = self.random_request();
         let conn = self.client_conn();
         self.note(|| format!("submit {} slice(s) on {conn:?}", request.task_slices.len()));
-        self.send(conn, Request::NewTask(request), Asked::NewTask, out);
+        let lineage = self.random_lineage();
+        if lineage.is_empty() {
+            self.send(conn, Request::NewTask(request), Asked::NewTask, out);
+        } else {
+            self.note(|| format!("  with {lineage:?}"));
+            self.send(conn, Request::NewTaskWithLineage { request, lineage }, Asked::NewTaskWithLineage, out);
+        }
+    }
+
+    /// Mostly none; else a uuid from a few (so some repeat) and a parent in flight.
+    fn random_lineage(&mut self) -> TaskLineage {
+        let mut lineage = TaskLineage::default();
+        if self.rng.chance(10) {
+            lineage.request_uuid = format!("uuid-{}", self.rng.below(4));
+        }
+        if self.rng.chance(20) && !self.active.is_empty() {
+            let index = self.rng.index(self.active.len());
+            lineage.parent_task_id = self.active.iter().nth(index).map(|id| id.as_u64());
+        }
+        lineage
     }
 
     /// A task a client knows: mostly one still in flight.
@@ -1005,6 +1030,7 @@ impl Sim {
             Event::BotChanged { .. } => "BotChanged",
             Event::BotChangedBy { .. } => "BotChangedBy",
             Event::RetentionApplied { .. } => "RetentionApplied",
+            Event::TaskLinked(_) => "TaskLinked",
         };
         *self.stats.entry(kind).or_default() += 1;
         let mut touch = |raw: u64, finished_tasks: &BTreeSet<u64>, what: &str| {
@@ -1051,6 +1077,17 @@ impl Sim {
             }
             Event::BotConnected(_) | Event::BotChanged { .. } | Event::BotChangedBy { .. } => {}
             Event::RetentionApplied { cutoff_ms } => self.retire(*cutoff_ms, touched),
+            Event::TaskLinked(linked) => {
+                touch(linked.task_id, &self.finished_tasks, "a link");
+                if let Some(parent) = linked.parent_task_id {
+                    assert!(
+                        !self.finished_tasks.contains(&parent),
+                        "task {:x} linked to an ended parent",
+                        linked.task_id
+                    );
+                    self.parents.insert(linked.task_id, parent);
+                }
+            }
         }
     }
 
@@ -1084,6 +1121,23 @@ impl Sim {
                     let fresh = [TaskState::Pending, TaskState::Running, TaskState::Completed, TaskState::NoResource];
                     assert!(fresh.contains(&ack.state), "a new task: {ack:?}");
                     assert_eq!(ack.deduped_from.is_some(), ack.state == TaskState::Completed, "{ack:?}");
+                }
+                Reply::Error(ErrorReply { code: ErrorCode::Unavailable, .. }) if self.disk_full => {
+                    *self.stats.entry("new task refused: disk full").or_default() += 1;
+                }
+                other => panic!("a valid new task was refused: {other:?}"),
+            },
+            Asked::NewTaskWithLineage => match reply {
+                Reply::Created(ack) => {
+                    let task_id = request_id_of_ack(&ack);
+                    if !self.acknowledged.contains(&task_id) {
+                        self.acknowledged.push(task_id);
+                    }
+                }
+                Reply::Error(ErrorReply { code: ErrorCode::InvalidRequest, message })
+                    if message.starts_with("parent_task_id: ") =>
+                {
+                    *self.stats.entry("new child refused: its parent ended").or_default() += 1;
                 }
                 Reply::Error(ErrorReply { code: ErrorCode::Unavailable, .. }) if self.disk_full => {
                     *self.stats.entry("new task refused: disk full").or_default() += 1;
@@ -1290,6 +1344,12 @@ impl Sim {
     }
 
     fn check_task(&self, task_id: RequestId, result: &TaskResult) {
+        if let Some(parent) = self.parents.get(&task_id.as_u64())
+            && result.state == TaskState::Pending
+            && result.try_number == 0
+        {
+            assert!(!self.finished_tasks.contains(parent), "task {task_id} waits though its parent {parent:x} ended");
+        }
         if let Some(before) = self.seen.get(&task_id) {
             if before.state.is_terminal() {
                 assert_eq!(result, before, "task {task_id} changed after it ended {}", before.state.name());

@@ -29,19 +29,27 @@ pub const MAX_TASK_SLICES: usize = 8;
 /// Arguments in a command, and bytes in one argument.
 pub const MAX_COMMAND_ARGS: usize = 128;
 pub const MAX_ARG_BYTES: usize = 4096;
-/// Dimensions a task may ask for, and a bot may report.
+/// Distinct dimension keys a task may ask for, and values of one key (Swarming's
+/// limits); dimensions a bot may report.
 pub const MAX_TASK_DIMENSIONS: usize = 32;
+pub const MAX_TASK_DIMENSION_VALUES: usize = 16;
 pub const MAX_BOT_DIMENSIONS: usize = 128;
 /// Dimension key and value lengths (Swarming's limits).
 pub const MAX_DIMENSION_KEY_BYTES: usize = 64;
 pub const MAX_DIMENSION_VALUE_BYTES: usize = 256;
-/// Environment variables in one slice, and bytes in a key or value.
+/// Environment variables in one slice, and bytes in a key or value (Swarming's limits;
+/// an `env_prefixes` path is a value).
 pub const MAX_ENV_VARS: usize = 64;
-pub const MAX_ENV_KEY_BYTES: usize = 256;
-pub const MAX_ENV_VALUE_BYTES: usize = 4096;
-/// Tags on one task, and bytes in one tag.
+pub const MAX_ENV_KEY_BYTES: usize = 64;
+pub const MAX_ENV_VALUE_BYTES: usize = 1024;
+/// Bytes in `relative_cwd` and in a named cache's path (Swarming's limits).
+pub const MAX_RELATIVE_CWD_BYTES: usize = 256;
+pub const MAX_CACHE_PATH_BYTES: usize = 256;
+/// Tags on one task, and bytes in one tag's key and value (Swarming's limits: a tag
+/// is `key:value`, the key as long as a dimension key, the value as a dimension value).
 pub const MAX_TAGS: usize = 256;
-pub const MAX_TAG_BYTES: usize = 1024;
+pub const MAX_TAG_KEY_BYTES: usize = MAX_DIMENSION_KEY_BYTES;
+pub const MAX_TAG_VALUE_BYTES: usize = MAX_DIMENSION_VALUE_BYTES;
 /// Bytes in a task name, a user name and a bot id.
 pub const MAX_NAME_BYTES: usize = 1024;
 pub const MAX_USER_BYTES: usize = 256;
@@ -52,8 +60,18 @@ pub const MAX_PRIORITY: u8 = 255;
 pub const DEFAULT_PRIORITY: u8 = 200;
 /// Swarming's maximums for time limits; the minimum of each is one second.
 pub const MAX_EXPIRATION_SECS: u32 = 7 * 24 * 60 * 60;
-pub const MAX_EXECUTION_TIMEOUT_SECS: u32 = 7 * 24 * 60 * 60;
 pub const MAX_GRACE_PERIOD_SECS: u32 = 60 * 60;
+/// The hard and I/O timeouts: Swarming keeps a timeout, its grace period and a
+/// minute of overhead under seven days.
+pub const MAX_EXECUTION_TIMEOUT_SECS: u32 = 7 * 24 * 60 * 60 - MAX_GRACE_PERIOD_SECS - 60;
+/// How often a bot running a task reports to the daemon, output or not (the agent's
+/// liveness interval).
+pub const BOT_REPORT_INTERVAL_SECS: u32 = 1;
+/// `bot_ping_tolerance_secs`: at least three missed reports before a running task's
+/// bot counts as dead (Swarming's 60 is not needed with reports every second); at most
+/// Swarming's maximum.
+pub const MIN_BOT_PING_TOLERANCE_SECS: u32 = 3 * BOT_REPORT_INTERVAL_SECS;
+pub const MAX_BOT_PING_TOLERANCE_SECS: u32 = 1200;
 pub const DEFAULT_EXPIRATION_SECS: u32 = 60 * 60;
 pub const DEFAULT_EXECUTION_TIMEOUT_SECS: u32 = 60 * 60;
 pub const DEFAULT_GRACE_PERIOD_SECS: u32 = 30;
@@ -91,10 +109,18 @@ pub const EXPIRATION_RANGE: Range = Range { min: 1, max: MAX_EXPIRATION_SECS, un
 pub const EXECUTION_TIMEOUT_RANGE: Range = Range { min: 1, max: MAX_EXECUTION_TIMEOUT_SECS, unit: " seconds" };
 pub const IO_TIMEOUT_RANGE: Range = EXECUTION_TIMEOUT_RANGE;
 pub const GRACE_PERIOD_RANGE: Range = Range { min: 0, max: MAX_GRACE_PERIOD_SECS, unit: " seconds" };
+/// `bot_ping_tolerance_secs`: at least three of the bot's reports, so a healthy bot is not declared dead.
+pub const BOT_PING_TOLERANCE_RANGE: Range =
+    Range { min: MIN_BOT_PING_TOLERANCE_SECS, max: MAX_BOT_PING_TOLERANCE_SECS, unit: " seconds" };
 const _: () = assert!(PRIORITY_RANGE.contains(DEFAULT_PRIORITY as u64));
 const _: () = assert!(EXPIRATION_RANGE.contains(DEFAULT_EXPIRATION_SECS as u64));
 const _: () = assert!(EXECUTION_TIMEOUT_RANGE.contains(DEFAULT_EXECUTION_TIMEOUT_SECS as u64));
 const _: () = assert!(GRACE_PERIOD_RANGE.contains(DEFAULT_GRACE_PERIOD_SECS as u64));
+const _: () = assert!(BOT_PING_TOLERANCE_RANGE.contains(DEFAULT_BOT_PING_TOLERANCE_SECS as u64));
+/// How long a `request_uuid` names the task it first created (Swarming's 7 days).
+pub const REQUEST_UUID_WINDOW_SECS: u32 = 7 * 24 * 60 * 60;
+/// Bytes in a `request_uuid`.
+pub const MAX_REQUEST_UUID_BYTES: usize = 128;
 /// Secret bytes of one task.
 pub const MAX_SECRET_BYTES: usize = 20 << 10;
 /// Named caches of one slice, and bytes in a cache name.

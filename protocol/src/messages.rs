@@ -169,6 +169,25 @@ pub struct NewTaskRequest {
     pub secret_bytes: Option<SecretBytes>,
 }
 
+/// Where a new task comes from, beyond its request (Swarming's `request_uuid` and
+/// `parent_task_id`). Empty for most tasks, which are sent as plain `NewTask`.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct TaskLineage {
+    /// Makes creation idempotent: the same uuid from the same requester within
+    /// `limits::REQUEST_UUID_WINDOW_SECS` answers with the task it first created.
+    /// Empty: none. At most `limits::MAX_REQUEST_UUID_BYTES`.
+    pub request_uuid: String,
+    /// The task (request or run id) this one is a child of: a child that has not
+    /// started when its parent ends is canceled.
+    pub parent_task_id: Option<u64>,
+}
+
+impl TaskLineage {
+    pub fn is_empty(&self) -> bool {
+        self.request_uuid.is_empty() && self.parent_task_id.is_none()
+    }
+}
+
 /// Bytes that must never be shown: `Debug` prints only how many there are.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, PartialEq, Eq)]
 pub struct SecretBytes(pub Vec<u8>);
@@ -700,6 +719,12 @@ pub enum Request {
     /// A bot asks for work; held open until work arrives or the poll times out.
     BotPoll(BotPoll),
     TaskUpdate(TaskUpdate),
+    /// `NewTask` with a request uuid or a parent; answered as `NewTask` is, or,
+    /// when the uuid was seen, with the task it created then.
+    NewTaskWithLineage {
+        request: NewTaskRequest,
+        lineage: TaskLineage,
+    },
 }
 
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq)]

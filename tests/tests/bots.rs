@@ -29,7 +29,7 @@ fn a_killed_bot_ends_its_task_bot_died_and_frees_its_slot() {
     let daemon = Daemon::start(&dir.path().join("data"));
     let mut bot = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &dir.path().join("bot"));
     let cli = daemon.cli();
-    let task_id = cli.trigger(&["-d", "pool=ci", "--bot-ping-tolerance", "2", "--", "sleep", "60"]);
+    let task_id = cli.trigger(&["-d", "pool=ci", "--bot-ping-tolerance", "3", "--", "sleep", "60"]);
     cli.wait_for_state(&task_id, "RUNNING");
     bot.kill9();
     let died = cli.wait_for_state(&task_id, "BOT_DIED");
@@ -114,7 +114,7 @@ fn an_idempotent_task_whose_bot_died_completes_on_a_second_bot() {
     let cli = daemon.cli();
     let script = r#"if [ "$APIARY_BOT_ID" = bot-1 ]; then sleep 60; fi; echo done on $APIARY_BOT_ID"#;
     let task_id =
-        cli.trigger(&["--idempotent", "-d", "pool=ci", "--bot-ping-tolerance", "2", "--", "sh", "-c", script]);
+        cli.trigger(&["--idempotent", "-d", "pool=ci", "--bot-ping-tolerance", "3", "--", "sh", "-c", script]);
     cli.wait_for_state(&task_id, "RUNNING");
     first.kill9();
     let _second = Bot::start(&daemon.addr, "bot-2", &["pool=ci"], &dir.path().join("b2"));
@@ -134,7 +134,7 @@ fn a_report_after_bot_died_is_refused_and_the_bot_stops_its_process() {
     let cli = daemon.cli();
     let pid_file = dir.path().join("pid");
     let script = format!("echo $$ > {}; while true; do sleep 0.2; done", pid_file.display());
-    let task_id = cli.trigger(&["-d", "pool=ci", "--bot-ping-tolerance", "1", "--", "sh", "-c", &script]);
+    let task_id = cli.trigger(&["-d", "pool=ci", "--bot-ping-tolerance", "3", "--", "sh", "-c", &script]);
     wait_until("the task writes its pid", || std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n')));
     let task_pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     // Freeze the bot (not its task, which has its own process group) past the tolerance.

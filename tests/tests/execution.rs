@@ -68,7 +68,7 @@ fn environment_prefixes_cwd_and_outdir() {
     let dir = temp();
     let daemon = Daemon::start(&dir.path().join("data"));
     let _bot = Bot::start(&daemon.addr, "bot-1", &["pool=ci"], &dir.path().join("bot"));
-    let script = r#"echo "A=$A"; echo "HOME=${HOME-unset}"; echo "$PATH" | cut -d: -f1; pwd; test -d "$APIARY_OUTDIR" && echo outdir; echo "$1""#;
+    let script = r#"echo "A=$A"; echo "HOME=$(printenv HOME || echo unset)"; echo "$PATH" | cut -d: -f1; pwd; test -d "$APIARY_OUTDIR" && echo outdir; echo "$1""#;
     let output = daemon.cli().run(&[
         "run",
         "-d",

@@ -67,7 +67,8 @@ fn tasks_show_and_bots_list_describe_what_happened() {
     assert_eq!(done["try_number"], 1);
     assert_eq!(done["priority"], 42);
     assert_eq!(done["dimensions"]["pool"], serde_json::json!(["ci"]));
-    assert_eq!(done["tags"], serde_json::json!(["team:hive"]));
+    // The task's own tags, then those Swarming adds.
+    assert_eq!(done["tags"], serde_json::json!(["team:hive", "priority:42", "pool:ci"]));
     for field in ["created_ts", "started_ts", "completed_ts"] {
         assert!(done[field].as_str().is_some_and(|ts| ts.ends_with('Z')), "{field}: {}", done[field]);
     }

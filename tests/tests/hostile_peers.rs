@@ -215,13 +215,16 @@ fn a_page_of_large_tasks_fits_and_a_task_near_the_request_limit_is_shown_and_can
     let cli = daemon.cli();
     let memory_before = rss_anon_bytes(&daemon);
     let mut triggered = Vec::new();
+    // About 580 KiB each: the largest tags (values of 256 bytes) and 127 arguments of 4 KiB.
+    let arg = "a".repeat(4096);
     for index in 0..20 {
-        let tags: Vec<String> = (0..256).map(|n| format!("t{index}x{n}:{}", "v".repeat(1000))).collect();
+        let tags: Vec<String> = (0..256).map(|n| format!("t{index}x{n}:{}", "v".repeat(256))).collect();
         let mut args = vec!["--wait-for-capacity", "-d", "pool=none"];
         for tag in &tags {
             args.extend(["--tag", tag.as_str()]);
         }
         args.extend(["--", "true"]);
+        args.extend(std::iter::repeat_n(arg.as_str(), 127));
         triggered.push(cli.trigger(&args));
     }
     triggered.reverse();
@@ -245,11 +248,10 @@ fn a_page_of_large_tasks_fits_and_a_task_near_the_request_limit_is_shown_and_can
     assert_eq!(listed, triggered, "every task once, newest first");
     assert!(pages > 1, "a page stops early by bytes");
 
-    // A request close to the limit: 128 arguments of 4 KiB and the largest tags.
+    // A large request: 128 arguments of 4 KiB and the largest tags; twice it is over the limit.
     let near_file = dir.path().join("near.json");
-    let arg = "a".repeat(4096);
     let near = serde_json::json!({
-        "tags": (0..256).map(|n| format!("k{n}:{}", "v".repeat(1000))).collect::<Vec<_>>(),
+        "tags": (0..256).map(|n| format!("k{n}:{}", "v".repeat(256))).collect::<Vec<_>>(),
         "task_slices": [{"wait_for_capacity": true, "properties": {
             "command": vec![arg.clone(); 128],
             "dimensions": [{"key": "pool", "value": "none"}],

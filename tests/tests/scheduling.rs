@@ -203,7 +203,8 @@ fn requests_that_break_a_limit_are_refused_naming_the_field() {
         assert!(String::from_utf8_lossy(&refused.stderr).contains(expected), "{args:?}: {}", describe(&refused));
     }
     let file = dir.path().join("cipd.json");
-    let request = json!({"task_slices": [{"properties": {"command": ["true"], "cipd_input": {}}}]});
+    let request =
+        json!({"task_slices": [{"properties": {"command": ["true"], "cipd_input": {"server": "https://cipd"}}}]});
     std::fs::write(&file, request.to_string()).unwrap();
     let refused = cli.run(&["trigger", "--request", file.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("cipd_input"), "{}", describe(&refused));

@@ -100,7 +100,7 @@ fn a_hello_needs_the_token_of_a_principal_and_the_principal_is_recorded() {
     let task_id = alice.trigger(&["--dimension", "pool=ci", "--", "true"]);
     let shown = alice.wait_for_state(&task_id, "COMPLETED");
     assert_eq!(shown["authenticated"], "alice");
-    assert_eq!(shown["tags"], serde_json::json!(["authenticated:alice"]));
+    assert_eq!(shown["tags"], serde_json::json!(["priority:200", "authenticated:alice", "pool:ci"]));
     assert!(
         alice
             .ok(&["tasks", "show", &task_id])

@@ -18,7 +18,7 @@ pub const TOKEN_HASH_PREFIX: &str = "sha256:";
 /// (the `authenticated:NAME` tag of a task, a bot's events).
 pub const MAX_PRINCIPAL_NAME_BYTES: usize = 128;
 const _: () = assert!(
-    "authenticated:".len() + MAX_PRINCIPAL_NAME_BYTES <= apiary_protocol::limits::MAX_TAG_BYTES,
+    MAX_PRINCIPAL_NAME_BYTES <= apiary_protocol::limits::MAX_TAG_VALUE_BYTES,
     "the authenticated tag of a task must fit in a tag"
 );
 

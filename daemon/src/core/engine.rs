@@ -21,9 +21,10 @@ use apiary_protocol::{
 };
 
 use super::chunked_set::ChunkedSet;
-use super::events::{BotChange, BotConnected, Event, StoredState, TaskAssigned, TaskCreated, TaskFinished};
+use super::events::{BotChange, BotConnected, Event, StoredState, TaskAssigned, TaskCreated, TaskFinished, TaskLinked};
 use super::history::History;
 use super::interned::InternedProperties;
+use super::lineage::Lineage;
 use super::model::{self, Bot, BotEventRecord, Ending, Follower, Outcome, ParkedPoll, Quarantine, Run, Task, Watcher};
 use super::queues::{self, ClassId, QueueId, QueueKey, Queues};
 use super::task_store::TaskStore;
@@ -36,6 +37,7 @@ use permissions::Caller;
 mod apply;
 mod bots;
 mod history;
+mod lineage;
 mod permissions;
 mod retention;
 mod snapshot;
@@ -289,6 +291,8 @@ pub struct Core {
     retained_from_ms: u64,
     /// Why the disk cannot take more, while it cannot (not durable).
     storage_trouble: Option<String>,
+    /// Request uuids and parent links (`core::lineage`).
+    lineage: Lineage,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
@@ -318,6 +322,7 @@ impl Core {
             hold_numbers_used: 0,
             retained_from_ms: 0,
             storage_trouble: None,
+            lineage: Lineage::default(),
         }
     }
 
@@ -352,6 +357,9 @@ impl Core {
         let principal = caller.name;
         match request {
             Request::NewTask(new_task) => Some(self.new_task(new_task, principal, out)),
+            Request::NewTaskWithLineage { request, lineage } => {
+                Some(self.new_task_with_lineage(request, lineage, principal, out))
+            }
             Request::GetTask { task_id } => Some(
                 self.find_task(task_id)
                     .map_or_else(|missing| self.missing(missing), |task| Reply::Task(self.describe(&task))),
@@ -405,7 +413,9 @@ impl Core {
     fn refuse_request(&self, caller: Caller<'_>, request: &Request) -> Option<Reply> {
         caller.grants?;
         match request {
-            Request::NewTask(new_task) => self.refuse_new_task(caller, new_task),
+            Request::NewTask(new_task) | Request::NewTaskWithLineage { request: new_task, .. } => {
+                self.refuse_new_task(caller, new_task)
+            }
             Request::GetTask { task_id }
             | Request::WaitTask { task_id, .. }
             | Request::GetOutput { task_id, .. }
@@ -524,7 +534,9 @@ impl Core {
             deduped_from: ending.deduped_from.map(RunId::as_u64),
             at_ms: self.now_ms,
         };
+        let children = self.lineage.children_of(task_id).to_vec();
         self.emit(Event::TaskFinished(event), out);
+        self.cancel_children(task_id, &children, out);
         self.feed_followers(task_id, out);
         let task = self.tasks.get_mut(&task_id).expect("still there");
         let watchers = task.listeners.as_mut().map(|listeners| std::mem::take(&mut listeners.watchers));
@@ -652,6 +664,7 @@ impl Core {
 
     /// Checks every cross-reference against a recount. Tests call it after each step.
     pub fn check_invariants(&self) {
+        self.lineage.check_invariants();
         let mut pending = 0;
         for task in self.tasks.values() {
             match task.state {

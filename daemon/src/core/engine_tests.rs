@@ -1026,15 +1026,15 @@ fn fits_a_frame(reply: &Reply) -> bool {
 }
 
 fn large_tags(index: usize) -> Vec<String> {
-    let tag_bytes = apiary_protocol::limits::MAX_TAG_BYTES;
-    (0..apiary_protocol::limits::MAX_TAGS).map(|n| format!("t{index}-{n}:{}", "v".repeat(tag_bytes - 16))).collect()
+    let value_bytes = apiary_protocol::limits::MAX_TAG_VALUE_BYTES;
+    (0..apiary_protocol::limits::MAX_TAGS).map(|n| format!("t{index}-{n}:{}", "v".repeat(value_bytes))).collect()
 }
 
 #[test]
 fn a_page_of_large_tasks_stops_early_by_bytes_and_hands_back_a_cursor() {
     let mut h = Harness::new();
     let mut ids = Vec::new();
-    for index in 0..20 {
+    for index in 0..80 {
         let mut large = request(100, &[("pool", "ci")]);
         large.tags = large_tags(index);
         ids.push(h.submit(large).task_id);
@@ -1057,7 +1057,7 @@ fn a_page_of_large_tasks_stops_early_by_bytes_and_hands_back_a_cursor() {
         }
     }
     assert_eq!(listed, ids, "every task once, newest first");
-    assert!(pages > 1, "20 tasks of about 256 KiB each take more than one page");
+    assert!(pages > 1, "80 tasks of about 70 KiB each take more than one page");
 }
 
 #[test]
@@ -1203,7 +1203,7 @@ fn the_principal_is_recorded_on_the_tasks_it_creates_and_the_bot_changes_it_asks
     let Reply::Error(refusal) = &out.replies[0].reply else { panic!("a forged principal is refused") };
     assert!(refusal.message.starts_with("tags[0]: \"authenticated:mallory\": the daemon sets"), "{}", refusal.message);
     let created = h.submit(request(100, &[("pool", "other")]));
-    assert_eq!(created.request.tags, ["authenticated:alice"]);
+    assert_eq!(created.request.tags, ["priority:100", "authenticated:alice", "pool:other"]);
     for request in [
         Request::QuarantineBot { bot_id: "bot-1".into(), reason: "flaky".into() },
         Request::UnquarantineBot { bot_id: "bot-1".into() },
@@ -1223,7 +1223,132 @@ fn the_principal_is_recorded_on_the_tasks_it_creates_and_the_bot_changes_it_asks
         ]
     );
     h.principal = None;
-    assert!(h.submit(request(100, &[("pool", "other")])).request.tags.is_empty(), "open access names no one");
+    let tags = h.submit(request(100, &[("pool", "other")])).request.tags;
+    assert!(!tags.iter().any(|tag| tag.starts_with("authenticated:")), "open access names no one: {tags:?}");
+    h.check_replay();
+}
+
+/// Sends a new task with a lineage; answers with the task as `GetTask` shows it
+/// when it was acknowledged, else with the refusal.
+fn with_lineage(h: &mut Harness, request: NewTaskRequest, uuid: &str, parent: Option<u64>) -> Reply {
+    let lineage = apiary_protocol::TaskLineage { request_uuid: uuid.to_string(), parent_task_id: parent };
+    let (_, out) = h.send(CLIENT, Request::NewTaskWithLineage { request, lineage });
+    match &out.replies.last().expect("a reply").reply {
+        Reply::Created(ack) => h.send(CLIENT, Request::GetTask { task_id: ack.task_id }).1.replies[0].reply.clone(),
+        refusal => refusal.clone(),
+    }
+}
+
+fn task_of(reply: &Reply) -> &TaskResult {
+    match reply {
+        Reply::Task(result) => result,
+        other => panic!("expected a task, got {other:?}"),
+    }
+}
+
+/// The lineage of a core rebuilt from a snapshot of `core`, as records.
+fn restored_lineage(core: &Core) -> (Vec<crate::core::lineage::UuidEntry>, Vec<crate::core::lineage::LinkEntry>) {
+    let bytes = core.snapshot().encode();
+    let view = crate::core::CoreSnapshot::access(&bytes).expect("a snapshot reads back");
+    Core::restore(CoreConfig::default(), &view).expect("restores").lineage.records()
+}
+
+#[test]
+fn a_request_uuid_seen_before_answers_with_the_first_task_for_seven_days() {
+    let mut h = Harness::new();
+    let first = task_of(&with_lineage(&mut h, request(100, &[("pool", "ci")]), "u-1", None)).task_id;
+    let (_, out) = h.send(
+        CLIENT,
+        Request::NewTaskWithLineage {
+            request: request(50, &[("pool", "other")]),
+            lineage: apiary_protocol::TaskLineage { request_uuid: "u-1".into(), parent_task_id: None },
+        },
+    );
+    assert!(out.events.is_empty(), "nothing is created again");
+    let Reply::Created(ack) = &out.replies[0].reply else { panic!("{:?}", out.replies[0].reply) };
+    assert_eq!(ack.task_id, first);
+    // Another requester's uuid is its own.
+    let mut by_bob = request(100, &[("pool", "ci")]);
+    by_bob.user = "bob".into();
+    assert_ne!(task_of(&with_lineage(&mut h, by_bob, "u-1", None)).task_id, first);
+    assert_eq!(restored_lineage(&h.core), h.core.lineage.records(), "a snapshot keeps the uuids");
+    h.advance(u64::from(apiary_protocol::limits::REQUEST_UUID_WINDOW_SECS) * 1000 + 1);
+    let later = task_of(&with_lineage(&mut h, request(100, &[("pool", "ci")]), "u-1", None)).task_id;
+    assert_ne!(later, first, "after seven days the uuid creates a new task");
+    h.check_replay();
+}
+
+#[test]
+fn children_that_have_not_started_are_canceled_when_their_parent_ends() {
+    let mut h = Harness::new();
+    h.poll(BOT_1.conn, BOT_1.bot_id, BOT_1.session_id, LINUX);
+    let parent = h.submit(request(100, LINUX));
+    let run_id = parent.run_id.expect("the parent runs on bot-1");
+    let running = task_of(&with_lineage(&mut h, request(100, &[("pool", "ci")]), "", Some(run_id))).clone();
+    assert!(
+        running.request.tags.contains(&format!("parent_task_id:{:016x}", parent.task_id)),
+        "{:?}",
+        running.request.tags
+    );
+    let pending = task_of(&with_lineage(&mut h, request(100, &[("pool", "gpu")]), "", Some(parent.task_id))).clone();
+    let grandchild =
+        task_of(&with_lineage(&mut h, request(100, &[("pool", "gpu")]), "", Some(pending.task_id))).clone();
+    assert_eq!(restored_lineage(&h.core), h.core.lineage.records(), "a snapshot keeps the links");
+    h.report(BOT_1, run_id, 0, b"", Some(0));
+    assert_eq!(h.state(parent.task_id), TaskState::Completed);
+    assert_eq!(h.state(pending.task_id), TaskState::Canceled);
+    assert_eq!(h.state(grandchild.task_id), TaskState::Canceled);
+    let reason = h.core.task(RequestId::from_u64(pending.task_id).unwrap()).unwrap().failure_reason;
+    assert_eq!(reason, format!("its parent task {:016x} ended", parent.task_id));
+    h.check_replay();
+
+    let refused = with_lineage(&mut h, request(100, &[("pool", "ci")]), "", Some(parent.task_id));
+    let Reply::Error(refusal) = refused else { panic!("{refused:?}") };
+    assert_eq!(
+        refusal.message,
+        format!(
+            "parent_task_id: task {:016x} has already ended (COMPLETED); its child would be canceled at once",
+            parent.task_id
+        )
+    );
+    let Reply::Error(refusal) = with_lineage(&mut h, request(100, &[("pool", "ci")]), "", Some(0x10)) else { panic!() };
+    assert_eq!(refusal.message, "parent_task_id: there is no task 0000000000000010");
+}
+
+#[test]
+fn automatic_tags_let_tag_queries_find_tasks_as_in_swarming() {
+    let mut h = Harness::new();
+    let mut asked = request(42, &[("pool", "ci"), ("os", "Linux|Mac"), ("gpu", "nvidia"), ("gpu", "4090")]);
+    asked.user = "ana".into();
+    asked.tags = vec!["pool:ci".into(), "team:infra".into()];
+    let created = h.submit(asked);
+    assert_eq!(
+        created.request.tags,
+        ["pool:ci", "team:infra", "priority:42", "user:ana", "os:Linux|Mac", "gpu:nvidia", "gpu:4090"]
+    );
+    let (_, out) = h.send(
+        CLIENT,
+        Request::ListTasks(TaskQuery { tags: vec!["gpu:4090".into(), "user:ana".into()], ..TaskQuery::default() }),
+    );
+    let Reply::Tasks { tasks, .. } = &out.replies[0].reply else { panic!() };
+    assert_eq!(tasks.iter().map(|task| task.task_id).collect::<Vec<_>>(), [created.task_id]);
+    let mut forged = request(100, &[("pool", "ci")]);
+    forged.tags.push("parent_task_id:0000000000000010".into());
+    let (_, out) = h.send(CLIENT, Request::NewTask(forged));
+    let Reply::Error(refusal) = &out.replies[0].reply else { panic!() };
+    assert_eq!(refusal.message, "tags[0]: \"parent_task_id:0000000000000010\": the daemon sets parent_task_id: itself");
+}
+
+#[test]
+fn a_dimension_key_given_twice_needs_a_bot_with_both_values() {
+    let mut h = Harness::new();
+    let both = &[("pool", "ci"), ("gpu", "nvidia"), ("gpu", "4090")];
+    let task = h.submit(request(100, both));
+    h.poll(BOT_1.conn, BOT_1.bot_id, BOT_1.session_id, &[("pool", "ci"), ("gpu", "nvidia")]);
+    assert_eq!(h.state(task.task_id), TaskState::Pending, "a bot with one of the values does not match");
+    let bot_2 = TestBot { conn: ConnId(3), bot_id: "bot-2", session_id: 8 };
+    h.poll(bot_2.conn, bot_2.bot_id, bot_2.session_id, &[("pool", "ci"), ("gpu", "4090"), ("gpu", "nvidia")]);
+    assert_eq!(h.state(task.task_id), TaskState::Running);
     h.check_replay();
 }
 

@@ -49,6 +49,9 @@ pub enum Event {
         at_ms: u64,
         by: String,
     },
+    /// Where a task just created comes from: its request uuid, its parent. Follows
+    /// its `TaskCreated` in the same turn.
+    TaskLinked(TaskLinked),
 }
 
 // New variants go last and stay smaller than the largest: the archived event
@@ -93,6 +96,18 @@ pub struct TaskCreated {
     /// The first slice some bot could serve (or that waits for capacity).
     pub slice_index: u32,
     pub request: NewTaskRequest,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TaskLinked {
+    pub task_id: u64,
+    /// Who sent the uuid (the principal, or the request's user while access is
+    /// open) and the uuid; both empty when the request had none.
+    pub requester: String,
+    pub request_uuid: String,
+    /// The parent's request id.
+    pub parent_task_id: Option<u64>,
+    pub created_ms: u64,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -254,6 +269,16 @@ impl Event {
             },
             Event::RetentionApplied { cutoff_ms } => {
                 format!("finished tasks created before {cutoff_ms} (Unix ms) are let go by retention")
+            }
+            Event::TaskLinked(linked) => {
+                let mut line = format!("task {}", id(linked.task_id));
+                if !linked.request_uuid.is_empty() {
+                    line.push_str(&format!(" has request uuid {:?} of {:?}", linked.request_uuid, linked.requester));
+                }
+                if let Some(parent) = linked.parent_task_id {
+                    line.push_str(&format!(" is a child of task {}", id(parent)));
+                }
+                line
             }
         }
     }

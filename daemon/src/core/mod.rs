@@ -7,6 +7,7 @@ pub mod events;
 pub mod history;
 mod id_index;
 mod interned;
+mod lineage;
 mod model;
 pub mod queues;
 pub mod snapshot;

@@ -20,9 +20,10 @@ use apiary_protocol::{RequestId, StringPair};
 use super::Map;
 use super::chunked_set::ChunkedSet;
 
-/// Canonical dimensions: keys sorted; the values of each key sorted and deduplicated.
-/// For a task the values of a key are alternatives (`os=Linux|Mac`); for a bot
-/// they are all the values it has.
+/// Canonical dimensions: entries sorted, the values of each sorted and deduplicated.
+/// For a bot, one entry per key with all the values it has. For a task, one entry
+/// per dimension it asks for, with its alternatives (`os=Linux|Mac`): a key given
+/// twice is two entries, both to be met (as in Swarming), the same entry once.
 pub type CanonicalDimensions = Vec<(String, Vec<String>)>;
 
 /// The dimension that names a bot: a bot has it once, with its bot id.
@@ -88,9 +89,16 @@ pub struct Queues {
     next_park_number: u64,
 }
 
-/// Task dimensions in canonical form: `|` splits alternatives.
+/// Task dimensions in canonical form: `|` splits alternatives; each pair is an entry.
 pub fn canonical_task_dimensions(dimensions: &[StringPair]) -> CanonicalDimensions {
-    canonical(dimensions.iter().flat_map(|pair| pair.value.split('|').map(move |value| (&pair.key, value))))
+    let entries: BTreeSet<(String, Vec<String>)> = dimensions
+        .iter()
+        .map(|pair| {
+            let alternatives: BTreeSet<&str> = pair.value.split('|').collect();
+            (pair.key.clone(), alternatives.into_iter().map(str::to_string).collect())
+        })
+        .collect();
+    entries.into_iter().collect()
 }
 
 /// Bot dimensions in canonical form, without `id` (the class of a bot): a key
@@ -119,7 +127,8 @@ fn canonical<'a>(pairs: impl Iterator<Item = (&'a String, &'a str)>) -> Canonica
         .collect()
 }
 
-/// A bot matches when it has every key the task asks for, with one of the asked values.
+/// A bot matches when, for every entry of the task, it has the key with one of the
+/// entry's values (a key the task gives twice needs a value of each).
 pub fn bot_matches(bot: &CanonicalDimensions, task: &CanonicalDimensions) -> bool {
     task.iter().all(|(key, alternatives)| match bot.binary_search_by(|(bot_key, _)| bot_key.as_str().cmp(key)) {
         Ok(index) => alternatives.iter().any(|value| bot[index].1.binary_search(value).is_ok()),
@@ -388,6 +397,21 @@ mod tests {
         assert!(bot_matches(&mac, &task));
         assert!(!bot_matches(&windows, &task));
         assert!(!bot_matches(&no_pool, &task));
+    }
+
+    #[test]
+    fn a_key_given_twice_asks_for_both_values() {
+        let task = canonical_task_dimensions(&pairs(&[("pool", "ci"), ("gpu", "nvidia"), ("gpu", "nvidia-4090")]));
+        assert_eq!(task.len(), 3, "one entry per pair");
+        let both = canonical_bot_dimensions(&pairs(&[("pool", "ci"), ("gpu", "nvidia-4090"), ("gpu", "nvidia")]));
+        let one = canonical_bot_dimensions(&pairs(&[("pool", "ci"), ("gpu", "nvidia")]));
+        assert!(bot_matches(&both, &task));
+        assert!(!bot_matches(&one, &task));
+        let either = canonical_task_dimensions(&pairs(&[("pool", "ci"), ("gpu", "amd|nvidia"), ("gpu", "nvidia")]));
+        assert!(bot_matches(&one, &either));
+        let spelled_apart =
+            canonical_task_dimensions(&pairs(&[("gpu", "nvidia"), ("pool", "ci"), ("gpu", "nvidia-4090")]));
+        assert_eq!(task, spelled_apart, "the same dimensions in another order are the same queue");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use super::task_store::TASK_CHUNK;
 
 /// Bumped whenever the archived shape below changes: an older daemon's
 /// snapshot is then refused by name instead of misread.
-pub const SNAPSHOT_SCHEMA: u32 = 3;
+pub const SNAPSHOT_SCHEMA: u32 = 4;
 
 /// The durable state. Its payload (`encode`) is the tasks in parts, then the
 /// rest (the *head*), each an rkyv archive that is validated apart, so that a
@@ -59,6 +59,24 @@ pub struct CoreSnapshot {
     pub bots: Vec<BotRecord>,
     /// The latest successful run of each idempotent set of properties.
     pub successes: Vec<SuccessRecord>,
+    /// The task each request uuid created, by task id (schema 4).
+    pub request_uuids: Vec<UuidRecord>,
+    /// The tasks that have not ended and have a parent, by child id (schema 4).
+    pub links: Vec<LinkRecord>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub struct UuidRecord {
+    pub requester: String,
+    pub request_uuid: String,
+    pub task_id: u64,
+    pub created_ms: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub struct LinkRecord {
+    pub child: u64,
+    pub parent: u64,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, PartialEq, Eq)]

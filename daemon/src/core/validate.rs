@@ -57,22 +57,66 @@ fn refuse(field: &Field, message: impl Into<String>) -> Result<(), ValidationErr
 /// `authenticated:NAME`. A client may not set it.
 pub const AUTHENTICATED_TAG_KEY: &str = "authenticated";
 
+/// The key of the tag that names a child task's parent (set from its lineage).
+pub const PARENT_TASK_TAG_KEY: &str = "parent_task_id";
+
 /// A request as the daemon takes it from `principal`: refused when it sets the
-/// daemon's own tag, else tagged with the principal's name and validated.
-pub fn admit(mut request: NewTaskRequest, principal: Option<&str>) -> Result<NewTaskRequest, ValidationError> {
+/// daemon's own tags, else validated and given the tags Swarming adds.
+pub fn admit(request: NewTaskRequest, principal: Option<&str>) -> Result<NewTaskRequest, ValidationError> {
+    admit_child(request, principal, None)
+}
+
+/// `admit` for a task that is the child of `parent_task_id` (a request id).
+pub fn admit_child(
+    mut request: NewTaskRequest,
+    principal: Option<&str>,
+    parent_task_id: Option<u64>,
+) -> Result<NewTaskRequest, ValidationError> {
     let tags = Field::Top("tags");
     for (index, tag) in request.tags.iter().enumerate() {
-        if tag.split_once(':').is_some_and(|(key, _)| key == AUTHENTICATED_TAG_KEY) {
-            let message =
-                format!("{tag:?}: the daemon sets {AUTHENTICATED_TAG_KEY}: to the principal that creates a task");
+        let key = tag.split_once(':').map_or("", |(key, _)| key);
+        if key == AUTHENTICATED_TAG_KEY || key == PARENT_TASK_TAG_KEY {
+            let message = format!("{tag:?}: the daemon sets {key}: itself");
             refuse(&tags.at(index), message)?;
         }
     }
-    if let Some(principal) = principal {
-        request.tags.push(format!("{AUTHENTICATED_TAG_KEY}:{principal}"));
-    }
     validate_request(&request)?;
+    add_automatic_tags(&mut request, principal, parent_task_id);
+    // The tags added may still make the whole too large.
+    check_encoded_size(&request)?;
     Ok(request)
+}
+
+/// The tags Swarming gives every task, so that tag queries find it as they would
+/// there: `priority:`, `user:` (when there is one), `authenticated:` (when the
+/// daemon knows who asked), `parent_task_id:`, and one per dimension of each slice,
+/// `key:value`. A tag the request already has is not repeated.
+fn add_automatic_tags(request: &mut NewTaskRequest, principal: Option<&str>, parent_task_id: Option<u64>) {
+    // One allocation per tag added and at most one for the list: this runs for every task.
+    let dimensions = request.task_slices.iter().map(|slice| slice.properties.dimensions.len()).sum::<usize>();
+    request.tags.reserve(4 + dimensions);
+    add_tag(&mut request.tags, format!("priority:{}", request.priority));
+    if !request.user.is_empty() {
+        let user = format!("user:{}", request.user);
+        add_tag(&mut request.tags, user);
+    }
+    if let Some(principal) = principal {
+        add_tag(&mut request.tags, format!("{AUTHENTICATED_TAG_KEY}:{principal}"));
+    }
+    if let Some(parent) = parent_task_id {
+        add_tag(&mut request.tags, format!("{PARENT_TASK_TAG_KEY}:{}", apiary_protocol::ids::format_task_id(parent)));
+    }
+    for slice in &request.task_slices {
+        for pair in &slice.properties.dimensions {
+            add_tag(&mut request.tags, format!("{}:{}", pair.key, pair.value));
+        }
+    }
+}
+
+fn add_tag(tags: &mut Vec<String>, tag: String) {
+    if !tags.contains(&tag) {
+        tags.push(tag);
+    }
 }
 
 /// At most this many combinations may come out of `|` alternatives in one slice.
@@ -85,10 +129,7 @@ pub fn validate_request(request: &NewTaskRequest) -> Result<(), ValidationError>
     let tags = Field::Top("tags");
     check_count(&tags, request.tags.len(), MAX_TAGS)?;
     for (index, tag) in request.tags.iter().enumerate() {
-        check_len(&tags.at(index), tag, MAX_TAG_BYTES)?;
-        if tag.split_once(':').is_none_or(|(key, _)| key.is_empty()) {
-            return refuse(&tags.at(index), format!("{tag:?} is not of the form key:value"));
-        }
+        validate_tag(&tags.at(index), tag)?;
     }
     if let Some(secret) = &request.secret_bytes
         && secret.0.len() > MAX_SECRET_BYTES
@@ -96,9 +137,8 @@ pub fn validate_request(request: &NewTaskRequest) -> Result<(), ValidationError>
         let message = format!("{} bytes is over the limit of {MAX_SECRET_BYTES}", secret.0.len());
         return refuse(&Field::Top("secret_bytes"), message);
     }
-    if request.bot_ping_tolerance_secs < 1 {
-        return refuse(&Field::Top("bot_ping_tolerance_secs"), "must be at least 1");
-    }
+    // A tolerance shorter than a few of the bot's reports would end healthy tasks BOT_DIED.
+    check_range(&Field::Top("bot_ping_tolerance_secs"), request.bot_ping_tolerance_secs, &BOT_PING_TOLERANCE_RANGE)?;
     let slices = Field::Top("task_slices");
     if request.task_slices.is_empty() {
         return refuse(&slices, "a request needs at least one slice");
@@ -110,12 +150,36 @@ pub fn validate_request(request: &NewTaskRequest) -> Result<(), ValidationError>
             return refuse(&slices.at(index), format!("is identical to task_slices[{earlier}]"));
         }
     }
-    // Each field may be within its limit and the whole still too large for the
-    // task's result, which carries the request, to fit in a reply.
+    check_encoded_size(request)
+}
+
+/// Each field may be within its limit and the whole still too large for the
+/// task's result, which carries the request, to fit in a reply.
+fn check_encoded_size(request: &NewTaskRequest) -> Result<(), ValidationError> {
     let encoded_bytes = wire_size::request_bytes(request);
     if encoded_bytes > MAX_TASK_REQUEST_BYTES {
         let message = format!("{encoded_bytes} bytes encoded is over the limit of {MAX_TASK_REQUEST_BYTES}");
         return refuse(&Field::Top("request"), message);
+    }
+    Ok(())
+}
+
+/// `key:value`, the key as long as a dimension key may be and the value as a
+/// dimension value (Swarming's limits).
+fn validate_tag(field: &Field, tag: &str) -> Result<(), ValidationError> {
+    let Some((key, value)) = tag.split_once(':').filter(|(key, _)| !key.is_empty()) else {
+        return refuse(field, format!("{tag:?} is not of the form key:value"));
+    };
+    if key.len() > MAX_TAG_KEY_BYTES {
+        return refuse(
+            field,
+            format!("the key of {tag:?} has {} bytes, over the limit of {MAX_TAG_KEY_BYTES}", key.len()),
+        );
+    }
+    if value.len() > MAX_TAG_VALUE_BYTES {
+        let message =
+            format!("the value of {tag:?} has {} bytes, over the limit of {MAX_TAG_VALUE_BYTES}", value.len());
+        return refuse(field, message);
     }
     Ok(())
 }
@@ -133,6 +197,7 @@ fn validate_properties(field: &Field, properties: &TaskProperties) -> Result<(),
     check_count(&command, properties.command.len(), MAX_COMMAND_ARGS)?;
     for (index, arg) in properties.command.iter().enumerate() {
         check_len(&command.at(index), arg, MAX_ARG_BYTES)?;
+        validate_placeholders(&command.at(index), arg)?;
     }
     validate_task_dimensions(&field.member("dimensions"), &properties.dimensions)?;
     let env = field.member("env");
@@ -140,17 +205,18 @@ fn validate_properties(field: &Field, properties: &TaskProperties) -> Result<(),
     for (index, pair) in properties.env.iter().enumerate() {
         validate_env_key(&env.at(index).member("key"), &pair.key)?;
         check_len(&env.at(index).member("value"), &pair.value, MAX_ENV_VALUE_BYTES)?;
+        validate_placeholders(&env.at(index).member("value"), &pair.value)?;
     }
     let prefixes = field.member("env_prefixes");
     check_count(&prefixes, properties.env_prefixes.len(), MAX_ENV_VARS)?;
     for (index, prefix) in properties.env_prefixes.iter().enumerate() {
         validate_env_key(&prefixes.at(index).member("key"), &prefix.key)?;
         for (value_index, path) in prefix.value.iter().enumerate() {
-            validate_relative_path(&prefixes.at(index).member("value").at(value_index), path)?;
+            validate_relative_path(&prefixes.at(index).member("value").at(value_index), path, MAX_ENV_VALUE_BYTES)?;
         }
     }
     if !properties.relative_cwd.is_empty() {
-        validate_relative_path(&field.member("relative_cwd"), &properties.relative_cwd)?;
+        validate_relative_path(&field.member("relative_cwd"), &properties.relative_cwd, MAX_RELATIVE_CWD_BYTES)?;
     }
     let execution_timeout = field.member("execution_timeout_secs");
     check_range(&execution_timeout, properties.execution_timeout_secs, &EXECUTION_TIMEOUT_RANGE)?;
@@ -178,7 +244,7 @@ fn validate_caches(field: &Field, caches: &[NamedCache]) -> Result<(), Validatio
             return refuse(&name, format!("{:?} does not match ^[a-z0-9_]+$", cache.name));
         }
         let path = entry.member("path");
-        validate_relative_path(&path, &cache.path)?;
+        validate_relative_path(&path, &cache.path, MAX_CACHE_PATH_BYTES)?;
         let parts = path_parts(&cache.path);
         if parts.is_empty() {
             return refuse(&path, format!("{:?} must name a directory inside the work directory", cache.path));
@@ -214,33 +280,42 @@ fn nested(first: &[&str], second: &[&str]) -> bool {
 }
 
 /// Swarming's rules: keys `^[a-zA-Z\-_.][0-9a-zA-Z\-_.]*$` up to 64 bytes, values up
-/// to 256 bytes without surrounding spaces, exactly one `pool` without
-/// alternatives, at most 8 combinations from alternatives.
+/// to 256 bytes without surrounding spaces, at most 32 keys and 16 values of one key;
+/// a key given twice asks for both values (AND), so the same pair twice is a mistake;
+/// exactly one `pool`, without alternatives, and at most one `id`; at most 8
+/// combinations from `|` alternatives.
 fn validate_task_dimensions(field: &Field, dimensions: &[StringPair]) -> Result<(), ValidationError> {
-    check_count(field, dimensions.len(), MAX_TASK_DIMENSIONS)?;
     let mut combinations = 1usize;
-    let mut pools = 0;
+    let mut keys = 0;
     for (index, pair) in dimensions.iter().enumerate() {
         let entry = field.at(index);
         let (key, value) = (entry.member("key"), entry.member("value"));
         validate_dimension_key(&key, &pair.key)?;
-        if dimensions[..index].iter().any(|earlier| earlier.key == pair.key) {
-            return refuse(&key, format!("{:?} is given twice; use a|b for alternatives", pair.key));
+        let earlier_of_key = dimensions[..index].iter().filter(|earlier| earlier.key == pair.key).count();
+        if earlier_of_key == 0 {
+            keys += 1;
+            if keys > MAX_TASK_DIMENSIONS {
+                return refuse(field, format!("more than {MAX_TASK_DIMENSIONS} distinct keys, the limit"));
+            }
+        } else if pair.key == "pool" || pair.key == ID_KEY {
+            return refuse(&key, format!("{:?} may be given only once", pair.key));
+        } else if earlier_of_key + 1 > MAX_TASK_DIMENSION_VALUES {
+            return refuse(&key, format!("{:?} has more than {MAX_TASK_DIMENSION_VALUES} values", pair.key));
+        }
+        if dimensions[..index].contains(pair) {
+            return refuse(&entry, format!("repeats {}:{}", pair.key, pair.value));
         }
         let mut alternatives = 0;
         for alternative in pair.value.split('|') {
             validate_dimension_value(&value, alternative)?;
             alternatives += 1;
         }
-        if pair.key == "pool" {
-            pools += 1;
-            if alternatives > 1 {
-                return refuse(&value, "pool cannot have alternatives");
-            }
+        if pair.key == "pool" && alternatives > 1 {
+            return refuse(&value, "pool cannot have alternatives");
         }
         combinations = combinations.saturating_mul(alternatives);
     }
-    if pools == 0 {
+    if !dimensions.iter().any(|pair| pair.key == "pool") {
         return refuse(field, "a task must name exactly one pool (dimension pool=NAME)");
     }
     if combinations > MAX_DIMENSION_COMBINATIONS {
@@ -321,6 +396,33 @@ fn validate_dimension_value(field: &Field, value: &str) -> Result<(), Validation
     Ok(())
 }
 
+/// The `${NAME}` placeholders the bot replaces in a command's arguments and in
+/// environment values, as Swarming's bot does (`${APIARY_OUTDIR}` is Apiary's
+/// name for `${ISOLATED_OUTDIR}`).
+pub const KNOWN_PLACEHOLDERS: [&str; 4] =
+    ["${APIARY_OUTDIR}", "${ISOLATED_OUTDIR}", "${EXECUTABLE_SUFFIX}", "${SWARMING_BOT_FILE}"];
+
+/// Any other `${...}` is refused rather than passed through: the bot would hand it
+/// to the command as it is, and a shell would read it as one of its own variables.
+fn validate_placeholders(field: &Field, text: &str) -> Result<(), ValidationError> {
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start..];
+        let placeholder = after.find('}').map_or(after, |end| &after[..=end]);
+        if !KNOWN_PLACEHOLDERS.contains(&placeholder) {
+            let name = placeholder.trim_start_matches("${").trim_end_matches('}');
+            let message = format!(
+                "{placeholder:?} is not a placeholder Apiary knows ({}); for a variable of the shell write ${name} \
+                 without braces",
+                KNOWN_PLACEHOLDERS.join(", ")
+            );
+            return refuse(field, message);
+        }
+        rest = &after[placeholder.len()..];
+    }
+    Ok(())
+}
+
 fn validate_env_key(field: &Field, key: &str) -> Result<(), ValidationError> {
     check_len(field, key, MAX_ENV_KEY_BYTES)?;
     if key.is_empty() || key.contains('=') || key.contains('\0') {
@@ -329,8 +431,8 @@ fn validate_env_key(field: &Field, key: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn validate_relative_path(field: &Field, path: &str) -> Result<(), ValidationError> {
-    check_len(field, path, MAX_ARG_BYTES)?;
+fn validate_relative_path(field: &Field, path: &str, max_bytes: usize) -> Result<(), ValidationError> {
+    check_len(field, path, max_bytes)?;
     if path.is_empty() || path.starts_with('/') || path.contains('\0') || path.split('/').any(|part| part == "..") {
         return refuse(field, format!("{path:?} must be a relative path inside the work directory, without .."));
     }
@@ -494,5 +596,81 @@ mod tests {
         let error = validate_request(&large).unwrap_err();
         assert_eq!(error.field, "request");
         assert!(error.message.ends_with(&format!("bytes encoded is over the limit of {MAX_TASK_REQUEST_BYTES}")));
+    }
+
+    #[test]
+    fn a_key_given_twice_asks_for_both_values_but_pool_and_id_only_once() {
+        assert_eq!(validate_request(&request(&[("pool", "ci"), ("gpu", "nvidia"), ("gpu", "4090")])), Ok(()));
+        let twice = |pairs: &[(&str, &str)]| validate_request(&request(pairs)).unwrap_err().to_string();
+        assert_eq!(
+            twice(&[("pool", "ci"), ("pool", "b")]),
+            "task_slices[0].properties.dimensions[1].key: \"pool\" may be given only once"
+        );
+        assert_eq!(
+            twice(&[("pool", "ci"), ("id", "a"), ("id", "b")]),
+            "task_slices[0].properties.dimensions[2].key: \"id\" may be given only once"
+        );
+        assert_eq!(
+            twice(&[("pool", "ci"), ("os", "a"), ("os", "a")]),
+            "task_slices[0].properties.dimensions[2]: repeats os:a"
+        );
+        let values: Vec<String> = (0..=MAX_TASK_DIMENSION_VALUES).map(|n| n.to_string()).collect();
+        let mut many: Vec<(&str, &str)> = vec![("pool", "ci")];
+        many.extend(values.iter().map(|value| ("os", value.as_str())));
+        assert_eq!(twice(&many), "task_slices[0].properties.dimensions[17].key: \"os\" has more than 16 values");
+        let keys: Vec<String> = (0..MAX_TASK_DIMENSIONS).map(|n| format!("k{n}")).collect();
+        let mut wide: Vec<(&str, &str)> = vec![("pool", "ci")];
+        wide.extend(keys.iter().map(|key| (key.as_str(), "v")));
+        assert_eq!(twice(&wide), "task_slices[0].properties.dimensions: more than 32 distinct keys, the limit");
+    }
+
+    #[test]
+    fn an_unknown_placeholder_is_refused_and_the_known_ones_pass() {
+        let mut known = request(&[("pool", "ci")]);
+        Arc::make_mut(&mut known.task_slices[0].properties).command = vec![
+            "run${EXECUTABLE_SUFFIX}".into(),
+            "--out=${ISOLATED_OUTDIR}/a:${APIARY_OUTDIR}".into(),
+            "${SWARMING_BOT_FILE}".into(),
+            "$HOME".into(),
+        ];
+        assert_eq!(validate_request(&known), Ok(()));
+        let mut unknown = known.clone();
+        Arc::make_mut(&mut unknown.task_slices[0].properties).command.push("echo ${HOME}".into());
+        assert_eq!(
+            validate_request(&unknown).unwrap_err().to_string(),
+            "task_slices[0].properties.command[4]: \"${HOME}\" is not a placeholder Apiary knows (${APIARY_OUTDIR}, \
+             ${ISOLATED_OUTDIR}, ${EXECUTABLE_SUFFIX}, ${SWARMING_BOT_FILE}); for a variable of the shell write $HOME \
+             without braces"
+        );
+        let mut in_env = known.clone();
+        Arc::make_mut(&mut in_env.task_slices[0].properties).env = vec![StringPair::new("OUT", "${OUTDIR")];
+        assert_eq!(refused_field(&in_env), "task_slices[0].properties.env[0].value");
+    }
+
+    #[test]
+    fn limits_are_swarmings_and_name_their_range() {
+        let mut short = request(&[("pool", "ci")]);
+        short.bot_ping_tolerance_secs = MIN_BOT_PING_TOLERANCE_SECS - 1;
+        assert_eq!(
+            validate_request(&short).unwrap_err().to_string(),
+            "bot_ping_tolerance_secs: 2 seconds is outside 3..=1200"
+        );
+        short.bot_ping_tolerance_secs = MIN_BOT_PING_TOLERANCE_SECS;
+        assert_eq!(validate_request(&short), Ok(()));
+        let mut long_tag = request(&[("pool", "ci")]);
+        long_tag.tags = vec![format!("k:{}", "v".repeat(MAX_TAG_VALUE_BYTES + 1))];
+        assert!(validate_request(&long_tag).unwrap_err().message.ends_with("has 257 bytes, over the limit of 256"));
+        let mut long_env = request(&[("pool", "ci")]);
+        Arc::make_mut(&mut long_env.task_slices[0].properties).env = vec![StringPair::new(&"K".repeat(65), "v")];
+        assert_eq!(refused_field(&long_env), "task_slices[0].properties.env[0].key");
+        let mut long_cwd = request(&[("pool", "ci")]);
+        Arc::make_mut(&mut long_cwd.task_slices[0].properties).relative_cwd = "d".repeat(MAX_RELATIVE_CWD_BYTES + 1);
+        assert_eq!(refused_field(&long_cwd), "task_slices[0].properties.relative_cwd");
+        let mut long_timeout = request(&[("pool", "ci")]);
+        Arc::make_mut(&mut long_timeout.task_slices[0].properties).io_timeout_secs = 601_141;
+        assert_eq!(
+            validate_request(&long_timeout).unwrap_err().to_string(),
+            "task_slices[0].properties.io_timeout_secs: 601141 seconds is outside 1..=601140"
+        );
     }
 }

@@ -886,7 +886,8 @@ fn event_level(event: &Event) -> Level {
         | Event::KillRequested { .. }
         | Event::TaskFinished(_)
         | Event::TaskRetried { .. }
-        | Event::RetentionApplied { .. } => Level::Debug,
+        | Event::RetentionApplied { .. }
+        | Event::TaskLinked(_) => Level::Debug,
     }
 }
 

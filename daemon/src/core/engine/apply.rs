@@ -38,6 +38,7 @@ impl Core {
                 self.apply_bot_changed(bot_id, change, *at_ms, Some(by))
             }
             Event::RetentionApplied { cutoff_ms } => self.apply_retention(*cutoff_ms),
+            Event::TaskLinked(linked) => self.apply_task_linked(linked),
         }
     }
 
@@ -50,6 +51,18 @@ impl Core {
         task.slice_index = created.slice_index;
         self.tasks.insert_with_text(task, RequestTextRef::of_request(&created.request));
         self.enqueue(task_id);
+    }
+
+    fn apply_task_linked(&mut self, linked: &TaskLinked) {
+        let task_id = RequestId::from_u64(linked.task_id).expect("a request id");
+        assert!(!self.tasks[&task_id].state.is_terminal(), "a task is linked as it is created");
+        if !linked.request_uuid.is_empty() {
+            let key = (linked.requester.clone(), linked.request_uuid.clone());
+            self.lineage.record_uuid(key, task_id, linked.created_ms);
+        }
+        if let Some(parent) = linked.parent_task_id {
+            self.lineage.link(task_id, RequestId::from_u64(parent).expect("a request id"));
+        }
     }
 
     fn apply_task_assigned(&mut self, assigned: &TaskAssigned) {
@@ -79,6 +92,7 @@ impl Core {
     fn apply_task_finished(&mut self, finished: &TaskFinished) {
         let task_id = RequestId::from_u64(finished.task_id).expect("a request id");
         self.dequeue(task_id);
+        self.lineage.ended(task_id);
         let task = self.tasks.get_mut(&task_id).expect("finished task is known");
         assert!(!task.state.is_terminal(), "task {task_id} finished twice");
         let state = finished.state.state();

@@ -261,6 +261,10 @@ impl Core {
             .collect();
         for task_id in stranded {
             let task = &self.tasks[&task_id];
+            // Ending one task may have canceled another of the list: its child.
+            if task.state != TaskState::Pending {
+                continue;
+            }
             let (slices, from) = (task.slices.clone(), task.slice_index as usize + 1);
             if let Some(next_slice) = self.first_servable_slice(&slices, from) {
                 let at_ms = self.now_ms;

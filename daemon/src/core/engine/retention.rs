@@ -37,6 +37,7 @@ impl Core {
             debug_assert!(task.listeners.is_none(), "an ended task holds nothing");
         }
         self.successes.retain(|_, (run_id, _)| run_id.request() >= before);
+        self.lineage.forget_before(before);
         self.history.expire(before);
     }
 

@@ -16,8 +16,8 @@ use apiary_protocol::{ArchivedTaskProperties, ArchivedTaskSlice, SecretBytes, Ta
 use rkyv::{Archive, rancor};
 
 use crate::core::snapshot::{
-    ArchivedTaskRecord, BotEventEntry, BotRecord, CoreSnapshot, PART_TASKS, QuarantineRecord, RunRecord,
-    SNAPSHOT_SCHEMA, SnapshotDecodeError, SnapshotView, SuccessRecord, TaskRecord,
+    ArchivedTaskRecord, BotEventEntry, BotRecord, CoreSnapshot, LinkRecord, PART_TASKS, QuarantineRecord, RunRecord,
+    SNAPSHOT_SCHEMA, SnapshotDecodeError, SnapshotView, SuccessRecord, TaskRecord, UuidRecord,
 };
 
 impl Core {
@@ -36,6 +36,17 @@ impl Core {
             })
             .collect();
         successes.sort_unstable_by_key(|success| success.run_id);
+        let (uuids, links) = self.lineage.records();
+        let request_uuids = uuids
+            .into_iter()
+            .map(|((requester, request_uuid), task_id, created_ms)| UuidRecord {
+                requester,
+                request_uuid,
+                task_id,
+                created_ms,
+            })
+            .collect();
+        let links = links.into_iter().map(|(child, parent)| LinkRecord { child, parent }).collect();
         CoreSnapshot {
             schema: SNAPSHOT_SCHEMA,
             last_task_id: self.last_task_id.map(RequestId::as_u64),
@@ -45,6 +56,8 @@ impl Core {
             history: self.history.entries().copied().collect(),
             bots,
             successes,
+            request_uuids,
+            links,
         }
     }
 
@@ -78,6 +91,15 @@ impl Core {
             let run_id = RunId::from_u64(success.run_id).expect("a run id");
             let properties = core.properties.intern(&success.properties);
             core.successes.insert(properties, (run_id, success.ended_ms));
+        }
+        for uuid in snapshot.request_uuids.iter() {
+            let uuid: UuidRecord = decode(uuid, &mut pool)?;
+            let task_id = RequestId::from_u64(uuid.task_id).expect("a request id");
+            core.lineage.record_uuid((uuid.requester, uuid.request_uuid), task_id, uuid.created_ms);
+        }
+        for link in snapshot.links.iter() {
+            let child = RequestId::from_u64(link.child.to_native()).expect("a request id");
+            core.lineage.link(child, RequestId::from_u64(link.parent.to_native()).expect("a request id"));
         }
         Ok(core)
     }

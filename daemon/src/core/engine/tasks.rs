@@ -2,6 +2,7 @@
 
 use super::apply::slice_expiry_ms;
 use super::history::{Found, Missing};
+use super::lineage::Origin;
 use super::permissions::{self, Caller};
 use super::*;
 use std::ops::ControlFlow;
@@ -22,12 +23,27 @@ impl Core {
     /// A new task; `principal` (who asked) is recorded on it as its
     /// `authenticated:NAME` tag, in its creation event.
     pub(super) fn new_task(&mut self, request: NewTaskRequest, principal: Option<&str>, out: &mut Output) -> Reply {
-        let request = match validate::admit(request, principal) {
-            Ok(request) => request,
-            Err(refusal) => return error(ErrorCode::InvalidRequest, refusal.to_string()),
-        };
+        match self.create_task(request, principal, None, out) {
+            Ok(task_id) => self.acknowledgement(&self.tasks[&task_id]),
+            Err(refusal) => *refusal,
+        }
+    }
+
+    /// Creates a task, and with `origin` links it to its uuid and parent in the
+    /// event right after its creation; the error is the reply to give (boxed: a
+    /// reply is large, and most calls succeed).
+    pub(super) fn create_task(
+        &mut self,
+        request: NewTaskRequest,
+        principal: Option<&str>,
+        origin: Option<Origin>,
+        out: &mut Output,
+    ) -> Result<RequestId, Box<Reply>> {
+        let parent = origin.as_ref().and_then(|origin| origin.parent).map(RequestId::as_u64);
+        let request = validate::admit_child(request, principal, parent)
+            .map_err(|refusal| Box::new(error(ErrorCode::InvalidRequest, refusal.to_string())))?;
         if let Some(refusal) = self.refuse_for_storage() {
-            return refusal;
+            return Err(Box::new(refusal));
         }
         let task_id = self.next_task_id();
         let first_slice = self.first_servable_slice(&request.task_slices, 0);
@@ -38,6 +54,9 @@ impl Core {
             request,
         };
         self.emit(Event::TaskCreated(created), out);
+        if let Some(origin) = origin {
+            self.emit(Event::TaskLinked(origin.linked(task_id, self.now_ms)), out);
+        }
         if first_slice.is_none() {
             let reason = "no live bot has the dimensions of any slice, and no slice waits for capacity";
             self.finish(task_id, None, Ending::new(TaskState::NoResource, reason), out);
@@ -49,9 +68,13 @@ impl Core {
         } else {
             self.hand_to_parked_bot(task_id, out);
         }
-        let task = &self.tasks[&task_id];
+        Ok(task_id)
+    }
+
+    /// The answer to a new task: its id, its state now, and the run it reused.
+    pub(super) fn acknowledgement(&self, task: &Task) -> Reply {
         let deduped_from = task.deduped_from().map(RunId::as_u64);
-        Reply::Created(NewTaskAck { task_id: task_id.as_u64(), state: task.state, deduped_from })
+        Reply::Created(NewTaskAck { task_id: task.id.as_u64(), state: task.state, deduped_from })
     }
 
     /// The first slice from `from` on that some live bot could serve, or that
