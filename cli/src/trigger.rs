@@ -76,7 +76,18 @@ pub(crate) fn spawn_tasks(
     let mut created = Vec::with_capacity(tasks.len());
     for task in tasks {
         let request = task.request.clone();
-        let result = submit(daemon, task.request, &task.lineage, notes)?;
+        let result = match submit(daemon, task.request, &task.lineage, notes) {
+            Ok(result) => result,
+            Err(refused) => {
+                // The tasks created before the refusal stay: the file names them too.
+                if let Some(path) = json_output
+                    && let Err(unwritten) = write_json_output(path, &created)
+                {
+                    let _ = writeln!(notes, "apiary: {unwritten}");
+                }
+                return Err(refused);
+            }
+        };
         out.write_all(format!("{}\n", format_task_id(result.task_id)).as_bytes())?;
         created.push((request, result));
     }
@@ -266,7 +277,7 @@ fn group_env_prefixes(pairs: &[StringPair]) -> Vec<StringListPair> {
 mod tests {
     use std::io::Write as _;
 
-    use apiary_protocol::{NamedCache, Reply, TaskState};
+    use apiary_protocol::{ClientError, ErrorCode, NamedCache, Reply, TaskState};
     use clap::Parser;
 
     use super::*;
@@ -653,6 +664,26 @@ mod tests {
             written["tasks"].as_array().unwrap().iter().map(|t| t["request"]["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["a", "b"]);
         std::fs::remove_file(&json_path).unwrap();
+    }
+
+    #[test]
+    fn a_refusal_midway_keeps_the_tasks_created_before_it_in_the_json_output() {
+        let tasks = vec![
+            plain(request_for(&["--name", "a", "--", "true"])),
+            plain(request_for(&["--name", "b", "--", "true"])),
+        ];
+        let mut daemon =
+            FakeDaemon::answering(vec![Reply::Created(created(0x018b_cfe5_6880_0010, TaskState::Pending, None))]);
+        let refusal = ClientError::Refused { code: ErrorCode::InvalidRequest, message: "name: too long".into() };
+        daemon.replies.push_back(Err(refusal));
+        let (json_path, _) = temp_file("spawn-refused.json");
+        let mut out = Sink::new(Vec::new());
+        let error = spawn_tasks(&mut daemon, tasks, Some(&json_path), &mut out, &mut Vec::new()).unwrap_err();
+        assert_eq!(error.exit_code(), exit_codes::REFUSED);
+        assert_eq!(out.into_inner(), b"018bcfe568800010\n");
+        let written: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+        assert_eq!(written["tasks"].as_array().unwrap().len(), 1);
+        assert_eq!(written["tasks"][0]["task_id"], "018bcfe568800010");
     }
 
     /// A file of its own in the temporary directory, removed when its path is dropped.
