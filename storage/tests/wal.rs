@@ -121,7 +121,7 @@ fn a_record_larger_than_a_segment_is_refused() {
     assert_eq!(records[1].payload.len(), limit);
 }
 
-/// The daemon's shape: the event loop appends and hands jobs to a flusher thread, which
+/// Sync jobs may run on another thread (the daemon runs them on its event loop): one
 /// syncs earlier bytes while later ones are written, across rotations.
 #[test]
 fn sync_jobs_run_on_another_thread_while_appends_continue() {
