@@ -107,6 +107,36 @@ impl SlowSyncs {
 mod tests {
     use super::*;
 
+    fn reply(conn: u64) -> Held {
+        Held::Reply { conn: ConnId(conn), frame: vec![conn as u8] }
+    }
+
+    fn released(durability: &mut Durability) -> Vec<u64> {
+        durability
+            .releasable()
+            .map(|held| match held {
+                Held::Reply { conn, .. } => conn.0,
+                Held::Read(read) => read.conn.0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn held_replies_leave_in_order_once_what_was_written_is_synced() {
+        let mut durability = Durability::default();
+        durability.hold(reply(1));
+        assert_eq!(released(&mut durability), [1], "nothing written: nothing to wait for");
+        durability.wrote();
+        durability.hold(reply(2));
+        durability.hold(reply(3));
+        assert!(durability.needs_sync());
+        assert!(released(&mut durability).is_empty(), "written, not yet synced");
+        durability.sync(None, None).unwrap();
+        assert!(!durability.needs_sync());
+        assert_eq!(released(&mut durability), [2, 3]);
+        assert!(released(&mut durability).is_empty());
+    }
+
     #[test]
     fn slow_syncs_are_logged_at_most_once_an_interval_and_counted_meanwhile() {
         let mut slow = SlowSyncs::default();
