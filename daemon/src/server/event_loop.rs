@@ -16,6 +16,7 @@ use apiary_protocol::{ErrorCode, ErrorReply, FrameKind, FrameView, Reply, Reques
 use apiary_storage::{OutputStore, Wal};
 use mio::net::{TcpListener, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use rkyv::util::AlignedVec;
 use slab::Slab;
 
 use super::ServerError;
@@ -86,6 +87,9 @@ pub struct EventLoop {
     to_flush: Vec<Token>,
     /// Encodes the replies the core makes, keeping its buffers from one to the next.
     encoder: FrameEncoder,
+    /// Where a request whose payload is not aligned in its connection's buffer is
+    /// copied to be decoded; kept from one to the next.
+    unaligned_payload: AlignedVec,
     core: Core,
     wal: Wal,
     outputs: OutputStore,
@@ -169,6 +173,7 @@ impl EventLoop {
             unfinished_reads: Vec::new(),
             to_flush: Vec::new(),
             encoder: FrameEncoder::default(),
+            unaligned_payload: AlignedVec::new(),
             core,
             wal,
             outputs,
@@ -470,7 +475,7 @@ impl EventLoop {
                 return false;
             }
             let max_payload = connection.max_payload();
-            let frame = match connection.inbound.front_frame(max_payload) {
+            let frame = match connection.inbound.front_frame(max_payload, &mut self.unaligned_payload) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return true,
                 Err(error) => {

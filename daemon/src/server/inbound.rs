@@ -2,11 +2,13 @@
 //! within bounded memory.
 //!
 //! Bytes are read straight into the connection's buffer, after those it
-//! holds: the buffer is zeroed once, when it grows, not at every read. The
-//! frame being read is always at the buffer's start (what follows a frame
-//! moves to the front when the frame is taken), and the buffer is 16-byte
-//! aligned, so a frame's payload (after the 16-byte header) is aligned for
-//! rkyv and decoded where it lies.
+//! holds: the buffer is zeroed once, when it grows, not at every read. Taking
+//! a frame only moves the buffer's start past it; what is left moves to the
+//! front once, before the next read, so a read of many pipelined frames is
+//! not copied again for each frame taken. The buffer is 16-byte aligned: a
+//! frame that starts at a multiple of 16 has its payload (after the 16-byte
+//! header) aligned for rkyv and is decoded where it lies; any other payload is
+//! copied into the caller's aligned scratch buffer first (one frame's bytes).
 //!
 //! Invariants:
 //! - a connection buffers at most `SMALL_FRAME_BYTES` on its own; the bytes of
@@ -89,9 +91,10 @@ pub enum ReadOutcome {
 
 #[derive(Default)]
 pub struct Inbound {
-    /// The bytes read and not yet taken are `buffer[..filled]`; the rest is
-    /// room for the next read.
+    /// The bytes read and not yet taken are `buffer[start..filled]`; the rest
+    /// is room for the next read.
     buffer: AlignedVec,
+    start: usize,
     filled: usize,
     /// The last read took all the room it had: the next one gets more.
     last_read_filled: bool,
@@ -109,6 +112,7 @@ impl Inbound {
         budget: &mut InputBudget,
         max_payload: usize,
     ) -> Result<ReadOutcome, FrameError> {
+        self.move_to_front();
         let target_bytes = match self.front_frame_bytes(max_payload)? {
             Some(frame_bytes) if frame_bytes > SMALL_FRAME_BYTES => {
                 if self.granted_bytes < frame_bytes {
@@ -154,37 +158,50 @@ impl Inbound {
 
     /// Whether the bytes buffered start a TLS record: a TLS client on a plaintext port.
     pub fn starts_like_tls(&self) -> bool {
-        apiary_protocol::tls::looks_like_tls(&self.buffer[..self.filled])
+        apiary_protocol::tls::looks_like_tls(self.buffered())
     }
 
     /// The request line, if the bytes buffered start an HTTP request.
     pub fn http_request_line(&self) -> Option<String> {
-        frame::http_request_line(&self.buffer[..self.filled])
+        frame::http_request_line(self.buffered())
     }
 
-    /// The whole frame at the front, if buffered, where it lies; `take_front`
-    /// drops it once it is decoded.
-    pub fn front_frame(&self, max_payload: usize) -> Result<Option<FrameView<'_>>, FrameError> {
+    /// The whole frame at the front, if buffered: where it lies when its
+    /// payload is aligned, else copied into `scratch`. `take_front` drops it
+    /// once it is decoded.
+    pub fn front_frame<'a>(
+        &'a self,
+        max_payload: usize,
+        scratch: &'a mut AlignedVec,
+    ) -> Result<Option<FrameView<'a>>, FrameError> {
         let Some(frame_bytes) = self.front_frame_bytes(max_payload)? else { return Ok(None) };
-        if self.filled < frame_bytes {
+        let buffered = self.buffered();
+        if buffered.len() < frame_bytes {
             return Ok(None);
         }
-        let header = frame::parse_header(self.buffer.first_chunk().expect("a whole header"))?;
-        let payload = &self.buffer[HEADER_BYTES..frame_bytes];
+        let header = frame::parse_header(buffered.first_chunk().expect("a whole header"))?;
+        let mut payload = &buffered[HEADER_BYTES..frame_bytes];
+        if !(payload.as_ptr() as usize).is_multiple_of(16) {
+            scratch.clear();
+            scratch.extend_from_slice(payload);
+            payload = scratch;
+        }
         Ok(Some(FrameView { kind: header.kind, request_id: header.request_id, payload }))
     }
 
-    /// Drops the whole frame at the front (`front_frame`): the bytes after it
-    /// move to the front, and its grant goes back to the budget.
+    /// Drops the whole frame at the front (`front_frame`): the start moves
+    /// past it, and its grant goes back to the budget.
     pub fn take_front(&mut self, budget: &mut InputBudget) {
         let frame_bytes = self
             .front_frame_bytes(usize::MAX)
             .ok()
             .flatten()
-            .filter(|&frame_bytes| frame_bytes <= self.filled)
+            .filter(|&frame_bytes| frame_bytes <= self.buffered().len())
             .expect("a whole frame is at the front");
-        self.buffer.copy_within(frame_bytes..self.filled, 0);
-        self.filled -= frame_bytes;
+        self.start += frame_bytes;
+        if self.start == self.filled {
+            (self.start, self.filled) = (0, 0);
+        }
         if self.granted_bytes > 0 {
             // Nothing is read past a granted frame; its room goes back with its grant.
             assert_eq!(self.filled, 0, "bytes after a granted frame");
@@ -209,12 +226,25 @@ impl Inbound {
 
     /// The size of the frame at the front, once its header is here.
     fn front_frame_bytes(&self, max_payload: usize) -> Result<Option<usize>, FrameError> {
-        let Some(header_bytes) = self.buffer[..self.filled].first_chunk::<HEADER_BYTES>() else { return Ok(None) };
+        let Some(header_bytes) = self.buffered().first_chunk::<HEADER_BYTES>() else { return Ok(None) };
         let header = frame::parse_header(header_bytes)?;
         if header.payload_len > max_payload {
             return Err(FrameError::TooLarge { len: header.payload_len, limit: max_payload });
         }
         Ok(Some(HEADER_BYTES + header.payload_len))
+    }
+
+    fn buffered(&self) -> &[u8] {
+        &self.buffer[self.start..self.filled]
+    }
+
+    /// Moves the bytes not yet taken to the buffer's start, so the frame being
+    /// read starts there (a granted frame's room is counted from there).
+    fn move_to_front(&mut self) {
+        if self.start > 0 {
+            self.buffer.copy_within(self.start..self.filled, 0);
+            (self.start, self.filled) = (0, self.filled - self.start);
+        }
     }
 
     /// What a large frame or a burst made the buffer grow to goes back to the
@@ -267,13 +297,28 @@ mod tests {
         bytes
     }
 
-    /// Takes the whole frames buffered, checking each payload is aligned for rkyv where it lies.
+    /// Takes the whole frames buffered, checking each payload is whole and aligned for rkyv.
     fn take_frames(inbound: &mut Inbound, budget: &mut InputBudget, frames: &mut Vec<usize>) {
-        while let Some(frame) = inbound.front_frame(MAX_FRAME_PAYLOAD_BYTES).unwrap() {
+        let mut scratch = AlignedVec::new();
+        while let Some(frame) = inbound.front_frame(MAX_FRAME_PAYLOAD_BYTES, &mut scratch).unwrap() {
             assert_eq!(frame.payload.as_ptr() as usize % 16, 0, "a payload is 16-byte aligned");
+            assert!(frame.payload.iter().all(|&byte| byte == 7), "the payload's own bytes");
             frames.push(frame.payload.len());
             inbound.take_front(budget);
         }
+    }
+
+    #[test]
+    fn pipelined_frames_of_any_length_come_out_whole_from_one_read() {
+        let mut budget = InputBudget::new(1 << 20);
+        let lengths: Vec<usize> = (0..200).map(|index| 1 + index * 7 % 61).collect();
+        let bytes: Vec<u8> = lengths.iter().flat_map(|&length| frame_bytes(length)).collect();
+        let mut socket = Pieces(bytes.chunks(3000).map(<[u8]>::to_vec).collect());
+        let mut inbound = Inbound::default();
+        let (frames, waiting) = pump(&mut inbound, &mut socket, &mut budget);
+        assert!(!waiting);
+        assert_eq!(frames, lengths);
+        assert_eq!(inbound.buffered().len(), 0);
     }
 
     /// Reads until the socket would block or memory runs out, taking frames as they come.
