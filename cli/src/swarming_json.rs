@@ -495,43 +495,42 @@ impl Decoder {
         items.iter().enumerate().filter_map(|(index, item)| self.string(item, &format!("{at}[{index}]"))).collect()
     }
 
-    fn string_pairs(&mut self, value: &Value, at: &str) -> Vec<StringPair> {
+    /// A list of objects with exactly the fields `names`, each made into a `T` by `build`.
+    fn objects<T>(
+        &mut self,
+        value: &Value,
+        at: &str,
+        names: &[&'static str],
+        mut build: impl FnMut(&mut Self, &Fields) -> T,
+    ) -> Vec<T> {
         let Some(items) = self.list(value, at) else { return Vec::new() };
-        let mut pairs = Vec::new();
+        let mut built = Vec::new();
         for (index, item) in items.iter().enumerate() {
-            let item_at = format!("{at}[{index}]");
-            let Some(fields) = self.fields(item, &item_at, &["key", "value"], &[]) else { continue };
-            let key = self.string_field(&fields, "key").unwrap_or_default();
-            let value = self.string_field(&fields, "value").unwrap_or_default();
-            pairs.push(StringPair { key, value });
+            let Some(fields) = self.fields(item, &format!("{at}[{index}]"), names, &[]) else { continue };
+            built.push(build(self, &fields));
         }
-        pairs
+        built
+    }
+
+    fn string_pairs(&mut self, value: &Value, at: &str) -> Vec<StringPair> {
+        self.objects(value, at, &["key", "value"], |reader, fields| StringPair {
+            key: reader.string_field(fields, "key").unwrap_or_default(),
+            value: reader.string_field(fields, "value").unwrap_or_default(),
+        })
     }
 
     fn string_list_pairs(&mut self, value: &Value, at: &str) -> Vec<StringListPair> {
-        let Some(items) = self.list(value, at) else { return Vec::new() };
-        let mut pairs = Vec::new();
-        for (index, item) in items.iter().enumerate() {
-            let item_at = format!("{at}[{index}]");
-            let Some(fields) = self.fields(item, &item_at, &["key", "value"], &[]) else { continue };
-            let key = self.string_field(&fields, "key").unwrap_or_default();
-            let value = fields.get("value").map(|values| self.strings(values, &fields.at("value"))).unwrap_or_default();
-            pairs.push(StringListPair { key, value });
-        }
-        pairs
+        self.objects(value, at, &["key", "value"], |reader, fields| StringListPair {
+            key: reader.string_field(fields, "key").unwrap_or_default(),
+            value: fields.get("value").map(|values| reader.strings(values, &fields.at("value"))).unwrap_or_default(),
+        })
     }
 
     fn caches(&mut self, value: &Value, at: &str) -> Vec<NamedCache> {
-        let Some(items) = self.list(value, at) else { return Vec::new() };
-        let mut caches = Vec::new();
-        for (index, item) in items.iter().enumerate() {
-            let item_at = format!("{at}[{index}]");
-            let Some(fields) = self.fields(item, &item_at, &["name", "path"], &[]) else { continue };
-            let name = self.string_field(&fields, "name").unwrap_or_default();
-            let path = self.string_field(&fields, "path").unwrap_or_default();
-            caches.push(NamedCache { name, path });
-        }
-        caches
+        self.objects(value, at, &["name", "path"], |reader, fields| NamedCache {
+            name: reader.string_field(fields, "name").unwrap_or_default(),
+            path: reader.string_field(fields, "path").unwrap_or_default(),
+        })
     }
 }
 

@@ -160,12 +160,24 @@ fn a_failing_health_check_quarantines_the_bot_until_it_passes() {
     assert!(bot_json(&daemon, "bot-1")["quarantine_reason"].as_str().unwrap().contains("disk is sad"));
     let refused = cli.trigger(&["-d", "pool=ci", "--", "true"]);
     assert_eq!(cli.show(&refused)["state"], "NO_RESOURCE", "a quarantined bot is no capacity");
+    // Quarantined by a person as well: lifting that leaves the check's, and says so.
+    cli.ok(&["bots", "quarantine", "--reason", "maintenance", "bot-1"]);
+    for _ in 0..2 {
+        let output = cli.run(&["bots", "unquarantine", "bot-1"]);
+        assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "unquarantined bot-1\n");
+        let warning = String::from_utf8_lossy(&output.stderr);
+        assert!(warning.starts_with("apiary: bot-1 is still quarantined: health check failed (exit 3)"), "{warning}");
+        assert!(warning.contains("disk is sad"), "{warning}");
+    }
     let task_id = cli.trigger(&["--wait-for-capacity", "-d", "pool=ci", "--", "echo", "healthy again"]);
     assert_eq!(cli.show(&task_id)["state"], "PENDING");
     std::fs::write(&healthy, b"").unwrap();
     let collected = cli.run(&["collect", &task_id]);
     assert_eq!(String::from_utf8_lossy(&collected.stdout), "healthy again\n", "{}", describe(&collected));
     assert!(bot_json(&daemon, "bot-1")["quarantine_reason"].is_null());
+    let output = cli.run(&["bots", "unquarantine", "bot-1"]);
+    assert!(output.stderr.is_empty(), "no warning once the check passes: {}", describe(&output));
 }
 
 #[test]

@@ -205,42 +205,6 @@ fn a_start_on_a_port_in_use_leaves_no_data_directory() {
 }
 
 #[test]
-fn unquarantine_warns_while_the_bots_own_health_check_fails() {
-    let dir = temp();
-    let daemon = Daemon::start_with(&dir.path().join("data"), "127.0.0.1:0", &["--long-poll-secs", "1"]);
-    let healthy = dir.path().join("healthy");
-    let check = format!("test -f {} || {{ echo disk is sad; exit 3; }}", healthy.display());
-    let _bot =
-        Bot::start_with(&daemon.addr, "bot-1", &["pool=ci"], &dir.path().join("bot"), &["--health-check", &check]);
-    let cli = daemon.cli();
-    let reason = || {
-        let shown: serde_json::Value = serde_json::from_str(&cli.ok(&["bots", "show", "--json", "bot-1"])).unwrap();
-        shown["quarantine_reason"].as_str().map(str::to_string)
-    };
-    let deadline = std::time::Instant::now() + apiary_tests::PATIENCE;
-    while reason().is_none() {
-        assert!(std::time::Instant::now() < deadline, "the bot was never quarantined");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    // Quarantined by a person as well: lifting that leaves the check's.
-    cli.ok(&["bots", "quarantine", "--reason", "maintenance", "bot-1"]);
-    for _ in 0..2 {
-        let output = cli.run(&["bots", "unquarantine", "bot-1"]);
-        assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-        assert_eq!(String::from_utf8_lossy(&output.stdout), "unquarantined bot-1\n");
-        let warning = String::from_utf8_lossy(&output.stderr);
-        assert!(warning.starts_with("apiary: bot-1 is still quarantined: health check failed (exit 3)"), "{warning}");
-        assert!(warning.contains("disk is sad"), "{warning}");
-    }
-    let task_id = cli.trigger(&["--wait-for-capacity", "-d", "pool=ci", "--", "echo", "healthy again"]);
-    assert_eq!(cli.show(&task_id)["state"], "PENDING", "no work while the check fails");
-    std::fs::write(&healthy, b"").unwrap();
-    assert_eq!(cli.run(&["collect", &task_id]).status.code(), Some(0));
-    let output = cli.run(&["bots", "unquarantine", "bot-1"]);
-    assert!(output.stderr.is_empty(), "no warning once the check passes: {}", describe(&output));
-}
-
-#[test]
 fn a_page_limit_over_1000_is_capped_not_refused() {
     let dir = temp();
     let daemon = Daemon::start(&dir.path().join("data"));
