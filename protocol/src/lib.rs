@@ -6,6 +6,7 @@
 //! `Reply` echoes; a connection may have many requests in flight and replies may
 //! come in any order (a bot's poll is held open until work arrives).
 
+pub mod cas;
 pub mod client;
 pub mod dimensions;
 pub mod frame;
