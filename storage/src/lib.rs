@@ -27,6 +27,9 @@
 //! - [`HistoryDir`] (`history.rs`): finished tasks off the daemon's heap, in immutable runs
 //!   of CRC-checked records sorted by id, with posting lists per key, read through a mapping.
 //!
+//! - [`cas`]: the content-addressed store, blobs named by REAPI digests, each a file
+//!   written whole, checked and synced before it is stored, checked again when read.
+//!
 //! All `unsafe` code of the crate lives in `wal/mmap.rs`, each block with the reason it is
 //! sound.
 
@@ -36,6 +39,7 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
+pub mod cas;
 mod history;
 mod output;
 mod snapshot;

@@ -1,0 +1,398 @@
+//! The store on the daemon's disk, in its own directory:
+//!
+//! ```text
+//! <dir>/blobs/<first two hex digits>/<hash hex>-<size>   one file per blob, read-only once stored
+//! <dir>/uploads/<hash hex>-<size>                         an upload in progress (resumable)
+//! ```
+//!
+//! A blob is written under `uploads/`, checked against its digest, synced, then
+//! renamed into `blobs/` and its directory synced: a stored blob is whole and
+//! durable, and a crash leaves at most an upload to continue. The index of
+//! stored blobs is rebuilt from `blobs/` at start.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use apiary_protocol::cas::Digest;
+
+use super::{CasError, ContentStore};
+use crate::sync_dir;
+
+/// Blobs up to this size are read whole and checked at every read.
+const READ_WHOLE_MAX_BYTES: u64 = 4 << 20;
+
+pub struct LocalStore {
+    dir: PathBuf,
+    limit_bytes: u64,
+    /// Stored blobs; `true` once checked against the digest since start.
+    blobs: HashMap<Digest, bool>,
+    /// Bytes of stored blobs.
+    stored_bytes: u64,
+    /// Uploads in progress and the bytes each has received; each holds room
+    /// for its whole size against the limit.
+    uploads: HashMap<Digest, u64>,
+}
+
+impl LocalStore {
+    /// Opens (or creates) the store in `dir`, finding what it holds.
+    pub fn open(dir: &Path, limit_bytes: u64) -> Result<LocalStore, CasError> {
+        let mut store = LocalStore {
+            dir: dir.to_path_buf(),
+            limit_bytes,
+            blobs: HashMap::new(),
+            stored_bytes: 0,
+            uploads: HashMap::new(),
+        };
+        for sub in ["blobs", "uploads"] {
+            let path = dir.join(sub);
+            fs::create_dir_all(&path).map_err(io_error(&path, "create"))?;
+        }
+        store.find_blobs()?;
+        store.find_uploads()?;
+        Ok(store)
+    }
+
+    fn find_blobs(&mut self) -> Result<(), CasError> {
+        let blobs = self.dir.join("blobs");
+        for shard in fs::read_dir(&blobs).map_err(io_error(&blobs, "list"))? {
+            let shard = shard.map_err(io_error(&blobs, "list"))?.path();
+            for blob in fs::read_dir(&shard).map_err(io_error(&shard, "list"))? {
+                let blob = blob.map_err(io_error(&shard, "list"))?;
+                // Anything else there is not the store's; it is left alone.
+                if let Some(digest) = digest_of_file_name(&blob.file_name()) {
+                    self.stored_bytes += digest.size_bytes;
+                    self.blobs.insert(digest, false);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn find_uploads(&mut self) -> Result<(), CasError> {
+        let uploads = self.dir.join("uploads");
+        for upload in fs::read_dir(&uploads).map_err(io_error(&uploads, "list"))? {
+            let upload = upload.map_err(io_error(&uploads, "list"))?;
+            let Some(digest) = digest_of_file_name(&upload.file_name()) else { continue };
+            let received = upload.metadata().map_err(io_error(&upload.path(), "stat"))?.len();
+            if self.blobs.contains_key(&digest) || received > digest.size_bytes {
+                let _ = fs::remove_file(upload.path());
+            } else {
+                self.uploads.insert(digest, received);
+            }
+        }
+        Ok(())
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let name = file_name(digest);
+        self.dir.join("blobs").join(&name[..2]).join(name)
+    }
+
+    fn upload_path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join("uploads").join(file_name(digest))
+    }
+
+    fn reserved_bytes(&self) -> u64 {
+        self.uploads.keys().map(|digest| digest.size_bytes).sum()
+    }
+
+    fn make_room(&self, digest: Digest) -> Result<(), CasError> {
+        let used = self.stored_bytes + self.reserved_bytes();
+        if used.saturating_add(digest.size_bytes) > self.limit_bytes {
+            return Err(CasError::Full { digest, used, limit: self.limit_bytes });
+        }
+        Ok(())
+    }
+
+    /// Checks a finished upload's bytes, makes them durable and stores them.
+    fn install(&mut self, digest: Digest) -> Result<(), CasError> {
+        let upload = self.upload_path(&digest);
+        self.uploads.remove(&digest);
+        let file = File::open(&upload).map_err(io_error(&upload, "open"))?;
+        let actual = Digest::of_reader(&file).map_err(io_error(&upload, "read"))?;
+        if actual != digest {
+            let _ = fs::remove_file(&upload);
+            return Err(CasError::Mismatch { expected: digest, actual });
+        }
+        file.sync_all().map_err(io_error(&upload, "sync"))?;
+        let blob = self.blob_path(&digest);
+        let shard = blob.parent().expect("a blob path has a shard directory");
+        fs::create_dir_all(shard).map_err(io_error(shard, "create"))?;
+        fs::set_permissions(&upload, fs::Permissions::from_mode(0o444)).map_err(io_error(&upload, "make read-only"))?;
+        fs::rename(&upload, &blob).map_err(io_error(&blob, "rename into place"))?;
+        sync_dir(shard).map_err(io_error(shard, "sync"))?;
+        self.stored_bytes += digest.size_bytes;
+        self.blobs.insert(digest, true);
+        Ok(())
+    }
+
+    /// Removes a blob found corrupt, so it is reported missing and uploaded again.
+    fn remove_corrupt(&mut self, digest: Digest) -> CasError {
+        if self.blobs.remove(&digest).is_some() {
+            self.stored_bytes -= digest.size_bytes;
+        }
+        let _ = fs::remove_file(self.blob_path(&digest));
+        CasError::Corrupt(digest)
+    }
+
+    /// Opens a stored blob; a file gone from under the store is reported missing.
+    fn open_blob(&mut self, digest: Digest) -> Result<File, CasError> {
+        if !self.blobs.contains_key(&digest) {
+            return Err(CasError::NotFound(digest));
+        }
+        let path = self.blob_path(&digest);
+        match File::open(&path) {
+            Ok(file) => Ok(file),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                self.blobs.remove(&digest);
+                self.stored_bytes -= digest.size_bytes;
+                Err(CasError::NotFound(digest))
+            }
+            Err(error) => Err(io_error(&path, "open")(error)),
+        }
+    }
+}
+
+impl ContentStore for LocalStore {
+    fn find_missing(&self, digests: &[Digest]) -> Vec<Digest> {
+        let mut missing: Vec<Digest> = Vec::new();
+        for digest in digests {
+            if !self.blobs.contains_key(digest) && !missing.contains(digest) {
+                missing.push(*digest);
+            }
+        }
+        missing
+    }
+
+    fn put(&mut self, digest: Digest, bytes: &[u8]) -> Result<(), CasError> {
+        let actual = Digest::of(bytes);
+        if actual != digest {
+            return Err(CasError::Mismatch { expected: digest, actual });
+        }
+        if self.blobs.contains_key(&digest) {
+            return Ok(());
+        }
+        if !self.uploads.contains_key(&digest) {
+            self.make_room(digest)?;
+        }
+        let upload = self.upload_path(&digest);
+        let written = File::create(&upload).and_then(|mut file| file.write_all(bytes));
+        if let Err(error) = written {
+            // An upload of the same blob in chunks starts again.
+            self.uploads.remove(&digest);
+            let _ = fs::remove_file(&upload);
+            return Err(io_error(&upload, "write")(error));
+        }
+        self.uploads.insert(digest, digest.size_bytes);
+        self.install(digest)
+    }
+
+    fn upload_offset(&mut self, digest: Digest) -> Result<u64, CasError> {
+        if self.blobs.contains_key(&digest) {
+            return Ok(digest.size_bytes);
+        }
+        if let Some(&received) = self.uploads.get(&digest) {
+            return Ok(received);
+        }
+        self.make_room(digest)?;
+        let upload = self.upload_path(&digest);
+        File::create(&upload).map_err(io_error(&upload, "create"))?;
+        self.uploads.insert(digest, 0);
+        if digest.size_bytes == 0 {
+            self.install(digest)?;
+        }
+        Ok(0)
+    }
+
+    fn append(&mut self, digest: Digest, offset: u64, chunk: &[u8]) -> Result<bool, CasError> {
+        if self.blobs.contains_key(&digest) {
+            return Ok(true);
+        }
+        let Some(&received) = self.uploads.get(&digest) else {
+            return Err(CasError::OutOfOrder { digest, offset, expected: 0 });
+        };
+        if offset != received {
+            return Err(CasError::OutOfOrder { digest, offset, expected: received });
+        }
+        let got = received + chunk.len() as u64;
+        let upload = self.upload_path(&digest);
+        if got > digest.size_bytes {
+            self.uploads.remove(&digest);
+            let _ = fs::remove_file(&upload);
+            return Err(CasError::TooLong { digest, got });
+        }
+        let mut file = OpenOptions::new().write(true).open(&upload).map_err(io_error(&upload, "open"))?;
+        file.seek(SeekFrom::Start(received)).map_err(io_error(&upload, "seek"))?;
+        file.write_all(chunk).map_err(io_error(&upload, "write"))?;
+        self.uploads.insert(digest, got);
+        if got < digest.size_bytes {
+            return Ok(false);
+        }
+        self.install(digest)?;
+        Ok(true)
+    }
+
+    fn read(&mut self, digest: Digest, offset: u64, max_bytes: usize) -> Result<Vec<u8>, CasError> {
+        let mut file = self.open_blob(digest)?;
+        let path = self.blob_path(&digest);
+        if digest.size_bytes <= READ_WHOLE_MAX_BYTES {
+            let mut bytes = Vec::with_capacity(digest.size_bytes as usize);
+            file.read_to_end(&mut bytes).map_err(io_error(&path, "read"))?;
+            if Digest::of(&bytes) != digest {
+                return Err(self.remove_corrupt(digest));
+            }
+            let start = (offset.min(digest.size_bytes)) as usize;
+            let end = start.saturating_add(max_bytes).min(bytes.len());
+            return Ok(bytes[start..end].to_vec());
+        }
+        if self.blobs.get(&digest) == Some(&false) {
+            if Digest::of_reader(&file).map_err(io_error(&path, "read"))? != digest {
+                return Err(self.remove_corrupt(digest));
+            }
+            self.blobs.insert(digest, true);
+        }
+        let available = digest.size_bytes.saturating_sub(offset);
+        let mut chunk = vec![0u8; (available.min(max_bytes as u64)) as usize];
+        file.read_exact_at(&mut chunk, offset).map_err(io_error(&path, "read"))?;
+        Ok(chunk)
+    }
+
+    fn usage(&self) -> (u64, u64) {
+        (self.stored_bytes + self.reserved_bytes(), self.limit_bytes)
+    }
+}
+
+fn file_name(digest: &Digest) -> String {
+    format!("{}-{}", digest.hex(), digest.size_bytes)
+}
+
+fn digest_of_file_name(name: &std::ffi::OsStr) -> Option<Digest> {
+    let (hex, size) = name.to_str()?.split_once('-')?;
+    Digest::from_parts(hex, size.parse().ok()?).ok()
+}
+
+fn io_error(path: &Path, action: &str) -> impl FnOnce(io::Error) -> CasError {
+    let context = format!("cannot {action} {}", path.display());
+    move |source| CasError::Io { context, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> LocalStore {
+        LocalStore::open(dir, 1 << 30).unwrap()
+    }
+
+    /// Bytes over the size that is read whole, so the chunked paths are taken.
+    fn large_blob() -> Vec<u8> {
+        (0..READ_WHOLE_MAX_BYTES as usize + 12345).map(|index| (index * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_stored_blob_is_found_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(dir.path());
+        let (hello, other) = (Digest::of(b"hello"), Digest::of(b"other"));
+        assert_eq!(store.find_missing(&[hello, other, hello]), [hello, other]);
+        store.put(hello, b"hello").unwrap();
+        assert_eq!(store.find_missing(&[hello, other]), [other]);
+        assert_eq!(store.read(hello, 1, 3).unwrap(), b"ell");
+        assert_eq!(store.read(hello, 4, 100).unwrap(), b"o");
+        drop(store);
+        let mut store = self::store(dir.path());
+        assert_eq!(store.find_missing(&[hello]), []);
+        assert_eq!(store.read(hello, 0, 100).unwrap(), b"hello");
+        assert_eq!(store.usage(), (5, 1 << 30));
+    }
+
+    #[test]
+    fn bytes_that_do_not_match_their_digest_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(dir.path());
+        let digest = Digest::of(b"hello");
+        assert!(matches!(store.put(digest, b"hellO"), Err(CasError::Mismatch { .. })));
+        store.upload_offset(digest).unwrap();
+        assert!(matches!(store.append(digest, 0, b"jello"), Err(CasError::Mismatch { .. })));
+        assert_eq!(store.find_missing(&[digest]), [digest]);
+        assert_eq!(store.upload_offset(digest).unwrap(), 0, "a failed upload starts again");
+    }
+
+    #[test]
+    fn an_interrupted_upload_continues_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = large_blob();
+        let digest = Digest::of(&blob);
+        let half = blob.len() / 2;
+        let mut store = store(dir.path());
+        assert_eq!(store.upload_offset(digest).unwrap(), 0);
+        assert!(!store.append(digest, 0, &blob[..half]).unwrap());
+        drop(store); // the daemon stops
+
+        let mut store = self::store(dir.path());
+        assert_eq!(store.upload_offset(digest).unwrap(), half as u64);
+        let error = store.append(digest, 0, &blob[..10]).unwrap_err().to_string();
+        assert!(error.contains(&format!("continues at offset {half}, not 0")), "{error}");
+        assert!(store.append(digest, half as u64, &blob[half..]).unwrap());
+        assert_eq!(store.upload_offset(digest).unwrap(), digest.size_bytes);
+        let mut read = Vec::new();
+        while read.len() < blob.len() {
+            read.extend(store.read(digest, read.len() as u64, 1 << 20).unwrap());
+        }
+        assert!(read == blob);
+    }
+
+    #[test]
+    fn a_corrupt_blob_is_never_served_and_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (small, large) = (b"hello".to_vec(), large_blob());
+        let mut store = store(dir.path());
+        for blob in [&small, &large] {
+            store.put(Digest::of(blob), blob).unwrap();
+        }
+        drop(store);
+        let mut store = self::store(dir.path());
+        for blob in [&small, &large] {
+            let digest = Digest::of(blob);
+            let path = store.blob_path(&digest);
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+            File::options().write(true).open(&path).unwrap().write_all_at(b"X", 3).unwrap();
+            let error = store.read(digest, 0, 10).unwrap_err();
+            assert!(matches!(error, CasError::Corrupt(found) if found == digest), "{error}");
+            assert_eq!(store.find_missing(&[digest]), [digest]);
+            assert!(!path.exists());
+        }
+        assert_eq!(store.usage().0, 0);
+    }
+
+    #[test]
+    fn the_limit_refuses_what_would_pass_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LocalStore::open(dir.path(), 8).unwrap();
+        store.put(Digest::of(b"12345"), b"12345").unwrap();
+        let error = store.put(Digest::of(b"6789"), b"6789").unwrap_err().to_string();
+        assert!(error.contains("to 9 bytes, over its limit of 8 bytes (--cas-max-bytes)"), "{error}");
+        // An upload holds room for its whole size from its start.
+        let digest = Digest::of(b"123");
+        assert_eq!(store.upload_offset(digest).unwrap(), 0);
+        assert!(store.put(Digest::of(b"x"), b"x").is_err());
+    }
+
+    #[test]
+    fn an_upload_longer_than_its_digest_says_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(dir.path());
+        let digest = Digest::of(b"abc");
+        store.upload_offset(digest).unwrap();
+        assert!(matches!(store.append(digest, 0, b"abcd"), Err(CasError::TooLong { got: 4, .. })));
+        assert!(matches!(store.append(digest, 0, b"abc"), Err(CasError::OutOfOrder { .. })));
+        assert_eq!(store.upload_offset(digest).unwrap(), 0);
+        assert!(store.append(digest, 0, b"abc").unwrap());
+        let empty = Digest::of(b"");
+        assert_eq!(store.upload_offset(empty).unwrap(), 0);
+        assert_eq!(store.find_missing(&[empty, digest]), []);
+    }
+}
