@@ -26,7 +26,7 @@ use crate::exit_codes;
 use crate::render;
 use crate::request_file;
 use crate::sink::Sink;
-use crate::swarming_json::SwarmingRequest;
+use apiary_swarming::new_task::SwarmingRequest;
 
 /// The variables that name the task a command runs in, first found first: a task
 /// triggered from inside a task becomes its child.
