@@ -18,6 +18,8 @@
 
 pub mod new_task;
 
+#[cfg(test)]
+mod api_tests;
 mod bots;
 mod details;
 mod input;
