@@ -189,7 +189,7 @@ fn never_on_a_bot(state: StateQuery) -> Option<&'static str> {
 
 pub(crate) fn finish(step: Step, replies: Vec<Reply>, now_unix_ms: u64) -> Result<Value, ApiError> {
     let method = step.method();
-    answer(step, one_reply(method, replies)?, now_unix_ms).map_err(|reply| unexpected(method, &reply))
+    answer(step, one_reply(method, replies)?, now_unix_ms)
 }
 
 impl Step {
@@ -207,8 +207,9 @@ impl Step {
     }
 }
 
-/// The answer, or the reply when it is not of the kind expected.
-fn answer(step: Step, reply: Reply, now_unix_ms: u64) -> Result<Value, Reply> {
+/// The answer; an error when the reply is not of the kind expected.
+fn answer(step: Step, reply: Reply, now_unix_ms: u64) -> Result<Value, ApiError> {
+    let method = step.method();
     let now = Some(now_unix_ms);
     Ok(match (step, reply) {
         (Step::GetBot, Reply::Bot(bot)) => render::bot(&bot),
@@ -241,7 +242,7 @@ fn answer(step: Step, reply: Reply, now_unix_ms: u64) -> Result<Value, Reply> {
             let all: Vec<StringPair> = bots.into_iter().flat_map(|bot| bot.dimensions).collect();
             Json::new().list("botsDimensions", render::dimension_lists(&all)).time("ts", now).build()
         }
-        (_, reply) => return Err(reply),
+        (_, reply) => return Err(unexpected(method, &reply)),
     })
 }
 

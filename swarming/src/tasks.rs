@@ -273,7 +273,7 @@ pub(crate) fn finish(step: Step, replies: Vec<Reply>, now_unix_ms: u64) -> Resul
         Step::GetStdout => stdout(replies),
         step => {
             let method = step.method();
-            answer(step, one_reply(method, replies)?, now_unix_ms).map_err(|reply| unexpected(method, &reply))
+            answer(step, one_reply(method, replies)?, now_unix_ms)
         }
     }
 }
@@ -296,8 +296,9 @@ impl Step {
     }
 }
 
-/// The answer to a one-request call, or the reply when it is not of the kind expected.
-fn answer(step: Step, reply: Reply, now_unix_ms: u64) -> Result<Value, Reply> {
+/// The answer to a one-request call; an error when the reply is not of the kind expected.
+fn answer(step: Step, reply: Reply, now_unix_ms: u64) -> Result<Value, ApiError> {
+    let method = step.method();
     let now = Some(now_unix_ms);
     Ok(match (step, reply) {
         (Step::NewTask { request, has_secret, parent_task_id }, Reply::Created(ack)) => {
@@ -332,7 +333,7 @@ fn answer(step: Step, reply: Reply, now_unix_ms: u64) -> Result<Value, Reply> {
         (Step::CountTasks, Reply::TaskCount { count, .. }) => {
             Json::new().int32("count", count.min(i32::MAX as u64) as i64).time("now", now).build()
         }
-        (_, reply) => return Err(reply),
+        (_, reply) => return Err(unexpected(method, &reply)),
     })
 }
 
