@@ -3,6 +3,8 @@
 //! into the requests Apiary's core answers, and their replies rendered as the
 //! proto3 JSON mapping of Swarming's messages. Pure functions: no I/O, no
 //! knowledge of connections; the daemon's HTTP listener does the transport.
+//! The one thing read from outside is the wall clock, for the `now` some
+//! answers carry (`finish`).
 //!
 //! A call goes through three steps:
 //! 1. `Method::parse` names it from the URL (`/prpc/<service>/<method>`);
@@ -10,7 +12,6 @@
 //!    requests to hand to the core, in order;
 //! 3. `finish` turns the core's replies (one per request, in the same order)
 //!    into the answer.
-
 //!
 //! What Apiary lacks of Swarming, and what each method does instead, is
 //! listed in the README's "Swarming v2 API" section; each module says it
@@ -273,7 +274,8 @@ pub fn plan(method: Method, body: &Value, context: &CallContext<'_>) -> Result<C
     }
 }
 
-/// Turns the core's replies to a call's requests (in their order) into its answer.
+/// Turns the core's replies to a call's requests (in their order) into its
+/// answer. Listings and counts give the time of this call as `now`.
 pub fn finish(then: Finish, replies: Vec<Reply>, context: &CallContext<'_>) -> Result<Value, ApiError> {
     finish_at(then, replies, context, unix_now_ms())
 }
