@@ -31,8 +31,8 @@ use crate::exit_codes;
 use crate::follow;
 use crate::render;
 use crate::sink::Sink;
-use crate::swarming_json::SwarmingRequest;
 use crate::trigger;
+use apiary_swarming::new_task::SwarmingRequest;
 
 const _: () = assert!(MAX_OUTPUT_CHUNK_BYTES <= u32::MAX as usize, "GetOutput's max_bytes is a u32");
 

@@ -8,7 +8,7 @@ use apiary_protocol::ids::format_task_id;
 use apiary_protocol::{ClientError, TaskState};
 
 use crate::exit_codes;
-use crate::swarming_json::Refusal;
+use apiary_swarming::new_task::Refusal;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CliError {
@@ -40,7 +40,7 @@ pub(crate) enum CliError {
     RequestFileUnreadable { name: String, source: io::Error },
     #[error("{name}: the request is larger than {max_bytes} bytes")]
     RequestFileTooLarge { name: String, max_bytes: usize },
-    /// Fields of a request file refused (`swarming_json`): all of them, one per line.
+    /// Fields of a request file refused (`apiary_swarming::new_task`): all of them, one per line.
     #[error("{name}: {}", refusal_lines(.refusals))]
     RequestRefused { name: String, refusals: Vec<Refusal> },
     /// `SWARMING_TASK_ID` (or `APIARY_TASK_ID`) is set, to something that is not a task id.

@@ -15,7 +15,6 @@ mod render;
 mod reproduce;
 mod request_file;
 mod sink;
-mod swarming_json;
 mod tasks;
 mod trigger;
 

@@ -1,5 +1,5 @@
 //! `--request FILE` and `spawn-tasks --json-input FILE`: task requests as JSON in
-//! the shape of Swarming's `NewTaskRequest`, read as proto3 JSON (`swarming_json`).
+//! the shape of Swarming's `NewTaskRequest`, read as proto3 JSON (`apiary_swarming::new_task`).
 //!
 //! A request file holds one request; a spawn-tasks file holds Swarming's
 //! `{"requests": [...]}`. Every refused field of every request is reported in one
@@ -14,7 +14,7 @@ use apiary_protocol::limits::MAX_FRAME_PAYLOAD_BYTES;
 use serde_json::Value;
 
 use crate::error::CliError;
-use crate::swarming_json::{self, Refusal, SwarmingRequest};
+use apiary_swarming::new_task::{self, Origin, Refusal, SwarmingRequest};
 
 /// A request file larger than a frame could not be sent anyway.
 const MAX_REQUEST_FILE_BYTES: usize = MAX_FRAME_PAYLOAD_BYTES;
@@ -36,7 +36,7 @@ pub(crate) fn read_spawn(path: &Path) -> Result<Vec<SwarmingRequest>, CliError> 
 /// Decodes a request; `name` says where it came from, for messages.
 pub(crate) fn parse(name: &str, bytes: &[u8]) -> Result<SwarmingRequest, CliError> {
     let value = parse_json(name, bytes)?;
-    swarming_json::decode(&value, "").map_err(|refusals| refused(name, refusals))
+    new_task::decode(&value, "", Origin::RequestFile).map_err(|refusals| refused(name, refusals))
 }
 
 /// Decodes Swarming's `SpawnTasksInput`: every request, or every refusal of them all.
@@ -74,7 +74,7 @@ pub(crate) fn parse_spawn(name: &str, bytes: &[u8]) -> Result<Vec<SwarmingReques
     let mut decoded = Vec::with_capacity(requests.len());
     let mut refusals = Vec::new();
     for (index, request) in requests.iter().enumerate() {
-        match swarming_json::decode(request, &format!("requests[{index}]")) {
+        match new_task::decode(request, &format!("requests[{index}]"), Origin::RequestFile) {
             Ok(request) => decoded.push(request),
             Err(more) => refusals.extend(more),
         }

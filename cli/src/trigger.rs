@@ -26,7 +26,7 @@ use crate::exit_codes;
 use crate::render;
 use crate::request_file;
 use crate::sink::Sink;
-use crate::swarming_json::SwarmingRequest;
+use apiary_swarming::new_task::SwarmingRequest;
 
 /// The variables that name the task a command runs in, first found first: a task
 /// triggered from inside a task becomes its child.
@@ -151,7 +151,7 @@ pub(crate) fn build_request(task: &TaskArgs) -> Result<SwarmingRequest, CliError
 fn build_request_in(task: &TaskArgs, env: impl Fn(&str) -> Option<String>) -> Result<SwarmingRequest, CliError> {
     let mut built = match &task.request {
         Some(path) => request_file::read(path)?,
-        None => SwarmingRequest { request: request_from_flags(&task.flags)?, lineage: TaskLineage::default() },
+        None => SwarmingRequest { request: request_from_flags(&task.flags)?, ..SwarmingRequest::default() },
     };
     if let Some(path) = &task.secret_bytes_file {
         built.request.secret_bytes = Some(SecretBytes(read_secret_bytes(path)?));
@@ -302,7 +302,7 @@ mod tests {
     }
 
     fn plain(request: NewTaskRequest) -> SwarmingRequest {
-        SwarmingRequest { request, lineage: TaskLineage::default() }
+        SwarmingRequest { request, ..SwarmingRequest::default() }
     }
 
     #[test]
@@ -626,7 +626,11 @@ mod tests {
     #[test]
     fn a_task_with_lineage_is_sent_with_it_and_json_output_writes_it_down() {
         let lineage = TaskLineage { request_uuid: "u-1".into(), parent_task_id: Some(0x018b_cfe5_6880_0011) };
-        let task = SwarmingRequest { request: request_for(&["--name", "n", "--", "true"]), lineage: lineage.clone() };
+        let task = SwarmingRequest {
+            request: request_for(&["--name", "n", "--", "true"]),
+            lineage: lineage.clone(),
+            ..SwarmingRequest::default()
+        };
         let mut daemon =
             FakeDaemon::answering(vec![Reply::Created(created(0x018b_cfe5_6880_0020, TaskState::Pending, None))]);
         let (json_path, _) = temp_file("trigger-output.json");

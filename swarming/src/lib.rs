@@ -3,6 +3,8 @@
 //! into the requests Apiary's core answers, and their replies rendered as the
 //! proto3 JSON mapping of Swarming's messages. Pure functions: no I/O, no
 //! knowledge of connections; the daemon's HTTP listener does the transport.
+//! The one thing read from outside is the wall clock, for the `now` some
+//! answers carry (`finish`).
 //!
 //! A call goes through three steps:
 //! 1. `Method::parse` names it from the URL (`/prpc/<service>/<method>`);
@@ -10,6 +12,21 @@
 //!    requests to hand to the core, in order;
 //! 3. `finish` turns the core's replies (one per request, in the same order)
 //!    into the answer.
+//!
+//! What Apiary lacks of Swarming, and what each method does instead, is
+//! listed in the README's "Swarming v2 API" section; each module says it
+//! again next to the code.
+
+pub mod new_task;
+
+#[cfg(test)]
+mod api_tests;
+mod bots;
+mod details;
+mod input;
+mod render;
+mod tasks;
+mod time;
 
 use apiary_protocol::{ErrorCode, Reply, Request};
 use serde_json::Value;
@@ -40,12 +57,93 @@ pub enum Method {
     GetPermissions,
 }
 
+/// The pRPC service names of the v2 API.
+pub const TASKS_SERVICE: &str = "swarming.v2.Tasks";
+pub const BOTS_SERVICE: &str = "swarming.v2.Bots";
+pub const SWARMING_SERVICE: &str = "swarming.v2.Swarming";
+
 impl Method {
+    pub const ALL: [Method; 21] = [
+        Method::NewTask,
+        Method::GetResult,
+        Method::BatchGetResult,
+        Method::GetRequest,
+        Method::GetStdout,
+        Method::CancelTask,
+        Method::CancelTasks,
+        Method::ListTasks,
+        Method::ListTaskStates,
+        Method::ListTaskRequests,
+        Method::CountTasks,
+        Method::GetBot,
+        Method::DeleteBot,
+        Method::ListBots,
+        Method::CountBots,
+        Method::ListBotEvents,
+        Method::ListBotTasks,
+        Method::TerminateBot,
+        Method::GetBotDimensions,
+        Method::GetDetails,
+        Method::GetPermissions,
+    ];
+
     /// The method a pRPC path names: `service` as in `swarming.v2.Tasks`,
     /// `name` as in `NewTask`; `None` for any other.
     pub fn parse(service: &str, name: &str) -> Option<Method> {
-        let _ = (service, name);
-        None
+        Method::ALL.into_iter().find(|method| method.service() == service && method.name() == name)
+    }
+
+    /// The pRPC service the method belongs to.
+    pub fn service(self) -> &'static str {
+        match self {
+            Method::NewTask
+            | Method::GetResult
+            | Method::BatchGetResult
+            | Method::GetRequest
+            | Method::GetStdout
+            | Method::CancelTask
+            | Method::CancelTasks
+            | Method::ListTasks
+            | Method::ListTaskStates
+            | Method::ListTaskRequests
+            | Method::CountTasks => TASKS_SERVICE,
+            Method::GetBot
+            | Method::DeleteBot
+            | Method::ListBots
+            | Method::CountBots
+            | Method::ListBotEvents
+            | Method::ListBotTasks
+            | Method::TerminateBot
+            | Method::GetBotDimensions => BOTS_SERVICE,
+            Method::GetDetails | Method::GetPermissions => SWARMING_SERVICE,
+        }
+    }
+
+    /// The method's name in its service, as in the URL.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::NewTask => "NewTask",
+            Method::GetResult => "GetResult",
+            Method::BatchGetResult => "BatchGetResult",
+            Method::GetRequest => "GetRequest",
+            Method::GetStdout => "GetStdout",
+            Method::CancelTask => "CancelTask",
+            Method::CancelTasks => "CancelTasks",
+            Method::ListTasks => "ListTasks",
+            Method::ListTaskStates => "ListTaskStates",
+            Method::ListTaskRequests => "ListTaskRequests",
+            Method::CountTasks => "CountTasks",
+            Method::GetBot => "GetBot",
+            Method::DeleteBot => "DeleteBot",
+            Method::ListBots => "ListBots",
+            Method::CountBots => "CountBots",
+            Method::ListBotEvents => "ListBotEvents",
+            Method::ListBotTasks => "ListBotTasks",
+            Method::TerminateBot => "TerminateBot",
+            Method::GetBotDimensions => "GetBotDimensions",
+            Method::GetDetails => "GetDetails",
+            Method::GetPermissions => "GetPermissions",
+        }
     }
 }
 
@@ -76,10 +174,32 @@ pub enum Call {
 }
 
 /// How a call's replies become its answer: kept by the daemon between `plan`
-/// and `finish`, opaque to it.
+/// and `finish`, opaque to it (`method` is there for its logs).
 #[derive(Debug)]
 pub struct Finish {
     pub method: Method,
+    /// What the answer needs besides the replies: what the body asked for.
+    step: Step,
+}
+
+/// What each method's `finish` needs to know of its body.
+#[derive(Debug)]
+enum Step {
+    Tasks(tasks::Step),
+    Bots(bots::Step),
+    Details(details::Step),
+}
+
+impl Call {
+    fn ask(method: Method, requests: Vec<Request>, step: Step) -> Call {
+        Call::Ask { requests, then: Finish { method, step } }
+    }
+}
+
+impl ApiError {
+    pub(crate) fn new(code: GrpcCode, message: impl Into<String>) -> ApiError {
+        ApiError { code, message: message.into() }
+    }
 }
 
 /// A refused or failed call: the gRPC status code pRPC sends, and why.
@@ -147,12 +267,117 @@ impl GrpcCode {
 
 /// Reads a call's body (`null` for an empty one) into what it asks for.
 pub fn plan(method: Method, body: &Value, context: &CallContext<'_>) -> Result<Call, ApiError> {
-    let _ = (body, context);
-    Err(ApiError { code: GrpcCode::Unimplemented, message: format!("{method:?} is not served yet") })
+    match method.service() {
+        TASKS_SERVICE => tasks::plan(method, body),
+        BOTS_SERVICE => bots::plan(method, body),
+        _ => details::plan(method, body, context),
+    }
 }
 
-/// Turns the core's replies to a call's requests (in their order) into its answer.
+/// Turns the core's replies to a call's requests (in their order) into its
+/// answer. Listings and counts give the time of this call as `now`.
 pub fn finish(then: Finish, replies: Vec<Reply>, context: &CallContext<'_>) -> Result<Value, ApiError> {
-    let _ = (replies, context);
-    Err(ApiError { code: GrpcCode::Unimplemented, message: format!("{:?} is not served yet", then.method) })
+    finish_at(then, replies, context, unix_now_ms())
+}
+
+/// `finish` at `now_unix_ms`, the time answers give as `now`.
+fn finish_at(
+    then: Finish,
+    replies: Vec<Reply>,
+    context: &CallContext<'_>,
+    now_unix_ms: u64,
+) -> Result<Value, ApiError> {
+    match then.step {
+        Step::Tasks(step) => tasks::finish(step, replies, now_unix_ms),
+        Step::Bots(step) => bots::finish(step, replies, now_unix_ms),
+        Step::Details(step) => details::finish(step, replies, context),
+    }
+}
+
+fn unix_now_ms() -> u64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The one reply a single-request call expects, or the core's refusal as the call's error.
+fn one_reply(method: Method, replies: Vec<Reply>) -> Result<Reply, ApiError> {
+    let count = replies.len();
+    let mut replies = replies.into_iter();
+    match (replies.next(), count) {
+        (Some(reply), 1) => refusal(reply),
+        _ => Err(ApiError::new(GrpcCode::Internal, format!("{method:?}: expected 1 reply from the core, got {count}"))),
+    }
+}
+
+/// A reply, or the refusal it carries as an error.
+fn refusal(reply: Reply) -> Result<Reply, ApiError> {
+    match reply {
+        Reply::Error(error) => Err(ApiError::new(GrpcCode::of(error.code), error.message)),
+        other => Ok(other),
+    }
+}
+
+/// The error when the core answers a request with a reply of another kind.
+fn unexpected(method: Method, reply: &Reply) -> ApiError {
+    let kind = reply_kind(reply);
+    ApiError::new(GrpcCode::Internal, format!("{method:?}: the core answered with an unexpected reply ({kind})"))
+}
+
+fn reply_kind(reply: &Reply) -> &'static str {
+    match reply {
+        Reply::Welcome { .. } => "Welcome",
+        Reply::Error(_) => "Error",
+        Reply::Created(_) => "Created",
+        Reply::Task(_) => "Task",
+        Reply::Output { .. } => "Output",
+        Reply::Bots(_) => "Bots",
+        Reply::Bot(_) => "Bot",
+        Reply::Tasks { .. } => "Tasks",
+        Reply::Canceled { .. } => "Canceled",
+        Reply::ValidRequest(_) => "ValidRequest",
+        Reply::BotEvents { .. } => "BotEvents",
+        Reply::TaskCount { .. } => "TaskCount",
+        Reply::CanceledTasks(_) => "CanceledTasks",
+        Reply::BotCounts(_) => "BotCounts",
+        Reply::BotDeleted => "BotDeleted",
+        Reply::Terminate => "Terminate",
+        Reply::Assignment(_) => "Assignment",
+        Reply::NoWork => "NoWork",
+        Reply::UpdateAck { .. } => "UpdateAck",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_method_round_trips_through_its_service_and_name() {
+        for method in Method::ALL {
+            assert_eq!(Method::parse(method.service(), method.name()), Some(method), "{method:?}");
+            assert_eq!(format!("{method:?}"), method.name());
+        }
+        assert_eq!(Method::parse(TASKS_SERVICE, "GetBot"), None);
+        assert_eq!(Method::parse("swarming.v1.Tasks", "NewTask"), None);
+        assert_eq!(Method::parse(SWARMING_SERVICE, "GetToken"), None);
+        assert_eq!(Method::parse(TASKS_SERVICE, "newtask"), None);
+    }
+
+    #[test]
+    fn the_core_refusals_keep_their_code() {
+        let reply = Reply::Error(apiary_protocol::ErrorReply {
+            code: ErrorCode::PermissionDenied,
+            message: "permission read_tasks: principal ci lacks it in pool p".to_string(),
+        });
+        assert_eq!(
+            one_reply(Method::GetResult, vec![reply]),
+            Err(ApiError::new(GrpcCode::PermissionDenied, "permission read_tasks: principal ci lacks it in pool p"))
+        );
+        let none = one_reply(Method::GetResult, Vec::new()).unwrap_err();
+        assert_eq!(none.code, GrpcCode::Internal);
+        assert_eq!(
+            unexpected(Method::GetBot, &Reply::NoWork).message,
+            "GetBot: the core answered with an unexpected reply (NoWork)"
+        );
+    }
 }

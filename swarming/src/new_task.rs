@@ -1,5 +1,7 @@
 //! Swarming's `NewTaskRequest` read as the proto3 JSON mapping reads it, into the
 //! protocol's request and the task's lineage (`request_uuid`, `parent_task_id`).
+//! One decoder for both ways a request arrives (`Origin`): a request file given
+//! to the CLI, and the body of a `swarming.v2.Tasks/NewTask` call.
 //!
 //! What the mapping allows is accepted: a field under its proto name or its
 //! lowerCamelCase JSON name, integers as numbers or as strings, enums by name (or
@@ -11,6 +13,12 @@
 //! enum value or a value out of range is refused by path and reason, all of them
 //! in one answer. Rust type names never reach a message.
 //!
+//! Two fields depend on the origin. `secret_bytes` (base64, as proto3 writes
+//! bytes) is taken from an API call, where it travels as it does to Swarming,
+//! and refused in a request file, which would keep a secret on disk. And
+//! `evaluate_only` asks an API call to only check the request; a request file
+//! has `apiary trigger --dry-run` for that.
+//!
 //! Swarming's older single-slice form (top-level `properties` and
 //! `expiration_secs`) is read as a request of one slice.
 
@@ -18,21 +26,37 @@ use std::sync::Arc;
 
 use apiary_protocol::ids::parse_task_id;
 use apiary_protocol::limits::*;
-use apiary_protocol::{NamedCache, NewTaskRequest, StringListPair, StringPair, TaskLineage, TaskProperties, TaskSlice};
+use apiary_protocol::{
+    NamedCache, NewTaskRequest, SecretBytes, StringListPair, StringPair, TaskLineage, TaskProperties, TaskSlice,
+};
+use base64::Engine;
 use serde_json::Value;
 
-/// A request file's request, and where its task comes from.
+/// A request, where its task comes from, and whether it is only to be checked.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct SwarmingRequest {
-    pub(crate) request: NewTaskRequest,
-    pub(crate) lineage: TaskLineage,
+pub struct SwarmingRequest {
+    pub request: NewTaskRequest,
+    pub lineage: TaskLineage,
+    /// `evaluate_only`: check the request and show it as it would be stored,
+    /// create nothing (only from an API call).
+    pub evaluate_only: bool,
+}
+
+/// Where a request comes from: it decides what `secret_bytes` and
+/// `evaluate_only` may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A file given to the CLI.
+    RequestFile,
+    /// The body of a `NewTask` call of the v2 API.
+    ApiCall,
 }
 
 /// One refused field: its path (`task_slices[0].properties.cipd_input`) and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Refusal {
-    pub(crate) at: String,
-    pub(crate) message: String,
+pub struct Refusal {
+    pub at: String,
+    pub message: String,
 }
 
 impl std::fmt::Display for Refusal {
@@ -41,11 +65,12 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// Decodes one request found at `at` (empty for a whole file, `requests[3]` in a
-/// spawn-tasks file): the request, or every refused field.
-pub(crate) fn decode(value: &Value, at: &str) -> Result<SwarmingRequest, Vec<Refusal>> {
-    let mut decoder = Decoder { refusals: Vec::new() };
-    let decoded = decoder.request(value, at);
+/// Decodes one request found at `at` (empty for a whole file or call,
+/// `requests[3]` in a spawn-tasks file): the request, or every refused field.
+pub fn decode(value: &Value, at: &str, origin: Origin) -> Result<SwarmingRequest, Vec<Refusal>> {
+    let mut decoder = Decoder { origin, refusals: Vec::new(), secret: None };
+    let mut decoded = decoder.request(value, at);
+    decoded.request.secret_bytes = decoder.secret.take().map(|(_, bytes)| SecretBytes(bytes));
     if decoder.refusals.is_empty() { Ok(decoded) } else { Err(decoder.refusals) }
 }
 
@@ -119,7 +144,10 @@ const GRACE_PERIOD: Range = Range::seconds(1, MAX_GRACE_PERIOD_SECS, true);
 const BOT_PING_TOLERANCE: Range = Range::seconds(MIN_BOT_PING_TOLERANCE_SECS, MAX_BOT_PING_TOLERANCE_SECS, true);
 
 struct Decoder {
+    origin: Origin,
     refusals: Vec<Refusal>,
+    /// The first `secret_bytes` given, and where: a task has one secret.
+    secret: Option<(String, Vec<u8>)>,
 }
 
 /// An object's fields under their proto names, whichever spelling the file used.
@@ -166,7 +194,7 @@ impl Decoder {
         }
         request.task_slices = self.slices(&fields);
         self.lineage(&fields, &mut decoded.lineage);
-        self.request_extras(&fields);
+        decoded.evaluate_only = self.request_extras(&fields);
         decoded
     }
 
@@ -266,14 +294,15 @@ impl Decoder {
                 Ok(id) => lineage.parent_task_id = Some(id),
                 Err(_) => self.refuse(
                     &fields.at("parent_task_id"),
-                    format!("{parent:?} is not a task id (16 hexadecimal digits, as `apiary trigger` prints)"),
+                    format!("{parent:?} is not a task id (16 hexadecimal digits)"),
                 ),
             }
         }
     }
 
-    /// The request's fields that Apiary has no use for: accepted when they ask for nothing.
-    fn request_extras(&mut self, fields: &Fields) {
+    /// The request's fields that Apiary has no use for: accepted when they ask
+    /// for nothing. Returns `evaluate_only`.
+    fn request_extras(&mut self, fields: &Fields) -> bool {
         if let Some(account) = self.string_field(fields, "service_account")
             && !matches!(account.as_str(), "" | "none")
         {
@@ -287,7 +316,8 @@ impl Decoder {
             self.unsupported(fields, name, "Pub/Sub notifications");
         }
         self.unsupported(fields, "realm", "realms");
-        if self.bool_field(fields, "evaluate_only") == Some(true) {
+        let evaluate_only = self.bool_field(fields, "evaluate_only") == Some(true);
+        if evaluate_only && self.origin == Origin::RequestFile {
             let message = "true asks only to check the request: use `apiary trigger --dry-run` (accepted: false)";
             self.refuse(&fields.at("evaluate_only"), message);
         }
@@ -313,6 +343,7 @@ impl Decoder {
             }
         }
         self.secret_bytes(fields);
+        evaluate_only
     }
 
     fn properties_extras(&mut self, fields: &Fields) {
@@ -347,10 +378,26 @@ impl Decoder {
     }
 
     fn secret_bytes(&mut self, fields: &Fields) {
-        if fields.get("secret_bytes").is_some_and(|value| !is_default(value)) {
+        let Some(value) = fields.get("secret_bytes").filter(|value| !is_default(value)) else { return };
+        let at = fields.at("secret_bytes");
+        if self.origin == Origin::RequestFile {
             let message =
                 "cannot be given in a request file (secrets never travel in JSON); use --secret-bytes-file FILE";
-            self.refuse(&fields.at("secret_bytes"), message);
+            self.refuse(&at, message);
+            return;
+        }
+        let Some(bytes) = self.bytes(value, &at) else { return };
+        if bytes.len() > MAX_SECRET_BYTES {
+            self.refuse(&at, format!("{} bytes is over the limit of {MAX_SECRET_BYTES}", bytes.len()));
+            return;
+        }
+        match &self.secret {
+            None => self.secret = Some((display_at(&at), bytes)),
+            Some((first_at, first)) if *first != bytes => {
+                let message = format!("differs from {first_at}: a task has one secret, the same for every slice");
+                self.refuse(&at, message);
+            }
+            Some(_) => {}
         }
     }
 
@@ -452,6 +499,17 @@ impl Decoder {
         }
     }
 
+    /// Bytes as proto3 writes them: standard base64, with or without padding
+    /// (the URL-safe alphabet is read too).
+    fn bytes(&mut self, value: &Value, at: &str) -> Option<Vec<u8>> {
+        let text = self.string(value, at)?;
+        let decoded = decode_base64(&text);
+        if decoded.is_none() {
+            self.refuse(at, "expected bytes in base64, got a string that is not base64");
+        }
+        decoded
+    }
+
     /// A number without a fraction, or a string of one (as proto3 writes 64-bit integers).
     fn integer(&mut self, value: &Value, at: &str) -> Option<i64> {
         let number = match value {
@@ -546,8 +604,15 @@ fn is_default(value: &Value) -> bool {
     }
 }
 
+/// Base64 as the proto3 JSON mapping reads it: either alphabet, padding optional.
+pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let unpadded = text.trim_end_matches('=');
+    STANDARD_NO_PAD.decode(unpadded).or_else(|_| URL_SAFE_NO_PAD.decode(unpadded)).ok()
+}
+
 /// `task_slices` -> `taskSlices`: the JSON name proto3 gives a field.
-fn lower_camel(name: &str) -> String {
+pub(crate) fn lower_camel(name: &str) -> String {
     let mut camel = String::with_capacity(name.len());
     let mut upper_next = false;
     for character in name.chars() {
@@ -564,7 +629,7 @@ fn lower_camel(name: &str) -> String {
 }
 
 /// A JSON value as a message shows it: short, and with its kind.
-fn describe(value: &Value) -> String {
+pub(crate) fn describe(value: &Value) -> String {
     match value {
         Value::Null => "null".to_string(),
         Value::Bool(flag) => flag.to_string(),
@@ -590,7 +655,11 @@ mod tests {
     use super::*;
 
     fn decode_text(text: &str) -> Result<SwarmingRequest, Vec<Refusal>> {
-        decode(&serde_json::from_str(text).unwrap(), "")
+        decode(&serde_json::from_str(text).unwrap(), "", Origin::RequestFile)
+    }
+
+    fn decode_call(text: &str) -> Result<SwarmingRequest, Vec<Refusal>> {
+        decode(&serde_json::from_str(text).unwrap(), "", Origin::ApiCall)
     }
 
     fn refusals(text: &str) -> Vec<String> {
@@ -748,10 +817,7 @@ mod tests {
             TaskLineage { request_uuid: "8d2f-11".to_string(), parent_task_id: Some(0x018b_cfe5_6880_0011) }
         );
         let refused = refusals(r#"{"parent_task_id": "nope"}"#);
-        assert_eq!(
-            refused,
-            ["parent_task_id: \"nope\" is not a task id (16 hexadecimal digits, as `apiary trigger` prints)"]
-        );
+        assert_eq!(refused, ["parent_task_id: \"nope\" is not a task id (16 hexadecimal digits)"]);
     }
 
     #[test]
@@ -759,5 +825,42 @@ mod tests {
         assert_eq!(lower_camel("task_slices"), "taskSlices");
         assert_eq!(lower_camel("bot_ping_tolerance_secs"), "botPingToleranceSecs");
         assert_eq!(lower_camel("name"), "name");
+    }
+
+    #[test]
+    fn an_api_call_may_carry_secret_bytes_and_evaluate_only() {
+        let decoded = decode_call(
+            r#"{"evaluateOnly": true, "taskSlices": [{"properties": {"command": ["a"], "secretBytes": "c2VjcmV0"}},
+                {"properties": {"command": ["b"], "secret_bytes": "c2VjcmV0"}}]}"#,
+        )
+        .unwrap();
+        assert!(decoded.evaluate_only);
+        assert_eq!(decoded.request.secret_bytes, Some(SecretBytes(b"secret".to_vec())));
+        let file = refusals(r#"{"evaluate_only": true, "task_slices": []}"#);
+        assert_eq!(file.len(), 1);
+        assert!(file[0].starts_with("evaluate_only: true asks only to check the request"), "{file:?}");
+    }
+
+    #[test]
+    fn secret_bytes_of_an_api_call_are_checked() {
+        let refused: Vec<String> = decode_call(
+            r#"{"task_slices": [{"properties": {"secret_bytes": "c2VjcmV0"}}, {"properties": {"secret_bytes": "b3RoZXI="}},
+                {"properties": {"secret_bytes": "%%%"}}]}"#,
+        )
+        .unwrap_err()
+        .iter()
+        .map(Refusal::to_string)
+        .collect();
+        assert_eq!(
+            refused,
+            [
+                "task_slices[1].properties.secret_bytes: differs from task_slices[0].properties.secret_bytes: a task \
+                 has one secret, the same for every slice",
+                "task_slices[2].properties.secret_bytes: expected bytes in base64, got a string that is not base64",
+            ]
+        );
+        let big = format!(r#"{{"properties": {{"secret_bytes": "{}"}}}}"#, "A".repeat(MAX_SECRET_BYTES / 3 * 4 + 8));
+        let refused = decode_call(&big).unwrap_err();
+        assert!(refused[0].message.ends_with(&format!("is over the limit of {MAX_SECRET_BYTES}")), "{refused:?}");
     }
 }
