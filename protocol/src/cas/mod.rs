@@ -9,6 +9,7 @@
 //!   (`tree`).
 
 pub mod digest;
+pub mod materialize;
 pub mod reapi;
 pub mod tree;
 
