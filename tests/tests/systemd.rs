@@ -161,3 +161,29 @@ fn the_bot_is_ready_once_it_polls_works_in_its_state_directory_and_says_it_stops
     assert!(bot.terminate().success(), "log: {:#?}", log.all());
     notifications.wait_for("STOPPING=1", |message| message.starts_with("STOPPING=1"));
 }
+
+/// The units in `deploy/systemd/`, with `ExecStart=` pointed at the binaries under
+/// test, as `systemd-analyze verify` reads them (where systemd's tools are installed).
+#[test]
+fn the_unit_files_pass_systemd_analyze_verify() {
+    let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("systemd-analyze is not installed: the unit files are not checked");
+        return;
+    };
+    assert!(version.status.success(), "{}", describe(&version));
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+    let dir = temp();
+    let mut checked = Vec::new();
+    for (unit, program) in [("apiaryd.service", "apiaryd"), ("apiary-bot.service", "apiary-bot")] {
+        let text = std::fs::read_to_string(units.join(unit)).expect("the unit file");
+        let installed = format!("/usr/local/bin/{program} ");
+        assert!(text.contains(&installed), "{unit} starts {installed}");
+        let under_test = text.replace(&installed, &format!("{} ", binary(program).display()));
+        let path = dir.path().join(unit);
+        std::fs::write(&path, under_test).unwrap();
+        checked.push(path);
+    }
+    let verified = Command::new("systemd-analyze").arg("verify").args(&checked).output().unwrap();
+    assert!(verified.status.success(), "{}", describe(&verified));
+    assert!(verified.stderr.is_empty(), "no warnings: {}", describe(&verified));
+}
