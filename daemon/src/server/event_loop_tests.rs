@@ -46,10 +46,14 @@ fn started(data_dir: &Path) -> Started {
     start(&config(data_dir), ServiceManager::disabled()).expect("the daemon starts")
 }
 
+fn address(event_loop: &EventLoop) -> SocketAddr {
+    event_loop.listener.as_ref().expect("listening").local_addr().unwrap()
+}
+
 /// Turns the loop until `scenario`, run on its own thread against the loop's
 /// address, returns; hands back what it returned.
 fn turn_while<T: Send + 'static>(event_loop: &mut EventLoop, scenario: impl FnOnce(String) -> T + Send + 'static) -> T {
-    let addr = event_loop.listener.as_ref().expect("listening").local_addr().unwrap().to_string();
+    let addr = address(event_loop).to_string();
     let scenario = thread::spawn(move || scenario(addr));
     let (mut events, mut out) = (Events::with_capacity(64), Output::default());
     let deadline = Instant::now() + PATIENCE;
@@ -169,4 +173,28 @@ fn metrics_count_what_the_loop_committed_and_read_the_state_at_each_scrape() {
         sample(text, "apiary_connections{kind=\"client\"}") == "0"
             && sample(text, "apiary_connections{kind=\"bot\"}") == "0"
     });
+}
+
+#[test]
+fn connections_refused_at_the_limit_or_closed_at_their_hello_timeout_are_counted_by_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_connections = 1;
+    config.peer_limits.hello_timeout_ms = 100;
+    let Started { mut event_loop, .. } = start(&config, ServiceManager::disabled()).expect("the daemon starts");
+    let silent = std::net::TcpStream::connect(address(&event_loop)).unwrap();
+    turn_until(&mut event_loop, "the silent connection", |text| {
+        sample(text, "apiary_connections{kind=\"awaiting_hello\"}") == "1"
+    });
+    let over_the_limit = std::net::TcpStream::connect(address(&event_loop)).unwrap();
+    turn_until(&mut event_loop, "the refusal at the limit", |text| {
+        sample(text, "apiary_refused_requests_total{reason=\"connection_limit\"}") == "1"
+    });
+    turn_until(&mut event_loop, "the hello timeout", |text| {
+        sample(text, "apiary_refused_requests_total{reason=\"hello_timeout\"}") == "1"
+    });
+    let text = event_loop.render_metrics();
+    assert_eq!(sample(&text, "apiary_connections{kind=\"awaiting_hello\"}"), "0", "closed at its timeout");
+    assert_eq!(sample(&text, "apiary_refused_requests_total{reason=\"bad_hello\"}"), "0");
+    drop((silent, over_the_limit));
 }
