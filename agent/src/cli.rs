@@ -49,7 +49,8 @@ pub(crate) struct Args {
     /// given here replaces the values the bot finds itself (os, cpu, cores).
     #[arg(long = "dimension", value_name = "KEY=VALUE", value_parser = parse_dimension)]
     pub(crate) dimensions: Vec<StringPair>,
-    /// Where task directories are made [default: <temp dir>/apiary-bot-<id>].
+    /// Where task directories and named caches are kept [default: the service's state directory
+    /// when systemd gives one ($STATE_DIRECTORY, its first entry), else <temp dir>/apiary-bot-<id>].
     #[arg(long, value_name = "DIR")]
     pub(crate) work_dir: Option<PathBuf>,
     /// A shell command run (`sh -c`, in the work directory) before each poll; while it
@@ -152,7 +153,7 @@ impl BotConfig {
                 return Err(ConfigError::DimensionValue(pair.key.clone()));
             }
         }
-        let work_dir = args.work_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("apiary-bot-{}", args.id)));
+        let work_dir = args.work_dir.unwrap_or_else(|| default_work_dir(&args.id, apiary_systemd::state_directory()));
         let timeout = Duration::from_secs(args.health_check_timeout_secs);
         let health_check = args.health_check.map(|command| HealthCheck { command, timeout });
         let token = match &args.token_file {
@@ -170,6 +171,11 @@ impl BotConfig {
             cache_max_bytes: args.cache_max_bytes,
         })
     }
+}
+
+/// The state directory of the bot's service, or a directory of its own in the temp dir.
+fn default_work_dir(bot_id: &str, state_directory: Option<PathBuf>) -> PathBuf {
+    state_directory.unwrap_or_else(|| std::env::temp_dir().join(format!("apiary-bot-{bot_id}")))
 }
 
 #[cfg(test)]
@@ -208,6 +214,15 @@ mod tests {
         assert_eq!(config.cache_max_bytes, None);
         assert_eq!(parse(&["--id", "b", "--cache-max-bytes", "1000"]).unwrap().cache_max_bytes, Some(1000));
         assert!(Args::try_parse_from(["apiary-bot", "--id", "b", "--cache-max-bytes", "1k"]).is_err());
+    }
+
+    #[test]
+    fn the_work_dir_defaults_to_the_services_state_directory() {
+        assert_eq!(
+            default_work_dir("b", Some(PathBuf::from("/var/lib/apiary-bot"))),
+            PathBuf::from("/var/lib/apiary-bot")
+        );
+        assert_eq!(default_work_dir("b", None), std::env::temp_dir().join("apiary-bot-b"));
     }
 
     #[test]

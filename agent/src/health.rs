@@ -102,6 +102,10 @@ impl HealthCheck {
         let mut command = Command::new("sh");
         command.arg("-c").arg(&self.command).current_dir(work_dir);
         command.stdin(Stdio::null()).stdout(pipe_writer).stderr(stderr_writer).process_group(0);
+        // systemd speaks to the bot alone, not to its check.
+        for variable in apiary_systemd::SERVICE_MANAGER_VARIABLES {
+            command.env_remove(variable);
+        }
         let spawned = command.spawn();
         // Drop the parent's copies of the write end, or the pipe never ends.
         drop(command);

@@ -20,6 +20,7 @@ mod health;
 mod host;
 mod output;
 mod runner;
+mod service_manager;
 mod session;
 mod signals;
 mod task_setup;
@@ -32,6 +33,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::cli::{Args, BotConfig, exit_codes};
+use crate::service_manager::ServiceManager;
 use crate::session::{BotIdentity, Lifecycle, Pacing, Session, SessionError, TcpConnector};
 use crate::workdir::WorkRoot;
 
@@ -68,6 +70,7 @@ fn run() -> i32 {
         log_event!("failed to install signal handlers: {error}");
         return exit_codes::FAILURE;
     }
+    let mut service = ServiceManager::from_env(&config.server, &config.bot_id);
     let software = format!("apiary-bot/{}", env!("CARGO_PKG_VERSION"));
     let identity = BotIdentity {
         bot_id: config.bot_id,
@@ -97,14 +100,20 @@ fn run() -> i32 {
     };
     log_event!("started; daemon {}", config.server);
     while !session_thread.is_finished() {
+        service.observe(lifecycle.is_connected());
         if signals::shutdown_requested() {
             log_event!("shutting down");
+            service.stopping();
             if lifecycle.begin_shutdown() {
                 return exit_codes::SUCCESS;
             }
             break;
         }
         thread::sleep(SIGNAL_CHECK_INTERVAL);
+    }
+    if !lifecycle.is_shutting_down() {
+        // The session ended by itself: the daemon said exit, or the bot cannot go on.
+        service.stopping();
     }
     match session_thread.join() {
         Ok(Ok(())) => exit_codes::SUCCESS,

@@ -345,6 +345,11 @@ pub(crate) fn task_environment(spec: &TaskSpec<'_>) -> Result<BTreeMap<String, O
     }
     // Removed when there is no secret, so a bot run inside a task does not pass its own on.
     environment.insert("APIARY_SECRET_BYTES_PATH".to_string(), spec.secret_path.map(OsString::from));
+    // systemd speaks to the bot alone: a task must not report readiness or feed
+    // the watchdog in its name (unless the task's request sets them itself).
+    for variable in apiary_systemd::SERVICE_MANAGER_VARIABLES {
+        environment.entry(variable.to_string()).or_insert(None);
+    }
     Ok(environment)
 }
 
@@ -869,6 +874,17 @@ mod tests {
         assert_eq!((outcome.exit_code, output.as_str()), (Some(0), "done\n"));
         let escaped = read_pid(&work_dir.path().join("escaped.pid"));
         let _ = Command::new("kill").arg("-KILL").arg(escaped.to_string()).status();
+    }
+
+    #[test]
+    fn a_task_does_not_inherit_the_service_managers_variables() {
+        let work_dir = tempfile::tempdir().unwrap();
+        let mut properties = properties(&["true"]);
+        properties.env = vec![StringPair::new("WATCHDOG_USEC", "5")];
+        let environment = task_environment(&spec(&properties, work_dir.path())).unwrap();
+        assert_eq!(environment["NOTIFY_SOCKET"], None, "removed from what the bot passes on");
+        assert_eq!(environment["WATCHDOG_PID"], None);
+        assert_eq!(environment["WATCHDOG_USEC"], Some(OsString::from("5")), "a task's own value stays");
     }
 
     #[test]

@@ -183,6 +183,8 @@ pub(crate) struct Lifecycle {
 struct Phase {
     busy: bool,
     shutting_down: bool,
+    /// The session has a connection to the daemon whose hello was accepted.
+    connected: bool,
 }
 
 impl Lifecycle {
@@ -214,6 +216,14 @@ impl Lifecycle {
 
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.lock().shutting_down
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.lock().connected = connected;
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.lock().connected
     }
 }
 
@@ -641,6 +651,13 @@ impl<C: Connector> Session<C> {
     /// dropped and the next attempt scheduled; a refusal that may pass (the daemon
     /// busy or failing) is treated the same way.
     fn call(&mut self, request: &Request, timeout: Duration) -> Result<Reply, CallError> {
+        let result = self.call_connecting(request, timeout);
+        // Whatever the call did to the connection, the main thread tells systemd.
+        self.lifecycle.set_connected(self.connection.is_some());
+        result
+    }
+
+    fn call_connecting(&mut self, request: &Request, timeout: Duration) -> Result<Reply, CallError> {
         if self.connection.is_none() {
             if Instant::now() < self.next_connect_at {
                 return Err(CallError::NotConnected);
@@ -649,6 +666,8 @@ impl<C: Connector> Session<C> {
                 Ok(connection) => {
                     log_event!("connected as {} (session {:016x})", self.identity.bot_id, self.identity.session_id);
                     self.connection = Some(connection);
+                    // Said now: the call that follows may be a poll held open for long.
+                    self.lifecycle.set_connected(true);
                 }
                 Err(error) => return Err(self.failed(error)),
             }

@@ -2,10 +2,12 @@
 //! `server` is the thin shell around it: the event loop, connections, the
 //! write-ahead log and its group commit. `auth` says who a connection is
 //! (principals and their token hashes); `config` reads the configuration file;
-//! `logging` writes the daemon's log lines.
+//! `logging` writes the daemon's log lines; `metrics` counts what
+//! happens and renders it for Prometheus.
 
 pub mod auth;
 pub mod config;
 pub mod core;
 pub mod logging;
+pub mod metrics;
 pub mod server;

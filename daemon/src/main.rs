@@ -71,9 +71,11 @@ struct Args {
     /// The private key of --tls-cert-file (PEM). Keep it readable by the daemon's user only.
     #[arg(long, value_name = "FILE")]
     tls_key_file: Option<PathBuf>,
-    /// Where the log, snapshots, ended tasks, task output and the lock live (created on first start).
-    #[arg(long, default_value = "./apiary-data")]
-    data_dir: PathBuf,
+    /// Where the log, snapshots, ended tasks, task output and the lock live (created on first start)
+    /// [default: the service's state directory when systemd gives one ($STATE_DIRECTORY, its first
+    /// entry), else ./apiary-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Connections beyond this are refused with a logged reason.
     #[arg(long, default_value_t = 20_000)]
     max_connections: usize,
@@ -283,6 +285,14 @@ fn check_config(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Where no flag or setting names one, systemd's state directory for the
+/// service (`StateDirectory=`), or `./apiary-data` outside systemd.
+fn data_dir(given: Option<PathBuf>) -> PathBuf {
+    given.or_else(apiary_systemd::state_directory).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+}
+
+const DEFAULT_DATA_DIR: &str = "./apiary-data";
+
 /// Runs the daemon: the log thread starts once the settings are known.
 fn run(args: Args) -> Result<(), String> {
     let (args, access, reload) = match &args.config {
@@ -297,7 +307,7 @@ fn run(args: Args) -> Result<(), String> {
     logging::start(args.log_level);
     let config = ServerConfig {
         listen: args.listen,
-        data_dir: args.data_dir,
+        data_dir: data_dir(args.data_dir),
         max_connections: args.max_connections,
         peer_limits: PeerLimits {
             hello_timeout_ms: args.hello_timeout_secs * 1000,

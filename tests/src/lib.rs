@@ -45,7 +45,8 @@ pub fn message(line: &str) -> Option<&str> {
 pub struct LogLines(Arc<Mutex<Vec<String>>>);
 
 impl LogLines {
-    fn follow(&self, stderr: impl std::io::Read + Send + 'static, echo_prefix: &'static str) {
+    /// Collects the lines of `stderr`, echoing each with the prefix.
+    pub fn follow(&self, stderr: impl std::io::Read + Send + 'static, echo_prefix: &'static str) {
         let lines = self.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -88,15 +89,23 @@ impl Daemon {
     }
 
     pub fn start_with(data_dir: &Path, listen: &str, extra_args: &[&str]) -> Daemon {
-        let mut child = daemon_command(data_dir, listen, extra_args).spawn().expect("start apiaryd");
+        let mut daemon = Daemon::start_command(daemon_command(data_dir, listen, extra_args), data_dir);
+        daemon.extra_args = extra_args.iter().map(|arg| arg.to_string()).collect();
+        daemon
+    }
+
+    /// Starts `apiaryd` from a command the test made (`binary("apiaryd")` with its
+    /// own flags, environment and directory), following its stderr, which must be
+    /// piped; `data_dir` is where the test expects its data.
+    pub fn start_command(mut command: Command, data_dir: &Path) -> Daemon {
+        let mut child = command.spawn().expect("start apiaryd");
         let log = LogLines::default();
-        log.follow(child.stderr.take().unwrap(), "apiaryd");
+        log.follow(child.stderr.take().expect("stderr is piped"), "apiaryd");
         let addr = log.wait_for("apiaryd to listen", |line| {
             let rest = message(line)?.strip_prefix("listening on ")?;
             Some(rest.split_whitespace().next()?.to_string())
         });
-        let extra_args = extra_args.iter().map(|arg| arg.to_string()).collect();
-        Daemon { child: Some(child), addr, data_dir: data_dir.to_path_buf(), log, extra_args }
+        Daemon { child: Some(child), addr, data_dir: data_dir.to_path_buf(), log, extra_args: Vec::new() }
     }
 
     /// Runs `apiaryd` on `data_dir` where it must refuse to start: returns its

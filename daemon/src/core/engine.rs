@@ -34,6 +34,8 @@ use super::{ConnId, Map};
 use crate::auth::{Grants, Permission};
 use permissions::Caller;
 
+pub use bots::BotStandings;
+
 mod apply;
 mod bots;
 mod history;
@@ -660,6 +662,21 @@ impl Core {
 
     pub fn bot(&self, bot_id: &str) -> Option<apiary_protocol::BotInfo> {
         self.bots.get(bot_id).map(Bot::info)
+    }
+
+    /// Pending tasks: one count per queue, not a walk over the tasks.
+    pub fn pending_count(&self) -> usize {
+        self.queues.total_pending()
+    }
+
+    /// Pending tasks per pool, sorted by pool, from the queues' sizes (for
+    /// the metrics: a scrape costs a pass over the queues, not the tasks).
+    pub fn pending_by_pool(&self) -> Vec<(&str, u64)> {
+        self.queues.pending_by_pool()
+    }
+
+    pub fn bot_count(&self) -> usize {
+        self.bots.len()
     }
 
     /// Checks every cross-reference against a recount. Tests call it after each step.

@@ -17,7 +17,7 @@ pub mod texts;
 pub mod validate;
 
 pub use engine::storage_trouble::DISK_FULL_MARKER;
-pub use engine::{Closing, Core, CoreConfig, Input, Outgoing, Output, OutputRead, OutputWrite};
+pub use engine::{BotStandings, Closing, Core, CoreConfig, Input, Outgoing, Output, OutputRead, OutputWrite};
 pub use events::Event;
 pub use model::{Ending, RequestText};
 pub use snapshot::CoreSnapshot;

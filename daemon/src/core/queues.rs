@@ -28,6 +28,8 @@ pub type CanonicalDimensions = Vec<(String, Vec<String>)>;
 
 /// The dimension that names a bot: a bot has it once, with its bot id.
 pub const ID_KEY: &str = "id";
+/// The dimension that names the pool a task runs in.
+const POOL_KEY: &str = "pool";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QueueId(u32);
@@ -340,6 +342,22 @@ impl Queues {
 
     pub fn total_pending(&self) -> usize {
         self.queues.iter().map(|queue| queue.pending.len()).sum()
+    }
+
+    /// Pending tasks per pool (a task names exactly one), sorted by pool; a
+    /// pool whose queues are empty counts 0. One pass over the queues.
+    pub fn pending_by_pool(&self) -> Vec<(&str, u64)> {
+        let mut by_pool: Map<&str, u64> = Map::default();
+        for queue in &self.queues {
+            let pool = match queue.dimensions.binary_search_by(|(key, _)| key.as_str().cmp(POOL_KEY)) {
+                Ok(index) => queue.dimensions[index].1.first().map_or("", String::as_str),
+                Err(_) => "",
+            };
+            *by_pool.entry(pool).or_default() += queue.pending.len() as u64;
+        }
+        let mut pools: Vec<(&str, u64)> = by_pool.into_iter().collect();
+        pools.sort_unstable();
+        pools
     }
 
     pub fn total_parked(&self) -> usize {

@@ -47,9 +47,10 @@ impl Durability {
         self.unsynced
     }
 
-    /// Makes everything written so far durable (output first, then the log);
-    /// an error is fatal: durability can no longer be promised.
-    pub fn sync(&mut self, wal: Option<SyncJob>, outputs: Option<OutputSyncJob>) -> Result<(), String> {
+    /// Makes everything written so far durable (output first, then the log)
+    /// and says how long that took; an error is fatal: durability can no
+    /// longer be promised.
+    pub fn sync(&mut self, wal: Option<SyncJob>, outputs: Option<OutputSyncJob>) -> Result<Duration, String> {
         let started = Instant::now();
         if let Some(outputs) = outputs {
             outputs.run().map_err(|error| format!("output sync failed: {error}"))?;
@@ -58,9 +59,10 @@ impl Durability {
         if let Some(wal) = wal {
             wal.run().map_err(|error| format!("log sync failed: {error}"))?;
         }
-        self.slow.note(started.elapsed(), upto_seq);
+        let took = started.elapsed();
+        self.slow.note(took, upto_seq);
         self.unsynced = false;
-        Ok(())
+        Ok(took)
     }
 
     /// The held items, in order, once nothing written is waiting for a sync.

@@ -21,7 +21,7 @@ use slab::Slab;
 
 use super::ServerError;
 use super::bot_admission;
-use super::connection::{Connection, MAX_READ_BYTES_PER_TURN, Pause};
+use super::connection::{Connection, MAX_READ_BYTES_PER_TURN, Pause, Timeout};
 use super::deadlines::Deadlines;
 use super::disk::Disk;
 use super::durability::{Durability, Held};
@@ -31,6 +31,7 @@ use super::log;
 use super::outbound::{self, Queued};
 use super::peer_limits::PeerLimits;
 use super::reload;
+use super::service_manager::ServiceManager;
 use super::snapshots::{self, Snapshots, StateFiles};
 use super::startup::{Recovered, Reload, ServerConfig};
 use super::tls::TlsFiles;
@@ -38,6 +39,7 @@ use crate::auth::Access;
 use crate::core::events::{EVENT_RECORD_KIND, Event, TaskFinished};
 use crate::core::{ConnId, Core, Input, Output, OutputRead};
 use crate::logging::{self, Level};
+use crate::metrics::{ConnectionKind, Metrics, Refusal, StateReading};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -99,6 +101,10 @@ pub struct EventLoop {
     /// Whether the core still holds copies of what a history run or text file now holds.
     archiving: bool,
     shutting_down: bool,
+    /// Counters and histograms for `/metrics` (`render_metrics`).
+    metrics: Metrics,
+    /// What systemd is told: readiness, status, the watchdog, stopping.
+    service: ServiceManager,
 }
 
 /// The TLS certificate in force, and the files SIGHUP reads it from again.
@@ -117,6 +123,7 @@ impl EventLoop {
         tls: Option<ServingTls>,
         config: &ServerConfig,
         recovered: Recovered,
+        service: ServiceManager,
     ) -> Result<EventLoop, ServerError> {
         let io_error = |context: &str| {
             let context = context.to_string();
@@ -182,6 +189,8 @@ impl EventLoop {
             disk: Disk::new(config.data_dir.clone()),
             archiving: false,
             shutting_down: false,
+            metrics: Metrics::default(),
+            service,
         })
     }
 
@@ -190,59 +199,76 @@ impl EventLoop {
         let mut events = Events::with_capacity(1024);
         // One output for every turn: its vectors keep their capacity.
         let mut out = Output::default();
+        // Recovered, and every listener registered: connections waiting in a
+        // backlog are accepted at the first turn.
+        self.service.ready(self.service_status(), Instant::now());
         while !self.shutting_down {
-            let timeout = self.poll_timeout();
-            if let Err(error) = self.poll.poll(&mut events, timeout)
-                && error.kind() != io::ErrorKind::Interrupted
-            {
-                return Err(ServerError::Io { context: "poll for events".into(), source: error });
-            }
-            let turn_started = Instant::now();
-            let now_ms = now_unix_ms();
-            self.disk.check(&self.wal, &mut self.core, &mut out);
-            let mut unfinished = std::mem::take(&mut self.unfinished_reads);
-            for token in unfinished.drain(..) {
-                self.read_connection(token, now_ms, &mut out, true);
-            }
-            keep_room(&mut self.unfinished_reads, unfinished);
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept_all(),
-                    WAKER => {} // A background check finished; the turn looks at its results.
-                    SIGNALS => self.shutting_down = true,
-                    RELOAD => self.reload_configuration(now_ms, &mut out),
-                    token => {
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            let to_would_block = event.is_read_closed() || event.is_error();
-                            self.read_connection(token, now_ms, &mut out, to_would_block);
-                        }
-                        if event.is_writable() {
-                            self.to_flush.push(token);
-                        }
+            self.turn(&mut events, &mut out, None)?;
+        }
+        self.shut_down()
+    }
+
+    /// One turn: waits for events (at most `longest_wait`, when given), reads
+    /// the ready input, lets the core decide, commits, syncs and sends.
+    fn turn(
+        &mut self,
+        events: &mut Events,
+        out: &mut Output,
+        longest_wait: Option<Duration>,
+    ) -> Result<(), ServerError> {
+        let timeout = self.poll_timeout().into_iter().chain(longest_wait).min();
+        if let Err(error) = self.poll.poll(events, timeout)
+            && error.kind() != io::ErrorKind::Interrupted
+        {
+            return Err(ServerError::Io { context: "poll for events".into(), source: error });
+        }
+        let turn_started = Instant::now();
+        let now_ms = now_unix_ms();
+        let (service, core, connections) = (&mut self.service, &self.core, &self.connections);
+        service.tick(turn_started, || serving_status(core, connections.len()));
+        self.disk.check(&self.wal, &mut self.core, out);
+        let mut unfinished = std::mem::take(&mut self.unfinished_reads);
+        for token in unfinished.drain(..) {
+            self.read_connection(token, now_ms, out, true);
+        }
+        keep_room(&mut self.unfinished_reads, unfinished);
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept_all(),
+                WAKER => {} // A background check finished; the turn looks at its results.
+                SIGNALS => self.shutting_down = true,
+                RELOAD => self.reload_configuration(now_ms, out),
+                token => {
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        let to_would_block = event.is_read_closed() || event.is_error();
+                        self.read_connection(token, now_ms, out, to_would_block);
+                    }
+                    if event.is_writable() {
+                        self.to_flush.push(token);
                     }
                 }
             }
-            self.core.tick(now_ms, &mut out);
-            self.close_timed_out(now_ms, &mut out);
-            self.commit(&mut out)?;
-            if self.snapshots.step(now_ms, &mut self.wal, &mut self.core) {
-                // The sealed log's new segment is installed by a sync job.
-                self.durability.wrote();
-            }
-            self.sync_if_needed()?;
-            self.release_durable();
-            self.flush_connections();
-            self.disk.remove_expired_output(&self.core, &mut self.outputs);
-            let was_archiving = self.archiving;
-            let more_archived = self.core.forget_archived(ARCHIVED_PER_TURN);
-            self.archiving = self.core.forget_texts(ARCHIVED_PER_TURN) || more_archived;
-            if was_archiving && !self.archiving {
-                // Letting go read the new files' indexes: their pages leave the resident set.
-                snapshots::release_pages_in_background(self.core.newest_files());
-            }
-            self.snapshots.turn_took(turn_started.elapsed());
         }
-        self.shut_down()
+        self.core.tick(now_ms, out);
+        self.close_timed_out(now_ms, out);
+        self.commit(out)?;
+        if self.snapshots.step(now_ms, &mut self.wal, &mut self.core) {
+            // The sealed log's new segment is installed by a sync job.
+            self.durability.wrote();
+        }
+        self.sync_if_needed()?;
+        self.release_durable();
+        self.flush_connections();
+        self.disk.remove_expired_output(&self.core, &mut self.outputs);
+        let was_archiving = self.archiving;
+        let more_archived = self.core.forget_archived(ARCHIVED_PER_TURN);
+        self.archiving = self.core.forget_texts(ARCHIVED_PER_TURN) || more_archived;
+        if was_archiving && !self.archiving {
+            // Letting go read the new files' indexes: their pages leave the resident set.
+            snapshots::release_pages_in_background(self.core.newest_files());
+        }
+        self.snapshots.turn_took(turn_started.elapsed());
+        Ok(())
     }
 
     /// SIGHUP: the TLS certificate is read again from its files, and who may
@@ -313,7 +339,29 @@ impl EventLoop {
         let until_deadline = deadline.map(|deadline| Duration::from_millis(deadline.saturating_sub(now_unix_ms())));
         let until_timeout =
             self.deadlines.next_due_ms().map(|due| Duration::from_millis(due.saturating_sub(self.monotonic_ms())));
-        until_deadline.into_iter().chain(until_timeout).min()
+        let until_service = self.service.next_due().map(|due| due.saturating_duration_since(Instant::now()));
+        until_deadline.into_iter().chain(until_timeout).chain(until_service).min()
+    }
+
+    /// Every series of `/metrics`, its gauges read now: a pass over the
+    /// queues and the bots, none over the tasks.
+    #[cfg_attr(not(test), expect(dead_code, reason = "the HTTP listener's /metrics route is its caller"))]
+    pub fn render_metrics(&self) -> String {
+        let bots = self.core.bot_standings();
+        let state = StateReading {
+            pending_by_pool: self.core.pending_by_pool(),
+            running_tasks: bots.busy,
+            bots,
+            wal_bytes: self.wal.record_bytes(),
+            wal_segments: self.wal.segment_count() as u64,
+            snapshot_age_seconds: self.snapshots.newest_age_ms(now_unix_ms()).map(|age_ms| age_ms as f64 / 1000.0),
+        };
+        self.metrics.render(&state)
+    }
+
+    /// The line `systemctl status` shows once the daemon serves.
+    fn service_status(&self) -> String {
+        serving_status(&self.core, self.connections.len())
     }
 
     /// Milliseconds since the loop started, for connection timeouts: a step of
@@ -335,6 +383,7 @@ impl EventLoop {
                 }
             };
             if self.connections.len() >= self.max_connections {
+                self.metrics.refused(Refusal::ConnectionLimit);
                 logging::warn_peer(
                     peer,
                     format!("refusing connection: at the limit of {} connections", self.max_connections),
@@ -368,6 +417,7 @@ impl EventLoop {
                 },
             };
             let now_ms = self.started.elapsed().as_millis() as u64;
+            self.metrics.connection_opened(ConnectionKind::AwaitingHello);
             let connection = entry.insert(Connection::new(id, peer, stream, now_ms));
             let (due_ms, _) = connection.deadline(&self.limits).expect("a hello timeout applies before the hello");
             self.deadlines.arm(token, id, due_ms, &mut connection.armed_ms);
@@ -394,6 +444,11 @@ impl EventLoop {
             connection.armed_ms = None;
             match connection.deadline(&self.limits) {
                 Some((deadline_ms, timeout)) if deadline_ms <= monotonic_ms => {
+                    self.metrics.refused(match timeout {
+                        Timeout::Hello => Refusal::HelloTimeout,
+                        Timeout::Idle => Refusal::IdleTimeout,
+                        Timeout::Stalled => Refusal::Stalled,
+                    });
                     let reason = connection.timeout_reason(timeout, &self.limits);
                     self.close(token, now_ms, out, Some(&reason));
                 }
@@ -565,7 +620,7 @@ impl EventLoop {
             None => message,
         };
         logging::warn_peer(connection.peer, format!("closing connection: {message}"));
-        refuse(connection, 0, code, message);
+        refuse(&mut self.metrics, connection, 0, code, message);
     }
 
     fn on_frame(&mut self, token: Token, frame: Received, now_ms: u64, out: &mut Output) {
@@ -580,12 +635,13 @@ impl EventLoop {
                     connection.peer,
                     format!("closing connection: a {:?} frame after the hello", frame.kind),
                 );
-                refuse(connection, frame.request_id, ErrorCode::InvalidRequest, "expected a request frame".into());
+                let message = "expected a request frame".to_string();
+                refuse(&mut self.metrics, connection, frame.request_id, ErrorCode::InvalidRequest, message);
                 return;
             }
             Payload::Request(Err(error)) => {
                 logging::warn_peer(connection.peer, format!("closing connection: {error}"));
-                refuse(connection, frame.request_id, ErrorCode::InvalidRequest, error.to_string());
+                refuse(&mut self.metrics, connection, frame.request_id, ErrorCode::InvalidRequest, error.to_string());
                 return;
             }
             Payload::Request(Ok(request)) => request,
@@ -594,8 +650,7 @@ impl EventLoop {
         let is_bot_request = matches!(request, Request::BotPoll(_) | Request::TaskUpdate(_));
         if is_bot_request && role != Role::Bot {
             let message = "bot requests need a connection whose hello says role Bot".to_string();
-            let refusal = Reply::Error(ErrorReply { code: ErrorCode::InvalidRequest, message });
-            connection.outbound.push_now(outbound::encode_reply(frame.request_id, &refusal));
+            push_error(&mut self.metrics, connection, frame.request_id, ErrorCode::InvalidRequest, message);
             return;
         }
         let request = match bot_admission::admit(connection, &self.access, request) {
@@ -611,8 +666,7 @@ impl EventLoop {
                 if !std::mem::replace(&mut connection.told_bot_refusal, true) {
                     logging::warn_peer(connection.peer, format!("refusing a bot request: {message}"));
                 }
-                let refusal = Reply::Error(ErrorReply { code: ErrorCode::PermissionDenied, message });
-                connection.outbound.push_now(outbound::encode_reply(frame.request_id, &refusal));
+                push_error(&mut self.metrics, connection, frame.request_id, ErrorCode::PermissionDenied, message);
                 return;
             }
         };
@@ -643,6 +697,7 @@ impl EventLoop {
         let connection = &mut self.connections[token.0];
         match verdict {
             Ok(accepted) => {
+                self.metrics.connection_identified(ConnectionKind::AwaitingHello, connection_kind(Some(accepted.role)));
                 connection.role = Some(accepted.role);
                 connection.principal = accepted.principal;
                 let welcome = Reply::Welcome { server_software: SOFTWARE.to_string() };
@@ -650,7 +705,7 @@ impl EventLoop {
             }
             Err(refusal) => {
                 logging::warn_peer(connection.peer, format!("closing connection: {}", refusal.message));
-                refuse(connection, 0, refusal.code, refusal.message);
+                refuse(&mut self.metrics, connection, 0, refusal.code, refusal.message);
             }
         }
     }
@@ -661,6 +716,9 @@ impl EventLoop {
     /// records are written. Output for a connection that is gone is dropped.
     fn account_output(&mut self, out: &mut Output) {
         for outgoing in out.replies.drain(..) {
+            if let Reply::Error(error) = &outgoing.reply {
+                self.metrics.refused(Refusal::Error(error.code));
+            }
             let Some(connection) = connection_of(&mut self.connections, outgoing.conn) else { continue };
             let frame = outbound::encode_reply_with(&mut self.encoder, outgoing.request_id, &outgoing.reply);
             connection.outbound.owe(frame.len());
@@ -678,13 +736,14 @@ impl EventLoop {
         for closing in out.closings.drain(..) {
             let Some(connection) = connection_of(&mut self.connections, closing.conn) else { continue };
             logging::warn_peer(connection.peer, format!("closing connection: {}", closing.message));
-            refuse(connection, 0, closing.code, closing.message);
+            refuse(&mut self.metrics, connection, 0, closing.code, closing.message);
             self.to_flush.push(token_of(closing.conn));
         }
     }
 
     fn close(&mut self, token: Token, now_ms: u64, out: &mut Output, reason: Option<&str>) {
         let Some(mut connection) = self.connections.try_remove(token.0) else { return };
+        self.metrics.connection_closed(connection_kind(connection.role));
         if let Some(reason) = reason {
             logging::warn_peer(connection.peer, format!("closing connection: {reason}"));
         }
@@ -705,6 +764,7 @@ impl EventLoop {
         }
         let mut payloads = Vec::with_capacity(out.events.len());
         for event in out.events.drain(..) {
+            self.metrics.record_event(&event);
             let level = event_level(&event);
             // Per-task events are debug lines: at the default level they cost nothing here.
             if logging::enabled(level) {
@@ -734,7 +794,8 @@ impl EventLoop {
         if self.durability.needs_sync() {
             let wal = self.wal.take_sync_job();
             let outputs = self.outputs.take_sync_job();
-            self.durability.sync(wal, outputs).map_err(ServerError::Sync)?;
+            let took = self.durability.sync(wal, outputs).map_err(ServerError::Sync)?;
+            self.metrics.synced(took);
         }
         Ok(())
     }
@@ -764,9 +825,13 @@ impl EventLoop {
         let mut to_flush = std::mem::take(&mut self.to_flush);
         for token in to_flush.drain(..) {
             let Some(connection) = self.connections.get_mut(token.0) else { continue };
-            let (outputs, encoder) = (&mut self.outputs, &mut self.encoder);
+            let (outputs, encoder, metrics) = (&mut self.outputs, &mut self.encoder, &mut self.metrics);
             let written = connection.outbound.write_to(&mut connection.stream, |read| {
-                outbound::encode_reply_with(encoder, read.request_id, &read_output(outputs, read))
+                let reply = read_output(outputs, read);
+                if let Reply::Error(error) = &reply {
+                    metrics.refused(Refusal::Error(error.code));
+                }
+                outbound::encode_reply_with(encoder, read.request_id, &reply)
             });
             let all_sent = matches!(written, outbound::WriteOutcome::Done);
             match written {
@@ -798,6 +863,7 @@ impl EventLoop {
 
     /// Stops accepting, makes everything durable, sends what can be sent.
     fn shut_down(mut self) -> Result<(), ServerError> {
+        self.service.stopping("shutting down: making everything durable");
         log("shutting down: no new connections; making everything durable".to_string());
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
@@ -845,11 +911,31 @@ fn keep_room(list: &mut Vec<Token>, mut emptied: Vec<Token>) {
     *list = emptied;
 }
 
-/// Queues an error and closes the connection once it is written.
-fn refuse(connection: &mut Connection, request_id: u64, code: ErrorCode, message: String) {
+/// Queues an error reply, counted by its code.
+fn push_error(metrics: &mut Metrics, connection: &mut Connection, request_id: u64, code: ErrorCode, message: String) {
+    metrics.refused(Refusal::Error(code));
     let reply = Reply::Error(ErrorReply { code, message });
     connection.outbound.push_now(outbound::encode_reply(request_id, &reply));
+}
+
+/// Queues an error and closes the connection once it is written.
+fn refuse(metrics: &mut Metrics, connection: &mut Connection, request_id: u64, code: ErrorCode, message: String) {
+    push_error(metrics, connection, request_id, code, message);
     connection.closing = true;
+}
+
+/// What a connection of the binary protocol counts as, by its hello's role.
+fn connection_kind(role: Option<Role>) -> ConnectionKind {
+    match role {
+        None => ConnectionKind::AwaitingHello,
+        Some(Role::Client) => ConnectionKind::Client,
+        Some(Role::Bot) => ConnectionKind::Bot,
+    }
+}
+
+/// The status line while serving: counts the core keeps at hand.
+fn serving_status(core: &Core, connections: usize) -> String {
+    format!("serving: {} pending tasks, {} bots, {connections} connections", core.pending_count(), core.bot_count())
 }
 
 /// The slab slot of a core handle (its low 32 bits; the high ones are a serial).
@@ -907,3 +993,7 @@ fn refuse_at_limit(stream: mio::net::TcpStream, limit: usize) {
         let _ = stream.write(&bytes);
     }
 }
+
+#[cfg(test)]
+#[path = "event_loop_tests.rs"]
+mod tests;

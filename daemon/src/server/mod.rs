@@ -4,7 +4,8 @@
 //! in `inbound`, replies owed in `outbound`). A connection's principal is
 //! settled by its hello (`hello`); a bot's id and enforced dimensions are
 //! checked against its principal's bot groups (`bot_admission`); SIGHUP
-//! reloads who may connect (`reload`) and the TLS certificate (`tls`).
+//! reloads who may connect (`reload`) and the TLS certificate (`tls`);
+//! `service_manager` tells systemd how the daemon is doing.
 
 mod bot_admission;
 mod connection;
@@ -19,6 +20,7 @@ mod outbound;
 pub mod peer_limits;
 mod reload;
 mod replay;
+mod service_manager;
 mod snapshots;
 mod startup;
 mod tls;

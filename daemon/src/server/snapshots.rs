@@ -87,6 +87,8 @@ pub struct Snapshots {
     /// The record the newest snapshot covers (0: none), and the one before it.
     newest_seq: u64,
     previous_seq: Option<u64>,
+    /// When the newest snapshot was written (Unix ms), if there is one.
+    newest_written_ms: Option<u64>,
     last_taken_ms: u64,
     log_bytes_since: u64,
     /// The longest event-loop turn while the current snapshot was being made,
@@ -112,6 +114,7 @@ impl Snapshots {
         newest_seq: u64,
         now_ms: u64,
     ) -> Snapshots {
+        let newest_written_ms = (newest_seq > 0).then(|| written_ms(&files.snapshots.path(newest_seq))).flatten();
         Snapshots {
             settings,
             store: files.snapshots,
@@ -125,6 +128,7 @@ impl Snapshots {
             // A restarted daemon may have found an older generation on disk: an
             // idle interval trims it as it would its own.
             previous_seq: (newest_seq > 0).then_some(0),
+            newest_written_ms,
             last_taken_ms: now_ms,
             log_bytes_since: 0,
             longest_turn: Duration::ZERO,
@@ -144,6 +148,11 @@ impl Snapshots {
             Phase::Idle | Phase::Sealed { .. } => &mut self.longest_turn_between,
         };
         *longest = (*longest).max(turn);
+    }
+
+    /// How long ago the newest snapshot was written; `None` before the first.
+    pub fn newest_age_ms(&self, now_ms: u64) -> Option<u64> {
+        self.newest_written_ms.map(|written_ms| now_ms.saturating_sub(written_ms))
     }
 
     /// When the time trigger is next due, while no snapshot is under way.
@@ -264,6 +273,7 @@ impl Snapshots {
                     self.longest_turn_between.as_micros(),
                 ));
                 self.longest_turn_between = Duration::ZERO;
+                self.newest_written_ms = Some(now_ms);
                 let older = std::mem::replace(&mut self.newest_seq, seq);
                 self.previous_seq = Some(older);
                 self.log_bytes_since = 0;
@@ -310,6 +320,14 @@ impl Snapshots {
             Err(error) => logging::error(format!("cannot open the new history run: {error}")),
         }
     }
+}
+
+/// When a snapshot file was last written (Unix ms): the snapshot a restarted
+/// daemon found is as old as its file.
+fn written_ms(path: &Path) -> Option<u64> {
+    let modified = std::fs::metadata(path).and_then(|metadata| metadata.modified()).ok()?;
+    let since_epoch = modified.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some(since_epoch.as_millis() as u64)
 }
 
 /// Request texts of a snapshot's tasks: `snapshots/<seq>.text`, beside it.
@@ -503,7 +521,12 @@ impl JobArgs {
     fn run_in_child(&self) -> Result<Taken, String> {
         let started = Instant::now();
         // The running binary itself, even if its file was replaced since.
-        let output = Command::new("/proc/self/exe")
+        let mut command = Command::new("/proc/self/exe");
+        // The job speaks for itself only in the log; systemd hears from the daemon.
+        for variable in apiary_systemd::SERVICE_MANAGER_VARIABLES {
+            command.env_remove(variable);
+        }
+        let output = command
             .args(self.to_flags())
             .stdin(Stdio::null())
             .stderr(Stdio::inherit())

@@ -14,6 +14,7 @@ use apiary_storage::{
 use mio::net::TcpListener;
 
 use super::event_loop::{EventLoop, ServingTls, now_unix_ms};
+use super::service_manager::ServiceManager;
 use super::snapshots::{self, SnapshotSettings};
 use super::tls::TlsFiles;
 use super::{ServerError, log, os, replay};
@@ -54,6 +55,19 @@ pub struct Reload {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: ServerConfig) -> Result<(), ServerError> {
+    let started = start(&config, ServiceManager::from_env())?;
+    started.event_loop.run()
+}
+
+/// A daemon recovered and listening, its loop not yet running.
+pub(super) struct Started {
+    pub event_loop: EventLoop,
+    /// The data directory's lock, held for as long as the daemon runs.
+    _lock: File,
+}
+
+/// Listens, locks the data directory, recovers, and makes the event loop.
+pub(super) fn start(config: &ServerConfig, mut service: ServiceManager) -> Result<Started, ServerError> {
     let io_error = |context: String| move |source| ServerError::Io { context, source };
     let open_access = auth::check_open_access(config.listen, &config.access, config.insecure_no_auth)
         .map_err(ServerError::OpenAccess)?;
@@ -72,7 +86,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     // daemon's own user may read anything in here.
     fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
         .map_err(io_error(format!("cannot restrict the data directory {}", data_dir.display())))?;
-    let _lock = lock_data_dir(data_dir)?;
+    let lock = lock_data_dir(data_dir)?;
     if let Err(error) = os::disable_transparent_huge_pages() {
         logging::warn(format!("cannot turn transparent huge pages off: {error}"));
     }
@@ -80,7 +94,8 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         Ok(limit) => log(format!("open-file limit: {limit}")),
         Err(error) => logging::warn(format!("cannot raise the open-file limit: {error}")),
     }
-    let recovered = recover(&config)?;
+    service.status(&format!("recovering: reading the snapshot and replaying the log in {}", data_dir.display()));
+    let recovered = recover(config)?;
     if let Err(error) = os::raise_listen_backlog(&listener) {
         logging::warn(format!("cannot raise the listen backlog: {error}"));
     }
@@ -100,7 +115,9 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         None => {}
     }
     log(format!("listening on {address} with data in {}", data_dir.display()));
-    EventLoop::new(listener, tls, &config, recovered)?.run()
+    // The event loop tells systemd it is ready once it runs.
+    let event_loop = EventLoop::new(listener, tls, config, recovered, service)?;
+    Ok(Started { event_loop, _lock: lock })
 }
 
 /// Holds an exclusive lock on `DATA_DIR/LOCK` for as long as the file stays open.

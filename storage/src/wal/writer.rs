@@ -379,6 +379,17 @@ impl Wal {
         self.preparer.wait_until_idle()
     }
 
+    /// How many segment files the log holds.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Bytes the log's records take in its segments (with their headers and
+    /// padding; without the segments' headers and unused room).
+    pub fn record_bytes(&self) -> u64 {
+        self.segments.iter().map(|segment| segment.end.saturating_sub(SEGMENT_HEADER_BYTES) as u64).sum()
+    }
+
     /// The segment numbers the log holds, oldest first.
     pub fn segment_indices(&self) -> Vec<u64> {
         self.segments.iter().map(|segment| segment.index).collect()
@@ -613,6 +624,16 @@ mod tests {
         wal.take_sync_job().unwrap().run().unwrap();
         assert!(segment_path(dir.path(), 1).exists());
         wal.check_invariants();
+    }
+
+    #[test]
+    fn the_log_counts_its_segments_and_the_bytes_its_records_take() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = open(dir.path());
+        assert_eq!((wal.segment_count(), wal.record_bytes()), (1, 0));
+        append_records(&mut wal, 6);
+        let per_record = record_bytes(200) as u64;
+        assert_eq!((wal.segment_count(), wal.record_bytes()), (2, 6 * per_record), "six records over two segments");
     }
 
     #[test]

@@ -7,7 +7,33 @@ use super::*;
 /// Bot events a page may hold by default, and at most.
 const DEFAULT_EVENT_PAGE: u32 = 100;
 
+/// Bots by standing, as `apiary bots count` and Swarming's bot list count
+/// them; a bot may be in several. Alive is not dead; busy runs a task; idle is
+/// alive and runs none (quarantined or not).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BotStandings {
+    pub alive: u64,
+    pub busy: u64,
+    pub idle: u64,
+    pub dead: u64,
+    pub quarantined: u64,
+}
+
 impl Core {
+    /// Every bot's standing, counted in one pass over the bots (for the metrics).
+    pub fn bot_standings(&self) -> BotStandings {
+        let mut standings = BotStandings::default();
+        for bot in self.bots.values() {
+            let busy = bot.current_run.is_some();
+            standings.alive += u64::from(!bot.dead);
+            standings.busy += u64::from(busy);
+            standings.idle += u64::from(!bot.dead && !busy);
+            standings.dead += u64::from(bot.dead);
+            standings.quarantined += u64::from(bot.quarantine.is_some());
+        }
+        standings
+    }
+
     pub(super) fn bot_poll(&mut self, conn: ConnId, request_id: u64, poll: BotPoll, out: &mut Output) -> Option<Reply> {
         // Checked once per new bot or new dimensions, not on every poll.
         let unchanged = self.bots.get(&poll.bot_id).is_some_and(|bot| *bot.dimensions == poll.dimensions);
