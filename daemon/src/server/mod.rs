@@ -13,6 +13,7 @@ mod disk;
 mod durability;
 mod event_loop;
 mod hello;
+mod http;
 mod inbound;
 pub mod os;
 mod outbound;
