@@ -57,13 +57,19 @@ impl EventLoop {
             }
             let connection = &mut self.connections[token.0];
             let http = connection.http.as_mut().expect("an HTTP connection");
+            if http.peer_closed {
+                // Nothing more comes: what was buffered is answered (or was cut short).
+                http.close_after_response = true;
+                break;
+            }
             let room = SMALL_FRAME_BYTES.max(http.granted_bytes).saturating_sub(http.inbound.len());
             let asked = room.min(READ_CHUNK_BYTES);
+            if asked == 0 {
+                break; // Not reached: a request that outgrows the room is refused or granted more.
+            }
             match connection.stream.read(&mut chunk[..asked]) {
-                Ok(0) if asked > 0 => {
-                    self.close(token, now_ms, out, None);
-                    return;
-                }
+                // The peer is done sending (or gone): its whole requests are still answered.
+                Ok(0) => http.peer_closed = true,
                 Ok(read) => {
                     http.inbound.extend_from_slice(&chunk[..read]);
                     read_bytes += read;
@@ -192,14 +198,15 @@ impl EventLoop {
             let message = format!("Content-Type: {given} is not served; send application/json");
             return Err(refusal(GrpcCode::InvalidArgument, message));
         }
-        let Some(method) = Method::parse(service, method_name) else {
-            let message = format!("method {service}/{method_name}: not a method this daemon serves");
-            return Err(refusal(GrpcCode::Unimplemented, message));
-        };
+        // Malformed JSON is refused whatever the method: it is the request's fault either way.
         let body: Value = match body.is_empty() {
             true => Value::Null,
             false => serde_json::from_slice(body)
                 .map_err(|error| refusal(GrpcCode::InvalidArgument, format!("request body: {error}")))?,
+        };
+        let Some(method) = Method::parse(service, method_name) else {
+            let message = format!("method {service}/{method_name}: not a method this daemon serves");
+            return Err(refusal(GrpcCode::Unimplemented, message));
         };
         let grants = principal.as_ref().map(|principal| Arc::clone(&principal.grants));
         let caller = GrantsCaller { grants: grants.as_deref() };

@@ -28,6 +28,8 @@ pub struct HttpConnection {
     /// Close once the response is written: `Connection: close`, HTTP/1.0, or
     /// a request that could not be read.
     pub close_after_response: bool,
+    /// The peer closed its side: once what it sent is answered, the connection closes.
+    pub peer_closed: bool,
     /// `100 Continue` was sent for the request being read.
     pub told_continue: bool,
     /// The request id of the next request handed to the core.
