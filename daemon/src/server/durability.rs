@@ -30,7 +30,7 @@ pub enum Held {
     HttpReply {
         conn: ConnId,
         request_id: u64,
-        reply: Reply,
+        reply: Box<Reply>,
     },
 }
 

@@ -694,7 +694,7 @@ impl EventLoop {
             let Some(connection) = connection_of(&mut self.connections, outgoing.conn) else { continue };
             if connection.http.is_some() {
                 let (conn, request_id, reply) = (outgoing.conn, outgoing.request_id, outgoing.reply);
-                self.durability.hold(Held::HttpReply { conn, request_id, reply });
+                self.durability.hold(Held::HttpReply { conn, request_id, reply: Box::new(reply) });
                 continue;
             }
             let frame = outbound::encode_reply_with(&mut self.encoder, outgoing.request_id, &outgoing.reply);

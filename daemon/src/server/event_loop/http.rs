@@ -158,7 +158,7 @@ impl EventLoop {
                 None => response::text(404, "metrics are not served by this build", keep_alive),
             },
             Ok(Route::Prpc { service, method }) => {
-                match self.start_call(token, head, service, method, body, now_ms, out) {
+                match self.start_call(token, head, (service, method), body, now_ms, out) {
                     Ok(()) => return,
                     Err(ApiError { code, message }) => response::prpc_error(code, &message, keep_alive),
                 }
@@ -184,8 +184,7 @@ impl EventLoop {
         &mut self,
         token: Token,
         head: &RequestHead,
-        service: &str,
-        method_name: &str,
+        (service, method_name): (&str, &str),
         body: &[u8],
         now_ms: u64,
         out: &mut Output,
@@ -310,7 +309,7 @@ impl EventLoop {
         let token = token_of(conn);
         match (http.exchange.as_mut(), item) {
             (Some(Exchange::Call(call)), Held::HttpReply { request_id, reply, .. }) => {
-                if let Some(answer) = call.reply(request_id, reply) {
+                if let Some(answer) = call.reply(request_id, *reply) {
                     self.end_exchange(token, conn, answer);
                 }
             }
