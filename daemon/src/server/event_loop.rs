@@ -587,7 +587,7 @@ impl EventLoop {
         let message = match before_hello.then(|| connection.inbound.http_request_line()).flatten() {
             Some(line) => format!(
                 "the peer speaks HTTP ({line:?}), not Apiary's protocol: point apiary and apiary-bot at \
-                 this address, and HTTP clients elsewhere"
+                 this address, and HTTP clients at the --http-listen address"
             ),
             None if before_hello && connection.inbound.starts_like_tls() => {
                 format!("{message} (it starts like a TLS handshake, and this daemon serves plaintext)")
