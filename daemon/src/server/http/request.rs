@@ -7,6 +7,10 @@
 
 use super::limits::{MAX_BODY_BYTES, MAX_HEAD_BYTES, MAX_HEADERS};
 
+/// The headers the daemon reads; any other is passed over, whatever its bytes.
+const READ_HEADERS: [&str; 6] =
+    ["content-length", "transfer-encoding", "content-type", "authorization", "connection", "expect"];
+
 /// What the daemon needs of a request's head, copied out of the buffer.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RequestHead {
@@ -80,10 +84,13 @@ pub fn parse_head(buffer: &[u8]) -> Result<Option<RequestHead>, Refusal> {
     };
     let mut content_length = None;
     for header in request.headers.iter() {
-        let value = std::str::from_utf8(header.value)
-            .map_err(|_| Refusal::new(400, format!("{}: the value is not UTF-8", header.name)))?
-            .trim();
         let name = header.name;
+        if !READ_HEADERS.iter().any(|read| name.eq_ignore_ascii_case(read)) {
+            continue;
+        }
+        let value = std::str::from_utf8(header.value)
+            .map_err(|_| Refusal::new(400, format!("{name}: the value is not UTF-8")))?
+            .trim();
         if name.eq_ignore_ascii_case("content-length") {
             let length = parse_content_length(value)?;
             if content_length.is_some_and(|earlier| earlier != length) {
@@ -184,6 +191,9 @@ mod tests {
         let big = format!("GET / HTTP/1.1\r\nX-Big: {}", "a".repeat(MAX_HEAD_BYTES));
         assert_eq!(head(&big).unwrap_err().status, 431, "a head over the limit, even unfinished");
         assert_eq!(head("NOT HTTP\r\n\r\n").unwrap_err().status, 400);
+        let not_utf8 = parse_head(b"GET / HTTP/1.1\r\nContent-Type: \xff\r\n\r\n").unwrap_err();
+        assert_eq!((not_utf8.status, not_utf8.message.as_str()), (400, "Content-Type: the value is not UTF-8"));
+        assert!(parse_head(b"GET / HTTP/1.1\r\nUser-Agent: \xff\r\n\r\n").is_ok(), "a header not read");
     }
 
     #[test]
