@@ -4,7 +4,9 @@
 //! in `inbound`, replies owed in `outbound`). A connection's principal is
 //! settled by its hello (`hello`); a bot's id and enforced dimensions are
 //! checked against its principal's bot groups (`bot_admission`); SIGHUP
-//! reloads who may connect (`reload`) and the TLS certificate (`tls`).
+//! reloads who may connect (`reload`) and the TLS certificate (`tls`). HTTP
+//! connections (`--http-listen`) share the loop: `http` reads and answers
+//! their requests, `event_loop::http` does their I/O.
 
 mod bot_admission;
 mod connection;
