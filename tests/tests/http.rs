@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use apiary_tests::http::HttpClient;
 use apiary_tests::pki::{ServerCert, TestCa};
-use apiary_tests::{Bot, Daemon, temp, token_hash_line};
+use apiary_tests::{Bot, Daemon, send_signal, temp, token_hash_line};
 
 const HTTP_ON_FREE_PORT: [&str; 2] = ["--http-listen", "127.0.0.1:0"];
 
@@ -219,6 +219,26 @@ fn requests_are_authenticated_by_bearer_token_and_checked_against_permissions() 
     let missing = client.request("GET", "/api/v1/tasks/00000000000000a0/output", &[("Authorization", &bob)], b"");
     assert_eq!(missing.status, 404, "{}", missing.text());
     assert_eq!(client.get("/api/v1/tasks/nothex/output").status, 400);
+}
+
+#[test]
+fn a_reload_keeps_http_connections_and_its_principals_apply_from_the_next_request() {
+    let principals = Principals::new("http_listen = \"127.0.0.1:0\"\n");
+    let data = temp();
+    let daemon = Daemon::start_with(data.path(), "127.0.0.1:0", &["--config", principals.config.to_str().unwrap()]);
+    let mut client = HttpClient::connect(&daemon.http_addr());
+    let bob = Principals::token("bob");
+    assert_eq!(client.call("swarming.v2.Tasks/NoSuchMethod", "{}", Some(&bob)).grpc_code(), Some(12));
+    // bob's token is revoked: the file keeps only alice.
+    let text = std::fs::read_to_string(&principals.config).unwrap();
+    let kept: Vec<&str> = text.split("\n[[").filter(|entry| !entry.contains("\"bob\"")).collect();
+    std::fs::write(&principals.config, kept.join("\n[[")).unwrap();
+    send_signal(daemon.pid(), libc::SIGHUP);
+    daemon.log.wait_for("the reload", |line| line.contains("reloaded the configuration from").then_some(()));
+    let revoked = client.call("swarming.v2.Tasks/NoSuchMethod", "{}", Some(&bob));
+    assert_eq!(revoked.grpc_code(), Some(16), "the same connection, kept: {}", revoked.text());
+    let alice = Principals::token("alice");
+    assert_eq!(client.call("swarming.v2.Tasks/NoSuchMethod", "{}", Some(&alice)).grpc_code(), Some(12));
 }
 
 #[test]
