@@ -196,6 +196,25 @@ mod tests {
         assert!(parse_head(b"GET / HTTP/1.1\r\nUser-Agent: \xff\r\n\r\n").is_ok(), "a header not read");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_are_read_or_refused_without_a_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            if let Ok(Some(head)) = parse_head(&bytes) {
+                proptest::prop_assert!(head.head_bytes <= bytes.len() && head.content_length <= MAX_BODY_BYTES);
+            }
+        }
+
+        #[test]
+        fn a_head_cut_anywhere_is_not_whole_until_its_last_byte(cut in 0usize..120) {
+            let text = b"POST /prpc/swarming.v2.Tasks/NewTask HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\
+                         Authorization: Bearer t\r\n\r\n{}";
+            let head_bytes = text.len() - 2;
+            let cut = cut.min(text.len());
+            let parsed = parse_head(&text[..cut]).expect("a prefix of a good request is not refused");
+            proptest::prop_assert_eq!(parsed.map(|head| head.head_bytes), (cut >= head_bytes).then_some(head_bytes));
+        }
+    }
+
     #[test]
     fn query_values_are_found_by_name() {
         assert_eq!(query_value("offset=10&x=2", "offset"), Some("10"));
