@@ -5,6 +5,7 @@
 //! - a pipelined run with bots: every task completes;
 //! - a pipelined run without bots: every task is acknowledged and stays pending, with
 //!   names of the size asked for;
+//! - a run with HTTP clients beside it: its tasks complete, and the HTTP calls are counted;
 //! - `apiary-load floor`: both floor lines, with positive figures.
 
 use std::process::{Command, Output, Stdio};
@@ -131,6 +132,32 @@ fn pending_task_names(cli: &Cli) -> Vec<String> {
             _ => return names,
         }
     }
+}
+
+#[test]
+fn http_clients_make_calls_while_the_binary_load_runs() {
+    let data_dir = tempfile::tempdir().expect("a temporary data directory");
+    let daemon = Daemon::start_with(data_dir.path(), "127.0.0.1:0", &["--http-listen", "127.0.0.1:0"]);
+    let http_addr = daemon.http_addr();
+    let stdout = load(&[
+        "--server",
+        &daemon.addr,
+        "--bots",
+        "4",
+        "--submitters",
+        "1",
+        "--tasks",
+        "30",
+        "--http-server",
+        &http_addr,
+        "--http-clients",
+        "2",
+    ]);
+    assert_eq!(count(&stdout, "completed: "), 30, "{stdout}");
+    let calls = count(&stdout, "http: ");
+    assert!(calls > 0, "{stdout}");
+    assert!(stdout.contains("over 2 keep-alive connections (status "), "{stdout}");
+    assert!(stdout.contains("http latency (us): p50 "), "{stdout}");
 }
 
 #[test]

@@ -64,6 +64,11 @@ struct Args {
     /// first address taken (port 0 picks a free port; the log says which).
     #[arg(long, default_value = "127.0.0.1:7420", value_parser = parse_listen_address)]
     listen: SocketAddr,
+    /// Also serve HTTP/1.1 on this address, HOST:PORT: Swarming's v2 API as pRPC JSON, task output
+    /// streams and health endpoints (README, "HTTP API"); TLS, tokens and limits as for --listen.
+    /// Off unless given, so that a daemon opens no port its operator did not ask for.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_address)]
+    http_listen: Option<SocketAddr>,
     /// Serve TLS with this certificate chain (PEM; the server's certificate first). SIGHUP reads
     /// it again: connections accepted after that get the new one.
     #[arg(long, value_name = "FILE")]
@@ -278,6 +283,9 @@ fn check_config(args: &Args) -> Result<(), String> {
     let file = load_config(path).map_err(|error| error.to_string())?;
     let args = with_file_settings(&file)?;
     auth::check_open_access(args.listen, &file.access, args.insecure_no_auth)?;
+    if let Some(http_listen) = args.http_listen {
+        auth::check_open_access(http_listen, &file.access, args.insecure_no_auth)?;
+    }
     if let Some(files) = tls_files(&args)? {
         files.load()?;
     }
@@ -307,6 +315,7 @@ fn run(args: Args) -> Result<(), String> {
     logging::start(args.log_level);
     let config = ServerConfig {
         listen: args.listen,
+        http_listen: args.http_listen,
         data_dir: data_dir(args.data_dir),
         max_connections: args.max_connections,
         peer_limits: PeerLimits {

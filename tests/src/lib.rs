@@ -5,6 +5,7 @@
 //! The binaries come from the same target directory as the test; `cargo test
 //! --workspace` builds them, since each binary crate has integration tests.
 
+pub mod http;
 pub mod pki;
 
 use std::io::{BufRead, BufReader};

@@ -100,6 +100,11 @@ impl Grants {
         self.every_pool & permission.bit() != 0 || self.by_pool.values().any(|bits| bits & permission.bit() != 0)
     }
 
+    /// The pools named in the configuration where the permission is held (not `"*"`).
+    pub fn pools_with(&self, permission: Permission) -> Vec<String> {
+        self.by_pool.iter().filter(|(_, bits)| *bits & permission.bit() != 0).map(|(pool, _)| pool.clone()).collect()
+    }
+
     /// Whether the permission is held in every pool (nothing need be filtered).
     pub fn allows_everywhere(&self, permission: Permission) -> bool {
         self.every_pool & permission.bit() != 0

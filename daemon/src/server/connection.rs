@@ -10,6 +10,7 @@ use apiary_protocol::tls::Transport;
 use mio::net::TcpStream;
 
 use super::bot_admission::EnforcedDimensions;
+use super::http::exchange::HttpConnection;
 use super::inbound::Inbound;
 use super::outbound::Outbound;
 use super::peer_limits::PeerLimits;
@@ -46,6 +47,8 @@ pub struct Connection {
     /// The log said that a bot request of it was refused (said once per connection).
     pub told_bot_refusal: bool,
     accepted_ms: u64,
+    /// The HTTP side of an HTTP connection; `None` for the binary protocol.
+    pub http: Option<Box<HttpConnection>>,
     /// The last time a frame arrived, the peer took output, or output started.
     last_progress_ms: u64,
 }
@@ -68,6 +71,15 @@ pub enum Timeout {
 }
 
 impl Connection {
+    /// An HTTP connection: it has no hello (each request says who makes it),
+    /// and its requests are a client's.
+    pub fn new_http(id: ConnId, peer: SocketAddr, stream: Transport<TcpStream>, now_ms: u64) -> Connection {
+        let mut connection = Connection::new(id, peer, stream, now_ms);
+        connection.role = Some(Role::Client);
+        connection.http = Some(Box::default());
+        connection
+    }
+
     pub fn new(id: ConnId, peer: SocketAddr, stream: Transport<TcpStream>, now_ms: u64) -> Connection {
         Connection {
             id,
@@ -86,6 +98,7 @@ impl Connection {
             told_bot_refusal: false,
             accepted_ms: now_ms,
             last_progress_ms: now_ms,
+            http: None,
         }
     }
 

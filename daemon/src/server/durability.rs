@@ -11,6 +11,7 @@
 
 use std::time::{Duration, Instant};
 
+use apiary_protocol::Reply;
 use apiary_storage::{OutputSyncJob, SyncJob};
 
 use crate::core::{ConnId, OutputRead};
@@ -19,8 +20,27 @@ use crate::logging;
 /// What waits for durability before it leaves the daemon: a reply, already
 /// encoded (so its size is known), or a read of the output store.
 pub enum Held {
-    Reply { conn: ConnId, frame: Vec<u8> },
+    Reply {
+        conn: ConnId,
+        frame: Vec<u8>,
+    },
     Read(OutputRead),
+    /// A reply to a request of an HTTP connection: it becomes part of a
+    /// response only once durable.
+    HttpReply {
+        conn: ConnId,
+        request_id: u64,
+        reply: Box<Reply>,
+    },
+}
+
+impl Held {
+    pub fn conn(&self) -> ConnId {
+        match self {
+            Held::Reply { conn, .. } | Held::HttpReply { conn, .. } => *conn,
+            Held::Read(read) => read.conn,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -114,13 +134,7 @@ mod tests {
     }
 
     fn released(durability: &mut Durability) -> Vec<u64> {
-        durability
-            .releasable()
-            .map(|held| match held {
-                Held::Reply { conn, .. } => conn.0,
-                Held::Read(read) => read.conn.0,
-            })
-            .collect()
+        durability.releasable().map(|held| held.conn().0).collect()
     }
 
     #[test]

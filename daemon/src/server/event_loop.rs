@@ -41,10 +41,13 @@ use crate::core::{ConnId, Core, Input, Output, OutputRead};
 use crate::logging::{self, Level};
 use crate::metrics::{ConnectionKind, Metrics, Refusal, StateReading};
 
+mod http;
+
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
 const RELOAD: Token = Token(usize::MAX - 4);
+const HTTP_LISTENER: Token = Token(usize::MAX - 5);
 
 /// Heap copies of archived tasks (and of texts a snapshot's text file holds)
 /// dropped per turn (about 0.2 ms of work), so a large history run or text
@@ -60,6 +63,8 @@ pub const SOFTWARE: &str = concat!("apiaryd/", env!("CARGO_PKG_VERSION"));
 pub struct EventLoop {
     poll: Poll,
     listener: Option<TcpListener>,
+    /// Where HTTP clients connect (`--http-listen`), when it is set.
+    http_listener: Option<TcpListener>,
     /// Kept open: SIGTERM and SIGINT write to its other end.
     _signals: UnixStream,
     /// SIGHUP writes to its other end: read the configuration file again.
@@ -96,6 +101,8 @@ pub struct EventLoop {
     wal: Wal,
     outputs: OutputStore,
     durability: Durability,
+    /// The held items released in a turn; kept from one turn to the next.
+    released: Vec<Held>,
     snapshots: Snapshots,
     disk: Disk,
     /// Whether the core still holds copies of what a history run or text file now holds.
@@ -120,6 +127,7 @@ pub fn now_unix_ms() -> u64 {
 impl EventLoop {
     pub fn new(
         listener: TcpListener,
+        http_listener: Option<TcpListener>,
         tls: Option<ServingTls>,
         config: &ServerConfig,
         recovered: Recovered,
@@ -150,6 +158,12 @@ impl EventLoop {
             .map_err(io_error("register SIGHUP"))?;
         let mut listener = listener;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(io_error("register listener"))?;
+        let mut http_listener = http_listener;
+        if let Some(http_listener) = &mut http_listener {
+            poll.registry()
+                .register(http_listener, HTTP_LISTENER, Interest::READABLE)
+                .map_err(io_error("register the HTTP listener"))?;
+        }
         let Recovered { core, wal, outputs, snapshots, history, texts, snapshot_seq } = recovered;
         let files = StateFiles { data_dir: config.data_dir.clone(), snapshots, history, texts };
         let snapshots = Snapshots::new(
@@ -163,6 +177,7 @@ impl EventLoop {
         Ok(EventLoop {
             poll,
             listener: Some(listener),
+            http_listener,
             _signals: signals,
             reload_signals,
             access: config.access.clone(),
@@ -185,6 +200,7 @@ impl EventLoop {
             wal,
             outputs,
             durability: Durability::default(),
+            released: Vec::new(),
             snapshots,
             disk: Disk::new(config.data_dir.clone()),
             archiving: false,
@@ -234,7 +250,8 @@ impl EventLoop {
         keep_room(&mut self.unfinished_reads, unfinished);
         for event in events.iter() {
             match event.token() {
-                LISTENER => self.accept_all(),
+                LISTENER => self.accept_all(Protocol::Binary),
+                HTTP_LISTENER => self.accept_all(Protocol::Http),
                 WAKER => {} // A background check finished; the turn looks at its results.
                 SIGNALS => self.shutting_down = true,
                 RELOAD => self.reload_configuration(now_ms, out),
@@ -306,7 +323,9 @@ impl EventLoop {
             .connections
             .iter()
             .filter(|(_, connection)| {
-                connection.role.is_some() && !reload::still_admitted(&access, connection.principal.as_deref())
+                // An HTTP request presents its token itself, checked against the access of its time.
+                let settled_at_hello = connection.role.is_some() && connection.http.is_none();
+                settled_at_hello && !reload::still_admitted(&access, connection.principal.as_deref())
             })
             .map(|(key, _)| Token(key))
             .collect();
@@ -345,7 +364,6 @@ impl EventLoop {
 
     /// Every series of `/metrics`, its gauges read now: a pass over the
     /// queues and the bots, none over the tasks.
-    #[cfg_attr(not(test), expect(dead_code, reason = "the HTTP listener's /metrics route is its caller"))]
     pub fn render_metrics(&self) -> String {
         let bots = self.core.bot_standings();
         let state = StateReading {
@@ -370,8 +388,12 @@ impl EventLoop {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn accept_all(&mut self) {
-        let Some(listener) = &self.listener else { return };
+    fn accept_all(&mut self, protocol: Protocol) {
+        let listener = match protocol {
+            Protocol::Binary => &self.listener,
+            Protocol::Http => &self.http_listener,
+        };
+        let Some(listener) = listener else { return };
         loop {
             let (mut stream, peer) = match listener.accept() {
                 Ok(accepted) => accepted,
@@ -390,7 +412,7 @@ impl EventLoop {
                 );
                 if self.tls.is_none() {
                     // A TLS peer could not read the plaintext reason.
-                    refuse_at_limit(stream, self.max_connections);
+                    refuse_at_limit(stream, self.max_connections, protocol);
                 }
                 continue;
             }
@@ -417,9 +439,15 @@ impl EventLoop {
                 },
             };
             let now_ms = self.started.elapsed().as_millis() as u64;
-            self.metrics.connection_opened(ConnectionKind::AwaitingHello);
-            let connection = entry.insert(Connection::new(id, peer, stream, now_ms));
-            let (due_ms, _) = connection.deadline(&self.limits).expect("a hello timeout applies before the hello");
+            self.metrics.connection_opened(match protocol {
+                Protocol::Binary => ConnectionKind::AwaitingHello,
+                Protocol::Http => ConnectionKind::Http,
+            });
+            let connection = entry.insert(match protocol {
+                Protocol::Binary => Connection::new(id, peer, stream, now_ms),
+                Protocol::Http => Connection::new_http(id, peer, stream, now_ms),
+            });
+            let (due_ms, _) = connection.deadline(&self.limits).expect("a new connection has a hello or idle timeout");
             self.deadlines.arm(token, id, due_ms, &mut connection.armed_ms);
         }
     }
@@ -472,6 +500,10 @@ impl EventLoop {
     fn read_connection(&mut self, token: Token, now_ms: u64, out: &mut Output, to_would_block: bool) {
         let Some(connection) = self.connections.get(token.0) else { return };
         if connection.closing || connection.paused.is_some() {
+            return;
+        }
+        if connection.http.is_some() {
+            self.read_http(token, now_ms, out);
             return;
         }
         let stops_at_short_read = !to_would_block && matches!(connection.stream, Transport::Plain(_));
@@ -612,7 +644,7 @@ impl EventLoop {
         let message = match before_hello.then(|| connection.inbound.http_request_line()).flatten() {
             Some(line) => format!(
                 "the peer speaks HTTP ({line:?}), not Apiary's protocol: point apiary and apiary-bot at \
-                 this address, and HTTP clients elsewhere"
+                 this address, and HTTP clients at the --http-listen address"
             ),
             None if before_hello && connection.inbound.starts_like_tls() => {
                 format!("{message} (it starts like a TLS handshake, and this daemon serves plaintext)")
@@ -720,6 +752,11 @@ impl EventLoop {
                 self.metrics.refused(Refusal::Error(error.code));
             }
             let Some(connection) = connection_of(&mut self.connections, outgoing.conn) else { continue };
+            if connection.http.is_some() {
+                let (conn, request_id, reply) = (outgoing.conn, outgoing.request_id, outgoing.reply);
+                self.durability.hold(Held::HttpReply { conn, request_id, reply: Box::new(reply) });
+                continue;
+            }
             let frame = outbound::encode_reply_with(&mut self.encoder, outgoing.request_id, &outgoing.reply);
             connection.outbound.owe(frame.len());
             connection.requests_in_flight = connection.requests_in_flight.saturating_sub(1);
@@ -727,6 +764,11 @@ impl EventLoop {
         }
         for read in out.output_reads.drain(..) {
             let Some(connection) = connection_of(&mut self.connections, read.conn) else { continue };
+            if connection.http.is_some() {
+                // Owed once released: only then is it known to be part of a response.
+                self.durability.hold(Held::Read(read));
+                continue;
+            }
             connection.outbound.owe(outbound::read_bytes_at_most(&read));
             if read.ends_request {
                 connection.requests_in_flight = connection.requests_in_flight.saturating_sub(1);
@@ -736,20 +778,28 @@ impl EventLoop {
         for closing in out.closings.drain(..) {
             let Some(connection) = connection_of(&mut self.connections, closing.conn) else { continue };
             logging::warn_peer(connection.peer, format!("closing connection: {}", closing.message));
-            refuse(&mut self.metrics, connection, 0, closing.code, closing.message);
+            if connection.http.is_some() {
+                connection.closing = true;
+            } else {
+                refuse(&mut self.metrics, connection, 0, closing.code, closing.message);
+            }
             self.to_flush.push(token_of(closing.conn));
         }
     }
 
     fn close(&mut self, token: Token, now_ms: u64, out: &mut Output, reason: Option<&str>) {
         let Some(mut connection) = self.connections.try_remove(token.0) else { return };
-        self.metrics.connection_closed(connection_kind(connection.role));
+        let kind = if connection.http.is_some() { ConnectionKind::Http } else { connection_kind(connection.role) };
+        self.metrics.connection_closed(kind);
         if let Some(reason) = reason {
             logging::warn_peer(connection.peer, format!("closing connection: {reason}"));
         }
         connection.stream.close();
         let _ = self.poll.registry().deregister(connection.stream.socket_mut());
         connection.inbound.release_into(&mut self.input_budget);
+        if let Some(http) = &connection.http {
+            self.input_budget.give_back(http.granted_bytes);
+        }
         self.wake_waiting_for_memory();
         self.core.handle(now_ms, Input::Disconnected { conn: connection.id }, out);
     }
@@ -803,12 +853,20 @@ impl EventLoop {
     /// Queues the durable replies and reads on their connections.
     fn release_durable(&mut self) {
         let now_ms = self.monotonic_ms();
-        for item in self.durability.releasable() {
-            let (conn, queued) = match item {
-                Held::Reply { conn, frame } => (conn, Queued::Frame(frame)),
-                Held::Read(read) => (read.conn, Queued::Read(read)),
-            };
+        let mut released = std::mem::take(&mut self.released);
+        released.extend(self.durability.releasable());
+        for item in released.drain(..) {
+            let conn = item.conn();
             let Some(connection) = connection_of(&mut self.connections, conn) else { continue };
+            let queued = match item {
+                _ if connection.http.is_some() => {
+                    self.release_http(item);
+                    continue;
+                }
+                Held::Reply { frame, .. } => Queued::Frame(frame),
+                Held::Read(read) => Queued::Read(read),
+                Held::HttpReply { .. } => unreachable!("held only for HTTP connections"),
+            };
             if !connection.outbound.has_unwritten() {
                 // The peer's time to take this output starts now.
                 connection.progressed(now_ms);
@@ -816,6 +874,7 @@ impl EventLoop {
             connection.outbound.push(queued);
             self.to_flush.push(token_of(conn));
         }
+        self.released = released;
     }
 
     fn flush_connections(&mut self) {
@@ -826,14 +885,25 @@ impl EventLoop {
         for token in to_flush.drain(..) {
             let Some(connection) = self.connections.get_mut(token.0) else { continue };
             let (outputs, encoder, metrics) = (&mut self.outputs, &mut self.encoder, &mut self.metrics);
+            let is_http = connection.http.is_some();
+            let mut read_failed = false;
             let written = connection.outbound.write_to(&mut connection.stream, |read| {
                 let reply = read_output(outputs, read);
                 if let Reply::Error(error) = &reply {
                     metrics.refused(Refusal::Error(error.code));
                 }
-                outbound::encode_reply_with(encoder, read.request_id, &reply)
+                match is_http {
+                    true => http::output_chunk(reply, read.ends_request, &mut read_failed),
+                    false => outbound::encode_reply_with(encoder, read.request_id, &reply),
+                }
             });
+            if read_failed {
+                self.close(token, now_ms, &mut out, Some("a read of task output failed in the middle of its body"));
+                continue;
+            }
             let all_sent = matches!(written, outbound::WriteOutcome::Done);
+            let answered_last =
+                connection.http.as_ref().is_some_and(|http| http.close_after_response && http.exchange.is_none());
             match written {
                 outbound::WriteOutcome::Failed => {
                     self.close(token, now_ms, &mut out, None);
@@ -844,7 +914,7 @@ impl EventLoop {
                 }
                 outbound::WriteOutcome::Blocked { wrote_any: false } => {}
             }
-            if connection.closing && all_sent {
+            if (connection.closing || answered_last) && all_sent {
                 self.close(token, now_ms, &mut out, None);
                 continue;
             }
@@ -865,7 +935,7 @@ impl EventLoop {
     fn shut_down(mut self) -> Result<(), ServerError> {
         self.service.stopping("shutting down: making everything durable");
         log("shutting down: no new connections; making everything durable".to_string());
-        if let Some(mut listener) = self.listener.take() {
+        for mut listener in [self.listener.take(), self.http_listener.take()].into_iter().flatten() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         self.sync_if_needed()?;
@@ -982,16 +1052,29 @@ fn event_level(event: &Event) -> Level {
     }
 }
 
+/// Which protocol a listener's connections speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Binary,
+    Http,
+}
+
 /// Tells a peer over the connection limit why, without blocking, and drops it.
-fn refuse_at_limit(stream: mio::net::TcpStream, limit: usize) {
+fn refuse_at_limit(stream: mio::net::TcpStream, limit: usize, protocol: Protocol) {
     use std::io::Write;
     let message = format!("the daemon is at its limit of {limit} connections");
-    let reply = Reply::Error(ErrorReply { code: ErrorCode::Unavailable, message });
     let mut bytes = Vec::new();
-    if apiary_protocol::frame::encode_reply(0, &reply, &mut bytes).is_ok() {
-        let mut stream = stream;
-        let _ = stream.write(&bytes);
+    match protocol {
+        Protocol::Binary => {
+            let reply = Reply::Error(ErrorReply { code: ErrorCode::Unavailable, message });
+            if apiary_protocol::frame::encode_reply(0, &reply, &mut bytes).is_err() {
+                return;
+            }
+        }
+        Protocol::Http => bytes = super::http::response::text(503, &message, false),
     }
+    let mut stream = stream;
+    let _ = stream.write(&bytes);
 }
 
 #[cfg(test)]

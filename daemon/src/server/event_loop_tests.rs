@@ -27,6 +27,7 @@ const TURN_WAIT: Duration = Duration::from_millis(20);
 fn config(data_dir: &Path) -> ServerConfig {
     ServerConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        http_listen: None,
         data_dir: data_dir.to_path_buf(),
         max_connections: 100,
         peer_limits: PeerLimits::default(),

@@ -59,7 +59,7 @@ impl InputBudget {
         self.used_bytes
     }
 
-    fn try_take(&mut self, bytes: usize) -> bool {
+    pub(super) fn try_take(&mut self, bytes: usize) -> bool {
         let fits = self.used_bytes + bytes <= self.limit_bytes;
         if fits {
             self.used_bytes += bytes;
@@ -67,7 +67,7 @@ impl InputBudget {
         fits
     }
 
-    fn give_back(&mut self, bytes: usize) {
+    pub(super) fn give_back(&mut self, bytes: usize) {
         assert!(bytes <= self.used_bytes, "gave back {bytes} of {} bytes", self.used_bytes);
         self.used_bytes -= bytes;
     }

@@ -5,7 +5,9 @@
 //! settled by its hello (`hello`); a bot's id and enforced dimensions are
 //! checked against its principal's bot groups (`bot_admission`); SIGHUP
 //! reloads who may connect (`reload`) and the TLS certificate (`tls`);
-//! `service_manager` tells systemd how the daemon is doing.
+//! `service_manager` tells systemd how the daemon is doing. HTTP connections
+//! (`--http-listen`) share the loop: `http` reads and answers their requests,
+//! `event_loop::http` does their I/O.
 
 mod bot_admission;
 mod connection;
@@ -14,6 +16,7 @@ mod disk;
 mod durability;
 mod event_loop;
 mod hello;
+mod http;
 mod inbound;
 pub mod os;
 mod outbound;

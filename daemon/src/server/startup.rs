@@ -25,6 +25,8 @@ use crate::logging;
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Where HTTP clients connect (`--http-listen`); no HTTP listener when `None`.
+    pub http_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub max_connections: usize,
     /// Timeouts and memory bounds per connection and in total.
@@ -71,6 +73,10 @@ pub(super) fn start(config: &ServerConfig, mut service: ServiceManager) -> Resul
     let io_error = |context: String| move |source| ServerError::Io { context, source };
     let open_access = auth::check_open_access(config.listen, &config.access, config.insecure_no_auth)
         .map_err(ServerError::OpenAccess)?;
+    if let Some(http_listen) = config.http_listen {
+        auth::check_open_access(http_listen, &config.access, config.insecure_no_auth)
+            .map_err(ServerError::OpenAccess)?;
+    }
     let tls = match &config.tls {
         None => None,
         Some(files) => Some(ServingTls { files: files.clone(), config: files.load().map_err(ServerError::Tls)? }),
@@ -79,6 +85,13 @@ pub(super) fn start(config: &ServerConfig, mut service: ServiceManager) -> Resul
     // creates or locks anything in the data directory. Connections that come
     // during recovery wait in the backlog.
     let listener = TcpListener::bind(config.listen).map_err(io_error(format!("cannot listen on {}", config.listen)))?;
+    let http_listener = match config.http_listen {
+        None => None,
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .map_err(io_error(format!("cannot listen for HTTP on {address} (--http-listen)")))?,
+        ),
+    };
     let data_dir = &config.data_dir;
     fs::create_dir_all(data_dir)
         .map_err(io_error(format!("cannot create the data directory {}", data_dir.display())))?;
@@ -96,8 +109,10 @@ pub(super) fn start(config: &ServerConfig, mut service: ServiceManager) -> Resul
     }
     service.status(&format!("recovering: reading the snapshot and replaying the log in {}", data_dir.display()));
     let recovered = recover(config)?;
-    if let Err(error) = os::raise_listen_backlog(&listener) {
-        logging::warn(format!("cannot raise the listen backlog: {error}"));
+    for listener in std::iter::once(&listener).chain(&http_listener) {
+        if let Err(error) = os::raise_listen_backlog(listener) {
+            logging::warn(format!("cannot raise the listen backlog: {error}"));
+        }
     }
     let address = listener.local_addr().map_err(io_error("cannot read the listening address".into()))?;
     if let Some(line) = open_access {
@@ -109,15 +124,35 @@ pub(super) fn start(config: &ServerConfig, mut service: ServiceManager) -> Resul
     match &config.tls {
         Some(files) => log(format!("serving TLS with the certificate from {}", files.cert_file.display())),
         None if !address.ip().is_loopback() => logging::warn(format!(
-            "serving plaintext on {address}: tokens and task data cross the network readable by anyone on the path \
+            "serving plaintext on {address}: tokens and task data cross the network readable by anyone on the \
+             path \
              (configure tls_cert_file and tls_key_file)"
         )),
         None => {}
     }
+    if let Some(http_listener) = &http_listener {
+        log_http_address(http_listener, config.tls.is_some())?;
+    }
     log(format!("listening on {address} with data in {}", data_dir.display()));
     // The event loop tells systemd it is ready once it runs.
-    let event_loop = EventLoop::new(listener, tls, config, recovered, service)?;
+    let event_loop = EventLoop::new(listener, http_listener, tls, config, recovered, service)?;
     Ok(Started { event_loop, _lock: lock })
+}
+
+/// Says where HTTP is served (before the `listening on` line, which says the daemon is up).
+fn log_http_address(http_listener: &TcpListener, tls: bool) -> Result<(), ServerError> {
+    let address = http_listener
+        .local_addr()
+        .map_err(|source| ServerError::Io { context: "cannot read the HTTP listening address".into(), source })?;
+    let scheme = if tls { "https" } else { "http" };
+    if !tls && !address.ip().is_loopback() {
+        logging::warn(format!(
+            "serving plaintext HTTP on {address}: bearer tokens and task data cross the network readable by anyone on the \
+             path (configure tls_cert_file and tls_key_file)"
+        ));
+    }
+    log(format!("serving HTTP on {address} ({scheme}://{address}/)"));
+    Ok(())
 }
 
 /// Holds an exclusive lock on `DATA_DIR/LOCK` for as long as the file stays open.

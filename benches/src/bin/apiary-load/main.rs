@@ -12,6 +12,9 @@
 //! - Submit-to-dispatch latency is the assignment's arrival minus the moment its `NewTask`
 //!   was sent, matched by task id (the run id with its last hex digit cleared).
 //!
+//! - HTTP clients (`http.rs`, with `--http-server` and `--http-clients`) make pRPC calls
+//!   to the daemon's HTTP listener back to back while the submitters run.
+//!
 //! The run stops by itself: submitting ends after `--tasks` tasks or `--duration` seconds
 //! (whichever comes first; 10 s if neither is given), then the bots finish what was
 //! submitted (at most `--drain-secs`), and the program prints its figures and exits 0.
@@ -20,6 +23,7 @@
 //! tasks are left over.
 
 mod bots;
+mod http;
 mod report;
 mod submit;
 
@@ -151,6 +155,16 @@ struct LoadArgs {
     /// The bots' bearer token, from this file (default: the submitters' token).
     #[arg(long)]
     bot_token_file: Option<PathBuf>,
+    /// The daemon's HTTP listener (its --http-listen), for --http-clients.
+    #[arg(long, value_name = "ADDR")]
+    http_server: Option<String>,
+    /// Connections to --http-server, each making --http-call calls back to back (keep-alive)
+    /// while the submitters run.
+    #[arg(long, default_value_t = 0, requires = "http_server")]
+    http_clients: usize,
+    /// The pRPC call of the HTTP clients.
+    #[arg(long, value_enum, default_value_t = http::HttpCall::GetResult)]
+    http_call: http::HttpCall,
     #[command(flatten)]
     tls: TlsArgs,
     /// Chosen from `tls` before the run.
@@ -204,7 +218,16 @@ impl LoadArgs {
             self.name_bytes.map_or_else(|| "load-<submitter>-<n>".into(), |bytes| format!("{bytes} bytes")),
             self.rate.map_or_else(|| "as fast as replies come".into(), |rate| format!("{rate} tasks/s")),
             stop.join(" or ")
-        )
+        ) + &self.describe_http()
+    }
+
+    fn describe_http(&self) -> String {
+        match &self.http_server {
+            Some(server) if self.http_clients > 0 => {
+                format!(", HTTP {} clients making {:?} calls to {server}", self.http_clients, self.http_call)
+            }
+            _ => String::new(),
+        }
     }
 
     pub(crate) fn duration_secs(&self) -> f64 {
@@ -227,6 +250,8 @@ pub(crate) struct Shared {
     pub(crate) welcomed: AtomicUsize,
     pub(crate) stop_bots: AtomicBool,
     pub(crate) stop_submitting: AtomicBool,
+    /// The submitters are done: the HTTP clients stop too.
+    pub(crate) stop_http: AtomicBool,
     pub(crate) claimed: AtomicU64,
     pub(crate) submitted: AtomicU64,
     pub(crate) dispatched: AtomicU64,
@@ -243,6 +268,7 @@ impl Shared {
             welcomed: AtomicUsize::new(0),
             stop_bots: AtomicBool::new(false),
             stop_submitting: AtomicBool::new(false),
+            stop_http: AtomicBool::new(false),
             claimed: AtomicU64::new(0),
             submitted: AtomicU64::new(0),
             dispatched: AtomicU64::new(0),
@@ -347,9 +373,13 @@ fn run_load(args: &LoadArgs) -> Result<(), String> {
     // Watches the machine meanwhile, so the stalls of a run can be told apart.
     let sleep_watch = SleepWatch::start(shared.start);
     let bot_threads = start_bots(args, addr, &shared, nofile);
+    let http_clients = http::start(args, &shared);
     let submit_started_ns = shared.now_ns();
     let logs = submit_all(args, &shared, submit_started_ns);
     let submit_ended_ns = shared.now_ns();
+    shared.stop_http.store(true, Ordering::SeqCst);
+    let http_logs: Vec<_> =
+        http_clients.into_iter().map(|handle| handle.join().expect("an HTTP client thread panicked")).collect();
     if args.bots > 0 {
         wait_for_completions(args, &shared);
     }
@@ -363,6 +393,9 @@ fn run_load(args: &LoadArgs) -> Result<(), String> {
     }
     let report = Report::new(args, &shared, logs, &arrivals, submit_started_ns, submit_ended_ns);
     report.print();
+    if !http_logs.is_empty() {
+        http::print(http_logs, args.http_call, (submit_ended_ns - submit_started_ns) as f64 / 1e9);
+    }
     println!("{}", sleep_watch.stop().line());
     if let Some(floor) = &floor {
         report.print_against(floor);
