@@ -2,7 +2,7 @@
 //! (lowercase hex, as REAPI's `Digest.hash` and the `cas` tool print it).
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 
 use rkyv::{Archive, Deserialize as RkyvDeserialize, Serialize as RkyvSerialize};
 use sha2::{Digest as _, Sha256};
@@ -80,6 +80,38 @@ impl Digest {
     }
 }
 
+/// Writes through to `inner`, taking the digest of what passes: a blob is
+/// checked as it is written, never read back.
+pub struct DigestWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    size_bytes: u64,
+}
+
+impl<W: Write> DigestWriter<W> {
+    pub fn new(inner: W) -> DigestWriter<W> {
+        DigestWriter { inner, hasher: Sha256::new(), size_bytes: 0 }
+    }
+
+    /// What was written, and the digest of those bytes.
+    pub fn finish(self) -> (W, Digest) {
+        (self.inner, Digest { hash: self.hasher.finalize().into(), size_bytes: self.size_bytes })
+    }
+}
+
+impl<W: Write> Write for DigestWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        self.size_bytes += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.hex(), self.size_bytes)
@@ -118,6 +150,15 @@ mod tests {
         let digest = Digest::of(b"hello\n");
         assert_eq!(digest.to_string().parse::<Digest>(), Ok(digest));
         assert_eq!(Digest::of_reader(&b"hello\n"[..]).unwrap(), digest);
+    }
+
+    #[test]
+    fn a_writer_takes_the_digest_of_what_passes_through_it() {
+        let mut writer = DigestWriter::new(Vec::new());
+        writer.write_all(b"hel").unwrap();
+        writer.write_all(b"lo\n").unwrap();
+        let (written, digest) = writer.finish();
+        assert_eq!((written.as_slice(), digest), (&b"hello\n"[..], Digest::of(b"hello\n")));
     }
 
     #[test]

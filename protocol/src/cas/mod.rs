@@ -13,4 +13,4 @@ pub mod materialize;
 pub mod reapi;
 pub mod tree;
 
-pub use digest::{Digest, DigestError};
+pub use digest::{Digest, DigestError, DigestWriter};
