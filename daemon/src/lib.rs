@@ -2,10 +2,11 @@
 //! `server` is the thin shell around it: the event loop, connections, the
 //! write-ahead log and its group commit. `auth` says who a connection is
 //! (principals and their token hashes); `config` reads the configuration file;
-//! `logging` writes the daemon's log lines.
+//! `logging` writes the daemon's log lines; `web_ui` holds the web UI's files.
 
 pub mod auth;
 pub mod config;
 pub mod core;
 pub mod logging;
 pub mod server;
+pub mod web_ui;
