@@ -41,10 +41,15 @@ export function duration(seconds) {
   if (seconds === undefined || seconds === null || Number.isNaN(Number(seconds))) return '-';
   const value = Number(seconds);
   if (value < 1) return `${Math.round(value * 1000)} ms`;
-  if (value < 60) return `${value.toFixed(1)} s`;
+  if (value < 60) return Number.isInteger(value) ? `${value} s` : `${value.toFixed(1)} s`;
   const whole = Math.round(value);
-  if (whole < 3600) return `${Math.floor(whole / 60)} min ${whole % 60} s`;
-  return `${Math.floor(whole / 3600)} h ${Math.floor((whole % 3600) / 60)} min`;
+  if (whole < 3600) return joinUnits(Math.floor(whole / 60), 'min', whole % 60, 's');
+  return joinUnits(Math.floor(whole / 3600), 'h', Math.floor((whole % 3600) / 60), 'min');
+}
+
+/** `2 h 5 min`, or `2 h` when the smaller unit is 0. */
+function joinUnits(large, largeUnit, small, smallUnit) {
+  return small ? `${large} ${largeUnit} ${small} ${smallUnit}` : `${large} ${largeUnit}`;
 }
 
 /** Seconds between two timestamps, or null. */
@@ -121,15 +126,29 @@ export function taskStateBadge(result) {
   return h('span', { class: `badge state-${state.key}`, 'data-state': state.key }, state.label);
 }
 
-/** A bot's status from a `BotInfo`, worst first: dead, quarantined,
- *  maintenance, busy, idle. */
+/** A bot's status from a `BotInfo`, the first that applies: dead, shut down
+ *  (exited when asked to terminate), quarantined, maintenance, busy,
+ *  disconnected, idle. The last few come from its `state` when it says. */
 export function botStatus(bot) {
+  const state = botState(bot) || {};
   if (bot.deleted) return { key: 'deleted', label: 'Deleted' };
   if (bot.isDead) return { key: 'dead', label: 'Dead' };
+  if (state.shut_down) return { key: 'shut-down', label: 'Shut down' };
   if (bot.quarantined) return { key: 'quarantined', label: 'Quarantined' };
   if (bot.maintenanceMsg) return { key: 'maintenance', label: 'Maintenance' };
   if (bot.taskId) return { key: 'busy', label: 'Busy' };
+  if (state.connected === false) return { key: 'disconnected', label: 'Disconnected' };
   return { key: 'idle', label: 'Idle' };
+}
+
+/** The bot's `state` (JSON text in BotInfo) as an object; null when absent or not JSON. */
+export function botState(bot) {
+  try {
+    const state = bot.state ? JSON.parse(bot.state) : null;
+    return state && typeof state === 'object' ? state : null;
+  } catch {
+    return null;
+  }
 }
 
 export function botStatusBadge(bot) {

@@ -28,7 +28,7 @@ export async function followOutput(taskId, view, signal, isEnded) {
     await sleep(RETRY_DELAY_MS, signal);
   }
   view.append(reader.decoder.decode());
-  view.status(`${bytes(reader.offset)} · complete`);
+  view.status(reader.offset ? `${bytes(reader.offset)} · complete` : 'complete · no output');
 }
 
 /** One stream connection from `offset`: 'ended' when the body ended, 'dropped'

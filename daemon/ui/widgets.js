@@ -58,6 +58,7 @@ export class CursorPager {
 
   /** Previous / Next buttons; `nextCursor` empty means this is the last page. */
   controls(nextCursor, shown, redraw) {
+    if (this.page === 1 && !nextCursor) return null; // all of it fits on one page
     return h('div', { class: 'pager' },
       h('button', { class: 'button', id: 'page-previous', disabled: this.page === 1,
         onclick: () => { this.previous(); redraw(); } }, '← Previous'),

@@ -108,7 +108,7 @@ fn server_strings_stay_text_and_swarming_values_read_right() {
            deduped: format.taskState({state: 'COMPLETED', dedupedFrom: '1'}).key,
            diedBadge: format.taskStateBadge({state: 'BOT_DIED'}).textContent,
            unknown: format.taskState({state: 'SOMETHING_NEW'}).label,
-           durations: [0.25, 12.34, 125, 7322].map(format.duration),
+           durations: [0.25, 12.34, 30, 125, 3600, 7322].map(format.duration),
            ages: [3, 42, 300, 7200, 200000].map((s) => format.age(new Date(Date.now() - s * 1000))),
            exitCode: format.int64('-9') + format.int64(undefined),
            output: new TextDecoder().decode(format.base64Bytes('aGVsbG8K')),
@@ -123,7 +123,7 @@ fn server_strings_stay_text_and_swarming_values_read_right() {
     assert_eq!(read["deduped"], "deduped");
     assert_eq!(read["diedBadge"], "Bot died");
     assert_eq!(read["unknown"], "SOMETHING_NEW", "an unknown state is shown as it came");
-    assert_eq!(read["durations"], json!(["250 ms", "12.3 s", "2 min 5 s", "2 h 2 min"]));
+    assert_eq!(read["durations"], json!(["250 ms", "12.3 s", "30 s", "2 min 5 s", "1 h", "2 h 2 min"]));
     assert_eq!(read["ages"], json!(["just now", "42 s ago", "5 min ago", "2 h ago", "2 d ago"]));
     assert_eq!(read["exitCode"], json!(-9));
     assert_eq!(read["output"], "hello\n");
@@ -136,7 +136,7 @@ fn server_strings_stay_text_and_swarming_values_read_right() {
         &mut browser,
         "return task.retryRequest({
            taskId: '6a0f3c1e2b4d5f60', name: 'build', priority: 30, user: 'alice', authenticated: 'alice',
-           tags: ['authenticated:alice', 'build:42'], createdTs: '2026-11-30T10:00:00Z',
+           tags: ['authenticated:alice', 'build:42', 'parent_task_id:6a0f3c1e2b4d5f00'], createdTs: '2026-11-30T10:00:00Z',
            taskSlices: [{expirationSecs: 60, properties: {command: ['make'], idempotent: true,
                          dimensions: [{key: 'pool', value: 'ci'}]}}],
          });",
@@ -164,11 +164,11 @@ struct Ui {
     browser: Browser,
 }
 
-/// Where the daemon says its HTTP listener listens: the line after
-/// `http listening on ` in its log.
+/// Where the daemon says its HTTP listener listens: its log line
+/// `serving HTTP on ADDR (http://ADDR/)`.
 fn http_address(daemon: &Daemon) -> String {
     daemon.log.wait_for("the HTTP listener", |line| {
-        let rest = message(line)?.strip_prefix("http listening on ")?;
+        let rest = message(line)?.strip_prefix("serving HTTP on ")?;
         Some(rest.split_whitespace().next()?.to_string())
     })
 }
@@ -261,7 +261,7 @@ fn each_page_shows_tasks_and_bots_with_links_between_them() {
 
     ui.browser.click("#summary a[href='#/bot/linux-1']");
     ui.browser.wait_for_text("#bot-status", "Idle");
-    ui.browser.wait_for_text("#dimensions", "pool:ci");
+    ui.browser.wait_for("#dimensions a[href='#/bots?dimension=pool%3Aci']");
     ui.browser.wait_for_text("#bot-tasks", "hello-task");
     ui.browser.wait_for(&format!("#bot-tasks a[href='#/task/{done}']"));
     ui.browser.wait_for("#bot-events tbody tr");
@@ -272,6 +272,7 @@ fn each_page_shows_tasks_and_bots_with_links_between_them() {
     ui.browser.wait_for_text("#bot-counts [data-count=alive]", "1");
     ui.browser.wait_for_text("#bot-counts [data-count=idle]", "1");
     ui.browser.wait_for_text("#bot-counts [data-count=dead]", "0");
+    ui.browser.screenshot("bot-list");
     ui.browser.type_into("#filter-dimensions", "pool:nothing-here");
     ui.browser.wait_for_text("#bot-list", "No bot matches");
     ui.browser.screenshot("bot-list-filtered");

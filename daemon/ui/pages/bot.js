@@ -3,9 +3,9 @@
 
 import { bots, CODE, server } from '../api.js';
 import { fill, h, href, taskLink } from '../dom.js';
-import { botStatusBadge, timeCell } from '../format.js';
+import { botState, botStatusBadge, timeCell } from '../format.js';
 import { taskTable } from './tasks.js';
-import { CursorPager, chips, confirmAction, describeError, details, errorBox, every, notice, pageFrame, table } from '../widgets.js';
+import { CursorPager, confirmAction, describeError, details, errorBox, every, notice, pageFrame, table } from '../widgets.js';
 
 const PAGE_SIZE = 50;
 const REFRESH_MS = 5000;
@@ -59,7 +59,7 @@ function drawBot(botId, state, view) {
     ['Address', bot.externalIp || null],
     ['Authenticated as', bot.authenticatedAs || null],
     ['Version', bot.version || null],
-  ]), botState(bot));
+  ]), stateDetails(bot));
   fill(view.dimensions, h('h2', {}, 'Dimensions'), dimensionTable(bot.dimensions || []));
 }
 
@@ -72,7 +72,7 @@ function actionButtons(botId, state) {
   return [
     mayManage && !bot.quarantined ? action('quarantine', 'Quarantine', quarantine) : null,
     mayManage && bot.quarantined ? action('unquarantine', 'Unquarantine', unquarantine) : null,
-    mayManage && !bot.isDead ? action('terminate', 'Terminate', terminate, 'button danger') : null,
+    mayManage && !bot.isDead && !botState(bot)?.shut_down ? action('terminate', 'Terminate', terminate, 'button danger') : null,
     permissions.deleteBot ? action('delete', 'Delete', remove, 'button danger') : null,
   ];
 }
@@ -109,33 +109,26 @@ const remove = (botId, state) => act(state,
     confirmLabel: 'Delete' },
   () => bots.remove(botId), 'Deleted.');
 
-/** The bot's state (JSON text in BotInfo) as an object; null when absent or not JSON. */
-function parsedState(bot) {
-  try {
-    return bot.state ? JSON.parse(bot.state) : null;
-  } catch {
-    return null;
-  }
-}
-
 function quarantineReason(bot) {
-  const stateObject = parsedState(bot);
+  const stateObject = botState(bot);
   const reason = stateObject && typeof stateObject.quarantined === 'string' ? stateObject.quarantined : '';
   return reason || 'yes';
 }
 
-function botState(bot) {
-  const stateObject = parsedState(bot);
+/** The bot's state, folded away: it is long and rarely needed. */
+function stateDetails(bot) {
+  const stateObject = botState(bot);
   if (!stateObject) return null;
-  return h('details', { class: 'bot-state' }, h('summary', {}, 'State reported by the bot'),
+  return h('details', { class: 'bot-state' }, h('summary', {}, 'State'),
     h('pre', {}, JSON.stringify(stateObject, null, 2)));
 }
 
 function dimensionTable(dimensions) {
   return table([
     { title: 'Key', cell: (pair) => pair.key },
-    { title: 'Values', cell: (pair) => chips([].concat(pair.value ?? []).map((value) => `${pair.key}:${value}`),
-      (text) => href.bots({ dimension: text })) },
+    { title: 'Values', cell: (pair) => h('span', { class: 'chips' }, [].concat(pair.value ?? []).map((value) =>
+      h('a', { class: 'chip', href: href.bots({ dimension: `${pair.key}:${value}` }), title: 'Bots with this dimension' },
+        value))) },
   ], dimensions, { empty: 'No dimensions.' });
 }
 

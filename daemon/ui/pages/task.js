@@ -9,6 +9,8 @@ import { followOutput } from '../output.js';
 import { chips, confirmAction, describeError, details, errorBox, notice, pageFrame, sleep } from '../widgets.js';
 
 const REFRESH_MS = 2000;
+/** Tags the daemon sets itself and refuses from a client. */
+const DAEMON_TAG_PREFIXES = ['authenticated:', 'parent_task_id:'];
 
 export async function taskPage(outlet, { params: [taskId], signal }) {
   const [result, request, permissions] = await Promise.all([
@@ -125,7 +127,7 @@ export function retryRequest(request) {
     name: request.name,
     priority: request.priority,
     user: request.user,
-    tags: (request.tags || []).filter((tag) => !tag.startsWith('authenticated:')),
+    tags: (request.tags || []).filter((tag) => !DAEMON_TAG_PREFIXES.some((prefix) => tag.startsWith(prefix))),
     taskSlices: slices.map((slice) => ({ ...slice, properties: { ...(slice.properties || {}), idempotent: false } })),
     serviceAccount: request.serviceAccount,
     realm: request.realm,
