@@ -32,7 +32,16 @@ export const session = {
   token: () => sessionStorage.getItem(TOKEN_KEY) || '',
   signIn: (token) => sessionStorage.setItem(TOKEN_KEY, token.trim()),
   signOut: () => sessionStorage.removeItem(TOKEN_KEY),
+  /** Whether a call without a token was answered: the daemon's access is open. */
+  openAccess: false,
 };
+
+/** Notes that a call went through without a token, once. */
+function answeredWithoutToken() {
+  if (session.openAccess || session.token()) return;
+  session.openAccess = true;
+  window.dispatchEvent(new Event('apiary:session'));
+}
 
 function authorization() {
   const token = session.token();
@@ -60,6 +69,7 @@ async function call(service, method, body, signal) {
   if (!response.ok || grpcCode !== 0) {
     throw new ApiError(grpcCode, text.trim() || `${method}: HTTP ${response.status}`, response.status);
   }
+  answeredWithoutToken();
   const json = text.startsWith(PRPC_PREFIX) ? text.slice(PRPC_PREFIX.length) : text;
   return json.trim() ? JSON.parse(json) : {};
 }

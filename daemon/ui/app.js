@@ -25,7 +25,8 @@ function drawSession() {
     fill(area, h('span', { class: 'signed-in', id: 'signed-in' }, 'Signed in with a token'),
       h('button', { class: 'button small', id: 'sign-out', onclick: signOut }, 'Sign out'));
   } else {
-    fill(area, h('a', { class: 'button small', id: 'sign-in', href: '#/signin' }, 'Sign in'));
+    fill(area, session.openAccess ? h('span', { id: 'open-access', title: 'This daemon needs no token' }, 'Open access') : null,
+      h('a', { class: 'button small', id: 'sign-in', href: '#/signin' }, 'Sign in'));
   }
 }
 

@@ -234,6 +234,7 @@ fn each_page_shows_tasks_and_bots_with_links_between_them() {
     ui.browser.wait_for_text("#task-counts [data-count=ALL]", "2");
     ui.browser.wait_for_text("#task-counts [data-count=PENDING]", "1");
     ui.browser.wait_for_text("#task-counts [data-count=COMPLETED_SUCCESS]", "1");
+    ui.browser.wait_for("#open-access");
     ui.browser.screenshot("task-list");
 
     // The state filter, from the count bar: only the pending task is left.
@@ -276,6 +277,18 @@ fn each_page_shows_tasks_and_bots_with_links_between_them() {
     ui.browser.type_into("#filter-dimensions", "pool:nothing-here");
     ui.browser.wait_for_text("#bot-list", "No bot matches");
     ui.browser.screenshot("bot-list-filtered");
+
+    // The tag filter of the task list, and its counts.
+    ui.open("/tasks");
+    ui.browser.wait_for_text("#task-list", "gpu-task");
+    ui.browser.type_into("#filter-tags", "pool:ci");
+    ui.browser.wait_until(
+        "the list to show only the tasks of pool ci",
+        "!document.querySelector('#task-list').innerText.includes('gpu-task')",
+    );
+    assert!(ui.browser.text("#task-list").contains("hello-task"));
+    ui.browser.wait_for_text("#task-counts [data-count=ALL]", "1");
+    assert_eq!(ui.browser.eval("location.hash"), json!("#/tasks?tag=pool%3Aci"));
 }
 
 #[test]
@@ -354,7 +367,7 @@ fn a_running_task_output_appears_in_the_page_as_it_is_written() {
 
 #[test]
 #[ignore = "needs the HTTP listener"]
-fn quarantine_unquarantine_terminate_and_delete_from_the_bot_page() {
+fn quarantine_and_unquarantine_from_the_bot_page() {
     let mut ui = Ui::start(None);
     ui.add_bot("linux-1", &[]);
     ui.open("/bot/linux-1");
@@ -374,7 +387,15 @@ fn quarantine_unquarantine_terminate_and_delete_from_the_bot_page() {
     confirm(&mut ui.browser);
     ui.browser.wait_for_text("#bot-status", "Idle");
     ui.browser.wait_for("#quarantine");
+}
 
+#[test]
+#[ignore = "needs the HTTP listener"]
+fn terminate_and_delete_from_the_bot_page() {
+    let mut ui = Ui::start(None);
+    ui.add_bot("linux-1", &[]);
+    ui.open("/bot/linux-1");
+    ui.browser.wait_for_text("#bot-status", "Idle");
     ui.browser.click("#terminate");
     confirm(&mut ui.browser);
     let status = ui.bots[0].wait_exit();

@@ -20,7 +20,7 @@ export async function signinPage(outlet, { query }) {
   fill(outlet,
     h('section', { class: 'card signin' },
       h('h1', {}, 'Sign in'),
-      why ? h('div', { class: 'error', id: 'signin-why' }, `The daemon asks for a token: ${why}`) : null,
+      why ? h('div', { class: 'notice warning', id: 'signin-why' }, `This daemon needs a token. It said: ${why}`) : null,
       h('p', {}, 'Apiary knows people and services by a token, the same one ',
         h('code', {}, 'apiary --token-file'), ' reads. It stays in this browser tab only and is forgotten when the tab closes.'),
       session.token() ? h('p', { class: 'muted' }, 'A token is in use now; a new one replaces it.') : null,

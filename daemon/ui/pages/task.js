@@ -144,7 +144,7 @@ function resultDetails(result) {
   return details([
     ['State', taskStateBadge(result)],
     ['Task ID', taskLink(result.taskId)],
-    ['Run ID', result.runId || null],
+    ['Run ID', result.runId ? taskLink(result.runId) : null],
     ['Bot', result.botId ? botLink(result.botId) : null],
     ['Exit code', ended && result.state === 'COMPLETED' ? String(int64(result.exitCode)) : null],
     ['Failure', result.internalFailure ? 'internal failure (the bot died)' : null],
