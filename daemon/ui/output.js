@@ -18,12 +18,14 @@ export async function followOutput(taskId, view, signal, isEnded) {
   const receive = (chunk) => {
     reader.offset += chunk.length;
     view.append(reader.decoder.decode(chunk, { stream: true }));
-    view.status(`${bytes(reader.offset)} received`);
+    view.status(`${bytes(reader.offset)} received · following`);
   };
   while (!signal.aborted) {
+    view.status(reader.offset ? `${bytes(reader.offset)} received · following` : 'following the output');
     const outcome = await streamOnce(taskId, reader.offset, receive, signal);
     if (outcome === 'no-stream') { await pollStdout(taskId, reader, receive, signal); break; }
-    if (outcome === 'ended' && await isEnded()) break;
+    // A daemon that cannot say (restarting, say) has not said the task ended.
+    if (outcome === 'ended' && await isEnded().catch(() => false)) break;
     view.status(`${bytes(reader.offset)} received · reconnecting…`);
     await sleep(RETRY_DELAY_MS, signal);
   }

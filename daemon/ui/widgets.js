@@ -93,6 +93,12 @@ export function notice(text, kind = 'info') {
   if (area) fill(area, h('div', { class: `notice ${kind}`, role: 'status' }, text));
 }
 
+/** Empties the notice area. */
+export function clearNotice() {
+  const area = document.getElementById('notice');
+  if (area) fill(area);
+}
+
 /** Asks before an action. Resolves to {ok, reason}. */
 export function confirmAction({ title, message, confirmLabel, askReason = false }) {
   const dialog = document.getElementById('confirm');

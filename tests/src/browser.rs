@@ -241,7 +241,7 @@ impl Browser {
     }
 
     /// Clicks the middle of the element `selector` with the mouse, once it is
-    /// there, visible and enabled.
+    /// there, enabled, and on top at that point (not under a dialog).
     pub fn click(&mut self, selector: &str) {
         let expression = format!(
             "(() => {{ const element = document.querySelector({});
@@ -249,7 +249,9 @@ impl Browser {
                element.scrollIntoView({{block: 'center'}});
                const box = element.getBoundingClientRect();
                if (box.width === 0 || box.height === 0) return null;
-               return {{x: box.left + box.width / 2, y: box.top + box.height / 2}}; }})()",
+               const point = {{x: box.left + box.width / 2, y: box.top + box.height / 2}};
+               const hit = document.elementFromPoint(point.x, point.y);
+               return hit && (hit === element || element.contains(hit)) ? point : null; }})()",
             js(selector)
         );
         let point = self.wait_until(&format!("{selector} to be clickable"), &expression);

@@ -63,17 +63,21 @@ function drawBot(botId, state, view) {
   fill(view.dimensions, h('h2', {}, 'Dimensions'), dimensionTable(bot.dimensions || []));
 }
 
+/** The actions the principal may take. Their places do not change while the
+ *  page refreshes: an action that does not apply now is disabled, not removed,
+ *  so a click never lands on the neighbour that moved under it. */
 function actionButtons(botId, state) {
   const { bot, permissions } = state;
   if (bot.deleted) return h('span', { class: 'muted', id: 'deleted' }, 'This bot was deleted.');
   const mayManage = Boolean(permissions.terminateBot);
-  const action = (id, label, run, className = 'button') =>
-    h('button', { class: className, id, onclick: () => run(botId, state) }, label);
+  const gone = Boolean(bot.isDead || botState(bot)?.shut_down);
+  const action = (id, label, run, { danger = false, disabled = false, title } = {}) =>
+    h('button', { class: danger ? 'button danger' : 'button', id, disabled, title, onclick: () => run(botId, state) }, label);
   return [
     mayManage && !bot.quarantined ? action('quarantine', 'Quarantine', quarantine) : null,
     mayManage && bot.quarantined ? action('unquarantine', 'Unquarantine', unquarantine) : null,
-    mayManage && !bot.isDead && !botState(bot)?.shut_down ? action('terminate', 'Terminate', terminate, 'button danger') : null,
-    permissions.deleteBot ? action('delete', 'Delete', remove, 'button danger') : null,
+    mayManage ? action('terminate', 'Terminate', terminate, { danger: true, disabled: gone, title: gone ? 'The bot is not running' : null }) : null,
+    permissions.deleteBot ? action('delete', 'Delete', remove, { danger: true }) : null,
   ];
 }
 

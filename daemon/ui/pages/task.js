@@ -6,7 +6,7 @@ import { bots, server, tasks } from '../api.js';
 import { botLink, fill, h, href, taskLink } from '../dom.js';
 import { duration, int64, isActive, pairs, secondsBetween, taskStateBadge, timeCell } from '../format.js';
 import { followOutput } from '../output.js';
-import { chips, confirmAction, describeError, details, errorBox, notice, pageFrame, sleep } from '../widgets.js';
+import { chips, clearNotice, confirmAction, describeError, details, errorBox, notice, pageFrame, sleep } from '../widgets.js';
 
 const REFRESH_MS = 2000;
 /** Tags the daemon sets itself and refuses from a client. */
@@ -58,14 +58,18 @@ function drawTask(taskId, state, view, signal, redraw) {
 
 /** Fetches the result again while the task may still change. */
 async function keepFresh(taskId, state, redraw, signal) {
+  let failing = false;
   while (isActive(state.result)) {
     await sleep(REFRESH_MS, signal).catch(() => {});
     if (signal.aborted) return;
     try {
       state.result = await tasks.result(taskId, signal);
+      if (failing) clearNotice();
+      failing = false;
       redraw();
     } catch (error) {
       if (signal.aborted) return;
+      failing = true;
       notice(describeError(error), 'error');
     }
   }
@@ -155,6 +159,8 @@ function resultDetails(result) {
     ['Abandoned', result.abandonedTs ? timeCell(result.abandonedTs) : null],
     ['Pending for', pendingSeconds === null ? null : duration(Math.max(0, pendingSeconds))],
     ['Ran for', result.duration !== undefined ? duration(result.duration) : null],
+    ['Running for', result.state === 'RUNNING' && result.startedTs
+      ? duration(Math.max(0, secondsBetween(result.startedTs, new Date().toISOString()))) : null],
     ['Slice', result.currentTaskSlice !== undefined ? String(result.currentTaskSlice) : null],
     ['User', result.user || null],
     ['Tags', chips(result.tags || [], (tag) => href.tasks({ tag }))],
