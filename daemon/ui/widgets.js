@@ -73,7 +73,7 @@ export function countBar(items) {
   return h('div', { class: 'counts' }, items.map((item) =>
     h('button', { class: `count ${item.class || ''} ${item.active ? 'active' : ''}`, 'data-count': item.id,
       onclick: item.pick, title: `Show only: ${item.label}` },
-      h('span', { class: 'count-value' }, item.count ?? '…'),
+      h('span', { class: 'count-value' }, typeof item.count === 'number' ? item.count.toLocaleString() : item.count ?? '…'),
       h('span', { class: 'count-label' }, item.label))));
 }
 

@@ -8,7 +8,9 @@ import { replaceQuery } from '../router.js';
 import { CursorPager, chips, countBar, debounce, errorBox, every, pageFrame, table } from '../widgets.js';
 
 const PAGE_SIZE = 100;
-const REFRESH_MS = 15000;
+const LIST_REFRESH_MS = 15000;
+/** Counting walks the tasks on the daemon (up to its cap): less often than the list. */
+const COUNTS_REFRESH_MS = 60000;
 const TAGS_SHOWN = 3;
 
 /** Swarming's StateQuery values (without `QUERY_`) and their labels. */
@@ -66,7 +68,9 @@ export async function tasksPage(outlet, { query, signal }) {
   const countsArea = h('div', { id: 'task-counts' });
   const listArea = h('div', { id: 'task-list' }, h('p', { class: 'muted' }, 'Loading…'));
   const tagHint = h('span', { class: 'hint', id: 'tag-hint' });
-  let drawn = 0; // the newest drawing wins when answers arrive out of order
+  // The newest drawing wins when answers arrive out of order.
+  let listDrawn = 0;
+  let countsDrawn = 0;
 
   const stateSelect = h('select', { id: 'filter-state', onchange: () => { filter.state = stateSelect.value; apply(); } },
     STATE_FILTERS.map(([value, label]) => h('option', { value, selected: value === filter.state }, label)));
@@ -90,16 +94,15 @@ export async function tasksPage(outlet, { query, signal }) {
     refresh();
   }
 
-  async function refresh() {
-    const ticket = ++drawn;
-    await Promise.all([drawCounts(ticket), drawList(ticket)]);
-  }
+  const refreshList = () => drawList(++listDrawn);
+  const refreshCounts = () => drawCounts(++countsDrawn);
+  const refresh = () => Promise.all([refreshCounts(), refreshList()]);
 
   async function drawCounts(ticket) {
     const base = { tags: filter.tags, start: startOf(filter.created) };
     const counts = await Promise.all(COUNTED.map(([state]) =>
       tasks.count({ ...base, state: `QUERY_${state}` }, signal).then((reply) => reply.count ?? 0, () => '?')));
-    if (ticket !== drawn) return;
+    if (ticket !== countsDrawn) return;
     fill(countsArea, countBar(COUNTED.map(([state, label, colorClass], index) => ({
       id: state, label, count: counts[index], class: colorClass, active: filter.state === state,
       pick: () => { filter.state = state; stateSelect.value = state; apply(); },
@@ -114,18 +117,19 @@ export async function tasksPage(outlet, { query, signal }) {
     } catch (error) {
       // Without a valid token the page cannot work at all: the router leads to sign-in.
       if (error.name === 'AbortError' || error.code === CODE.UNAUTHENTICATED) throw error;
-      if (ticket === drawn) fill(listArea, errorBox(error));
+      if (ticket === listDrawn) fill(listArea, errorBox(error));
       return;
     }
-    if (ticket !== drawn) return;
+    if (ticket !== listDrawn) return;
     const items = reply.items || [];
-    fill(listArea, taskTable(items), pager.controls(reply.cursor, items.length, refresh));
+    fill(listArea, taskTable(items), pager.controls(reply.cursor, items.length, refreshList));
   }
 
   fill(outlet, pageFrame(h('h1', {}, 'Tasks'),
     h('div', { class: 'filters' }, stateSelect, windowSelect, tagInput, tagHint),
     countsArea, listArea));
-  every(REFRESH_MS, signal, refresh);
+  every(LIST_REFRESH_MS, signal, refreshList);
+  every(COUNTS_REFRESH_MS, signal, refreshCounts);
   await refresh();
 }
 
