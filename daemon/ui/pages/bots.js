@@ -49,9 +49,9 @@ export async function botsPage(outlet, { query, signal }) {
   const hint = h('span', { class: 'hint', id: 'dimension-hint' });
   let drawn = 0;
 
-  const statusSelect = h('select', { id: 'filter-status', onchange: () => { filter.status = statusSelect.value; apply(); } },
+  const statusSelect = h('select', { id: 'filter-status', 'aria-label': 'Status', onchange: () => { filter.status = statusSelect.value; apply(); } },
     Object.entries(STATUSES).map(([value, status]) => h('option', { value, selected: value === filter.status }, status.label)));
-  const dimensionInput = h('input', { id: 'filter-dimensions', type: 'search', value: filter.dimensions.join(' '),
+  const dimensionInput = h('input', { id: 'filter-dimensions', 'aria-label': 'Dimensions', type: 'search', value: filter.dimensions.join(' '),
     spellcheck: 'false', placeholder: 'dimensions: pool:ci os:Linux', oninput: debounce(() => readDimensions(), 350) });
 
   function readDimensions() {

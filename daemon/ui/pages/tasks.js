@@ -72,11 +72,11 @@ export async function tasksPage(outlet, { query, signal }) {
   let listDrawn = 0;
   let countsDrawn = 0;
 
-  const stateSelect = h('select', { id: 'filter-state', onchange: () => { filter.state = stateSelect.value; apply(); } },
+  const stateSelect = h('select', { id: 'filter-state', 'aria-label': 'State', onchange: () => { filter.state = stateSelect.value; apply(); } },
     STATE_FILTERS.map(([value, label]) => h('option', { value, selected: value === filter.state }, label)));
-  const windowSelect = h('select', { id: 'filter-created', onchange: () => { filter.created = windowSelect.value; apply(); } },
+  const windowSelect = h('select', { id: 'filter-created', 'aria-label': 'Created', onchange: () => { filter.created = windowSelect.value; apply(); } },
     WINDOWS.map(([value, label]) => h('option', { value, selected: value === filter.created }, label)));
-  const tagInput = h('input', { id: 'filter-tags', type: 'search', value: filter.tags.join(' '), spellcheck: 'false',
+  const tagInput = h('input', { id: 'filter-tags', 'aria-label': 'Tags', type: 'search', value: filter.tags.join(' '), spellcheck: 'false',
     placeholder: 'tags: key:value key:value', oninput: debounce(() => readTags(), 350) });
 
   function readTags() {
