@@ -147,7 +147,7 @@ fn server_strings_stay_text_and_swarming_values_read_right() {
            taskId: '6a0f3c1e2b4d5f60', name: 'build', priority: 30, user: 'alice', authenticated: 'alice',
            tags: ['authenticated:alice', 'build:42', 'parent_task_id:6a0f3c1e2b4d5f00'], createdTs: '2026-11-30T10:00:00Z',
            taskSlices: [{expirationSecs: 60, properties: {command: ['make'], idempotent: true,
-                         dimensions: [{key: 'pool', value: 'ci'}]}}],
+                         dimensions: [{key: 'pool', value: 'ci'}], secretBytes: 'PFJFREFDVEVEPg=='}}],
          });",
     );
     assert_eq!(
@@ -157,7 +157,7 @@ fn server_strings_stay_text_and_swarming_values_read_right() {
             "taskSlices": [{"expirationSecs": 60, "properties": {"command": ["make"], "idempotent": false,
                             "dimensions": [{"key": "pool", "value": "ci"}]}}],
         }),
-        "retry: the same slices, never idempotent, without what the daemon sets itself"
+        "retry: the same slices, never idempotent, without what the daemon sets itself nor the secret's placeholder"
     );
 }
 
@@ -360,6 +360,38 @@ fn retry_runs_the_request_again_as_a_new_task_that_is_not_deduplicated() {
     assert_eq!(shown["name"], "again");
     assert_eq!(shown["deduped_from"], Value::Null, "the retry ran: {shown}");
     assert_ne!(shown["run_id"], ui.cli().show(&first)["run_id"]);
+}
+
+#[test]
+#[ignore = "needs the HTTP listener"]
+fn a_retry_runs_without_the_secret_bytes_it_cannot_read_back() {
+    let mut ui = Ui::start(None);
+    ui.add_bot("linux-1", &[]);
+    let secret = ui.flag("secret");
+    std::fs::write(&secret, "sesame").unwrap();
+    let show_secret = r#"cat "$APIARY_SECRET_BYTES_PATH" 2>/dev/null || echo no-secret"#;
+    let first = ui.cli().trigger(&[
+        "--name",
+        "secretive",
+        "--secret-bytes-file",
+        secret.to_str().unwrap(),
+        "--dimension",
+        "pool=ci",
+        "--",
+        "sh",
+        "-c",
+        show_secret,
+    ]);
+    ui.cli().wait_for_state(&first, "COMPLETED");
+    ui.open(&format!("/task/{first}"));
+    ui.browser.wait_for_text("#output", "sesame");
+    ui.browser.click("#retry");
+    ui.browser.wait_for_text("#confirm-message", "secret bytes cannot be read back");
+    confirm(&mut ui.browser);
+    ui.browser.wait_until("the page of the new task", &format!("location.hash !== '#/task/{first}'"));
+    wait_for_state(&mut ui.browser, "Success");
+    ui.browser.wait_for_text("#output", "no-secret");
+    assert!(!ui.browser.text("#output").contains("REDACTED"), "the placeholder is not a secret to pass on");
 }
 
 #[test]

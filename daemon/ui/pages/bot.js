@@ -45,10 +45,19 @@ export async function botPage(outlet, { params: [botId], signal }) {
   every(REFRESH_MS, signal, reload);
 }
 
+/** Redraws what changed since the last drawing (and only that, so that a
+ *  click never lands on a button that was replaced under it). */
 function drawBot(botId, state, view) {
   const { bot } = state;
+  const botText = JSON.stringify(bot);
+  if (botText === state.drawnBot) return;
+  state.drawnBot = botText;
   fill(view.status, botStatusBadge(bot));
-  fill(view.actions, actionButtons(botId, state));
+  const actionsKey = JSON.stringify([bot.deleted, bot.quarantined, bot.isDead, botState(bot)?.shut_down]);
+  if (actionsKey !== state.drawnActions) {
+    state.drawnActions = actionsKey;
+    fill(view.actions, actionButtons(botId, state));
+  }
   fill(view.summary, h('h2', {}, 'Bot'), details([
     ['Status', botStatusBadge(bot)],
     ['Current task', bot.taskId ? taskLink(bot.taskId, bot.taskName || bot.taskId) : '-'],

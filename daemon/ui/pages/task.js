@@ -39,11 +39,20 @@ export async function taskPage(outlet, { params: [taskId], signal }) {
   keepFresh(taskId, state, redraw, signal);
 }
 
-/** Redraws what depends on the result, and starts the output once there is any. */
+/** Redraws what depends on the result, and starts the output once there is
+ *  any. What did not change is left alone, so that a click never lands on a
+ *  button that was replaced under it. */
 function drawTask(taskId, state, view, signal, redraw) {
   const { result } = state;
-  fill(document.getElementById('task-state'), taskStateBadge(result));
-  fill(view.actions, actionButtons(taskId, state, redraw));
+  const resultText = JSON.stringify(result);
+  // A running or pending task's ages move on even when its result does not.
+  if (resultText === state.drawnResult && !isActive(result)) return;
+  state.drawnResult = resultText;
+  if (result.state !== state.drawnState) {
+    state.drawnState = result.state;
+    fill(document.getElementById('task-state'), taskStateBadge(result));
+    fill(view.actions, actionButtons(taskId, state, redraw));
+  }
   fill(view.summary, h('h2', {}, 'Result'), resultDetails(result));
   view.pending.hidden = result.state !== 'PENDING';
   if (result.state === 'PENDING') drawPending(view.pending, result, state.request, signal);
@@ -109,8 +118,10 @@ async function cancel(taskId, state, killRunning, redraw) {
 /** Runs the same request again as a new task, as Swarming's retry does:
  *  never deduplicated against the old one. */
 async function retry(request) {
+  const secretLost = hasSecretBytes(request)
+    ? ' Its secret bytes cannot be read back, so the new task runs without them.' : '';
   const answer = await confirmAction({ title: 'Retry this task?',
-    message: `A new task runs "${request.name || request.taskId}" again with the same request (not deduplicated).`,
+    message: `A new task runs "${request.name || request.taskId}" again with the same request (not deduplicated).${secretLost}`,
     confirmLabel: 'Retry' });
   if (!answer.ok) return;
   try {
@@ -121,24 +132,39 @@ async function retry(request) {
   }
 }
 
-/** A NewTaskRequest from a TaskRequestResponse: the same slices with
- *  `idempotent` off, and without what the daemon sets itself. */
-export function retryRequest(request) {
-  const slices = request.taskSlices && request.taskSlices.length
+/** The request's slices (Swarming's older form has one, as `properties`). */
+function slicesOf(request) {
+  return request.taskSlices && request.taskSlices.length
     ? request.taskSlices
     : [{ properties: request.properties, expirationSecs: request.expirationSecs }];
+}
+
+function hasSecretBytes(request) {
+  return slicesOf(request).some((slice) => slice.properties && slice.properties.secretBytes);
+}
+
+/** A NewTaskRequest from a TaskRequestResponse: the same slices with
+ *  `idempotent` off, and without what the daemon sets itself or only shows
+ *  as a placeholder (the secret bytes). */
+export function retryRequest(request) {
+  const slices = slicesOf(request);
   return {
     name: request.name,
     priority: request.priority,
     user: request.user,
     tags: (request.tags || []).filter((tag) => !DAEMON_TAG_PREFIXES.some((prefix) => tag.startsWith(prefix))),
-    taskSlices: slices.map((slice) => ({ ...slice, properties: { ...(slice.properties || {}), idempotent: false } })),
+    taskSlices: slices.map((slice) => ({ ...slice, properties: retryProperties(slice.properties || {}) })),
     serviceAccount: request.serviceAccount,
     realm: request.realm,
     botPingToleranceSecs: request.botPingToleranceSecs,
     pubsubTopic: request.pubsubTopic,
     pubsubUserdata: request.pubsubUserdata,
   };
+}
+
+function retryProperties(properties) {
+  const { secretBytes: _placeholder, ...rest } = properties;
+  return { ...rest, idempotent: false };
 }
 
 function resultDetails(result) {
