@@ -544,3 +544,66 @@ fn sign_in_with_a_token_and_actions_follow_the_permissions() {
     ui.browser.wait_for("#terminate");
     ui.browser.wait_for("#delete");
 }
+
+/// How long the lists take to show with many tasks and bots: a measurement,
+/// printed, not asserted (run with `--ignored --nocapture`; the README has
+/// its figures). A daemon on a `state-fixture` of 100,000 ended and 10,000
+/// pending tasks, `SCALE_BOTS` simulated bots (default 10,000) running tasks.
+#[test]
+#[ignore = "a measurement, and it needs the HTTP listener"]
+fn measure_the_lists_with_many_tasks_and_bots() {
+    let dir = temp();
+    let data = dir.path().join("data");
+    let fixture = std::process::Command::new(apiary_tests::binary("apiary-load"))
+        .args(["state-fixture", "--data-dir"])
+        .arg(&data)
+        .args(["--finished", "100000", "--pending", "10000", "--per-run", "20000"])
+        .output()
+        .unwrap();
+    assert!(fixture.status.success(), "{}", apiary_tests::describe(&fixture));
+    let http = free_local_address();
+    let daemon = Daemon::start_with(&data, "127.0.0.1:0", &["--http-listen", &http]);
+    http_address(&daemon);
+    let bots = std::env::var("SCALE_BOTS").unwrap_or_else(|_| "10000".to_string());
+    let mut load = std::process::Command::new(apiary_tests::binary("apiary-load"))
+        .args(["--server", &daemon.addr, "--bots", &bots, "--submitters", "1", "--duration", "120"])
+        .args(["--pool", "ci", "--task-ms", "1000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wanted: u64 = bots.parse().expect("SCALE_BOTS is a number");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let counts: Value = serde_json::from_str(&daemon.cli().ok(&["bots", "count", "--json"])).unwrap();
+        if counts["connected"].as_u64() >= Some(wanted) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the simulated bots never all connected: {counts}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let mut browser = Browser::start();
+    let counted = |area: &str| {
+        format!(
+            "document.querySelector('{area}').innerText.trim() !== '' && !document.querySelector('{area}').innerText.includes('…')"
+        )
+    };
+    for (route, counts) in [("/tasks", "#task-counts"), ("/tasks?created=7d", "#task-counts"), ("/bots", "#bot-counts")]
+    {
+        browser.navigate("about:blank");
+        let loading = std::time::Instant::now();
+        browser.navigate(&format!("http://{http}/#{route}"));
+        browser.wait_until("a full page of rows", "document.querySelectorAll('tbody tr').length === 100");
+        let listed = loading.elapsed();
+        browser.wait_until("the counts", &counted(counts));
+        eprintln!("{route}: list shown after {listed:?}, counts after {:?}", loading.elapsed());
+        eprintln!("  counts: {}", browser.text(counts).replace('\n', " "));
+        browser.screenshot(&format!("scale{}", route.replace(['/', '?', '='], "-")));
+        let paging = std::time::Instant::now();
+        browser.click("#page-next");
+        browser.wait_until("page 2", "document.querySelector('.pager')?.innerText.includes('page 2')");
+        eprintln!("  next page after {:?}", paging.elapsed());
+    }
+    let _ = load.kill();
+    let _ = load.wait();
+}

@@ -31,7 +31,9 @@ const COUNTED = [
   ['CLIENT_ERROR', 'Client error', 'state-client-error'],
 ];
 
-/** How far back the list and counts go (Swarming's counts need a start). */
+/** How far back the list and counts go (Swarming's counts need a start).
+ *  Counting walks every task of the window on the daemon: the default keeps it short. */
+const DEFAULT_WINDOW = '1d';
 const WINDOWS = [
   ['1h', 'Created in the last hour', 3600], ['1d', 'Created in the last day', 86400],
   ['7d', 'Created in the last 7 days', 7 * 86400], ['30d', 'Created in the last 30 days', 30 * 86400],
@@ -40,11 +42,11 @@ const WINDOWS = [
 
 function filterFrom(query) {
   const state = query.get('state') || 'ALL';
-  const created = query.get('created') || '7d';
+  const created = query.get('created') || DEFAULT_WINDOW;
   return {
     state: STATE_FILTERS.some(([value]) => value === state) ? state : 'ALL',
     tags: query.getAll('tag'),
-    created: WINDOWS.some(([value]) => value === created) ? created : '7d',
+    created: WINDOWS.some(([value]) => value === created) ? created : DEFAULT_WINDOW,
   };
 }
 
@@ -52,7 +54,7 @@ function queryOf(filter) {
   const query = new URLSearchParams();
   if (filter.state !== 'ALL') query.set('state', filter.state);
   for (const tag of filter.tags) query.append('tag', tag);
-  if (filter.created !== '7d') query.set('created', filter.created);
+  if (filter.created !== DEFAULT_WINDOW) query.set('created', filter.created);
   return query;
 }
 
@@ -91,22 +93,31 @@ export async function tasksPage(outlet, { query, signal }) {
   function apply() {
     replaceQuery('/tasks', queryOf(filter));
     pager.reset();
+    fill(countsArea); // the old counts are not those of the new filter
     refresh();
   }
 
   const refreshList = () => drawList(++listDrawn);
   const refreshCounts = () => drawCounts(++countsDrawn);
-  const refresh = () => Promise.all([refreshCounts(), refreshList()]);
+  // The list first: it is what people wait for, and it is cheap.
+  const refresh = async () => { await refreshList(); await refreshCounts(); };
 
+  /** Counts one state after the other, each shown as it comes: the daemon
+   *  answers other calls between two counts, and the bar fills in. */
   async function drawCounts(ticket) {
     const base = { tags: filter.tags, start: startOf(filter.created) };
-    const counts = await Promise.all(COUNTED.map(([state]) =>
-      tasks.count({ ...base, state: `QUERY_${state}` }, signal).then((reply) => reply.count ?? 0, () => '?')));
-    if (ticket !== countsDrawn) return;
-    fill(countsArea, countBar(COUNTED.map(([state, label, colorClass], index) => ({
-      id: state, label, count: counts[index], class: colorClass, active: filter.state === state,
+    const bar = countBar(COUNTED.map(([state, label, colorClass]) => ({
+      id: state, label, count: countsArea.querySelector(`[data-count=${state}] .count-value`)?.textContent,
+      class: colorClass, active: filter.state === state,
       pick: () => { filter.state = state; stateSelect.value = state; apply(); },
-    }))));
+    })));
+    fill(countsArea, bar);
+    for (const [state] of COUNTED) {
+      const count = await tasks.count({ ...base, state: `QUERY_${state}` }, signal).then((reply) => reply.count ?? 0, () => '?');
+      if (ticket !== countsDrawn) return;
+      bar.querySelector(`[data-count=${state}] .count-value`).textContent =
+        typeof count === 'number' ? count.toLocaleString() : count;
+    }
   }
 
   async function drawList(ticket) {
