@@ -15,7 +15,7 @@ const TOKEN_KEY = 'apiary.token';
 const PRPC_PREFIX = ")]}'";
 
 /** gRPC status codes the UI tells apart (sent as `X-Prpc-Grpc-Code`). */
-export const CODE = { NOT_FOUND: 5, PERMISSION_DENIED: 7, UNIMPLEMENTED: 12, UNAVAILABLE: 14, UNAUTHENTICATED: 16 };
+export const CODE = { NOT_FOUND: 5, UNAUTHENTICATED: 16 };
 
 /** A refused or failed call: the gRPC code (or null when the daemon could not
  *  be reached) and the daemon's message. */
@@ -106,7 +106,6 @@ export const bots = {
 export const server = {
   /** `ClientPermissions`, for a task or bot when named: {taskId} or {botId}. */
   permissions: (about, signal) => call('swarming.v2.Swarming', 'GetPermissions', about || {}, signal),
-  details: (signal) => call('swarming.v2.Swarming', 'GetDetails', {}, signal),
 };
 
 /** Opens the output stream; resolves to the fetch Response (the caller reads its body). */
