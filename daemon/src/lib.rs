@@ -3,7 +3,7 @@
 //! write-ahead log and its group commit. `auth` says who a connection is
 //! (principals and their token hashes); `config` reads the configuration file;
 //! `logging` writes the daemon's log lines; `metrics` counts what
-//! happens and renders it for Prometheus.
+//! happens and renders it for Prometheus; `web_ui` holds the web UI's files.
 
 pub mod auth;
 pub mod config;
@@ -11,3 +11,4 @@ pub mod core;
 pub mod logging;
 pub mod metrics;
 pub mod server;
+pub mod web_ui;

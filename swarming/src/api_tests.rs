@@ -557,6 +557,27 @@ fn delete_and_terminate_bot() {
 }
 
 #[test]
+fn apiary_quarantines_and_unquarantines_a_bot_and_explains_a_pending_task() {
+    let (requests, then) = ask(Method::QuarantineBot, json!({"botId": "bot-1", "reason": "flaky disk"}));
+    assert_eq!(requests, [Request::QuarantineBot { bot_id: "bot-1".to_string(), reason: "flaky disk".to_string() }]);
+    assert_eq!(answer(then, vec![Reply::Bot(bot_info("bot-1"))]).unwrap(), bot_answer("bot-1"));
+    let (requests, _) = ask(Method::QuarantineBot, json!({"botId": "bot-1"}));
+    assert!(matches!(&requests[0], Request::QuarantineBot { reason, .. } if !reason.is_empty()), "a reason is kept");
+    let (requests, _) = ask(Method::UnquarantineBot, json!({"bot_id": "bot-1"}));
+    assert_eq!(requests, [Request::UnquarantineBot { bot_id: "bot-1".to_string() }]);
+    assert_eq!(refused(Method::UnquarantineBot, json!({"botId": "bot-1", "why": 1})).code, GrpcCode::InvalidArgument);
+
+    let (requests, then) = ask(Method::ExplainPending, json!({"taskId": id_text()}));
+    assert_eq!(requests, [Request::GetTask { task_id: task_id() }]);
+    let waiting =
+        TaskResult { pending: Some(PendingInfo { matching_bots: 3, busy_bots: 3, queue_position: 12 }), ..pending() };
+    let expected = json!({"state": "PENDING", "matchingBots": 3, "busyBots": 3, "queuePosition": "12"});
+    assert_eq!(answer(then, vec![Reply::Task(waiting)]).unwrap(), expected);
+    let (_, then) = ask(Method::ExplainPending, json!({"taskId": id_text()}));
+    assert_eq!(answer(then, vec![Reply::Task(completed())]).unwrap(), json!({"state": "COMPLETED"}));
+}
+
+#[test]
 fn list_bots_filters_and_pages_by_bot_id() {
     let body = json!({"dimensions": [{"key": "pool", "value": "ci"}], "isDead": "FALSE", "limit": 2});
     let (requests, then) = ask(Method::ListBots, body);

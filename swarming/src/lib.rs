@@ -21,6 +21,7 @@ pub mod new_task;
 
 #[cfg(test)]
 mod api_tests;
+pub mod apiary;
 mod bots;
 mod details;
 mod input;
@@ -55,6 +56,10 @@ pub enum Method {
     GetBotDimensions,
     GetDetails,
     GetPermissions,
+    /// Apiary's own calls (`apiary`).
+    QuarantineBot,
+    UnquarantineBot,
+    ExplainPending,
 }
 
 /// The pRPC service names of the v2 API.
@@ -63,7 +68,7 @@ pub const BOTS_SERVICE: &str = "swarming.v2.Bots";
 pub const SWARMING_SERVICE: &str = "swarming.v2.Swarming";
 
 impl Method {
-    pub const ALL: [Method; 21] = [
+    pub const ALL: [Method; 24] = [
         Method::NewTask,
         Method::GetResult,
         Method::BatchGetResult,
@@ -85,6 +90,9 @@ impl Method {
         Method::GetBotDimensions,
         Method::GetDetails,
         Method::GetPermissions,
+        Method::QuarantineBot,
+        Method::UnquarantineBot,
+        Method::ExplainPending,
     ];
 
     /// The method a pRPC path names: `service` as in `swarming.v2.Tasks`,
@@ -116,6 +124,8 @@ impl Method {
             | Method::TerminateBot
             | Method::GetBotDimensions => BOTS_SERVICE,
             Method::GetDetails | Method::GetPermissions => SWARMING_SERVICE,
+            Method::QuarantineBot | Method::UnquarantineBot => apiary::APIARY_BOTS_SERVICE,
+            Method::ExplainPending => apiary::APIARY_TASKS_SERVICE,
         }
     }
 
@@ -143,6 +153,9 @@ impl Method {
             Method::GetBotDimensions => "GetBotDimensions",
             Method::GetDetails => "GetDetails",
             Method::GetPermissions => "GetPermissions",
+            Method::QuarantineBot => "QuarantineBot",
+            Method::UnquarantineBot => "UnquarantineBot",
+            Method::ExplainPending => "ExplainPending",
         }
     }
 }
@@ -188,6 +201,7 @@ enum Step {
     Tasks(tasks::Step),
     Bots(bots::Step),
     Details(details::Step),
+    Apiary(apiary::Step),
 }
 
 impl Call {
@@ -270,7 +284,8 @@ pub fn plan(method: Method, body: &Value, context: &CallContext<'_>) -> Result<C
     match method.service() {
         TASKS_SERVICE => tasks::plan(method, body),
         BOTS_SERVICE => bots::plan(method, body),
-        _ => details::plan(method, body, context),
+        SWARMING_SERVICE => details::plan(method, body, context),
+        _ => apiary::plan(method, body),
     }
 }
 
@@ -291,6 +306,7 @@ fn finish_at(
         Step::Tasks(step) => tasks::finish(step, replies, now_unix_ms),
         Step::Bots(step) => bots::finish(step, replies, now_unix_ms),
         Step::Details(step) => details::finish(step, replies, context),
+        Step::Apiary(step) => apiary::finish(step, replies),
     }
 }
 

@@ -1,10 +1,12 @@
 //! A harness for end-to-end tests: starts the real `apiaryd`, `apiary-bot` and
 //! `apiary` binaries on free ports and temporary directories; `pki` makes the
-//! certificate authorities of the TLS tests.
+//! certificate authorities of the TLS tests; `browser` drives a headless
+//! Chromium for the web UI's tests.
 //!
 //! The binaries come from the same target directory as the test; `cargo test
 //! --workspace` builds them, since each binary crate has integration tests.
 
+pub mod browser;
 pub mod http;
 pub mod pki;
 

@@ -30,8 +30,11 @@ fn many_requests_share_one_kept_alive_connection_and_are_routed() {
     let metrics = client.get("/metrics");
     assert_eq!(metrics.status, 200);
     assert!(metrics.text().contains("# TYPE apiary_tasks_created_total counter"), "{}", metrics.text());
-    assert_eq!(client.get("/").status, 404, "left for the web UI");
-    assert_eq!(client.get("/ui/tasks").status, 404);
+    let page = client.get("/");
+    assert_eq!(page.status, 200, "the web UI");
+    assert!(page.header("Content-Type").is_some_and(|value| value.starts_with("text/html")));
+    assert!(page.header("Content-Security-Policy").is_some());
+    assert_eq!(client.get("/ui/tasks").status, 404, "no file of the UI there");
     let wrong_method = client.request("POST", "/healthz", &[], b"");
     assert_eq!((wrong_method.status, wrong_method.header("Allow")), (405, Some("GET")));
     assert_eq!(client.get("/prpc/swarming.v2.Tasks/GetResult").status, 405);

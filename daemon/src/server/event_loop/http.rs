@@ -153,6 +153,15 @@ impl EventLoop {
             Ok(Route::Healthz) => response::text(200, "ok", keep_alive),
             Ok(Route::Readyz) if self.shutting_down => response::text(503, "shutting down", keep_alive),
             Ok(Route::Readyz) => response::text(200, "ready", keep_alive),
+            Ok(Route::WebUi { path }) => match crate::web_ui::asset(path) {
+                Some(asset) => {
+                    let mut headers = vec![("Cache-Control", asset.cache_control.to_string())];
+                    headers
+                        .extend(crate::web_ui::SECURITY_HEADERS.iter().map(|&(name, value)| (name, value.to_string())));
+                    response::whole(200, asset.content_type, &headers, asset.bytes, keep_alive)
+                }
+                None => response::text(404, &format!("no file of the web UI at {path}"), keep_alive),
+            },
             Ok(Route::Metrics) => {
                 let text = self.render_metrics();
                 response::whole(200, "text/plain; version=0.0.4; charset=utf-8", &[], text.as_bytes(), keep_alive)

@@ -1,5 +1,4 @@
 //! Which of the daemon's HTTP endpoints a request names (README, "HTTP API").
-//! `GET /` and `/ui/...` are left free for the web UI.
 
 use apiary_protocol::ids::parse_task_id;
 
@@ -10,8 +9,10 @@ pub enum Route<'a> {
     Healthz,
     /// 200 once recovery is done and the listeners accept; 503 while shutting down.
     Readyz,
-    /// Prometheus' text format, once the metrics registry serves it.
+    /// Prometheus' text format.
     Metrics,
+    /// The web UI's page (`/`, `/index.html`) and files (`/ui/...`: `crate::web_ui`).
+    WebUi { path: &'a str },
     /// A pRPC call: `POST /prpc/<service>/<method>`.
     Prpc { service: &'a str, method: &'a str },
     /// A task's output from an offset: one read (`follow: false`), or pushed
@@ -34,6 +35,8 @@ pub fn route<'a>(method: &str, path: &'a str) -> Result<Route<'a>, Miss> {
         "/healthz" => (Route::Healthz, "GET"),
         "/readyz" => (Route::Readyz, "GET"),
         "/metrics" => (Route::Metrics, "GET"),
+        "/" | "/index.html" => (Route::WebUi { path }, "GET"),
+        _ if path.starts_with("/ui/") => (Route::WebUi { path }, "GET"),
         _ => {
             if let Some(call) = path.strip_prefix("/prpc/") {
                 let Some((service, method)) = call.split_once('/').filter(|(s, m)| !s.is_empty() && !m.is_empty())
@@ -77,7 +80,10 @@ mod tests {
         assert_eq!(route("GET", "/api/v1/tasks/0123456789abcde0/output/stream"), Ok(stream));
         assert!(matches!(route("GET", "/api/v1/tasks/12/output"), Err(Miss::BadTaskId(_))));
         assert_eq!(route("GET", "/api/v1/tasks/0123456789abcde0/other"), Err(Miss::NotFound));
-        assert_eq!(route("GET", "/"), Err(Miss::NotFound));
+        assert_eq!(route("GET", "/"), Ok(Route::WebUi { path: "/" }));
+        assert_eq!(route("GET", "/ui/v/app.js"), Ok(Route::WebUi { path: "/ui/v/app.js" }));
+        assert_eq!(route("POST", "/"), Err(Miss::MethodNotAllowed("GET")));
+        assert_eq!(route("GET", "/other"), Err(Miss::NotFound));
         assert_eq!(route("GET", "/ui/tasks"), Err(Miss::NotFound));
     }
 }
