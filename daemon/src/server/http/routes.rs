@@ -84,6 +84,6 @@ mod tests {
         assert_eq!(route("GET", "/ui/v/app.js"), Ok(Route::WebUi { path: "/ui/v/app.js" }));
         assert_eq!(route("POST", "/"), Err(Miss::MethodNotAllowed("GET")));
         assert_eq!(route("GET", "/other"), Err(Miss::NotFound));
-        assert_eq!(route("GET", "/ui/tasks"), Err(Miss::NotFound));
+        assert_eq!(route("GET", "/ui/tasks"), Ok(Route::WebUi { path: "/ui/tasks" }), "the UI says what it lacks");
     }
 }
