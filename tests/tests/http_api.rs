@@ -487,6 +487,12 @@ fn tokens_and_pool_permissions_govern_every_call() {
     let mut forger = Api::connect(&secured.daemon, Some("token-of-nobody-0123456789"));
     forger.refused("Tasks/NewTask", request(&["true"], &[("pool", "ci")], &[]), 401, 16);
     forger.refused("Bots/ListBots", json!({}), 401, 16);
+    let output = anonymous.http.get("/api/v1/tasks/00000000000000a0/output");
+    assert_eq!(output.status, 401);
+    let scraped = anonymous.http.get("/metrics");
+    assert_eq!(scraped.status, 200, "metrics need no token");
+    let refusals = Scrape::parse(&scraped.text());
+    assert_eq!(refusals.get("apiary_refused_requests_total", &[("reason", "unauthenticated")]), 4.0);
 
     let ci_task = carol.new_task(request(&["true"], &[("pool", "ci")], &["who:carol"]));
     let prod_task = admin.new_task(request(&["true"], &[("pool", "prod")], &["who:admin"]));
@@ -687,6 +693,10 @@ fn metrics_count_what_was_run() {
     let before = scrape(&mut scraper);
     api.refused("Tasks/GetResult", json!({"task_id": "00000000000000a0"}), 404, 5);
     api.refused("Tasks/NewTask", json!({"task_slices": []}), 400, 3);
+    // Refused by the HTTP listener itself, before the core sees them.
+    api.refused("Tasks/GetResult", json!({"task_id": "not-a-task"}), 400, 3);
+    assert_eq!(api.http.request("POST", "/prpc/swarming.v2.Tasks/GetResult", &[], b"{}").status, 400);
+    assert_eq!(scraper.get("/no-such-page").status, 404);
     let after = scrape(&mut scraper);
 
     assert_eq!(after.family_of("apiary_tasks_created_total"), Some("counter"));
@@ -713,8 +723,8 @@ fn metrics_count_what_was_run() {
     assert_eq!(connections("bot"), 1.0);
     assert_eq!(connections("http"), 2.0, "the API client and the scraper");
     let refused = |scrape: &Scrape, reason: &str| scrape.get("apiary_refused_requests_total", &[("reason", reason)]);
-    assert_eq!(refused(&after, "not_found") - refused(&before, "not_found"), 1.0);
-    assert_eq!(refused(&after, "invalid_request") - refused(&before, "invalid_request"), 1.0);
+    assert_eq!(refused(&after, "not_found") - refused(&before, "not_found"), 2.0);
+    assert_eq!(refused(&after, "invalid_request") - refused(&before, "invalid_request"), 3.0);
 
     assert_eq!(after.family_of("apiary_dispatch_latency_seconds"), Some("histogram"));
     assert_eq!(after.get("apiary_dispatch_latency_seconds_count", &[]), 3.0, "three tasks were given to a bot");
