@@ -288,6 +288,8 @@ fn a_script_triggers_waits_reads_the_output_and_lists_tasks() {
     assert!(huge_limit.contains("limit") && huge_limit.contains("1000"), "{huge_limit}");
     let no_command = api.refused("Tasks/NewTask", json!({"task_slices": [{"properties": {}}]}), 400, 3);
     assert!(no_command.contains("command"), "{no_command}");
+    let too_far = api.refused("Tasks/GetStdout", json!({"task_id": hello, "offset": "9223372036854775808"}), 400, 3);
+    assert!(too_far.starts_with("offset: ") && too_far.contains("out of range"), "{too_far}");
     let not_found = api.refused("Tasks/GetResult", json!({"task_id": missing}), 404, 5);
     assert!(not_found.contains(missing), "{not_found}");
     api.refused("Tasks/GetStdout", json!({"task_id": missing}), 404, 5);
@@ -528,6 +530,17 @@ fn tokens_and_pool_permissions_govern_every_call() {
     assert!(refused.contains("cancel_task"), "{refused}");
     assert_eq!(carol.ok("Tasks/GetResult", json!({"task_id": blocked}))["state"], "PENDING");
     carol.refused("Bots/TerminateBot", json!({"bot_id": "ci-1"}), 403, 7);
+    carol.refused("Tasks/CancelTasks", json!({"tags": ["who:carol"]}), 403, 7);
+    // What is in pool prod is not there for carol, whichever way she asks.
+    let prod_pool = json!({"dimensions": [{"key": "pool", "value": "prod"}]});
+    assert_eq!(ids_of(&carol.ok("Bots/ListBots", prod_pool)), Vec::<String>::new());
+    assert!(carol.ok("Bots/GetBotDimensions", json!({"pool": "prod"})).get("botsDimensions").is_none());
+    carol.refused("Bots/ListBotEvents", json!({"bot_id": "prod-1"}), 404, 5);
+    carol.refused("Bots/ListBotTasks", json!({"bot_id": "prod-1", "state": "QUERY_ALL"}), 404, 5);
+    carol.refused("Swarming/GetPermissions", json!({"bot_id": "prod-1"}), 404, 5);
+    carol.refused("Swarming/GetPermissions", json!({"task_id": prod_task}), 404, 5);
+    carol.refused("Tasks/GetStdout", json!({"task_id": prod_task}), 404, 5);
+    carol.refused("Tasks/GetRequest", json!({"task_id": prod_task}), 404, 5);
     assert_eq!(admin.ok("Tasks/CancelTask", json!({"task_id": blocked})), json!({"canceled": true}));
 
     // GetPermissions says the same.
