@@ -735,6 +735,7 @@ fn metrics_count_what_was_run() {
     assert_eq!(connections("client"), 1.0, "the binary client held open");
     assert_eq!(connections("bot"), 1.0);
     assert_eq!(connections("http"), 2.0, "the API client and the scraper");
+    assert_eq!(connections("awaiting_hello"), 0.0);
     let refused = |scrape: &Scrape, reason: &str| scrape.get("apiary_refused_requests_total", &[("reason", reason)]);
     assert_eq!(refused(&after, "not_found") - refused(&before, "not_found"), 2.0);
     assert_eq!(refused(&after, "invalid_request") - refused(&before, "invalid_request"), 3.0);
@@ -746,6 +747,14 @@ fn metrics_count_what_was_run() {
     assert!(after.get("apiary_fsync_latency_seconds_sum", &[]) > 0.0);
     assert!(after.get("apiary_wal_bytes", &[]) > 0.0);
     assert!(after.get("apiary_wal_segments", &[]) >= 1.0);
+
+    // A closed HTTP connection is no longer counted.
+    drop(api);
+    let deadline = Instant::now() + PATIENCE;
+    while scrape(&mut scraper).get("apiary_connections", &[("kind", "http")]) != 1.0 {
+        assert!(Instant::now() < deadline, "the closed HTTP connection is still counted");
+        thread::sleep(Duration::from_millis(20));
+    }
 
     // Something changed: a snapshot follows within the second.
     let deadline = Instant::now() + PATIENCE;
