@@ -553,6 +553,12 @@ fn tokens_and_pool_permissions_govern_every_call() {
     assert_eq!(admins["listTasks"], json!(["*"]), "{admins}");
     let carols_pool = carol.ok("Swarming/GetPermissions", json!({"tags": ["pool:ci"]}));
     assert!(carols_pool.get("cancelTasks").is_none(), "{carols_pool}");
+
+    // Each refusal was counted once, by its reason.
+    let scraped = Scrape::parse(&anonymous.http.get("/metrics").text());
+    let refused = |reason: &str| scraped.get("apiary_refused_requests_total", &[("reason", reason)]);
+    assert_eq!(refused("permission_denied"), 4.0, "NewTask, CancelTask, TerminateBot and CancelTasks of carol");
+    assert_eq!(refused("unauthenticated"), 4.0);
 }
 
 /// A scrape of `/metrics` in Prometheus' text format: each family's type, and
