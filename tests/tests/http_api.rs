@@ -180,7 +180,7 @@ fn a_script_triggers_waits_reads_the_output_and_lists_tasks() {
         "expiration_secs": 600,
         "service_account": "none",
         "properties": {
-            "command": ["sh", "-c", "echo hello; echo world"],
+            "command": ["sh", "-c", "echo hello; sleep 0.05; echo world"],
             "dimensions": [{"key": "pool", "value": "ci"}],
             "env": [{"key": "GREETING", "value": "hi"}],
             "execution_timeout_secs": 60,
@@ -198,7 +198,10 @@ fn a_script_triggers_waits_reads_the_output_and_lists_tasks() {
     assert_eq!(shown["name"], "hello");
     assert_eq!(shown["priority"], 100, "int32 is a JSON number");
     assert_eq!(shown["expirationSecs"], 600);
-    assert_eq!(shown["taskSlices"][0]["properties"]["command"], json!(["sh", "-c", "echo hello; echo world"]));
+    assert_eq!(
+        shown["taskSlices"][0]["properties"]["command"],
+        json!(["sh", "-c", "echo hello; sleep 0.05; echo world"])
+    );
     assert_eq!(shown["taskSlices"][0]["properties"]["dimensions"], json!([{"key": "pool", "value": "ci"}]));
     assert_eq!(shown["properties"]["executionTimeoutSecs"], 60, "the first slice's properties at the top too");
     assert_timestamp(&shown["createdTs"]);
@@ -218,7 +221,8 @@ fn a_script_triggers_waits_reads_the_output_and_lists_tasks() {
     }
     assert!(result.get("exitCode").is_none(), "exit code 0 is proto3's default, left out: {result}");
     assert!(result.get("failure").is_none(), "{result}");
-    assert!(result["duration"].is_f64() || result["duration"].is_u64(), "a float of seconds: {result}");
+    // It slept 50 ms: a duration of 0 would be left out.
+    assert!(result["duration"].as_f64().is_some_and(|seconds| seconds >= 0.05), "a float of seconds: {result}");
     assert!(result.get("performanceStats").is_none(), "only when asked for");
     let with_stats = api.ok("Tasks/GetResult", json!({"taskId": hello, "includePerformanceStats": true}));
     assert!(with_stats["performanceStats"].is_object(), "JSON names are taken too: {with_stats}");
@@ -232,7 +236,7 @@ fn a_script_triggers_waits_reads_the_output_and_lists_tasks() {
 
     let stored = api.ok("Tasks/GetRequest", json!({"task_id": hello}));
     assert_eq!(stored["taskId"], hello.as_str());
-    assert_eq!(stored["tags"].as_array().map(Vec::len).unwrap_or(0) >= 2, true, "{stored}");
+    assert!(stored["tags"].as_array().map(Vec::len).unwrap_or(0) >= 2, "{stored}");
     assert_eq!(stored["taskSlices"][0]["properties"]["env"], json!([{"key": "GREETING", "value": "hi"}]));
     assert_eq!(stored["taskSlices"][0]["expirationSecs"], 600);
 
@@ -256,19 +260,19 @@ fn a_script_triggers_waits_reads_the_output_and_lists_tasks() {
     // Listings: newest created first, paged by an opaque cursor.
     let all = json!({"state": "QUERY_ALL", "tags": ["purpose:scenario"]});
     let listed = api.ok("Tasks/ListTasks", all.clone());
-    assert_eq!(ids_of(&listed), [failing.clone(), hello.clone()]);
+    assert_eq!(ids_of(&listed), [failing.as_str(), hello.as_str()]);
     assert_timestamp(&listed["now"]);
     assert!(listed.get("cursor").is_none(), "no cursor on the last page: {listed}");
     let first_page = api.ok("Tasks/ListTasks", json!({"state": "QUERY_ALL", "tags": ["purpose:scenario"], "limit": 1}));
-    assert_eq!(ids_of(&first_page), [failing.clone()]);
+    assert_eq!(ids_of(&first_page), [failing.as_str()]);
     let cursor = first_page["cursor"].as_str().expect("a cursor for the next page");
     let body = json!({"state": "QUERY_ALL", "tags": ["purpose:scenario"], "limit": 1, "cursor": cursor});
-    assert_eq!(ids_of(&api.ok("Tasks/ListTasks", body)), [hello.clone()]);
+    assert_eq!(ids_of(&api.ok("Tasks/ListTasks", body)), [hello.as_str()]);
     let requests = api.ok("Tasks/ListTaskRequests", all.clone());
-    assert_eq!(ids_of(&requests), [failing.clone(), hello.clone()]);
+    assert_eq!(ids_of(&requests), [failing.as_str(), hello.as_str()]);
     assert!(requests["items"][0]["taskSlices"].is_array(), "requests, not results: {requests}");
     let failures = api.ok("Tasks/ListTasks", json!({"state": "QUERY_COMPLETED_FAILURE"}));
-    assert_eq!(ids_of(&failures), [failing.clone()]);
+    assert_eq!(ids_of(&failures), [failing.as_str()]);
     let counted = api.ok("Tasks/CountTasks", json!({"state": "QUERY_ALL", "tags": ["purpose:scenario"]}));
     assert_eq!(counted["count"], 2, "int32 is a number: {counted}");
     assert_timestamp(&counted["now"]);
@@ -305,7 +309,7 @@ fn waiting_tasks_are_canceled_one_by_one_or_by_tags_and_expire() {
     let lonely = api.new_task(waiting_request("nowhere", 600, &["batch:one"]));
     assert_eq!(api.ok("Tasks/GetResult", json!({"task_id": lonely}))["state"], "PENDING");
     let pending = api.ok("Tasks/ListTasks", json!({}));
-    assert_eq!(ids_of(&pending), [lonely.clone()], "QUERY_PENDING by default");
+    assert_eq!(ids_of(&pending), [lonely.as_str()], "QUERY_PENDING by default");
     assert_eq!(api.ok("Tasks/CancelTask", json!({"task_id": lonely})), json!({"canceled": true}));
     let canceled = api.ok("Tasks/GetResult", json!({"task_id": lonely}));
     assert_eq!(canceled["state"], "CANCELED");
@@ -383,7 +387,7 @@ fn bots_are_listed_inspected_terminated_and_deleted() {
     let task_id = api.new_task(request(&["true"], &[("pool", "ci"), ("os", "Linux")], &[]));
     api.wait_for_state(&task_id, "COMPLETED");
     let ran = api.ok("Bots/ListBotTasks", json!({"bot_id": "bot-linux", "state": "QUERY_ALL"}));
-    assert_eq!(ids_of(&ran), [task_id.clone()]);
+    assert_eq!(ids_of(&ran), [task_id.as_str()]);
     let by_default = api.refused("Bots/ListBotTasks", json!({"bot_id": "bot-linux"}), 400, 3);
     assert!(by_default.contains("state") && by_default.contains("QUERY_PENDING"), "{by_default}");
     let events = api.ok("Bots/ListBotEvents", json!({"bot_id": "bot-linux"}));
@@ -507,10 +511,10 @@ fn tokens_and_pool_permissions_govern_every_call() {
 
     // carol sees pool ci only: listings and counts skip prod, a prod task is not there.
     let all = json!({"state": "QUERY_ALL"});
-    assert_eq!(ids_of(&carol.ok("Tasks/ListTasks", all.clone())), [ci_task.clone()]);
-    assert_eq!(ids_of(&admin.ok("Tasks/ListTasks", all.clone())), [prod_task.clone(), ci_task.clone()]);
+    assert_eq!(ids_of(&carol.ok("Tasks/ListTasks", all.clone())), [ci_task.as_str()]);
+    assert_eq!(ids_of(&admin.ok("Tasks/ListTasks", all.clone())), [prod_task.as_str(), ci_task.as_str()]);
     assert_eq!(carol.ok("Tasks/CountTasks", all.clone())["count"], 1);
-    assert_eq!(ids_of(&carol.ok("Tasks/ListTaskRequests", all)), [ci_task.clone()]);
+    assert_eq!(ids_of(&carol.ok("Tasks/ListTaskRequests", all)), [ci_task.as_str()]);
     carol.refused("Tasks/GetResult", json!({"task_id": prod_task}), 404, 5);
     let batch = carol.ok("Tasks/BatchGetResult", json!({"task_ids": [ci_task, prod_task]}));
     assert_eq!(batch["results"][0]["result"]["state"], "COMPLETED");
