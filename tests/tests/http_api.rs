@@ -240,6 +240,11 @@ fn a_script_triggers_waits_reads_the_output_and_lists_tasks() {
     assert_eq!(stored["taskSlices"][0]["properties"]["env"], json!([{"key": "GREETING", "value": "hi"}]));
     assert_eq!(stored["taskSlices"][0]["expirationSecs"], 600);
 
+    // The ids are the CLI's: each reads what the other created.
+    assert_eq!(daemon.cli().show(&hello)["state"], "COMPLETED");
+    let from_cli = daemon.cli().trigger(&["-d", "pool=ci", "--tag", "purpose:cli", "--", "true"]);
+    assert_eq!(api.wait_for_state(&from_cli, "COMPLETED")["taskId"], from_cli.as_str());
+
     // A failing task: its exit code is an int64, so a string.
     let failing = api.new_task(request(&["sh", "-c", "exit 3"], &[("pool", "ci")], &["purpose:scenario"]));
     let failed = api.wait_for_state(&failing, "COMPLETED");
@@ -277,7 +282,7 @@ fn a_script_triggers_waits_reads_the_output_and_lists_tasks() {
     assert_eq!(counted["count"], 2, "int32 is a number: {counted}");
     assert_timestamp(&counted["now"]);
     let successes = api.ok("Tasks/CountTasks", json!({"state": "QUERY_COMPLETED_SUCCESS"}));
-    assert_eq!(successes["count"], 1);
+    assert_eq!(successes["count"], 2, "hello and the one from the CLI");
     let none_pending = api.ok("Tasks/CountTasks", json!({}));
     assert!(none_pending.get("count").is_none(), "QUERY_PENDING by default; a count of 0 is left out: {none_pending}");
 
@@ -420,6 +425,16 @@ fn bots_are_listed_inspected_terminated_and_deleted() {
     let deleted = api.refused("Bots/GetBot", json!({"bot_id": "bot-mac"}), 404, 5);
     assert!(deleted.contains("bot-mac"), "{deleted}");
     assert_eq!(ids_of(&api.ok("Bots/ListBots", json!({}))), ["bot-linux"]);
+
+    // Quarantined (by the CLI), the bot says so, and the filters find it.
+    daemon.cli().ok(&["bots", "quarantine", "--reason", "flaky disk", "bot-linux"]);
+    let quarantined = api.ok("Bots/GetBot", json!({"bot_id": "bot-linux"}));
+    assert_eq!(quarantined["quarantined"], true, "{quarantined}");
+    let state: Value = serde_json::from_str(quarantined["state"].as_str().unwrap()).unwrap();
+    assert_eq!(state["quarantined"], "flaky disk");
+    assert_eq!(ids_of(&api.ok("Bots/ListBots", json!({"quarantined": "TRUE"}))), ["bot-linux"]);
+    assert_eq!(ids_of(&api.ok("Bots/ListBots", json!({"quarantined": 1}))), Vec::<String>::new(), "FALSE by number");
+    assert_eq!(api.ok("Bots/CountBots", json!({}))["quarantined"], 1);
     api.refused("Bots/GetBot", json!({"bot_id": "no-such-bot"}), 404, 5);
     let no_id = api.refused("Bots/GetBot", json!({}), 400, 3);
     assert!(no_id.contains("bot_id"), "{no_id}");
@@ -757,6 +772,9 @@ fn metrics_count_what_was_run() {
     assert!(after.get("apiary_fsync_latency_seconds_sum", &[]) > 0.0);
     assert!(after.get("apiary_wal_bytes", &[]) > 0.0);
     assert!(after.get("apiary_wal_segments", &[]) >= 1.0);
+
+    daemon.cli().ok(&["bots", "quarantine", "--reason", "checking the gauge", "bot-1"]);
+    assert_eq!(scrape(&mut scraper).get("apiary_bots", &[("status", "quarantined")]), 1.0);
 
     // A closed HTTP connection is no longer counted.
     drop(api);
