@@ -629,6 +629,29 @@ impl Scrape {
         self.samples.iter().find(|sample| same(sample)).map(|sample| sample.value)
     }
 
+    /// Every histogram's buckets count up with their bound, and the last
+    /// (`+Inf`) is its `_count`.
+    fn check_histograms(&self) {
+        for (family, _) in self.types.iter().filter(|(_, kind)| kind == "histogram") {
+            let buckets: Vec<(f64, f64)> = self
+                .samples
+                .iter()
+                .filter(|sample| sample.name == format!("{family}_bucket"))
+                .map(|sample| {
+                    let bound = sample.labels.iter().find(|(key, _)| key == "le").expect("a bucket has le").1.as_str();
+                    (if bound == "+Inf" { f64::INFINITY } else { bound.parse().expect("a bound") }, sample.value)
+                })
+                .collect();
+            assert!(
+                buckets.windows(2).all(|pair| pair[0].0 < pair[1].0 && pair[0].1 <= pair[1].1),
+                "{family}: {buckets:?}"
+            );
+            assert_eq!(buckets.last().map(|last| last.0), Some(f64::INFINITY), "{family} ends with +Inf");
+            assert_eq!(buckets.last().map(|last| last.1), Some(self.get(&format!("{family}_count"), &[])), "{family}");
+            assert!(self.value(&format!("{family}_sum"), &[]).is_some(), "{family}_sum");
+        }
+    }
+
     /// A sample that must be there.
     fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.value(name, labels).unwrap_or_else(|| panic!("no sample {name} {labels:?} in {:#?}", self.samples))
@@ -766,6 +789,8 @@ fn metrics_count_what_was_run() {
     assert_eq!(refused(&after, "invalid_request") - refused(&before, "invalid_request"), 3.0);
 
     assert_eq!(after.family_of("apiary_dispatch_latency_seconds"), Some("histogram"));
+    assert_eq!(after.family_of("apiary_fsync_latency_seconds"), Some("histogram"));
+    after.check_histograms();
     assert_eq!(after.get("apiary_dispatch_latency_seconds_count", &[]), 3.0, "three tasks were given to a bot");
     assert_eq!(after.get("apiary_dispatch_latency_seconds_bucket", &[("le", "+Inf")]), 3.0);
     assert!(after.get("apiary_fsync_latency_seconds_count", &[]) > 0.0);
