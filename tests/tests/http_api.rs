@@ -37,7 +37,9 @@ impl Api {
         assert_eq!(response.header("Content-Type"), Some("application/json"), "{method}");
         assert_eq!(response.header("X-Content-Type-Options"), Some("nosniff"), "{method}");
         assert!(response.text().starts_with(")]}'\n"), "{method}: the XSSI line first: {}", response.text());
-        response.json()
+        let answer = response.json();
+        assert_protojson_names(&answer, method);
+        answer
     }
 
     /// A call that must fail with `status` and gRPC `code`: returns the message.
@@ -98,6 +100,23 @@ fn waiting_request(pool: &str, expiration_secs: u32, tags: &[&str]) -> Value {
     body["task_slices"][0]["wait_for_capacity"] = json!(true);
     body["task_slices"][0]["expiration_secs"] = json!(expiration_secs);
     body
+}
+
+/// Every field name of an answer, at any depth, as protojson prints it:
+/// lowerCamelCase, never the proto's snake_case.
+fn assert_protojson_names(value: &Value, method: &str) {
+    match value {
+        Value::Object(fields) => {
+            for (name, field) in fields {
+                let camel = name.starts_with(|first: char| first.is_ascii_lowercase())
+                    && name.chars().all(|char| char.is_ascii_alphanumeric());
+                assert!(camel, "{method}: the field {name:?} is not lowerCamelCase in {value}");
+                assert_protojson_names(field, method);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| assert_protojson_names(item, method)),
+        _ => {}
+    }
 }
 
 /// A task id as `apiary trigger` prints it: 16 lowercase hex digits.
