@@ -171,9 +171,18 @@ fn base64(text: &str) -> String {
     out
 }
 
-fn ids_of(listing: &Value) -> Vec<String> {
+/// The ids of a listing's items, in order: `field` is `taskId` or `botId`.
+fn ids_in(listing: &Value, field: &str) -> Vec<String> {
     let items = listing["items"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    items.iter().map(|item| item["taskId"].as_str().or(item["botId"].as_str()).unwrap().to_string()).collect()
+    items.iter().map(|item| item[field].as_str().unwrap_or_else(|| panic!("{field} in {item}")).to_string()).collect()
+}
+
+fn ids_of(listing: &Value) -> Vec<String> {
+    ids_in(listing, "taskId")
+}
+
+fn bot_ids_of(listing: &Value) -> Vec<String> {
+    ids_in(listing, "botId")
 }
 
 fn start_with_http(data_dir: &Path, extra: &[&str]) -> Daemon {
@@ -391,15 +400,15 @@ fn bots_are_listed_inspected_terminated_and_deleted() {
     assert_eq!(state["connected"], true, "{state}");
 
     let listed = api.ok("Bots/ListBots", json!({}));
-    assert_eq!(ids_of(&listed), ["bot-linux", "bot-mac"]);
+    assert_eq!(bot_ids_of(&listed), ["bot-linux", "bot-mac"]);
     assert_timestamp(&listed["now"]);
     let linux_only = api.ok("Bots/ListBots", json!({"dimensions": [{"key": "os", "value": "Linux"}]}));
-    assert_eq!(ids_of(&linux_only), ["bot-linux"]);
+    assert_eq!(bot_ids_of(&linux_only), ["bot-linux"]);
     let first_page = api.ok("Bots/ListBots", json!({"limit": 1}));
-    assert_eq!(ids_of(&first_page), ["bot-linux"]);
+    assert_eq!(bot_ids_of(&first_page), ["bot-linux"]);
     let next = json!({"limit": 1, "cursor": first_page["cursor"]});
-    assert_eq!(ids_of(&api.ok("Bots/ListBots", next)), ["bot-mac"]);
-    assert_eq!(ids_of(&api.ok("Bots/ListBots", json!({"is_dead": "TRUE"}))), Vec::<String>::new());
+    assert_eq!(bot_ids_of(&api.ok("Bots/ListBots", next)), ["bot-mac"]);
+    assert_eq!(bot_ids_of(&api.ok("Bots/ListBots", json!({"is_dead": "TRUE"}))), Vec::<String>::new());
     let counts = api.ok("Bots/CountBots", json!({"dimensions": [{"key": "pool", "value": "ci"}]}));
     assert_eq!(counts["count"], 2, "{counts}");
     assert!(counts.get("busy").is_none() && counts.get("dead").is_none(), "{counts}");
@@ -443,7 +452,7 @@ fn bots_are_listed_inspected_terminated_and_deleted() {
     assert_eq!(api.ok("Bots/DeleteBot", json!({"bot_id": "bot-mac"})), json!({"deleted": true}));
     let deleted = api.refused("Bots/GetBot", json!({"bot_id": "bot-mac"}), 404, 5);
     assert!(deleted.contains("bot-mac"), "{deleted}");
-    assert_eq!(ids_of(&api.ok("Bots/ListBots", json!({}))), ["bot-linux"]);
+    assert_eq!(bot_ids_of(&api.ok("Bots/ListBots", json!({}))), ["bot-linux"]);
 
     // Quarantined (by the CLI), the bot says so, and the filters find it.
     daemon.cli().ok(&["bots", "quarantine", "--reason", "flaky disk", "bot-linux"]);
@@ -451,8 +460,12 @@ fn bots_are_listed_inspected_terminated_and_deleted() {
     assert_eq!(quarantined["quarantined"], true, "{quarantined}");
     let state: Value = serde_json::from_str(quarantined["state"].as_str().unwrap()).unwrap();
     assert_eq!(state["quarantined"], "flaky disk");
-    assert_eq!(ids_of(&api.ok("Bots/ListBots", json!({"quarantined": "TRUE"}))), ["bot-linux"]);
-    assert_eq!(ids_of(&api.ok("Bots/ListBots", json!({"quarantined": 1}))), Vec::<String>::new(), "FALSE by number");
+    assert_eq!(bot_ids_of(&api.ok("Bots/ListBots", json!({"quarantined": "TRUE"}))), ["bot-linux"]);
+    assert_eq!(
+        bot_ids_of(&api.ok("Bots/ListBots", json!({"quarantined": 1}))),
+        Vec::<String>::new(),
+        "FALSE by number"
+    );
     assert_eq!(api.ok("Bots/CountBots", json!({}))["quarantined"], 1);
     api.refused("Bots/GetBot", json!({"bot_id": "no-such-bot"}), 404, 5);
     let no_id = api.refused("Bots/GetBot", json!({}), 400, 3);
@@ -553,8 +566,8 @@ fn tokens_and_pool_permissions_govern_every_call() {
     let batch = carol.ok("Tasks/BatchGetResult", json!({"task_ids": [ci_task, prod_task]}));
     assert_eq!(batch["results"][0]["result"]["state"], "COMPLETED");
     assert_eq!(batch["results"][1]["error"]["code"], 5, "{batch}");
-    assert_eq!(ids_of(&carol.ok("Bots/ListBots", json!({}))), ["ci-1"]);
-    assert_eq!(ids_of(&admin.ok("Bots/ListBots", json!({}))), ["ci-1", "prod-1"]);
+    assert_eq!(bot_ids_of(&carol.ok("Bots/ListBots", json!({}))), ["ci-1"]);
+    assert_eq!(bot_ids_of(&admin.ok("Bots/ListBots", json!({}))), ["ci-1", "prod-1"]);
     assert_eq!(carol.ok("Bots/CountBots", json!({}))["count"], 1);
     carol.refused("Bots/GetBot", json!({"bot_id": "prod-1"}), 404, 5);
 
@@ -571,7 +584,7 @@ fn tokens_and_pool_permissions_govern_every_call() {
     carol.refused("Tasks/CancelTasks", json!({"tags": ["who:carol"]}), 403, 7);
     // What is in pool prod is not there for carol, whichever way she asks.
     let prod_pool = json!({"dimensions": [{"key": "pool", "value": "prod"}]});
-    assert_eq!(ids_of(&carol.ok("Bots/ListBots", prod_pool)), Vec::<String>::new());
+    assert_eq!(bot_ids_of(&carol.ok("Bots/ListBots", prod_pool)), Vec::<String>::new());
     assert!(carol.ok("Bots/GetBotDimensions", json!({"pool": "prod"})).get("botsDimensions").is_none());
     carol.refused("Bots/ListBotEvents", json!({"bot_id": "prod-1"}), 404, 5);
     carol.refused("Bots/ListBotTasks", json!({"bot_id": "prod-1", "state": "QUERY_ALL"}), 404, 5);
@@ -754,6 +767,11 @@ fn metrics_count_what_was_run() {
     assert_eq!(busy.get("apiary_tasks_running", &[]), 1.0);
     assert_eq!(busy.get("apiary_bots", &[("status", "busy")]), 1.0);
     assert_eq!(busy.get("apiary_bots", &[("status", "idle")]), 0.0);
+    assert_eq!(bot_ids_of(&api.ok("Bots/ListBots", json!({"is_busy": "TRUE"}))), ["bot-1"]);
+    assert_eq!(api.ok("Bots/GetBot", json!({"bot_id": "bot-1"}))["taskId"], first_run_of(&sleeper).as_str());
+    assert_eq!(api.ok("Bots/CountBots", json!({}))["busy"], 1);
+    let left_running = api.ok("Tasks/CancelTask", json!({"task_id": sleeper}));
+    assert_eq!(left_running, json!({"wasRunning": true}), "without kill_running a running task goes on");
     let killed = api.ok("Tasks/CancelTask", json!({"task_id": sleeper, "kill_running": true}));
     assert_eq!(killed, json!({"canceled": true, "wasRunning": true}));
     api.wait_for_state(&sleeper, "KILLED");
