@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use apiary_tests::http::{HttpClient, Response};
 use apiary_tests::{Bot, Daemon, PATIENCE, temp, token_hash_line};
+use base64::Engine;
 use serde_json::{Value, json};
 
 /// A Swarming API client over one kept-alive HTTP connection.
@@ -154,21 +155,7 @@ fn assert_timestamp(value: &Value) {
 }
 
 fn base64(text: &str) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = text.as_bytes();
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let word =
-            chunk.iter().enumerate().fold(0u32, |word, (index, byte)| word | u32::from(*byte) << (16 - 8 * index));
-        for index in 0..4 {
-            if index <= chunk.len() {
-                out.push(ALPHABET[(word >> (18 - 6 * index) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64::engine::general_purpose::STANDARD.encode(text)
 }
 
 /// The ids of a listing's items, in order: `field` is `taskId` or `botId`.
