@@ -184,18 +184,43 @@ fn list_of<'v>(value: &'v Value, field: &str) -> Result<&'v Vec<Value>, ApiError
     }
 }
 
-/// A number without a fraction, or a string of one (as proto3 writes 64-bit integers).
 fn integer_of(value: &Value, field: &str) -> Result<i64, ApiError> {
+    int64_of(value).map_err(|reason| invalid(field, reason))
+}
+
+/// The largest integer a JSON number (a double) holds exactly: 2^53.
+const MAX_EXACT_JSON_INTEGER: f64 = 9_007_199_254_740_992.0;
+
+/// A 64-bit integer as proto3 JSON writes one: a number without a fraction,
+/// or a string of digits; else why the value is not one.
+pub(crate) fn int64_of(value: &Value) -> Result<i64, String> {
     let number = match value {
         Value::Number(number) => number.as_i64().or_else(|| {
-            number.as_f64().filter(|float| float.fract() == 0.0 && float.abs() < 9.0e15).map(|float| float as i64)
+            let float = number.as_f64().filter(|float| float.fract() == 0.0 && float.abs() <= MAX_EXACT_JSON_INTEGER);
+            float.map(|float| float as i64)
         }),
         Value::String(text) => text.parse::<i64>().ok(),
         _ => None,
     };
-    number.ok_or_else(|| {
-        invalid(field, format!("expected an integer (a number, or a string of digits), got {}", describe(value)))
+    number.ok_or_else(|| match looks_integral(value) {
+        true => format!(
+            "{} is out of range: a 64-bit integer, given as a string of digits or as a JSON number up to 2^53",
+            describe(value)
+        ),
+        false => format!("expected an integer (a number, or a string of digits), got {}", describe(value)),
     })
+}
+
+/// Whether the value is written as an integer, whatever its size.
+fn looks_integral(value: &Value) -> bool {
+    match value {
+        Value::Number(number) => number.as_u64().is_some() || number.as_f64().is_some_and(|float| float.fract() == 0.0),
+        Value::String(text) => {
+            let digits = text.strip_prefix('-').unwrap_or(text);
+            !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit())
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -259,6 +284,22 @@ mod tests {
             refusal(message.count("tags", 3)),
             "tags: expected an integer (a number, or a string of digits), got a list"
         );
+    }
+
+    #[test]
+    fn integers_past_64_bits_or_past_exact_json_numbers_are_refused_as_out_of_range() {
+        let body = json!({"limit": "9223372036854775808", "start": 18446744073709551615u64, "state": 1e300});
+        let message = message(&body);
+        for field in ["limit", "start", "state"] {
+            let text = refusal(message.count(field, u64::MAX));
+            let reason =
+                "is out of range: a 64-bit integer, given as a string of digits or as a JSON number up to 2^53";
+            assert!(text.starts_with(&format!("{field}: ")) && text.ends_with(reason), "{text}");
+        }
+        assert_eq!(int64_of(&json!("9223372036854775807")), Ok(i64::MAX));
+        assert_eq!(int64_of(&json!(9007199254740992.0)), Ok(1 << 53));
+        assert!(int64_of(&json!("12a")).unwrap_err().starts_with("expected an integer"));
+        assert!(int64_of(&json!(1.5)).unwrap_err().starts_with("expected an integer"));
     }
 
     #[test]

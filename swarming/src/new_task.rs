@@ -510,19 +510,15 @@ impl Decoder {
         decoded
     }
 
-    /// A number without a fraction, or a string of one (as proto3 writes 64-bit integers).
+    /// A 64-bit integer as proto3 JSON writes one (`input::int64_of`).
     fn integer(&mut self, value: &Value, at: &str) -> Option<i64> {
-        let number = match value {
-            Value::Number(number) => number.as_i64().or_else(|| {
-                number.as_f64().filter(|float| float.fract() == 0.0 && float.abs() < 9.0e15).map(|float| float as i64)
-            }),
-            Value::String(text) => text.parse::<i64>().ok(),
-            _ => None,
-        };
-        if number.is_none() {
-            self.refuse(at, format!("expected an integer (a number, or a string of digits), got {}", describe(value)));
+        match crate::input::int64_of(value) {
+            Ok(number) => Some(number),
+            Err(reason) => {
+                self.refuse(at, reason);
+                None
+            }
         }
-        number
     }
 
     /// An enum value's index in `names`, by name or by number.

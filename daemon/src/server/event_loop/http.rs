@@ -14,7 +14,7 @@ use std::io::{self, Read};
 use std::sync::Arc;
 
 use apiary_protocol::limits::MAX_OUTPUT_CHUNK_BYTES;
-use apiary_protocol::{Reply, Request};
+use apiary_protocol::{ErrorCode, Reply, Request};
 use apiary_swarming::{ApiError, Call, CallContext, GrpcCode, Method};
 use mio::Token;
 use serde_json::Value;
@@ -23,6 +23,7 @@ use super::{EventLoop, connection_of, read_output, token_of};
 use crate::auth::Principal;
 use crate::core::{ConnId, Input, Output};
 use crate::logging;
+use crate::metrics::Refusal;
 use crate::server::connection::MAX_READ_BYTES_PER_TURN;
 use crate::server::durability::Held;
 use crate::server::http::caller::{self, GrantsCaller};
@@ -104,6 +105,9 @@ impl EventLoop {
                 Ok(None) => return true,
                 Err(refusal) => {
                     logging::warn_peer(connection.peer, format!("refusing an HTTP request: {}", refusal.message));
+                    if let Some(counted) = shell_refusal(refusal.status) {
+                        self.metrics.refused(counted);
+                    }
                     self.answer_and_close(token, response::text(refusal.status, &refusal.message, false));
                     return false;
                 }
@@ -146,39 +150,54 @@ impl EventLoop {
         if !keep_alive {
             self.connections[token.0].http.as_mut().expect("HTTP").close_after_response = true;
         }
-        let answer = match routes::route(&head.method, &head.path) {
-            Err(Miss::NotFound) => response::text(404, &format!("no endpoint at {}", head.path), keep_alive),
-            Err(Miss::MethodNotAllowed(allowed)) => response::method_not_allowed(allowed, keep_alive),
-            Err(Miss::BadTaskId(message)) => response::text(400, &message, keep_alive),
-            Ok(Route::Healthz) => response::text(200, "ok", keep_alive),
-            Ok(Route::Readyz) if self.shutting_down => response::text(503, "shutting down", keep_alive),
-            Ok(Route::Readyz) => response::text(200, "ready", keep_alive),
+        let text = |status: u16, message: &str| (status, response::text(status, message, keep_alive));
+        let (status, answer) = match routes::route(&head.method, &head.path) {
+            Err(Miss::NotFound) => text(404, &format!("no endpoint at {}", head.path)),
+            Err(Miss::MethodNotAllowed(allowed)) => (405, response::method_not_allowed(allowed, keep_alive)),
+            Err(Miss::BadTaskId(message)) => text(400, &message),
+            Ok(Route::Healthz) => text(200, "ok"),
+            Ok(Route::Readyz) if self.shutting_down => text(503, "shutting down"),
+            Ok(Route::Readyz) => text(200, "ready"),
             Ok(Route::WebUi { path }) => match crate::web_ui::asset(path) {
                 Some(asset) => {
                     let mut headers = vec![("Cache-Control", asset.cache_control.to_string())];
                     headers
                         .extend(crate::web_ui::SECURITY_HEADERS.iter().map(|&(name, value)| (name, value.to_string())));
-                    response::whole(200, asset.content_type, &headers, asset.bytes, keep_alive)
+                    (200, response::whole(200, asset.content_type, &headers, asset.bytes, keep_alive))
                 }
-                None => response::text(404, &format!("no file of the web UI at {path}"), keep_alive),
+                None => text(404, &format!("no file of the web UI at {path}")),
             },
             Ok(Route::Metrics) => {
-                let text = self.render_metrics();
-                response::whole(200, "text/plain; version=0.0.4; charset=utf-8", &[], text.as_bytes(), keep_alive)
+                let metrics = self.render_metrics();
+                (
+                    200,
+                    response::whole(
+                        200,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        &[],
+                        metrics.as_bytes(),
+                        keep_alive,
+                    ),
+                )
             }
             Ok(Route::Prpc { service, method }) => {
                 match self.start_call(token, head, (service, method), body, now_ms, out) {
                     Ok(()) => return,
-                    Err(ApiError { code, message }) => response::prpc_error(code, &message, keep_alive),
+                    Err(ApiError { code, message }) => {
+                        (code.http_status(), response::prpc_error(code, &message, keep_alive))
+                    }
                 }
             }
             Ok(Route::TaskOutput { task_id, follow }) => {
                 match self.start_output(token, head, task_id, follow, now_ms, out) {
                     Ok(()) => return,
-                    Err((status, message)) => response::text(status, &message, keep_alive),
+                    Err((status, message)) => text(status, &message),
                 }
             }
         };
+        if let Some(refusal) = shell_refusal(status) {
+            self.metrics.refused(refusal);
+        }
         self.answer_http(token, answer);
     }
 
@@ -361,6 +380,22 @@ impl EventLoop {
 
 /// pRPC's JSON encodings: `application/json` (v1.1), or `application/prpc;
 /// encoding=json` (v1.0); parameters such as `charset` do not matter.
+/// How a refusal the HTTP listener answers itself, before the core sees the
+/// request, is counted: under the error code the binary protocol would have
+/// answered with; `None` for a success. (A connection refused at the limit is
+/// counted where it is refused; the core's own refusals where they are sent.)
+fn shell_refusal(status: u16) -> Option<Refusal> {
+    let code = match status {
+        100..=399 => return None,
+        401 => ErrorCode::Unauthenticated,
+        404 => ErrorCode::NotFound,
+        413 | 431 => ErrorCode::FrameTooLarge,
+        503 => ErrorCode::Unavailable,
+        _ => ErrorCode::InvalidRequest,
+    };
+    Some(Refusal::Error(code))
+}
+
 fn is_json(content_type: Option<&str>) -> bool {
     let Some(content_type) = content_type else { return false };
     let mut parts = content_type.split(';').map(str::trim);
@@ -404,6 +439,25 @@ mod tests {
         assert!(!is_json(Some("application/prpc")));
         assert!(!is_json(Some("text/plain")));
         assert!(!is_json(None));
+    }
+
+    #[test]
+    fn refusals_made_by_the_listener_are_counted_under_the_binary_protocols_codes() {
+        let code = |status| match shell_refusal(status) {
+            Some(Refusal::Error(code)) => Some(code),
+            Some(other) => panic!("{status}: {other:?}"),
+            None => None,
+        };
+        assert_eq!(code(200), None);
+        assert_eq!(code(100), None);
+        assert_eq!(code(401), Some(ErrorCode::Unauthenticated));
+        assert_eq!(code(404), Some(ErrorCode::NotFound));
+        assert_eq!(code(431), Some(ErrorCode::FrameTooLarge));
+        assert_eq!(code(413), Some(ErrorCode::FrameTooLarge));
+        for status in [400, 405, 411, 501] {
+            assert_eq!(code(status), Some(ErrorCode::InvalidRequest), "{status}");
+        }
+        assert_eq!(code(GrpcCode::Unimplemented.http_status()), Some(ErrorCode::InvalidRequest));
     }
 
     #[test]
