@@ -256,6 +256,11 @@ pub(crate) fn unexpected(action: &str, reply: &Reply) -> CliError {
         Reply::Assignment(_) => "a bot assignment",
         Reply::NoWork => "no work",
         Reply::UpdateAck { .. } => "an update acknowledgement",
+        Reply::CasMissing { .. } => "a list of missing blobs",
+        Reply::CasStored => "a stored batch",
+        Reply::CasUploadOffset { .. } => "an upload offset",
+        Reply::CasBlobs { .. } => "a batch of blobs",
+        Reply::CasData { .. } => "blob data",
     };
     CliError::UnexpectedReply { action: action.to_string(), reply }
 }

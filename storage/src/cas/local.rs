@@ -55,6 +55,11 @@ impl LocalStore {
         Ok(store)
     }
 
+    /// How many blobs the store holds.
+    pub fn blob_count(&self) -> usize {
+        self.blobs.len()
+    }
+
     fn find_blobs(&mut self) -> Result<(), CasError> {
         let blobs = self.dir.join("blobs");
         for shard in fs::read_dir(&blobs).map_err(io_error(&blobs, "list"))? {
