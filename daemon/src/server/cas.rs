@@ -226,9 +226,7 @@ fn run(store: &mut impl ContentStore, request: Request) -> Result<Reply, CasErro
     Ok(match request {
         Request::CasFindMissing { digests } => Reply::CasMissing { digests: store.find_missing(&digests) },
         Request::CasBatchUpload { blobs } => {
-            for blob in blobs {
-                store.put(blob.digest, &blob.data)?;
-            }
+            store.put_batch(&blobs)?;
             Reply::CasStored
         }
         Request::CasUploadStart { digest } => Reply::CasUploadOffset { offset: store.upload_offset(digest)? },

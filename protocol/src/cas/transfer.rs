@@ -240,3 +240,129 @@ impl<D: Call> TreeSource for StoreSource<'_, D> {
         file.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::messages::ErrorCode;
+
+    /// A store in memory that answers as the daemon does, and counts requests.
+    #[derive(Default)]
+    struct FakeStore {
+        blobs: HashMap<Digest, Vec<u8>>,
+        uploads: HashMap<Digest, Vec<u8>>,
+        requests: Vec<&'static str>,
+    }
+
+    impl Call for FakeStore {
+        fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {
+            let not_found = |digest: &Digest| ClientError::Refused {
+                code: ErrorCode::NotFound,
+                message: format!("blob {digest} is not in the store"),
+            };
+            Ok(match request.clone() {
+                Request::CasFindMissing { digests } => {
+                    self.requests.push("find");
+                    Reply::CasMissing { digests: digests.into_iter().filter(|d| !self.blobs.contains_key(d)).collect() }
+                }
+                Request::CasBatchUpload { blobs } => {
+                    self.requests.push("batch");
+                    assert!(blobs.len() <= MAX_CAS_DIGESTS);
+                    assert!(blobs.iter().map(|blob| blob.data.len()).sum::<usize>() <= MAX_CAS_BATCH_BYTES);
+                    for blob in blobs {
+                        assert_eq!(Digest::of(&blob.data), blob.digest);
+                        self.blobs.insert(blob.digest, blob.data);
+                    }
+                    Reply::CasStored
+                }
+                Request::CasUploadStart { digest } => {
+                    self.requests.push("start");
+                    let offset = match self.blobs.get(&digest) {
+                        Some(_) => digest.size_bytes,
+                        None => self.uploads.entry(digest).or_default().len() as u64,
+                    };
+                    Reply::CasUploadOffset { offset }
+                }
+                Request::CasUploadChunk { digest, offset, data } => {
+                    self.requests.push("chunk");
+                    assert!(data.len() <= MAX_CAS_CHUNK_BYTES);
+                    let upload = self.uploads.get_mut(&digest).expect("started");
+                    assert_eq!(upload.len() as u64, offset);
+                    upload.extend(data);
+                    let received = upload.len() as u64;
+                    if received == digest.size_bytes {
+                        let bytes = self.uploads.remove(&digest).unwrap();
+                        assert_eq!(Digest::of(&bytes), digest);
+                        self.blobs.insert(digest, bytes);
+                    }
+                    Reply::CasUploadOffset { offset: received }
+                }
+                Request::CasRead { digest, offset, max_bytes } => {
+                    self.requests.push("read");
+                    let bytes = self.blobs.get(&digest).ok_or_else(|| not_found(&digest))?;
+                    let start = (offset as usize).min(bytes.len());
+                    let end = (start + max_bytes as usize).min(bytes.len());
+                    Reply::CasData { data: bytes[start..end].to_vec() }
+                }
+                other => panic!("not a request the transfer sends: {other:?}"),
+            })
+        }
+    }
+
+    #[test]
+    fn a_tree_goes_up_in_batches_and_chunks_and_comes_back_the_same() {
+        let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // More small files than one batch holds by bytes, and a file over two chunks.
+        for index in 0..40 {
+            fs::write(from.path().join(format!("small-{index}")), vec![index as u8; 100 << 10]).unwrap();
+        }
+        let large: Vec<u8> = (0..2 * MAX_CAS_CHUNK_BYTES + 5).map(|index| (index % 253) as u8).collect();
+        fs::write(from.path().join("large"), &large).unwrap();
+        let archive = Archive::of_directory_contents(from.path()).unwrap();
+        let mut store = FakeStore::default();
+
+        let counts = upload(&mut store, &archive).unwrap();
+        assert_eq!((counts.blobs, counts.uploaded_blobs), (42, 42));
+        let batches = store.requests.iter().filter(|request| **request == "batch").count();
+        assert_eq!(batches, 2, "4 MiB of small blobs take two batches of at most 3 MiB");
+        assert_eq!(store.requests.iter().filter(|request| **request == "chunk").count(), 3);
+
+        store.requests.clear();
+        let again = upload(&mut store, &archive).unwrap();
+        assert_eq!((again.uploaded_blobs, again.uploaded_bytes), (0, 0));
+        assert_eq!(store.requests, ["find"], "an unchanged tree costs one question");
+
+        download(&mut store, archive.root, to.path()).unwrap();
+        assert!(fs::read(to.path().join("large")).unwrap() == large);
+        assert_eq!(Archive::of_directory_contents(to.path()).unwrap().root, archive.root);
+    }
+
+    #[test]
+    fn an_interrupted_chunked_upload_continues_from_the_store_s_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..3 * MAX_CAS_CHUNK_BYTES).map(|index| (index % 241) as u8).collect();
+        let path = dir.path().join("blob");
+        fs::write(&path, &bytes).unwrap();
+        let digest = Digest::of(&bytes);
+        let mut store = FakeStore::default();
+        store.uploads.insert(digest, bytes[..MAX_CAS_CHUNK_BYTES + 10].to_vec());
+
+        upload_in_chunks(&mut store, digest, &path).unwrap();
+        assert_eq!(store.requests, ["start", "chunk", "chunk"], "the first chunk's bytes are not sent again");
+        assert!(store.blobs[&digest] == bytes);
+    }
+
+    #[test]
+    fn a_blob_whose_bytes_do_not_match_is_refused_and_its_file_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FakeStore::default();
+        let claimed = Digest::of(b"the real bytes");
+        store.blobs.insert(claimed, b"other bytes!!!".to_vec());
+        let path = dir.path().join("file");
+        let error = StoreSource { daemon: &mut store }.place_file(claimed, false, &path).unwrap_err();
+        assert!(matches!(error, TransferError::Mismatch { expected, .. } if expected == claimed), "{error}");
+        assert!(!path.exists(), "a file that failed its check is not left behind");
+    }
+}
