@@ -36,7 +36,7 @@ pub(crate) fn archive(
     let counts = transfer::upload(daemon, &archive).map_err(|source| match source {
         // Reading a file of the tree failed: the paths given, not the daemon.
         TransferError::Io { .. } | TransferError::Changed { .. } => CliError::ArchiveRead(source.to_string()),
-        source => CliError::Transfer { action: "upload the tree".into(), source },
+        source => CliError::Transfer { action: "upload the tree".into(), source: Box::new(source) },
     })?;
     stdout.write_all(format!("{}\n", archive.root).as_bytes())?;
     // The digest first, then the summary, when both go to one terminal.
@@ -64,7 +64,7 @@ pub(crate) fn download(
 ) -> Result<i32, CliError> {
     fs::create_dir_all(dir).map_err(|source| CliError::WriteFile { path: dir.display().to_string(), source })?;
     let counts = transfer::download(daemon, root, dir)
-        .map_err(|source| CliError::Transfer { action: format!("download {root}"), source })?;
+        .map_err(|source| CliError::Transfer { action: format!("download {root}"), source: Box::new(source) })?;
     let _ = writeln!(
         stderr,
         "{} files ({} bytes), {} directories, {} symlinks written to {}",

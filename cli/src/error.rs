@@ -100,7 +100,7 @@ pub(crate) enum CliError {
     ArchiveRead(String),
     /// A transfer to or from the content-addressed store failed.
     #[error("cannot {action}: {source}")]
-    Transfer { action: String, source: TransferError },
+    Transfer { action: String, source: Box<TransferError> },
 }
 
 impl CliError {
@@ -134,7 +134,7 @@ impl CliError {
             CliError::TaskEnded { state, .. } => exit_codes::for_task(*state, None),
             CliError::CollectTimeout { .. } => exit_codes::COLLECT_TIMEOUT,
             CliError::ArchiveRead(_) => exit_codes::USAGE,
-            CliError::Transfer { source, .. } => match source {
+            CliError::Transfer { source, .. } => match source.as_ref() {
                 TransferError::Daemon(ClientError::Refused { code, .. }) => exit_codes::for_refusal(*code),
                 TransferError::Daemon(_) | TransferError::Unexpected { .. } | TransferError::Mismatch { .. } => {
                     exit_codes::CONNECTION_FAILED

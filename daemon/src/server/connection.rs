@@ -60,7 +60,7 @@ pub enum Pause {
     /// Its next frame waits for room in the input budget.
     ForMemory,
     /// Its request to the content-addressed store is being served: one at a time.
-    ForStore,
+    StoreRequest,
 }
 
 /// Which timeout applies to a connection now.

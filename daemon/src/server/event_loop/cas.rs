@@ -30,7 +30,7 @@ impl EventLoop {
         match queued {
             Ok(()) => {
                 connection.requests_in_flight += 1;
-                connection.paused = Some(Pause::ForStore);
+                connection.paused = Some(Pause::StoreRequest);
             }
             Err(ErrorReply { code, message }) => push_error(&mut self.metrics, connection, request_id, code, message),
         }
@@ -51,7 +51,7 @@ impl EventLoop {
             }
             connection.outbound.push_now(frame);
             connection.requests_in_flight = connection.requests_in_flight.saturating_sub(1);
-            if connection.paused == Some(Pause::ForStore) {
+            if connection.paused == Some(Pause::StoreRequest) {
                 connection.paused = None;
                 self.unfinished_reads.push(token_of(completion.conn));
             }
