@@ -6,10 +6,11 @@
 //! small ones in batches (`CasBatchUpload`, up to `MAX_CAS_BATCH_BYTES`) and
 //! the large ones in chunks (`CasUploadStart` then `CasUploadChunk`), which
 //! continue an upload that was interrupted. Downloading checks every blob
-//! against its digest as it arrives; a file is written a chunk at a time and
-//! hashed as it is written, never held whole.
+//! against its digest as it arrives: small files come in batches
+//! (`CasBatchRead`), a large one a chunk at a time (`CasRead`), hashed as it is
+//! written, never held whole.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -19,6 +20,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::digest::Digest;
 use super::materialize::{MaterializeError, TreeCounts, TreeSource, materialize};
+use super::reapi::Directory;
 use super::tree::Archive;
 use crate::client::{Client, ClientError};
 use crate::limits::{MAX_CAS_BATCH_BYTES, MAX_CAS_CHUNK_BYTES, MAX_CAS_DIGESTS};
@@ -214,25 +216,91 @@ fn fetch_into(daemon: &mut impl Call, digest: Digest, out: &mut impl Write) -> R
 
 /// Writes the tree `root` names into `dest` (an existing, empty directory).
 pub fn download(daemon: &mut impl Call, root: Digest, dest: &Path) -> Result<TreeCounts, TransferError> {
-    materialize(&mut StoreSource { daemon }, root, dest)
+    let mut source = StoreSource { daemon, small_files: VecDeque::new(), fetched: HashMap::new() };
+    materialize(&mut source, root, dest)
 }
 
-/// A tree's blobs, fetched from the daemon's store.
+/// A tree's blobs, fetched from the daemon's store: directories one by one,
+/// small files in batches (`CasBatchRead`), large ones in chunks.
 struct StoreSource<'a, D: Call> {
     daemon: &'a mut D,
+    /// The small files of the directories read, in the order they were read
+    /// (the order they are written in, mostly): what the next batch fetches.
+    small_files: VecDeque<Digest>,
+    /// The last batch's blobs, checked against their digests (at most
+    /// `MAX_CAS_BATCH_BYTES`; dropped when the next batch comes).
+    fetched: HashMap<Digest, Vec<u8>>,
+}
+
+impl<D: Call> StoreSource<'_, D> {
+    /// Fetches `first` and the small files that follow it, as one batch.
+    fn fetch_batch(&mut self, first: Digest) -> Result<(), TransferError> {
+        self.fetched.clear();
+        let mut digests = vec![first];
+        let mut bytes = first.size_bytes as usize;
+        while let Some(&next) = self.small_files.front() {
+            if digests.len() == MAX_CAS_DIGESTS || bytes + next.size_bytes as usize > MAX_CAS_BATCH_BYTES {
+                break;
+            }
+            self.small_files.pop_front();
+            if !digests.contains(&next) {
+                bytes += next.size_bytes as usize;
+                digests.push(next);
+            }
+        }
+        let blobs = match self.daemon.call(&Request::CasBatchRead { digests })? {
+            Reply::CasBlobs { blobs } => blobs,
+            _ => return Err(TransferError::Unexpected { request: "CasBatchRead" }),
+        };
+        for blob in blobs {
+            let actual = Digest::of(&blob.data);
+            if actual != blob.digest {
+                return Err(TransferError::Mismatch { expected: blob.digest, actual });
+            }
+            self.fetched.insert(blob.digest, blob.data);
+        }
+        Ok(())
+    }
+
+    /// Writes a small file from the current batch, fetching the batch it is in first.
+    fn write_small(&mut self, digest: Digest, file: &mut File) -> Result<(), FetchError> {
+        if !self.fetched.contains_key(&digest) {
+            self.fetch_batch(digest).map_err(FetchError::Transfer)?;
+        }
+        let bytes = self
+            .fetched
+            .get(&digest)
+            .ok_or(FetchError::Transfer(TransferError::Unexpected { request: "CasBatchRead" }))?;
+        file.write_all(bytes).map_err(FetchError::Write)
+    }
+}
+
+/// Whether a file is fetched in a batch rather than in chunks.
+fn is_small(digest: Digest) -> bool {
+    0 < digest.size_bytes && digest.size_bytes <= MAX_CAS_CHUNK_BYTES as u64
 }
 
 impl<D: Call> TreeSource for StoreSource<'_, D> {
     type Error = TransferError;
 
     fn directory(&mut self, digest: Digest) -> Result<Vec<u8>, TransferError> {
-        fetch_blob(self.daemon, digest)
+        let bytes = fetch_blob(self.daemon, digest)?;
+        // Materializing checks the blob; one that does not decode here fails there.
+        if let Ok(directory) = Directory::decode_checked(&bytes) {
+            let files = directory.files.iter().filter_map(|file| file.digest.as_ref()?.to_digest().ok());
+            self.small_files.extend(files.filter(|digest| is_small(*digest)));
+        }
+        Ok(bytes)
     }
 
     fn place_file(&mut self, digest: Digest, executable: bool, path: &Path) -> Result<(), TransferError> {
         let io_error = |source| TransferError::Io { path: path.to_path_buf(), source };
         let mut file = File::create_new(path).map_err(io_error)?;
-        if let Err(error) = fetch_into(self.daemon, digest, &mut file) {
+        let written = match is_small(digest) {
+            true => self.write_small(digest, &mut file),
+            false => fetch_into(self.daemon, digest, &mut file),
+        };
+        if let Err(error) = written {
             let _ = fs::remove_file(path);
             return Err(error.into_transfer(path));
         }
@@ -299,6 +367,17 @@ mod tests {
                     }
                     Reply::CasUploadOffset { offset: received }
                 }
+                Request::CasBatchRead { digests } => {
+                    self.requests.push("batch read");
+                    let sizes: u64 = digests.iter().map(|digest| digest.size_bytes).sum();
+                    assert!(digests.len() <= MAX_CAS_DIGESTS && sizes <= MAX_CAS_BATCH_BYTES as u64);
+                    let mut blobs = Vec::new();
+                    for digest in digests {
+                        let data = self.blobs.get(&digest).ok_or_else(|| not_found(&digest))?.clone();
+                        blobs.push(CasBlob { digest, data });
+                    }
+                    Reply::CasBlobs { blobs }
+                }
                 Request::CasRead { digest, offset, max_bytes } => {
                     self.requests.push("read");
                     let bytes = self.blobs.get(&digest).ok_or_else(|| not_found(&digest))?;
@@ -334,8 +413,12 @@ mod tests {
         assert_eq!((again.uploaded_blobs, again.uploaded_bytes), (0, 0));
         assert_eq!(store.requests, ["find"], "an unchanged tree costs one question");
 
+        store.requests.clear();
         download(&mut store, archive.root, to.path()).unwrap();
         assert!(fs::read(to.path().join("large")).unwrap() == large);
+        let count = |kind: &str| store.requests.iter().filter(|request| **request == kind).count();
+        assert_eq!(count("batch read"), 2, "4 MiB of small files come in two batches: {:?}", store.requests);
+        assert_eq!(count("read"), 1 + 3, "the root directory, and the large file in three chunks");
         assert_eq!(Archive::of_directory_contents(to.path()).unwrap().root, archive.root);
     }
 
@@ -361,7 +444,8 @@ mod tests {
         let claimed = Digest::of(b"the real bytes");
         store.blobs.insert(claimed, b"other bytes!!!".to_vec());
         let path = dir.path().join("file");
-        let error = StoreSource { daemon: &mut store }.place_file(claimed, false, &path).unwrap_err();
+        let mut source = StoreSource { daemon: &mut store, small_files: VecDeque::new(), fetched: HashMap::new() };
+        let error = source.place_file(claimed, false, &path).unwrap_err();
         assert!(matches!(error, TransferError::Mismatch { expected, .. } if expected == claimed), "{error}");
         assert!(!path.exists(), "a file that failed its check is not left behind");
     }
