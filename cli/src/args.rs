@@ -59,6 +59,33 @@ pub(crate) enum Command {
     /// Look at the bots.
     #[command(subcommand)]
     Bots(BotsCommand),
+    /// Upload trees to the daemon's content-addressed store, and download them.
+    #[command(subcommand)]
+    Cas(CasCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CasCommand {
+    /// Upload files and directories (only the blobs the store lacks) and print the tree's
+    /// root digest, HASH/SIZE, as REAPI computes it; a summary goes to stderr.
+    Archive {
+        /// Archive DIR's contents as the tree's root (as a task's output directory is),
+        /// instead of PATHs.
+        #[arg(long, value_name = "DIR", conflicts_with = "paths")]
+        dir: Option<PathBuf>,
+        /// Files and directories, each under its own name (its last component) in the root.
+        #[arg(value_name = "PATH", required_unless_present = "dir")]
+        paths: Vec<PathBuf>,
+    },
+    /// Write the tree a root digest names into DIR (created if missing), each blob checked
+    /// against its digest.
+    Download {
+        /// The tree's root digest, HASH/SIZE, as `cas archive` prints it.
+        #[arg(value_name = "DIGEST")]
+        digest: apiary_protocol::cas::Digest,
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -79,6 +79,13 @@ impl Daemon for Connection {
     }
 }
 
+/// The store's transfers (`apiary cas`) use the connection as any command does.
+impl apiary_protocol::cas::transfer::Call for Connection {
+    fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {
+        self.client.call(request)
+    }
+}
+
 pub(crate) fn connect(addr: &str, token: &str, security: &Security) -> Result<Connection, CliError> {
     let client = open(addr, token, security).map_err(CliError::Connect)?;
     Ok(Connection { addr: addr.to_string(), token: token.to_string(), security: security.clone(), client })
@@ -256,6 +263,11 @@ pub(crate) fn unexpected(action: &str, reply: &Reply) -> CliError {
         Reply::Assignment(_) => "a bot assignment",
         Reply::NoWork => "no work",
         Reply::UpdateAck { .. } => "an update acknowledgement",
+        Reply::CasMissing { .. } => "a list of missing blobs",
+        Reply::CasStored => "a stored batch",
+        Reply::CasUploadOffset { .. } => "an upload offset",
+        Reply::CasBlobs { .. } => "a batch of blobs",
+        Reply::CasData { .. } => "blob data",
     };
     CliError::UnexpectedReply { action: action.to_string(), reply }
 }

@@ -4,6 +4,8 @@
 use std::io;
 use std::time::Duration;
 
+use apiary_protocol::cas::materialize::MaterializeError;
+use apiary_protocol::cas::transfer::TransferError;
 use apiary_protocol::ids::format_task_id;
 use apiary_protocol::{ClientError, TaskState};
 
@@ -93,6 +95,12 @@ pub(crate) enum CliError {
         format_task_id(*.task_id)
     )]
     CollectTimeout { task_id: u64, timeout: Duration, state: TaskState },
+    /// `cas archive` cannot read a path it was given, or a file changed while it was archived.
+    #[error("cannot archive: {0}")]
+    ArchiveRead(String),
+    /// A transfer to or from the content-addressed store failed.
+    #[error("cannot {action}: {source}")]
+    Transfer { action: String, source: Box<TransferError> },
 }
 
 impl CliError {
@@ -125,6 +133,18 @@ impl CliError {
             CliError::Reproduce(_) => exit_codes::CLIENT_ERROR,
             CliError::TaskEnded { state, .. } => exit_codes::for_task(*state, None),
             CliError::CollectTimeout { .. } => exit_codes::COLLECT_TIMEOUT,
+            CliError::ArchiveRead(_) => exit_codes::USAGE,
+            CliError::Transfer { source, .. } => match source.as_ref() {
+                TransferError::Daemon(ClientError::Refused { code, .. }) => exit_codes::for_refusal(*code),
+                TransferError::Daemon(_) | TransferError::Unexpected { .. } | TransferError::Mismatch { .. } => {
+                    exit_codes::CONNECTION_FAILED
+                }
+                TransferError::Changed { .. } => exit_codes::USAGE,
+                TransferError::Io { .. } | TransferError::Materialize(MaterializeError::Io { .. }) => {
+                    exit_codes::WRITE_FAILED
+                }
+                TransferError::Materialize(_) => exit_codes::REFUSED,
+            },
         }
     }
 }

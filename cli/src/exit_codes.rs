@@ -89,6 +89,7 @@ pub(crate) fn for_refusal(code: ErrorCode) -> i32 {
         | ErrorCode::StaleRun
         | ErrorCode::Superseded
         | ErrorCode::PermissionDenied
+        | ErrorCode::ResourceExhausted
         | ErrorCode::Internal => REFUSED,
         // The daemon would not talk to us at all: as good as unreachable.
         ErrorCode::BadHello | ErrorCode::Unauthenticated | ErrorCode::Unavailable => CONNECTION_FAILED,

@@ -6,6 +6,7 @@
 mod args;
 mod bots;
 mod cancel;
+mod cas;
 mod collect;
 mod connect;
 mod error;
@@ -24,7 +25,7 @@ use apiary_protocol::TaskQuery;
 use apiary_protocol::token::read_token_file;
 use clap::Parser;
 
-use crate::args::{BotsCommand, Cli, Command, TasksCommand};
+use crate::args::{BotsCommand, CasCommand, Cli, Command, TasksCommand};
 use crate::error::CliError;
 use crate::sink::Sink;
 
@@ -123,5 +124,13 @@ fn dispatch(cli: Cli, stdout: &mut Sink<impl Write>, stderr: &mut dyn Write) -> 
             bots::count(&mut connect()?, &dimensions, json, stdout)
         }
         Command::Bots(BotsCommand::Delete { bot_id }) => bots::delete(&mut connect()?, &bot_id, stdout),
+        Command::Cas(CasCommand::Archive { dir, paths }) => {
+            let from = match &dir {
+                Some(dir) => cas::ArchiveFrom::DirectoryContents(dir),
+                None => cas::ArchiveFrom::Paths(&paths),
+            };
+            cas::archive(&mut connect()?, from, stdout, stderr)
+        }
+        Command::Cas(CasCommand::Download { digest, dir }) => cas::download(&mut connect()?, digest, &dir, stderr),
     }
 }

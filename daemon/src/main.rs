@@ -121,6 +121,11 @@ struct Args {
     /// Output kept per task; past it a marker says the rest was dropped (the task keeps running).
     #[arg(long, default_value_t = apiary_protocol::limits::DEFAULT_MAX_OUTPUT_BYTES)]
     max_output_bytes: u64,
+    /// Bytes the content-addressed store (DATA_DIR/cas) may hold, uploads in progress included;
+    /// an upload that would pass it is refused, naming this limit. At least 1 MiB.
+    #[arg(long, default_value_t = server::cas::DEFAULT_CAS_MAX_BYTES,
+          value_parser = clap::value_parser!(u64).range(1 << 20..))]
+    cas_max_bytes: u64,
     /// How long finished tasks, their runs and their output are kept, counted from each
     /// task's creation: a number and a unit, like `30d`, `12h` or `90s`.
     #[arg(long, default_value = "30d", value_parser = parse_retention)]
@@ -343,6 +348,7 @@ fn run(args: Args) -> Result<(), String> {
         insecure_no_auth: args.insecure_no_auth,
         reload,
         tls,
+        cas_max_bytes: args.cas_max_bytes,
     };
     server::run(config).map_err(|error| error.to_string())
 }

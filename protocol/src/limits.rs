@@ -141,3 +141,24 @@ pub const DEFAULT_TASK_PAGE: u32 = 100;
 pub const MAX_TASK_COUNT: u64 = 100_000;
 /// How long the daemon holds a poll or a wait open before answering "nothing yet".
 pub const MAX_LONG_POLL_MS: u64 = 60_000;
+
+/// Blobs or digests in one request to the content-addressed store (and in one
+/// answer to `CasFindMissing`).
+pub const MAX_CAS_DIGESTS: usize = 8192;
+/// Bytes of blob data in one `CasBatchUpload`, and the total size of the
+/// blobs of one `CasBatchRead`. REAPI servers commonly allow 4 MiB per batch
+/// message; here the frame (`MAX_FRAME_PAYLOAD_BYTES`) is 4 MiB with its
+/// framing, so the data gets 3 MiB and the rest is headroom for the blobs'
+/// digests and lengths.
+pub const MAX_CAS_BATCH_BYTES: usize = 3 << 20;
+/// Bytes in one chunk of an upload (`CasUploadChunk`) or a read (`CasRead`).
+pub const MAX_CAS_CHUNK_BYTES: usize = 1 << 20;
+const _: () = assert!(MAX_CAS_CHUNK_BYTES <= MAX_CAS_BATCH_BYTES);
+const _: () = assert!(MAX_CAS_CHUNK_BYTES + FRAME_OVERHEAD_BYTES <= MAX_FRAME_PAYLOAD_BYTES);
+const _: () = assert!(
+    MAX_CAS_BATCH_BYTES
+        + MAX_CAS_DIGESTS * (std::mem::size_of::<crate::messages::ArchivedCasBlob>() + 16)
+        + FRAME_OVERHEAD_BYTES
+        <= MAX_FRAME_PAYLOAD_BYTES,
+    "a full batch with the most blobs fits in a frame"
+);

@@ -8,12 +8,15 @@ use rkyv::{Archive, Deserialize as RkyvDeserialize, Serialize as RkyvSerialize};
 use serde::{Deserialize, Serialize};
 
 use crate::PackedDimensions;
+use crate::cas::Digest;
 use crate::limits;
 
 /// First bytes of every hello, so a stray client is recognised at once.
 pub const MAGIC: [u8; 4] = *b"APRY";
-/// Bumped on every incompatible change of frames or messages.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// Bumped on every incompatible change of frames or messages. Adding a
+/// variant to `Request` or `Reply` is one: rkyv lays an enum out as large as
+/// its largest variant, so every archived message may change its layout.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -725,6 +728,49 @@ pub enum Request {
         request: NewTaskRequest,
         lineage: TaskLineage,
     },
+    /// Which of these blobs the content-addressed store lacks (REAPI's
+    /// `FindMissingBlobs`); at most `limits::MAX_CAS_DIGESTS`. Needs `read_cas`.
+    CasFindMissing {
+        digests: Vec<Digest>,
+    },
+    /// Stores small blobs whole (REAPI's `BatchUpdateBlobs`): at most
+    /// `limits::MAX_CAS_DIGESTS` blobs and `limits::MAX_CAS_BATCH_BYTES` of
+    /// data. Answered with `Reply::CasStored` once all are checked and durable.
+    /// Needs `write_cas`.
+    CasBatchUpload {
+        blobs: Vec<CasBlob>,
+    },
+    /// Starts or resumes an upload in chunks; answered with where it continues.
+    /// Needs `write_cas`.
+    CasUploadStart {
+        digest: Digest,
+    },
+    /// The next chunk of an upload, at most `limits::MAX_CAS_CHUNK_BYTES`, at the
+    /// offset the last answer gave. Needs `write_cas`.
+    CasUploadChunk {
+        digest: Digest,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// Small blobs whole (REAPI's `BatchReadBlobs`): their sizes total at most
+    /// `limits::MAX_CAS_BATCH_BYTES`. Needs `read_cas`.
+    CasBatchRead {
+        digests: Vec<Digest>,
+    },
+    /// Up to `max_bytes` (at most `limits::MAX_CAS_CHUNK_BYTES`) of a blob from
+    /// `offset`. Needs `read_cas`.
+    CasRead {
+        digest: Digest,
+        offset: u64,
+        max_bytes: u32,
+    },
+}
+
+/// A blob and its bytes, in a batch.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CasBlob {
+    pub digest: Digest,
+    pub data: Vec<u8>,
 }
 
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -748,6 +794,9 @@ pub enum ErrorCode {
     Superseded,
     /// The principal may not do this; the message names what it lacks and where.
     PermissionDenied,
+    /// A store is full (the content-addressed store at `--cas-max-bytes`), or
+    /// the daemon's queue for it is: the message names the limit.
+    ResourceExhausted,
 }
 
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
@@ -809,5 +858,23 @@ pub enum Reply {
     UpdateAck {
         output_len: u64,
         must_stop: bool,
+    },
+    /// The digests of a `CasFindMissing` that the store lacks, in their order.
+    CasMissing {
+        digests: Vec<Digest>,
+    },
+    /// Every blob of a `CasBatchUpload` is stored and durable.
+    CasStored,
+    /// Where an upload continues; `size_bytes` once the blob is stored (checked and durable).
+    CasUploadOffset {
+        offset: u64,
+    },
+    /// The blobs of a `CasBatchRead`, in its order, each checked against its digest.
+    CasBlobs {
+        blobs: Vec<CasBlob>,
+    },
+    /// The bytes a `CasRead` asked for (fewer at the blob's end).
+    CasData {
+        data: Vec<u8>,
     },
 }

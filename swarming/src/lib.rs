@@ -275,6 +275,7 @@ impl GrpcCode {
             ErrorCode::Unavailable => GrpcCode::Unavailable,
             ErrorCode::StaleRun | ErrorCode::Superseded => GrpcCode::FailedPrecondition,
             ErrorCode::Internal => GrpcCode::Internal,
+            ErrorCode::ResourceExhausted => GrpcCode::ResourceExhausted,
         }
     }
 }
@@ -360,6 +361,11 @@ fn reply_kind(reply: &Reply) -> &'static str {
         Reply::Assignment(_) => "Assignment",
         Reply::NoWork => "NoWork",
         Reply::UpdateAck { .. } => "UpdateAck",
+        Reply::CasMissing { .. } => "CasMissing",
+        Reply::CasStored => "CasStored",
+        Reply::CasUploadOffset { .. } => "CasUploadOffset",
+        Reply::CasBlobs { .. } => "CasBlobs",
+        Reply::CasData { .. } => "CasData",
     }
 }
 

@@ -28,10 +28,15 @@ pub enum Permission {
     ManageBots,
     /// Forget the pool's dead or disconnected bots (Swarming's `swarming.pools.deleteBot`).
     DeleteBot,
+    /// Read the content-addressed store (which blobs it has, their bytes). The
+    /// store is not per pool: held in any pool, it allows the whole store.
+    ReadCas,
+    /// Upload to the content-addressed store; held in any pool, as `ReadCas`.
+    WriteCas,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 7] = [
+    pub const ALL: [Permission; 9] = [
         Permission::CreateTask,
         Permission::CreateHighPriorityTask,
         Permission::CancelTask,
@@ -39,6 +44,8 @@ impl Permission {
         Permission::ReadBots,
         Permission::ManageBots,
         Permission::DeleteBot,
+        Permission::ReadCas,
+        Permission::WriteCas,
     ];
 
     /// Its name in the configuration file and in refusals.
@@ -51,6 +58,8 @@ impl Permission {
             Permission::ReadBots => "read_bots",
             Permission::ManageBots => "manage_bots",
             Permission::DeleteBot => "delete_bot",
+            Permission::ReadCas => "read_cas",
+            Permission::WriteCas => "write_cas",
         }
     }
 
@@ -58,7 +67,7 @@ impl Permission {
         Permission::ALL.into_iter().find(|permission| permission.name() == name)
     }
 
-    fn bit(self) -> u8 {
+    fn bit(self) -> u16 {
         1 << self as u8
     }
 }
@@ -66,8 +75,8 @@ impl Permission {
 /// What one principal may do, pool by pool.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Grants {
-    every_pool: u8,
-    by_pool: BTreeMap<String, u8>,
+    every_pool: u16,
+    by_pool: BTreeMap<String, u16>,
 }
 
 impl Grants {

@@ -407,6 +407,16 @@ impl Core {
             Request::DeleteBot { bot_id } => Some(self.delete_bot(&bot_id, principal, out)),
             Request::BotPoll(poll) => self.bot_poll(conn, request_id, poll, out),
             Request::TaskUpdate(update) => Some(self.task_update(conn, update, out)),
+            // The shell serves these from the store, which is not the core's state.
+            Request::CasFindMissing { .. }
+            | Request::CasBatchUpload { .. }
+            | Request::CasUploadStart { .. }
+            | Request::CasUploadChunk { .. }
+            | Request::CasBatchRead { .. }
+            | Request::CasRead { .. } => Some(error(
+                ErrorCode::InvalidRequest,
+                "requests to the content-addressed store are not served here".to_string(),
+            )),
         }
     }
 
@@ -438,6 +448,12 @@ impl Core {
                 refuse_unless_somewhere(caller, Permission::ReadBots)
             }
             Request::ValidateTask(_) | Request::BotPoll(_) | Request::TaskUpdate(_) => None,
+            Request::CasFindMissing { .. }
+            | Request::CasBatchUpload { .. }
+            | Request::CasUploadStart { .. }
+            | Request::CasUploadChunk { .. }
+            | Request::CasBatchRead { .. }
+            | Request::CasRead { .. } => None,
         }
     }
 

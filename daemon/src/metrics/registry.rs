@@ -104,7 +104,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    const ALL: [Refusal; 14] = [
+    const ALL: [Refusal; 15] = [
         Refusal::Error(ErrorCode::InvalidRequest),
         Refusal::Error(ErrorCode::NotFound),
         Refusal::Error(ErrorCode::BadHello),
@@ -119,6 +119,7 @@ impl Refusal {
         Refusal::HelloTimeout,
         Refusal::IdleTimeout,
         Refusal::Stalled,
+        Refusal::Error(ErrorCode::ResourceExhausted),
     ];
 
     /// Its place in `ALL` (a new error code fails to compile here until it has one).
@@ -135,6 +136,7 @@ impl Refusal {
                 ErrorCode::Internal => 7,
                 ErrorCode::Superseded => 8,
                 ErrorCode::PermissionDenied => 9,
+                ErrorCode::ResourceExhausted => 14,
             },
             Refusal::ConnectionLimit => 10,
             Refusal::HelloTimeout => 11,
@@ -156,6 +158,7 @@ impl Refusal {
                 ErrorCode::Internal => "internal",
                 ErrorCode::Superseded => "superseded",
                 ErrorCode::PermissionDenied => "permission_denied",
+                ErrorCode::ResourceExhausted => "resource_exhausted",
             },
             Refusal::ConnectionLimit => "connection_limit",
             Refusal::HelloTimeout => "hello_timeout",

@@ -59,6 +59,8 @@ pub enum Pause {
     ForOutput,
     /// Its next frame waits for room in the input budget.
     ForMemory,
+    /// Its request to the content-addressed store is being served: one at a time.
+    StoreRequest,
 }
 
 /// Which timeout applies to a connection now.

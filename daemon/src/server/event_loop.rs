@@ -21,6 +21,7 @@ use slab::Slab;
 
 use super::ServerError;
 use super::bot_admission;
+use super::cas::CasService;
 use super::connection::{Connection, MAX_READ_BYTES_PER_TURN, Pause, Timeout};
 use super::deadlines::Deadlines;
 use super::disk::Disk;
@@ -41,6 +42,7 @@ use crate::core::{ConnId, Core, Input, Output, OutputRead};
 use crate::logging::{self, Level};
 use crate::metrics::{ConnectionKind, Metrics, Refusal, StateReading};
 
+mod cas;
 mod http;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -100,6 +102,8 @@ pub struct EventLoop {
     core: Core,
     wal: Wal,
     outputs: OutputStore,
+    /// The content-addressed store, served on its own thread.
+    cas: CasService,
     durability: Durability,
     /// The held items released in a turn; kept from one turn to the next.
     released: Vec<Held>,
@@ -165,6 +169,7 @@ impl EventLoop {
                 .map_err(io_error("register the HTTP listener"))?;
         }
         let Recovered { core, wal, outputs, snapshots, history, texts, snapshot_seq } = recovered;
+        let cas = CasService::start(&config.data_dir.join("cas"), config.cas_max_bytes, Arc::clone(&waker))?;
         let files = StateFiles { data_dir: config.data_dir.clone(), snapshots, history, texts };
         let snapshots = Snapshots::new(
             config.snapshots,
@@ -199,6 +204,7 @@ impl EventLoop {
             core,
             wal,
             outputs,
+            cas,
             durability: Durability::default(),
             released: Vec::new(),
             snapshots,
@@ -248,6 +254,7 @@ impl EventLoop {
             self.read_connection(token, now_ms, out, true);
         }
         keep_room(&mut self.unfinished_reads, unfinished);
+        self.take_cas_completions();
         for event in events.iter() {
             match event.token() {
                 LISTENER => self.accept_all(Protocol::Binary),
@@ -553,7 +560,7 @@ impl EventLoop {
     fn take_frames(&mut self, token: Token, now_ms: u64, out: &mut Output) -> bool {
         loop {
             let connection = &mut self.connections[token.0];
-            if connection.closing {
+            if connection.closing || connection.paused.is_some() {
                 return false;
             }
             // Checked before each request: no more replies are built for a peer that does not take them.
@@ -679,6 +686,10 @@ impl EventLoop {
             Payload::Request(Ok(request)) => request,
         };
         let role = connection.role.expect("requests are decoded after the hello");
+        if super::cas::is_cas_request(&request) {
+            self.submit_cas(token, frame.request_id, request);
+            return;
+        }
         let is_bot_request = matches!(request, Request::BotPoll(_) | Request::TaskUpdate(_));
         if is_bot_request && role != Role::Bot {
             let message = "bot requests need a connection whose hello says role Bot".to_string();

@@ -39,6 +39,7 @@ fn config(data_dir: &Path) -> ServerConfig {
         insecure_no_auth: false,
         reload: None,
         tls: None,
+        cas_max_bytes: crate::server::cas::DEFAULT_CAS_MAX_BYTES,
     }
 }
 

@@ -10,6 +10,7 @@
 //! `event_loop::http` does their I/O.
 
 mod bot_admission;
+pub mod cas;
 mod connection;
 mod deadlines;
 mod disk;
@@ -72,4 +73,6 @@ pub enum ServerError {
     Tls(String),
     #[error("the snapshot store failed: {0}")]
     Snapshot(#[from] apiary_storage::SnapshotError),
+    #[error("the content-addressed store failed: {0}")]
+    Cas(#[from] apiary_storage::cas::CasError),
 }

@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub reload: Option<Reload>,
     /// The certificate and key to serve TLS with; plaintext without them.
     pub tls: Option<TlsFiles>,
+    /// The most bytes the content-addressed store (`DATA_DIR/cas`) may hold (`--cas-max-bytes`).
+    pub cas_max_bytes: u64,
 }
 
 /// How the daemon reads its configuration file again on SIGHUP.

@@ -6,11 +6,13 @@
 //! - a directory is a blob too: the canonical encoding of REAPI's `Directory`
 //!   message, its entries sorted by name (`reapi`);
 //! - a tree on disk becomes a root directory digest and the blobs under it
-//!   (`tree`).
+//!   (`tree`);
+//! - `transfer` moves trees between a client and the daemon's store.
 
 pub mod digest;
 pub mod materialize;
 pub mod reapi;
+pub mod transfer;
 pub mod tree;
 
 pub use digest::{Digest, DigestError, DigestWriter};

@@ -24,6 +24,8 @@ pub struct Archive {
     pub entries: u64,
     /// The bytes of every file read, counting repeated contents each time.
     pub file_bytes: u64,
+    /// The files read (a file whose bytes appear twice counts twice).
+    pub file_count: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +71,7 @@ impl Archive {
     /// No blobs yet; the root is set once the tree is read.
     fn empty() -> Archive {
         let (directories, files) = (BTreeMap::new(), BTreeMap::new());
-        Archive { root: Digest::of_empty(), directories, files, entries: 0, file_bytes: 0 }
+        Archive { root: Digest::of_empty(), directories, files, entries: 0, file_bytes: 0, file_count: 0 }
     }
 
     /// Reads `dir` and what is under it; returns its `Directory`'s digest.
@@ -111,6 +113,7 @@ impl Archive {
             let file = File::open(path).map_err(|source| io_error(path, source))?;
             let digest = Digest::of_reader(file).map_err(|source| io_error(path, source))?;
             self.file_bytes += digest.size_bytes;
+            self.file_count += 1;
             self.files.entry(digest).or_insert_with(|| path.to_path_buf());
             let is_executable = metadata.permissions().mode() & 0o111 != 0;
             parent.files.push(FileNode { name, digest: Some(digest.into()), is_executable });

@@ -16,6 +16,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use apiary_protocol::CasBlob;
 use apiary_protocol::cas::Digest;
 
 use super::{CasError, ContentStore};
@@ -53,6 +54,11 @@ impl LocalStore {
         store.find_blobs()?;
         store.find_uploads()?;
         Ok(store)
+    }
+
+    /// How many blobs the store holds.
+    pub fn blob_count(&self) -> usize {
+        self.blobs.len()
     }
 
     fn find_blobs(&mut self) -> Result<(), CasError> {
@@ -103,6 +109,66 @@ impl LocalStore {
         let used = self.stored_bytes + self.reserved_bytes();
         if used.saturating_add(digest.size_bytes) > self.limit_bytes {
             return Err(CasError::Full { digest, used, limit: self.limit_bytes });
+        }
+        Ok(())
+    }
+
+    /// Writes a blob whose bytes were checked into its upload file, holding
+    /// room for it; not synced.
+    fn write_upload(&mut self, digest: Digest, bytes: &[u8]) -> Result<File, CasError> {
+        if !self.uploads.contains_key(&digest) {
+            self.make_room(digest)?;
+        }
+        let upload = self.upload_path(&digest);
+        let written = File::create(&upload).and_then(|mut file| file.write_all(bytes).map(|()| file));
+        match written {
+            Ok(file) => {
+                self.uploads.insert(digest, digest.size_bytes);
+                Ok(file)
+            }
+            Err(error) => {
+                // An upload of the same blob in chunks starts again.
+                self.uploads.remove(&digest);
+                let _ = fs::remove_file(&upload);
+                Err(io_error(&upload, "write")(error))
+            }
+        }
+    }
+
+    /// Checks each blob of a batch and writes the new ones (each once), unsynced.
+    fn write_batch(&mut self, blobs: &[CasBlob], written: &mut Vec<(Digest, File)>) -> Result<(), CasError> {
+        let mut seen: HashMap<Digest, ()> = HashMap::with_capacity(blobs.len());
+        for blob in blobs {
+            let actual = Digest::of(&blob.data);
+            if actual != blob.digest {
+                return Err(CasError::Mismatch { expected: blob.digest, actual });
+            }
+            if !self.blobs.contains_key(&blob.digest) && seen.insert(blob.digest, ()).is_none() {
+                written.push((blob.digest, self.write_upload(blob.digest, &blob.data)?));
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves synced uploads into place, then syncs the directories they went to.
+    fn install_synced(&mut self, digests: &[Digest]) -> Result<(), CasError> {
+        let mut shards: Vec<PathBuf> = Vec::new();
+        for &digest in digests {
+            let (upload, blob) = (self.upload_path(&digest), self.blob_path(&digest));
+            let shard = blob.parent().expect("a blob path has a shard directory").to_path_buf();
+            fs::create_dir_all(&shard).map_err(io_error(&shard, "create"))?;
+            fs::set_permissions(&upload, fs::Permissions::from_mode(0o444))
+                .map_err(io_error(&upload, "make read-only"))?;
+            fs::rename(&upload, &blob).map_err(io_error(&blob, "rename into place"))?;
+            if !shards.contains(&shard) {
+                shards.push(shard);
+            }
+        }
+        in_parallel(&shards, |shard| sync_dir(shard).map_err(io_error(shard, "sync")))?;
+        for &digest in digests {
+            self.uploads.remove(&digest);
+            self.stored_bytes += digest.size_bytes;
+            self.blobs.insert(digest, true);
         }
         Ok(())
     }
@@ -175,19 +241,27 @@ impl ContentStore for LocalStore {
         if self.blobs.contains_key(&digest) {
             return Ok(());
         }
-        if !self.uploads.contains_key(&digest) {
-            self.make_room(digest)?;
-        }
-        let upload = self.upload_path(&digest);
-        let written = File::create(&upload).and_then(|mut file| file.write_all(bytes));
-        if let Err(error) = written {
-            // An upload of the same blob in chunks starts again.
-            self.uploads.remove(&digest);
-            let _ = fs::remove_file(&upload);
-            return Err(io_error(&upload, "write")(error));
-        }
-        self.uploads.insert(digest, digest.size_bytes);
+        drop(self.write_upload(digest, bytes)?);
         self.install(digest)
+    }
+
+    /// Writes every new blob, syncs them all at once (concurrent syncs share
+    /// the file system's journal commits), then moves them into place.
+    fn put_batch(&mut self, blobs: &[CasBlob]) -> Result<(), CasError> {
+        let mut written: Vec<(Digest, File)> = Vec::with_capacity(blobs.len());
+        let stored = self.write_batch(blobs, &mut written).and_then(|()| {
+            in_parallel(&written, |(digest, file)| file.sync_all().map_err(io_error(&self.upload_path(digest), "sync")))
+        });
+        let digests: Vec<Digest> = written.into_iter().map(|(digest, _)| digest).collect();
+        if let Err(error) = stored {
+            // Nothing of a failed batch holds room: it is sent again whole.
+            for digest in digests {
+                self.uploads.remove(&digest);
+                let _ = fs::remove_file(self.upload_path(&digest));
+            }
+            return Err(error);
+        }
+        self.install_synced(&digests)
     }
 
     fn upload_offset(&mut self, digest: Digest) -> Result<u64, CasError> {
@@ -263,6 +337,26 @@ impl ContentStore for LocalStore {
     fn usage(&self) -> (u64, u64) {
         (self.stored_bytes + self.reserved_bytes(), self.limit_bytes)
     }
+}
+
+/// Threads that sync files at once: enough for the file system to commit
+/// their syncs together, few enough to cost little.
+const SYNC_THREADS: usize = 8;
+
+/// Runs `each` on every item, spread over up to `SYNC_THREADS` threads; the
+/// first error is returned once all are done.
+fn in_parallel<T: Sync>(items: &[T], each: impl Fn(&T) -> Result<(), CasError> + Sync) -> Result<(), CasError> {
+    if items.len() <= 1 {
+        return items.iter().try_for_each(&each);
+    }
+    let per_thread = items.len().div_ceil(SYNC_THREADS);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> =
+            items.chunks(per_thread).map(|part| scope.spawn(|| part.iter().try_for_each(&each))).collect();
+        let results: Vec<Result<(), CasError>> =
+            workers.into_iter().map(|worker| worker.join().expect("a sync thread does not panic")).collect();
+        results.into_iter().collect()
+    })
 }
 
 fn file_name(digest: &Digest) -> String {
@@ -379,6 +473,35 @@ mod tests {
         let digest = Digest::of(b"123");
         assert_eq!(store.upload_offset(digest).unwrap(), 0);
         assert!(store.put(Digest::of(b"x"), b"x").is_err());
+    }
+
+    #[test]
+    fn a_batch_is_stored_whole_and_durable_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(dir.path());
+        let blob = |bytes: &[u8]| CasBlob { digest: Digest::of(bytes), data: bytes.to_vec() };
+        store.put(Digest::of(b"old"), b"old").unwrap();
+        let batch: Vec<CasBlob> = (0..20).map(|index| blob(format!("blob {index}").as_bytes())).collect();
+        let mut with_repeats = batch.clone();
+        with_repeats.extend([blob(b"old"), batch[3].clone(), blob(b"")]);
+        store.put_batch(&with_repeats).unwrap();
+        drop(store);
+
+        let mut store = self::store(dir.path());
+        for blob in batch.iter().chain([&blob(b"old"), &blob(b"")]) {
+            assert_eq!(store.read(blob.digest, 0, 100).unwrap(), blob.data);
+        }
+        assert_eq!(store.usage().0, batch.iter().map(|blob| blob.data.len() as u64).sum::<u64>() + 3);
+        assert_eq!(fs::read_dir(dir.path().join("uploads")).unwrap().count(), 0, "no upload is left behind");
+
+        let mut wrong = blob(b"right");
+        wrong.data = b"wrong".to_vec();
+        assert!(matches!(store.put_batch(&[blob(b"fine"), wrong]), Err(CasError::Mismatch { .. })));
+        let mut small = LocalStore::open(&dir.path().join("small"), 10).unwrap();
+        let error = small.put_batch(&[blob(b"123456"), blob(b"abcdef")]).unwrap_err();
+        assert!(matches!(error, CasError::Full { .. }), "{error}");
+        assert_eq!(small.usage().0, 0, "a failed batch holds no room");
+        small.put_batch(&[blob(b"abcdef")]).unwrap();
     }
 
     #[test]

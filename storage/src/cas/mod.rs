@@ -9,6 +9,7 @@ mod local;
 
 use std::io;
 
+use apiary_protocol::CasBlob;
 use apiary_protocol::cas::Digest;
 
 pub use local::LocalStore;
@@ -43,6 +44,16 @@ pub trait ContentStore {
 
     /// Stores a whole blob whose bytes are at hand; durable when it returns.
     fn put(&mut self, digest: Digest, bytes: &[u8]) -> Result<(), CasError>;
+
+    /// Stores several whole blobs, all durable when it returns. A store may
+    /// make them durable together, much cheaper than one by one; on an error,
+    /// those before the failing blob may be stored.
+    fn put_batch(&mut self, blobs: &[CasBlob]) -> Result<(), CasError> {
+        for blob in blobs {
+            self.put(blob.digest, &blob.data)?;
+        }
+        Ok(())
+    }
 
     /// Where an upload of `digest` in chunks continues: 0 for a new one, the
     /// bytes already received for an interrupted one, `size_bytes` when the

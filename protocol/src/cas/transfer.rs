@@ -1,0 +1,452 @@
+//! Moving trees between a client and the daemon's store, on the binary
+//! protocol: what the CLI uses, and what the bot will use for a task's inputs
+//! and outputs.
+//!
+//! Uploading asks which blobs the store lacks (`CasFindMissing`), sends the
+//! small ones in batches (`CasBatchUpload`, up to `MAX_CAS_BATCH_BYTES`) and
+//! the large ones in chunks (`CasUploadStart` then `CasUploadChunk`), which
+//! continue an upload that was interrupted. Downloading checks every blob
+//! against its digest as it arrives: small files come in batches
+//! (`CasBatchRead`), a large one a chunk at a time (`CasRead`), hashed as it is
+//! written, never held whole.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use super::digest::Digest;
+use super::materialize::{MaterializeError, TreeCounts, TreeSource, materialize};
+use super::reapi::Directory;
+use super::tree::Archive;
+use crate::client::{Client, ClientError};
+use crate::limits::{MAX_CAS_BATCH_BYTES, MAX_CAS_CHUNK_BYTES, MAX_CAS_DIGESTS};
+use crate::messages::{CasBlob, Reply, Request};
+
+/// What the transfer needs of a connection to the daemon.
+pub trait Call {
+    fn call(&mut self, request: &Request) -> Result<Reply, ClientError>;
+}
+
+impl Call for Client {
+    fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {
+        Client::call(self, request)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("{0}")]
+    Daemon(#[from] ClientError),
+    #[error("the daemon answered a {request} with an unexpected reply")]
+    Unexpected { request: &'static str },
+    #[error("blob {expected} came back as {actual}: its bytes do not match its digest")]
+    Mismatch { expected: Digest, actual: Digest },
+    #[error("{path} changed while it was archived: it now has digest {actual}, not {expected}")]
+    Changed { path: PathBuf, expected: Digest, actual: Digest },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Materialize(#[from] MaterializeError),
+}
+
+/// What an upload moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UploadCounts {
+    /// Distinct blobs in the tree (files and directories), and their bytes.
+    pub blobs: u64,
+    pub blob_bytes: u64,
+    /// Those the store lacked and that were sent.
+    pub uploaded_blobs: u64,
+    pub uploaded_bytes: u64,
+}
+
+/// Uploads every blob of `archive` that the store lacks.
+pub fn upload(daemon: &mut impl Call, archive: &Archive) -> Result<UploadCounts, TransferError> {
+    let digests: BTreeSet<Digest> = archive.directories.keys().chain(archive.files.keys()).copied().collect();
+    let digests: Vec<Digest> = digests.into_iter().collect();
+    let mut counts = UploadCounts {
+        blobs: digests.len() as u64,
+        blob_bytes: digests.iter().map(|digest| digest.size_bytes).sum(),
+        ..UploadCounts::default()
+    };
+    let missing = find_missing(daemon, &digests)?;
+    let (small, large): (Vec<Digest>, Vec<Digest>) =
+        missing.iter().partition(|digest| digest.size_bytes <= MAX_CAS_CHUNK_BYTES as u64);
+    let mut batch = Batch::default();
+    for digest in small {
+        if !batch.has_room_for(digest) {
+            batch.send(daemon)?;
+        }
+        batch.blobs.push(CasBlob { digest, data: blob_bytes(archive, digest)? });
+        batch.bytes += digest.size_bytes as usize;
+    }
+    batch.send(daemon)?;
+    for digest in large {
+        let path = archive.files.get(&digest).expect("only files are larger than a chunk");
+        upload_in_chunks(daemon, digest, path)?;
+    }
+    counts.uploaded_blobs = missing.len() as u64;
+    counts.uploaded_bytes = missing.iter().map(|digest| digest.size_bytes).sum();
+    Ok(counts)
+}
+
+/// Those of `digests` the store lacks, asked in requests of at most `MAX_CAS_DIGESTS`.
+pub fn find_missing(daemon: &mut impl Call, digests: &[Digest]) -> Result<Vec<Digest>, TransferError> {
+    let mut missing = Vec::new();
+    for part in digests.chunks(MAX_CAS_DIGESTS) {
+        match daemon.call(&Request::CasFindMissing { digests: part.to_vec() })? {
+            Reply::CasMissing { digests } => missing.extend(digests),
+            _ => return Err(TransferError::Unexpected { request: "CasFindMissing" }),
+        }
+    }
+    Ok(missing)
+}
+
+/// Small blobs gathered for one `CasBatchUpload`.
+#[derive(Default)]
+struct Batch {
+    blobs: Vec<CasBlob>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn has_room_for(&self, digest: Digest) -> bool {
+        self.blobs.len() < MAX_CAS_DIGESTS && self.bytes + digest.size_bytes as usize <= MAX_CAS_BATCH_BYTES
+    }
+
+    fn send(&mut self, daemon: &mut impl Call) -> Result<(), TransferError> {
+        if self.blobs.is_empty() {
+            return Ok(());
+        }
+        let blobs = std::mem::take(&mut self.blobs);
+        self.bytes = 0;
+        match daemon.call(&Request::CasBatchUpload { blobs })? {
+            Reply::CasStored => Ok(()),
+            _ => Err(TransferError::Unexpected { request: "CasBatchUpload" }),
+        }
+    }
+}
+
+/// The bytes of a small blob: a directory's encoding, or a file read whole
+/// and checked against the digest it had when the tree was read.
+fn blob_bytes(archive: &Archive, digest: Digest) -> Result<Vec<u8>, TransferError> {
+    if let Some(bytes) = archive.directories.get(&digest) {
+        return Ok(bytes.clone());
+    }
+    let path = archive.files.get(&digest).expect("every digest of an archive is a directory or a file");
+    let bytes = fs::read(path).map_err(|source| TransferError::Io { path: path.clone(), source })?;
+    let actual = Digest::of(&bytes);
+    if actual != digest {
+        return Err(TransferError::Changed { path: path.clone(), expected: digest, actual });
+    }
+    Ok(bytes)
+}
+
+/// Sends a large file in chunks, from where the store says its upload stands.
+pub fn upload_in_chunks(daemon: &mut impl Call, digest: Digest, path: &Path) -> Result<(), TransferError> {
+    let io_error = |source| TransferError::Io { path: path.to_path_buf(), source };
+    let mut offset = match daemon.call(&Request::CasUploadStart { digest })? {
+        Reply::CasUploadOffset { offset } => offset,
+        _ => return Err(TransferError::Unexpected { request: "CasUploadStart" }),
+    };
+    let mut file = File::open(path).map_err(io_error)?;
+    file.seek(SeekFrom::Start(offset)).map_err(io_error)?;
+    while offset < digest.size_bytes {
+        let wanted = (digest.size_bytes - offset).min(MAX_CAS_CHUNK_BYTES as u64) as usize;
+        let mut data = vec![0u8; wanted];
+        file.read_exact(&mut data).map_err(io_error)?;
+        // A file that changed since it was archived is refused by the store,
+        // which checks the whole upload against its digest.
+        match daemon.call(&Request::CasUploadChunk { digest, offset, data })? {
+            Reply::CasUploadOffset { offset: next } if next > offset => offset = next,
+            _ => return Err(TransferError::Unexpected { request: "CasUploadChunk" }),
+        }
+    }
+    Ok(())
+}
+
+/// Reads a whole blob into memory, checked: for directory blobs.
+pub fn fetch_blob(daemon: &mut impl Call, digest: Digest) -> Result<Vec<u8>, TransferError> {
+    let mut bytes = Vec::new();
+    fetch_into(daemon, digest, &mut bytes).map_err(|error| error.into_transfer(Path::new("(memory)")))?;
+    Ok(bytes)
+}
+
+/// A failure while fetching into a writer: the daemon's, or the writer's.
+enum FetchError {
+    Transfer(TransferError),
+    Write(io::Error),
+}
+
+impl FetchError {
+    fn into_transfer(self, path: &Path) -> TransferError {
+        match self {
+            FetchError::Transfer(error) => error,
+            FetchError::Write(source) => TransferError::Io { path: path.to_path_buf(), source },
+        }
+    }
+}
+
+/// Streams a blob into `out` a chunk at a time, hashing it as it goes; fails
+/// (after writing) when the bytes do not match the digest.
+fn fetch_into(daemon: &mut impl Call, digest: Digest, out: &mut impl Write) -> Result<(), FetchError> {
+    let mut hasher = Sha256::new();
+    let mut offset = 0u64;
+    while offset < digest.size_bytes {
+        let max_bytes = (digest.size_bytes - offset).min(MAX_CAS_CHUNK_BYTES as u64) as u32;
+        let request = Request::CasRead { digest, offset, max_bytes };
+        let data = match daemon.call(&request).map_err(|error| FetchError::Transfer(error.into()))? {
+            Reply::CasData { data } if !data.is_empty() => data,
+            _ => return Err(FetchError::Transfer(TransferError::Unexpected { request: "CasRead" })),
+        };
+        hasher.update(&data);
+        out.write_all(&data).map_err(FetchError::Write)?;
+        offset += data.len() as u64;
+    }
+    let actual = Digest { hash: hasher.finalize().into(), size_bytes: offset };
+    if actual != digest {
+        return Err(FetchError::Transfer(TransferError::Mismatch { expected: digest, actual }));
+    }
+    Ok(())
+}
+
+/// Writes the tree `root` names into `dest` (an existing, empty directory).
+pub fn download(daemon: &mut impl Call, root: Digest, dest: &Path) -> Result<TreeCounts, TransferError> {
+    let mut source = StoreSource { daemon, small_files: VecDeque::new(), fetched: HashMap::new() };
+    materialize(&mut source, root, dest)
+}
+
+/// A tree's blobs, fetched from the daemon's store: directories one by one,
+/// small files in batches (`CasBatchRead`), large ones in chunks.
+struct StoreSource<'a, D: Call> {
+    daemon: &'a mut D,
+    /// The small files of the directories read, in the order they were read
+    /// (the order they are written in, mostly): what the next batch fetches.
+    small_files: VecDeque<Digest>,
+    /// The last batch's blobs, checked against their digests (at most
+    /// `MAX_CAS_BATCH_BYTES`; dropped when the next batch comes).
+    fetched: HashMap<Digest, Vec<u8>>,
+}
+
+impl<D: Call> StoreSource<'_, D> {
+    /// Fetches `first` and the small files that follow it, as one batch.
+    fn fetch_batch(&mut self, first: Digest) -> Result<(), TransferError> {
+        self.fetched.clear();
+        let mut digests = vec![first];
+        let mut bytes = first.size_bytes as usize;
+        while let Some(&next) = self.small_files.front() {
+            if digests.len() == MAX_CAS_DIGESTS || bytes + next.size_bytes as usize > MAX_CAS_BATCH_BYTES {
+                break;
+            }
+            self.small_files.pop_front();
+            if !digests.contains(&next) {
+                bytes += next.size_bytes as usize;
+                digests.push(next);
+            }
+        }
+        let blobs = match self.daemon.call(&Request::CasBatchRead { digests })? {
+            Reply::CasBlobs { blobs } => blobs,
+            _ => return Err(TransferError::Unexpected { request: "CasBatchRead" }),
+        };
+        for blob in blobs {
+            let actual = Digest::of(&blob.data);
+            if actual != blob.digest {
+                return Err(TransferError::Mismatch { expected: blob.digest, actual });
+            }
+            self.fetched.insert(blob.digest, blob.data);
+        }
+        Ok(())
+    }
+
+    /// Writes a small file from the current batch, fetching the batch it is in first.
+    fn write_small(&mut self, digest: Digest, file: &mut File) -> Result<(), FetchError> {
+        if !self.fetched.contains_key(&digest) {
+            self.fetch_batch(digest).map_err(FetchError::Transfer)?;
+        }
+        let bytes = self
+            .fetched
+            .get(&digest)
+            .ok_or(FetchError::Transfer(TransferError::Unexpected { request: "CasBatchRead" }))?;
+        file.write_all(bytes).map_err(FetchError::Write)
+    }
+}
+
+/// Whether a file is fetched in a batch rather than in chunks.
+fn is_small(digest: Digest) -> bool {
+    0 < digest.size_bytes && digest.size_bytes <= MAX_CAS_CHUNK_BYTES as u64
+}
+
+impl<D: Call> TreeSource for StoreSource<'_, D> {
+    type Error = TransferError;
+
+    fn directory(&mut self, digest: Digest) -> Result<Vec<u8>, TransferError> {
+        let bytes = fetch_blob(self.daemon, digest)?;
+        // Materializing checks the blob; one that does not decode here fails there.
+        if let Ok(directory) = Directory::decode_checked(&bytes) {
+            let files = directory.files.iter().filter_map(|file| file.digest.as_ref()?.to_digest().ok());
+            self.small_files.extend(files.filter(|digest| is_small(*digest)));
+        }
+        Ok(bytes)
+    }
+
+    fn place_file(&mut self, digest: Digest, executable: bool, path: &Path) -> Result<(), TransferError> {
+        let io_error = |source| TransferError::Io { path: path.to_path_buf(), source };
+        let mut file = File::create_new(path).map_err(io_error)?;
+        let written = match is_small(digest) {
+            true => self.write_small(digest, &mut file),
+            false => fetch_into(self.daemon, digest, &mut file),
+        };
+        if let Err(error) = written {
+            let _ = fs::remove_file(path);
+            return Err(error.into_transfer(path));
+        }
+        let mode = if executable { 0o755 } else { 0o644 };
+        file.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::messages::ErrorCode;
+
+    /// A store in memory that answers as the daemon does, and counts requests.
+    #[derive(Default)]
+    struct FakeStore {
+        blobs: HashMap<Digest, Vec<u8>>,
+        uploads: HashMap<Digest, Vec<u8>>,
+        requests: Vec<&'static str>,
+    }
+
+    impl Call for FakeStore {
+        fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {
+            let not_found = |digest: &Digest| ClientError::Refused {
+                code: ErrorCode::NotFound,
+                message: format!("blob {digest} is not in the store"),
+            };
+            Ok(match request.clone() {
+                Request::CasFindMissing { digests } => {
+                    self.requests.push("find");
+                    Reply::CasMissing { digests: digests.into_iter().filter(|d| !self.blobs.contains_key(d)).collect() }
+                }
+                Request::CasBatchUpload { blobs } => {
+                    self.requests.push("batch");
+                    assert!(blobs.len() <= MAX_CAS_DIGESTS);
+                    assert!(blobs.iter().map(|blob| blob.data.len()).sum::<usize>() <= MAX_CAS_BATCH_BYTES);
+                    for blob in blobs {
+                        assert_eq!(Digest::of(&blob.data), blob.digest);
+                        self.blobs.insert(blob.digest, blob.data);
+                    }
+                    Reply::CasStored
+                }
+                Request::CasUploadStart { digest } => {
+                    self.requests.push("start");
+                    let offset = match self.blobs.get(&digest) {
+                        Some(_) => digest.size_bytes,
+                        None => self.uploads.entry(digest).or_default().len() as u64,
+                    };
+                    Reply::CasUploadOffset { offset }
+                }
+                Request::CasUploadChunk { digest, offset, data } => {
+                    self.requests.push("chunk");
+                    assert!(data.len() <= MAX_CAS_CHUNK_BYTES);
+                    let upload = self.uploads.get_mut(&digest).expect("started");
+                    assert_eq!(upload.len() as u64, offset);
+                    upload.extend(data);
+                    let received = upload.len() as u64;
+                    if received == digest.size_bytes {
+                        let bytes = self.uploads.remove(&digest).unwrap();
+                        assert_eq!(Digest::of(&bytes), digest);
+                        self.blobs.insert(digest, bytes);
+                    }
+                    Reply::CasUploadOffset { offset: received }
+                }
+                Request::CasBatchRead { digests } => {
+                    self.requests.push("batch read");
+                    let sizes: u64 = digests.iter().map(|digest| digest.size_bytes).sum();
+                    assert!(digests.len() <= MAX_CAS_DIGESTS && sizes <= MAX_CAS_BATCH_BYTES as u64);
+                    let mut blobs = Vec::new();
+                    for digest in digests {
+                        let data = self.blobs.get(&digest).ok_or_else(|| not_found(&digest))?.clone();
+                        blobs.push(CasBlob { digest, data });
+                    }
+                    Reply::CasBlobs { blobs }
+                }
+                Request::CasRead { digest, offset, max_bytes } => {
+                    self.requests.push("read");
+                    let bytes = self.blobs.get(&digest).ok_or_else(|| not_found(&digest))?;
+                    let start = (offset as usize).min(bytes.len());
+                    let end = (start + max_bytes as usize).min(bytes.len());
+                    Reply::CasData { data: bytes[start..end].to_vec() }
+                }
+                other => panic!("not a request the transfer sends: {other:?}"),
+            })
+        }
+    }
+
+    #[test]
+    fn a_tree_goes_up_in_batches_and_chunks_and_comes_back_the_same() {
+        let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // More small files than one batch holds by bytes, and a file over two chunks.
+        for index in 0..40 {
+            fs::write(from.path().join(format!("small-{index}")), vec![index as u8; 100 << 10]).unwrap();
+        }
+        let large: Vec<u8> = (0..2 * MAX_CAS_CHUNK_BYTES + 5).map(|index| (index % 253) as u8).collect();
+        fs::write(from.path().join("large"), &large).unwrap();
+        let archive = Archive::of_directory_contents(from.path()).unwrap();
+        let mut store = FakeStore::default();
+
+        let counts = upload(&mut store, &archive).unwrap();
+        assert_eq!((counts.blobs, counts.uploaded_blobs), (42, 42));
+        let batches = store.requests.iter().filter(|request| **request == "batch").count();
+        assert_eq!(batches, 2, "4 MiB of small blobs take two batches of at most 3 MiB");
+        assert_eq!(store.requests.iter().filter(|request| **request == "chunk").count(), 3);
+
+        store.requests.clear();
+        let again = upload(&mut store, &archive).unwrap();
+        assert_eq!((again.uploaded_blobs, again.uploaded_bytes), (0, 0));
+        assert_eq!(store.requests, ["find"], "an unchanged tree costs one question");
+
+        store.requests.clear();
+        download(&mut store, archive.root, to.path()).unwrap();
+        assert!(fs::read(to.path().join("large")).unwrap() == large);
+        let count = |kind: &str| store.requests.iter().filter(|request| **request == kind).count();
+        assert_eq!(count("batch read"), 2, "4 MiB of small files come in two batches: {:?}", store.requests);
+        assert_eq!(count("read"), 1 + 3, "the root directory, and the large file in three chunks");
+        assert_eq!(Archive::of_directory_contents(to.path()).unwrap().root, archive.root);
+    }
+
+    #[test]
+    fn an_interrupted_chunked_upload_continues_from_the_store_s_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..3 * MAX_CAS_CHUNK_BYTES).map(|index| (index % 241) as u8).collect();
+        let path = dir.path().join("blob");
+        fs::write(&path, &bytes).unwrap();
+        let digest = Digest::of(&bytes);
+        let mut store = FakeStore::default();
+        store.uploads.insert(digest, bytes[..MAX_CAS_CHUNK_BYTES + 10].to_vec());
+
+        upload_in_chunks(&mut store, digest, &path).unwrap();
+        assert_eq!(store.requests, ["start", "chunk", "chunk"], "the first chunk's bytes are not sent again");
+        assert!(store.blobs[&digest] == bytes);
+    }
+
+    #[test]
+    fn a_blob_whose_bytes_do_not_match_is_refused_and_its_file_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FakeStore::default();
+        let claimed = Digest::of(b"the real bytes");
+        store.blobs.insert(claimed, b"other bytes!!!".to_vec());
+        let path = dir.path().join("file");
+        let mut source = StoreSource { daemon: &mut store, small_files: VecDeque::new(), fetched: HashMap::new() };
+        let error = source.place_file(claimed, false, &path).unwrap_err();
+        assert!(matches!(error, TransferError::Mismatch { expected, .. } if expected == claimed), "{error}");
+        assert!(!path.exists(), "a file that failed its check is not left behind");
+    }
+}
