@@ -16,9 +16,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
-
-use super::digest::Digest;
+use super::digest::{Digest, DigestWriter};
 use super::materialize::{MaterializeError, TreeCounts, TreeSource, materialize};
 use super::reapi::Directory;
 use super::tree::Archive;
@@ -194,7 +192,7 @@ impl FetchError {
 /// Streams a blob into `out` a chunk at a time, hashing it as it goes; fails
 /// (after writing) when the bytes do not match the digest.
 fn fetch_into(daemon: &mut impl Call, digest: Digest, out: &mut impl Write) -> Result<(), FetchError> {
-    let mut hasher = Sha256::new();
+    let mut out = DigestWriter::new(out);
     let mut offset = 0u64;
     while offset < digest.size_bytes {
         let max_bytes = (digest.size_bytes - offset).min(MAX_CAS_CHUNK_BYTES as u64) as u32;
@@ -203,11 +201,10 @@ fn fetch_into(daemon: &mut impl Call, digest: Digest, out: &mut impl Write) -> R
             Reply::CasData { data } if !data.is_empty() => data,
             _ => return Err(FetchError::Transfer(TransferError::Unexpected { request: "CasRead" })),
         };
-        hasher.update(&data);
         out.write_all(&data).map_err(FetchError::Write)?;
         offset += data.len() as u64;
     }
-    let actual = Digest { hash: hasher.finalize().into(), size_bytes: offset };
+    let (_, actual) = out.finish();
     if actual != digest {
         return Err(FetchError::Transfer(TransferError::Mismatch { expected: digest, actual }));
     }
