@@ -784,7 +784,8 @@ pub enum ErrorCode {
     Unauthenticated,
     /// A frame over the size limit.
     FrameTooLarge,
-    /// The daemon is at its connection limit or shutting down.
+    /// The daemon is at its connection limit, shutting down, or too busy for
+    /// the request now (its content-addressed store): a later try may pass.
     Unavailable,
     /// The bot's attempt is no longer current.
     StaleRun,

@@ -9,7 +9,8 @@
 //! stored), so its reply waits for no log sync. Invariants:
 //! - the bytes held by jobs not yet answered (the request's data, and the
 //!   most the answer can carry) never pass `MAX_QUEUED_BYTES`: a request that
-//!   would is refused as `ResourceExhausted`, to be sent again;
+//!   would is refused as `Unavailable`, to be sent again (`ResourceExhausted`
+//!   is kept for a full store, which waiting does not cure);
 //! - the store is touched by the thread only; the loop reads nothing of it.
 
 use std::path::Path;
@@ -172,7 +173,7 @@ impl CasService {
         held_bytes: usize,
     ) -> Result<(), ErrorReply> {
         let busy = |what: String| ErrorReply {
-            code: ErrorCode::ResourceExhausted,
+            code: ErrorCode::Unavailable,
             message: format!("the content-addressed store is busy: {what}; send the request again shortly"),
         };
         if self.held_bytes + held_bytes > MAX_QUEUED_BYTES {

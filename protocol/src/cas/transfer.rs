@@ -15,6 +15,8 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use super::digest::{Digest, DigestWriter};
 use super::materialize::{MaterializeError, TreeCounts, TreeSource, materialize};
@@ -22,7 +24,7 @@ use super::reapi::Directory;
 use super::tree::Archive;
 use crate::client::{Client, ClientError};
 use crate::limits::{MAX_CAS_BATCH_BYTES, MAX_CAS_CHUNK_BYTES, MAX_CAS_DIGESTS};
-use crate::messages::{CasBlob, Reply, Request};
+use crate::messages::{CasBlob, ErrorCode, Reply, Request};
 
 /// What the transfer needs of a connection to the daemon.
 pub trait Call {
@@ -32,6 +34,28 @@ pub trait Call {
 impl Call for Client {
     fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {
         Client::call(self, request)
+    }
+}
+
+/// The first pause before a request the daemon was too busy for is sent again;
+/// each next one doubles, up to `BUSY_PAUSE_MAX`, for `BUSY_PATIENCE` in all.
+const BUSY_PAUSE_FIRST: Duration = Duration::from_millis(50);
+const BUSY_PAUSE_MAX: Duration = Duration::from_secs(1);
+const BUSY_PATIENCE: Duration = Duration::from_secs(60);
+
+/// One request, sent again while the daemon answers that it is too busy
+/// (`Unavailable`: its store's queue is full); any other answer is returned.
+fn ask(daemon: &mut impl Call, request: &Request) -> Result<Reply, ClientError> {
+    let give_up_at = Instant::now() + BUSY_PATIENCE;
+    let mut pause = BUSY_PAUSE_FIRST;
+    loop {
+        match daemon.call(request) {
+            Err(ClientError::Refused { code: ErrorCode::Unavailable, .. }) if Instant::now() + pause < give_up_at => {
+                thread::sleep(pause);
+                pause = (pause * 2).min(BUSY_PAUSE_MAX);
+            }
+            answer => return answer,
+        }
     }
 }
 
@@ -96,7 +120,7 @@ pub fn upload(daemon: &mut impl Call, archive: &Archive) -> Result<UploadCounts,
 pub fn find_missing(daemon: &mut impl Call, digests: &[Digest]) -> Result<Vec<Digest>, TransferError> {
     let mut missing = Vec::new();
     for part in digests.chunks(MAX_CAS_DIGESTS) {
-        match daemon.call(&Request::CasFindMissing { digests: part.to_vec() })? {
+        match ask(daemon, &Request::CasFindMissing { digests: part.to_vec() })? {
             Reply::CasMissing { digests } => missing.extend(digests),
             _ => return Err(TransferError::Unexpected { request: "CasFindMissing" }),
         }
@@ -122,7 +146,7 @@ impl Batch {
         }
         let blobs = std::mem::take(&mut self.blobs);
         self.bytes = 0;
-        match daemon.call(&Request::CasBatchUpload { blobs })? {
+        match ask(daemon, &Request::CasBatchUpload { blobs })? {
             Reply::CasStored => Ok(()),
             _ => Err(TransferError::Unexpected { request: "CasBatchUpload" }),
         }
@@ -147,7 +171,7 @@ fn blob_bytes(archive: &Archive, digest: Digest) -> Result<Vec<u8>, TransferErro
 /// Sends a large file in chunks, from where the store says its upload stands.
 pub fn upload_in_chunks(daemon: &mut impl Call, digest: Digest, path: &Path) -> Result<(), TransferError> {
     let io_error = |source| TransferError::Io { path: path.to_path_buf(), source };
-    let mut offset = match daemon.call(&Request::CasUploadStart { digest })? {
+    let mut offset = match ask(daemon, &Request::CasUploadStart { digest })? {
         Reply::CasUploadOffset { offset } => offset,
         _ => return Err(TransferError::Unexpected { request: "CasUploadStart" }),
     };
@@ -159,7 +183,7 @@ pub fn upload_in_chunks(daemon: &mut impl Call, digest: Digest, path: &Path) -> 
         file.read_exact(&mut data).map_err(io_error)?;
         // A file that changed since it was archived is refused by the store,
         // which checks the whole upload against its digest.
-        match daemon.call(&Request::CasUploadChunk { digest, offset, data })? {
+        match ask(daemon, &Request::CasUploadChunk { digest, offset, data })? {
             Reply::CasUploadOffset { offset: next } if next > offset => offset = next,
             _ => return Err(TransferError::Unexpected { request: "CasUploadChunk" }),
         }
@@ -197,7 +221,7 @@ fn fetch_into(daemon: &mut impl Call, digest: Digest, out: &mut impl Write) -> R
     while offset < digest.size_bytes {
         let max_bytes = (digest.size_bytes - offset).min(MAX_CAS_CHUNK_BYTES as u64) as u32;
         let request = Request::CasRead { digest, offset, max_bytes };
-        let data = match daemon.call(&request).map_err(|error| FetchError::Transfer(error.into()))? {
+        let data = match ask(daemon, &request).map_err(|error| FetchError::Transfer(error.into()))? {
             Reply::CasData { data } if !data.is_empty() => data,
             _ => return Err(FetchError::Transfer(TransferError::Unexpected { request: "CasRead" })),
         };
@@ -245,7 +269,7 @@ impl<D: Call> StoreSource<'_, D> {
                 digests.push(next);
             }
         }
-        let blobs = match self.daemon.call(&Request::CasBatchRead { digests })? {
+        let blobs = match ask(self.daemon, &Request::CasBatchRead { digests })? {
             Reply::CasBlobs { blobs } => blobs,
             _ => return Err(TransferError::Unexpected { request: "CasBatchRead" }),
         };
@@ -319,10 +343,17 @@ mod tests {
         blobs: HashMap<Digest, Vec<u8>>,
         uploads: HashMap<Digest, Vec<u8>>,
         requests: Vec<&'static str>,
+        /// Requests still to refuse as too busy, before any is served.
+        busy: u32,
     }
 
     impl Call for FakeStore {
         fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {
+            if self.busy > 0 {
+                self.busy -= 1;
+                self.requests.push("busy");
+                return Err(ClientError::Refused { code: ErrorCode::Unavailable, message: "busy".into() });
+            }
             let not_found = |digest: &Digest| ClientError::Refused {
                 code: ErrorCode::NotFound,
                 message: format!("blob {digest} is not in the store"),
@@ -406,9 +437,14 @@ mod tests {
         assert_eq!(store.requests.iter().filter(|request| **request == "chunk").count(), 3);
 
         store.requests.clear();
+        store.busy = 2;
         let again = upload(&mut store, &archive).unwrap();
         assert_eq!((again.uploaded_blobs, again.uploaded_bytes), (0, 0));
-        assert_eq!(store.requests, ["find"], "an unchanged tree costs one question");
+        assert_eq!(
+            store.requests,
+            ["busy", "busy", "find"],
+            "sent again while busy; an unchanged tree costs one question"
+        );
 
         store.requests.clear();
         download(&mut store, archive.root, to.path()).unwrap();
