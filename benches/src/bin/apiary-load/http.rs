@@ -7,7 +7,7 @@
 //!
 //! `new-task` creates tasks in the pool `<--pool>-http`, which no simulated bot
 //! serves, so they never count among the binary run's tasks; `get-result`
-//! asks for a task id no task has (a lookup in the core all the same).
+//! creates one such task first and then reads its result again and again.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -24,7 +24,7 @@ use crate::{LoadArgs, Shared};
 /// The pRPC call each HTTP client makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum HttpCall {
-    /// `swarming.v2.Tasks/GetResult` of a task id no task has.
+    /// `swarming.v2.Tasks/GetResult` of one task the client created first.
     GetResult,
     /// `swarming.v2.Tasks/NewTask` in the pool `<--pool>-http`.
     NewTask,
@@ -66,22 +66,44 @@ fn call_until_stopped(args: &LoadArgs, index: usize, shared: &Shared, log: &mut 
     let _ = socket.set_nodelay(true);
     let mut stream = Transport::new(server, socket, &security).map_err(|error| error.to_string())?;
     let mut buffer = Vec::new();
+    let task_id = match args.http_call {
+        HttpCall::GetResult => Some(create_task_to_read(args, index, &mut stream, &mut buffer)?),
+        HttpCall::NewTask => None,
+    };
     let mut number = 0u64;
     while !shared.stop_http.load(Ordering::Relaxed) && !shared.stop_bots.load(Ordering::Relaxed) {
         number += 1;
-        let request = request_bytes(args, index, number);
+        let request = request_bytes(args, index, number, task_id.as_deref());
         let sent_ns = shared.now_ns();
         stream.write_all(&request).map_err(|error| format!("cannot send a request: {error}"))?;
-        let status = read_response(&mut stream, &mut buffer)?;
+        let (status, _) = read_response(&mut stream, &mut buffer)?;
         log.latencies_ns.push(shared.now_ns() - sent_ns);
         *log.by_status.entry(status).or_default() += 1;
     }
     Ok(())
 }
 
-fn request_bytes(args: &LoadArgs, index: usize, number: u64) -> Vec<u8> {
+/// Creates the task a `get-result` client reads; returns its id.
+fn create_task_to_read(
+    args: &LoadArgs,
+    index: usize,
+    stream: &mut (impl Read + Write),
+    buffer: &mut Vec<u8>,
+) -> Result<String, String> {
+    let request = request_bytes(&LoadArgs { http_call: HttpCall::NewTask, ..args.clone() }, index, 0, None);
+    stream.write_all(&request).map_err(|error| format!("cannot send a request: {error}"))?;
+    let (status, body) = read_response(stream, buffer)?;
+    let body = String::from_utf8_lossy(&body);
+    let task_id = body.split_once(r#""taskId":""#).and_then(|(_, rest)| rest.get(..16));
+    match (status, task_id) {
+        (200, Some(task_id)) => Ok(task_id.to_string()),
+        _ => Err(format!("the task to read was not created: status {status}: {body}")),
+    }
+}
+
+fn request_bytes(args: &LoadArgs, index: usize, number: u64, task_id: Option<&str>) -> Vec<u8> {
     let (method, body) = match args.http_call {
-        HttpCall::GetResult => ("GetResult", r#"{"task_id": "00000000000000a0"}"#.to_string()),
+        HttpCall::GetResult => ("GetResult", format!(r#"{{"task_id": "{}"}}"#, task_id.unwrap_or_default())),
         HttpCall::NewTask => {
             let pool = format!("{}-http", args.pool);
             let body = format!(
@@ -106,8 +128,8 @@ fn request_bytes(args: &LoadArgs, index: usize, number: u64) -> Vec<u8> {
     request.into_bytes()
 }
 
-/// Reads one response (a `Content-Length` body) and returns its status.
-fn read_response(stream: &mut impl Read, buffer: &mut Vec<u8>) -> Result<u16, String> {
+/// Reads one response (a `Content-Length` body) and returns its status and body.
+fn read_response(stream: &mut impl Read, buffer: &mut Vec<u8>) -> Result<(u16, Vec<u8>), String> {
     let head_end = loop {
         if let Some(at) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
             break at + 4;
@@ -129,8 +151,9 @@ fn read_response(stream: &mut impl Read, buffer: &mut Vec<u8>) -> Result<u16, St
     while buffer.len() < head_end + length {
         fill(stream, buffer)?;
     }
+    let body = buffer[head_end..head_end + length].to_vec();
     buffer.drain(..head_end + length);
-    Ok(status)
+    Ok((status, body))
 }
 
 fn fill(stream: &mut impl Read, buffer: &mut Vec<u8>) -> Result<(), String> {
@@ -179,8 +202,8 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\n\r\n";
         let mut stream = &bytes[..];
         let mut buffer = Vec::new();
-        assert_eq!(read_response(&mut stream, &mut buffer), Ok(200));
-        assert_eq!(read_response(&mut stream, &mut buffer), Ok(501));
+        assert_eq!(read_response(&mut stream, &mut buffer), Ok((200, b"abc".to_vec())));
+        assert_eq!(read_response(&mut stream, &mut buffer), Ok((501, Vec::new())));
         assert!(buffer.is_empty());
         assert!(read_response(&mut stream, &mut buffer).unwrap_err().contains("closed"));
     }
