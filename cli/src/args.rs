@@ -7,6 +7,7 @@ use std::time::Duration;
 use apiary_protocol::limits;
 use apiary_protocol::tls::TlsArgs;
 use apiary_protocol::token::TOKEN_FILE_ENV;
+use apiary_protocol::cas::Digest;
 use apiary_protocol::{NamedCache, StateQuery, StringPair};
 use clap::{Args, Parser, Subcommand};
 
@@ -166,6 +167,10 @@ pub(crate) struct TaskFlags {
     /// its work directory; repeat for more (up to 32).
     #[arg(long = "named-cache", value_name = "NAME=RELPATH", value_parser = parse_named_cache)]
     pub(crate) named_caches: Vec<NamedCache>,
+    /// A tree in the daemon's content-addressed store (`apiary cas archive` prints its digest),
+    /// mapped into the task's work directory before the command runs.
+    #[arg(long = "cas-input-root", value_name = "HASH/SIZE")]
+    pub(crate) cas_input_root: Option<Digest>,
     /// A dimension to prefer for its first SECS seconds, as Swarming's -optional-dimension:
     /// the task gets a first slice with it, then falls back to one without; repeat for more
     /// (see the README for how the slices are built).

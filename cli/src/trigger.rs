@@ -11,6 +11,7 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
+use apiary_protocol::cas::CasReference;
 use apiary_protocol::ids::{format_task_id, parse_task_id};
 use apiary_protocol::limits::MAX_SECRET_BYTES;
 use apiary_protocol::{
@@ -211,6 +212,7 @@ fn request_from_flags(flags: &TaskFlags) -> Result<NewTaskRequest, CliError> {
         io_timeout_secs: flags.io_timeout_secs,
         grace_period_secs: flags.grace_period_secs,
         idempotent: flags.idempotent,
+        cas_input_root: flags.cas_input_root.map(|digest| CasReference { cas_instance: String::new(), digest }),
     };
     let slice = TaskSlice {
         properties: Arc::new(properties),

@@ -8,7 +8,7 @@ use rkyv::{Archive, Deserialize as RkyvDeserialize, Serialize as RkyvSerialize};
 use serde::{Deserialize, Serialize};
 
 use crate::PackedDimensions;
-use crate::cas::Digest;
+use crate::cas::{CasReference, CasStats, Digest};
 use crate::limits;
 
 /// First bytes of every hello, so a stray client is recognised at once.
@@ -16,7 +16,7 @@ pub const MAGIC: [u8; 4] = *b"APRY";
 /// Bumped on every incompatible change of frames or messages. Adding a
 /// variant to `Request` or `Reply` is one: rkyv lays an enum out as large as
 /// its largest variant, so every archived message may change its layout.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -107,6 +107,9 @@ pub struct TaskProperties {
     /// Named caches: directories that live on the bot across tasks, mapped into
     /// the work directory at `path` while the task runs.
     pub caches: Vec<NamedCache>,
+    /// The tree mapped into the work directory before the command runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cas_input_root: Option<CasReference>,
 }
 
 /// A named cache and where the task sees it, relative to its work directory.
@@ -130,6 +133,7 @@ impl Default for TaskProperties {
             grace_period_secs: limits::DEFAULT_GRACE_PERIOD_SECS,
             idempotent: false,
             caches: Vec::new(),
+            cas_input_root: None,
         }
     }
 }
@@ -304,6 +308,11 @@ pub struct TaskResult {
     pub output_truncated: bool,
     /// Why a PENDING task is still waiting (only in answers to queries).
     pub pending: Option<PendingInfo>,
+    /// What the run left in `${ISOLATED_OUTDIR}`, once uploaded (for a
+    /// deduplicated task, the earlier run's).
+    pub cas_output_root: Option<CasReference>,
+    /// What moving the run's inputs and outputs cost.
+    pub cas_stats: Option<CasStats>,
     pub request: NewTaskRequest,
 }
 
@@ -513,6 +522,11 @@ pub struct RunOutcome {
     pub setup_ms: u64,
     pub teardown_ms: u64,
     pub end: RunEnd,
+    /// The tree of what the command left in `${ISOLATED_OUTDIR}`, uploaded
+    /// (none when it left nothing or the upload failed).
+    pub cas_output_root: Option<Digest>,
+    /// Inputs mapped and outputs uploaded: counted in `setup_ms` and `teardown_ms`.
+    pub cas_stats: CasStats,
 }
 
 /// A named cache a bot holds, and its size on disk.

@@ -12,7 +12,9 @@
 pub mod digest;
 pub mod materialize;
 pub mod reapi;
+pub mod reference;
 pub mod transfer;
 pub mod tree;
 
 pub use digest::{Digest, DigestError, DigestWriter};
+pub use reference::{CasReference, CasStats, CasTransferStats};
