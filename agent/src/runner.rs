@@ -118,7 +118,7 @@ impl FinishedTask {
     pub(crate) fn not_started(end: RunEnd) -> FinishedTask {
         let mut output = OutputBuffer::new(2);
         output.close();
-        let outcome = RunOutcome { exit_code: None, duration_ms: 0, setup_ms: 0, teardown_ms: 0, end };
+        let outcome = RunOutcome { exit_code: None, duration_ms: 0, end, ..RunOutcome::default() };
         FinishedTask { outcome, output }
     }
 }
@@ -551,16 +551,14 @@ fn outcome(status: io::Result<ExitStatus>, duration_ms: u64, end: RunEnd) -> Run
             exit_code: Some(status.code().map_or(-1, i64::from)),
             duration_ms,
             // The session measures these around the command.
-            setup_ms: 0,
-            teardown_ms: 0,
             end,
+            ..RunOutcome::default()
         },
         Err(error) => RunOutcome {
             exit_code: None,
             duration_ms,
-            setup_ms: 0,
-            teardown_ms: 0,
             end: RunEnd::InternalError(format!("failed to wait for the command: {error}")),
+            ..RunOutcome::default()
         },
     }
 }

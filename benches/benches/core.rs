@@ -330,7 +330,14 @@ impl World {
 }
 
 fn final_update(bot: &SimBot, run_id: u64) -> (ConnId, TaskUpdate) {
-    let outcome = RunOutcome { exit_code: Some(0), duration_ms: 1, setup_ms: 0, teardown_ms: 0, end: RunEnd::Exited };
+    let outcome = RunOutcome {
+        exit_code: Some(0),
+        duration_ms: 1,
+        setup_ms: 0,
+        teardown_ms: 0,
+        end: RunEnd::Exited,
+        ..RunOutcome::default()
+    };
     let update = TaskUpdate {
         bot_id: bot.bot_id.clone(),
         session_id: bot.session_id,

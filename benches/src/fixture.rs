@@ -115,6 +115,7 @@ pub fn write(args: &FixtureArgs, now_ms: u64) -> Result<Fixture, String> {
         successes: Vec::new(),
         request_uuids: Vec::new(),
         links: Vec::new(),
+        outputs_to_finish: Vec::new(),
     };
     let runs = snapshot.history.len();
     let bytes = snapshot.encode();
@@ -214,6 +215,8 @@ fn ended_record(id: RequestId, created_ms: u64, n: u64, name_bytes: usize) -> Ta
         has_secret_bytes: false,
         kill_requested: false,
         deduped_from: None,
+        cas_output_root: None,
+        cas_stats: None,
     }
 }
 
@@ -248,5 +251,7 @@ fn pending_record(
         has_secret_bytes: false,
         kill_requested: false,
         deduped_from: None,
+        cas_output_root: None,
+        cas_stats: None,
     }
 }

@@ -193,8 +193,14 @@ impl World {
     }
 
     fn final_update(run_id: u64) -> Vec<u8> {
-        let outcome =
-            RunOutcome { exit_code: Some(0), duration_ms: 0, setup_ms: 0, teardown_ms: 0, end: RunEnd::Exited };
+        let outcome = RunOutcome {
+            exit_code: Some(0),
+            duration_ms: 0,
+            setup_ms: 0,
+            teardown_ms: 0,
+            end: RunEnd::Exited,
+            ..RunOutcome::default()
+        };
         let update = TaskUpdate {
             bot_id: BOT_ID.into(),
             session_id: 7,

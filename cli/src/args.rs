@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use apiary_protocol::cas::Digest;
 use apiary_protocol::limits;
 use apiary_protocol::tls::TlsArgs;
 use apiary_protocol::token::TOKEN_FILE_ENV;
-use apiary_protocol::cas::Digest;
 use apiary_protocol::{NamedCache, StateQuery, StringPair};
 use clap::{Args, Parser, Subcommand};
 

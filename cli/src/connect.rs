@@ -394,6 +394,8 @@ pub(crate) mod fake {
             has_secret_bytes: false,
             output_truncated: false,
             pending: None,
+            cas_output_root: None,
+            cas_stats: None,
             request: NewTaskRequest::default(),
         }
     }

@@ -119,6 +119,7 @@ fn read_bytes(path: &Path) -> io::Result<Vec<u8>> {
 mod tests {
     use std::sync::Arc;
 
+    use apiary_protocol::cas::{CasReference, Digest};
     use apiary_protocol::{NamedCache, NewTaskRequest, StringListPair, StringPair, TaskProperties, TaskSlice};
 
     use super::*;
@@ -128,7 +129,9 @@ mod tests {
         "task_slices": [{"properties": {"command": ["echo"], "dimensions": [{"key": "pool", "value": "ci"}],
         "env": [{"key": "K", "value": "V"}], "env_prefixes": [{"key": "PATH", "value": ["bin"]}],
         "relative_cwd": "sub", "execution_timeout_secs": 3600, "io_timeout_secs": 0, "grace_period_secs": 30,
-        "idempotent": false, "caches": [{"name": "git", "path": "cache/git"}]},
+        "idempotent": false, "caches": [{"name": "git", "path": "cache/git"}],
+        "cas_input_root": {"cas_instance": "projects/p/instances/default_instance", "digest":
+          {"hash": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "size_bytes": "0"}}},
         "expiration_secs": 3600, "wait_for_capacity": false}]}"#;
 
     #[test]
@@ -145,6 +148,10 @@ mod tests {
             grace_period_secs: 30,
             idempotent: false,
             caches: vec![NamedCache { name: "git".to_string(), path: "cache/git".to_string() }],
+            cas_input_root: Some(CasReference {
+                cas_instance: "projects/p/instances/default_instance".to_string(),
+                digest: Digest::of_empty(),
+            }),
         };
         let expected = NewTaskRequest {
             name: "n".to_string(),

@@ -122,6 +122,8 @@ fn task(task_id: u64, state: TaskState, exit_code: Option<i64>) -> TaskResult {
         has_secret_bytes: false,
         output_truncated: false,
         pending: None,
+        cas_output_root: None,
+        cas_stats: None,
         request: NewTaskRequest::default(),
     }
 }

@@ -126,6 +126,11 @@ struct Args {
     #[arg(long, default_value_t = server::cas::DEFAULT_CAS_MAX_BYTES,
           value_parser = clap::value_parser!(u64).range(1 << 20..))]
     cas_max_bytes: u64,
+    /// The store's name in requests: a task's `cas_input_root.cas_instance` must be this or
+    /// empty, and results name it in `cas_output_root`. Set it to what your request files say
+    /// (e.g. `projects/P/instances/default_instance`) to submit them unchanged.
+    #[arg(long, default_value = apiary_daemon::core::DEFAULT_CAS_INSTANCE, value_parser = parse_cas_instance)]
+    cas_instance: String,
     /// How long finished tasks, their runs and their output are kept, counted from each
     /// task's creation: a number and a unit, like `30d`, `12h` or `90s`.
     #[arg(long, default_value = "30d", value_parser = parse_retention)]
@@ -159,6 +164,11 @@ fn parse_input_buffer_bytes(text: &str) -> Result<usize, String> {
         ));
     }
     Ok(bytes)
+}
+
+fn parse_cas_instance(text: &str) -> Result<String, String> {
+    apiary_daemon::core::validate::validate_store_name(text)?;
+    Ok(text.to_string())
 }
 
 fn parse_retention(text: &str) -> Result<Duration, String> {
@@ -337,6 +347,7 @@ fn run(args: Args) -> Result<(), String> {
             bot_event_max_age_ms: args.bot_event_max_age_secs * 1000,
             max_output_bytes: args.max_output_bytes,
             task_retention_ms: args.task_retention.as_millis() as u64,
+            cas_instance: args.cas_instance.clone(),
         },
         wal: WalOptions { segment_bytes: args.wal_segment_bytes },
         snapshots: SnapshotSettings {

@@ -100,7 +100,7 @@ fn caches_of_session(session_id: u64) -> Vec<CacheInfo> {
 }
 
 fn run_outcome(exit_code: Option<i64>, duration_ms: u64, end: RunEnd) -> RunOutcome {
-    RunOutcome { exit_code, duration_ms, setup_ms: 0, teardown_ms: 0, end }
+    RunOutcome { exit_code, duration_ms, setup_ms: 0, teardown_ms: 0, end, ..RunOutcome::default() }
 }
 
 /// What the real daemon's shell keeps around the core: the durable event log and
@@ -817,7 +817,18 @@ impl Sim {
             RunEnd::ClientError(_) | RunEnd::InternalError(_) => None,
             _ => Some(-1),
         };
-        run_outcome(exit_code, self.rng.between(1, 100_000), end)
+        let mut outcome = run_outcome(exit_code, self.rng.between(1, 100_000), end);
+        if self.rng.chance(30) {
+            // Outputs uploaded: they must survive snapshots and replays like the rest.
+            let seed = self.rng.between(1, 1_000_000);
+            let mut cas = apiary_protocol::CasOutcome {
+                output_root: Some(apiary_protocol::cas::Digest::of(&seed.to_le_bytes())),
+                ..Default::default()
+            };
+            cas.stats.upload.items_cold = seed;
+            outcome.cas = Some(Box::new(cas));
+        }
+        outcome
     }
 
     /// The bot reports on its run: new output from what the daemon holds, and
@@ -1031,6 +1042,7 @@ impl Sim {
             Event::BotChangedBy { .. } => "BotChangedBy",
             Event::RetentionApplied { .. } => "RetentionApplied",
             Event::TaskLinked(_) => "TaskLinked",
+            Event::TaskOutputs(_) => "TaskOutputs",
         };
         *self.stats.entry(kind).or_default() += 1;
         let mut touch = |raw: u64, finished_tasks: &BTreeSet<u64>, what: &str| {
@@ -1062,6 +1074,7 @@ impl Sim {
                 );
             }
             Event::KillRequested { run_id, .. } => touch(*run_id, &self.finished_tasks, "a kill request"),
+            Event::TaskOutputs(outputs) => touch(outputs.task_id, &self.finished_tasks, "outputs"),
             Event::TaskRetried { run_id, .. } => {
                 touch(*run_id, &self.finished_tasks, "a retry");
                 self.retried_tasks.insert(request_id(*run_id));

@@ -44,6 +44,8 @@ pub const MAX_ENV_KEY_BYTES: usize = 64;
 pub const MAX_ENV_VALUE_BYTES: usize = 1024;
 /// Bytes in `relative_cwd` and in a named cache's path (Swarming's limits).
 pub const MAX_RELATIVE_CWD_BYTES: usize = 256;
+/// Bytes in the name of a content-addressed store (`cas_input_root.cas_instance`).
+pub const MAX_CAS_INSTANCE_BYTES: usize = 256;
 pub const MAX_CACHE_PATH_BYTES: usize = 256;
 /// Tags on one task, and bytes in one tag's key and value (Swarming's limits: a tag
 /// is `key:value`, the key as long as a dimension key, the value as a dimension value).

@@ -511,7 +511,7 @@ impl TimeoutKind {
     }
 }
 
-/// A bot's final word on an attempt.
+/// A bot's final word on an attempt. The default: exited, no code, nothing measured.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
 pub struct RunOutcome {
     /// The exit code, or -1 when the process was killed without one.
@@ -522,11 +522,26 @@ pub struct RunOutcome {
     pub setup_ms: u64,
     pub teardown_ms: u64,
     pub end: RunEnd,
+    /// The task's files moved through the content-addressed store, when it
+    /// had inputs or left outputs (boxed: most runs have none, and every
+    /// request is as large as its largest kind).
+    pub cas: Option<Box<CasOutcome>>,
+}
+
+/// What a run's files in the content-addressed store came to.
+#[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CasOutcome {
     /// The tree of what the command left in `${ISOLATED_OUTDIR}`, uploaded
     /// (none when it left nothing or the upload failed).
-    pub cas_output_root: Option<Digest>,
+    pub output_root: Option<Digest>,
     /// Inputs mapped and outputs uploaded: counted in `setup_ms` and `teardown_ms`.
-    pub cas_stats: CasStats,
+    pub stats: CasStats,
+}
+
+impl Default for RunOutcome {
+    fn default() -> RunOutcome {
+        RunOutcome { exit_code: None, duration_ms: 0, setup_ms: 0, teardown_ms: 0, end: RunEnd::Exited, cas: None }
+    }
 }
 
 /// A named cache a bot holds, and its size on disk.

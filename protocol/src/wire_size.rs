@@ -11,7 +11,7 @@
 
 use std::mem::size_of;
 
-use crate::limits::{MAX_BOT_ID_BYTES, MAX_REASON_BYTES};
+use crate::limits::{MAX_BOT_ID_BYTES, MAX_CAS_INSTANCE_BYTES, MAX_REASON_BYTES};
 use crate::messages::{
     ArchivedBotEvent, ArchivedBotInfo, ArchivedCacheInfo, ArchivedNamedCache, ArchivedNewTaskRequest, ArchivedReply,
     ArchivedStringListPair, ArchivedStringPair, ArchivedTaskProperties, ArchivedTaskResult, ArchivedTaskSlice,
@@ -26,11 +26,12 @@ const BLOCK_PAD: usize = 16;
 pub const REPLY_BYTES: usize = size_of::<ArchivedReply>() + 2 * BLOCK_PAD;
 
 /// What a task's result adds to its request, at most: the result's own struct,
-/// its bot id and its failure reason (both bounded by the daemon).
+/// its bot id, its failure reason and its store's name (all bounded by the daemon).
 pub const TASK_RESULT_EXTRA_BYTES: usize = size_of::<ArchivedTaskResult>() - size_of::<ArchivedNewTaskRequest>()
-    + 2 * BLOCK_PAD
+    + 3 * BLOCK_PAD
     + MAX_BOT_ID_BYTES
-    + MAX_REASON_BYTES;
+    + MAX_REASON_BYTES
+    + MAX_CAS_INSTANCE_BYTES;
 
 /// The encoded size of a task request, at most.
 pub fn request_bytes(request: &NewTaskRequest) -> usize {
@@ -43,6 +44,7 @@ pub fn task_result_bytes(result: &TaskResult) -> usize {
         + BLOCK_PAD
         + result.bot_id.as_deref().map_or(0, string)
         + string(&result.failure_reason)
+        + result.cas_output_root.as_ref().map_or(0, |root| string(&root.cas_instance))
         + request_blocks(&result.request)
 }
 
@@ -83,6 +85,7 @@ fn properties_block(properties: &TaskProperties) -> usize {
         + string(&properties.relative_cwd)
         + array::<ArchivedNamedCache>(properties.caches.len())
         + properties.caches.iter().map(|cache| string(&cache.name) + string(&cache.path)).sum::<usize>()
+        + properties.cas_input_root.as_ref().map_or(0, |root| string(&root.cas_instance))
 }
 
 fn string(text: &str) -> usize {
@@ -110,6 +113,7 @@ mod tests {
     use rkyv::rancor;
 
     use super::*;
+    use crate::cas::{CasReference, CasStats, Digest};
     use crate::messages::{
         BotEventKind, CacheInfo, NamedCache, Reply, SecretBytes, StringListPair, TaskSlice, TaskState,
     };
@@ -140,16 +144,21 @@ mod tests {
     }
 
     fn properties() -> impl Strategy<Value = TaskProperties> {
-        (texts(), string_pairs(), string_pairs(), texts(), text(), proptest::collection::vec((text(), text()), 0..4))
-            .prop_map(|(command, dimensions, env, prefixes, relative_cwd, caches)| TaskProperties {
+        let caches = proptest::collection::vec((text(), text()), 0..4);
+        let input_root = proptest::option::of(text());
+        (texts(), string_pairs(), string_pairs(), texts(), text(), caches, input_root).prop_map(
+            |(command, dimensions, env, prefixes, relative_cwd, caches, input_root)| TaskProperties {
                 command,
                 dimensions,
                 env,
                 env_prefixes: vec![StringListPair { key: "PATH".into(), value: prefixes }],
                 relative_cwd,
                 caches: caches.into_iter().map(|(name, path)| NamedCache { name, path }).collect(),
+                cas_input_root: input_root
+                    .map(|cas_instance| CasReference { cas_instance, digest: Digest::of(b"tree") }),
                 ..TaskProperties::default()
-            })
+            },
+        )
     }
 
     fn request() -> impl Strategy<Value = NewTaskRequest> {
@@ -192,6 +201,11 @@ mod tests {
             has_secret_bytes: false,
             output_truncated: false,
             pending: None,
+            cas_output_root: Some(CasReference {
+                cas_instance: "i".repeat(MAX_CAS_INSTANCE_BYTES),
+                digest: Digest::of(b"o"),
+            }),
+            cas_stats: Some(CasStats::default()),
             request,
         }
     }

@@ -31,7 +31,9 @@ use crate::sync_dir;
 use crate::wal::mmap::ReadOnlyMap;
 
 const MAGIC: [u8; 8] = *b"APIARYHR";
-const FORMAT_VERSION: u32 = 1;
+/// 2: the records of task runs hold their outputs (the core's snapshot schema
+/// 5). A run of another version is refused by name, never misread.
+const FORMAT_VERSION: u32 = 2;
 /// Records start here and at every multiple of 16 after, as `rkyv` needs.
 const HEADER_BYTES: usize = 80;
 const RECORD_ALIGNMENT: usize = 16;

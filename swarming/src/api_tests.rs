@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use apiary_protocol::cas::{CasReference, CasStats, CasTransferStats, Digest};
 use apiary_protocol::ids::format_task_id;
 use apiary_protocol::*;
 use serde_json::{Value, json};
@@ -146,6 +147,8 @@ fn completed() -> TaskResult {
         has_secret_bytes: false,
         output_truncated: false,
         pending: None,
+        cas_output_root: None,
+        cas_stats: None,
         request: request(),
     }
 }
@@ -290,6 +293,21 @@ fn get_result_renders_the_task_result() {
     let mut expected = completed_answer();
     expected["performanceStats"] = json!({"botOverhead": 0.25, "cleanup": {"duration": 0.1}});
     assert_eq!(answer(then, vec![Reply::Task(completed())]).unwrap(), expected);
+
+    // With outputs: the tree and what moving the files cost.
+    let digest = Digest::of(b"outputs");
+    let mut with_outputs = completed();
+    with_outputs.cas_output_root = Some(CasReference { cas_instance: "default_instance".into(), digest });
+    let upload = CasTransferStats { duration_ms: 40, items_hot: 1, bytes_hot: 5, items_cold: 2, bytes_cold: 7 };
+    with_outputs.cas_stats = Some(CasStats { upload, ..CasStats::default() });
+    let (_, then) = ask(Method::GetResult, json!({"task_id": run_text(), "include_performance_stats": true}));
+    expected["casOutputRoot"] =
+        json!({"casInstance": "default_instance", "digest": {"hash": digest.hex(), "sizeBytes": "7"}});
+    expected["performanceStats"]["isolatedDownload"] = json!({});
+    expected["performanceStats"]["isolatedUpload"] = json!({
+        "duration": 0.04, "numItemsHot": "1", "totalBytesItemsHot": "5", "numItemsCold": "2", "totalBytesItemsCold": "7"
+    });
+    assert_eq!(answer(then, vec![Reply::Task(with_outputs)]).unwrap(), expected);
 
     let (_, then) = ask(Method::GetResult, json!({"taskId": id_text()}));
     let expected = json!({

@@ -24,6 +24,7 @@
 
 use std::sync::Arc;
 
+use apiary_protocol::cas::{CasReference, Digest};
 use apiary_protocol::ids::parse_task_id;
 use apiary_protocol::limits::*;
 use apiary_protocol::{
@@ -116,6 +117,8 @@ const PROPERTIES_FIELDS: &[&str] = &[
     "secret_bytes",
     "containment",
 ];
+const CAS_REFERENCE_FIELDS: &[&str] = &["cas_instance", "digest"];
+const DIGEST_FIELDS: &[&str] = &["hash", "size_bytes"];
 /// Swarming's `Containment`, with the fields of its older API too.
 const CONTAINMENT_FIELDS: &[&str] =
     &["containment_type", "lower_priority", "limit_processes", "limit_total_committed_memory"];
@@ -138,6 +141,7 @@ impl Range {
 
 const PRIORITY: Range = Range { min: MIN_PRIORITY as i64, max: MAX_PRIORITY as i64, zero_is_default: true };
 const EXPIRATION: Range = Range::seconds(1, MAX_EXPIRATION_SECS, true);
+const BLOB_SIZE: Range = Range { min: 0, max: i64::MAX, zero_is_default: false };
 const EXECUTION_TIMEOUT: Range = Range::seconds(1, MAX_EXECUTION_TIMEOUT_SECS, true);
 const IO_TIMEOUT: Range = Range::seconds(0, MAX_EXECUTION_TIMEOUT_SECS, false);
 const GRACE_PERIOD: Range = Range::seconds(1, MAX_GRACE_PERIOD_SECS, true);
@@ -275,6 +279,9 @@ impl Decoder {
         if let Some(caches) = fields.get("caches") {
             properties.caches = self.caches(caches, &fields.at("caches"));
         }
+        if let Some(root) = fields.get("cas_input_root").filter(|root| !is_default(root)) {
+            properties.cas_input_root = self.cas_reference(root, &fields.at("cas_input_root"));
+        }
         self.properties_extras(&fields);
         properties
     }
@@ -346,8 +353,29 @@ impl Decoder {
         evaluate_only
     }
 
+    /// Swarming's `CASReference`: `{cas_instance, digest: {hash, size_bytes}}`.
+    fn cas_reference(&mut self, value: &Value, at: &str) -> Option<CasReference> {
+        let fields = self.fields(value, at, CAS_REFERENCE_FIELDS, &[])?;
+        let cas_instance = self.string_field(&fields, "cas_instance").unwrap_or_default();
+        let Some(digest) = fields.get("digest") else {
+            self.refuse(&fields.at("digest"), "the root directory's digest is required");
+            return None;
+        };
+        let digest_at = fields.at("digest");
+        let digest_fields = self.fields(digest, &digest_at, DIGEST_FIELDS, &[])?;
+        let hash = self.string_field(&digest_fields, "hash").unwrap_or_default();
+        let size = self.integer_field(&digest_fields, "size_bytes", &BLOB_SIZE).unwrap_or(0);
+        match Digest::from_parts(&hash, size as u64) {
+            Ok(digest) => Some(CasReference { cas_instance, digest }),
+            Err(_) => {
+                let message = format!("{hash:?} is not a SHA-256 in 64 lowercase hexadecimal digits");
+                self.refuse(&digest_fields.at("hash"), message);
+                None
+            }
+        }
+    }
+
     fn properties_extras(&mut self, fields: &Fields) {
-        self.unsupported(fields, "cas_input_root", "CAS inputs");
         self.unsupported(fields, "cipd_input", "CIPD packages");
         self.unsupported(fields, "outputs", "output files (write them to ${ISOLATED_OUTDIR} instead)");
         self.secret_bytes(fields);
@@ -692,6 +720,29 @@ mod tests {
     }
 
     #[test]
+    fn an_input_root_is_read_as_swarming_writes_it() {
+        let hash = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let decoded = decode_text(&format!(
+            r#"{{"task_slices": [{{"properties": {{"command": ["a"], "casInputRoot": {{
+                "casInstance": "projects/p/instances/default_instance",
+                "digest": {{"hash": "{hash}", "sizeBytes": "0"}}}}}}}}]}}"#
+        ))
+        .unwrap();
+        let root = decoded.request.task_slices[0].properties.cas_input_root.clone().unwrap();
+        assert_eq!(
+            (root.cas_instance.as_str(), root.digest),
+            ("projects/p/instances/default_instance", Digest::of_empty())
+        );
+        let refused = refusals(
+            r#"{"task_slices": [{"properties": {"command": ["a"],
+                "cas_input_root": {"digest": {"hash": "ABC", "size_bytes": "-1"}}}}]}"#,
+        );
+        let places: Vec<&str> = refused.iter().map(|line| line.split_once(':').unwrap().0).collect();
+        let digest = "task_slices[0].properties.cas_input_root.digest";
+        assert_eq!(places, [format!("{digest}.size_bytes"), format!("{digest}.hash")]);
+    }
+
+    #[test]
     fn default_values_request_nothing_and_take_apiarys_defaults() {
         let decoded = decode_text(
             r#"{"priority": 0, "realm": "", "service_account": "none", "pubsub_topic": "", "evaluate_only": false,
@@ -717,8 +768,7 @@ mod tests {
             r#"{"service_account": "bot@example.com", "realm": "chromium:ci", "resultdb": {"enable": true},
                 "pool_task_template": "CANARY_PREFER", "task_slices": [{"properties": {"command": ["a"],
                 "cipd_input": {"packages": [{"package_name": "p", "version": "v", "path": "."}]},
-                "outputs": ["out.txt"], "containment": {"containment_type": "AUTO"},
-                "cas_input_root": {"digest": {"size_bytes": "77"}}}}]}"#,
+                "outputs": ["out.txt"], "containment": {"containment_type": "AUTO"}}}]}"#,
         );
         let mut places: Vec<&str> = refused.iter().map(|line| line.split_once(':').unwrap().0).collect();
         places.sort_unstable();
@@ -729,13 +779,12 @@ mod tests {
                 "realm",
                 "resultdb.enable",
                 "service_account",
-                "task_slices[0].properties.cas_input_root",
                 "task_slices[0].properties.cipd_input",
                 "task_slices[0].properties.containment.containment_type",
                 "task_slices[0].properties.outputs",
             ]
         );
-        assert_eq!(refused.len(), 8, "{refused:#?}");
+        assert_eq!(refused.len(), 7, "{refused:#?}");
         assert!(refused.iter().all(|line| line.contains("Apiary does not implement")), "{refused:#?}");
     }
 

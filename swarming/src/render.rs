@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use apiary_protocol::cas::{CasReference, CasTransferStats};
 use apiary_protocol::ids::format_task_id;
 use apiary_protocol::{
     BotEvent, BotEventKind, BotInfo, NewTaskRequest, StringPair, TaskProperties, TaskResult, TaskState,
@@ -136,6 +137,9 @@ pub(crate) fn task_result(result: &TaskResult, performance_stats: bool) -> Value
         // A deduped task's run is the one whose result it took, as in Swarming.
         .task_id("runId", result.run_id.or(result.deduped_from))
         .int32("currentTaskSlice", i64::from(result.current_task_slice));
+    if let Some(root) = &result.cas_output_root {
+        json = json.message("casOutputRoot", cas_reference(root));
+    }
     if performance_stats && result.started_unix_ms.is_some() {
         json = json.message("performanceStats", performance(result));
     }
@@ -163,7 +167,34 @@ fn performance(result: &TaskResult) -> Value {
     if result.teardown_ms.is_some() {
         json = json.message("cleanup", Json::new().seconds("duration", teardown_ms).build());
     }
+    if let Some(stats) = &result.cas_stats {
+        json = json
+            .message("isolatedDownload", cas_operation(&stats.download))
+            .message("isolatedUpload", cas_operation(&stats.upload));
+    }
     json.build()
+}
+
+/// `CASOperationStats`: hot items came from the bot's cache (inputs) or were
+/// already in the store (outputs); cold ones were moved.
+fn cas_operation(stats: &CasTransferStats) -> Value {
+    let count = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+    Json::new()
+        .seconds("duration", stats.duration_ms)
+        .int64("numItemsCold", count(stats.items_cold))
+        .int64("totalBytesItemsCold", count(stats.bytes_cold))
+        .int64("numItemsHot", count(stats.items_hot))
+        .int64("totalBytesItemsHot", count(stats.bytes_hot))
+        .build()
+}
+
+/// `CASReference`: the store and a tree's root digest.
+fn cas_reference(root: &CasReference) -> Value {
+    let digest = Json::new()
+        .text("hash", &root.digest.hex())
+        .int64("sizeBytes", i64::try_from(root.digest.size_bytes).unwrap_or(i64::MAX))
+        .build();
+    Json::new().text("casInstance", &root.cas_instance).message("digest", digest).build()
 }
 
 /// Swarming's `TaskRequestResponse` of a stored task.
@@ -220,7 +251,7 @@ fn properties(properties: &TaskProperties, has_secret: bool) -> Value {
         .env_prefixes
         .iter()
         .map(|pair| Json::new().text("key", &pair.key).texts("value", &pair.value).build());
-    Json::new()
+    let mut json = Json::new()
         .list("caches", caches.collect())
         .texts("command", &properties.command)
         .text("relativeCwd", &properties.relative_cwd)
@@ -231,8 +262,11 @@ fn properties(properties: &TaskProperties, has_secret: bool) -> Value {
         .int32("gracePeriodSecs", i64::from(properties.grace_period_secs))
         .flag("idempotent", properties.idempotent)
         .int32("ioTimeoutSecs", i64::from(properties.io_timeout_secs))
-        .bytes("secretBytes", if has_secret { REDACTED } else { &[] })
-        .build()
+        .bytes("secretBytes", if has_secret { REDACTED } else { &[] });
+    if let Some(root) = &properties.cas_input_root {
+        json = json.message("casInputRoot", cas_reference(root));
+    }
+    json.build()
 }
 
 fn string_pairs(pairs: &[StringPair]) -> Vec<Value> {

@@ -100,7 +100,14 @@ fn poll(bot_id: &str, session_id: u64) -> Request {
 }
 
 fn final_report(bot_id: &str, session_id: u64, run_id: u64) -> Request {
-    let outcome = RunOutcome { exit_code: Some(0), duration_ms: 1, setup_ms: 0, teardown_ms: 0, end: RunEnd::Exited };
+    let outcome = RunOutcome {
+        exit_code: Some(0),
+        duration_ms: 1,
+        setup_ms: 0,
+        teardown_ms: 0,
+        end: RunEnd::Exited,
+        ..RunOutcome::default()
+    };
     Request::TaskUpdate(TaskUpdate {
         bot_id: bot_id.into(),
         session_id,

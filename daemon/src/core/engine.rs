@@ -9,6 +9,7 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use std::sync::Arc;
 
+use apiary_protocol::cas::CasStats;
 use apiary_protocol::limits::{
     DEFAULT_TASK_PAGE, MAX_BOT_CACHES, MAX_CACHE_NAME_BYTES, MAX_LONG_POLL_MS, MAX_OUTPUT_CHUNK_BYTES, MAX_PAGE_BYTES,
     MAX_REASON_BYTES, MAX_SOFTWARE_BYTES, MAX_TASK_COUNT, MAX_TASK_PAGE,
@@ -21,7 +22,9 @@ use apiary_protocol::{
 };
 
 use super::chunked_set::ChunkedSet;
-use super::events::{BotChange, BotConnected, Event, StoredState, TaskAssigned, TaskCreated, TaskFinished, TaskLinked};
+use super::events::{
+    BotChange, BotConnected, Event, StoredState, TaskAssigned, TaskCreated, TaskFinished, TaskLinked, TaskOutputs,
+};
 use super::history::History;
 use super::interned::InternedProperties;
 use super::lineage::Lineage;
@@ -62,9 +65,14 @@ pub struct CoreConfig {
     pub max_output_bytes: u64,
     /// How long a finished task is kept, counted from its creation.
     pub task_retention_ms: u64,
+    /// The name of the daemon's content-addressed store, as requests'
+    /// `cas_input_root.cas_instance` may give it (empty is accepted too).
+    pub cas_instance: String,
 }
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+/// The default of `--cas-instance`: the instance name Swarming deployments give their store.
+pub const DEFAULT_CAS_INSTANCE: &str = "default_instance";
 
 impl Default for CoreConfig {
     fn default() -> CoreConfig {
@@ -76,6 +84,7 @@ impl Default for CoreConfig {
             bot_event_max_age_ms: 28 * DAY_MS,
             max_output_bytes: apiary_protocol::limits::DEFAULT_MAX_OUTPUT_BYTES,
             task_retention_ms: 30 * DAY_MS,
+            cas_instance: DEFAULT_CAS_INSTANCE.to_string(),
         }
     }
 }
@@ -295,6 +304,8 @@ pub struct Core {
     storage_trouble: Option<String>,
     /// Request uuids and parent links (`core::lineage`).
     lineage: Lineage,
+    /// Outputs recorded for tasks whose `TaskFinished` comes next (`Event::TaskOutputs`).
+    outputs_to_finish: Map<RequestId, TaskOutputs>,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
@@ -325,6 +336,7 @@ impl Core {
             retained_from_ms: 0,
             storage_trouble: None,
             lineage: Lineage::default(),
+            outputs_to_finish: Map::default(),
         }
     }
 
@@ -552,6 +564,14 @@ impl Core {
             deduped_from: ending.deduped_from.map(RunId::as_u64),
             at_ms: self.now_ms,
         };
+        if ending.cas_output_root.is_some() || ending.cas_stats.is_some() {
+            let outputs = TaskOutputs {
+                task_id: task_id.as_u64(),
+                output_root: ending.cas_output_root,
+                stats: ending.cas_stats.unwrap_or_default(),
+            };
+            self.emit(Event::TaskOutputs(outputs), out);
+        }
         let children = self.lineage.children_of(task_id).to_vec();
         self.emit(Event::TaskFinished(event), out);
         self.cancel_children(task_id, &children, out);

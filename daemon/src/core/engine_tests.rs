@@ -1,6 +1,7 @@
 //! Unit tests of the core, without sockets: each step checks the invariants,
 //! and every test ends by rebuilding the core from its events alone.
 
+use apiary_protocol::cas::{CasReference, CasStats, Digest};
 use apiary_protocol::{
     BotEvent, BotEventKind, BotEventQuery, CacheInfo, CancelOutcome, NamedCache, NewTaskRequest, PendingInfo,
     StringPair, TaskQuery, TaskResult, TaskSlice, TimeoutKind,
@@ -139,7 +140,7 @@ impl Harness {
 
 /// A request that waits for capacity, so it may come before its bots.
 fn outcome(exit_code: Option<i64>, end: RunEnd) -> RunOutcome {
-    RunOutcome { exit_code, duration_ms: 5, setup_ms: 1, teardown_ms: 1, end }
+    RunOutcome { exit_code, duration_ms: 5, setup_ms: 1, teardown_ms: 1, end, ..RunOutcome::default() }
 }
 
 fn request(priority: u8, dimensions: &[(&str, &str)]) -> NewTaskRequest {
@@ -309,7 +310,14 @@ fn waits_are_answered_when_the_task_ends_or_the_wait_times_out() {
         run_id,
         0,
         b"",
-        Some(RunOutcome { exit_code: Some(3), duration_ms: 1, setup_ms: 1, teardown_ms: 1, end: RunEnd::Exited }),
+        Some(RunOutcome {
+            exit_code: Some(3),
+            duration_ms: 1,
+            setup_ms: 1,
+            teardown_ms: 1,
+            end: RunEnd::Exited,
+            ..RunOutcome::default()
+        }),
     );
     let answered = out.replies.iter().find(|o| o.request_id == wait_id).expect("the waiter is answered");
     assert!(matches!(&answered.reply, Reply::Task(result) if result.exit_code == Some(3)));
@@ -441,6 +449,47 @@ fn an_idempotent_task_reuses_a_recent_success_only() {
 }
 
 #[test]
+fn outputs_are_kept_with_the_result_and_dedup_tells_input_roots_apart() {
+    let mut h = Harness::new();
+    let with_root = |name: &[u8]| {
+        let mut request = request(100, &[("pool", "ci")]);
+        let properties = Arc::make_mut(&mut request.task_slices[0].properties);
+        properties.idempotent = true;
+        properties.cas_input_root = Some(CasReference { cas_instance: String::new(), digest: Digest::of(name) });
+        request
+    };
+    h.submit(with_root(b"inputs a"));
+    let run_id = run_one(&mut h, BOT_1, LINUX);
+    let output_root = Digest::of(b"outputs");
+    let mut stats = CasStats::default();
+    (stats.download.items_cold, stats.upload.items_cold) = (3, 1);
+    let mut ended = outcome(Some(0), RunEnd::Exited);
+    ended.cas = Some(Box::new(apiary_protocol::CasOutcome { output_root: Some(output_root), stats }));
+    h.update(BOT_1, run_id, 0, b"", Some(ended));
+    let (_, out) = h.send(CLIENT, Request::GetTask { task_id: run_id });
+    let Reply::Task(first) = &out.replies[0].reply else { panic!() };
+    let instance = CoreConfig::default().cas_instance;
+    assert_eq!(first.cas_output_root, Some(CasReference { cas_instance: instance.clone(), digest: output_root }));
+    assert_eq!(first.cas_stats, Some(stats));
+
+    // The same inputs: the earlier run's outputs, and nothing moved.
+    let same = h.submit(with_root(b"inputs a"));
+    assert_eq!((same.deduped_from, same.cas_output_root.map(|root| root.digest)), (Some(run_id), Some(output_root)));
+    assert_eq!(same.cas_stats, None);
+    // Other inputs are another task.
+    assert_eq!(h.submit(with_root(b"inputs b")).deduped_from, None);
+    // A store other than the daemon's is refused by name.
+    let mut foreign = with_root(b"inputs a");
+    Arc::make_mut(&mut foreign.task_slices[0].properties).cas_input_root.as_mut().unwrap().cas_instance =
+        "projects/other/instances/x".into();
+    let (_, out) = h.send(CLIENT, Request::NewTask(foreign));
+    let Reply::Error(refusal) = &out.replies[0].reply else { panic!("{:?}", out.replies[0].reply) };
+    assert!(refusal.message.contains("task_slices[0].properties.cas_input_root.cas_instance"), "{}", refusal.message);
+    assert!(refusal.message.contains(&format!("{instance:?} (--cas-instance)")), "{}", refusal.message);
+    h.check_replay();
+}
+
+#[test]
 fn cancel_ends_pending_tasks_and_kill_stops_running_ones_through_their_bot() {
     let mut h = Harness::new();
     let pending = h.submit(request(100, &[("pool", "ci")]));
@@ -459,7 +508,14 @@ fn cancel_ends_pending_tasks_and_kill_stops_running_ones_through_their_bot() {
     let (_, out) = h.send(CLIENT, Request::CancelTask { task_id: running.task_id, kill_running: true });
     assert!(matches!(&out.replies[0].reply, Reply::Canceled { outcome: CancelOutcome::KillRequested, .. }));
     assert_eq!(h.report(BOT_1, run_id, 0, b"bye", None), Reply::UpdateAck { output_len: 3, must_stop: true });
-    let outcome = RunOutcome { exit_code: Some(-1), duration_ms: 9, setup_ms: 1, teardown_ms: 1, end: RunEnd::Killed };
+    let outcome = RunOutcome {
+        exit_code: Some(-1),
+        duration_ms: 9,
+        setup_ms: 1,
+        teardown_ms: 1,
+        end: RunEnd::Killed,
+        ..RunOutcome::default()
+    };
     h.update(BOT_1, run_id, 3, b"", Some(outcome));
     assert_eq!(h.state(running.task_id), TaskState::Killed);
     h.check_replay();
@@ -809,7 +865,14 @@ fn followers_get_output_as_it_arrives_and_a_last_chunk_when_the_task_ends() {
     let pushed: Vec<_> = out.output_reads.iter().filter(|read| read.request_id == follow_id).collect();
     assert_eq!(pushed.len(), 1, "the new bytes are pushed");
     assert_eq!((pushed[0].offset, pushed[0].max_bytes, pushed[0].task_ended), (6, 4, false));
-    let outcome = RunOutcome { exit_code: Some(0), duration_ms: 1, setup_ms: 1, teardown_ms: 1, end: RunEnd::Exited };
+    let outcome = RunOutcome {
+        exit_code: Some(0),
+        duration_ms: 1,
+        setup_ms: 1,
+        teardown_ms: 1,
+        end: RunEnd::Exited,
+        ..RunOutcome::default()
+    };
     let out = h.update(BOT_1, run_id, 10, b"", Some(outcome));
     let last = out.output_reads.iter().find(|read| read.request_id == follow_id).expect("a last chunk");
     assert!(last.task_ended && last.max_bytes == 0);
@@ -855,8 +918,14 @@ fn a_timed_out_run_says_which_timeout() {
     let mut h = Harness::new();
     let task = h.submit(request(100, &[("pool", "ci")]));
     let run_id = run_one(&mut h, BOT_1, LINUX);
-    let outcome =
-        RunOutcome { exit_code: Some(-1), duration_ms: 9, setup_ms: 2, teardown_ms: 3, end: RunEnd::IoTimeout };
+    let outcome = RunOutcome {
+        exit_code: Some(-1),
+        duration_ms: 9,
+        setup_ms: 2,
+        teardown_ms: 3,
+        end: RunEnd::IoTimeout,
+        ..RunOutcome::default()
+    };
     h.update(BOT_1, run_id, 0, b"", Some(outcome));
     let result = h.core.task(RequestId::from_u64(task.task_id).unwrap()).unwrap();
     assert_eq!(

@@ -7,6 +7,7 @@ pub mod events;
 pub mod history;
 mod id_index;
 mod interned;
+pub mod legacy_events;
 mod lineage;
 mod model;
 pub mod queues;
@@ -17,7 +18,9 @@ pub mod texts;
 pub mod validate;
 
 pub use engine::storage_trouble::DISK_FULL_MARKER;
-pub use engine::{BotStandings, Closing, Core, CoreConfig, Input, Outgoing, Output, OutputRead, OutputWrite};
+pub use engine::{
+    BotStandings, Closing, Core, CoreConfig, DEFAULT_CAS_INSTANCE, Input, Outgoing, Output, OutputRead, OutputWrite,
+};
 pub use events::Event;
 pub use model::{Ending, RequestText};
 pub use snapshot::CoreSnapshot;

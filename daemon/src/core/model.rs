@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
+use apiary_protocol::cas::{CasReference, CasStats, Digest};
 use apiary_protocol::{
     BotEvent, BotEventKind, BotInfo, CacheInfo, NewTaskRequest, PackedDimensions, RequestId, RunId, SecretBytes,
     StringPair, TaskProperties, TaskResult, TaskSlice, TaskState, TimeoutKind,
@@ -134,6 +135,10 @@ pub struct Outcome {
     pub failure_reason: String,
     /// The earlier run whose result this idempotent task reused.
     pub deduped_from: Option<RunId>,
+    /// What the run left in the content-addressed store (for a deduplicated
+    /// task, the reused run's), and what moving its files cost.
+    pub cas_output_root: Option<Digest>,
+    pub cas_stats: Option<CasStats>,
 }
 
 impl Task {
@@ -247,8 +252,9 @@ impl Task {
         (self.state == TaskState::Running).then_some(self.run.as_deref()).flatten()
     }
 
-    /// The task as clients see it, with its request's text.
-    pub fn result(&self, text: RequestText) -> TaskResult {
+    /// The task as clients see it, with its request's text; its outputs are
+    /// in the store named `cas_instance`.
+    pub fn result(&self, text: RequestText, cas_instance: &str) -> TaskResult {
         let none = Outcome::default();
         let outcome = self.outcome.as_deref().unwrap_or(&none);
         TaskResult {
@@ -274,6 +280,10 @@ impl Task {
             has_secret_bytes: self.has_secret_bytes,
             output_truncated: self.output_truncated,
             pending: None,
+            cas_output_root: outcome
+                .cas_output_root
+                .map(|digest| CasReference { cas_instance: cas_instance.to_string(), digest }),
+            cas_stats: outcome.cas_stats,
             request: self.request(text),
         }
     }
@@ -472,6 +482,9 @@ pub struct Ending {
     pub setup_ms: Option<u64>,
     pub teardown_ms: Option<u64>,
     pub timeout: Option<TimeoutKind>,
+    /// The outputs the run uploaded (or the reused run's) and what moving files cost.
+    pub cas_output_root: Option<Digest>,
+    pub cas_stats: Option<CasStats>,
 }
 
 impl Ending {
@@ -486,6 +499,8 @@ impl Ending {
             setup_ms: None,
             teardown_ms: None,
             timeout: None,
+            cas_output_root: None,
+            cas_stats: None,
         }
     }
 }

@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 
+use apiary_protocol::cas::{CasStats, Digest};
 use apiary_protocol::{BotEventKind, NewTaskRequest, PackedDimensions, TaskProperties, TaskState, TimeoutKind};
 use rkyv::rancor::{self, Fallible};
 use rkyv::ser::{Allocator, Writer};
@@ -24,12 +25,13 @@ use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::with::Skip;
 use rkyv::{Archive, Deserialize, Place, Serialize};
 
+use super::events::TaskOutputs;
 use super::history::RunEntry;
 use super::task_store::TASK_CHUNK;
 
 /// Bumped whenever the archived shape below changes: an older daemon's
 /// snapshot is then refused by name instead of misread.
-pub const SNAPSHOT_SCHEMA: u32 = 4;
+pub const SNAPSHOT_SCHEMA: u32 = 5;
 
 /// The durable state. Its payload (`encode`) is the tasks in parts, then the
 /// rest (the *head*), each an rkyv archive that is validated apart, so that a
@@ -63,6 +65,8 @@ pub struct CoreSnapshot {
     pub request_uuids: Vec<UuidRecord>,
     /// The tasks that have not ended and have a parent, by child id (schema 4).
     pub links: Vec<LinkRecord>,
+    /// Outputs recorded for tasks whose end is not yet applied, by task id (schema 5).
+    pub outputs_to_finish: Vec<TaskOutputs>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, PartialEq, Eq)]
@@ -104,6 +108,9 @@ pub struct TaskRecord {
     pub has_secret_bytes: bool,
     pub kill_requested: bool,
     pub deduped_from: Option<u64>,
+    /// Schema 5 (history format 2).
+    pub cas_output_root: Option<Digest>,
+    pub cas_stats: Option<CasStats>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, PartialEq, Eq)]

@@ -236,7 +236,45 @@ fn validate_properties(field: &Field, properties: &TaskProperties) -> Result<(),
         check_range(&io_timeout, properties.io_timeout_secs, &IO_TIMEOUT_RANGE)?;
     }
     check_range(&field.member("grace_period_secs"), properties.grace_period_secs, &GRACE_PERIOD_RANGE)?;
-    validate_caches(&field.member("caches"), &properties.caches)
+    validate_caches(&field.member("caches"), &properties.caches)?;
+    if let Some(root) = &properties.cas_input_root {
+        validate_cas_instance(&field.member("cas_input_root").member("cas_instance"), &root.cas_instance)?;
+    }
+    Ok(())
+}
+
+/// The name of a store: at most `MAX_CAS_INSTANCE_BYTES`, printable ASCII
+/// without spaces (REAPI instance names are paths like `projects/p/instances/i`).
+fn validate_cas_instance(field: &Field, name: &str) -> Result<(), ValidationError> {
+    check_len(field, name, MAX_CAS_INSTANCE_BYTES)?;
+    if !name.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return refuse(field, format!("{name:?}: a store's name is printable ASCII without spaces"));
+    }
+    Ok(())
+}
+
+/// `--cas-instance`, by the rule for the names requests give.
+pub fn validate_store_name(name: &str) -> Result<(), String> {
+    validate_cas_instance(&Field::Top("--cas-instance"), name).map_err(|error| error.to_string())
+}
+
+/// Every input root must be in this daemon's store, named `instance` (or not named).
+pub fn check_input_stores(request: &NewTaskRequest, instance: &str) -> Result<(), ValidationError> {
+    for (index, slice) in request.task_slices.iter().enumerate() {
+        let Some(root) = &slice.properties.cas_input_root else { continue };
+        if !root.cas_instance.is_empty() && root.cas_instance != instance {
+            let slices = Field::Top("task_slices");
+            let slice = slices.at(index);
+            let properties = slice.member("properties");
+            let field = properties.member("cas_input_root");
+            let message = format!(
+                "cas_instance {:?} is not this daemon's store, {instance:?} (--cas-instance); give that name or none",
+                root.cas_instance
+            );
+            refuse(&field.member("cas_instance"), message)?;
+        }
+    }
+    Ok(())
 }
 
 /// Swarming's rules for named caches: names of `[a-z0-9_]`, each name and

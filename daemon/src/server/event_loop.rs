@@ -1059,7 +1059,8 @@ fn event_level(event: &Event) -> Level {
         | Event::TaskFinished(_)
         | Event::TaskRetried { .. }
         | Event::RetentionApplied { .. }
-        | Event::TaskLinked(_) => Level::Debug,
+        | Event::TaskLinked(_)
+        | Event::TaskOutputs(_) => Level::Debug,
     }
 }
 

@@ -109,7 +109,14 @@ fn poll() -> Request {
 }
 
 fn completed(run_id: u64) -> Request {
-    let outcome = RunOutcome { exit_code: Some(0), duration_ms: 1, setup_ms: 0, teardown_ms: 0, end: RunEnd::Exited };
+    let outcome = RunOutcome {
+        exit_code: Some(0),
+        duration_ms: 1,
+        setup_ms: 0,
+        teardown_ms: 0,
+        end: RunEnd::Exited,
+        ..RunOutcome::default()
+    };
     Request::TaskUpdate(TaskUpdate {
         bot_id: BOT_ID.into(),
         session_id: SESSION_ID,

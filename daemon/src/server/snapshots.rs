@@ -457,6 +457,8 @@ pub struct CoreArgs {
     max_output_bytes: u64,
     #[arg(long)]
     task_retention_ms: u64,
+    #[arg(long, allow_hyphen_values = true)]
+    cas_instance: String,
 }
 
 impl From<&CoreConfig> for CoreArgs {
@@ -469,6 +471,7 @@ impl From<&CoreConfig> for CoreArgs {
             bot_event_max_age_ms: config.bot_event_max_age_ms,
             max_output_bytes: config.max_output_bytes,
             task_retention_ms: config.task_retention_ms,
+            cas_instance: config.cas_instance.clone(),
         }
     }
 }
@@ -483,6 +486,7 @@ impl From<&CoreArgs> for CoreConfig {
             bot_event_max_age_ms: args.bot_event_max_age_ms,
             max_output_bytes: args.max_output_bytes,
             task_retention_ms: args.task_retention_ms,
+            cas_instance: args.cas_instance.clone(),
         }
     }
 }

@@ -71,13 +71,12 @@ impl<'de> Deserialize<'de> for Digest {
         let json = DigestJson::deserialize(deserializer)?;
         let size_bytes = match json.size_bytes {
             SizeJson::Number(size) => size,
-            SizeJson::Text(text) => text
-                .parse()
-                .map_err(|_| D::Error::custom(format!("size_bytes: {text:?} is not a size in bytes")))?,
+            SizeJson::Text(text) => {
+                text.parse().map_err(|_| D::Error::custom(format!("size_bytes: {text:?} is not a size in bytes")))?
+            }
         };
-        Digest::from_parts(&json.hash, size_bytes).map_err(|_| {
-            D::Error::custom(format!("hash: {:?} is not 64 lowercase hex digits (a SHA-256)", json.hash))
-        })
+        Digest::from_parts(&json.hash, size_bytes)
+            .map_err(|_| D::Error::custom(format!("hash: {:?} is not 64 lowercase hex digits (a SHA-256)", json.hash)))
     }
 }
 

@@ -14,7 +14,7 @@ use apiary_benches::Rng;
 use apiary_protocol::frame::{self, FrameKind, HEADER_BYTES};
 use apiary_protocol::tls::Transport;
 use apiary_protocol::{
-    BotPoll, FrameReader, Hello, PackedDimensions, Reply, Request, Role, RunEnd, RunOutcome, StringPair, TaskUpdate,
+    BotPoll, FrameReader, Hello, PackedDimensions, Reply, Request, Role, RunOutcome, StringPair, TaskUpdate,
 };
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -227,13 +227,7 @@ impl SimBot {
             run_id: self.run_id,
             output_offset: 0,
             output: Vec::new(),
-            outcome: Some(RunOutcome {
-                exit_code: Some(0),
-                duration_ms: 0,
-                setup_ms: 0,
-                teardown_ms: 0,
-                end: RunEnd::Exited,
-            }),
+            outcome: Some(RunOutcome { exit_code: Some(0), ..RunOutcome::default() }),
         };
         let request_id = self.take_request_id();
         let mut bytes = Vec::new();

@@ -39,6 +39,11 @@ impl Core {
             }
             Event::RetentionApplied { cutoff_ms } => self.apply_retention(*cutoff_ms),
             Event::TaskLinked(linked) => self.apply_task_linked(linked),
+            Event::TaskOutputs(outputs) => {
+                let task_id = RequestId::from_u64(outputs.task_id).expect("a request id");
+                assert!(!self.tasks[&task_id].state.is_terminal(), "outputs come before a task's end");
+                self.outputs_to_finish.insert(task_id, outputs.clone());
+            }
         }
     }
 
@@ -102,6 +107,7 @@ impl Core {
         task.output_len = finished.output_len;
         task.output_truncated = finished.output_truncated;
         let command_ended_itself = matches!(state, TaskState::Completed | TaskState::TimedOut | TaskState::ClientError);
+        let outputs = self.outputs_to_finish.remove(&task_id);
         task.outcome = Some(Box::new(Outcome {
             completed_ms: finished.at_ms,
             abandoned_ms: (!command_ended_itself).then_some(finished.at_ms),
@@ -113,6 +119,8 @@ impl Core {
             internal_failure: finished.internal_failure,
             failure_reason: finished.reason.clone(),
             deduped_from: finished.deduped_from.and_then(RunId::from_u64),
+            cas_output_root: outputs.as_ref().and_then(|outputs| outputs.output_root),
+            cas_stats: outputs.map(|outputs| outputs.stats).filter(|stats| *stats != CasStats::default()),
         }));
         let Some(run_id) = finished.run_id.and_then(RunId::from_u64) else { return };
         let run = task.run.as_ref().expect("a finished run exists");

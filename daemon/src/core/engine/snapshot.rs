@@ -47,6 +47,8 @@ impl Core {
             })
             .collect();
         let links = links.into_iter().map(|(child, parent)| LinkRecord { child, parent }).collect();
+        let mut outputs_to_finish: Vec<TaskOutputs> = self.outputs_to_finish.values().cloned().collect();
+        outputs_to_finish.sort_unstable_by_key(|outputs| outputs.task_id);
         CoreSnapshot {
             schema: SNAPSHOT_SCHEMA,
             last_task_id: self.last_task_id.map(RequestId::as_u64),
@@ -58,6 +60,7 @@ impl Core {
             successes,
             request_uuids,
             links,
+            outputs_to_finish,
         }
     }
 
@@ -100,6 +103,10 @@ impl Core {
         for link in snapshot.links.iter() {
             let child = RequestId::from_u64(link.child.to_native()).expect("a request id");
             core.lineage.link(child, RequestId::from_u64(link.parent.to_native()).expect("a request id"));
+        }
+        for outputs in snapshot.outputs_to_finish.iter() {
+            let outputs: TaskOutputs = decode(outputs, &mut pool)?;
+            core.outputs_to_finish.insert(RequestId::from_u64(outputs.task_id).expect("a request id"), outputs);
         }
         Ok(core)
     }
@@ -370,6 +377,8 @@ pub(in crate::core) fn task_from_archived(
             internal_failure: record.internal_failure,
             failure_reason: record.failure_reason.to_string(),
             deduped_from: native(&record.deduped_from).map(|run_id| RunId::from_u64(run_id).expect("a run id")),
+            cas_output_root: record.cas_output_root.as_ref().map(plain),
+            cas_stats: record.cas_stats.as_ref().map(plain),
         })
     });
     task.output_len = record.output_len.to_native();
@@ -449,6 +458,8 @@ fn record(task: &Task, request: NewTaskRequest) -> TaskRecord {
         has_secret_bytes: task.has_secret_bytes,
         kill_requested: task.kill_requested,
         deduped_from: outcome.deduped_from.map(RunId::as_u64),
+        cas_output_root: outcome.cas_output_root,
+        cas_stats: outcome.cas_stats,
     }
 }
 

@@ -41,6 +41,7 @@ impl Core {
     ) -> Result<RequestId, Box<Reply>> {
         let parent = origin.as_ref().and_then(|origin| origin.parent).map(RequestId::as_u64);
         let request = validate::admit_child(request, principal, parent)
+            .and_then(|request| validate::check_input_stores(&request, &self.config.cas_instance).map(|()| request))
             .map_err(|refusal| Box::new(error(ErrorCode::InvalidRequest, refusal.to_string())))?;
         if let Some(refusal) = self.refuse_for_storage() {
             return Err(Box::new(refusal));
@@ -63,6 +64,7 @@ impl Core {
         } else if let Some((source, source_outcome)) = self.dedup_source(task_id) {
             let mut ending = Ending::new(TaskState::Completed, "");
             (ending.exit_code, ending.duration_ms) = (source_outcome.exit_code, source_outcome.duration_ms);
+            ending.cas_output_root = source_outcome.cas_output_root;
             ending.deduped_from = Some(source);
             self.finish(task_id, None, ending, out);
         } else {
@@ -479,6 +481,10 @@ pub(super) fn ending_of(outcome: RunOutcome) -> Ending {
     ending.duration_ms = Some(outcome.duration_ms);
     ending.setup_ms = Some(outcome.setup_ms);
     ending.teardown_ms = Some(outcome.teardown_ms);
+    if let Some(cas) = outcome.cas {
+        ending.cas_output_root = cas.output_root;
+        ending.cas_stats = Some(cas.stats).filter(|stats| *stats != CasStats::default());
+    }
     match outcome.end {
         RunEnd::Exited => {}
         RunEnd::HardTimeout => {

@@ -17,7 +17,7 @@ impl Core {
 
     /// A task as clients see it.
     pub(super) fn result(&self, task: &Task) -> TaskResult {
-        task.result(self.text_of(task).into_owned())
+        task.result(self.text_of(task).into_owned(), &self.config.cas_instance)
     }
 
     /// The snapshot job: the texts of the tasks that have not ended, in id
