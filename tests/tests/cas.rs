@@ -249,3 +249,34 @@ fn a_token_without_write_cas_cannot_archive() {
     assert!(output.status.success(), "read_cas is enough to download: {}", describe(&output));
     assert_same_tree(&tree, &out.join("tree"));
 }
+
+#[test]
+fn a_task_whose_input_tree_is_not_whole_in_the_store_is_refused_naming_what_is_missing() {
+    let dir = temp();
+    let mut daemon = Daemon::start(&dir.path().join("data"));
+    let cli = daemon.cli();
+    let tree = dir.path().join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("kept"), b"kept\n").unwrap();
+    fs::write(tree.join("lost"), b"this blob goes missing\n").unwrap();
+    let (root, _) = archive(&cli, &["--dir", tree.to_str().unwrap()]);
+    let trigger =
+        |root: &str| cli.run(&["trigger", "--cas-input-root", root, "--dimension", "pool=ci", "--", "cat", "kept"]);
+    let whole = trigger(&root);
+    assert!(whole.status.success(), "a whole tree is accepted: {}", describe(&whole));
+
+    let lost = Digest::of(b"this blob goes missing\n");
+    let name = format!("{}-{}", lost.hex(), lost.size_bytes);
+    // Lost behind the daemon's back: it learns what its store holds when it starts.
+    fs::remove_file(daemon.data_dir.join("cas/blobs").join(&name[..2]).join(&name)).unwrap();
+    daemon.restart();
+    let output = trigger(&root);
+    assert_eq!(output.status.code(), Some(REFUSED), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("cas_input_root: the store lacks 1 blob(s) of tree {root}: {lost}")), "{stderr}");
+
+    let absent = Digest::of(b"no such tree").to_string();
+    let output = trigger(&absent);
+    assert_eq!(output.status.code(), Some(REFUSED), "{}", describe(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains(&format!("lacks 1 blob(s) of tree {absent}: {absent}")));
+}

@@ -312,6 +312,12 @@ fn a_script_triggers_waits_reads_the_output_and_lists_tasks() {
     assert!(huge_limit.contains("limit") && huge_limit.contains("1000"), "{huge_limit}");
     let no_command = api.refused("Tasks/NewTask", json!({"task_slices": [{"properties": {}}]}), 400, 3);
     assert!(no_command.contains("command"), "{no_command}");
+    let absent_tree = apiary_protocol::cas::Digest::of(b"never archived");
+    let mut without_inputs = request(&["true"], &[("pool", "ci")], &[]);
+    without_inputs["task_slices"][0]["properties"]["cas_input_root"] =
+        json!({"digest": {"hash": absent_tree.hex(), "size_bytes": "14"}});
+    let missing_inputs = api.refused("Tasks/NewTask", without_inputs, 400, 3);
+    assert!(missing_inputs.contains(&format!("the store lacks 1 blob(s) of tree {absent_tree}")), "{missing_inputs}");
     let too_far = api.refused("Tasks/GetStdout", json!({"task_id": hello, "offset": "9223372036854775808"}), 400, 3);
     assert!(too_far.starts_with("offset: ") && too_far.contains("out of range"), "{too_far}");
     let not_found = api.refused("Tasks/GetResult", json!({"task_id": missing}), 404, 5);

@@ -24,14 +24,17 @@ use apiary_protocol::{CasBlob, ErrorCode, ErrorReply, Reply, Request};
 use apiary_storage::cas::{CasError, ContentStore, LocalStore};
 
 use crate::auth::{Grants, Permission};
-use crate::core::ConnId;
+use crate::core::{ConnId, Input};
 use crate::logging;
+use crate::server::input_check;
 
 /// The default of `--cas-max-bytes`.
 pub const DEFAULT_CAS_MAX_BYTES: u64 = 100 << 30;
 /// Bytes held by jobs queued for the store or answered and not yet taken by
 /// the loop: a few dozen transfers at full size run at once.
 pub const MAX_QUEUED_BYTES: usize = 64 << 20;
+/// What a task creation waiting for its inputs' check is counted as holding.
+pub const INPUT_CHECK_BYTES: usize = 64 << 10;
 /// Jobs queued for the store thread at most (each connection has one at a time).
 const MAX_QUEUED_JOBS: usize = 1024;
 /// Counted for a job besides its data, so that jobs without data are bounded too.
@@ -121,18 +124,34 @@ pub fn check_limits(request: &Request) -> Result<usize, String> {
     Ok(held + JOB_OVERHEAD_BYTES)
 }
 
-/// A store request on its way to the thread.
+/// What the store thread is asked to do.
+pub enum Work {
+    /// A store request from a client or a bot.
+    Request(Request),
+    /// A task's creation whose input trees must be whole in the store first
+    /// (`server::input_check`); it goes back to the loop, for the core.
+    CheckInputs(Box<Input>),
+}
+
+/// A job on its way to the thread.
 struct Job {
     conn: ConnId,
     request_id: u64,
-    request: Request,
+    work: Work,
 }
 
-/// A store request answered.
+/// What the thread answers.
+pub enum Answer {
+    Reply(Reply),
+    /// The creation to hand to the core, or why it is refused.
+    InputsChecked(Result<Box<Input>, ErrorReply>),
+}
+
+/// A job done.
 pub struct Completion {
     pub conn: ConnId,
     pub request_id: u64,
-    pub reply: Reply,
+    pub answer: Answer,
     /// The bytes the job held, given back when the loop takes the completion.
     pub held_bytes: usize,
 }
@@ -163,15 +182,9 @@ impl CasService {
         Ok(CasService { jobs, completions, held_bytes: 0 })
     }
 
-    /// Queues a checked request holding `held_bytes`; refused when the queue
-    /// is full (by bytes or by jobs).
-    pub fn submit(
-        &mut self,
-        conn: ConnId,
-        request_id: u64,
-        request: Request,
-        held_bytes: usize,
-    ) -> Result<(), ErrorReply> {
+    /// Queues checked work holding `held_bytes`; refused when the queue is
+    /// full (by bytes or by jobs).
+    pub fn submit(&mut self, conn: ConnId, request_id: u64, work: Work, held_bytes: usize) -> Result<(), ErrorReply> {
         let busy = |what: String| ErrorReply {
             code: ErrorCode::Unavailable,
             message: format!("the content-addressed store is busy: {what}; send the request again shortly"),
@@ -180,7 +193,7 @@ impl CasService {
             let held = self.held_bytes;
             return Err(busy(format!("its transfers hold {held} bytes, at the limit of {MAX_QUEUED_BYTES}")));
         }
-        match self.jobs.try_send((Job { conn, request_id, request }, held_bytes)) {
+        match self.jobs.try_send((Job { conn, request_id, work }, held_bytes)) {
             Ok(()) => {
                 self.held_bytes += held_bytes;
                 Ok(())
@@ -213,8 +226,13 @@ fn serve(
     waker: Arc<mio::Waker>,
 ) {
     while let Ok((job, held_bytes)) = jobs.recv() {
-        let reply = run(&mut store, job.request).unwrap_or_else(|error| Reply::Error(refusal_of(error)));
-        let completion = Completion { conn: job.conn, request_id: job.request_id, reply, held_bytes };
+        let answer = match job.work {
+            Work::Request(request) => {
+                Answer::Reply(run(&mut store, request).unwrap_or_else(|error| Reply::Error(refusal_of(error))))
+            }
+            Work::CheckInputs(input) => Answer::InputsChecked(check_inputs(&mut store, input)),
+        };
+        let completion = Completion { conn: job.conn, request_id: job.request_id, answer, held_bytes };
         if completions.send(completion).is_err() {
             return;
         }
@@ -247,6 +265,15 @@ fn run(store: &mut impl ContentStore, request: Request) -> Result<Reply, CasErro
         }
         _ => unreachable!("only store requests are queued"),
     })
+}
+
+/// The creation back, when every input tree it names is whole in the store.
+fn check_inputs(store: &mut impl ContentStore, input: Box<Input>) -> Result<Box<Input>, ErrorReply> {
+    let Input::Request { request, .. } = input.as_ref() else { return Ok(input) };
+    match input_check::refuse_incomplete(store, &input_check::input_roots(request)) {
+        Some(refusal) => Err(refusal),
+        None => Ok(input),
+    }
 }
 
 /// A blob small enough for a batch (`check_limits` saw to it), read whole.

@@ -254,7 +254,7 @@ impl EventLoop {
             self.read_connection(token, now_ms, out, true);
         }
         keep_room(&mut self.unfinished_reads, unfinished);
-        self.take_cas_completions();
+        self.take_cas_completions(now_ms, out);
         for event in events.iter() {
             match event.token() {
                 LISTENER => self.accept_all(Protocol::Binary),
@@ -719,7 +719,7 @@ impl EventLoop {
         let principal = connection.principal.as_ref().map(|principal| Arc::clone(&principal.name));
         let grants = connection.principal.as_ref().map(|principal| Arc::clone(&principal.grants));
         let input = Input::Request { conn, request_id: frame.request_id, request, principal, grants };
-        self.core.handle(now_ms, input, out);
+        self.hand_over(token, input, now_ms, out);
     }
 
     /// A bot's reported dimensions were overridden by its group: said once

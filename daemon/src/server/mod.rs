@@ -19,6 +19,7 @@ mod event_loop;
 mod hello;
 mod http;
 mod inbound;
+mod input_check;
 pub mod os;
 mod outbound;
 pub mod peer_limits;

@@ -19,6 +19,8 @@ use super::reapi::{Directory, DirectoryError};
 pub const MAX_TREE_ENTRIES: u64 = 1_000_000;
 /// The deepest directory nesting a tree may have.
 pub const MAX_TREE_DEPTH: usize = 128;
+/// The largest `Directory` blob read whole (about 600,000 entries of short names).
+pub const MAX_DIRECTORY_BYTES: u64 = 64 << 20;
 
 /// Where the blobs of a tree come from.
 pub trait TreeSource {

@@ -4,6 +4,11 @@
 //! connection holds at most one store request's bytes. An answer goes
 //! straight to its connection (the store's writes are durable when it
 //! answers); the answer for a connection that closed meanwhile is dropped.
+//!
+//! A task's creation that names input trees goes to the store's thread
+//! first, with the connection paused the same way (`server::input_check`),
+//! and comes back to be handed to the core, or refused as the core's
+//! replies are (held until the turn's records are durable, then sent).
 
 use std::sync::Arc;
 
@@ -11,8 +16,10 @@ use apiary_protocol::{ErrorReply, Reply, Request};
 use mio::Token;
 
 use super::{EventLoop, connection_of, push_error, token_of};
-use crate::server::cas;
+use crate::core::{Input, Outgoing, Output};
+use crate::server::cas::{self, Answer, INPUT_CHECK_BYTES, Work};
 use crate::server::connection::Pause;
+use crate::server::input_check;
 use crate::server::outbound;
 
 impl EventLoop {
@@ -26,7 +33,8 @@ impl EventLoop {
             None => cas::check_limits(&request)
                 .map_err(|message| ErrorReply { code: apiary_protocol::ErrorCode::InvalidRequest, message }),
         };
-        let queued = checked.and_then(|held_bytes| self.cas.submit(connection.id, request_id, request, held_bytes));
+        let queued = checked
+            .and_then(|held_bytes| self.cas.submit(connection.id, request_id, Work::Request(request), held_bytes));
         match queued {
             Ok(()) => {
                 connection.requests_in_flight += 1;
@@ -36,26 +44,65 @@ impl EventLoop {
         }
     }
 
-    /// Sends the store's answers to their connections and reads those again.
-    pub(super) fn take_cas_completions(&mut self) {
-        let now_ms = self.monotonic_ms();
+    /// Hands a request to the core, or first to the store's thread when it
+    /// creates a task with input trees.
+    pub(super) fn hand_over(&mut self, token: Token, input: Input, now_ms: u64, out: &mut Output) {
+        let Input::Request { conn, request_id, request, .. } = &input else {
+            return self.core.handle(now_ms, input, out);
+        };
+        if !input_check::has_input_roots(request) {
+            return self.core.handle(now_ms, input, out);
+        }
+        let (conn, request_id) = (*conn, *request_id);
+        match self.cas.submit(conn, request_id, Work::CheckInputs(Box::new(input)), INPUT_CHECK_BYTES) {
+            Ok(()) => self.connections[token.0].paused = Some(Pause::StoreRequest),
+            Err(refusal) => out.replies.push(Outgoing { conn, request_id, reply: Reply::Error(refusal) }),
+        }
+    }
+
+    /// Sends the store's answers to their connections and reads those again;
+    /// checked task creations go on to the core.
+    pub(super) fn take_cas_completions(&mut self, now_ms: u64, out: &mut Output) {
+        let monotonic_ms = self.monotonic_ms();
         while let Some(completion) = self.cas.next_completion() {
+            let reply = match completion.answer {
+                Answer::Reply(reply) => reply,
+                Answer::InputsChecked(checked) => {
+                    self.resume_after_store(completion.conn);
+                    match checked {
+                        Ok(input) => self.core.handle(now_ms, *input, out),
+                        Err(refusal) => out.replies.push(Outgoing {
+                            conn: completion.conn,
+                            request_id: completion.request_id,
+                            reply: Reply::Error(refusal),
+                        }),
+                    }
+                    self.account_output(out);
+                    continue;
+                }
+            };
             let Some(connection) = connection_of(&mut self.connections, completion.conn) else { continue };
-            if let Reply::Error(error) = &completion.reply {
+            if let Reply::Error(error) = &reply {
                 self.metrics.refused(crate::metrics::Refusal::Error(error.code));
             }
-            let frame = outbound::encode_reply_with(&mut self.encoder, completion.request_id, &completion.reply);
+            let frame = outbound::encode_reply_with(&mut self.encoder, completion.request_id, &reply);
             if !connection.outbound.has_unwritten() {
                 // The peer's time to take this answer starts now.
-                connection.progressed(now_ms);
+                connection.progressed(monotonic_ms);
             }
             connection.outbound.push_now(frame);
             connection.requests_in_flight = connection.requests_in_flight.saturating_sub(1);
-            if connection.paused == Some(Pause::StoreRequest) {
-                connection.paused = None;
-                self.unfinished_reads.push(token_of(completion.conn));
-            }
+            self.resume_after_store(completion.conn);
             self.to_flush.push(token_of(completion.conn));
+        }
+    }
+
+    /// The connection's store work is done: it is read again.
+    fn resume_after_store(&mut self, conn: crate::core::ConnId) {
+        let Some(connection) = connection_of(&mut self.connections, conn) else { return };
+        if connection.paused == Some(Pause::StoreRequest) {
+            connection.paused = None;
+            self.unfinished_reads.push(token_of(conn));
         }
     }
 }

@@ -303,7 +303,7 @@ impl EventLoop {
         let name = principal.map(|principal| Arc::clone(&principal.name));
         let grants = principal.map(|principal| Arc::clone(&principal.grants));
         let input = Input::Request { conn, request_id, request, principal: name, grants };
-        self.core.handle(now_ms, input, out);
+        self.hand_over(token, input, now_ms, out);
     }
 
     /// Queues a response made by the shell (nothing it says waits for a sync).
