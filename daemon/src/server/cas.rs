@@ -142,7 +142,8 @@ struct Job {
 
 /// What the thread answers.
 pub enum Answer {
-    Reply(Reply),
+    /// Boxed: a reply is large, and a completion passes through a channel.
+    Reply(Box<Reply>),
     /// The creation to hand to the core, or why it is refused.
     InputsChecked(Result<Box<Input>, ErrorReply>),
 }
@@ -228,7 +229,8 @@ fn serve(
     while let Ok((job, held_bytes)) = jobs.recv() {
         let answer = match job.work {
             Work::Request(request) => {
-                Answer::Reply(run(&mut store, request).unwrap_or_else(|error| Reply::Error(refusal_of(error))))
+                let reply = run(&mut store, request).unwrap_or_else(|error| Reply::Error(refusal_of(error)));
+                Answer::Reply(Box::new(reply))
             }
             Work::CheckInputs(input) => Answer::InputsChecked(check_inputs(&mut store, input)),
         };

@@ -66,7 +66,7 @@ impl EventLoop {
         let monotonic_ms = self.monotonic_ms();
         while let Some(completion) = self.cas.next_completion() {
             let reply = match completion.answer {
-                Answer::Reply(reply) => reply,
+                Answer::Reply(reply) => *reply,
                 Answer::InputsChecked(checked) => {
                     self.resume_after_store(completion.conn);
                     match checked {
