@@ -5,6 +5,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use apiary_protocol::cas::CasTransferStats;
 use apiary_protocol::ids::format_task_id;
 use apiary_protocol::{
     BotCounts, BotEvent, BotEventQuery, BotInfo, CacheInfo, CancelOutcome, NewTaskRequest, PendingInfo, StateQuery,
@@ -45,6 +46,8 @@ pub(crate) fn task_json(result: &TaskResult) -> Value {
         "output_truncated": result.output_truncated,
         "has_secret_bytes": result.has_secret_bytes,
         "deduped_from": result.deduped_from.map(format_task_id),
+        "cas_output_root": result.cas_output_root,
+        "cas_stats": result.cas_stats,
         "pending": result.pending.map(|pending| json!({
             "matching_bots": pending.matching_bots,
             "busy_bots": pending.busy_bots,
@@ -135,9 +138,24 @@ pub(crate) fn task_text(result: &TaskResult) -> String {
         ("output_truncated", result.output_truncated.to_string()),
         ("has_secret_bytes", result.has_secret_bytes.to_string()),
         ("deduped_from", optional(result.deduped_from.map(format_task_id))),
+        ("cas_output_root", optional(result.cas_output_root.as_ref().map(|root| root.digest.to_string()))),
+        ("cas_inputs", optional(result.cas_stats.map(|stats| transfer_text(&stats.download, "from the bot's cache")))),
+        ("cas_outputs", optional(result.cas_stats.map(|stats| transfer_text(&stats.upload, "already stored")))),
         ("pending", optional(result.pending.map(pending_text))),
     ];
     aligned_lines(&lines)
+}
+
+/// "2 files (10 bytes) moved, 5 (300 bytes) from the bot's cache, in 0.040s".
+fn transfer_text(stats: &CasTransferStats, hot: &str) -> String {
+    format!(
+        "{} files ({} bytes) moved, {} ({} bytes) {hot}, in {}",
+        stats.items_cold,
+        stats.bytes_cold,
+        stats.items_hot,
+        stats.bytes_hot,
+        seconds_text(stats.duration_ms)
+    )
 }
 
 /// "3 matching bots (2 busy), 0 ahead in queue".
@@ -821,6 +839,8 @@ mod tests {
             "teardown_duration",
             "has_secret_bytes",
             "output_truncated",
+            "cas_output_root",
+            "cas_stats",
         ] {
             assert!(value.get(key).is_some(), "{key} missing");
         }
