@@ -192,6 +192,8 @@ mod tests {
             has_secret_bytes: false,
             output_truncated: false,
             pending: None,
+            cas_output_root: None,
+            cas_stats: None,
             request,
         }
     }
