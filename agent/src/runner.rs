@@ -29,6 +29,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use apiary_protocol::cas::CasStats;
 use apiary_protocol::ids::format_task_id;
 use apiary_protocol::placeholders::{self, Placeholder};
 use apiary_protocol::{RunEnd, RunOutcome, TaskProperties};
@@ -118,7 +119,15 @@ impl FinishedTask {
     pub(crate) fn not_started(end: RunEnd) -> FinishedTask {
         let mut output = OutputBuffer::new(2);
         output.close();
-        let outcome = RunOutcome { exit_code: None, duration_ms: 0, setup_ms: 0, teardown_ms: 0, end };
+        let outcome = RunOutcome {
+            exit_code: None,
+            duration_ms: 0,
+            setup_ms: 0,
+            teardown_ms: 0,
+            end,
+            cas_output_root: None,
+            cas_stats: CasStats::default(),
+        };
         FinishedTask { outcome, output }
     }
 }
@@ -554,6 +563,9 @@ fn outcome(status: io::Result<ExitStatus>, duration_ms: u64, end: RunEnd) -> Run
             setup_ms: 0,
             teardown_ms: 0,
             end,
+            // The session fills these around the command too.
+            cas_output_root: None,
+            cas_stats: CasStats::default(),
         },
         Err(error) => RunOutcome {
             exit_code: None,
@@ -561,6 +573,8 @@ fn outcome(status: io::Result<ExitStatus>, duration_ms: u64, end: RunEnd) -> Run
             setup_ms: 0,
             teardown_ms: 0,
             end: RunEnd::InternalError(format!("failed to wait for the command: {error}")),
+            cas_output_root: None,
+            cas_stats: CasStats::default(),
         },
     }
 }
