@@ -14,7 +14,12 @@
 //! when each was last used is its modification time, so the order survives a
 //! restart. A file placed in a task's directory is a hard link (a copy when
 //! the file system refuses one), so removing it from the cache later leaves the
-//! task's file as it is.
+//! task's file as it is. A task runs as the bot's user and could make its link
+//! writable and change the bytes: an entry whose mode or size is no longer what
+//! the cache made is thrown away and fetched again. (A task that changes the
+//! bytes and restores the mode goes unseen; the cache trusts tasks that far.)
+//! Directory blobs are kept too (`keep`, `read`), so that a tree seen before
+//! needs nothing from the store.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -317,6 +322,35 @@ mod tests {
         assert_eq!(cache.place(digest, true, &tool, fetch_of(b"data")).unwrap(), Placed::Miss);
         assert_eq!((mode(&tool), mode(&first)), (0o555, 0o444));
         assert_eq!(cache.used_bytes(), 8);
+    }
+
+    #[test]
+    fn an_entry_a_task_made_writable_again_is_fetched_anew() {
+        let (cache_dir, task) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut cache = ContentCache::open(cache_dir.path(), 1 << 20).unwrap();
+        let digest = Digest::of(b"data");
+        let linked = task.path().join("linked");
+        cache.place(digest, false, &linked, fetch_of(b"data")).unwrap();
+        // The task owns its link, and so the cached file's inode.
+        fs::set_permissions(&linked, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&linked, b"evil").unwrap();
+        assert!(!cache.contains(digest, false));
+        let again = task.path().join("again");
+        assert_eq!(cache.place(digest, false, &again, fetch_of(b"data")).unwrap(), Placed::Miss);
+        assert_eq!((fs::read(&again).unwrap(), mode(&again)), (b"data".to_vec(), 0o444));
+        assert_eq!(cache.used_bytes(), 4);
+    }
+
+    #[test]
+    fn a_blob_kept_whole_is_read_back_checked() {
+        let cache_dir = tempfile::tempdir().unwrap();
+        let mut cache = ContentCache::open(cache_dir.path(), 1 << 20).unwrap();
+        let digest = Digest::of(b"directory");
+        assert_eq!(cache.read(digest), None);
+        cache.keep(digest, b"directory").unwrap();
+        assert_eq!(cache.read(digest).as_deref(), Some(&b"directory"[..]));
+        assert!(cache.keep(Digest::of(b"other"), b"not other").is_err(), "checked on the way in");
+        assert_eq!(cache.used_bytes(), 9);
     }
 
     #[test]

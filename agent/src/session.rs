@@ -1051,6 +1051,8 @@ mod tests {
         lifecycle: Arc<Lifecycle>,
         /// The content-addressed store the bot's transfers go to.
         store: FakeStore,
+        /// How long each store request takes.
+        store_delay: Duration,
     }
 
     impl FakeDaemon {
@@ -1091,7 +1093,10 @@ mod tests {
                     Ok(Reply::NoWork)
                 }
                 Request::TaskUpdate(update) => self.update(update),
-                _ => self.store.answer(request).unwrap_or_else(|| panic!("a bot sent {request:?}")),
+                _ => {
+                    thread::sleep(self.store_delay);
+                    self.store.answer(request).unwrap_or_else(|| panic!("a bot sent {request:?}"))
+                }
             }
         }
 
@@ -1656,6 +1661,44 @@ mod tests {
         assert_eq!((download.items_hot, download.bytes_hot, download.items_cold), (2, 36, 0));
         assert_eq!(daemon.store.requests, Vec::<&str>::new(), "nothing was downloaded");
         assert_eq!(outcome.cas_output_root, None, "an empty output directory has no root");
+    }
+
+    #[test]
+    fn transfers_go_on_across_lost_connections() {
+        let mut store = FakeStore::default();
+        let root = stored_inputs(&mut store);
+        let script = r#"./tool.sh > "$APIARY_OUTDIR/out.txt" && cp data/in.txt "$APIARY_OUTDIR/""#;
+        let daemon = FakeDaemon {
+            assignments: VecDeque::from([task_with_inputs(1, script, root)]),
+            store,
+            // Every 3rd call fails, before or after the store served it.
+            fail_every: Some(3),
+            ..FakeDaemon::default()
+        };
+        let (daemon, _work_dir) = run_session(daemon);
+        let (_, output, outcome) = runs(&daemon).remove(0);
+        assert_eq!((outcome.exit_code, &outcome.end), (Some(0), &RunEnd::Exited), "{output}");
+        let root = outcome.cas_output_root.expect("the outputs were uploaded");
+        assert!(daemon.store.blobs.contains_key(&root));
+        assert!(daemon.store.blobs.contains_key(&apiary_protocol::cas::Digest::of(b"tool ran\n")));
+    }
+
+    #[test]
+    fn a_kill_request_while_inputs_come_stops_them_and_the_command_never_runs() {
+        let mut store = FakeStore::default();
+        let root = stored_inputs(&mut store);
+        let daemon = FakeDaemon {
+            assignments: VecDeque::from([task_with_inputs(1, "echo ran", root)]),
+            store,
+            // Longer than the liveness interval: an update goes out between two requests.
+            store_delay: fast_pacing().liveness_interval * 2,
+            must_stop_at_update: Some(1),
+            ..FakeDaemon::default()
+        };
+        let (daemon, _work_dir) = run_session(daemon);
+        let (_, output, outcome) = runs(&daemon).remove(0);
+        assert_eq!((output.as_str(), outcome.exit_code, &outcome.end), ("", None, &RunEnd::Killed));
+        assert!(outcome.cas_stats.download.items_cold < 2, "{outcome:?}");
     }
 
     #[test]
