@@ -9,6 +9,7 @@ use apiary_protocol::{StringPair, limits};
 
 use crate::health::HealthCheck;
 use crate::host;
+use crate::session::DEFAULT_CONTENT_CACHE_MAX_BYTES;
 
 /// Exit codes of `apiary-bot`.
 pub(crate) mod exit_codes {
@@ -70,6 +71,11 @@ pub(crate) struct Args {
     /// the least recently used are evicted until they fit [default: no limit].
     #[arg(long, value_name = "BYTES")]
     pub(crate) cache_max_bytes: Option<u64>,
+    /// The content cache of task input files (under the work directory, in cas/) may hold this
+    /// many bytes; the least recently used files are removed beyond it. A file larger than
+    /// the whole cache is downloaded into the task and not kept.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_CONTENT_CACHE_MAX_BYTES)]
+    pub(crate) cas_cache_max_bytes: u64,
 }
 
 const DEFAULT_HEALTH_CHECK_TIMEOUT_SECS: u64 = 60;
@@ -100,6 +106,7 @@ pub(crate) struct BotConfig {
     pub(crate) health_check: Option<HealthCheck>,
     /// None: no limit.
     pub(crate) cache_max_bytes: Option<u64>,
+    pub(crate) cas_cache_max_bytes: u64,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -169,6 +176,7 @@ impl BotConfig {
             work_dir,
             health_check,
             cache_max_bytes: args.cache_max_bytes,
+            cas_cache_max_bytes: args.cas_cache_max_bytes,
         })
     }
 }
@@ -214,6 +222,8 @@ mod tests {
         assert_eq!(config.cache_max_bytes, None);
         assert_eq!(parse(&["--id", "b", "--cache-max-bytes", "1000"]).unwrap().cache_max_bytes, Some(1000));
         assert!(Args::try_parse_from(["apiary-bot", "--id", "b", "--cache-max-bytes", "1k"]).is_err());
+        assert_eq!(config.cas_cache_max_bytes, 20 << 30);
+        assert_eq!(parse(&["--id", "b", "--cas-cache-max-bytes", "4096"]).unwrap().cas_cache_max_bytes, 4096);
     }
 
     #[test]

@@ -14,7 +14,12 @@
 //! when each was last used is its modification time, so the order survives a
 //! restart. A file placed in a task's directory is a hard link (a copy when
 //! the file system refuses one), so removing it from the cache later leaves the
-//! task's file as it is.
+//! task's file as it is. A task runs as the bot's user and could make its link
+//! writable and change the bytes: an entry whose mode or size is no longer what
+//! the cache made is thrown away and fetched again. (A task that changes the
+//! bytes and restores the mode goes unseen; the cache trusts tasks that far.)
+//! Directory blobs are kept too (`keep`, `read`), so that a tree seen before
+//! needs nothing from the store.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -96,26 +101,93 @@ impl ContentCache {
     ) -> Result<Placed, ContentCacheError> {
         let key = Key { digest, executable };
         let cached = self.path_of(key);
-        if self.entries.contains_key(&key) && cached.exists() {
+        if self.holds(key) {
             self.touch(key, &cached);
             link_or_copy(&cached, dest)?;
             return Ok(Placed::Hit);
         }
-        self.forget(key);
         if digest.size_bytes > self.max_bytes {
             // Larger than the whole cache: written where it goes, never kept.
             write_checked(digest, executable, dest, fetch)?;
             return Ok(Placed::Miss);
         }
-        let incoming = self.dir.join(INCOMING);
-        write_checked(digest, executable, &incoming, fetch)?;
-        fs::rename(&incoming, &cached).map_err(io_error(&cached, "move into the cache"))?;
-        self.clock += 1;
-        self.entries.insert(key, self.clock);
-        self.used_bytes += digest.size_bytes;
+        self.admit(key, fetch)?;
         link_or_copy(&cached, dest)?;
         self.evict();
         Ok(Placed::Miss)
+    }
+
+    /// Whether a file with these contents and mode would be placed from the cache.
+    pub(crate) fn contains(&self, digest: Digest, executable: bool) -> bool {
+        let key = Key { digest, executable };
+        self.entries.contains_key(&key) && is_intact(&self.path_of(key), key)
+    }
+
+    /// The bytes of a blob the cache holds (not executable), checked again:
+    /// for blobs the bot reads itself (directories), never linked into a task.
+    pub(crate) fn read(&mut self, digest: Digest) -> Option<Vec<u8>> {
+        let key = Key { digest, executable: false };
+        if !self.holds(key) {
+            return None;
+        }
+        let path = self.path_of(key);
+        match fs::read(&path) {
+            Ok(bytes) if Digest::of(&bytes) == digest => {
+                self.touch(key, &path);
+                Some(bytes)
+            }
+            _ => {
+                self.discard(key);
+                None
+            }
+        }
+    }
+
+    /// Keeps a blob the bot received whole (a directory), unless it is cached
+    /// already or larger than the cache.
+    pub(crate) fn keep(&mut self, digest: Digest, bytes: &[u8]) -> Result<(), ContentCacheError> {
+        let key = Key { digest, executable: false };
+        if digest.size_bytes > self.max_bytes || self.holds(key) {
+            return Ok(());
+        }
+        self.admit(key, |out: &mut dyn Write| out.write_all(bytes).map_err(|error| error.to_string()))?;
+        self.evict();
+        Ok(())
+    }
+
+    /// Whether the entry is known and its file still as it was made. A task
+    /// gets hard links to cached files: one that made its link writable again
+    /// (so it could change the bytes) gets that entry thrown away here.
+    fn holds(&mut self, key: Key) -> bool {
+        if !self.entries.contains_key(&key) {
+            return false;
+        }
+        if is_intact(&self.path_of(key), key) {
+            return true;
+        }
+        self.discard(key);
+        false
+    }
+
+    /// Writes the fetched bytes into the cache as `key`'s file, checked.
+    fn admit(
+        &mut self,
+        key: Key,
+        fetch: impl FnOnce(&mut dyn Write) -> Result<(), String>,
+    ) -> Result<(), ContentCacheError> {
+        let (incoming, cached) = (self.dir.join(INCOMING), self.path_of(key));
+        write_checked(key.digest, key.executable, &incoming, fetch)?;
+        fs::rename(&incoming, &cached).map_err(io_error(&cached, "move into the cache"))?;
+        self.clock += 1;
+        self.entries.insert(key, self.clock);
+        self.used_bytes += key.digest.size_bytes;
+        Ok(())
+    }
+
+    /// Removes an entry and its file (which may be gone already).
+    fn discard(&mut self, key: Key) {
+        let _ = fs::remove_file(self.path_of(key));
+        self.forget(key);
     }
 
     /// The bytes the cache holds.
@@ -135,7 +207,7 @@ impl ContentCache {
         let _ = File::open(path).and_then(|file| file.set_modified(SystemTime::now()));
     }
 
-    /// Drops an entry whose file went missing, or that is about to be written again.
+    /// Drops an entry from the books (its file is gone or going).
     fn forget(&mut self, key: Key) {
         if self.entries.remove(&key).is_some() {
             self.used_bytes -= key.digest.size_bytes;
@@ -153,8 +225,7 @@ impl ContentCache {
             if self.used_bytes <= self.max_bytes {
                 break;
             }
-            let _ = fs::remove_file(self.path_of(key));
-            self.forget(key);
+            self.discard(key);
         }
     }
 }
@@ -184,6 +255,14 @@ fn write_checked(
     }
     let mode = if executable { 0o555 } else { 0o444 };
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_error(path, "set the mode of"))
+}
+
+/// A cached file still has its size and read-only mode.
+fn is_intact(path: &Path, key: Key) -> bool {
+    let mode = if key.executable { 0o555 } else { 0o444 };
+    fs::symlink_metadata(path).is_ok_and(|metadata| {
+        metadata.is_file() && metadata.len() == key.digest.size_bytes && metadata.permissions().mode() & 0o777 == mode
+    })
 }
 
 /// A hard link to the cached file; a copy where links cannot be made (another
@@ -243,6 +322,35 @@ mod tests {
         assert_eq!(cache.place(digest, true, &tool, fetch_of(b"data")).unwrap(), Placed::Miss);
         assert_eq!((mode(&tool), mode(&first)), (0o555, 0o444));
         assert_eq!(cache.used_bytes(), 8);
+    }
+
+    #[test]
+    fn an_entry_a_task_made_writable_again_is_fetched_anew() {
+        let (cache_dir, task) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut cache = ContentCache::open(cache_dir.path(), 1 << 20).unwrap();
+        let digest = Digest::of(b"data");
+        let linked = task.path().join("linked");
+        cache.place(digest, false, &linked, fetch_of(b"data")).unwrap();
+        // The task owns its link, and so the cached file's inode.
+        fs::set_permissions(&linked, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&linked, b"evil").unwrap();
+        assert!(!cache.contains(digest, false));
+        let again = task.path().join("again");
+        assert_eq!(cache.place(digest, false, &again, fetch_of(b"data")).unwrap(), Placed::Miss);
+        assert_eq!((fs::read(&again).unwrap(), mode(&again)), (b"data".to_vec(), 0o444));
+        assert_eq!(cache.used_bytes(), 4);
+    }
+
+    #[test]
+    fn a_blob_kept_whole_is_read_back_checked() {
+        let cache_dir = tempfile::tempdir().unwrap();
+        let mut cache = ContentCache::open(cache_dir.path(), 1 << 20).unwrap();
+        let digest = Digest::of(b"directory");
+        assert_eq!(cache.read(digest), None);
+        cache.keep(digest, b"directory").unwrap();
+        assert_eq!(cache.read(digest).as_deref(), Some(&b"directory"[..]));
+        assert!(cache.keep(Digest::of(b"other"), b"not other").is_err(), "checked on the way in");
+        assert_eq!(cache.used_bytes(), 9);
     }
 
     #[test]

@@ -16,8 +16,9 @@ macro_rules! log_event {
 
 mod cache;
 mod cli;
-#[cfg_attr(not(test), expect(dead_code, reason = "task inputs are materialized through it next (issue 14)"))]
 mod content_cache;
+#[cfg(test)]
+mod fake_store;
 mod health;
 mod host;
 mod output;
@@ -25,6 +26,7 @@ mod runner;
 mod service_manager;
 mod session;
 mod signals;
+mod task_files;
 mod task_setup;
 mod workdir;
 
@@ -89,6 +91,8 @@ fn run() -> i32 {
         log_event!("named caches are evicted beyond {max_bytes} bytes");
         session = session.with_cache_max_bytes(max_bytes);
     }
+    log_event!("input files are cached up to {} bytes (--cas-cache-max-bytes)", config.cas_cache_max_bytes);
+    session = session.with_content_cache_max_bytes(config.cas_cache_max_bytes);
     if let Some(check) = config.health_check {
         log_event!("health check before each poll: {:?} (timeout {} s)", check.command, check.timeout.as_secs());
         session = session.with_health_check(check);

@@ -19,13 +19,20 @@
 //! - every poll lists the named caches at rest and their sizes; caches beyond
 //!   `--cache-max-bytes` are evicted after each task, least recently used first;
 //! - the secret bytes of an assignment go only to the task's file: they are never
-//!   logged, and the assignment is never printed whole.
+//!   logged, and the assignment is never printed whole;
+//! - a task's inputs (`cas_input_root`) are written before its command and its
+//!   outputs uploaded after it, also when it timed out or was killed, over the
+//!   same connection (`StoreLink`), with an update every `liveness_interval`
+//!   meanwhile so the daemon hears from the bot.
 
 use std::collections::BTreeMap;
+use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use apiary_protocol::cas::transfer::Call;
+use apiary_protocol::cas::{CasStats, CasTransferStats};
 use apiary_protocol::ids::format_task_id;
 use apiary_protocol::tls::Security;
 use apiary_protocol::{
@@ -34,9 +41,11 @@ use apiary_protocol::{
 };
 
 use crate::cache::{CacheError, CacheStore};
+use crate::content_cache::{ContentCache, ContentCacheError};
 use crate::health::{Health, HealthCheck};
 use crate::output::Acknowledged;
 use crate::runner::{FinishedTask, RunningTask, TaskSpec};
+use crate::task_files;
 use crate::task_setup::TaskSetup;
 use crate::workdir::{SecretBytes, WorkDirError, WorkRoot};
 
@@ -141,6 +150,10 @@ const CHUNK_BYTES: usize = 64 << 10;
 const OUTPUT_CAPACITY_BYTES: usize = 16 << 20;
 const _: () = assert!(CHUNK_BYTES <= limits::MAX_OUTPUT_CHUNK_BYTES);
 const _: () = assert!(limits::MAX_OUTPUT_CHUNK_BYTES <= OUTPUT_CAPACITY_BYTES);
+/// The default of `--cas-cache-max-bytes`: what the content cache of input files may hold.
+pub(crate) const DEFAULT_CONTENT_CACHE_MAX_BYTES: u64 = 20 << 30;
+/// Tries of one request to the store over a connection that keeps failing.
+const STORE_CALL_ATTEMPTS: u32 = 5;
 
 impl Default for Pacing {
     fn default() -> Pacing {
@@ -238,6 +251,17 @@ pub(crate) enum SessionError {
     WorkDir(#[from] WorkDirError),
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error("the content cache: {0}")]
+    ContentCache(#[from] ContentCacheError),
+}
+
+/// Why a task's command does not run.
+#[derive(Debug)]
+enum NotRun {
+    /// The attempt ends so, and is reported.
+    End(RunEnd),
+    /// The daemon does not want the attempt any more: nothing is reported.
+    Dropped,
 }
 
 /// Why a call produced no reply.
@@ -283,6 +307,9 @@ pub(crate) struct Session<C: Connector> {
     /// The last check's verdict, as sent in polls: empty when healthy.
     quarantine_reason: String,
     caches: CacheStore,
+    content_cache_max_bytes: u64,
+    /// Opened when the session starts; taken out while a task's inputs are written.
+    content_cache: Option<ContentCache>,
     /// Set when the daemon said another session took over this bot id: the
     /// session stops whatever it does and ends.
     superseded: Option<String>,
@@ -311,8 +338,16 @@ impl<C: Connector> Session<C> {
             health_check: None,
             quarantine_reason: String::new(),
             caches,
+            content_cache_max_bytes: DEFAULT_CONTENT_CACHE_MAX_BYTES,
+            content_cache: None,
             superseded: None,
         }
+    }
+
+    /// Keeps at most `max_bytes` of input files in the content cache.
+    pub(crate) fn with_content_cache_max_bytes(mut self, max_bytes: u64) -> Session<C> {
+        self.content_cache_max_bytes = max_bytes;
+        self
     }
 
     /// Evicts named caches beyond `max_bytes` in all after each task.
@@ -332,6 +367,8 @@ impl<C: Connector> Session<C> {
         self.work_root.prepare()?;
         self.caches.load()?;
         self.trim_caches();
+        let content_cache_dir = self.work_root.content_cache_dir();
+        self.content_cache = Some(ContentCache::open(&content_cache_dir, self.content_cache_max_bytes)?);
         while !self.lifecycle.is_shutting_down() {
             if let Some(message) = self.superseded.take() {
                 return Err(SessionError::Superseded(message));
@@ -449,6 +486,8 @@ impl<C: Connector> Session<C> {
                 return Some(finished);
             }
         };
+        let mut cas_stats = CasStats::default();
+        let inputs = self.fetch_inputs(run_id, properties, setup.work_dir(), &mut cas_stats);
         let spec = TaskSpec {
             run_id,
             properties,
@@ -460,29 +499,103 @@ impl<C: Connector> Session<C> {
             server: &self.identity.server,
             output_capacity_bytes: self.pacing.output_capacity_bytes,
         };
-        let started = RunningTask::start(&spec);
+        let started = inputs.and_then(|()| RunningTask::start(&spec).map_err(|error| NotRun::End(error.run_end())));
         let setup_ms = elapsed_ms(setup_started);
-        let finished = match started {
+        let (mut finished, command_ran) = match started {
             Ok(task) => {
                 log_event!("task {}: running as pid {}", format_task_id(run_id), task.pid());
-                self.supervise(run_id, task)
+                (self.supervise(run_id, task), true)
             }
-            Err(error) => Some(FinishedTask::not_started(error.run_end())),
+            Err(NotRun::End(end)) => (Some(FinishedTask::not_started(end)), false),
+            Err(NotRun::Dropped) => (None, false),
         };
         let teardown_started = Instant::now();
+        let dropped = match &mut finished {
+            Some(finished) if command_ran => !self.upload_outputs(run_id, setup.out_dir(), finished),
+            _ => false,
+        };
         let torn_down = setup.tear_down(&mut self.caches);
         if let Err(error) = self.caches.save() {
             log_event!("failed to save the named caches' order: {error}");
         }
         let teardown_ms = elapsed_ms(teardown_started);
-        let mut finished = finished?;
+        let mut finished = finished.filter(|_| !dropped)?;
         if let Err(reason) = torn_down {
-            let end = &finished.outcome.end;
-            finished.outcome.end = RunEnd::InternalError(format!("{reason} (the command ended as {end:?})"));
+            mark_internal_failure(&mut finished, &reason);
         }
         finished.outcome.setup_ms = setup_ms;
         finished.outcome.teardown_ms = teardown_ms;
+        if properties.cas_input_root.is_some() {
+            finished.outcome.cas_mut().stats.download = cas_stats.download;
+        }
         Some(finished)
+    }
+
+    /// Writes the task's input tree, if it has one, into its work directory.
+    fn fetch_inputs(
+        &mut self,
+        run_id: u64,
+        properties: &TaskProperties,
+        work_dir: &std::path::Path,
+        cas_stats: &mut CasStats,
+    ) -> Result<(), NotRun> {
+        let Some(input_root) = &properties.cas_input_root else { return Ok(()) };
+        let Some(mut cache) = self.content_cache.take() else {
+            return Err(NotRun::End(RunEnd::InternalError("the content cache is not open".to_string())));
+        };
+        let mut link = StoreLink::new(self, run_id, 0, true);
+        let fetched = task_files::fetch_inputs(&mut link, &mut cache, input_root.digest, work_dir);
+        let interrupted = link.interrupted.take();
+        self.content_cache = Some(cache);
+        cas_stats.download = fetched.stats;
+        let stats = fetched.stats;
+        log_event!(
+            "task {}: inputs {}: {} files from the cache ({} bytes), {} downloaded ({} bytes) in {} ms; \
+             the cache holds {} bytes",
+            format_task_id(run_id),
+            input_root.digest,
+            stats.items_hot,
+            stats.bytes_hot,
+            stats.items_cold,
+            stats.bytes_cold,
+            stats.duration_ms,
+            self.content_cache.as_ref().map_or(0, ContentCache::used_bytes)
+        );
+        match (interrupted, fetched.result) {
+            (Some(interruption), _) => Err(interruption),
+            (None, result) => result.map_err(NotRun::End),
+        }
+    }
+
+    /// Uploads what the command left in `out_dir` and records it in the outcome;
+    /// false when the daemon dropped the attempt meanwhile.
+    fn upload_outputs(&mut self, run_id: u64, out_dir: &std::path::Path, finished: &mut FinishedTask) -> bool {
+        let (output_offset, _) = finished.output.peek(0);
+        let mut link = StoreLink::new(self, run_id, output_offset, false);
+        let uploaded = task_files::upload_outputs(&mut link, out_dir);
+        if matches!(link.interrupted, Some(NotRun::Dropped)) {
+            return false;
+        }
+        let stats = uploaded.stats;
+        if uploaded.root.is_some() || stats != CasTransferStats::default() {
+            let cas = finished.outcome.cas_mut();
+            (cas.stats.upload, cas.output_root) = (stats, uploaded.root);
+        }
+        if let Some(root) = uploaded.root {
+            log_event!(
+                "task {}: outputs {root}: {} blobs uploaded ({} bytes), {} already stored, in {} ms",
+                format_task_id(run_id),
+                stats.items_cold,
+                stats.bytes_cold,
+                stats.items_hot,
+                stats.duration_ms
+            );
+        }
+        if let Some(error) = uploaded.error {
+            log_event!("task {}: {error}", format_task_id(run_id));
+            mark_internal_failure(finished, &error);
+        }
+        true
     }
 
     /// Evicts caches beyond the limit (none is lent now) and saves the order.
@@ -662,14 +775,8 @@ impl<C: Connector> Session<C> {
             if Instant::now() < self.next_connect_at {
                 return Err(CallError::NotConnected);
             }
-            match self.connector.connect() {
-                Ok(connection) => {
-                    log_event!("connected as {} (session {:016x})", self.identity.bot_id, self.identity.session_id);
-                    self.connection = Some(connection);
-                    // Said now: the call that follows may be a poll held open for long.
-                    self.lifecycle.set_connected(true);
-                }
-                Err(error) => return Err(self.failed(error)),
+            if let Err(error) = self.connect() {
+                return Err(self.failed(error));
             }
         }
         let connection = self.connection.as_mut().expect("connected above");
@@ -679,6 +786,53 @@ impl<C: Connector> Session<C> {
                 Ok(reply)
             }
             Err(error) => Err(self.failed(error)),
+        }
+    }
+
+    fn connect(&mut self) -> Result<(), ClientError> {
+        let connection = self.connector.connect()?;
+        log_event!("connected as {} (session {:016x})", self.identity.bot_id, self.identity.session_id);
+        self.connection = Some(connection);
+        // Said now: the call that follows may be a poll held open for long.
+        self.lifecycle.set_connected(true);
+        Ok(())
+    }
+
+    /// One request to the store, connecting first (after the backoff). The
+    /// daemon's refusals come back as they are, for the transfer to judge (it
+    /// sends a request the store was too busy for again); a failed connection
+    /// is dropped.
+    fn store_call(&mut self, request: &Request) -> Result<Reply, ClientError> {
+        let result = self.store_call_connecting(request);
+        self.lifecycle.set_connected(self.connection.is_some());
+        result
+    }
+
+    fn store_call_connecting(&mut self, request: &Request) -> Result<Reply, ClientError> {
+        if self.connection.is_none() {
+            self.sleep_until_reconnect();
+            if let Err(error) = self.connect() {
+                self.drop_connection(&error.to_string());
+                return Err(error);
+            }
+        }
+        let connection = self.connection.as_mut().expect("connected above");
+        match connection.call(request, self.pacing.update_timeout) {
+            Ok(reply) => {
+                self.backoff.reset();
+                Ok(reply)
+            }
+            Err(ClientError::Refused { code, message }) => {
+                if code == ErrorCode::Superseded {
+                    self.connection = None;
+                    self.superseded = Some(message.clone());
+                }
+                Err(ClientError::Refused { code, message })
+            }
+            Err(error) => {
+                self.drop_connection(&error.to_string());
+                Err(error)
+            }
         }
     }
 
@@ -710,6 +864,82 @@ impl<C: Connector> Session<C> {
     fn sleep_until_reconnect(&self) {
         thread::sleep(self.next_connect_at.saturating_duration_since(Instant::now()));
     }
+}
+
+/// The daemon's store over the session's connection, for one task's inputs or
+/// outputs: a request whose connection failed is sent again on a new one (up to
+/// `STORE_CALL_ATTEMPTS` times), and between requests an update goes out every
+/// `liveness_interval`, so that the daemon knows the bot is alive, and a kill
+/// request or a dropped attempt stops the transfer.
+struct StoreLink<'s, C: Connector> {
+    session: &'s mut Session<C>,
+    run_id: u64,
+    /// Where the task's unacknowledged output starts: the offset of the updates.
+    output_offset: u64,
+    last_update_at: Instant,
+    /// Inputs stop on a kill request or a shutdown; outputs (the command has
+    /// ended) go up all the same.
+    stops_on_kill: bool,
+    /// Why the transfer was stopped.
+    interrupted: Option<NotRun>,
+}
+
+impl<'s, C: Connector> StoreLink<'s, C> {
+    fn new(session: &'s mut Session<C>, run_id: u64, output_offset: u64, stops_on_kill: bool) -> StoreLink<'s, C> {
+        StoreLink { session, run_id, output_offset, last_update_at: Instant::now(), stops_on_kill, interrupted: None }
+    }
+
+    /// Sends an update when one is due; an error when the transfer must stop.
+    fn keep_alive(&mut self) -> Result<(), ClientError> {
+        if self.interrupted.is_none() && self.stops_on_kill && self.session.lifecycle.is_shutting_down() {
+            let reason = "the bot was shut down while it fetched the task's inputs".to_string();
+            self.interrupted = Some(NotRun::End(RunEnd::InternalError(reason)));
+        }
+        if self.interrupted.is_none() && self.last_update_at.elapsed() >= self.session.pacing.liveness_interval {
+            self.last_update_at = Instant::now();
+            self.send_liveness_update();
+        }
+        match self.interrupted {
+            None => Ok(()),
+            Some(_) => Err(ClientError::Io(io::Error::new(io::ErrorKind::Interrupted, "the transfer was stopped"))),
+        }
+    }
+
+    fn send_liveness_update(&mut self) {
+        let task_id = format_task_id(self.run_id);
+        match self.session.send_update(self.run_id, self.output_offset, Vec::new(), None) {
+            UpdateResult::Acknowledged { must_stop: true, .. } if self.stops_on_kill => {
+                log_event!("task {task_id}: the daemon asked to stop it while its inputs were fetched");
+                self.interrupted = Some(NotRun::End(RunEnd::Killed));
+            }
+            UpdateResult::Acknowledged { .. } | UpdateResult::NotDelivered => {}
+            UpdateResult::Dropped(reason) => {
+                log_event!("task {task_id}: dropped ({reason}) during its transfers");
+                self.interrupted = Some(NotRun::Dropped);
+            }
+        }
+    }
+}
+
+impl<C: Connector> Call for StoreLink<'_, C> {
+    fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {
+        let mut attempts = 0;
+        loop {
+            self.keep_alive()?;
+            attempts += 1;
+            match self.session.store_call(request) {
+                Err(error) if !matches!(error, ClientError::Refused { .. }) && attempts < STORE_CALL_ATTEMPTS => {}
+                answer => return answer,
+            }
+        }
+    }
+}
+
+/// The command's result stays (its exit code too); the attempt ends as the
+/// bot's failure, saying why.
+fn mark_internal_failure(finished: &mut FinishedTask, reason: &str) {
+    let end = &finished.outcome.end;
+    finished.outcome.end = RunEnd::InternalError(format!("{reason} (the command ended as {end:?})"));
 }
 
 fn elapsed_ms(since: Instant) -> u64 {
@@ -779,6 +1009,7 @@ mod tests {
     use apiary_protocol::{NamedCache, TaskUpdate};
 
     use super::*;
+    use crate::fake_store::FakeStore;
 
     const RUN_ID: u64 = 0x5551;
 
@@ -822,6 +1053,10 @@ mod tests {
         /// Create this file when the n-th poll arrives (to make a health check pass).
         create_at_poll: Option<(usize, std::path::PathBuf)>,
         lifecycle: Arc<Lifecycle>,
+        /// The content-addressed store the bot's transfers go to.
+        store: FakeStore,
+        /// How long each store request takes.
+        store_delay: Duration,
     }
 
     impl FakeDaemon {
@@ -862,7 +1097,10 @@ mod tests {
                     Ok(Reply::NoWork)
                 }
                 Request::TaskUpdate(update) => self.update(update),
-                _ => panic!("a bot sent {request:?}"),
+                _ => {
+                    thread::sleep(self.store_delay);
+                    self.store.answer(request).unwrap_or_else(|| panic!("a bot sent {request:?}"))
+                }
             }
         }
 
@@ -1228,6 +1466,7 @@ mod tests {
         let out_dir = work_dir.path().join("w").join(format_task_id(RUN_ID + 1)).join("out");
         assert_eq!(*output, format!("made\n{}\n", out_dir.display()));
         assert!(!out_dir.exists(), "the out dir is removed with the run directory");
+        assert_eq!(outcome.cas_output_root().map(|root| daemon.store.blobs.contains_key(&root)), Some(true));
     }
 
     #[test]
@@ -1364,6 +1603,146 @@ mod tests {
         assert!(outcome.duration_ms >= 1000, "SIGKILL came before the grace period ended: {outcome:?}");
         assert_eq!(cache_infos(daemon.polls.last().unwrap()), [("c", 0)]);
         assert_eq!(std::fs::read_dir(work_dir.path().join("w")).unwrap().count(), 0);
+    }
+
+    /// A task `RUN_ID + number` running `script` with the tree `root` as its inputs.
+    fn task_with_inputs(number: u64, script: &str, root: apiary_protocol::cas::Digest) -> Assignment {
+        let mut assignment = task(number, script, &[]);
+        let reference = apiary_protocol::cas::CasReference { cas_instance: String::new(), digest: root };
+        Arc::make_mut(&mut assignment.properties).cas_input_root = Some(reference);
+        assignment
+    }
+
+    /// A tree of an executable script and a nested data file, stored.
+    fn stored_inputs(store: &mut FakeStore) -> apiary_protocol::cas::Digest {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::write(dir.path().join("data/in.txt"), b"input bytes\n").unwrap();
+        std::fs::write(dir.path().join("tool.sh"), b"#!/bin/sh\necho tool ran\n").unwrap();
+        std::fs::set_permissions(dir.path().join("tool.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let archive = apiary_protocol::cas::tree::Archive::of_directory_contents(dir.path()).unwrap();
+        store.blobs.extend(archive.directories.clone());
+        for path in archive.files.values() {
+            store.insert(&std::fs::read(path).unwrap());
+        }
+        archive.root
+    }
+
+    #[test]
+    fn inputs_are_there_for_the_command_and_its_outputs_go_up_after_it() {
+        let mut store = FakeStore::default();
+        let root = stored_inputs(&mut store);
+        let script = r#"cat data/in.txt && ./tool.sh > "$APIARY_OUTDIR/result.txt""#;
+        let daemon = FakeDaemon {
+            assignments: VecDeque::from([task_with_inputs(1, script, root)]),
+            store,
+            ..FakeDaemon::default()
+        };
+        let work_dir = tempfile::tempdir().unwrap();
+        let daemon = run_session_in(daemon, work_dir.path(), |session| session);
+        let (_, output, outcome) = runs(&daemon).remove(0);
+        assert_eq!((output.as_str(), outcome.exit_code, &outcome.end), ("input bytes\n", Some(0), &RunEnd::Exited));
+        let download = outcome.cas_stats().download;
+        assert_eq!((download.items_cold, download.bytes_cold, download.items_hot), (2, 12 + 24, 0));
+        let expected = tempfile::tempdir().unwrap();
+        std::fs::write(expected.path().join("result.txt"), b"tool ran\n").unwrap();
+        let expected_root = apiary_protocol::cas::tree::Archive::of_directory_contents(expected.path()).unwrap().root;
+        assert_eq!(outcome.cas_output_root(), Some(expected_root));
+        assert_eq!(daemon.store.blobs[&apiary_protocol::cas::Digest::of(b"tool ran\n")], b"tool ran\n");
+        assert_eq!((outcome.cas_stats().upload.items_cold, outcome.cas_stats().upload.items_hot), (2, 0));
+
+        // A restarted bot runs the same inputs from its cache: a store without
+        // a single blob of them does not matter.
+        let daemon = FakeDaemon {
+            assignments: VecDeque::from([task_with_inputs(2, "cat data/in.txt", root)]),
+            ..FakeDaemon::default()
+        };
+        let daemon = run_session_in(daemon, work_dir.path(), |session| session);
+        let (_, output, outcome) = runs(&daemon).remove(0);
+        assert_eq!((output.as_str(), outcome.exit_code), ("input bytes\n", Some(0)));
+        let download = outcome.cas_stats().download;
+        assert_eq!((download.items_hot, download.bytes_hot, download.items_cold), (2, 36, 0));
+        assert_eq!(daemon.store.requests, Vec::<&str>::new(), "nothing was downloaded");
+        assert_eq!(outcome.cas_output_root(), None, "an empty output directory has no root");
+    }
+
+    #[test]
+    fn transfers_go_on_across_lost_connections() {
+        let mut store = FakeStore::default();
+        let root = stored_inputs(&mut store);
+        let script = r#"./tool.sh > "$APIARY_OUTDIR/out.txt" && cp data/in.txt "$APIARY_OUTDIR/""#;
+        let daemon = FakeDaemon {
+            assignments: VecDeque::from([task_with_inputs(1, script, root)]),
+            store,
+            // Every 3rd call fails, before or after the store served it.
+            fail_every: Some(3),
+            ..FakeDaemon::default()
+        };
+        let (daemon, _work_dir) = run_session(daemon);
+        let (_, output, outcome) = runs(&daemon).remove(0);
+        assert_eq!((outcome.exit_code, &outcome.end), (Some(0), &RunEnd::Exited), "{output}");
+        let root = outcome.cas_output_root().expect("the outputs were uploaded");
+        assert!(daemon.store.blobs.contains_key(&root));
+        assert!(daemon.store.blobs.contains_key(&apiary_protocol::cas::Digest::of(b"tool ran\n")));
+    }
+
+    #[test]
+    fn a_kill_request_while_inputs_come_stops_them_and_the_command_never_runs() {
+        let mut store = FakeStore::default();
+        let root = stored_inputs(&mut store);
+        let daemon = FakeDaemon {
+            assignments: VecDeque::from([task_with_inputs(1, "echo ran", root)]),
+            store,
+            // Longer than the liveness interval: an update goes out between two requests.
+            store_delay: fast_pacing().liveness_interval * 2,
+            must_stop_at_update: Some(1),
+            ..FakeDaemon::default()
+        };
+        let (daemon, _work_dir) = run_session(daemon);
+        let (_, output, outcome) = runs(&daemon).remove(0);
+        assert_eq!((output.as_str(), outcome.exit_code, &outcome.end), ("", None, &RunEnd::Killed));
+        assert!(outcome.cas_stats().download.items_cold < 2, "{outcome:?}");
+    }
+
+    #[test]
+    fn inputs_the_store_lacks_are_a_client_error_and_the_command_does_not_run() {
+        let root = apiary_protocol::cas::Digest::of(b"a root nobody stored");
+        let daemon = FakeDaemon {
+            assignments: VecDeque::from([task_with_inputs(1, "echo ran", root)]),
+            ..FakeDaemon::default()
+        };
+        let (daemon, work_dir) = run_session(daemon);
+        let (_, output, outcome) = runs(&daemon).remove(0);
+        let expected = format!("missing_cas: the store lacks 1 blob(s) of input root {root}: {root}");
+        assert_eq!((output.as_str(), outcome.exit_code, outcome.end), ("", None, RunEnd::ClientError(expected)));
+        assert_eq!(std::fs::read_dir(work_dir.path().join("w")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn outputs_go_up_also_after_a_timeout() {
+        let mut timed_out = task(1, r#"echo partial > "$APIARY_OUTDIR/log"; exec sleep 30"#, &[]);
+        Arc::make_mut(&mut timed_out.properties).execution_timeout_secs = 1;
+        let daemon = FakeDaemon { assignments: VecDeque::from([timed_out]), ..FakeDaemon::default() };
+        let (daemon, _work_dir) = run_session(daemon);
+        let (_, _, outcome) = runs(&daemon).remove(0);
+        assert_eq!(outcome.end, RunEnd::HardTimeout);
+        let root = outcome.cas_output_root().expect("the outputs were uploaded");
+        assert!(daemon.store.blobs.contains_key(&root));
+        assert_eq!(daemon.store.blobs[&apiary_protocol::cas::Digest::of(b"partial\n")], b"partial\n");
+    }
+
+    #[test]
+    fn outputs_that_cannot_go_up_keep_the_exit_code_and_say_why() {
+        let daemon = FakeDaemon {
+            assignments: VecDeque::from([task(1, r#"mkfifo "$APIARY_OUTDIR/pipe"; exit 3"#, &[])]),
+            ..FakeDaemon::default()
+        };
+        let (daemon, _work_dir) = run_session(daemon);
+        let (_, _, outcome) = runs(&daemon).remove(0);
+        assert_eq!((outcome.exit_code, outcome.cas_output_root()), (Some(3), None));
+        let RunEnd::InternalError(reason) = &outcome.end else { panic!("{outcome:?}") };
+        assert!(reason.starts_with("cannot read the outputs: ") && reason.ends_with("(the command ended as Exited)"));
     }
 
     #[test]

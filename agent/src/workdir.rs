@@ -11,6 +11,7 @@
 //! <work-dir>/w/<run id>/secret_bytes     APIARY_SECRET_BYTES_PATH, mode 0600, only with secret bytes
 //! <work-dir>/w/<run id>/bot_file.json    SWARMING_BOT_FILE: the bot describes itself to the task
 //! <work-dir>/c/                          named caches (see `cache.rs`), mode 0700
+//! <work-dir>/cas/                        the content cache of input files (see `content_cache.rs`)
 //! ```
 //!
 //! The work root, `w/` and `c/` are mode 0700 when the bot creates them. The bot
@@ -105,6 +106,12 @@ impl WorkRoot {
 
     pub(crate) fn caches_dir(&self) -> PathBuf {
         self.root.join("c")
+    }
+
+    /// Where the content cache keeps input files, beside the run directories
+    /// (one file system, so a cached file is hard-linked into a task).
+    pub(crate) fn content_cache_dir(&self) -> PathBuf {
+        self.root.join("cas")
     }
 
     /// Creates the root (mode 0700) or checks that the existing one is this user's

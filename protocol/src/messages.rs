@@ -544,6 +544,21 @@ impl Default for RunOutcome {
     }
 }
 
+impl RunOutcome {
+    /// The files' part of the outcome, made when first written.
+    pub fn cas_mut(&mut self) -> &mut CasOutcome {
+        self.cas.get_or_insert_with(Box::default)
+    }
+
+    pub fn cas_output_root(&self) -> Option<Digest> {
+        self.cas.as_ref().and_then(|cas| cas.output_root)
+    }
+
+    pub fn cas_stats(&self) -> CasStats {
+        self.cas.as_ref().map_or_else(CasStats::default, |cas| cas.stats)
+    }
+}
+
 /// A named cache a bot holds, and its size on disk.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
 pub struct CacheInfo {

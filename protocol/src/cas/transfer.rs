@@ -198,6 +198,30 @@ pub fn fetch_blob(daemon: &mut impl Call, digest: Digest) -> Result<Vec<u8>, Tra
     Ok(bytes)
 }
 
+/// Streams a blob into `out` a chunk at a time (`CasRead`), never holding it
+/// whole; fails when the bytes do not match the digest. For a caller that
+/// keeps blobs itself, such as the bot's cache.
+pub fn stream_blob(daemon: &mut impl Call, digest: Digest, out: &mut impl Write) -> Result<(), TransferError> {
+    fetch_into(daemon, digest, out).map_err(|error| error.into_transfer(Path::new("(the blob's destination)")))
+}
+
+/// Reads small blobs in one `CasBatchRead` (their sizes add up to at most
+/// `MAX_CAS_BATCH_BYTES`, at most `MAX_CAS_DIGESTS` of them), each checked
+/// against its digest.
+pub fn read_batch(daemon: &mut impl Call, digests: Vec<Digest>) -> Result<Vec<CasBlob>, TransferError> {
+    let blobs = match ask(daemon, &Request::CasBatchRead { digests })? {
+        Reply::CasBlobs { blobs } => blobs,
+        _ => return Err(TransferError::Unexpected { request: "CasBatchRead" }),
+    };
+    for blob in &blobs {
+        let actual = Digest::of(&blob.data);
+        if actual != blob.digest {
+            return Err(TransferError::Mismatch { expected: blob.digest, actual });
+        }
+    }
+    Ok(blobs)
+}
+
 /// A failure while fetching into a writer: the daemon's, or the writer's.
 enum FetchError {
     Transfer(TransferError),
