@@ -262,8 +262,9 @@ pub(crate) struct CollectArgs {
     /// Write the output as it arrives, not once the task ended (one task only).
     #[arg(long, conflicts_with_all = ["output_dir", "json_output"])]
     pub(crate) follow: bool,
-    /// Write a summary.json and each task's output (DIR/TASK_ID/output.txt) here, as
-    /// Swarming's collect -output-dir does, instead of the output to stdout.
+    /// Write a summary.json, each task's output (DIR/TASK_ID/output.txt) and the files it
+    /// left in ${ISOLATED_OUTDIR} (its cas_output_root, in DIR/TASK_ID/) here, as Swarming's
+    /// collect -output-dir does, instead of the output to stdout.
     #[arg(long, value_name = "DIR")]
     pub(crate) output_dir: Option<PathBuf>,
     /// Write the tasks' results as JSON to FILE (`-`: stdout), as Swarming's collect

@@ -21,9 +21,10 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use apiary_protocol::cas::transfer;
 use apiary_protocol::ids::format_task_id;
 use apiary_protocol::limits::{MAX_LONG_POLL_MS, MAX_OUTPUT_CHUNK_BYTES};
-use apiary_protocol::{Request, TaskResult, TaskState};
+use apiary_protocol::{Reply, Request, TaskResult, TaskState};
 
 use crate::connect::{self, Daemon};
 use crate::error::CliError;
@@ -118,7 +119,11 @@ pub(crate) fn collect_many(
         let output = output.into_inner();
         let task_id = format_task_id(result.task_id);
         if let Some(dir) = to.output_dir {
-            write_file(&dir.join(&task_id).join(OUTPUT_FILE), &output)?;
+            let task_dir = dir.join(&task_id);
+            let outputs_have_output_file = download_outputs(daemon, result, &task_dir, &mut patience)?;
+            if !outputs_have_output_file {
+                write_file(&task_dir.join(OUTPUT_FILE), &output)?;
+            }
         }
         let to_stdout = to.output_dir.is_none() && to.json_output.is_none_or(|path| path != Path::new("-"));
         if to_stdout {
@@ -140,6 +145,45 @@ pub(crate) fn collect_many(
         .map(|result| exit_codes::for_task(result.state, result.exit_code))
         .find(|&code| code != exit_codes::SUCCESS);
     Ok(first_failure.unwrap_or(exit_codes::SUCCESS))
+}
+
+/// Writes the task's outputs (`cas_output_root`) into `task_dir`, as Swarming's
+/// collect does; returns whether they hold an `output.txt` of their own (then
+/// the task's console output is only in the summary).
+fn download_outputs(
+    daemon: &mut impl Daemon,
+    result: &TaskResult,
+    task_dir: &Path,
+    patience: &mut Patience<'_>,
+) -> Result<bool, CliError> {
+    let Some(root) = &result.cas_output_root else { return Ok(false) };
+    let digest = root.digest;
+    std::fs::create_dir_all(task_dir)
+        .map_err(|source| CliError::WriteFile { path: task_dir.display().to_string(), source })?;
+    let counts = transfer::download(&mut CallThrough(daemon), digest, task_dir).map_err(|source| {
+        CliError::Transfer { action: format!("download the outputs {digest}"), source: Box::new(source) }
+    })?;
+    patience.note(&format!(
+        "apiary: task {}: outputs {digest}: {} files ({} bytes) written to {}",
+        format_task_id(result.task_id),
+        counts.files,
+        counts.file_bytes,
+        task_dir.display()
+    ));
+    let own_output_file = task_dir.join(OUTPUT_FILE).symlink_metadata().is_ok();
+    if own_output_file {
+        patience.note(&format!("apiary: its outputs have an {OUTPUT_FILE}: its console output is in {SUMMARY_FILE}"));
+    }
+    Ok(own_output_file)
+}
+
+/// The store's transfers over a command's connection.
+struct CallThrough<'d, D: Daemon>(&'d mut D);
+
+impl<D: Daemon> transfer::Call for CallThrough<'_, D> {
+    fn call(&mut self, request: &Request) -> Result<Reply, apiary_protocol::ClientError> {
+        self.0.call(request)
+    }
 }
 
 /// Writes a whole file, making its directory first.
@@ -171,6 +215,14 @@ impl<'n> Patience<'n> {
     pub(crate) fn until(timeout: Option<Duration>, notes: &'n mut dyn Write) -> Patience<'n> {
         let deadline = timeout.map(|timeout| (timeout, Instant::now() + timeout));
         Patience { deadline, reconnect_notes: Some(notes) }
+    }
+
+    /// A line for people on stderr, when the command has one.
+    pub(crate) fn note(&mut self, line: &str) {
+        if let Some(notes) = self.reconnect_notes.as_deref_mut() {
+            // Notes are for people; a closed stderr changes nothing.
+            let _ = writeln!(notes, "{line}");
+        }
     }
 
     /// What is left of the timeout; `None` when there is none.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use apiary_protocol::cas::Digest;
 use apiary_protocol::limits::MAX_CAS_CHUNK_BYTES;
 use apiary_protocol::{Client, ClientError, ErrorCode, Reply, Request, Role};
-use apiary_tests::{Cli, Daemon, describe, temp, token_hash_line};
+use apiary_tests::{Bot, Cli, Daemon, describe, temp, token_hash_line};
 
 /// Exit code of `apiary` when the daemon refused the request.
 const REFUSED: i32 = 88;
@@ -279,4 +279,62 @@ fn a_task_whose_input_tree_is_not_whole_in_the_store_is_refused_naming_what_is_m
     let output = trigger(&absent);
     assert_eq!(output.status.code(), Some(REFUSED), "{}", describe(&output));
     assert!(String::from_utf8_lossy(&output.stderr).contains(&format!("lacks 1 blob(s) of tree {absent}: {absent}")));
+}
+
+/// The whole way: a tree archived, a task that reads it on a bot and writes
+/// outputs, `collect --output-dir` bringing the outputs back; the same
+/// inputs again come from the bot's cache, and an idempotent task with the
+/// same input root is deduplicated and returns the same outputs.
+#[test]
+fn a_task_reads_its_input_tree_and_its_outputs_come_back_with_collect() {
+    let dir = temp();
+    let daemon = Daemon::start(&dir.path().join("data"));
+    let cli = daemon.cli();
+    let tree = dir.path().join("tree");
+    make_tree(&tree);
+    let (root, _) = archive(&cli, &["--dir", tree.to_str().unwrap()]);
+    let _bot = Bot::start(&daemon.addr, "cas-bot", &["pool=cas"], &dir.path().join("bot"));
+
+    // The inputs are in the work directory; everything goes back out, plus a new file.
+    let script = "set -e; cp -a . \"$APIARY_OUTDIR/inputs\"; ./run.sh > \"${ISOLATED_OUTDIR}/ran.txt\"";
+    let trigger = |extra: &[&str]| {
+        let mut args = vec!["--cas-input-root", &root, "--dimension", "pool=cas"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", script]);
+        cli.trigger(&args)
+    };
+    let first = trigger(&["--idempotent"]);
+    let collected = dir.path().join("collected");
+    let output = cli.run(&["collect", "--output-dir", collected.to_str().unwrap(), &first]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let outputs = collected.join(&first);
+    assert_same_tree(&tree, &outputs.join("inputs"));
+    assert_eq!(fs::read(outputs.join("ran.txt")).unwrap(), b"hi\n");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&fs::read(collected.join("summary.json")).unwrap()).unwrap();
+    let results = &summary[&first]["results"];
+    let output_root = results["cas_output_root"]["digest"].clone();
+    assert!(output_root["hash"].is_string(), "{results}");
+    // Three distinct blobs downloaded; the second copy of one, and the empty file, cost nothing.
+    let download = &results["cas_stats"]["download"];
+    assert_eq!((download["items_cold"].as_u64(), download["items_hot"].as_u64()), (Some(3), Some(2)), "{results}");
+    // Only ran.txt and the new root directory were not in the store already.
+    assert_eq!(results["cas_stats"]["upload"]["items_cold"].as_u64(), Some(2), "{results}");
+
+    // The same inputs, not idempotent: from the bot's cache this time.
+    let second = trigger(&[]);
+    let shown = cli.wait_for_state(&second, "COMPLETED");
+    let download = &shown["cas_stats"]["download"];
+    assert_eq!((download["items_cold"].as_u64(), download["items_hot"].as_u64()), (Some(0), Some(5)), "{shown}");
+    assert_eq!(shown["cas_output_root"]["digest"], output_root, "the same inputs made the same outputs");
+    assert_eq!(shown["cas_stats"]["upload"]["items_cold"].as_u64(), Some(0), "and moved nothing: {shown}");
+
+    // Idempotent with the same input root: the first run's result and outputs.
+    let deduped = trigger(&["--idempotent"]);
+    let shown = cli.wait_for_state(&deduped, "COMPLETED");
+    assert_eq!(shown["deduped_from"].as_str().map(|id| &id[..15]), Some(&first[..15]), "{shown}");
+    let again = dir.path().join("again");
+    let output = cli.run(&["collect", "--output-dir", again.to_str().unwrap(), &deduped]);
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_same_tree(&outputs, &again.join(&deduped));
 }
