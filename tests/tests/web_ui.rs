@@ -238,8 +238,27 @@ fn confirm(browser: &mut Browser) {
 fn each_page_shows_tasks_and_bots_with_links_between_them() {
     let mut ui = Ui::start(None);
     ui.add_bot("linux-1", &[]);
-    let done = ui.cli().trigger(&["--name", "hello-task", "--dimension", "pool=ci", "--", "echo", "hello from apiary"]);
-    ui.cli().wait_for_state(&done, "COMPLETED");
+    // With an input tree, and an output: both show on its page.
+    let inputs = ui.dir.path().join("inputs");
+    std::fs::create_dir_all(&inputs).unwrap();
+    std::fs::write(inputs.join("input.txt"), b"an input\n").unwrap();
+    let input_root = ui.cli().ok(&["cas", "archive", "--dir", inputs.to_str().unwrap()]).trim().to_string();
+    let script = "echo hello from apiary; cp input.txt \"$APIARY_OUTDIR/\"";
+    let done = ui.cli().trigger(&[
+        "--name",
+        "hello-task",
+        "--dimension",
+        "pool=ci",
+        "--cas-input-root",
+        &input_root,
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let shown = ui.cli().wait_for_state(&done, "COMPLETED");
+    let digest = &shown["cas_output_root"]["digest"];
+    let output_root = format!("{}/{}", digest["hash"].as_str().unwrap(), digest["size_bytes"].as_str().unwrap());
     let waiting =
         ui.cli().trigger(&["--name", "gpu-task", "--dimension", "pool=gpu", "--wait-for-capacity", "--", "true"]);
 
@@ -274,6 +293,8 @@ fn each_page_shows_tasks_and_bots_with_links_between_them() {
     ui.browser.wait_for_text("#output", "hello from apiary");
     ui.browser.wait_for_text("#summary", "linux-1");
     ui.browser.wait_for_text("#request", "echo");
+    ui.browser.wait_for_text("#summary", &output_root);
+    ui.browser.wait_for_text("#request", &input_root);
     ui.browser.screenshot("task-success");
 
     ui.browser.click("#summary a[href='#/bot/linux-1']");

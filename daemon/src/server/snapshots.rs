@@ -457,8 +457,6 @@ pub struct CoreArgs {
     max_output_bytes: u64,
     #[arg(long)]
     task_retention_ms: u64,
-    #[arg(long, allow_hyphen_values = true)]
-    cas_instance: String,
 }
 
 impl From<&CoreConfig> for CoreArgs {
@@ -471,7 +469,6 @@ impl From<&CoreConfig> for CoreArgs {
             bot_event_max_age_ms: config.bot_event_max_age_ms,
             max_output_bytes: config.max_output_bytes,
             task_retention_ms: config.task_retention_ms,
-            cas_instance: config.cas_instance.clone(),
         }
     }
 }
@@ -486,7 +483,9 @@ impl From<&CoreArgs> for CoreConfig {
             bot_event_max_age_ms: args.bot_event_max_age_ms,
             max_output_bytes: args.max_output_bytes,
             task_retention_ms: args.task_retention_ms,
-            cas_instance: args.cas_instance.clone(),
+            // The store's name only shows in answers and checks of new
+            // requests: the job does neither, and no snapshot holds it.
+            cas_instance: crate::core::DEFAULT_CAS_INSTANCE.to_string(),
         }
     }
 }
@@ -641,5 +640,44 @@ impl JobArgs {
         let run = history.open_run(self.upto_seq).map_err(|error| error.to_string())?;
         core.add_history_run(RunEntry::of(self.upto_seq, &run), None);
         Ok(ended.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Parser, Subcommand};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(subcommand)]
+        job: Job,
+    }
+
+    #[derive(Subcommand)]
+    enum Job {
+        SnapshotJob(JobArgs),
+    }
+
+    /// The child must read every setting the daemon gives it, or no snapshot is ever written.
+    #[test]
+    fn a_job_reads_back_the_flags_it_is_given() {
+        let config = CoreConfig { task_retention_ms: 77, cas_instance: "x".into(), ..CoreConfig::default() };
+        let job = JobArgs {
+            data_dir: PathBuf::from("/data"),
+            base_seq: 1,
+            upto_seq: 9,
+            keep_from_seq: 2,
+            created_ms: 3,
+            parent_pid: 4,
+            log_level: Level::Debug,
+            core: CoreArgs::from(&config),
+        };
+        let mut argv: Vec<OsString> = vec!["apiaryd".into()];
+        argv.extend(job.to_flags());
+        let Job::SnapshotJob(parsed) = Command::try_parse_from(argv).expect("the job's flags parse").job;
+        assert_eq!(parsed, job);
+        assert_eq!(CoreConfig::from(&parsed.core).task_retention_ms, 77);
     }
 }

@@ -179,6 +179,7 @@ function resultDetails(result) {
     ['Exit code', ended && result.state === 'COMPLETED' ? String(int64(result.exitCode)) : null],
     ['Failure', result.internalFailure ? 'internal failure (the bot died)' : null],
     ['Deduplicated from', result.dedupedFrom ? taskLink(result.dedupedFrom) : null],
+    ['Outputs', result.casOutputRoot ? casDigest(result.casOutputRoot) : null],
     ['Created', timeCell(result.createdTs)],
     ['Started', result.startedTs ? timeCell(result.startedTs) : null],
     ['Completed', result.completedTs ? timeCell(result.completedTs) : null],
@@ -268,6 +269,7 @@ function sliceDetails(slice, index, count) {
         ? chips(properties.env.map((pair) => `${pair.key}=${pair.value}`)) : null],
       ['Env prefixes', properties.envPrefixes ? chips(pairs(properties.envPrefixes)) : null],
       ['Caches', properties.caches ? chips(properties.caches.map((cache) => `${cache.name} → ${cache.path}`)) : null],
+      ['Inputs', properties.casInputRoot ? casDigest(properties.casInputRoot) : null],
       ['Outputs', properties.outputs ? properties.outputs.join(', ') : null],
       ['Hard timeout', properties.executionTimeoutSecs ? duration(properties.executionTimeoutSecs) : null],
       ['I/O timeout', properties.ioTimeoutSecs ? duration(properties.ioTimeoutSecs) : null],
@@ -276,6 +278,12 @@ function sliceDetails(slice, index, count) {
       ['Wait for capacity', slice.waitForCapacity ? 'yes' : null],
       ['Idempotent', properties.idempotent ? 'yes' : null],
     ]));
+}
+
+/** A tree in the store, as `apiary cas download` takes it: `hash/size`. */
+function casDigest(reference) {
+  const digest = reference.digest || {};
+  return h('code', { class: 'digest' }, `${digest.hash}/${int64(digest.sizeBytes)}`);
 }
 
 /** A command word as a shell would need it: quoted when it has anything special. */
