@@ -10,7 +10,7 @@
 //! (`CasBatchRead`), a large one a chunk at a time (`CasRead`), hashed as it is
 //! written, never held whole.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -261,14 +261,20 @@ fn fetch_into(daemon: &mut impl Call, digest: Digest, out: &mut impl Write) -> R
 
 /// Writes the tree `root` names into `dest` (an existing, empty directory).
 pub fn download(daemon: &mut impl Call, root: Digest, dest: &Path) -> Result<TreeCounts, TransferError> {
-    let mut source = StoreSource { daemon, small_files: VecDeque::new(), fetched: HashMap::new() };
-    materialize(&mut source, root, dest)
+    materialize(&mut StoreSource::new(daemon), root, dest)
 }
 
-/// A tree's blobs, fetched from the daemon's store: directories one by one,
-/// small files in batches (`CasBatchRead`), large ones in chunks.
+/// A tree's blobs, fetched from the daemon's store: directories a batch at a
+/// time (the subdirectories seen so far, about a level of the tree a round
+/// trip), small files in batches (`CasBatchRead`), large ones in chunks.
 struct StoreSource<'a, D: Call> {
     daemon: &'a mut D,
+    /// Subdirectories named by the directories read, not fetched yet.
+    directories_named: VecDeque<Digest>,
+    /// Directories fetched ahead and not read yet (at most `AHEAD_BYTES`).
+    directories_ahead: HashMap<Digest, Vec<u8>>,
+    /// Every directory named so far, so each is fetched once.
+    directories_seen: HashSet<Digest>,
     /// The small files of the directories read, in the order they were read
     /// (the order they are written in, mostly): what the next batch fetches.
     small_files: VecDeque<Digest>,
@@ -277,7 +283,63 @@ struct StoreSource<'a, D: Call> {
     fetched: HashMap<Digest, Vec<u8>>,
 }
 
-impl<D: Call> StoreSource<'_, D> {
+/// Bytes of directories fetched ahead of their reading, at most: a tree walked
+/// depth first may leave a batch a level unread.
+const AHEAD_BYTES: usize = 4 * MAX_CAS_BATCH_BYTES;
+
+impl<'a, D: Call> StoreSource<'a, D> {
+    fn new(daemon: &'a mut D) -> StoreSource<'a, D> {
+        StoreSource {
+            daemon,
+            directories_named: VecDeque::new(),
+            directories_ahead: HashMap::new(),
+            directories_seen: HashSet::new(),
+            small_files: VecDeque::new(),
+            fetched: HashMap::new(),
+        }
+    }
+
+    /// Fetches the directory `first`, with the other directories named and not
+    /// fetched yet as far as a batch and `AHEAD_BYTES` allow; the directories
+    /// fetched name theirs, so the next batch reaches a level further down.
+    fn fetch_directories(&mut self, first: Digest) -> Result<(), TransferError> {
+        let ahead: usize = self.directories_ahead.values().map(Vec::len).sum();
+        let mut digests = vec![first];
+        let mut bytes = first.size_bytes as usize;
+        while let Some(&next) = self.directories_named.front() {
+            let size = next.size_bytes as usize;
+            if digests.len() == MAX_CAS_DIGESTS
+                || bytes + size > MAX_CAS_BATCH_BYTES
+                || ahead + bytes + size > AHEAD_BYTES
+            {
+                break;
+            }
+            self.directories_named.pop_front();
+            if next != first {
+                bytes += size;
+                digests.push(next);
+            }
+        }
+        for blob in read_batch(self.daemon, digests)? {
+            self.name_subdirectories(&blob.data);
+            self.directories_ahead.insert(blob.digest, blob.data);
+        }
+        Ok(())
+    }
+
+    /// Queues the subdirectories a directory names that were not named before.
+    fn name_subdirectories(&mut self, bytes: &[u8]) {
+        // Materializing checks the blob; one that does not decode here fails there.
+        let Ok(directory) = Directory::decode_checked(bytes) else { return };
+        for child in &directory.directories {
+            if let Some(digest) = child.digest.as_ref().and_then(|digest| digest.to_digest().ok())
+                && self.directories_seen.insert(digest)
+            {
+                self.directories_named.push_back(digest);
+            }
+        }
+    }
+
     /// Fetches `first` and the small files that follow it, as one batch.
     fn fetch_batch(&mut self, first: Digest) -> Result<(), TransferError> {
         self.fetched.clear();
@@ -329,7 +391,18 @@ impl<D: Call> TreeSource for StoreSource<'_, D> {
     type Error = TransferError;
 
     fn directory(&mut self, digest: Digest) -> Result<Vec<u8>, TransferError> {
-        let bytes = fetch_blob(self.daemon, digest)?;
+        self.directories_seen.insert(digest);
+        if !self.directories_ahead.contains_key(&digest) {
+            if digest.size_bytes > MAX_CAS_BATCH_BYTES as u64 {
+                let bytes = fetch_blob(self.daemon, digest)?;
+                self.name_subdirectories(&bytes);
+                self.directories_ahead.insert(digest, bytes);
+            } else {
+                self.fetch_directories(digest)?;
+            }
+        }
+        let bytes =
+            self.directories_ahead.remove(&digest).ok_or(TransferError::Unexpected { request: "CasBatchRead" })?;
         // Materializing checks the blob; one that does not decode here fails there.
         if let Ok(directory) = Directory::decode_checked(&bytes) {
             let files = directory.files.iter().filter_map(|file| file.digest.as_ref()?.to_digest().ok());
@@ -474,8 +547,32 @@ mod tests {
         download(&mut store, archive.root, to.path()).unwrap();
         assert!(fs::read(to.path().join("large")).unwrap() == large);
         let count = |kind: &str| store.requests.iter().filter(|request| **request == kind).count();
-        assert_eq!(count("batch read"), 2, "4 MiB of small files come in two batches: {:?}", store.requests);
-        assert_eq!(count("read"), 1 + 3, "the root directory, and the large file in three chunks");
+        assert_eq!(
+            count("batch read"),
+            1 + 2,
+            "the root directory, then 4 MiB of small files in two batches: {:?}",
+            store.requests
+        );
+        assert_eq!(count("read"), 3, "the large file in three chunks");
+        assert_eq!(Archive::of_directory_contents(to.path()).unwrap().root, archive.root);
+    }
+
+    #[test]
+    fn a_download_reads_the_directories_of_a_level_in_one_batch() {
+        let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for index in 0..20 {
+            let dir = from.path().join(format!("dir-{index}"));
+            fs::create_dir_all(dir.join("inner")).unwrap();
+            fs::write(dir.join("inner/file"), format!("file {index}")).unwrap();
+        }
+        let archive = Archive::of_directory_contents(from.path()).unwrap();
+        let mut store = FakeStore::default();
+        upload(&mut store, &archive).unwrap();
+        store.requests.clear();
+        download(&mut store, archive.root, to.path()).unwrap();
+        let batches = store.requests.iter().filter(|request| **request == "batch read").count();
+        // The root, its 20 children, their 20 children, and the 20 files: not 41 round trips for directories.
+        assert!(batches <= 4, "{:?}", store.requests);
         assert_eq!(Archive::of_directory_contents(to.path()).unwrap().root, archive.root);
     }
 
@@ -501,7 +598,7 @@ mod tests {
         let claimed = Digest::of(b"the real bytes");
         store.blobs.insert(claimed, b"other bytes!!!".to_vec());
         let path = dir.path().join("file");
-        let mut source = StoreSource { daemon: &mut store, small_files: VecDeque::new(), fetched: HashMap::new() };
+        let mut source = StoreSource::new(&mut store);
         let error = source.place_file(claimed, false, &path).unwrap_err();
         assert!(matches!(error, TransferError::Mismatch { expected, .. } if expected == claimed), "{error}");
         assert!(!path.exists(), "a file that failed its check is not left behind");
