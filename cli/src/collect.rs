@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use apiary_protocol::cas::transfer;
 use apiary_protocol::ids::format_task_id;
 use apiary_protocol::limits::{MAX_LONG_POLL_MS, MAX_OUTPUT_CHUNK_BYTES};
-use apiary_protocol::{Reply, Request, TaskResult, TaskState};
+use apiary_protocol::{Request, TaskResult, TaskState};
 
 use crate::connect::{self, Daemon};
 use crate::error::CliError;
@@ -160,7 +160,7 @@ fn download_outputs(
     let digest = root.digest;
     std::fs::create_dir_all(task_dir)
         .map_err(|source| CliError::WriteFile { path: task_dir.display().to_string(), source })?;
-    let counts = transfer::download(&mut CallThrough(daemon), digest, task_dir).map_err(|source| {
+    let counts = transfer::download(&mut connect::CallThrough(daemon), digest, task_dir).map_err(|source| {
         CliError::Transfer { action: format!("download the outputs {digest}"), source: Box::new(source) }
     })?;
     patience.note(&format!(
@@ -175,15 +175,6 @@ fn download_outputs(
         patience.note(&format!("apiary: its outputs have an {OUTPUT_FILE}: its console output is in {SUMMARY_FILE}"));
     }
     Ok(own_output_file)
-}
-
-/// The store's transfers over a command's connection.
-struct CallThrough<'d, D: Daemon>(&'d mut D);
-
-impl<D: Daemon> transfer::Call for CallThrough<'_, D> {
-    fn call(&mut self, request: &Request) -> Result<Reply, apiary_protocol::ClientError> {
-        self.0.call(request)
-    }
 }
 
 /// Writes a whole file, making its directory first.

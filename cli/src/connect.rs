@@ -79,6 +79,15 @@ impl Daemon for Connection {
     }
 }
 
+/// The store's transfers over whatever a command talks to the daemon through.
+pub(crate) struct CallThrough<'d, D: Daemon>(pub(crate) &'d mut D);
+
+impl<D: Daemon> apiary_protocol::cas::transfer::Call for CallThrough<'_, D> {
+    fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {
+        self.0.call(request)
+    }
+}
+
 /// The store's transfers (`apiary cas`) use the connection as any command does.
 impl apiary_protocol::cas::transfer::Call for Connection {
     fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {

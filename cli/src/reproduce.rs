@@ -12,6 +12,8 @@
 //! `${ISOLATED_OUTDIR}` replaced by the output directory, `${EXECUTABLE_SUFFIX}`
 //! by nothing, and `${SWARMING_BOT_FILE}` by a file holding `{}` (no bot here
 //! has anything to say in it).
+//! The task's input tree (`cas_input_root`), if it has one, is downloaded into
+//! the work directory first, as a bot writes it.
 //! Secret bytes never leave the daemon except to the bot that runs the task,
 //! so a task that has some runs without them, and a note says so.
 
@@ -20,6 +22,7 @@ use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
+use apiary_protocol::cas::transfer;
 use apiary_protocol::ids::format_task_id;
 use apiary_protocol::placeholders::{self, Placeholder};
 use apiary_protocol::{Request, TaskProperties};
@@ -53,13 +56,33 @@ pub(crate) fn reproduce(
     };
     let layout =
         Layout { work_dir: root.join("work"), out_dir: root.join("out"), bot_file: root.join("bot_file.json") };
-    let ran = layout.set_up(properties).and_then(|()| run(properties, &layout, result.task_id, server));
+    let ran = fetch_inputs(daemon, properties, &layout.work_dir, notes)
+        .and_then(|()| layout.set_up(properties))
+        .and_then(|()| run(properties, &layout, result.task_id, server));
     if !keep {
         let _ = std::fs::remove_dir_all(&root);
     } else {
         let _ = writeln!(notes, "apiary: the work directory stays at {}", layout.work_dir.display());
     }
     ran
+}
+
+/// Writes the task's input tree, if it has one, into the work directory, as a
+/// bot does before the command.
+fn fetch_inputs(
+    daemon: &mut impl Daemon,
+    properties: &TaskProperties,
+    work_dir: &Path,
+    notes: &mut dyn Write,
+) -> Result<(), CliError> {
+    let Some(root) = &properties.cas_input_root else { return Ok(()) };
+    std::fs::create_dir_all(work_dir)
+        .map_err(|source| CliError::WriteFile { path: work_dir.display().to_string(), source })?;
+    let counts = transfer::download(&mut connect::CallThrough(daemon), root.digest, work_dir).map_err(|source| {
+        CliError::Transfer { action: format!("download the inputs {}", root.digest), source: Box::new(source) }
+    })?;
+    let _ = writeln!(notes, "apiary: inputs {}: {} files ({} bytes)", root.digest, counts.files, counts.file_bytes);
+    Ok(())
 }
 
 /// Where the command runs and where its outputs go.

@@ -337,4 +337,10 @@ fn a_task_reads_its_input_tree_and_its_outputs_come_back_with_collect() {
     let output = cli.run(&["collect", "--output-dir", again.to_str().unwrap(), &deduped]);
     assert!(output.status.success(), "{}", describe(&output));
     assert_same_tree(&outputs, &again.join(&deduped));
+
+    // `reproduce` sets the inputs up here as the bot did.
+    let here = dir.path().join("here");
+    let output = cli.run(&["reproduce", "--work-dir", here.to_str().unwrap(), &first]);
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_same_tree(&tree, &here.join("out/inputs"));
 }
