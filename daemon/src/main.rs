@@ -137,7 +137,8 @@ struct Args {
     task_retention: Duration,
     /// How long a blob of the content-addressed store that no retained task names is kept
     /// after its last use (stored, found by FindMissingBlobs, uploaded again or read): a
-    /// number and a unit, like `1d` or `6h`. Checked after retention passes.
+    /// number and a unit, like `1d` or `6h`. Collected after retention passes that let tasks
+    /// go, and at least once per grace.
     #[arg(long, default_value = "1d", value_parser = parse_cas_grace)]
     cas_grace: Duration,
     /// Seconds between snapshots of the daemon's state, when anything changed meanwhile.

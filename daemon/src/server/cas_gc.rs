@@ -19,7 +19,8 @@
 //!    grace after its last use.
 //!
 //! Invariants: a step does a bounded amount of work (`RECORDS_PER_STEP`
-//! records, `DIRECTORIES_PER_STEP` directories, or one part of the sweep);
+//! records, `DIRECTORIES_PER_STEP` directories or `DIRECTORY_BYTES_PER_STEP`
+//! of them, or one part of the sweep);
 //! the referenced set holds at most `MAX_REFERENCED_BLOBS` digests, past
 //! which the pass stops and removes nothing.
 
@@ -40,8 +41,10 @@ use crate::core::history::cas_roots_of;
 pub const DEFAULT_CAS_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
 /// History records read per step.
 const RECORDS_PER_STEP: usize = 4096;
-/// Directory blobs read per step.
+/// Directory blobs read per step, and their bytes (a step ends after the
+/// directory that reaches it: one directory is never split).
 const DIRECTORIES_PER_STEP: usize = 256;
+const DIRECTORY_BYTES_PER_STEP: u64 = 1 << 20;
 /// A directory blob larger than this is not read (its branch ends): no
 /// directory of a real tree comes near it.
 pub const MAX_DIRECTORY_BYTES: u64 = 64 << 20;
@@ -274,13 +277,19 @@ impl GcPass {
         }
     }
 
-    /// Reads up to `DIRECTORIES_PER_STEP` directories and references what they hold.
+    /// Reads up to `DIRECTORIES_PER_STEP` directories (or their bytes) and
+    /// references what they hold.
     fn walk(&mut self, store: &mut impl ContentStore) {
+        let mut bytes_read = 0;
         for _ in 0..DIRECTORIES_PER_STEP {
+            if bytes_read >= DIRECTORY_BYTES_PER_STEP {
+                return;
+            }
             let Some(digest) = self.to_walk.pop() else {
                 self.phase = Phase::Sweep;
                 return;
             };
+            bytes_read += digest.size_bytes;
             match read_directory(store, digest) {
                 Ok(Some(directory)) => self.reference_entries(&directory),
                 Ok(None) => self.report.missing_directories += 1,

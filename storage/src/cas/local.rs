@@ -248,14 +248,13 @@ impl LocalStore {
     fn mark_used(&mut self, digest: &Digest) {
         let now = SystemTime::now();
         let now_secs = unix_secs(now);
-        let path = self.blob_path(digest);
         let Some(blob) = self.blobs.get_mut(digest) else { return };
         if blob.used_at_secs != 0 && now_secs.saturating_sub(blob.used_at_secs) < self.use_refresh_secs {
             return;
         }
         blob.used_at_secs = now_secs;
         // A read-only descriptor is enough for its owner to set the time.
-        let _ = File::open(&path).and_then(|file| file.set_modified(now));
+        let _ = File::open(self.blob_path(digest)).and_then(|file| file.set_modified(now));
     }
 
     /// Up to `max_bytes` of a blob from `offset`, checked (see `ContentStore::read`).

@@ -19,7 +19,7 @@ use super::*;
 
 /// The roots of the retained tasks, as far as the core holds them.
 pub struct CasRoots {
-    /// Named by held tasks (each digest once, in no order).
+    /// Named by held tasks (in no order; a digest may come more than once).
     pub held: Vec<Digest>,
     /// The history runs of the state; their records from `retained_from` on name more.
     pub runs: Vec<Arc<HistoryRun>>,
@@ -31,24 +31,25 @@ impl Core {
     /// The roots of the retained tasks. Refused (and nothing may be
     /// collected) while a history run of the state is not open.
     pub fn cas_roots(&self) -> Result<CasRoots, String> {
-        let mut held: hashbrown::HashSet<Digest, ahash::RandomState> = hashbrown::HashSet::default();
-        // Tasks share their slice lists (`core::interned`): each list is read once.
-        let mut lists_seen: hashbrown::HashSet<*const TaskSlice, ahash::RandomState> = hashbrown::HashSet::default();
+        // Listed, not deduplicated: hashing here would double the turn's cost;
+        // the store's thread puts them in a set.
+        let mut held: Vec<Digest> = Vec::new();
+        // Tasks share their slice lists (`core::interned`), consecutive ones most of all.
         let mut last_list: *const TaskSlice = std::ptr::null();
         for task in self.tasks.values() {
             let list = task.slices.as_ptr();
-            if list != last_list && lists_seen.insert(list) {
+            if list != last_list {
                 let inputs = task.slices.iter().filter_map(|slice| slice.properties.cas_input_root.as_ref());
                 held.extend(inputs.map(|root| root.digest));
             }
             last_list = list;
             if let Some(output_root) = task.outcome.as_ref().and_then(|outcome| outcome.cas_output_root) {
-                held.insert(output_root);
+                held.push(output_root);
             }
         }
         held.extend(self.outputs_to_finish.values().filter_map(|outputs| outputs.output_root));
         let runs = self.history.readers().map_err(|number| format!("history run {number} is not open"))?;
         let retained_from = RequestId::first_of_millisecond(self.retained_from_ms).as_u64();
-        Ok(CasRoots { held: held.into_iter().collect(), runs, retained_from })
+        Ok(CasRoots { held, runs, retained_from })
     }
 }
