@@ -135,6 +135,12 @@ struct Args {
     /// task's creation: a number and a unit, like `30d`, `12h` or `90s`.
     #[arg(long, default_value = "30d", value_parser = parse_retention)]
     task_retention: Duration,
+    /// How long a blob of the content-addressed store that no retained task names is kept
+    /// after its last use (stored, found by FindMissingBlobs, uploaded again or read): a
+    /// number and a unit, like `1d` or `6h`. Collected after retention passes that let tasks
+    /// go, and at least once per grace.
+    #[arg(long, default_value = "1d", value_parser = parse_cas_grace)]
+    cas_grace: Duration,
     /// Seconds between snapshots of the daemon's state, when anything changed meanwhile.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     snapshot_interval_secs: u64,
@@ -169,6 +175,14 @@ fn parse_input_buffer_bytes(text: &str) -> Result<usize, String> {
 fn parse_cas_instance(text: &str) -> Result<String, String> {
     apiary_daemon::core::validate::validate_store_name(text)?;
     Ok(text.to_string())
+}
+
+fn parse_cas_grace(text: &str) -> Result<Duration, String> {
+    let grace = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    if grace < Duration::from_secs(1) {
+        return Err("the grace of unused blobs is at least 1s".into());
+    }
+    Ok(grace)
 }
 
 fn parse_retention(text: &str) -> Result<Duration, String> {
@@ -360,6 +374,7 @@ fn run(args: Args) -> Result<(), String> {
         reload,
         tls,
         cas_max_bytes: args.cas_max_bytes,
+        cas_grace: args.cas_grace,
     };
     server::run(config).map_err(|error| error.to_string())
 }

@@ -38,9 +38,11 @@ use crate::auth::{Grants, Permission};
 use permissions::Caller;
 
 pub use bots::BotStandings;
+pub use cas_roots::CasRoots;
 
 mod apply;
 mod bots;
+mod cas_roots;
 mod history;
 mod lineage;
 mod permissions;

@@ -1570,3 +1570,60 @@ fn a_terminate_reason_goes_into_the_bots_events() {
     assert!(h.core.bot("bot-1").unwrap().terminate_requested);
     h.check_replay();
 }
+
+#[test]
+fn the_store_roots_are_the_inputs_and_outputs_of_held_and_archived_tasks() {
+    let mut h = Harness::new();
+    let with_root = |name: &[u8]| {
+        let mut request = request(100, &[("pool", "ci")]);
+        let properties = Arc::make_mut(&mut request.task_slices[0].properties);
+        properties.cas_input_root = Some(CasReference { cas_instance: String::new(), digest: Digest::of(name) });
+        request
+    };
+    let finished = |h: &mut Harness, input: &[u8], output: &[u8]| {
+        h.submit(with_root(input));
+        let run_id = run_one(h, BOT_1, LINUX);
+        let mut ended = outcome(Some(0), RunEnd::Exited);
+        let output_root = Some(Digest::of(output));
+        ended.cas = Some(Box::new(apiary_protocol::CasOutcome { output_root, stats: CasStats::default() }));
+        h.update(BOT_1, run_id, 0, b"", Some(ended));
+        RunId::from_u64(run_id).unwrap().request()
+    };
+    let sorted = |names: &[&[u8]]| {
+        let mut digests: Vec<Digest> = names.iter().map(|name| Digest::of(name)).collect();
+        digests.sort();
+        digests
+    };
+    finished(&mut h, b"first in", b"first out");
+    let second = finished(&mut h, b"second in", b"second out");
+    h.submit(with_root(b"pending in"));
+    let mut roots = h.core.cas_roots().unwrap();
+    roots.held.sort();
+    assert_eq!(roots.held, sorted(&[b"first in", b"first out", b"second in", b"second out", b"pending in"]));
+    assert!(roots.runs.is_empty());
+
+    // The ended tasks move to a history run: their roots are read from it.
+    let dir = tempfile::tempdir().unwrap();
+    let history = apiary_storage::HistoryDir::open(dir.path()).unwrap();
+    let mut writer = history.create(1).unwrap();
+    for record in h.core.take_ended_for_history() {
+        writer.push(record.task_id, &crate::core::history::encode_record(&record), &[]).unwrap();
+    }
+    writer.finish().unwrap();
+    let run = history.open_run(1).unwrap();
+    h.core.add_history_run(crate::core::history::RunEntry::of(1, &run), Some(Arc::new(run)));
+    let roots = h.core.cas_roots().unwrap();
+    assert_eq!(roots.held, sorted(&[b"pending in"]));
+    assert_eq!(roots.runs.len(), 1);
+    let index = roots.runs[0].index().unwrap();
+    let archived_from = |from: u64| {
+        let mut found = Vec::new();
+        let unreadable =
+            crate::core::history::cas_roots_of(&index, index.count_below(from)..index.len(), &mut |d| found.push(d));
+        assert_eq!(unreadable, 0);
+        found.sort();
+        found
+    };
+    assert_eq!(archived_from(roots.retained_from), sorted(&[b"first in", b"first out", b"second in", b"second out"]));
+    assert_eq!(archived_from(second.as_u64()), sorted(&[b"second in", b"second out"]), "retention let the first go");
+}

@@ -14,6 +14,8 @@
 
 use std::sync::Arc;
 
+use apiary_protocol::cas::Digest;
+use apiary_protocol::cas::digest::ArchivedDigest;
 use apiary_protocol::{RequestId, TaskState};
 use apiary_storage::{HistoryRun, Postings, RunIndex};
 use rkyv::{Archive, Deserialize, Serialize, rancor};
@@ -91,6 +93,11 @@ impl History {
         self.runs.iter().find(|run| run.entry.number == number)?.reader.as_deref()
     }
 
+    /// Every run's reader, oldest first; the number of a run without one.
+    pub fn readers(&self) -> Result<Vec<Arc<HistoryRun>>, u64> {
+        self.runs.iter().map(|run| run.reader.clone().ok_or(run.entry.number)).collect()
+    }
+
     /// The newest run's reader.
     pub fn newest(&self) -> Option<&Arc<HistoryRun>> {
         self.runs.last()?.reader.as_ref()
@@ -143,6 +150,33 @@ impl History {
         }
         Ok(listing)
     }
+}
+
+/// Calls `found` with the content-addressed roots that records `numbers` of
+/// a run name: each slice's input root, and the output root. Returns how many
+/// of the records could not be read (they are damaged: their tasks cannot be
+/// shown either).
+pub fn cas_roots_of(index: &RunIndex<'_>, numbers: std::ops::Range<usize>, found: &mut dyn FnMut(Digest)) -> u64 {
+    let mut unreadable = 0;
+    for number in numbers {
+        let Ok(record) = index.record(number).map_err(|error| error.to_string()).and_then(access_record) else {
+            unreadable += 1;
+            continue;
+        };
+        for slice in record.request.task_slices.iter() {
+            if let Some(root) = slice.properties.cas_input_root.as_ref() {
+                found(plain_digest(&root.digest));
+            }
+        }
+        if let Some(root) = record.cas_output_root.as_ref() {
+            found(plain_digest(root));
+        }
+    }
+    unreadable
+}
+
+fn plain_digest(archived: &ArchivedDigest) -> Digest {
+    Digest { hash: archived.hash, size_bytes: archived.size_bytes.to_native() }
 }
 
 /// One run's records that match, newest first.

@@ -19,7 +19,8 @@ pub mod validate;
 
 pub use engine::storage_trouble::DISK_FULL_MARKER;
 pub use engine::{
-    BotStandings, Closing, Core, CoreConfig, DEFAULT_CAS_INSTANCE, Input, Outgoing, Output, OutputRead, OutputWrite,
+    BotStandings, CasRoots, Closing, Core, CoreConfig, DEFAULT_CAS_INSTANCE, Input, Outgoing, Output, OutputRead,
+    OutputWrite,
 };
 pub use events::Event;
 pub use model::{Ending, RequestText};

@@ -191,6 +191,9 @@ pub struct Metrics {
     fsync_latency: Histogram,
     connections: [u64; ConnectionKind::ALL.len()],
     refused: [u64; Refusal::ALL.len()],
+    cas_gc_passes: u64,
+    cas_gc_removed_blobs: u64,
+    cas_gc_removed_bytes: u64,
 }
 
 impl Default for Metrics {
@@ -202,6 +205,9 @@ impl Default for Metrics {
             fsync_latency: Histogram::new(&SYNC_BOUNDS_US),
             connections: [0; ConnectionKind::ALL.len()],
             refused: [0; Refusal::ALL.len()],
+            cas_gc_passes: 0,
+            cas_gc_removed_blobs: 0,
+            cas_gc_removed_bytes: 0,
         }
     }
 }
@@ -253,6 +259,13 @@ impl Metrics {
         self.refused[refusal.index()] += 1;
     }
 
+    /// A garbage collection pass of the content-addressed store ended.
+    pub fn cas_garbage_collected(&mut self, removed_blobs: u64, removed_bytes: u64) {
+        self.cas_gc_passes += 1;
+        self.cas_gc_removed_blobs += removed_blobs;
+        self.cas_gc_removed_bytes += removed_bytes;
+    }
+
     /// Every series, with the gauges of `state`, in the text format.
     pub fn render(&self, state: &StateReading<'_>) -> String {
         let mut out = Exposition::default();
@@ -271,6 +284,7 @@ impl Metrics {
         );
         out.histogram("apiary_fsync_latency_seconds", &[], &self.fsync_latency);
         render_storage(state, &mut out);
+        self.render_cas_gc(&mut out);
         out.family("apiary_connections", MetricKind::Gauge, "Open connections by kind.");
         for kind in ConnectionKind::ALL {
             out.integer("apiary_connections", &[("kind", kind.name())], self.connections[kind.index()]);
@@ -284,6 +298,31 @@ impl Metrics {
             out.integer("apiary_refused_requests_total", &[("reason", refusal.name())], self.refused[refusal.index()]);
         }
         out.finish()
+    }
+
+    fn render_cas_gc(&self, out: &mut Exposition) {
+        let series = [
+            (
+                "apiary_cas_gc_passes_total",
+                "Garbage collection passes of the content-addressed store that ended.",
+                self.cas_gc_passes,
+            ),
+            (
+                "apiary_cas_gc_removed_blobs_total",
+                "Blobs of the content-addressed store that no retained task named and none used within --cas-grace, \
+                 removed.",
+                self.cas_gc_removed_blobs,
+            ),
+            (
+                "apiary_cas_gc_removed_bytes_total",
+                "Bytes of the blobs those passes removed.",
+                self.cas_gc_removed_bytes,
+            ),
+        ];
+        for (name, help, value) in series {
+            out.family(name, MetricKind::Counter, help);
+            out.integer(name, &[], value);
+        }
     }
 
     fn render_tasks(&self, state: &StateReading<'_>, out: &mut Exposition) {

@@ -11,20 +11,25 @@
 //!   most the answer can carry) never pass `MAX_QUEUED_BYTES`: a request that
 //!   would is refused as `Unavailable`, to be sent again (`ResourceExhausted`
 //!   is kept for a full store, which waiting does not cure);
-//! - the store is touched by the thread only; the loop reads nothing of it.
+//! - the store is touched by the thread only; the loop reads nothing of it;
+//! - at most one garbage collection pass (`server::cas_gc`) runs, a bounded
+//!   step at a time, after every `REQUESTS_PER_GC_STEP` requests or whenever
+//!   no request waits: requests are served between steps, never inside one.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::thread;
+use std::time::{Duration, SystemTime};
 
 use apiary_protocol::cas::Digest;
 use apiary_protocol::limits::{MAX_CAS_BATCH_BYTES, MAX_CAS_CHUNK_BYTES, MAX_CAS_DIGESTS};
 use apiary_protocol::{CasBlob, ErrorCode, ErrorReply, Reply, Request};
 use apiary_storage::cas::{CasError, ContentStore, LocalStore};
 
+use super::cas_gc::{GcPass, GcReport};
 use crate::auth::{Grants, Permission};
-use crate::core::{ConnId, Input};
+use crate::core::{CasRoots, ConnId, Input};
 use crate::logging;
 use crate::server::input_check;
 
@@ -41,6 +46,9 @@ const MAX_QUEUED_JOBS: usize = 1024;
 const JOB_OVERHEAD_BYTES: usize = 1024;
 /// Bytes a digest takes in a request or an answer, at most.
 const DIGEST_BYTES: usize = 48;
+/// Requests served, while a garbage collection pass runs, between two of its
+/// steps at most: a busy store still finishes a pass.
+const REQUESTS_PER_GC_STEP: usize = 8;
 
 /// Whether a request is for the content-addressed store (served here, not by the core).
 pub fn is_cas_request(request: &Request) -> bool {
@@ -140,6 +148,14 @@ struct Job {
     work: Work,
 }
 
+/// What the thread is given.
+enum Message {
+    /// A job, and the bytes it holds.
+    Job(Job, usize),
+    /// Start a garbage collection pass.
+    CollectGarbage { roots: CasRoots, unused_since: SystemTime },
+}
+
 /// What the thread answers.
 pub enum Answer {
     /// Boxed: a reply is large, and a completion passes through a channel.
@@ -159,15 +175,23 @@ pub struct Completion {
 
 /// The loop's side of the store thread.
 pub struct CasService {
-    jobs: SyncSender<(Job, usize)>,
+    jobs: SyncSender<Message>,
     completions: Receiver<Completion>,
+    gc_reports: Receiver<GcReport>,
     held_bytes: usize,
 }
 
 impl CasService {
     /// Opens the store in `dir` (created if need be) and starts its thread.
-    pub fn start(dir: &Path, limit_bytes: u64, waker: Arc<mio::Waker>) -> Result<CasService, CasError> {
-        let store = LocalStore::open(dir, limit_bytes)?;
+    /// A use of a blob is written at most once per `use_refresh`.
+    pub fn start(
+        dir: &Path,
+        limit_bytes: u64,
+        use_refresh: Duration,
+        waker: Arc<mio::Waker>,
+    ) -> Result<CasService, CasError> {
+        let mut store = LocalStore::open(dir, limit_bytes)?;
+        store.set_use_refresh(use_refresh);
         let (stored_blobs, (stored_bytes, _)) = (store.blob_count(), store.usage());
         logging::info(format!(
             "content-addressed store {}: {stored_blobs} blobs, {stored_bytes} bytes, limit {limit_bytes} bytes \
@@ -176,11 +200,25 @@ impl CasService {
         ));
         let (jobs, job_receiver) = mpsc::sync_channel(MAX_QUEUED_JOBS);
         let (completion_sender, completions) = mpsc::channel();
+        let (report_sender, gc_reports) = mpsc::channel();
+        let answers = Answers { completions: completion_sender, gc_reports: report_sender, waker };
         thread::Builder::new()
             .name("apiary-cas".into())
-            .spawn(move || serve(store, job_receiver, completion_sender, waker))
+            .spawn(move || serve(store, job_receiver, answers))
             .map_err(|source| CasError::Io { context: "cannot start the store's thread".into(), source })?;
-        Ok(CasService { jobs, completions, held_bytes: 0 })
+        Ok(CasService { jobs, completions, gc_reports, held_bytes: 0 })
+    }
+
+    /// Queues a garbage collection pass over what `roots` does not name and
+    /// was not used since `unused_since`. The caller starts one at a time
+    /// (`GcSchedule`); `false` when the queue is full, to be tried again.
+    pub fn collect_garbage(&mut self, roots: CasRoots, unused_since: SystemTime) -> bool {
+        self.jobs.try_send(Message::CollectGarbage { roots, unused_since }).is_ok()
+    }
+
+    /// The report of the pass that finished, if one did.
+    pub fn next_gc_report(&mut self) -> Option<GcReport> {
+        self.gc_reports.try_recv().ok()
     }
 
     /// Queues checked work holding `held_bytes`; refused when the queue is
@@ -194,7 +232,7 @@ impl CasService {
             let held = self.held_bytes;
             return Err(busy(format!("its transfers hold {held} bytes, at the limit of {MAX_QUEUED_BYTES}")));
         }
-        match self.jobs.try_send((Job { conn, request_id, work }, held_bytes)) {
+        match self.jobs.try_send(Message::Job(Job { conn, request_id, work }, held_bytes)) {
             Ok(()) => {
                 self.held_bytes += held_bytes;
                 Ok(())
@@ -219,26 +257,61 @@ impl CasService {
     }
 }
 
-/// The store thread: runs jobs in order until the loop goes away.
-fn serve(
-    mut store: LocalStore,
-    jobs: Receiver<(Job, usize)>,
+/// Where the thread's answers go.
+struct Answers {
     completions: mpsc::Sender<Completion>,
+    gc_reports: mpsc::Sender<GcReport>,
     waker: Arc<mio::Waker>,
-) {
-    while let Ok((job, held_bytes)) = jobs.recv() {
-        let answer = match job.work {
-            Work::Request(request) => {
-                let reply = run(&mut store, request).unwrap_or_else(|error| Reply::Error(refusal_of(error)));
-                Answer::Reply(Box::new(reply))
-            }
-            Work::CheckInputs(input) => Answer::InputsChecked(check_inputs(&mut store, input)),
+}
+
+/// The store thread: runs requests in order, and the steps of a garbage
+/// collection pass between them, until the loop goes away.
+fn serve(mut store: LocalStore, work: Receiver<Message>, answers: Answers) {
+    let mut pass: Option<GcPass> = None;
+    let mut served_since_step = 0;
+    loop {
+        let next = match &pass {
+            None => work.recv().ok(),
+            Some(_) if served_since_step < REQUESTS_PER_GC_STEP => match work.try_recv() {
+                Ok(next) => Some(next),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => return,
+            },
+            Some(_) => None,
         };
-        let completion = Completion { conn: job.conn, request_id: job.request_id, answer, held_bytes };
-        if completions.send(completion).is_err() {
-            return;
+        let Some(next) = next else {
+            let Some(running) = &mut pass else { return };
+            served_since_step = 0;
+            if let Some(report) = running.step(&mut store) {
+                pass = None;
+                if answers.gc_reports.send(report).is_err() {
+                    return;
+                }
+                let _ = answers.waker.wake();
+            }
+            continue;
+        };
+        match next {
+            Message::Job(job, held_bytes) => {
+                served_since_step += 1;
+                let answer = match job.work {
+                    Work::Request(request) => {
+                        let reply = run(&mut store, request).unwrap_or_else(|error| Reply::Error(refusal_of(error)));
+                        Answer::Reply(Box::new(reply))
+                    }
+                    Work::CheckInputs(input) => Answer::InputsChecked(check_inputs(&mut store, input)),
+                };
+                let completion = Completion { conn: job.conn, request_id: job.request_id, answer, held_bytes };
+                if answers.completions.send(completion).is_err() {
+                    return;
+                }
+                let _ = answers.waker.wake();
+            }
+            // The loop starts one pass at a time; a second would only repeat it.
+            Message::CollectGarbage { roots, unused_since } => {
+                pass.get_or_insert_with(|| GcPass::new(roots, unused_since));
+            }
         }
-        let _ = waker.wake();
     }
 }
 

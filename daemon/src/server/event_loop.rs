@@ -22,6 +22,7 @@ use slab::Slab;
 use super::ServerError;
 use super::bot_admission;
 use super::cas::CasService;
+use super::cas_gc::{self, GcSchedule};
 use super::connection::{Connection, MAX_READ_BYTES_PER_TURN, Pause, Timeout};
 use super::deadlines::Deadlines;
 use super::disk::Disk;
@@ -104,6 +105,8 @@ pub struct EventLoop {
     outputs: OutputStore,
     /// The content-addressed store, served on its own thread.
     cas: CasService,
+    /// When the store's garbage is collected next.
+    cas_gc: GcSchedule,
     durability: Durability,
     /// The held items released in a turn; kept from one turn to the next.
     released: Vec<Held>,
@@ -169,7 +172,9 @@ impl EventLoop {
                 .map_err(io_error("register the HTTP listener"))?;
         }
         let Recovered { core, wal, outputs, snapshots, history, texts, snapshot_seq } = recovered;
-        let cas = CasService::start(&config.data_dir.join("cas"), config.cas_max_bytes, Arc::clone(&waker))?;
+        let use_refresh = cas_gc::use_refresh(config.cas_grace);
+        let cas =
+            CasService::start(&config.data_dir.join("cas"), config.cas_max_bytes, use_refresh, Arc::clone(&waker))?;
         let files = StateFiles { data_dir: config.data_dir.clone(), snapshots, history, texts };
         let snapshots = Snapshots::new(
             config.snapshots,
@@ -205,6 +210,7 @@ impl EventLoop {
             wal,
             outputs,
             cas,
+            cas_gc: GcSchedule::new(config.cas_grace, Instant::now()),
             durability: Durability::default(),
             released: Vec::new(),
             snapshots,
@@ -255,6 +261,7 @@ impl EventLoop {
         }
         keep_room(&mut self.unfinished_reads, unfinished);
         self.take_cas_completions(now_ms, out);
+        self.take_cas_gc_report();
         for event in events.iter() {
             match event.token() {
                 LISTENER => self.accept_all(Protocol::Binary),
@@ -284,6 +291,7 @@ impl EventLoop {
         self.release_durable();
         self.flush_connections();
         self.disk.remove_expired_output(&self.core, &mut self.outputs);
+        self.collect_cas_garbage_if_due();
         let was_archiving = self.archiving;
         let more_archived = self.core.forget_archived(ARCHIVED_PER_TURN);
         self.archiving = self.core.forget_texts(ARCHIVED_PER_TURN) || more_archived;
@@ -836,7 +844,10 @@ impl EventLoop {
             payloads.push(payload);
             match event {
                 Event::TaskFinished(TaskFinished { run_id: Some(run_id), .. }) => self.outputs.close(run_id),
-                Event::RetentionApplied { .. } => self.disk.retention_applied(),
+                Event::RetentionApplied { .. } => {
+                    self.disk.retention_applied();
+                    self.cas_gc.retention_applied();
+                }
                 _ => {}
             }
         }

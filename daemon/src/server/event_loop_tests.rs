@@ -5,11 +5,14 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::thread;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
+use apiary_protocol::cas::reapi::{Directory, FileNode};
+use apiary_protocol::cas::{CasReference, Digest};
 use apiary_protocol::client::{Client, ClientError};
 use apiary_protocol::{
-    BotPoll, NewTaskRequest, PackedDimensions, RunEnd, RunOutcome, StringPair, TaskProperties, TaskSlice, TaskUpdate,
+    BotPoll, CasBlob, NewTaskRequest, PackedDimensions, RunEnd, RunOutcome, StringPair, TaskProperties, TaskSlice,
+    TaskUpdate,
 };
 use apiary_storage::WalOptions;
 
@@ -40,6 +43,7 @@ fn config(data_dir: &Path) -> ServerConfig {
         reload: None,
         tls: None,
         cas_max_bytes: crate::server::cas::DEFAULT_CAS_MAX_BYTES,
+        cas_grace: crate::server::cas_gc::DEFAULT_CAS_GRACE,
     }
 }
 
@@ -206,4 +210,71 @@ fn connections_refused_at_the_limit_or_closed_at_their_hello_timeout_are_counted
     assert_eq!(sample(&text, "apiary_connections{kind=\"awaiting_hello\"}"), "0", "closed at its timeout");
     assert_eq!(sample(&text, "apiary_refused_requests_total{reason=\"bad_hello\"}"), "0");
     drop((silent, over_the_limit));
+}
+
+/// A tree of one file: its root and the blobs to upload.
+fn tree_of(file: &[u8]) -> (Digest, Vec<CasBlob>) {
+    let file_digest = Digest::of(file);
+    let node = FileNode { name: "file".into(), digest: Some(file_digest.into()), is_executable: false };
+    let (root_bytes, root) = Directory { files: vec![node], ..Directory::default() }.encode_canonical();
+    (root, vec![CasBlob { digest: file_digest, data: file.to_vec() }, CasBlob { digest: root, data: root_bytes }])
+}
+
+/// Makes a stored blob look last used `ago` before now.
+fn age_blob(cas_dir: &Path, digest: Digest, ago: Duration) {
+    let name = format!("{}-{}", digest.hex(), digest.size_bytes);
+    let path = cas_dir.join("blobs").join(&name[..2]).join(&name);
+    std::fs::File::open(path).unwrap().set_modified(SystemTime::now() - ago).unwrap();
+}
+
+fn task_reading(root: Digest) -> NewTaskRequest {
+    let mut request = task_in("gpu");
+    let properties = Arc::make_mut(&mut request.task_slices[0].properties);
+    properties.cas_input_root = Some(CasReference { cas_instance: String::new(), digest: root });
+    request
+}
+
+#[test]
+fn a_collection_after_retention_keeps_what_retained_tasks_name_and_removes_old_unnamed_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.core.task_retention_ms = 1000;
+    let Started { mut event_loop, .. } = start(&config, ServiceManager::disabled()).expect("the daemon starts");
+    let (kept_root, kept_tree) = tree_of(b"named by a pending task");
+    let (let_go_root, let_go_tree) = tree_of(b"named by a task retention lets go");
+    let old = CasBlob { digest: Digest::of(b"old, named by none"), data: b"old, named by none".to_vec() };
+    let fresh = CasBlob { digest: Digest::of(b"fresh, named by none"), data: b"fresh, named by none".to_vec() };
+    let mut blobs: Vec<CasBlob> = kept_tree.iter().chain(&let_go_tree).cloned().collect();
+    blobs.extend([old.clone(), fresh.clone()]);
+    let cas_dir = dir.path().join("cas");
+    let fresh_digest = fresh.digest;
+    let uploaded = blobs.clone();
+    turn_while(&mut event_loop, move |addr| {
+        let mut client = Client::connect(&addr, Role::Client, "test").expect("a client connects");
+        assert!(matches!(client.call(&Request::CasBatchUpload { blobs: uploaded.clone() }), Ok(Reply::CasStored)));
+        for blob in uploaded.iter().filter(|blob| blob.digest != fresh_digest) {
+            age_blob(&cas_dir, blob.digest, Duration::from_secs(2 * 24 * 60 * 60));
+        }
+        assert!(matches!(client.call(&Request::NewTask(task_reading(kept_root))), Ok(Reply::Created(_))));
+        let Ok(Reply::Created(ack)) = client.call(&Request::NewTask(task_reading(let_go_root))) else { panic!() };
+        client.call(&Request::CancelTask { task_id: ack.task_id, kill_running: false }).expect("canceled");
+    });
+    turn_until(&mut event_loop, "a collection after retention", |text| {
+        sample(text, "apiary_cas_gc_passes_total") == "1"
+    });
+    let text = event_loop.render_metrics();
+    assert_eq!(sample(&text, "apiary_cas_gc_removed_blobs_total"), "3", "the let-go tree and the old blob");
+    let removed_bytes: usize = let_go_tree.iter().map(|blob| blob.data.len()).sum::<usize>() + old.data.len();
+    assert_eq!(sample(&text, "apiary_cas_gc_removed_bytes_total"), removed_bytes.to_string());
+    let digests: Vec<Digest> = blobs.iter().map(|blob| blob.digest).collect();
+    let missing = turn_while(&mut event_loop, move |addr| {
+        let mut client = Client::connect(&addr, Role::Client, "test").expect("a client connects");
+        match client.call(&Request::CasFindMissing { digests }) {
+            Ok(Reply::CasMissing { digests }) => digests,
+            other => panic!("{other:?}"),
+        }
+    });
+    let mut expected: Vec<Digest> = let_go_tree.iter().map(|blob| blob.digest).collect();
+    expected.push(old.digest);
+    assert_eq!(missing, expected);
 }

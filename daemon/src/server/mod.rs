@@ -11,6 +11,7 @@
 
 mod bot_admission;
 pub mod cas;
+pub mod cas_gc;
 mod connection;
 mod deadlines;
 mod disk;

@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// The most bytes the content-addressed store (`DATA_DIR/cas`) may hold (`--cas-max-bytes`).
     pub cas_max_bytes: u64,
+    /// Unreferenced blobs unused for this long are removed (`--cas-grace`).
+    pub cas_grace: std::time::Duration,
 }
 
 /// How the daemon reads its configuration file again on SIGHUP.

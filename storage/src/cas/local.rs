@@ -9,32 +9,60 @@
 //! renamed into `blobs/` and its directory synced: a stored blob is whole and
 //! durable, and a crash leaves at most an upload to continue. The index of
 //! stored blobs is rebuilt from `blobs/` at start.
+//!
+//! A blob file's modification time is when the blob was last used (stored,
+//! found, uploaded again or read): a use sets it to now, unless the store
+//! already did so less than `use_refresh` ago (remembered in memory, so a
+//! busy `find_missing` costs no syscall per digest). An upload file's is when
+//! its last chunk came. A sweep goes through the store in 257 parts, one per
+//! step: the 256 shard directories of `blobs/`, then `uploads/`; it stats only
+//! the blobs the caller did not name, and holds no list of its own.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use apiary_protocol::CasBlob;
 use apiary_protocol::cas::Digest;
 
-use super::{CasError, ContentStore};
+use super::{CasError, ContentStore, Sweep};
 use crate::sync_dir;
 
 /// Blobs up to this size are read whole and checked at every read.
 const READ_WHOLE_MAX_BYTES: u64 = 4 << 20;
+/// How long a recorded use stands before another use is written to the disk,
+/// unless the owner sets it (the daemon: a sixteenth of `--cas-grace`).
+pub const DEFAULT_USE_REFRESH: Duration = Duration::from_secs(60 * 60);
+/// The sweep's parts: the shard directories `blobs/00` to `blobs/ff`, then `uploads/`.
+const SHARDS: u32 = 256;
+const UPLOADS_PART: u32 = SHARDS;
+
+/// What the store knows of a stored blob besides its digest (16 bytes with
+/// padding; the digest's 40 make a 56-byte entry).
+#[derive(Clone, Copy, Debug)]
+struct StoredBlob {
+    /// Checked against its digest since start.
+    checked: bool,
+    /// When this process last set the file's modification time (Unix
+    /// seconds); 0: not since start.
+    used_at_secs: u64,
+}
 
 pub struct LocalStore {
     dir: PathBuf,
     limit_bytes: u64,
-    /// Stored blobs; `true` once checked against the digest since start.
-    blobs: HashMap<Digest, bool>,
+    /// Stored blobs.
+    blobs: HashMap<Digest, StoredBlob>,
     /// Bytes of stored blobs.
     stored_bytes: u64,
     /// Uploads in progress and the bytes each has received; each holds room
     /// for its whole size against the limit.
     uploads: HashMap<Digest, u64>,
+    /// A use less than this after the last one written is not written again.
+    use_refresh_secs: u64,
 }
 
 impl LocalStore {
@@ -46,6 +74,7 @@ impl LocalStore {
             blobs: HashMap::new(),
             stored_bytes: 0,
             uploads: HashMap::new(),
+            use_refresh_secs: DEFAULT_USE_REFRESH.as_secs(),
         };
         for sub in ["blobs", "uploads"] {
             let path = dir.join(sub);
@@ -61,6 +90,12 @@ impl LocalStore {
         self.blobs.len()
     }
 
+    /// Sets how long a recorded use stands before another is written (whole
+    /// seconds; less than one writes every use).
+    pub fn set_use_refresh(&mut self, interval: Duration) {
+        self.use_refresh_secs = interval.as_secs();
+    }
+
     fn find_blobs(&mut self) -> Result<(), CasError> {
         let blobs = self.dir.join("blobs");
         for shard in fs::read_dir(&blobs).map_err(io_error(&blobs, "list"))? {
@@ -70,7 +105,7 @@ impl LocalStore {
                 // Anything else there is not the store's; it is left alone.
                 if let Some(digest) = digest_of_file_name(&blob.file_name()) {
                     self.stored_bytes += digest.size_bytes;
-                    self.blobs.insert(digest, false);
+                    self.blobs.insert(digest, StoredBlob { checked: false, used_at_secs: 0 });
                 }
             }
         }
@@ -143,7 +178,9 @@ impl LocalStore {
             if actual != blob.digest {
                 return Err(CasError::Mismatch { expected: blob.digest, actual });
             }
-            if !self.blobs.contains_key(&blob.digest) && seen.insert(blob.digest, ()).is_none() {
+            if self.blobs.contains_key(&blob.digest) {
+                self.mark_used(&blob.digest);
+            } else if seen.insert(blob.digest, ()).is_none() {
                 written.push((blob.digest, self.write_upload(blob.digest, &blob.data)?));
             }
         }
@@ -168,7 +205,7 @@ impl LocalStore {
         for &digest in digests {
             self.uploads.remove(&digest);
             self.stored_bytes += digest.size_bytes;
-            self.blobs.insert(digest, true);
+            self.blobs.insert(digest, StoredBlob::new_now());
         }
         Ok(())
     }
@@ -191,7 +228,7 @@ impl LocalStore {
         fs::rename(&upload, &blob).map_err(io_error(&blob, "rename into place"))?;
         sync_dir(shard).map_err(io_error(shard, "sync"))?;
         self.stored_bytes += digest.size_bytes;
-        self.blobs.insert(digest, true);
+        self.blobs.insert(digest, StoredBlob::new_now());
         Ok(())
     }
 
@@ -202,6 +239,122 @@ impl LocalStore {
         }
         let _ = fs::remove_file(self.blob_path(&digest));
         CasError::Corrupt(digest)
+    }
+
+    /// Records a use of a stored blob: its file's modification time becomes
+    /// now, unless a use was written less than `use_refresh` ago. A failure
+    /// is ignored: the blob only looks older than it is, and a blob gone from
+    /// under the store is found missing when it is opened.
+    fn mark_used(&mut self, digest: &Digest) {
+        let now = SystemTime::now();
+        let now_secs = unix_secs(now);
+        let Some(blob) = self.blobs.get_mut(digest) else { return };
+        if blob.used_at_secs != 0 && now_secs.saturating_sub(blob.used_at_secs) < self.use_refresh_secs {
+            return;
+        }
+        blob.used_at_secs = now_secs;
+        // A read-only descriptor is enough for its owner to set the time.
+        let _ = File::open(self.blob_path(digest)).and_then(|file| file.set_modified(now));
+    }
+
+    /// Up to `max_bytes` of a blob from `offset`, checked (see `ContentStore::read`).
+    fn read_range(&mut self, digest: Digest, offset: u64, max_bytes: usize) -> Result<Vec<u8>, CasError> {
+        let mut file = self.open_blob(digest)?;
+        let path = self.blob_path(&digest);
+        if digest.size_bytes <= READ_WHOLE_MAX_BYTES {
+            let mut bytes = Vec::with_capacity(digest.size_bytes as usize);
+            file.read_to_end(&mut bytes).map_err(io_error(&path, "read"))?;
+            if Digest::of(&bytes) != digest {
+                return Err(self.remove_corrupt(digest));
+            }
+            let start = (offset.min(digest.size_bytes)) as usize;
+            let end = start.saturating_add(max_bytes).min(bytes.len());
+            return Ok(bytes[start..end].to_vec());
+        }
+        if self.blobs.get(&digest).is_some_and(|blob| !blob.checked) {
+            if Digest::of_reader(&file).map_err(io_error(&path, "read"))? != digest {
+                return Err(self.remove_corrupt(digest));
+            }
+            if let Some(blob) = self.blobs.get_mut(&digest) {
+                blob.checked = true;
+            }
+        }
+        let available = digest.size_bytes.saturating_sub(offset);
+        let mut chunk = vec![0u8; (available.min(max_bytes as u64)) as usize];
+        file.read_exact_at(&mut chunk, offset).map_err(io_error(&path, "read"))?;
+        Ok(chunk)
+    }
+
+    /// Removes the blobs of one shard directory that are neither referenced
+    /// nor used since the cutoff.
+    fn sweep_shard(
+        &mut self,
+        shard: u32,
+        sweep: &mut Sweep,
+        referenced: &dyn Fn(&Digest) -> bool,
+    ) -> Result<(), CasError> {
+        let dir = self.dir.join("blobs").join(format!("{shard:02x}"));
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(io_error(&dir, "list")(error)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_error(&dir, "list"))?;
+            // A file the index does not know is not the store's: it is left alone.
+            let Some(digest) = digest_of_file_name(&entry.file_name()).filter(|d| self.blobs.contains_key(d)) else {
+                continue;
+            };
+            if referenced(&digest) {
+                sweep.counts.kept_referenced += 1;
+                continue;
+            }
+            if last_modified(&entry.path())? >= sweep.unused_since {
+                sweep.counts.kept_recent += 1;
+                continue;
+            }
+            self.remove_unused(digest)?;
+            sweep.counts.removed_blobs += 1;
+            sweep.counts.removed_bytes += digest.size_bytes;
+        }
+        Ok(())
+    }
+
+    /// Removes a blob no one needs any more; its bytes leave the usage.
+    fn remove_unused(&mut self, digest: Digest) -> Result<(), CasError> {
+        let path = self.blob_path(&digest);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error(&path, "remove")(error)),
+        }
+        if self.blobs.remove(&digest).is_some() {
+            self.stored_bytes -= digest.size_bytes;
+        }
+        Ok(())
+    }
+
+    /// Removes the uploads no chunk came to since the cutoff; the room they
+    /// held is given back.
+    fn sweep_uploads(&mut self, sweep: &mut Sweep) -> Result<(), CasError> {
+        let dir = self.dir.join("uploads");
+        for entry in fs::read_dir(&dir).map_err(io_error(&dir, "list"))? {
+            let entry = entry.map_err(io_error(&dir, "list"))?;
+            let Some(digest) = digest_of_file_name(&entry.file_name()) else { continue };
+            let Some(&received) = self.uploads.get(&digest) else { continue };
+            if last_modified(&entry.path())? >= sweep.unused_since {
+                continue;
+            }
+            match fs::remove_file(entry.path()) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(io_error(&entry.path(), "remove")(error)),
+            }
+            self.uploads.remove(&digest);
+            sweep.counts.removed_uploads += 1;
+            sweep.counts.removed_upload_bytes += received;
+        }
+        Ok(())
     }
 
     /// Opens a stored blob; a file gone from under the store is reported missing.
@@ -223,10 +376,12 @@ impl LocalStore {
 }
 
 impl ContentStore for LocalStore {
-    fn find_missing(&self, digests: &[Digest]) -> Vec<Digest> {
+    fn find_missing(&mut self, digests: &[Digest]) -> Vec<Digest> {
         let mut missing: Vec<Digest> = Vec::new();
         for digest in digests {
-            if !self.blobs.contains_key(digest) && !missing.contains(digest) {
+            if self.blobs.contains_key(digest) {
+                self.mark_used(digest);
+            } else if !missing.contains(digest) {
                 missing.push(*digest);
             }
         }
@@ -239,6 +394,7 @@ impl ContentStore for LocalStore {
             return Err(CasError::Mismatch { expected: digest, actual });
         }
         if self.blobs.contains_key(&digest) {
+            self.mark_used(&digest);
             return Ok(());
         }
         drop(self.write_upload(digest, bytes)?);
@@ -266,6 +422,7 @@ impl ContentStore for LocalStore {
 
     fn upload_offset(&mut self, digest: Digest) -> Result<u64, CasError> {
         if self.blobs.contains_key(&digest) {
+            self.mark_used(&digest);
             return Ok(digest.size_bytes);
         }
         if let Some(&received) = self.uploads.get(&digest) {
@@ -283,6 +440,7 @@ impl ContentStore for LocalStore {
 
     fn append(&mut self, digest: Digest, offset: u64, chunk: &[u8]) -> Result<bool, CasError> {
         if self.blobs.contains_key(&digest) {
+            self.mark_used(&digest);
             return Ok(true);
         }
         let Some(&received) = self.uploads.get(&digest) else {
@@ -310,33 +468,53 @@ impl ContentStore for LocalStore {
     }
 
     fn read(&mut self, digest: Digest, offset: u64, max_bytes: usize) -> Result<Vec<u8>, CasError> {
-        let mut file = self.open_blob(digest)?;
-        let path = self.blob_path(&digest);
-        if digest.size_bytes <= READ_WHOLE_MAX_BYTES {
-            let mut bytes = Vec::with_capacity(digest.size_bytes as usize);
-            file.read_to_end(&mut bytes).map_err(io_error(&path, "read"))?;
-            if Digest::of(&bytes) != digest {
-                return Err(self.remove_corrupt(digest));
-            }
-            let start = (offset.min(digest.size_bytes)) as usize;
-            let end = start.saturating_add(max_bytes).min(bytes.len());
-            return Ok(bytes[start..end].to_vec());
-        }
-        if self.blobs.get(&digest) == Some(&false) {
-            if Digest::of_reader(&file).map_err(io_error(&path, "read"))? != digest {
-                return Err(self.remove_corrupt(digest));
-            }
-            self.blobs.insert(digest, true);
-        }
-        let available = digest.size_bytes.saturating_sub(offset);
-        let mut chunk = vec![0u8; (available.min(max_bytes as u64)) as usize];
-        file.read_exact_at(&mut chunk, offset).map_err(io_error(&path, "read"))?;
-        Ok(chunk)
+        let bytes = self.read_range(digest, offset, max_bytes)?;
+        self.mark_used(&digest);
+        Ok(bytes)
+    }
+
+    fn read_without_use(&mut self, digest: Digest) -> Result<Vec<u8>, CasError> {
+        let whole = usize::try_from(digest.size_bytes).unwrap_or(usize::MAX);
+        self.read_range(digest, 0, whole)
+    }
+
+    fn contains(&self, digest: &Digest) -> bool {
+        self.blobs.contains_key(digest)
     }
 
     fn usage(&self) -> (u64, u64) {
         (self.stored_bytes + self.reserved_bytes(), self.limit_bytes)
     }
+
+    fn sweep_step(&mut self, sweep: &mut Sweep, referenced: &dyn Fn(&Digest) -> bool) -> Result<bool, CasError> {
+        let part = sweep.next_part;
+        if part > UPLOADS_PART {
+            return Ok(true);
+        }
+        // The part counts as swept even if it fails: a sweep goes on from the next.
+        sweep.next_part += 1;
+        if part == UPLOADS_PART {
+            self.sweep_uploads(sweep)?;
+        } else {
+            self.sweep_shard(part, sweep, referenced)?;
+        }
+        Ok(sweep.next_part > UPLOADS_PART)
+    }
+}
+
+impl StoredBlob {
+    /// A blob stored now: checked, and its file just written.
+    fn new_now() -> StoredBlob {
+        StoredBlob { checked: true, used_at_secs: unix_secs(SystemTime::now()) }
+    }
+}
+
+fn unix_secs(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs())
+}
+
+fn last_modified(path: &Path) -> Result<SystemTime, CasError> {
+    fs::metadata(path).and_then(|metadata| metadata.modified()).map_err(io_error(path, "stat"))
 }
 
 /// Threads that sync files at once: enough for the file system to commit
@@ -376,6 +554,7 @@ fn io_error(path: &Path, action: &str) -> impl FnOnce(io::Error) -> CasError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cas::GcCounts;
 
     fn store(dir: &Path) -> LocalStore {
         LocalStore::open(dir, 1 << 30).unwrap()
@@ -502,6 +681,122 @@ mod tests {
         assert!(matches!(error, CasError::Full { .. }), "{error}");
         assert_eq!(small.usage().0, 0, "a failed batch holds no room");
         small.put_batch(&[blob(b"abcdef")]).unwrap();
+    }
+
+    const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+    /// Makes a file look last modified `ago` before now.
+    fn set_age(path: &Path, ago: Duration) {
+        File::open(path).unwrap().set_modified(SystemTime::now() - ago).unwrap();
+    }
+
+    fn age_of(path: &Path) -> Duration {
+        SystemTime::now().duration_since(fs::metadata(path).unwrap().modified().unwrap()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_sweep_keeps_referenced_and_recently_used_blobs_and_removes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(dir.path());
+        let blobs: Vec<&[u8]> = vec![b"referenced", b"old", b"older", b"fresh"];
+        for blob in &blobs {
+            store.put(Digest::of(blob), blob).unwrap();
+        }
+        let [referenced, old, older, fresh] = [0, 1, 2, 3].map(|index| Digest::of(blobs[index]));
+        for (digest, days) in [(referenced, 3), (old, 2), (older, 3)] {
+            set_age(&store.blob_path(&digest), DAY * days);
+        }
+        let counts = store.collect_garbage(&|digest| *digest == referenced, SystemTime::now() - DAY).unwrap();
+        let expected =
+            GcCounts { removed_blobs: 2, removed_bytes: 8, kept_referenced: 1, kept_recent: 1, ..GcCounts::default() };
+        assert_eq!(counts, expected);
+        assert_eq!(store.find_missing(&[referenced, old, older, fresh]), [old, older]);
+        assert_eq!(store.usage().0, (b"referenced".len() + b"fresh".len()) as u64, "the bytes left the usage");
+        assert!(!store.blob_path(&old).exists());
+        drop(store);
+        let mut store = self::store(dir.path());
+        assert_eq!(store.find_missing(&[referenced, old, fresh]), [old], "gone for good");
+        assert_eq!(store.read(fresh, 0, 100).unwrap(), b"fresh");
+    }
+
+    #[test]
+    fn a_use_refreshes_a_blob_at_most_once_per_refresh_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = Digest::of(b"blob");
+        store(dir.path()).put(digest, b"blob").unwrap();
+        let mut store = store(dir.path());
+        let path = store.blob_path(&digest);
+        set_age(&path, DAY);
+        assert_eq!(store.find_missing(&[digest]), []);
+        assert!(age_of(&path) < DAY / 2, "found present: used now");
+        set_age(&path, DAY);
+        store.find_missing(&[digest]);
+        assert_eq!(store.read(digest, 0, 10).unwrap(), b"blob");
+        assert!(age_of(&path) >= DAY, "used again within the refresh interval: nothing written");
+        store.set_use_refresh(Duration::ZERO);
+        assert_eq!(store.read_without_use(digest).unwrap(), b"blob");
+        assert!(age_of(&path) >= DAY, "the collector's reads are not uses");
+        store.read(digest, 0, 10).unwrap();
+        assert!(age_of(&path) < DAY / 2, "a read is a use");
+        for used in [
+            |store: &mut LocalStore, digest: Digest| store.put(digest, b"blob").unwrap(),
+            |store: &mut LocalStore, digest: Digest| {
+                store.put_batch(&[CasBlob { digest, data: b"blob".to_vec() }]).unwrap()
+            },
+            |store: &mut LocalStore, digest: Digest| assert_eq!(store.upload_offset(digest).unwrap(), 4),
+        ] {
+            set_age(&path, DAY);
+            used(&mut store, digest);
+            assert!(age_of(&path) < DAY / 2, "an upload of a stored blob is a use");
+        }
+        set_age(&path, DAY);
+        let counts = store.collect_garbage(&|_| false, SystemTime::now() - DAY / 2).unwrap();
+        assert_eq!((counts.removed_blobs, store.usage().0), (1, 0));
+    }
+
+    #[test]
+    fn an_abandoned_upload_is_removed_and_gives_its_room_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LocalStore::open(dir.path(), 100).unwrap();
+        let (abandoned, going_on) = (Digest::of(&[1; 60]), Digest::of(&[2; 30]));
+        for digest in [abandoned, going_on] {
+            store.upload_offset(digest).unwrap();
+            assert!(!store.append(digest, 0, &[0; 10]).unwrap());
+        }
+        set_age(&store.upload_path(&abandoned), DAY);
+        assert_eq!(store.usage().0, 90, "each upload holds room for its whole size");
+        let counts = store.collect_garbage(&|_| false, SystemTime::now() - DAY / 2).unwrap();
+        assert_eq!((counts.removed_uploads, counts.removed_upload_bytes), (1, 10));
+        assert_eq!(store.usage().0, 30);
+        assert!(!store.upload_path(&abandoned).exists());
+        assert_eq!(store.upload_offset(abandoned).unwrap(), 0, "it starts again");
+        assert_eq!(store.upload_offset(going_on).unwrap(), 10, "the other goes on");
+    }
+
+    #[test]
+    fn a_sweep_goes_a_part_at_a_time_and_leaves_foreign_files_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(dir.path());
+        let blobs: Vec<Vec<u8>> = (0..40).map(|index| format!("blob {index}").into_bytes()).collect();
+        for blob in &blobs {
+            let digest = Digest::of(blob);
+            store.put(digest, blob).unwrap();
+            set_age(&store.blob_path(&digest), DAY);
+        }
+        let foreign = dir.path().join("blobs").join("00").join("notes.txt");
+        fs::create_dir_all(foreign.parent().unwrap()).unwrap();
+        fs::write(&foreign, b"mine").unwrap();
+        set_age(&foreign, DAY);
+        let mut sweep = Sweep::new(SystemTime::now() - DAY / 2);
+        let mut steps = 1;
+        while !store.sweep_step(&mut sweep, &|_| false).unwrap() {
+            steps += 1;
+        }
+        assert_eq!(steps, SHARDS + 1, "one step per shard, then the uploads");
+        assert_eq!(sweep.counts.removed_blobs, 40);
+        assert!(store.sweep_step(&mut sweep, &|_| false).unwrap(), "a finished sweep stays finished");
+        assert!(foreign.exists());
+        assert_eq!((store.blob_count(), store.usage().0), (0, 0));
     }
 
     #[test]

@@ -9,18 +9,25 @@
 //! first, with the connection paused the same way (`server::input_check`),
 //! and comes back to be handed to the core, or refused as the core's
 //! replies are (held until the turn's records are durable, then sent).
+//!
+//! The loop also starts the store's garbage collection when it is due
+//! (`server::cas_gc`): the core's roots are taken in the turn, the rest of the
+//! pass runs on the store's thread, and its report is logged and counted.
 
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use apiary_protocol::{ErrorReply, Reply, Request};
 use mio::Token;
 
 use super::{EventLoop, connection_of, push_error, token_of};
 use crate::core::{Input, Outgoing, Output};
-use crate::server::cas::{self, Answer, INPUT_CHECK_BYTES, Work};
+use crate::logging;
+use crate::server::cas::{Answer, INPUT_CHECK_BYTES, Work};
 use crate::server::connection::Pause;
 use crate::server::input_check;
 use crate::server::outbound;
+use crate::server::{cas, cas_gc};
 
 impl EventLoop {
     /// Checks a store request and queues it, or answers its refusal.
@@ -41,6 +48,40 @@ impl EventLoop {
                 connection.paused = Some(Pause::StoreRequest);
             }
             Err(ErrorReply { code, message }) => push_error(&mut self.metrics, connection, request_id, code, message),
+        }
+    }
+
+    /// Starts a garbage collection pass of the store if one is due.
+    pub(super) fn collect_cas_garbage_if_due(&mut self) {
+        let now = Instant::now();
+        if !self.cas_gc.is_due(now) {
+            return;
+        }
+        let roots = match self.core.cas_roots() {
+            Ok(roots) => roots,
+            Err(reason) => {
+                logging::warn(format!("content-addressed store: no garbage collection now: {reason}"));
+                // Tried again a refresh interval later, not at every turn.
+                self.cas_gc.started(now);
+                self.cas_gc.finished();
+                return;
+            }
+        };
+        let unused_since = cas_gc::unused_since(SystemTime::now(), self.cas_gc.grace());
+        if self.cas.collect_garbage(roots, unused_since) {
+            self.cas_gc.started(now);
+        }
+    }
+
+    /// Logs and counts what a finished garbage collection pass did.
+    pub(super) fn take_cas_gc_report(&mut self) {
+        let Some(report) = self.cas.next_gc_report() else { return };
+        self.cas_gc.finished();
+        self.metrics.cas_garbage_collected(report.counts.removed_blobs, report.counts.removed_bytes);
+        if report.stopped.is_some() {
+            logging::warn(report.describe());
+        } else {
+            logging::info(report.describe());
         }
     }
 
