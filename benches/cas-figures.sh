@@ -26,7 +26,9 @@
 # directory on 127.0.0.1, a free port, and one fresh apiary-bot; the plain tool first in
 # odd rounds, apiary first in even ones, so neither always runs on a warmer machine):
 #   1. archive, store empty: `apiary cas archive TREE`   vs `cp -r TREE copy && sync`
-#   2. re-archive, unchanged: the same again             vs `sha256sum` of every file
+#   2. re-archive, unchanged: the same again             vs `sha256sum` of every file, and
+#      `cat` of every file (reading alone: coreutils' sha256sum does not use the CPU's
+#      SHA instructions, which apiary's hashing does)
 #   3. materialize on the bot, warm cache: a task with --cas-input-root ROOT runs twice
 #      (the first fills the bot's cache); the figure is the second task's
 #      cas_stats.download.duration_ms (its setup_duration too) vs `cp -al` and `cp -r`
@@ -37,13 +39,16 @@
 # Before each timed step everything is synced and, when possible, the page cache
 # dropped; as non-root it cannot be, so the script says so and every step reads the
 # tree from a warm cache (a warm-up pass reads it once first, for both sides alike).
+# Dropping also empties the buffer cache, without which, on ext4 without a journal,
+# creating files soon after deleting others is slower (ext4 skips the inodes freed in
+# the last minute, looking each up): each step deletes what the one before made.
 #
 # Output: progress on stderr; on stdout the machine (nproc, free -g, kernel, file
 # system), the date, and a Markdown table of min .. max per operation and plain tool.
 # Needs: bash, GNU coreutils, python3 (the generator), jq (the tasks' JSON).
 # Disk: about 7x TREE_BYTES free under SCRATCH_PARENT.
 
-set -euo pipefail
+set -Eeuo pipefail
 # Our own daemon on loopback: no token or certificate from the caller applies to it.
 unset APIARY_SERVER APIARY_TOKEN_FILE APIARY_CA_FILE
 
@@ -78,10 +83,16 @@ for binary in apiaryd apiary-bot apiary; do
 done
 BIN_DIR=$(cd "$BIN_DIR" && pwd)
 [ "$ROUNDS" -ge 1 ] || die "ROUNDS must be at least 1, not $ROUNDS"
+case "$DROP_CACHES" in
+auto | no) ;;
+*) die "DROP_CACHES must be auto or no, not $DROP_CACHES" ;;
+esac
 [ "$FILES" -ge "$DIRS" ] || die "FILES ($FILES) must be at least DIRS ($DIRS)"
 [ "$TREE_BYTES" -ge "$FILES" ] || die "TREE_BYTES ($TREE_BYTES) must give each of the $FILES files a byte"
 
 [ -d "$SCRATCH_PARENT" ] || die "scratch parent $SCRATCH_PARENT is not a directory"
+# Absolute: the bot's work directory is in it, and a task runs in a directory of its own.
+SCRATCH_PARENT=$(cd "$SCRATCH_PARENT" && pwd)
 SCRATCH_FS=$(df -PT "$SCRATCH_PARENT" | awk 'NR == 2 { print $2 }')
 case "$SCRATCH_FS" in
 tmpfs | ramfs) die "$SCRATCH_PARENT is on $SCRATCH_FS (memory): give a directory on a disk" ;;
@@ -120,9 +131,16 @@ save_logs() {
     return 0
 }
 
+# The command that failed, for the message at exit (set -E: in functions too).
+failed_at=
+trap 'failed_at="line $LINENO: $BASH_COMMAND"' ERR
+
 cleanup() {
     local status=$?
-    trap - EXIT INT TERM
+    trap - EXIT INT TERM ERR
+    if [ "$status" -ne 0 ]; then
+        say "cas-figures: failed (exit $status${failed_at:+ at $failed_at}); removing $SCRATCH"
+    fi
     stop_process "$bot_pid"
     stop_process "$daemon_pid"
     save_logs
@@ -184,8 +202,12 @@ PYTHON
 # --- measuring ------------------------------------------------------------------------
 
 CAN_DROP=no
-if [ "$DROP_CACHES" = auto ] && (echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then
-    CAN_DROP=yes
+WHY_NOT_DROPPED="DROP_CACHES=$DROP_CACHES"
+if [ "$DROP_CACHES" = auto ]; then
+    WHY_NOT_DROPPED="cannot write /proc/sys/vm/drop_caches: not root"
+    if (echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then
+        CAN_DROP=yes
+    fi
 fi
 
 # Before each timed step: nothing dirty left to write back, and (when allowed) a
@@ -220,6 +242,7 @@ timed() {
 
 plain_copy_and_sync() { cp -r "$1" "$2" && sync; }
 plain_hash_every_file() { find "$1" -type f -exec sha256sum {} + >/dev/null; }
+plain_read_every_file() { find "$1" -type f -exec cat {} + >/dev/null; }
 
 # --- apiaryd and apiary-bot -----------------------------------------------------------
 
@@ -287,7 +310,10 @@ archive_apiary() {
 }
 archive_tree() { ROOT=$(apiary cas archive "$TREE" 2>/dev/null); }
 download_tree() { apiary cas download "$ROOT" "$1" 2>/dev/null; }
-rearchive_plain() { timed "rearchive/plain" plain_hash_every_file "$TREE"; }
+rearchive_plain() {
+    timed "rearchive/plain" plain_hash_every_file "$TREE"
+    timed "rearchive/plain-read" plain_read_every_file "$TREE"
+}
 
 download_plain() {
     timed "download/plain" cp -r "$TREE" "$round_dir/copy"
@@ -373,7 +399,7 @@ span() {
 report() {
     local tree_mib=$((TREE_BYTES / 1048576)) output_mib=$((OUTPUT_BYTES / 1048576))
     local caches="dropped before each timed step"
-    [ "$CAN_DROP" = yes ] || caches="not dropped (needs root; DROP_CACHES=$DROP_CACHES): warm, after a warm-up read"
+    [ "$CAN_DROP" = yes ] || caches="not dropped ($WHY_NOT_DROPPED): warm, after a warm-up read"
     cat <<EOF
 Date: $(date -u '+%Y-%m-%d %H:%M UTC'); $ROUNDS rounds; seed $SEED
 Machine: $(nproc) cores, $(uname -sr); scratch on $SCRATCH_FS ($(df -P "$SCRATCH_PARENT" | awk 'NR == 2 { print $1 }'))
@@ -384,7 +410,7 @@ $(free -g)
 | operation | apiary | plain tools |
 |---|---|---|
 | 1. archive, store empty: \`apiary cas archive tree\` | $(span archive/apiary) | \`cp -r tree copy && sync\`: $(span archive/plain) |
-| 2. re-archive, unchanged: the same again | $(span rearchive/apiary) | \`sha256sum\` of every file: $(span rearchive/plain) |
+| 2. re-archive, unchanged: the same again | $(span rearchive/apiary) | \`sha256sum\` of every file: $(span rearchive/plain); \`cat\` of every file: $(span rearchive/plain-read) |
 | 3. materialize on the bot, warm cache: \`cas_stats.download.duration_ms\` | $(span materialize/apiary) (setup_duration $(span materialize/apiary-setup)) | \`cp -al tree copy\`: $(span materialize/plain-links); \`cp -r tree copy\`: $(span materialize/plain-copy) |
 | (the first task, cold cache: downloads the whole tree) | $(span materialize/apiary-cold) | (see 5) |
 | 4. upload a $output_mib MiB output: \`cas_stats.upload.duration_ms\` | $(span upload/apiary) (teardown_duration $(span upload/apiary-teardown)) | \`cp -r out copy && sync\`: $(span upload/plain) |
@@ -401,7 +427,7 @@ say "generated in $(seconds $(($(now_ms) - started))) s"
 if [ "$CAN_DROP" = yes ]; then
     say "the page cache is dropped before each timed step"
 else
-    say "the page cache cannot be dropped (not root, or DROP_CACHES=no): reading everything once"
+    say "the page cache is not dropped ($WHY_NOT_DROPPED): a warm-up read of everything first"
     cat "$TREE"/*/* "$OUTPUT_SOURCE"/* >/dev/null
 fi
 for round in $(seq "$ROUNDS"); do
