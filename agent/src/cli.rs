@@ -123,6 +123,8 @@ pub(crate) enum ConfigError {
     DimensionValue(String),
     #[error("{0}")]
     TokenFile(String),
+    #[error("{0}")]
+    WorkDir(String),
 }
 
 /// A bearer token: `Debug` says only how long it is.
@@ -161,6 +163,9 @@ impl BotConfig {
             }
         }
         let work_dir = args.work_dir.unwrap_or_else(|| default_work_dir(&args.id, apiary_systemd::state_directory()));
+        // Absolute, so that the paths tasks get (`APIARY_OUTDIR`, ...) mean the same from their own directory.
+        let work_dir = std::path::absolute(&work_dir)
+            .map_err(|error| ConfigError::WorkDir(format!("--work-dir {}: {error}", work_dir.display())))?;
         let timeout = Duration::from_secs(args.health_check_timeout_secs);
         let health_check = args.health_check.map(|command| HealthCheck { command, timeout });
         let token = match &args.token_file {
@@ -224,6 +229,8 @@ mod tests {
         assert!(Args::try_parse_from(["apiary-bot", "--id", "b", "--cache-max-bytes", "1k"]).is_err());
         assert_eq!(config.cas_cache_max_bytes, 20 << 30);
         assert_eq!(parse(&["--id", "b", "--cas-cache-max-bytes", "4096"]).unwrap().cas_cache_max_bytes, 4096);
+        let relative = parse(&["--id", "b", "--work-dir", "bots/b"]).unwrap().work_dir;
+        assert_eq!(relative, std::env::current_dir().unwrap().join("bots/b"), "made absolute for the tasks' paths");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use apiary_protocol::cas::{Digest, DigestWriter};
 
@@ -62,9 +62,17 @@ pub(crate) struct ContentCache {
     max_bytes: u64,
     /// Each cached file and when it was last used (a counter, larger is later).
     entries: HashMap<Key, u64>,
+    /// When this process last wrote each file's modification time: a file used
+    /// again within `USE_WRITE_INTERVAL` is not written again (a warm tree of
+    /// thousands of files would otherwise cost an open and a write each).
+    use_written: HashMap<Key, Instant>,
     used_bytes: u64,
     clock: u64,
 }
+
+/// How stale the use order kept on disk may get: a restart may misorder
+/// files used within this long of each other.
+const USE_WRITE_INTERVAL: Duration = Duration::from_secs(60);
 
 impl ContentCache {
     /// Opens the cache in `dir` (created if missing), finding what it holds.
@@ -79,8 +87,14 @@ impl ContentCache {
             found.push((modified.unwrap_or(SystemTime::UNIX_EPOCH), key));
         }
         found.sort_by_key(|(modified, _)| *modified);
-        let mut cache =
-            ContentCache { dir: dir.to_path_buf(), max_bytes, entries: HashMap::new(), used_bytes: 0, clock: 0 };
+        let mut cache = ContentCache {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            entries: HashMap::new(),
+            use_written: HashMap::new(),
+            used_bytes: 0,
+            clock: 0,
+        };
         for (_, key) in found {
             cache.clock += 1;
             cache.used_bytes += key.digest.size_bytes;
@@ -180,6 +194,8 @@ impl ContentCache {
         fs::rename(&incoming, &cached).map_err(io_error(&cached, "move into the cache"))?;
         self.clock += 1;
         self.entries.insert(key, self.clock);
+        // Just written: its modification time is its use.
+        self.use_written.insert(key, Instant::now());
         self.used_bytes += key.digest.size_bytes;
         Ok(())
     }
@@ -203,12 +219,18 @@ impl ContentCache {
     fn touch(&mut self, key: Key, path: &Path) {
         self.clock += 1;
         self.entries.insert(key, self.clock);
+        let now = Instant::now();
+        if self.use_written.get(&key).is_some_and(|written| now.duration_since(*written) < USE_WRITE_INTERVAL) {
+            return;
+        }
+        self.use_written.insert(key, now);
         // Kept across restarts as the file's modification time; losing it only loses order.
         let _ = File::open(path).and_then(|file| file.set_modified(SystemTime::now()));
     }
 
     /// Drops an entry from the books (its file is gone or going).
     fn forget(&mut self, key: Key) {
+        self.use_written.remove(&key);
         if self.entries.remove(&key).is_some() {
             self.used_bytes -= key.digest.size_bytes;
         }
