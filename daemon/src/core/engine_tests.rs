@@ -490,6 +490,29 @@ fn outputs_are_kept_with_the_result_and_dedup_tells_input_roots_apart() {
 }
 
 #[test]
+fn outputs_a_dead_run_recorded_are_not_the_next_run_s() {
+    let mut h = Harness::new();
+    let mut r = request(100, &[("pool", "ci")]);
+    Arc::make_mut(&mut r.task_slices[0].properties).idempotent = true;
+    r.bot_ping_tolerance_secs = 10;
+    let task = h.submit(r);
+    run_one(&mut h, BOT_1, LINUX);
+    // As after a crash that tore the write between a run's outputs and its end.
+    let stale =
+        TaskOutputs { task_id: task.task_id, output_root: Some(Digest::of(b"stale")), stats: CasStats::default() };
+    h.core.apply(&Event::TaskOutputs(stale.clone()));
+    h.log.push(Event::TaskOutputs(stale));
+    h.advance(10_000);
+    assert_eq!(h.state(task.task_id), TaskState::Pending, "retried");
+    let second_run = run_one(&mut h, BOT_2, LINUX);
+    finish_run(&mut h, BOT_2, second_run, b"ok", 0);
+    let (_, out) = h.send(CLIENT, Request::GetTask { task_id: task.task_id });
+    let Reply::Task(result) = &out.replies[0].reply else { panic!() };
+    assert_eq!((result.state, result.cas_output_root.clone()), (TaskState::Completed, None));
+    h.check_replay();
+}
+
+#[test]
 fn cancel_ends_pending_tasks_and_kill_stops_running_ones_through_their_bot() {
     let mut h = Harness::new();
     let pending = h.submit(request(100, &[("pool", "ci")]));

@@ -155,6 +155,8 @@ impl Core {
         // The event does not say whether the dead run's output was cut: a
         // replay could not know, so the live core does not show it either.
         task.output_truncated = false;
+        // Outputs a dead run recorded (a write torn before its end) are not the next run's.
+        self.outputs_to_finish.remove(&run_id.request());
         self.enqueue(run_id.request());
         self.release_bot(&bot_id, run_id);
         let message = format!("BOT_DIED {reason}; the task is retried");
