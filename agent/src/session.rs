@@ -1609,7 +1609,7 @@ mod tests {
     fn task_with_inputs(number: u64, script: &str, root: apiary_protocol::cas::Digest) -> Assignment {
         let mut assignment = task(number, script, &[]);
         let reference = apiary_protocol::cas::CasReference { cas_instance: String::new(), digest: root };
-        Arc::make_mut(&mut assignment.properties).cas_input_root = Some(reference);
+        Arc::make_mut(&mut assignment.properties).cas_input_root = Some(Box::new(reference));
         assignment
     }
 

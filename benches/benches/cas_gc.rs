@@ -47,7 +47,7 @@ fn task_with_root(index: usize) -> Request {
     properties.command = vec!["true".into()];
     properties.dimensions = vec![StringPair::new("pool", "nobody")];
     let digest = Digest::of(format!("tree {index}").as_bytes());
-    properties.cas_input_root = Some(CasReference { cas_instance: String::new(), digest });
+    properties.cas_input_root = Some(Box::new(CasReference { cas_instance: String::new(), digest }));
     Request::NewTask(NewTaskRequest { name: format!("t{index}"), task_slices: vec![slice], ..Default::default() })
 }
 

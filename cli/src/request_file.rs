@@ -148,10 +148,10 @@ mod tests {
             grace_period_secs: 30,
             idempotent: false,
             caches: vec![NamedCache { name: "git".to_string(), path: "cache/git".to_string() }],
-            cas_input_root: Some(CasReference {
+            cas_input_root: Some(Box::new(CasReference {
                 cas_instance: "projects/p/instances/default_instance".to_string(),
                 digest: Digest::of_empty(),
-            }),
+            })),
         };
         let expected = NewTaskRequest {
             name: "n".to_string(),

@@ -212,7 +212,9 @@ fn request_from_flags(flags: &TaskFlags) -> Result<NewTaskRequest, CliError> {
         io_timeout_secs: flags.io_timeout_secs,
         grace_period_secs: flags.grace_period_secs,
         idempotent: flags.idempotent,
-        cas_input_root: flags.cas_input_root.map(|digest| CasReference { cas_instance: String::new(), digest }),
+        cas_input_root: flags
+            .cas_input_root
+            .map(|digest| Box::new(CasReference { cas_instance: String::new(), digest })),
     };
     let slice = TaskSlice {
         properties: Arc::new(properties),

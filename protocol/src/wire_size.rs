@@ -85,7 +85,9 @@ fn properties_block(properties: &TaskProperties) -> usize {
         + string(&properties.relative_cwd)
         + array::<ArchivedNamedCache>(properties.caches.len())
         + properties.caches.iter().map(|cache| string(&cache.name) + string(&cache.path)).sum::<usize>()
-        + properties.cas_input_root.as_ref().map_or(0, |root| string(&root.cas_instance))
+        + properties.cas_input_root.as_ref().map_or(0, |root| {
+            size_of::<crate::cas::reference::ArchivedCasReference>() + BLOCK_PAD + string(&root.cas_instance)
+        })
 }
 
 fn string(text: &str) -> usize {
@@ -155,7 +157,7 @@ mod tests {
                 relative_cwd,
                 caches: caches.into_iter().map(|(name, path)| NamedCache { name, path }).collect(),
                 cas_input_root: input_root
-                    .map(|cas_instance| CasReference { cas_instance, digest: Digest::of(b"tree") }),
+                    .map(|cas_instance| Box::new(CasReference { cas_instance, digest: Digest::of(b"tree") })),
                 ..TaskProperties::default()
             },
         )

@@ -354,7 +354,7 @@ impl Decoder {
     }
 
     /// Swarming's `CASReference`: `{cas_instance, digest: {hash, size_bytes}}`.
-    fn cas_reference(&mut self, value: &Value, at: &str) -> Option<CasReference> {
+    fn cas_reference(&mut self, value: &Value, at: &str) -> Option<Box<CasReference>> {
         let fields = self.fields(value, at, CAS_REFERENCE_FIELDS, &[])?;
         let cas_instance = self.string_field(&fields, "cas_instance").unwrap_or_default();
         let Some(digest) = fields.get("digest") else {
@@ -366,7 +366,7 @@ impl Decoder {
         let hash = self.string_field(&digest_fields, "hash").unwrap_or_default();
         let size = self.integer_field(&digest_fields, "size_bytes", &BLOB_SIZE).unwrap_or(0);
         match Digest::from_parts(&hash, size as u64) {
-            Ok(digest) => Some(CasReference { cas_instance, digest }),
+            Ok(digest) => Some(Box::new(CasReference { cas_instance, digest })),
             Err(_) => {
                 let message = format!("{hash:?} is not a SHA-256 in 64 lowercase hexadecimal digits");
                 self.refuse(&digest_fields.at("hash"), message);

@@ -455,7 +455,8 @@ fn outputs_are_kept_with_the_result_and_dedup_tells_input_roots_apart() {
         let mut request = request(100, &[("pool", "ci")]);
         let properties = Arc::make_mut(&mut request.task_slices[0].properties);
         properties.idempotent = true;
-        properties.cas_input_root = Some(CasReference { cas_instance: String::new(), digest: Digest::of(name) });
+        properties.cas_input_root =
+            Some(Box::new(CasReference { cas_instance: String::new(), digest: Digest::of(name) }));
         request
     };
     h.submit(with_root(b"inputs a"));
@@ -1600,7 +1601,8 @@ fn the_store_roots_are_the_inputs_and_outputs_of_held_and_archived_tasks() {
     let with_root = |name: &[u8]| {
         let mut request = request(100, &[("pool", "ci")]);
         let properties = Arc::make_mut(&mut request.task_slices[0].properties);
-        properties.cas_input_root = Some(CasReference { cas_instance: String::new(), digest: Digest::of(name) });
+        properties.cas_input_root =
+            Some(Box::new(CasReference { cas_instance: String::new(), digest: Digest::of(name) }));
         request
     };
     let finished = |h: &mut Harness, input: &[u8], output: &[u8]| {

@@ -230,7 +230,7 @@ fn age_blob(cas_dir: &Path, digest: Digest, ago: Duration) {
 fn task_reading(root: Digest) -> NewTaskRequest {
     let mut request = task_in("gpu");
     let properties = Arc::make_mut(&mut request.task_slices[0].properties);
-    properties.cas_input_root = Some(CasReference { cas_instance: String::new(), digest: root });
+    properties.cas_input_root = Some(Box::new(CasReference { cas_instance: String::new(), digest: root }));
     request
 }
 
