@@ -17,8 +17,6 @@ macro_rules! log_event {
 mod cache;
 mod cli;
 mod content_cache;
-#[cfg(test)]
-mod fake_store;
 mod health;
 mod host;
 mod output;

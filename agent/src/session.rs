@@ -1009,7 +1009,7 @@ mod tests {
     use apiary_protocol::{NamedCache, TaskUpdate};
 
     use super::*;
-    use crate::fake_store::FakeStore;
+    use apiary_protocol::cas::memory_store::MemoryStore;
 
     const RUN_ID: u64 = 0x5551;
 
@@ -1054,7 +1054,7 @@ mod tests {
         create_at_poll: Option<(usize, std::path::PathBuf)>,
         lifecycle: Arc<Lifecycle>,
         /// The content-addressed store the bot's transfers go to.
-        store: FakeStore,
+        store: MemoryStore,
         /// How long each store request takes.
         store_delay: Duration,
     }
@@ -1614,7 +1614,7 @@ mod tests {
     }
 
     /// A tree of an executable script and a nested data file, stored.
-    fn stored_inputs(store: &mut FakeStore) -> apiary_protocol::cas::Digest {
+    fn stored_inputs(store: &mut MemoryStore) -> apiary_protocol::cas::Digest {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("data")).unwrap();
@@ -1631,7 +1631,7 @@ mod tests {
 
     #[test]
     fn inputs_are_there_for_the_command_and_its_outputs_go_up_after_it() {
-        let mut store = FakeStore::default();
+        let mut store = MemoryStore::default();
         let root = stored_inputs(&mut store);
         let script = r#"cat data/in.txt && ./tool.sh > "$APIARY_OUTDIR/result.txt""#;
         let daemon = FakeDaemon {
@@ -1669,7 +1669,7 @@ mod tests {
 
     #[test]
     fn transfers_go_on_across_lost_connections() {
-        let mut store = FakeStore::default();
+        let mut store = MemoryStore::default();
         let root = stored_inputs(&mut store);
         let script = r#"./tool.sh > "$APIARY_OUTDIR/out.txt" && cp data/in.txt "$APIARY_OUTDIR/""#;
         let daemon = FakeDaemon {
@@ -1689,7 +1689,7 @@ mod tests {
 
     #[test]
     fn a_kill_request_while_inputs_come_stops_them_and_the_command_never_runs() {
-        let mut store = FakeStore::default();
+        let mut store = MemoryStore::default();
         let root = stored_inputs(&mut store);
         let daemon = FakeDaemon {
             assignments: VecDeque::from([task_with_inputs(1, "echo ran", root)]),

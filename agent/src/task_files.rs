@@ -369,13 +369,13 @@ mod tests {
     use apiary_protocol::cas::reapi::{DirectoryNode, FileNode};
 
     use super::*;
-    use crate::fake_store::FakeStore;
+    use apiary_protocol::cas::memory_store::MemoryStore;
 
     const LARGE_BYTES: usize = 2 * MAX_CAS_CHUNK_BYTES + 7;
 
     /// A tree with nested directories, an executable, an empty file, a symlink
     /// and a file over two chunks, archived into a store.
-    fn stored_tree() -> (tempfile::TempDir, Archive, FakeStore) {
+    fn stored_tree() -> (tempfile::TempDir, Archive, MemoryStore) {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("a/b")).unwrap();
         fs::write(dir.path().join("a/b/data"), b"nested bytes").unwrap();
@@ -386,7 +386,7 @@ mod tests {
         let large: Vec<u8> = (0..LARGE_BYTES).map(|index| (index % 251) as u8).collect();
         fs::write(dir.path().join("a/large"), &large).unwrap();
         let archive = Archive::of_directory_contents(dir.path()).unwrap();
-        let mut store = FakeStore::default();
+        let mut store = MemoryStore::default();
         store.blobs.extend(archive.directories.clone());
         for path in archive.files.values() {
             store.insert(&fs::read(path).unwrap());
@@ -395,7 +395,7 @@ mod tests {
     }
 
     /// A root directory holding these files, each named by its bytes, stored.
-    fn root_of(store: &mut FakeStore, files: &[(&str, &[u8])]) -> Digest {
+    fn root_of(store: &mut MemoryStore, files: &[(&str, &[u8])]) -> Digest {
         let mut files: Vec<FileNode> = files
             .iter()
             .map(|(name, bytes)| FileNode {
@@ -446,7 +446,7 @@ mod tests {
     #[test]
     fn a_file_whose_bytes_do_not_match_is_not_cached_and_fails_the_run() {
         for size in [14, LARGE_BYTES] {
-            let mut store = FakeStore::default();
+            let mut store = MemoryStore::default();
             let real = vec![b'r'; size];
             let root = root_of(&mut store, &[("f", &real)]);
             store.blobs.insert(Digest::of(&real), vec![b'x'; size]);
@@ -462,7 +462,7 @@ mod tests {
 
     #[test]
     fn missing_blobs_end_the_run_as_the_task_s_fault_naming_them() {
-        let mut store = FakeStore::default();
+        let mut store = MemoryStore::default();
         let root = root_of(&mut store, &[("a", b"kept"), ("b", b"lost 1"), ("c", b"lost 2")]);
         store.insert(b"kept");
         let (cache_dir, dest) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -483,7 +483,7 @@ mod tests {
 
     #[test]
     fn an_input_where_a_named_cache_lies_is_the_task_s_fault() {
-        let mut store = FakeStore::default();
+        let mut store = MemoryStore::default();
         let (bytes, empty) = Directory::default().encode_canonical();
         store.blobs.insert(empty, bytes);
         let node = DirectoryNode { name: "cache".into(), digest: Some(empty.into()) };
@@ -499,7 +499,7 @@ mod tests {
 
     #[test]
     fn the_cache_stays_under_its_limit_across_trees() {
-        let mut store = FakeStore::default();
+        let mut store = MemoryStore::default();
         let blobs: Vec<Vec<u8>> = (0..6u8).map(|index| vec![index; 1000]).collect();
         let roots: Vec<Digest> = blobs
             .chunks(2)
@@ -531,7 +531,7 @@ mod tests {
         fs::write(out.path().join("logs/deep/a.txt"), b"a").unwrap();
         fs::write(out.path().join("result.json"), b"{}").unwrap();
         symlink("result.json", out.path().join("latest")).unwrap();
-        let mut store = FakeStore::default();
+        let mut store = MemoryStore::default();
         let uploaded = upload_outputs(&mut store, out.path());
         let archive = Archive::of_directory_contents(out.path()).unwrap();
         assert_eq!((uploaded.root, uploaded.error), (Some(archive.root), None));
@@ -550,7 +550,7 @@ mod tests {
     #[test]
     fn an_empty_or_removed_output_directory_has_no_root() {
         let out = tempfile::tempdir().unwrap();
-        let mut store = FakeStore::default();
+        let mut store = MemoryStore::default();
         let uploaded = upload_outputs(&mut store, out.path());
         assert_eq!((uploaded.root, uploaded.error, uploaded.stats.items_cold), (None, None, 0));
         let uploaded = upload_outputs(&mut store, &out.path().join("gone"));
@@ -563,7 +563,7 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         let status = std::process::Command::new("mkfifo").arg(out.path().join("pipe")).status().unwrap();
         assert!(status.success());
-        let uploaded = upload_outputs(&mut FakeStore::default(), out.path());
+        let uploaded = upload_outputs(&mut MemoryStore::default(), out.path());
         assert_eq!(uploaded.root, None);
         let error = uploaded.error.expect("a FIFO is no file");
         assert!(error.starts_with("cannot read the outputs: "), "{error}");

@@ -11,6 +11,8 @@
 
 pub mod digest;
 pub mod materialize;
+#[cfg(any(test, feature = "test-support"))]
+pub mod memory_store;
 pub mod reapi;
 pub mod reference;
 pub mod transfer;

@@ -429,91 +429,8 @@ impl<D: Call> TreeSource for StoreSource<'_, D> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
-    use crate::messages::ErrorCode;
-
-    /// A store in memory that answers as the daemon does, and counts requests.
-    #[derive(Default)]
-    struct FakeStore {
-        blobs: HashMap<Digest, Vec<u8>>,
-        uploads: HashMap<Digest, Vec<u8>>,
-        requests: Vec<&'static str>,
-        /// Requests still to refuse as too busy, before any is served.
-        busy: u32,
-    }
-
-    impl Call for FakeStore {
-        fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {
-            if self.busy > 0 {
-                self.busy -= 1;
-                self.requests.push("busy");
-                return Err(ClientError::Refused { code: ErrorCode::Unavailable, message: "busy".into() });
-            }
-            let not_found = |digest: &Digest| ClientError::Refused {
-                code: ErrorCode::NotFound,
-                message: format!("blob {digest} is not in the store"),
-            };
-            Ok(match request.clone() {
-                Request::CasFindMissing { digests } => {
-                    self.requests.push("find");
-                    Reply::CasMissing { digests: digests.into_iter().filter(|d| !self.blobs.contains_key(d)).collect() }
-                }
-                Request::CasBatchUpload { blobs } => {
-                    self.requests.push("batch");
-                    assert!(blobs.len() <= MAX_CAS_DIGESTS);
-                    assert!(blobs.iter().map(|blob| blob.data.len()).sum::<usize>() <= MAX_CAS_BATCH_BYTES);
-                    for blob in blobs {
-                        assert_eq!(Digest::of(&blob.data), blob.digest);
-                        self.blobs.insert(blob.digest, blob.data);
-                    }
-                    Reply::CasStored
-                }
-                Request::CasUploadStart { digest } => {
-                    self.requests.push("start");
-                    let offset = match self.blobs.get(&digest) {
-                        Some(_) => digest.size_bytes,
-                        None => self.uploads.entry(digest).or_default().len() as u64,
-                    };
-                    Reply::CasUploadOffset { offset }
-                }
-                Request::CasUploadChunk { digest, offset, data } => {
-                    self.requests.push("chunk");
-                    assert!(data.len() <= MAX_CAS_CHUNK_BYTES);
-                    let upload = self.uploads.get_mut(&digest).expect("started");
-                    assert_eq!(upload.len() as u64, offset);
-                    upload.extend(data);
-                    let received = upload.len() as u64;
-                    if received == digest.size_bytes {
-                        let bytes = self.uploads.remove(&digest).unwrap();
-                        assert_eq!(Digest::of(&bytes), digest);
-                        self.blobs.insert(digest, bytes);
-                    }
-                    Reply::CasUploadOffset { offset: received }
-                }
-                Request::CasBatchRead { digests } => {
-                    self.requests.push("batch read");
-                    let sizes: u64 = digests.iter().map(|digest| digest.size_bytes).sum();
-                    assert!(digests.len() <= MAX_CAS_DIGESTS && sizes <= MAX_CAS_BATCH_BYTES as u64);
-                    let mut blobs = Vec::new();
-                    for digest in digests {
-                        let data = self.blobs.get(&digest).ok_or_else(|| not_found(&digest))?.clone();
-                        blobs.push(CasBlob { digest, data });
-                    }
-                    Reply::CasBlobs { blobs }
-                }
-                Request::CasRead { digest, offset, max_bytes } => {
-                    self.requests.push("read");
-                    let bytes = self.blobs.get(&digest).ok_or_else(|| not_found(&digest))?;
-                    let start = (offset as usize).min(bytes.len());
-                    let end = (start + max_bytes as usize).min(bytes.len());
-                    Reply::CasData { data: bytes[start..end].to_vec() }
-                }
-                other => panic!("not a request the transfer sends: {other:?}"),
-            })
-        }
-    }
+    use crate::cas::memory_store::MemoryStore;
 
     #[test]
     fn a_tree_goes_up_in_batches_and_chunks_and_comes_back_the_same() {
@@ -525,7 +442,7 @@ mod tests {
         let large: Vec<u8> = (0..2 * MAX_CAS_CHUNK_BYTES + 5).map(|index| (index % 253) as u8).collect();
         fs::write(from.path().join("large"), &large).unwrap();
         let archive = Archive::of_directory_contents(from.path()).unwrap();
-        let mut store = FakeStore::default();
+        let mut store = MemoryStore::default();
 
         let counts = upload(&mut store, &archive).unwrap();
         assert_eq!((counts.blobs, counts.uploaded_blobs), (42, 42));
@@ -566,7 +483,7 @@ mod tests {
             fs::write(dir.join("inner/file"), format!("file {index}")).unwrap();
         }
         let archive = Archive::of_directory_contents(from.path()).unwrap();
-        let mut store = FakeStore::default();
+        let mut store = MemoryStore::default();
         upload(&mut store, &archive).unwrap();
         store.requests.clear();
         download(&mut store, archive.root, to.path()).unwrap();
@@ -583,7 +500,7 @@ mod tests {
         let path = dir.path().join("blob");
         fs::write(&path, &bytes).unwrap();
         let digest = Digest::of(&bytes);
-        let mut store = FakeStore::default();
+        let mut store = MemoryStore::default();
         store.uploads.insert(digest, bytes[..MAX_CAS_CHUNK_BYTES + 10].to_vec());
 
         upload_in_chunks(&mut store, digest, &path).unwrap();
@@ -594,7 +511,7 @@ mod tests {
     #[test]
     fn a_blob_whose_bytes_do_not_match_is_refused_and_its_file_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = FakeStore::default();
+        let mut store = MemoryStore::default();
         let claimed = Digest::of(b"the real bytes");
         store.blobs.insert(claimed, b"other bytes!!!".to_vec());
         let path = dir.path().join("file");

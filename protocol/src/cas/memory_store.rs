@@ -1,35 +1,45 @@
-//! A content-addressed store in memory that answers as the daemon's does, for
-//! tests of the bot's transfers; it counts the requests it serves.
+//! A content-addressed store in memory that answers as the daemon's does,
+//! checking the protocol's limits, for tests of the clients of the store (the
+//! transfers here, the bot's); it counts the requests it serves. Built for
+//! this crate's tests and with the `test-support` feature.
 
 use std::collections::HashMap;
 
-use apiary_protocol::cas::Digest;
-use apiary_protocol::cas::transfer::Call;
-use apiary_protocol::limits::{MAX_CAS_BATCH_BYTES, MAX_CAS_CHUNK_BYTES, MAX_CAS_DIGESTS};
-use apiary_protocol::{CasBlob, ClientError, ErrorCode, Reply, Request};
+use super::Digest;
+use super::transfer::Call;
+use crate::limits::{MAX_CAS_BATCH_BYTES, MAX_CAS_CHUNK_BYTES, MAX_CAS_DIGESTS};
+use crate::{CasBlob, ClientError, ErrorCode, Reply, Request};
 
 #[derive(Default)]
-pub(crate) struct FakeStore {
-    pub(crate) blobs: HashMap<Digest, Vec<u8>>,
-    uploads: HashMap<Digest, Vec<u8>>,
-    /// The kind of each request served, in order.
-    pub(crate) requests: Vec<&'static str>,
+pub struct MemoryStore {
+    pub blobs: HashMap<Digest, Vec<u8>>,
+    pub uploads: HashMap<Digest, Vec<u8>>,
+    /// The kind of each request served, in order (`busy` for one refused).
+    pub requests: Vec<&'static str>,
+    /// Requests still to refuse as too busy (`Unavailable`), before any is served.
+    pub busy: u32,
 }
 
-impl FakeStore {
+impl MemoryStore {
     /// Keeps a blob, named by the digest of its bytes.
-    pub(crate) fn insert(&mut self, bytes: &[u8]) -> Digest {
+    pub fn insert(&mut self, bytes: &[u8]) -> Digest {
         let digest = Digest::of(bytes);
         self.blobs.insert(digest, bytes.to_vec());
         digest
     }
 
-    pub(crate) fn count(&self, kind: &str) -> usize {
+    pub fn count(&self, kind: &str) -> usize {
         self.requests.iter().filter(|request| **request == kind).count()
     }
 
     /// The answer to a store request; None for any other request.
-    pub(crate) fn answer(&mut self, request: &Request) -> Option<Result<Reply, ClientError>> {
+    pub fn answer(&mut self, request: &Request) -> Option<Result<Reply, ClientError>> {
+        if self.busy > 0 {
+            self.busy -= 1;
+            self.requests.push("busy");
+            let message = "the content-addressed store is busy".to_string();
+            return Some(Err(ClientError::Refused { code: ErrorCode::Unavailable, message }));
+        }
         let not_found = |digest: &Digest| ClientError::Refused {
             code: ErrorCode::NotFound,
             message: format!("blob {digest} is not in the store"),
@@ -95,7 +105,7 @@ impl FakeStore {
     }
 }
 
-impl Call for FakeStore {
+impl Call for MemoryStore {
     fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {
         self.answer(request).unwrap_or_else(|| panic!("not a store request: {request:?}"))
     }
