@@ -353,15 +353,12 @@ pub fn restore_snapshot(
 ) -> Result<Core, String> {
     let loaded = store.map(file).map_err(|error| error.to_string())?;
     let damaged = |error| format!("snapshot {}: {error}", file.path.display());
-    // The CRC is checked on another core while the payload is validated and
-    // restored: a core from a payload that then fails its CRC is dropped.
-    let (crc, restored) = thread::scope(|scope| {
-        let crc = scope.spawn(|| loaded.check_crc());
-        let restored = CoreSnapshot::access(&loaded).and_then(|snapshot| Core::restore(config.clone(), &snapshot));
-        (crc.join().expect("the CRC check does not panic"), restored)
-    });
-    crc.map_err(|error| error.to_string())?;
-    let mut core = restored.map_err(damaged)?;
+    // The CRC first: a damaged payload can still pass the archive's validation
+    // and hold what the core takes for a bug (ids out of order), which would
+    // stop the daemon instead of passing the snapshot over.
+    loaded.check_crc().map_err(|error| error.to_string())?;
+    let snapshot = CoreSnapshot::access(&loaded).map_err(damaged)?;
+    let mut core = Core::restore(config.clone(), &snapshot).map_err(damaged)?;
     // Unmapping a third of a gigabyte takes milliseconds that start-up need not wait for.
     let _ = thread::Builder::new().name("apiary-unmap".into()).spawn(move || drop(loaded));
     let text_file =
