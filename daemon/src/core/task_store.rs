@@ -17,7 +17,8 @@
 //!
 //! Invariants: `positions` and the occupied slots name the same tasks; a free
 //! slot is in `free` exactly once; each list of `by_tag` holds, ascending,
-//! every held id whose task has that tag.
+//! every held id whose task has that tag, stored or derived from its
+//! dimensions (`core::tags`).
 
 use std::cell::Cell;
 use std::ops::Index;
@@ -84,7 +85,8 @@ impl TaskStore {
 
     /// Adds a whole chunk of tasks (a restore, which decodes chunks on other
     /// threads: the memory stays where it was written), listed under the tags
-    /// `tags_of` gives for each; returns the first one's position. The tasks'
+    /// `tags_of` gives for each and their dimension tags; returns the first
+    /// one's position. The tasks'
     /// ids grow, and the store has no free slot and no chunk that is not full.
     pub fn push_chunk<'a, Tags: IntoIterator<Item = &'a str>>(
         &mut self,
