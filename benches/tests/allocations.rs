@@ -31,8 +31,10 @@ use apiary_protocol::{
 /// packed straight from its request, 40 after two more copied strings went,
 /// 39 once slice lists were interned without a vector of their own; 45 once
 /// tasks carried Swarming's automatic tags (here `priority:N`, `pool:load` and
-/// `class:0`: a string each, the list grown once, and their place in the tag index).
-const MAX_ALLOCATIONS_PER_TASK: u64 = 45;
+/// `class:0`: a string each, the list grown once, and their place in the tag
+/// index); 39 again once the dimension tags were derived from the slices
+/// instead of stored, and an assignment read only its task's name.
+const MAX_ALLOCATIONS_PER_TASK: u64 = 39;
 
 /// Tasks run before counting, so that maps and queues reach their size.
 const WARM_UP_TASKS: u64 = 2_000;

@@ -24,8 +24,8 @@ use apiary_daemon::core::texts;
 use apiary_daemon::core::{ConnId, Core, CoreConfig, CoreSnapshot, DISK_FULL_MARKER, Event, Input, Output};
 use apiary_protocol::{
     BotInfo, BotPoll, CacheInfo, CancelOutcome, ErrorCode, ErrorReply, NamedCache, NewTaskAck, NewTaskRequest,
-    PackedDimensions, Reply, Request, RequestId, RunEnd, RunId, RunOutcome, StringPair, TaskLineage, TaskResult,
-    TaskSlice, TaskState, TaskUpdate,
+    PackedDimensions, Reply, Request, RequestId, RunEnd, RunId, RunOutcome, StringPair, TaskLineage, TaskQuery,
+    TaskResult, TaskSlice, TaskState, TaskUpdate,
 };
 use apiary_storage::HistoryDir;
 use rkyv::util::AlignedVec;
@@ -504,6 +504,7 @@ impl Sim {
             self.one_step();
         }
         self.check_everything();
+        self.check_tag_queries();
     }
 
     fn one_step(&mut self) {
@@ -1024,6 +1025,7 @@ impl Sim {
         }
         if self.step.is_multiple_of(256) {
             self.check_everything();
+            self.check_tag_queries();
         }
     }
 
@@ -1406,6 +1408,60 @@ impl Sim {
             let result = self.daemon.core.task(task_id).expect("listed");
             self.check_task(task_id, &result);
             assert_eq!(&result, &self.seen[&task_id], "task {task_id} is as last seen");
+        }
+    }
+
+    /// Tag queries find exactly the tasks whose results show the tags, newest
+    /// first: held, archived and restored tasks alike, with tags the daemon
+    /// derives from dimensions, stores (`priority:`), or both.
+    fn check_tag_queries(&mut self) {
+        let mut queries: Vec<Vec<String>> = TASK_DIMENSIONS
+            .iter()
+            .flat_map(|dimensions| dimensions.iter())
+            .map(|(key, value)| vec![format!("{key}:{value}")])
+            .collect();
+        queries.sort();
+        queries.dedup();
+        queries.push(vec!["priority:100".into()]);
+        queries.push(vec!["os:Mac".into(), "priority:200".into()]);
+        queries.push(vec!["priority:50".into(), "pool:ci".into(), "os:Linux|Mac".into()]);
+        for tags in queries {
+            let expected: Vec<u64> = self
+                .seen
+                .iter()
+                .rev()
+                .filter(|(_, result)| tags.iter().all(|tag| result.request.tags.contains(tag)))
+                .map(|(task_id, _)| task_id.as_u64())
+                .collect();
+            assert_eq!(self.list_tagged(&tags), expected, "tasks tagged {tags:?}");
+        }
+    }
+
+    /// Every task a listing by `tags` gives, page by page.
+    fn list_tagged(&mut self, tags: &[String]) -> Vec<u64> {
+        const LISTER: ConnId = ConnId(u64::MAX);
+        let mut listed = Vec::new();
+        let mut cursor = None;
+        loop {
+            let query = TaskQuery { tags: tags.to_vec(), limit: 7, cursor, ..TaskQuery::default() };
+            let mut out = Output::default();
+            let input = Input::Request {
+                conn: LISTER,
+                request_id: 1,
+                request: Request::ListTasks(query),
+                principal: None,
+                grants: None,
+            };
+            self.daemon.core.handle(self.now_ms, input, &mut out);
+            assert!(out.events.is_empty(), "a listing changes nothing");
+            let Some(Reply::Tasks { tasks, next_cursor }) = out.replies.pop().map(|outgoing| outgoing.reply) else {
+                panic!("a listing answers with tasks")
+            };
+            listed.extend(tasks.iter().map(|task| task.task_id));
+            match next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return listed,
+            }
         }
     }
 

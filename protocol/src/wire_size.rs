@@ -38,6 +38,11 @@ pub fn request_bytes(request: &NewTaskRequest) -> usize {
     size_of::<ArchivedNewTaskRequest>() + BLOCK_PAD + request_blocks(request)
 }
 
+/// What one more tag of `tag_bytes` bytes adds to a request's size, at most.
+pub fn added_tag_bytes(tag_bytes: usize) -> usize {
+    size_of::<rkyv::string::ArchivedString>() + tag_bytes + BLOCK_PAD
+}
+
 /// The size a task's result takes in a reply or a page, at most.
 pub fn task_result_bytes(result: &TaskResult) -> usize {
     size_of::<ArchivedTaskResult>()

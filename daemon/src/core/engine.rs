@@ -30,6 +30,7 @@ use super::interned::InternedProperties;
 use super::lineage::Lineage;
 use super::model::{self, Bot, BotEventRecord, Ending, Follower, Outcome, ParkedPoll, Quarantine, Run, Task, Watcher};
 use super::queues::{self, ClassId, QueueId, QueueKey, Queues};
+use super::tags;
 use super::task_store::TaskStore;
 use super::texts::Texts;
 use super::validate;
@@ -393,7 +394,10 @@ impl Core {
             Request::ListTasks(query) => Some(self.list_tasks(query, caller)),
             Request::CancelTask { task_id, kill_running } => Some(self.cancel(task_id, kill_running, out)),
             Request::ValidateTask(request) => Some(match validate::admit(request, principal) {
-                Ok(request) => Reply::ValidRequest(NewTaskRequest { secret_bytes: None, ..request }),
+                Ok(request) => {
+                    let tags = tags::shown(request.tags, &request.task_slices);
+                    Reply::ValidRequest(NewTaskRequest { secret_bytes: None, tags, ..request })
+                }
                 Err(refusal) => error(ErrorCode::InvalidRequest, refusal.to_string()),
             }),
             Request::QuarantineBot { bot_id, reason } => {

@@ -1433,6 +1433,51 @@ fn automatic_tags_let_tag_queries_find_tasks_as_in_swarming() {
 }
 
 #[test]
+fn dimension_tags_are_derived_not_stored_and_found_after_a_restore() {
+    use crate::core::snapshot::CoreSnapshot;
+    let mut h = Harness::new();
+    let mut asked = request(42, &[("pool", "ci"), ("os", "Linux|Mac")]);
+    asked.tags = vec!["os:Linux|Mac".into(), "team:infra".into()];
+    let Reply::ValidRequest(valid) = one_reply(h.send(CLIENT, Request::ValidateTask(asked.clone())).1) else {
+        panic!("a valid request")
+    };
+    let shown = ["os:Linux|Mac", "team:infra", "priority:42", "pool:ci"];
+    assert_eq!(valid.tags, shown, "a validated request shows every tag");
+    let created = h.submit(asked);
+    assert_eq!(created.request.tags, shown);
+    let stored = ["os:Linux|Mac", "team:infra", "priority:42"];
+    let logged = h.log.iter().find_map(|event| match event {
+        Event::TaskCreated(created) => Some(created.request.tags.clone()),
+        _ => None,
+    });
+    assert_eq!(logged.expect("a creation"), stored, "the log stores no derived tag");
+    let snapshot = h.core.snapshot();
+    assert_eq!(snapshot.tasks[0].request.tags, stored, "nor does a snapshot");
+
+    let bytes = snapshot.encode();
+    let mut restored =
+        Core::restore(CoreConfig::default(), &CoreSnapshot::access(&bytes).expect("reads back")).expect("restores");
+    for tag in ["pool:ci", "os:Linux|Mac", "priority:42", "team:infra"] {
+        let query = TaskQuery { tags: vec![tag.into()], ..TaskQuery::default() };
+        let mut out = Output::default();
+        let input = Input::Request {
+            conn: CLIENT,
+            request_id: 1,
+            request: Request::CountTasks(query),
+            principal: None,
+            grants: None,
+        };
+        restored.handle(h.now_ms, input, &mut out);
+        assert!(matches!(one_reply(out), Reply::TaskCount { count: 1, .. }), "a restored task is found by {tag}");
+    }
+    for tag in ["pool:c", "os:Linux", "team:infra2"] {
+        let query = TaskQuery { tags: vec![tag.into()], ..TaskQuery::default() };
+        assert!(matches!(one_reply(h.send(CLIENT, Request::CountTasks(query)).1), Reply::TaskCount { count: 0, .. }));
+    }
+    h.check_replay();
+}
+
+#[test]
 fn a_dimension_key_given_twice_needs_a_bot_with_both_values() {
     let mut h = Harness::new();
     let both = &[("pool", "ci"), ("gpu", "nvidia"), ("gpu", "4090")];

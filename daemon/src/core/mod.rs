@@ -12,6 +12,7 @@ mod lineage;
 mod model;
 pub mod queues;
 pub mod snapshot;
+mod tags;
 mod task_store;
 mod text_arena;
 pub mod texts;

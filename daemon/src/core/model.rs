@@ -15,6 +15,7 @@ use rkyv::{Archive, Deserialize as RkyvDeserialize, Serialize as RkyvSerialize};
 
 use super::ConnId;
 use super::queues::{ClassId, QueueId, QueueKey};
+use super::tags;
 use super::text_arena::PackedText;
 
 /// A task as the core holds it. At a million pending tasks every byte here
@@ -53,7 +54,7 @@ pub struct Task {
     pub priority: u8,
     /// 0 until the first run starts.
     pub try_number: u8,
-    /// How many tags the request has (for the tag index's bookkeeping).
+    /// How many lists of the tag index name the task (set by the task store).
     pub tag_count: u8,
     /// The output reached the cap and the truncation marker was written.
     pub output_truncated: bool,
@@ -151,7 +152,6 @@ impl Task {
             bot_ping_tolerance_secs: request.bot_ping_tolerance_secs,
             has_secret_bytes: request.secret_bytes.is_some(),
             secret_bytes: request.secret_bytes.clone().map(Box::new),
-            tag_count: tag_count_of(request.tags.len()),
             ..Task::blank(id, created_ms, slices)
         }
     }
@@ -190,8 +190,15 @@ impl Task {
     }
 
     /// The request as it was made, but for its secret bytes, with its text
-    /// (taken: callers read a packed or filed text into a copy of its own).
+    /// (taken: callers read a packed or filed text into a copy of its own) and
+    /// every tag it has, the derived ones too (`tags::shown`).
     pub fn request(&self, text: RequestText) -> NewTaskRequest {
+        let tags = tags::shown(text.tags, &self.slices);
+        NewTaskRequest { tags, ..self.stored_request(RequestText { tags: Vec::new(), ..text }) }
+    }
+
+    /// The request as the task stores it: only its stored tags (a snapshot's record).
+    pub fn stored_request(&self, text: RequestText) -> NewTaskRequest {
         NewTaskRequest {
             name: text.name,
             priority: self.priority,

@@ -17,7 +17,8 @@
 //!
 //! Invariants: `positions` and the occupied slots name the same tasks; a free
 //! slot is in `free` exactly once; each list of `by_tag` holds, ascending,
-//! every held id whose task has that tag.
+//! every held id whose task has that tag, stored or derived from its
+//! dimensions (`core::tags`).
 
 use std::cell::Cell;
 use std::ops::Index;
@@ -26,7 +27,8 @@ use apiary_protocol::RequestId;
 
 use super::Map;
 use super::id_index::IdIndex;
-use super::model::{RequestTextRef, Task, TaskText};
+use super::model::{RequestTextRef, Task, TaskText, tag_count_of};
+use super::tags;
 use super::text_arena::TextArena;
 
 /// Slots per chunk: big enough to amortize the allocation, small enough to
@@ -43,6 +45,8 @@ pub struct TaskStore {
     by_tag: Map<Box<str>, Vec<RequestId>>,
     tagged: usize,
     removed_tagged: usize,
+    /// A tag being listed, kept for its room.
+    tag_scratch: String,
     /// The texts of the tasks whose texts are in memory.
     texts: TextArena,
     /// The task last found: a dispatch reaches its task through its queue
@@ -58,7 +62,7 @@ impl TaskStore {
             task.text = TaskText::Packed(self.texts.pack(RequestTextRef::from(&**text)));
         }
         let id = task.id;
-        self.index_tags(id, tags);
+        self.index_tags(&mut task, tags);
         let position = match self.free.pop() {
             Some(position) => {
                 let slot = self.slot_mut(position);
@@ -81,7 +85,8 @@ impl TaskStore {
 
     /// Adds a whole chunk of tasks (a restore, which decodes chunks on other
     /// threads: the memory stays where it was written), listed under the tags
-    /// `tags_of` gives for each; returns the first one's position. The tasks'
+    /// `tags_of` gives for each and their dimension tags; returns the first
+    /// one's position. The tasks'
     /// ids grow, and the store has no free slot and no chunk that is not full.
     pub fn push_chunk<'a, Tags: IntoIterator<Item = &'a str>>(
         &mut self,
@@ -91,10 +96,10 @@ impl TaskStore {
         assert!(chunk.len() <= TASK_CHUNK && self.free.is_empty(), "a chunk goes into a store without gaps");
         assert!(self.chunks.last().is_none_or(|last| last.len() == TASK_CHUNK), "after full chunks");
         let first = u32::try_from(self.chunks.len() * TASK_CHUNK).expect("fewer than 4 billion tasks held");
-        for (index, task) in chunk.iter().enumerate() {
-            let task = task.as_ref().expect("a chunk of tasks");
+        for (index, task) in chunk.iter_mut().enumerate() {
+            let task = task.as_mut().expect("a chunk of tasks");
             assert!(matches!(task.text, TaskText::Filed), "a restored task's text is filed");
-            self.index_tags(task.id, tags_of(index));
+            self.index_tags(task, tags_of(index));
             self.positions.push(task.id, first + index as u32);
         }
         // The last chunk fills up with new tasks later without moving.
@@ -201,15 +206,32 @@ impl TaskStore {
         ids[..end].iter().rev().filter_map(|id| self.get(id))
     }
 
-    fn index_tags<'a>(&mut self, id: RequestId, tags: impl IntoIterator<Item = &'a str>) {
-        for tag in tags {
-            let ids = self.by_tag.entry_ref(tag).or_default();
-            // A tag given twice lists the task once.
-            if ids.last() != Some(&id) {
-                ids.push(id);
-                self.tagged += 1;
-            }
+    /// Lists the task under its stored tags and its dimension tags (`core::tags`).
+    fn index_tags<'a>(&mut self, task: &mut Task, stored: impl IntoIterator<Item = &'a str>) {
+        let mut listed = 0;
+        for tag in stored {
+            listed += usize::from(self.list_under(tag, task.id));
         }
+        // Written into one kept string: no allocation per tag.
+        let mut tag = std::mem::take(&mut self.tag_scratch);
+        for pair in tags::dimensions(&task.slices) {
+            tags::write_tag(&mut tag, &pair.key, &pair.value);
+            listed += usize::from(self.list_under(&tag, task.id));
+        }
+        self.tag_scratch = tag;
+        task.tag_count = tag_count_of(listed);
+    }
+
+    /// Lists `id` under `tag` unless it is listed there (a tag given twice lists
+    /// the task once); returns whether it was added.
+    fn list_under(&mut self, tag: &str, id: RequestId) -> bool {
+        let ids = self.by_tag.entry_ref(tag).or_default();
+        let added = ids.last() != Some(&id);
+        if added {
+            ids.push(id);
+            self.tagged += 1;
+        }
+        added
     }
 
     fn compact_tags(&mut self) {

@@ -20,7 +20,7 @@ use apiary_protocol::RequestId;
 use apiary_storage::HistoryRun;
 use rkyv::rancor;
 
-use super::model::{RequestText, Task, TaskText};
+use super::model::{ArchivedRequestText, RequestText, Task, TaskText};
 use super::text_arena::TextArena;
 
 /// Text files kept open: the newest and the one before it.
@@ -64,14 +64,37 @@ impl Texts {
         }
     }
 
+    /// The name of a task alone, read as `of` reads the whole text.
+    pub fn name_of<'a>(&self, task: &'a Task, arena: &TextArena) -> Cow<'a, str> {
+        match &task.text {
+            TaskText::Held(text) => return Cow::Borrowed(&text.name),
+            TaskText::Packed(packed) => return Cow::Owned(arena.name(*packed)),
+            TaskText::Filed => {}
+        }
+        let name = self.read_with(task.id, |text: &ArchivedRequestText| text.name.to_string());
+        match name {
+            Ok(Some(name)) => Cow::Owned(name),
+            Ok(None) => Cow::Owned(unreadable("no text file holds it").name),
+            Err(error) => Cow::Owned(unreadable(&error).name),
+        }
+    }
+
     fn read(&self, id: RequestId) -> Result<Option<RequestText>, String> {
+        self.read_with(id, |text: &ArchivedRequestText| {
+            rkyv::deserialize::<RequestText, rancor::Error>(text).map_err(|error| error.to_string())
+        })?
+        .transpose()
+    }
+
+    /// Reads the record of task `id` in the newest file that holds it, checked.
+    fn read_with<T>(&self, id: RequestId, read: impl FnOnce(&ArchivedRequestText) -> T) -> Result<Option<T>, String> {
         for file in self.files.iter().rev() {
             let index = file.index().map_err(|error| error.to_string())?;
             if let Some(number) = index.find(id.as_u64()) {
                 let bytes = index.record(number).map_err(|error| error.to_string())?;
-                let text = rkyv::from_bytes::<RequestText, rancor::Error>(bytes)
+                let text = rkyv::access::<ArchivedRequestText, rancor::Error>(bytes)
                     .map_err(|error| format!("{}: a text record is invalid: {error}", file.path().display()))?;
-                return Ok(Some(text));
+                return Ok(Some(read(text)));
             }
         }
         Ok(None)

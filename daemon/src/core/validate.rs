@@ -7,6 +7,7 @@ use apiary_protocol::limits::*;
 use apiary_protocol::{NamedCache, NewTaskRequest, PackedDimensions, StringPair, TaskProperties, TaskSlice, wire_size};
 
 use super::queues::ID_KEY;
+use super::tags;
 
 /// The dimension every task names once and every bot has.
 const POOL_KEY: &str = "pool";
@@ -61,7 +62,8 @@ pub const AUTHENTICATED_TAG_KEY: &str = "authenticated";
 pub const PARENT_TASK_TAG_KEY: &str = "parent_task_id";
 
 /// A request as the daemon takes it from `principal`: refused when it sets the
-/// daemon's own tags, else validated and given the tags Swarming adds.
+/// daemon's own tags, else validated and given the tags Swarming adds that a
+/// task stores (`core::tags`: its dimension tags are derived, not stored).
 pub fn admit(request: NewTaskRequest, principal: Option<&str>) -> Result<NewTaskRequest, ValidationError> {
     admit_child(request, principal, None)
 }
@@ -82,51 +84,28 @@ pub fn admit_child(
     }
     validate_request(&request)?;
     add_automatic_tags(&mut request, principal, parent_task_id);
-    // The tags added may still make the whole too large.
-    check_encoded_size(&request)?;
+    // The tags added, the derived ones included, may still make the whole too large.
+    check_size(wire_size::request_bytes(&request) + derived_tag_bytes(&request))?;
     Ok(request)
 }
 
-/// The tags Swarming gives every task, so that tag queries find it as they would
-/// there: `priority:`, `user:` (when there is one), `authenticated:` (when the
-/// daemon knows who asked), `parent_task_id:`, and one per dimension of each slice,
-/// `key:value`. A tag the request already has is not repeated.
+/// The tags Swarming gives every task that the task stores, so that tag
+/// queries find it as they would there: `priority:`, `user:` (when there is
+/// one), `authenticated:` (when the daemon knows who asked), `parent_task_id:`.
+/// A tag the request already has is not repeated. The tag of each dimension
+/// of each slice, `key:value`, is derived when asked for (`core::tags`).
 fn add_automatic_tags(request: &mut NewTaskRequest, principal: Option<&str>, parent_task_id: Option<u64>) {
     // One allocation per tag added and at most one for the list: this runs for every task.
-    let dimensions = request.task_slices.iter().map(|slice| slice.properties.dimensions.len()).sum::<usize>();
-    request.tags.reserve(4 + dimensions);
-    add_tag(&mut request.tags, "priority", &request.priority.to_string());
+    request.tags.reserve(4);
+    tags::add_tag(&mut request.tags, "priority", &request.priority.to_string());
     if !request.user.is_empty() {
-        add_tag(&mut request.tags, "user", &request.user);
+        tags::add_tag(&mut request.tags, "user", &request.user);
     }
     if let Some(principal) = principal {
-        add_tag(&mut request.tags, AUTHENTICATED_TAG_KEY, principal);
+        tags::add_tag(&mut request.tags, AUTHENTICATED_TAG_KEY, principal);
     }
     if let Some(parent) = parent_task_id {
-        add_tag(&mut request.tags, PARENT_TASK_TAG_KEY, &apiary_protocol::ids::format_task_id(parent));
-    }
-    for slice in &request.task_slices {
-        for pair in &slice.properties.dimensions {
-            add_tag(&mut request.tags, &pair.key, &pair.value);
-        }
-    }
-}
-
-/// Adds `key:value` unless the list has it; built without `format!`, which costs
-/// a tenth of a submit here.
-fn add_tag(tags: &mut Vec<String>, key: &str, value: &str) {
-    let is_it = |tag: &String| {
-        tag.len() == key.len() + 1 + value.len()
-            && tag.starts_with(key)
-            && tag.as_bytes()[key.len()] == b':'
-            && tag.ends_with(value)
-    };
-    if !tags.iter().any(is_it) {
-        let mut tag = String::with_capacity(key.len() + 1 + value.len());
-        tag.push_str(key);
-        tag.push(':');
-        tag.push_str(value);
-        tags.push(tag);
+        tags::add_tag(&mut request.tags, PARENT_TASK_TAG_KEY, &apiary_protocol::ids::format_task_id(parent));
     }
 }
 
@@ -167,7 +146,17 @@ pub fn validate_request(request: &NewTaskRequest) -> Result<(), ValidationError>
 /// Each field may be within its limit and the whole still too large for the
 /// task's result, which carries the request, to fit in a reply.
 fn check_encoded_size(request: &NewTaskRequest) -> Result<(), ValidationError> {
-    let encoded_bytes = wire_size::request_bytes(request);
+    check_size(wire_size::request_bytes(request))
+}
+
+/// What the tags a task derives (`tags::derived`) add to its request as its result shows it.
+fn derived_tag_bytes(request: &NewTaskRequest) -> usize {
+    tags::derived(&request.tags, &request.task_slices)
+        .map(|pair| wire_size::added_tag_bytes(pair.key.len() + 1 + pair.value.len()))
+        .sum()
+}
+
+fn check_size(encoded_bytes: usize) -> Result<(), ValidationError> {
     if encoded_bytes > MAX_TASK_REQUEST_BYTES {
         let message = format!("{encoded_bytes} bytes encoded is over the limit of {MAX_TASK_REQUEST_BYTES}");
         return refuse(&Field::Top("request"), message);

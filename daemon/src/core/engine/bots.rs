@@ -373,7 +373,7 @@ impl Core {
         let task = &self.tasks[&run_id.request()];
         Assignment {
             run_id: run_id.as_u64(),
-            task_name: self.text_of(task).into_owned().name,
+            task_name: self.name_of(task).into_owned(),
             slice_index: task.slice_index,
             properties: Arc::clone(task.properties()),
             secret_bytes: task.secret_bytes.as_deref().cloned(),

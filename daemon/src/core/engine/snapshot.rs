@@ -344,7 +344,6 @@ pub(in crate::core) fn task_from_archived(
     task.text = text;
     task.priority = request.priority;
     task.bot_ping_tolerance_secs = request.bot_ping_tolerance_secs.to_native();
-    task.tag_count = model::tag_count_of(request.tags.len());
     task.secret_bytes = request.secret_bytes.as_ref().map(|bytes| Box::new(SecretBytes(bytes.0.to_vec())));
     task.state = plain(&record.state);
     task.slice_index = record.slice_index.to_native();
@@ -414,15 +413,17 @@ where
 }
 
 /// A task as a snapshot holds it: its name and user are in the snapshot's
-/// text file, not here; its secret bytes (only a task that has not ended has
-/// them) are, so they survive a restart.
+/// text file, not here, and of its tags only those it stores (`core::tags`);
+/// its secret bytes (only a task that has not ended has them) are, so they
+/// survive a restart.
 fn snapshot_record(task: &Task, text: &RequestText) -> TaskRecord {
     let text = RequestText { tags: text.tags.clone(), ..RequestText::default() };
     let secret_bytes = task.secret_bytes.as_deref().cloned();
-    record(task, NewTaskRequest { secret_bytes, ..task.request(text) })
+    record(task, NewTaskRequest { secret_bytes, ..task.stored_request(text) })
 }
 
-/// A task as a history run holds it: all of it.
+/// A task as a history run holds it: all of it, with every tag it shows, so
+/// the run's posting lists find its derived tags too.
 pub(super) fn history_record(task: &Task, text: RequestText) -> TaskRecord {
     record(task, task.request(text))
 }

@@ -15,6 +15,11 @@ impl Core {
         self.texts.of(task, self.tasks.texts())
     }
 
+    /// A task's name alone (what a bot's assignment carries).
+    pub(super) fn name_of<'a>(&self, task: &'a Task) -> Cow<'a, str> {
+        self.texts.name_of(task, self.tasks.texts())
+    }
+
     /// A task as clients see it.
     pub(super) fn result(&self, task: &Task) -> TaskResult {
         task.result(self.text_of(task).into_owned(), &self.config.cas_instance)
