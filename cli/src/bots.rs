@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn show_json_is_one_element_of_the_list() {
-        let mut daemon = FakeDaemon::answering(vec![Reply::Bot(bot("a"))]);
+        let mut daemon = FakeDaemon::answering(vec![Reply::Bot(Box::new(bot("a")))]);
         let mut out = Sink::new(Vec::new());
         show(&mut daemon, "a", true, &mut out).unwrap();
         assert_eq!(daemon.requests, [Request::GetBot { bot_id: "a".to_string() }]);
@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn show_text_and_an_unknown_bot() {
-        let mut daemon = FakeDaemon::answering(vec![Reply::Bot(bot("a"))]);
+        let mut daemon = FakeDaemon::answering(vec![Reply::Bot(Box::new(bot("a")))]);
         let mut out = Sink::new(Vec::new());
         show(&mut daemon, "a", false, &mut out).unwrap();
         assert_eq!(String::from_utf8(out.into_inner()).unwrap(), render::bot_text(&bot("a")));
@@ -255,7 +255,7 @@ mod tests {
     #[test]
     fn quarantine_sends_the_reason_and_prints_it() {
         let quarantined = BotInfo { quarantine_reason: Some("disk full".to_string()), ..bot("a") };
-        let mut daemon = FakeDaemon::answering(vec![Reply::Bot(quarantined)]);
+        let mut daemon = FakeDaemon::answering(vec![Reply::Bot(Box::new(quarantined))]);
         let mut out = Sink::new(Vec::new());
         assert_eq!(quarantine(&mut daemon, "a", "disk full", &mut out).unwrap(), exit_codes::SUCCESS);
         let expected = Request::QuarantineBot { bot_id: "a".to_string(), reason: "disk full".to_string() };
@@ -265,7 +265,7 @@ mod tests {
 
     #[test]
     fn unquarantine_prints_one_line_and_notes_a_failing_health_check() {
-        let mut daemon = FakeDaemon::answering(vec![Reply::Bot(bot("a"))]);
+        let mut daemon = FakeDaemon::answering(vec![Reply::Bot(Box::new(bot("a")))]);
         let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
         unquarantine(&mut daemon, "a", &mut out, &mut notes).unwrap();
         assert_eq!(daemon.requests, [Request::UnquarantineBot { bot_id: "a".to_string() }]);
@@ -273,7 +273,7 @@ mod tests {
         assert!(notes.is_empty());
 
         let still = BotInfo { quarantine_reason: Some("health check failed (exit 1)".to_string()), ..bot("a") };
-        let mut daemon = FakeDaemon::answering(vec![Reply::Bot(still)]);
+        let mut daemon = FakeDaemon::answering(vec![Reply::Bot(Box::new(still))]);
         let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
         unquarantine(&mut daemon, "a", &mut out, &mut notes).unwrap();
         assert_eq!(printed(out), "unquarantined a\n");
@@ -282,7 +282,8 @@ mod tests {
 
     #[test]
     fn terminate_says_when_the_bot_exits() {
-        let mut daemon = FakeDaemon::answering(vec![Reply::Bot(BotInfo { terminate_requested: true, ..bot("a") })]);
+        let mut daemon =
+            FakeDaemon::answering(vec![Reply::Bot(Box::new(BotInfo { terminate_requested: true, ..bot("a") }))]);
         let mut out = Sink::new(Vec::new());
         terminate(&mut daemon, "a", "", false, &mut out).unwrap();
         assert_eq!(daemon.requests, [Request::TerminateBot { bot_id: "a".to_string(), reason: String::new() }]);

@@ -64,7 +64,8 @@ mod tests {
     const TASK: u64 = 0x018b_cfe5_6880_0010;
 
     fn cancel_with(outcome: CancelOutcome, state: TaskState, kill_running: bool) -> (FakeDaemon, String) {
-        let mut daemon = FakeDaemon::answering(vec![Reply::Canceled { outcome, task: task_result(TASK, state, None) }]);
+        let mut daemon =
+            FakeDaemon::answering(vec![Reply::Canceled { outcome, task: Box::new(task_result(TASK, state, None)) }]);
         let mut out = Sink::new(Vec::new());
         assert_eq!(cancel(&mut daemon, TASK + 1, kill_running, &mut out).unwrap(), exit_codes::SUCCESS);
         (daemon, String::from_utf8(out.into_inner()).unwrap())

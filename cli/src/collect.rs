@@ -384,7 +384,7 @@ mod tests {
     const TASK: u64 = 0x018b_cfe5_6880_0010;
 
     fn task(state: TaskState, exit_code: Option<i64>) -> Reply {
-        Reply::Task(task_result(TASK, state, exit_code))
+        Reply::Task(Box::new(task_result(TASK, state, exit_code)))
     }
 
     fn collect_with(daemon: &mut FakeDaemon, timeout: Option<Duration>) -> (Result<i32, CliError>, Vec<u8>) {
@@ -429,7 +429,7 @@ mod tests {
     fn a_task_that_did_not_complete_exits_with_its_state_code_after_its_output() {
         let mut ended = task_result(TASK, TaskState::TimedOut, Some(-1));
         ended.failure_reason = "hard timeout of 20s".to_string();
-        let mut daemon = FakeDaemon::answering(vec![Reply::Task(ended), output(0, b"partial", 7)]);
+        let mut daemon = FakeDaemon::answering(vec![Reply::Task(Box::new(ended)), output(0, b"partial", 7)]);
         let (result, written) = collect_with(&mut daemon, None);
         let error = result.unwrap_err();
         assert_eq!(error.exit_code(), exit_codes::TIMED_OUT);
@@ -619,7 +619,7 @@ mod tests {
     fn follow_exits_like_collect_when_the_task_did_not_complete() {
         let mut timed_out = task_result(TASK, TaskState::TimedOut, Some(-1));
         timed_out.failure_reason = "no output for 30s".to_string();
-        let mut daemon = FakeDaemon::answering(vec![followed(0, b"stuck", true), Reply::Task(timed_out)]);
+        let mut daemon = FakeDaemon::answering(vec![followed(0, b"stuck", true), Reply::Task(Box::new(timed_out))]);
         let (result, written) = collect_following(&mut daemon, None);
         assert_eq!(result.unwrap_err().exit_code(), exit_codes::TIMED_OUT);
         assert_eq!(written, b"stuck");
@@ -710,8 +710,8 @@ mod tests {
     fn several_tasks_are_waited_for_in_order_and_the_first_failure_sets_the_exit_code() {
         const OTHER: u64 = TASK + 0x10;
         let mut daemon = FakeDaemon::answering(vec![
-            Reply::Task(task_result(TASK, TaskState::Completed, Some(0))),
-            Reply::Task(task_result(OTHER, TaskState::TimedOut, None)),
+            Reply::Task(Box::new(task_result(TASK, TaskState::Completed, Some(0)))),
+            Reply::Task(Box::new(task_result(OTHER, TaskState::TimedOut, None))),
             output(0, b"one\n", 4),
             output(0, b"two\n", 4),
         ]);

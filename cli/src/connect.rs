@@ -132,7 +132,7 @@ pub(crate) fn call_created(daemon: &mut impl Daemon, request: &Request, action: 
 /// Sends a request answered by `Reply::Task`: GetTask, WaitTask.
 pub(crate) fn call_task(daemon: &mut impl Daemon, request: &Request, action: &str) -> Result<TaskResult, CliError> {
     match call(daemon, request, action)? {
-        Reply::Task(result) => Ok(result),
+        Reply::Task(result) => Ok(*result),
         other => Err(unexpected(action, &other)),
     }
 }
@@ -154,7 +154,7 @@ pub(crate) fn call_bots(daemon: &mut impl Daemon, request: &Request, action: &st
 /// Sends a request answered by `Reply::Bot`: GetBot, QuarantineBot, UnquarantineBot, TerminateBot.
 pub(crate) fn call_bot(daemon: &mut impl Daemon, request: &Request, action: &str) -> Result<BotInfo, CliError> {
     match call(daemon, request, action)? {
-        Reply::Bot(bot) => Ok(bot),
+        Reply::Bot(bot) => Ok(*bot),
         other => Err(unexpected(action, &other)),
     }
 }
@@ -189,7 +189,7 @@ pub(crate) fn call_cancel(
     action: &str,
 ) -> Result<(CancelOutcome, TaskResult), CliError> {
     match call(daemon, request, action)? {
-        Reply::Canceled { outcome, task } => Ok((outcome, task)),
+        Reply::Canceled { outcome, task } => Ok((outcome, *task)),
         other => Err(unexpected(action, &other)),
     }
 }
@@ -200,7 +200,7 @@ pub(crate) fn call_validate(
     action: &str,
 ) -> Result<NewTaskRequest, CliError> {
     match call(daemon, request, action)? {
-        Reply::ValidRequest(request) => Ok(request),
+        Reply::ValidRequest(request) => Ok(*request),
         other => Err(unexpected(action, &other)),
     }
 }

@@ -181,7 +181,7 @@ mod tests {
         let bad = [
             followed(1, b"x", false),
             Reply::Output { offset: 0, data: b"xy".to_vec(), output_len: 1, task_ended: false },
-            Reply::Task(task_result(TASK, TaskState::Running, None)),
+            Reply::Task(Box::new(task_result(TASK, TaskState::Running, None))),
         ];
         for reply in bad {
             let mut daemon = FakeDaemon::answering(vec![reply]);

@@ -111,7 +111,8 @@ mod tests {
 
     #[test]
     fn show_json_prints_one_object() {
-        let mut daemon = FakeDaemon::answering(vec![Reply::Task(task_result(0x20, TaskState::Running, None))]);
+        let mut daemon =
+            FakeDaemon::answering(vec![Reply::Task(Box::new(task_result(0x20, TaskState::Running, None)))]);
         let mut out = Sink::new(Vec::new());
         assert_eq!(show(&mut daemon, 0x21, true, &mut out).unwrap(), exit_codes::SUCCESS);
         assert_eq!(daemon.requests, [Request::GetTask { task_id: 0x21 }]);

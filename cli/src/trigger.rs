@@ -538,7 +538,7 @@ mod tests {
         let args = trigger_args(&["--dry-run", "--secret-bytes-file", path.to_str().unwrap(), "--", "true"]);
         let request = built(&args.task).unwrap().request;
         // Even a daemon that echoed the secret back would not get it printed.
-        let mut daemon = FakeDaemon::answering(vec![Reply::ValidRequest(request.clone())]);
+        let mut daemon = FakeDaemon::answering(vec![Reply::ValidRequest(Box::new(request.clone()))]);
         let (mut out, mut notes) = (Sink::new(Vec::new()), Vec::new());
         trigger(&mut daemon, plain(request.clone()), true, None, &mut out, &mut notes).unwrap();
         assert_eq!(daemon.requests, [Request::ValidateTask(request)]);
@@ -735,7 +735,7 @@ mod tests {
         assert!(trigger_args.dry_run);
         let request = built(&trigger_args.task).unwrap().request;
         let checked = NewTaskRequest { user: "filled-in".to_string(), ..request.clone() };
-        let mut daemon = FakeDaemon::answering(vec![Reply::ValidRequest(checked.clone())]);
+        let mut daemon = FakeDaemon::answering(vec![Reply::ValidRequest(Box::new(checked.clone()))]);
         let mut out = Sink::new(Vec::new());
         trigger(&mut daemon, plain(request.clone()), true, None, &mut out, &mut Vec::new()).unwrap();
         assert_eq!(daemon.requests, [Request::ValidateTask(request)]);

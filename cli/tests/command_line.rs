@@ -136,7 +136,7 @@ fn collect_waits_through_a_daemon_restart() {
     let daemon = thread::spawn(move || {
         // First life: the task is running; then the daemon goes away mid-wait.
         let (mut stream, _) = listener.accept().unwrap();
-        let before = serve(&mut stream, vec![Reply::Task(task(TASK, TaskState::Running, None))], true);
+        let before = serve(&mut stream, vec![Reply::Task(Box::new(task(TASK, TaskState::Running, None)))], true);
         drop((stream, listener));
         // Down for a while: the client's first attempts are refused.
         thread::sleep(Duration::from_millis(500));
@@ -145,7 +145,7 @@ fn collect_waits_through_a_daemon_restart() {
         let after = serve(
             &mut stream,
             vec![
-                Reply::Task(task(TASK, TaskState::Completed, Some(3))),
+                Reply::Task(Box::new(task(TASK, TaskState::Completed, Some(3)))),
                 Reply::Output { offset: 0, data: b"hi\n".to_vec(), output_len: 3, task_ended: true },
             ],
             false,
@@ -213,7 +213,7 @@ fn collect_follow_writes_each_chunk_as_it_arrives() {
         requests.extend(serve_more(
             &mut stream,
             &mut reader,
-            vec![Reply::Task(task(TASK, TaskState::Completed, Some(3)))],
+            vec![Reply::Task(Box::new(task(TASK, TaskState::Completed, Some(3))))],
         ));
         requests
     });

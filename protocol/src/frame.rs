@@ -286,7 +286,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::messages::{NewTaskRequest, Role, TaskSlice};
+    use crate::messages::{NewTaskAck, NewTaskRequest, Role, TaskSlice, TaskState};
     use proptest::prelude::*;
 
     fn sample_request() -> Request {
@@ -318,6 +318,16 @@ mod tests {
     }
 
     #[test]
+    fn a_new_tasks_acknowledgement_is_small_on_the_wire() {
+        // A reply is archived as large as `Reply`'s largest variant: a large
+        // payload added unboxed would make every acknowledgement carry it.
+        let ack = Reply::Created(NewTaskAck { task_id: 10, state: TaskState::Pending, deduped_from: Some(20) });
+        let mut bytes = Vec::new();
+        encode_reply(3, &ack, &mut bytes).unwrap();
+        assert!(bytes.len() <= 64, "{} bytes", bytes.len());
+    }
+
+    #[test]
     fn a_reused_encoder_makes_the_frames_a_fresh_one_makes() {
         let mut encoder = FrameEncoder::default();
         let mut large = NewTaskRequest { name: "x".repeat(200 << 10), ..NewTaskRequest::default() };
@@ -326,10 +336,10 @@ mod tests {
         let Request::NewTask(mut shared) = sample_request() else { unreachable!() };
         shared.task_slices.push(TaskSlice { expiration_secs: 1, ..shared.task_slices[0].clone() });
         let replies = [
-            Reply::ValidRequest(large),
-            Reply::ValidRequest(shared.clone()),
+            Reply::ValidRequest(Box::new(large)),
+            Reply::ValidRequest(Box::new(shared.clone())),
             Reply::Welcome { server_software: "test".into() },
-            Reply::ValidRequest(shared),
+            Reply::ValidRequest(Box::new(shared)),
             Reply::NoWork,
         ];
         for (request_id, reply) in replies.iter().enumerate() {

@@ -16,7 +16,7 @@ pub const MAGIC: [u8; 4] = *b"APRY";
 /// Bumped on every incompatible change of frames or messages. Adding a
 /// variant to `Request` or `Reply` is one: rkyv lays an enum out as large as
 /// its largest variant, so every archived message may change its layout.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -852,6 +852,10 @@ pub struct ErrorReply {
     pub message: String,
 }
 
+/// What the daemon answers. Every archived reply is as large as the largest
+/// variant, so a variant whose payload is large holds it in a `Box` (a 4-byte
+/// offset when archived): the acknowledgement of a new task, one per task, is
+/// then 64 bytes on the wire instead of a task result's 480.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     /// The answer to a hello.
@@ -862,7 +866,7 @@ pub enum Reply {
     /// The answer to `NewTask`: what the submitter needs, not the whole task
     /// (`GetTask` has that), so the hot path encodes and sends a few bytes.
     Created(NewTaskAck),
-    Task(TaskResult),
+    Task(Box<TaskResult>),
     Output {
         offset: u64,
         data: Vec<u8>,
@@ -870,7 +874,7 @@ pub enum Reply {
         task_ended: bool,
     },
     Bots(Vec<BotInfo>),
-    Bot(BotInfo),
+    Bot(Box<BotInfo>),
     /// A page of tasks, newest first; `next_cursor` continues it when more may follow.
     Tasks {
         tasks: Vec<TaskResult>,
@@ -878,9 +882,9 @@ pub enum Reply {
     },
     Canceled {
         outcome: CancelOutcome,
-        task: TaskResult,
+        task: Box<TaskResult>,
     },
-    ValidRequest(NewTaskRequest),
+    ValidRequest(Box<NewTaskRequest>),
     BotEvents {
         events: Vec<BotEvent>,
         next_cursor: Option<u64>,

@@ -264,7 +264,7 @@ fn new_task_evaluate_only_validates_and_answers_without_an_id() {
     let object = stored.as_object_mut().unwrap();
     object.remove("taskId");
     object.remove("createdTs");
-    assert_eq!(answer(then, vec![Reply::ValidRequest(request())]).unwrap(), json!({"request": stored}));
+    assert_eq!(answer(then, vec![Reply::ValidRequest(Box::new(request()))]).unwrap(), json!({"request": stored}));
 }
 
 #[test]
@@ -287,12 +287,12 @@ fn new_task_refusals_name_every_field_and_the_core_refusal_keeps_its_code() {
 fn get_result_renders_the_task_result() {
     let (requests, then) = ask(Method::GetResult, json!({"taskId": id_text()}));
     assert_eq!(requests, [Request::GetTask { task_id: task_id() }]);
-    assert_eq!(answer(then, vec![Reply::Task(completed())]).unwrap(), completed_answer());
+    assert_eq!(answer(then, vec![Reply::Task(Box::new(completed()))]).unwrap(), completed_answer());
 
     let (_, then) = ask(Method::GetResult, json!({"task_id": run_text(), "include_performance_stats": true}));
     let mut expected = completed_answer();
     expected["performanceStats"] = json!({"botOverhead": 0.25, "cleanup": {"duration": 0.1}});
-    assert_eq!(answer(then, vec![Reply::Task(completed())]).unwrap(), expected);
+    assert_eq!(answer(then, vec![Reply::Task(Box::new(completed()))]).unwrap(), expected);
 
     // With outputs: the tree and what moving the files cost.
     let digest = Digest::of(b"outputs");
@@ -307,14 +307,14 @@ fn get_result_renders_the_task_result() {
     expected["performanceStats"]["isolatedUpload"] = json!({
         "duration": 0.04, "numItemsHot": "1", "totalBytesItemsHot": "5", "numItemsCold": "2", "totalBytesItemsCold": "7"
     });
-    assert_eq!(answer(then, vec![Reply::Task(with_outputs)]).unwrap(), expected);
+    assert_eq!(answer(then, vec![Reply::Task(Box::new(with_outputs))]).unwrap(), expected);
 
     let (_, then) = ask(Method::GetResult, json!({"taskId": id_text()}));
     let expected = json!({
         "taskId": id_text(), "createdTs": "2026-11-30T16:00:00.123Z", "modifiedTs": "2026-11-30T16:00:00.123Z",
         "state": "PENDING", "name": "build", "tags": ["purpose:test"], "user": "alice"
     });
-    assert_eq!(answer(then, vec![Reply::Task(pending())]).unwrap(), expected);
+    assert_eq!(answer(then, vec![Reply::Task(Box::new(pending()))]).unwrap(), expected);
 }
 
 #[test]
@@ -338,7 +338,7 @@ fn batch_get_result_asks_for_each_task_and_renders_errors_per_item() {
     let other = format_task_id(task_id() + 0x10);
     let (requests, then) = ask(Method::BatchGetResult, json!({"taskIds": [id_text(), other]}));
     assert_eq!(requests, [Request::GetTask { task_id: task_id() }, Request::GetTask { task_id: task_id() + 0x10 }]);
-    let replies = vec![Reply::Task(completed()), error(ErrorCode::NotFound, "no such task")];
+    let replies = vec![Reply::Task(Box::new(completed())), error(ErrorCode::NotFound, "no such task")];
     let expected = json!({"results": [
         {"taskId": id_text(), "result": completed_answer()},
         {"taskId": other, "error": {"code": 5, "message": "no such task"}}
@@ -365,10 +365,10 @@ fn list_task_states_lists_states_and_fails_on_the_first_unreadable_task() {
     let other = format_task_id(task_id() + 0x10);
     let (requests, then) = ask(Method::ListTaskStates, json!({"taskId": [id_text(), other.clone()]}));
     assert_eq!(requests.len(), 2);
-    let states = answer(then, vec![Reply::Task(completed()), Reply::Task(pending())]).unwrap();
+    let states = answer(then, vec![Reply::Task(Box::new(completed())), Reply::Task(Box::new(pending()))]).unwrap();
     assert_eq!(states, json!({"states": ["COMPLETED", "PENDING"]}));
     let (_, then) = ask(Method::ListTaskStates, json!({"task_id": [id_text(), other.clone()]}));
-    let failed = answer(then, vec![Reply::Task(completed()), error(ErrorCode::NotFound, "no such task")]);
+    let failed = answer(then, vec![Reply::Task(Box::new(completed())), error(ErrorCode::NotFound, "no such task")]);
     assert_eq!(failed, Err(ApiError { code: GrpcCode::NotFound, message: format!("{other}: no such task") }));
 }
 
@@ -382,7 +382,7 @@ fn get_request_renders_the_stored_request_with_who_created_it() {
     expected["tags"] = json!(["purpose:test", "authenticated:ci-bot", format!("parent_task_id:{}", run_text())]);
     expected["authenticated"] = json!("ci-bot");
     expected["parentTaskId"] = json!(run_text());
-    assert_eq!(answer(then, vec![Reply::Task(result)]).unwrap(), expected);
+    assert_eq!(answer(then, vec![Reply::Task(Box::new(result))]).unwrap(), expected);
 }
 
 #[test]
@@ -393,7 +393,7 @@ fn get_stdout_reads_from_the_offset_and_answers_with_base64_and_the_state() {
         [Request::GetTask { task_id: task_id() }, Request::GetOutput { task_id: task_id(), offset: 6, max_bytes: 100 }]
     );
     let output = Reply::Output { offset: 6, data: b"world\n".to_vec(), output_len: 12, task_ended: true };
-    let answered = answer(then, vec![Reply::Task(completed()), output]).unwrap();
+    let answered = answer(then, vec![Reply::Task(Box::new(completed())), output]).unwrap();
     assert_eq!(answered, json!({"output": "d29ybGQK", "state": "COMPLETED"}));
 
     let (requests, _) = ask(Method::GetStdout, json!({"task_id": id_text()}));
@@ -402,7 +402,7 @@ fn get_stdout_reads_from_the_offset_and_answers_with_base64_and_the_state() {
     let (requests, then) = ask(Method::GetStdout, json!({"task_id": id_text(), "length": "1000000000"}));
     assert_eq!(requests[1], Request::GetOutput { task_id: task_id(), offset: 0, max_bytes: max });
     let nothing = Reply::Output { offset: 0, data: Vec::new(), output_len: 0, task_ended: false };
-    assert_eq!(answer(then, vec![Reply::Task(pending()), nothing]).unwrap(), json!({"state": "PENDING"}));
+    assert_eq!(answer(then, vec![Reply::Task(Box::new(pending())), nothing]).unwrap(), json!({"state": "PENDING"}));
     assert_eq!(
         refused(Method::GetStdout, json!({"taskId": id_text(), "offset": -1})),
         invalid("offset: -1 is negative")
@@ -413,7 +413,7 @@ fn get_stdout_reads_from_the_offset_and_answers_with_base64_and_the_state() {
 fn cancel_task_says_whether_it_canceled_and_whether_the_task_ran() {
     let (requests, then) = ask(Method::CancelTask, json!({"taskId": id_text(), "killRunning": true}));
     assert_eq!(requests, [Request::CancelTask { task_id: task_id(), kill_running: true }]);
-    let reply = Reply::Canceled { outcome: CancelOutcome::KillRequested, task: completed() };
+    let reply = Reply::Canceled { outcome: CancelOutcome::KillRequested, task: Box::new(completed()) };
     assert_eq!(answer(then, vec![reply]).unwrap(), json!({"canceled": true, "wasRunning": true}));
     for (outcome, expected) in [
         (CancelOutcome::Canceled, json!({"canceled": true})),
@@ -421,7 +421,7 @@ fn cancel_task_says_whether_it_canceled_and_whether_the_task_ran() {
         (CancelOutcome::AlreadyEnded, json!({})),
     ] {
         let (_, then) = ask(Method::CancelTask, json!({"task_id": id_text()}));
-        assert_eq!(answer(then, vec![Reply::Canceled { outcome, task: pending() }]).unwrap(), expected);
+        assert_eq!(answer(then, vec![Reply::Canceled { outcome, task: Box::new(pending()) }]).unwrap(), expected);
     }
 }
 
@@ -539,7 +539,7 @@ fn count_tasks_counts_the_query() {
 fn get_bot_renders_the_bot() {
     let (requests, then) = ask(Method::GetBot, json!({"botId": "bot-1"}));
     assert_eq!(requests, [Request::GetBot { bot_id: "bot-1".to_string() }]);
-    assert_eq!(answer(then, vec![Reply::Bot(bot_info("bot-1"))]).unwrap(), bot_answer("bot-1"));
+    assert_eq!(answer(then, vec![Reply::Bot(Box::new(bot_info("bot-1")))]).unwrap(), bot_answer("bot-1"));
 
     let (_, then) = ask(Method::GetBot, json!({"bot_id": "bot-2"}));
     let bot = BotInfo {
@@ -556,7 +556,7 @@ fn get_bot_renders_the_bot() {
     expected["quarantined"] = json!(true);
     expected["state"] =
         json!("{\"connected\":false,\"named_caches_bytes\":{\"git\":4096},\"quarantined\":\"disk full\"}");
-    assert_eq!(answer(then, vec![Reply::Bot(bot)]).unwrap(), expected);
+    assert_eq!(answer(then, vec![Reply::Bot(Box::new(bot))]).unwrap(), expected);
     assert_eq!(refused(Method::GetBot, json!({})), invalid("bot_id: is required"));
 }
 
@@ -571,14 +571,14 @@ fn delete_and_terminate_bot() {
 
     let (requests, then) = ask(Method::TerminateBot, json!({"botId": "bot-1", "reason": "reimage"}));
     assert_eq!(requests, [Request::TerminateBot { bot_id: "bot-1".to_string(), reason: "reimage".to_string() }]);
-    assert_eq!(answer(then, vec![Reply::Bot(bot_info("bot-1"))]).unwrap(), json!({}));
+    assert_eq!(answer(then, vec![Reply::Bot(Box::new(bot_info("bot-1")))]).unwrap(), json!({}));
 }
 
 #[test]
 fn apiary_quarantines_and_unquarantines_a_bot_and_explains_a_pending_task() {
     let (requests, then) = ask(Method::QuarantineBot, json!({"botId": "bot-1", "reason": "flaky disk"}));
     assert_eq!(requests, [Request::QuarantineBot { bot_id: "bot-1".to_string(), reason: "flaky disk".to_string() }]);
-    assert_eq!(answer(then, vec![Reply::Bot(bot_info("bot-1"))]).unwrap(), bot_answer("bot-1"));
+    assert_eq!(answer(then, vec![Reply::Bot(Box::new(bot_info("bot-1")))]).unwrap(), bot_answer("bot-1"));
     let (requests, _) = ask(Method::QuarantineBot, json!({"botId": "bot-1"}));
     assert!(matches!(&requests[0], Request::QuarantineBot { reason, .. } if !reason.is_empty()), "a reason is kept");
     let (requests, _) = ask(Method::UnquarantineBot, json!({"bot_id": "bot-1"}));
@@ -590,9 +590,9 @@ fn apiary_quarantines_and_unquarantines_a_bot_and_explains_a_pending_task() {
     let waiting =
         TaskResult { pending: Some(PendingInfo { matching_bots: 3, busy_bots: 3, queue_position: 12 }), ..pending() };
     let expected = json!({"state": "PENDING", "matchingBots": 3, "busyBots": 3, "queuePosition": "12"});
-    assert_eq!(answer(then, vec![Reply::Task(waiting)]).unwrap(), expected);
+    assert_eq!(answer(then, vec![Reply::Task(Box::new(waiting))]).unwrap(), expected);
     let (_, then) = ask(Method::ExplainPending, json!({"taskId": id_text()}));
-    assert_eq!(answer(then, vec![Reply::Task(completed())]).unwrap(), json!({"state": "COMPLETED"}));
+    assert_eq!(answer(then, vec![Reply::Task(Box::new(completed()))]).unwrap(), json!({"state": "COMPLETED"}));
 }
 
 #[test]
@@ -732,7 +732,7 @@ fn get_permissions_asks_for_the_task_and_the_bot_to_know_their_pools() {
         panic!("should ask the core")
     };
     assert_eq!(requests, [Request::GetTask { task_id: task_id() }, Request::GetBot { bot_id: "bot-1".to_string() }]);
-    let replies = vec![Reply::Task(completed()), Reply::Bot(bot_info("bot-1"))];
+    let replies = vec![Reply::Task(Box::new(completed())), Reply::Bot(Box::new(bot_info("bot-1")))];
     let answer = with(&grants, |context| finish_at(then, replies, context, NOW_MS)).unwrap();
     assert_eq!(answer, json!({"terminateBot": true, "cancelTask": true, "listBots": ["*"]}));
 

@@ -71,14 +71,14 @@ pub(crate) fn finish(step: Step, replies: Vec<Reply>, context: &CallContext<'_>)
 
 fn task_of(reply: Option<Reply>) -> Result<TaskResult, ApiError> {
     match reply.map(refusal).transpose()? {
-        Some(Reply::Task(result)) => Ok(result),
+        Some(Reply::Task(result)) => Ok(*result),
         other => Err(unexpected(Method::GetPermissions, &other.unwrap_or(Reply::NoWork))),
     }
 }
 
 fn bot_of(reply: Option<Reply>) -> Result<BotInfo, ApiError> {
     match reply.map(refusal).transpose()? {
-        Some(Reply::Bot(bot)) => Ok(bot),
+        Some(Reply::Bot(bot)) => Ok(*bot),
         other => Err(unexpected(Method::GetPermissions, &other.unwrap_or(Reply::NoWork))),
     }
 }

@@ -379,7 +379,7 @@ impl Core {
             }
             Request::GetTask { task_id } => Some(
                 self.find_task(task_id)
-                    .map_or_else(|missing| self.missing(missing), |task| Reply::Task(self.describe(&task))),
+                    .map_or_else(|missing| self.missing(missing), |task| Reply::Task(Box::new(self.describe(&task)))),
             ),
             Request::WaitTask { task_id, timeout_ms } => self.wait_task(conn, request_id, task_id, timeout_ms),
             Request::GetOutput { task_id, offset, max_bytes } => {
@@ -389,14 +389,14 @@ impl Core {
             Request::ListBots { dimensions } => Some(self.list_bots(&dimensions, caller)),
             Request::GetBot { bot_id } => Some(self.bots.get(&bot_id).map_or_else(
                 || error(ErrorCode::NotFound, format!("no bot {bot_id:?}")),
-                |bot| Reply::Bot(bot.info()),
+                |bot| Reply::Bot(Box::new(bot.info())),
             )),
             Request::ListTasks(query) => Some(self.list_tasks(query, caller)),
             Request::CancelTask { task_id, kill_running } => Some(self.cancel(task_id, kill_running, out)),
             Request::ValidateTask(request) => Some(match validate::admit(request, principal) {
                 Ok(request) => {
                     let tags = tags::shown(request.tags, &request.task_slices);
-                    Reply::ValidRequest(NewTaskRequest { secret_bytes: None, tags, ..request })
+                    Reply::ValidRequest(Box::new(NewTaskRequest { secret_bytes: None, tags, ..request }))
                 }
                 Err(refusal) => error(ErrorCode::InvalidRequest, refusal.to_string()),
             }),
@@ -513,7 +513,7 @@ impl Core {
                 let answered = listeners.watchers.len() < before;
                 task.forget_listeners_if_none();
                 if answered {
-                    let reply = Reply::Task(self.result(&self.tasks[&task_id]));
+                    let reply = Reply::Task(Box::new(self.result(&self.tasks[&task_id])));
                     out.replies.push(Outgoing { conn, request_id, reply });
                 }
             }
@@ -590,7 +590,7 @@ impl Core {
             // Read (its text unpacked) only for those waiting: most tasks have none.
             let result = self.result(&self.tasks[&task_id]);
             for watcher in watchers {
-                let reply = Reply::Task(result.clone());
+                let reply = Reply::Task(Box::new(result.clone()));
                 out.replies.push(Outgoing { conn: watcher.conn, request_id: watcher.request_id, reply });
             }
         }

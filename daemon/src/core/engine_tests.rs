@@ -86,7 +86,7 @@ impl Harness {
         match &out.replies[0].reply {
             Reply::Task(result) => {
                 assert_eq!((result.state, result.deduped_from), (ack.state, ack.deduped_from), "the ack agrees");
-                result.clone()
+                *result.clone()
             }
             other => panic!("expected a task, got {other:?}"),
         }

@@ -444,7 +444,7 @@ impl Core {
             let change = BotChange::Quarantined { reason: health_check_failure.clone(), by_server: false };
             self.change_bot_standing(bot_id, change, out);
         }
-        Reply::Bot(self.bots[bot_id].info())
+        Reply::Bot(Box::new(self.bots[bot_id].info()))
     }
 
     /// How many bots match `filter` among those `caller` may see, and their standing.

@@ -200,7 +200,7 @@ impl Core {
             Err(missing) => return self.missing(missing),
         };
         if task.state.is_terminal() {
-            return Reply::Canceled { outcome: CancelOutcome::AlreadyEnded, task: self.result(&task) };
+            return Reply::Canceled { outcome: CancelOutcome::AlreadyEnded, task: Box::new(self.result(&task)) };
         }
         let task_id = task.id;
         let outcome = match task.current_run() {
@@ -217,7 +217,7 @@ impl Core {
             }
             Some(_) => CancelOutcome::LeftRunning,
         };
-        Reply::Canceled { outcome, task: self.result(&self.tasks[&task_id]) }
+        Reply::Canceled { outcome, task: Box::new(self.result(&self.tasks[&task_id])) }
     }
 
     /// Time-ordered and unique, even when the clock stands still or steps back.
@@ -235,7 +235,7 @@ impl Core {
             Err(missing) => return Some(self.missing(missing)),
         };
         if task.state.is_terminal() || timeout_ms == 0 {
-            return Some(Reply::Task(self.result(&task)));
+            return Some(Reply::Task(Box::new(self.result(&task))));
         }
         let task_id = task.id;
         let deadline = self.now_ms + timeout_ms.min(MAX_LONG_POLL_MS);
