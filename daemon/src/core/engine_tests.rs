@@ -8,6 +8,7 @@ use apiary_protocol::{
 };
 
 use super::*;
+use crate::core::events::EventEncoder;
 
 struct Harness {
     core: Core,
@@ -125,8 +126,13 @@ impl Harness {
     /// Rebuilds a core from the events alone and compares every task.
     fn check_replay(&self) {
         let mut replayed = Core::new(CoreConfig::default());
+        let mut encoder = EventEncoder::default();
         for event in &self.log {
-            let decoded = Event::decode(&event.encode()).expect("events round-trip");
+            encoder.push(event);
+        }
+        for (event, payload) in self.log.iter().zip(encoder.payloads()) {
+            assert_eq!(payload, &event.encode()[..], "one encoder for a turn's events writes each as alone");
+            let decoded = Event::decode(payload).expect("events round-trip");
             assert_eq!(&decoded, event);
             replayed.apply(&decoded);
         }

@@ -212,6 +212,55 @@ pub const EVENT_RECORD_KIND: u16 = 2;
 #[error("invalid event record: {0}")]
 pub struct EventDecodeError(pub(crate) String);
 
+/// Encodes a turn's events for the log one after the other into a buffer it
+/// keeps, each at a 16-byte aligned offset, with rkyv's scratch space and
+/// sharing map kept too: encoding a turn's events allocates nothing once the
+/// buffers have grown. Each event's bytes are those of `Event::encode`.
+#[derive(Default)]
+pub struct EventEncoder {
+    bytes: rkyv::util::AlignedVec,
+    /// Where each event's bytes start and end in `bytes`.
+    spans: Vec<(usize, usize)>,
+    arena: rkyv::ser::allocator::Arena,
+    share: rkyv::ser::sharing::Share,
+}
+
+/// Buffer room an encoder keeps from one turn to the next; a turn that needed
+/// more gives its buffers back.
+const KEPT_EVENT_ENCODER_BYTES: usize = 1 << 20;
+
+impl EventEncoder {
+    /// Forgets the events encoded so far.
+    pub fn clear(&mut self) {
+        if self.bytes.capacity() > KEPT_EVENT_ENCODER_BYTES {
+            self.bytes = rkyv::util::AlignedVec::new();
+        }
+        if self.arena.capacity() > KEPT_EVENT_ENCODER_BYTES {
+            self.arena = rkyv::ser::allocator::Arena::new();
+        }
+        self.bytes.clear();
+        self.spans.clear();
+    }
+
+    /// Encodes `event` after the ones before it; returns its size in bytes.
+    pub fn push(&mut self, event: &Event) -> usize {
+        let start = self.bytes.len().next_multiple_of(rkyv::util::AlignedVec::<16>::ALIGNMENT);
+        self.bytes.resize(start, 0);
+        let share = std::mem::take(&mut self.share);
+        let mut serializer = rkyv::ser::Serializer::new(&mut self.bytes, self.arena.acquire(), share);
+        rkyv::api::serialize_using::<_, rancor::Error>(event, &mut serializer).expect("events always serialize");
+        self.share = serializer.sharing;
+        self.share.clear();
+        self.spans.push((start, self.bytes.len()));
+        self.bytes.len() - start
+    }
+
+    /// The events' bytes, in the order they were pushed.
+    pub fn payloads(&self) -> impl Iterator<Item = &[u8]> {
+        self.spans.iter().map(|&(start, end)| &self.bytes[start..end])
+    }
+}
+
 impl Event {
     /// The event's bytes for the log, in a buffer sized for them up front (a
     /// task's creation by its request's bound, other events by

@@ -38,7 +38,7 @@ use super::snapshots::{self, Snapshots, StateFiles};
 use super::startup::{Recovered, Reload, ServerConfig};
 use super::tls::TlsFiles;
 use crate::auth::Access;
-use crate::core::events::{EVENT_RECORD_KIND, Event, TaskFinished};
+use crate::core::events::{EVENT_RECORD_KIND, Event, EventEncoder, TaskFinished};
 use crate::core::{ConnId, Core, Input, Output, OutputRead};
 use crate::logging::{self, Level};
 use crate::metrics::{ConnectionKind, Metrics, Refusal, StateReading};
@@ -97,6 +97,8 @@ pub struct EventLoop {
     to_flush: Vec<Token>,
     /// Encodes the replies the core makes, keeping its buffers from one to the next.
     encoder: FrameEncoder,
+    /// Encodes the turn's events for the log, keeping its buffers from one turn to the next.
+    event_encoder: EventEncoder,
     /// Where a request whose payload is not aligned in its connection's buffer is
     /// copied to be decoded; kept from one to the next.
     unaligned_payload: AlignedVec,
@@ -205,6 +207,7 @@ impl EventLoop {
             unfinished_reads: Vec::new(),
             to_flush: Vec::new(),
             encoder: FrameEncoder::default(),
+            event_encoder: EventEncoder::default(),
             unaligned_payload: AlignedVec::new(),
             core,
             wal,
@@ -831,7 +834,7 @@ impl EventLoop {
         for write in out.output_writes.drain(..) {
             self.disk.write_output(&mut self.outputs, &mut self.core, write)?;
         }
-        let mut payloads = Vec::with_capacity(out.events.len());
+        self.event_encoder.clear();
         for event in out.events.drain(..) {
             self.metrics.record_event(&event);
             let level = event_level(&event);
@@ -839,9 +842,8 @@ impl EventLoop {
             if logging::enabled(level) {
                 logging::write(level, None, event.describe());
             }
-            let payload = event.encode();
-            self.snapshots.wrote_log_bytes(payload.len());
-            payloads.push(payload);
+            let bytes = self.event_encoder.push(&event);
+            self.snapshots.wrote_log_bytes(bytes);
             match event {
                 Event::TaskFinished(TaskFinished { run_id: Some(run_id), .. }) => self.outputs.close(run_id),
                 Event::RetentionApplied { .. } => {
@@ -852,9 +854,7 @@ impl EventLoop {
             }
         }
         // One write for the turn's records.
-        self.wal
-            .append_all(EVENT_RECORD_KIND, payloads.iter().map(|payload| &payload[..]))
-            .map_err(ServerError::Wal)?;
+        self.wal.append_all(EVENT_RECORD_KIND, self.event_encoder.payloads()).map_err(ServerError::Wal)?;
         if wrote {
             self.durability.wrote();
         }
