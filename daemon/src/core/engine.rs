@@ -192,7 +192,7 @@ enum Timer {
     RetentionPass,
 }
 
-/// Due times, in two sets. Slice expirations (one per pending task) and run
+/// Due times, in three sets. Slice expirations (one per pending task) and run
 /// pings (one per running run) are taken out when they no longer apply, when
 /// the task leaves its queue or the run ends: left in until due, they would
 /// pile up with every task of the last hour (the default expiration) and
@@ -201,10 +201,14 @@ enum Timer {
 /// they no longer apply.
 ///
 /// The cancellable ones are kept in a compact form (16 bytes with their
-/// deadline, against 48 for a `Timer`): there is one per pending task.
+/// deadline, against 48 for a `Timer`). Run pings have a set of their own: it
+/// holds one per bot at work, and a new run's ping, due well before most of a
+/// backlog's expirations, would otherwise go into the middle of a million of
+/// them on every dispatch.
 #[derive(Default)]
 struct Timers {
-    cancellable: ChunkedSet<(u64, Cancellable)>,
+    expirations: ChunkedSet<(u64, Cancellable)>,
+    pings: ChunkedSet<(u64, Cancellable)>,
     others: BinaryHeap<Reverse<(u64, Timer)>>,
 }
 
@@ -235,7 +239,7 @@ impl Timers {
     fn push(&mut self, deadline_ms: u64, timer: Timer) {
         match Cancellable::of(&timer) {
             Some(cancellable) => {
-                self.cancellable.insert((deadline_ms, cancellable));
+                self.set_of(&timer).insert((deadline_ms, cancellable));
             }
             None => self.others.push(Reverse((deadline_ms, timer))),
         }
@@ -244,30 +248,41 @@ impl Timers {
     /// Takes out a slice expiration or run ping pushed with this deadline (if still there).
     fn cancel(&mut self, deadline_ms: u64, timer: Timer) {
         let cancellable = Cancellable::of(&timer).unwrap_or_else(|| panic!("{timer:?} cannot be cancelled"));
-        self.cancellable.remove(&(deadline_ms, cancellable));
+        self.set_of(&timer).remove(&(deadline_ms, cancellable));
+    }
+
+    fn set_of(&mut self, timer: &Timer) -> &mut ChunkedSet<(u64, Cancellable)> {
+        match timer {
+            Timer::RunPing { .. } => &mut self.pings,
+            _ => &mut self.expirations,
+        }
     }
 
     fn next_deadline_ms(&self) -> Option<u64> {
-        let cancellable = self.cancellable.first().map(|(deadline, _)| *deadline);
+        let first = |set: &ChunkedSet<(u64, Cancellable)>| set.first().map(|(deadline, _)| *deadline);
         let other = self.others.peek().map(|Reverse((deadline, _))| *deadline);
-        cancellable.into_iter().chain(other).min()
+        [first(&self.expirations), first(&self.pings), other].into_iter().flatten().min()
     }
 
     /// The next timer due at `now_ms` or before, in the order one heap of all would give.
     fn pop_due(&mut self, now_ms: u64) -> Option<Timer> {
-        let from_cancellable = match (self.cancellable.first(), self.others.peek()) {
-            (Some(&(deadline, first)), Some(Reverse(other))) => (deadline, first.timer()) < *other,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => return None,
-        };
-        if from_cancellable {
-            let due = self.cancellable.first().is_some_and(|(deadline, _)| *deadline <= now_ms);
-            due.then(|| self.cancellable.pop_first().expect("looked at").1.timer())
-        } else {
-            let due = self.others.peek().is_some_and(|Reverse((deadline, _))| *deadline <= now_ms);
-            due.then(|| self.others.pop().expect("peeked").0.1)
+        let first = |set: &ChunkedSet<(u64, Cancellable)>| set.first().map(|&(deadline, key)| (deadline, key.timer()));
+        let (expiration, ping) = (first(&self.expirations), first(&self.pings));
+        let other = self.others.peek().map(|Reverse(other)| other);
+        let (source, deadline_ms) = [expiration.as_ref(), ping.as_ref(), other]
+            .into_iter()
+            .enumerate()
+            .filter_map(|(source, due)| Some((source, due?)))
+            .min_by(|(_, a), (_, b)| a.cmp(b))
+            .map(|(source, &(deadline_ms, _))| (source, deadline_ms))?;
+        if deadline_ms > now_ms {
+            return None;
         }
+        Some(match source {
+            0 => self.expirations.pop_first().expect("looked at").1.timer(),
+            1 => self.pings.pop_first().expect("looked at").1.timer(),
+            _ => self.others.pop().expect("peeked").0.1,
+        })
     }
 }
 
@@ -748,10 +763,11 @@ impl Core {
         assert_eq!(self.queues.total_pending(), pending, "queued entries equal pending tasks");
         let running = self.bots.values().filter(|bot| bot.current_run.is_some()).count();
         assert_eq!(
-            self.timers.cancellable.len(),
-            pending + running,
-            "one expiration per pending task, one ping per running run, none for tasks that moved on"
+            self.timers.expirations.len(),
+            pending,
+            "one expiration per pending task, none for tasks that moved on"
         );
+        assert_eq!(self.timers.pings.len(), running, "one ping per running run, none for runs that ended");
         let mut parked = 0;
         for bot in self.bots.values() {
             if let Some(run_id) = bot.current_run {
@@ -787,7 +803,8 @@ impl Core {
         }
         self.queues.check_invariants();
         self.tasks.check_invariants();
-        self.timers.cancellable.check_invariants();
+        self.timers.expirations.check_invariants();
+        self.timers.pings.check_invariants();
     }
 }
 
