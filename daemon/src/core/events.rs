@@ -4,7 +4,7 @@
 //! replay rebuilds the same state bit for bit.
 
 use apiary_protocol::cas::{CasStats, Digest};
-use apiary_protocol::{NewTaskRequest, StringPair, TaskState, TimeoutKind, wire_size};
+use apiary_protocol::{NewTaskRequest, StringPair, TaskState, TimeoutKind};
 use rkyv::{Archive, Deserialize, Serialize, rancor};
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -67,9 +67,6 @@ const _: () = assert!(std::mem::size_of::<ArchivedEvent>() == ARCHIVED_EVENT_BYT
 const _: () = assert!(std::mem::align_of::<ArchivedEvent>() == 8);
 /// The size of an archived event since the log's first records.
 const ARCHIVED_EVENT_BYTES: usize = 160;
-/// Room for the strings and vectors of an event other than a task's creation,
-/// enough for most: a bot's id and dimensions, a reason.
-const ENCODE_EXTRA_BYTES: usize = 512;
 
 /// Changes of a bot's standing that decide whether it gets work.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -215,7 +212,8 @@ pub struct EventDecodeError(pub(crate) String);
 /// Encodes a turn's events for the log one after the other into a buffer it
 /// keeps, each at a 16-byte aligned offset, with rkyv's scratch space and
 /// sharing map kept too: encoding a turn's events allocates nothing once the
-/// buffers have grown. Each event's bytes are those of `Event::encode`.
+/// buffers have grown. An event's bytes are the same wherever it lies in the
+/// turn (`Event::encode` is one alone).
 #[derive(Default)]
 pub struct EventEncoder {
     bytes: rkyv::util::AlignedVec,
@@ -262,16 +260,12 @@ impl EventEncoder {
 }
 
 impl Event {
-    /// The event's bytes for the log, in a buffer sized for them up front (a
-    /// task's creation by its request's bound, other events by
-    /// `ENCODE_EXTRA_BYTES`), so that encoding seldom grows it.
+    /// The event's bytes for the log, alone (the event loop encodes a turn's
+    /// events together with an `EventEncoder`).
     pub fn encode(&self) -> rkyv::util::AlignedVec {
-        let extra_bytes = match self {
-            Event::TaskCreated(created) => wire_size::request_bytes(&created.request),
-            _ => ENCODE_EXTRA_BYTES,
-        };
-        let buffer = rkyv::util::AlignedVec::with_capacity(ARCHIVED_EVENT_BYTES + extra_bytes);
-        rkyv::api::high::to_bytes_in::<_, rancor::Error>(self, buffer).expect("events always serialize")
+        let mut encoder = EventEncoder::default();
+        encoder.push(self);
+        encoder.bytes
     }
 
     /// Decodes (and validates) an event from the log. The bytes must be 16-byte aligned.
