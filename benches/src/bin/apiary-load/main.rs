@@ -22,6 +22,7 @@
 //! are acknowledged. It exits 1 when the daemon refuses or drops a connection, or when
 //! tasks are left over.
 
+mod anchor;
 mod bots;
 mod http;
 mod report;
@@ -70,6 +71,8 @@ enum Command {
     /// Write a data directory holding a large state (pending tasks in a snapshot,
     /// ended ones in history runs), for restart and history benchmarks.
     StateFixture(apiary_benches::fixture::FixtureArgs),
+    /// Run the same workloads against Redis or beanstalkd, to compare with (see anchor.rs).
+    Anchor(anchor::AnchorArgs),
 }
 
 /// The floor probe's flags.
@@ -262,7 +265,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn new() -> Shared {
+    pub(crate) fn new() -> Shared {
         Shared {
             start: Instant::now(),
             welcomed: AtomicUsize::new(0),
@@ -290,12 +293,12 @@ impl Shared {
         self.stop_bots.store(true, Ordering::SeqCst);
     }
 
-    fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         self.failure.lock().unwrap().is_some()
     }
 }
 
-fn parse_rate(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(rate) if rate.is_finite() && rate > 0.0 && rate <= 10_000_000.0 => Ok(rate),
         _ => Err(format!("{text:?} is not a number of tasks a second in (0, 10000000]")),
@@ -307,6 +310,9 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Some(Command::Floor(floor_args)) => run_floor(floor_args).map(|_| ()),
         Some(Command::StateFixture(fixture_args)) => run_fixture(fixture_args),
+        Some(Command::Anchor(anchor_args)) => {
+            floor_first(anchor_args.floor, &anchor_args.floor_dir).and_then(|floor| anchor::run(anchor_args, floor))
+        }
         None => cli.load.prepare().and_then(|()| run_load(&cli.load)),
     };
     match result {
@@ -349,18 +355,22 @@ fn run_fixture(args: &apiary_benches::fixture::FixtureArgs) -> Result<(), String
     Ok(())
 }
 
-fn run_load(args: &LoadArgs) -> Result<(), String> {
-    let floor = if args.floor {
-        let floor_args = FloorArgs {
-            dir: args.floor_dir.clone(),
-            round_trips: DEFAULT_ROUND_TRIPS as u64,
-            syncs: DEFAULT_SYNCS as u64,
-            append: false,
-        };
-        Some(run_floor(&floor_args)?)
-    } else {
-        None
+/// With `--floor`, the floor measured (and printed) before the load.
+fn floor_first(floor: bool, floor_dir: &Option<PathBuf>) -> Result<Option<Floor>, String> {
+    if !floor {
+        return Ok(None);
+    }
+    let floor_args = FloorArgs {
+        dir: floor_dir.clone(),
+        round_trips: DEFAULT_ROUND_TRIPS as u64,
+        syncs: DEFAULT_SYNCS as u64,
+        append: false,
     };
+    run_floor(&floor_args).map(Some)
+}
+
+fn run_load(args: &LoadArgs) -> Result<(), String> {
+    let floor = floor_first(args.floor, &args.floor_dir)?;
     let nofile = raise_open_file_limit().map_err(|e| format!("cannot raise the open-file limit: {e}"))?;
     let addr = args
         .server

@@ -97,7 +97,7 @@ fn submit(
 
 /// `--rate`: when each of one submitter's tasks is due. The run's tasks are due
 /// evenly, one every `1 / rate` seconds, dealt to the submitters in turn.
-struct Pace {
+pub(crate) struct Pace {
     interval_ns: f64,
     submitters: u64,
     index: u64,
@@ -107,7 +107,7 @@ struct Pace {
 }
 
 impl Pace {
-    fn new(rate: f64, submitters: usize, index: usize, started_ns: u64) -> Pace {
+    pub(crate) fn new(rate: f64, submitters: usize, index: usize, started_ns: u64) -> Pace {
         Pace { interval_ns: 1e9 / rate, submitters: submitters as u64, index: index as u64, started_ns, sent: 0 }
     }
 
@@ -115,7 +115,7 @@ impl Pace {
         self.started_ns + ((task * self.submitters + self.index) as f64 * self.interval_ns) as u64
     }
 
-    fn next_due_ns(&self) -> u64 {
+    pub(crate) fn next_due_ns(&self) -> u64 {
         self.due_ns(self.sent)
     }
 
@@ -129,7 +129,7 @@ impl Pace {
     }
 
     /// Notes `count` tasks sent; returns when the first of them was due.
-    fn take(&mut self, count: usize) -> u64 {
+    pub(crate) fn take(&mut self, count: usize) -> u64 {
         let first_due_ns = self.next_due_ns();
         self.sent += count as u64;
         first_due_ns
@@ -137,7 +137,7 @@ impl Pace {
 }
 
 /// Takes up to `wanted` of the run's `--tasks` (all of them when there is no limit).
-fn claim(shared: &Shared, limit: Option<u64>, wanted: usize) -> usize {
+pub(crate) fn claim(shared: &Shared, limit: Option<u64>, wanted: usize) -> usize {
     let Some(limit) = limit else { return wanted };
     let before = shared.claimed.fetch_add(wanted as u64, Ordering::SeqCst);
     limit.saturating_sub(before).min(wanted as u64) as usize
