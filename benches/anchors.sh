@@ -20,6 +20,8 @@
 #   PARKED [64]
 #   RATE_SECS [30]    how long the rate workload submits
 #   SERVERS [all]     a subset of: apiary redis-always beanstalkd-always redis-1s beanstalkd-1s
+#   LOGS_DIR [unset]  if set, each run's load report and server log are copied there,
+#                     as ROUND-WORKLOAD-SERVER.load.txt and .server.log
 #
 # The servers, each started fresh with an empty data directory on 127.0.0.1 for every
 # run, on a free port:
@@ -52,6 +54,7 @@ PARKED=${PARKED:-64}
 RATE_SECS=${RATE_SECS:-30}
 ALL_SERVERS="apiary redis-always beanstalkd-always redis-1s beanstalkd-1s"
 SERVERS=${SERVERS:-$ALL_SERVERS}
+LOGS_DIR=${LOGS_DIR:-}
 
 BIN_DIR=${1:-target/release}
 SCRATCH_PARENT=${2:-/work}
@@ -212,6 +215,11 @@ run_workload() {
     fi
     after=$(server_ticks)
     stop_server
+    if [ -n "$LOGS_DIR" ]; then
+        mkdir -p "$LOGS_DIR"
+        cp "$output" "$LOGS_DIR/$round-$workload-$name.load.txt"
+        cp "$run_dir/server.log" "$LOGS_DIR/$round-$workload-$name.server.log"
+    fi
 
     local latency_label="submit->taken latency" acknowledged_label="put round trip µs"
     if [ "$name" = apiary ]; then

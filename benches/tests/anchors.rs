@@ -4,8 +4,9 @@
 //! them) so that it does not rot. Guards the script and the client, not anyone's speed:
 //! nothing here asserts a time.
 //!
-//! - a whole run puts every server in both tables with a figure in every cell, and
-//!   leaves no file and no process behind;
+//! - a whole run puts every server in both tables with a figure in every cell, keeps
+//!   each run's report and server log when asked, and leaves no file and no process
+//!   behind;
 //! - a server it does not know is refused by name before anything starts.
 
 use std::fs;
@@ -25,8 +26,9 @@ fn debug_bin_dir() -> PathBuf {
     binary("apiaryd").parent().expect("a binary is in a directory").to_path_buf()
 }
 
-/// The script at a tiny scale, with `servers` (all when `None`).
-fn run_script(scratch_parent: &Path, servers: Option<&str>) -> Output {
+/// The script at a tiny scale, with `servers` (all when `None`), keeping each run's
+/// report and server log in `logs_dir` when given.
+fn run_script(scratch_parent: &Path, servers: Option<&str>, logs_dir: Option<&Path>) -> Output {
     let mut command = Command::new("bash");
     command.arg(script()).arg(debug_bin_dir()).arg(scratch_parent).stdin(Stdio::null()).envs([
         ("ROUNDS", "1"),
@@ -40,6 +42,10 @@ fn run_script(scratch_parent: &Path, servers: Option<&str>) -> Output {
     if let Some(servers) = servers {
         command.env("SERVERS", servers);
     }
+    match logs_dir {
+        Some(logs_dir) => command.env("LOGS_DIR", logs_dir),
+        None => command.env_remove("LOGS_DIR"),
+    };
     command.output().expect("run anchors.sh")
 }
 
@@ -71,7 +77,8 @@ fn row<'a>(stdout: &'a str, title: &str, server: &str) -> &'a str {
 #[test]
 fn a_tiny_run_fills_both_tables_for_every_server_and_leaves_nothing_behind() {
     let scratch = tempfile::Builder::new().prefix("anchors-test").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let output = run_script(scratch.path(), None);
+    let logs = tempfile::tempdir().unwrap();
+    let output = run_script(scratch.path(), None, Some(logs.path()));
     assert!(output.status.success(), "{}", describe(&output));
 
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -92,13 +99,17 @@ fn a_tiny_run_fills_both_tables_for_every_server_and_leaves_nothing_behind() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.matches(" round 1: ").count(), 2 * SERVERS.len(), "one line a run: {stderr}");
     assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0, "the scratch directory is removed");
+    let report = fs::read_to_string(logs.path().join("1-rate-redis-always.load.txt")).unwrap();
+    assert!(report.contains("\nsubmit->taken latency µs: p50 "), "{report}");
+    assert!(logs.path().join("1-throughput-apiary.server.log").exists());
+    assert_eq!(fs::read_dir(logs.path()).unwrap().count(), 2 * 2 * SERVERS.len(), "a report and a log a run");
     assert_eq!(processes_naming(scratch.path()), Vec::<String>::new());
 }
 
 #[test]
 fn a_server_it_does_not_know_is_refused_by_name() {
     let scratch = tempfile::tempdir().unwrap();
-    let output = run_script(scratch.path(), Some("apiary memcached"));
+    let output = run_script(scratch.path(), Some("apiary memcached"), None);
     assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("SERVERS: memcached is not one of: apiary redis-always"), "{stderr}");

@@ -248,6 +248,7 @@ struct SubmitterLog {
 
 /// Puts until the task count or the duration (counted from `started_ns`) is reached.
 fn run_submitter(args: &AnchorArgs, index: usize, shared: &Shared, started_ns: u64) -> SubmitterLog {
+    apiary_benches::tighten_timer_slack();
     let mut log = SubmitterLog::default();
     if let Err(error) = submit(args, index, shared, started_ns, &mut log) {
         shared.fail(format!("submitter {index}: {error}"));

@@ -39,6 +39,7 @@ pub(crate) struct SubmitterLog {
 /// Submits until the task count or the duration (counted from `started_ns`) is
 /// reached, then waits for the requests still in flight.
 pub(crate) fn run_submitter(args: &LoadArgs, index: usize, shared: &Shared, started_ns: u64) -> SubmitterLog {
+    apiary_benches::tighten_timer_slack();
     let mut log = SubmitterLog::default();
     if let Err(error) = submit(args, index, shared, started_ns, &mut log) {
         shared.fail(format!("submitter {index}: {error}"));
