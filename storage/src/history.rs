@@ -27,6 +27,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::large_files::WriteBehind;
 use crate::sync_dir;
 use crate::wal::mmap::ReadOnlyMap;
 
@@ -200,7 +201,7 @@ impl HistoryDir {
             .open(&temporary)
             .map_err(io_error(|| format!("create history run {}", temporary.display())))?;
         let mut writer = RunWriter {
-            file: BufWriter::with_capacity(1 << 20, file),
+            file: BufWriter::with_capacity(1 << 20, WriteBehind::new(file)),
             dir: self.dir.clone(),
             temporary,
             path,
@@ -249,7 +250,7 @@ fn parse_name(name: &str, suffix: &str) -> Option<u64> {
 /// Writes one run: records go to the file as they come (ids ascending); the index is
 /// built in memory and written by `finish`.
 pub struct RunWriter {
-    file: BufWriter<File>,
+    file: BufWriter<WriteBehind>,
     dir: PathBuf,
     temporary: PathBuf,
     path: PathBuf,
@@ -301,7 +302,7 @@ impl RunWriter {
         };
         self.write(&index)?;
         let context = || format!("write history run {}", self.temporary.display());
-        let mut file = self.file.into_inner().map_err(|error| io_error(context)(error.into_error()))?;
+        let mut file = self.file.into_inner().map_err(|error| io_error(context)(error.into_error()))?.into_inner();
         file.seek(SeekFrom::Start(0)).map_err(io_error(context))?;
         file.write_all(&header.encode()).map_err(io_error(context))?;
         file.sync_all().map_err(io_error(context))?;

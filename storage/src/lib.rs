@@ -30,8 +30,12 @@
 //! - [`cas`]: the content-addressed store, blobs named by REAPI digests, each a file
 //!   written whole, checked and synced before it is stored, checked again when read.
 //!
-//! All `unsafe` code of the crate lives in `wal/mmap.rs`, each block with the reason it is
-//! sound.
+//! - `large_files.rs`: history runs, snapshots and uploaded blobs are written back a MiB
+//!   at a time, and old segments and snapshots removed a MiB at a time, so that neither
+//!   queues a large write or discard ahead of the log's syncs.
+//!
+//! All `unsafe` code of the crate lives in `wal/mmap.rs` and `large_files.rs`, each block
+//! with the reason it is sound.
 
 #![deny(unsafe_code)]
 
@@ -41,6 +45,7 @@ use std::path::Path;
 
 pub mod cas;
 mod history;
+mod large_files;
 mod output;
 mod snapshot;
 mod wal;

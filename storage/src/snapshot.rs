@@ -17,6 +17,7 @@ use std::ops::Deref;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::large_files::{WriteBehind, remove_gradually};
 use crate::wal::mmap::ReadOnlyMap;
 
 const SNAPSHOT_MAGIC: [u8; 8] = *b"APIARYSN";
@@ -253,7 +254,8 @@ impl SnapshotStore {
             self.list()?.into_iter().filter(|file| file.covered_seq < covered_seq).collect();
         older.reverse();
         for file in &older {
-            fs::remove_file(&file.path).map_err(io_error(|| format!("remove snapshot {}", file.path.display())))?;
+            // No process maps an older snapshot: the daemon and the snapshot job map the newest.
+            remove_gradually(&file.path).map_err(io_error(|| format!("remove snapshot {}", file.path.display())))?;
         }
         if !older.is_empty() {
             self.sync_dir()?;
@@ -287,10 +289,11 @@ fn parse_name(name: &str) -> Option<u64> {
 
 fn write_synced(path: &Path, header: &[u8], payload: &[u8]) -> io::Result<()> {
     // Only the daemon's user may read it: a snapshot holds the secret bytes of waiting tasks.
-    let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut file = WriteBehind::new(file);
     file.write_all(header)?;
     file.write_all(payload)?;
-    file.sync_all()
+    file.into_inner().sync_all()
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ use apiary_protocol::CasBlob;
 use apiary_protocol::cas::Digest;
 
 use super::{CasError, ContentStore, Sweep};
+use crate::large_files::write_back;
 use crate::sync_dir;
 
 /// Blobs up to this size are read whole and checked at every read.
@@ -459,6 +460,8 @@ impl ContentStore for LocalStore {
         let mut file = OpenOptions::new().write(true).open(&upload).map_err(io_error(&upload, "open"))?;
         file.seek(SeekFrom::Start(received)).map_err(io_error(&upload, "seek"))?;
         file.write_all(chunk).map_err(io_error(&upload, "write"))?;
+        // A large upload must not reach the disk all at once when it is synced, ahead of the log's syncs.
+        write_back(&file, received, chunk.len() as u64).map_err(io_error(&upload, "write back"))?;
         self.uploads.insert(digest, got);
         if got < digest.size_bytes {
             return Ok(false);

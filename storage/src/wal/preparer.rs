@@ -1,8 +1,9 @@
 //! The preparer: a thread owned by [`Wal`](super::Wal) that does the slow file work the
 //! writer must not do on the event loop. It keeps one spare segment file ready (zeros over
-//! `segment_bytes`, synced, named `<index>.wal.spare.tmp`) and unlinks segments the writer
-//! gave up and spares an earlier process left (oldest first, syncing the directory after
-//! each).
+//! `segment_bytes`, synced, named `<index>.wal.spare.tmp`) and removes segments the writer
+//! gave up and spares an earlier process left (oldest first, each a MiB at a time, see
+//! `large_files.rs`, syncing the directory after each). No other thread maps a segment
+//! given up (`read_records` opens none older than its first record).
 //!
 //! A spare that cannot be made (a full disk: ENOSPC, EDQUOT, EIO) is tried again every
 //! [`SPARE_RETRY`] (or as soon as a removal may have freed space); meanwhile the log says
@@ -15,7 +16,7 @@
 //! recovery may remove any `.tmp` file. The thread stops when the `Wal` is dropped.
 
 use std::collections::VecDeque;
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use super::error::WalError;
 use super::segment::{Pace, create_zeroed_file, spare_path, sync_dir};
+use crate::large_files::remove_gradually;
 
 /// How long the preparer waits before trying again to make a spare it could not make.
 const SPARE_RETRY: Duration = Duration::from_secs(1);
@@ -134,7 +136,7 @@ impl Preparer {
         self.wait_until_idle().unwrap();
         let mut state = self.shared.lock();
         if let Some((_, _, path)) = state.ready.take() {
-            fs::remove_file(path).unwrap();
+            std::fs::remove_file(path).unwrap();
         }
         state.wanted = None;
     }
@@ -189,7 +191,7 @@ fn run(dir: &Path, segment_bytes: usize, shared: &Shared) {
 }
 
 fn remove_segment(dir: &Path, path: &Path) -> Result<(), WalError> {
-    fs::remove_file(path).map_err(WalError::io(|| format!("remove segment {}", path.display())))?;
+    remove_gradually(path).map_err(WalError::io(|| format!("remove segment {}", path.display())))?;
     sync_dir(dir)
 }
 
@@ -204,5 +206,5 @@ fn prepare_spare(dir: &Path, segment_bytes: usize, index: u64, shared: &Shared) 
         return Ok(());
     }
     drop(state);
-    fs::remove_file(&path).map_err(WalError::io(|| format!("remove unwanted spare {}", path.display())))
+    remove_gradually(&path).map_err(WalError::io(|| format!("remove unwanted spare {}", path.display())))
 }
