@@ -13,7 +13,11 @@
 //!
 //! Listings by tag walk a per-tag list of ids instead of every held task (at a
 //! million pending tasks a walk takes 150 ms); removals leave ids in these
-//! lists, compacted away once they are half of them.
+//! lists, and once they are half of them a compaction starts that each later
+//! removal advances by a few entries (`Compaction`): a list can hold every
+//! task, and checking a million ids at once held the event loop for
+//! milliseconds. Readers see each list whole until its compacted copy
+//! replaces it.
 //!
 //! Invariants: `positions` and the occupied slots name the same tasks; a free
 //! slot is in `free` exactly once; each list of `by_tag` holds, ascending,
@@ -25,7 +29,8 @@ use std::ops::Index;
 
 use apiary_protocol::RequestId;
 
-use super::Map;
+use indexmap::IndexMap;
+
 use super::id_index::IdIndex;
 use super::model::{RequestTextRef, Task, TaskText, tag_count_of};
 use super::tags;
@@ -35,16 +40,37 @@ use super::text_arena::TextArena;
 /// waste little at the end.
 pub const TASK_CHUNK: usize = 4096;
 
+/// List entries a compaction checks per tag of each task removed. A pass checks
+/// every entry once and starts when half of them are of removed tasks: at 4 per
+/// removed entry it ends well before the next could start.
+const COMPACTED_PER_REMOVED_TAG: usize = 4;
+
+/// A pass over the lists of `by_tag` in order: those before `list` are
+/// compacted; of list `list`, the entries before `read` were checked and the
+/// ids of held tasks among them copied to `kept`, which replaces the list once
+/// it is read to its end (entries appended meanwhile included).
+#[derive(Default)]
+struct Compaction {
+    list: usize,
+    read: usize,
+    kept: Vec<RequestId>,
+}
+
 #[derive(Default)]
 pub struct TaskStore {
     positions: IdIndex,
     chunks: Vec<Vec<Option<Task>>>,
     /// Slots whose task was removed, to be reused.
     free: Vec<u32>,
-    /// Per tag, the ids of the tasks with it, and ids removed since the last compaction.
-    by_tag: Map<Box<str>, Vec<RequestId>>,
+    /// Per tag, the ids of the tasks with it, and ids removed since their list was last
+    /// compacted. In insertion order, so that a compaction can resume where it stopped.
+    by_tag: IndexMap<Box<str>, Vec<RequestId>, ahash::RandomState>,
+    /// Ids in all the lists of `by_tag`.
     tagged: usize,
+    /// Of these, about how many are of removed tasks (at most this many).
     removed_tagged: usize,
+    /// The compaction under way, if one is.
+    compaction: Option<Compaction>,
     /// A tag being listed, kept for its room.
     tag_scratch: String,
     /// The texts of the tasks whose texts are in memory.
@@ -121,9 +147,10 @@ impl TaskStore {
         }
         self.free.push(position);
         self.removed_tagged += usize::from(task.tag_count);
-        if self.removed_tagged * 2 > self.tagged {
-            self.compact_tags();
+        if self.compaction.is_none() && self.removed_tagged * 2 > self.tagged {
+            self.compaction = Some(Compaction::default());
         }
+        self.compact_tags(usize::from(task.tag_count) * COMPACTED_PER_REMOVED_TAG);
         Some(task)
     }
 
@@ -225,23 +252,49 @@ impl TaskStore {
     /// Lists `id` under `tag` unless it is listed there (a tag given twice lists
     /// the task once); returns whether it was added.
     fn list_under(&mut self, tag: &str, id: RequestId) -> bool {
-        let ids = self.by_tag.entry_ref(tag).or_default();
-        let added = ids.last() != Some(&id);
-        if added {
-            ids.push(id);
-            self.tagged += 1;
-        }
+        let added = match self.by_tag.get_mut(tag) {
+            Some(ids) if ids.last() == Some(&id) => false,
+            Some(ids) => {
+                ids.push(id);
+                true
+            }
+            None => {
+                self.by_tag.insert(tag.into(), vec![id]);
+                true
+            }
+        };
+        self.tagged += usize::from(added);
         added
     }
 
-    fn compact_tags(&mut self) {
-        let positions = &self.positions;
-        self.by_tag.retain(|_, ids| {
-            ids.retain(|id| positions.get(id).is_some());
-            !ids.is_empty()
-        });
-        self.tagged = self.by_tag.values().map(Vec::len).sum();
-        self.removed_tagged = 0;
+    /// Advances the compaction under way by about `budget` list entries.
+    fn compact_tags(&mut self, mut budget: usize) {
+        let Some(compaction) = &mut self.compaction else { return };
+        while budget > 0 {
+            let Some((_, ids)) = self.by_tag.get_index_mut(compaction.list) else {
+                self.compaction = None;
+                return;
+            };
+            let end = ids.len().min(compaction.read + budget);
+            let held = ids[compaction.read..end].iter().filter(|id| self.positions.get(id).is_some());
+            compaction.kept.extend(held);
+            budget -= end - compaction.read;
+            compaction.read = end;
+            if end < ids.len() {
+                return; // The budget ran out inside this list.
+            }
+            let dropped = ids.len() - compaction.kept.len();
+            self.tagged -= dropped;
+            self.removed_tagged = self.removed_tagged.saturating_sub(dropped);
+            if compaction.kept.is_empty() {
+                // The last list takes this one's place, to be compacted next.
+                self.by_tag.swap_remove_index(compaction.list);
+            } else {
+                *ids = std::mem::take(&mut compaction.kept);
+                compaction.list += 1;
+            }
+            compaction.read = 0;
+        }
     }
 
     /// Every held task, oldest first.
@@ -379,5 +432,59 @@ mod tests {
         assert_eq!(tagged(&store, None), [18, 15]);
         assert!(store.by_tag["pool:ci"].len() < 7, "removed ids were compacted away");
         assert!(store.newest_first_tagged("pool:other", None).next().is_none());
+    }
+
+    /// Tasks go mostly oldest first (to history, by retention), each removal
+    /// advancing the compaction a few entries: listings stay exact throughout,
+    /// and the lists stay within a small multiple of the tasks held.
+    #[test]
+    fn compaction_advances_a_few_entries_per_removal_and_keeps_listings_exact() {
+        let mut store = TaskStore::default();
+        let id = |n: u64| RequestId::first_of_millisecond(1_700_000_000_000 + n);
+        let tags_of = |n: u64| if n.is_multiple_of(2) { vec!["pool:ci", "even:yes"] } else { vec!["pool:ci"] };
+        let mut held = std::collections::BTreeSet::new();
+        let (mut next, mut oldest) = (0, 0);
+        for round in 0..40 {
+            for _ in 0..500 {
+                store.insert(task(id(next), next), tags_of(next));
+                held.insert(next);
+                next += 1;
+            }
+            // Most of the oldest go, and one from the middle each round.
+            for _ in 0..450 {
+                store.remove(&id(oldest));
+                held.remove(&oldest);
+                oldest += 1;
+            }
+            let middle = oldest + 7 * round;
+            if held.remove(&middle) {
+                store.remove(&id(middle));
+            }
+            if let Some(compaction) = &store.compaction {
+                let ids = &store.by_tag[compaction.list];
+                assert!(compaction.read <= ids.len() && compaction.kept.len() <= compaction.read);
+            }
+            let listed: Vec<u64> =
+                store.newest_first_tagged("pool:ci", None).map(|task| task.slice_started_ms).collect();
+            assert_eq!(listed, held.iter().rev().copied().collect::<Vec<_>>(), "round {round}");
+            let even: Vec<u64> =
+                store.newest_first_tagged("even:yes", None).map(|task| task.slice_started_ms).collect();
+            let held_even: Vec<u64> = held.iter().rev().copied().filter(|n| n.is_multiple_of(2)).collect();
+            assert_eq!(even, held_even, "round {round}");
+            let entries: usize = store.by_tag.values().map(Vec::len).sum();
+            assert_eq!(entries, store.tagged, "counted");
+            assert!(
+                entries <= 4 * (held.len() * 3 / 2) + 2 * 500,
+                "round {round}: {entries} entries for {} tasks",
+                held.len()
+            );
+        }
+        // Every task gone: so are the lists, once removals have advanced the compaction.
+        for n in held.clone() {
+            store.remove(&id(n));
+        }
+        store.insert(task(id(next), next), ["other:tag"]);
+        store.remove(&id(next));
+        assert!(store.by_tag.len() <= 1, "emptied lists are dropped: {:?}", store.by_tag.keys().collect::<Vec<_>>());
     }
 }
