@@ -27,7 +27,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::large_files::WriteBehind;
+use crate::large_files::{WriteBehind, remove_gradually};
 use crate::sync_dir;
 use crate::wal::mmap::ReadOnlyMap;
 
@@ -220,9 +220,20 @@ impl HistoryDir {
 
     /// Removes these runs, if there; then syncs the directory.
     pub fn remove(&self, numbers: &[u64]) -> Result<(), HistoryError> {
+        self.remove_with(numbers, |path| fs::remove_file(path))
+    }
+
+    /// Removes these runs, if there, freeing their blocks a MiB at a time first
+    /// (`large_files.rs`); then syncs the directory. For runs no process reads any
+    /// more: one that still did would read zeros where the blocks were.
+    pub fn remove_gradually(&self, numbers: &[u64]) -> Result<(), HistoryError> {
+        self.remove_with(numbers, remove_gradually)
+    }
+
+    fn remove_with(&self, numbers: &[u64], remove: impl Fn(&Path) -> io::Result<()>) -> Result<(), HistoryError> {
         for &number in numbers {
             let path = self.path(number);
-            match fs::remove_file(&path) {
+            match remove(&path) {
                 Err(error) if error.kind() != io::ErrorKind::NotFound => {
                     return Err(io_error(|| format!("remove history run {}", path.display()))(error));
                 }
@@ -728,5 +739,20 @@ mod tests {
         sample(&dir);
         dir.remove(&[7, 8]).unwrap();
         assert!(dir.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn runs_removed_gradually_are_gone_and_others_stay() {
+        let temporary = tempfile::tempdir().unwrap();
+        let dir = HistoryDir::open(temporary.path()).unwrap();
+        let big: Vec<u8> = vec![9; 3 << 20];
+        for number in [1, 2] {
+            let mut writer = dir.create(number).unwrap();
+            writer.push(number, &big, &[]).unwrap();
+            writer.finish().unwrap();
+        }
+        dir.remove_gradually(&[1, 5]).unwrap();
+        assert_eq!(dir.list().unwrap(), vec![2], "run 1 went, the missing 5 is no error");
+        assert_eq!(dir.open_run(2).unwrap().index().unwrap().record(0).unwrap(), &big[..]);
     }
 }

@@ -16,9 +16,9 @@
 //! common on virtual and flash disks): unlinking a 64 MiB segment frees all its blocks at
 //! the next journal commit, and the log's syncs waited 9-12 ms behind that discard after
 //! every snapshot that let segments go. `remove_gradually` frees the file's blocks a step
-//! at a time, each step synced, then unlinks it. It serves the log's segments and the
-//! snapshots; history runs and text files, which the daemon may still map when the
-//! snapshot job removes them, are unlinked whole.
+//! at a time, each step synced, then unlinks it. It serves the log's segments, the
+//! snapshots and the history runs past retention; text files, which the daemon may still
+//! map when the snapshot job removes them, are unlinked whole.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -89,9 +89,14 @@ pub(crate) fn write_back(file: &File, offset: u64, len: u64) -> io::Result<()> {
 /// Removes `path`, first freeing its blocks `STEP_BYTES` at a time from its end, each step
 /// synced. Holes, not truncation: a process that still maps the file reads zeros there,
 /// never a fault (`SIGBUS`). Where holes cannot be made (a file system without
-/// `FALLOC_FL_PUNCH_HOLE`), the file is unlinked whole. The caller syncs the directory.
+/// `FALLOC_FL_PUNCH_HOLE`) or the file cannot be opened for writing, it is unlinked whole.
+/// The caller syncs the directory.
 pub(crate) fn remove_gradually(path: &Path) -> io::Result<()> {
-    let file = OpenOptions::new().write(true).open(path)?;
+    let file = match OpenOptions::new().write(true).open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Err(error),
+        Err(_) => return fs::remove_file(path),
+    };
     let mut end = file.metadata()?.len();
     while end > STEP_BYTES {
         let start = (end - 1) / STEP_BYTES * STEP_BYTES;

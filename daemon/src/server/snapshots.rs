@@ -597,7 +597,10 @@ impl JobArgs {
         let kept = [self.keep_from_seq, self.upto_seq];
         remove_texts(&texts, |number| !kept.contains(&number)).map_err(|error| error.to_string())?;
         // The runs that neither this snapshot nor the one kept before it lists
-        // (let go by retention, or left by a job that died) go now.
+        // (let go by retention, or left by a job that died) go now. The daemon let
+        // go of them before the older snapshot's record, so none is mapped: their
+        // blocks can be freed a MiB at a time (hundreds of MB discarded at once
+        // would hold up the log's syncs).
         let listed: Vec<u64> = base_runs.into_iter().chain(new_runs).collect();
         let unlisted: Vec<u64> = history
             .list()
@@ -605,7 +608,7 @@ impl JobArgs {
             .into_iter()
             .filter(|run| !listed.contains(run))
             .collect();
-        history.remove(&unlisted).map_err(|error| error.to_string())?;
+        history.remove_gradually(&unlisted).map_err(|error| error.to_string())?;
         println!("{JOB_DONE} tasks={tasks} archived={archived} bytes={} path={}", bytes.len(), file.path.display());
         Ok(())
     }
