@@ -31,8 +31,8 @@
 //!   written whole, checked and synced before it is stored, checked again when read.
 //!
 //! - `large_files.rs`: history runs, snapshots and uploaded blobs are written back a MiB
-//!   at a time, and old segments and snapshots removed a MiB at a time, so that neither
-//!   queues a large write or discard ahead of the log's syncs.
+//!   at a time, and old segments, snapshots and history runs past retention removed a MiB
+//!   at a time, so that neither queues a large write or discard ahead of the log's syncs.
 //!
 //! All `unsafe` code of the crate lives in `wal/mmap.rs` and `large_files.rs`, each block
 //! with the reason it is sound.
