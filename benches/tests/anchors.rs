@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use apiary_tests::{binary, describe, process_alive};
+use apiary_tests::{binary, describe, processes_naming};
 
 const SERVERS: [&str; 5] = ["apiary", "redis-always", "beanstalkd-always", "redis-1s", "beanstalkd-1s"];
 
@@ -47,21 +47,6 @@ fn run_script(scratch_parent: &Path, servers: Option<&str>, logs_dir: Option<&Pa
         None => command.env_remove("LOGS_DIR"),
     };
     command.output().expect("run anchors.sh")
-}
-
-/// Live processes whose command line names `dir` (the servers' data directories are in it).
-fn processes_naming(dir: &Path) -> Vec<String> {
-    let needle = dir.to_string_lossy().into_owned();
-    let mut processes = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let command_line = fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let command_line = String::from_utf8_lossy(&command_line).replace('\0', " ");
-        if command_line.contains(&needle) && process_alive(pid) && !command_line.contains("anchors.sh") {
-            processes.push(format!("{pid}: {command_line}"));
-        }
-    }
-    processes
 }
 
 /// The row of `server` in the table that follows the line starting with `title`.
@@ -103,7 +88,7 @@ fn a_tiny_run_fills_both_tables_for_every_server_and_leaves_nothing_behind() {
     assert!(report.contains("\nsubmit->taken latency µs: p50 "), "{report}");
     assert!(logs.path().join("1-throughput-apiary.server.log").exists());
     assert_eq!(fs::read_dir(logs.path()).unwrap().count(), 2 * 2 * SERVERS.len(), "a report and a log a run");
-    assert_eq!(processes_naming(scratch.path()), Vec::<String>::new());
+    assert_eq!(processes_naming(scratch.path(), "anchors.sh"), Vec::<String>::new());
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use apiary_tests::{binary, describe, process_alive};
+use apiary_tests::{binary, describe, processes_naming};
 
 /// The table's rows: each one's label, and whether its plain-tools cell has figures.
 const ROWS: [(&str, bool); 6] = [
@@ -68,17 +68,7 @@ fn has_figure(cell: &str) -> bool {
 /// Files left in `dir` and live processes that name it on their command line.
 fn leftovers(dir: &Path) -> (Vec<String>, Vec<String>) {
     let files = fs::read_dir(dir).unwrap().map(|entry| entry.unwrap().file_name().to_string_lossy().into()).collect();
-    let needle = dir.to_string_lossy().into_owned();
-    let mut processes = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let command_line = fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let command_line = String::from_utf8_lossy(&command_line).replace('\0', " ");
-        if command_line.contains(&needle) && process_alive(pid) && !command_line.contains("cas-figures.sh") {
-            processes.push(format!("{pid}: {command_line}"));
-        }
-    }
-    (files, processes)
+    (files, processes_naming(dir, "cas-figures.sh"))
 }
 
 #[test]

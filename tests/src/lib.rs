@@ -223,6 +223,23 @@ pub fn process_alive(pid: i32) -> bool {
     stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z")
 }
 
+/// Live processes whose command line names `dir`, but for those naming `except` (the
+/// script under test, which names its scratch directory too): what a benchmark script
+/// must not leave running.
+pub fn processes_naming(dir: &Path, except: &str) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut processes = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let command_line = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let command_line = String::from_utf8_lossy(&command_line).replace('\0', " ");
+        if command_line.contains(&needle) && process_alive(pid) && !command_line.contains(except) {
+            processes.push(format!("{pid}: {command_line}"));
+        }
+    }
+    processes
+}
+
 pub fn send_signal(pid: u32, signal: i32) {
     // SAFETY: kill only sends a signal to the given process id.
     let result = unsafe { libc::kill(pid as i32, signal) };
