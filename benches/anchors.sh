@@ -71,7 +71,7 @@ for binary in apiaryd apiary-load; do
     [ -x "$BIN_DIR/$binary" ] || die "$BIN_DIR/$binary is missing: build with cargo build --release"
 done
 for tool in redis-server beanstalkd python3; do
-    command -v "$tool" >/dev/null || die "$tool is needed (apt-get install ${tool/redis-server/redis-server})"
+    command -v "$tool" >/dev/null || die "$tool is needed (Debian: apt-get install $tool)"
 done
 for server in $SERVERS; do
     case " $ALL_SERVERS " in

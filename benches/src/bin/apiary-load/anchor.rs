@@ -78,16 +78,6 @@ pub(crate) struct AnchorArgs {
     pub(crate) floor_dir: Option<PathBuf>,
 }
 
-impl AnchorArgs {
-    fn duration_secs(&self) -> f64 {
-        match (self.duration, self.tasks) {
-            (Some(secs), _) => secs,
-            (None, Some(_)) => f64::INFINITY,
-            (None, None) => 10.0,
-        }
-    }
-}
-
 /// The list (Redis) or tube (beanstalkd) the run uses.
 const QUEUE: &str = "apiary-load";
 /// Redis: where a taken task waits until it is finished.
@@ -258,7 +248,8 @@ fn run_submitter(args: &AnchorArgs, index: usize, shared: &Shared, started_ns: u
 
 fn submit(args: &AnchorArgs, index: usize, shared: &Shared, started_ns: u64, log: &mut SubmitterLog) -> io::Result<()> {
     let mut connection = Connection::open(args)?;
-    let deadline_ns = started_ns.saturating_add((args.duration_secs() * 1e9).min(u64::MAX as f64) as u64);
+    let deadline_ns =
+        started_ns.saturating_add((crate::duration_secs(args.duration, args.tasks) * 1e9).min(u64::MAX as f64) as u64);
     let mut pace = args.rate.map(|rate| Pace::new(rate, args.submitters, index, started_ns));
     for sequence in 0.. {
         if shared.stop_submitting.load(Ordering::Relaxed) || shared.now_ns() >= deadline_ns {

@@ -234,11 +234,7 @@ impl LoadArgs {
     }
 
     pub(crate) fn duration_secs(&self) -> f64 {
-        match (self.duration, self.tasks) {
-            (Some(secs), _) => secs,
-            (None, Some(_)) => f64::INFINITY,
-            (None, None) => 10.0,
-        }
+        duration_secs(self.duration, self.tasks)
     }
 
     /// Tasks ask only for classes some bot has.
@@ -295,6 +291,15 @@ impl Shared {
 
     pub(crate) fn failed(&self) -> bool {
         self.failure.lock().unwrap().is_some()
+    }
+}
+
+/// How long submitters run: `--duration`, or until `--tasks` are claimed, or 10 s.
+pub(crate) fn duration_secs(duration: Option<f64>, tasks: Option<u64>) -> f64 {
+    match (duration, tasks) {
+        (Some(secs), _) => secs,
+        (None, Some(_)) => f64::INFINITY,
+        (None, None) => 10.0,
     }
 }
 
