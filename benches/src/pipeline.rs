@@ -20,7 +20,7 @@ use apiary_protocol::{ErrorCode, ErrorReply, FrameReader, Hello, Reply, Request,
 
 /// The deepest pipeline: its replies (each under ~2 KiB, names included) stay far
 /// below the daemon's 64 MiB bound on unread output per connection.
-pub const MAX_DEPTH: usize = 4096;
+pub const MAX_DEPTH: usize = 16384;
 /// How long to wait for any reply before calling the daemon stuck.
 pub const REPLY_PATIENCE: Duration = Duration::from_secs(60);
 const READ_BUFFER_BYTES: usize = 256 << 10;

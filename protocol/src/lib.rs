@@ -14,6 +14,7 @@ pub mod ids;
 pub mod limits;
 pub mod messages;
 pub mod placeholders;
+mod recent_properties;
 pub mod tls;
 pub mod token;
 pub mod wire_size;

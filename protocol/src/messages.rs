@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::PackedDimensions;
 use crate::cas::{CasReference, CasStats, Digest};
 use crate::limits;
+use crate::recent_properties::RecentProperties;
 
 /// First bytes of every hello, so a stray client is recognised at once.
 pub const MAGIC: [u8; 4] = *b"APRY";
@@ -70,6 +71,7 @@ impl std::fmt::Debug for Hello {
 #[derive(
     Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
 )]
+#[rkyv(compare(PartialEq))]
 #[serde(deny_unknown_fields)]
 pub struct StringPair {
     pub key: String,
@@ -84,6 +86,7 @@ impl StringPair {
 
 /// A key and a list of values, as Swarming writes `env_prefixes`.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[rkyv(compare(PartialEq))]
 #[serde(deny_unknown_fields)]
 pub struct StringListPair {
     pub key: String,
@@ -92,6 +95,7 @@ pub struct StringListPair {
 
 /// What runs, and where it may run: everything that defines one slice's work.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[rkyv(compare(PartialEq))]
 #[serde(deny_unknown_fields, default)]
 pub struct TaskProperties {
     pub command: Vec<String>,
@@ -116,6 +120,7 @@ pub struct TaskProperties {
 
 /// A named cache and where the task sees it, relative to its work directory.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[rkyv(compare(PartialEq))]
 #[serde(deny_unknown_fields)]
 pub struct NamedCache {
     pub name: String,
@@ -145,7 +150,9 @@ impl Default for TaskProperties {
 #[serde(deny_unknown_fields, default)]
 pub struct TaskSlice {
     /// Shared, not copied, by everything that hands the slice on: an assignment,
-    /// a task's result.
+    /// a task's result. Decoded through `RecentProperties`: a run of equal
+    /// properties is decoded once.
+    #[rkyv(with = RecentProperties)]
     pub properties: Arc<TaskProperties>,
     /// Seconds this slice may wait for a bot before the task moves on.
     pub expiration_secs: u32,

@@ -113,7 +113,16 @@ pub(crate) fn remove_gradually(path: &Path) -> io::Result<()> {
 
 /// Frees the blocks of `file` from `offset` for `len` bytes; its size stays.
 fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    fallocate(file, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+}
+
+/// Allocates the first `len` bytes of `file` without writing them (they read as zeros) and
+/// makes it that long. `EOPNOTSUPP` where the file system cannot.
+pub(crate) fn allocate(file: &File, len: u64) -> io::Result<()> {
+    fallocate(file, 0, 0, len)
+}
+
+fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: fallocate reads only its integer arguments; the descriptor is open for as
     // long as `file` is borrowed.
     #[allow(unsafe_code)]

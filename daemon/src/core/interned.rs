@@ -5,8 +5,11 @@
 //! for it, instead of once per task.
 //!
 //! Invariant: every entry is held by at least one task or dedup entry after a
-//! `forget_unused`; properties are found by content, slice lists by their
-//! slices' shared properties and settings.
+//! `forget_unused` (or is the set the event loop decoded last: the protocol's
+//! `RecentProperties` keeps it, one set); properties are found by content, slice
+//! lists by their slices' shared properties and settings. A request whose
+//! properties equal the previous request's arrives with the very same `Arc`,
+//! which `last` recognises without hashing.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;

@@ -178,6 +178,7 @@ pub struct StateReading<'a> {
     /// Bytes of records in the log's segments, and how many segments it has.
     pub wal_bytes: u64,
     pub wal_segments: u64,
+    pub wal_stalled_rotations: u64,
     /// Since the newest snapshot was written; `None` before the first.
     pub snapshot_age_seconds: Option<f64>,
 }
@@ -371,6 +372,12 @@ fn render_storage(state: &StateReading<'_>, out: &mut Exposition) {
     out.family("apiary_wal_segments", MetricKind::Gauge, "Segment files of the write-ahead log.");
     out.integer("apiary_wal_segments", &[], state.wal_segments);
     out.family(
+        "apiary_wal_stalled_rotations_total",
+        MetricKind::Counter,
+        "Log segments the event loop had to make itself because no spare was ready: each stalls a turn.",
+    );
+    out.integer("apiary_wal_stalled_rotations_total", &[], state.wal_stalled_rotations);
+    out.family(
         "apiary_snapshot_age_seconds",
         MetricKind::Gauge,
         "Seconds since the newest snapshot was written; no sample before the first.",
@@ -485,6 +492,7 @@ mod tests {
             bots: BotStandings { alive: 4, busy: 2, idle: 2, dead: 1, quarantined: 1 },
             wal_bytes: 4096,
             wal_segments: 2,
+            wal_stalled_rotations: 1,
             snapshot_age_seconds: Some(1.5),
         };
         let text = metrics.render(&state);
@@ -499,6 +507,7 @@ mod tests {
             "apiary_fsync_latency_seconds_bucket{le=\"0.001\"} 1",
             "apiary_wal_bytes 4096",
             "apiary_wal_segments 2",
+            "apiary_wal_stalled_rotations_total 1",
             "apiary_snapshot_age_seconds 1.5",
         ];
         for line in expected {

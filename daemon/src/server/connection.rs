@@ -17,8 +17,11 @@ use super::peer_limits::PeerLimits;
 use crate::auth::Principal;
 use crate::core::ConnId;
 
-/// Bytes read from one connection in one turn before others get their turn.
-pub const MAX_READ_BYTES_PER_TURN: usize = 1 << 20;
+/// Bytes read from one connection in one turn before others get their turn. Small
+/// enough that a pipelined client's first replies leave while it is still sending: at
+/// 1 MiB a window of 4,096 new tasks fit in one turn, and the client and the daemon took
+/// turns instead of overlapping (docs/hot-path.md).
+pub const MAX_READ_BYTES_PER_TURN: usize = 128 << 10;
 
 pub struct Connection {
     pub id: ConnId,

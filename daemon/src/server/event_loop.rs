@@ -214,7 +214,7 @@ impl EventLoop {
             outputs,
             cas,
             cas_gc: GcSchedule::new(config.cas_grace, Instant::now()),
-            durability: Durability::default(),
+            durability: Durability::start(Arc::clone(&waker)),
             released: Vec::new(),
             snapshots,
             disk: Disk::new(config.data_dir.clone()),
@@ -288,7 +288,7 @@ impl EventLoop {
         self.commit(out)?;
         if self.snapshots.step(now_ms, &mut self.wal, &mut self.core) {
             // The sealed log's new segment is installed by a sync job.
-            self.durability.wrote();
+            self.durability.log_changed();
         }
         self.sync_if_needed()?;
         self.release_durable();
@@ -390,6 +390,7 @@ impl EventLoop {
             bots,
             wal_bytes: self.wal.record_bytes(),
             wal_segments: self.wal.segment_count() as u64,
+            wal_stalled_rotations: self.wal.stalled_rotations(),
             snapshot_age_seconds: self.snapshots.newest_age_ms(now_unix_ms()).map(|age_ms| age_ms as f64 / 1000.0),
         };
         self.metrics.render(&state)
@@ -830,7 +831,8 @@ impl EventLoop {
     /// until they are durable.
     fn commit(&mut self, out: &mut Output) -> Result<(), ServerError> {
         self.account_output(out);
-        let wrote = !out.output_writes.is_empty() || !out.events.is_empty();
+        let records = out.events.len();
+        let wrote = !out.output_writes.is_empty() || records > 0;
         for write in out.output_writes.drain(..) {
             self.disk.write_output(&mut self.outputs, &mut self.core, write)?;
         }
@@ -855,17 +857,25 @@ impl EventLoop {
         }
         // One write for the turn's records.
         self.wal.append_all(EVENT_RECORD_KIND, self.event_encoder.payloads()).map_err(ServerError::Wal)?;
-        if wrote {
-            self.durability.wrote();
-        }
+        self.durability.end_batch(records, wrote);
         Ok(())
     }
 
-    /// One sync for everything the turn wrote (group commit).
+    /// Collects the sync thread's sync if it finished, then starts one sync
+    /// for everything written since the last began (group commit): on this
+    /// thread after a small turn, on the sync thread after a large one.
     fn sync_if_needed(&mut self) -> Result<(), ServerError> {
-        if self.durability.needs_sync() {
-            let wal = self.wal.take_sync_job();
-            let outputs = self.outputs.take_sync_job();
+        if let Some(finished) = self.durability.finished_in_background() {
+            self.metrics.synced(finished.map_err(ServerError::Sync)?);
+        }
+        if !self.durability.sync_due() {
+            return Ok(());
+        }
+        let wal = self.wal.take_sync_job();
+        let outputs = self.outputs.take_sync_job();
+        if self.durability.due_in_background() {
+            self.durability.sync_in_background(wal, outputs);
+        } else {
             let took = self.durability.sync(wal, outputs).map_err(ServerError::Sync)?;
             self.metrics.synced(took);
         }
@@ -960,7 +970,9 @@ impl EventLoop {
         for mut listener in [self.listener.take(), self.http_listener.take()].into_iter().flatten() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
+        self.durability.wait_for_background().map_err(ServerError::Sync)?;
         self.sync_if_needed()?;
+        self.durability.wait_for_background().map_err(ServerError::Sync)?;
         self.release_durable();
         self.flush_connections();
         log(format!("stopped; the log ends at record {}", self.wal.last_seq()));

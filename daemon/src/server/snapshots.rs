@@ -189,6 +189,11 @@ impl Snapshots {
             self.trim_to_one_generation(now_ms, wal);
             return false;
         }
+        if wal.rotation_would_stall() {
+            // The next spare segment is on its way; sealing now would make this
+            // thread zero-fill one itself (80-120 ms for 64 MiB measured here).
+            return false;
+        }
         if let Err(error) = wal.rotate_now() {
             logging::error(format!("cannot seal the log for a snapshot: {error}"));
             self.last_taken_ms = now_ms;

@@ -13,6 +13,14 @@ pub struct Digest {
     pub size_bytes: u64,
 }
 
+/// For comparing archived task properties with decoded ones (`recent_properties.rs`).
+/// One direction only: a derived `compare` would also make `Digest == _` ambiguous.
+impl PartialEq<Digest> for ArchivedDigest {
+    fn eq(&self, other: &Digest) -> bool {
+        self.hash == other.hash && self.size_bytes == other.size_bytes
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DigestError {
     #[error("{0:?} is not a digest: expected HASH/SIZE, 64 lowercase hex digits, a slash and a size in bytes")]

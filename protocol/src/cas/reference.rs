@@ -13,6 +13,7 @@ use super::digest::Digest;
 /// A tree in a content-addressed store: the store (`cas_instance`, empty for
 /// the daemon's own) and the root directory's digest.
 #[derive(Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[rkyv(compare(PartialEq))]
 #[serde(deny_unknown_fields)]
 pub struct CasReference {
     #[serde(default)]

@@ -105,6 +105,11 @@ impl Preparer {
         spare
     }
 
+    /// Whether the spare for segment `index` is ready to take.
+    pub(crate) fn has_spare(&self, index: u64) -> bool {
+        self.shared.lock().ready.as_ref().is_some_and(|ready| ready.0 == index)
+    }
+
     /// Queues segment files for unlinking, oldest first.
     pub(crate) fn remove(&self, paths: Vec<PathBuf>) {
         let mut state = self.shared.lock();

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use super::error::WalError;
 use super::mmap::{SegmentMap, page_bytes};
 use super::record::RECORD_ALIGNMENT;
+use crate::large_files::allocate;
 
 pub(crate) const SEGMENT_HEADER_BYTES: usize = 48;
 const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(RECORD_ALIGNMENT));
@@ -294,6 +295,28 @@ pub(crate) fn create_zeroed_file(path: &Path, segment_bytes: usize, pace: Pace) 
     }
     file.sync_all()?;
     Ok(file)
+}
+
+/// Creates `path` with `segment_bytes` allocated but not written (`fallocate`), synced:
+/// for a rotation that found no spare ready, on the writer's thread. It takes milliseconds
+/// where writing the zeros takes 80-120 ms for 64 MiB on this project's machine, and every
+/// reply waits for the writer's thread; the price is paid by this segment's syncs, which
+/// also commit the conversion of the blocks they wrote. Reads of unwritten blocks return
+/// zeros, as a zero-filled file's do. Where `fallocate` is not supported, zeros are written.
+pub(crate) fn create_allocated_file(path: &Path, segment_bytes: usize) -> std::io::Result<File> {
+    assert!(segment_bytes >= SEGMENT_HEADER_BYTES && segment_bytes.is_multiple_of(RECORD_ALIGNMENT));
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+    match allocate(&file, segment_bytes as u64) {
+        Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            drop(file);
+            create_zeroed_file(path, segment_bytes, Pace::Fast)
+        }
+        result => {
+            result?;
+            file.sync_all()?;
+            Ok(file)
+        }
+    }
 }
 
 /// Makes the directory's entries (created, renamed or removed files) durable.

@@ -30,7 +30,7 @@ use super::preparer::Preparer;
 use super::record::{RECORD_ALIGNMENT, RECORD_HEADER_BYTES, RecordRef, decode_trusted, encode_header, record_bytes};
 use super::recovery::{LogStart, LogSurvey, Recovery, recover, survey_log};
 use super::segment::{
-    Pace, SEGMENT_HEADER_BYTES, Segment, SegmentHeader, create_zeroed_file, segment_path, temporary_path,
+    SEGMENT_HEADER_BYTES, Segment, SegmentHeader, create_allocated_file, segment_path, temporary_path,
 };
 use super::sync::{SyncJob, SyncState, SyncStep};
 
@@ -323,6 +323,14 @@ impl Wal {
         Some(job)
     }
 
+    /// Whether a rotation now would find no spare ready and make the segment file itself,
+    /// on the caller's thread, while the preparer is still making one (false while the
+    /// preparer cannot make one at all: waiting would not help then).
+    pub fn rotation_would_stall(&self) -> bool {
+        let next = self.segments.last().expect("a log has a segment").index + 1;
+        !self.preparer.has_spare(next) && self.preparer.failing().is_none()
+    }
+
     /// Seals the active segment, if it has records, and continues in a new one: afterwards
     /// every record up to `last_seq()` lies in segments that are no longer written. The new
     /// segment is installed by the next sync job (taken even if nothing else was appended).
@@ -451,7 +459,7 @@ impl Wal {
             None => {
                 self.stalled_rotations += 1;
                 let path = temporary_path(&self.dir, index);
-                let file = create_zeroed_file(&path, self.segment_bytes, Pace::Fast)
+                let file = create_allocated_file(&path, self.segment_bytes)
                     .map_err(WalError::io(|| format!("create segment {index} ({})", path.display())))?;
                 (file, path)
             }
@@ -617,6 +625,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = open(dir.path());
         wal.discard_spare_for_test();
+        assert!(wal.rotation_would_stall(), "no spare, and none on its way");
         append_records(&mut wal, 6);
         assert_eq!(wal.segment_indices(), vec![0, 1]);
         assert_eq!(wal.stalled_rotations(), 1);
@@ -624,6 +633,10 @@ mod tests {
         wal.take_sync_job().unwrap().run().unwrap();
         assert!(segment_path(dir.path(), 1).exists());
         wal.check_invariants();
+        drop(wal);
+        let reopened = open(dir.path());
+        let payloads: Vec<u8> = reopened.records().map(|record| record.payload[0]).collect();
+        assert_eq!(payloads, [1, 2, 3, 4, 5, 6], "the segment made in place reads back, and ends where its records do");
     }
 
     #[test]
@@ -642,6 +655,7 @@ mod tests {
         let mut wal = open(dir.path());
         wal.wait_for_preparer().unwrap();
         assert!(super::super::segment::spare_path(dir.path(), 1).exists(), "the spare is ready before rotating");
+        assert!(!wal.rotation_would_stall());
         append_records(&mut wal, 6);
         assert_eq!((wal.segment_indices(), wal.stalled_rotations()), (vec![0, 1], 0));
         let job = wal.take_sync_job().unwrap();
