@@ -190,6 +190,7 @@ pub struct Metrics {
     tasks_ended: [u64; ENDED_STATES.len()],
     dispatch_latency: Histogram,
     fsync_latency: Histogram,
+    syncs_in_background: u64,
     connections: [u64; ConnectionKind::ALL.len()],
     refused: [u64; Refusal::ALL.len()],
     cas_gc_passes: u64,
@@ -204,6 +205,7 @@ impl Default for Metrics {
             tasks_ended: [0; ENDED_STATES.len()],
             dispatch_latency: Histogram::new(&DISPATCH_BOUNDS_US),
             fsync_latency: Histogram::new(&SYNC_BOUNDS_US),
+            syncs_in_background: 0,
             connections: [0; ConnectionKind::ALL.len()],
             refused: [0; Refusal::ALL.len()],
             cas_gc_passes: 0,
@@ -238,6 +240,12 @@ impl Metrics {
     /// One sync of the log and the output store made a turn's writes durable.
     pub fn synced(&mut self, took: std::time::Duration) {
         self.fsync_latency.observe_micros(took.as_micros().min(u128::from(u64::MAX)) as u64);
+    }
+
+    /// A sync as `synced`, run on the sync thread after a large turn.
+    pub fn synced_in_background(&mut self, took: std::time::Duration) {
+        self.synced(took);
+        self.syncs_in_background += 1;
     }
 
     pub fn connection_opened(&mut self, kind: ConnectionKind) {
@@ -284,6 +292,12 @@ impl Metrics {
             "Time of one sync that makes a turn's log records and task output durable; replies wait for it.",
         );
         out.histogram("apiary_fsync_latency_seconds", &[], &self.fsync_latency);
+        out.family(
+            "apiary_syncs_in_background_total",
+            MetricKind::Counter,
+            "Of those syncs, the ones run on the sync thread while the event loop went on (after turns that wrote 128 records or more).",
+        );
+        out.integer("apiary_syncs_in_background_total", &[], self.syncs_in_background);
         render_storage(state, &mut out);
         self.render_cas_gc(&mut out);
         out.family("apiary_connections", MetricKind::Gauge, "Open connections by kind.");
@@ -485,7 +499,7 @@ mod tests {
     #[test]
     fn gauges_are_written_from_the_state_reading() {
         let mut metrics = Metrics::default();
-        metrics.synced(std::time::Duration::from_micros(700));
+        metrics.synced_in_background(std::time::Duration::from_micros(700));
         let state = StateReading {
             pending_by_pool: vec![("ci", 3), ("say \"hi\"", 1)],
             running_tasks: 2,
@@ -505,6 +519,7 @@ mod tests {
             "apiary_bots{status=\"quarantined\"} 1",
             "apiary_fsync_latency_seconds_bucket{le=\"0.0005\"} 0",
             "apiary_fsync_latency_seconds_bucket{le=\"0.001\"} 1",
+            "apiary_syncs_in_background_total 1",
             "apiary_wal_bytes 4096",
             "apiary_wal_segments 2",
             "apiary_wal_stalled_rotations_total 1",

@@ -866,7 +866,7 @@ impl EventLoop {
     /// thread after a small turn, on the sync thread after a large one.
     fn sync_if_needed(&mut self) -> Result<(), ServerError> {
         if let Some(finished) = self.durability.finished_in_background() {
-            self.metrics.synced(finished.map_err(ServerError::Sync)?);
+            self.metrics.synced_in_background(finished.map_err(ServerError::Sync)?);
         }
         if !self.durability.sync_due() {
             return Ok(());
