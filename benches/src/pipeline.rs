@@ -6,8 +6,9 @@
 //! this is the one-request-at-a-time client.
 //!
 //! Why blocking writes cannot deadlock: the daemon reads whatever arrives without
-//! waiting for us to read, and buffers its replies (up to its own bound, far above
-//! `MAX_DEPTH` replies), so a write of at most `MAX_DEPTH` requests always drains.
+//! waiting for us to read, and buffers its replies up to its bound on unsent replies
+//! (`--max-unsent-bytes`, 8 MiB by default), so a write of at most `MAX_DEPTH` requests
+//! always drains while their replies fit that bound.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -18,8 +19,9 @@ use apiary_protocol::frame::{self, FrameError, FrameKind};
 use apiary_protocol::tls::{Security, Transport};
 use apiary_protocol::{ErrorCode, ErrorReply, FrameReader, Hello, Reply, Request, Role};
 
-/// The deepest pipeline: its replies (each under ~2 KiB, names included) stay far
-/// below the daemon's 64 MiB bound on unread output per connection.
+/// The deepest pipeline: its acknowledgements of new tasks (64 bytes each, 1 MiB in
+/// all) stay far below the daemon's default bound on unsent replies per connection
+/// (8 MiB), which holds 16,384 replies of up to 512 bytes.
 pub const MAX_DEPTH: usize = 16384;
 /// How long to wait for any reply before calling the daemon stuck.
 pub const REPLY_PATIENCE: Duration = Duration::from_secs(60);

@@ -142,15 +142,11 @@ impl Durability {
     }
 
     /// Hands the sync of everything written so far to the sync thread.
-    pub fn sync_in_background(&mut self, wal: Option<SyncJob>, outputs: Option<OutputSyncJob>) {
+    pub fn sync_in_background(&mut self, wal: Option<SyncJob>, outputs: Option<OutputSyncJob>) -> Result<(), String> {
         let batch = self.begin();
         self.in_flight = Some(batch);
-        self.syncer
-            .jobs
-            .as_ref()
-            .expect("the sync thread runs")
-            .send((wal, outputs))
-            .expect("the sync thread is alive");
+        let jobs = self.syncer.jobs.as_ref().expect("the sync thread runs until it is dropped");
+        jobs.send((wal, outputs)).map_err(|_| "the sync thread stopped".to_string())
     }
 
     /// The sync thread's sync, if it finished: how long it took.
@@ -319,7 +315,7 @@ mod tests {
         durability.hold(reply(1));
         durability.end_batch(BACKGROUND_SYNC_MIN_RECORDS, true);
         assert!(durability.due_in_background());
-        durability.sync_in_background(None, None);
+        durability.sync_in_background(None, None).unwrap();
         // The next turn: one reply after a write, one with nothing written since the sync began.
         durability.hold(reply(2));
         durability.end_batch(1, true);
@@ -328,7 +324,7 @@ mod tests {
         let (mut next_durability, _next_poll) = self::durability();
         next_durability.hold(reply(9));
         next_durability.end_batch(BACKGROUND_SYNC_MIN_RECORDS, true);
-        next_durability.sync_in_background(None, None);
+        next_durability.sync_in_background(None, None).unwrap();
         next_durability.hold(reply(10));
         next_durability.end_batch(0, false);
         let mut events = mio::Events::with_capacity(4);

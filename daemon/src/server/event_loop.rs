@@ -874,7 +874,7 @@ impl EventLoop {
         let wal = self.wal.take_sync_job();
         let outputs = self.outputs.take_sync_job();
         if self.durability.due_in_background() {
-            self.durability.sync_in_background(wal, outputs);
+            self.durability.sync_in_background(wal, outputs).map_err(ServerError::Sync)?;
         } else {
             let took = self.durability.sync(wal, outputs).map_err(ServerError::Sync)?;
             self.metrics.synced(took);
