@@ -13,9 +13,9 @@
 //! `checkpoint_flush_after` do the same.
 //!
 //! Removal has the same shape on a file system that discards freed blocks (`-o discard`,
-//! common on virtual and flash disks): unlinking a 64 MiB segment frees all its blocks at
-//! the next journal commit, and the log's syncs waited 9-12 ms behind that discard after
-//! every snapshot that let segments go. `remove_gradually` frees the file's blocks a step
+//! common on virtual and flash disks): unlinking a 64 MiB segment discards all its blocks
+//! at once (at the next journal commit, where there is a journal), and the log's syncs
+//! waited 9-12 ms behind that discard after every snapshot that let segments go. `remove_gradually` frees the file's blocks a step
 //! at a time, each step synced, then unlinks it. It serves the log's segments, the
 //! snapshots and the history runs past retention; text files, which the daemon may still
 //! map when the snapshot job removes them, are unlinked whole.
