@@ -58,8 +58,8 @@ impl Held {
 }
 
 /// A finished sync: how long it took and the last log record it made durable.
-pub struct Synced {
-    pub took: Duration,
+struct Synced {
+    took: Duration,
     upto_seq: Option<u64>,
 }
 
