@@ -195,8 +195,9 @@ run_workload() {
     local round=$1 workload=$2 name=$3
     local run_dir=$SCRATCH/run
     rm -rf "$run_dir"
-    # Where freed blocks are discarded (`-o discard`), the journal commit after a removal
-    # discards them all at once and holds up every sync meanwhile: not during the run.
+    # Where freed blocks are discarded (`-o discard`), a removal discards them all at once
+    # (at the unlink, or at the next journal commit) and holds up every sync meanwhile:
+    # not during the run.
     sync
     mkdir -p "$run_dir"
     start_server "$name" "$run_dir/data" "$run_dir/server.log"
