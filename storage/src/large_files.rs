@@ -1,6 +1,6 @@
 //! The large files beside the log (history runs, snapshots, uploaded blobs, the log's own
-//! old segments) are written and removed a MiB at a time, so that the log's syncs never
-//! queue behind a large write or a large discard.
+//! old segments and the zeros of its next one) are written and removed a MiB at a time, so
+//! that the log's syncs never queue behind a large write or a large discard.
 //!
 //! Written through the page cache and synced once at the end, such a file reaches the
 //! disk all at once (a history run can be a hundred MB), and every sync of the log issued

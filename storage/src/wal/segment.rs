@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use super::error::WalError;
 use super::mmap::{SegmentMap, page_bytes};
 use super::record::RECORD_ALIGNMENT;
-use crate::large_files::allocate;
+use crate::large_files::{allocate, write_back};
 
 pub(crate) const SEGMENT_HEADER_BYTES: usize = 48;
 const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(RECORD_ALIGNMENT));
@@ -262,13 +262,14 @@ impl Segment {
 pub(crate) enum Pace {
     /// As fast as the disk takes it: at open, where nothing else waits on the disk.
     Fast,
-    /// A mebibyte at a time, each synced, with a pause after it: in the background while
-    /// the log syncs. One flush of a whole segment would hold the disk for hundreds of
-    /// milliseconds, and every acknowledgement waiting on the log's sync with it.
+    /// A mebibyte at a time, each written back (not synced), with a pause after it: in the
+    /// background while the log syncs. One flush of a whole segment would hold the disk for
+    /// hundreds of milliseconds, and every acknowledgement waiting on the log's sync with
+    /// it; a sync of each mebibyte put a flush of the disk's cache ahead of the log's own.
     Gentle,
 }
 
-/// Bytes written and synced at a time when preparing a segment gently.
+/// Bytes written and written back at a time when preparing a segment gently.
 const GENTLE_CHUNK_BYTES: usize = 1 << 20;
 /// The pause after each chunk, which leaves the disk to the log's syncs.
 const GENTLE_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
@@ -289,7 +290,7 @@ pub(crate) fn create_zeroed_file(path: &Path, segment_bytes: usize, pace: Pace) 
         file.write_all(&zeros[..chunk])?;
         written += chunk;
         if pace == Pace::Gentle && written.is_multiple_of(GENTLE_CHUNK_BYTES) {
-            file.sync_data()?;
+            write_back(&file, (written - GENTLE_CHUNK_BYTES) as u64, GENTLE_CHUNK_BYTES as u64)?;
             std::thread::sleep(GENTLE_PAUSE);
         }
     }
