@@ -302,8 +302,9 @@ pub(crate) fn create_zeroed_file(path: &Path, segment_bytes: usize, pace: Pace) 
 /// for a rotation that found no spare ready, on the writer's thread. It takes under a
 /// millisecond where writing the zeros took 80-120 ms for 64 MiB on this project's
 /// machine, and every reply waits for the writer's thread; the price is paid by this
-/// segment's syncs, which also commit the conversion of the blocks they wrote. Reads of unwritten blocks return
-/// zeros, as a zero-filled file's do. Where `fallocate` is not supported, zeros are written.
+/// segment's syncs, which also commit the conversion of the blocks they wrote. Reads of
+/// unwritten blocks return zeros, as a zero-filled file's do. Where `fallocate` is not
+/// supported, zeros are written.
 pub(crate) fn create_allocated_file(path: &Path, segment_bytes: usize) -> std::io::Result<File> {
     assert!(segment_bytes >= SEGMENT_HEADER_BYTES && segment_bytes.is_multiple_of(RECORD_ALIGNMENT));
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
