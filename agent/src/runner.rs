@@ -177,12 +177,14 @@ impl RunningTask {
                 None => command.env_remove(key),
             };
         }
+        // The command's time counts from before the spawn: by the time `spawn` returns, the
+        // program has already been running since its exec.
+        let started_at = Instant::now();
         let spawned = command.spawn();
         // The command holds the parent's copies of the write end: drop them now, or the
         // pipe would never reach end-of-file.
         drop(command);
         let child = spawned.map_err(|source| StartError::Spawn { program: program.clone(), source })?;
-        let started_at = Instant::now();
         let pid = child.id();
 
         let shared = Arc::new(Shared {
