@@ -154,6 +154,7 @@ impl Shared {
 pub(crate) struct RunningTask {
     shared: Arc<Shared>,
     pid: u32,
+    started_at: Instant,
     supervisor: Option<JoinHandle<()>>,
 }
 
@@ -226,12 +227,17 @@ impl RunningTask {
                 let _ = signals::signal_process_group(pid, GroupSignal::Kill);
                 StartError::Thread(error)
             })?;
-        Ok(RunningTask { shared, pid, supervisor: Some(supervisor) })
+        Ok(RunningTask { shared, pid, started_at, supervisor: Some(supervisor) })
     }
 
     /// The command's pid, which is also its process group id.
     pub(crate) fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// When the command's time began: just before its spawn.
+    pub(crate) fn started_at(&self) -> Instant {
+        self.started_at
     }
 
     /// Asks the supervisor to stop the command. The first reason wins; once the

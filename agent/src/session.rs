@@ -500,7 +500,9 @@ impl<C: Connector> Session<C> {
             output_capacity_bytes: self.pacing.output_capacity_bytes,
         };
         let started = inputs.and_then(|()| RunningTask::start(&spec).map_err(|error| NotRun::End(error.run_end())));
-        let setup_ms = elapsed_ms(setup_started);
+        // Setup ends where the command's time begins, so no millisecond is counted twice.
+        let setup_ended = started.as_ref().map_or_else(|_| Instant::now(), RunningTask::started_at);
+        let setup_ms = millis(setup_ended.duration_since(setup_started));
         let (mut finished, command_ran) = match started {
             Ok(task) => {
                 log_event!("task {}: running as pid {}", format_task_id(run_id), task.pid());
@@ -943,7 +945,11 @@ fn mark_internal_failure(finished: &mut FinishedTask, reason: &str) {
 }
 
 fn elapsed_ms(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+    millis(since.elapsed())
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Exponential backoff with up to 50% random jitter added.
